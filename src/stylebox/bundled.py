@@ -1,0 +1,35 @@
+"""Files that ship with stylebox: the style paintings, trained models and the default config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+_SOURCE_ROOT = _PACKAGE.parent.parent  # src/stylebox -> repository root, in a source checkout
+
+
+def styles_dir() -> Path:
+    """Where bundled styles live: inside an installed wheel, or ``styles/`` in a checkout."""
+    installed = _PACKAGE / "_bundled_styles"
+    return installed if installed.is_dir() else _SOURCE_ROOT / "styles"
+
+
+def default_config_path() -> Path:
+    installed = _PACKAGE / "_default_config" / "stylebox.toml"
+    return installed if installed.is_file() else _SOURCE_ROOT / "config" / "stylebox.toml"
+
+
+def find_style(name: str) -> Path | None:
+    """A bundled file whose stem is ``name`` (``starry_night`` -> ``starry_night.jpg``)."""
+    folder = styles_dir()
+    if not folder.is_dir() or "/" in name or name.startswith("."):
+        return None
+    matches = sorted(p for p in folder.iterdir() if p.stem == name and p.is_file())
+    return matches[0] if matches else None
+
+
+def style_names() -> list[str]:
+    folder = styles_dir()
+    if not folder.is_dir():
+        return []
+    return sorted({p.stem for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"}})

@@ -1,0 +1,289 @@
+"""The ``stylebox`` command line.
+
+Exit status: 0 success, 1 a plugin failed, 2 bad input or bad config (one line saying why,
+never a traceback), 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import signal
+import sys
+import threading
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from stylebox import __version__, bundled
+from stylebox.config import LoadedConfig, OutputConfig, json_schema, load_config
+from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.runner import Job, PluginHandle, Runner
+from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
+from stylebox.images import decode_image
+from stylebox.plugins.api import Runtime, params_digest
+from stylebox.plugins.registry import Registry, discover
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+log = logging.getLogger("stylebox")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if not args.quiet else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
+        return EXIT_BAD
+    except BadInput as exc:
+        _fail(f"bad input: {exc}")
+        return EXIT_BAD
+    except PluginError as exc:
+        _fail(f"failed: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _fail(message: str) -> None:
+    print(f"stylebox: {message}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylebox", description="Neural style transfer for folders of photos."
+    )
+    parser.add_argument("--version", action="version", version=f"stylebox {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="stylise image files once, in the foreground",
+        description="Stylise one or more image files with a plugin and write the results, "
+        "snapshots, animation and manifest to --out. An interrupted run resumes where it "
+        "stopped when the same command is given again.",
+    )
+    run.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    run.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    run.add_argument("--plugin", help="plugin name (default: the inbox's, or gatys)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a plugin param; VALUE is read as TOML (50, 0.5, [256], true) or else as text",
+    )
+    run.add_argument("--config", type=Path, help="take params (and state_dir) from this config")
+    run.add_argument("--inbox", help="which [[inbox]] of --config to take params from")
+    run.add_argument("--state-dir", type=Path, help="checkpoints and caches (default: var/state)")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
+    run.add_argument(
+        "--format", choices=["png", "jpeg", "webp"], help="result format (default: png)"
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    plugins = commands.add_parser("plugins", help="list installed plugins and their params")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(handler=_cmd_plugins)
+
+    config = commands.add_parser("config", help="check a config file or print its JSON Schema")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a config file")
+    check.add_argument("file", type=Path, nargs="?", help="default: config/stylebox.toml")
+    check.set_defaults(handler=_cmd_config_check)
+    schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(handler=_cmd_config_schema)
+    return parser
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    registry = discover()
+    loaded = load_config(args.config, registry) if args.config else None
+    plugin_name, params = _run_params(args, loaded, registry)
+    runtime = loaded.runtime if loaded else Runtime(state_dir=Path("var/state").resolve())
+    if args.state_dir:
+        runtime = Runtime(
+            device=runtime.device, state_dir=args.state_dir.resolve(), backbone=runtime.backbone
+        )
+    if args.device:
+        runtime = Runtime(device=args.device, state_dir=runtime.state_dir, backbone=runtime.backbone)
+    output = OutputConfig()
+    if loaded and args.inbox:
+        output = loaded.job("inbox", args.inbox).output
+    if args.format:
+        output = output.model_copy(update={"format": args.format})
+
+    # Refuse bad inputs before the (slow) plugin start-up.
+    images_config = loaded.config.images if loaded else None
+    runner_probe = Runner(images_config)
+    for path in args.images:
+        decode_image(
+            path,
+            max_pixels=runner_probe.images.max_pixels,
+            formats=frozenset(runner_probe.images.formats),
+        )
+
+    plugin_cls = registry.get(plugin_name)
+    info = registry.plugins[plugin_name]
+    instance = plugin_cls(params, runtime)
+    handle = PluginHandle(plugin_name, info.version, instance, params)
+    outbox = Outbox(args.out.resolve(), output)
+    digest = params_digest(params)
+
+    from stylebox.progress import reporter_for_stream
+
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    status = EXIT_OK
+    try:
+        with reporter_for_stream() as reporter:
+            runner = Runner(images_config, reporter)
+            for path in args.images:
+                job = Job(path, _work_dir(runtime.state_dir, path, plugin_name, digest, outbox))
+                try:
+                    runner.execute(job, handle, outbox, cancel)
+                except KeyboardInterrupt:
+                    cancel.set()
+                    raise
+                except BadInput as exc:
+                    _fail(f"bad input: {exc}")
+                    status = EXIT_BAD
+                except Cancelled as exc:
+                    _fail(f"{path.name}: {exc}; run the same command again to resume")
+                    return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        instance.close()
+    return status
+
+
+def _run_params(
+    args: argparse.Namespace, loaded: LoadedConfig | None, registry: Registry
+) -> tuple[str, BaseModel]:
+    """The plugin and its validated params: the inbox's, then each ``--set`` on top."""
+    base: dict[str, Any] = {}
+    plugin_name = args.plugin
+    if loaded is not None:
+        inboxes = loaded.config.inbox
+        if args.inbox is None and len(inboxes) == 1:
+            args.inbox = inboxes[0].name
+        if args.inbox is not None:
+            inbox = loaded.job("inbox", args.inbox)
+            if plugin_name in (None, inbox.plugin):
+                plugin_name = inbox.plugin
+                # Already validated with the config's root, so its paths are absolute now.
+                base = loaded.params[("inbox", inbox.name)].model_dump(mode="json")
+    elif args.inbox:
+        raise ConfigError("--inbox needs --config")
+    plugin_name = plugin_name or "gatys"
+    plugin_cls = registry.get(plugin_name)
+    for item in args.overrides:
+        key, separator, raw = item.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        base[key.strip()] = _parse_value(raw)
+    try:
+        params = plugin_cls.Params.model_validate(base, context={"base_dir": Path.cwd()})
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(part) for part in error["loc"]) or "(params)"
+            lines.append(f"{plugin_name} param {field}: {error['msg']}")
+        raise ConfigError("; ".join(lines)) from None
+    return plugin_name, params
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _work_dir(state_dir: Path, image: Path, plugin: str, digest: str, outbox: Outbox) -> Path:
+    """Same file, plugin, params and outbox -> same work dir, so a rerun resumes."""
+    key = f"{image.resolve()}|{image.stat().st_size}|{plugin}|{digest}|{outbox.folder}"
+    return state_dir / "run" / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+# -- plugins ---------------------------------------------------------------------------------
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    registry = discover()
+    if args.json:
+        listing = {
+            "plugins": {
+                name: {
+                    "version": info.version,
+                    "source": info.source,
+                    "description": info.cls.description,
+                    "params": info.cls.Params.model_json_schema(),
+                }
+                for name, info in registry.plugins.items()
+            },
+            "failures": {name: f.reason for name, f in registry.failures.items()},
+        }
+        print(json.dumps(listing, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for name, info in registry.plugins.items():
+        console.print(f"[bold]{name}[/bold] {info.version}  ({info.source})")
+        if info.cls.description:
+            console.print(f"  {info.cls.description}")
+        table = Table(show_header=True, header_style="dim", box=None, padding=(0, 2))
+        for column in ("param", "type", "default", "description"):
+            table.add_column(column)
+        for field_name, field in info.cls.Params.model_fields.items():
+            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
+            table.add_row(field_name, annotation.replace("typing.", ""), default, field.description or "")
+        console.print(table)
+        console.print()
+    for name, failure in registry.failures.items():
+        console.print(f"[bold red]{name}[/bold red] failed to load ({failure.source}): {failure.reason}")
+    if not registry.plugins and not registry.failures:
+        console.print("no plugins installed")
+    return EXIT_OK
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    path = args.file or bundled.default_config_path()
+    loaded = load_config(path)
+    inboxes = ", ".join(f"{i.name} ({i.plugin})" for i in loaded.config.inbox) or "none"
+    batches = ", ".join(f"{b.name} ({b.plugin})" for b in loaded.config.batch) or "none"
+    print(f"{path}: OK; inboxes: {inboxes}; batches: {batches}")
+    return EXIT_OK
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

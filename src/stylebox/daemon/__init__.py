@@ -1,0 +1,1 @@
+"""The pipeline after the source: runner, outbox (and, with the daemon, journal and watcher)."""

@@ -1,0 +1,138 @@
+"""The outbox: the only code that decides output names and writes them.
+
+Per input stem ``S`` it holds ``S.<ext>`` (the result), ``S.steps/NNNN.png`` (snapshots),
+``S.gif`` (the snapshots as an animation) and ``S.json`` (the manifest, written last, so a
+manifest's presence means the rest is complete). Every file is written atomically, and a
+second ``photo.jpg`` gets ``photo-2``: names never collide and nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from stylebox.config import OutputConfig
+from stylebox.images import atomic_write_bytes, atomic_writer, encode_image, resize_to_max_side
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+def safe_stem(filename: str) -> str:
+    """A file-system-safe stem from an input's name, taken as data and never as a path."""
+    stem = Path(filename.replace("\\", "/")).name
+    stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
+    stem = _UNSAFE.sub("_", stem).strip(" .")
+    return stem[:100] or "image"
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    folder: Path
+    stem: str
+    extension: str
+
+    @property
+    def result(self) -> Path:
+        return self.folder / f"{self.stem}{self.extension}"
+
+    @property
+    def steps(self) -> Path:
+        return self.folder / f"{self.stem}.steps"
+
+    @property
+    def animation(self) -> Path:
+        return self.folder / f"{self.stem}.gif"
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / f"{self.stem}.json"
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.result, self.steps, self.animation, self.manifest)
+
+
+class Outbox:
+    """One output folder and how results are written into it."""
+
+    def __init__(self, folder: Path, output: OutputConfig | None = None) -> None:
+        self.folder = folder
+        self.output = output or OutputConfig()
+        self._reserved: set[str] = set()
+        self._lock = threading.Lock()
+
+    def reserve(self, filename: str) -> OutputNames:
+        """Claim a stem for ``filename`` that no existing or in-flight output uses."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        base = safe_stem(filename)
+        extension = _EXTENSIONS[self.output.format]
+        with self._lock:
+            for n in range(1, 100_000):
+                stem = base if n == 1 else f"{base}-{n}"
+                names = OutputNames(self.folder, stem, extension)
+                # Any ``stem.*`` counts, so a result in another format is not shadowed either.
+                taken = stem in self._reserved or any(self.folder.glob(f"{glob.escape(stem)}.*"))
+                if not taken:
+                    self._reserved.add(stem)
+                    return names
+        raise RuntimeError(f"no free output name for {filename} in {self.folder}")
+
+    def claim(self, stem: str) -> OutputNames:
+        """Take back a stem this job reserved before an interruption (its snapshots stay)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._reserved.add(stem)
+        return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
+
+    def release(self, names: OutputNames) -> None:
+        with self._lock:
+            self._reserved.discard(names.stem)
+
+    def write_snapshot(self, names: OutputNames, image: Image.Image, step: int) -> Path:
+        names.steps.mkdir(exist_ok=True)
+        path = names.steps / f"{step:04d}.png"
+        atomic_write_bytes(path, encode_image(image, "png"))
+        return path
+
+    def write_result(
+        self, names: OutputNames, image: Image.Image, alpha: Image.Image | None
+    ) -> Path:
+        atomic_write_bytes(names.result, encode_image(image, self.output.format, alpha))
+        return names.result
+
+    def write_animation(self, names: OutputNames, final: Image.Image) -> Path | None:
+        """The snapshots, then the result, as a looping GIF; ``None`` without snapshots."""
+        if not self.output.animation or not names.steps.is_dir():
+            return None
+        snapshots = sorted(names.steps.glob("[0-9]*.png"), key=lambda p: int(p.stem))
+        if not snapshots:
+            return None
+        size = resize_to_max_side(final, self.output.animation_max_side).size
+        frames = []
+        for path in snapshots:
+            with Image.open(path) as snapshot:
+                frames.append(_gif_frame(snapshot, size))
+        frames.append(_gif_frame(final, size))
+        durations = [self.output.frame_ms] * (len(frames) - 1) + [self.output.frame_ms * 8]
+        with atomic_writer(names.animation) as handle:
+            frames[0].save(
+                handle, "GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
+            )
+        return names.animation
+
+    def write_manifest(self, names: OutputNames, manifest: dict[str, Any]) -> Path:
+        text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
+        atomic_write_bytes(names.manifest, text.encode())
+        return names.manifest
+
+
+def _gif_frame(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    frame = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    return frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)

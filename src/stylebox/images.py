@@ -1,0 +1,273 @@
+"""Safe image decoding and atomic encoding, shared by every entry point.
+
+Everything a plugin sees went through :func:`decode_image`: an 8-bit sRGB ``RGB`` image with
+EXIF orientation applied, and any alpha channel kept aside so :func:`encode_image` can put
+it back on the result. Every refusal is a :class:`~stylebox.errors.BadInput` whose message
+is one human sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+from stylebox.errors import BadInput
+
+#: Formats accepted by default (JPEG includes multi-picture MPO files from phones).
+#: Everything else is refused before a single pixel is decoded.
+DEFAULT_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "AVIF", "TIFF", "BMP", "GIF"})
+#: Default pixel limit (width x height); 6000x4000 camera photos pass with room to spare.
+DEFAULT_MAX_PIXELS = 80_000_000
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+Image.init()  # register every format plugin, so the allowlist can name MPO, TIFF...
+# Pillow only *warns* between its limit and twice its limit; a bomb must never decode.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+# A truncated file must be refused, never silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+_SRGB_BYTES: bytes = _SRGB.tobytes()
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An input, decoded and normalised to what plugins expect."""
+
+    rgb: Image.Image
+    """8-bit sRGB, mode ``RGB``, orientation applied."""
+    alpha: Image.Image | None
+    """The transparency mask (mode ``L``) kept aside, or ``None`` for opaque images."""
+    format: str
+    """The container format Pillow recognised (``JPEG``, ``PNG``...)."""
+    mode: str
+    """The colour mode the file was stored in, before conversion."""
+    sha256: str
+    """Hex digest of the file's bytes."""
+    notes: tuple[str, ...] = field(default=())
+    """Things worth recording that did not stop the decode (a broken ICC profile...)."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.size
+
+
+def decode_image(
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: frozenset[str] = DEFAULT_FORMATS,
+) -> DecodedImage:
+    """Read ``path`` and decode it fully, or raise :class:`BadInput` saying why not."""
+    try:
+        if not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise BadInput(f"{path.name} is {kind}, not an image file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {path.name}: {exc.strerror or exc}") from exc
+    return decode_bytes(data, name=path.name, max_pixels=max_pixels, formats=formats)
+
+
+def decode_bytes(
+    data: bytes,
+    *,
+    name: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: frozenset[str] = DEFAULT_FORMATS,
+) -> DecodedImage:
+    """Decode an image held in memory; see :func:`decode_image`."""
+    if not data:
+        raise BadInput(f"{name} is empty (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    image = _open(data, name, formats)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise BadInput(f"{name} has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise BadInput(
+            f"{name} is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+            f"{max_pixels / 1e6:.1f} MP (images.max_pixels); refusing a possible "
+            "decompression bomb"
+        )
+    original_format = image.format or "unknown"
+    original_mode = image.mode
+    try:
+        image.seek(0)  # animations and multi-page files: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadInput(f"{name} refused as a decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise BadInput(
+            f"{name} is truncated or corrupt ({original_format} data failed to decode: {exc})"
+        ) from exc
+    notes: list[str] = []
+    rgb, alpha = _to_srgb(image, notes)
+    return DecodedImage(
+        rgb=rgb,
+        alpha=alpha,
+        format=original_format,
+        mode=original_mode,
+        sha256=digest,
+        notes=tuple(notes),
+    )
+
+
+def _open(data: bytes, name: str, formats: frozenset[str]) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=sorted(formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadInput(f"{name} refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError:
+        pass
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadInput(f"{name} has a corrupt image header: {exc}") from exc
+    # Name the format if Pillow knows it at all, so the refusal says what to do.
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            found = probe.format
+    except Exception:  # any failure here just means "not an image"
+        found = None
+    if found:
+        raise BadInput(
+            f"{name} is a {found} image, which is not accepted "
+            f"(accepted formats: {', '.join(sorted(formats))})"
+        )
+    raise BadInput(f"{name} is not an image (no known image format recognised)")
+
+
+def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.Image | None]:
+    """Convert any Pillow mode to 8-bit sRGB RGB, splitting off alpha."""
+    icc = image.info.get("icc_profile")
+    mode = image.mode
+    alpha: Image.Image | None = None
+
+    if mode == "P" or mode == "PA":
+        image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+    elif mode == "RGBa":
+        image = image.convert("RGBA")
+    elif mode == "La":
+        image = image.convert("LA")
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode.startswith("I") or mode == "F":
+        image = _high_depth_to_l(image)
+    elif mode in ("YCbCr", "HSV", "LAB"):
+        image = image.convert("RGB") if mode != "LAB" else _lab_to_rgb(image)
+
+    if image.mode in ("RGBA", "LA"):
+        alpha = image.getchannel("A")
+        if alpha.getextrema() == (255, 255):
+            alpha = None  # fully opaque: nothing worth re-attaching
+        image = image.convert(image.mode[:-1])
+
+    if icc and image.mode in ("RGB", "L", "CMYK"):
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            image = ImageCms.profileToProfile(
+                image, source, _SRGB, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
+            )
+        except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+            notes.append(f"embedded ICC profile ignored: {exc}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image, alpha
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale to 8-bit, scaling rather than clipping."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
+    elif image.mode.startswith("I;16") or array.max(initial=0.0) > 255:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0
+    return Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def _lab_to_rgb(image: Image.Image) -> Image.Image:
+    transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), _SRGB, "LAB", "RGB")
+    return ImageCms.applyTransform(image, transform) or image
+
+
+def resize_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
+    """Shrink (never enlarge) so the longer side is at most ``max_side``, keeping the aspect."""
+    width, height = image.size
+    longest = max(width, height)
+    if longest <= max_side:
+        return image
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def encode_image(
+    image: Image.Image, fmt: OutputFormat = "png", alpha: Image.Image | None = None
+) -> bytes:
+    """Encode a result, re-attaching ``alpha`` (resized to fit) where the format can hold it."""
+    image = image.convert("RGB")
+    if alpha is not None and fmt != "jpeg":
+        if alpha.size != image.size:
+            alpha = alpha.resize(image.size, Image.Resampling.LANCZOS)
+        image = image.copy()
+        image.putalpha(alpha)
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, "PNG", icc_profile=_SRGB_BYTES, compress_level=6)
+    elif fmt == "jpeg":
+        image.save(buffer, "JPEG", icc_profile=_SRGB_BYTES, quality=92, subsampling=0)
+    else:
+        image.save(buffer, "WEBP", icc_profile=_SRGB_BYTES, quality=92, method=4)
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` all at once or not at all.
+
+    The data goes to a hidden temp file in the same folder (so the rename cannot cross file
+    systems and watchers ignore it), is flushed and fsynced, then renamed over ``path``; the
+    folder is fsynced so the rename itself survives a power cut.
+    """
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = Path(temp_name)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``; see :func:`atomic_writer`."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

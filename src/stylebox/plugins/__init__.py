@@ -1,0 +1,1 @@
+"""Plugins turn one decoded image into another; see :mod:`stylebox.plugins.api`."""

@@ -1,0 +1,179 @@
+"""The plugin contract: what a plugin is given, what it must return, and how it reports.
+
+A plugin is pure: it gets a decoded RGB image, its validated ``Params`` and a
+:class:`JobContext`, and returns an RGB image. It never chooses paths, never moves inputs
+and never writes files of its own; progress, snapshots and checkpoints all go through the
+context, and the outbox decides every name.
+
+A minimal plugin::
+
+    class Invert(Plugin):
+        name = "invert"
+        version = "1.0"
+
+        class Params(PluginParams):
+            strength: float = Field(1.0, ge=0, le=1)
+
+        def process(self, image, job):
+            return Image.blend(image, ImageOps.invert(image), self.params.strength)
+
+registered in its package's ``pyproject.toml``::
+
+    [project.entry-points."stylebox.plugins"]
+    invert = "my_package:Invert"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+from PIL import Image
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+from stylebox import bundled
+from stylebox.backbone import BackboneSpec
+from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError, StyleboxError
+
+__all__ = [
+    "BadInput",
+    "Cancelled",
+    "ConfigError",
+    "InputFile",
+    "JobContext",
+    "Plugin",
+    "PluginError",
+    "PluginParams",
+    "Runtime",
+    "StyleFile",
+    "StyleboxError",
+    "params_digest",
+]
+
+JsonValue = Any  # anything json.dumps accepts
+
+
+class PluginParams(BaseModel):
+    """Base for a plugin's ``Params``: unknown keys are refused and values cannot change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context if isinstance(info.context, dict) else {}
+    return Path(context.get("base_dir") or Path.cwd())
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    path = value.expanduser()
+    if not path.is_absolute():
+        path = _base_dir(info) / path
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path.resolve()
+
+
+def _style_file(value: Path, info: ValidationInfo) -> Path:
+    if not value.suffix and len(value.parts) == 1:
+        found = bundled.find_style(str(value))
+        if found is not None:
+            return found
+    try:
+        return _existing_file(value, info)
+    except ValueError:
+        names = ", ".join(bundled.style_names()) or "none"
+        raise ValueError(f"{value} is neither an image file nor a bundled style ({names})") from None
+
+
+#: A path to an existing file; relative paths are taken from the config file's ``root``
+#: (or the working directory on the command line).
+InputFile = Annotated[Path, AfterValidator(_existing_file)]
+#: Like :data:`InputFile`, but a bare name such as ``starry_night`` picks a bundled style.
+StyleFile = Annotated[Path, AfterValidator(_style_file)]
+
+
+def params_digest(params: BaseModel) -> str:
+    """A stable hash of a params model, for cache keys and idempotency."""
+    canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the host gives every plugin instance: the machine-level settings."""
+
+    device: str = "auto"
+    """``auto | cpu | cuda | cuda:N`` from the config; a plugin's own device param wins."""
+    state_dir: Path = field(default_factory=lambda: Path("var/state"))
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+
+    def cache_dir(self, name: str) -> Path:
+        """A persistent folder for one plugin's caches, created on demand."""
+        path = self.state_dir / "cache" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class JobContext(ABC):
+    """The runner's side of one job, as a plugin sees it."""
+
+    checkpoint_dir: Path
+    """Plugin-private; survives a crash; deleted when the job ends."""
+
+    @property
+    @abstractmethod
+    def cancelled(self) -> bool:
+        """True once the job must stop. Poll between steps; then checkpoint and raise
+        :class:`Cancelled`."""
+
+    @abstractmethod
+    def progress(self, step: int, total: int, **metrics: float) -> None:
+        """Report that ``step`` of ``total`` is done, with any numbers worth recording."""
+
+    @abstractmethod
+    def snapshot(self, image: Image.Image, step: int) -> None:
+        """Hand over an intermediate result; the outbox stores it as ``<stem>.steps/NNNN``."""
+
+    @abstractmethod
+    def note(self, **facts: JsonValue) -> None:
+        """Record facts for the manifest (the device used, a cache hit...)."""
+
+
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
+
+
+class Plugin(ABC, Generic[ParamsT]):
+    """Base class of every plugin.
+
+    Subclasses set :attr:`name`, :attr:`version` and :attr:`Params`, load their models in
+    ``__init__`` (one instance serves many jobs, so stay warm) and implement
+    :meth:`process`.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(self, params: ParamsT, runtime: Runtime) -> None:
+        self.params = params
+        self.runtime = runtime
+
+    @abstractmethod
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        """Return the processed image. Raise :class:`BadInput` for inputs that can never
+        work, :class:`PluginError` for failures worth a retry."""
+
+    def process_batch(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image]:
+        """Several jobs at once; override where batching pays (same-size images)."""
+        return [self.process(image, job) for image, job in zip(images, jobs, strict=True)]
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release what ``__init__`` acquired; called when the host drops the instance."""

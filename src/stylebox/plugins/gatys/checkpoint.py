@@ -1,0 +1,55 @@
+"""What an interrupted Gatys job needs to carry on exactly where it stopped."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stylebox.images import atomic_write_bytes
+
+FILENAME = "gatys.pt"
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    params_digest: str
+    content_size: tuple[int, int]
+    scale: int
+    """Index of the scale being optimised."""
+    step: int
+    """Steps completed within that scale."""
+    image: torch.Tensor
+    optimizer: dict[str, Any]
+    best_loss: float = float("inf")
+    stale_steps: int = 0
+    rng: torch.Tensor = field(default_factory=torch.get_rng_state)
+
+    def save(self, folder: Path) -> None:
+        state = asdict(self) | {"format": FORMAT, "image": self.image.detach().cpu()}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(folder / FILENAME, buffer.getvalue())
+
+    @classmethod
+    def load(cls, folder: Path, params_digest: str, content_size: tuple[int, int]) -> Checkpoint | None:
+        """The checkpoint in ``folder`` if it belongs to this job, else ``None``."""
+        path = folder / FILENAME
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn or foreign file: start over rather than fail the job
+            return None
+        if (
+            state.pop("format", None) != FORMAT
+            or state.get("params_digest") != params_digest
+            or tuple(state.get("content_size", ())) != tuple(content_size)
+        ):
+            return None
+        state["content_size"] = tuple(state["content_size"])
+        return cls(**state)

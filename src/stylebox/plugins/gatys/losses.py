@@ -1,0 +1,77 @@
+"""The Gatys objective: content, Gram style and total-variation losses.
+
+Each term is a mean, and Grams are divided by C*H*W, so the same weights give the same
+balance at 256 px and at 2048 px.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from stylebox.backbone import VGG19
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Channel co-occurrence of a (B, C, H, W) map, normalised by C*H*W, in fp32."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w).float()
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels; discourages high-frequency noise."""
+    dx = image[..., :, 1:] - image[..., :, :-1]
+    dy = image[..., 1:, :] - image[..., :-1, :]
+    return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+class Objective:
+    """Total loss of an image against fixed content features and style Grams."""
+
+    def __init__(
+        self,
+        network: VGG19,
+        content_targets: Mapping[str, torch.Tensor],
+        style_targets: Mapping[str, torch.Tensor],
+        content_layers: Mapping[str, float],
+        style_layers: Mapping[str, float],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+    ) -> None:
+        self.network = network
+        self.content_targets = dict(content_targets)
+        self.style_targets = dict(style_targets)
+        self.content_layers = {k: v for k, v in content_layers.items() if v and content_weight}
+        self.style_layers = {k: v for k, v in style_layers.items() if v and style_weight}
+        self.content_weight = content_weight
+        self.style_weight = style_weight
+        self.tv_weight = tv_weight
+        self.layers = sorted({*self.content_layers, *self.style_layers})
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted total (for backward) and its parts (for reporting)."""
+        features = self.network(image, self.layers) if self.layers else {}
+        zero = image.new_zeros(())
+        content = sum(
+            (w * F.mse_loss(features[k].float(), self.content_targets[k])
+             for k, w in self.content_layers.items()),
+            zero,
+        )
+        style = sum(
+            (w * F.mse_loss(gram(features[k]), self.style_targets[k])
+             for k, w in self.style_layers.items()),
+            zero,
+        )
+        tv = total_variation(image.float()) if self.tv_weight else zero
+        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
+        parts = {
+            "loss": float(total.detach()),
+            "content": float(content) * self.content_weight,
+            "style": float(style) * self.style_weight,
+            "tv": float(tv) * self.tv_weight,
+        }
+        return total, parts

@@ -1,0 +1,141 @@
+"""Every knob of the Gatys optimiser, in one typed place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from stylebox.backbone import LAYERS, Pooling
+from stylebox.plugins.api import InputFile, PluginParams, StyleFile
+
+DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+
+
+def _check_layers(value: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(value).difference(LAYERS))
+    if unknown:
+        raise ValueError(f"unknown VGG19 layers {unknown}; use names like relu4_2 or conv1_1")
+    if not value:
+        raise ValueError("at least one layer is needed")
+    if any(weight < 0 for weight in value.values()):
+        raise ValueError("layer weights must not be negative")
+    return value
+
+
+class GatysParams(PluginParams):
+    """Parameters of the ``gatys`` plugin (Gatys, Ecker & Bethge, 2016)."""
+
+    # What to paint with
+    style: list[StyleFile] = Field(
+        min_length=1,
+        description="Style image(s): paths or bundled names such as 'starry_night'",
+    )
+    style_blend: list[float] | None = Field(
+        None, description="One weight per style image (normalised to sum to 1); default equal"
+    )
+    style_scale: float = Field(
+        1.0, gt=0, le=4, description="Style image size relative to the result's longest side"
+    )
+
+    # The objective
+    content_weight: float = Field(1.0, ge=0, description="Weight of the content loss")
+    style_weight: float = Field(1e5, ge=0, description="Weight of the style (Gram) loss")
+    tv_weight: float = Field(1e-4, ge=0, description="Weight of the total-variation smoothness loss")
+    content_layers: dict[str, float] = Field(
+        default_factory=lambda: {"relu4_2": 1.0}, description="Content layers and their weights"
+    )
+    style_layers: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_STYLE_LAYERS),
+        description="Style layers and their weights",
+    )
+    pooling: Pooling = Field("max", description="VGG19 pooling: max, or avg for softer textures")
+
+    # The optimiser
+    optimizer: Literal["lbfgs", "adam"] = Field("lbfgs", description="L-BFGS or Adam")
+    steps: PositiveInt = Field(300, description="Optimisation steps at the final size")
+    coarse_steps: PositiveInt | None = Field(
+        None, description="Steps at each coarser scale; default: same as steps"
+    )
+    learning_rate: float = Field(
+        1.0, gt=0, description="L-BFGS step scale (1.0 is standard), or Adam's rate (try 0.02)"
+    )
+    lr_schedule: Literal["constant", "cosine", "exponential"] = Field(
+        "constant", description="Learning-rate decay over the steps of each scale (Adam)"
+    )
+    lr_final: float = Field(
+        0.1, gt=0, le=1, description="Final learning rate as a fraction of the first (decays)"
+    )
+    lbfgs_history: PositiveInt = Field(20, description="L-BFGS memory (pairs kept)")
+    plateau_patience: int = Field(
+        0, ge=0, description="Stop a scale early after this many steps without improvement (0: off)"
+    )
+    plateau_tolerance: float = Field(
+        1e-3, ge=0, description="Relative loss improvement that counts as progress"
+    )
+    seed: int = Field(0, description="Seed for noise init; same seed + params = same output")
+
+    # The image
+    init: Literal["content", "noise", "style"] | InputFile = Field(
+        "content", description="Start from the content, noise, the (first) style, or an image path"
+    )
+    size: PositiveInt = Field(512, le=8192, description="Longest side of the result, in pixels")
+    scales: list[PositiveInt] = Field(
+        default_factory=list,
+        description="Coarser sizes to optimise first, e.g. [256]; each result seeds the next",
+    )
+    color: Literal["none", "luminance", "histogram"] = Field(
+        "none",
+        description="Colour control: keep the photo's colours (luminance-only transfer) or "
+        "match the style's colours to the photo first (histogram)",
+    )
+
+    # Running
+    device: Literal["auto", "cpu", "cuda"] | None = Field(
+        None, description="Device; default: the config's top-level device"
+    )
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only)")
+    snapshot_every: int = Field(25, ge=0, description="Snapshot every N steps (0: none)")
+    checkpoint_every: int = Field(
+        25, ge=0, description="Checkpoint every N steps so a killed job resumes (0: never)"
+    )
+
+    @field_validator("style", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str | Path) else value
+
+    _check_content = field_validator("content_layers")(_check_layers)
+    _check_style = field_validator("style_layers")(_check_layers)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatysParams:
+        if self.style_blend is not None:
+            if len(self.style_blend) != len(self.style):
+                raise ValueError(
+                    f"style_blend has {len(self.style_blend)} weights for "
+                    f"{len(self.style)} style images"
+                )
+            if any(w < 0 for w in self.style_blend) or sum(self.style_blend) <= 0:
+                raise ValueError("style_blend weights must be non-negative with a positive sum")
+        if any(b <= a for a, b in zip(self.scales, self.scales[1:], strict=False)):
+            raise ValueError("scales must be increasing")
+        if self.scales and self.scales[-1] >= self.size:
+            raise ValueError(f"scales must all be smaller than size ({self.size})")
+        return self
+
+    @property
+    def sizes(self) -> list[int]:
+        """Every size optimised, coarse to fine, ending at ``size``."""
+        return [*self.scales, self.size]
+
+    @property
+    def blend(self) -> list[float]:
+        weights = self.style_blend or [1.0] * len(self.style)
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    def steps_at(self, scale_index: int) -> int:
+        final = scale_index == len(self.scales)
+        return self.steps if final or self.coarse_steps is None else self.coarse_steps

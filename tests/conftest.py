@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+STYLES = REPO / "styles"
+
+
+def photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    """A small synthetic photo: smooth gradients, a few shapes and some texture."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 0.5 + 0.5 * np.sin(x / max(width, 1) * 3.1 + seed)
+    g = y / max(height - 1, 1)
+    b = 0.5 + 0.4 * np.cos((x + y) / 9.0)
+    array = np.stack([r, g, b], axis=-1)
+    array[height // 4 : height // 2, width // 4 : width // 2] = (0.9, 0.8, 0.2)
+    array += rng.normal(0, 0.03, array.shape)
+    return Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims ``width`` x ``height``: a decompression bomb."""
+    data = bytearray(encoded(Image.new("L", (1, 1))))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    crc = zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF
+    data[29:33] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+@pytest.fixture
+def photo_file(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    photo(64, 48).save(path)
+    return path
+
+
+@pytest.fixture
+def style_file(tmp_path: Path) -> Path:
+    path = tmp_path / "style.png"
+    with Image.open(STYLES / "starry_night.jpg") as painting:
+        painting.convert("RGB").resize((64, 51), Image.Resampling.LANCZOS).save(path)
+    return path
+
+
+def make_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Every kind of bad input, with a fragment its refusal must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good_png = encoded(photo(64, 48))
+    good_jpeg = encoded(photo(64, 48), "JPEG", quality=90)
+    cases: dict[str, tuple[bytes | None, str, str]] = {
+        "empty": (b"", "empty.jpg", "empty"),
+        "text": (b"hello, this is not a picture\n" * 20, "notes.jpg", "not an image"),
+        "truncated-png": (good_png[: len(good_png) // 2], "cut.png", "truncated"),
+        "truncated-jpeg": (good_jpeg[: len(good_jpeg) // 2], "cut.jpg", "truncated"),
+        "bomb": (png_claiming_size(40_000, 40_000), "bomb.png", "decompression bomb"),
+        "format": (encoded(photo(16, 16), "PPM"), "photo.ppm", "not accepted"),
+        "directory": (None, "x.jpg", "folder"),
+    }
+    made: dict[str, tuple[Path, str]] = {}
+    for kind, (data, name, reason) in cases.items():
+        path = folder / kind / name
+        path.parent.mkdir()
+        if data is None:
+            path.mkdir()
+        else:
+            path.write_bytes(data)
+        made[kind] = (path, reason)
+    return made
+
+
+def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
+    """A minimal ICC v2 matrix/TRC RGB profile; with ``swap_red_blue`` its red primary is
+    sRGB's blue and vice versa, so a colour-managed decode visibly changes the pixels."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    red, green, blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+    if swap_red_blue:
+        red, blue = blue, red
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0233) + bytes(2)  # gamma 2.2
+    text = b"text" + bytes(4) + b"test profile\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", 5) + b"test\0" + bytes(12) + bytes(67)
+    tags = [
+        (b"desc", desc), (b"cprt", text), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(*red)), (b"gXYZ", xyz(*green)), (b"bXYZ", xyz(*blue)),
+        (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += bytes(-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (
+        struct.pack(">I", size) + b"lcms" + bytes.fromhex("02100000") + b"mntrRGB XYZ "
+        + bytes(12) + b"acsp" + bytes(16) + bytes(8) + bytes(4)
+        + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(4) + bytes(16) + bytes(28)
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body

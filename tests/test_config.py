@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stylebox.config import json_schema, load_config
+from stylebox.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = """
+state_dir = "state"
+
+[[inbox]]
+name = "starry"
+path = "in/starry"
+outbox = "out/starry"
+plugin = "gatys"
+params = { style = "starry_night", size = 128, steps = 10 }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stylebox.toml"
+    path.write_text(text)
+    return path
+
+
+def refusal(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, text))
+    return str(refused.value)
+
+
+def test_good_config_resolves_paths_from_its_folder(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, GOOD))
+    inbox = loaded.config.inbox[0]
+    assert inbox.path == tmp_path / "in" / "starry"
+    assert loaded.config.state_dir == tmp_path / "state"
+    params = loaded.params[("inbox", "starry")]
+    assert params.steps == 10 and params.style[0].name == "starry_night.jpg"
+
+
+def test_root_moves_the_base_of_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "s.toml"
+    path.write_text('root = ".."\n' + GOOD)
+    assert load_config(path).config.state_dir == tmp_path / "state"
+
+
+def test_bad_plugin_param_names_file_table_and_field(tmp_path: Path) -> None:
+    message = refusal(tmp_path, GOOD.replace("steps = 10", "steps = -5"))
+    assert str(tmp_path / "stylebox.toml") in message
+    assert "[[inbox]] #1 (starry).params.steps" in message
+    assert "greater than 0" in message and "-5" in message
+
+
+def test_unknown_keys_are_refused_everywhere(tmp_path: Path) -> None:
+    assert "stat_dir: unknown key" in refusal(tmp_path, "stat_dir = 'x'\n")
+    message = refusal(tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = "gatys"\nwatchh = 1'))
+    assert "[[inbox]] #1 (starry).watchh: unknown key" in message
+    message = refusal(tmp_path, GOOD.replace("steps = 10", "stepz = 10"))
+    assert "params.stepz: unknown key" in message
+
+
+def test_bad_values_name_the_field(tmp_path: Path) -> None:
+    assert "device" in refusal(tmp_path, 'device = "gpu"\n')
+    assert "images.max_pixels" in refusal(tmp_path, "[images]\nmax_pixels = 0\n")
+    assert "images.formats" in refusal(tmp_path, '[images]\nformats = ["JPEG", "NOPE"]\n')
+    assert "[[inbox]] #1 (starry).path: Field required" in refusal(
+        tmp_path, GOOD.replace('path = "in/starry"\n', "")
+    )
+
+
+def test_unknown_plugin_and_missing_style_are_named(tmp_path: Path) -> None:
+    message = refusal(tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = "nope"'))
+    assert "[[inbox]] #1 (starry).plugin" in message and "no plugin named 'nope'" in message
+    message = refusal(tmp_path, GOOD.replace('"starry_night"', '"missing.jpg"'))
+    assert "params.style[0]" in message and "missing.jpg" in message
+
+
+def test_duplicate_inbox_names_are_refused(tmp_path: Path) -> None:
+    twice = GOOD + GOOD.split("\n", 2)[2]
+    assert "two [[inbox]] tables are named 'starry'" in refusal(tmp_path, twice)
+
+
+def test_invalid_toml_says_where(tmp_path: Path) -> None:
+    message = refusal(tmp_path, "state_dir = \n")
+    assert "not valid TOML" in message and "line 1" in message
+
+
+def test_schema_includes_each_plugins_params() -> None:
+    schema = json_schema()
+    assert "gatys_params" in schema["$defs"]
+    assert "steps" in schema["$defs"]["gatys_params"]["properties"]
+    condition = schema["$defs"]["InboxConfig"]["allOf"][0]
+    assert condition["if"]["properties"]["plugin"]["const"] == "gatys"
+
+
+def test_embedded_default_config_is_valid() -> None:
+    loaded = load_config(REPO / "config" / "stylebox.toml")
+    assert loaded.config.state_dir == REPO / "var" / "state"
+    assert [inbox.plugin for inbox in loaded.config.inbox] == ["gatys"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    ok = cli("config", "check", str(write(tmp_path, GOOD)))
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = cli("config", "check", str(write(tmp_path, GOOD.replace("steps = 10", "steps = 0"))))
+    assert bad.returncode == 2
+    assert "params.steps" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_config_schema_command() -> None:
+    result = cli("config", "schema")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["title"] == "StyleboxConfig"

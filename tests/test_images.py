@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import encoded, make_bad_inputs, photo, rgb_icc_profile
+from PIL import Image, ImageCms
+
+from stylebox.errors import BadInput
+from stylebox.images import (
+    atomic_write_bytes,
+    decode_bytes,
+    decode_image,
+    encode_image,
+    resize_to_max_side,
+)
+
+BAD = make_bad_inputs  # the table is shared with the command-line tests
+
+
+@pytest.mark.parametrize(
+    "kind", ["empty", "text", "truncated-png", "truncated-jpeg", "bomb", "format", "directory"]
+)
+def test_every_bad_input_is_refused_with_a_reason(tmp_path: Path, kind: str) -> None:
+    path, reason = BAD(tmp_path)[kind]
+    with pytest.raises(BadInput) as refused:
+        decode_image(path)
+    message = str(refused.value)
+    assert reason in message
+    assert "\n" not in message
+    assert path.name in message
+
+
+def test_pixel_limit_is_configurable() -> None:
+    data = encoded(photo(40, 40))
+    with pytest.raises(BadInput, match="images.max_pixels"):
+        decode_bytes(data, max_pixels=1000)
+    assert decode_bytes(data, max_pixels=1600).size == (40, 40)
+
+
+def test_pillow_bomb_warning_is_an_error_even_below_our_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadInput, match="decompression bomb"):
+        decode_bytes(encoded(photo(40, 30)), max_pixels=10**9)
+
+
+def test_format_allowlist_can_be_narrowed() -> None:
+    with pytest.raises(BadInput, match="is a PNG image, which is not accepted"):
+        decode_bytes(encoded(photo(8, 8)), formats=frozenset({"JPEG"}))
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = photo(40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_bytes(encoded(image, "JPEG", exif=exif.tobytes()))
+    assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("CMYK", "JPEG"), ("CMYK", "TIFF"), ("L", "PNG"), ("1", "PNG"), ("P", "GIF"), ("P", "PNG"),
+     ("YCbCr", "JPEG"), ("RGB", "WEBP"), ("RGB", "BMP")],
+)
+def test_colour_modes_become_8bit_rgb(mode: str, fmt: str) -> None:
+    source = photo(24, 16).convert(mode)
+    decoded = decode_bytes(encoded(source, fmt))
+    assert decoded.rgb.mode == "RGB"
+    assert decoded.size == (24, 16)
+    assert decoded.alpha is None
+
+
+def test_16bit_grey_is_scaled_not_clipped() -> None:
+    ramp = (np.linspace(0, 65535, 32 * 8).reshape(8, 32)).astype(np.uint16)
+    grey16 = Image.fromarray(ramp)
+    assert grey16.mode == "I;16"
+    decoded = decode_bytes(encoded(grey16))
+    values = np.asarray(decoded.rgb)[..., 0]
+    assert values.min() == 0 and values.max() == 255
+    assert len(np.unique(values)) > 100  # a real ramp, not a clipped step
+
+
+def test_alpha_is_kept_aside_and_reattached() -> None:
+    rgba = photo(32, 24).convert("RGBA")
+    mask = Image.new("L", (32, 24), 0)
+    mask.paste(255, (8, 6, 24, 18))
+    rgba.putalpha(mask)
+    for source in (rgba, rgba.convert("LA")):
+        decoded = decode_bytes(encoded(source, "PNG"))
+        assert decoded.rgb.mode == "RGB"
+        assert decoded.alpha is not None
+        assert np.array_equal(np.asarray(decoded.alpha), np.asarray(mask))
+    result = encode_image(decoded.rgb.resize((64, 48)), "png", decoded.alpha)
+    reopened = Image.open(io.BytesIO(result))
+    assert reopened.mode == "RGBA" and reopened.size == (64, 48)
+    assert reopened.getchannel("A").getpixel((0, 0)) == 0
+    assert reopened.getchannel("A").getpixel((32, 24)) == 255
+
+
+def test_palette_transparency_becomes_alpha() -> None:
+    image = Image.new("P", (10, 10), 0)
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    image.paste(1, (0, 0, 5, 10))
+    decoded = decode_bytes(encoded(image, "PNG", transparency=0))
+    assert decoded.alpha is not None
+    assert decoded.alpha.getpixel((9, 9)) == 0 and decoded.alpha.getpixel((0, 0)) == 255
+
+
+def test_fully_opaque_alpha_is_dropped() -> None:
+    decoded = decode_bytes(encoded(photo(8, 8).convert("RGBA")))
+    assert decoded.alpha is None
+
+
+def test_icc_profile_is_converted_to_srgb() -> None:
+    red = Image.new("RGB", (8, 8), (220, 10, 10))
+    tagged = decode_bytes(encoded(red, "PNG", icc_profile=rgb_icc_profile(swap_red_blue=True)))
+    untagged = decode_bytes(encoded(red, "PNG"))
+    assert tagged.notes == ()
+    assert untagged.rgb.getpixel((4, 4)) == (220, 10, 10)
+    r, _, b = tagged.rgb.getpixel((4, 4))
+    assert b > 150 and r < 100  # the profile says those numbers mean blue
+
+
+def test_srgb_tagged_image_is_unchanged() -> None:
+    image = photo(16, 16)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged = decode_bytes(encoded(image, "PNG", icc_profile=srgb))
+    difference = np.abs(np.asarray(tagged.rgb, int) - np.asarray(image, int))
+    assert difference.max() <= 2
+
+
+def test_broken_icc_profile_is_noted_not_fatal() -> None:
+    decoded = decode_bytes(encoded(photo(16, 16), "PNG", icc_profile=b"garbage" * 20))
+    assert decoded.rgb.mode == "RGB"
+    assert any("ICC" in note for note in decoded.notes)
+
+
+def test_first_frame_of_an_animation() -> None:
+    frames = [Image.new("RGB", (12, 12), colour) for colour in ("red", "green", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    decoded = decode_bytes(buffer.getvalue())
+    assert decoded.rgb.getpixel((5, 5))[0] > 200  # red, the first frame
+
+
+def test_decoded_sha256_is_of_the_file_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "p.png"
+    path.write_bytes(encoded(photo(8, 8)))
+    assert decode_image(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resize_to_max_side_never_enlarges() -> None:
+    assert resize_to_max_side(photo(60, 30), 30).size == (30, 15)
+    assert resize_to_max_side(photo(20, 10), 100).size == (20, 10)
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"first")
+    atomic_write_bytes(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert os.listdir(tmp_path) == ["out.bin"]
+    assert (target.stat().st_mode & 0o777) == 0o644
+
+
+def test_atomic_write_failure_leaves_the_old_file(tmp_path: Path) -> None:
+    from stylebox.images import atomic_writer
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_writer(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("disk on fire")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.bin"]
