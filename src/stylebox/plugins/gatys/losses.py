@@ -70,8 +70,8 @@ class Objective:
         total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
         parts = {
             "loss": float(total.detach()),
-            "content": float(content) * self.content_weight,
-            "style": float(style) * self.style_weight,
-            "tv": float(tv) * self.tv_weight,
+            "content": float(content.detach()) * self.content_weight,
+            "style": float(style.detach()) * self.style_weight,
+            "tv": float(tv.detach()) * self.tv_weight,
         }
         return total, parts

@@ -41,8 +41,10 @@ class GatysParams(PluginParams):
 
     # The objective
     content_weight: float = Field(1.0, ge=0, description="Weight of the content loss")
-    style_weight: float = Field(1e5, ge=0, description="Weight of the style (Gram) loss")
-    tv_weight: float = Field(1e-4, ge=0, description="Weight of the total-variation smoothness loss")
+    style_weight: float = Field(20.0, ge=0, description="Weight of the style (Gram) loss")
+    tv_weight: float = Field(
+        1e5, ge=0, description="Weight of the total-variation smoothness loss"
+    )
     content_layers: dict[str, float] = Field(
         default_factory=lambda: {"relu4_2": 1.0}, description="Content layers and their weights"
     )

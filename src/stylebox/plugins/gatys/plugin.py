@@ -31,6 +31,9 @@ from stylebox.plugins.gatys.params import GatysParams
 from stylebox.plugins.gatys.targets import StyleTargetCache
 from stylebox.tensors import resolve_device, to_image, to_tensor
 
+#: VGG19 halves the image four times before relu5_1; a shorter side leaves nothing to match.
+MIN_SIDE = 32
+
 _caches: dict[Path, StyleTargetCache] = {}
 
 
@@ -84,7 +87,13 @@ class GatysPlugin(Plugin[GatysParams]):
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         p = self.params
         job.note(device=str(self.device), backbone=self.backbone_id)
-        scales = self._scales(image.size)
+        out_size = resize_to_max_side(image, p.size).size
+        work = image
+        if min(out_size) < MIN_SIDE:  # stretched up to where VGG19 still sees something
+            work = image.resize(
+                (max(out_size[0], MIN_SIDE), max(out_size[1], MIN_SIDE)), Image.Resampling.LANCZOS
+            )
+        scales = self._scales(work.size)
         total = scales[-1].first_global_step + scales[-1].steps
         checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
         if checkpoint is not None:
@@ -98,7 +107,7 @@ class GatysPlugin(Plugin[GatysParams]):
         for scale in scales:
             if checkpoint is not None and scale.index < checkpoint.scale:
                 continue
-            content = to_tensor(resize_to_max_side(image, scale.size), self.device)
+            content = to_tensor(resize_to_max_side(work, scale.size), self.device)
             lum_content = color.luminance(content) if p.color == "luminance" else None
             target_content = lum_content if lum_content is not None else content
             objective = self._objective(target_content, content, cache_outcomes)
@@ -125,12 +134,15 @@ class GatysPlugin(Plugin[GatysParams]):
         final = result.detach().clamp(0, 1)
         if p.color == "luminance":
             final = color.with_content_colour(final, content)
-        return to_image(final)
+        picture = to_image(final)
+        return picture if picture.size == out_size else picture.resize(out_size, Image.Resampling.LANCZOS)
 
     def _scales(self, size: tuple[int, int]) -> list[_Scale]:
         p = self.params
         final = min(p.size, max(size))
-        sizes = [s for s in p.scales if s < final] + [final]
+        # Coarse scales that would shrink the short side below MIN_SIDE are skipped.
+        sizes = [s for s in p.scales if s < final and min(size) * s / max(size) >= MIN_SIDE]
+        sizes.append(final)
         scales, first = [], 0
         for index, s in enumerate(sizes):
             is_final = index == len(sizes) - 1
