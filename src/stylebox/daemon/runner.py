@@ -13,7 +13,7 @@ import platform
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -120,7 +120,9 @@ class RunnerContext(JobContext):
 class Runner:
     """Executes jobs; the same code behind every entry point."""
 
-    def __init__(self, images: ImagesConfig | None = None, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self, images: ImagesConfig | None = None, reporter: Reporter | None = None
+    ) -> None:
         self.images = images or ImagesConfig()
         self.reporter: Reporter = reporter or _Silent()
 
@@ -157,7 +159,9 @@ class Runner:
         except Exception as exc:  # a plugin bug is a plugin fault, retried then failed
             raise PluginError(f"plugin {plugin.name} failed: {type(exc).__name__}: {exc}") from exc
         if not isinstance(result, Image.Image):
-            raise PluginError(f"plugin {plugin.name} returned {type(result).__name__}, not an image")
+            raise PluginError(
+                f"plugin {plugin.name} returned {type(result).__name__}, not an image"
+            )
         processed_at = time.perf_counter()
 
         outbox.write_result(names, result, decoded.alpha)

@@ -87,7 +87,9 @@ def _style_file(value: Path, info: ValidationInfo) -> Path:
         return _existing_file(value, info)
     except ValueError:
         names = ", ".join(bundled.style_names()) or "none"
-        raise ValueError(f"{value} is neither an image file nor a bundled style ({names})") from None
+        raise ValueError(
+            f"{value} is neither an image file nor a bundled style ({names})"
+        ) from None
 
 
 #: A path to an existing file; relative paths are taken from the config file's ``root``
@@ -175,5 +177,5 @@ class Plugin(ABC, Generic[ParamsT]):
         """Several jobs at once; override where batching pays (same-size images)."""
         return [self.process(image, job) for image, job in zip(images, jobs, strict=True)]
 
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+    def close(self) -> None:
         """Release what ``__init__`` acquired; called when the host drops the instance."""

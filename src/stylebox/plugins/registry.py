@@ -45,7 +45,9 @@ class Registry:
             return self.plugins[name].cls
         if name in self.failures:
             failure = self.failures[name]
-            raise ConfigError(f"plugin {name!r} ({failure.source}) failed to load: {failure.reason}")
+            raise ConfigError(
+                f"plugin {name!r} ({failure.source}) failed to load: {failure.reason}"
+            )
         known = ", ".join(sorted(self.plugins)) or "none"
         raise ConfigError(f"no plugin named {name!r} is installed (installed: {known})")
 

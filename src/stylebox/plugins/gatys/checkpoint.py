@@ -36,7 +36,9 @@ class Checkpoint:
         atomic_write_bytes(folder / FILENAME, buffer.getvalue())
 
     @classmethod
-    def load(cls, folder: Path, params_digest: str, content_size: tuple[int, int]) -> Checkpoint | None:
+    def load(
+        cls, folder: Path, params_digest: str, content_size: tuple[int, int]
+    ) -> Checkpoint | None:
         """The checkpoint in ``folder`` if it belongs to this job, else ``None``."""
         path = folder / FILENAME
         if not path.is_file():

@@ -10,7 +10,13 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from stylebox.backbone import LAYERS, Pooling
 from stylebox.plugins.api import InputFile, PluginParams, StyleFile
 
-DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+DEFAULT_STYLE_LAYERS = {
+    "relu1_1": 1.0,
+    "relu2_1": 1.0,
+    "relu3_1": 1.0,
+    "relu4_1": 1.0,
+    "relu5_1": 1.0,
+}
 
 
 def _check_layers(value: dict[str, float]) -> dict[str, float]:
@@ -42,9 +48,7 @@ class GatysParams(PluginParams):
     # The objective
     content_weight: float = Field(1.0, ge=0, description="Weight of the content loss")
     style_weight: float = Field(20.0, ge=0, description="Weight of the style (Gram) loss")
-    tv_weight: float = Field(
-        1e5, ge=0, description="Weight of the total-variation smoothness loss"
-    )
+    tv_weight: float = Field(1e5, ge=0, description="Weight of the total-variation smoothness loss")
     content_layers: dict[str, float] = Field(
         default_factory=lambda: {"relu4_2": 1.0}, description="Content layers and their weights"
     )

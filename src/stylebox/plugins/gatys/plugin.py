@@ -120,7 +120,9 @@ class GatysPlugin(Plugin[GatysParams]):
                 ).clamp(0, 1)
             else:
                 start = self._initial(target_content, generator)
-            resume = checkpoint if checkpoint is not None and scale.index == checkpoint.scale else None
+            resume = (
+                checkpoint if checkpoint is not None and scale.index == checkpoint.scale else None
+            )
 
             def show(x: torch.Tensor, base: torch.Tensor = content) -> Image.Image:
                 x = x.detach().clamp(0, 1)
@@ -135,7 +137,11 @@ class GatysPlugin(Plugin[GatysParams]):
         if p.color == "luminance":
             final = color.with_content_colour(final, content)
         picture = to_image(final)
-        return picture if picture.size == out_size else picture.resize(out_size, Image.Resampling.LANCZOS)
+        return (
+            picture
+            if picture.size == out_size
+            else picture.resize(out_size, Image.Resampling.LANCZOS)
+        )
 
     def _scales(self, size: tuple[int, int]) -> list[_Scale]:
         p = self.params
@@ -178,7 +184,10 @@ class GatysPlugin(Plugin[GatysParams]):
             if max(picture.size) < longest:  # small paintings are enlarged to the asked scale
                 factor = longest / max(picture.size)
                 picture = style.image.resize(
-                    (max(1, round(style.image.width * factor)), max(1, round(style.image.height * factor))),
+                    (
+                        max(1, round(style.image.width * factor)),
+                        max(1, round(style.image.height * factor)),
+                    ),
                     Image.Resampling.LANCZOS,
                 )
             tensor = to_tensor(picture, self.device)
@@ -242,8 +251,14 @@ class GatysPlugin(Plugin[GatysParams]):
 
         def save() -> None:
             Checkpoint(
-                self.digest, content_size, scale.index, step,
-                x.detach(), optimizer.state_dict(), best, stale,
+                self.digest,
+                content_size,
+                scale.index,
+                step,
+                x.detach(),
+                optimizer.state_dict(),
+                best,
+                stale,
             ).save(job.checkpoint_dir)
 
         while step < scale.steps:

@@ -1,0 +1,33 @@
+# The two commands of the README:
+#   make start   set up, then stylise the bundled sample photo with the default config
+#   make test    set up, then lint and run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup start test lint bench clean
+
+setup: $(STAMP)
+
+# Re-install whenever pyproject.toml changes; torch comes from the local wheel cache.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+start: setup
+	$(BIN)/stylebox run examples/photos/kodim05.png --config config/stylebox.toml \
+		--inbox starry --out var/outbox/starry
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/gatys_step.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

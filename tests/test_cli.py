@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_bad_inputs, photo
+from PIL import Image
+
+QUICK = ["--set", "size=64", "--set", "steps=4", "--set", "snapshot_every=2"]
+
+
+def stylebox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def run_args(image: Path, out: Path, state: Path, style: Path, *extra: str) -> list[str]:
+    return ["run", str(image), "--out", str(out), "--state-dir", str(state),
+            "--set", f"style={style}", *QUICK, *extra]  # fmt: skip
+
+
+def test_run_writes_result_snapshots_animation_and_manifest(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    out = tmp_path / "out"
+    result = stylebox(*run_args(photo_file, out, tmp_path / "state", style_file))
+    assert result.returncode == 0, result.stderr
+    assert (out / "photo.png").is_file()
+    assert sorted(p.name for p in (out / "photo.steps").iterdir()) == [
+        "0000.png", "0002.png", "0004.png",
+    ]  # fmt: skip
+    with Image.open(out / "photo.gif") as animation:
+        # Three snapshots, then the result, which equals the last snapshot and is merged into it.
+        assert animation.n_frames == 3
+    manifest = json.loads((out / "photo.json").read_text())
+    assert manifest["plugin"]["name"] == "gatys"
+    assert manifest["params"]["steps"] == 4
+    assert manifest["input"]["sha256"] and manifest["device"] == "cpu"
+    assert manifest["timings"]["total_seconds"] > 0
+    assert [entry["step"] for entry in manifest["history"]] == [1, 2, 3, 4]
+    assert {"loss", "content", "style", "tv"} <= set(manifest["history"][0])
+    assert "torch" in manifest["libraries"]
+    assert manifest["output"]["snapshots"][0] == "photo.steps/0000.png"
+    # Nothing half-written is left behind, and the job's work folder is gone.
+    assert not [p for p in out.rglob(".*")]
+    assert not list((tmp_path / "state" / "run").iterdir())
+
+
+def test_second_run_never_overwrites(tmp_path: Path, photo_file: Path, style_file: Path) -> None:
+    out = tmp_path / "out"
+    for _ in range(2):
+        done = stylebox(*run_args(photo_file, out, tmp_path / "state", style_file))
+        assert done.returncode == 0, done.stderr
+    assert (out / "photo.png").is_file() and (out / "photo-2.png").is_file()
+    assert (out / "photo-2.json").is_file() and (out / "photo-2.steps").is_dir()
+
+
+def test_alpha_survives_and_jpeg_output(tmp_path: Path, style_file: Path) -> None:
+    source = photo(64, 48).convert("RGBA")
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (10, 10, 50, 40))
+    source.putalpha(mask)
+    path = tmp_path / "cutout.png"
+    source.save(path)
+    out = tmp_path / "out"
+    assert stylebox(*run_args(path, out, tmp_path / "s", style_file)).returncode == 0
+    with Image.open(out / "cutout.png") as result:
+        assert result.mode == "RGBA"
+        assert result.getchannel("A").getpixel((0, 0)) == 0
+    done = stylebox(*run_args(path, out, tmp_path / "s", style_file, "--format", "jpeg"))
+    assert done.returncode == 0 and (out / "cutout-2.jpg").is_file()
+
+
+@pytest.mark.parametrize(
+    "kind", ["empty", "text", "truncated-png", "truncated-jpeg", "bomb", "format", "directory"]
+)
+def test_bad_images_exit_2_with_one_line(tmp_path: Path, style_file: Path, kind: str) -> None:
+    path, reason = make_bad_inputs(tmp_path / "bad")[kind]
+    result = stylebox(*run_args(path, tmp_path / "out", tmp_path / "state", style_file))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stylebox: bad input: ") and reason in lines[0]
+    assert "Traceback" not in result.stderr
+    assert path.exists()  # nothing is lost
+
+
+def test_missing_file_and_bad_params_exit_2(tmp_path: Path, style_file: Path) -> None:
+    missing = stylebox(*run_args(tmp_path / "nope.jpg", tmp_path / "o", tmp_path / "s", style_file))
+    assert missing.returncode == 2 and "nope.jpg" in missing.stderr
+    bad = stylebox(*run_args(tmp_path / "x.png", tmp_path / "o", tmp_path / "s", style_file,
+                             "--set", "steps=-1"))  # fmt: skip
+    assert bad.returncode == 2
+    assert "gatys param steps" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_params_from_a_config_inbox(tmp_path: Path, photo_file: Path, style_file: Path) -> None:
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        f'state_dir = "state"\n[[inbox]]\nname = "mine"\npath = "in"\noutbox = "outbox"\n'
+        f'plugin = "gatys"\nparams = {{ style = "{style_file.name}", size = 48, steps = 3 }}\n'
+        "[inbox.output]\nanimation = false\n"
+    )
+    out = tmp_path / "out"
+    done = stylebox("run", str(photo_file), "--config", str(config), "--out", str(out),
+                    "--set", "steps=2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "photo.json").read_text())
+    assert manifest["params"]["size"] == 48 and manifest["params"]["steps"] == 2
+    assert manifest["output"]["animation"] is None and not (out / "photo.gif").exists()
+    assert (tmp_path / "state" / "cache").is_dir()  # the config's state_dir was used
+
+
+def test_killed_run_resumes_from_its_checkpoint(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    out, state = tmp_path / "out", tmp_path / "state"
+    args = [sys.executable, "-m", "stylebox.cli", "-q", "run", str(photo_file), "--out", str(out),
+            "--state-dir", str(state), "--set", f"style={style_file}", "--set", "size=64",
+            "--set", "steps=80", "--set", "checkpoint_every=5", "--set", "snapshot_every=5"]  # fmt: skip
+    process = subprocess.Popen(args, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(state.glob("run/*/checkpoint/gatys.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "photo.png").exists()
+    checkpoint = next(state.glob("run/*/checkpoint/gatys.pt"))
+    assert checkpoint.is_file()
+
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "photo.json").read_text())
+    assert manifest["resumed_from_step"] >= 5
+    assert [entry["step"] for entry in manifest["history"]] == list(range(1, 81))
+    assert not (out / "photo-2.png").exists()  # the same output names were kept
+
+
+def test_sigterm_checkpoints_and_says_how_to_resume(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    args = [sys.executable, "-m", "stylebox.cli", "run", str(photo_file), "--out",
+            str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--set",
+            f"style={style_file}", "--set", "size=64", "--set", "steps=5000"]  # fmt: skip
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "state").glob("run/*/history.jsonl")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "run the same command again to resume" in stderr
+    assert list((tmp_path / "state").glob("run/*/checkpoint/gatys.pt"))
+
+
+def test_plugins_lists_gatys_with_params() -> None:
+    listing = stylebox("plugins")
+    assert listing.returncode == 0
+    assert "gatys" in listing.stdout and "style_weight" in listing.stdout
+    as_json = json.loads(stylebox("plugins", "--json").stdout)
+    assert "steps" in as_json["plugins"]["gatys"]["params"]["properties"]
+
+
+def test_broken_plugins_are_reported_and_the_others_still_load(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "brokenplugins-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[stylebox.plugins]\n"
+        "explodes = brokenplugins.explodes:Plugin\n"
+        "notmodel = brokenplugins.notmodel:NotModel\n"
+    )
+    package = site / "brokenplugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "explodes.py").write_text("raise RuntimeError('no GPU driver here')\n")
+    (package / "notmodel.py").write_text(
+        "from stylebox.plugins.api import Plugin\n"
+        "class NotModel(Plugin):\n"
+        "    name = 'notmodel'\n"
+        "    Params = dict\n"
+        "    def process(self, image, job):\n"
+        "        return image\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    listing = stylebox("plugins", env=env)
+    assert listing.returncode == 0
+    assert "gatys" in listing.stdout
+    assert "explodes failed to load" in listing.stdout and "no GPU driver here" in listing.stdout
+    assert "notmodel failed to load" in listing.stdout and "not a pydantic model" in listing.stdout
