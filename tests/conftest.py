@@ -136,3 +136,30 @@ def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def broken_plugins_site(folder: Path) -> Path:
+    """An installed-looking distribution with two broken stylebox plugins; put the returned
+    folder on sys.path (or PYTHONPATH) to make them discoverable."""
+    site = folder / "site"
+    dist = site / "brokenplugins-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[stylebox.plugins]\n"
+        "explodes = brokenplugins.explodes:Plugin\n"
+        "notmodel = brokenplugins.notmodel:NotModel\n"
+    )
+    package = site / "brokenplugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "explodes.py").write_text("raise RuntimeError('no GPU driver here')\n")
+    (package / "notmodel.py").write_text(
+        "from stylebox.plugins.api import Plugin\n"
+        "class NotModel(Plugin):\n"
+        "    name = 'notmodel'\n"
+        "    Params = dict\n"
+        "    def process(self, image, job):\n"
+        "        return image\n"
+    )
+    return site

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_bad_inputs, photo
+from conftest import broken_plugins_site, make_bad_inputs, photo
 from PIL import Image
 
 QUICK = ["--set", "size=64", "--set", "steps=4", "--set", "snapshot_every=2"]
@@ -128,7 +128,8 @@ def test_killed_run_resumes_from_its_checkpoint(
     out, state = tmp_path / "out", tmp_path / "state"
     args = [sys.executable, "-m", "stylebox.cli", "-q", "run", str(photo_file), "--out", str(out),
             "--state-dir", str(state), "--set", f"style={style_file}", "--set", "size=64",
-            "--set", "steps=80", "--set", "checkpoint_every=5", "--set", "snapshot_every=5"]  # fmt: skip
+            "--set", "steps=80", "--set", "checkpoint_every=5",
+            "--set", "snapshot_every=5"]  # fmt: skip
     process = subprocess.Popen(args, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list(state.glob("run/*/checkpoint/gatys.pt")) and time.monotonic() < deadline:
@@ -175,28 +176,7 @@ def test_plugins_lists_gatys_with_params() -> None:
 
 
 def test_broken_plugins_are_reported_and_the_others_still_load(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    dist = site / "brokenplugins-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugins\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[stylebox.plugins]\n"
-        "explodes = brokenplugins.explodes:Plugin\n"
-        "notmodel = brokenplugins.notmodel:NotModel\n"
-    )
-    package = site / "brokenplugins"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "explodes.py").write_text("raise RuntimeError('no GPU driver here')\n")
-    (package / "notmodel.py").write_text(
-        "from stylebox.plugins.api import Plugin\n"
-        "class NotModel(Plugin):\n"
-        "    name = 'notmodel'\n"
-        "    Params = dict\n"
-        "    def process(self, image, job):\n"
-        "        return image\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(broken_plugins_site(tmp_path))}
     listing = stylebox("plugins", env=env)
     assert listing.returncode == 0
     assert "gatys" in listing.stdout

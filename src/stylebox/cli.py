@@ -153,7 +153,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from stylebox.progress import reporter_for_stream
 
     cancel = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+
+    def stop(signum: int, _frame: object) -> None:
+        # First Ctrl-C or SIGTERM: let the plugin checkpoint and stop; a second one is abrupt.
+        cancel.set()
+        signal.signal(signum, signal.default_int_handler)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     status = EXIT_OK
     try:
         with reporter_for_stream() as reporter:
@@ -162,9 +168,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 job = Job(path, _work_dir(runtime.state_dir, path, plugin_name, digest, outbox))
                 try:
                     runner.execute(job, handle, outbox, cancel)
-                except KeyboardInterrupt:
-                    cancel.set()
-                    raise
                 except BadInput as exc:
                     _fail(f"bad input: {exc}")
                     status = EXIT_BAD
@@ -172,7 +175,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     _fail(f"{path.name}: {exc}; run the same command again to resume")
                     return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         instance.close()
     return status
 
