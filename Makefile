@@ -11,9 +11,10 @@ STAMP  := $(VENV)/.installed-stamp
 setup: $(STAMP)
 
 # Re-install whenever pyproject.toml changes; torch comes from the local wheel cache.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/stylebox-posterize/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+		-e examples/stylebox-posterize
 	touch $(STAMP)
 
 start: setup

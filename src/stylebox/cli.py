@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from stylebox import __version__, bundled
+from stylebox import __version__, bundled, logs
 from stylebox.config import LoadedConfig, OutputConfig, json_schema, load_config
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, PluginHandle, Runner
@@ -37,11 +37,7 @@ log = logging.getLogger("stylebox")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if not args.quiet else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(logging.WARNING if args.quiet else logging.INFO)
     try:
         return int(args.handler(args))
     except ConfigError as exc:
@@ -96,6 +92,32 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=["png", "jpeg", "webp"], help="result format (default: png)"
     )
     run.set_defaults(handler=_cmd_run)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon: watch the inboxes and stylise what is dropped in them",
+        description="Watch every [[inbox]] of the config and process each settled file. "
+        "SIGTERM drains (running jobs checkpoint and resume at the next start); SIGHUP "
+        "reloads the config.",
+    )
+    serve.add_argument("--config", type=Path, help="default: config/stylebox.toml")
+    serve.set_defaults(handler=_cmd_serve)
+
+    batch = commands.add_parser(
+        "batch",
+        help="process every image of a [[batch]] folder that is not done yet",
+        description="Queue each image of the [[batch]] NAME source folder that the journal "
+        "has not done, and run them in the foreground. Killed runs continue where they were.",
+    )
+    batch.add_argument("name", help="the [[batch]] table's name")
+    batch.add_argument("--config", type=Path, help="default: config/stylebox.toml")
+    batch.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    batch.set_defaults(handler=_cmd_batch)
+
+    status = commands.add_parser("status", help="jobs per inbox and batch, from the journal")
+    status.add_argument("--config", type=Path, help="default: config/stylebox.toml")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_cmd_status)
 
     plugins = commands.add_parser("plugins", help="list installed plugins and their params")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -228,6 +250,27 @@ def _work_dir(state_dir: Path, image: Path, plugin: str, digest: str, outbox: Ou
     """Same file, plugin, params and outbox -> same work dir, so a rerun resumes."""
     key = f"{image.resolve()}|{image.stat().st_size}|{plugin}|{digest}|{outbox.folder}"
     return state_dir / "run" / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+# -- serve, batch, status ----------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from stylebox.daemon.service import serve
+
+    return serve(args.config or bundled.default_config_path())
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from stylebox.daemon.batch import run_batch
+
+    return run_batch(args.config or bundled.default_config_path(), args.name, args.dry_run)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from stylebox.daemon.status import print_status
+
+    return print_status(args.config or bundled.default_config_path(), as_json=args.json)
 
 
 # -- plugins ---------------------------------------------------------------------------------

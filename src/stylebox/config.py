@@ -83,9 +83,7 @@ class OutputConfig(_Strict):
     frame_ms: PositiveInt = Field(150, description="Milliseconds per animation frame")
 
 
-class JobConfig(_Strict):
-    """What one inbox or batch runs: a plugin, its params, and where results go."""
-
+class _JobBase(_Strict):
     name: Name
     outbox: Path
     plugin: str
@@ -93,12 +91,64 @@ class JobConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
+class JobConfig(_JobBase):
+    """What one inbox or batch runs: a plugin, its params, and where results go."""
+
+    dedupe: bool = Field(
+        True, description="Skip inputs whose bytes were already done with the same params"
+    )
+    max_attempts: PositiveInt = Field(3, description="Tries before a plugin fault fails a job")
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="Cancel (and retry) a job running longer than this"
+    )
+
+
 class InboxConfig(JobConfig):
     path: Path = Field(description="The folder people drop photos into")
+    watch: Literal["native", "poll"] = Field(
+        "native", description="native (inotify) or poll (network shares: SMB, NFS)"
+    )
+    poll_interval: float = Field(2.0, gt=0, description="Seconds between polls (watch = poll)")
+    settle_seconds: float = Field(
+        1.0, ge=0, description="A file must stay unchanged this long before it is taken"
+    )
+    processed_dir: Path = Field(
+        Path("processed"), description="Where done inputs go (relative: inside the inbox)"
+    )
+    failed_dir: Path = Field(
+        Path("failed"), description="Where failed inputs go, with <name>.error.txt"
+    )
 
 
 class BatchConfig(JobConfig):
     source: Path = Field(description="The folder whose images a scheduled run processes")
+    recursive: bool = Field(True, description="Include images in sub-folders")
+
+
+class DaemonConfig(_Strict):
+    """How the service runs jobs."""
+
+    workers: dict[Literal["cpu", "cuda"], int] = Field(
+        default_factory=lambda: {"cpu": 1, "cuda": 1},
+        description="Concurrent jobs per device type",
+    )
+    drain_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running jobs get to checkpoint"
+    )
+    rescan_seconds: float = Field(
+        60.0, gt=0, description="How often inboxes are re-listed to catch missed events"
+    )
+    lease_seconds: float = Field(60.0, gt=0, description="A job lease; renewed while it runs")
+    retry_backoff_seconds: float = Field(
+        5.0, ge=0, description="First retry delay; doubles with each attempt"
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(count < 1 for count in value.values()):
+            raise ValueError("each device needs at least one worker")
+        return value
 
 
 class StyleboxConfig(_Strict):
@@ -111,6 +161,7 @@ class StyleboxConfig(_Strict):
     device: DeviceSpec = Field("auto", description="auto | cpu | cuda | cuda:N")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     inbox: list[InboxConfig] = Field(default_factory=list)
     batch: list[BatchConfig] = Field(default_factory=list)
 
@@ -184,6 +235,8 @@ def parse_config(
     for inbox in config.inbox:
         inbox.path = _resolve(inbox.path, root)
         inbox.outbox = _resolve(inbox.outbox, root)
+        inbox.processed_dir = _resolve(inbox.processed_dir, inbox.path)
+        inbox.failed_dir = _resolve(inbox.failed_dir, inbox.path)
     for batch in config.batch:
         batch.source = _resolve(batch.source, root)
         batch.outbox = _resolve(batch.outbox, root)

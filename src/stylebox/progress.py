@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from rich.console import Console
@@ -12,11 +14,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from stylebox.daemon.runner import Job, JobResult
 
@@ -96,6 +101,32 @@ class LogReporter:
     def finished(self, job: Job, result: JobResult) -> None:
         seconds = result.manifest["timings"]["total_seconds"]
         log.info("%s: done -> %s (%.1f s)", job.name, result.names.result, seconds)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} img/s" if speed else "- img/s", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def count_bar(label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A bar of items done, with rate and ETA, on a terminal; yields the advance callable."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
 
 
 def reporter_for_stream() -> BarReporter | LogReporter:

@@ -41,6 +41,10 @@ class Job:
     """Private to this job; keeps checkpoints and history across crashes."""
     label: str = ""
     """How logs and progress bars name the job (defaults to the file name)."""
+    stem: str | None = None
+    """Output names already chosen for this job (by the journal); else the runner picks."""
+    job_id: int | None = None
+    """The journal's id, when the job came through the journal."""
 
     @property
     def name(self) -> str:
@@ -210,6 +214,8 @@ class Runner:
     def _names(job: Job, outbox: Outbox) -> OutputNames:
         """The job's output names: those chosen before a crash, or a fresh reservation."""
         job.work_dir.mkdir(parents=True, exist_ok=True)
+        if job.stem is not None:
+            return outbox.claim(job.stem)
         record = job.work_dir / "output.json"
         if record.is_file():
             stem = json.loads(record.read_text())["stem"]

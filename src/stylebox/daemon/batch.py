@@ -1,0 +1,101 @@
+"""``stylebox batch NAME``: a folder's images through the same journal and pipeline.
+
+Inputs in the source folder are never moved; the journal remembers what is done, so a
+scheduled run only does new images and a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from stylebox.config import BatchConfig, load_config
+from stylebox.daemon.journal import Journal
+from stylebox.daemon.pipeline import Pipeline, build_sources, pid_alive
+from stylebox.daemon.service import journal_path
+from stylebox.daemon.watcher import is_ignored
+from stylebox.errors import ConfigError
+from stylebox.plugins.registry import discover
+from stylebox.progress import count_bar
+
+log = logging.getLogger("stylebox.batch")
+
+
+def scan(config: BatchConfig) -> Iterator[Path]:
+    """Candidate files of the source folder, in a stable order; links are not followed."""
+    if not config.source.is_dir():
+        raise ConfigError(f"[[batch]] {config.name}: source {config.source} is not a folder")
+    pattern = "**/*" if config.recursive else "*"
+    for path in sorted(config.source.glob(pattern)):
+        relative = path.relative_to(config.source)
+        if any(is_ignored(part) for part in relative.parts) or path.is_symlink():
+            continue
+        if path.is_file():
+            yield path
+
+
+def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
+    loaded = load_config(config_path)
+    batch = loaded.job("batch", name)
+    assert isinstance(batch, BatchConfig)
+    files = list(scan(batch))
+    journal = Journal(journal_path(loaded.config.state_dir))
+    key = f"batch:{name}"
+    if dry_run:
+        done = {row.origin_path for row in journal.jobs(key, "done")}
+        todo = [path for path in files if str(path) not in done]
+        for path in todo:
+            print(path)
+        print(f"{len(todo)} of {len(files)} image(s) would run", file=sys.stderr)
+        return 0
+
+    sources = build_sources(loaded, discover(), ("batch",), only=name)
+    source = sources[key]
+    pipeline = Pipeline(loaded, sources, journal)
+    journal.reclaim_dead(socket.gethostname(), pid_alive)
+    journal.reclaim_expired()
+    for path in files:
+        pipeline.enqueue(source, path)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        pipeline.stopping.set()
+        pipeline.cancel_all()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    heartbeat = threading.Thread(target=_beat, args=(pipeline, stop), daemon=True)
+    heartbeat.start()
+    try:
+        with count_bar("batch " + name, len(journal.jobs(key, "queued"))) as advance:
+            while not stop.is_set():
+                row = pipeline.claim({key})
+                if row is None:
+                    if not journal.jobs(key, "queued"):
+                        break
+                    time.sleep(0.2)  # only retries waiting out their backoff are left
+                    continue
+                pipeline.run(row)
+                advance()
+    finally:
+        stop.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    counts = journal.counts().get(key, {})
+    log.info("batch finished", extra={"batch": name, **counts})
+    if pipeline.stopping.is_set():
+        return 130
+    return 0 if not counts.get("failed") else 1
+
+
+def _beat(pipeline: Pipeline, stop: threading.Event) -> None:
+    interval = pipeline.loaded.config.daemon.lease_seconds / 3
+    while not stop.wait(interval):
+        pipeline.heartbeat()

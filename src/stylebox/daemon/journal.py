@@ -1,0 +1,332 @@
+"""The journal: a SQLite database that is the source of truth for every job.
+
+A job moves queued -> running (under a lease with a heartbeat) -> done | failed. A restart
+reclaims expired leases, and those jobs resume from their checkpoints. The uniqueness key
+(input sha256 + source + plugin + params hash) makes processing idempotent: the same bytes
+dropped twice with the same settings are not stylised twice.
+
+WAL mode with ``synchronous=FULL``: a commit that returned survives a power cut. Each thread
+gets its own connection; SQLite serialises the writers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+State = Literal["queued", "running", "done", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    source        TEXT NOT NULL,            -- 'inbox:<name>' or 'batch:<name>'
+    origin_path   TEXT NOT NULL,            -- where the input arrived
+    input_path    TEXT NOT NULL,            -- where the input is now
+    name          TEXT NOT NULL,            -- the file name it arrived with
+    sha256        TEXT NOT NULL,
+    plugin        TEXT NOT NULL,
+    params_hash   TEXT NOT NULL,
+    unique_key    TEXT NOT NULL UNIQUE,
+    state         TEXT NOT NULL DEFAULT 'queued',
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    not_before    REAL NOT NULL DEFAULT 0,  -- retry backoff
+    lease_owner   TEXT,
+    lease_expires REAL,
+    stem          TEXT,                     -- output names, fixed at first claim
+    step          INTEGER,
+    total         INTEGER,
+    error_class   TEXT,
+    error_message TEXT,
+    created_at    REAL NOT NULL,
+    started_at    REAL,
+    claimed_at    REAL,
+    finished_at   REAL,
+    seconds       REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
+CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    source: str
+    origin_path: str
+    input_path: str
+    name: str
+    sha256: str
+    plugin: str
+    params_hash: str
+    unique_key: str
+    state: State
+    attempts: int
+    not_before: float
+    lease_owner: str | None
+    lease_expires: float | None
+    stem: str | None
+    step: int | None
+    total: int | None
+    error_class: str | None
+    error_message: str | None
+    created_at: float
+    started_at: float | None
+    claimed_at: float | None
+    finished_at: float | None
+    seconds: float | None
+
+
+class Journal:
+    """All job bookkeeping; every method is one short transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA busy_timeout=30000")
+            self._local.connection = connection
+        return connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    # -- adding work -----------------------------------------------------------------------
+
+    def add(
+        self,
+        *,
+        source: str,
+        input_path: Path,
+        sha256: str,
+        plugin: str,
+        params_hash: str,
+        unique_key: str,
+    ) -> tuple[JobRow, bool]:
+        """Queue a job, or return the existing one with the same key (and ``False``)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM jobs WHERE unique_key = ?", (unique_key,)).fetchone()
+            if row is not None:
+                return _row(row), False
+            cursor = db.execute(
+                "INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, "
+                "params_hash, unique_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    source,
+                    str(input_path),
+                    str(input_path),
+                    input_path.name,
+                    sha256,
+                    plugin,
+                    params_hash,
+                    unique_key,
+                    time.time(),
+                ),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (cursor.lastrowid,)).fetchone()
+            return _row(row), True
+
+    def retry_failed(self, job_id: int, input_path: Path) -> JobRow:
+        """A failed job's input was dropped again: give it a fresh set of attempts."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
+                "origin_path = ?, input_path = ?, error_class = NULL, error_message = NULL, "
+                "finished_at = NULL, stem = NULL WHERE id = ? AND state = 'failed'",
+                (str(input_path), str(input_path), job_id),
+            )
+            return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def claim(
+        self, owner: str, lease_seconds: float, sources: set[str] | None = None
+    ) -> JobRow | None:
+        """Take the oldest runnable job under a lease, or ``None`` if there is none."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' AND not_before <= ? ORDER BY id",
+                (now,),
+            )
+            for row in rows:
+                if sources is not None and row["source"] not in sources:
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
+                    "attempts = attempts + 1, started_at = COALESCE(started_at, ?), "
+                    "claimed_at = ? WHERE id = ?",
+                    (owner, now + lease_seconds, now, now, row["id"]),
+                )
+                claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+                return _row(claimed)
+        return None
+
+    def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend a lease; ``False`` if the job is no longer ours."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND lease_owner = ? "
+                "AND state = 'running'",
+                (time.time() + lease_seconds, job_id, owner),
+            )
+            return cursor.rowcount == 1
+
+    def reclaim_expired(self) -> int:
+        """Put running jobs whose lease ran out back in the queue (their worker died)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
+                "attempts = MAX(attempts - 1, 0) WHERE state = 'running' AND lease_expires < ?",
+                (time.time(),),
+            )
+            return cursor.rowcount
+
+    def reclaim_dead(self, host: str, alive: Callable[[int], bool]) -> int:
+        """Put back running jobs of processes on ``host`` that no longer exist.
+
+        Owners are ``host:pid``; a job whose worker was killed goes back to the queue at
+        once rather than when its lease runs out. A kill does not count as an attempt.
+        """
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, lease_owner FROM jobs WHERE state = 'running' AND lease_owner LIKE ?",
+                (f"{host}:%",),
+            ).fetchall()
+            dead = [r["id"] for r in rows if not alive(int(r["lease_owner"].rsplit(":", 1)[1]))]
+            for job_id in dead:
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
+                    "attempts = MAX(attempts - 1, 0) WHERE id = ?",
+                    (job_id,),
+                )
+            return len(dead)
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def set_stem(self, job_id: int, stem: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET stem = ? WHERE id = ?", (stem, job_id))
+
+    def set_progress(self, job_id: int, step: int, total: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET step = ?, total = ? WHERE id = ?", (step, total, job_id))
+
+    def set_input_path(self, job_id: int, path: Path) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET input_path = ? WHERE id = ?", (str(path), job_id))
+
+    def requeue(
+        self,
+        job_id: int,
+        *,
+        delay: float = 0.0,
+        count_attempt: bool = True,
+        error: BaseException | None = None,
+    ) -> None:
+        """Back to the queue: a retry after ``delay``, or a drain that does not count."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
+                "not_before = ?, attempts = attempts - ?, error_class = COALESCE(?, error_class), "
+                "error_message = COALESCE(?, error_message) WHERE id = ?",
+                (
+                    time.time() + delay,
+                    0 if count_attempt else 1,
+                    type(error).__name__ if error else None,
+                    str(error) if error else None,
+                    job_id,
+                ),
+            )
+
+    def finish(
+        self,
+        job_id: int,
+        state: Literal["done", "failed"],
+        *,
+        seconds: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, "
+                "finished_at = ?, seconds = ?, error_class = ?, error_message = ? WHERE id = ?",
+                (
+                    state,
+                    time.time(),
+                    seconds,
+                    type(error).__name__ if error else None,
+                    str(error) if error else None,
+                    job_id,
+                ),
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> JobRow:
+        row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return _row(row)
+
+    def jobs(self, source: str | None = None, state: State | None = None) -> list[JobRow]:
+        query, args = "SELECT * FROM jobs WHERE 1", []
+        if source is not None:
+            query += " AND source = ?"
+            args.append(source)
+        if state is not None:
+            query += " AND state = ?"
+            args.append(state)
+        rows = self._connection().execute(query + " ORDER BY id", args)
+        return [_row(r) for r in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per source and state."""
+        result: dict[str, dict[str, int]] = {}
+        rows = self._connection().execute(
+            "SELECT source, state, COUNT(*) FROM jobs GROUP BY source, state"
+        )
+        for source, state, count in rows:
+            result.setdefault(source, {})[state] = count
+        return result
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+def _row(row: sqlite3.Row | Any) -> JobRow:
+    return JobRow(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row

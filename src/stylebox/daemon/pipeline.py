@@ -1,0 +1,335 @@
+"""Journal -> runner -> outbox: what happens to a job, whichever source queued it.
+
+``stylebox serve`` (watched inboxes) and ``stylebox batch`` (a folder on a schedule) both
+queue files here and run them here; only their sources differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from stylebox.config import BatchConfig, InboxConfig, LoadedConfig
+from stylebox.daemon import files
+from stylebox.daemon.journal import JobRow, Journal
+from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
+from stylebox.errors import BadInput, Cancelled, PluginError
+from stylebox.plugins.api import Plugin, params_digest
+from stylebox.plugins.registry import Registry
+
+log = logging.getLogger("stylebox.pipeline")
+
+Outcome = Literal["queued", "known", "duplicate", "retry"]
+
+
+@dataclass
+class Source:
+    """An inbox or a batch folder, with its plugin instance ready."""
+
+    key: str
+    """``inbox:<name>`` or ``batch:<name>``, as the journal stores it."""
+    config: InboxConfig | BatchConfig
+    plugin: PluginHandle
+    outbox: Outbox
+    params_hash: str
+    device_type: str
+
+    @property
+    def moves_inputs(self) -> bool:
+        return isinstance(self.config, InboxConfig)
+
+
+def build_sources(
+    loaded: LoadedConfig,
+    registry: Registry,
+    tables: tuple[Literal["inbox", "batch"], ...] = ("inbox", "batch"),
+    only: str | None = None,
+    instances: dict[tuple[str, str], Plugin[Any]] | None = None,
+) -> dict[str, Source]:
+    """One :class:`Source` per inbox/batch; plugins with equal params share an instance."""
+    runtime = loaded.runtime
+    shared: dict[tuple[str, str], Plugin[Any]] = instances if instances is not None else {}
+    sources: dict[str, Source] = {}
+    for table in tables:
+        entries = loaded.config.inbox if table == "inbox" else loaded.config.batch
+        for entry in entries:
+            if only is not None and entry.name != only:
+                continue
+            params = loaded.params[(table, entry.name)]
+            digest = params_digest(params)
+            key = (entry.plugin, digest)
+            if key not in shared:
+                shared[key] = registry.get(entry.plugin)(params, runtime)
+            instance = shared[key]
+            device = getattr(instance, "device", None)
+            device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+            info = registry.plugins[entry.plugin]
+            sources[f"{table}:{entry.name}"] = Source(
+                key=f"{table}:{entry.name}",
+                config=entry,
+                plugin=PluginHandle(entry.plugin, info.version, instance, params),
+                outbox=Outbox(entry.outbox, entry.output),
+                params_hash=digest,
+                device_type=device_type if device_type in ("cpu", "cuda") else "cpu",
+            )
+    return sources
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Pipeline:
+    """Queues files into the journal and carries claimed jobs to done or failed."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        sources: dict[str, Source],
+        journal: Journal,
+        reporter: Reporter | None = None,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.sources = sources
+        self.journal = journal
+        self.owner = owner_id()
+        self.on_queued = on_queued or (lambda: None)
+        self._reporter = _JournalReporter(journal, reporter)
+        self.runner = Runner(loaded.config.images, self._reporter)
+        self.stopping = threading.Event()
+        self._running: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.loaded.config.state_dir
+
+    # -- queueing --------------------------------------------------------------------------
+
+    def enqueue(self, source: Source, path: Path) -> Outcome:
+        """Record ``path`` (a settled file in ``source``) as a job, exactly once."""
+        regular = path.is_file() and not path.is_symlink()
+        if regular:
+            digest = _sha256(path)
+            key = f"{digest}|{source.key}|{source.plugin.name}|{source.params_hash}"
+            if not source.config.dedupe:
+                key += f"|{uuid.uuid4().hex}"
+        else:  # folders, links, devices: journaled so their refusal is recorded too
+            digest = "-"
+            key = f"special|{source.key}|{path}|{time.time_ns()}"
+        row, new = self.journal.add(
+            source=source.key,
+            input_path=path,
+            sha256=digest,
+            plugin=source.plugin.name,
+            params_hash=source.params_hash,
+            unique_key=key,
+        )
+        if new:
+            log.info("queued", extra=_fields(row, "queued"))
+            self.on_queued()
+            return "queued"
+        if row.state in ("queued", "running") and row.origin_path == str(path):
+            return "known"
+        if row.state == "failed":
+            row = self.journal.retry_failed(row.id, path)
+            log.info("queued again after failing", extra=_fields(row, "retry"))
+            self.on_queued()
+            return "retry"
+        # The same bytes with the same settings: not stylised twice.
+        if source.moves_inputs and path.exists():
+            assert isinstance(source.config, InboxConfig)
+            moved = files.move_unique(path, source.config.processed_dir)
+            note = f"duplicate of job {row.id} ({row.name}); its result: {source.outbox.folder}"
+            if row.stem:
+                note += f"/{row.stem}.*"
+            files.write_reason(moved, note, suffix=".duplicate.txt")
+        log.info("duplicate", extra={**_fields(row, "duplicate"), "path": str(path)})
+        return "duplicate"
+
+    # -- running ---------------------------------------------------------------------------
+
+    def claim(self, sources: set[str] | None = None) -> JobRow | None:
+        return self.journal.claim(self.owner, self.loaded.config.daemon.lease_seconds, sources)
+
+    def heartbeat(self) -> None:
+        """Extend the leases of every job this process is running."""
+        with self._lock:
+            running = list(self._running)
+        for job_id in running:
+            self.journal.heartbeat(job_id, self.owner, self.loaded.config.daemon.lease_seconds)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            for event in self._running.values():
+                event.set()
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def run(self, row: JobRow) -> None:
+        """Carry one claimed job to done, failed, or back to the queue. Never raises."""
+        source = self.sources.get(row.source)
+        if source is None:  # its inbox was removed by a reload: leave it for later
+            self.journal.requeue(row.id, delay=60, count_attempt=False)
+            return
+        cancel = threading.Event()
+        with self._lock:
+            self._running[row.id] = cancel
+        timer = None
+        timeout = source.config.timeout_seconds
+        if timeout:
+            timer = threading.Timer(timeout, cancel.set)
+            timer.daemon = True
+            timer.start()
+        began = time.monotonic()
+        try:
+            self._run(source, row, cancel)
+        except Cancelled as exc:
+            if self.stopping.is_set():
+                self.journal.requeue(row.id, count_attempt=False)
+                log.info("stopped; will resume", extra=_fields(row, "drained"))
+            else:
+                self._retry_or_fail(
+                    source, row, PluginError(f"timed out after {timeout} s ({exc})")
+                )
+        except BadInput as exc:
+            self._fail(source, row, exc)
+        except PluginError as exc:
+            self._retry_or_fail(source, row, exc)
+        except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
+            log.exception("job %s crashed", row.id)
+            self._retry_or_fail(source, row, PluginError(f"{type(exc).__name__}: {exc}"))
+        else:
+            log.info(
+                "done",
+                extra={**_fields(row, "done"), "seconds": round(time.monotonic() - began, 3)},
+            )
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                self._running.pop(row.id, None)
+
+    def _run(self, source: Source, row: JobRow, cancel: threading.Event) -> None:
+        work_dir = self.state_dir / "jobs" / str(row.id)
+        path = Path(row.input_path)
+        if row.stem is None:
+            stem = source.outbox.reserve(row.name).stem
+            self.journal.set_stem(row.id, stem)
+        else:
+            stem = row.stem
+        names = source.outbox.claim(stem)
+        if _manifest_matches(names.manifest, row.sha256):
+            self._complete(source, row, 0.0)  # finished before a crash; only the move is left
+            return
+        if path.is_symlink():
+            raise BadInput(
+                f"{path.name} is a symbolic link; links are not followed out of the inbox"
+            )
+        log.info("started", extra=_fields(row, "started"))
+        job = Job(path, work_dir, label=f"{source.key}/{row.name}", stem=stem, job_id=row.id)
+        result = self.runner.execute(job, source.plugin, source.outbox, cancel)
+        self._complete(source, row, result.manifest["timings"]["total_seconds"])
+
+    def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
+        if source.moves_inputs:
+            assert isinstance(source.config, InboxConfig)
+            origin = Path(row.origin_path)
+            if origin.exists() or origin.is_symlink():
+                moved = files.move_unique(origin, source.config.processed_dir)
+                self.journal.set_input_path(row.id, moved)
+        self.journal.finish(row.id, "done", seconds=seconds)
+
+    def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
+        if row.attempts < source.config.max_attempts:
+            delay = self.loaded.config.daemon.retry_backoff_seconds * 2 ** (row.attempts - 1)
+            self.journal.requeue(row.id, delay=delay, error=error)
+            log.warning(
+                "retrying", extra={**_fields(row, "retry"), "error": str(error), "delay": delay}
+            )
+            return
+        self._fail(source, row, error)
+
+    def _fail(self, source: Source, row: JobRow, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        origin = Path(row.origin_path)
+        if source.moves_inputs and (origin.exists() or origin.is_symlink()):
+            assert isinstance(source.config, InboxConfig)
+            moved = files.move_unique(origin, source.config.failed_dir)
+            files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
+            self.journal.set_input_path(row.id, moved)
+        shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
+        self.journal.finish(row.id, "failed", error=error)
+        log.error("failed", extra={**_fields(row, "failed"), "error": reason})
+
+
+class _JournalReporter:
+    """Progress into the journal (for ``stylebox status``), at most once a second a job."""
+
+    def __init__(self, journal: Journal, inner: Reporter | None) -> None:
+        self.journal = journal
+        self.inner = inner
+        self._last: dict[int, float] = {}
+
+    def started(self, job: Job) -> None:
+        if self.inner:
+            self.inner.started(job)
+
+    def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
+        if job.job_id is not None:
+            now = time.monotonic()
+            if step >= total or now - self._last.get(job.job_id, 0.0) >= 1.0:
+                self._last[job.job_id] = now
+                self.journal.set_progress(job.job_id, step, total)
+        if self.inner:
+            self.inner.progress(job, step, total, metrics)
+
+    def finished(self, job: Job, result: JobResult) -> None:
+        if job.job_id is not None:
+            self._last.pop(job.job_id, None)
+        if self.inner:
+            self.inner.finished(job, result)
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _manifest_matches(manifest: Path, sha256: str) -> bool:
+    try:
+        return json.loads(manifest.read_text())["input"]["sha256"] == sha256
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _fields(row: JobRow, event: str) -> dict[str, Any]:
+    return {"event": event, "job": row.id, "source": row.source, "file": row.name}

@@ -1,0 +1,222 @@
+"""``stylebox serve``: watched inboxes, workers, signals and the systemd protocol.
+
+SIGTERM stops taking jobs, asks running ones to checkpoint, and exits within the drain
+time; the next start resumes them. SIGHUP reloads the config: a bad new config is refused
+and the old one keeps running.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from stylebox.config import LoadedConfig, load_config
+from stylebox.daemon.journal import Journal
+from stylebox.daemon.notify import notify, watchdog_interval
+from stylebox.daemon.pipeline import Pipeline, Source, build_sources, pid_alive
+from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
+from stylebox.errors import ConfigError, StyleboxError
+from stylebox.plugins.api import Plugin
+from stylebox.plugins.registry import discover
+
+log = logging.getLogger("stylebox.service")
+
+
+def journal_path(state_dir: Path) -> Path:
+    return state_dir / "journal.sqlite3"
+
+
+class Service:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.loaded = load_config(config_path)
+        self.registry = discover()
+        self._instances: dict[tuple[str, str], Plugin[Any]] = {}
+        self.sources = self._build(self.loaded)
+        state_dir = self.loaded.config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _exclusive_lock(state_dir / "serve.lock")
+        self.journal = Journal(journal_path(state_dir))
+        self._wake = threading.Condition()
+        self.pipeline = Pipeline(
+            self.loaded, self.sources, self.journal, on_queued=self._notify_workers
+        )
+        self.watcher = self._watcher()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def _build(self, loaded: LoadedConfig) -> dict[str, Source]:
+        for inbox in loaded.config.inbox:
+            for folder in (inbox.path, inbox.outbox, inbox.processed_dir, inbox.failed_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+        return build_sources(loaded, self.registry, ("inbox", "batch"), instances=self._instances)
+
+    def _watcher(self) -> InboxWatcher:
+        folders = []
+        for inbox in self.loaded.config.inbox:
+            reserved = {
+                p.name for p in (inbox.processed_dir, inbox.failed_dir) if p.parent == inbox.path
+            }
+            folders.append(
+                WatchedFolder(
+                    name=inbox.name,
+                    path=inbox.path,
+                    settle_seconds=inbox.settle_seconds,
+                    poll=inbox.watch == "poll",
+                    poll_interval=inbox.poll_interval,
+                    reserved=frozenset(reserved),
+                )
+            )
+        return InboxWatcher(folders, self._on_settled)
+
+    def _on_settled(self, folder: WatchedFolder, path: Path) -> None:
+        source = self.sources.get(f"inbox:{folder.name}")
+        if source is not None:
+            self.pipeline.enqueue(source, path)
+
+    def _notify_workers(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; returns the exit status."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        reclaimed = self.journal.reclaim_dead(socket.gethostname(), pid_alive)
+        reclaimed += self.journal.reclaim_expired()
+        if reclaimed:
+            log.info("resuming %d interrupted job(s)", reclaimed)
+        self.watcher.start()
+        self._start_workers()
+        names = ", ".join(s.key for s in self.sources.values() if s.moves_inputs) or "none"
+        log.info(
+            "serving", extra={"inboxes": names, "state_dir": str(self.loaded.config.state_dir)}
+        )
+        notify("READY=1", f"STATUS=watching {names}")
+
+        ping = watchdog_interval()
+        lease = self.loaded.config.daemon.lease_seconds
+        last_rescan = last_heartbeat = last_ping = last_status = time.monotonic()
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            self.watcher.check()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if now - last_rescan >= self.loaded.config.daemon.rescan_seconds:
+                last_rescan = now
+                self.watcher.rescan()
+            if now - last_heartbeat >= lease / 3:
+                last_heartbeat = now
+                self.pipeline.heartbeat()
+            if ping is not None and now - last_ping >= ping and self.healthy():
+                last_ping = now
+                notify("WATCHDOG=1")
+            if now - last_status >= 2.0:
+                last_status = now
+                notify(f"STATUS={self.status_line()}")
+        return self.shutdown()
+
+    def _start_workers(self) -> None:
+        devices = sorted({source.device_type for source in self.sources.values()})
+        for device in devices:
+            count = self.loaded.config.daemon.workers.get(device, 1)  # type: ignore[call-overload]
+            for index in range(count):
+                thread = threading.Thread(
+                    target=self._work, args=(device,), name=f"worker-{device}-{index}", daemon=True
+                )
+                thread.start()
+                self._workers.append(thread)
+
+    def _work(self, device: str) -> None:
+        while not self._stop.is_set():
+            keys = {s.key for s in self.sources.values() if s.device_type == device}
+            try:
+                row = self.pipeline.claim(keys)
+            except Exception:
+                log.exception("cannot claim from the journal")
+                row = None
+            if row is None:
+                with self._wake:
+                    self._wake.wait(timeout=0.5)
+                continue
+            self.pipeline.run(row)
+
+    def healthy(self) -> bool:
+        return self.watcher.healthy() and all(t.is_alive() for t in self._workers)
+
+    def status_line(self) -> str:
+        counts = self.journal.counts()
+        queued = sum(c.get("queued", 0) for c in counts.values())
+        done = sum(c.get("done", 0) for c in counts.values())
+        failed = sum(c.get("failed", 0) for c in counts.values())
+        running = self.pipeline.running_count()
+        return f"{running} running, {queued} queued, {done} done, {failed} failed"
+
+    def reload(self) -> None:
+        """Swap in a new config; a bad one is refused and the old one keeps running."""
+        try:
+            loaded = load_config(self.config_path)
+            sources = self._build(loaded)
+        except (ConfigError, StyleboxError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        notify("RELOADING=1")
+        self.watcher.stop()
+        self.loaded = loaded
+        self.sources = sources
+        self.pipeline.loaded = loaded
+        self.pipeline.sources = sources
+        self.watcher = self._watcher()
+        self.watcher.start()
+        notify("READY=1")
+        log.info("config reloaded", extra={"inboxes": ", ".join(sorted(sources))})
+
+    def shutdown(self) -> int:
+        notify("STOPPING=1")
+        log.info("stopping: no new jobs; running jobs checkpoint")
+        self.pipeline.stopping.set()
+        self.watcher.stop()
+        self.pipeline.cancel_all()
+        deadline = time.monotonic() + self.loaded.config.daemon.drain_seconds
+        for thread in self._workers:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in self._workers if t.is_alive()]
+        if left:
+            log.warning("drain time over; %d job(s) resume at next start", len(left))
+        for plugin in self._instances.values():
+            plugin.close()
+        self.journal.close()
+        return 0
+
+
+def serve(config_path: Path) -> int:
+    return Service(config_path).run()
+
+
+def _exclusive_lock(path: Path) -> IO[str]:
+    """One ``serve`` per state dir: two would fight over the same inbox files."""
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{path.parent} is already served by {holder}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle

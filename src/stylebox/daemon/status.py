@@ -1,0 +1,84 @@
+"""``stylebox status``: what the journal says, readable while the daemon runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from stylebox.config import load_config
+from stylebox.daemon.journal import JobRow, Journal
+from stylebox.daemon.service import journal_path
+
+
+def collect(config_path: Path) -> dict[str, Any]:
+    loaded = load_config(config_path)
+    path = journal_path(loaded.config.state_dir)
+    sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
+    sources += [f"batch:{b.name}" for b in loaded.config.batch]
+    report: dict[str, Any] = {"journal": str(path), "sources": {}}
+    if not path.exists():
+        for key in sources:
+            report["sources"][key] = _empty()
+        return report
+    journal = Journal(path)
+    counts = journal.counts()
+    for key in sorted(set(sources) | set(counts)):
+        entry = _empty()
+        entry.update(counts.get(key, {}))
+        entry["running_jobs"] = [_running(row) for row in journal.jobs(key, "running")]
+        failed = journal.jobs(key, "failed")[-5:]
+        entry["last_errors"] = [
+            {"job": r.id, "file": r.name, "error": f"{r.error_class}: {r.error_message}"}
+            for r in reversed(failed)
+        ]
+        report["sources"][key] = entry
+    journal.close()
+    return report
+
+
+def _empty() -> dict[str, Any]:
+    return {
+        "queued": 0,
+        "running": 0,
+        "done": 0,
+        "failed": 0,
+        "running_jobs": [],
+        "last_errors": [],
+    }
+
+
+def _running(row: JobRow) -> dict[str, Any]:
+    eta = None
+    if row.step and row.total and row.claimed_at:
+        elapsed = time.time() - row.claimed_at
+        eta = round(elapsed / row.step * (row.total - row.step), 1)
+    return {
+        "job": row.id,
+        "file": row.name,
+        "step": row.step,
+        "total": row.total,
+        "eta_seconds": eta,
+    }
+
+
+def print_status(config_path: Path, as_json: bool = False) -> int:
+    report = collect(config_path)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for key, entry in report["sources"].items():
+        print(
+            f"{key}: {entry['queued']} queued, {entry['running']} running, "
+            f"{entry['done']} done, {entry['failed']} failed"
+        )
+        for job in entry["running_jobs"]:
+            progress = f"step {job['step']}/{job['total']}" if job["total"] else "starting"
+            eta = (
+                f", about {job['eta_seconds']:.0f} s left" if job["eta_seconds"] is not None else ""
+            )
+            print(f"  running #{job['job']} {job['file']}: {progress}{eta}")
+        for error in entry["last_errors"]:
+            print(f"  failed #{error['job']} {error['file']}: {error['error']}")
+    return 0

@@ -1,0 +1,247 @@
+"""Watching inboxes: turning file-system events into complete, settled files.
+
+A file becomes a job only when it is complete. Candidates come from watchdog's created,
+modified, closed and moved-in events (and from rescans); temp and hidden names are
+ignored; a candidate is promoted once its size and mtime have not changed for the settle
+window (restarted by any new event) and an open-for-read probe succeeds. Where the kernel
+allows it, a read lease proves no one still has the file open for writing.
+
+Handlers never raise into watchdog: an exception there silently kills its thread. The
+observers are supervised by :meth:`InboxWatcher.check` and restarted if they die.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import fnmatch
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger("stylebox.watcher")
+
+#: Names that are never inputs: hidden files, partial downloads, editor and Office temps.
+IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "~$*", "*.partial", "*.swp")
+
+
+def is_ignored(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS)
+
+
+@dataclass(frozen=True)
+class WatchedFolder:
+    """One inbox as the watcher sees it."""
+
+    name: str
+    path: Path
+    settle_seconds: float
+    poll: bool = False
+    poll_interval: float = 2.0
+    reserved: frozenset[str] = frozenset()
+    """Entry names inside the folder that are not inputs (``processed``, ``failed``)."""
+
+
+@dataclass
+class _Candidate:
+    folder: WatchedFolder
+    size: int
+    mtime_ns: int
+    changed_at: float
+
+
+SettledCallback = Callable[[WatchedFolder, Path], None]
+
+
+class InboxWatcher:
+    """One native observer for all inboxes (plus a polling one per ``watch = "poll"``
+    inbox), a settle loop, and the supervision that keeps both alive."""
+
+    def __init__(self, folders: Iterable[WatchedFolder], on_settled: SettledCallback) -> None:
+        self.folders = {folder.path: folder for folder in folders}
+        self.on_settled = on_settled
+        self._candidates: dict[Path, _Candidate] = {}
+        self._lock = threading.Lock()
+        self._observers: list[BaseObserver] = []
+        self._stop = threading.Event()
+        self._settler: threading.Thread | None = None
+        self.restarts = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for folder in self.folders.values():
+            folder.path.mkdir(parents=True, exist_ok=True)
+        self._start_observers()
+        self._settler = threading.Thread(target=self._settle_loop, name="settler", daemon=True)
+        self._settler.start()
+        self.rescan()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for observer in self._observers:
+            observer.stop()
+        for observer in self._observers:
+            if observer.is_alive():
+                observer.join(timeout=5)
+        if self._settler is not None:
+            self._settler.join(timeout=5)
+
+    def _start_observers(self) -> None:
+        handler = _Handler(self)
+        native: BaseObserver | None = None
+        observers: list[BaseObserver] = []
+        for folder in self.folders.values():
+            if folder.poll:
+                observer: BaseObserver = PollingObserver(timeout=folder.poll_interval)
+                observers.append(observer)
+            else:
+                if native is None:
+                    native = Observer()
+                    observers.append(native)
+                observer = native
+            observer.schedule(handler, str(folder.path), recursive=False)
+        for observer in observers:
+            observer.daemon = True
+            observer.start()
+        self._observers = observers
+
+    def healthy(self) -> bool:
+        settler_alive = self._settler is not None and self._settler.is_alive()
+        return settler_alive and all(observer.is_alive() for observer in self._observers)
+
+    def check(self) -> None:
+        """Restart dead observers (and rescan, since their events were lost)."""
+        if self._stop.is_set() or all(observer.is_alive() for observer in self._observers):
+            return
+        log.error("a file-system observer died; restarting it and rescanning the inboxes")
+        for observer in self._observers:
+            with contextlib.suppress(Exception):  # already dead; nothing to stop
+                observer.stop()
+        self.restarts += 1
+        self._start_observers()
+        self.rescan()
+
+    # -- candidates ------------------------------------------------------------------------
+
+    def rescan(self) -> None:
+        """Reconcile with what is on disk: every entry in an inbox becomes a candidate."""
+        for folder in self.folders.values():
+            try:
+                entries = list(os.scandir(folder.path))
+            except OSError as exc:
+                log.error("cannot list inbox %s (%s): %s", folder.name, folder.path, exc)
+                continue
+            for entry in entries:
+                self.touch(Path(entry.path))
+
+    def touch(self, path: Path) -> None:
+        """Something happened to ``path``: (re)start its settle window."""
+        folder = self.folders.get(path.parent)
+        if folder is None or is_ignored(path.name) or path.name in folder.reserved:
+            return
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:
+            self.forget(path)
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._candidates[path] = _Candidate(folder, stat.st_size, stat.st_mtime_ns, now)
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._candidates.pop(path, None)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._candidates)
+
+    def _settle_loop(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self._settle_once()
+            except Exception:  # the loop must survive anything one file does
+                log.exception("settle loop error")
+
+    def _settle_once(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [
+                (path, candidate)
+                for path, candidate in self._candidates.items()
+                if now - candidate.changed_at >= candidate.folder.settle_seconds
+            ]
+        for path, candidate in due:
+            try:
+                stat = path.lstat()
+            except FileNotFoundError:
+                self.forget(path)
+                continue
+            if (stat.st_size, stat.st_mtime_ns) != (candidate.size, candidate.mtime_ns):
+                self.touch(path)  # still changing: a new window
+                continue
+            if not _readable_and_quiet(path):
+                self.touch(path)
+                continue
+            with self._lock:
+                current = self._candidates.get(path)
+                if current is not candidate:
+                    continue  # an event arrived meanwhile; its window decides
+                del self._candidates[path]
+            try:
+                self.on_settled(candidate.folder, path)
+            except Exception:
+                log.exception("failed to queue %s", path)
+
+
+def _readable_and_quiet(path: Path) -> bool:
+    """Open for reading; where the kernel grants a read lease, no writer has it open."""
+    if path.is_symlink() or not path.is_file():
+        return True  # not a regular file: the runner refuses it with a reason
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return False  # someone has it open for writing
+            # EACCES (not our file), EINVAL (file system without leases): settle alone decides
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    finally:
+        os.close(fd)
+
+
+class _Handler(FileSystemEventHandler):
+    """Feeds events to the watcher; never lets an exception reach watchdog."""
+
+    def __init__(self, watcher: InboxWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            # Not "closed_no_write": our own probes and hashing read files and would re-arm them.
+            if event.event_type in ("created", "modified", "closed"):
+                self.watcher.touch(Path(os.fsdecode(event.src_path)))
+            elif event.event_type == "moved":
+                self.watcher.forget(Path(os.fsdecode(event.src_path)))
+                self.watcher.touch(Path(os.fsdecode(event.dest_path)))
+            elif event.event_type == "deleted":
+                self.watcher.forget(Path(os.fsdecode(event.src_path)))
+        except Exception:
+            log.exception("error handling %s", event)
