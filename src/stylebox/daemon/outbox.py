@@ -91,6 +91,14 @@ class Outbox:
             self._reserved.add(stem)
         return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
 
+    def remove_temporaries(self, names: OutputNames) -> None:
+        """Delete temp files a killed writer left for these names (never complete files)."""
+        for folder in (self.folder, names.steps):
+            if folder.is_dir():
+                for temp in folder.glob(".*.tmp"):
+                    if folder == names.steps or temp.name.startswith(f".{names.stem}."):
+                        temp.unlink(missing_ok=True)
+
     def release(self, names: OutputNames) -> None:
         with self._lock:
             self._reserved.discard(names.stem)

@@ -244,6 +244,7 @@ class Pipeline:
         else:
             stem = row.stem
         names = source.outbox.claim(stem)
+        source.outbox.remove_temporaries(names)  # left by a writer killed mid-file
         if _manifest_matches(names.manifest, row.sha256):
             self._complete(source, row, 0.0)  # finished before a crash; only the move is left
             return

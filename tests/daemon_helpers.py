@@ -1,0 +1,102 @@
+"""Running the real daemon in a subprocess, speaking the systemd notify protocol to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POSTERIZE_CONFIG = """
+state_dir = "state"
+[daemon]
+rescan_seconds = 2
+drain_seconds = 20
+lease_seconds = 30
+retry_backoff_seconds = 0.2
+[[inbox]]
+name = "poster"
+path = "inbox"
+outbox = "outbox"
+plugin = "posterize"
+settle_seconds = 0.2
+params = {{ bits = 2 }}
+{extra}
+"""
+
+
+def write_config(folder: Path, text: str) -> Path:
+    path = folder / "stylebox.toml"
+    path.write_text(text)
+    return path
+
+
+class Daemon:
+    """``stylebox serve`` as systemd would run it: NOTIFY_SOCKET set, signals to stop."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.socket_path = config.parent / f"notify-{time.monotonic_ns()}.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.socket_path))
+        self.notify.settimeout(0.2)
+        self.messages: list[str] = []
+        self.log = (config.parent / "daemon.log").open("ab")
+        full_env = {**os.environ, "NOTIFY_SOCKET": str(self.socket_path), **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
+            stdout=self.log,
+            stderr=self.log,
+            env=full_env,
+        )
+
+    def receive(self, until: str, timeout: float = 90.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(until in message for message in self.messages):
+                return True
+            exited = self.process.poll() is not None
+            try:
+                data = self.notify.recv(4096).decode()
+            except TimeoutError:
+                if exited:
+                    return False
+                continue
+            self.messages.extend(data.split("\n"))
+        return False
+
+    def wait_ready(self) -> None:
+        assert self.receive("READY=1"), self.output()
+
+    def output(self) -> str:
+        return (self.config.parent / "daemon.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.close()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self.receive("STOPPING=1", 1)  # collect what it said on the way out
+        self.close()
+        return code
+
+    def close(self) -> None:
+        self.notify.close()
+        self.socket_path.unlink(missing_ok=True)
+        self.log.close()
+
+
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -1,0 +1,311 @@
+"""The daemon end to end: a real process, a real observer, a real journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import STYLES, make_bad_inputs, photo
+from daemon_helpers import POSTERIZE_CONFIG, Daemon, wait_until, write_config
+from PIL import Image
+
+
+def results(outbox: Path) -> list[Path]:
+    return sorted(p for p in outbox.glob("*.json"))
+
+
+def test_a_dropped_photo_is_processed_and_moved(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+        assert (inbox / "processed").is_dir() and (inbox / "failed").is_dir()
+        photo(64, 48).save(tmp_path / "p.png")
+        os.rename(tmp_path / "p.png", inbox / "holiday.png")
+        assert wait_until(lambda: (inbox / "processed" / "holiday.png").exists(), 30)
+        manifest = json.loads((outbox / "holiday.json").read_text())
+        assert manifest["plugin"] == {"name": "posterize", "version": "1.0.0"}
+        assert (outbox / "holiday.png").is_file()
+        assert not (inbox / "holiday.png").exists()
+    finally:
+        assert daemon.stop() == 0
+    assert "STOPPING=1" in daemon.messages
+
+
+def test_bad_files_end_in_failed_with_reasons_while_serving(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    outside = tmp_path / "secret.jpg"
+    photo(16, 16).save(outside, "JPEG")
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        inbox = tmp_path / "inbox"
+        staging = tmp_path / "staging"
+        bad = make_bad_inputs(staging)
+        for kind, (path, _) in bad.items():
+            os.rename(path, inbox / f"{kind}-{path.name}")
+        os.symlink(outside, inbox / "link.jpg")
+        photo(32, 32).save(inbox / "good.png")
+        expected = len(bad) + 1
+        failed = inbox / "failed"
+        assert wait_until(lambda: len(list(failed.glob("*.error.txt"))) == expected, 60)
+        reasons = {p.name: p.read_text() for p in failed.glob("*.error.txt")}
+        for kind, (path, reason) in bad.items():
+            assert reason in reasons[f"{kind}-{path.name}.error.txt"]
+        assert "symbolic link" in reasons["link.jpg.error.txt"]
+        assert (failed / "directory-x.jpg").is_dir()
+        assert outside.exists()  # the link's target was neither read nor moved
+        assert wait_until(lambda: (inbox / "processed" / "good.png").exists(), 30)
+        assert daemon.process.poll() is None
+    finally:
+        assert daemon.stop() == 0
+    assert not list((tmp_path / "outbox").glob("secret*"))
+
+
+def test_same_bytes_twice_are_not_processed_twice(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        inbox = tmp_path / "inbox"
+        photo(40, 30).save(inbox / "a.png")
+        assert wait_until(lambda: (inbox / "processed" / "a.png").exists(), 30)
+        photo(40, 30).save(inbox / "copy-of-a.png")
+        note = inbox / "processed" / "copy-of-a.png.duplicate.txt"
+        assert wait_until(note.exists, 30)
+        assert "duplicate of job 1" in note.read_text()
+        assert len(results(tmp_path / "outbox")) == 1
+    finally:
+        daemon.stop()
+
+
+def test_gatys_inbox_writes_snapshots_animation_and_manifest(tmp_path: Path) -> None:
+    style = tmp_path / "style.png"
+    with Image.open(STYLES / "starry_night.jpg") as painting:
+        painting.convert("RGB").resize((48, 38)).save(style)
+    config = write_config(
+        tmp_path,
+        f"""
+state_dir = "state"
+[[inbox]]
+name = "starry"
+path = "inbox"
+outbox = "outbox"
+plugin = "gatys"
+settle_seconds = 0.2
+params = {{ style = "{style}", size = 64, steps = 6, snapshot_every = 2 }}
+""",
+    )
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+        photo(64, 48).save(inbox / "street.png")
+        assert wait_until(lambda: (inbox / "processed" / "street.png").exists(), 90)
+        assert sorted(p.name for p in (outbox / "street.steps").iterdir()) == [
+            "0000.png", "0002.png", "0004.png", "0006.png",
+        ]  # fmt: skip
+        assert (outbox / "street.gif").is_file() and (outbox / "street.png").is_file()
+        manifest = json.loads((outbox / "street.json").read_text())
+        assert len(manifest["history"]) == 6
+        status = subprocess.run(
+            [sys.executable, "-m", "stylebox.cli", "status", "--json", "--config", str(config)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(status.stdout)["sources"]["inbox:starry"]["done"] == 1
+    finally:
+        daemon.stop()
+
+
+def test_sigterm_drains_and_the_next_start_resumes(tmp_path: Path) -> None:
+    style = tmp_path / "style.png"
+    photo(40, 40, seed=4).save(style)
+    config = write_config(
+        tmp_path,
+        f"""
+state_dir = "state"
+[daemon]
+drain_seconds = 30
+[[inbox]]
+name = "starry"
+path = "inbox"
+outbox = "outbox"
+plugin = "gatys"
+settle_seconds = 0.1
+params = {{ style = "{style}", size = 64, steps = 150, snapshot_every = 0, checkpoint_every = 10 }}
+""",
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(64, 48).save(inbox / "long.png")
+    daemon = Daemon(config)
+    daemon.wait_ready()
+
+    def steps_done() -> int:
+        found = list(tmp_path.glob("state/jobs/*/history.jsonl"))
+        return len(found[0].read_text().splitlines()) if found else 0
+
+    assert wait_until(lambda: steps_done() > 12, 60)
+    assert daemon.stop(timeout=40) == 0
+    assert not (tmp_path / "outbox" / "long.png").exists()
+    assert (inbox / "long.png").exists()  # not moved until done
+    assert list(tmp_path.glob("state/jobs/*/checkpoint/gatys.pt"))
+
+    again = Daemon(config)
+    try:
+        again.wait_ready()
+        assert wait_until(lambda: (inbox / "processed" / "long.png").exists(), 120)
+        manifest = json.loads((tmp_path / "outbox" / "long.json").read_text())
+        assert manifest["resumed_from_step"] >= 10
+        assert [h["step"] for h in manifest["history"]] == list(range(1, 151))
+    finally:
+        again.stop()
+
+
+def test_sighup_refuses_a_bad_config_and_applies_a_good_one(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        config.write_text(POSTERIZE_CONFIG.format(extra="").replace("bits = 2", "bits = 99"))
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "reload refused" in daemon.output(), 20)
+        assert "params.bits" in daemon.output()
+        photo(20, 20).save(tmp_path / "inbox" / "still.png")
+        assert wait_until(lambda: (tmp_path / "inbox" / "processed" / "still.png").exists(), 30)
+
+        second = (
+            '[[inbox]]\nname = "two"\npath = "inbox2"\noutbox = "outbox2"\n'
+            'plugin = "posterize"\nsettle_seconds = 0.2\n'
+        )
+        config.write_text(POSTERIZE_CONFIG.format(extra=second))
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "config reloaded" in daemon.output(), 20)
+        photo(20, 20, seed=2).save(tmp_path / "inbox2" / "new.png")
+        assert wait_until(lambda: (tmp_path / "outbox2" / "new.json").exists(), 30)
+    finally:
+        daemon.stop()
+
+
+def test_watchdog_pings_while_healthy(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    daemon = Daemon(config, env={"WATCHDOG_USEC": "400000"})
+    try:
+        daemon.wait_ready()
+        assert daemon.receive("WATCHDOG=1", 10)
+        assert daemon.receive("STATUS=0 running", 10)
+    finally:
+        daemon.stop()
+
+
+def test_a_second_daemon_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        second = subprocess.run(
+            [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2 and "already served by pid" in second.stderr
+    finally:
+        daemon.stop()
+
+
+def test_bad_config_refuses_to_start_naming_the_field(tmp_path: Path) -> None:
+    text = POSTERIZE_CONFIG.format(extra="").replace("bits = 2", "bits = 0")
+    config = write_config(tmp_path, text)
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "[[inbox]] #1 (poster).params.bits" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_burst_of_files_is_all_processed(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    inbox = tmp_path / "inbox"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    count = 600
+    for i in range(count):
+        photo(8, 8, seed=i).save(staging / f"f{i:04d}.png")
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        for path in staging.iterdir():
+            os.rename(path, inbox / path.name)
+        processed = inbox / "processed"
+        assert wait_until(lambda: len(list(processed.iterdir())) == count, 240), daemon.output()
+        assert len(results(tmp_path / "outbox")) == count
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    style = tmp_path / "style.png"
+    photo(40, 40, seed=4).save(style)
+    config = write_config(
+        tmp_path,
+        f"""
+state_dir = "state"
+[daemon]
+retry_backoff_seconds = 0.1
+[[inbox]]
+name = "starry"
+path = "inbox"
+outbox = "outbox"
+plugin = "gatys"
+settle_seconds = 0.1
+params = {{ style = "{style}", size = 48, steps = 8, snapshot_every = 2, checkpoint_every = 2 }}
+""",
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = [f"photo{i:02d}.png" for i in range(14)]
+    for i, name in enumerate(names):
+        photo(48, 36, seed=i).save(inbox / name)
+    (inbox / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    rng = random.Random(7)
+    processed, failed = inbox / "processed", inbox / "failed"
+
+    def finished() -> int:
+        done = len(list(processed.glob("*.png"))) if processed.exists() else 0
+        return done + (len(list(failed.glob("*.error.txt"))) if failed.exists() else 0)
+
+    for _ in range(6):
+        daemon = Daemon(config)
+        daemon.wait_ready()
+        time.sleep(rng.uniform(0.3, 2.5))
+        daemon.kill()
+        if finished() == len(names) + 1:
+            break
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        assert wait_until(lambda: finished() == len(names) + 1, 180), daemon.output()
+    finally:
+        daemon.stop()
+
+    outbox = tmp_path / "outbox"
+    manifests = results(outbox)
+    assert len(manifests) == len(names)  # exactly one output per input, none duplicated
+    hashes = sorted(json.loads(m.read_text())["input"]["name"] for m in manifests)
+    assert hashes == names
+    for manifest in manifests:
+        with Image.open(manifest.with_suffix(".png")) as image:
+            image.load()  # every result is a complete, valid image
+    assert not [p for p in outbox.rglob("*") if p.name.startswith(".")]  # no partial files
+    assert sorted(p.name for p in processed.glob("*.png")) == names
+    assert (failed / "broken.jpg.error.txt").is_file()
+    assert not list(inbox.glob("*.png"))

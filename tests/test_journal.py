@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from stylebox.daemon.journal import Journal
+from stylebox.errors import BadInput, PluginError
+
+
+def add(journal: Journal, name: str, key: str | None = None, source: str = "inbox:a"):
+    return journal.add(
+        source=source,
+        input_path=Path("/in") / name,
+        sha256="ab" * 32,
+        plugin="gatys",
+        params_hash="p",
+        unique_key=key or name,
+    )
+
+
+def test_wal_and_full_sync(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    db = journal._connection()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_same_key_is_one_job(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    first, new = add(journal, "a.jpg", key="k")
+    again, new_again = add(journal, "b.jpg", key="k")
+    assert new and not new_again and again.id == first.id
+    assert len(journal.jobs()) == 1
+
+
+def test_claim_lease_heartbeat_finish(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    add(journal, "a.jpg")
+    add(journal, "b.jpg", source="batch:x")
+    row = journal.claim("host:1", 30, {"inbox:a"})
+    assert row is not None and row.name == "a.jpg" and row.state == "running"
+    assert row.attempts == 1 and row.lease_owner == "host:1"
+    assert journal.claim("host:1", 30, {"inbox:a"}) is None  # nothing else for that source
+    assert journal.heartbeat(row.id, "host:1", 30)
+    assert not journal.heartbeat(row.id, "host:2", 30)
+    journal.finish(row.id, "done", seconds=1.5)
+    done = journal.get(row.id)
+    assert done.state == "done" and done.seconds == 1.5 and done.lease_owner is None
+    assert journal.counts() == {"inbox:a": {"done": 1}, "batch:x": {"queued": 1}}
+
+
+def test_dead_owner_and_expired_leases_are_reclaimed(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    add(journal, "a.jpg")
+    add(journal, "b.jpg")
+    add(journal, "c.jpg")
+    dead = journal.claim("here:111", 300)
+    alive = journal.claim("here:222", 300)
+    expired = journal.claim("elsewhere:1", -1)
+    assert journal.reclaim_dead("here", lambda pid: pid == 222) == 1
+    assert journal.get(dead.id).state == "queued"
+    assert journal.get(dead.id).attempts == 0  # a kill is not an attempt
+    assert journal.get(alive.id).state == "running"
+    assert journal.reclaim_expired() == 1
+    assert journal.get(expired.id).state == "queued"
+
+
+def test_requeue_with_backoff_and_errors(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    add(journal, "a.jpg")
+    row = journal.claim("h:1", 30)
+    journal.requeue(row.id, delay=60, error=PluginError("flaky"))
+    again = journal.get(row.id)
+    assert again.state == "queued" and again.attempts == 1
+    assert again.error_class == "PluginError" and again.not_before > time.time() + 50
+    assert journal.claim("h:1", 30) is None  # still backing off
+    journal.finish(row.id, "failed", error=BadInput("not an image"))
+    failed = journal.get(row.id)
+    assert failed.error_class == "BadInput" and failed.error_message == "not an image"
+    retried = journal.retry_failed(row.id, Path("/in/a-again.jpg"))
+    assert retried.state == "queued" and retried.attempts == 0
+    assert retried.origin_path == "/in/a-again.jpg"
+
+
+def test_a_drain_does_not_count_as_an_attempt(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    add(journal, "a.jpg")
+    row = journal.claim("h:1", 30)
+    journal.requeue(row.id, count_attempt=False)
+    assert journal.get(row.id).attempts == 0
+
+
+@pytest.mark.parametrize("threads", [4])
+def test_concurrent_claims_never_share_a_job(tmp_path: Path, threads: int) -> None:
+    import threading
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    for i in range(60):
+        add(journal, f"{i}.jpg")
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        while (row := journal.claim(f"h:{n}", 30)) is not None:
+            with lock:
+                claimed.append(row.id)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert sorted(claimed) == list(range(1, 61))

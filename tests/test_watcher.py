@@ -1,0 +1,190 @@
+"""The watcher with a real watchdog observer on temporary folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stylebox.daemon.watcher import InboxWatcher, WatchedFolder, is_ignored
+
+SETTLE = 0.4
+
+
+class Recorder:
+    """Records each settled file with its size at that moment (it must be complete)."""
+
+    def __init__(self) -> None:
+        self.settled: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, folder: WatchedFolder, path: Path) -> None:
+        size = path.lstat().st_size if path.exists() else -1
+        with self.lock:
+            self.settled.append((path.name, size))
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [name for name, _ in self.settled]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.names()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+@pytest.fixture(params=["native", "poll"])
+def watched(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, Recorder]]:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "processed").mkdir()
+    recorder = Recorder()
+    folder = WatchedFolder(
+        "a", inbox, SETTLE, poll=request.param == "poll", poll_interval=0.1,
+        reserved=frozenset({"processed"}),
+    )  # fmt: skip
+    watcher = InboxWatcher([folder], recorder)
+    watcher.start()
+    try:
+        yield inbox, recorder
+    finally:
+        watcher.stop()
+
+
+def test_slow_writer_is_taken_once_and_complete(watched: tuple[Path, Recorder]) -> None:
+    inbox, recorder = watched
+    chunk = os.urandom(64 * 1024)
+    with (inbox / "slow.jpg").open("wb") as handle:
+        for _ in range(6):  # pauses shorter than the settle window
+            handle.write(chunk)
+            handle.flush()
+            time.sleep(SETTLE * 0.6)
+    recorder.wait_for(1)
+    time.sleep(SETTLE * 2)
+    assert recorder.settled == [("slow.jpg", 6 * len(chunk))]
+
+
+def test_writer_holding_the_file_open_is_not_taken_early(watched: tuple[Path, Recorder]) -> None:
+    inbox, recorder = watched
+    with (inbox / "held.jpg").open("wb") as handle:
+        handle.write(b"x" * 1000)
+        handle.flush()
+        time.sleep(SETTLE * 3)  # unchanged, but still open for writing
+        if recorder.names():
+            pytest.skip("this file system grants no leases; settling alone decides")
+        handle.write(b"y" * 1000)
+    recorder.wait_for(1)
+    assert recorder.settled == [("held.jpg", 2000)]
+
+
+def test_temp_file_then_rename(watched: tuple[Path, Recorder]) -> None:
+    inbox, recorder = watched
+    temp = inbox / ".upload.jpg.part"
+    temp.write_bytes(b"z" * 5000)
+    time.sleep(SETTLE * 2)
+    assert recorder.names() == []  # hidden and partial names are never inputs
+    temp.rename(inbox / "upload.jpg")
+    recorder.wait_for(1)
+    time.sleep(SETTLE * 2)
+    assert recorder.settled == [("upload.jpg", 5000)]
+
+
+def test_mv_from_another_folder(watched: tuple[Path, Recorder], tmp_path: Path) -> None:
+    inbox, recorder = watched
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(b"m" * 777)
+    subprocess.run(["mv", str(outside), str(inbox / "moved.jpg")], check=True)
+    recorder.wait_for(1)
+    time.sleep(SETTLE * 2)
+    assert recorder.settled == [("moved.jpg", 777)]
+
+
+def test_cp_of_a_large_file(watched: tuple[Path, Recorder], tmp_path: Path) -> None:
+    inbox, recorder = watched
+    big = tmp_path / "big.jpg"
+    big.write_bytes(os.urandom(48 * 1024 * 1024))
+    subprocess.run(["cp", str(big), str(inbox / "big.jpg")], check=True)
+    recorder.wait_for(1)
+    time.sleep(SETTLE * 2)
+    assert recorder.settled == [("big.jpg", big.stat().st_size)]
+
+
+def test_reserved_and_ignored_names_are_not_inputs(watched: tuple[Path, Recorder]) -> None:
+    inbox, recorder = watched
+    for name in ("~$doc.jpg", "a.crdownload", "b.tmp", ".hidden.jpg"):
+        (inbox / name).write_bytes(b"1")
+    (inbox / "processed" / "done.jpg").write_bytes(b"1")
+    (inbox / "real.jpg").write_bytes(b"1")
+    recorder.wait_for(1)
+    time.sleep(SETTLE * 2)
+    assert recorder.names() == ["real.jpg"]
+
+
+def test_files_present_at_start_are_found_by_the_first_scan(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "waiting.jpg").write_bytes(b"w" * 10)
+    recorder = Recorder()
+    watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], recorder)
+    watcher.start()
+    try:
+        recorder.wait_for(1)
+    finally:
+        watcher.stop()
+    assert recorder.names() == ["waiting.jpg"]
+
+
+def test_a_dead_observer_is_restarted(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    recorder = Recorder()
+    watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], recorder)
+    watcher.start()
+    try:
+        for observer in watcher._observers:  # kill it the way a handler bug would
+            observer.stop()
+            observer.join()
+        assert not watcher.healthy()
+        watcher.check()
+        assert watcher.healthy() and watcher.restarts == 1
+        (inbox / "after.jpg").write_bytes(b"a")
+        recorder.wait_for(1)
+        assert recorder.names() == ["after.jpg"]
+    finally:
+        watcher.stop()
+
+
+def test_ignore_patterns() -> None:
+    assert is_ignored(".x.jpg") and is_ignored("x.part") and is_ignored("~$x.docx")
+    assert not is_ignored("photo.jpg")
+
+
+def test_handler_exceptions_never_reach_watchdog(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    calls: list[str] = []
+
+    def explode(folder: WatchedFolder, path: Path) -> None:
+        calls.append(path.name)
+        raise RuntimeError("bug in a callback")
+
+    watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], explode)
+    watcher.start()
+    try:
+        (inbox / "one.jpg").write_bytes(b"1")
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (inbox / "two.jpg").write_bytes(b"2")
+        while len(calls) < 2 and time.monotonic() < deadline + 5:
+            time.sleep(0.02)
+        assert sorted(calls) == ["one.jpg", "two.jpg"] and watcher.healthy()
+    finally:
+        watcher.stop()
+    shutil.rmtree(inbox)
