@@ -82,7 +82,13 @@ class Daemon:
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)  # its thread stacks go to the log
+            time.sleep(1)
+            self.kill()
+            raise AssertionError(f"stylebox serve did not stop:\n{self.output()[-6000:]}") from None
         self.receive("STOPPING=1", 1)  # collect what it said on the way out
         self.close()
         return code

@@ -5,19 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from stylebox.daemon.journal import Journal
+from stylebox.daemon.journal import Journal, NewJob
 from stylebox.errors import BadInput, PluginError
 
 
 def add(journal: Journal, name: str, key: str | None = None, source: str = "inbox:a"):
-    return journal.add(
-        source=source,
-        input_path=Path("/in") / name,
-        sha256="ab" * 32,
-        plugin="gatys",
-        params_hash="p",
-        unique_key=key or name,
-    )
+    entry = NewJob(source, Path("/in") / name, "ab" * 32, "gatys", "p", key or name, name)
+    return journal.add([entry])[0]
 
 
 def test_wal_and_full_sync(tmp_path: Path) -> None:

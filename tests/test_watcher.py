@@ -24,10 +24,11 @@ class Recorder:
         self.settled: list[tuple[str, int]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, folder: WatchedFolder, path: Path) -> None:
-        size = path.lstat().st_size if path.exists() else -1
-        with self.lock:
-            self.settled.append((path.name, size))
+    def __call__(self, folder: WatchedFolder, paths: list[Path]) -> None:
+        for path in paths:
+            size = path.lstat().st_size if path.exists() else -1
+            with self.lock:
+                self.settled.append((path.name, size))
 
     def names(self) -> list[str]:
         with self.lock:
@@ -170,8 +171,8 @@ def test_handler_exceptions_never_reach_watchdog(tmp_path: Path) -> None:
     inbox.mkdir()
     calls: list[str] = []
 
-    def explode(folder: WatchedFolder, path: Path) -> None:
-        calls.append(path.name)
+    def explode(folder: WatchedFolder, paths: list[Path]) -> None:
+        calls.extend(path.name for path in paths)
         raise RuntimeError("bug in a callback")
 
     watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], explode)

@@ -236,12 +236,13 @@ def encode_image(
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, sync_folder: bool = True) -> Iterator[BinaryIO]:
     """Write ``path`` all at once or not at all.
 
     The data goes to a hidden temp file in the same folder (so the rename cannot cross file
     systems and watchers ignore it), is flushed and fsynced, then renamed over ``path``; the
-    folder is fsynced so the rename itself survives a power cut.
+    folder is fsynced so the rename itself survives a power cut (``sync_folder=False`` leaves
+    that to a later write into the same folder).
     """
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     temp = Path(temp_name)
@@ -255,12 +256,13 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_folder:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, sync_folder: bool = True) -> None:
     """Atomically replace ``path`` with ``data``; see :func:`atomic_writer`."""
-    with atomic_writer(path) as handle:
+    with atomic_writer(path, sync_folder) as handle:
         handle.write(data)
 
 

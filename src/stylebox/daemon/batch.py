@@ -60,8 +60,8 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
     pipeline = Pipeline(loaded, sources, journal)
     journal.reclaim_dead(socket.gethostname(), pid_alive)
     journal.reclaim_expired()
-    for path in files:
-        pipeline.enqueue(source, path)
+    for start in range(0, len(files), 500):
+        pipeline.enqueue(source, files[start : start + 500])
 
     stop = threading.Event()
 

@@ -83,6 +83,18 @@ class JobRow:
     seconds: float | None
 
 
+@dataclass(frozen=True)
+class NewJob:
+    source: str
+    input_path: Path
+    sha256: str
+    plugin: str
+    params_hash: str
+    unique_key: str
+    stem: str | None = None
+    """Output names chosen at queueing time, so they survive any crash."""
+
+
 class Journal:
     """All job bookkeeping; every method is one short transaction."""
 
@@ -122,38 +134,38 @@ class Journal:
 
     # -- adding work -----------------------------------------------------------------------
 
-    def add(
-        self,
-        *,
-        source: str,
-        input_path: Path,
-        sha256: str,
-        plugin: str,
-        params_hash: str,
-        unique_key: str,
-    ) -> tuple[JobRow, bool]:
-        """Queue a job, or return the existing one with the same key (and ``False``)."""
+    def add(self, entries: list[NewJob]) -> list[tuple[JobRow, bool]]:
+        """Queue jobs in one transaction; for a key already known, its existing job is
+        returned with ``False`` instead."""
+        results: list[tuple[JobRow, bool]] = []
+        now = time.time()
         with self._transaction() as db:
-            row = db.execute("SELECT * FROM jobs WHERE unique_key = ?", (unique_key,)).fetchone()
-            if row is not None:
-                return _row(row), False
-            cursor = db.execute(
-                "INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, "
-                "params_hash, unique_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    source,
-                    str(input_path),
-                    str(input_path),
-                    input_path.name,
-                    sha256,
-                    plugin,
-                    params_hash,
-                    unique_key,
-                    time.time(),
-                ),
-            )
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (cursor.lastrowid,)).fetchone()
-            return _row(row), True
+            for entry in entries:
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE unique_key = ?", (entry.unique_key,)
+                ).fetchone()
+                if row is not None:
+                    results.append((_row(row), False))
+                    continue
+                row = db.execute(
+                    "INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, "
+                    "params_hash, unique_key, stem, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    (
+                        entry.source,
+                        str(entry.input_path),
+                        str(entry.input_path),
+                        entry.input_path.name,
+                        entry.sha256,
+                        entry.plugin,
+                        entry.params_hash,
+                        entry.unique_key,
+                        entry.stem,
+                        now,
+                    ),
+                ).fetchone()
+                results.append((_row(row), True))
+        return results
 
     def retry_failed(self, job_id: int, input_path: Path) -> JobRow:
         """A failed job's input was dropped again: give it a fresh set of attempts."""
@@ -275,17 +287,21 @@ class Journal:
         *,
         seconds: float | None = None,
         error: BaseException | None = None,
+        input_path: Path | None = None,
     ) -> None:
+        """Close a job; ``input_path`` records where its input was moved."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, "
-                "finished_at = ?, seconds = ?, error_class = ?, error_message = ? WHERE id = ?",
+                "finished_at = ?, seconds = ?, error_class = ?, error_message = ?, "
+                "input_path = COALESCE(?, input_path) WHERE id = ?",
                 (
                     state,
                     time.time(),
                     seconds,
                     type(error).__name__ if error else None,
                     str(error) if error else None,
+                    str(input_path) if input_path else None,
                     job_id,
                 ),
             )

@@ -20,7 +20,8 @@ def notify(*fields: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
             sock.connect(address)
-            sock.sendall("\n".join(fields).encode())
+            # Never block the daemon on a listener that is not reading: drop the message.
+            sock.send("\n".join(fields).encode(), socket.MSG_DONTWAIT)
         except OSError:
             return False
     return True

@@ -8,8 +8,8 @@ second ``photo.jpg`` gets ``photo-2``: names never collide and nothing is overwr
 
 from __future__ import annotations
 
-import glob
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -19,10 +19,17 @@ from typing import Any
 from PIL import Image
 
 from stylebox.config import OutputConfig
-from stylebox.images import atomic_write_bytes, atomic_writer, encode_image, resize_to_max_side
+from stylebox.images import (
+    atomic_write_bytes,
+    atomic_writer,
+    encode_image,
+    fsync_dir,
+    resize_to_max_side,
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+_ALL_SUFFIXES = (*_EXTENSIONS.values(), ".json", ".gif", ".steps")
 
 
 def safe_stem(filename: str) -> str:
@@ -77,8 +84,10 @@ class Outbox:
             for n in range(1, 100_000):
                 stem = base if n == 1 else f"{base}-{n}"
                 names = OutputNames(self.folder, stem, extension)
-                # Any ``stem.*`` counts, so a result in another format is not shadowed either.
-                taken = stem in self._reserved or any(self.folder.glob(f"{glob.escape(stem)}.*"))
+                # A result in any format counts, so one is never shadowed by another.
+                taken = stem in self._reserved or any(
+                    os.path.lexists(self.folder / f"{stem}{suffix}") for suffix in _ALL_SUFFIXES
+                )
                 if not taken:
                     self._reserved.add(stem)
                     return names
@@ -100,19 +109,26 @@ class Outbox:
                         temp.unlink(missing_ok=True)
 
     def release(self, names: OutputNames) -> None:
+        self.release_stem(names.stem)
+
+    def release_stem(self, stem: str) -> None:
+        """Forget an in-flight reservation (its files, if any, now speak for themselves)."""
         with self._lock:
-            self._reserved.discard(names.stem)
+            self._reserved.discard(stem)
 
     def write_snapshot(self, names: OutputNames, image: Image.Image, step: int) -> Path:
         names.steps.mkdir(exist_ok=True)
         path = names.steps / f"{step:04d}.png"
-        atomic_write_bytes(path, encode_image(image, "png"))
+        atomic_write_bytes(path, encode_image(image, "png"), sync_folder=False)
         return path
 
     def write_result(
         self, names: OutputNames, image: Image.Image, alpha: Image.Image | None
     ) -> Path:
-        atomic_write_bytes(names.result, encode_image(image, self.output.format, alpha))
+        # No folder fsync here: the manifest, written last into the same folder, does it.
+        atomic_write_bytes(
+            names.result, encode_image(image, self.output.format, alpha), sync_folder=False
+        )
         return names.result
 
     def write_animation(self, names: OutputNames, final: Image.Image) -> Path | None:
@@ -129,7 +145,7 @@ class Outbox:
                 frames.append(_gif_frame(snapshot, size))
         frames.append(_gif_frame(final, size))
         durations = [self.output.frame_ms] * (len(frames) - 1) + [self.output.frame_ms * 8]
-        with atomic_writer(names.animation) as handle:
+        with atomic_writer(names.animation, sync_folder=False) as handle:
             frames[0].save(
                 handle, "GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
             )
@@ -137,6 +153,8 @@ class Outbox:
 
     def write_manifest(self, names: OutputNames, manifest: dict[str, Any]) -> Path:
         text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
+        if names.steps.is_dir():
+            fsync_dir(names.steps)
         atomic_write_bytes(names.manifest, text.encode())
         return names.manifest
 

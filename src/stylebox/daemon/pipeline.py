@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from stylebox.config import BatchConfig, InboxConfig, LoadedConfig
 from stylebox.daemon import files
-from stylebox.daemon.journal import JobRow, Journal
+from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
 from stylebox.errors import BadInput, Cancelled, PluginError
@@ -122,6 +122,11 @@ class Pipeline:
         self.stopping = threading.Event()
         self._running: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
+        # Output names of unfinished jobs are taken, even before any file of theirs exists.
+        for state in ("queued", "running"):
+            for row in journal.jobs(state=state):
+                if row.stem and row.source in sources:
+                    sources[row.source].outbox.claim(row.stem)
 
     @property
     def state_dir(self) -> Path:
@@ -129,35 +134,51 @@ class Pipeline:
 
     # -- queueing --------------------------------------------------------------------------
 
-    def enqueue(self, source: Source, path: Path) -> Outcome:
-        """Record ``path`` (a settled file in ``source``) as a job, exactly once."""
-        regular = path.is_file() and not path.is_symlink()
-        if regular:
-            digest = _sha256(path)
-            key = f"{digest}|{source.key}|{source.plugin.name}|{source.params_hash}"
-            if not source.config.dedupe:
-                key += f"|{uuid.uuid4().hex}"
-        else:  # folders, links, devices: journaled so their refusal is recorded too
-            digest = "-"
-            key = f"special|{source.key}|{path}|{time.time_ns()}"
-        row, new = self.journal.add(
-            source=source.key,
-            input_path=path,
-            sha256=digest,
-            plugin=source.plugin.name,
-            params_hash=source.params_hash,
-            unique_key=key,
-        )
+    def enqueue(self, source: Source, paths: list[Path]) -> list[Outcome]:
+        """Record settled files of ``source`` as jobs, exactly once, in one transaction."""
+        entries = []
+        for path in paths:
+            if path.is_file() and not path.is_symlink():
+                digest = _sha256(path)
+                key = f"{digest}|{source.key}|{source.plugin.name}|{source.params_hash}"
+                if not source.config.dedupe:
+                    key += f"|{uuid.uuid4().hex}"
+            else:  # folders, links, devices: journaled so their refusal is recorded too
+                digest = "-"
+                key = f"special|{source.key}|{path}|{time.time_ns()}"
+            entries.append(
+                NewJob(
+                    source=source.key,
+                    input_path=path,
+                    sha256=digest,
+                    plugin=source.plugin.name,
+                    params_hash=source.params_hash,
+                    unique_key=key,
+                    stem=source.outbox.reserve(path.name).stem,
+                )
+            )
+        outcomes = [
+            self._after_add(source, path, entry, row, new)
+            for path, entry, (row, new) in zip(
+                paths, entries, self.journal.add(entries), strict=True
+            )
+        ]
+        if "queued" in outcomes or "retry" in outcomes:
+            self.on_queued()
+        return outcomes
+
+    def _after_add(
+        self, source: Source, path: Path, entry: NewJob, row: JobRow, new: bool
+    ) -> Outcome:
         if new:
             log.info("queued", extra=_fields(row, "queued"))
-            self.on_queued()
             return "queued"
+        source.outbox.release_stem(entry.stem or "")  # the existing job keeps its own names
         if row.state in ("queued", "running") and row.origin_path == str(path):
             return "known"
         if row.state == "failed":
             row = self.journal.retry_failed(row.id, path)
             log.info("queued again after failing", extra=_fields(row, "retry"))
-            self.on_queued()
             return "retry"
         # The same bytes with the same settings: not stylised twice.
         if source.moves_inputs and path.exists():
@@ -238,13 +259,14 @@ class Pipeline:
     def _run(self, source: Source, row: JobRow, cancel: threading.Event) -> None:
         work_dir = self.state_dir / "jobs" / str(row.id)
         path = Path(row.input_path)
-        if row.stem is None:
+        if row.stem is None:  # queued by a retry of a failed job
             stem = source.outbox.reserve(row.name).stem
             self.journal.set_stem(row.id, stem)
         else:
             stem = row.stem
         names = source.outbox.claim(stem)
-        source.outbox.remove_temporaries(names)  # left by a writer killed mid-file
+        if row.attempts > 1 or work_dir.exists():  # a crash may have left temp files
+            source.outbox.remove_temporaries(names)
         if _manifest_matches(names.manifest, row.sha256):
             self._complete(source, row, 0.0)  # finished before a crash; only the move is left
             return
@@ -258,13 +280,13 @@ class Pipeline:
         self._complete(source, row, result.manifest["timings"]["total_seconds"])
 
     def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
+        moved = None
         if source.moves_inputs:
             assert isinstance(source.config, InboxConfig)
             origin = Path(row.origin_path)
             if origin.exists() or origin.is_symlink():
                 moved = files.move_unique(origin, source.config.processed_dir)
-                self.journal.set_input_path(row.id, moved)
-        self.journal.finish(row.id, "done", seconds=seconds)
+        self.journal.finish(row.id, "done", seconds=seconds, input_path=moved)
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
         if row.attempts < source.config.max_attempts:
@@ -283,9 +305,10 @@ class Pipeline:
             assert isinstance(source.config, InboxConfig)
             moved = files.move_unique(origin, source.config.failed_dir)
             files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
-            self.journal.set_input_path(row.id, moved)
+        else:
+            moved = None
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
-        self.journal.finish(row.id, "failed", error=error)
+        self.journal.finish(row.id, "failed", error=error, input_path=moved)
         log.error("failed", extra={**_fields(row, "failed"), "error": reason})
 
 
@@ -298,13 +321,16 @@ class _JournalReporter:
         self._last: dict[int, float] = {}
 
     def started(self, job: Job) -> None:
+        if job.job_id is not None:
+            self._last[job.job_id] = time.monotonic()
         if self.inner:
             self.inner.started(job)
 
     def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
+        # A second between writes: status stays fresh and quick jobs write nothing.
         if job.job_id is not None:
             now = time.monotonic()
-            if step >= total or now - self._last.get(job.job_id, 0.0) >= 1.0:
+            if now - self._last.get(job.job_id, now) >= 1.0:
                 self._last[job.job_id] = now
                 self.journal.set_progress(job.job_id, step, total)
         if self.inner:

@@ -8,6 +8,7 @@ plugin's checkpoints and the loss history survive a crash there and vanish when 
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import shutil
@@ -93,12 +94,20 @@ class RunnerContext(JobContext):
         self.outbox = outbox
         self.reporter = reporter
         self._cancel = cancel
-        self.checkpoint_dir = job.work_dir / "checkpoint"
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.facts: dict[str, JsonValue] = {}
         self.snapshots: list[str] = []
         self._history_path = job.work_dir / "history.jsonl"
         self.history = _read_history(self._history_path)
+        self._unsaved: list[str] = []
+        self._began = time.monotonic()
+
+    @property
+    def checkpoint_dir(self) -> Path:  # type: ignore[override]
+        # Created on first use: most plugins never checkpoint, and a burst of quick jobs
+        # should not pay for folders nobody reads.
+        path = self.job.work_dir / "checkpoint"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def cancelled(self) -> bool:
@@ -107,8 +116,14 @@ class RunnerContext(JobContext):
     def progress(self, step: int, total: int, **metrics: float) -> None:
         entry = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         _append_entry(self.history, entry)
-        with self._history_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        self._unsaved.append(json.dumps(entry) + "\n")
+        # Jobs under a second are simply redone after a crash; longer ones keep their
+        # history on disk so a resumed job's manifest still has every step.
+        if time.monotonic() - self._began >= 1.0:
+            self.job.work_dir.mkdir(parents=True, exist_ok=True)
+            with self._history_path.open("a", encoding="utf-8") as handle:
+                handle.writelines(self._unsaved)
+            self._unsaved.clear()
         self.reporter.progress(self.job, step, total, metrics)
 
     def snapshot(self, image: Image.Image, step: int) -> None:
@@ -201,7 +216,7 @@ class Runner:
             "started_at": started_at.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "history": context.history,
-            "libraries": _library_versions(),
+            "libraries": dict(_library_versions()),
         }
         outbox.write_manifest(names, manifest)
         outbox.release(names)
@@ -213,9 +228,9 @@ class Runner:
     @staticmethod
     def _names(job: Job, outbox: Outbox) -> OutputNames:
         """The job's output names: those chosen before a crash, or a fresh reservation."""
-        job.work_dir.mkdir(parents=True, exist_ok=True)
         if job.stem is not None:
             return outbox.claim(job.stem)
+        job.work_dir.mkdir(parents=True, exist_ok=True)
         record = job.work_dir / "output.json"
         if record.is_file():
             stem = json.loads(record.read_text())["stem"]
@@ -254,7 +269,9 @@ def _read_history(path: Path) -> list[dict[str, float]]:
     return history
 
 
+@functools.cache
 def _library_versions() -> dict[str, str]:
+    """Looked up once: reading package metadata costs milliseconds, every job needs it."""
     versions = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:

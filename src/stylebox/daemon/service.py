@@ -7,6 +7,7 @@ and the old one keeps running.
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import logging
 import os
@@ -77,10 +78,10 @@ class Service:
             )
         return InboxWatcher(folders, self._on_settled)
 
-    def _on_settled(self, folder: WatchedFolder, path: Path) -> None:
+    def _on_settled(self, folder: WatchedFolder, paths: list[Path]) -> None:
         source = self.sources.get(f"inbox:{folder.name}")
         if source is not None:
-            self.pipeline.enqueue(source, path)
+            self.pipeline.enqueue(source, paths)
 
     def _notify_workers(self) -> None:
         with self._wake:
@@ -93,6 +94,7 @@ class Service:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
         reclaimed = self.journal.reclaim_dead(socket.gethostname(), pid_alive)
         reclaimed += self.journal.reclaim_expired()
         if reclaimed:

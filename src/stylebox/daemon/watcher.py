@@ -60,7 +60,7 @@ class _Candidate:
     changed_at: float
 
 
-SettledCallback = Callable[[WatchedFolder, Path], None]
+SettledCallback = Callable[[WatchedFolder, list[Path]], None]
 
 
 class InboxWatcher:
@@ -182,6 +182,7 @@ class InboxWatcher:
                 for path, candidate in self._candidates.items()
                 if now - candidate.changed_at >= candidate.folder.settle_seconds
             ]
+        settled: dict[Path, list[Path]] = {}
         for path, candidate in due:
             try:
                 stat = path.lstat()
@@ -199,10 +200,12 @@ class InboxWatcher:
                 if current is not candidate:
                     continue  # an event arrived meanwhile; its window decides
                 del self._candidates[path]
+            settled.setdefault(candidate.folder.path, []).append(path)
+        for folder_path, paths in settled.items():  # a burst is queued in one transaction
             try:
-                self.on_settled(candidate.folder, path)
+                self.on_settled(self.folders[folder_path], paths)
             except Exception:
-                log.exception("failed to queue %s", path)
+                log.exception("failed to queue %d file(s) of %s", len(paths), folder_path)
 
 
 def _readable_and_quiet(path: Path) -> bool:
