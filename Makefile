@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make start   set up, then stylise the bundled sample photo with the default config
+#   make start   set up, then start the daemon on the default config (inboxes under var/)
 #   make test    set up, then lint and run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   := .venv
@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml examples/stylebox-posterize/pyproject.toml
 	touch $(STAMP)
 
 start: setup
-	$(BIN)/stylebox run examples/photos/kodim05.png --config config/stylebox.toml \
-		--inbox starry --out var/outbox/starry
+	$(BIN)/stylebox serve --config config/stylebox.toml
 
 lint: setup
 	$(BIN)/ruff check .
@@ -29,6 +28,7 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/gatys_step.py
+	$(BIN)/python bench/daemon_overhead.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
