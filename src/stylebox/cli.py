@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from stylebox import __version__, bundled, logs
-from stylebox.config import LoadedConfig, OutputConfig, json_schema, load_config
+from stylebox.config import ImagesConfig, LoadedConfig, OutputConfig, json_schema, load_config
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, PluginHandle, Runner
 from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
@@ -156,13 +156,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         output = output.model_copy(update={"format": args.format})
 
     # Refuse bad inputs before the (slow) plugin start-up.
-    images_config = loaded.config.images if loaded else None
-    runner_probe = Runner(images_config)
+    images_config = loaded.config.images if loaded else ImagesConfig()
     for path in args.images:
         decode_image(
-            path,
-            max_pixels=runner_probe.images.max_pixels,
-            formats=frozenset(runner_probe.images.formats),
+            path, max_pixels=images_config.max_pixels, formats=frozenset(images_config.formats)
         )
 
     plugin_cls = registry.get(plugin_name)

@@ -253,10 +253,6 @@ class Journal:
         with self._transaction() as db:
             db.execute("UPDATE jobs SET step = ?, total = ? WHERE id = ?", (step, total, job_id))
 
-    def set_input_path(self, job_id: int, path: Path) -> None:
-        with self._transaction() as db:
-            db.execute("UPDATE jobs SET input_path = ? WHERE id = ?", (str(path), job_id))
-
     def requeue(
         self,
         job_id: int,

@@ -38,12 +38,13 @@ class Service:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.loaded = load_config(config_path)
+        state_dir = self.loaded.config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        # Before the (slow) plugin start-up: a second daemon is refused at once.
+        self._lock_file = _exclusive_lock(state_dir / "serve.lock")
         self.registry = discover()
         self._instances: dict[tuple[str, str], Plugin[Any]] = {}
         self.sources = self._build(self.loaded)
-        state_dir = self.loaded.config.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _exclusive_lock(state_dir / "serve.lock")
         self.journal = Journal(journal_path(state_dir))
         self._wake = threading.Condition()
         self.pipeline = Pipeline(
