@@ -1,0 +1,227 @@
+"""Training a TransformerNet with the perceptual loss of Johnson et al. on the shared VGG19.
+
+All hyper-parameters live in :class:`TrainParams`. Checkpoints every ``checkpoint_every``
+steps make ``resume`` continue exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from pydantic import Field, PositiveInt
+
+from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
+from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
+from stylebox.plugins.api import PluginParams, StyleFile
+from stylebox.plugins.faststyle.network import Preset, TransformerNet
+from stylebox.plugins.gatys.losses import gram, total_variation
+from stylebox.tensors import resolve_device, to_image, to_tensor
+
+log = logging.getLogger("stylebox.train")
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainParams(PluginParams):
+    """Everything that decides a training run."""
+
+    style: StyleFile = Field(description="The painting to learn")
+    content_dir: Path = Field(description="Folder of photos to train on")
+    preset: Preset = Field("full", description="full (the paper's net) or small (half width)")
+    image_size: PositiveInt = Field(256, description="Side of the square training crops")
+    style_size: PositiveInt | None = Field(None, description="Longest side of the style image")
+    batch_size: PositiveInt = 4
+    steps: PositiveInt = Field(2000, description="Optimisation steps")
+    learning_rate: float = Field(1e-3, gt=0)
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(30.0, ge=0)
+    tv_weight: float = Field(1e-6, ge=0, description="On the 0..255 output")
+    content_layers: dict[str, float] = Field(default_factory=lambda: {"relu2_2": 1.0})
+    style_layers: dict[str, float] = Field(
+        default_factory=lambda: {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
+    )
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    checkpoint_every: PositiveInt = 100
+    sample_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+
+
+def load_photos(folder: Path, longest: int) -> list[Image.Image]:
+    """Every readable photo of ``folder``, shrunk once so crops are cheap."""
+    photos = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            try:
+                photos.append(resize_to_max_side(decode_image(path).rgb, longest))
+            except Exception as exc:  # a bad file in a training folder is skipped, loudly
+                log.warning("skipping %s: %s", path.name, exc)
+    if not photos:
+        raise ValueError(f"no usable photos in {folder}")
+    return photos
+
+
+def batches(
+    photos: list[Image.Image], size: int, batch_size: int, rng: random.Random
+) -> Iterator[torch.Tensor]:
+    """Endless batches of random square crops with random horizontal flips, 0..255."""
+    while True:
+        crops = []
+        for _ in range(batch_size):
+            photo = rng.choice(photos)
+            if min(photo.size) < size:
+                photo = photo.resize(
+                    (max(size, photo.width * size // min(photo.size)),
+                     max(size, photo.height * size // min(photo.size))),
+                    Image.Resampling.LANCZOS,
+                )  # fmt: skip
+            x = rng.randint(0, photo.width - size)
+            y = rng.randint(0, photo.height - size)
+            crop = photo.crop((x, y, x + size, y + size))
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crops.append(to_tensor(crop) * 255.0)
+        yield torch.cat(crops)
+
+
+def train(
+    params: TrainParams,
+    out_dir: Path,
+    backbone: BackboneSpec | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TransformerNet:
+    """Train, writing checkpoints and samples to ``out_dir``; returns the trained network."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone = backbone or BackboneSpec()
+    device = resolve_device(params.device)
+    torch.manual_seed(params.seed)
+    rng = random.Random(params.seed)
+    vgg = load_vgg19(backbone, device)
+    network = TransformerNet(params.preset).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=params.learning_rate)
+    step = 0
+    history: list[dict[str, float]] = []
+    checkpoint_path = out_dir / CHECKPOINT
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming at step %d", step)
+
+    style_image = decode_image(params.style).rgb
+    if params.style_size:
+        style_image = resize_to_max_side(style_image, params.style_size)
+    with torch.no_grad():
+        features = vgg(to_tensor(style_image, device), list(params.style_layers))
+        style_grams = {k: gram(v) for k, v in features.items()}
+    photos = load_photos(params.content_dir, max(params.image_size * 2, 512))
+    samples = photos[:3]
+    # A resumed run restored ``rng`` above, so it draws the crops an uninterrupted run would.
+    data = batches(photos, params.image_size, params.batch_size, rng)
+    layers = sorted({*params.content_layers, *params.style_layers})
+    amp = params.amp and device.type == "cuda"
+
+    began = time.perf_counter()
+    while step < params.steps:
+        batch = next(data).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            output = network(batch)
+            out_features = vgg(output.float().div(255.0).clamp(0, 1), layers)
+            with torch.no_grad():
+                in_features = vgg(batch / 255.0, list(params.content_layers))
+        content = sum(
+            w * torch.nn.functional.mse_loss(out_features[k].float(), in_features[k].float())
+            for k, w in params.content_layers.items()
+        )
+        style = sum(
+            w
+            * torch.nn.functional.mse_loss(
+                gram(out_features[k]), style_grams[k].expand_as(gram(out_features[k]))
+            )
+            for k, w in params.style_layers.items()
+        )
+        tv = total_variation(output.float())
+        loss = params.content_weight * content + params.style_weight * style + params.tv_weight * tv
+        loss.backward()
+        optimizer.step()
+        step += 1
+        metrics = {
+            "step": step,
+            "loss": float(loss.detach()),
+            "content": float(content.detach()) * params.content_weight,
+            "style": float(style.detach()) * params.style_weight,
+            "tv": float(tv.detach()) * params.tv_weight,
+            "seconds": time.perf_counter() - began,
+        }
+        history.append(metrics)
+        if on_step is not None:
+            on_step(step, metrics)
+        if step % params.log_every == 0:
+            log.info("step %d/%d loss %.4g content %.4g style %.4g", step, params.steps,
+                     metrics["loss"], metrics["content"], metrics["style"])  # fmt: skip
+        if step % params.sample_every == 0 or step == params.steps:
+            _write_samples(network, samples, out_dir / "samples", step, device)
+        if step % params.checkpoint_every == 0 or step == params.steps:
+            _save(checkpoint_path, network, optimizer, step, history, rng, params, backbone)
+    return network
+
+
+def _save(
+    path: Path,
+    network: TransformerNet,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    history: list[dict[str, float]],
+    rng: random.Random,
+    params: TrainParams,
+    backbone: BackboneSpec,
+) -> None:
+    state = {
+        "model": network.state_dict(),
+        "preset": network.preset,
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "history": history,
+        "python_rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "params": params.model_dump(mode="json"),
+        "backbone": fingerprint(backbone),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    (path.parent / "history.json").write_text(json.dumps(history[-1:], indent=2))
+
+
+@torch.no_grad()
+def _write_samples(
+    network: TransformerNet,
+    photos: list[Image.Image],
+    folder: Path,
+    step: int,
+    device: torch.device,
+) -> None:
+    from stylebox.plugins.faststyle.network import stylise
+
+    folder.mkdir(exist_ok=True)
+    network.eval()
+    for index, photo in enumerate(photos):
+        small = resize_to_max_side(photo, 384)
+        output = stylise(network, to_tensor(small, device) * 255.0) / 255.0
+        to_image(output).save(folder / f"{index}-{step:05d}.png")
+    network.train()

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import photo
+
+from stylebox.plugins.faststyle.network import TransformerNet, load_state, stylise
+from stylebox.plugins.faststyle.train import CHECKPOINT, TrainParams, train
+
+
+def test_full_preset_has_the_papers_size() -> None:
+    count = sum(p.numel() for p in TransformerNet("full").parameters())
+    assert 1.6e6 < count < 1.7e6
+    assert sum(p.numel() for p in TransformerNet("small").parameters()) < count / 3
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (17, 33), (64, 48), (7, 101)])
+def test_any_size_in_same_size_out(size: tuple[int, int]) -> None:
+    network = TransformerNet("small").eval()
+    width, height = size
+    with torch.no_grad():
+        out = stylise(network, torch.rand(1, 3, height, width) * 255)
+    assert out.shape == (1, 3, height, width)
+
+
+def test_legacy_checkpoints_with_running_stats_load() -> None:
+    state = TransformerNet("small").state_dict()
+    legacy = dict(state)
+    legacy["in1.running_mean"] = torch.zeros(16)
+    legacy["in1.running_var"] = torch.ones(16)
+    network = TransformerNet("small")
+    load_state(network, legacy)
+    assert torch.equal(network.conv1.conv.weight, state["conv1.conv.weight"])
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        photo(48, 40, seed=i).save(folder / f"p{i}.png")
+    (folder / "notes.txt").write_text("not a photo")  # skipped with a warning
+    return folder
+
+
+def params(photos: Path, style_file: Path, steps: int) -> TrainParams:
+    return TrainParams(
+        style=style_file, content_dir=photos, preset="small", image_size=32, batch_size=2,
+        steps=steps, device="cpu", checkpoint_every=2, sample_every=100, log_every=100,
+    )  # fmt: skip
+
+
+def test_training_lowers_the_loss_and_writes_samples(
+    tmp_path: Path, photos: Path, style_file: Path
+) -> None:
+    losses: list[float] = []
+    train(params(photos, style_file, 12), tmp_path / "run",
+          on_step=lambda step, m: losses.append(m["loss"]))  # fmt: skip
+    assert len(losses) == 12
+    assert sum(losses[-3:]) < sum(losses[:3])
+    assert (tmp_path / "run" / CHECKPOINT).is_file()
+    assert len(list((tmp_path / "run" / "samples").glob("*-00012.png"))) == 3
+
+
+def test_resume_continues_exactly(tmp_path: Path, photos: Path, style_file: Path) -> None:
+    whole = train(params(photos, style_file, 4), tmp_path / "whole")
+    train(params(photos, style_file, 2), tmp_path / "split")
+    resumed = train(params(photos, style_file, 4), tmp_path / "split", resume=True)
+    for name, tensor in whole.state_dict().items():
+        assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
