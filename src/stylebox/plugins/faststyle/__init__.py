@@ -1,2 +1,5 @@
-"""The feed-forward fast-style engine: TransformerNet, its training and (to come) its
-ONNX export and onnxruntime plugin."""
+"""The ``fast`` plugin: TransformerNet trained here, exported to ONNX, run by onnxruntime."""
+
+from stylebox.plugins.faststyle.plugin import FastParams, FastPlugin
+
+__all__ = ["FastParams", "FastPlugin"]

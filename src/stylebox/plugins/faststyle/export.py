@@ -1,0 +1,103 @@
+"""Export a trained TransformerNet to ONNX with dynamic height and width, and prove it.
+
+The exported graph takes NCHW 0..255 images whose sides are multiples of 4 (the plugin
+pads and crops); onnxruntime must match PyTorch within :data:`TOLERANCE` at three sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stylebox.errors import PluginError
+from stylebox.plugins.faststyle.manifest import ModelManifest
+from stylebox.plugins.faststyle.network import MULTIPLE, TransformerNet, load_state
+
+log = logging.getLogger("stylebox.export")
+
+#: Largest allowed difference between onnxruntime and PyTorch, on the 0..255 scale.
+TOLERANCE = 1e-2
+VERIFY_SIZES = ((64, 64), (96, 160), (224, 128))
+
+
+def load_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
+    """A network from a training checkpoint of ours, or a bare state dict (e.g. the
+    original PyTorch example's ``.pth``, full preset)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "model" in state:
+        network = TransformerNet(state.get("preset", "full"))
+        load_state(network, state["model"])
+        return network.eval(), state
+    network = TransformerNet("full")
+    load_state(network, state)
+    return network.eval(), {}
+
+
+def export_onnx(network: TransformerNet, out: Path) -> Path:
+    network = network.eval().cpu()
+    example = torch.rand(1, 3, 64, 96) * 255
+    quarter_h = torch.export.Dim("quarter_height", min=2, max=4096)
+    quarter_w = torch.export.Dim("quarter_width", min=2, max=4096)
+    program = torch.onnx.export(
+        network,
+        (example,),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes={
+            "x": {
+                0: torch.export.Dim("batch", max=256),
+                2: MULTIPLE * quarter_h,
+                3: MULTIPLE * quarter_w,
+            }
+        },
+        verbose=False,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(out))
+    return out
+
+
+def verify(network: TransformerNet, model: Path) -> float:
+    """Largest difference between onnxruntime and PyTorch over :data:`VERIFY_SIZES`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for height, width in VERIFY_SIZES:
+        image = torch.rand(1, 3, height, width, generator=generator) * 255
+        with torch.no_grad():
+            expected = network(image).numpy()
+        got = session.run(["output"], {"input": image.numpy()})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > TOLERANCE:
+        raise PluginError(
+            f"{model}: onnxruntime differs from PyTorch by {worst:.3g} (> {TOLERANCE})"
+        )
+    return worst
+
+
+def export_with_manifest(
+    checkpoint: Path, out: Path, style: str = "", training: dict[str, Any] | None = None
+) -> tuple[Path, float]:
+    """Checkpoint -> ``out`` (.onnx) and its manifest, verified; returns the worst error."""
+    network, state = load_checkpoint(checkpoint)
+    export_onnx(network, out)
+    worst = verify(network, out)
+    record = dict(training or {})
+    if state:
+        history = state.get("history") or [{}]
+        record.setdefault("steps", state.get("step"))
+        record.setdefault("final_losses", {k: v for k, v in history[-1].items() if k != "step"})
+        record.setdefault("params", state.get("params"))
+        record.setdefault("backbone", state.get("backbone"))
+        record.setdefault("preset", state.get("preset"))
+    record["onnx_max_abs_error"] = worst
+    ModelManifest(style=style, training=record).write(out)
+    log.info("exported %s (onnxruntime vs PyTorch: %.2g)", out, worst)
+    return out, worst

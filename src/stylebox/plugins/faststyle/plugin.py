@@ -1,0 +1,231 @@
+"""The ``fast`` plugin: a feed-forward style network run by onnxruntime.
+
+Large photos are cut into overlapping tiles whose seams are feathered, so memory stays
+bounded whatever the photo's size. Same-size images handed over together run as one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import AfterValidator, Field, PositiveInt, ValidationInfo
+
+from stylebox import __version__, bundled
+from stylebox.errors import ConfigError
+from stylebox.images import resize_to_max_side
+from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
+from stylebox.plugins.faststyle.manifest import ModelManifest
+from stylebox.plugins.faststyle.session import Device, session_for
+
+
+def _model_file(value: Path, info: ValidationInfo) -> Path:
+    if not value.suffix and len(value.parts) == 1:
+        found = bundled.styles_dir() / f"{value}.onnx"
+        if found.is_file():
+            return found
+    context = info.context if isinstance(info.context, dict) else {}
+    path = value.expanduser()
+    if not path.is_absolute():
+        path = Path(context.get("base_dir") or Path.cwd()) / path
+    if not path.is_file():
+        names = sorted(p.stem for p in bundled.styles_dir().glob("*.onnx"))
+        raise ValueError(
+            f"{value} is neither an ONNX file nor a bundled model ({', '.join(names) or 'none'})"
+        )
+    return path.resolve()
+
+
+ModelFile = Annotated[Path, AfterValidator(_model_file)]
+
+
+class FastParams(PluginParams):
+    """Parameters of the ``fast`` plugin."""
+
+    model: ModelFile = Field(description="ONNX model path, or a bundled model name")
+    strength: float = Field(1.0, ge=0, le=1, description="Blend with the photo: 0 photo, 1 style")
+    color: Literal["none", "luminance"] = Field(
+        "none", description="luminance: keep the photo's colours"
+    )
+    max_size: PositiveInt | None = Field(None, description="Shrink photos to this longest side")
+    tile_size: PositiveInt = Field(
+        1024, ge=64, description="Photos larger than this are stylised in tiles"
+    )
+    tile_overlap: PositiveInt = Field(64, description="Overlap of neighbouring tiles, feathered")
+    device: Device | None = Field(
+        None, description="auto, cpu, cuda or tensorrt; default: config's"
+    )
+
+
+class FastPlugin(Plugin[FastParams]):
+    name = "fast"
+    version = __version__
+    description = "Feed-forward fast style (Johnson et al.) through onnxruntime"
+    Params = FastParams
+
+    def __init__(self, params: FastParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        self.manifest = ModelManifest.for_model(params.model)
+        device = params.device or runtime.device
+        self.device = "cuda" if device.startswith("cuda") else device
+        self.session = session_for(params.model, self.device, runtime.cache_dir("tensorrt"))
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if self.manifest.input not in inputs:
+            raise ConfigError(
+                f"{params.model}: the manifest names input {self.manifest.input!r}, "
+                f"the model has {sorted(inputs)}"
+            )
+        batch = inputs[self.manifest.input].shape[0]
+        self.batchable = not isinstance(batch, int) or batch > 1
+        self.feeds_extra = {
+            name: np.asarray(value, dtype=_numpy_type(inputs[name].type))
+            for name, value in self.manifest.extra_inputs.items()
+        }
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        return self.process_batch([image], [job])[0]
+
+    def process_batch(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image]:
+        photos = [self._prepared(image) for image in images]
+        results: list[Image.Image | None] = [None] * len(photos)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, photo in enumerate(photos):
+            if max(photo.size) > self.params.tile_size and self.manifest.size == "dynamic":
+                results[index] = self._tiled(photo)
+            else:
+                groups.setdefault(photo.size, []).append(index)
+        for indices in groups.values():
+            chunk = [photos[i] for i in indices] if self.batchable else None
+            if chunk is not None and len(chunk) > 1:
+                outputs = self._run([_to_array(p) for p in chunk])
+            else:
+                outputs = [self._run([_to_array(photos[i])])[0] for i in indices]
+            for i, output in zip(indices, outputs, strict=True):
+                results[i] = _to_image(output)
+        finished = []
+        for photo, result, job in zip(photos, results, jobs, strict=True):
+            assert result is not None
+            finished.append(self._finish(photo, result))
+            job.note(device=self.device, providers=self.session.get_providers()[:1])
+            job.progress(1, 1)
+        return finished
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _prepared(self, image: Image.Image) -> Image.Image:
+        image = image.convert("RGB")
+        if self.params.max_size:
+            image = resize_to_max_side(image, self.params.max_size)
+        return image
+
+    def _finish(self, photo: Image.Image, result: Image.Image) -> Image.Image:
+        if result.size != photo.size:
+            result = result.resize(photo.size, Image.Resampling.LANCZOS)
+        if self.params.color == "luminance":
+            y = result.convert("YCbCr").getchannel("Y")
+            _, cb, cr = photo.convert("YCbCr").split()
+            result = Image.merge("YCbCr", (y, cb, cr)).convert("RGB")
+        if self.params.strength < 1:
+            result = Image.blend(photo, result, self.params.strength)
+        return result
+
+    def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """HWC float 0..255 arrays of one size in, HWC float 0..255 arrays out."""
+        m = self.manifest
+        height, width = arrays[0].shape[:2]
+        if m.size == "dynamic":
+            pad_h = max(8, height + -height % m.multiple) - height
+            pad_w = max(8, width + -width % m.multiple) - width
+            mode = "reflect" if pad_h < height and pad_w < width else "edge"
+            arrays = [np.pad(a, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode) for a in arrays]
+        else:
+            size = m.size
+            arrays = [
+                _to_array(_to_image(a).resize(size, Image.Resampling.LANCZOS)) for a in arrays
+            ]
+        batch = np.stack(arrays).astype(np.float32)
+        if m.value_range == "0-1":
+            batch /= 255.0
+        if m.layout == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        output = self.session.run(
+            [m.output], {m.input: np.ascontiguousarray(batch), **self.feeds_extra}
+        )[0]
+        if m.layout == "NCHW":
+            output = output.transpose(0, 2, 3, 1)
+        if m.value_range == "0-1":
+            output = output * 255.0
+        if m.size == "dynamic":
+            return [o[:height, :width] for o in output]
+        return [
+            _to_array(_to_image(o).resize((width, height), Image.Resampling.LANCZOS))
+            for o in output
+        ]
+
+    def _tiled(self, photo: Image.Image) -> Image.Image:
+        """Overlapping tiles, blended with linear ramps across each overlap."""
+        tile, overlap = (
+            self.params.tile_size,
+            min(self.params.tile_overlap, self.params.tile_size // 4),
+        )
+        width, height = photo.size
+        source = _to_array(photo)
+        total = np.zeros((height, width, 3), dtype=np.float32)
+        weight = np.zeros((height, width, 1), dtype=np.float32)
+        for top in _starts(height, tile, overlap):
+            for left in _starts(width, tile, overlap):
+                piece = source[top : top + tile, left : left + tile]
+                out = self._run([piece])[0]
+                h, w = piece.shape[:2]
+                rows = _ramp(h, overlap, top > 0, top + h < height)
+                columns = _ramp(w, overlap, left > 0, left + w < width)
+                mask = np.outer(rows, columns)[..., None]
+                total[top : top + h, left : left + w] += out * mask
+                weight[top : top + h, left : left + w] += mask
+        return _to_image(total / np.maximum(weight, 1e-6))
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]
+
+
+def _ramp(length: int, overlap: int, fade_in: bool, fade_out: bool) -> np.ndarray:
+    ramp = np.ones(length, dtype=np.float32)
+    edge = np.linspace(0.0, 1.0, overlap + 2, dtype=np.float32)[1:-1]
+    if fade_in:
+        ramp[:overlap] = edge
+    if fade_out:
+        ramp[-overlap:] = edge[::-1]
+    return ramp
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+def _to_image(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+_NUMPY_TYPES: dict[str, type] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _numpy_type(onnx_type: str) -> type:
+    return _NUMPY_TYPES.get(onnx_type, np.float32)

@@ -1,0 +1,83 @@
+"""onnxruntime sessions: one per model and device, created once and shared.
+
+Providers follow the device setting. CUDA uses cuDNN's heuristic algorithm search: the
+default exhaustive search re-benchmarks every convolution for every new photo size.
+onnxruntime silently falls back to CPU when CUDA cannot load; here that is an error that
+says so, never a silent slowdown.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+from stylebox.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+_lock = threading.Lock()
+_sessions: dict[tuple[str, str], Any] = {}
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+
+
+def resolve(device: str) -> Literal["cpu", "cuda", "tensorrt"]:
+    if device == "auto":
+        return "cuda" if _gpu_available() else "cpu"
+    if device.startswith("cuda"):
+        return "cuda"
+    if device in ("cpu", "tensorrt"):
+        return device  # type: ignore[return-value]
+    raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or tensorrt")
+
+
+def providers(device: str, engine_cache: Path) -> list[Any]:
+    kind = resolve(device)
+    cpu = "CPUExecutionProvider"
+    cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
+    if kind == "cpu":
+        return [cpu]
+    if kind == "cuda":
+        return [cuda, cpu]
+    engine_cache.mkdir(parents=True, exist_ok=True)
+    tensorrt = (
+        "TensorrtExecutionProvider",
+        {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache)},
+    )
+    return [tensorrt, cuda, cpu]
+
+
+def session_for(model: Path, device: str, engine_cache: Path) -> Any:
+    """The shared session for ``model`` on ``device``."""
+    import onnxruntime as ort
+
+    kind = resolve(device)
+    key = (str(model.resolve()), kind)
+    with _lock:
+        session = _sessions.get(key)
+        if session is None:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                session = ort.InferenceSession(
+                    str(model), sess_options=options, providers=providers(device, engine_cache)
+                )
+            except Exception as exc:
+                raise ConfigError(f"cannot load {model} with onnxruntime: {exc}") from exc
+            wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+            if kind in wanted and wanted[kind] not in session.get_providers():
+                raise ConfigError(
+                    f"{model}: device {device!r} was asked for but onnxruntime fell back to "
+                    f"{session.get_providers()}; the CUDA/cuDNN (or TensorRT) libraries did not "
+                    'load (see onnxruntime\'s log above), or use device = "cpu"'
+                )
+            _sessions[key] = session
+    return session

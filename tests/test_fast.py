@@ -1,0 +1,183 @@
+"""The fast engine end to end: train, export, run through onnxruntime and the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo
+from daemon_helpers import Daemon, wait_until, write_config
+from PIL import Image
+
+from stylebox.errors import ConfigError
+from stylebox.plugins.api import Runtime
+from stylebox.plugins.faststyle import FastParams, FastPlugin
+from stylebox.testing import RecordingContext
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", *args],
+        capture_output=True, text=True, timeout=600, cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for a few steps by `stylebox train`, exported with its manifest."""
+    root = tmp_path_factory.mktemp("fast")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(3):
+        photo(48, 40, seed=i).save(photos / f"p{i}.png")
+    done = cli("train", "--style", "starry_night", "--content-dir", str(photos), "--out",
+               str(root / "tiny"), "--preset", "small", "--steps", "3", "--image-size", "32",
+               "--batch-size", "2", "--style-size", "64", "--device", "cpu")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return root / "tiny.onnx"
+
+
+def plugin(tmp_path: Path, model: Path, **params: object) -> FastPlugin:
+    settings = FastParams.model_validate({"model": str(model), **params})
+    return FastPlugin(settings, Runtime(device="cpu", state_dir=tmp_path / "state"))
+
+
+def run(p: FastPlugin, tmp_path: Path, image: Image.Image) -> Image.Image:
+    return p.process(image, RecordingContext(tmp_path / "job"))
+
+
+def test_train_writes_model_manifest_samples_and_checkpoint(trained: Path) -> None:
+    manifest = json.loads(trained.with_suffix(".json").read_text())
+    assert manifest["layout"] == "NCHW" and manifest["value_range"] == "0-255"
+    assert manifest["size"] == "dynamic" and manifest["style"] == "starry_night"
+    record = manifest["training"]
+    assert record["steps"] == 3 and record["onnx_max_abs_error"] < 1e-2
+    assert "stylebox train" in record["command"] and record["seconds"] > 0
+    assert {"loss", "content", "style"} <= set(record["final_losses"])
+    assert (trained.parent / "tiny.train" / "checkpoint.pt").is_file()
+    assert len(list((trained.parent / "tiny.train" / "samples").glob("*.png"))) == 3
+
+
+def test_onnxruntime_matches_pytorch(trained: Path, tmp_path: Path) -> None:
+    from stylebox.plugins.faststyle.export import load_checkpoint
+    from stylebox.plugins.faststyle.network import stylise
+    from stylebox.tensors import to_tensor
+
+    network, _ = load_checkpoint(trained.parent / "tiny.train" / "checkpoint.pt")
+    image = photo(70, 45)
+    with torch.no_grad():
+        expected = stylise(network, to_tensor(image) * 255)[0].permute(1, 2, 0).numpy()
+    got = np.asarray(run(plugin(tmp_path, trained), tmp_path, image), dtype=np.float32)
+    assert np.abs(got - np.clip(expected, 0, 255)).max() <= 1.0
+
+
+def test_any_size_batching_strength_and_colour(trained: Path, tmp_path: Path) -> None:
+    fast = plugin(tmp_path, trained)
+    for size in [(1, 1), (17, 33), (300, 7)]:
+        assert run(fast, tmp_path, photo(*size)).size == size
+    images = [photo(40, 30, seed=s) for s in range(3)]
+    contexts = [RecordingContext(tmp_path / f"j{i}") for i in range(3)]
+    batched = fast.process_batch(images, contexts)
+    single = [run(fast, tmp_path, image) for image in images]
+    for a, b in zip(batched, single, strict=True):
+        assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
+    original = photo(40, 30)
+    assert (
+        run(plugin(tmp_path, trained, strength=0.0), tmp_path, original).tobytes()
+        == original.tobytes()
+    )
+    # Colour preservation: the result's light, the photo's colours (checked on a mid-grey
+    # "stylisation", where every photo colour is reachable in RGB).
+    luminance = plugin(tmp_path, trained, color="luminance")
+    kept = luminance._finish(original, Image.new("RGB", original.size, (128, 128, 128)))
+    chroma = lambda im: np.asarray(im.convert("YCbCr"), float)[..., 1:]  # noqa: E731
+    assert np.abs(chroma(kept) - chroma(original)).mean() < 3
+
+
+class Invert(torch.nn.Module):
+    """A stand-in for a model made elsewhere: NHWC, 0..1, with an extra input."""
+
+    def forward(self, image: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+        return image + amount * (1.0 - 2.0 * image)
+
+
+def export_invert(path: Path, fixed: bool) -> Path:
+    example = (torch.rand(1, 32, 32, 3), torch.tensor(1.0))
+    shapes = None
+    if not fixed:
+        h, w = torch.export.Dim("h", min=8, max=4096), torch.export.Dim("w", min=8, max=4096)
+        shapes = {"image": {1: h, 2: w}, "amount": None}
+    program = torch.onnx.export(
+        Invert().eval(), example, dynamo=True, input_names=["pixels", "amount"],
+        output_names=["styled"], dynamic_shapes=shapes,
+    )  # fmt: skip
+    program.save(str(path))
+    return path
+
+
+def test_a_third_party_fixed_size_nhwc_model_runs_from_its_manifest(tmp_path: Path) -> None:
+    model = export_invert(tmp_path / "invert.onnx", fixed=True)
+    with pytest.raises(ConfigError, match=r"no manifest; write invert\.json"):
+        plugin(tmp_path, model)
+    model.with_suffix(".json").write_text(json.dumps({
+        "input": "pixels", "output": "styled", "layout": "NHWC", "value_range": "0-1",
+        "size": [32, 32], "extra_inputs": {"amount": 1.0}, "style": "negative",
+    }))  # fmt: skip
+    image = Image.new("RGB", (60, 40), (200, 50, 10))
+    result = run(plugin(tmp_path, model), tmp_path, image)
+    assert result.size == (60, 40)
+    assert np.abs(np.asarray(result, int) - [55, 205, 245]).max() <= 2
+
+
+def test_tiles_leave_no_seams(tmp_path: Path) -> None:
+    model = export_invert(tmp_path / "dyn.onnx", fixed=False)
+    model.with_suffix(".json").write_text(json.dumps({
+        "input": "pixels", "output": "styled", "layout": "NHWC", "value_range": "0-1",
+        "extra_inputs": {"amount": 1.0}, "multiple": 1,
+    }))  # fmt: skip
+    image = photo(300, 200)
+    whole = run(plugin(tmp_path, model, tile_size=4096), tmp_path, image)
+    tiled = run(plugin(tmp_path, model, tile_size=64, tile_overlap=16), tmp_path, image)
+    assert np.abs(np.asarray(whole, int) - np.asarray(tiled, int)).max() <= 1
+
+
+def test_a_gpu_that_did_not_load_is_an_error_not_a_slowdown(trained: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="fell back"):
+        plugin(tmp_path, trained, device="cuda")
+
+
+def test_run_and_daemon_fast_inbox(trained: Path, tmp_path: Path) -> None:
+    source = tmp_path / "photo.png"
+    photo(64, 48).save(source)
+    done = cli("run", str(source), "--plugin", "fast", "--set", f"model={trained}", "--out",
+               str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "out" / "photo.json").read_text())["plugin"]["name"] == "fast"
+
+    config = write_config(tmp_path, f"""
+state_dir = "state"
+device = "cpu"
+[[inbox]]
+name = "quick"
+path = "inbox"
+outbox = "outbox"
+plugin = "fast"
+settle_seconds = 0.1
+params = {{ model = "{trained}" }}
+""")  # fmt: skip
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        os.rename(source, tmp_path / "inbox" / "photo.png")
+        assert wait_until(lambda: (tmp_path / "inbox" / "processed" / "photo.png").exists(), 60)
+        assert (tmp_path / "outbox" / "photo.png").is_file()
+    finally:
+        daemon.stop()
