@@ -1,0 +1,123 @@
+"""Per-image time of the fast engine on the CPU, side by side in one run.
+
+For each size (256, 512, 1024 px squares) and preset, with the same weights:
+
+* **ort**: bare ``session.run`` on a ready NCHW 0..255 array;
+* **plugin**: the ``fast`` plugin end to end: decode a PNG file, stylise, encode the result;
+* **codec**: decoding and encoding alone (what the plugin adds besides ``session.run``);
+* **torch**: PyTorch eager, ``torch.no_grad``, on the same weights.
+
+Weights are freshly initialised: speed does not depend on what the network learned.
+
+    python bench/fast_infer.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stylebox.images import decode_bytes, encode_image
+from stylebox.plugins.api import Runtime
+from stylebox.plugins.faststyle import FastParams, FastPlugin
+from stylebox.plugins.faststyle.export import export_onnx
+from stylebox.plugins.faststyle.manifest import ModelManifest
+from stylebox.plugins.faststyle.network import TransformerNet
+from stylebox.plugins.faststyle.session import session_for
+from stylebox.testing import RecordingContext
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def median_ms(function: Callable[[], object], repeat: int) -> float:
+    function()  # warm-up: first-run allocations and kernel choices
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1000
+
+
+def measure(
+    network: TransformerNet,
+    session: Any,
+    plugin: FastPlugin,
+    photo: Image.Image,
+    size: int,
+    folder: Path,
+    repeat: int,
+) -> tuple[float, float, float, float]:
+    """Milliseconds for bare ort, the plugin end to end, the codec alone, PyTorch eager."""
+    image = photo.resize((size, size), Image.Resampling.LANCZOS)
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    data = png.getvalue()
+    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None].copy()
+    tensor = torch.from_numpy(array)
+
+    def bare() -> object:
+        return session.run(["output"], {"input": array})
+
+    def end_to_end() -> object:
+        decoded = decode_bytes(data)
+        result = plugin.process(decoded.rgb, RecordingContext(folder / "job"))
+        return encode_image(result, "png")
+
+    def codec() -> object:
+        return encode_image(decode_bytes(data).rgb, "png")
+
+    def eager() -> object:
+        with torch.no_grad():
+            return network(tensor)
+
+    return (
+        median_ms(bare, repeat),
+        median_ms(end_to_end, repeat),
+        median_ms(codec, repeat),
+        median_ms(eager, repeat),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    folder = Path(tempfile.mkdtemp(prefix="stylebox-fast-bench-"))
+    photo = Image.open(REPO / "examples" / "photos" / "kodim05.png").convert("RGB")
+    print(f"fast engine on CPU ({torch.get_num_threads()} torch threads), median of {args.repeat}")
+    print(f"{'preset':<6} {'size':>5} {'ort':>9} {'plugin':>9} {'codec':>8} {'torch':>9}"
+          f"  plugin/(ort+codec)  ort/torch")  # fmt: skip
+    for preset in ("full", "small"):
+        network = TransformerNet(preset).eval()
+        model = export_onnx(network, folder / f"{preset}.onnx")
+        ModelManifest(style="bench").write(model)
+        session = session_for(model, "cpu", folder / "trt")
+        plugin = FastPlugin(
+            FastParams(model=model, tile_size=4096), Runtime(device="cpu", state_dir=folder)
+        )
+        for size in args.sizes:
+            timings = measure(network, session, plugin, photo, size, folder, args.repeat)
+            ort_ms, plugin_ms, codec_ms, torch_ms = timings
+            print(f"{preset:<6} {size:>5} {ort_ms:8.1f}ms {plugin_ms:8.1f}ms {codec_ms:7.1f}ms "
+                  f"{torch_ms:8.1f}ms  {plugin_ms / (ort_ms + codec_ms):17.2f}  "
+                  f"{ort_ms / torch_ms:9.2f}")  # fmt: skip
+    print("targets: plugin <= 1.2x (ort + codec); ort <= 0.7x torch; small at 512 <= 130 ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
