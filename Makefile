@@ -29,6 +29,7 @@ test: lint
 bench: setup
 	$(BIN)/python bench/gatys_step.py
 	$(BIN)/python bench/daemon_overhead.py
+	$(BIN)/python bench/fast_infer.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
