@@ -141,7 +141,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             output = network(batch)
-            out_features = vgg(output.float().div(255.0).clamp(0, 1), layers)
+            # No clamp: it would zero the gradient of every pixel outside 0..255.
+            out_features = vgg(output.float().div(255.0), layers)
             with torch.no_grad():
                 in_features = vgg(batch / 255.0, list(params.content_layers))
         content = sum(
