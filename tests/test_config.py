@@ -97,8 +97,9 @@ def test_schema_includes_each_plugins_params() -> None:
     schema = json_schema()
     assert "gatys_params" in schema["$defs"]
     assert "steps" in schema["$defs"]["gatys_params"]["properties"]
-    condition = schema["$defs"]["InboxConfig"]["allOf"][0]
-    assert condition["if"]["properties"]["plugin"]["const"] == "gatys"
+    conditions = schema["$defs"]["InboxConfig"]["allOf"]
+    plugins = {c["if"]["properties"]["plugin"]["const"] for c in conditions}
+    assert {"gatys", "fast", "posterize"} <= plugins
 
 
 def test_embedded_default_config_is_valid() -> None:
