@@ -105,7 +105,7 @@ def test_schema_includes_each_plugins_params() -> None:
 def test_embedded_default_config_is_valid() -> None:
     loaded = load_config(REPO / "config" / "stylebox.toml")
     assert loaded.config.state_dir == REPO / "var" / "state"
-    assert [inbox.plugin for inbox in loaded.config.inbox] == ["gatys"]
+    assert [inbox.plugin for inbox in loaded.config.inbox] == ["gatys", "fast"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
 _SOURCE_ROOT = _PACKAGE.parent.parent  # src/stylebox -> repository root, in a source checkout
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def styles_dir() -> Path:
@@ -24,7 +25,9 @@ def find_style(name: str) -> Path | None:
     folder = styles_dir()
     if not folder.is_dir() or "/" in name or name.startswith("."):
         return None
-    matches = sorted(p for p in folder.iterdir() if p.stem == name and p.is_file())
+    matches = sorted(
+        p for p in folder.iterdir() if p.stem == name and p.suffix.lower() in _IMAGE_SUFFIXES
+    )
     return matches[0] if matches else None
 
 
@@ -32,4 +35,6 @@ def style_names() -> list[str]:
     folder = styles_dir()
     if not folder.is_dir():
         return []
-    return sorted({p.stem for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"}})
+    return sorted(
+        {p.stem for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and "." not in p.stem}
+    )
