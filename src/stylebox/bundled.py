@@ -35,6 +35,6 @@ def style_names() -> list[str]:
     folder = styles_dir()
     if not folder.is_dir():
         return []
-    return sorted(
-        {p.stem for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and "." not in p.stem}
-    )
+    # "name.thumb.jpg" and the like belong to a model, not to the list of paintings.
+    paintings = (p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    return sorted({p.stem for p in paintings if "." not in p.stem})
