@@ -52,7 +52,9 @@ class FastParams(PluginParams):
     )
     max_size: PositiveInt | None = Field(None, description="Shrink photos to this longest side")
     tile_size: PositiveInt = Field(
-        1024, ge=64, description="Photos larger than this are stylised in tiles"
+        768,
+        ge=64,
+        description="Photos larger than this are stylised in tiles (memory grows with its square)",
     )
     tile_overlap: PositiveInt = Field(64, description="Overlap of neighbouring tiles, feathered")
     device: Device | None = Field(

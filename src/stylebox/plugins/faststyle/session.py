@@ -66,9 +66,6 @@ def session_for(model: Path, device: str, engine_cache: Path) -> Any:
         if session is None:
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Photos come in every size; an arena sized for the largest one seen would keep
-            # that memory for good, so allocations go straight to the system instead.
-            options.enable_cpu_mem_arena = False
             try:
                 session = ort.InferenceSession(
                     str(model), sess_options=options, providers=providers(device, engine_cache)
