@@ -216,8 +216,5 @@ def _torchvision_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def _digest(path: Path) -> str:
-    hasher = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()[:16]
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]

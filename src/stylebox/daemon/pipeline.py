@@ -344,11 +344,8 @@ class _JournalReporter:
 
 
 def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _manifest_matches(manifest: Path, sha256: str) -> bool:
