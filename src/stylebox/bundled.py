@@ -31,6 +31,19 @@ def find_style(name: str) -> Path | None:
     return matches[0] if matches else None
 
 
+def find_model(name: str) -> Path | None:
+    """A bundled ONNX model called ``name`` (``starry_night_small`` -> its ``.onnx``)."""
+    if "/" in name or name.startswith("."):
+        return None
+    path = styles_dir() / f"{name}.onnx"
+    return path if path.is_file() else None
+
+
+def model_names() -> list[str]:
+    folder = styles_dir()
+    return sorted(p.stem for p in folder.glob("*.onnx")) if folder.is_dir() else []
+
+
 def style_names() -> list[str]:
     folder = styles_dir()
     if not folder.is_dir():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
@@ -46,6 +46,7 @@ __all__ = [
     "ConfigError",
     "InputFile",
     "JobContext",
+    "ModelFile",
     "Plugin",
     "PluginError",
     "PluginParams",
@@ -78,25 +79,44 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
     return path.resolve()
 
 
-def _style_file(value: Path, info: ValidationInfo) -> Path:
-    if not value.suffix and len(value.parts) == 1:
-        found = bundled.find_style(str(value))
-        if found is not None:
-            return found
-    try:
-        return _existing_file(value, info)
-    except ValueError:
-        names = ", ".join(bundled.style_names()) or "none"
-        raise ValueError(
-            f"{value} is neither an image file nor a bundled style ({names})"
-        ) from None
+def _bundled_or_file(
+    find: Callable[[str], Path | None], names: Callable[[], list[str]], kind: str, bundled_kind: str
+) -> Callable[[Path, ValidationInfo], Path]:
+    """A validator taking a bare name from the bundled files first, else an existing path."""
+
+    def validate(value: Path, info: ValidationInfo) -> Path:
+        if not value.suffix and len(value.parts) == 1:
+            found = find(str(value))
+            if found is not None:
+                return found
+        try:
+            return _existing_file(value, info)
+        except ValueError:
+            known = ", ".join(names()) or "none"
+            raise ValueError(
+                f"{value} is neither {kind} nor a bundled {bundled_kind} ({known})"
+            ) from None
+
+    return validate
 
 
 #: A path to an existing file; relative paths are taken from the config file's ``root``
 #: (or the working directory on the command line).
 InputFile = Annotated[Path, AfterValidator(_existing_file)]
 #: Like :data:`InputFile`, but a bare name such as ``starry_night`` picks a bundled style.
-StyleFile = Annotated[Path, AfterValidator(_style_file)]
+StyleFile = Annotated[
+    Path,
+    AfterValidator(
+        _bundled_or_file(bundled.find_style, bundled.style_names, "an image file", "style")
+    ),
+]
+#: Like :data:`InputFile`, but a bare name picks a bundled ONNX model.
+ModelFile = Annotated[
+    Path,
+    AfterValidator(
+        _bundled_or_file(bundled.find_model, bundled.model_names, "an ONNX file", "model")
+    ),
+]
 
 
 def params_digest(params: BaseModel) -> str:

@@ -7,39 +7,18 @@ bounded whatever the photo's size. Same-size images handed over together run as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import AfterValidator, Field, PositiveInt, ValidationInfo
+from pydantic import Field, PositiveInt
 
-from stylebox import __version__, bundled
+from stylebox import __version__
 from stylebox.errors import ConfigError
 from stylebox.images import resize_to_max_side
-from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
+from stylebox.plugins.api import JobContext, ModelFile, Plugin, PluginParams, Runtime
 from stylebox.plugins.faststyle.manifest import ModelManifest
 from stylebox.plugins.faststyle.session import Device, session_for
-
-
-def _model_file(value: Path, info: ValidationInfo) -> Path:
-    if not value.suffix and len(value.parts) == 1:
-        found = bundled.styles_dir() / f"{value}.onnx"
-        if found.is_file():
-            return found
-    context = info.context if isinstance(info.context, dict) else {}
-    path = value.expanduser()
-    if not path.is_absolute():
-        path = Path(context.get("base_dir") or Path.cwd()) / path
-    if not path.is_file():
-        names = sorted(p.stem for p in bundled.styles_dir().glob("*.onnx"))
-        raise ValueError(
-            f"{value} is neither an ONNX file nor a bundled model ({', '.join(names) or 'none'})"
-        )
-    return path.resolve()
-
-
-ModelFile = Annotated[Path, AfterValidator(_model_file)]
 
 
 class FastParams(PluginParams):
