@@ -28,6 +28,28 @@ params = {{ bits = 2 }}
 """
 
 
+GATYS_CONFIG = """
+state_dir = "state"
+[daemon]
+{daemon}
+[[inbox]]
+name = "starry"
+path = "inbox"
+outbox = "outbox"
+plugin = "gatys"
+settle_seconds = {settle}
+params = {{ style = "{style}", {params} }}
+"""
+
+
+def gatys_config(
+    folder: Path, style: Path, params: str, daemon: str = "", settle: float = 0.1
+) -> Path:
+    """A config with one gatys inbox ``starry`` on ``inbox/`` -> ``outbox/``."""
+    text = GATYS_CONFIG.format(daemon=daemon, settle=settle, style=style, params=params)
+    return write_config(folder, text)
+
+
 def write_config(folder: Path, text: str) -> Path:
     path = folder / "stylebox.toml"
     path.write_text(text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import STYLES, make_bad_inputs, photo
-from daemon_helpers import POSTERIZE_CONFIG, Daemon, wait_until, write_config
+from daemon_helpers import POSTERIZE_CONFIG, Daemon, gatys_config, wait_until, write_config
 from PIL import Image
 
 
@@ -91,19 +91,7 @@ def test_gatys_inbox_writes_snapshots_animation_and_manifest(tmp_path: Path) -> 
     style = tmp_path / "style.png"
     with Image.open(STYLES / "starry_night.jpg") as painting:
         painting.convert("RGB").resize((48, 38)).save(style)
-    config = write_config(
-        tmp_path,
-        f"""
-state_dir = "state"
-[[inbox]]
-name = "starry"
-path = "inbox"
-outbox = "outbox"
-plugin = "gatys"
-settle_seconds = 0.2
-params = {{ style = "{style}", size = 64, steps = 6, snapshot_every = 2 }}
-""",
-    )
+    config = gatys_config(tmp_path, style, "size = 64, steps = 6, snapshot_every = 2", settle=0.2)
     daemon = Daemon(config)
     try:
         daemon.wait_ready()
@@ -128,20 +116,11 @@ params = {{ style = "{style}", size = 64, steps = 6, snapshot_every = 2 }}
 def test_sigterm_drains_and_the_next_start_resumes(tmp_path: Path) -> None:
     style = tmp_path / "style.png"
     photo(40, 40, seed=4).save(style)
-    config = write_config(
+    config = gatys_config(
         tmp_path,
-        f"""
-state_dir = "state"
-[daemon]
-drain_seconds = 30
-[[inbox]]
-name = "starry"
-path = "inbox"
-outbox = "outbox"
-plugin = "gatys"
-settle_seconds = 0.1
-params = {{ style = "{style}", size = 64, steps = 150, snapshot_every = 0, checkpoint_every = 10 }}
-""",
+        style,
+        "size = 64, steps = 150, snapshot_every = 0, checkpoint_every = 10",
+        daemon="drain_seconds = 30",
     )
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -255,20 +234,11 @@ def test_a_burst_of_files_is_all_processed(tmp_path: Path) -> None:
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     style = tmp_path / "style.png"
     photo(40, 40, seed=4).save(style)
-    config = write_config(
+    config = gatys_config(
         tmp_path,
-        f"""
-state_dir = "state"
-[daemon]
-retry_backoff_seconds = 0.1
-[[inbox]]
-name = "starry"
-path = "inbox"
-outbox = "outbox"
-plugin = "gatys"
-settle_seconds = 0.1
-params = {{ style = "{style}", size = 48, steps = 8, snapshot_every = 2, checkpoint_every = 2 }}
-""",
+        style,
+        "size = 48, steps = 8, snapshot_every = 2, checkpoint_every = 2",
+        daemon="retry_backoff_seconds = 0.1",
     )
     inbox = tmp_path / "inbox"
     inbox.mkdir()
