@@ -204,14 +204,22 @@ def _lab_to_rgb(image: Image.Image) -> Image.Image:
     return ImageCms.applyTransform(image, transform) or image
 
 
+def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size ``size`` shrinks to (never enlarges) so its longer side is at most
+    ``max_side``, keeping the aspect; ``None`` keeps it."""
+    width, height = size
+    longest = max(width, height)
+    if max_side is None or longest <= max_side:
+        return size
+    scale = max_side / longest
+    return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
 def resize_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
     """Shrink (never enlarge) so the longer side is at most ``max_side``, keeping the aspect."""
-    width, height = image.size
-    longest = max(width, height)
-    if longest <= max_side:
+    size = fit_within(image.size, max_side)
+    if size == image.size:
         return image
-    scale = max_side / longest
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 

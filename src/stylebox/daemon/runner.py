@@ -177,10 +177,7 @@ class Runner:
             raise
         except Exception as exc:  # a plugin bug is a plugin fault, retried then failed
             raise PluginError(f"plugin {plugin.name} failed: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(result, Image.Image):
-            raise PluginError(
-                f"plugin {plugin.name} returned {type(result).__name__}, not an image"
-            )
+        check_result(plugin, decoded.rgb.size, result)
         processed_at = time.perf_counter()
 
         outbox.write_result(names, result, decoded.alpha)
@@ -238,6 +235,21 @@ class Runner:
         names = outbox.reserve(job.input_path.name)
         record.write_text(json.dumps({"stem": names.stem}))
         return names
+
+
+def check_result(plugin: PluginHandle, size: tuple[int, int], result: object) -> None:
+    """Refuse what the contract does not allow: a non-image, a non-RGB image, or an image of
+    another size than the plugin's :meth:`~Plugin.output_size` documents."""
+    if not isinstance(result, Image.Image):
+        raise PluginError(f"plugin {plugin.name} returned {type(result).__name__}, not an image")
+    if result.mode != "RGB":
+        raise PluginError(f"plugin {plugin.name} returned a {result.mode} image, not RGB")
+    expected = plugin.instance.output_size(size)
+    if result.size != tuple(expected):
+        raise PluginError(
+            f"plugin {plugin.name} returned {result.width}x{result.height} for a "
+            f"{size[0]}x{size[1]} input; its output_size() says {expected[0]}x{expected[1]}"
+        )
 
 
 class _Silent:

@@ -43,6 +43,7 @@ from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError, Style
 __all__ = [
     "BadInput",
     "Cancelled",
+    "Capabilities",
     "ConfigError",
     "InputFile",
     "JobContext",
@@ -166,6 +167,21 @@ class JobContext(ABC):
         """Record facts for the manifest (the device used, a cache hit...)."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a plugin promises beyond the basic contract; the contract kit checks each promise
+    that is made and says which checks a missing promise skips."""
+
+    deterministic: bool = False
+    """Same params, same input -> the same output bytes (on CPU)."""
+    batching: bool = False
+    """:meth:`Plugin.process_batch` runs several same-size images faster than one by one."""
+    snapshots: bool = False
+    """Intermediate images are handed to :meth:`JobContext.snapshot` while it works."""
+    gpu_only: bool = False
+    """Cannot run without a GPU; checks that run it are skipped on machines without one."""
+
+
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
 
 
@@ -181,6 +197,7 @@ class Plugin(ABC, Generic[ParamsT]):
     version: ClassVar[str] = "0"
     description: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]]
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, params: ParamsT, runtime: Runtime) -> None:
         self.params = params
@@ -190,6 +207,11 @@ class Plugin(ABC, Generic[ParamsT]):
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         """Return the processed image. Raise :class:`BadInput` for inputs that can never
         work, :class:`PluginError` for failures worth a retry."""
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (width, height) :meth:`process` returns for an input of ``size``; the runner
+        refuses a result of any other size. Override when the plugin resizes."""
+        return size
 
     def process_batch(
         self, images: Sequence[Image.Image], jobs: Sequence[JobContext]

@@ -15,8 +15,15 @@ from pydantic import Field, PositiveInt
 
 from stylebox import __version__
 from stylebox.errors import ConfigError
-from stylebox.images import resize_to_max_side
-from stylebox.plugins.api import JobContext, ModelFile, Plugin, PluginParams, Runtime
+from stylebox.images import fit_within, resize_to_max_side
+from stylebox.plugins.api import (
+    Capabilities,
+    JobContext,
+    ModelFile,
+    Plugin,
+    PluginParams,
+    Runtime,
+)
 from stylebox.plugins.faststyle.manifest import ModelManifest
 from stylebox.plugins.faststyle.session import Device, session_for
 
@@ -46,6 +53,7 @@ class FastPlugin(Plugin[FastParams]):
     version = __version__
     description = "Feed-forward fast style (Johnson et al.) through onnxruntime"
     Params = FastParams
+    capabilities = Capabilities(deterministic=True, batching=True)
 
     def __init__(self, params: FastParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
@@ -67,6 +75,9 @@ class FastPlugin(Plugin[FastParams]):
         }
 
     # -- the contract ----------------------------------------------------------------------
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return fit_within(size, self.params.max_size)
 
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         return self.process_batch([image], [job])[0]

@@ -22,8 +22,8 @@ from PIL import Image
 from stylebox import __version__
 from stylebox.backbone import fingerprint, load_vgg19
 from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
-from stylebox.images import decode_image, resize_to_max_side
-from stylebox.plugins.api import JobContext, Plugin, Runtime, params_digest
+from stylebox.images import decode_image, fit_within, resize_to_max_side
+from stylebox.plugins.api import Capabilities, JobContext, Plugin, Runtime, params_digest
 from stylebox.plugins.gatys import color
 from stylebox.plugins.gatys.checkpoint import Checkpoint
 from stylebox.plugins.gatys.losses import Objective
@@ -63,6 +63,7 @@ class GatysPlugin(Plugin[GatysParams]):
     version = __version__
     description = "Iterative Gatys optimiser (VGG19, L-BFGS/Adam), with per-step snapshots"
     Params = GatysParams
+    capabilities = Capabilities(deterministic=True, snapshots=True)
 
     def __init__(self, params: GatysParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
@@ -84,10 +85,13 @@ class GatysPlugin(Plugin[GatysParams]):
 
     # -- the job ---------------------------------------------------------------------------
 
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return fit_within(size, self.params.size)
+
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         p = self.params
         job.note(device=str(self.device), backbone=self.backbone_id)
-        out_size = resize_to_max_side(image, p.size).size
+        out_size = self.output_size(image.size)
         work = image
         if min(out_size) < MIN_SIDE:  # stretched up to where VGG19 still sees something
             work = image.resize(
@@ -181,8 +185,11 @@ class GatysPlugin(Plugin[GatysParams]):
         blended: dict[str, torch.Tensor] = {}
         for style, weight in zip(self.styles, p.blend, strict=True):
             picture = resize_to_max_side(style.image, longest)
-            if max(picture.size) < longest:  # small paintings are enlarged to the asked scale
-                factor = longest / max(picture.size)
+            # Small paintings are enlarged to the asked scale, and any painting to where
+            # VGG19 still sees something.
+            if max(picture.size) < longest or min(picture.size) < MIN_SIDE:
+                factor = max(longest / max(picture.size), MIN_SIDE / min(picture.size))
+                factor *= max(picture.size) / max(style.image.size)
                 picture = style.image.resize(
                     (
                         max(1, round(style.image.width * factor)),
