@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image, ImageOps
 from pydantic import Field
 
-from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
+from stylebox.plugins.api import Capabilities, JobContext, Plugin, PluginParams
 
 
 class PosterizeParams(PluginParams):
@@ -20,9 +20,7 @@ class Posterize(Plugin[PosterizeParams]):
     version = "1.0.0"
     description = "Posterize to a few levels per channel"
     Params = PosterizeParams
-
-    def __init__(self, params: PosterizeParams, runtime: Runtime) -> None:
-        super().__init__(params, runtime)
+    capabilities = Capabilities(deterministic=True)
 
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         if self.params.autocontrast:

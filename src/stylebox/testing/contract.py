@@ -1,0 +1,68 @@
+"""The contract as a pytest base class: subclass it, name the plugin, give quick params.
+
+::
+
+    from stylebox.testing import PluginContract
+
+    class TestPosterizeContract(PluginContract):
+        plugin = "posterize"
+        params = {"bits": 2}
+
+Each check becomes one test (``test_contract[cancellation]``...). Checks that need a
+capability the plugin does not declare are skipped with the reason; checks listed in
+``expected_failures`` are expected to fail (and the run fails if they pass).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from stylebox.plugins.api import Plugin
+from stylebox.testing.checks import CHECKS, Check, ContractCase, skip_reason
+
+
+class PluginContract:
+    """Base class of a plugin's contract tests; override the class attributes, or the
+    ``contract_case`` fixture for full control."""
+
+    plugin: ClassVar[str | type[Plugin[Any]]]
+    """The entry-point name (or the class) of the plugin under test."""
+    params: ClassVar[dict[str, Any]] = {}
+    """Params that keep one ``process`` call quick (tiny sizes, few steps)."""
+    long_params: ClassVar[dict[str, Any] | None] = None
+    """Params for a run long enough to cancel midway (default: ``params``)."""
+    invalid_params: ClassVar[list[dict[str, Any]]] = []
+    """Params that must be refused, beyond the kit's own wrong values."""
+    expected_failures: ClassVar[dict[str, str]] = {}
+    """Check name -> why the plugin is known to fail it."""
+    device: ClassVar[str] = "cpu"
+    cancel_within: ClassVar[float] = 10.0
+
+    @pytest.fixture
+    def contract_case(self, tmp_path: Path) -> ContractCase:
+        return ContractCase(
+            plugin=self.plugin,
+            workdir=tmp_path,
+            params=dict(self.params),
+            long_params=self.long_params,
+            invalid_params=list(self.invalid_params),
+            device=self.device,
+            cancel_within=self.cancel_within,
+        )
+
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.name)
+    def test_contract(
+        self, check: Check, contract_case: ContractCase, request: pytest.FixtureRequest
+    ) -> None:
+        reason = skip_reason(check, contract_case)
+        if reason is not None:
+            pytest.skip(reason)
+        if check.name in self.expected_failures:
+            # strict: a check that starts passing must come off the list
+            request.applymarker(
+                pytest.mark.xfail(reason=self.expected_failures[check.name], strict=True)
+            )
+        check.run(contract_case)

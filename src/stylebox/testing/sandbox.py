@@ -1,0 +1,141 @@
+"""Watching what a plugin touches: file writes and network use, observed, not trusted.
+
+Python's audit hooks (PEP 578) see every ``open`` for writing, every rename, removal and
+``mkdir``, and every socket connection or name lookup made from Python, in any thread and
+in any library. Writes by native code that bypass Python are caught only in the working
+directory, which the sandbox points at an empty folder and inspects afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+#: Events whose first argument is a path that is changed.
+_PATH_EVENTS = {
+    "os.remove",
+    "os.rmdir",
+    "os.mkdir",
+    "os.truncate",
+    "os.chmod",
+    "os.chown",
+    "os.utime",
+    "os.symlink",
+    "os.link",
+    "shutil.rmtree",
+    "tempfile.mkstemp",
+    "tempfile.mkdtemp",
+}
+#: Events that reach for the network whatever their arguments.
+_NETWORK_EVENTS = {
+    "socket.getaddrinfo",
+    "socket.gethostbyname",
+    "socket.gethostbyaddr",
+    "socket.sendto",
+    "urllib.Request",
+    "http.client.connect",
+    "ftplib.connect",
+    "smtplib.connect",
+}
+
+
+@dataclass
+class Sandbox:
+    """Records writes outside ``allowed`` folders and any network use while active."""
+
+    allowed: list[Path]
+    workdir: Path
+    """An empty folder that becomes the working directory while the sandbox is active."""
+    writes: list[str] = field(default_factory=list)
+    network: list[str] = field(default_factory=list)
+
+    def observe(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writing = (
+                any(c in mode for c in "wax+")
+                if isinstance(mode, str)
+                else bool(flags & _WRITE_FLAGS)
+            )
+            if writing:
+                self._write(event, path)
+        elif event == "os.rename":
+            self._write(event, args[0], args[2])
+            self._write(event, args[1], args[3])
+        elif event in ("shutil.copyfile", "shutil.copytree", "shutil.move"):
+            self._write(event, args[1])
+        elif event in _PATH_EVENTS:
+            self._write(event, args[0], args[2] if event in ("os.remove", "os.mkdir") else None)
+        elif event == "socket.connect":
+            address = args[1]
+            if isinstance(address, tuple):  # AF_INET/AF_INET6; AF_UNIX paths are local
+                self.network.append(f"{event} {address!r}")
+        elif event in _NETWORK_EVENTS:
+            self.network.append(f"{event} {args[0]!r}")
+
+    def _write(self, event: str, path: object, dir_fd: object = None) -> None:
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, str | os.PathLike):
+            return  # a file descriptor: its open was seen already
+        target = Path(path)
+        if not target.is_absolute():
+            base = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) if isinstance(dir_fd, int) else None
+            target = (base or Path.cwd()) / target
+        target = Path(os.path.normpath(target))
+        if "__pycache__" in target.parts or target.parts[:2] == ("/", "dev"):
+            return  # Python caching bytecode of a lazy import; /dev/null and /dev/shm
+        if any(target.is_relative_to(root) for root in self.allowed):
+            return
+        self.writes.append(f"{event} {target}")
+
+    def stray_files(self) -> list[str]:
+        """Files that appeared in the working directory (native writes included)."""
+        return sorted(str(p.relative_to(self.workdir)) for p in self.workdir.rglob("*"))
+
+
+_state = threading.local()
+_active: list[Sandbox] = []
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    if not _active or getattr(_state, "busy", False):
+        return
+    _state.busy = True  # the hook's own path handling must not observe itself
+    try:
+        for box in _active:
+            box.observe(event, args)
+    except Exception as exc:  # an audit hook must never break the audited call
+        for box in _active:
+            box.writes.append(f"(sandbox could not read event {event}: {exc})")
+    finally:
+        _state.busy = False
+
+
+@contextmanager
+def sandboxed(allowed: list[Path], workdir: Path) -> Iterator[Sandbox]:
+    """Observe the block; the returned :class:`Sandbox` holds what it did."""
+    global _hook_installed
+    with _hook_lock:
+        if not _hook_installed:  # audit hooks cannot be removed: one, idle when unused
+            sys.addaudithook(_hook)
+            _hook_installed = True
+    workdir.mkdir(parents=True, exist_ok=True)
+    box = Sandbox([Path(os.path.normpath(p.resolve())) for p in allowed], workdir.resolve())
+    previous = Path.cwd()
+    os.chdir(box.workdir)
+    _active.append(box)
+    try:
+        yield box
+    finally:
+        _active.remove(box)
+        os.chdir(previous)
