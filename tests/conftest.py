@@ -139,7 +139,8 @@ def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
 
 
 def broken_plugins_site(folder: Path) -> Path:
-    """An installed-looking distribution with two broken stylebox plugins; put the returned
+    """An installed-looking distribution with three broken stylebox plugins (an import
+    error, a ``Params`` that is not a model, a ``process`` that raises); put the returned
     folder on sys.path (or PYTHONPATH) to make them discoverable."""
     site = folder / "site"
     dist = site / "brokenplugins-1.0.dist-info"
@@ -149,6 +150,7 @@ def broken_plugins_site(folder: Path) -> Path:
         "[stylebox.plugins]\n"
         "explodes = brokenplugins.explodes:Plugin\n"
         "notmodel = brokenplugins.notmodel:NotModel\n"
+        "raises = brokenplugins.raises:Raises\n"
     )
     package = site / "brokenplugins"
     package.mkdir()
@@ -161,5 +163,13 @@ def broken_plugins_site(folder: Path) -> Path:
         "    Params = dict\n"
         "    def process(self, image, job):\n"
         "        return image\n"
+    )
+    (package / "raises.py").write_text(
+        "from stylebox.plugins.api import Plugin, PluginParams\n"
+        "class Raises(Plugin):\n"
+        "    name = 'raises'\n"
+        "    Params = PluginParams\n"
+        "    def process(self, image, job):\n"
+        "        raise KeyError('lookup table missing')\n"
     )
     return site

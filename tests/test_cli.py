@@ -182,3 +182,8 @@ def test_broken_plugins_are_reported_and_the_others_still_load(tmp_path: Path) -
     assert "gatys" in listing.stdout
     assert "explodes failed to load" in listing.stdout and "no GPU driver here" in listing.stdout
     assert "notmodel failed to load" in listing.stdout and "not a pydantic model" in listing.stdout
+    config = tmp_path / "broken.toml"
+    config.write_text('[[inbox]]\nname = "a"\npath = "in"\noutbox = "out"\nplugin = "explodes"\n')
+    check = stylebox("config", "check", str(config), env=env)
+    assert check.returncode == 1
+    assert "[[inbox]] a is disabled: plugin 'explodes'" in check.stderr

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import STYLES, make_bad_inputs, photo
+from conftest import STYLES, broken_plugins_site, make_bad_inputs, photo
 from daemon_helpers import POSTERIZE_CONFIG, Daemon, gatys_config, wait_until, write_config
 from PIL import Image
 
@@ -279,3 +279,51 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -
     assert sorted(p.name for p in processed.glob("*.png")) == names
     assert (failed / "broken.jpg.error.txt").is_file()
     assert not list(inbox.glob("*.png"))
+
+
+def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path: Path) -> None:
+    site = broken_plugins_site(tmp_path)
+    inboxes = "".join(
+        f'[[inbox]]\nname = "{name}"\npath = "in-{name}"\noutbox = "out-{name}"\n'
+        f'plugin = "{name}"\nsettle_seconds = 0.2\nmax_attempts = 1\n'
+        for name in ("explodes", "raises")
+    )
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=inboxes))
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    daemon = Daemon(config, env=env)
+    try:
+        daemon.wait_ready()
+        for folder in ("inbox", "in-explodes", "in-raises"):
+            photo(32, 24).save(tmp_path / "staged.png")
+            os.rename(tmp_path / "staged.png", tmp_path / folder / "photo.png")
+        assert wait_until(lambda: (tmp_path / "inbox/processed/photo.png").exists(), 30)
+        reason = tmp_path / "in-raises/failed/photo.png.error.txt"
+        assert wait_until(reason.exists, 30)
+        assert "plugin raises failed: KeyError: 'lookup table missing'" in reason.read_text()
+        # The inbox of the plugin that cannot load keeps its file, untouched.
+        assert (tmp_path / "in-explodes/photo.png").is_file()
+        assert daemon.receive("disabled: inbox:explodes", 10)
+        status = subprocess.run(
+            [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert "DISABLED: plugin 'explodes'" in status.stdout, status.stdout + status.stderr
+        # Mended and reloaded, the inbox takes the file that waited for it.
+        (site / "brokenplugins" / "explodes.py").write_text(
+            "from stylebox.plugins.api import Plugin as Base, PluginParams\n"
+            "class Plugin(Base):\n"
+            "    name = 'explodes'\n"
+            "    Params = PluginParams\n"
+            "    def process(self, image, job):\n"
+            "        return image\n"
+        )
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: (tmp_path / "in-explodes/processed/photo.png").exists(), 30)
+    finally:
+        assert daemon.stop() == 0
+    log = daemon.output()
+    assert "explodes is disabled: plugin 'explodes'" in log
+    assert "no GPU driver here" in log

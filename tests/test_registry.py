@@ -49,6 +49,13 @@ def test_broken_plugins_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "not a pydantic model" in registry.failures["notmodel"].reason
     with pytest.raises(ConfigError, match=r"plugin 'explodes'.*failed to load"):
         registry.get("explodes")
+    assert "raises" in registry.plugins  # its fault shows only when it runs
+    # An installed but broken plugin disables its inbox; a misspelt one refuses the config.
     data = {"inbox": [{"name": "a", "path": "in", "outbox": "out", "plugin": "explodes"}]}
-    with pytest.raises(ConfigError, match=r"\[\[inbox\]\] #1 \(a\)\.plugin: plugin 'explodes'"):
+    loaded = parse_config(data, registry=registry)
+    assert "no GPU driver here" in loaded.unavailable[("inbox", "a")]
+    with pytest.raises(ConfigError, match=r"\[\[inbox\]\] 'a' is disabled: plugin 'explodes'"):
+        loaded.params_for("inbox", "a")
+    data["inbox"][0]["plugin"] = "explode"
+    with pytest.raises(ConfigError, match=r"\[\[inbox\]\] #1 \(a\)\.plugin: no plugin named"):
         parse_config(data, registry=registry)

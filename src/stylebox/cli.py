@@ -248,7 +248,7 @@ def _run_params(
             if plugin_name in (None, inbox.plugin):
                 plugin_name = inbox.plugin
                 # Already validated with the config's root, so its paths are absolute now.
-                base = loaded.params[("inbox", inbox.name)].model_dump(mode="json")
+                base = loaded.params_for("inbox", inbox.name).model_dump(mode="json")
     elif args.inbox:
         raise ConfigError("--inbox needs --config")
     plugin_name = plugin_name or "gatys"
@@ -412,6 +412,11 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     loaded = load_config(path)
     inboxes = ", ".join(f"{i.name} ({i.plugin})" for i in loaded.config.inbox) or "none"
     batches = ", ".join(f"{b.name} ({b.plugin})" for b in loaded.config.batch) or "none"
+    if loaded.unavailable:
+        print(f"{path}: valid, but some plugins are broken; inboxes: {inboxes}; batches: {batches}")
+        for (table, name), reason in sorted(loaded.unavailable.items()):
+            print(f"  [[{table}]] {name} is disabled: {reason}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"{path}: OK; inboxes: {inboxes}; batches: {batches}")
     return EXIT_OK
 

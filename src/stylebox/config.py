@@ -185,6 +185,9 @@ class LoadedConfig:
     root: Path
     params: dict[tuple[str, str], Any] = field(default_factory=dict)
     """Validated ``Params`` per (``"inbox"`` or ``"batch"``, name)."""
+    unavailable: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Why an inbox or batch cannot run: its plugin is installed but broken (it failed to
+    import or to start). The others run; its files wait until the plugin is mended."""
 
     @property
     def runtime(self) -> Runtime:
@@ -203,6 +206,15 @@ class LoadedConfig:
                 return entry
         known = ", ".join(e.name for e in entries) or "none"
         raise ConfigError(f"{self._where()}: no [[{table}]] named {name!r} (defined: {known})")
+
+    def params_for(self, table: Literal["inbox", "batch"], name: str) -> Any:
+        """The validated params of one inbox or batch, or why it cannot run."""
+        if (table, name) in self.unavailable:
+            raise ConfigError(
+                f"[[{table}]] {name!r} is disabled: {self.unavailable[(table, name)]}"
+            )
+        self.job(table, name)  # names the defined ones when ``name`` is not among them
+        return self.params[(table, name)]
 
     def _where(self) -> str:
         return str(self.source) if self.source else "config"
@@ -250,7 +262,10 @@ def parse_config(
             try:
                 plugin = registry.get(entry.plugin)
             except ConfigError as exc:
-                problems.append(f"{label}.plugin: {exc}")
+                if entry.plugin in registry.failures:  # installed but broken: not a typo
+                    loaded.unavailable[(table, entry.name)] = str(exc)
+                else:
+                    problems.append(f"{label}.plugin: {exc}")
                 continue
             try:
                 loaded.params[(table, entry.name)] = plugin.Params.model_validate(

@@ -43,6 +43,7 @@ def scan(config: BatchConfig) -> Iterator[Path]:
 def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
     loaded = load_config(config_path)
     batch = loaded.job("batch", name)
+    loaded.params_for("batch", name)  # refuses a batch whose plugin is broken, saying why
     assert isinstance(batch, BatchConfig)
     files = list(scan(batch))
     journal = Journal(journal_path(loaded.config.state_dir))
@@ -56,7 +57,9 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
         return 0
 
     sources = build_sources(loaded, discover(), ("batch",), only=name)
-    source = sources[key]
+    source = sources.get(key)
+    if source is None:
+        raise ConfigError(f"[[batch]] {name!r} cannot run: {loaded.unavailable[('batch', name)]}")
     pipeline = Pipeline(loaded, sources, journal)
     journal.reclaim_dead(socket.gethostname(), pid_alive)
     journal.reclaim_expired()

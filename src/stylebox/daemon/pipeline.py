@@ -25,7 +25,7 @@ from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
-from stylebox.errors import BadInput, Cancelled, PluginError
+from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
 from stylebox.plugins.api import Plugin, params_digest
 from stylebox.plugins.registry import Registry
 
@@ -58,7 +58,12 @@ def build_sources(
     only: str | None = None,
     instances: dict[tuple[str, str], Plugin[Any]] | None = None,
 ) -> dict[str, Source]:
-    """One :class:`Source` per inbox/batch; plugins with equal params share an instance."""
+    """One :class:`Source` per inbox/batch; plugins with equal params share an instance.
+
+    A plugin that fails to start with anything but a :class:`ConfigError` (a bad setting,
+    which refuses the whole config) is broken: its inbox or batch is recorded in
+    ``loaded.unavailable`` with the reason and left out, and the others run.
+    """
     runtime = loaded.runtime
     shared: dict[tuple[str, str], Plugin[Any]] = instances if instances is not None else {}
     sources: dict[str, Source] = {}
@@ -67,11 +72,22 @@ def build_sources(
         for entry in entries:
             if only is not None and entry.name != only:
                 continue
+            if (table, entry.name) in loaded.unavailable:
+                continue
             params = loaded.params[(table, entry.name)]
             digest = params_digest(params)
             key = (entry.plugin, digest)
             if key not in shared:
-                shared[key] = registry.get(entry.plugin)(params, runtime)
+                try:
+                    shared[key] = registry.get(entry.plugin)(params, runtime)
+                except ConfigError:
+                    raise
+                except Exception as exc:  # a plugin bug must not stop the other inboxes
+                    log.exception("plugin %s failed to start", entry.plugin)
+                    loaded.unavailable[(table, entry.name)] = (
+                        f"plugin {entry.plugin!r} failed to start: {type(exc).__name__}: {exc}"
+                    )
+                    continue
             instance = shared[key]
             device = getattr(instance, "device", None)
             device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]

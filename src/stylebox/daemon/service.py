@@ -25,7 +25,7 @@ from stylebox.daemon.pipeline import Pipeline, Source, build_sources, pid_alive
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError
 from stylebox.plugins.api import Plugin
-from stylebox.plugins.registry import discover
+from stylebox.plugins.registry import Registry, discover
 
 log = logging.getLogger("stylebox.service")
 
@@ -37,14 +37,14 @@ def journal_path(state_dir: Path) -> Path:
 class Service:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
-        self.loaded = load_config(config_path)
+        self.registry = discover()
+        self.loaded = load_config(config_path, self.registry)
         state_dir = self.loaded.config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         # Before the (slow) plugin start-up: a second daemon is refused at once.
         self._lock_file = _exclusive_lock(state_dir / "serve.lock")
-        self.registry = discover()
         self._instances: dict[tuple[str, str], Plugin[Any]] = {}
-        self.sources = self._build(self.loaded)
+        self.sources = self._build(self.loaded, self.registry)
         self.journal = Journal(journal_path(state_dir))
         self._wake = threading.Condition()
         self.pipeline = Pipeline(
@@ -55,15 +55,27 @@ class Service:
         self._reload = threading.Event()
         self._workers: list[threading.Thread] = []
 
-    def _build(self, loaded: LoadedConfig) -> dict[str, Source]:
+    def _build(self, loaded: LoadedConfig, registry: Registry) -> dict[str, Source]:
         for inbox in loaded.config.inbox:
             for folder in (inbox.path, inbox.outbox, inbox.processed_dir, inbox.failed_dir):
                 folder.mkdir(parents=True, exist_ok=True)
-        return build_sources(loaded, self.registry, ("inbox", "batch"), instances=self._instances)
+        sources = build_sources(loaded, registry, ("inbox", "batch"), instances=self._instances)
+        for (table, name), reason in sorted(loaded.unavailable.items()):
+            log.error(
+                "%s %s is disabled: %s; its files wait until the plugin is mended and the "
+                "daemon reloaded (SIGHUP)",
+                table,
+                name,
+                reason,
+                extra={"event": "disabled", "source": f"{table}:{name}", "reason": reason},
+            )
+        return sources
 
     def _watcher(self) -> InboxWatcher:
         folders = []
         for inbox in self.loaded.config.inbox:
+            if f"inbox:{inbox.name}" not in self.sources:
+                continue  # disabled: its files stay where they are
             reserved = {
                 p.name for p in (inbox.processed_dir, inbox.failed_dir) if p.parent == inbox.path
             }
@@ -165,18 +177,22 @@ class Service:
         done = sum(c.get("done", 0) for c in counts.values())
         failed = sum(c.get("failed", 0) for c in counts.values())
         running = self.pipeline.running_count()
-        return f"{running} running, {queued} queued, {done} done, {failed} failed"
+        line = f"{running} running, {queued} queued, {done} done, {failed} failed"
+        disabled = [f"{table}:{name}" for table, name in sorted(self.loaded.unavailable)]
+        return line + (f"; disabled: {', '.join(disabled)}" if disabled else "")
 
     def reload(self) -> None:
         """Swap in a new config; a bad one is refused and the old one keeps running."""
         try:
-            loaded = load_config(self.config_path)
-            sources = self._build(loaded)
+            registry = discover()  # a mended plugin loads now
+            loaded = load_config(self.config_path, registry)
+            sources = self._build(loaded, registry)
         except (ConfigError, StyleboxError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         notify("RELOADING=1")
         self.watcher.stop()
+        self.registry = registry
         self.loaded = loaded
         self.sources = sources
         self.pipeline.loaded = loaded

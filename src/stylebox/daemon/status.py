@@ -18,15 +18,17 @@ def collect(config_path: Path) -> dict[str, Any]:
     sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
     sources += [f"batch:{b.name}" for b in loaded.config.batch]
     report: dict[str, Any] = {"journal": str(path), "sources": {}}
+    disabled = {f"{table}:{name}": why for (table, name), why in loaded.unavailable.items()}
     if not path.exists():
         for key in sources:
-            report["sources"][key] = _empty()
+            report["sources"][key] = {**_empty(), "disabled": disabled.get(key)}
         return report
     journal = Journal(path)
     counts = journal.counts()
     for key in sorted(set(sources) | set(counts)):
         entry = _empty()
         entry.update(counts.get(key, {}))
+        entry["disabled"] = disabled.get(key)
         entry["running_jobs"] = [_running(row) for row in journal.jobs(key, "running")]
         failed = journal.jobs(key, "failed")[-5:]
         entry["last_errors"] = [
@@ -73,6 +75,8 @@ def print_status(config_path: Path, as_json: bool = False) -> int:
             f"{key}: {entry['queued']} queued, {entry['running']} running, "
             f"{entry['done']} done, {entry['failed']} failed"
         )
+        if entry["disabled"]:
+            print(f"  DISABLED: {entry['disabled']}")
         for job in entry["running_jobs"]:
             progress = f"step {job['step']}/{job['total']}" if job["total"] else "starting"
             eta = (
