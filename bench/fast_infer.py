@@ -7,6 +7,9 @@ For each size (256, 512, 1024 px squares) and preset, with the same weights:
 * **codec**: decoding and encoding alone (what the plugin adds besides ``session.run``);
 * **torch**: PyTorch eager, ``torch.no_grad``, on the same weights.
 
+Then, for the small preset: one ``session.run`` on a batch of 8 same-size images against 8
+single runs (why the plugin batches on GPUs only).
+
 Weights are freshly initialised: speed does not depend on what the network learned.
 
     python bench/fast_infer.py [--repeat 5]
@@ -116,6 +119,16 @@ def main() -> int:
                   f"{torch_ms:8.1f}ms  {plugin_ms / (ort_ms + codec_ms):17.2f}  "
                   f"{ort_ms / torch_ms:9.2f}")  # fmt: skip
     print("targets: plugin <= 1.2x (ort + codec); ort <= 0.7x torch; small at 512 <= 130 ms")
+    print(f"\nbatch of 8 vs 8 single session.run calls (small preset), median of {args.repeat}")
+    for size in args.sizes:
+        batch = np.random.default_rng(0).uniform(0, 255, (8, 3, size, size)).astype(np.float32)
+        together = median_ms(lambda b=batch: session.run(["output"], {"input": b}), args.repeat)
+        alone = median_ms(
+            lambda b=batch: [session.run(["output"], {"input": b[i : i + 1]}) for i in range(8)],
+            args.repeat,
+        )
+        print(f"{size:>5} px: batch {together / 8:7.1f} ms/image, single {alone / 8:7.1f} "
+              f"ms/image, batch/single {together / alone:5.2f}")  # fmt: skip
     return 0
 
 

@@ -83,6 +83,8 @@ def test_any_size_batching_strength_and_colour(trained: Path, tmp_path: Path) ->
         assert run(fast, tmp_path, photo(*size)).size == size
     images = [photo(40, 30, seed=s) for s in range(3)]
     contexts = [RecordingContext(tmp_path / f"j{i}") for i in range(3)]
+    assert not fast.batchable  # on CPU batches run image by image (measured faster)
+    fast.batchable = True  # the GPU path: one session.run for the three
     batched = fast.process_batch(images, contexts)
     single = [run(fast, tmp_path, image) for image in images]
     for a, b in zip(batched, single, strict=True):
@@ -173,11 +175,22 @@ plugin = "fast"
 settle_seconds = 0.1
 params = {{ model = "{trained}" }}
 """)  # fmt: skip
+    # Waiting when the daemon starts: four of one size, which go to the plugin as one batch.
+    (tmp_path / "inbox").mkdir()
+    for index in range(4):
+        photo(40, 32, seed=index).save(tmp_path / "inbox" / f"same{index}.png")
     daemon = Daemon(config)
     try:
         daemon.wait_ready()
         os.rename(source, tmp_path / "inbox" / "photo.png")
         assert wait_until(lambda: (tmp_path / "inbox" / "processed" / "photo.png").exists(), 60)
         assert (tmp_path / "outbox" / "photo.png").is_file()
+        processed = tmp_path / "inbox" / "processed"
+        assert wait_until(lambda: len(list(processed.glob("same*.png"))) == 4, 60)
     finally:
         daemon.stop()
+    batches = [
+        json.loads((tmp_path / "outbox" / f"same{i}.json").read_text()).get("batch")
+        for i in range(4)
+    ]
+    assert batches == [4, 4, 4, 4], daemon.output()[-3000:]

@@ -332,7 +332,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     work = out.with_suffix(".train")
     began = time.perf_counter()
     with count_bar("train", params.steps) as advance:
-        train(params, work, resume=args.resume, on_step=lambda *_: advance())
+        train(params, work, resume=args.resume, on_step=lambda *_: advance(1))
     record = {
         "command": " ".join(["stylebox", *sys.argv[1:]]),
         "seconds": round(time.perf_counter() - began, 1),

@@ -132,6 +132,11 @@ class DaemonConfig(_Strict):
         default_factory=lambda: {"cpu": 1, "cuda": 1},
         description="Concurrent jobs per device type",
     )
+    batch_size: PositiveInt = Field(
+        8,
+        description="Queued jobs of one inbox handed together to a plugin that batches "
+        "(same-size images run as one batch)",
+    )
     drain_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long running jobs get to checkpoint"
     )

@@ -110,10 +110,10 @@ class _RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def count_bar(label: str, total: int) -> Iterator[Callable[[], None]]:
-    """A bar of items done, with rate and ETA, on a terminal; yields the advance callable."""
+def count_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar of items done, with rate and ETA, on a terminal; yields ``advance(count)``."""
     if not sys.stderr.isatty():
-        yield lambda: None
+        yield lambda count: None
         return
     progress = Progress(
         TextColumn(f"[bold]{label}"),
@@ -126,7 +126,7 @@ def count_bar(label: str, total: int) -> Iterator[Callable[[], None]]:
     )
     with progress:
         task = progress.add_task(label, total=total)
-        yield lambda: progress.advance(task)
+        yield lambda count: progress.advance(task, count)
 
 
 def reporter_for_stream() -> BarReporter | LogReporter:

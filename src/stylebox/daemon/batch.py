@@ -85,8 +85,9 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
                         break
                     time.sleep(0.2)  # only retries waiting out their backoff are left
                     continue
-                pipeline.run(row)
-                advance()
+                rows = [row, *pipeline.claim_more(row)]
+                pipeline.run(rows)
+                advance(len(rows))
     finally:
         stop.set()
         for sig, handler in previous.items():

@@ -184,24 +184,40 @@ class Journal:
         self, owner: str, lease_seconds: float, sources: set[str] | None = None
     ) -> JobRow | None:
         """Take the oldest runnable job under a lease, or ``None`` if there is none."""
-        now = time.time()
         with self._transaction() as db:
-            rows = db.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' AND not_before <= ? ORDER BY id",
-                (now,),
+            claimed = self._claim(db, owner, lease_seconds, sources, 1)
+        return claimed[0] if claimed else None
+
+    def claim_many(self, owner: str, lease_seconds: float, source: str, limit: int) -> list[JobRow]:
+        """Take up to ``limit`` of the oldest runnable jobs of one source, in one go."""
+        with self._transaction() as db:
+            return self._claim(db, owner, lease_seconds, {source}, limit)
+
+    @staticmethod
+    def _claim(
+        db: sqlite3.Connection,
+        owner: str,
+        lease_seconds: float,
+        sources: set[str] | None,
+        limit: int,
+    ) -> list[JobRow]:
+        now = time.time()
+        rows = db.execute(
+            "SELECT * FROM jobs WHERE state = 'queued' AND not_before <= ? ORDER BY id", (now,)
+        ).fetchall()
+        ids = [row["id"] for row in rows if sources is None or row["source"] in sources][:limit]
+        claimed = []
+        for job_id in ids:
+            db.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
+                "attempts = attempts + 1, started_at = COALESCE(started_at, ?), "
+                "claimed_at = ? WHERE id = ?",
+                (owner, now + lease_seconds, now, now, job_id),
             )
-            for row in rows:
-                if sources is not None and row["source"] not in sources:
-                    continue
-                db.execute(
-                    "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
-                    "attempts = attempts + 1, started_at = COALESCE(started_at, ?), "
-                    "claimed_at = ? WHERE id = ?",
-                    (owner, now + lease_seconds, now, now, row["id"]),
-                )
-                claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-                return _row(claimed)
-        return None
+            claimed.append(
+                _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            )
+        return claimed
 
     def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
         """Extend a lease; ``False`` if the job is no longer ours."""

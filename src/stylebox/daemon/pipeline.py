@@ -228,72 +228,118 @@ class Pipeline:
         with self._lock:
             return len(self._running)
 
-    def run(self, row: JobRow) -> None:
-        """Carry one claimed job to done, failed, or back to the queue. Never raises."""
+    def claim_more(self, row: JobRow) -> list[JobRow]:
+        """Queued jobs to run beside ``row``: of the same source, when its plugin batches."""
         source = self.sources.get(row.source)
+        size = self.loaded.config.daemon.batch_size
+        if source is None or size < 2 or not source.plugin.instance.capabilities.batching:
+            return []
+        lease = self.loaded.config.daemon.lease_seconds
+        return self.journal.claim_many(self.owner, lease, row.source, size - 1)
+
+    def run(self, rows: list[JobRow]) -> None:
+        """Carry claimed jobs of one source to done, failed, or back to the queue (same-size
+        images together through the plugin's ``process_batch``). Never raises."""
+        source = self.sources.get(rows[0].source)
         if source is None:  # its inbox was removed by a reload: leave it for later
-            self.journal.requeue(row.id, delay=60, count_attempt=False)
+            for row in rows:
+                self.journal.requeue(row.id, delay=60, count_attempt=False)
             return
-        cancel = threading.Event()
+        cancels = {row.id: threading.Event() for row in rows}
         with self._lock:
-            self._running[row.id] = cancel
-        timer = None
+            self._running.update(cancels)
         timeout = source.config.timeout_seconds
-        if timeout:
-            timer = threading.Timer(timeout, cancel.set)
+        timers = (
+            [threading.Timer(timeout, event.set) for event in cancels.values()] if timeout else []
+        )
+        for timer in timers:
             timer.daemon = True
             timer.start()
         began = time.monotonic()
         try:
-            self._run(source, row, cancel)
-        except Cancelled as exc:
+            try:
+                outcomes = self._run(source, rows, cancels)
+            except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
+                log.exception("jobs %s crashed", [row.id for row in rows])
+                error = PluginError(f"{type(exc).__name__}: {exc}")
+                outcomes = dict.fromkeys(cancels, error)
+            for row in rows:
+                self._settle(source, row, outcomes[row.id], began)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            with self._lock:
+                for row in rows:
+                    self._running.pop(row.id, None)
+
+    def _run(
+        self, source: Source, rows: list[JobRow], cancels: dict[int, threading.Event]
+    ) -> dict[int, JobResult | Exception | None]:
+        """Each job's outcome: its result, its error, or ``None`` when it had finished
+        before a crash and only the move of its input was left."""
+        outcomes: dict[int, JobResult | Exception | None] = {}
+        jobs: list[tuple[JobRow, Job]] = []
+        for row in rows:
+            work_dir = self.state_dir / "jobs" / str(row.id)
+            path = Path(row.input_path)
+            if row.stem is None:  # queued by a retry of a failed job
+                stem = source.outbox.reserve(row.name).stem
+                self.journal.set_stem(row.id, stem)
+            else:
+                stem = row.stem
+            names = source.outbox.claim(stem)
+            if row.attempts > 1 or work_dir.exists():  # a crash may have left temp files
+                source.outbox.remove_temporaries(names)
+            if _manifest_matches(names.manifest, row.sha256):
+                outcomes[row.id] = None
+            elif path.is_symlink():
+                outcomes[row.id] = BadInput(
+                    f"{path.name} is a symbolic link; links are not followed out of the inbox"
+                )
+            else:
+                log.info("started", extra=_fields(row, "started"))
+                label = f"{source.key}/{row.name}"
+                jobs.append((row, Job(path, work_dir, label=label, stem=stem, job_id=row.id)))
+        results = self.runner.execute_many(
+            [job for _, job in jobs],
+            source.plugin,
+            source.outbox,
+            [cancels[row.id] for row, _ in jobs],
+        )
+        for (row, _), result in zip(jobs, results, strict=True):
+            outcomes[row.id] = result
+        return outcomes
+
+    def _settle(
+        self, source: Source, row: JobRow, outcome: JobResult | Exception | None, began: float
+    ) -> None:
+        if isinstance(outcome, Cancelled):
             if self.stopping.is_set():
                 self.journal.requeue(row.id, count_attempt=False)
                 log.info("stopped; will resume", extra=_fields(row, "drained"))
             else:
+                timeout = source.config.timeout_seconds
                 self._retry_or_fail(
-                    source, row, PluginError(f"timed out after {timeout} s ({exc})")
+                    source, row, PluginError(f"timed out after {timeout} s ({outcome})")
                 )
-        except BadInput as exc:
-            self._fail(source, row, exc)
-        except PluginError as exc:
-            self._retry_or_fail(source, row, exc)
-        except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
-            log.exception("job %s crashed", row.id)
-            self._retry_or_fail(source, row, PluginError(f"{type(exc).__name__}: {exc}"))
+        elif isinstance(outcome, BadInput):
+            self._fail(source, row, outcome)
+        elif isinstance(outcome, PluginError):
+            self._retry_or_fail(source, row, outcome)
+        elif isinstance(outcome, Exception):
+            self._retry_or_fail(source, row, PluginError(f"{type(outcome).__name__}: {outcome}"))
         else:
+            seconds = outcome.manifest["timings"]["total_seconds"] if outcome else 0.0
+            try:
+                self._complete(source, row, seconds)
+            except Exception as exc:  # the input could not be moved: try again later
+                log.exception("job %s could not be completed", row.id)
+                self._retry_or_fail(source, row, PluginError(f"{type(exc).__name__}: {exc}"))
+                return
             log.info(
                 "done",
                 extra={**_fields(row, "done"), "seconds": round(time.monotonic() - began, 3)},
             )
-        finally:
-            if timer is not None:
-                timer.cancel()
-            with self._lock:
-                self._running.pop(row.id, None)
-
-    def _run(self, source: Source, row: JobRow, cancel: threading.Event) -> None:
-        work_dir = self.state_dir / "jobs" / str(row.id)
-        path = Path(row.input_path)
-        if row.stem is None:  # queued by a retry of a failed job
-            stem = source.outbox.reserve(row.name).stem
-            self.journal.set_stem(row.id, stem)
-        else:
-            stem = row.stem
-        names = source.outbox.claim(stem)
-        if row.attempts > 1 or work_dir.exists():  # a crash may have left temp files
-            source.outbox.remove_temporaries(names)
-        if _manifest_matches(names.manifest, row.sha256):
-            self._complete(source, row, 0.0)  # finished before a crash; only the move is left
-            return
-        if path.is_symlink():
-            raise BadInput(
-                f"{path.name} is a symbolic link; links are not followed out of the inbox"
-            )
-        log.info("started", extra=_fields(row, "started"))
-        job = Job(path, work_dir, label=f"{source.key}/{row.name}", stem=stem, job_id=row.id)
-        result = self.runner.execute(job, source.plugin, source.outbox, cancel)
-        self._complete(source, row, result.manifest["timings"]["total_seconds"])
 
     def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
         moved = None

