@@ -7,6 +7,7 @@ each bad plugin below changes one thing about it.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -47,7 +48,12 @@ class Good(Plugin[GoodParams]):
                 raise Cancelled("asked to stop")
             job.snapshot(ImageOps.invert(image), step)
             job.progress(step, 3, loss=1.0 / step)
-        (job.checkpoint_dir / "state.bin").write_bytes(b"resume here")  # allowed
+        # Allowed: an atomic save in the checkpoint dir, a clean-up, a cache file.
+        partial = job.checkpoint_dir / "state.tmp"
+        partial.write_bytes(b"resume here")
+        os.replace(partial, job.checkpoint_dir / "state.bin")
+        (job.checkpoint_dir / "stale.bin").unlink(missing_ok=True)
+        (self.runtime.cache_dir(self.name) / "lut.bin").write_bytes(b"cached")
         return ImageOps.invert(image)
 
     def process_batch(
@@ -138,22 +144,21 @@ class NoProgress(Good):
         return ImageOps.invert(image)
 
 
-class ProgressPastTotal(Good):
-    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
-        job.progress(5, 3)
-        return ImageOps.invert(image)
+def reports_only(name: str, step: int, total: int) -> type[Good]:
+    """A plugin whose only report is ``progress(step, total)``: no snapshots."""
+
+    class ReportsOnly(Good):
+        def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+            job.progress(step, total)
+            return ImageOps.invert(image)
+
+    ReportsOnly.__name__ = ReportsOnly.__qualname__ = name
+    return ReportsOnly
 
 
-class NeverCompletes(Good):
-    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
-        job.progress(1, 3)
-        return ImageOps.invert(image)
-
-
-class NoSnapshots(Good):
-    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
-        job.progress(1, 1)
-        return ImageOps.invert(image)
+ProgressPastTotal = reports_only("ProgressPastTotal", 5, 3)
+NeverCompletes = reports_only("NeverCompletes", 1, 3)
+NoSnapshots = reports_only("NoSnapshots", 1, 1)
 
 
 class SnapshotsBackwards(Good):

@@ -202,10 +202,12 @@ class Journal:
         limit: int,
     ) -> list[JobRow]:
         now = time.time()
-        rows = db.execute(
-            "SELECT * FROM jobs WHERE state = 'queued' AND not_before <= ? ORDER BY id", (now,)
-        ).fetchall()
-        ids = [row["id"] for row in rows if sources is None or row["source"] in sources][:limit]
+        query = "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?"
+        args: list[object] = [now]
+        if sources is not None:
+            query += f" AND source IN ({', '.join('?' * len(sources))})"
+            args += sorted(sources)
+        ids = [row["id"] for row in db.execute(query + " ORDER BY id LIMIT ?", [*args, limit])]
         claimed = []
         for job_id in ids:
             db.execute(

@@ -314,14 +314,20 @@ def check_errors_classified(case: ContractCase) -> None:
         plugin.close()
 
 
-def check_progress_through_context(case: ContractCase) -> None:
-    """Progress goes to the job context: steps within 0..total, ending at total."""
+def _one_run(case: ContractCase) -> RecordingContext:
+    """Process one 64x48 picture with a fresh instance; what the context recorded."""
     plugin = case.make()
     context = case.context()
     try:
         _process(plugin, sample_image((64, 48)), context, "a 64x48 image")
     finally:
         plugin.close()
+    return context
+
+
+def check_progress_through_context(case: ContractCase) -> None:
+    """Progress goes to the job context: steps within 0..total, ending at total."""
+    context = _one_run(case)
     reports = context.progress_reports
     if not reports:
         raise ContractFailure("process reported no progress; call job.progress(step, total)")
@@ -338,12 +344,7 @@ def check_progress_through_context(case: ContractCase) -> None:
 
 def check_snapshots(case: ContractCase) -> None:
     """A plugin declaring ``snapshots`` hands RGB snapshots to the context, in step order."""
-    plugin = case.make()
-    context = case.context()
-    try:
-        _process(plugin, sample_image((64, 48)), context, "a 64x48 image")
-    finally:
-        plugin.close()
+    context = _one_run(case)
     if not context.snapshots:
         raise ContractFailure(
             "capabilities say snapshots=True but process sent none to job.snapshot(); "

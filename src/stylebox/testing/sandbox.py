@@ -18,20 +18,24 @@ from pathlib import Path
 from typing import Any
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-#: Events whose first argument is a path that is changed.
-_PATH_EVENTS = {
-    "os.remove",
-    "os.rmdir",
-    "os.mkdir",
-    "os.truncate",
-    "os.chmod",
-    "os.chown",
-    "os.utime",
-    "os.symlink",
-    "os.link",
-    "shutil.rmtree",
-    "tempfile.mkstemp",
-    "tempfile.mkdtemp",
+#: Events that change a path: (index of the path, index of its ``dir_fd`` or None), as
+#: the arguments are listed in Python's audit events table.
+_PATH_EVENTS: dict[str, tuple[int, int | None]] = {
+    "os.remove": (0, 1),
+    "os.rmdir": (0, 1),
+    "os.mkdir": (0, 2),
+    "os.chmod": (0, 2),
+    "os.chown": (0, 3),
+    "os.utime": (0, 3),
+    "os.truncate": (0, None),
+    "os.symlink": (1, 2),
+    "os.link": (1, 3),
+    "shutil.rmtree": (0, 1),
+    "shutil.copyfile": (1, None),
+    "shutil.copytree": (1, None),
+    "shutil.move": (1, None),
+    "tempfile.mkstemp": (0, None),
+    "tempfile.mkdtemp": (0, None),
 }
 #: Events that reach for the network whatever their arguments.
 _NETWORK_EVENTS = {
@@ -69,10 +73,9 @@ class Sandbox:
         elif event == "os.rename":
             self._write(event, args[0], args[2])
             self._write(event, args[1], args[3])
-        elif event in ("shutil.copyfile", "shutil.copytree", "shutil.move"):
-            self._write(event, args[1])
         elif event in _PATH_EVENTS:
-            self._write(event, args[0], args[2] if event in ("os.remove", "os.mkdir") else None)
+            path_index, fd_index = _PATH_EVENTS[event]
+            self._write(event, args[path_index], None if fd_index is None else args[fd_index])
         elif event == "socket.connect":
             address = args[1]
             if isinstance(address, tuple):  # AF_INET/AF_INET6; AF_UNIX paths are local
