@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
+
 from stylebox.testing import PluginContract
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,20 +42,28 @@ class TestFastContract(PluginContract):
     ]
 
 
-def test_example_package_passes_its_own_tests() -> None:
+@pytest.mark.parametrize(
+    ("autoload", "extra"),
+    [("", []), ("1", ["-p", "stylebox.testing.pytest_plugin"])],
+    ids=["pytest11-entry-point", "plugin-autoload-off"],
+)
+def test_example_package_passes_its_own_tests(autoload: str, extra: list[str]) -> None:
     """stylebox-posterize is installed beside stylebox (make setup) and runs the kit in its
-    own test suite, as an outside author would."""
+    own test suite, as an outside author would; its own tests use stylebox's pytest
+    fixtures, found through the pytest11 entry point or, with autoloading off, ``-p``."""
     package = ROOT / "examples" / "stylebox-posterize"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": autoload}
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package)],
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *extra],
         cwd=package,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        env=env,
     )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "passed" in completed.stdout
-    assert "test_contract[writes_only_where_given] PASSED" in completed.stdout or "failed" not in (
-        completed.stdout
+    out = completed.stdout
+    assert completed.returncode == 0, out + completed.stderr
+    assert (
+        "PASSED tests/test_contract.py::TestPosterizeContract::test_contract[cancellation]" in out
     )
+    assert "PASSED tests/test_posterize.py::test_two_bits_leave_four_levels_per_channel" in out

@@ -286,14 +286,14 @@ def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path
     inboxes = "".join(
         f'[[inbox]]\nname = "{name}"\npath = "in-{name}"\noutbox = "out-{name}"\n'
         f'plugin = "{name}"\nsettle_seconds = 0.2\nmax_attempts = 1\n'
-        for name in ("explodes", "raises")
+        for name in ("explodes", "notmodel", "raises")
     )
     config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=inboxes))
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     daemon = Daemon(config, env=env)
     try:
         daemon.wait_ready()
-        for folder in ("inbox", "in-explodes", "in-raises"):
+        for folder in ("inbox", "in-explodes", "in-notmodel", "in-raises"):
             photo(32, 24).save(tmp_path / "staged.png")
             os.rename(tmp_path / "staged.png", tmp_path / folder / "photo.png")
         assert wait_until(lambda: (tmp_path / "inbox/processed/photo.png").exists(), 30)
@@ -302,7 +302,8 @@ def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path
         assert "plugin raises failed: KeyError: 'lookup table missing'" in reason.read_text()
         # The inbox of the plugin that cannot load keeps its file, untouched.
         assert (tmp_path / "in-explodes/photo.png").is_file()
-        assert daemon.receive("disabled: inbox:explodes", 10)
+        assert (tmp_path / "in-notmodel/photo.png").is_file()
+        assert daemon.receive("disabled: inbox:explodes, inbox:notmodel", 10)
         status = subprocess.run(
             [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
             capture_output=True,
@@ -327,3 +328,4 @@ def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path
     log = daemon.output()
     assert "explodes is disabled: plugin 'explodes'" in log
     assert "no GPU driver here" in log
+    assert "notmodel is disabled: plugin 'notmodel'" in log and "not a pydantic model" in log
