@@ -7,6 +7,7 @@ raises :class:`ContractFailure` when the plugin breaks its rule. The pytest base
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -86,8 +87,9 @@ class ContractCase:
         self.base_dir = (self.base_dir or Path.cwd()).resolve()
         self._runs = 0
 
-    @property
+    @functools.cached_property
     def cls(self) -> type[Plugin[Any]]:
+        """The plugin class; a name is looked up once, as the daemon would."""
         if not isinstance(self.plugin, str):
             return self.plugin
         try:
