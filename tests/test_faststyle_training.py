@@ -6,7 +6,14 @@ import pytest
 import torch
 from conftest import photo
 
-from stylebox.plugins.faststyle.network import TransformerNet, load_state, stylise
+from stylebox.plugins.faststyle.network import (
+    ConvLayer,
+    Preset,
+    TransformerNet,
+    load_state,
+    stylise,
+)
+from stylebox.plugins.faststyle.rewrite import PhaseConv, for_export
 from stylebox.plugins.faststyle.train import CHECKPOINT, TrainParams, train
 
 
@@ -23,6 +30,26 @@ def test_any_size_in_same_size_out(size: tuple[int, int]) -> None:
     with torch.no_grad():
         out = stylise(network, torch.rand(1, 3, height, width) * 255)
     assert out.shape == (1, 3, height, width)
+
+
+@pytest.mark.parametrize("preset", ["full", "small"])
+def test_the_export_form_computes_the_same_function(preset: Preset) -> None:
+    torch.manual_seed(0)
+    network = TransformerNet(preset).eval()
+    for layer in network.modules():  # trained-looking norms, not the identity they start as
+        if isinstance(layer, torch.nn.InstanceNorm2d):
+            torch.nn.init.normal_(layer.weight, 1.0, 0.3)
+            torch.nn.init.normal_(layer.bias, 0.0, 0.3)
+    rewritten = for_export(network)
+    assert isinstance(rewritten.deconv3, PhaseConv)
+    assert rewritten.deconv3.weight.shape[0] == 12  # the four phases of 3 channels
+    for height, width in [(8, 8), (36, 20), (64, 96)]:
+        image = torch.rand(1, 3, height, width) * 255
+        with torch.no_grad():
+            expected, got = network(image), rewritten(image)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
+    assert isinstance(network.deconv3, ConvLayer)  # the trained network is left alone
 
 
 def test_legacy_checkpoints_with_running_stats_load() -> None:
