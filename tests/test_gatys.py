@@ -61,6 +61,26 @@ def test_both_optimisers_reduce_the_loss(tmp_path: Path, style_file: Path, optim
     assert context.metric("loss")[-1] < context.metric("loss")[0]
 
 
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_channels_last_gives_the_same_painting(
+    tmp_path: Path, style_file: Path, optimizer: str
+) -> None:
+    """The layout CUDA runs in by default, checked here on the CPU: L-BFGS once refused
+    channels-last images (it flattens the gradient with view())."""
+    lr = 1.0 if optimizer == "lbfgs" else 0.05
+    results = [
+        run(
+            make(tmp_path, style_file, optimizer=optimizer, learning_rate=lr, memory_format=f),
+            tmp_path / f,
+        )
+        for f in ("contiguous", "channels_last")
+    ]
+    (plain, plain_context), (last, last_context) = results
+    assert last_context.metric("loss")[-1] == pytest.approx(plain_context.metric("loss")[-1], 1e-3)
+    difference = np.abs(pixels(plain) - pixels(last))  # float rounding, amplified by L-BFGS
+    assert difference.mean() < 0.5 and difference.max() <= 8
+
+
 def test_snapshots_go_through_the_context(tmp_path: Path, style_file: Path) -> None:
     plugin = make(tmp_path, style_file, steps=6, snapshot_every=2)
     _, context = run(plugin, tmp_path / "job")

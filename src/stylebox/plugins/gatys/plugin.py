@@ -222,6 +222,12 @@ class GatysPlugin(Plugin[GatysParams]):
             p.tv_weight,
         )
 
+    def _memory_format(self) -> torch.memory_format:
+        chosen = self.params.memory_format
+        if chosen == "auto":
+            chosen = "channels_last" if self.device.type == "cuda" else "contiguous"
+        return torch.channels_last if chosen == "channels_last" else torch.contiguous_format
+
     def _optimise(
         self,
         scale: _Scale,
@@ -234,9 +240,10 @@ class GatysPlugin(Plugin[GatysParams]):
         content_size: tuple[int, int],
     ) -> torch.Tensor:
         p = self.params
+        # x stays contiguous (L-BFGS flattens its gradient with view()); the network sees a
+        # copy in the chosen layout.
         x = start.detach().clone().contiguous()
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        layout = self._memory_format()
         x.requires_grad_(True)
         optimizer = self._optimizer(x)
         step, best, stale = 0, float("inf"), 0
@@ -251,7 +258,7 @@ class GatysPlugin(Plugin[GatysParams]):
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                loss, measured = objective(x)
+                loss, measured = objective(x.contiguous(memory_format=layout))
             loss.backward()
             parts.update(measured)
             return loss
