@@ -149,6 +149,41 @@ def test_tiles_leave_no_seams(tmp_path: Path) -> None:
     assert np.abs(np.asarray(whole, int) - np.asarray(tiled, int)).max() <= 1
 
 
+def test_an_fp16_variant_is_exported_verified_and_chosen_by_precision(
+    trained: Path, tmp_path: Path
+) -> None:
+    from stylebox.plugins.faststyle.manifest import ModelManifest
+
+    checkpoint = trained.parent / "tiny.train" / "checkpoint.pt"
+    out = tmp_path / "half.onnx"
+    done = cli("export", str(checkpoint), "--out", str(out), "--fp16")
+    assert done.returncode == 0, done.stderr
+    assert "fp16 variant" in done.stdout
+    manifest = ModelManifest.for_model(out)
+    assert manifest.fp16_variant == "half.fp16.onnx"
+    variant = ModelManifest.for_model(tmp_path / "half.fp16.onnx")
+    assert variant.precision == "fp16" and variant.training["fp16_max_abs_error"] < 1.0
+
+    image = photo(70, 45)
+    full = plugin(tmp_path, out)  # auto on the CPU: fp32
+    half = plugin(tmp_path, out, precision="fp16")
+    assert full.model == out and half.model == tmp_path / "half.fp16.onnx"
+    context = RecordingContext(tmp_path / "job")
+    difference = np.abs(pixels(half.process(image, context)) - pixels(run(full, tmp_path, image)))
+    assert difference.max() <= 2
+    assert context.facts["precision"] == "fp16"
+
+    with pytest.raises(ConfigError, match=r"names no fp16_variant.*--fp16"):
+        plugin(tmp_path, trained, precision="fp16")
+    (tmp_path / "half.fp16.onnx").unlink()
+    with pytest.raises(ConfigError, match="does not exist"):
+        plugin(tmp_path, out, precision="fp16")
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
 def test_a_gpu_that_did_not_load_is_an_error_not_a_slowdown(trained: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

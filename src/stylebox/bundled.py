@@ -41,7 +41,10 @@ def find_model(name: str) -> Path | None:
 
 def model_names() -> list[str]:
     folder = styles_dir()
-    return sorted(p.stem for p in folder.glob("*.onnx")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    # fp16 variants are reached through the fast plugin's precision, not by name
+    return sorted(p.stem for p in folder.glob("*.onnx") if not p.stem.endswith(".fp16"))
 
 
 def style_names() -> list[str]:

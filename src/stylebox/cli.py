@@ -150,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", type=Path)
     export.add_argument("--out", type=Path, required=True, help="MODEL.onnx to write")
     export.add_argument("--style", default="", help="the style's name for the manifest")
+    export.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write MODEL.fp16.onnx for GPUs, kept only if it matches PyTorch within "
+        "one grey level",
+    )
     export.set_defaults(handler=_cmd_export)
 
     plugins = commands.add_parser("plugins", help="list installed plugins and their params")
@@ -345,10 +351,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from stylebox.plugins.faststyle.export import export_with_manifest
+    from stylebox.plugins.faststyle.export import export_with_manifest, fp16_path
 
-    out, worst = export_with_manifest(args.checkpoint, args.out, style=args.style)
+    out, worst = export_with_manifest(args.checkpoint, args.out, style=args.style, fp16=args.fp16)
     print(f"{out}: exported (onnxruntime matches PyTorch within {worst:.2g})")
+    if args.fp16:
+        print(f"{fp16_path(out)}: fp16 variant for GPUs, verified")
     return EXIT_OK
 
 

@@ -7,12 +7,14 @@ pads and crops); onnxruntime running it must match the PyTorch network as traine
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from stylebox.errors import PluginError
 from stylebox.plugins.faststyle.manifest import ModelManifest
@@ -23,6 +25,8 @@ log = logging.getLogger("stylebox.export")
 
 #: Largest allowed difference between onnxruntime and PyTorch, on the 0..255 scale.
 TOLERANCE = 1e-2
+#: The same for the half-precision variant: under one grey level of the 8-bit result.
+FP16_TOLERANCE = 1.0
 VERIFY_SIZES = ((64, 64), (96, 160), (224, 128))
 
 
@@ -39,13 +43,30 @@ def load_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
     return network.eval(), {}
 
 
-def export_onnx(network: TransformerNet, out: Path, *, rewrite: bool = True) -> Path:
+class HalfPrecision(nn.Module):
+    """Weights and activations in fp16 for GPUs, with float32 input and output so that the
+    plugin feeds both variants alike."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.half()).float()
+
+
+def export_onnx(
+    network: TransformerNet, out: Path, *, rewrite: bool = True, fp16: bool = False
+) -> Path:
     """Write ``network`` as ONNX, by default in its export form (:mod:`.rewrite`): the same
     function arranged for onnxruntime's CPU kernels. ``rewrite=False`` writes the layers as
-    trained (``bench/fast_infer.py`` measures the difference)."""
-    network = network.eval().cpu()
+    trained (``bench/fast_infer.py`` measures the difference); ``fp16`` computes in half
+    precision."""
+    network = copy.deepcopy(network).eval().cpu()
     if rewrite:
         network = for_export(network)
+    if fp16:
+        network = HalfPrecision(network)
     example = torch.rand(1, 3, 64, 96) * 255
     quarter_h = torch.export.Dim("quarter_height", min=2, max=4096)
     quarter_w = torch.export.Dim("quarter_width", min=2, max=4096)
@@ -69,8 +90,9 @@ def export_onnx(network: TransformerNet, out: Path, *, rewrite: bool = True) -> 
     return out
 
 
-def verify(network: TransformerNet, model: Path) -> float:
-    """Largest difference between onnxruntime and PyTorch over :data:`VERIFY_SIZES`."""
+def verify(network: TransformerNet, model: Path, tolerance: float = TOLERANCE) -> float:
+    """Largest difference between onnxruntime and PyTorch (fp32, the network as trained)
+    over :data:`VERIFY_SIZES`."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -82,20 +104,42 @@ def verify(network: TransformerNet, model: Path) -> float:
             expected = network(image).numpy()
         got = session.run(["output"], {"input": image.numpy()})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
-    if worst > TOLERANCE:
+    if worst > tolerance:
         raise PluginError(
-            f"{model}: onnxruntime differs from PyTorch by {worst:.3g} (> {TOLERANCE})"
+            f"{model}: onnxruntime differs from PyTorch by {worst:.3g} (> {tolerance})"
         )
     return worst
 
 
+def fp16_path(model: Path) -> Path:
+    return model.with_name(f"{model.stem}.fp16.onnx")
+
+
 def export_with_manifest(
-    checkpoint: Path, out: Path, style: str = "", training: dict[str, Any] | None = None
+    checkpoint: Path,
+    out: Path,
+    style: str = "",
+    training: dict[str, Any] | None = None,
+    fp16: bool = False,
 ) -> tuple[Path, float]:
-    """Checkpoint -> ``out`` (.onnx) and its manifest, verified; returns the worst error."""
+    """Checkpoint -> ``out`` (.onnx) and its manifest, verified; returns the worst error.
+
+    With ``fp16``, also ``OUT.fp16.onnx``, kept (and named in the manifest for GPUs) only
+    if it matches PyTorch's fp32 result within :data:`FP16_TOLERANCE`.
+    """
     network, state = load_checkpoint(checkpoint)
     export_onnx(network, out)
     worst = verify(network, out)
+    variant, worst_half = None, None
+    if fp16:
+        half = export_onnx(network, fp16_path(out), fp16=True)
+        try:
+            worst_half = verify(network, half, FP16_TOLERANCE)
+        except PluginError:
+            half.unlink()
+            raise
+        variant = half.name
+        log.info("fp16 variant %s (onnxruntime vs PyTorch fp32: %.2g)", half, worst_half)
     record = dict(training or {})
     if state:
         history = state.get("history") or [{}]
@@ -105,6 +149,9 @@ def export_with_manifest(
         record.setdefault("backbone", state.get("backbone"))
         record.setdefault("preset", state.get("preset"))
     record["onnx_max_abs_error"] = worst
-    ModelManifest(style=style, training=record).write(out)
+    if variant:
+        record["fp16_max_abs_error"] = worst_half
+        ModelManifest(style=style, precision="fp16", training=record).write(fp16_path(out))
+    ModelManifest(style=style, fp16_variant=variant, training=record).write(out)
     log.info("exported %s (onnxruntime vs PyTorch: %.2g)", out, worst)
     return out, worst

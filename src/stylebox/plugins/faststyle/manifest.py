@@ -31,6 +31,13 @@ class ModelManifest(BaseModel):
     extra_inputs: dict[str, float | int | list[float]] = Field(
         default_factory=dict, description="Other inputs and the values to feed them"
     )
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="What the graph computes in (its input and output are float32)"
+    )
+    fp16_variant: str | None = Field(
+        None,
+        description="A verified half-precision variant beside this model, used on GPUs",
+    )
     style: str = Field("", description="The style's name, for people")
     thumbnail: str | None = Field(None, description="Image file beside the model showing it")
     training: dict[str, Any] = Field(

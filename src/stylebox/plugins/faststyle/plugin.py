@@ -7,6 +7,7 @@ bounded whatever the photo's size. Same-size images handed over together run as 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -25,7 +26,7 @@ from stylebox.plugins.api import (
     Runtime,
 )
 from stylebox.plugins.faststyle.manifest import ModelManifest
-from stylebox.plugins.faststyle.session import Device, session_for
+from stylebox.plugins.faststyle.session import Device, resolve, session_for
 
 
 class FastParams(PluginParams):
@@ -46,6 +47,11 @@ class FastParams(PluginParams):
     device: Device | None = Field(
         None, description="auto, cpu, cuda or tensorrt; default: config's"
     )
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto",
+        description="fp16: the model's verified half-precision variant (its manifest's "
+        "fp16_variant); auto: that variant on GPUs when there is one, fp32 otherwise",
+    )
 
 
 class FastPlugin(Plugin[FastParams]):
@@ -57,14 +63,15 @@ class FastPlugin(Plugin[FastParams]):
 
     def __init__(self, params: FastParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
-        self.manifest = ModelManifest.for_model(params.model)
         device = params.device or runtime.device
         self.device = "cuda" if device.startswith("cuda") else device
-        self.session = session_for(params.model, self.device, runtime.cache_dir("tensorrt"))
+        self.model = self._chosen_model(ModelManifest.for_model(params.model))
+        self.manifest = ModelManifest.for_model(self.model)
+        self.session = session_for(self.model, self.device, runtime.cache_dir("tensorrt"))
         inputs = {i.name: i for i in self.session.get_inputs()}
         if self.manifest.input not in inputs:
             raise ConfigError(
-                f"{params.model}: the manifest names input {self.manifest.input!r}, "
+                f"{self.model}: the manifest names input {self.manifest.input!r}, "
                 f"the model has {sorted(inputs)}"
             )
         batch = inputs[self.manifest.input].shape[0]
@@ -76,6 +83,25 @@ class FastPlugin(Plugin[FastParams]):
             name: np.asarray(value, dtype=_numpy_type(inputs[name].type))
             for name, value in self.manifest.extra_inputs.items()
         }
+
+    def _chosen_model(self, manifest: ModelManifest) -> Path:
+        """The model file itself, or its fp16 variant (see ``precision``)."""
+        model, wanted = self.params.model, self.params.precision
+        if wanted == "auto":
+            on_gpu = resolve(self.device) in ("cuda", "tensorrt")
+            wanted = "fp16" if on_gpu and manifest.fp16_variant else "fp32"
+        if wanted == "fp32" or manifest.precision == "fp16":
+            return model
+        if not manifest.fp16_variant:
+            raise ConfigError(
+                f"{model}: precision 'fp16' was asked for but its manifest names no "
+                "fp16_variant; export one with `stylebox export CHECKPOINT --out "
+                f'{model.name} --fp16`, or use precision = "fp32"'
+            )
+        variant = model.with_name(manifest.fp16_variant)
+        if not variant.is_file():
+            raise ConfigError(f"{model}: its fp16 variant {variant} does not exist")
+        return variant
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -108,7 +134,11 @@ class FastPlugin(Plugin[FastParams]):
         for photo, result, job in zip(photos, results, jobs, strict=True):
             assert result is not None
             finished.append(self._finish(photo, result))
-            job.note(device=self.device, providers=self.session.get_providers()[:1])
+            job.note(
+                device=self.device,
+                providers=self.session.get_providers()[:1],
+                precision=self.manifest.precision,
+            )
             job.progress(1, 1)
         return finished
 
