@@ -62,6 +62,23 @@ def test_legacy_checkpoints_with_running_stats_load() -> None:
     assert torch.equal(network.conv1.conv.weight, state["conv1.conv.weight"])
 
 
+def test_checkpoints_load_with_the_block_count_they_were_made_with(tmp_path: Path) -> None:
+    from stylebox.plugins.faststyle.export import load_checkpoint
+
+    assert TransformerNet("small").residual_blocks == 3
+    assert TransformerNet("full").residual_blocks == 5
+    five = TransformerNet("small", residual_blocks=5)  # the small preset until it had three
+    torch.save({"model": five.state_dict(), "preset": "small"}, tmp_path / "ours.pt")
+    torch.save(TransformerNet("full").state_dict(), tmp_path / "example.pth")  # bare state
+    for name, blocks in [("ours.pt", 5), ("example.pth", 5)]:
+        network, _ = load_checkpoint(tmp_path / name)
+        assert network.residual_blocks == blocks and hasattr(network, "res5")
+    image = torch.rand(1, 3, 32, 32) * 255
+    loaded, _ = load_checkpoint(tmp_path / "ours.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(image), five.eval()(image))
+
+
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"

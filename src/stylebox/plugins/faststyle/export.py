@@ -18,7 +18,12 @@ from torch import nn
 
 from stylebox.errors import PluginError
 from stylebox.plugins.faststyle.manifest import ModelManifest
-from stylebox.plugins.faststyle.network import MULTIPLE, TransformerNet, load_state
+from stylebox.plugins.faststyle.network import (
+    MULTIPLE,
+    TransformerNet,
+    load_state,
+    residual_blocks_in,
+)
 from stylebox.plugins.faststyle.rewrite import for_export
 
 log = logging.getLogger("stylebox.export")
@@ -35,10 +40,11 @@ def load_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
     original PyTorch example's ``.pth``, full preset)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "model" in state:
-        network = TransformerNet(state.get("preset", "full"))
+        blocks = residual_blocks_in(state["model"])
+        network = TransformerNet(state.get("preset", "full"), residual_blocks=blocks)
         load_state(network, state["model"])
         return network.eval(), state
-    network = TransformerNet("full")
+    network = TransformerNet("full", residual_blocks=residual_blocks_in(state))
     load_state(network, state)
     return network.eval(), {}
 
@@ -66,7 +72,7 @@ def export_onnx(
     if rewrite:
         network = for_export(network)
     if fp16:
-        network = HalfPrecision(network)
+        network = HalfPrecision(network).eval()
     example = torch.rand(1, 3, 64, 96) * 255
     quarter_h = torch.export.Dim("quarter_height", min=2, max=4096)
     quarter_w = torch.export.Dim("quarter_width", min=2, max=4096)

@@ -36,7 +36,10 @@ class TrainParams(PluginParams):
 
     style: StyleFile = Field(description="The painting to learn")
     content_dir: Path = Field(description="Folder of photos to train on")
-    preset: Preset = Field("full", description="full (the paper's net) or small (half width)")
+    preset: Preset = Field(
+        "full",
+        description="full (the paper's net) or small (half width, 3 residual blocks, for CPUs)",
+    )
     image_size: PositiveInt = Field(256, description="Side of the square training crops")
     style_size: PositiveInt | None = Field(None, description="Longest side of the style image")
     batch_size: PositiveInt = 4
