@@ -2,7 +2,8 @@
 
 The last 9x9 convolution has only 3 output channels, and onnxruntime's blocked (NCHWc) CPU
 convolution pads output channels to blocks of 16, so that one layer did five times its
-arithmetic: 48 of 178 ms for the small preset at 512 px (``bench/fast_infer.py --profile``).
+arithmetic: 48 of 178 ms for a half-width network at 512 px (``bench/fast_infer.py
+--profile``).
 :class:`PhaseConv` computes the same function as a stride-2 convolution whose 12 output
 channels are the four phases of every 2x2 output block, followed by depth-to-space: 16
 computed channels now hold 12 useful ones, and the layer takes 15 ms.
