@@ -114,3 +114,18 @@ def test_resume_continues_exactly(tmp_path: Path, photos: Path, style_file: Path
     resumed = train(params(photos, style_file, 4), tmp_path / "split", resume=True)
     for name, tensor in whole.state_dict().items():
         assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
+
+
+def test_resume_keeps_the_shape_the_run_started_with(
+    tmp_path: Path, photos: Path, style_file: Path
+) -> None:
+    """A run begun when the small preset had five residual blocks resumes with five."""
+    train(params(photos, style_file, 2), tmp_path / "run")
+    checkpoint = tmp_path / "run" / CHECKPOINT
+    state = torch.load(checkpoint, weights_only=True)
+    five = TransformerNet("small", residual_blocks=5)
+    state["model"] = five.state_dict()
+    state["optimizer"] = torch.optim.Adam(five.parameters()).state_dict()
+    torch.save(state, checkpoint)
+    resumed = train(params(photos, style_file, 3), tmp_path / "run", resume=True)
+    assert resumed.residual_blocks == 5

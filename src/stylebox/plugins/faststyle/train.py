@@ -22,7 +22,7 @@ from pydantic import Field, PositiveInt
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
 from stylebox.plugins.api import PluginParams, StyleFile
-from stylebox.plugins.faststyle.network import Preset, TransformerNet
+from stylebox.plugins.faststyle.network import Preset, TransformerNet, residual_blocks_in
 from stylebox.plugins.gatys.losses import gram, total_variation
 from stylebox.tensors import resolve_device, to_image, to_tensor
 
@@ -111,13 +111,17 @@ def train(
     torch.manual_seed(params.seed)
     rng = random.Random(params.seed)
     vgg = load_vgg19(backbone, device)
-    network = TransformerNet(params.preset).to(device)
+    checkpoint_path = out_dir / CHECKPOINT
+    state = None
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    # A run resumes with the network it started with, even if the preset changed since.
+    blocks = residual_blocks_in(state["model"]) if state else None
+    network = TransformerNet(params.preset, residual_blocks=blocks).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=params.learning_rate)
     step = 0
     history: list[dict[str, float]] = []
-    checkpoint_path = out_dir / CHECKPOINT
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    if state:
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
