@@ -68,9 +68,8 @@ def export_onnx(
     function arranged for onnxruntime's CPU kernels. ``rewrite=False`` writes the layers as
     trained (``bench/fast_infer.py`` measures the difference); ``fp16`` computes in half
     precision."""
-    network = copy.deepcopy(network).eval().cpu()
-    if rewrite:
-        network = for_export(network)
+    # Both forms are copies: the caller's network stays as it was (fp16 converts in place).
+    network = for_export(network.cpu()) if rewrite else copy.deepcopy(network).cpu().eval()
     if fp16:
         network = HalfPrecision(network).eval()
     example = torch.rand(1, 3, 64, 96) * 255

@@ -65,8 +65,11 @@ class FastPlugin(Plugin[FastParams]):
         super().__init__(params, runtime)
         device = params.device or runtime.device
         self.device = "cuda" if device.startswith("cuda") else device
-        self.model = self._chosen_model(ModelManifest.for_model(params.model))
-        self.manifest = ModelManifest.for_model(self.model)
+        manifest = ModelManifest.for_model(params.model)
+        self.model = self._chosen_model(manifest)
+        if self.model != params.model:
+            manifest = ModelManifest.for_model(self.model)
+        self.manifest = manifest
         self.session = session_for(self.model, self.device, runtime.cache_dir("tensorrt"))
         inputs = {i.name: i for i in self.session.get_inputs()}
         if self.manifest.input not in inputs:
