@@ -180,6 +180,32 @@ def test_an_fp16_variant_is_exported_verified_and_chosen_by_precision(
         plugin(tmp_path, out, precision="fp16")
 
 
+def test_an_inaccurate_fp16_variant_is_dropped_and_a_stale_one_removed(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stylebox.plugins.faststyle import export
+    from stylebox.plugins.faststyle.manifest import ModelManifest
+
+    checkpoint = trained.parent / "tiny.train" / "checkpoint.pt"
+    out = tmp_path / "m.onnx"
+    kept = export.export_with_manifest(checkpoint, out, fp16=True)
+    assert kept.fp16_variant == tmp_path / "m.fp16.onnx" and kept.fp16_variant.exists()
+
+    # No fp16 network is exact: with no tolerance the variant fails its verification.
+    monkeypatch.setattr(export, "FP16_TOLERANCE", 0.0)
+    dropped = export.export_with_manifest(checkpoint, out, fp16=True)
+    assert dropped.fp16_variant is None
+    assert dropped.fp16_rejected and "differs from PyTorch" in dropped.fp16_rejected
+    assert not (tmp_path / "m.fp16.onnx").exists() and not (tmp_path / "m.fp16.json").exists()
+    assert ModelManifest.for_model(out).fp16_variant is None  # the fp32 model is complete
+    assert run(plugin(tmp_path, out), tmp_path, photo(40, 36)).size == (40, 36)
+
+    monkeypatch.undo()
+    export.export_with_manifest(checkpoint, out, fp16=True)
+    export.export_with_manifest(checkpoint, out)  # re-exported without: the old variant goes
+    assert not (tmp_path / "m.fp16.onnx").exists() and not (tmp_path / "m.fp16.json").exists()
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 

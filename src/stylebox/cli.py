@@ -345,18 +345,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
     style_name = Path(str(args.style)).stem
-    _, worst = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=record)
-    print(f"{out}: exported (onnxruntime matches PyTorch within {worst:.2g})")
+    exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=record)
+    print(f"{out}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
     return EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from stylebox.plugins.faststyle.export import export_with_manifest, fp16_path
+    from stylebox.plugins.faststyle.export import export_with_manifest
 
-    out, worst = export_with_manifest(args.checkpoint, args.out, style=args.style, fp16=args.fp16)
-    print(f"{out}: exported (onnxruntime matches PyTorch within {worst:.2g})")
-    if args.fp16:
-        print(f"{fp16_path(out)}: fp16 variant for GPUs, verified")
+    exported = export_with_manifest(args.checkpoint, args.out, style=args.style, fp16=args.fp16)
+    print(f"{exported.model}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
+    if exported.fp16_variant:
+        print(
+            f"{exported.fp16_variant}: fp16 variant for GPUs, verified "
+            f"(within {exported.fp16_error:.2g} of PyTorch fp32)"
+        )
+    elif exported.fp16_rejected:
+        print(f"fp16 variant not kept: {exported.fp16_rejected}", file=sys.stderr)
     return EXIT_OK
 
 

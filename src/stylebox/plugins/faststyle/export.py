@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from stylebox.errors import PluginError
-from stylebox.plugins.faststyle.manifest import ModelManifest
+from stylebox.plugins.faststyle.manifest import ModelManifest, manifest_path
 from stylebox.plugins.faststyle.network import (
     MULTIPLE,
     TransformerNet,
@@ -120,31 +121,51 @@ def fp16_path(model: Path) -> Path:
     return model.with_name(f"{model.stem}.fp16.onnx")
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_with_manifest` wrote."""
+
+    model: Path
+    #: Largest difference between onnxruntime and PyTorch over :data:`VERIFY_SIZES`.
+    error: float
+    #: The fp16 variant, when asked for and accurate enough.
+    fp16_variant: Path | None = None
+    fp16_error: float | None = None
+    #: Why an fp16 variant that was asked for was not kept.
+    fp16_rejected: str | None = None
+
+
 def export_with_manifest(
     checkpoint: Path,
     out: Path,
     style: str = "",
     training: dict[str, Any] | None = None,
     fp16: bool = False,
-) -> tuple[Path, float]:
-    """Checkpoint -> ``out`` (.onnx) and its manifest, verified; returns the worst error.
+) -> Exported:
+    """Checkpoint -> ``out`` (.onnx) and its manifest, verified.
 
     With ``fp16``, also ``OUT.fp16.onnx``, kept (and named in the manifest for GPUs) only
-    if it matches PyTorch's fp32 result within :data:`FP16_TOLERANCE`.
+    if it matches PyTorch's fp32 result within :data:`FP16_TOLERANCE`; an inaccurate one is
+    deleted and the fp32 model is exported all the same. A variant left from an earlier
+    export to ``out`` is deleted too: it belongs to other weights.
     """
     network, state = load_checkpoint(checkpoint)
     export_onnx(network, out)
     worst = verify(network, out)
-    variant, worst_half = None, None
+    half = fp16_path(out)
+    for stale in (half, manifest_path(half)):
+        stale.unlink(missing_ok=True)
+    variant, worst_half, rejected = None, None, None
     if fp16:
-        half = export_onnx(network, fp16_path(out), fp16=True)
+        export_onnx(network, half, fp16=True)
         try:
             worst_half = verify(network, half, FP16_TOLERANCE)
-        except PluginError:
+            variant = half
+            log.info("fp16 variant %s (onnxruntime vs PyTorch fp32: %.2g)", half, worst_half)
+        except PluginError as exc:
             half.unlink()
-            raise
-        variant = half.name
-        log.info("fp16 variant %s (onnxruntime vs PyTorch fp32: %.2g)", half, worst_half)
+            rejected = str(exc)
+            log.warning("fp16 variant not kept: %s", exc)
     record = dict(training or {})
     if state:
         history = state.get("history") or [{}]
@@ -156,7 +177,9 @@ def export_with_manifest(
     record["onnx_max_abs_error"] = worst
     if variant:
         record["fp16_max_abs_error"] = worst_half
-        ModelManifest(style=style, precision="fp16", training=record).write(fp16_path(out))
-    ModelManifest(style=style, fp16_variant=variant, training=record).write(out)
+        ModelManifest(style=style, precision="fp16", training=record).write(variant)
+    ModelManifest(
+        style=style, fp16_variant=variant.name if variant else None, training=record
+    ).write(out)
     log.info("exported %s (onnxruntime vs PyTorch: %.2g)", out, worst)
-    return out, worst
+    return Exported(out, worst, variant, worst_half, rejected)
