@@ -16,7 +16,7 @@ Weights are freshly initialised: speed does not depend on what the network learn
 ``--profile`` adds onnxruntime's time per operator type for the small preset at 512 px,
 both exports.
 
-    python bench/fast_infer.py [--repeat 5] [--sizes 256 512 1024] [--profile]
+    python bench/fast_infer.py [--repeat 7] [--sizes 256 512 1024] [--profile]
 """
 
 from __future__ import annotations
@@ -47,14 +47,24 @@ from stylebox.testing import RecordingContext
 REPO = Path(__file__).resolve().parent.parent
 
 
-def median_ms(function: Callable[[], object], repeat: int) -> float:
-    function()  # warm-up: first-run allocations and kernel choices
-    times = []
+#: Runs before timing. PyTorch eager's first runs at a new size are up to twice as slow
+#: (oneDNN primitives, allocator), and a single warm-up let them into the median.
+WARM_UP = 3
+
+
+def medians_ms(functions: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median milliseconds of each function, timed in interleaved rounds (one run of each
+    per round) so that a noisy stretch of the shared machine falls on all of them alike."""
+    for function in functions.values():
+        for _ in range(WARM_UP):
+            function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeat):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1000
+        for name, function in functions.items():
+            began = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
 def measure(
@@ -94,13 +104,11 @@ def measure(
         with torch.no_grad():
             return network(tensor)
 
-    return (
-        median_ms(bare, repeat),
-        median_ms(end_to_end, repeat),
-        median_ms(codec, repeat),
-        median_ms(eager, repeat),
-        median_ms(bare_plain, repeat),
+    ms = medians_ms(
+        {"ort": bare, "plugin": end_to_end, "codec": codec, "torch": eager, "plain": bare_plain},
+        repeat,
     )
+    return ms["ort"], ms["plugin"], ms["codec"], ms["torch"], ms["plain"]
 
 
 def profile(model: Path, size: int, folder: Path, runs: int = 10) -> dict[str, float]:
@@ -134,14 +142,15 @@ def profile(model: Path, size: int, folder: Path, runs: int = 10) -> dict[str, f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--profile", action="store_true", help="time per operator type")
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp(prefix="stylebox-fast-bench-"))
     photo = Image.open(REPO / "examples" / "photos" / "kodim05.png").convert("RGB")
-    print(f"fast engine on CPU ({torch.get_num_threads()} torch threads), median of {args.repeat}")
+    print(f"fast engine on CPU ({torch.get_num_threads()} torch threads), median of "
+          f"{args.repeat} interleaved rounds after {WARM_UP} warm-up runs")  # fmt: skip
     print(f"{'preset':<6} {'size':>5} {'ort':>9} {'plugin':>9} {'codec':>8} {'torch':>9}"
           f" {'plain':>9}  plugin/(ort+codec)  ort/torch  plain/ort")  # fmt: skip
     for preset in ("full", "small"):
@@ -165,11 +174,16 @@ def main() -> int:
     print(f"\nbatch of 8 vs 8 single session.run calls (small preset), median of {args.repeat}")
     for size in args.sizes:
         batch = np.random.default_rng(0).uniform(0, 255, (8, 3, size, size)).astype(np.float32)
-        together = median_ms(lambda b=batch: session.run(["output"], {"input": b}), args.repeat)
-        alone = median_ms(
-            lambda b=batch: [session.run(["output"], {"input": b[i : i + 1]}) for i in range(8)],
+        ms = medians_ms(
+            {
+                "together": lambda b=batch: session.run(["output"], {"input": b}),
+                "alone": lambda b=batch: [
+                    session.run(["output"], {"input": b[i : i + 1]}) for i in range(8)
+                ],
+            },
             args.repeat,
         )
+        together, alone = ms["together"], ms["alone"]
         print(f"{size:>5} px: batch {together / 8:7.1f} ms/image, single {alone / 8:7.1f} "
               f"ms/image, batch/single {together / alone:5.2f}")  # fmt: skip
     if args.profile:
