@@ -26,6 +26,11 @@ def photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     return Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8), "RGB")
 
 
+def pixels(image: Image.Image) -> np.ndarray:
+    """An image's values as signed integers, so that differences do not wrap around."""
+    return np.asarray(image, dtype=np.int16)
+
+
 def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)

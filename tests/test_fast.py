@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import photo
+from conftest import photo, pixels
 from daemon_helpers import Daemon, wait_until, write_config
 from PIL import Image
 
@@ -204,10 +204,6 @@ def test_an_inaccurate_fp16_variant_is_dropped_and_a_stale_one_removed(
     export.export_with_manifest(checkpoint, out, fp16=True)
     export.export_with_manifest(checkpoint, out)  # re-exported without: the old variant goes
     assert not (tmp_path / "m.fp16.onnx").exists() and not (tmp_path / "m.fp16.json").exists()
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
 
 
 def test_a_gpu_that_did_not_load_is_an_error_not_a_slowdown(trained: Path, tmp_path: Path) -> None:

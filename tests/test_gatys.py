@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import photo
+from conftest import photo, pixels
 from PIL import Image
 
 from stylebox.errors import Cancelled, ConfigError
@@ -32,10 +32,6 @@ def run(plugin: GatysPlugin, folder: Path, image: Image.Image | None = None, **k
     context = RecordingContext(folder, **kw)
     result = plugin.process(image or photo(64, 48), context)
     return result, context
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
 
 
 def test_losses_fall_and_the_image_changes(tmp_path: Path, style_file: Path) -> None:
