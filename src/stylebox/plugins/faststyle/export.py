@@ -70,7 +70,7 @@ def export_onnx(
     trained (``bench/fast_infer.py`` measures the difference); ``fp16`` computes in half
     precision."""
     # Both forms are copies: the caller's network stays as it was (fp16 converts in place).
-    network = for_export(network.cpu()) if rewrite else copy.deepcopy(network).cpu().eval()
+    network = (for_export(network) if rewrite else copy.deepcopy(network).eval()).cpu()
     if fp16:
         network = HalfPrecision(network).eval()
     example = torch.rand(1, 3, 64, 96) * 255
