@@ -79,6 +79,28 @@ def test_checkpoints_load_with_the_block_count_they_were_made_with(tmp_path: Pat
         assert torch.equal(loaded(image), five.eval()(image))
 
 
+def test_a_file_that_is_no_checkpoint_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from stylebox.errors import ConfigError
+    from stylebox.plugins.faststyle.export import load_checkpoint
+
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
+    small = TransformerNet("small").state_dict()
+    small["conv1.conv.weight"] = torch.zeros(1)
+    torch.save({"model": small, "preset": "small"}, tmp_path / "shape.pt")
+    torch.save({"model": small, "preset": "huge"}, tmp_path / "preset.pt")
+    for name, reason in [
+        ("missing.pt", "cannot read it .No such file"),
+        ("garbage.pt", "not a PyTorch file of weights only"),
+        ("other.pt", 'do not fit a full TransformerNet .Missing key.*Unexpected key.*"a"'),
+        ("shape.pt", "do not fit a small TransformerNet .size mismatch for conv1.conv.weight"),
+        ("preset.pt", "not a fast-style network checkpoint"),
+    ]:
+        with pytest.raises(ConfigError, match=reason) as refused:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(refused.value) and "stylebox train" in str(refused.value)
+
+
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from stylebox.errors import PluginError
+from stylebox.errors import ConfigError, PluginError
 from stylebox.plugins.faststyle.manifest import ModelManifest, manifest_path
 from stylebox.plugins.faststyle.network import (
     MULTIPLE,
+    PRESETS,
     TransformerNet,
     load_state,
     residual_blocks_in,
@@ -38,16 +40,39 @@ VERIFY_SIZES = ((64, 64), (96, 160), (224, 128))
 
 def load_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
     """A network from a training checkpoint of ours, or a bare state dict (e.g. the
-    original PyTorch example's ``.pth``, full preset)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "model" in state:
-        blocks = residual_blocks_in(state["model"])
-        network = TransformerNet(state.get("preset", "full"), residual_blocks=blocks)
-        load_state(network, state["model"])
-        return network.eval(), state
-    network = TransformerNet("full", residual_blocks=residual_blocks_in(state))
-    load_state(network, state)
-    return network.eval(), {}
+    original PyTorch example's ``.pth``, full preset).
+
+    A missing, unreadable or foreign file is a :class:`ConfigError` saying which.
+    """
+    expected = (
+        "give a checkpoint.pt written by `stylebox train` (in OUT.train/) or a state dict "
+        "of PyTorch's fast_neural_style example"
+    )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from None
+    except (RuntimeError, pickle.UnpicklingError):
+        # weights_only refuses anything but tensors and plain containers; its own message
+        # suggests turning that off, which is not advice to pass on.
+        raise ConfigError(
+            f"{path}: not a PyTorch file of weights only (or a damaged one); {expected}"
+        ) from None
+    ours = isinstance(state, dict) and isinstance(state.get("model"), dict)
+    weights = state["model"] if ours else state
+    preset = state.get("preset", "full") if ours else "full"
+    if not isinstance(weights, dict) or preset not in PRESETS:
+        raise ConfigError(f"{path}: not a fast-style network checkpoint; {expected}")
+    network = TransformerNet(preset, residual_blocks=residual_blocks_in(weights))
+    try:
+        load_state(network, weights)
+    except RuntimeError as exc:
+        # PyTorch lists every missing and unexpected key; the first line of each says enough.
+        detail = "; ".join(line.strip()[:100] for line in str(exc).splitlines()[1:3])
+        raise ConfigError(
+            f"{path}: its weights do not fit a {preset} TransformerNet ({detail}); {expected}"
+        ) from None
+    return network.eval(), state if ours else {}
 
 
 class HalfPrecision(nn.Module):
