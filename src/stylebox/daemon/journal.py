@@ -353,10 +353,6 @@ class Journal:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def meta(self, key: str) -> str | None:
-        row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
 
 def _row(row: sqlite3.Row | Any) -> JobRow:
     return JobRow(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row

@@ -163,10 +163,6 @@ class InboxWatcher:
         with self._lock:
             self._candidates.pop(path, None)
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._candidates)
-
     def _settle_loop(self) -> None:
         while not self._stop.wait(0.05):
             try:
