@@ -46,7 +46,11 @@ def test_run_writes_result_snapshots_animation_and_manifest(
     manifest = json.loads((out / "photo.json").read_text())
     assert manifest["plugin"]["name"] == "gatys"
     assert manifest["params"]["steps"] == 4
-    assert manifest["input"]["sha256"] and manifest["device"] == "cpu"
+    # The device auto resolved to: this machine's GPU when it has one, else the CPU.
+    import torch
+
+    assert manifest["input"]["sha256"]
+    assert manifest["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert manifest["timings"]["total_seconds"] > 0
     assert [entry["step"] for entry in manifest["history"]] == [1, 2, 3, 4]
     assert {"loss", "content", "style", "tv"} <= set(manifest["history"][0])
