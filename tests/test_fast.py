@@ -206,6 +206,24 @@ def test_an_inaccurate_fp16_variant_is_dropped_and_a_stale_one_removed(
     assert not (tmp_path / "m.fp16.onnx").exists() and not (tmp_path / "m.fp16.json").exists()
 
 
+CPU = ("cpu", "CPUExecutionProvider")
+
+
+def auto_resolves_to() -> tuple[str, str]:
+    """The device and onnxruntime provider that device "auto" runs on here."""
+    return ("cuda", "CUDAExecutionProvider") if torch.cuda.is_available() else CPU
+
+
+def test_the_manifest_records_the_device_and_provider_used_not_the_setting(
+    trained: Path, tmp_path: Path
+) -> None:
+    for setting, expected in [("auto", auto_resolves_to()), ("cpu", CPU)]:
+        context = RecordingContext(tmp_path / setting)
+        plugin(tmp_path, trained, device=setting).process(photo(20, 12), context)
+        assert (context.facts["device"], context.facts["provider"]) == expected, setting
+        assert "providers" not in context.facts
+
+
 def test_a_gpu_that_did_not_load_is_an_error_not_a_slowdown(trained: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -219,7 +237,9 @@ def test_run_and_daemon_fast_inbox(trained: Path, tmp_path: Path) -> None:
     done = cli("run", str(source), "--plugin", "fast", "--set", f"model={trained}", "--out",
                str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "out" / "photo.json").read_text())["plugin"]["name"] == "fast"
+    manifest = json.loads((tmp_path / "out" / "photo.json").read_text())
+    assert manifest["plugin"]["name"] == "fast"
+    assert (manifest["device"], manifest["provider"]) == auto_resolves_to()  # the default
 
     config = write_config(tmp_path, f"""
 state_dir = "state"

@@ -26,7 +26,7 @@ from stylebox.plugins.api import (
     Runtime,
 )
 from stylebox.plugins.faststyle.manifest import ModelManifest
-from stylebox.plugins.faststyle.session import Device, resolve, session_for
+from stylebox.plugins.faststyle.session import Device, resolve, session_for, used_by
 
 
 class FastParams(PluginParams):
@@ -71,6 +71,8 @@ class FastPlugin(Plugin[FastParams]):
             manifest = ModelManifest.for_model(self.model)
         self.manifest = manifest
         self.session = session_for(self.model, self.device, runtime.cache_dir("tensorrt"))
+        # What the manifest records: where it really runs, not the setting ("auto").
+        self.used_device, self.provider = used_by(self.session)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if self.manifest.input not in inputs:
             raise ConfigError(
@@ -80,7 +82,7 @@ class FastPlugin(Plugin[FastParams]):
         batch = inputs[self.manifest.input].shape[0]
         # On CPU onnxruntime runs a batch of 8 no faster than 8 single images (3-11 % slower
         # at 128-512 px, bench/fast_infer.py); a GPU fills its cores with one.
-        on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
+        on_cpu = self.provider == "CPUExecutionProvider"
         self.batchable = (not isinstance(batch, int) or batch > 1) and not on_cpu
         self.feeds_extra = {
             name: np.asarray(value, dtype=_numpy_type(inputs[name].type))
@@ -138,8 +140,8 @@ class FastPlugin(Plugin[FastParams]):
             assert result is not None
             finished.append(self._finish(photo, result))
             job.note(
-                device=self.device,
-                providers=self.session.get_providers()[:1],
+                device=self.used_device,
+                provider=self.provider,
                 precision=self.manifest.precision,
             )
             job.progress(1, 1)

@@ -55,6 +55,21 @@ def providers(device: str, engine_cache: Path) -> list[Any]:
     return [tensorrt, cuda, cpu]
 
 
+#: The device each execution provider computes on (TensorRT runs on the CUDA device).
+_PROVIDER_DEVICES = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "cuda",
+}
+
+
+def used_by(session: Any) -> tuple[str, str]:
+    """The device and the execution provider a session actually runs on (its first
+    provider, which takes every node it can): what was resolved, not what was asked for."""
+    provider = str(session.get_providers()[0])
+    return _PROVIDER_DEVICES.get(provider, provider), provider
+
+
 def session_for(model: Path, device: str, engine_cache: Path) -> Any:
     """The shared session for ``model`` on ``device``."""
     import onnxruntime as ort
