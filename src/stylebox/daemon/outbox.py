@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,54 @@ from stylebox.images import (
     resize_to_max_side,
 )
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _ALL_SUFFIXES = (*_EXTENSIONS.values(), ".json", ".gif", ".steps")
 
+#: Most copies of one name in a folder: ``reserve`` adds at most ``-99999``.
+_MAX_COPIES = 99_999
+#: Longest file name most file systems take (ext4, XFS, Btrfs, ZFS, NTFS...), in bytes.
+NAME_MAX = 255
+#: Longest stem, in UTF-8 bytes, such that every name made from it fits NAME_MAX: the longest
+#: are the temp files of atomic writes, ``.STEM-99999.json.XXXXXXXX.tmp`` (images.py).
+MAX_STEM_BYTES = NAME_MAX - len(f".-{_MAX_COPIES}{max(_ALL_SUFFIXES, key=len)}.XXXXXXXX.tmp")
+#: Path separators here or on the file servers an outbox may live on.
+_SEPARATORS = frozenset("/\\")
+#: Invisible characters that scripts and emoji need: zero-width non-joiner and joiner.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _unsafe(char: str) -> bool:
+    """Separators and what would not show: controls, line breaks, invisible format marks
+    (such as bidirectional overrides that disguise a name), surrogates, private-use and
+    unassigned code points. Every space is kept, as is every letter, mark, digit, symbol
+    and punctuation."""
+    if char in _SEPARATORS:
+        return True
+    if char.isprintable() or char in _JOINERS:
+        return False
+    return unicodedata.category(char) != "Zs"
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
 
 def safe_stem(filename: str) -> str:
-    """A file-system-safe stem from an input's name, taken as data and never as a path."""
-    stem = Path(filename.replace("\\", "/")).name
-    stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
-    stem = _UNSAFE.sub("_", stem).strip(" .")
-    return stem[:100] or "image"
+    """A file-system-safe stem from an input's name, taken as data and never as a path.
+
+    Every printable character is kept (``東京 Straße ü.png`` gives ``東京 Straße ü``); path
+    separators, control and other invisible characters become ``_``; leading dots go, so
+    that no result is hidden; and the stem is cut, on a character boundary, to
+    :data:`MAX_STEM_BYTES` bytes of UTF-8 so that every file named after it fits the file
+    system.
+    """
+    stem, dot, extension = filename.rpartition(".")
+    if not (dot and stem.lstrip(".")) or _SEPARATORS.intersection(extension):
+        stem = filename  # no extension: a leading dot only, or a dot in an earlier part
+    stem = "".join("_" if _unsafe(char) else char for char in stem).lstrip(".")
+    stem = _truncate_utf8(stem, MAX_STEM_BYTES)
+    return stem if stem.strip() else "image"
 
 
 @dataclass(frozen=True)
