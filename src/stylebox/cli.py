@@ -1,7 +1,9 @@
 """The ``stylebox`` command line.
 
 Exit status: 0 success, 1 a plugin failed, 2 bad input or bad config (one line saying why,
-never a traceback), 130 interrupted (run the same command again to resume).
+never a traceback), 130 interrupted (run the same command again to resume), 141 standard
+output closed early (``stylebox status --json | head``; quietly, as a program stopped by
+SIGPIPE).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import platform
 import signal
 import sys
@@ -17,7 +20,7 @@ import threading
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,12 +33,58 @@ from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime, params_digest
 from stylebox.plugins.registry import Registry, discover
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a pipe closed early
 
 log = logging.getLogger("stylebox")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Output still in the buffer is written here, inside the handler below, and not
+            # at interpreter exit, where a closed pipe can only print "Exception ignored".
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say to it, and not an error
+        # worth a traceback. Exit with the status a shell gives a program that SIGPIPE
+        # stopped, so `set -o pipefail` scripts see it as they would for any other tool.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so the flush at exit writes nowhere, silently."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by something without a file
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
+
+
+def _stdout_console() -> Console:
+    """A rich console on standard output that leaves a closed pipe to :func:`main` (rich's
+    own handling exits with status 1)."""
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True  # nothing more to write
+            raise BrokenPipeError
+
+    return PipeConsole()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup(logging.WARNING if args.quiet else logging.INFO)
@@ -385,10 +434,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         }
         print(json.dumps(listing, indent=2))
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _stdout_console()
     for name, info in registry.plugins.items():
         console.print(f"[bold]{name}[/bold] {info.version}  ({info.source})")
         if info.cls.description:
