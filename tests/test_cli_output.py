@@ -27,26 +27,45 @@ name = "starry"
 path = "inbox"
 outbox = "outbox"
 plugin = "gatys"
-params = {{ style = "starry_night" }}
+params = { style = "starry_night" }
 [[inbox]]
 name = "quick"
 path = "quick"
 outbox = "quick-out"
 plugin = "fast"
-params = {{ model = "starry_night_small" }}
-{extra}
+params = { model = "starry_night_small" }
 """
 
+# The same, with the gatys plugin's module replaced by a stand-in that imports nothing
+# heavy (as its restructure will make it): whatever else loads torch on these paths shows.
+_IMPORTS_WITHOUT_GATYS = (
+    """
+import sys, types
+from stylebox.plugins.api import Plugin, PluginParams
 
-def _quick_config(folder: Path, extra: str = "") -> Path:
-    return write_config(folder, _CONFIG.format(extra=extra))
+class Params(PluginParams):
+    style: str
+
+class GatysPlugin(Plugin):
+    name = "gatys"
+    Params = Params
+
+    def process(self, image, job):
+        return image
+
+stand_in = types.ModuleType("stylebox.plugins.gatys")
+stand_in.GatysPlugin = GatysPlugin
+sys.modules["stylebox.plugins.gatys"] = stand_in
+"""
+    + _IMPORTS
+)
 
 
 def _with_journal(tmp_path: Path) -> Path:
     """A config whose journal exists and holds a running job, so status reads all of it."""
     from stylebox.daemon.journal import Journal, NewJob
 
-    config = _quick_config(tmp_path)
+    config = write_config(tmp_path, _CONFIG)
     journal = Journal(tmp_path / "state" / "journal.sqlite3")
     journal.add([NewJob("inbox:starry", tmp_path / "a.png", "0" * 64, "gatys", "h", "k")])
     row = journal.claim("elsewhere:1", 60)
@@ -116,3 +135,23 @@ def test_a_closed_stdout_exits_141_without_a_traceback(tmp_path: Path, command: 
     result = _into_a_closed_pipe(*_arguments(command, _with_journal(tmp_path)), cwd=tmp_path)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["status", "--json"], ["config", "check"], ["config", "schema"]],
+    ids=["status", "status-json", "config-check", "config-schema"],
+)
+def test_nothing_but_the_gatys_plugin_imports_torch_on_the_quick_paths(
+    tmp_path: Path, command: list[str]
+) -> None:
+    args = _arguments(command, _with_journal(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_WITHOUT_GATYS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert "STATUS 0" in result.stderr, result.stderr
+    assert "HEAVY []" in result.stderr, result.stderr
