@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from stylebox.daemon.runner import Job, JobResult
@@ -35,21 +37,101 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return " ".join(shown)
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class _NameColumn(ProgressColumn):
+    """The job's name, cut from the left to ``width`` characters: the file name at its end
+    is what tells jobs apart (``…starry/kodim05.png``)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+        self.width = width
+
+    def render(self, task: Task) -> Text:
+        name = task.description
+        if len(name) > self.width:
+            name = "…" + name[-(self.width - 1) :]
+        return Text(name, style="bold")
+
+
+class _StepColumn(ProgressColumn):
+    """``12/300`` (padded, so the row keeps its layout), or ``starting`` until the plugin
+    has reported its first step and with it the total."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text("starting", style="progress.download")
+        total = str(int(task.total))
+        return Text(f"{int(task.completed):>{len(total)}}/{total}", style="progress.download")
+
+
+class _MetricsColumn(ProgressColumn):
+    """The metrics text. Its column is the one the table narrows first (with the bar), and
+    the text is cut with an ellipsis rather than wrapped onto a second line."""
+
+    def render(self, task: Task) -> Text:
+        return Text(task.fields["metrics"], no_wrap=True, overflow="ellipsis")
+
+
+class _EtaColumn(ProgressColumn):
+    """Time left: the plugin's own estimate (its ``eta`` metric, counted down between
+    reports) when its last report had one, else rich's estimate from the recent speed."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
+    def render(self, task: Task) -> Text:
+        deadline = task.fields.get("eta_deadline")
+        seconds: float | None
+        if task.finished:
+            seconds = 0
+        elif deadline is not None:
+            seconds = max(0, math.ceil(deadline - time.monotonic()))
+        else:
+            seconds = task.time_remaining
+        shown = "-:--:--" if seconds is None else _clock(seconds)
+        return Text(f"eta {shown}", style="progress.remaining")
+
+
+def _eta_deadline(metrics: dict[str, float]) -> float | None:
+    """When the plugin's ``eta`` metric says the job ends (monotonic clock), if it gave one."""
+    eta = metrics.get("eta")
+    if eta is None or not math.isfinite(eta):
+        return None
+    return time.monotonic() + max(0.0, eta)
+
+
 class BarReporter:
-    """A rich progress bar per job, for terminals."""
+    """A rich progress bar per job, for terminals.
+
+    At 80 columns the row still shows the job, the step count, the elapsed time and the time
+    left: the name is cut to 20 characters, and the bar and the metrics text narrow (the
+    text cut with an ellipsis) to leave them room.
+    """
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            _NameColumn(width=20),
+            BarColumn(bar_width=20),  # narrowed first, with the metrics text (wrappable columns)
+            _StepColumn(),
+            _MetricsColumn(),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            _EtaColumn(),
             console=self.console,
         )
         self._tasks: dict[str, TaskID] = {}
+
+    def __rich__(self) -> Progress:
+        """What the bars show now (for a test, or another console)."""
+        return self._progress
 
     def __enter__(self) -> BarReporter:
         self._progress.start()
@@ -64,11 +146,19 @@ class BarReporter:
         self._progress.stop()
 
     def started(self, job: Job) -> None:
-        self._tasks[job.name] = self._progress.add_task(job.name, total=None, metrics="")
+        self._tasks[job.name] = self._progress.add_task(
+            job.name, total=None, metrics="", eta_deadline=None
+        )
 
     def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
         task = self._tasks[job.name]
-        self._progress.update(task, completed=step, total=total, metrics=_metrics_text(metrics))
+        self._progress.update(
+            task,
+            completed=step,
+            total=total,
+            metrics=_metrics_text(metrics),
+            eta_deadline=_eta_deadline(metrics),
+        )
 
     def finished(self, job: Job, result: JobResult) -> None:
         seconds = result.manifest["timings"]["total_seconds"]

@@ -11,12 +11,13 @@ gets its own connection; SQLite serialises the writers.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stem          TEXT,                     -- output names, fixed at first claim
     step          INTEGER,
     total         INTEGER,
+    eta_at        REAL,                     -- when the plugin's own estimate (its eta
+                                            -- metric, with the step) says the job ends
     error_class   TEXT,
     error_message TEXT,
     created_at    REAL NOT NULL,
@@ -53,6 +56,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Columns added since the first journals were written: (name, SQL type). A journal file
+# from before gets them when it is next opened, empty for its existing rows.
+_ADDED_COLUMNS = (("eta_at", "REAL"),)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class JobRow:
     stem: str | None
     step: int | None
     total: int | None
+    eta_at: float | None
+    """Wall-clock time the plugin expects the job to end, from the ``eta`` metric it
+    reported with ``step``; ``None`` when it reported none."""
     error_class: str | None
     error_message: str | None
     created_at: float
@@ -98,11 +108,16 @@ class NewJob:
 class Journal:
     """All job bookkeeping; every method is one short transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, migrate: bool = True) -> None:
+        """Open (or create) the journal at ``path``. ``migrate=False`` leaves a journal of
+        an earlier version as it is, for readers: an older daemon may still be using it,
+        and rows read from it have ``None`` in the columns it lacks."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
+        if migrate:
+            self._migrate()
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -125,6 +140,22 @@ class Journal:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        """Add the columns a journal written by an earlier version lacks. In a write
+        transaction, so that two processes opening the same old journal at once (the daemon
+        and ``stylebox status``) cannot both add a column."""
+        db = self._connection()
+        if not self._missing_columns(db):
+            return  # the usual case: no write, so a status read never waits on the daemon
+        with self._transaction() as db:
+            for name, kind in self._missing_columns(db):
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+
+    @staticmethod
+    def _missing_columns(db: sqlite3.Connection) -> list[tuple[str, str]]:
+        present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+        return [(name, kind) for name, kind in _ADDED_COLUMNS if name not in present]
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -213,7 +244,7 @@ class Journal:
             db.execute(
                 "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
                 "attempts = attempts + 1, started_at = COALESCE(started_at, ?), "
-                "claimed_at = ? WHERE id = ?",
+                "claimed_at = ?, eta_at = NULL WHERE id = ?",
                 (owner, now + lease_seconds, now, now, job_id),
             )
             claimed.append(
@@ -267,9 +298,17 @@ class Journal:
         with self._transaction() as db:
             db.execute("UPDATE jobs SET stem = ? WHERE id = ?", (stem, job_id))
 
-    def set_progress(self, job_id: int, step: int, total: int) -> None:
+    def set_progress(self, job_id: int, step: int, total: int, eta: float | None = None) -> None:
+        """Record progress; ``eta``: the seconds left by the plugin's own estimate (its
+        ``eta`` metric), kept as the time it points at, or ``None`` for none."""
+        eta_at = None
+        if eta is not None and math.isfinite(eta):
+            eta_at = time.time() + max(0.0, eta)
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET step = ?, total = ? WHERE id = ?", (step, total, job_id))
+            db.execute(
+                "UPDATE jobs SET step = ?, total = ?, eta_at = ? WHERE id = ?",
+                (step, total, eta_at, job_id),
+            )
 
     def requeue(
         self,
@@ -354,5 +393,11 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
+_FIELDS = tuple(f.name for f in fields(JobRow))
+
+
 def _row(row: sqlite3.Row | Any) -> JobRow:
-    return JobRow(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row
+    # By name, with None for a column an unmigrated journal lacks, and ignoring columns a
+    # later version added.
+    present = set(row.keys())
+    return JobRow(**{name: row[name] if name in present else None for name in _FIELDS})

@@ -23,7 +23,7 @@ def collect(config_path: Path) -> dict[str, Any]:
         for key in sources:
             report["sources"][key] = {**_empty(), "disabled": disabled.get(key)}
         return report
-    journal = Journal(path)
+    journal = Journal(path, migrate=False)  # a reader: an older daemon may be using it
     counts = journal.counts()
     for key in sorted(set(sources) | set(counts)):
         entry = _empty()
@@ -52,16 +52,23 @@ def _empty() -> dict[str, Any]:
 
 
 def _running(row: JobRow) -> dict[str, Any]:
-    eta = None
-    if row.step and row.total and row.claimed_at:
-        elapsed = time.time() - row.claimed_at
-        eta = round(elapsed / row.step * (row.total - row.step), 1)
+    """A running job's progress and time left: by the plugin's own estimate (the ``eta``
+    metric it reported with its last step) where it gave one, else linearly from the time
+    per step so far."""
+    now = time.time()
+    eta, source = None, None
+    if row.eta_at is not None:
+        eta, source = round(max(0.0, row.eta_at - now), 1), "plugin"
+    elif row.step and row.total and row.claimed_at:
+        elapsed = now - row.claimed_at
+        eta, source = round(elapsed / row.step * (row.total - row.step), 1), "linear"
     return {
         "job": row.id,
         "file": row.name,
         "step": row.step,
         "total": row.total,
         "eta_seconds": eta,
+        "eta_from": source,
     }
 
 

@@ -156,7 +156,13 @@ class JobContext(ABC):
 
     @abstractmethod
     def progress(self, step: int, total: int, **metrics: float) -> None:
-        """Report that ``step`` of ``total`` is done, with any numbers worth recording."""
+        """Report that ``step`` of ``total`` is done, with any numbers worth recording.
+
+        Every metric goes into the manifest's history with its step. One is also read by
+        stylebox itself: ``eta``, the plugin's own estimate of the seconds left, for plugins
+        whose steps do not all take the same time (the progress bar and ``stylebox status``
+        show it in place of their linear estimate from the time per step so far; a report
+        without it goes back to that estimate)."""
 
     @abstractmethod
     def snapshot(self, image: Image.Image, step: int) -> None:

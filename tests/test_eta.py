@@ -1,0 +1,222 @@
+"""A plugin's own estimate of the time left (its ``eta`` metric): journal, status and bar."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import photo
+from daemon_helpers import write_config
+from rich.console import Console
+
+from stylebox.daemon import status
+from stylebox.daemon.journal import Journal, NewJob
+from stylebox.daemon.runner import Job
+from stylebox.progress import BarReporter
+
+POSTERIZE = """
+state_dir = "state"
+[[inbox]]
+name = "poster"
+path = "inbox"
+outbox = "outbox"
+plugin = "posterize"
+params = { bits = 2 }
+"""
+
+# The jobs table as the first journals were written, before the eta_at column.
+OLD_SCHEMA = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, origin_path TEXT NOT NULL,
+    input_path TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, plugin TEXT NOT NULL,
+    params_hash TEXT NOT NULL, unique_key TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0, lease_owner TEXT, lease_expires REAL, stem TEXT,
+    step INTEGER, total INTEGER, error_class TEXT, error_message TEXT,
+    created_at REAL NOT NULL, started_at REAL, claimed_at REAL, finished_at REAL, seconds REAL
+);
+CREATE INDEX jobs_by_state ON jobs (state, not_before);
+CREATE INDEX jobs_by_source ON jobs (source, state);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, params_hash,
+                  unique_key, state, lease_owner, lease_expires, step, total, created_at,
+                  claimed_at)
+VALUES ('inbox:poster', '/in/a.png', '/in/a.png', 'a.png', 'x', 'posterize', 'h', 'k',
+        'running', 'elsewhere:1', 1e12, 3, 10, 1, 1);
+"""
+
+
+def _running_job(journal_file: Path) -> int:
+    journal = Journal(journal_file)
+    journal.add([NewJob("inbox:poster", Path("/in/a.png"), "0" * 64, "posterize", "h", "k")])
+    row = journal.claim("elsewhere:1", 60)
+    assert row is not None
+    journal.close()
+    return row.id
+
+
+def _only_running(report: dict) -> dict:
+    (job,) = report["sources"]["inbox:poster"]["running_jobs"]
+    return job
+
+
+def test_status_prefers_the_plugins_eta(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = write_config(tmp_path, POSTERIZE)
+    journal_file = tmp_path / "state" / "journal.sqlite3"
+    job_id = _running_job(journal_file)
+    journal = Journal(journal_file)
+    journal.set_progress(job_id, 3, 10, eta=140.0)
+
+    job = _only_running(status.collect(config))
+    assert job["step"] == 3 and job["total"] == 10
+    assert job["eta_from"] == "plugin"
+    assert 139 <= job["eta_seconds"] <= 140  # counted down from when it was reported
+
+    assert status.print_status(config, as_json=True) == 0
+    assert _only_running(json.loads(capsys.readouterr().out))["eta_from"] == "plugin"
+    status.print_status(config)
+    assert "step 3/10, about 140 s left" in capsys.readouterr().out
+
+    # A report without it goes back to the linear estimate.
+    journal.set_progress(job_id, 4, 10)
+    job = _only_running(status.collect(config))
+    assert job["eta_from"] == "linear" and job["eta_seconds"] is not None
+    journal.close()
+
+
+def test_an_old_journal_gains_the_column_and_keeps_its_jobs(tmp_path: Path) -> None:
+    config = write_config(tmp_path, POSTERIZE)
+    journal_file = tmp_path / "state" / "journal.sqlite3"
+    journal_file.parent.mkdir()
+    with sqlite3.connect(journal_file) as db:
+        db.executescript(OLD_SCHEMA)
+
+    # status only reads: it leaves the file as the (older) daemon using it wrote it
+    job = _only_running(status.collect(config))
+    assert (job["step"], job["total"], job["eta_from"]) == (3, 10, "linear")
+    with sqlite3.connect(journal_file) as db:
+        assert "eta_at" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+
+    journal = Journal(journal_file)  # a writer adds it
+    (row,) = journal.jobs()
+    assert (row.name, row.step, row.eta_at) == ("a.png", 3, None)
+    journal.set_progress(row.id, 4, 10, eta=60.0)
+    assert journal.get(row.id).eta_at == pytest.approx(time.time() + 60, abs=5)
+    journal.close()
+    Journal(journal_file).close()  # opening it again changes nothing
+    assert _only_running(status.collect(config))["eta_from"] == "plugin"
+
+
+def test_a_new_claim_forgets_the_last_runs_eta(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.add([NewJob("inbox:poster", Path("/in/a.png"), "0" * 64, "posterize", "h", "k")])
+    row = journal.claim("here:1", 60)
+    assert row is not None
+    journal.set_progress(row.id, 3, 10, eta=140.0)
+    journal.requeue(row.id, count_attempt=False)
+    again = journal.claim("here:1", 60)
+    assert again is not None and again.eta_at is None
+    journal.close()
+
+
+_ETA_PLUGIN = """
+import threading, time
+from stylebox.plugins.api import Plugin, PluginParams
+
+reported = threading.Event()
+release = threading.Event()
+
+
+class EtaPlugin(Plugin):
+    name = "reports-eta"
+    Params = PluginParams
+
+    def process(self, image, job):
+        job.progress(1, 10, eta=500.0)
+        time.sleep(1.1)  # the journal hears of progress at most once a second
+        job.progress(2, 10, eta=140.0)
+        reported.set()
+        release.wait(60)
+        job.progress(10, 10)
+        return image
+"""
+
+
+def _eta_plugin_site(folder: Path) -> Path:
+    site = folder / "site"
+    dist = site / "etaplugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: etaplugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[stylebox.plugins]\nreports-eta = etaplugin:EtaPlugin\n"
+    )
+    (site / "etaplugin.py").write_text(_ETA_PLUGIN)
+    return site
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="daemon/pipeline.py's _JournalReporter does not pass metrics['eta'] to "
+    "Journal.set_progress(job_id, step, total, eta=...) yet",
+)
+def test_a_daemon_jobs_eta_reaches_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from stylebox.config import load_config
+    from stylebox.daemon.pipeline import Pipeline, build_sources
+    from stylebox.daemon.service import journal_path
+    from stylebox.plugins.registry import discover
+
+    monkeypatch.syspath_prepend(str(_eta_plugin_site(tmp_path)))
+    config = write_config(
+        tmp_path, POSTERIZE.replace('"posterize"', '"reports-eta"').replace("{ bits = 2 }", "{}")
+    )
+    loaded = load_config(config)
+    sources = build_sources(loaded, discover())
+    journal = Journal(journal_path(loaded.config.state_dir))
+    pipeline = Pipeline(loaded, sources, journal)
+    (tmp_path / "inbox").mkdir()
+    photo(16, 12).save(tmp_path / "inbox" / "a.png")
+    pipeline.enqueue(sources["inbox:poster"], [tmp_path / "inbox" / "a.png"])
+    row = pipeline.claim()
+    assert row is not None
+    plugin_module = importlib.import_module("etaplugin")
+    worker = threading.Thread(target=pipeline.run, args=([row],))
+    worker.start()
+    try:
+        assert plugin_module.reported.wait(60)
+        job = _only_running(status.collect(config))
+    finally:
+        plugin_module.release.set()
+        worker.join(60)
+        journal.close()
+    assert job["eta_from"] == "plugin"
+    assert 135 <= job["eta_seconds"] <= 140
+
+
+def _rendered(reporter: BarReporter) -> str:
+    reporter.console.print(reporter)
+    text = reporter.console.file.getvalue()  # type: ignore[attr-defined]
+    reporter.console.file = io.StringIO()
+    return text
+
+
+def test_the_bar_shows_the_plugins_eta_and_counts_it_down(monkeypatch: pytest.MonkeyPatch):
+    reporter = BarReporter(Console(width=80, file=io.StringIO(), color_system=None))
+    job = Job(Path("photo.png"), Path("unused"))
+    reporter.started(job)
+    reporter.progress(job, 12, 300, {"loss": 1.5e5, "eta": 140.0})
+    assert "eta 0:02:20" in _rendered(reporter)
+
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 30)
+    assert "eta 0:01:50" in _rendered(reporter)
+    monkeypatch.undo()
+
+    # A report without it: rich's estimate from the speed so far, not the old figure.
+    reporter.progress(job, 13, 300, {"loss": 1.4e5})
+    assert "0:02:" not in _rendered(reporter)

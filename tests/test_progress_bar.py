@@ -1,0 +1,71 @@
+"""The per-job progress bar on an 80-column terminal."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from stylebox.daemon.runner import Job
+from stylebox.progress import BarReporter
+
+GATYS_METRICS = {
+    "loss": 123456.7,
+    "content": 32100.5,
+    "style": 81234.9,
+    "tv": 11020.3,
+    "size": 512.0,
+    "its": 1.23,
+}
+
+
+def _lines(reporter: BarReporter) -> list[str]:
+    console = Console(width=80, file=io.StringIO(), force_terminal=True, color_system=None)
+    console.print(reporter)
+    return console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+
+
+def _reporter() -> BarReporter:
+    return BarReporter(Console(width=80, file=io.StringIO(), force_terminal=True))
+
+
+def test_step_count_and_eta_stay_visible_at_80_columns() -> None:
+    reporter = _reporter()
+    job = Job(Path("kodim05.png"), Path("unused"), label="inbox:starry/beach-kodim05.png")
+    reporter.started(job)
+    reporter.progress(job, 12, 300, {**GATYS_METRICS, "eta": 140.0})
+    (line,) = _lines(reporter)
+    assert len(line) <= 80
+    assert "12/300" in line
+    assert "eta 0:02:20" in line
+    assert "0:00:0" in line  # the elapsed time
+    assert line.startswith("…") and "beach-kodim05.png" in line  # a long name keeps its end
+    assert "loss=1.235e+05" in line  # the metrics text is what gives way (with the bar)
+
+
+def test_before_the_first_step_it_says_starting() -> None:
+    reporter = _reporter()
+    job = Job(Path("photo.png"), Path("unused"))
+    reporter.started(job)
+    (line,) = _lines(reporter)
+    assert "photo.png" in line and "starting" in line
+    assert "0/?" not in line
+    assert "eta -:--:--" in line
+
+
+def test_several_jobs_line_up_at_80_columns() -> None:
+    reporter = _reporter()
+    jobs = [
+        Job(Path(name), Path("unused"), label=f"inbox:starry/{name}")
+        for name in ("a.png", "a-much-longer-holiday-photo-name.jpeg")
+    ]
+    for job in jobs:
+        reporter.started(job)
+    reporter.progress(jobs[0], 7, 80, {**GATYS_METRICS, "eta": 3725.0})
+    reporter.progress(jobs[1], 80, 80, GATYS_METRICS)
+    first, second = _lines(reporter)
+    assert len(first) <= 80 and len(second) <= 80
+    assert " 7/80 " in first and "eta 1:02:05" in first
+    assert "80/80" in second and "eta 0:00:00" in second
+    assert second.startswith("…") and "photo-name.jpeg" in second
