@@ -23,7 +23,9 @@ from stylebox.plugins.faststyle.manifest import ModelManifest, manifest_path
 from stylebox.plugins.faststyle.network import (
     MULTIPLE,
     PRESETS,
+    LayoutError,
     TransformerNet,
+    UnknownLayout,
     load_state,
     residual_blocks_in,
 )
@@ -39,8 +41,9 @@ VERIFY_SIZES = ((64, 64), (96, 160), (224, 128))
 
 
 def load_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
-    """A network from a training checkpoint of ours, or a bare state dict (e.g. the
-    original PyTorch example's ``.pth``, full preset).
+    """A network from a training checkpoint of ours, or a bare state dict: ours, or one of
+    PyTorch's ``fast_neural_style`` example (its ``.pth`` files, full preset), whose layer
+    names :func:`~.network.load_state` maps onto ours.
 
     A missing, unreadable or foreign file is a :class:`ConfigError` saying which.
     """
@@ -66,11 +69,13 @@ def load_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
     network = TransformerNet(preset, residual_blocks=residual_blocks_in(weights))
     try:
         load_state(network, weights)
-    except RuntimeError as exc:
-        # PyTorch lists every missing and unexpected key; the first line of each says enough.
-        detail = "; ".join(line.strip()[:100] for line in str(exc).splitlines()[1:3])
+    except UnknownLayout as exc:
         raise ConfigError(
-            f"{path}: its weights do not fit a {preset} TransformerNet ({detail}); {expected}"
+            f"{path}: not a fast-style network checkpoint: {exc}; {expected}"
+        ) from None
+    except LayoutError as exc:
+        raise ConfigError(
+            f"{path}: its weights do not fit a {preset} TransformerNet ({exc}); {expected}"
         ) from None
     return network.eval(), state if ours else {}
 

@@ -124,12 +124,76 @@ def stylise(network: TransformerNet, image: torch.Tensor) -> torch.Tensor:
 
 
 def residual_blocks_in(state: dict[str, torch.Tensor]) -> int:
-    """How many residual blocks a state dict holds."""
-    return len({key.split(".")[0] for key in state if re.fullmatch(r"res\d+\..*", key)})
+    """How many residual blocks a state dict (stylebox's or PyTorch's example's) holds."""
+    keys = [str(key) for key in state]
+    return len({key.split(".")[0] for key in keys if re.fullmatch(r"res\d+\..*", key)})
+
+
+class LayoutError(ValueError):
+    """Weights that do not fit the network, said in one line in the checkpoint's own names."""
+
+
+class UnknownLayout(LayoutError):
+    """Weights named neither as stylebox nor as PyTorch's example names them."""
+
+
+#: Buffers that InstanceNorm layers of old PyTorch versions saved and ours do not have.
+_STALE = re.compile(r"(?:^|\.)in\d+\.(?:running_mean|running_var|num_batches_tracked)$")
+
+
+def example_key(key: str) -> str:
+    """Our state-dict key -> the name PyTorch's ``fast_neural_style`` example gives the same
+    tensor. Its ConvLayer calls the convolution ``conv2d`` where ours calls it ``conv``, and
+    its UpsampleConvLayer holds that convolution itself where ours holds a ConvLayer:
+    ``conv1.conv.weight`` is its ``conv1.conv2d.weight``, ``deconv1.conv.conv.weight`` its
+    ``deconv1.conv2d.weight``; the instance norms (``in1.weight``...) are named alike."""
+    return re.sub(r"(?:\.conv)?\.conv\.(weight|bias)$", r".conv2d.\1", key)
+
+
+def _list(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown} and {len(keys) - limit} more" if len(keys) > limit else shown
+
+
+def _shape(value: object) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def load_state(network: TransformerNet, state: dict[str, torch.Tensor]) -> None:
-    """Load weights, also from checkpoints of PyTorch's original example, whose old
-    InstanceNorm layers saved ``running_mean``/``running_var`` that are not used."""
-    cleaned = {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var"))}
-    network.load_state_dict(cleaned)
+    """Load weights saved by stylebox or by PyTorch's ``fast_neural_style`` example.
+
+    The example's names are mapped onto ours (:func:`example_key`), and the
+    ``running_mean``/``running_var`` (and ``num_batches_tracked``) that its checkpoints
+    from old PyTorch versions carry are dropped, as the example itself does. Anything else
+    that does not fit, a key too many or too few or a tensor of the wrong shape, raises
+    :class:`LayoutError` naming it as the checkpoint does.
+    """
+    own = network.state_dict()
+    theirs = {example_key(key): key for key in own}
+    cleaned = {str(key): value for key, value in state.items() if not _STALE.search(str(key))}
+    # The instance norms are named alike in both: the convolutions tell the layouts apart.
+    if any(key in theirs and key not in own for key in cleaned):
+        names = theirs
+    elif any(key in own for key in cleaned):
+        names = {key: key for key in own}
+    else:
+        raise UnknownLayout(
+            "its keys are neither stylebox's (conv1.conv.weight, in1.weight, ...) nor those "
+            "of PyTorch's fast_neural_style example (conv1.conv2d.weight, in1.weight, ...): "
+            f"it holds {_list(sorted(map(str, state))) or 'nothing'}"
+        )
+    missing = [key for key in names if key not in cleaned]
+    unexpected = [key for key in cleaned if key not in names]
+    wrong = [
+        f"{key} {_shape(cleaned[key])} where the network has {_shape(own[names[key]])}"
+        for key in names
+        if key in cleaned and _shape(cleaned[key]) != _shape(own[names[key]])
+    ]
+    problems = [
+        f"{label}: {_list(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong", wrong))
+        if keys
+    ]
+    if problems:
+        raise LayoutError("; ".join(problems))
+    network.load_state_dict({names[key]: value for key, value in cleaned.items()})
