@@ -19,7 +19,6 @@ from stylebox.images import atomic_write_bytes
 from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
 
 STATE = "state.json"
-HELD = "held"
 
 
 class StepperParams(PluginParams):
@@ -27,7 +26,8 @@ class StepperParams(PluginParams):
     checkpoint_every: int = 0
     snapshot_every: int = 0
     seconds_per_step: float = 0.0
-    hold_at: int = Field(0, description="after the checkpoint of this step, wait to be killed")
+    hold_at: int = Field(0, description="after this step (and its checkpoint), wait to be killed")
+    marker: str = Field("", description="a file to create when it starts waiting")
     cancel_at: int = Field(0, description="ask the job to stop after this step")
 
 
@@ -62,9 +62,9 @@ class Stepper(Plugin[StepperParams]):
                 job.snapshot(image, step)
             if p.checkpoint_every and step % p.checkpoint_every == 0:
                 self._save(job, step)
-                if step == p.hold_at:
-                    (job.checkpoint_dir / HELD).write_text("killing me now loses nothing")
-                    time.sleep(600)
+            if step == p.hold_at:
+                Path(p.marker).touch()  # a test plugin: the test is waiting for this file
+                time.sleep(600)
             if step == p.cancel_at:
                 self.cancel.set()
         return image

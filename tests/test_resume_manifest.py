@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import photo
 from daemon_helpers import wait_until
-from stepper_plugin import HELD, run
+from stepper_plugin import run
 
 from stylebox.errors import Cancelled
 
@@ -33,6 +33,19 @@ def _snapshots(*steps: int) -> list[str]:
     return [f"photo.steps/{step:04d}.png" for step in steps]
 
 
+def _killed_at(step: int, image: Path, out: Path, work: Path, params: dict) -> None:
+    """A run of the job in another process, killed (SIGKILL) once it has done ``step``."""
+    marker = work.parent / "holding"
+    arguments = {**params, "hold_at": step, "marker": str(marker)}
+    arguments.update(image=str(image), out=str(out), work=str(work))
+    process = subprocess.Popen([sys.executable, str(HELPER), json.dumps(arguments)])
+    try:
+        assert wait_until(marker.exists, timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_a_job_killed_just_after_a_checkpoint_resumes_with_its_whole_story(
     tmp_path: Path, image: Path
 ) -> None:
@@ -40,17 +53,7 @@ def test_a_job_killed_just_after_a_checkpoint_resumes_with_its_whole_story(
     params = {"steps": 10, "checkpoint_every": 4, "snapshot_every": 2, "seconds_per_step": 0.05}
     # The first run checkpoints at step 4, within its first second (while the runner keeps
     # the history in memory), and is killed there.
-    arguments = {**params, "hold_at": 4, "image": str(image), "out": str(out), "work": str(work)}
-    first = subprocess.Popen(
-        [sys.executable, str(HELPER), json.dumps(arguments)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert wait_until((work / "checkpoint" / HELD).exists, timeout=60), first.stderr
-    finally:
-        first.kill()
-        first.wait()
+    _killed_at(4, image, out, work, params)
 
     manifest = run(image, out, work, params).manifest
     assert manifest["resumed_from_step"] == 4
@@ -105,3 +108,19 @@ def test_a_job_in_one_run_has_equal_run_and_job_timings(tmp_path: Path, image: P
     assert timings["job_process_seconds"] == timings["process_seconds"]
     assert timings["job_total_seconds"] == timings["total_seconds"]
     assert manifest["output"]["snapshots"] == _snapshots(0, 2, 4)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_not_counted(
+    tmp_path: Path, image: Path
+) -> None:
+    out, work = tmp_path / "out", tmp_path / "state" / "job"
+    params = {"steps": 6, "checkpoint_every": 4, "seconds_per_step": 0.05}
+    _killed_at(3, image, out, work, params)
+
+    manifest = run(image, out, work, params).manifest
+    assert "resumed_from_step" not in manifest
+    # it reached for its checkpoint folder when it started, so it counts as a run...
+    assert manifest["timings"]["runs"] == 2
+    # ...with the time up to then only, not its three steps
+    earlier = manifest["timings"]["job_total_seconds"] - manifest["timings"]["total_seconds"]
+    assert earlier < 0.15
