@@ -94,3 +94,21 @@ def test_unknown_batch_name_is_a_config_error(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "no [[batch]] named 'weekly'" in result.stderr
+
+
+def test_a_deterministic_failure_is_not_retried(tmp_path: Path) -> None:
+    """A gatys job that paints nothing fails at once: trying again would do the same."""
+    from stylebox.daemon.journal import Journal
+
+    style = tmp_path / "style.png"
+    photo(40, 40, seed=4).save(style)
+    params = f'{{ style = "{style}", size = 32, steps = 10, learning_rate = 1e-9 }}'
+    config, _ = setup(tmp_path, 1, "gatys", params)
+    result = batch(config)
+    assert result.returncode == 1, result.stderr
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (row,) = journal.jobs("batch:nightly", "failed")
+    journal.close()
+    assert row.attempts == 1 and row.error_class == "PermanentFailure"
+    assert "loss fell only from" in (row.error_message or "")
+    assert not list((tmp_path / "stylised").glob("*.json"))

@@ -1,8 +1,9 @@
 """The error taxonomy every part of stylebox speaks.
 
 The runner decides what happens to a job from the class alone: a ``BadInput`` is
-quarantined at once, a ``PluginError`` is retried, ``Cancelled`` leaves the job to resume
-later, and a ``ConfigError`` stops stylebox before it takes any work.
+quarantined at once, a ``PluginError`` is retried (its subclass ``PermanentFailure`` is
+not), ``Cancelled`` leaves the job to resume later, and a ``ConfigError`` stops stylebox
+before it takes any work.
 """
 
 
@@ -16,6 +17,15 @@ class BadInput(StyleboxError):
 
 class PluginError(StyleboxError):
     """A plugin failed on an input that may well succeed on another try."""
+
+    retry = True
+
+
+class PermanentFailure(PluginError):
+    """The plugin ran as designed, but with these params this input gives no usable result,
+    and another try would do exactly the same: the job fails at once, without retries."""
+
+    retry = False
 
 
 class Cancelled(StyleboxError):

@@ -351,7 +351,7 @@ class Pipeline:
         self.journal.finish(row.id, "done", seconds=seconds, input_path=moved)
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
-        if row.attempts < source.config.max_attempts:
+        if error.retry and row.attempts < source.config.max_attempts:
             delay = self.loaded.config.daemon.retry_backoff_seconds * 2 ** (row.attempts - 1)
             self.journal.requeue(row.id, delay=delay, error=error)
             log.warning(

@@ -38,7 +38,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 from stylebox import bundled
 from stylebox.backbone_spec import BackboneSpec
-from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError, StyleboxError
+from stylebox.errors import (
+    BadInput,
+    Cancelled,
+    ConfigError,
+    PermanentFailure,
+    PluginError,
+    StyleboxError,
+)
 
 __all__ = [
     "BadInput",
@@ -48,6 +55,7 @@ __all__ = [
     "InputFile",
     "JobContext",
     "ModelFile",
+    "PermanentFailure",
     "Plugin",
     "PluginError",
     "PluginParams",
@@ -212,7 +220,9 @@ class Plugin(ABC, Generic[ParamsT]):
     @abstractmethod
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         """Return the processed image. Raise :class:`BadInput` for inputs that can never
-        work, :class:`PluginError` for failures worth a retry."""
+        work, :class:`PluginError` for failures worth a retry, and
+        :class:`PermanentFailure` when the job ran but gave no usable result that another
+        try would give either (it fails at once)."""
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) :meth:`process` returns for an input of ``size``; the runner
