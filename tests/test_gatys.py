@@ -8,10 +8,10 @@ import pytest
 from conftest import photo, pixels
 from PIL import Image
 
-from stylebox.errors import Cancelled, ConfigError
+from stylebox.errors import Cancelled, ConfigError, PermanentFailure
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.gatys import GatysParams, GatysPlugin
-from stylebox.plugins.gatys import plugin as gatys_module
+from stylebox.plugins.gatys import engine as gatys_module
 from stylebox.testing import RecordingContext
 
 
@@ -159,27 +159,57 @@ def test_two_styles_blend(tmp_path: Path, style_file: Path) -> None:
     assert result.size == (64, 48)
 
 
-@pytest.mark.parametrize("colour", ["luminance", "histogram"])
-def test_colour_control(tmp_path: Path, style_file: Path, colour: str) -> None:
+def test_luminance_keeps_the_photos_colours(tmp_path: Path, style_file: Path) -> None:
     content = photo(64, 48)
-    result, _ = run(make(tmp_path, style_file, color=colour, steps=6), tmp_path / "job", content)
-    if colour == "luminance":
-        # The photo's colours survive: the chrominance of result and photo agree closely.
-        def chroma(image: Image.Image) -> np.ndarray:
-            return np.asarray(image.convert("YCbCr"), dtype=float)[..., 1:]
+    result, _ = run(
+        make(tmp_path, style_file, color="luminance", steps=6), tmp_path / "job", content
+    )
 
-        assert np.abs(chroma(result) - chroma(content)).mean() < 4
+    def chroma(image: Image.Image) -> np.ndarray:
+        return np.asarray(image.convert("YCbCr"), dtype=float)[..., 1:]
+
+    # The chrominance of result and photo agree closely; only the brightness is painted.
+    assert np.abs(chroma(result) - chroma(content)).mean() < 4
+    assert np.abs(pixels(result.convert("L")) - pixels(content.convert("L"))).mean() > 3
     assert result.size == content.size
 
 
+def test_histogram_paints_in_the_photos_colours(tmp_path: Path, style_file: Path) -> None:
+    """The painting's colours are matched to the photo first, so the result keeps the
+    photo's palette where plain transfer takes the painting's (Starry Night's blues)."""
+    content = photo(64, 48)
+
+    def palette_distance(colour: str) -> float:
+        result, _ = run(
+            make(tmp_path, style_file, color=colour, steps=15), tmp_path / colour, content
+        )
+        ours, theirs = pixels(result).reshape(-1, 3), pixels(content).reshape(-1, 3)
+        return float(
+            np.abs(ours.mean(0) - theirs.mean(0)).sum() + np.abs(ours.std(0) - theirs.std(0)).sum()
+        )
+
+    plain, matched = palette_distance("none"), palette_distance("histogram")
+    assert matched < 0.5 * plain
+
+
 @pytest.mark.parametrize("init", ["content", "noise", "style", "image"])
-def test_init_modes(tmp_path: Path, style_file: Path, init: str) -> None:
-    value = init
-    if init == "image":
-        value = str(tmp_path / "start.png")
-        photo(30, 20, seed=9).save(value)
-    result, _ = run(make(tmp_path, style_file, init=value, steps=2), tmp_path / "job")
-    assert result.size == (64, 48)
+def test_init_modes_start_from_what_they_name(tmp_path: Path, style_file: Path, init: str) -> None:
+    content = photo(64, 48)
+    start_file = tmp_path / "start.png"
+    photo(30, 20, seed=9).save(start_file)
+    value = str(start_file) if init == "image" else init
+    plugin = make(tmp_path, style_file, init=value, steps=2, snapshot_every=1)
+    result, context = run(plugin, tmp_path / "job", content)
+    step, first = context.snapshots[0]
+    assert step == 0 and result.size == (64, 48)
+    if init == "noise":  # uniform noise: values spread over 0..255, nothing of the photo
+        values = pixels(first)
+        assert abs(values.mean() - 127.5) < 10 and values.std() > 60
+        assert np.abs(values - pixels(content)).mean() > 40
+        return
+    source = {"content": content, "style": Image.open(style_file), "image": Image.open(start_file)}
+    expected = source[init].convert("RGB").resize((64, 48), Image.Resampling.LANCZOS)
+    assert np.abs(pixels(first) - pixels(expected)).mean() < 1
 
 
 def test_early_stop_on_plateau(tmp_path: Path, style_file: Path) -> None:
@@ -233,3 +263,43 @@ def test_gram_backward_matches_numerical_gradient() -> None:
     features = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(2, 6, 6, dtype=torch.float64)  # not symmetric: the general case
     assert torch.autograd.gradcheck(lambda f: (gram(f) * weights).sum(), (features,))
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("painting", ["starry_night", "the_scream"])
+def test_a_photo_where_plain_lbfgs_blows_up_is_painted(tmp_path: Path, painting: str) -> None:
+    """Kodak photo 6 at 256 px: torch's L-BFGS blew up at its third evaluation here with
+    Starry Night (loss 3e7 -> 9e26), then stood still and returned the photo as "done"."""
+    content = Image.open(DATA / "kodim06-256.png").convert("RGB")
+    params = GatysParams(style=painting, size=256, steps=20, snapshot_every=0, checkpoint_every=0)
+    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    result, context = run(plugin, tmp_path / "job", content)
+    losses = context.metric("loss")
+    assert all(np.isfinite(losses)) and max(losses) < 3 * losses[0]  # detours, no blow-up
+    assert losses[-1] < 0.5 * losses[0]
+    assert np.abs(pixels(result) - pixels(content)).mean() > 8
+
+
+def test_a_job_that_paints_nothing_fails_and_says_why(tmp_path: Path, style_file: Path) -> None:
+    stalled = {"learning_rate": 1e-9, "steps": 10}
+    with pytest.raises(PermanentFailure, match=r"loss fell only from .* in 10 steps"):
+        run(make(tmp_path, style_file, **stalled), tmp_path / "a")
+    # Turned off, the same job ends with its (unchanged) result; a short job is never judged.
+    result, _ = run(make(tmp_path, style_file, require_progress=0, **stalled), tmp_path / "b")
+    assert np.abs(pixels(result) - pixels(photo(64, 48))).mean() < 0.5
+    run(make(tmp_path, style_file, learning_rate=1e-9, steps=9), tmp_path / "c")
+
+
+def test_a_result_equal_to_its_start_image_fails(tmp_path: Path, style_file: Path) -> None:
+    import torch
+
+    from stylebox.plugins.gatys.engine import _Run
+
+    engine = make(tmp_path, style_file).engine
+    start = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    moved = (start + 0.1).clamp(0, 1)
+    engine._check_progress(_Run(start_loss=10.0, last_loss=1.0, steps=20), moved, start)
+    with pytest.raises(PermanentFailure, match="equals its start image"):
+        engine._check_progress(_Run(start_loss=10.0, last_loss=1.0, steps=20), start, start)

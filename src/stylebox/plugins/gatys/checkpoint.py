@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,8 @@ import torch
 from stylebox.images import atomic_write_bytes
 
 FILENAME = "gatys.pt"
-FORMAT = 1
+#: 2: the optimiser's own L-BFGS state and the job's start loss; no process-wide RNG.
+FORMAT = 2
 
 
 @dataclass
@@ -27,7 +28,8 @@ class Checkpoint:
     optimizer: dict[str, Any]
     best_loss: float = float("inf")
     stale_steps: int = 0
-    rng: torch.Tensor = field(default_factory=torch.get_rng_state)
+    start_loss: float | None = None
+    """The loss of the job's starting image, which its result must improve on."""
 
     def save(self, folder: Path) -> None:
         state = asdict(self) | {"format": FORMAT, "image": self.image.detach().cpu()}

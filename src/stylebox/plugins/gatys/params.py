@@ -81,6 +81,14 @@ class GatysParams(PluginParams):
         1e-3, ge=0, description="Relative loss improvement that counts as progress"
     )
     seed: int = Field(0, description="Seed for noise init; same seed + params = same output")
+    require_progress: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Fail a job of 10 or more steps whose final loss is not below this "
+        "fraction of its starting loss, or whose result equals its start image, instead of "
+        "calling it done (0: off)",
+    )
 
     # The image
     init: Literal["content", "noise", "style"] | InputFile = Field(
@@ -137,16 +145,7 @@ class GatysParams(PluginParams):
         return self
 
     @property
-    def sizes(self) -> list[int]:
-        """Every size optimised, coarse to fine, ending at ``size``."""
-        return [*self.scales, self.size]
-
-    @property
     def blend(self) -> list[float]:
         weights = self.style_blend or [1.0] * len(self.style)
         total = sum(weights)
         return [w / total for w in weights]
-
-    def steps_at(self, scale_index: int) -> int:
-        final = scale_index == len(self.scales)
-        return self.steps if final or self.coarse_steps is None else self.coarse_steps

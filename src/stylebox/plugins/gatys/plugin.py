@@ -1,59 +1,24 @@
 """The ``gatys`` plugin: iterative neural style transfer by optimising the pixels.
 
-Speed comes from doing each thing once: style Grams and content features are computed once
-per scale (and Grams cached across jobs), the network stops at the deepest loss layer, and
-L-BFGS with a coarse-to-fine schedule reaches a given loss in far fewer steps than Adam.
+This module is what the registry imports to read the plugin's name, params and
+capabilities, so it stays light: PyTorch and VGG19 load only when an instance is made
+(``stylebox status`` and ``config check`` never pay for them). The optimiser itself is
+:mod:`stylebox.plugins.gatys.engine`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import math
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from stylebox import __version__
-from stylebox.backbone import fingerprint, load_vgg19
-from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
-from stylebox.images import decode_image, fit_within, resize_to_max_side
-from stylebox.plugins.api import Capabilities, JobContext, Plugin, Runtime, params_digest
-from stylebox.plugins.gatys import color
-from stylebox.plugins.gatys.checkpoint import Checkpoint
-from stylebox.plugins.gatys.losses import Objective
+from stylebox.images import fit_within
+from stylebox.plugins.api import Capabilities, JobContext, Plugin, Runtime
 from stylebox.plugins.gatys.params import GatysParams
-from stylebox.plugins.gatys.targets import StyleTargetCache
-from stylebox.tensors import resolve_device, to_image, to_tensor
 
-#: VGG19 halves the image four times before relu5_1; a shorter side leaves nothing to match.
-MIN_SIDE = 32
-
-_caches: dict[Path, StyleTargetCache] = {}
-
-
-def _shared_cache(folder: Path) -> StyleTargetCache:
-    """One cache per state dir, shared by every gatys instance in the process."""
-    return _caches.setdefault(folder, StyleTargetCache(folder))
-
-
-@dataclass(frozen=True)
-class _Style:
-    image: Image.Image
-    sha256: str
-
-
-@dataclass(frozen=True)
-class _Scale:
-    index: int
-    size: int
-    steps: int
-    first_global_step: int
+if TYPE_CHECKING:
+    from stylebox.plugins.gatys.engine import Engine
 
 
 class GatysPlugin(Plugin[GatysParams]):
@@ -67,271 +32,14 @@ class GatysPlugin(Plugin[GatysParams]):
 
     def __init__(self, params: GatysParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
-        self.device = resolve_device(params.device or runtime.device)
-        if params.precision == "bf16" and self.device.type != "cuda":
-            raise ConfigError(f"gatys precision 'bf16' needs a CUDA device, not {self.device}")
-        spec = replace(runtime.backbone, pooling=params.pooling)
-        self.network = load_vgg19(spec, self.device)
-        self.backbone_id = fingerprint(spec)
-        self.cache = _shared_cache(runtime.cache_dir("gatys-style-targets"))
-        self.digest = params_digest(params)
-        self.styles: list[_Style] = []
-        for path in params.style:
-            try:
-                decoded = decode_image(path)
-            except BadInput as exc:
-                raise ConfigError(f"gatys style image {path}: {exc}") from exc
-            self.styles.append(_Style(decoded.rgb, decoded.sha256))
+        from stylebox.plugins.gatys.engine import Engine
 
-    # -- the job ---------------------------------------------------------------------------
+        self.engine: Engine = Engine(params, runtime)
+        self.device: Any = self.engine.device
+        """The torch device jobs run on (the daemon schedules by its type)."""
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return fit_within(size, self.params.size)
 
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
-        p = self.params
-        job.note(device=str(self.device), backbone=self.backbone_id)
-        out_size = self.output_size(image.size)
-        work = image
-        if min(out_size) < MIN_SIDE:  # stretched up to where VGG19 still sees something
-            work = image.resize(
-                (max(out_size[0], MIN_SIDE), max(out_size[1], MIN_SIDE)), Image.Resampling.LANCZOS
-            )
-        scales = self._scales(work.size)
-        total = scales[-1].first_global_step + scales[-1].steps
-        checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
-        if checkpoint is not None:
-            job.note(resumed_from_step=scales[checkpoint.scale].first_global_step + checkpoint.step)
-            torch.set_rng_state(checkpoint.rng)
-        generator = torch.Generator().manual_seed(p.seed)
-        cache_outcomes: dict[str, int] = {}
-
-        result: torch.Tensor | None = None
-        content: torch.Tensor | None = None
-        for scale in scales:
-            if checkpoint is not None and scale.index < checkpoint.scale:
-                continue
-            content = to_tensor(resize_to_max_side(work, scale.size), self.device)
-            lum_content = color.luminance(content) if p.color == "luminance" else None
-            target_content = lum_content if lum_content is not None else content
-            objective = self._objective(target_content, content, cache_outcomes)
-
-            if checkpoint is not None and scale.index == checkpoint.scale:
-                start = checkpoint.image.to(self.device)
-            elif result is not None:
-                start = F.interpolate(
-                    result, size=content.shape[-2:], mode="bicubic", align_corners=False
-                ).clamp(0, 1)
-            else:
-                start = self._initial(target_content, generator)
-            resume = (
-                checkpoint if checkpoint is not None and scale.index == checkpoint.scale else None
-            )
-
-            def show(x: torch.Tensor, base: torch.Tensor = content) -> Image.Image:
-                x = x.detach().clamp(0, 1)
-                return to_image(color.with_content_colour(x, base) if p.color == "luminance" else x)
-
-            result = self._optimise(scale, total, start, objective, resume, job, show, image.size)
-            checkpoint = None
-        job.note(style_cache=cache_outcomes)
-
-        assert result is not None and content is not None
-        final = result.detach().clamp(0, 1)
-        if p.color == "luminance":
-            final = color.with_content_colour(final, content)
-        picture = to_image(final)
-        return (
-            picture
-            if picture.size == out_size
-            else picture.resize(out_size, Image.Resampling.LANCZOS)
-        )
-
-    def _scales(self, size: tuple[int, int]) -> list[_Scale]:
-        p = self.params
-        final = min(p.size, max(size))
-        # Coarse scales that would shrink the short side below MIN_SIDE are skipped.
-        sizes = [s for s in p.scales if s < final and min(size) * s / max(size) >= MIN_SIDE]
-        sizes.append(final)
-        scales, first = [], 0
-        for index, s in enumerate(sizes):
-            is_final = index == len(sizes) - 1
-            steps = p.steps if is_final else (p.coarse_steps or p.steps)
-            scales.append(_Scale(index, s, steps, first))
-            first += steps
-        return scales
-
-    def _initial(self, content: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        init = self.params.init
-        if init == "content":
-            return content.clone()
-        if init == "noise":
-            noise = torch.rand(content.shape, generator=generator)
-            return noise.to(content.device)
-        source = self.styles[0].image if init == "style" else decode_image(Path(init)).rgb
-        resized = source.resize((content.shape[-1], content.shape[-2]), Image.Resampling.LANCZOS)
-        start = to_tensor(resized, content.device)
-        return color.luminance(start) if self.params.color == "luminance" else start
-
-    def _objective(
-        self, content: torch.Tensor, colour_content: torch.Tensor, outcomes: dict[str, int]
-    ) -> Objective:
-        p = self.params
-        with torch.no_grad(), self._autocast():
-            content_targets = {
-                k: v.float() for k, v in self.network(content, list(p.content_layers)).items()
-            }
-        longest = round(max(content.shape[-2:]) * p.style_scale)
-        blended: dict[str, torch.Tensor] = {}
-        for style, weight in zip(self.styles, p.blend, strict=True):
-            picture = resize_to_max_side(style.image, longest)
-            # Small paintings are enlarged to the asked scale, and any painting to where
-            # VGG19 still sees something.
-            if max(picture.size) < longest or min(picture.size) < MIN_SIDE:
-                factor = max(longest / max(picture.size), MIN_SIDE / min(picture.size))
-                factor *= max(picture.size) / max(style.image.size)
-                picture = style.image.resize(
-                    (
-                        max(1, round(style.image.width * factor)),
-                        max(1, round(style.image.height * factor)),
-                    ),
-                    Image.Resampling.LANCZOS,
-                )
-            tensor = to_tensor(picture, self.device)
-            style_id = style.sha256
-            if p.color == "luminance":
-                tensor = color.match_luminance(color.luminance(tensor), content)
-                style_id += f"|lum:{float(content.mean()):.6f}:{float(content.std()):.6f}"
-            elif p.color == "histogram":
-                tensor = color.match_colour(tensor.cpu(), colour_content.cpu()).to(self.device)
-                style_id += f"|hist:{_tensor_digest(colour_content)}"
-            key = self.cache.key(style_id, picture.size, list(p.style_layers), self.backbone_id)
-            with self._autocast():
-                grams, outcome = self.cache.grams(key, tensor, self.network, list(p.style_layers))
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            for layer, g in grams.items():
-                blended[layer] = blended.get(layer, 0) + weight * g.float()
-        return Objective(
-            self.network,
-            content_targets,
-            blended,
-            p.content_layers,
-            p.style_layers,
-            p.content_weight,
-            p.style_weight,
-            p.tv_weight,
-        )
-
-    def _memory_format(self) -> torch.memory_format:
-        chosen = self.params.memory_format
-        if chosen == "auto":
-            chosen = "channels_last" if self.device.type == "cuda" else "contiguous"
-        return torch.channels_last if chosen == "channels_last" else torch.contiguous_format
-
-    def _optimise(
-        self,
-        scale: _Scale,
-        total: int,
-        start: torch.Tensor,
-        objective: Objective,
-        resume: Checkpoint | None,
-        job: JobContext,
-        show: Callable[[torch.Tensor], Image.Image],
-        content_size: tuple[int, int],
-    ) -> torch.Tensor:
-        p = self.params
-        # x stays contiguous (L-BFGS flattens its gradient with view()); the network sees a
-        # copy in the chosen layout.
-        x = start.detach().clone().contiguous()
-        layout = self._memory_format()
-        x.requires_grad_(True)
-        optimizer = self._optimizer(x)
-        step, best, stale = 0, float("inf"), 0
-        if resume is not None:
-            optimizer.load_state_dict(resume.optimizer)
-            step, best, stale = resume.step, resume.best_loss, resume.stale_steps
-        elif scale.index == 0 and p.snapshot_every:
-            job.snapshot(show(x), 0)
-
-        parts: dict[str, float] = {}
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                loss, measured = objective(x.contiguous(memory_format=layout))
-            loss.backward()
-            parts.update(measured)
-            return loss
-
-        def save() -> None:
-            Checkpoint(
-                self.digest,
-                content_size,
-                scale.index,
-                step,
-                x.detach(),
-                optimizer.state_dict(),
-                best,
-                stale,
-            ).save(job.checkpoint_dir)
-
-        while step < scale.steps:
-            if job.cancelled:
-                save()
-                raise Cancelled(f"cancelled at step {scale.first_global_step + step}")
-            began = time.perf_counter()
-            if p.optimizer == "adam":
-                for group in optimizer.param_groups:
-                    group["lr"] = p.learning_rate * self._decay(step, scale.steps)
-            optimizer.step(closure)
-            step += 1
-            loss = parts["loss"]
-            if not math.isfinite(loss):
-                raise PluginError(
-                    f"the loss became {loss} at step {scale.first_global_step + step}; "
-                    "lower learning_rate or style_weight"
-                )
-            global_step = scale.first_global_step + step
-            elapsed = time.perf_counter() - began
-            job.progress(global_step, total, **parts, size=scale.size, its=1.0 / max(elapsed, 1e-9))
-            if p.snapshot_every and global_step % p.snapshot_every == 0:
-                job.snapshot(show(x), global_step)
-            if loss < best * (1 - p.plateau_tolerance):
-                best, stale = loss, 0
-            else:
-                best, stale = min(best, loss), stale + 1
-            if p.plateau_patience and stale >= p.plateau_patience:
-                job.note(**{f"plateau_stop_scale{scale.index}": global_step})
-                break
-            if p.checkpoint_every and global_step % p.checkpoint_every == 0 and step < scale.steps:
-                save()
-        return x.detach()
-
-    def _optimizer(self, x: torch.Tensor) -> torch.optim.Optimizer:
-        p = self.params
-        if p.optimizer == "adam":
-            return torch.optim.Adam([x], lr=p.learning_rate)
-        # One iteration per step() keeps steps, snapshots and checkpoints aligned; without a
-        # line search each step costs exactly one forward and backward pass.
-        return torch.optim.LBFGS([x], lr=p.learning_rate, max_iter=1, history_size=p.lbfgs_history)
-
-    def _decay(self, step: int, steps: int) -> float:
-        p = self.params
-        t = step / max(1, steps - 1)
-        if p.lr_schedule == "cosine":
-            return p.lr_final + (1 - p.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
-        if p.lr_schedule == "exponential":
-            return p.lr_final**t
-        return 1.0
-
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.params.precision == "bf16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
-
-
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return self.engine.process(image, job)

@@ -1,0 +1,418 @@
+"""The Gatys optimiser behind the ``gatys`` plugin: VGG19 losses, L-BFGS or Adam, scales.
+
+Speed comes from doing each thing once: style Grams and content features are computed once
+per scale (and Grams cached across jobs), the network stops at the deepest loss layer, and
+L-BFGS with a coarse-to-fine schedule reaches a given loss in far fewer steps than Adam.
+
+Right results come from two guards: the L-BFGS refuses blow-ups (see
+:mod:`~stylebox.plugins.gatys.lbfgs`), and a job whose loss did not fall to
+``require_progress`` of its start, or whose result equals its start image, fails with
+that reason (:class:`~stylebox.errors.PermanentFailure`) instead of ending as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from stylebox.backbone import fingerprint, load_vgg19
+from stylebox.errors import BadInput, Cancelled, ConfigError, PermanentFailure
+from stylebox.images import decode_image, fit_within, resize_to_max_side
+from stylebox.plugins.api import JobContext, Runtime, params_digest
+from stylebox.plugins.gatys import color
+from stylebox.plugins.gatys.checkpoint import Checkpoint
+from stylebox.plugins.gatys.lbfgs import GuardedLBFGS
+from stylebox.plugins.gatys.losses import Objective
+from stylebox.plugins.gatys.params import GatysParams
+from stylebox.plugins.gatys.targets import StyleTargetCache
+from stylebox.tensors import resolve_device, to_image, to_tensor
+
+#: VGG19 halves the image four times before relu5_1; a shorter side leaves nothing to match.
+MIN_SIDE = 32
+#: Jobs shorter than this are not held to ``require_progress``: L-BFGS's first steps are
+#: deliberately tiny, so a 3-step job has not had the chance to change the image.
+MIN_GUARDED_STEPS = 10
+#: A result within this mean distance (grey levels of 255) of its start image is unchanged.
+UNCHANGED_GREY_LEVELS = 0.5
+
+_caches: dict[Path, StyleTargetCache] = {}
+
+
+def _shared_cache(folder: Path) -> StyleTargetCache:
+    """One cache per state dir, shared by every gatys instance in the process."""
+    return _caches.setdefault(folder, StyleTargetCache(folder))
+
+
+@dataclass(frozen=True)
+class _Style:
+    image: Image.Image
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Scale:
+    index: int
+    size: int
+    steps: int
+    first_global_step: int
+    pixels: int
+    """Pixels optimised at this scale: a step's cost is about proportional to them."""
+
+
+@dataclass
+class _Run:
+    """What the job-level guard needs to know about the whole optimisation."""
+
+    start_loss: float | None = None
+    last_loss: float = math.inf
+    steps: int = 0
+    """The last step run, counted over the whole job (a plateau may end it early)."""
+    refused: int = 0
+
+
+class _Clock:
+    """Seconds left in a job: measured seconds per pixel-step times the pixel-steps left
+    at this and every later scale (a 512 px step costs about 4x a 256 px one)."""
+
+    def __init__(self, scales: list[_Scale]) -> None:
+        self.scales = scales
+        self.per_pixel_step: float | None = None
+
+    def tick(self, seconds: float, scale: _Scale, steps_done: int) -> float | None:
+        rate = seconds / scale.pixels
+        # The first steps of a scale include one-off costs; a running average smooths them.
+        self.per_pixel_step = (
+            rate if self.per_pixel_step is None else 0.8 * self.per_pixel_step + 0.2 * rate
+        )
+        left = (scale.steps - steps_done) * scale.pixels + sum(
+            s.steps * s.pixels for s in self.scales if s.index > scale.index
+        )
+        return left * self.per_pixel_step
+
+
+class Engine:
+    """Gatys et al. style transfer: VGG19 content + Gram style + TV losses, L-BFGS or Adam."""
+
+    def __init__(self, params: GatysParams, runtime: Runtime) -> None:
+        self.params = params
+        self.device = resolve_device(params.device or runtime.device)
+        if params.precision == "bf16" and self.device.type != "cuda":
+            raise ConfigError(f"gatys precision 'bf16' needs a CUDA device, not {self.device}")
+        spec = replace(runtime.backbone, pooling=params.pooling)
+        self.network = load_vgg19(spec, self.device)
+        self.backbone_id = fingerprint(spec)
+        self.cache = _shared_cache(runtime.cache_dir("gatys-style-targets"))
+        self.digest = params_digest(params)
+        self.styles: list[_Style] = []
+        for path in params.style:
+            try:
+                decoded = decode_image(path)
+            except BadInput as exc:
+                raise ConfigError(f"gatys style image {path}: {exc}") from exc
+            self.styles.append(_Style(decoded.rgb, decoded.sha256))
+
+    # -- the job ---------------------------------------------------------------------------
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        p = self.params
+        job.note(device=str(self.device), backbone=self.backbone_id)
+        out_size = fit_within(image.size, p.size)
+        work = image
+        if min(out_size) < MIN_SIDE:  # stretched up to where VGG19 still sees something
+            work = image.resize(
+                (max(out_size[0], MIN_SIDE), max(out_size[1], MIN_SIDE)), Image.Resampling.LANCZOS
+            )
+        scales = self._scales(work.size)
+        total = scales[-1].first_global_step + scales[-1].steps
+        checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
+        if checkpoint is not None:
+            job.note(resumed_from_step=scales[checkpoint.scale].first_global_step + checkpoint.step)
+        clock = _Clock(scales)
+        cache_outcomes: dict[str, int] = {}
+        # The job's own seeded generator: noise is the same on every run and every thread,
+        # and a resumed job needs no random state back.
+        first = to_tensor(resize_to_max_side(work, scales[0].size), self.device)
+        start_image = self._initial(
+            color.luminance(first) if p.color == "luminance" else first,
+            torch.Generator().manual_seed(p.seed),
+        )
+        run = _Run(start_loss=checkpoint.start_loss if checkpoint else None)
+
+        result: torch.Tensor | None = None
+        content: torch.Tensor | None = None
+        for scale in scales:
+            if checkpoint is not None and scale.index < checkpoint.scale:
+                continue
+            content = to_tensor(resize_to_max_side(work, scale.size), self.device)
+            lum_content = color.luminance(content) if p.color == "luminance" else None
+            target_content = lum_content if lum_content is not None else content
+            objective = self._objective(target_content, content, cache_outcomes)
+
+            if checkpoint is not None and scale.index == checkpoint.scale:
+                start = checkpoint.image.to(self.device)
+            elif result is not None:
+                start = F.interpolate(
+                    result, size=content.shape[-2:], mode="bicubic", align_corners=False
+                ).clamp(0, 1)
+            else:
+                start = start_image
+            resume = (
+                checkpoint if checkpoint is not None and scale.index == checkpoint.scale else None
+            )
+
+            def show(x: torch.Tensor, base: torch.Tensor = content) -> Image.Image:
+                x = x.detach().clamp(0, 1)
+                return to_image(color.with_content_colour(x, base) if p.color == "luminance" else x)
+
+            result = self._optimise(
+                scale, total, start, objective, resume, job, show, image.size, clock, run
+            )
+            checkpoint = None
+        job.note(style_cache=cache_outcomes)
+
+        assert result is not None and content is not None
+        final = result.detach().clamp(0, 1)
+        self._check_progress(run, final, start_image)
+        if p.color == "luminance":
+            final = color.with_content_colour(final, content)
+        picture = to_image(final)
+        return (
+            picture
+            if picture.size == out_size
+            else picture.resize(out_size, Image.Resampling.LANCZOS)
+        )
+
+    def _check_progress(self, run: _Run, final: torch.Tensor, start_image: torch.Tensor) -> None:
+        """Fail, rather than call done, a job that did not paint anything."""
+        fraction, total = self.params.require_progress, run.steps
+        if not fraction or total < MIN_GUARDED_STEPS or run.start_loss is None:
+            return
+        if not run.last_loss < fraction * run.start_loss:
+            raise PermanentFailure(
+                f"the loss fell only from {run.start_loss:.4g} to {run.last_loss:.4g} in "
+                f"{total} steps (not below {fraction:g} of its start), so the result is not "
+                "stylised; try more steps, another style_weight or learning_rate, or set "
+                "require_progress = 0 to accept it"
+            )
+        shrunk = F.interpolate(final, size=start_image.shape[-2:], mode="area")
+        distance = float((shrunk - start_image.clamp(0, 1)).abs().mean()) * 255
+        if distance < UNCHANGED_GREY_LEVELS:
+            raise PermanentFailure(
+                f"the result equals its start image (mean difference {distance:.2f} grey "
+                f"levels after {total} steps); try more steps or another style_weight"
+            )
+
+    def _scales(self, size: tuple[int, int]) -> list[_Scale]:
+        p = self.params
+        final = min(p.size, max(size))
+        # Coarse scales that would shrink the short side below MIN_SIDE are skipped.
+        sizes = [s for s in p.scales if s < final and min(size) * s / max(size) >= MIN_SIDE]
+        sizes.append(final)
+        scales, first = [], 0
+        for index, s in enumerate(sizes):
+            is_final = index == len(sizes) - 1
+            steps = p.steps if is_final else (p.coarse_steps or p.steps)
+            width, height = fit_within(size, s)
+            scales.append(_Scale(index, s, steps, first, width * height))
+            first += steps
+        return scales
+
+    def _initial(self, content: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        init = self.params.init
+        if init == "content":
+            return content.clone()
+        if init == "noise":
+            noise = torch.rand(content.shape, generator=generator)
+            return noise.to(content.device)
+        source = self.styles[0].image if init == "style" else decode_image(Path(init)).rgb
+        resized = source.resize((content.shape[-1], content.shape[-2]), Image.Resampling.LANCZOS)
+        start = to_tensor(resized, content.device)
+        return color.luminance(start) if self.params.color == "luminance" else start
+
+    def _objective(
+        self, content: torch.Tensor, colour_content: torch.Tensor, outcomes: dict[str, int]
+    ) -> Objective:
+        p = self.params
+        with torch.no_grad(), self._autocast():
+            content_targets = {
+                k: v.float() for k, v in self.network(content, list(p.content_layers)).items()
+            }
+        longest = round(max(content.shape[-2:]) * p.style_scale)
+        blended: dict[str, torch.Tensor] = {}
+        for style, weight in zip(self.styles, p.blend, strict=True):
+            picture = resize_to_max_side(style.image, longest)
+            # Small paintings are enlarged to the asked scale, and any painting to where
+            # VGG19 still sees something.
+            if max(picture.size) < longest or min(picture.size) < MIN_SIDE:
+                factor = max(longest / max(picture.size), MIN_SIDE / min(picture.size))
+                factor *= max(picture.size) / max(style.image.size)
+                picture = style.image.resize(
+                    (
+                        max(1, round(style.image.width * factor)),
+                        max(1, round(style.image.height * factor)),
+                    ),
+                    Image.Resampling.LANCZOS,
+                )
+            tensor = to_tensor(picture, self.device)
+            style_id = style.sha256
+            if p.color == "luminance":
+                tensor = color.match_luminance(color.luminance(tensor), content)
+                style_id += f"|lum:{float(content.mean()):.6f}:{float(content.std()):.6f}"
+            elif p.color == "histogram":
+                tensor = color.match_colour(tensor.cpu(), colour_content.cpu()).to(self.device)
+                style_id += f"|hist:{_tensor_digest(colour_content)}"
+            key = self.cache.key(style_id, picture.size, list(p.style_layers), self.backbone_id)
+            with self._autocast():
+                grams, outcome = self.cache.grams(key, tensor, self.network, list(p.style_layers))
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            for layer, g in grams.items():
+                blended[layer] = blended.get(layer, 0) + weight * g.float()
+        return Objective(
+            self.network,
+            content_targets,
+            blended,
+            p.content_layers,
+            p.style_layers,
+            p.content_weight,
+            p.style_weight,
+            p.tv_weight,
+        )
+
+    def _memory_format(self) -> torch.memory_format:
+        chosen = self.params.memory_format
+        if chosen == "auto":
+            chosen = "channels_last" if self.device.type == "cuda" else "contiguous"
+        return torch.channels_last if chosen == "channels_last" else torch.contiguous_format
+
+    def _optimise(
+        self,
+        scale: _Scale,
+        total: int,
+        start: torch.Tensor,
+        objective: Objective,
+        resume: Checkpoint | None,
+        job: JobContext,
+        show: Callable[[torch.Tensor], Image.Image],
+        content_size: tuple[int, int],
+        clock: _Clock,
+        run: _Run,
+    ) -> torch.Tensor:
+        p = self.params
+        # x stays contiguous (L-BFGS flattens it); the network sees a copy in the chosen
+        # layout.
+        x = start.detach().clone().contiguous()
+        layout = self._memory_format()
+        x.requires_grad_(True)
+        optimizer = self._optimizer(x)
+        step, best, stale = 0, float("inf"), 0
+        if resume is not None:
+            optimizer.load_state_dict(resume.optimizer)
+            step, best, stale = resume.step, resume.best_loss, resume.stale_steps
+        elif scale.index == 0 and p.snapshot_every:
+            job.snapshot(show(x), 0)
+
+        parts: dict[str, float] = {}
+
+        def evaluate(image: torch.Tensor) -> torch.Tensor:
+            image.grad = None
+            with self._autocast():
+                loss, measured = objective(image.contiguous(memory_format=layout))
+            loss.backward()
+            parts.update(measured)
+            return loss
+
+        def save() -> None:
+            Checkpoint(
+                self.digest,
+                content_size,
+                scale.index,
+                step,
+                x.detach(),
+                optimizer.state_dict(),
+                best,
+                stale,
+                run.start_loss,
+            ).save(job.checkpoint_dir)
+
+        while step < scale.steps:
+            if job.cancelled:
+                save()
+                raise Cancelled(f"cancelled at step {scale.first_global_step + step}")
+            began = time.perf_counter()
+            if isinstance(optimizer, GuardedLBFGS):
+                loss = optimizer.step(evaluate)
+                # Progress shows the accepted point: a refused blow-up is not the image's.
+                parts["loss"] = loss
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = p.learning_rate * self._decay(step, scale.steps)
+                optimizer.zero_grad(set_to_none=True)
+                evaluate(x)
+                optimizer.step()
+                loss = parts["loss"]
+            step += 1
+            global_step = scale.first_global_step + step
+            if not math.isfinite(loss):  # Adam only: L-BFGS refuses such points
+                raise PermanentFailure(
+                    f"the loss became {loss} at step {global_step}; lower learning_rate or "
+                    "style_weight"
+                )
+            if run.start_loss is None:
+                run.start_loss = loss
+            run.last_loss, run.steps = loss, global_step
+            elapsed = time.perf_counter() - began
+            eta = clock.tick(elapsed, scale, step)
+            job.progress(
+                global_step, total, **parts, size=scale.size, its=1.0 / max(elapsed, 1e-9), eta=eta
+            )
+            if p.snapshot_every and global_step % p.snapshot_every == 0:
+                job.snapshot(show(x), global_step)
+            if loss < best * (1 - p.plateau_tolerance):
+                best, stale = loss, 0
+            else:
+                best, stale = min(best, loss), stale + 1
+            if p.plateau_patience and stale >= p.plateau_patience:
+                job.note(**{f"plateau_stop_scale{scale.index}": global_step})
+                break
+            if p.checkpoint_every and global_step % p.checkpoint_every == 0 and step < scale.steps:
+                save()
+        if isinstance(optimizer, GuardedLBFGS) and optimizer.refused:
+            run.refused += optimizer.refused
+            job.note(lbfgs_refused_steps=run.refused)
+        return x.detach()
+
+    def _optimizer(self, x: torch.Tensor) -> GuardedLBFGS | torch.optim.Adam:
+        p = self.params
+        if p.optimizer == "adam":
+            return torch.optim.Adam([x], lr=p.learning_rate)
+        return GuardedLBFGS(x, lr=p.learning_rate, history_size=p.lbfgs_history)
+
+    def _decay(self, step: int, steps: int) -> float:
+        p = self.params
+        t = step / max(1, steps - 1)
+        if p.lr_schedule == "cosine":
+            return p.lr_final + (1 - p.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
+        if p.lr_schedule == "exponential":
+            return p.lr_final**t
+        return 1.0
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.params.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
