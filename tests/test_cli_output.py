@@ -84,10 +84,6 @@ def _arguments(command: list[str], config: Path) -> list[str]:
     return command
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gatys restructure pending: stylebox.plugins.gatys still imports torch on import",
-)
 @pytest.mark.parametrize(
     "command",
     [["status"], ["status", "--json"], ["config", "check"], ["config", "schema"]],
