@@ -14,7 +14,7 @@ from pydantic import Field
 
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
-from stylebox.errors import Cancelled
+from stylebox.errors import Cancelled, PluginError
 from stylebox.images import atomic_write_bytes
 from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
 
@@ -29,6 +29,7 @@ class StepperParams(PluginParams):
     hold_at: int = Field(0, description="after this step (and its checkpoint), wait to be killed")
     marker: str = Field("", description="a file to create when it starts waiting")
     cancel_at: int = Field(0, description="ask the job to stop after this step")
+    fail_at: int = Field(0, description="raise PluginError after this step")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -67,6 +68,8 @@ class Stepper(Plugin[StepperParams]):
                 time.sleep(600)
             if step == p.cancel_at:
                 self.cancel.set()
+            if step == p.fail_at:
+                raise PluginError(f"failed at step {step}")
         return image
 
     @staticmethod

@@ -13,7 +13,7 @@ from conftest import photo
 from daemon_helpers import wait_until
 from stepper_plugin import run
 
-from stylebox.errors import Cancelled
+from stylebox.errors import Cancelled, PluginError
 
 HELPER = Path(__file__).with_name("stepper_plugin.py")
 
@@ -83,14 +83,16 @@ def test_a_cancelled_job_resumes_with_its_whole_story(tmp_path: Path, image: Pat
     assert timings["job_total_seconds"] >= timings["total_seconds"] + 0.25
 
 
-def test_a_run_cancelled_before_any_checkpoint_still_counts_its_time(
-    tmp_path: Path, image: Path
+@pytest.mark.parametrize(("stop", "error"), [("cancel_at", Cancelled), ("fail_at", PluginError)])
+def test_a_run_ended_before_any_checkpoint_still_counts_its_time(
+    tmp_path: Path, image: Path, stop: str, error: type[Exception]
 ) -> None:
     out, work = tmp_path / "out", tmp_path / "state" / "job"
     params = {"steps": 6, "seconds_per_step": 0.05}
-    with pytest.raises(Cancelled):
-        run(image, out, work, {**params, "cancel_at": 3})
-    assert not (work / "checkpoint").exists()  # its time was recorded as it ended
+    with pytest.raises(error):
+        run(image, out, work, {**params, stop: 3})
+    assert not (work / "checkpoint").exists()  # its time was recorded as it ended:
+    assert (work / "elapsed.json").is_file()
 
     manifest = run(image, out, work, params).manifest
     assert "resumed_from_step" not in manifest  # nothing to resume from: all redone
