@@ -160,11 +160,6 @@ def _eta_plugin_site(folder: Path) -> Path:
     return site
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon/pipeline.py's _JournalReporter does not pass metrics['eta'] to "
-    "Journal.set_progress(job_id, step, total, eta=...) yet",
-)
 def test_a_daemon_jobs_eta_reaches_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from stylebox.config import load_config
     from stylebox.daemon.pipeline import Pipeline, build_sources

@@ -394,7 +394,7 @@ class _JournalReporter:
             now = time.monotonic()
             if now - self._last.get(job.job_id, now) >= 1.0:
                 self._last[job.job_id] = now
-                self.journal.set_progress(job.job_id, step, total)
+                self.journal.set_progress(job.job_id, step, total, eta=metrics.get("eta"))
         if self.inner:
             self.inner.progress(job, step, total, metrics)
 
