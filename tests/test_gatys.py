@@ -96,6 +96,17 @@ def test_coarse_to_fine_runs_every_scale(tmp_path: Path, style_file: Path) -> No
     assert {image.size for _, image in context.snapshots} == {(48, 36), (96, 72)}
 
 
+def test_eta_counts_the_pixels_of_the_scales_to_come(tmp_path: Path, style_file: Path) -> None:
+    """At the end of the 48 px scale, 4 steps at 96 px remain: 4x the pixels of a coarse
+    step each, so about 16 coarse steps of time, where a linear guess says 4."""
+    plugin = make(tmp_path, style_file, size=96, scales=[48], coarse_steps=3, steps=4)
+    _, context = run(plugin, tmp_path / "job", photo(96, 72))
+    etas = context.metric("eta")
+    assert len(etas) == 7 and all(eta >= 0 for eta in etas) and etas[-1] == 0
+    coarse_step_seconds = 1 / context.metric("its")[2]
+    assert etas[2] > 8 * coarse_step_seconds
+
+
 def test_same_seed_same_output(tmp_path: Path, style_file: Path) -> None:
     first, _ = run(make(tmp_path, style_file, init="noise", seed=7), tmp_path / "a")
     second, _ = run(make(tmp_path, style_file, init="noise", seed=7), tmp_path / "b")

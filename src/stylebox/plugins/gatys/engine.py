@@ -87,7 +87,7 @@ class _Clock:
         self.scales = scales
         self.per_pixel_step: float | None = None
 
-    def tick(self, seconds: float, scale: _Scale, steps_done: int) -> float | None:
+    def tick(self, seconds: float, scale: _Scale, steps_done: int) -> float:
         rate = seconds / scale.pixels
         # The first steps of a scale include one-off costs; a running average smooths them.
         self.per_pixel_step = (
