@@ -293,6 +293,30 @@ def test_a_photo_where_plain_lbfgs_blows_up_is_painted(tmp_path: Path, painting:
     assert np.abs(pixels(result) - pixels(content)).mean() > 8
 
 
+def test_a_refused_blow_up_is_survived_and_counted(tmp_path: Path, style_file: Path) -> None:
+    plugin = make(tmp_path, style_file, steps=12)
+    build = plugin.engine._objective
+    calls = 0
+
+    def flaky_objective(*args: Any) -> Any:
+        objective = build(*args)
+
+        def evaluate(image: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            loss, parts = objective(image)
+            return (loss * float("inf"), parts) if calls == 6 else (loss, parts)
+
+        return evaluate
+
+    plugin.engine._objective = flaky_objective  # type: ignore[method-assign]
+    _, context = run(plugin, tmp_path / "job")
+    losses = context.metric("loss")
+    assert context.facts["lbfgs_refused_steps"] == 1
+    assert all(np.isfinite(losses)) and losses[5] == losses[4]  # the refused point not shown
+    assert losses[-1] < 0.5 * losses[0]
+
+
 def test_a_job_that_paints_nothing_fails_and_says_why(tmp_path: Path, style_file: Path) -> None:
     stalled = {"learning_rate": 1e-9, "steps": 10}
     with pytest.raises(PermanentFailure, match=r"loss fell only from .* in 10 steps"):

@@ -117,3 +117,14 @@ def test_a_restored_state_continues_exactly(function) -> None:
     losses += [second.step(evaluator(function)) for _ in range(18)]
     assert torch.equal(y.detach(), whole)
     assert losses == whole_losses
+
+
+def test_no_value_moves_more_than_the_full_range_in_one_step() -> None:
+    x = start().requires_grad_(True)
+    optimizer = GuardedLBFGS(x)
+    largest = 0.0
+    for _ in range(40):
+        before = x.detach().clone()
+        optimizer.step(evaluator(double_well))
+        largest = max(largest, float((x.detach() - before).abs().max()))
+    assert largest == pytest.approx(1.0)  # the bound was needed, and held
