@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -112,3 +113,86 @@ def test_a_deterministic_failure_is_not_retried(tmp_path: Path) -> None:
     assert row.attempts == 1 and row.error_class == "PermanentFailure"
     assert "loss fell only from" in (row.error_message or "")
     assert not list((tmp_path / "stylised").glob("*.json"))
+
+
+FLAKY = """
+import time
+from pathlib import Path
+
+from stylebox.plugins.api import Plugin, PluginError, PluginParams
+
+LOG = Path(__file__).with_name("attempts.log")
+
+
+class Flaky(Plugin):
+    name = "flaky"
+
+    class Params(PluginParams):
+        failures: int = 1
+
+    def process(self, image, job):
+        with LOG.open("a") as log:
+            log.write(f"{time.time()}\\n")
+        tries = len(LOG.read_text().splitlines())
+        if tries <= self.params.failures:
+            raise PluginError(f"flaky failure {tries}")
+        return image
+"""
+
+
+def flaky_run(
+    tmp_path: Path, failures: int
+) -> tuple[subprocess.CompletedProcess[str], list[float]]:
+    """One image through a plugin that fails its first ``failures`` tries, with
+    max_attempts = 3 and a first retry 0.5 s later; returns the run and each try's start."""
+    site = tmp_path / "site"
+    dist = site / "flaky-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[stylebox.plugins]\nflaky = flaky_plugin:Flaky\n")
+    (site / "flaky_plugin.py").write_text(FLAKY)
+    config, _ = setup(tmp_path, 1, "flaky", f"{{ failures = {failures} }}")
+    config.write_text(
+        config.read_text() + "max_attempts = 3\n[daemon]\nretry_backoff_seconds = 0.5\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    starts = [float(line) for line in (site / "attempts.log").read_text().splitlines()]
+    return result, starts
+
+
+def test_a_plugin_fault_is_retried_and_the_retry_can_succeed(tmp_path: Path) -> None:
+    from stylebox.daemon.journal import Journal
+
+    result, starts = flaky_run(tmp_path, failures=1)
+    assert result.returncode == 0, result.stderr
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (row,) = journal.jobs("batch:nightly")
+    journal.close()
+    assert row.state == "done" and row.attempts == 2
+    assert len(starts) == 2 and starts[1] - starts[0] >= 0.5
+
+
+def test_max_attempts_is_the_number_of_tries_with_doubling_backoff(tmp_path: Path) -> None:
+    """max_attempts = 3: three tries in all, the second 0.5 s after the first, the third
+    1 s after the second (retry_backoff_seconds * 2 ** (attempts - 1))."""
+    from stylebox.daemon.journal import Journal
+
+    result, starts = flaky_run(tmp_path, failures=99)
+    assert result.returncode == 1, result.stderr
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (row,) = journal.jobs("batch:nightly")
+    journal.close()
+    assert row.state == "failed" and row.attempts == 3
+    assert row.error_message == "flaky failure 3"
+    assert len(starts) == 3
+    assert starts[1] - starts[0] >= 0.5 and starts[2] - starts[1] >= 1.0
+    # The journal's last backoff: set when the second try failed, 1 s on from then.
+    assert 1.0 <= row.not_before - starts[1] < 1.5
+    assert row.not_before <= starts[2]
