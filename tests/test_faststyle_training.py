@@ -151,3 +151,26 @@ def test_resume_keeps_the_shape_the_run_started_with(
     torch.save(state, checkpoint)
     resumed = train(params(photos, style_file, 3), tmp_path / "run", resume=True)
     assert resumed.residual_blocks == 5
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_a_content_dir_without_photos_is_a_one_line_config_error(tmp_path: Path, kind: str) -> None:
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    if kind == "empty":
+        folder.mkdir()
+        (folder / "notes.txt").write_text("not a photo")
+    out = tmp_path / "model.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "train", "--style", "starry_night",
+         "--content-dir", str(folder), "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    line = result.stderr.splitlines()[-1]  # after the warning that notes.txt is skipped
+    reason = "does not exist" if kind == "missing" else "no photo stylebox can read"
+    assert line.startswith("stylebox: config error: ") and str(folder) in line and reason in line
+    assert not out.with_suffix(".train").exists()

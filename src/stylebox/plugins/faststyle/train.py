@@ -20,6 +20,7 @@ from PIL import Image
 from pydantic import Field, PositiveInt
 
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
+from stylebox.errors import ConfigError
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
 from stylebox.plugins.api import PluginParams, StyleFile
 from stylebox.plugins.faststyle.network import Preset, TransformerNet, residual_blocks_in
@@ -61,16 +62,28 @@ class TrainParams(PluginParams):
 
 
 def load_photos(folder: Path, longest: int) -> list[Image.Image]:
-    """Every readable photo of ``folder``, shrunk once so crops are cheap."""
+    """Every readable photo of ``folder``, shrunk once so crops are cheap. A folder that is
+    missing, unreadable or without a single readable photo is a :class:`ConfigError`
+    naming it and saying which."""
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"content folder {folder} {why}")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"content folder {folder}: cannot list it ({exc.strerror})") from None
     photos = []
-    for path in sorted(folder.iterdir()):
+    for path in entries:
         if path.is_file() and not path.name.startswith("."):
             try:
                 photos.append(resize_to_max_side(decode_image(path).rgb, longest))
             except Exception as exc:  # a bad file in a training folder is skipped, loudly
                 log.warning("skipping %s: %s", path.name, exc)
     if not photos:
-        raise ValueError(f"no usable photos in {folder}")
+        raise ConfigError(
+            f"content folder {folder} holds no photo stylebox can read "
+            f"({len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in it)"
+        )
     return photos
 
 
@@ -105,6 +118,8 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TransformerNet:
     """Train, writing checkpoints and samples to ``out_dir``; returns the trained network."""
+    # First: a content folder without photos is refused before anything slow or written.
+    photos = load_photos(params.content_dir, max(params.image_size * 2, 512))
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = backbone or BackboneSpec()
     device = resolve_device(params.device)
@@ -135,7 +150,6 @@ def train(
     with torch.no_grad():
         features = vgg(to_tensor(style_image, device), list(params.style_layers))
         style_grams = {k: gram(v) for k, v in features.items()}
-    photos = load_photos(params.content_dir, max(params.image_size * 2, 512))
     samples = photos[:3]
     # A resumed run restored ``rng`` above, so it draws the crops an uninterrupted run would.
     data = batches(photos, params.image_size, params.batch_size, rng)
