@@ -189,7 +189,11 @@ class Capabilities:
     deterministic: bool = False
     """Same params, same input -> the same output bytes (on CPU)."""
     batching: bool = False
-    """:meth:`Plugin.process_batch` runs several same-size images faster than one by one."""
+    """The host may give :meth:`Plugin.process_batch` several jobs of one inbox or batch
+    folder at once (up to the daemon's ``batch_size``); it returns their images in order,
+    matching single runs where the plugin is deterministic. Declared by a plugin for which
+    batching can pay somewhere; how each call runs them is its own choice (the fast plugin
+    runs one batch on a GPU, but one by one on the CPU, where a batch is no faster)."""
     snapshots: bool = False
     """Intermediate images are handed to :meth:`JobContext.snapshot` while it works."""
     gpu_only: bool = False

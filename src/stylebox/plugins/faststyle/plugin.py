@@ -1,7 +1,9 @@
 """The ``fast`` plugin: a feed-forward style network run by onnxruntime.
 
 Large photos are cut into overlapping tiles whose seams are feathered, so memory stays
-bounded whatever the photo's size. Same-size images handed over together run as one batch.
+bounded whatever the photo's size. Same-size images handed over together run as one batch
+(one ``session.run``) on a GPU, where the model's batch dimension allows it; on the CPU,
+where a batch is no faster, they run one by one.
 """
 
 from __future__ import annotations
