@@ -189,3 +189,33 @@ def test_handler_exceptions_never_reach_watchdog(tmp_path: Path) -> None:
     finally:
         watcher.stop()
     shutil.rmtree(inbox)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_settle_loop_is_restarted(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    calls: list[str] = []
+
+    def dies_once(folder: WatchedFolder, paths: list[Path]) -> None:
+        calls.extend(path.name for path in paths)
+        if len(calls) == 1:
+            raise SystemExit  # gets past the loop's guard, which catches Exception: it ends
+
+    watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], dies_once)
+    watcher.start()
+    try:
+        (inbox / "one.jpg").write_bytes(b"1")
+        deadline = time.monotonic() + 10
+        while watcher.healthy() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert calls == ["one.jpg"] and not watcher.healthy()
+        watcher.check()
+        assert watcher.healthy() and watcher.restarts == 1
+        (inbox / "two.jpg").write_bytes(b"2")
+        while "two.jpg" not in calls and time.monotonic() < deadline + 10:
+            time.sleep(0.02)
+        assert "two.jpg" in calls
+        assert calls.count("one.jpg") == 2  # the file it held when it died, found again
+    finally:
+        watcher.stop()

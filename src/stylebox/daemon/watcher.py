@@ -7,7 +7,8 @@ window (restarted by any new event) and an open-for-read probe succeeds. Where t
 allows it, a read lease proves no one still has the file open for writing.
 
 Handlers never raise into watchdog: an exception there silently kills its thread. The
-observers are supervised by :meth:`InboxWatcher.check` and restarted if they die.
+observers and the settle loop are supervised by :meth:`InboxWatcher.check` and restarted
+if they die.
 """
 
 from __future__ import annotations
@@ -83,8 +84,7 @@ class InboxWatcher:
         for folder in self.folders.values():
             folder.path.mkdir(parents=True, exist_ok=True)
         self._start_observers()
-        self._settler = threading.Thread(target=self._settle_loop, name="settler", daemon=True)
-        self._settler.start()
+        self._start_settler()
         self.rescan()
 
     def stop(self) -> None:
@@ -96,6 +96,10 @@ class InboxWatcher:
                 observer.join(timeout=5)
         if self._settler is not None:
             self._settler.join(timeout=5)
+
+    def _start_settler(self) -> None:
+        self._settler = threading.Thread(target=self._settle_loop, name="settler", daemon=True)
+        self._settler.start()
 
     def _start_observers(self) -> None:
         handler = _Handler(self)
@@ -121,16 +125,25 @@ class InboxWatcher:
         return settler_alive and all(observer.is_alive() for observer in self._observers)
 
     def check(self) -> None:
-        """Restart dead observers (and rescan, since their events were lost)."""
-        if self._stop.is_set() or all(observer.is_alive() for observer in self._observers):
+        """Restart dead observers and a dead settle loop, then rescan: the events a dead
+        observer missed, and the files a dying settle loop held, are found again."""
+        if self._stop.is_set():
             return
-        log.error("a file-system observer died; restarting it and rescanning the inboxes")
-        for observer in self._observers:
-            with contextlib.suppress(Exception):  # already dead; nothing to stop
-                observer.stop()
-        self.restarts += 1
-        self._start_observers()
-        self.rescan()
+        restarted = False
+        if not all(observer.is_alive() for observer in self._observers):
+            log.error("a file-system observer died; restarting it and rescanning the inboxes")
+            for observer in self._observers:
+                with contextlib.suppress(Exception):  # already dead; nothing to stop
+                    observer.stop()
+            self._start_observers()
+            restarted = True
+        if self._settler is not None and not self._settler.is_alive():
+            log.error("the settle loop died; restarting it and rescanning the inboxes")
+            self._start_settler()
+            restarted = True
+        if restarted:
+            self.restarts += 1
+            self.rescan()
 
     # -- candidates ------------------------------------------------------------------------
 
