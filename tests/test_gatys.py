@@ -317,6 +317,53 @@ def test_a_refused_blow_up_is_survived_and_counted(tmp_path: Path, style_file: P
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_torchs_own_lbfgs_blows_up_on_that_photo(tmp_path: Path) -> None:
+    """Why GuardedLBFGS exists, kept true: torch.optim.LBFGS on the same objective."""
+    import torch
+
+    from stylebox.tensors import to_tensor
+
+    params = GatysParams(style="starry_night", size=256, steps=20)
+    engine = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state")).engine
+    content = to_tensor(Image.open(DATA / "kodim06-256.png").convert("RGB"))
+    objective = engine._objective(content, content, {})
+    x = content.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=20)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective(x)[0]
+        loss.backward()
+        return loss
+
+    losses = [float(optimizer.step(closure).detach()) for _ in range(5)]
+    assert 2e7 < losses[0] < 4e7 and losses[2] > 1e20  # 3e7, then 9e26 on this machine
+    assert losses[4] == pytest.approx(losses[0], rel=1e-3)  # back at the photo, stuck
+
+
+def test_content_and_style_keep_their_balance_across_sizes(tmp_path: Path) -> None:
+    import torch
+
+    from stylebox.images import resize_to_max_side
+    from stylebox.tensors import to_tensor
+
+    params = GatysParams(style="starry_night", size=512, steps=20)
+    engine = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state")).engine
+    photo_a = Image.open(Path(__file__).parents[1] / "examples/photos/kodim05.png")
+    photo_b = Image.open(DATA / "kodim06-256.png")
+    parts = {}
+    for side in (256, 512):
+        content = to_tensor(resize_to_max_side(photo_a.convert("RGB"), side))
+        image = photo_b.convert("RGB").resize(
+            (content.shape[-1], content.shape[-2]), Image.Resampling.LANCZOS
+        )
+        with torch.no_grad():
+            parts[side] = engine._objective(content, content, {})(to_tensor(image))[1]
+    for term in ("content", "style"):
+        assert 0.85 < parts[512][term] / parts[256][term] < 1.15
+    assert 0.15 < parts[512]["tv"] / parts[256]["tv"] < 0.4
+
+
 def test_a_job_that_paints_nothing_fails_and_says_why(tmp_path: Path, style_file: Path) -> None:
     stalled = {"learning_rate": 1e-9, "steps": 10}
     with pytest.raises(PermanentFailure, match=r"loss fell only from .* in 10 steps"):

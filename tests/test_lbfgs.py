@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -70,6 +71,16 @@ def test_while_all_goes_well_it_is_torchs_lbfgs_bit_for_bit() -> None:
 def test_negative_curvature_at_the_start_does_not_stall_it() -> None:
     _, their_losses = with_torch(double_well, 40)
     ours, our_losses, _ = with_guarded(double_well, 40)
+    # the first gradient steps double in size while no curvature pair is accepted
+    x = start().requires_grad_(True)
+    optimizer = GuardedLBFGS(x)
+    sizes = []
+    for _ in range(4):
+        optimizer.step(evaluator(double_well))
+        assert optimizer.last_step is not None and not optimizer.steps_s
+        sizes.append(float(optimizer.last_step.abs().max()))
+    # (each doubling of the scale, times 1/|g|_1 of a gradient that shrinks a little)
+    assert all(1.6 < b / a <= 2.0 for a, b in itertools.pairwise(sizes))
     # torch stands still at its starting loss: the failure seen on real photos
     assert their_losses[-1] > 0.9 * their_losses[0]
     assert our_losses[-1] < 1e-6 * our_losses[0]
@@ -128,3 +139,20 @@ def test_no_value_moves_more_than_the_full_range_in_one_step() -> None:
         optimizer.step(evaluator(double_well))
         largest = max(largest, float((x.detach() - before).abs().max()))
     assert largest == pytest.approx(1.0)  # the bound was needed, and held
+
+
+@pytest.mark.parametrize(("factor", "refused"), [(20.0, 1), (5.0, 0)])
+def test_a_tenfold_rise_is_refused_and_a_detour_is_not(factor: float, refused: int) -> None:
+    x = start().requires_grad_(True)
+    optimizer = GuardedLBFGS(x)
+    calls = 0
+
+    def rising(x: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        loss = evaluator(smooth)(x)
+        return loss * factor if calls == 6 else loss
+
+    losses = [optimizer.step(rising) for _ in range(6)]
+    assert optimizer.refused == refused
+    assert (losses[5] == losses[4]) == bool(refused)

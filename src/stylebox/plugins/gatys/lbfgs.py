@@ -4,17 +4,20 @@ While all goes well this is exactly ``torch.optim.LBFGS(max_iter=1)`` without a 
 search, the classic style-transfer optimiser: each step evaluates the loss and gradient
 once, updates the curvature memory and moves by the two-loop direction, the very first
 step scaled down to ``lr / |g|_1``. On some photo and painting pairs that recipe fails
-(seen on 6 of 8 Kodak photos with Starry Night): a curvature pair is refused at the
+(Kodak photo 6 with Starry Night, kept in the tests): a curvature pair is refused at the
 second step (``y.s <= 0`` where ReLU and max-pooling make the loss non-convex), torch then
 takes a raw gradient step of ``lr * g``, pixels move by 10^4, the loss becomes 10^26, and
 from there no direction is a descent direction, so every later step stands still and
-the "result" is the photo. Three guards prevent that:
+the "result" is the photo. The guards:
 
-* until a curvature pair is accepted, steps keep the first step's scale (never ``lr * g``);
-* a direction that is not a descent direction is replaced by the scaled gradient;
+* until a curvature pair is accepted, gradient steps start at the first step's scale and
+  double at each step (steps too small to measure curvature through fp32 noise would
+  otherwise repeat), never a raw ``lr * g``;
+* no pixel moves more than :data:`MAX_STEP` in one step;
+* a direction that is not a descent direction is replaced by a gradient step;
 * a point whose loss is not finite or more than :data:`BLOWUP` times the last accepted
   loss is refused: the image goes back to the last accepted point, the curvature memory
-  is cleared and later quasi-Newton steps are halved until steps are accepted again.
+  is cleared and quasi-Newton steps are halved until one of them pays off again.
 
 A refused point costs one evaluation (a step) and nothing else. Line searches (strong
 Wolfe) would also prevent blow-ups but cost extra evaluations on every step they run.

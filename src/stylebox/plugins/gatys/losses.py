@@ -1,7 +1,9 @@
 """The Gatys objective: content, Gram style and total-variation losses.
 
-Each term is a mean, and Grams are divided by C*H*W, so the same weights give the same
-balance at 256 px and at 2048 px.
+Each term is a mean, and Grams are divided by C*H*W, so the content and style terms keep
+their balance across sizes (within 15 % between 256 and 512 px on a photo). The TV term,
+a mean of squared neighbour differences, falls as the same picture gets more pixels (to
+about a quarter from 256 to 512 px), so it smooths less at larger sizes.
 """
 
 from __future__ import annotations
