@@ -119,7 +119,7 @@ FLAKY = """
 import time
 from pathlib import Path
 
-from stylebox.plugins.api import Plugin, PluginError, PluginParams
+from stylebox.plugins.api import Cancelled, ConfigError, Plugin, PluginError, PluginParams
 
 LOG = Path(__file__).with_name("attempts.log")
 
@@ -129,10 +129,18 @@ class Flaky(Plugin):
 
     class Params(PluginParams):
         failures: int = 1
+        hang: bool = False
+        config_error: bool = False
 
     def process(self, image, job):
         with LOG.open("a") as log:
             log.write(f"{time.time()}\\n")
+        if self.params.config_error:
+            raise ConfigError("the lookup table is not where the params say")
+        while self.params.hang:
+            if job.cancelled:
+                raise Cancelled("stopped before step 1")
+            time.sleep(0.01)
         tries = len(LOG.read_text().splitlines())
         if tries <= self.params.failures:
             raise PluginError(f"flaky failure {tries}")
@@ -141,19 +149,21 @@ class Flaky(Plugin):
 
 
 def flaky_run(
-    tmp_path: Path, failures: int
+    tmp_path: Path, params: str, settings: str = ""
 ) -> tuple[subprocess.CompletedProcess[str], list[float]]:
-    """One image through a plugin that fails its first ``failures`` tries, with
-    max_attempts = 3 and a first retry 0.5 s later; returns the run and each try's start."""
+    """One image through a plugin that fails its first ``failures`` tries (or with
+    ``hang``, runs until cancelled), with max_attempts = 3 and a first retry 0.5 s later;
+    returns the run and each try's start."""
     site = tmp_path / "site"
     dist = site / "flaky-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[stylebox.plugins]\nflaky = flaky_plugin:Flaky\n")
     (site / "flaky_plugin.py").write_text(FLAKY)
-    config, _ = setup(tmp_path, 1, "flaky", f"{{ failures = {failures} }}")
+    config, _ = setup(tmp_path, 1, "flaky", params)
     config.write_text(
-        config.read_text() + "max_attempts = 3\n[daemon]\nretry_backoff_seconds = 0.5\n"
+        config.read_text()
+        + f"max_attempts = 3\n{settings}\n[daemon]\nretry_backoff_seconds = 0.5\n"
     )
     env = {
         **os.environ,
@@ -170,7 +180,7 @@ def flaky_run(
 def test_a_plugin_fault_is_retried_and_the_retry_can_succeed(tmp_path: Path) -> None:
     from stylebox.daemon.journal import Journal
 
-    result, starts = flaky_run(tmp_path, failures=1)
+    result, starts = flaky_run(tmp_path, "{ failures = 1 }")
     assert result.returncode == 0, result.stderr
     journal = Journal(tmp_path / "state" / "journal.sqlite3")
     (row,) = journal.jobs("batch:nightly")
@@ -184,7 +194,7 @@ def test_max_attempts_is_the_number_of_tries_with_doubling_backoff(tmp_path: Pat
     1 s after the second (retry_backoff_seconds * 2 ** (attempts - 1))."""
     from stylebox.daemon.journal import Journal
 
-    result, starts = flaky_run(tmp_path, failures=99)
+    result, starts = flaky_run(tmp_path, "{ failures = 99 }")
     assert result.returncode == 1, result.stderr
     journal = Journal(tmp_path / "state" / "journal.sqlite3")
     (row,) = journal.jobs("batch:nightly")
@@ -196,3 +206,34 @@ def test_max_attempts_is_the_number_of_tries_with_doubling_backoff(tmp_path: Pat
     # The journal's last backoff: set when the second try failed, 1 s on from then.
     assert 1.0 <= row.not_before - starts[1] < 1.5
     assert row.not_before <= starts[2]
+
+
+def test_a_job_outliving_timeout_seconds_is_cancelled_and_counts_as_a_try(tmp_path: Path) -> None:
+    """timeout_seconds cancels a job; unlike a stop (a drain), that counts as a failed try:
+    retried with backoff, then failed with the reason."""
+    from stylebox.daemon.journal import Journal
+
+    result, starts = flaky_run(tmp_path, "{ hang = true }", "timeout_seconds = 0.3")
+    assert result.returncode == 1, result.stderr
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (row,) = journal.jobs("batch:nightly")
+    journal.close()
+    assert row.state == "failed" and row.attempts == 3 and len(starts) == 3
+    assert row.error_class == "PluginError"
+    assert row.error_message == "timed out after 0.3 s (stopped before step 1)"
+
+
+def test_a_config_error_raised_while_processing_is_retried_as_a_plugin_fault(
+    tmp_path: Path,
+) -> None:
+    """Only a ConfigError before any work (config, plugin start-up) refuses the config."""
+    from stylebox.daemon.journal import Journal
+
+    result, starts = flaky_run(tmp_path, "{ config_error = true }")
+    assert result.returncode == 1, result.stderr
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (row,) = journal.jobs("batch:nightly")
+    journal.close()
+    assert row.state == "failed" and row.attempts == 3 and len(starts) == 3
+    assert row.error_class == "PluginError"
+    assert row.error_message == "ConfigError: the lookup table is not where the params say"
