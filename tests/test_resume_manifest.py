@@ -126,3 +126,12 @@ def test_a_run_killed_before_its_first_checkpoint_is_not_counted(
     # ...with the time up to then only, not its three steps
     earlier = manifest["timings"]["job_total_seconds"] - manifest["timings"]["total_seconds"]
     assert earlier < 0.15
+
+
+def test_device_and_the_like_come_only_from_the_plugins_notes(tmp_path: Path, image: Path) -> None:
+    """The runner's own manifest fields; the stepper notes nothing on an uninterrupted job."""
+    manifest = run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 2}).manifest
+    own = {"input", "plugin", "params", "output", "timings", "history", "libraries"}
+    assert own <= set(manifest)
+    noted = {"device", "backbone", "style_cache", "resumed_from_step", "provider", "precision"}
+    assert not noted & set(manifest)
