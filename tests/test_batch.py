@@ -148,30 +148,39 @@ class Flaky(Plugin):
 """
 
 
-def flaky_run(
-    tmp_path: Path, params: str, settings: str = ""
-) -> tuple[subprocess.CompletedProcess[str], list[float]]:
-    """One image through a plugin that fails its first ``failures`` tries (or with
-    ``hang``, runs until cancelled), with max_attempts = 3 and a first retry 0.5 s later;
-    returns the run and each try's start."""
+def flaky_site(tmp_path: Path) -> Path:
+    """A folder that, on PYTHONPATH, installs the ``flaky`` plugin."""
     site = tmp_path / "site"
     dist = site / "flaky-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[stylebox.plugins]\nflaky = flaky_plugin:Flaky\n")
     (site / "flaky_plugin.py").write_text(FLAKY)
+    return site
+
+
+def site_env(site: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def flaky_run(
+    tmp_path: Path, params: str, settings: str = ""
+) -> tuple[subprocess.CompletedProcess[str], list[float]]:
+    """One image through a plugin that fails its first ``failures`` tries (or with
+    ``hang``, runs until cancelled), with max_attempts = 3 and a first retry 0.5 s later;
+    returns the run and each try's start."""
+    site = flaky_site(tmp_path)
     config, _ = setup(tmp_path, 1, "flaky", params)
     config.write_text(
         config.read_text()
         + f"max_attempts = 3\n{settings}\n[daemon]\nretry_backoff_seconds = 0.5\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-    }
     result = subprocess.run(
         [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True, text=True, timeout=120, env=site_env(site),
     )  # fmt: skip
     starts = [float(line) for line in (site / "attempts.log").read_text().splitlines()]
     return result, starts
@@ -237,3 +246,21 @@ def test_a_config_error_raised_while_processing_is_retried_as_a_plugin_fault(
     assert row.state == "failed" and row.attempts == 3 and len(starts) == 3
     assert row.error_class == "PluginError"
     assert row.error_message == "ConfigError: the lookup table is not where the params say"
+
+
+def test_a_stopped_batch_exits_130_and_the_job_waits_uncounted(tmp_path: Path) -> None:
+    from stylebox.daemon.journal import Journal
+
+    site = flaky_site(tmp_path)
+    config, _ = setup(tmp_path, 1, "flaky", "{ hang = true }")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
+        stderr=subprocess.DEVNULL, env=site_env(site),
+    )  # fmt: skip
+    assert wait_until((site / "attempts.log").exists, 60)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (row,) = journal.jobs("batch:nightly")
+    journal.close()
+    assert row.state == "queued" and row.attempts == 0

@@ -1,9 +1,10 @@
 """The ``stylebox`` command line.
 
 Exit status: 0 success, 1 a plugin failed, 2 bad input or bad config (one line saying why,
-never a traceback), 130 interrupted (run the same command again to resume), 141 standard
+never a traceback), 130 interrupted (``run`` and ``batch`` by Ctrl-C or SIGTERM: run the
+same command again to resume; ``train`` by Ctrl-C: ``--resume`` continues), 141 standard
 output closed early (``stylebox status --json | head``; quietly, as a program stopped by
-SIGPIPE).
+SIGPIPE). ``serve`` exits 0 when SIGTERM or Ctrl-C stops it, as it is meant to stop.
 """
 
 from __future__ import annotations
