@@ -174,3 +174,24 @@ def test_a_content_dir_without_photos_is_a_one_line_config_error(tmp_path: Path,
     reason = "does not exist" if kind == "missing" else "no photo stylebox can read"
     assert line.startswith("stylebox: config error: ") and str(folder) in line and reason in line
     assert not out.with_suffix(".train").exists()
+
+
+def test_ctrl_c_stops_train_with_status_130(tmp_path: Path, photos: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from daemon_helpers import wait_until
+
+    out = tmp_path / "model.onnx"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylebox.cli", "train", "--style", "starry_night",
+         "--content-dir", str(photos), "--out", str(out), "--device", "cpu",
+         "--preset", "small", "--image-size", "32", "--steps", "100000"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert wait_until(out.with_suffix(".train").exists, 60)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "stylebox: interrupted" and "Traceback" not in stderr
