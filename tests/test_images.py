@@ -189,3 +189,44 @@ def test_atomic_write_failure_leaves_the_old_file(tmp_path: Path) -> None:
         raise RuntimeError("disk on fire")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def _png_chunks(data: bytes) -> dict[bytes, int]:
+    """Where each chunk's data starts in PNG ``data``, by chunk type (the first of a type)."""
+    starts: dict[bytes, int] = {}
+    position = 8
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        starts.setdefault(data[position + 4 : position + 8], position + 8)
+        position += 12 + length
+    return starts
+
+
+@pytest.mark.parametrize("chunk", [b"IHDR", b"tEXt", b"IDAT"])
+def test_a_png_with_a_wrong_chunk_crc_is_called_damaged_naming_the_chunk(
+    tmp_path: Path, chunk: bytes
+) -> None:
+    """One byte of a chunk's data altered: the chunk's CRC no longer matches. Pillow says it
+    cannot identify the file (a header chunk) or that its data stream broke (pixel data)."""
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "a photo")
+    data = bytearray(encoded(photo(16, 12), pnginfo=text))
+    data[_png_chunks(bytes(data))[chunk] + 1] ^= 0x10
+    path = tmp_path / "photo.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInput) as refused:
+        decode_image(path)
+    assert str(refused.value) == f"photo.png is a damaged PNG: CRC error in chunk {chunk.decode()}"
+
+
+def test_a_damaged_header_of_another_format_says_what_its_reader_found() -> None:
+    """A file that starts like a GIF but whose header stops short is a damaged GIF."""
+    with pytest.raises(BadInput, match=r"^clip\.gif is a damaged GIF: \S"):
+        decode_bytes(b"GIF89a\x10\x00", name="clip.gif")
+
+
+def test_a_file_deleted_before_it_is_read_is_said_to_be_gone(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match=r"^photo\.png no longer exists \(moved or deleted\)$"):
+        decode_image(tmp_path / "photo.png")

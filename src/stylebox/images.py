@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import io
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 _SRGB_BYTES: bytes = _SRGB.tobytes()
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,13 @@ def decode_image(
     """Read ``path`` and decode it fully, or raise :class:`BadInput` saying why not."""
     try:
         if not path.is_file():
+            if not os.path.lexists(path):
+                raise BadInput(f"{path.name} no longer exists (moved or deleted)")
             kind = "a folder" if path.is_dir() else "not a regular file"
             raise BadInput(f"{path.name} is {kind}, not an image file")
         data = path.read_bytes()
+    except FileNotFoundError as exc:  # gone between the check and the read
+        raise BadInput(f"{path.name} no longer exists (moved or deleted)") from exc
     except OSError as exc:
         raise BadInput(f"cannot read {path.name}: {exc.strerror or exc}") from exc
     return decode_bytes(data, name=path.name, max_pixels=max_pixels, formats=formats)
@@ -111,6 +118,9 @@ def decode_bytes(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadInput(f"{name} refused as a decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        chunk = _png_crc_error(data)
+        if chunk:
+            raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}") from exc
         raise BadInput(
             f"{name} is truncated or corrupt ({original_format} data failed to decode: {exc})"
         ) from exc
@@ -146,7 +156,58 @@ def _open(data: bytes, name: str, formats: frozenset[str]) -> Image.Image:
             f"{name} is a {found} image, which is not accepted "
             f"(accepted formats: {', '.join(sorted(formats))})"
         )
+    chunk = _png_crc_error(data) if "PNG" in formats else None
+    if chunk:
+        raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
+    damage = _damage(data, formats)
+    if damage:
+        raise BadInput(f"{name} is a damaged {damage[0]}: {damage[1]}")
     raise BadInput(f"{name} is not an image (no known image format recognised)")
+
+
+def _damage(data: bytes, formats: frozenset[str]) -> tuple[str, str] | None:
+    """For data that starts like an accepted format but that Pillow cannot open: that format
+    and its reader's own reason (a header cut short, say). ``Image.open`` tries every format
+    and says only that it cannot identify the file, so the format whose signature the data
+    bears is asked again, alone."""
+    prefix = data[:16]
+    for fmt in sorted(formats):
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        if factory is None or accept is None:
+            continue  # no signature to go by: it could claim anything
+        claimed = accept(prefix)
+        if not claimed or isinstance(claimed, str):
+            continue
+        try:
+            with factory(io.BytesIO(data), ""):
+                continue  # it opens after all: not what went wrong
+        except Exception as exc:  # the reader's reason, whatever it raises
+            return fmt, str(exc) or type(exc).__name__
+    return None
+
+
+def _png_crc_error(data: bytes) -> str | None:
+    """The type of the first chunk of PNG ``data`` whose CRC does not match its bytes, or
+    ``None`` (not a PNG, every CRC right, or cut short: a truncation is told elsewhere).
+    Pillow checks the CRCs of the chunks before the pixel data and says only that it cannot
+    identify the file, and checks none of the pixel data's own."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    position = len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, position)
+        end = position + 8 + length
+        kind = bytes(view[position + 4 : position + 8])
+        if end + 4 > len(data) or not kind.isalpha():
+            return None  # cut short, or a damaged length: no chunk to name
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(view[position + 4 : end]) != crc:
+            return kind.decode("ascii")
+        if kind == b"IEND":
+            return None
+        position = end + 4
+    return None
 
 
 def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.Image | None]:
