@@ -103,8 +103,25 @@ def test_eta_counts_the_pixels_of_the_scales_to_come(tmp_path: Path, style_file:
     _, context = run(plugin, tmp_path / "job", photo(96, 72))
     etas = context.metric("eta")
     assert len(etas) == 7 and all(eta >= 0 for eta in etas) and etas[-1] == 0
-    coarse_step_seconds = 1 / context.metric("its")[2]
-    assert etas[2] > 8 * coarse_step_seconds
+    # the coarse scale's step time as measured when its last step ended
+    coarse_step_seconds = plugin.engine.step_seconds[48 * 36]
+    assert etas[2] == pytest.approx(4 * 4 * coarse_step_seconds, 1e-6)
+
+
+def test_a_later_job_counts_each_scale_at_its_measured_speed(
+    tmp_path: Path, style_file: Path
+) -> None:
+    """Small sizes cost more per pixel than large ones; once a scale has run, the next
+    job's estimate counts it at its measured step time, not by the pixel ratio."""
+    plugin = make(tmp_path, style_file, size=128, scales=[64], coarse_steps=5, steps=5)
+    run(plugin, tmp_path / "first", photo(128, 96))
+    measured = dict(plugin.engine.step_seconds)
+    coarse, fine = 64 * 48, 128 * 96
+    assert set(measured) == {coarse, fine}
+    _, context = run(plugin, tmp_path / "second", photo(128, 96, seed=2))
+    first_step = 1 / context.metric("its")[0]
+    coarse_now = 0.8 * measured[coarse] + 0.2 * first_step
+    assert context.metric("eta")[0] == pytest.approx(4 * coarse_now + 5 * measured[fine], 1e-6)
 
 
 def test_same_seed_same_output(tmp_path: Path, style_file: Path) -> None:

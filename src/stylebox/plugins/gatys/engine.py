@@ -80,23 +80,29 @@ class _Run:
 
 
 class _Clock:
-    """Seconds left in a job: measured seconds per pixel-step times the pixel-steps left
-    at this and every later scale (a 512 px step costs about 4x a 256 px one)."""
+    """Seconds left in a job: the pixel-steps left at this and every later scale, times the
+    seconds per pixel-step measured so far (a 512 px step costs about 4x a 256 px one).
 
-    def __init__(self, scales: list[_Scale]) -> None:
+    Small sizes cost more per pixel (fixed overheads), so a scale this engine has already
+    run is counted at its own measured seconds per step: from the second job on, the
+    estimate of a coarse-to-fine job is right from its first step.
+    """
+
+    def __init__(self, scales: list[_Scale], known: dict[int, float]) -> None:
         self.scales = scales
-        self.per_pixel_step: float | None = None
+        self.known = known
+        """Seconds per step by pixel count, from earlier steps of this engine (shared)."""
 
     def tick(self, seconds: float, scale: _Scale, steps_done: int) -> float:
-        rate = seconds / scale.pixels
-        # The first steps of a scale include one-off costs; a running average smooths them.
-        self.per_pixel_step = (
-            rate if self.per_pixel_step is None else 0.8 * self.per_pixel_step + 0.2 * rate
-        )
-        left = (scale.steps - steps_done) * scale.pixels + sum(
-            s.steps * s.pixels for s in self.scales if s.index > scale.index
-        )
-        return left * self.per_pixel_step
+        previous = self.known.get(scale.pixels)
+        # A running average smooths one-off costs and noise.
+        current = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+        self.known[scale.pixels] = current
+        per_pixel = current / scale.pixels
+        left = (scale.steps - steps_done) * current
+        for later in self.scales[scale.index + 1 :]:
+            left += later.steps * self.known.get(later.pixels, per_pixel * later.pixels)
+        return left
 
 
 class Engine:
@@ -112,6 +118,8 @@ class Engine:
         self.backbone_id = fingerprint(spec)
         self.cache = _shared_cache(runtime.cache_dir("gatys-style-targets"))
         self.digest = params_digest(params)
+        self.step_seconds: dict[int, float] = {}
+        """Measured seconds per step by pixel count, for the ETA of later jobs."""
         self.styles: list[_Style] = []
         for path in params.style:
             try:
@@ -136,7 +144,7 @@ class Engine:
         checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
         if checkpoint is not None:
             job.note(resumed_from_step=scales[checkpoint.scale].first_global_step + checkpoint.step)
-        clock = _Clock(scales)
+        clock = _Clock(scales, self.step_seconds)
         cache_outcomes: dict[str, int] = {}
         # The job's own seeded generator: noise is the same on every run and every thread,
         # and a resumed job needs no random state back.
