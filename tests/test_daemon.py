@@ -329,3 +329,34 @@ def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path
     assert "explodes is disabled: plugin 'explodes'" in log
     assert "no GPU driver here" in log
     assert "notmodel is disabled: plugin 'notmodel'" in log and "not a pydantic model" in log
+
+
+def test_a_reload_starts_workers_for_a_device_type_that_had_none(tmp_path: Path) -> None:
+    """The only inbox is disabled at start (its plugin cannot load), so no worker starts;
+    once the plugin is mended, the reload that enables the inbox also starts its workers."""
+    site = broken_plugins_site(tmp_path)
+    config = write_config(
+        tmp_path,
+        'state_dir = "state"\n[[inbox]]\nname = "explodes"\npath = "inbox"\n'
+        'outbox = "outbox"\nplugin = "explodes"\nsettle_seconds = 0.2\n',
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    daemon = Daemon(config, env=env)
+    try:
+        daemon.wait_ready()
+        (site / "brokenplugins" / "explodes.py").write_text(
+            "from stylebox.plugins.api import Plugin as Base, PluginParams\n"
+            "class Plugin(Base):\n"
+            "    name = 'explodes'\n"
+            "    Params = PluginParams\n"
+            "    def process(self, image, job):\n"
+            "        return image\n"
+        )
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "config reloaded" in daemon.output(), 20)
+        photo(20, 20).save(tmp_path / "staged.png")
+        os.rename(tmp_path / "staged.png", tmp_path / "inbox" / "photo.png")
+        outcome = tmp_path / "outbox" / "photo.json"
+        assert wait_until(outcome.exists, 30), daemon.output()[-4000:]
+    finally:
+        assert daemon.stop() == 0

@@ -2,7 +2,9 @@
 
 SIGTERM stops taking jobs, asks running ones to checkpoint, and exits within the drain
 time; the next start resumes them. SIGHUP reloads the config: a bad new config is refused
-and the old one keeps running.
+and the old one keeps running. Worker threads start once per device type, when its first
+inbox is there (at start, or at the reload that brings it); ``[daemon] workers`` counts
+apply when they start, so a reload does not change them.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Service:
         self.watcher = self._watcher()
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._workers: list[threading.Thread] = []
+        self._workers: dict[str, list[threading.Thread]] = {}
+        """Each device type's workers; a device type is missing until it has an inbox."""
 
     def _build(self, loaded: LoadedConfig, registry: Registry) -> dict[str, Source]:
         for inbox in loaded.config.inbox:
@@ -144,15 +147,23 @@ class Service:
         return self.shutdown()
 
     def _start_workers(self) -> None:
+        """Start the workers of each device type that has an inbox and none yet: at start,
+        and after a reload that brings the first inbox of a device type (say, the only
+        inbox was disabled until its plugin was mended). Running workers are left as they
+        are, whatever the new config's counts."""
         devices = sorted({source.device_type for source in self.sources.values()})
         for device in devices:
+            if device in self._workers:
+                continue
             count = self.loaded.config.daemon.workers.get(device, 1)  # type: ignore[call-overload]
+            threads = self._workers[device] = []
             for index in range(count):
                 thread = threading.Thread(
                     target=self._work, args=(device,), name=f"worker-{device}-{index}", daemon=True
                 )
                 thread.start()
-                self._workers.append(thread)
+                threads.append(thread)
+            log.info("started %d %s worker(s)", count, device)
 
     def _work(self, device: str) -> None:
         while not self._stop.is_set():
@@ -174,7 +185,10 @@ class Service:
             self.pipeline.run(rows)
 
     def healthy(self) -> bool:
-        return self.watcher.healthy() and all(t.is_alive() for t in self._workers)
+        return self.watcher.healthy() and all(t.is_alive() for t in self._all_workers())
+
+    def _all_workers(self) -> list[threading.Thread]:
+        return [thread for threads in self._workers.values() for thread in threads]
 
     def status_line(self) -> str:
         counts = self.journal.counts()
@@ -204,6 +218,7 @@ class Service:
         self.pipeline.sources = sources
         self.watcher = self._watcher()
         self.watcher.start()
+        self._start_workers()
         notify("READY=1")
         log.info("config reloaded", extra={"inboxes": ", ".join(sorted(sources))})
 
@@ -214,9 +229,9 @@ class Service:
         self.watcher.stop()
         self.pipeline.cancel_all()
         deadline = time.monotonic() + self.loaded.config.daemon.drain_seconds
-        for thread in self._workers:
+        for thread in self._all_workers():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        left = [t.name for t in self._workers if t.is_alive()]
+        left = [t.name for t in self._all_workers() if t.is_alive()]
         if left:
             log.warning("drain time over; %d job(s) resume at next start", len(left))
         for plugin in self._instances.values():
