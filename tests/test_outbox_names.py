@@ -76,13 +76,16 @@ def test_every_file_named_after_a_long_stem_fits_the_file_system(tmp_path: Path)
     assert names.stem == safe_stem(name)
     longest = f".{names.stem}-99999.steps.XXXXXXXX.tmp"  # an atomic write's temp file
     assert len(longest.encode()) <= NAME_MAX
-    outbox.write_result(names, Image.new("RGB", (2, 2)), None)
-    outbox.write_manifest(names, {"ok": True})
+    with outbox.writing(names) as outputs:
+        outputs.write_result(Image.new("RGB", (2, 2)), None)
+        outputs.write_manifest({"ok": True})
     second = outbox.reserve(name)
     assert second.stem == f"{names.stem}-2"
-    outbox.write_result(second, Image.new("RGB", (2, 2)), None)
+    with outbox.writing(second) as outputs:
+        outputs.write_result(Image.new("RGB", (2, 2)), None)
+        outputs.write_manifest({"ok": True})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{names.stem}.png", f"{names.stem}.json", f"{names.stem}-2.png"]
+        [f"{names.stem}.png", f"{names.stem}.json", f"{names.stem}-2.png", f"{names.stem}-2.json"]
     )
 
 

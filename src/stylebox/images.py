@@ -313,10 +313,8 @@ def atomic_writer(path: Path, sync_folder: bool = True) -> Iterator[BinaryIO]:
     folder is fsynced so the rename itself survives a power cut (``sync_folder=False`` leaves
     that to a later write into the same folder).
     """
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    temp = Path(temp_name)
+    fd, temp = _hidden_temp(path)
     try:
-        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -333,6 +331,34 @@ def atomic_write_bytes(path: Path, data: bytes, sync_folder: bool = True) -> Non
     """Atomically replace ``path`` with ``data``; see :func:`atomic_writer`."""
     with atomic_writer(path, sync_folder) as handle:
         handle.write(data)
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a new hidden temp file beside ``path``, fsynced, named as
+    :func:`atomic_writer` names its own; the caller renames it over ``path`` (with other
+    files, for a set that appears together) or removes it. Nothing is left if this fails."""
+    fd, temp = _hidden_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _hidden_temp(path: Path) -> tuple[int, Path]:
+    """An open descriptor and the name of a new ``.<name>.XXXXXXXX.tmp`` beside ``path``."""
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+    except BaseException:
+        os.close(fd)
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return fd, Path(temp_name)
 
 
 def fsync_dir(folder: Path) -> None:

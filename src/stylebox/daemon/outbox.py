@@ -1,17 +1,24 @@
 """The outbox: the only code that decides output names and writes them.
 
 Per input stem ``S`` it holds ``S.<ext>`` (the result), ``S.steps/NNNN.png`` (snapshots),
-``S.gif`` (the snapshots as an animation) and ``S.json`` (the manifest, written last, so a
-manifest's presence means the rest is complete). Every file is written atomically, and a
-second ``photo.jpg`` gets ``photo-2``: names never collide and nothing is overwritten.
+``S.gif`` (the snapshots as an animation) and ``S.json`` (the manifest). Snapshots appear as
+the job makes them; result, animation and manifest appear together or not at all (see
+:meth:`Outbox.writing`), the manifest last, so a manifest's presence means the rest is
+complete. A job that fails for good leaves nothing (:meth:`Outbox.discard`). Every file is
+written atomically, and a second ``photo.jpg`` gets ``photo-2``: names never collide and
+nothing is overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import threading
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +28,10 @@ from PIL import Image
 from stylebox.config import OutputConfig
 from stylebox.images import (
     atomic_write_bytes,
-    atomic_writer,
     encode_image,
     fsync_dir,
     resize_to_max_side,
+    write_temp,
 )
 
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -159,41 +166,107 @@ class Outbox:
         atomic_write_bytes(path, encode_image(image, "png"), sync_folder=False)
         return path
 
-    def write_result(
-        self, names: OutputNames, image: Image.Image, alpha: Image.Image | None
-    ) -> Path:
-        # No folder fsync here: the manifest, written last into the same folder, does it.
-        atomic_write_bytes(
-            names.result, encode_image(image, self.output.format, alpha), sync_folder=False
-        )
-        return names.result
+    def discard(self, stem: str) -> None:
+        """Remove every output of the job ``stem``, which ends without a result: its temp
+        files, result, animation and manifest (the manifest first, so that no reader sees it
+        without the rest) and its snapshots, which are no result either; and forget its
+        reservation. Best effort: a file that cannot be removed is left."""
+        names = OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
+        with contextlib.suppress(OSError):
+            self.remove_temporaries(names)
+        for path in (names.manifest, names.result, names.animation):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        shutil.rmtree(names.steps, ignore_errors=True)
+        self.release_stem(stem)
 
-    def write_animation(self, names: OutputNames, final: Image.Image) -> Path | None:
+    @contextlib.contextmanager
+    def writing(self, names: OutputNames) -> Iterator[PendingOutputs]:
+        """Write a job's result, animation and manifest so that they appear together.
+
+        Each goes to a hidden temp file and is fsynced as it is written; when the block ends
+        they are renamed into place, the manifest last, and the folder is fsynced. If
+        anything fails (a write, a rename, the block itself), every file of the set is
+        removed, temp files and those already renamed alike, and the error goes on: a retry
+        writes them all again. The snapshots folder is left to the job."""
+        pending = PendingOutputs(self, names)
+        try:
+            self.remove_temporaries(names)  # a killed writer's: the job's plugin is done
+            yield pending
+            pending.commit()
+        except BaseException:
+            pending.abort()
+            raise
+
+
+class PendingOutputs:
+    """A job's result, animation and manifest on their way into the outbox, each in a
+    fsynced temp file until :meth:`commit` renames them all; see :meth:`Outbox.writing`."""
+
+    def __init__(self, outbox: Outbox, names: OutputNames) -> None:
+        self.outbox = outbox
+        self.names = names
+        self._temps: dict[Path, Path] = {}
+        """Each final path, by the temp file holding its content until the commit."""
+        self._placed = False
+
+    def write_result(self, image: Image.Image, alpha: Image.Image | None) -> Path:
+        data = encode_image(image, self.outbox.output.format, alpha)
+        return self._stage(self.names.result, data)
+
+    def write_animation(self, final: Image.Image) -> Path | None:
         """The snapshots, then the result, as a looping GIF; ``None`` without snapshots."""
-        if not self.output.animation or not names.steps.is_dir():
+        output, steps = self.outbox.output, self.names.steps
+        if not output.animation or not steps.is_dir():
             return None
-        snapshots = sorted(names.steps.glob("[0-9]*.png"), key=lambda p: int(p.stem))
+        snapshots = sorted(steps.glob("[0-9]*.png"), key=lambda p: int(p.stem))
         if not snapshots:
             return None
-        size = resize_to_max_side(final, self.output.animation_max_side).size
+        size = resize_to_max_side(final, output.animation_max_side).size
         frames = []
         for path in snapshots:
             with Image.open(path) as snapshot:
                 frames.append(_gif_frame(snapshot, size))
         frames.append(_gif_frame(final, size))
-        durations = [self.output.frame_ms] * (len(frames) - 1) + [self.output.frame_ms * 8]
-        with atomic_writer(names.animation, sync_folder=False) as handle:
-            frames[0].save(
-                handle, "GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
-            )
-        return names.animation
+        durations = [output.frame_ms] * (len(frames) - 1) + [output.frame_ms * 8]
+        buffer = io.BytesIO()
+        frames[0].save(
+            buffer, "GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
+        )
+        return self._stage(self.names.animation, buffer.getvalue())
 
-    def write_manifest(self, names: OutputNames, manifest: dict[str, Any]) -> Path:
+    def write_manifest(self, manifest: dict[str, Any]) -> Path:
         text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
-        if names.steps.is_dir():
-            fsync_dir(names.steps)
-        atomic_write_bytes(names.manifest, text.encode())
-        return names.manifest
+        return self._stage(self.names.manifest, text.encode())
+
+    def _stage(self, path: Path, data: bytes) -> Path:
+        earlier = self._temps.pop(path, None)
+        if earlier is not None:
+            earlier.unlink(missing_ok=True)
+        self._temps[path] = write_temp(path, data)
+        return path
+
+    def commit(self) -> None:
+        """Rename every file into place, the manifest last, and make it all durable."""
+        if self.names.steps.is_dir():
+            fsync_dir(self.names.steps)  # the manifest lists the snapshots
+        for path in sorted(self._temps, key=lambda path: path == self.names.manifest):
+            self._placed = True  # from here on, an earlier set of these names is broken
+            os.replace(self._temps[path], path)
+            del self._temps[path]
+        fsync_dir(self.names.folder)
+
+    def abort(self) -> None:
+        """Remove the temp files, and the set's files in the outbox unless they are an
+        earlier complete set that this one has not touched (its manifest is there)."""
+        for temp in self._temps.values():
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+        self._temps.clear()
+        if self._placed or not self.names.manifest.exists():
+            for path in (self.names.manifest, self.names.result, self.names.animation):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
 
 
 def _gif_frame(image: Image.Image, size: tuple[int, int]) -> Image.Image:

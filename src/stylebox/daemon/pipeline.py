@@ -369,6 +369,12 @@ class Pipeline:
             files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
         else:
             moved = None
+        # What a failed job wrote (snapshots, a set a crash left without its manifest) is no
+        # result; a complete one, for this input, is kept.
+        if row.stem and not _manifest_matches(
+            source.outbox.folder / f"{row.stem}.json", row.sha256
+        ):
+            source.outbox.discard(row.stem)
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
         self.journal.finish(row.id, "failed", error=error, input_path=moved)
         log.error("failed", extra={**_fields(row, "failed"), "error": reason})

@@ -2,9 +2,9 @@
 
 Every entry point (``serve``, ``batch``, ``run``) ends here. The runner decodes the input
 safely, hands the plugin a :class:`RunnerContext`, and writes result, animation and
-manifest (last) through the :class:`Outbox`. It owns the job's private work folder: the
-plugin's checkpoints, the loss history and the time spent by earlier runs survive a crash
-there and vanish when the job ends.
+manifest through the :class:`Outbox`, all together or not at all. It owns the job's private
+work folder: the plugin's checkpoints, the loss history and the time spent by earlier runs
+survive a crash there and vanish when the job ends.
 """
 
 from __future__ import annotations
@@ -314,54 +314,57 @@ class Runner:
         job, decoded, context = started.job, started.decoded, started.context
         names = context.names
         processed_at = time.perf_counter()
-        outbox.write_result(names, result, decoded.alpha)
-        animation = outbox.write_animation(names, result)
-        finished_at = time.perf_counter()
-        # a batch's time is shared by its jobs
-        process_seconds = (processed_at - max(s.decoded_at for s in group)) / len(group)
-        total_seconds = time.perf_counter() - started.began
-        earlier = context.earlier_runs
-        manifest = {
-            "stylebox": __version__,
-            "input": {
-                "name": job.input_path.name,
-                "sha256": decoded.sha256,
-                "format": decoded.format,
-                "mode": decoded.mode,
-                "size": list(decoded.size),
-                "alpha": decoded.alpha is not None,
-                "notes": list(decoded.notes),
-            },
-            "plugin": {"name": plugin.name, "version": plugin.version},
-            "params": plugin.params.model_dump(mode="json"),
-            "output": {
-                "result": names.result.name,
-                "size": list(result.size),
-                "format": outbox.output.format,
-                "snapshots": _snapshots_on_disk(names),
-                "animation": animation.name if animation else None,
-            },
-            **context.facts,
-            **({"batch": len(group)} if len(group) > 1 else {}),
-            "timings": {  # this run's, then the job's over all its runs
-                "decode_seconds": round(started.decoded_at - started.began, 4),
-                "process_seconds": round(process_seconds, 4),
-                "encode_seconds": round(finished_at - processed_at, 4),
-                "total_seconds": round(total_seconds, 4),
-                "runs": len(earlier) + 1,
-                "job_process_seconds": round(
-                    process_seconds + sum(run["process_seconds"] for run in earlier), 4
-                ),
-                "job_total_seconds": round(
-                    total_seconds + sum(run["total_seconds"] for run in earlier), 4
-                ),
-            },
-            "started_at": started.started_at.isoformat(),
-            "finished_at": datetime.now(UTC).isoformat(),
-            "history": context.history,
-            "libraries": dict(_library_versions()),
-        }
-        outbox.write_manifest(names, manifest)
+        # Result, animation and manifest appear together or not at all (a full disk while
+        # writing the manifest leaves neither result nor animation behind).
+        with outbox.writing(names) as outputs:
+            outputs.write_result(result, decoded.alpha)
+            animation = outputs.write_animation(result)
+            finished_at = time.perf_counter()
+            # a batch's time is shared by its jobs
+            process_seconds = (processed_at - max(s.decoded_at for s in group)) / len(group)
+            total_seconds = time.perf_counter() - started.began
+            earlier = context.earlier_runs
+            manifest = {
+                "stylebox": __version__,
+                "input": {
+                    "name": job.input_path.name,
+                    "sha256": decoded.sha256,
+                    "format": decoded.format,
+                    "mode": decoded.mode,
+                    "size": list(decoded.size),
+                    "alpha": decoded.alpha is not None,
+                    "notes": list(decoded.notes),
+                },
+                "plugin": {"name": plugin.name, "version": plugin.version},
+                "params": plugin.params.model_dump(mode="json"),
+                "output": {
+                    "result": names.result.name,
+                    "size": list(result.size),
+                    "format": outbox.output.format,
+                    "snapshots": _snapshots_on_disk(names),
+                    "animation": animation.name if animation else None,
+                },
+                **context.facts,
+                **({"batch": len(group)} if len(group) > 1 else {}),
+                "timings": {  # this run's, then the job's over all its runs
+                    "decode_seconds": round(started.decoded_at - started.began, 4),
+                    "process_seconds": round(process_seconds, 4),
+                    "encode_seconds": round(finished_at - processed_at, 4),
+                    "total_seconds": round(total_seconds, 4),
+                    "runs": len(earlier) + 1,
+                    "job_process_seconds": round(
+                        process_seconds + sum(run["process_seconds"] for run in earlier), 4
+                    ),
+                    "job_total_seconds": round(
+                        total_seconds + sum(run["total_seconds"] for run in earlier), 4
+                    ),
+                },
+                "started_at": started.started_at.isoformat(),
+                "finished_at": datetime.now(UTC).isoformat(),
+                "history": context.history,
+                "libraries": dict(_library_versions()),
+            }
+            outputs.write_manifest(manifest)
         outbox.release(names)
         shutil.rmtree(job.work_dir, ignore_errors=True)
         job_result = JobResult(names, manifest)
