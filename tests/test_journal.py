@@ -107,3 +107,55 @@ def test_concurrent_claims_never_share_a_job(tmp_path: Path, threads: int) -> No
     for thread in pool:
         thread.join()
     assert sorted(claimed) == list(range(1, 61))
+
+
+# A journal as an earlier version wrote it: no eta_at column, none of the indexes.
+EARLIER_JOURNAL = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, origin_path TEXT NOT NULL,
+    input_path TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, plugin TEXT NOT NULL,
+    params_hash TEXT NOT NULL, unique_key TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0, lease_owner TEXT, lease_expires REAL, stem TEXT,
+    step INTEGER, total INTEGER, error_class TEXT, error_message TEXT,
+    created_at REAL NOT NULL, started_at REAL, claimed_at REAL, finished_at REAL, seconds REAL
+);
+INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, params_hash,
+                  unique_key, state, created_at)
+VALUES ('inbox:poster', '/in/a.png', '/in/a.png', 'a.png', 'x', 'posterize', 'h', 'a', 'done', 1),
+       ('inbox:poster', '/in/b.png', '/in/b.png', 'b.png', 'y', 'posterize', 'h', 'b', 'queued', 2);
+"""
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_status_leaves_an_earlier_journal_exactly_as_it_is(tmp_path: Path, mode: str) -> None:
+    import json
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    state.mkdir()
+    journal_file = state / "journal.sqlite3"
+    db = sqlite3.connect(journal_file)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.executescript(EARLIER_JOURNAL)
+    db.close()
+    past = time.time_ns() - 3600 * 10**9
+    os.utime(journal_file, ns=(past, past))
+    before = journal_file.read_bytes()
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "poster"\npath = "inbox"\noutbox = "outbox"\n'
+        'plugin = "posterize"\nparams = { bits = 2 }\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "status", "--json", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)["sources"]["inbox:poster"]
+    assert (counts["done"], counts["queued"]) == (1, 1)
+    assert journal_file.read_bytes() == before
+    assert journal_file.stat().st_mtime_ns == past

@@ -108,24 +108,33 @@ class NewJob:
 class Journal:
     """All job bookkeeping; every method is one short transaction."""
 
-    def __init__(self, path: Path, *, migrate: bool = True) -> None:
-        """Open (or create) the journal at ``path``. ``migrate=False`` leaves a journal of
-        an earlier version as it is, for readers: an older daemon may still be using it,
-        and rows read from it have ``None`` in the columns it lacks."""
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (or create) the journal at ``path``, adding what a journal of an earlier
+        version lacks. ``read_only=True``, for readers such as ``stylebox status``, opens
+        an existing journal read-only and leaves the file exactly as it is (an older daemon
+        may still be using it): rows read from it have ``None`` in the columns it lacks,
+        and every write is refused."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._local = threading.local()
+        if read_only:
+            self._connection()  # a journal that is not there is refused now
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
-        if migrate:
-            self._migrate()
+        self._migrate()
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if self.read_only:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                connection = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            else:
+                connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
             connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA busy_timeout=30000")
             self._local.connection = connection
         return connection

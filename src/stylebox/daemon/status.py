@@ -23,7 +23,7 @@ def collect(config_path: Path) -> dict[str, Any]:
         for key in sources:
             report["sources"][key] = {**_empty(), "disabled": disabled.get(key)}
         return report
-    journal = Journal(path, migrate=False)  # a reader: an older daemon may be using it
+    journal = Journal(path, read_only=True)  # an older daemon may be using it
     counts = journal.counts()
     for key in sorted(set(sources) | set(counts)):
         entry = _empty()
