@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, state);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 # Columns added since the first journals were written: (name, SQL type). A journal file
@@ -396,10 +395,6 @@ class Journal:
         for source, state, count in rows:
             result.setdefault(source, {})[state] = count
         return result
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
 _FIELDS = tuple(f.name for f in fields(JobRow))

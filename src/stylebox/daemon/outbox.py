@@ -106,9 +106,6 @@ class OutputNames:
     def manifest(self) -> Path:
         return self.folder / f"{self.stem}.json"
 
-    def all(self) -> tuple[Path, ...]:
-        return (self.result, self.steps, self.animation, self.manifest)
-
 
 class Outbox:
     """One output folder and how results are written into it."""

@@ -510,10 +510,6 @@ class Check:
     runs_plugin: bool = True
     """False for checks of the class alone, which run even where a GPU-only plugin cannot."""
 
-    @property
-    def doc(self) -> str:
-        return (self.run.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-
 
 CHECKS: tuple[Check, ...] = (
     Check("discoverable", check_discoverable, runs_plugin=False),
