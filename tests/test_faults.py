@@ -1,5 +1,5 @@
 """Issue 12: nothing lost or mixed up under faults. A job's outputs appear together or not
-at all; a job's work folder is never used for another photo."""
+at all; a job's work folder is never used for another photo; a vanished input says so."""
 
 from __future__ import annotations
 
@@ -275,3 +275,21 @@ def test_job_ids_are_never_reused(tmp_path: Path) -> None:
     db.close()
     assert add("c") == 3  # not 2: its work folder may still be on disk
     journal.close()
+
+
+# -- D: a vanished input ----------------------------------------------------------------------
+
+
+def test_an_input_deleted_while_queued_is_said_to_have_vanished(tmp_path: Path) -> None:
+    pipeline, source = _pipeline(tmp_path, {"steps": 2})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "photo.png")
+    pipeline.enqueue(source, [inbox / "photo.png"])
+    (inbox / "photo.png").unlink()
+
+    _run_until_settled(pipeline, source)
+    (row,) = pipeline.journal.jobs(source.key)
+    assert row.state == "failed" and row.error_class == "BadInput"
+    assert row.error_message == "photo.png vanished from the inbox before it could be processed"
+    pipeline.journal.close()

@@ -292,6 +292,11 @@ class Pipeline:
                 source.outbox.remove_temporaries(names)
             if _manifest_matches(names.manifest, row.sha256):
                 outcomes[row.id] = None
+            elif not os.path.lexists(path):  # deleted or moved away while queued
+                where = "inbox" if source.moves_inputs else "batch's source folder"
+                outcomes[row.id] = BadInput(
+                    f"{path.name} vanished from the {where} before it could be processed"
+                )
             elif path.is_symlink():
                 outcomes[row.id] = BadInput(
                     f"{path.name} is a symbolic link; links are not followed out of the inbox"
