@@ -126,3 +126,32 @@ def test_config_schema_command() -> None:
     result = cli("config", "schema")
     assert result.returncode == 0
     assert json.loads(result.stdout)["title"] == "StyleboxConfig"
+
+
+def test_folders_that_cannot_be_folders_are_refused_naming_the_field(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder\n")
+    message = refusal(tmp_path, GOOD.replace('path = "in/starry"', 'path = "afile/inbox"'))
+    inbox = tmp_path / "afile" / "inbox"
+    assert f"[[inbox]] #1 (starry).path: {inbox} cannot be a folder" in message
+    assert f"{tmp_path / 'afile'} is a file" in message
+    assert ".processed_dir" not in message  # inside the inbox: its problem is said once
+
+    message = refusal(tmp_path, GOOD.replace('outbox = "out/starry"', 'outbox = "afile"'))
+    assert f"[[inbox]] #1 (starry).outbox: {tmp_path / 'afile'} is a file, not a folder" in message
+    message = refusal(tmp_path, GOOD.replace('state_dir = "state"', 'state_dir = "afile/x/y"'))
+    assert f"state_dir: {tmp_path / 'afile' / 'x' / 'y'} cannot be a folder" in message
+    failed = GOOD.replace('plugin = "gatys"', f'plugin = "gatys"\nfailed_dir = "{tmp_path}/afile"')
+    assert "[[inbox]] #1 (starry).failed_dir" in refusal(tmp_path, failed)
+    processed = GOOD.replace('plugin = "gatys"', 'plugin = "gatys"\nprocessed_dir = "done"')
+    (tmp_path / "in" / "starry").mkdir(parents=True)
+    (tmp_path / "in" / "starry" / "done").write_bytes(b"")
+    assert "[[inbox]] #1 (starry).processed_dir" in refusal(tmp_path, processed)
+
+
+def test_config_check_refuses_an_inbox_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder\n")
+    config = write(tmp_path, GOOD.replace('path = "in/starry"', 'path = "afile/inbox"'))
+    result = cli("config", "check", str(config))
+    assert result.returncode == 2, result.stdout
+    assert "[[inbox]] #1 (starry).path" in result.stderr and "afile" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -260,7 +260,7 @@ def parse_config(
 
     loaded = LoadedConfig(config=config, source=source, root=root)
     registry = registry if registry is not None else discover()
-    problems: list[str] = []
+    problems = _folder_problems(config)
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
         for index, entry in enumerate(entries):
             label = f"[[{table}]] #{index + 1} ({entry.name})"
@@ -281,6 +281,51 @@ def parse_config(
     if problems:
         raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
     return loaded
+
+
+def _folder_problems(config: StyleboxConfig) -> list[str]:
+    """Folders the daemon must be able to create that cannot be folders: the path is a
+    file, or an existing ancestor is. Caught here, a ``serve`` refuses to start and a
+    reload is refused, rather than failing while it creates them."""
+    problems = []
+    if reason := _not_a_folder(config.state_dir):
+        problems.append(f"state_dir: {reason}")
+    for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
+        for index, entry in enumerate(entries):
+            label = f"[[{table}]] #{index + 1} ({entry.name})"
+            fields: list[tuple[str, Path]] = [("outbox", entry.outbox)]
+            if isinstance(entry, InboxConfig):
+                fields.insert(0, ("path", entry.path))
+                inbox_refused = _not_a_folder(entry.path) is not None
+                for name, folder in (
+                    ("processed_dir", entry.processed_dir),
+                    ("failed_dir", entry.failed_dir),
+                ):
+                    if not (inbox_refused and folder.is_relative_to(entry.path)):
+                        fields.append((name, folder))  # else: said once, for the inbox
+            for name, folder in fields:
+                if reason := _not_a_folder(folder):
+                    problems.append(f"{label}.{name}: {reason}")
+    return problems
+
+
+def _not_a_folder(path: Path) -> str | None:
+    """Why ``path`` can never be a folder, or ``None`` if it is one or can be created.
+    Only what is certain counts: a folder that cannot be read is left to the daemon."""
+    for candidate in (path, *path.parents):
+        try:
+            is_dir = candidate.is_dir()  # follows symbolic links, as mkdir does
+            exists = is_dir or candidate.exists() or candidate.is_symlink()
+        except OSError:  # no permission to look: cannot tell
+            return None
+        if is_dir:
+            return None
+        if exists:
+            kind = "a broken symbolic link" if not candidate.exists() else "a file"
+            if candidate == path:
+                return f"{path} is {kind}, not a folder"
+            return f"{path} cannot be a folder: {candidate} is {kind}"
+    return None
 
 
 def _resolve(path: Path, base: Path) -> Path:
