@@ -360,3 +360,94 @@ def test_a_reload_starts_workers_for_a_device_type_that_had_none(tmp_path: Path)
         assert wait_until(outcome.exists, 30), daemon.output()[-4000:]
     finally:
         assert daemon.stop() == 0
+
+
+def recording_plugin_site(folder: Path) -> Path:
+    """A plugin ``recorder`` that passes images through and appends ``start TAG`` and
+    ``close TAG`` to ``$RECORDER_LOG`` as each instance starts and is closed."""
+    site = folder / "recsite"
+    dist = site / "recorder-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: recorder\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[stylebox.plugins]\nrecorder = recorder:Recorder\n")
+    (site / "recorder.py").write_text(
+        "import os\n"
+        "from stylebox.plugins.api import Plugin, PluginParams\n"
+        "class Params(PluginParams):\n"
+        "    tag: str = 'x'\n"
+        "def note(line):\n"
+        "    with open(os.environ['RECORDER_LOG'], 'a') as log:\n"
+        "        log.write(line + '\\n')\n"
+        "class Recorder(Plugin):\n"
+        "    name = 'recorder'\n"
+        "    Params = Params\n"
+        "    def __init__(self, params, runtime):\n"
+        "        super().__init__(params, runtime)\n"
+        "        note('start ' + params.tag)\n"
+        "    def process(self, image, job):\n"
+        "        return image\n"
+        "    def close(self):\n"
+        "        note('close ' + self.params.tag)\n"
+    )
+    return site
+
+
+def log_messages(daemon: Daemon) -> list[str]:
+    return [
+        json.loads(line)["msg"] for line in daemon.output().splitlines() if line.startswith("{")
+    ]
+
+
+def test_sighup_with_folders_that_cannot_be_made_keeps_the_old_config(tmp_path: Path) -> None:
+    """A reload that fails while it is applied (not only a config that does not validate)
+    is refused in one log line; the daemon keeps serving on the old config, the plugin
+    instances made for the refused config are closed, and SIGTERM still exits 0."""
+    site = recording_plugin_site(tmp_path)
+    record = tmp_path / "recorder.log"
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "RECORDER_LOG": str(record),
+    }
+
+    def inbox(name: str, path: str, tag: str) -> str:
+        return (
+            f'[[inbox]]\nname = "{name}"\npath = "{path}"\noutbox = "out-{name}"\n'
+            f'plugin = "recorder"\nsettle_seconds = 0.2\nparams = {{ tag = "{tag}" }}\n'
+        )
+
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=inbox("rec", "in-rec", "a")))
+    (tmp_path / "afile").write_text("a file, where the new inbox's parent should be\n")
+    daemon = Daemon(config, env=env)
+    try:
+        daemon.wait_ready()
+        assert record.read_text() == "start a\n"
+        # Caught by validation: the inbox would be inside a regular file.
+        extra = inbox("rec", "in-rec", "a") + inbox("bad", "afile/inbox", "b")
+        config.write_text(POSTERIZE_CONFIG.format(extra=extra))
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "reload refused" in daemon.output(), 20), daemon.output()
+        (refused,) = [m for m in log_messages(daemon) if m.startswith("reload refused")]
+        assert "[[inbox]] #3 (bad).path" in refused and "afile" in refused
+        assert "\n" not in refused
+        # Fails only while it is applied: the name is too long for the file system.
+        extra = inbox("rec", "in-rec", "a") + inbox("long", "x" * 300, "c")
+        config.write_text(POSTERIZE_CONFIG.format(extra=extra))
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: len(
+            [m for m in log_messages(daemon) if m.startswith("reload refused")]
+        ) == 2, 30), daemon.output()  # fmt: skip
+        refused = [m for m in log_messages(daemon) if m.startswith("reload refused")][1]
+        assert "File name too long" in refused and "\n" not in refused
+        assert record.read_text() == "start a\nstart c\nclose c\n"
+        assert daemon.process.poll() is None
+        assert "config reloaded" not in daemon.output()
+
+        for folder in ("inbox", "in-rec"):
+            photo(20, 20).save(tmp_path / "staged.png")
+            os.rename(tmp_path / "staged.png", tmp_path / folder / "still.png")
+        assert wait_until(lambda: (tmp_path / "inbox/processed/still.png").exists(), 30)
+        assert wait_until(lambda: (tmp_path / "in-rec/processed/still.png").exists(), 30)
+    finally:
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.output()
+    assert record.read_text() == "start a\nstart c\nclose c\nclose a\n"

@@ -1,8 +1,11 @@
 """``stylebox serve``: watched inboxes, workers, signals and the systemd protocol.
 
 SIGTERM stops taking jobs, asks running ones to checkpoint, and exits within the drain
-time; the next start resumes them. SIGHUP reloads the config: a bad new config is refused
-and the old one keeps running. Worker threads start once per device type, when its first
+time; the next start resumes them. SIGHUP reloads the config: everything the new config
+needs (plugin instances, folders, the watcher) is built first and swapped in only once all
+of it worked; a new config that is bad, or that fails while it is built (whatever the
+exception), is refused in one log line, the plugin instances made for it are closed, and
+the old one keeps running. Worker threads start once per device type, when its first
 inbox is there (at start, or at the reload that brings it); ``[daemon] workers`` counts
 apply when they start, so a reload does not change them.
 """
@@ -46,38 +49,36 @@ class Service:
         # Before the (slow) plugin start-up: a second daemon is refused at once.
         self._lock_file = _exclusive_lock(state_dir / "serve.lock")
         self._instances: dict[tuple[str, str], Plugin[Any]] = {}
-        self.sources = self._build(self.loaded, self.registry)
+        self.sources = self._build(self.loaded, self.registry, self._instances)
+        _log_disabled(self.loaded)
         self.journal = Journal(journal_path(state_dir))
         self._wake = threading.Condition()
         self.pipeline = Pipeline(
             self.loaded, self.sources, self.journal, on_queued=self._notify_workers
         )
-        self.watcher = self._watcher()
+        self.watcher = self._watcher(self.loaded, self.sources)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._workers: dict[str, list[threading.Thread]] = {}
         """Each device type's workers; a device type is missing until it has an inbox."""
 
-    def _build(self, loaded: LoadedConfig, registry: Registry) -> dict[str, Source]:
+    @staticmethod
+    def _build(
+        loaded: LoadedConfig, registry: Registry, instances: dict[tuple[str, str], Plugin[Any]]
+    ) -> dict[str, Source]:
+        """The sources of ``loaded``, then its folders. Plugin instances come from
+        ``instances`` where equal ones exist; new ones are added to it, so that a caller
+        that gives up can close exactly those."""
+        sources = build_sources(loaded, registry, ("inbox", "batch"), instances=instances)
         for inbox in loaded.config.inbox:
             for folder in (inbox.path, inbox.outbox, inbox.processed_dir, inbox.failed_dir):
                 folder.mkdir(parents=True, exist_ok=True)
-        sources = build_sources(loaded, registry, ("inbox", "batch"), instances=self._instances)
-        for (table, name), reason in sorted(loaded.unavailable.items()):
-            log.error(
-                "%s %s is disabled: %s; its files wait until the plugin is mended and the "
-                "daemon reloaded (SIGHUP)",
-                table,
-                name,
-                reason,
-                extra={"event": "disabled", "source": f"{table}:{name}", "reason": reason},
-            )
         return sources
 
-    def _watcher(self) -> InboxWatcher:
+    def _watcher(self, loaded: LoadedConfig, sources: dict[str, Source]) -> InboxWatcher:
         folders = []
-        for inbox in self.loaded.config.inbox:
-            if f"inbox:{inbox.name}" not in self.sources:
+        for inbox in loaded.config.inbox:
+            if f"inbox:{inbox.name}" not in sources:
                 continue  # disabled: its files stay where they are
             reserved = {
                 p.name for p in (inbox.processed_dir, inbox.failed_dir) if p.parent == inbox.path
@@ -92,12 +93,15 @@ class Service:
                     reserved=frozenset(reserved),
                 )
             )
-        return InboxWatcher(folders, self._on_settled)
 
-    def _on_settled(self, folder: WatchedFolder, paths: list[Path]) -> None:
-        source = self.sources.get(f"inbox:{folder.name}")
-        if source is not None:
-            self.pipeline.enqueue(source, paths)
+        def on_settled(folder: WatchedFolder, paths: list[Path]) -> None:
+            # The sources this watcher was built with: during a reload, the new watcher
+            # runs a moment before its sources are swapped in.
+            source = sources.get(f"inbox:{folder.name}")
+            if source is not None:
+                self.pipeline.enqueue(source, paths)
+
+        return InboxWatcher(folders, on_settled)
 
     def _notify_workers(self) -> None:
         with self._wake:
@@ -201,26 +205,60 @@ class Service:
         return line + (f"; disabled: {', '.join(disabled)}" if disabled else "")
 
     def reload(self) -> None:
-        """Swap in a new config; a bad one is refused and the old one keeps running."""
+        """Swap in a new config; one that is bad or cannot be applied is refused, and the
+        old one keeps running untouched.
+
+        Everything new is built before anything running changes: plugin instances (into a
+        copy of the running ones, so the new config shares those with equal params),
+        folders, the watcher. Any exception while building refuses the reload and closes
+        the instances made for it. Only then is the old watcher stopped, the new one
+        started, and the config swapped in.
+        """
+        instances = dict(self._instances)
         try:
             registry = discover()  # a mended plugin loads now
             loaded = load_config(self.config_path, registry)
-            sources = self._build(loaded, registry)
-        except (ConfigError, StyleboxError) as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
+            sources = self._build(loaded, registry, instances)
+            watcher = self._watcher(loaded, sources)
+        except Exception as exc:
+            self._refuse_reload(exc, instances)
             return
         notify("RELOADING=1")
         self.watcher.stop()
+        try:
+            watcher.start()
+        except Exception as exc:
+            watcher.stop()
+            self._refuse_reload(exc, instances)
+            self.watcher = self._watcher(self.loaded, self.sources)  # a stopped one is spent
+            self.watcher.start()
+            notify("READY=1")
+            return
+        self.watcher = watcher
         self.registry = registry
         self.loaded = loaded
+        self._instances = instances
         self.sources = sources
         self.pipeline.loaded = loaded
         self.pipeline.sources = sources
-        self.watcher = self._watcher()
-        self.watcher.start()
+        _log_disabled(loaded)
         self._start_workers()
         notify("READY=1")
         log.info("config reloaded", extra={"inboxes": ", ".join(sorted(sources))})
+
+    def _refuse_reload(self, exc: Exception, instances: dict[tuple[str, str], Plugin[Any]]) -> None:
+        for key, plugin in instances.items():
+            if self._instances.get(key) is not plugin:  # made for the refused config
+                try:
+                    plugin.close()
+                except Exception:
+                    log.exception("closing plugin %s failed", key[0])
+        reason = str(exc) if isinstance(exc, StyleboxError) else f"{type(exc).__name__}: {exc}"
+        log.error(
+            "reload refused, keeping the running config: %s",
+            _one_line(reason),
+            extra={"event": "reload_refused"},
+        )
 
     def shutdown(self) -> int:
         notify("STOPPING=1")
@@ -238,6 +276,24 @@ class Service:
             plugin.close()
         self.journal.close()
         return 0
+
+
+def _log_disabled(loaded: LoadedConfig) -> None:
+    for (table, name), reason in sorted(loaded.unavailable.items()):
+        log.error(
+            "%s %s is disabled: %s; its files wait until the plugin is mended and the "
+            "daemon reloaded (SIGHUP)",
+            table,
+            name,
+            reason,
+            extra={"event": "disabled", "source": f"{table}:{name}", "reason": reason},
+        )
+
+
+def _one_line(text: str) -> str:
+    """A multi-line reason (a config error lists one problem a line) as one line."""
+    first, *rest = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+    return " ".join([first, "; ".join(rest)]) if rest else first
 
 
 def serve(config_path: Path) -> int:
