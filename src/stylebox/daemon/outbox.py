@@ -248,8 +248,8 @@ class PendingOutputs:
         if self.names.steps.is_dir():
             fsync_dir(self.names.steps)  # the manifest lists the snapshots
         for path in sorted(self._temps, key=lambda path: path == self.names.manifest):
-            self._placed = True  # from here on, an earlier set of these names is broken
             os.replace(self._temps[path], path)
+            self._placed = True  # from here on, an earlier set of these names is broken
             del self._temps[path]
         fsync_dir(self.names.folder)
 
