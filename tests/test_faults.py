@@ -147,6 +147,30 @@ def test_a_set_a_crash_left_without_its_manifest_goes_when_the_next_write_fails(
     assert {"photo.png", "photo.gif", "photo.json"} <= set(_listing(out))
 
 
+def test_a_failed_rewrite_that_placed_nothing_keeps_the_earlier_complete_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job redone over its own complete outputs (a run killed after its manifest but
+    before it tidied up) whose first rename fails has broken nothing: the set stays."""
+    outbox = Outbox(tmp_path)
+    names = outbox.reserve("photo.png")
+    with outbox.writing(names) as outputs:
+        outputs.write_result(photo(8, 8), None)
+        outputs.write_manifest({"first": True})
+    with monkeypatch.context() as patch:
+        _disk_full_on(patch, "photo.png", "rename")
+        with pytest.raises(OSError), outbox.writing(names) as outputs:
+            outputs.write_result(photo(8, 8, seed=1), None)
+            outputs.write_manifest({"first": False})
+    assert _listing(tmp_path) == ["photo.json", "photo.png"]
+    assert json.loads(names.manifest.read_text()) == {"first": True}
+    with pytest.raises(OSError), outbox.writing(names) as outputs:  # placed, then failed
+        outputs.write_result(photo(8, 8, seed=1), None)
+        outputs.write_manifest({"first": False})
+        _disk_full_on(monkeypatch, "photo.json", "rename")
+    assert _listing(tmp_path) == []
+
+
 def _pipeline(tmp_path: Path, params: dict, attempts: int = 1) -> tuple[Pipeline, Source]:
     """An inbox ``poster`` run by the stepper plugin, on a real journal."""
     loaded = load_config(write_config(tmp_path, CONFIG.format(attempts=attempts)))
