@@ -451,3 +451,29 @@ def test_sighup_with_folders_that_cannot_be_made_keeps_the_old_config(tmp_path: 
         assert daemon.stop() == 0
     assert "Traceback" not in daemon.output()
     assert record.read_text() == "start a\nstart c\nclose c\nclose a\n"
+
+
+def test_a_deleted_or_replaced_inbox_is_watched_again_at_once(tmp_path: Path) -> None:
+    """``rm -r inbox && mkdir inbox`` and ``mv inbox elsewhere && mkdir inbox``: a photo
+    dropped into the new folder is taken within seconds, not at the next rescan."""
+    text = POSTERIZE_CONFIG.format(extra="").replace("rescan_seconds = 2", "rescan_seconds = 600")
+    config = write_config(tmp_path, text)
+    inbox = tmp_path / "inbox"
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        for index, replace in enumerate(("rm -r", "mv")):
+            if replace == "rm -r":
+                subprocess.run(["rm", "-r", str(inbox)], check=True)
+            else:
+                subprocess.run(["mv", str(inbox), str(tmp_path / "elsewhere")], check=True)
+            inbox.mkdir(exist_ok=True)  # the daemon may have recreated it already
+            photo(20, 20, seed=index).save(tmp_path / "staged.png")
+            os.rename(tmp_path / "staged.png", inbox / f"after-{index}.png")
+            done = inbox / "processed" / f"after-{index}.png"
+            assert wait_until(done.exists, 10), f"{replace}: {daemon.output()[-3000:]}"
+            assert (inbox / "failed").is_dir()
+        messages = log_messages(daemon)
+        assert any("inbox poster" in m and "watching" in m for m in messages), messages
+    finally:
+        assert daemon.stop() == 0

@@ -219,3 +219,69 @@ def test_a_dead_settle_loop_is_restarted(tmp_path: Path) -> None:
         assert calls.count("one.jpg") == 2  # the file it held when it died, found again
     finally:
         watcher.stop()
+
+
+def watch_until_settled(watcher: InboxWatcher, recorder: Recorder, timeout: float = 5.0) -> None:
+    """Call ``check()`` every 0.2 s, as the service does, until a file settles."""
+    deadline = time.monotonic() + timeout
+    while not recorder.names() and time.monotonic() < deadline:
+        watcher.check()
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("mode", ["native", "poll"])
+@pytest.mark.parametrize("how", ["rm -r", "mv"])
+def test_a_deleted_or_replaced_inbox_is_watched_again(
+    tmp_path: Path, mode: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox = tmp_path / "inbox"
+    recorder = Recorder()
+    folder = WatchedFolder(
+        "a", inbox, 0.1, poll=mode == "poll", poll_interval=0.1,
+        reserved=frozenset({"processed", "failed"}),
+    )  # fmt: skip
+    watcher = InboxWatcher([folder], recorder)
+    watcher.start()
+    try:
+        assert (inbox / "processed").is_dir() and watcher.healthy()
+        if how == "rm -r":
+            shutil.rmtree(inbox)
+            assert not watcher.healthy()  # missing: the watch is gone with it
+            watcher.check()  # recreates it, with the reserved folders inside
+            assert (inbox / "processed").is_dir() and (inbox / "failed").is_dir()
+        else:
+            inbox.rename(tmp_path / "elsewhere")
+            inbox.mkdir()
+            assert not watcher.healthy()  # the watch is on the folder that moved away
+        watcher.check()
+        assert watcher.healthy()
+        (inbox / "new.jpg").write_bytes(b"n" * 10)
+        watch_until_settled(watcher, recorder)
+        assert recorder.names() == ["new.jpg"]
+        assert (inbox / "processed").is_dir() and (inbox / "failed").is_dir()
+    finally:
+        watcher.stop()
+    assert any("watching it again" in r.getMessage() for r in caplog.records)
+
+
+def test_an_inbox_that_cannot_be_recreated_is_unhealthy_until_it_can(tmp_path: Path) -> None:
+    parent = tmp_path / "share"
+    inbox = parent / "inbox"
+    recorder = Recorder()
+    watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], recorder)
+    watcher.start()
+    try:
+        shutil.rmtree(parent)
+        parent.write_text("a file where the inbox's parent was\n")
+        watcher.check()
+        assert not watcher.healthy() and not inbox.exists()
+        watcher.check()  # still missing: still unhealthy, and no exception
+        assert not watcher.healthy()
+        parent.unlink()
+        watcher.check()
+        assert watcher.healthy() and inbox.is_dir()
+        (inbox / "back.jpg").write_bytes(b"b")
+        watch_until_settled(watcher, recorder)
+        assert recorder.names() == ["back.jpg"]
+    finally:
+        watcher.stop()

@@ -8,7 +8,10 @@ allows it, a read lease proves no one still has the file open for writing.
 
 Handlers never raise into watchdog: an exception there silently kills its thread. The
 observers and the settle loop are supervised by :meth:`InboxWatcher.check` and restarted
-if they die.
+if they die. ``check`` also notices an inbox folder that was deleted or replaced (``rm -r
+inbox && mkdir inbox``, ``mv inbox old && mkdir inbox``): a watch follows the folder it was
+set on, not its path, so it recreates a missing folder, watches the one now at the path
+and rescans it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import fcntl
 import fnmatch
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,7 +31,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger("stylebox.watcher")
@@ -50,7 +54,8 @@ class WatchedFolder:
     poll: bool = False
     poll_interval: float = 2.0
     reserved: frozenset[str] = frozenset()
-    """Entry names inside the folder that are not inputs (``processed``, ``failed``)."""
+    """Entry names inside the folder that are not inputs (``processed``, ``failed``):
+    folders, created with it when it has to be recreated."""
 
 
 @dataclass
@@ -73,7 +78,15 @@ class InboxWatcher:
         self.on_settled = on_settled
         self._candidates: dict[Path, _Candidate] = {}
         self._lock = threading.Lock()
+        self._handler = _Handler(self)
         self._observers: list[BaseObserver] = []
+        self._observer_for: dict[Path, BaseObserver] = {}
+        self._watches: dict[Path, ObservedWatch] = {}
+        """The watch on each folder, where it could be set."""
+        self._identity: dict[Path, tuple[int, int]] = {}
+        """Device and inode of the folder each watch was set on."""
+        self._unwatched: set[Path] = set()
+        """Folders that could not be (re)created or watched; said once, retried by check."""
         self._stop = threading.Event()
         self._settler: threading.Thread | None = None
         self.restarts = 0
@@ -81,8 +94,8 @@ class InboxWatcher:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        for folder in self.folders.values():
-            folder.path.mkdir(parents=True, exist_ok=True)
+        """Create and watch every folder; one that cannot be is logged and left to
+        :meth:`check`, which tries again (meanwhile :meth:`healthy` is false)."""
         self._start_observers()
         self._start_settler()
         self.rescan()
@@ -102,9 +115,11 @@ class InboxWatcher:
         self._settler.start()
 
     def _start_observers(self) -> None:
-        handler = _Handler(self)
+        """Start the observers, then set a watch on each folder through its own."""
         native: BaseObserver | None = None
         observers: list[BaseObserver] = []
+        self._observer_for = {}
+        self._watches = {}
         for folder in self.folders.values():
             if folder.poll:
                 observer: BaseObserver = PollingObserver(timeout=folder.poll_interval)
@@ -114,21 +129,99 @@ class InboxWatcher:
                     native = Observer()
                     observers.append(native)
                 observer = native
-            observer.schedule(handler, str(folder.path), recursive=False)
+            self._observer_for[folder.path] = observer
         for observer in observers:
             observer.daemon = True
             observer.start()
         self._observers = observers
+        for folder in self.folders.values():
+            self._watch(folder, None)
+
+    def _watch(self, folder: WatchedFolder, problem: str | None) -> bool:
+        """(Re)create ``folder`` with its reserved folders and set a new watch on it, in
+        place of the old one; ``problem`` says why it is watched again (``None``: the
+        first time). False, logged once, if that failed."""
+        path = folder.path
+        observer = self._observer_for[path]
+        old = self._watches.pop(path, None)
+        if old is not None:
+            with contextlib.suppress(Exception):  # its emitter may have ended already
+                observer.unschedule(old)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            for name in sorted(folder.reserved):
+                (path / name).mkdir(exist_ok=True)
+            info = os.stat(path)  # before the watch: a folder replaced in between is seen
+            self._watches[path] = observer.schedule(self._handler, str(path), recursive=False)
+        except Exception as exc:
+            if path not in self._unwatched:
+                self._unwatched.add(path)
+                log.error(
+                    "inbox %s (%s) %s and cannot be watched: %s; trying again",
+                    folder.name,
+                    path,
+                    problem or "is missing",
+                    exc,
+                    extra={"event": "inbox_unwatched", "inbox": folder.name},
+                )
+            return False
+        self._identity[path] = (info.st_dev, info.st_ino)
+        if problem is not None or path in self._unwatched:
+            log.warning(
+                "inbox %s (%s) %s; watching it again and rescanning it",
+                folder.name,
+                path,
+                problem or "can be watched now",
+                extra={"event": "inbox_rewatched", "inbox": folder.name},
+            )
+        self._unwatched.discard(path)
+        return True
+
+    def _watch_problem(self, folder: WatchedFolder) -> str | None:
+        """Why the watch on ``folder`` no longer sees what arrives at its path, if so."""
+        path = folder.path
+        try:
+            info = os.stat(path)
+        except OSError:
+            return "was deleted"
+        if not stat.S_ISDIR(info.st_mode):
+            return "was replaced by something that is not a folder"
+        watch = self._watches.get(path)
+        if watch is None:
+            return "is not watched"
+        if (info.st_dev, info.st_ino) != self._identity.get(path):
+            return "was replaced by another folder (moved away or deleted, then made again)"
+        try:
+            emitters = list(self._observer_for[path].emitters)
+        except RuntimeError:  # changed while copied: look again at the next check
+            return None
+        if not any(emitter.watch == watch and emitter.is_alive() for emitter in emitters):
+            # The watch ended: its folder was deleted, and one made since with the same inode.
+            return "was deleted and made again"
+        return None
 
     def healthy(self) -> bool:
+        """The settle loop and every observer run, and every folder is watched where it is."""
         settler_alive = self._settler is not None and self._settler.is_alive()
-        return settler_alive and all(observer.is_alive() for observer in self._observers)
+        return (
+            settler_alive
+            and all(observer.is_alive() for observer in self._observers)
+            and all(self._watch_problem(folder) is None for folder in self.folders.values())
+        )
 
     def check(self) -> None:
         """Restart dead observers and a dead settle loop, then rescan: the events a dead
-        observer missed, and the files a dying settle loop held, are found again."""
+        observer missed, and the files a dying settle loop held, are found again. Watch
+        again, and rescan, each folder deleted or replaced since it was watched (recreating
+        a missing one). Called every fraction of a second; never raises."""
         if self._stop.is_set():
             return
+        try:
+            self._check()
+        except Exception:  # the caller's loop must go on; the next check tries again
+            log.exception("checking the watched inboxes failed")
+
+    def _check(self) -> None:
         restarted = False
         if not all(observer.is_alive() for observer in self._observers):
             log.error("a file-system observer died; restarting it and rescanning the inboxes")
@@ -144,19 +237,26 @@ class InboxWatcher:
         if restarted:
             self.restarts += 1
             self.rescan()
+        for folder in self.folders.values():
+            problem = self._watch_problem(folder)
+            if problem is not None and self._watch(folder, problem):
+                self._scan(folder)
 
     # -- candidates ------------------------------------------------------------------------
 
     def rescan(self) -> None:
         """Reconcile with what is on disk: every entry in an inbox becomes a candidate."""
         for folder in self.folders.values():
-            try:
-                entries = list(os.scandir(folder.path))
-            except OSError as exc:
-                log.error("cannot list inbox %s (%s): %s", folder.name, folder.path, exc)
-                continue
-            for entry in entries:
-                self.touch(Path(entry.path))
+            self._scan(folder)
+
+    def _scan(self, folder: WatchedFolder) -> None:
+        try:
+            entries = list(os.scandir(folder.path))
+        except OSError as exc:
+            log.error("cannot list inbox %s (%s): %s", folder.name, folder.path, exc)
+            return
+        for entry in entries:
+            self.touch(Path(entry.path))
 
     def touch(self, path: Path) -> None:
         """Something happened to ``path``: (re)start its settle window."""
