@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from stylebox.backbone import load_vgg19
 from stylebox.errors import Cancelled
 from stylebox.images import decode_image, resize_to_max_side
+from stylebox.perceptual import gram, total_variation
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.gatys import GatysParams, GatysPlugin
-from stylebox.plugins.gatys.losses import Objective, gram, total_variation
+from stylebox.plugins.gatys.losses import Objective
 from stylebox.tensors import to_tensor
 from stylebox.testing import RecordingContext
 

@@ -286,7 +286,7 @@ def test_tiny_and_extreme_images_keep_their_size(tmp_path: Path, style_file: Pat
 def test_gram_backward_matches_numerical_gradient() -> None:
     import torch
 
-    from stylebox.plugins.gatys.losses import gram
+    from stylebox.perceptual import gram
 
     features = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(2, 6, 6, dtype=torch.float64)  # not symmetric: the general case

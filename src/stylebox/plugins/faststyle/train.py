@@ -22,9 +22,9 @@ from pydantic import Field, PositiveInt
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
 from stylebox.errors import ConfigError
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
+from stylebox.perceptual import PerceptualLoss, gram
 from stylebox.plugins.api import PluginParams, StyleFile
 from stylebox.plugins.faststyle.network import Preset, TransformerNet, residual_blocks_in
-from stylebox.plugins.gatys.losses import gram, total_variation
 from stylebox.tensors import resolve_device, to_image, to_tensor
 
 log = logging.getLogger("stylebox.train")
@@ -153,7 +153,14 @@ def train(
     samples = photos[:3]
     # A resumed run restored ``rng`` above, so it draws the crops an uninterrupted run would.
     data = batches(photos, params.image_size, params.batch_size, rng)
-    layers = sorted({*params.content_layers, *params.style_layers})
+    perceptual = PerceptualLoss(
+        params.content_layers,
+        params.style_layers,
+        style_grams,
+        params.content_weight,
+        params.style_weight,
+        params.tv_weight,
+    )
     amp = params.amp and device.type == "cuda"
 
     began = time.perf_counter()
@@ -163,33 +170,15 @@ def train(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             output = network(batch)
             # No clamp: it would zero the gradient of every pixel outside 0..255.
-            out_features = vgg(output.float().div(255.0), layers)
+            out_features = vgg(output.float().div(255.0), perceptual.layers)
             with torch.no_grad():
                 in_features = vgg(batch / 255.0, list(params.content_layers))
-        content = sum(
-            w * torch.nn.functional.mse_loss(out_features[k].float(), in_features[k].float())
-            for k, w in params.content_layers.items()
-        )
-        style = sum(
-            w
-            * torch.nn.functional.mse_loss(
-                gram(out_features[k]), style_grams[k].expand_as(gram(out_features[k]))
-            )
-            for k, w in params.style_layers.items()
-        )
-        tv = total_variation(output.float())
-        loss = params.content_weight * content + params.style_weight * style + params.tv_weight * tv
+        # TV on the 0..255 output, as the network's recipe weighs it.
+        loss, parts = perceptual(output, out_features, in_features)
         loss.backward()
         optimizer.step()
         step += 1
-        metrics = {
-            "step": step,
-            "loss": float(loss.detach()),
-            "content": float(content.detach()) * params.content_weight,
-            "style": float(style.detach()) * params.style_weight,
-            "tv": float(tv.detach()) * params.tv_weight,
-            "seconds": time.perf_counter() - began,
-        }
+        metrics = {"step": step, **parts, "seconds": time.perf_counter() - began}
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)

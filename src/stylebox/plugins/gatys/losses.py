@@ -1,55 +1,13 @@
-"""The Gatys objective: content, Gram style and total-variation losses.
-
-Each term is a mean, and Grams are divided by C*H*W, so the content and style terms keep
-their balance across sizes (within 15 % between 256 and 512 px on a photo). The TV term,
-a mean of squared neighbour differences, falls as the same picture gets more pixels (to
-about a quarter from 256 to 512 px), so it smooths less at larger sizes.
-"""
+"""The Gatys objective: an image's perceptual loss against one photo and one painting."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from stylebox.backbone import VGG19
-
-
-class _Gram(torch.autograd.Function):
-    """G = F F^T / n with a backward of one matmul: dF = (dG + dG^T) F / n.
-
-    Autograd's generic rule for ``bmm(F, F^T)`` spends two matmuls of the full feature
-    size; the Grams are a tenth of each optimisation step, so this is worth having.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, flat: torch.Tensor, n: float) -> torch.Tensor:
-        ctx.save_for_backward(flat)
-        ctx.n = n
-        return torch.bmm(flat, flat.transpose(1, 2)) / n
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (flat,) = ctx.saved_tensors
-        return torch.bmm(grad + grad.transpose(1, 2), flat) / ctx.n, None
-
-
-def gram(features: torch.Tensor) -> torch.Tensor:
-    """Channel co-occurrence of a (B, C, H, W) map, normalised by C*H*W (at least fp32)."""
-    b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w)
-    if flat.dtype in (torch.float16, torch.bfloat16):
-        flat = flat.float()
-    return _Gram.apply(flat, float(c * h * w))
-
-
-def total_variation(image: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between neighbouring pixels; discourages high-frequency noise."""
-    dx = image[..., :, 1:] - image[..., :, :-1]
-    dy = image[..., 1:, :] - image[..., :-1, :]
-    return dx.pow(2).mean() + dy.pow(2).mean()
+from stylebox.perceptual import PerceptualLoss
 
 
 class Objective:
@@ -68,38 +26,12 @@ class Objective:
     ) -> None:
         self.network = network
         self.content_targets = dict(content_targets)
-        self.style_targets = dict(style_targets)
-        self.content_layers = {k: v for k, v in content_layers.items() if v and content_weight}
-        self.style_layers = {k: v for k, v in style_layers.items() if v and style_weight}
-        self.content_weight = content_weight
-        self.style_weight = style_weight
-        self.tv_weight = tv_weight
-        self.layers = sorted({*self.content_layers, *self.style_layers})
+        self.loss = PerceptualLoss(
+            content_layers, style_layers, style_targets, content_weight, style_weight, tv_weight
+        )
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted total (for backward) and its parts (for reporting)."""
-        features = self.network(image, self.layers) if self.layers else {}
-        zero = image.new_zeros(())
-        content = sum(
-            (
-                w * F.mse_loss(features[k].float(), self.content_targets[k])
-                for k, w in self.content_layers.items()
-            ),
-            zero,
-        )
-        style = sum(
-            (
-                w * F.mse_loss(gram(features[k]), self.style_targets[k])
-                for k, w in self.style_layers.items()
-            ),
-            zero,
-        )
-        tv = total_variation(image.float()) if self.tv_weight else zero
-        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
-        parts = {
-            "loss": float(total.detach()),
-            "content": float(content.detach()) * self.content_weight,
-            "style": float(style.detach()) * self.style_weight,
-            "tv": float(tv.detach()) * self.tv_weight,
-        }
-        return total, parts
+        layers = self.loss.layers
+        features = self.network(image, layers) if layers else {}
+        return self.loss(image, features, self.content_targets)

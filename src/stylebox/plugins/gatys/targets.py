@@ -18,7 +18,7 @@ import torch
 
 from stylebox.backbone import VGG19
 from stylebox.images import atomic_write_bytes
-from stylebox.plugins.gatys.losses import gram
+from stylebox.perceptual import gram
 
 CacheOutcome = Literal["memory", "disk", "computed"]
 
