@@ -11,6 +11,10 @@ its error, and for ``Cancelled`` from why the job was cancelled:
   without counting a try and resumes from its checkpoint at the next start. When it was
   cancelled for outliving its ``timeout_seconds``, that is a failed try, a ``PluginError``
   ("timed out after N s"), retried or failed as above.
+- ``InputChanged``: the input's bytes are not those its job was queued for (the file was
+  replaced before the job read it): the job is queued again for the new bytes, keeping its
+  output names; when those bytes already have a job, it ends as failed, saying so, and the
+  file is taken as any arrival of those bytes is. Its input is never moved for it.
 - ``ConfigError``: raised while the config is loaded or a plugin starts, it refuses the
   whole config (the command exits with status 2 before it takes any work; a reload is
   refused and the running config kept). Raised from ``process`` it is a plugin fault.
@@ -40,6 +44,15 @@ class PermanentFailure(PluginError):
     and another try would do exactly the same: the job fails at once, without retries."""
 
     retry = False
+
+
+class InputChanged(StyleboxError):
+    """The input holds other bytes than its job was queued for: it was replaced."""
+
+    def __init__(self, message: str, sha256: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+        """The sha256 of the bytes found."""
 
 
 class Cancelled(StyleboxError):

@@ -11,6 +11,17 @@ from stylebox.images import atomic_write_bytes, fsync_dir
 _lock = threading.Lock()
 
 
+def readable(text: str) -> str:
+    """``text`` as people can read it: each byte of a file name that is not UTF-8 (which
+    Python keeps as a lone surrogate, ``os.fsdecode``'s escape) becomes U+FFFD, as a file
+    manager shows it. For logs, the journal's names and reasons, and output names; the path
+    itself is kept exactly wherever a file is opened or moved."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def free_path(folder: Path, name: str) -> Path:
     """``folder/name``, or ``folder/stem-2.ext`` and so on if that is taken."""
     candidate = folder / name
@@ -39,5 +50,5 @@ def move_unique(source: Path, folder: Path) -> Path:
 def write_reason(moved: Path, reason: str, suffix: str = ".error.txt") -> Path:
     """``<name>.error.txt`` (or another ``suffix``) beside a moved input, saying why."""
     note = moved.with_name(moved.name + suffix)
-    atomic_write_bytes(note, (reason.rstrip() + "\n").encode())
+    atomic_write_bytes(note, (readable(reason).rstrip() + "\n").encode())
     return note

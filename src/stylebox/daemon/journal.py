@@ -5,6 +5,11 @@ reclaims expired leases, and those jobs resume from their checkpoints. The uniqu
 (input sha256 + source + plugin + params hash) makes processing idempotent: the same bytes
 dropped twice with the same settings are not stylised twice.
 
+Paths are kept exactly: one that is not valid UTF-8 (a Latin-1 ``caf\xe9.png`` copied
+from an old share) is stored as its bytes, a BLOB, and read back as the ``str`` that
+``os.fsdecode`` gives, so the file can still be opened and moved; names and error messages,
+which are for people, are stored readable (each byte that is not UTF-8 shown as U+FFFD).
+
 WAL mode with ``synchronous=FULL``: a commit that returned survives a power cut. Each thread
 gets its own connection; SQLite serialises the writers.
 """
@@ -12,6 +17,7 @@ gets its own connection; SQLite serialises the writers.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -21,15 +27,18 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from stylebox.daemon.files import readable
+
 State = Literal["queued", "running", "done", "failed"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     source        TEXT NOT NULL,            -- 'inbox:<name>' or 'batch:<name>'
-    origin_path   TEXT NOT NULL,            -- where the input arrived
-    input_path    TEXT NOT NULL,            -- where the input is now
-    name          TEXT NOT NULL,            -- the file name it arrived with
+    origin_path   TEXT NOT NULL,            -- where the input arrived (a BLOB of its bytes
+                                            -- when the path is not UTF-8)
+    input_path    TEXT NOT NULL,            -- where the input is now (the same)
+    name          TEXT NOT NULL,            -- the file name it arrived with, readable
     sha256        TEXT NOT NULL,
     plugin        TEXT NOT NULL,
     params_hash   TEXT NOT NULL,
@@ -54,6 +63,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, state);
+CREATE INDEX IF NOT EXISTS jobs_by_origin ON jobs (origin_path, source);
 """
 
 # Columns added since the first journals were written: (name, SQL type). A journal file
@@ -174,17 +184,32 @@ class Journal:
     # -- adding work -----------------------------------------------------------------------
 
     def add(self, entries: list[NewJob]) -> list[tuple[JobRow, bool]]:
-        """Queue jobs in one transaction; for a key already known, its existing job is
-        returned with ``False`` instead."""
+        """Queue jobs in one transaction, one result per entry, decided in this order:
+
+        - a job with the entry's key (the same bytes and settings), or an unfinished job of
+          the same source for the same path and bytes (a rescan seeing a queued file again,
+          whatever ``dedupe`` says): that job, with ``False``;
+        - a queued job of the same source for the same path with other bytes (the file was
+          replaced before its job started): that job takes the entry over, with ``True``.
+          It stands for the new bytes from now on, with fresh attempts, and keeps its output
+          names (``stem``), so the entry's are not used;
+        - otherwise a new job, with ``True``.
+        """
         results: list[tuple[JobRow, bool]] = []
         now = time.time()
         with self._transaction() as db:
             for entry in entries:
-                row = db.execute(
-                    "SELECT * FROM jobs WHERE unique_key = ?", (entry.unique_key,)
-                ).fetchone()
+                row = self._existing(db, entry)
                 if row is not None:
                     results.append((_row(row), False))
+                    continue
+                row = db.execute(
+                    "SELECT id FROM jobs WHERE origin_path = ? AND source = ? "
+                    "AND state = 'queued' ORDER BY id DESC LIMIT 1",
+                    (_path(entry.input_path), entry.source),
+                ).fetchone()
+                if row is not None:
+                    results.append((_row(self._take_over(db, row["id"], entry)), True))
                     continue
                 row = db.execute(
                     "INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, "
@@ -192,9 +217,9 @@ class Journal:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                     (
                         entry.source,
-                        str(entry.input_path),
-                        str(entry.input_path),
-                        entry.input_path.name,
+                        _path(entry.input_path),
+                        _path(entry.input_path),
+                        readable(entry.input_path.name),
                         entry.sha256,
                         entry.plugin,
                         entry.params_hash,
@@ -206,14 +231,66 @@ class Journal:
                 results.append((_row(row), True))
         return results
 
-    def retry_failed(self, job_id: int, input_path: Path) -> JobRow:
-        """A failed job's input was dropped again: give it a fresh set of attempts."""
+    def replace_input(self, job_id: int, entry: NewJob, delay: float = 0.0) -> tuple[JobRow, bool]:
+        """Job ``job_id`` found other bytes at its input than it was queued for (the file
+        was replaced and no one saw it): it stands for ``entry``'s bytes from now on, queued
+        again after ``delay`` with fresh attempts and keeping its output names: ``(job,
+        True)``. Unless those bytes already have a job (see :meth:`add`): that one is
+        returned, with ``False``, and ``job_id`` is left as it is."""
+        with self._transaction() as db:
+            row = self._existing(db, entry, exclude=job_id)
+            if row is not None:
+                return _row(row), False
+            return _row(self._take_over(db, job_id, entry, time.time() + delay)), True
+
+    @staticmethod
+    def _existing(
+        db: sqlite3.Connection, entry: NewJob, exclude: int | None = None
+    ) -> sqlite3.Row | None:
+        """The job that ``entry``'s bytes already have: by key, or unfinished for the same
+        path with the same bytes."""
+        row = db.execute("SELECT * FROM jobs WHERE unique_key = ?", (entry.unique_key,)).fetchone()
+        if row is not None and row["id"] != exclude:
+            return row
+        found: sqlite3.Row | None = db.execute(
+            "SELECT * FROM jobs WHERE origin_path = ? AND source = ? AND sha256 = ? "
+            "AND state IN ('queued', 'running') AND id IS NOT ? ORDER BY id LIMIT 1",
+            (_path(entry.input_path), entry.source, entry.sha256, exclude),
+        ).fetchone()
+        return found
+
+    @staticmethod
+    def _take_over(
+        db: sqlite3.Connection, job_id: int, entry: NewJob, not_before: float = 0.0
+    ) -> sqlite3.Row:
+        row: sqlite3.Row = db.execute(
+            "UPDATE jobs SET state = 'queued', sha256 = ?, unique_key = ?, name = ?, "
+            "plugin = ?, params_hash = ?, stem = COALESCE(stem, ?), attempts = 0, "
+            "not_before = ?, lease_owner = NULL, lease_expires = NULL, step = NULL, "
+            "total = NULL, eta_at = NULL, error_class = NULL, error_message = NULL, "
+            "started_at = NULL, claimed_at = NULL WHERE id = ? RETURNING *",
+            (
+                entry.sha256,
+                entry.unique_key,
+                readable(entry.input_path.name),
+                entry.plugin,
+                entry.params_hash,
+                entry.stem,
+                not_before,
+                job_id,
+            ),
+        ).fetchone()
+        return row
+
+    def retry_failed(self, job_id: int, input_path: Path, stem: str | None = None) -> JobRow:
+        """A failed job's input was dropped again: give it a fresh set of attempts, keeping
+        its output names, or taking ``stem`` instead (another job took them meanwhile)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
                 "origin_path = ?, input_path = ?, error_class = NULL, error_message = NULL, "
-                "finished_at = NULL, stem = NULL WHERE id = ? AND state = 'failed'",
-                (str(input_path), str(input_path), job_id),
+                "finished_at = NULL, stem = COALESCE(?, stem) WHERE id = ? AND state = 'failed'",
+                (_path(input_path), _path(input_path), stem, job_id),
             )
             return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
@@ -336,7 +413,7 @@ class Journal:
                     time.time() + delay,
                     0 if count_attempt else 1,
                     type(error).__name__ if error else None,
-                    str(error) if error else None,
+                    readable(str(error)) if error else None,
                     job_id,
                 ),
             )
@@ -361,8 +438,8 @@ class Journal:
                     time.time(),
                     seconds,
                     type(error).__name__ if error else None,
-                    str(error) if error else None,
-                    str(input_path) if input_path else None,
+                    readable(str(error)) if error else None,
+                    _path(input_path) if input_path else None,
                     job_id,
                 ),
             )
@@ -398,10 +475,25 @@ class Journal:
 
 
 _FIELDS = tuple(f.name for f in fields(JobRow))
+_PATHS = ("origin_path", "input_path")
+
+
+def _path(path: Path | str) -> str | bytes:
+    """How the journal keeps a path: as text, or as its bytes when it is not UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
 
 
 def _row(row: sqlite3.Row | Any) -> JobRow:
     # By name, with None for a column an unmigrated journal lacks, and ignoring columns a
     # later version added.
     present = set(row.keys())
-    return JobRow(**{name: row[name] if name in present else None for name in _FIELDS})
+    values = {name: row[name] if name in present else None for name in _FIELDS}
+    for name in _PATHS:
+        if isinstance(values[name], bytes):
+            values[name] = os.fsdecode(values[name])
+    return JobRow(**values)

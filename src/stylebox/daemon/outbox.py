@@ -124,15 +124,26 @@ class Outbox:
         with self._lock:
             for n in range(1, 100_000):
                 stem = base if n == 1 else f"{base}-{n}"
-                names = OutputNames(self.folder, stem, extension)
-                # A result in any format counts, so one is never shadowed by another.
-                taken = stem in self._reserved or any(
-                    os.path.lexists(self.folder / f"{stem}{suffix}") for suffix in _ALL_SUFFIXES
-                )
-                if not taken:
+                if not self._taken(stem):
                     self._reserved.add(stem)
-                    return names
+                    return OutputNames(self.folder, stem, extension)
         raise RuntimeError(f"no free output name for {filename} in {self.folder}")
+
+    def reserve_stem(self, stem: str) -> OutputNames | None:
+        """Claim exactly ``stem`` if no existing or in-flight output uses it (a failed job,
+        retried, taking back the names it had), else ``None``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if self._taken(stem):
+                return None
+            self._reserved.add(stem)
+        return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
+
+    def _taken(self, stem: str) -> bool:
+        # A result in any format counts, so one is never shadowed by another.
+        return stem in self._reserved or any(
+            os.path.lexists(self.folder / f"{stem}{suffix}") for suffix in _ALL_SUFFIXES
+        )
 
     def claim(self, stem: str) -> OutputNames:
         """Take back a stem this job reserved before an interruption (its snapshots stay)."""

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -25,13 +26,17 @@ from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
-from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
+from stylebox.errors import BadInput, Cancelled, ConfigError, InputChanged, PluginError
 from stylebox.plugins.api import Plugin, params_digest
 from stylebox.plugins.registry import Registry
 
 log = logging.getLogger("stylebox.pipeline")
 
-Outcome = Literal["queued", "known", "duplicate", "retry"]
+Outcome = Literal["queued", "known", "duplicate", "retry", "gone", "error"]
+"""What became of a file given to :meth:`Pipeline.enqueue`: a job was queued for it (a new
+one, or the queued job of a file it replaced); it already has one (``known``); its bytes
+were done before (``duplicate``); its failed job is tried again (``retry``); it is no longer
+there (``gone``); the journal refused it (``error``: it stays for the next rescan)."""
 
 
 @dataclass
@@ -151,61 +156,147 @@ class Pipeline:
     # -- queueing --------------------------------------------------------------------------
 
     def enqueue(self, source: Source, paths: list[Path]) -> list[Outcome]:
-        """Record settled files of ``source`` as jobs, exactly once, in one transaction."""
-        entries = []
-        for path in paths:
-            if path.is_file() and not path.is_symlink():
-                digest = _sha256(path)
-                key = f"{digest}|{source.key}|{source.plugin.name}|{source.params_hash}"
-                if not source.config.dedupe:
-                    key += f"|{uuid.uuid4().hex}"
-            else:  # folders, links, devices: journaled so their refusal is recorded too
-                digest = "-"
-                key = f"special|{source.key}|{path}|{time.time_ns()}"
-            entries.append(
-                NewJob(
-                    source=source.key,
-                    input_path=path,
-                    sha256=digest,
-                    plugin=source.plugin.name,
-                    params_hash=source.params_hash,
-                    unique_key=key,
-                    stem=source.outbox.reserve(path.name).stem,
+        """Record settled files of ``source`` as jobs, exactly once, in one transaction.
+
+        A path that is gone by now was taken care of (its job moved it, say) and is skipped:
+        ``"gone"``. One that is there but not a regular file (a folder, FIFO, device or
+        link) is journaled too, so that its refusal is recorded. A file whose path has a
+        queued job for other bytes (it was replaced) takes that job over. If the journal
+        refuses the arrival, each file is tried on its own, and one it still refuses stays
+        in the inbox for the next rescan (``"error"``, logged) while the others go through;
+        no output name stays reserved for a file that got no job.
+        """
+        entries = [self._entry(source, path) for path in paths]
+        added = self._add(source, [entry for entry in entries if entry is not None])
+        outcomes: list[Outcome] = []
+        for path, entry in zip(paths, entries, strict=True):
+            if entry is None:
+                outcomes.append("gone")
+                continue
+            result = added.pop(0)
+            try:
+                outcomes.append(
+                    "error" if result is None else self._after_add(source, path, entry, *result)
                 )
-            )
-        outcomes = [
-            self._after_add(source, path, entry, row, new)
-            for path, entry, (row, new) in zip(
-                paths, entries, self.journal.add(entries), strict=True
-            )
-        ]
+            except Exception:  # moving a duplicate failed, say: the others go on
+                log.exception("cannot take %s", files.readable(str(path)))
+                outcomes.append("error")
         if "queued" in outcomes or "retry" in outcomes:
             self.on_queued()
         return outcomes
 
+    def _entry(self, source: Source, path: Path, reserve: bool = True) -> NewJob | None:
+        """The job ``path`` would be, its output names reserved; ``None`` if it is gone."""
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return None
+        digest = "-"
+        if stat.S_ISREG(mode):
+            try:
+                digest = _sha256(path)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:  # unreadable: its job fails saying why
+                log.warning("cannot read %s: %s", files.readable(str(path)), exc)
+        if digest != "-":
+            key = f"{digest}|{source.key}|{source.plugin.name}|{source.params_hash}"
+            if not source.config.dedupe:
+                key += f"|{uuid.uuid4().hex}"
+        else:  # folders, links, devices: journaled so their refusal is recorded too
+            key = f"special|{source.key}|{uuid.uuid4().hex}"
+        name = files.readable(path.name)
+        return NewJob(
+            source=source.key,
+            input_path=path,
+            sha256=digest,
+            plugin=source.plugin.name,
+            params_hash=source.params_hash,
+            unique_key=key,
+            stem=source.outbox.reserve(name).stem if reserve else None,
+        )
+
+    def _add(self, source: Source, entries: list[NewJob]) -> list[tuple[JobRow, bool] | None]:
+        """``journal.add``; if it refuses the lot, each entry alone, ``None`` for those it
+        refuses (their output names released)."""
+        if not entries:
+            return []
+        try:
+            return list(self.journal.add(entries))
+        except Exception as exc:
+            if len(entries) == 1:
+                self._refused(source, entries[0], exc)
+                return [None]
+            log.warning(
+                "the journal refused %d file(s) at once (%s); one by one", len(entries), exc
+            )
+        results: list[tuple[JobRow, bool] | None] = []
+        for entry in entries:
+            try:
+                results.append(self.journal.add([entry])[0])
+            except Exception as exc:
+                self._refused(source, entry, exc)
+                results.append(None)
+        return results
+
+    @staticmethod
+    def _refused(source: Source, entry: NewJob, error: Exception) -> None:
+        if entry.stem is not None:
+            source.outbox.release_stem(entry.stem)
+        log.error(
+            "cannot queue %s: %s: %s; it stays in place for the next rescan",
+            files.readable(str(entry.input_path)),
+            type(error).__name__,
+            error,
+            extra={"event": "not-queued", "source": entry.source},
+        )
+
     def _after_add(
         self, source: Source, path: Path, entry: NewJob, row: JobRow, new: bool
     ) -> Outcome:
+        if entry.stem is not None and not (new and row.stem == entry.stem):
+            source.outbox.release_stem(entry.stem)  # the job has names of its own
         if new:
-            log.info("queued", extra=_fields(row, "queued"))
+            if row.stem == entry.stem:
+                log.info("queued", extra=_fields(row, "queued"))
+            else:
+                log.info(
+                    "replaced while queued: the job is for the new bytes now",
+                    extra=_fields(row, "replaced"),
+                )
             return "queued"
-        source.outbox.release_stem(entry.stem or "")  # the existing job keeps its own names
         if row.state in ("queued", "running") and row.origin_path == str(path):
             return "known"
+        if not os.path.lexists(path):
+            return "gone"  # seen just before its own job (or someone) moved it away
         if row.state == "failed":
-            row = self.journal.retry_failed(row.id, path)
+            row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row))
             log.info("queued again after failing", extra=_fields(row, "retry"))
             return "retry"
         # The same bytes with the same settings: not stylised twice.
-        if source.moves_inputs and path.exists():
+        if source.moves_inputs:
             assert isinstance(source.config, InboxConfig)
             moved = files.move_unique(path, source.config.processed_dir)
             note = f"duplicate of job {row.id} ({row.name}); its result: {source.outbox.folder}"
             if row.stem:
                 note += f"/{row.stem}.*"
             files.write_reason(moved, note, suffix=".duplicate.txt")
-        log.info("duplicate", extra={**_fields(row, "duplicate"), "path": str(path)})
+        log.info(
+            "duplicate",
+            extra={**_fields(row, "duplicate"), "path": files.readable(str(path))},
+        )
         return "duplicate"
+
+    @staticmethod
+    def _retry_stem(source: Source, row: JobRow) -> str:
+        """A failed job dropped again keeps its output names if they are still free (its
+        failure released them) or hold its own complete result; else it gets new ones."""
+        if row.stem is not None:
+            if _manifest_matches(source.outbox.folder / f"{row.stem}.json", row.sha256):
+                return source.outbox.claim(row.stem).stem
+            if source.outbox.reserve_stem(row.stem) is not None:
+                return row.stem
+        return source.outbox.reserve(row.name).stem
 
     # -- running ---------------------------------------------------------------------------
 
@@ -304,7 +395,8 @@ class Pipeline:
             else:
                 log.info("started", extra=_fields(row, "started"))
                 label = f"{source.key}/{row.name}"
-                jobs.append((row, Job(path, work_dir, label=label, stem=stem, job_id=row.id)))
+                job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
+                jobs.append((row, job))
         results = self.runner.execute_many(
             [job for _, job in jobs],
             source.plugin,
@@ -327,6 +419,8 @@ class Pipeline:
                 self._retry_or_fail(
                     source, row, PluginError(f"timed out after {timeout} s ({outcome})")
                 )
+        elif isinstance(outcome, InputChanged):
+            self._input_changed(source, row, outcome)
         elif isinstance(outcome, BadInput):
             self._fail(source, row, outcome)
         elif isinstance(outcome, PluginError):
@@ -348,12 +442,61 @@ class Pipeline:
 
     def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
         moved = None
-        if source.moves_inputs:
+        origin = Path(row.origin_path)
+        replaced = False
+        if source.moves_inputs and os.path.lexists(origin):
             assert isinstance(source.config, InboxConfig)
-            origin = Path(row.origin_path)
-            if origin.exists() or origin.is_symlink():
+            if _holds(origin, row.sha256):
                 moved = files.move_unique(origin, source.config.processed_dir)
+            else:
+                replaced = True
         self.journal.finish(row.id, "done", seconds=seconds, input_path=moved)
+        if replaced:
+            self._replaced_while_running(row)
+
+    @staticmethod
+    def _replaced_while_running(row: JobRow) -> None:
+        """The job ended on the bytes it read, but its input path holds others now: they
+        are not its input, so they stay where they are, to be queued as a job of their own
+        once they have settled (the watcher saw them arrive; a rescan finds them anyway)."""
+        log.info(
+            "input replaced while its job ran; the new file stays in the inbox",
+            extra=_fields(row, "replaced"),
+        )
+
+    def _input_changed(self, source: Source, row: JobRow, error: InputChanged) -> None:
+        """The job's input holds other bytes than it was queued for (replaced unseen): the
+        job is queued again for them, keeping its names, after the inbox's settle time (a
+        writer may still be at work); unless they already have a job,
+        and then this one ends as failed saying so and the file is taken like any arrival
+        of those bytes (a duplicate of a done job, say). Its input is not moved for it."""
+        origin = Path(row.origin_path)
+        entry = self._entry(source, origin, reserve=False)
+        if entry is None:
+            self._fail(source, row, BadInput(f"{row.name} vanished while its job started"))
+            return
+        settle = source.config.settle_seconds if isinstance(source.config, InboxConfig) else 0
+        current, kept = self.journal.replace_input(row.id, entry, delay=settle)
+        if kept:
+            log.info(
+                "input replaced before its job read it; queued again for the new bytes",
+                extra={**_fields(current, "replaced"), "error": str(error)},
+            )
+            self.on_queued()
+            return
+        superseded = InputChanged(
+            f"{row.name} was replaced by other bytes before it was processed; those are job "
+            f"{current.id}'s ({current.state})",
+            error.sha256,
+        )
+        if row.stem and not _manifest_matches(
+            source.outbox.folder / f"{row.stem}.json", row.sha256
+        ):
+            source.outbox.discard(row.stem)
+        shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
+        self.journal.finish(row.id, "failed", error=superseded)
+        log.warning("superseded", extra={**_fields(row, "superseded"), "error": str(superseded)})
+        self._after_add(source, origin, entry, current, False)
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
         if error.retry and row.attempts < source.config.max_attempts:
@@ -366,23 +509,29 @@ class Pipeline:
         self._fail(source, row, error)
 
     def _fail(self, source: Source, row: JobRow, error: Exception) -> None:
-        reason = f"{type(error).__name__}: {error}"
+        reason = files.readable(f"{type(error).__name__}: {error}")
         origin = Path(row.origin_path)
-        if source.moves_inputs and (origin.exists() or origin.is_symlink()):
+        moved = None
+        replaced = False
+        if source.moves_inputs and os.path.lexists(origin):
             assert isinstance(source.config, InboxConfig)
-            moved = files.move_unique(origin, source.config.failed_dir)
-            files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
-        else:
-            moved = None
+            if _holds(origin, row.sha256):
+                moved = files.move_unique(origin, source.config.failed_dir)
+                files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
+            else:
+                replaced = True
         # What a failed job wrote (snapshots, a set a crash left without its manifest) is no
-        # result; a complete one, for this input, is kept.
-        if row.stem and not _manifest_matches(
-            source.outbox.folder / f"{row.stem}.json", row.sha256
-        ):
-            source.outbox.discard(row.stem)
+        # result; a complete one, for this input, is kept. Either way its names are free.
+        stem = row.stem or self.journal.get(row.id).stem  # a legacy job named when it ran
+        if stem and not _manifest_matches(source.outbox.folder / f"{stem}.json", row.sha256):
+            source.outbox.discard(stem)
+        elif stem:
+            source.outbox.release_stem(stem)
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
         self.journal.finish(row.id, "failed", error=error, input_path=moved)
         log.error("failed", extra={**_fields(row, "failed"), "error": reason})
+        if replaced:
+            self._replaced_while_running(row)
 
 
 class _JournalReporter:
@@ -419,6 +568,20 @@ class _JournalReporter:
 def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _holds(path: Path, sha256: str) -> bool:
+    """Whether ``path`` still holds the bytes a job was queued for: a file whose bytes
+    are others was replaced, and is not that job's to move. A job for something that is not
+    a regular file (``"-"``), or a file that cannot be read now, is taken as it is."""
+    if sha256 == "-":
+        return True
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        return _sha256(path) == sha256
+    except OSError:
+        return True
 
 
 def _manifest_matches(manifest: Path, sha256: str) -> bool:

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from stylebox import __version__
 from stylebox.config import ImagesConfig
 from stylebox.daemon.outbox import Outbox, OutputNames
-from stylebox.errors import BadInput, PluginError, StyleboxError
+from stylebox.errors import BadInput, InputChanged, PluginError, StyleboxError
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image
 from stylebox.plugins.api import JobContext, JsonValue, Plugin
 
@@ -53,6 +53,9 @@ class Job:
     """Output names already chosen for this job (by the journal); else the runner picks."""
     job_id: int | None = None
     """The journal's id, when the job came through the journal."""
+    sha256: str | None = None
+    """The bytes the job was queued for; other bytes at ``input_path`` (the file was
+    replaced) end the job with :class:`InputChanged` before the plugin sees them."""
 
     @property
     def name(self) -> str:
@@ -240,7 +243,7 @@ class Runner:
         groups: dict[tuple[int, int], list[_Started]] = {}
         for index, job in enumerate(jobs):
             started = self._start(index, job, outbox, cancels[index])
-            if isinstance(started, BadInput):
+            if isinstance(started, StyleboxError):
                 outcomes[index] = started
             else:
                 groups.setdefault(started.decoded.rgb.size, []).append(started)
@@ -265,7 +268,7 @@ class Runner:
 
     def _start(
         self, index: int, job: Job, outbox: Outbox, cancel: threading.Event
-    ) -> _Started | BadInput:
+    ) -> _Started | BadInput | InputChanged:
         started_at = datetime.now(UTC)
         began = time.perf_counter()
         self.reporter.started(job)
@@ -278,6 +281,14 @@ class Runner:
         except BadInput as exc:
             shutil.rmtree(job.work_dir, ignore_errors=True)
             return exc
+        if job.sha256 is not None and decoded.sha256 != job.sha256:
+            # What the work folder holds was made from the bytes the job was queued for.
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+            return InputChanged(
+                f"{job.input_path.name} holds other bytes (sha256 {decoded.sha256[:16]}...) "
+                f"than when its job was queued (sha256 {job.sha256[:16]}...)",
+                decoded.sha256,
+            )
         _bind_work_dir(job, decoded.sha256)
         names = self._names(job, outbox)
         decoded_at = time.perf_counter()

@@ -1,0 +1,82 @@
+"""Issue 12 against a real daemon: nothing lost or mixed up when files arrive in bulk or
+with odd names."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from conftest import encoded, photo
+from daemon_helpers import POSTERIZE_CONFIG, Daemon, wait_until, write_config
+
+
+def _jobs(state: Path) -> dict[str, int]:
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        counts = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    db.close()
+    return counts
+
+
+def _events(daemon: Daemon) -> list[dict]:
+    return [json.loads(line) for line in daemon.output().splitlines() if line.startswith("{")]
+
+
+def test_a_rescan_during_a_burst_makes_no_phantom_failures_or_duplicates(tmp_path: Path) -> None:
+    """Rescans every 0.5 s while 200 files go through: each is queued once and done once;
+    none is journaled as a failed 'special' file or reported as a duplicate of itself."""
+    text = POSTERIZE_CONFIG.format(extra="").replace("rescan_seconds = 2", "rescan_seconds = 0.5")
+    config = write_config(tmp_path, text.replace("settle_seconds = 0.2", "settle_seconds = 0.05"))
+    staging, inbox = tmp_path / "staging", tmp_path / "inbox"
+    staging.mkdir()
+    data = [encoded(photo(8, 8, seed=n)) for n in range(200)]
+    for n, payload in enumerate(data):
+        (staging / f"p{n:03d}.png").write_bytes(payload)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        for n in range(200):
+            os.rename(staging / f"p{n:03d}.png", inbox / f"p{n:03d}.png")
+        processed = inbox / "processed"
+        assert wait_until(lambda: len(list(processed.glob("p*.png"))) == 200, 120)
+        assert wait_until(lambda: _jobs(tmp_path / "state") == {"done": 200}, 10), _jobs(
+            tmp_path / "state"
+        )
+    finally:
+        assert daemon.stop() == 0
+    events = [event.get("event") for event in _events(daemon)]
+    assert events.count("duplicate") == 0 and events.count("failed") == 0
+    assert events.count("queued") == 200 and events.count("done") == 200
+    assert not list(processed.glob("*.duplicate.txt"))
+    assert not list((inbox / "failed").iterdir())
+
+
+def test_a_name_that_is_not_utf8_goes_through_with_its_arrival(tmp_path: Path) -> None:
+    """20 photos and caf\\xe9.png (a Latin-1 name) arrive together: all 21 are processed,
+    the odd one under a readable output name, its original moved under its exact name."""
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    staging, inbox, outbox = tmp_path / "staging", tmp_path / "inbox", tmp_path / "outbox"
+    staging.mkdir()
+    names = [f"p{n:02d}.png".encode() for n in range(20)] + [b"caf\xe9.png"]
+    for n, name in enumerate(names):
+        Path(os.fsdecode(os.fsencode(staging) + b"/" + name)).write_bytes(
+            encoded(photo(8, 8, seed=n))
+        )
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        for name in names:
+            os.rename(os.fsencode(staging) + b"/" + name, os.fsencode(inbox) + b"/" + name)
+        processed = os.fsencode(inbox / "processed")
+        assert wait_until(lambda: len(os.listdir(processed)) == 21, 60), daemon.output()[-3000:]
+        assert sorted(os.listdir(processed)) == sorted(names)
+        assert wait_until(lambda: _jobs(tmp_path / "state") == {"done": 21}, 10)
+    finally:
+        assert daemon.stop() == 0
+    results = sorted(p.name for p in outbox.glob("*.png"))
+    assert results == sorted([f"p{n:02d}.png" for n in range(20)] + ["caf\ufffd.png"])
+    manifest = json.loads((outbox / "caf\ufffd.json").read_text())
+    assert manifest["output"]["result"] == "caf\ufffd.png"
+    assert "caf\ufffd.png" in [event.get("file") for event in _events(daemon)]
+    assert "UnicodeEncodeError" not in daemon.output()

@@ -1,0 +1,384 @@
+"""Issue 12, the enqueue path: files with names that are not UTF-8, files replaced while
+queued, paths gone by the time they are queued, and output names that must not leak.
+Through the real Pipeline, Runner and SQLite journal, with a tiny plugin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import encoded, photo
+from daemon_helpers import write_config
+from PIL import Image
+
+from stylebox.config import load_config
+from stylebox.daemon import pipeline as pipeline_module
+from stylebox.daemon.journal import Journal
+from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.runner import PluginHandle
+from stylebox.errors import PluginError
+from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime, params_digest
+
+CONFIG = """
+state_dir = "state"
+[daemon]
+retry_backoff_seconds = 0.01
+[[inbox]]
+name = "in"
+path = "inbox"
+outbox = "outbox"
+plugin = "posterize"
+max_attempts = {attempts}
+settle_seconds = 0.05
+dedupe = {dedupe}
+params = {{ bits = 2 }}
+"""
+
+
+class Flaky(Plugin[PluginParams]):
+    """Returns the image as it is, after failing its first ``fails`` calls; ``during`` is
+    called while it runs (a test's way to act on the inbox mid-job)."""
+
+    name = "flaky"
+    version = "1"
+    Params = PluginParams
+
+    def __init__(self, params: PluginParams, runtime: Runtime, fails: int = 0) -> None:
+        super().__init__(params, runtime)
+        self.fails = fails
+        self.calls = 0
+        self.during: Callable[[], None] | None = None
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        self.calls += 1
+        if self.during is not None:
+            self.during()
+        if self.calls <= self.fails:
+            raise PluginError(f"call {self.calls} fails")
+        job.progress(1, 1)
+        return image
+
+
+def _pipeline(
+    tmp_path: Path, fails: int = 0, attempts: int = 1, dedupe: bool = True
+) -> tuple[Pipeline, Source, Flaky]:
+    text = CONFIG.format(attempts=attempts, dedupe=str(dedupe).lower())
+    loaded = load_config(write_config(tmp_path, text))
+    plugin = Flaky(PluginParams(), Runtime(state_dir=loaded.config.state_dir), fails)
+    inbox = loaded.config.inbox[0]
+    for folder in (inbox.path, inbox.processed_dir, inbox.failed_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    source = Source(
+        key="inbox:in",
+        config=inbox,
+        plugin=PluginHandle("flaky", "1", plugin, plugin.params),
+        outbox=Outbox(inbox.outbox, inbox.output),
+        params_hash=params_digest(plugin.params),
+        device_type="cpu",
+    )
+    journal = Journal(loaded.config.state_dir / "journal.sqlite3")
+    return Pipeline(loaded, {source.key: source}, journal), source, plugin
+
+
+def _drain(pipeline: Pipeline, source: Source) -> None:
+    """Run jobs until none is queued (retries included)."""
+    while pipeline.journal.jobs(source.key, "queued"):
+        row = pipeline.claim({source.key})
+        if row is not None:
+            pipeline.run([row])
+
+
+def _names(folder: Path) -> list[bytes]:
+    return sorted(os.listdir(os.fsencode(folder)))
+
+
+def _manifest_sha(outbox: Path, stem: str) -> str:
+    return json.loads((outbox / f"{stem}.json").read_text())["input"]["sha256"]
+
+
+# -- names that are not UTF-8 ----------------------------------------------------------------
+
+
+def test_a_name_that_is_not_utf8_is_processed_with_the_files_beside_it(tmp_path: Path) -> None:
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    paths = [inbox / f"good{n}.png" for n in range(3)]
+    for n, path in enumerate(paths):
+        photo(8, 8, seed=n).save(path)
+    odd = Path(os.fsdecode(os.fsencode(inbox) + b"/caf\xe9.png"))  # Latin-1 e-acute
+    photo(8, 8, seed=9).save(odd, "PNG")
+
+    assert pipeline.enqueue(source, [*paths, odd]) == ["queued"] * 4
+    (row,) = [row for row in pipeline.journal.jobs(source.key) if row.origin_path == str(odd)]
+    assert row.name == "caf\ufffd.png"  # readable in logs and status
+    _drain(pipeline, source)
+
+    assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done"] * 4
+    assert _names(inbox / "processed") == [b"caf\xe9.png", b"good0.png", b"good1.png", b"good2.png"]
+    assert (tmp_path / "outbox" / "caf\ufffd.png").is_file()
+    assert Journal(pipeline.journal.path).get(row.id).input_path == os.fsdecode(
+        os.fsencode(inbox) + b"/processed/caf\xe9.png"
+    )  # the exact name, read back by another connection
+    assert not source.outbox._reserved
+    pipeline.journal.close()
+
+
+def test_a_bad_image_with_a_name_that_is_not_utf8_fails_alone_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    photo(8, 8).save(inbox / "good.png")
+    odd = Path(os.fsdecode(os.fsencode(inbox) + b"/notes\xff.png"))
+    odd.write_bytes(b"not a picture\n" * 10)
+
+    assert pipeline.enqueue(source, [inbox / "good.png", odd]) == ["queued"] * 2
+    _drain(pipeline, source)
+
+    assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done", "failed"]
+    assert _names(inbox / "failed") == [b"notes\xff.png", b"notes\xff.png.error.txt"]
+    reason = (inbox / "failed" / os.fsdecode(b"notes\xff.png.error.txt")).read_text()
+    assert "notes\ufffd.png is not an image" in reason
+    failed = pipeline.journal.jobs(source.key, "failed")[0]
+    assert "notes\ufffd.png" in (failed.error_message or "")
+    pipeline.journal.close()
+
+
+def test_a_failed_add_releases_every_output_name_it_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal refuses one entry of an arrival: the others are queued, and no output
+    name stays reserved (the next photo.png is photo, not photo-2)."""
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    for seed, name in enumerate(("a.png", "refused.png", "b.png")):
+        photo(8, 8, seed=seed).save(inbox / name)
+    real_add = pipeline.journal.add
+
+    def add(entries: list) -> list:
+        if any(entry.input_path.name == "refused.png" for entry in entries):
+            raise OSError("journal refuses this entry")
+        return real_add(entries)
+
+    monkeypatch.setattr(pipeline.journal, "add", add)
+    outcomes = pipeline.enqueue(source, [inbox / "a.png", inbox / "refused.png", inbox / "b.png"])
+    assert outcomes == ["queued", "error", "queued"]
+    assert source.outbox._reserved == {"a", "b"}
+    assert (inbox / "refused.png").exists()  # left for the next rescan
+
+    monkeypatch.setattr(pipeline.journal, "add", real_add)
+    assert pipeline.enqueue(source, [inbox / "refused.png"]) == ["queued"]
+    assert pipeline.journal.jobs(source.key)[-1].stem == "refused"
+    pipeline.journal.close()
+
+
+# -- a file replaced while queued -------------------------------------------------------------
+
+
+def test_a_file_replaced_while_queued_takes_over_its_job(tmp_path: Path) -> None:
+    """The watcher sees the new bytes before the job starts: the queued job now stands for
+    them (one job, its output name kept), and the old bytes are no duplicate of it."""
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    old, new = encoded(photo(8, 8, seed=1)), encoded(photo(8, 8, seed=2))
+    (inbox / "photo.png").write_bytes(old)
+    assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]
+    (inbox / "replacement").write_bytes(new)
+    os.replace(inbox / "replacement", inbox / "photo.png")
+    assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]
+
+    (row,) = pipeline.journal.jobs(source.key)
+    assert row.stem == "photo" and row.sha256 == pipeline_module._sha256(inbox / "photo.png")
+    _drain(pipeline, source)
+    (row,) = pipeline.journal.jobs(source.key)
+    assert row.state == "done" and _manifest_sha(outbox, "photo") == row.sha256
+
+    (inbox / "again.png").write_bytes(old)  # the old bytes: never processed, so not a duplicate
+    assert pipeline.enqueue(source, [inbox / "again.png"]) == ["queued"]
+    _drain(pipeline, source)
+    assert sorted(p.name for p in outbox.glob("*.json")) == ["again.json", "photo.json"]
+    assert _manifest_sha(outbox, "again") == pipeline_module._sha256(inbox / "processed/again.png")
+    pipeline.journal.close()
+
+
+def test_a_file_replaced_unseen_before_its_job_starts_is_queued_for_its_new_bytes(
+    tmp_path: Path,
+) -> None:
+    """No event for the new bytes (the runner is the first to read them): the job notices
+    that the bytes it reads are not those it was queued for, and is queued again for them."""
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    old, new = encoded(photo(8, 8, seed=1)), encoded(photo(8, 8, seed=2))
+    (inbox / "photo.png").write_bytes(old)
+    pipeline.enqueue(source, [inbox / "photo.png"])
+    (inbox / "photo.png").write_bytes(new)  # in place, as cp does
+
+    _drain(pipeline, source)
+    (row,) = pipeline.journal.jobs(source.key)
+    assert row.state == "done" and row.stem == "photo"
+    assert row.sha256 == _manifest_sha(outbox, "photo")
+    assert row.sha256 == pipeline_module._sha256(inbox / "processed" / "photo.png")
+
+    (inbox / "again.png").write_bytes(old)
+    assert pipeline.enqueue(source, [inbox / "again.png"]) == ["queued"]
+    pipeline.journal.close()
+
+
+def test_a_file_replaced_by_bytes_already_done_is_their_duplicate(tmp_path: Path) -> None:
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    old, new = encoded(photo(8, 8, seed=1)), encoded(photo(8, 8, seed=2))
+    (inbox / "first.png").write_bytes(new)
+    pipeline.enqueue(source, [inbox / "first.png"])
+    _drain(pipeline, source)
+    (inbox / "photo.png").write_bytes(old)
+    pipeline.enqueue(source, [inbox / "photo.png"])
+    (inbox / "photo.png").write_bytes(new)  # unseen: found when the job starts
+
+    _drain(pipeline, source)
+    first, replaced = pipeline.journal.jobs(source.key)
+    assert first.state == "done"
+    assert replaced.state == "failed" and replaced.error_class == "InputChanged"
+    assert f"job {first.id}" in (replaced.error_message or "")
+    assert sorted(p.name for p in outbox.glob("*.json")) == ["first.json"]
+    note = inbox / "processed" / "photo.png.duplicate.txt"
+    assert f"duplicate of job {first.id}" in note.read_text()
+    assert not (inbox / "failed" / "photo.png").exists()
+    pipeline.journal.close()
+
+
+def test_a_file_replaced_while_its_job_runs_is_not_taken_for_the_job_input(
+    tmp_path: Path,
+) -> None:
+    """The runner read the old bytes; the new ones arrive before it ends. The job's result
+    is the old bytes', and the new file stays in the inbox, to be queued as a job of its own
+    when it has settled, instead of being moved to processed/ as if done."""
+    pipeline, source, plugin = _pipeline(tmp_path)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    old, new = encoded(photo(8, 8, seed=1)), encoded(photo(8, 8, seed=2))
+    (inbox / "photo.png").write_bytes(old)
+    pipeline.enqueue(source, [inbox / "photo.png"])
+
+    def replace() -> None:
+        plugin.during = None
+        (inbox / "photo.png").write_bytes(new)
+
+    plugin.during = replace
+    _drain(pipeline, source)
+    (first,) = pipeline.journal.jobs(source.key)
+    assert first.state == "done" and (inbox / "photo.png").read_bytes() == new
+    assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]  # as the watcher does
+    _drain(pipeline, source)
+    first, second = pipeline.journal.jobs(source.key)
+    assert (first.state, second.state) == ("done", "done")
+    assert _manifest_sha(outbox, "photo") == first.sha256
+    assert _manifest_sha(outbox, second.stem or "") == second.sha256 != first.sha256
+    assert (inbox / "processed" / "photo.png").read_bytes() == new
+    pipeline.journal.close()
+
+
+# -- paths gone by the time they are queued ---------------------------------------------------
+
+
+def test_a_path_gone_before_it_is_queued_is_skipped(tmp_path: Path) -> None:
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    photo(8, 8).save(inbox / "here.png")
+    (inbox / "folder.png").mkdir()
+    outcomes = pipeline.enqueue(
+        source, [inbox / "gone.png", inbox / "here.png", inbox / "folder.png"]
+    )
+    assert outcomes == ["gone", "queued", "queued"]
+    assert [row.name for row in pipeline.journal.jobs(source.key)] == ["here.png", "folder.png"]
+    assert source.outbox._reserved == {"here", "folder"}
+    pipeline.journal.close()
+
+
+def test_a_file_done_while_it_was_being_queued_is_no_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rescan sees a queued file and hashes it; its job ends and moves it to processed/
+    before the rescan's add: that is the file's own job, not a duplicate."""
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    photo(8, 8).save(inbox / "photo.png")
+    pipeline.enqueue(source, [inbox / "photo.png"])
+    real_sha256 = pipeline_module._sha256
+
+    def sha256_then_finish_the_job(path: Path) -> str:
+        digest = real_sha256(path)
+        _drain(pipeline, source)
+        return digest
+
+    monkeypatch.setattr(pipeline_module, "_sha256", sha256_then_finish_the_job)
+    with caplog.at_level(logging.INFO, logger="stylebox"):
+        assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["gone"]
+    assert "duplicate" not in [getattr(r, "event", None) for r in caplog.records]
+    assert not list((inbox / "processed").glob("*.duplicate.txt"))
+    pipeline.journal.close()
+
+
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_a_queued_file_seen_again_is_the_same_job(tmp_path: Path, dedupe: bool) -> None:
+    pipeline, source, _ = _pipeline(tmp_path, dedupe=dedupe)
+    inbox = tmp_path / "inbox"
+    photo(8, 8).save(inbox / "photo.png")
+    os.mkfifo(inbox / "fifo")
+    assert pipeline.enqueue(source, [inbox / "photo.png", inbox / "fifo"]) == ["queued"] * 2
+    assert pipeline.enqueue(source, [inbox / "photo.png", inbox / "fifo"]) == ["known"] * 2
+    assert len(pipeline.journal.jobs(source.key)) == 2
+    assert source.outbox._reserved == {"photo", "fifo"}
+    pipeline.journal.close()
+
+
+# -- output names after failures and retries --------------------------------------------------
+
+
+def test_a_failed_job_releases_its_name_and_its_retry_keeps_it(tmp_path: Path) -> None:
+    """imm1.png fails, is dropped again and fails again, then is dropped a third time and
+    works: its result is imm1.png (not imm1-2.png), and the job kept its name throughout."""
+    pipeline, source, plugin = _pipeline(tmp_path, fails=2)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    photo(8, 8).save(inbox / "imm1.png")
+    for attempt in range(3):
+        if attempt:
+            os.rename(inbox / "failed" / "imm1.png", inbox / "imm1.png")
+            (inbox / "failed" / "imm1.png.error.txt").unlink()
+        pipeline.enqueue(source, [inbox / "imm1.png"])
+        assert pipeline.journal.jobs(source.key)[0].stem == "imm1"
+        _drain(pipeline, source)
+        if attempt < 2:
+            assert not source.outbox._reserved  # released by the failure
+    (row,) = pipeline.journal.jobs(source.key)
+    assert row.state == "done" and plugin.calls == 3
+    assert sorted(p.name for p in outbox.iterdir()) == ["imm1.json", "imm1.png"]
+    pipeline.journal.close()
+
+
+def test_a_failed_job_whose_name_was_taken_meanwhile_gets_another(tmp_path: Path) -> None:
+    pipeline, source, _ = _pipeline(tmp_path, fails=1)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    photo(8, 8, seed=1).save(inbox / "imm1.png")
+    pipeline.enqueue(source, [inbox / "imm1.png"])
+    _drain(pipeline, source)  # fails: its name is free again
+    photo(8, 8, seed=2).save(inbox / "imm1.png")  # another photo of that name takes it
+    pipeline.enqueue(source, [inbox / "imm1.png"])
+    _drain(pipeline, source)
+    os.rename(inbox / "failed" / "imm1.png", inbox / "imm1.png")
+    pipeline.enqueue(source, [inbox / "imm1.png"])
+    _drain(pipeline, source)
+    first, second = pipeline.journal.jobs(source.key)
+    assert (first.state, first.stem, second.state, second.stem) == (
+        "done",
+        "imm1-2",
+        "done",
+        "imm1",
+    )
+    assert _manifest_sha(outbox, "imm1") == second.sha256
+    assert _manifest_sha(outbox, "imm1-2") == first.sha256
+    pipeline.journal.close()
