@@ -1,11 +1,13 @@
-"""Issue 12 against a real daemon: nothing lost or mixed up when files arrive in bulk or
-with odd names."""
+"""Issue 12 against a real daemon: nothing lost or mixed up when files arrive in bulk, with
+odd names, or when two daemons are pointed at one inbox."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import encoded, photo
@@ -80,3 +82,40 @@ def test_a_name_that_is_not_utf8_goes_through_with_its_arrival(tmp_path: Path) -
     assert manifest["output"]["result"] == "caf\ufffd.png"
     assert "caf\ufffd.png" in [event.get("file") for event in _events(daemon)]
     assert "UnicodeEncodeError" not in daemon.output()
+
+
+def test_a_second_daemon_on_the_same_inbox_is_refused_whatever_its_state_dir(
+    tmp_path: Path,
+) -> None:
+    first = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    inbox = tmp_path / "inbox"
+    other = tmp_path / "other"
+    other.mkdir()
+    text = POSTERIZE_CONFIG.format(extra="").replace('path = "inbox"', f'path = "{inbox}"')
+    second = write_config(other, text)  # its own state dir and outbox, under other/
+    daemon = Daemon(first)
+    try:
+        daemon.wait_ready()
+        refused = subprocess.run(
+            [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(second)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 2
+        (line,) = refused.stderr.splitlines()
+        assert f"inbox 'poster' ({inbox})" in line
+        assert f"pid {daemon.process.pid}, state dir {tmp_path / 'state'}" in line
+        assert not (other / "state" / "journal.sqlite3").exists()
+
+        photo(16, 16).save(inbox / "photo.png")  # the first one serves on, lock file left alone
+        assert wait_until(lambda: (inbox / "processed" / "photo.png").exists(), 30)
+        assert (inbox / ".stylebox.lock").is_file()
+        assert not list((inbox / "failed").iterdir())
+        assert not list((inbox / "processed").glob(".stylebox*"))
+    finally:
+        assert daemon.stop() == 0
+
+    again = Daemon(second)  # once the first has stopped, the inbox is free to serve
+    try:
+        again.wait_ready()
+    finally:
+        assert again.stop() == 0

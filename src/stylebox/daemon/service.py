@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from stylebox.config import LoadedConfig, load_config
 from stylebox.daemon.journal import Journal
+from stylebox.daemon.locks import InboxLocks
 from stylebox.daemon.notify import notify, watchdog_interval
 from stylebox.daemon.pipeline import Pipeline, Source, build_sources, pid_alive
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
@@ -48,6 +49,9 @@ class Service:
         state_dir.mkdir(parents=True, exist_ok=True)
         # Before the (slow) plugin start-up: a second daemon is refused at once.
         self._lock_file = _exclusive_lock(state_dir / "serve.lock")
+        # And one daemon per inbox, whatever its state dir (see locks.py).
+        self._inbox_locks = InboxLocks(state_dir)
+        self._inbox_locks.acquire(self.loaded.config.inbox)
         self._instances: dict[tuple[str, str], Plugin[Any]] = {}
         self.sources = self._build(self.loaded, self.registry, self._instances)
         _log_disabled(self.loaded)
@@ -138,6 +142,7 @@ class Service:
                 self.reload()
             if now - last_rescan >= self.loaded.config.daemon.rescan_seconds:
                 last_rescan = now
+                self._inbox_locks.refresh()
                 self.watcher.rescan()
             if now - last_heartbeat >= lease / 3:
                 last_heartbeat = now
@@ -220,6 +225,7 @@ class Service:
             loaded = load_config(self.config_path, registry)
             sources = self._build(loaded, registry, instances)
             watcher = self._watcher(loaded, sources)
+            self._inbox_locks.acquire(loaded.config.inbox)  # a new inbox another daemon serves
         except Exception as exc:
             self._refuse_reload(exc, instances)
             return
@@ -241,6 +247,7 @@ class Service:
         self.sources = sources
         self.pipeline.loaded = loaded
         self.pipeline.sources = sources
+        self._inbox_locks.keep_only(loaded.config.inbox)
         _log_disabled(loaded)
         self._start_workers()
         notify("READY=1")
@@ -253,6 +260,7 @@ class Service:
                     plugin.close()
                 except Exception:
                     log.exception("closing plugin %s failed", key[0])
+        self._inbox_locks.keep_only(self.loaded.config.inbox)  # those taken for it
         reason = str(exc) if isinstance(exc, StyleboxError) else f"{type(exc).__name__}: {exc}"
         log.error(
             "reload refused, keeping the running config: %s",
