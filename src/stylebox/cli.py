@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import signal
 import sys
 import threading
@@ -38,6 +37,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Entry-point group through which plugins add their own subcommands.
+COMMANDS_GROUP = "stylebox.commands"
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a pipe closed early
 
 log = logging.getLogger("stylebox")
@@ -170,44 +171,6 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_cmd_status)
 
-    train = commands.add_parser(
-        "train",
-        help="train a fast-style network and export it to ONNX",
-        description="Train a TransformerNet on a folder of photos for one painting, writing "
-        "checkpoints and sample stylisations to OUT.train/, then export OUT (.onnx) with its "
-        "manifest. --resume continues a stopped run.",
-    )
-    train.add_argument("--style", required=True, help="style image path or bundled name")
-    train.add_argument("--content-dir", type=Path, required=True, help="photos to train on")
-    train.add_argument("--out", type=Path, required=True, help="the model to write (.onnx)")
-    train.add_argument("--preset", choices=["full", "small"], default="full")
-    train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--image-size", type=int, default=256, help="training crop side")
-    train.add_argument("--style-size", type=int, help="longest side of the style image")
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--style-weight", type=float)
-    train.add_argument("--content-weight", type=float)
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    train.add_argument("--checkpoint-every", type=int, default=100)
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    train.set_defaults(handler=_cmd_train)
-
-    export = commands.add_parser(
-        "export", help="export a training checkpoint to ONNX, verified against PyTorch"
-    )
-    export.add_argument("checkpoint", type=Path)
-    export.add_argument("--out", type=Path, required=True, help="MODEL.onnx to write")
-    export.add_argument("--style", default="", help="the style's name for the manifest")
-    export.add_argument(
-        "--fp16",
-        action="store_true",
-        help="also write MODEL.fp16.onnx for GPUs, kept only if it matches PyTorch within "
-        "one grey level",
-    )
-    export.set_defaults(handler=_cmd_export)
-
     plugins = commands.add_parser("plugins", help="list installed plugins and their params")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(handler=_cmd_plugins)
@@ -219,7 +182,25 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_cmd_config_check)
     schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(handler=_cmd_config_schema)
+    _add_plugin_commands(commands)
     return parser
+
+
+def _add_plugin_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    """Commands that plugins bring (``stylebox train`` and ``export`` come with ``fast``):
+    each entry point of the ``stylebox.commands`` group is a function that adds its
+    subcommands to ``commands`` and sets their ``handler``. One that fails to load or to
+    register is reported on stderr and left out; the other commands still work."""
+    from importlib.metadata import entry_points
+
+    for entry_point in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
+        try:
+            entry_point.load()(commands)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            _fail(
+                f"plugin commands {entry_point.name!r} ({entry_point.value}) left out: "
+                f"{type(exc).__name__}: {exc}"
+            )
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -360,59 +341,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- train, export ----------------------------------------------------------------------------
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    import time
-
-    from stylebox.plugins.faststyle.export import export_with_manifest
-    from stylebox.plugins.faststyle.train import CHECKPOINT, TrainParams, train
-    from stylebox.progress import count_bar
-
-    out = args.out if args.out.suffix == ".onnx" else args.out.with_suffix(".onnx")
-    chosen = {
-        "style": args.style, "content_dir": args.content_dir, "preset": args.preset,
-        "steps": args.steps, "image_size": args.image_size, "style_size": args.style_size,
-        "batch_size": args.batch_size, "style_weight": args.style_weight,
-        "content_weight": args.content_weight, "learning_rate": args.learning_rate,
-        "seed": args.seed, "device": args.device, "checkpoint_every": args.checkpoint_every,
-    }  # fmt: skip
-    try:
-        params = TrainParams.model_validate(
-            {k: v for k, v in chosen.items() if v is not None}, context={"base_dir": Path.cwd()}
-        )
-    except ValidationError as exc:
-        raise ConfigError("; ".join(
-            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
-        )) from None  # fmt: skip
-    work = out.with_suffix(".train")
-    began = time.perf_counter()
-    with count_bar("train", params.steps) as advance:
-        train(params, work, resume=args.resume, on_step=lambda *_: advance(1))
-    record = {
-        "command": " ".join(["stylebox", *sys.argv[1:]]),
-        "seconds": round(time.perf_counter() - began, 1),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-    }
-    style_name = Path(str(args.style)).stem
-    exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=record)
-    print(f"{out}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
-    return EXIT_OK
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from stylebox.plugins.faststyle.export import export_with_manifest
-
-    exported = export_with_manifest(args.checkpoint, args.out, style=args.style, fp16=args.fp16)
-    print(f"{exported.model}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
-    if exported.fp16_variant:
-        print(
-            f"{exported.fp16_variant}: fp16 variant for GPUs, verified "
-            f"(within {exported.fp16_error:.2g} of PyTorch fp32)"
-        )
-    elif exported.fp16_rejected:
-        print(f"fp16 variant not kept: {exported.fp16_rejected}", file=sys.stderr)
-    return EXIT_OK
 
 
 # -- plugins ---------------------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""The fast plugin's own commands: ``stylebox train`` and ``stylebox export``.
+
+Registered through the ``stylebox.commands`` entry-point group, so the host's CLI knows
+nothing of TransformerNet, training or ONNX export. Importing this module is cheap: the
+training and export code (and PyTorch) load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from stylebox.errors import ConfigError
+
+EXIT_OK = 0
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    """Add ``train`` and ``export`` to the ``stylebox`` command line."""
+    train = commands.add_parser(
+        "train",
+        help="train a fast-style network and export it to ONNX",
+        description="Train a TransformerNet on a folder of photos for one painting, writing "
+        "checkpoints and sample stylisations to OUT.train/, then export OUT (.onnx) with its "
+        "manifest. --resume continues a stopped run.",
+    )
+    train.add_argument("--style", required=True, help="style image path or bundled name")
+    train.add_argument("--content-dir", type=Path, required=True, help="photos to train on")
+    train.add_argument("--out", type=Path, required=True, help="the model to write (.onnx)")
+    train.add_argument("--preset", choices=["full", "small"], default="full")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--image-size", type=int, default=256, help="training crop side")
+    train.add_argument("--style-size", type=int, help="longest side of the style image")
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--style-weight", type=float)
+    train.add_argument("--content-weight", type=float)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--checkpoint-every", type=int, default=100)
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.set_defaults(handler=_train)
+
+    export = commands.add_parser(
+        "export", help="export a training checkpoint to ONNX, verified against PyTorch"
+    )
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="MODEL.onnx to write")
+    export.add_argument("--style", default="", help="the style's name for the manifest")
+    export.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write MODEL.fp16.onnx for GPUs, kept only if it matches PyTorch within "
+        "one grey level",
+    )
+    export.set_defaults(handler=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+
+    from stylebox.plugins.faststyle.export import export_with_manifest
+    from stylebox.plugins.faststyle.train import CHECKPOINT, TrainParams, train
+    from stylebox.progress import count_bar
+
+    out = args.out if args.out.suffix == ".onnx" else args.out.with_suffix(".onnx")
+    chosen = {
+        "style": args.style, "content_dir": args.content_dir, "preset": args.preset,
+        "steps": args.steps, "image_size": args.image_size, "style_size": args.style_size,
+        "batch_size": args.batch_size, "style_weight": args.style_weight,
+        "content_weight": args.content_weight, "learning_rate": args.learning_rate,
+        "seed": args.seed, "device": args.device, "checkpoint_every": args.checkpoint_every,
+    }  # fmt: skip
+    try:
+        params = TrainParams.model_validate(
+            {k: v for k, v in chosen.items() if v is not None}, context={"base_dir": Path.cwd()}
+        )
+    except ValidationError as exc:
+        raise ConfigError("; ".join(
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )) from None  # fmt: skip
+    work = out.with_suffix(".train")
+    began = time.perf_counter()
+    with count_bar("train", params.steps) as advance:
+        train(params, work, resume=args.resume, on_step=lambda *_: advance(1))
+    record = {
+        "command": " ".join(["stylebox", *sys.argv[1:]]),
+        "seconds": round(time.perf_counter() - began, 1),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    }
+    style_name = Path(str(args.style)).stem
+    exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=record)
+    print(f"{out}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from stylebox.plugins.faststyle.export import export_with_manifest
+
+    exported = export_with_manifest(args.checkpoint, args.out, style=args.style, fp16=args.fp16)
+    print(f"{exported.model}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
+    if exported.fp16_variant:
+        print(
+            f"{exported.fp16_variant}: fp16 variant for GPUs, verified "
+            f"(within {exported.fp16_error:.2g} of PyTorch fp32)"
+        )
+    elif exported.fp16_rejected:
+        print(f"fp16 variant not kept: {exported.fp16_rejected}", file=sys.stderr)
+    return EXIT_OK

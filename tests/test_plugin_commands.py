@@ -1,0 +1,78 @@
+"""Plugins bring their own subcommands through the ``stylebox.commands`` entry points."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).parents[1] / "src" / "stylebox"
+
+
+def command_site(folder: Path) -> Path:
+    """An installed-looking distribution with one working and one broken command plugin."""
+    site = folder / "site"
+    dist = site / "hellocommands-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hellocommands\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[stylebox.commands]\n"
+        "hello = hellocommands:register\n"
+        "broken = hellocommands.missing:register\n"
+    )
+    (site / "hellocommands.py").write_text(
+        "def register(commands):\n"
+        "    hello = commands.add_parser('hello', help='say hello')\n"
+        "    hello.add_argument('name')\n"
+        "    hello.set_defaults(handler=lambda args: print(f'hello {args.name}') or 0)\n"
+    )
+    return site
+
+
+def stylebox(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_plugins_command_runs_and_a_broken_one_is_left_out(tmp_path: Path) -> None:
+    site = command_site(tmp_path)
+    result = stylebox(site, "hello", "world")
+    assert result.returncode == 0 and result.stdout == "hello world\n"
+    assert "plugin commands 'broken' (hellocommands.missing:register) left out" in result.stderr
+    assert "ModuleNotFoundError" in result.stderr and "Traceback" not in result.stderr
+    listing = stylebox(site, "--help")
+    assert all(name in listing.stdout for name in ("hello", "train", "export", "status"))
+
+
+def test_the_fast_plugin_brings_train_and_export(tmp_path: Path) -> None:
+    result = stylebox(tmp_path, "export", "--help")
+    assert result.returncode == 0 and "--fp16" in result.stdout
+
+
+def test_the_host_cli_imports_no_plugin_internals() -> None:
+    tree = ast.parse((SRC / "cli.py").read_text())
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    inside = sorted(
+        name
+        for name in imported
+        if name.startswith("stylebox.plugins.")
+        and name not in ("stylebox.plugins.api", "stylebox.plugins.registry")
+    )
+    assert inside == []
