@@ -143,38 +143,49 @@ def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
     return header + struct.pack(">I", len(tags)) + table + body
 
 
+def installed_site(folder: Path, name: str, entry_points: str, modules: dict[str, str]) -> Path:
+    """A folder that, on sys.path or PYTHONPATH, looks like the installed distribution
+    ``name``: its ``entry_points.txt`` text and its modules (relative path: source)."""
+    site = folder / f"site-{name}"
+    dist = site / f"{name}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    for relative, source in modules.items():
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
+        (site / relative).write_text(source)
+    return site
+
+
 def broken_plugins_site(folder: Path) -> Path:
     """An installed-looking distribution with three broken stylebox plugins (an import
     error, a ``Params`` that is not a model, a ``process`` that raises); put the returned
     folder on sys.path (or PYTHONPATH) to make them discoverable."""
-    site = folder / "site"
-    dist = site / "brokenplugins-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugins\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
+    return installed_site(
+        folder,
+        "brokenplugins",
         "[stylebox.plugins]\n"
         "explodes = brokenplugins.explodes:Plugin\n"
         "notmodel = brokenplugins.notmodel:NotModel\n"
-        "raises = brokenplugins.raises:Raises\n"
+        "raises = brokenplugins.raises:Raises\n",
+        {
+            "brokenplugins/__init__.py": "",
+            "brokenplugins/explodes.py": "raise RuntimeError('no GPU driver here')\n",
+            "brokenplugins/notmodel.py": (
+                "from stylebox.plugins.api import Plugin\n"
+                "class NotModel(Plugin):\n"
+                "    name = 'notmodel'\n"
+                "    Params = dict\n"
+                "    def process(self, image, job):\n"
+                "        return image\n"
+            ),
+            "brokenplugins/raises.py": (
+                "from stylebox.plugins.api import Plugin, PluginParams\n"
+                "class Raises(Plugin):\n"
+                "    name = 'raises'\n"
+                "    Params = PluginParams\n"
+                "    def process(self, image, job):\n"
+                "        raise KeyError('lookup table missing')\n"
+            ),
+        },
     )
-    package = site / "brokenplugins"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "explodes.py").write_text("raise RuntimeError('no GPU driver here')\n")
-    (package / "notmodel.py").write_text(
-        "from stylebox.plugins.api import Plugin\n"
-        "class NotModel(Plugin):\n"
-        "    name = 'notmodel'\n"
-        "    Params = dict\n"
-        "    def process(self, image, job):\n"
-        "        return image\n"
-    )
-    (package / "raises.py").write_text(
-        "from stylebox.plugins.api import Plugin, PluginParams\n"
-        "class Raises(Plugin):\n"
-        "    name = 'raises'\n"
-        "    Params = PluginParams\n"
-        "    def process(self, image, job):\n"
-        "        raise KeyError('lookup table missing')\n"
-    )
-    return site

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import photo
+from conftest import installed_site, photo
 from daemon_helpers import wait_until
 
 CONFIG = """
@@ -150,13 +150,8 @@ class Flaky(Plugin):
 
 def flaky_site(tmp_path: Path) -> Path:
     """A folder that, on PYTHONPATH, installs the ``flaky`` plugin."""
-    site = tmp_path / "site"
-    dist = site / "flaky-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[stylebox.plugins]\nflaky = flaky_plugin:Flaky\n")
-    (site / "flaky_plugin.py").write_text(FLAKY)
-    return site
+    entry = "[stylebox.plugins]\nflaky = flaky_plugin:Flaky\n"
+    return installed_site(tmp_path, "flaky", entry, {"flaky_plugin.py": FLAKY})
 
 
 def site_env(site: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import STYLES, broken_plugins_site, make_bad_inputs, photo
+from conftest import STYLES, broken_plugins_site, installed_site, make_bad_inputs, photo
 from daemon_helpers import POSTERIZE_CONFIG, Daemon, gatys_config, wait_until, write_config
 from PIL import Image
 
@@ -365,12 +365,7 @@ def test_a_reload_starts_workers_for_a_device_type_that_had_none(tmp_path: Path)
 def recording_plugin_site(folder: Path) -> Path:
     """A plugin ``recorder`` that passes images through and appends ``start TAG`` and
     ``close TAG`` to ``$RECORDER_LOG`` as each instance starts and is closed."""
-    site = folder / "recsite"
-    dist = site / "recorder-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: recorder\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[stylebox.plugins]\nrecorder = recorder:Recorder\n")
-    (site / "recorder.py").write_text(
+    source = (
         "import os\n"
         "from stylebox.plugins.api import Plugin, PluginParams\n"
         "class Params(PluginParams):\n"
@@ -389,7 +384,8 @@ def recording_plugin_site(folder: Path) -> Path:
         "    def close(self):\n"
         "        note('close ' + self.params.tag)\n"
     )
-    return site
+    entry = "[stylebox.plugins]\nrecorder = recorder:Recorder\n"
+    return installed_site(folder, "recorder", entry, {"recorder.py": source})
 
 
 def log_messages(daemon: Daemon) -> list[str]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import photo
+from conftest import installed_site, photo
 from daemon_helpers import write_config
 from rich.console import Console
 
@@ -149,15 +149,8 @@ class EtaPlugin(Plugin):
 
 
 def _eta_plugin_site(folder: Path) -> Path:
-    site = folder / "site"
-    dist = site / "etaplugin-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: etaplugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[stylebox.plugins]\nreports-eta = etaplugin:EtaPlugin\n"
-    )
-    (site / "etaplugin.py").write_text(_ETA_PLUGIN)
-    return site
+    entry = "[stylebox.plugins]\nreports-eta = etaplugin:EtaPlugin\n"
+    return installed_site(folder, "etaplugin", entry, {"etaplugin.py": _ETA_PLUGIN})
 
 
 def test_a_daemon_jobs_eta_reaches_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

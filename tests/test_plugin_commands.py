@@ -8,27 +8,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import installed_site
+
 SRC = Path(__file__).parents[1] / "src" / "stylebox"
 
 
 def command_site(folder: Path) -> Path:
     """An installed-looking distribution with one working and one broken command plugin."""
-    site = folder / "site"
-    dist = site / "hellocommands-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hellocommands\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
+    return installed_site(
+        folder,
+        "hellocommands",
         "[stylebox.commands]\n"
         "hello = hellocommands:register\n"
-        "broken = hellocommands.missing:register\n"
+        "broken = hellocommands.missing:register\n",
+        {
+            "hellocommands.py": (
+                "def register(commands):\n"
+                "    hello = commands.add_parser('hello', help='say hello')\n"
+                "    hello.add_argument('name')\n"
+                "    hello.set_defaults(handler=lambda args: print(f'hello {args.name}') or 0)\n"
+            )
+        },
     )
-    (site / "hellocommands.py").write_text(
-        "def register(commands):\n"
-        "    hello = commands.add_parser('hello', help='say hello')\n"
-        "    hello.add_argument('name')\n"
-        "    hello.set_defaults(handler=lambda args: print(f'hello {args.name}') or 0)\n"
-    )
-    return site
 
 
 def stylebox(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
