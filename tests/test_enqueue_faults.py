@@ -382,3 +382,46 @@ def test_a_failed_job_whose_name_was_taken_meanwhile_gets_another(tmp_path: Path
     assert _manifest_sha(outbox, "imm1") == second.sha256
     assert _manifest_sha(outbox, "imm1-2") == first.sha256
     pipeline.journal.close()
+
+
+def test_a_copy_of_a_queued_file_waits_for_its_job_to_end(tmp_path: Path) -> None:
+    """other.png holds photo.png's bytes while photo.png's job is queued. Then photo.png is
+    replaced: its job is for the new bytes now, so other.png must not be called a duplicate
+    of it; other.png is processed on its own, and once a job is done, a copy is its
+    duplicate."""
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    old, new = encoded(photo(8, 8, seed=1)), encoded(photo(8, 8, seed=2))
+    (inbox / "photo.png").write_bytes(old)
+    (inbox / "other.png").write_bytes(old)
+    assert pipeline.enqueue(source, [inbox / "photo.png", inbox / "other.png"]) == [
+        "queued",
+        "waiting",
+    ]
+    (inbox / "photo.png").write_bytes(new)
+    assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]  # other.png queued too
+    _drain(pipeline, source)
+    assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done", "done"]
+    assert _manifest_sha(outbox, "other") == pipeline_module._sha256(inbox / "processed/other.png")
+    assert not list((inbox / "processed").glob("*.duplicate.txt"))
+
+    (inbox / "copy.png").write_bytes(old)
+    assert pipeline.enqueue(source, [inbox / "copy.png"]) == ["duplicate"]
+    pipeline.journal.close()
+
+
+def test_a_copy_of_a_file_whose_job_fails_is_tried_on_its_own(tmp_path: Path) -> None:
+    pipeline, source, _ = _pipeline(tmp_path, fails=1)
+    inbox = tmp_path / "inbox"
+    photo(8, 8).save(inbox / "photo.png")
+    photo(8, 8).save(inbox / "copy.png")
+    assert pipeline.enqueue(source, [inbox / "photo.png", inbox / "copy.png"]) == [
+        "queued",
+        "waiting",
+    ]
+    _drain(pipeline, source)  # photo.png fails; copy.png is its retry, and works
+    (row,) = pipeline.journal.jobs(source.key)
+    assert row.state == "done" and row.name == "copy.png" and row.stem == "photo"
+    assert _names(inbox / "failed") == [b"photo.png", b"photo.png.error.txt"]
+    assert _names(inbox / "processed") == [b"copy.png"]
+    pipeline.journal.close()

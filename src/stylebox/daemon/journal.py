@@ -283,14 +283,16 @@ class Journal:
         return row
 
     def retry_failed(self, job_id: int, input_path: Path, stem: str | None = None) -> JobRow:
-        """A failed job's input was dropped again: give it a fresh set of attempts, keeping
-        its output names, or taking ``stem`` instead (another job took them meanwhile)."""
+        """A failed job's input was dropped again (under ``input_path``, its name now):
+        give it a fresh set of attempts, keeping its output names, or taking ``stem``
+        instead (another job took them meanwhile)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
-                "origin_path = ?, input_path = ?, error_class = NULL, error_message = NULL, "
-                "finished_at = NULL, stem = COALESCE(?, stem) WHERE id = ? AND state = 'failed'",
-                (_path(input_path), _path(input_path), stem, job_id),
+                "origin_path = ?, input_path = ?, name = ?, error_class = NULL, "
+                "error_message = NULL, finished_at = NULL, stem = COALESCE(?, stem) "
+                "WHERE id = ? AND state = 'failed'",
+                (_path(input_path), _path(input_path), readable(input_path.name), stem, job_id),
             )
             return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 

@@ -32,11 +32,12 @@ from stylebox.plugins.registry import Registry
 
 log = logging.getLogger("stylebox.pipeline")
 
-Outcome = Literal["queued", "known", "duplicate", "retry", "gone", "error"]
+Outcome = Literal["queued", "known", "waiting", "duplicate", "retry", "gone", "error"]
 """What became of a file given to :meth:`Pipeline.enqueue`: a job was queued for it (a new
-one, or the queued job of a file it replaced); it already has one (``known``); its bytes
-were done before (``duplicate``); its failed job is tried again (``retry``); it is no longer
-there (``gone``); the journal refused it (``error``: it stays for the next rescan)."""
+one, or the queued job of a file it replaced); it already has one (``known``); another file
+with its bytes has a job still to end, which decides (``waiting``); its bytes were done
+before (``duplicate``); its failed job is tried again (``retry``); it is no longer there
+(``gone``); the journal refused it (``error``: it stays for the next rescan)."""
 
 
 @dataclass
@@ -142,6 +143,8 @@ class Pipeline:
         self.runner = Runner(loaded.config.images, self._reporter)
         self.stopping = threading.Event()
         self._running: dict[int, threading.Event] = {}
+        self._waiting: dict[int, dict[Path, str]] = {}
+        """Files that wait, in the inbox, for the job of another file with their bytes."""
         self._lock = threading.Lock()
         # Output names of unfinished jobs are taken, even before any file of theirs exists.
         for state in ("queued", "running"):
@@ -264,11 +267,22 @@ class Pipeline:
                     "replaced while queued: the job is for the new bytes now",
                     extra=_fields(row, "replaced"),
                 )
+                self._wake_waiting(row.id)  # its copies of the old bytes are no longer its
             return "queued"
         if row.state in ("queued", "running") and row.origin_path == str(path):
             return "known"
         if not os.path.lexists(path):
             return "gone"  # seen just before its own job (or someone) moved it away
+        if row.state in ("queued", "running"):
+            # Its bytes' job has not ended: whether this is a duplicate of a result, or its
+            # retry, or (that file replaced) a job of its own is known only when it ends.
+            with self._lock:
+                self._waiting.setdefault(row.id, {})[path] = source.key
+            log.info(
+                "waiting for the job of the same bytes",
+                extra={**_fields(row, "waiting"), "path": files.readable(str(path))},
+            )
+            return "waiting"
         if row.state == "failed":
             row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row))
             log.info("queued again after failing", extra=_fields(row, "retry"))
@@ -297,6 +311,23 @@ class Pipeline:
             if source.outbox.reserve_stem(row.stem) is not None:
                 return row.stem
         return source.outbox.reserve(row.name).stem
+
+    def _wake_waiting(self, job_id: int) -> None:
+        """Job ``job_id`` ended, or no longer stands for the bytes it had: queue the files
+        that waited for it again, to be what its end makes them."""
+        with self._lock:
+            waiting = self._waiting.pop(job_id, {})
+        by_source: dict[str, list[Path]] = {}
+        for path, key in waiting.items():
+            by_source.setdefault(key, []).append(path)
+        for key, paths in by_source.items():
+            source = self.sources.get(key)  # as a reload left it; gone: the files stay
+            if source is None:
+                continue
+            try:
+                self.enqueue(source, paths)
+            except Exception:  # a rescan finds them anyway
+                log.exception("cannot queue the files that waited for job %s", job_id)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -453,6 +484,7 @@ class Pipeline:
         self.journal.finish(row.id, "done", seconds=seconds, input_path=moved)
         if replaced:
             self._replaced_while_running(row)
+        self._wake_waiting(row.id)
 
     @staticmethod
     def _replaced_while_running(row: JobRow) -> None:
@@ -483,6 +515,7 @@ class Pipeline:
                 extra={**_fields(current, "replaced"), "error": str(error)},
             )
             self.on_queued()
+            self._wake_waiting(row.id)
             return
         superseded = InputChanged(
             f"{row.name} was replaced by other bytes before it was processed; those are job "
@@ -497,6 +530,7 @@ class Pipeline:
         self.journal.finish(row.id, "failed", error=superseded)
         log.warning("superseded", extra={**_fields(row, "superseded"), "error": str(superseded)})
         self._after_add(source, origin, entry, current, False)
+        self._wake_waiting(row.id)
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
         if error.retry and row.attempts < source.config.max_attempts:
@@ -532,6 +566,7 @@ class Pipeline:
         log.error("failed", extra={**_fields(row, "failed"), "error": reason})
         if replaced:
             self._replaced_while_running(row)
+        self._wake_waiting(row.id)
 
 
 class _JournalReporter:
