@@ -121,6 +121,8 @@ def test_a_name_that_is_not_utf8_is_processed_with_the_files_beside_it(tmp_path:
     assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done"] * 4
     assert _names(inbox / "processed") == [b"caf\xe9.png", b"good0.png", b"good1.png", b"good2.png"]
     assert (tmp_path / "outbox" / "caf\ufffd.png").is_file()
+    manifest = json.loads((tmp_path / "outbox" / "caf\ufffd.json").read_text())
+    assert manifest["input"]["name"] == "caf\ufffd.png"  # readable, no lone surrogate
     assert Journal(pipeline.journal.path).get(row.id).input_path == os.fsdecode(
         os.fsencode(inbox) + b"/processed/caf\xe9.png"
     )  # the exact name, read back by another connection

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from stylebox import __version__
 from stylebox.config import ImagesConfig
+from stylebox.daemon.files import readable
 from stylebox.daemon.outbox import Outbox, OutputNames
 from stylebox.errors import BadInput, InputChanged, PluginError, StyleboxError
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image
@@ -342,7 +343,7 @@ class Runner:
             manifest = {
                 "stylebox": __version__,
                 "input": {
-                    "name": job.input_path.name,
+                    "name": readable(job.input_path.name),
                     "sha256": decoded.sha256,
                     "format": decoded.format,
                     "mode": decoded.mode,
@@ -470,7 +471,7 @@ def _bind_work_dir(job: Job, sha256: str) -> None:
         )
         shutil.rmtree(job.work_dir)
     job.work_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"sha256": sha256, "name": job.input_path.name}))
+    record.write_text(json.dumps({"sha256": sha256, "name": readable(job.input_path.name)}))
 
 
 def _read_runs(path: Path) -> list[dict[str, float]]:
