@@ -139,6 +139,16 @@ class Outbox:
             self._reserved.add(stem)
         return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
 
+    def share_reservations(self, earlier: Outbox) -> None:
+        """Use the in-flight reservations of ``earlier``, an outbox of the same folder that a
+        reload replaces, from now on: one set for both, so that a name ``earlier`` gave a
+        queued or running job is never given again, and one that a job still holding
+        ``earlier`` releases is free here too. Names reserved here before are kept."""
+        with earlier._lock, self._lock:
+            earlier._reserved.update(self._reserved)
+            self._reserved = earlier._reserved
+        self._lock = earlier._lock
+
     def _taken(self, stem: str) -> bool:
         # A result in any format counts, so one is never shadowed by another.
         return stem in self._reserved or any(

@@ -143,14 +143,64 @@ class Pipeline:
         self.runner = Runner(loaded.config.images, self._reporter)
         self.stopping = threading.Event()
         self._running: dict[int, threading.Event] = {}
+        self._running_plugins: dict[int, Plugin[Any]] = {}
+        """The plugin instance each running job uses, which a reload must not close."""
+        self._retired: dict[int, Plugin[Any]] = {}
+        """Instances that no source uses since a reload, to close once no job runs them."""
         self._waiting: dict[int, dict[Path, str]] = {}
         """Files that wait, in the inbox, for the job of another file with their bytes."""
         self._lock = threading.Lock()
-        # Output names of unfinished jobs are taken, even before any file of theirs exists.
+        self._reserve_unfinished(sources)
+
+    def _reserve_unfinished(self, sources: dict[str, Source]) -> None:
+        """Output names of unfinished jobs are taken, even before any file of theirs
+        exists."""
         for state in ("queued", "running"):
-            for row in journal.jobs(state=state):
+            for row in self.journal.jobs(state=state):
                 if row.stem and row.source in sources:
                     sources[row.source].outbox.claim(row.stem)
+
+    def reconfigure(self, loaded: LoadedConfig, sources: dict[str, Source]) -> None:
+        """Swap in a reloaded config and its sources (the one way a reload changes this
+        pipeline).
+
+        Output names stay taken across it: each new outbox of a folder an old one wrote to
+        shares that one's in-flight reservations (those of files being queued included),
+        and the stems of every queued and running job are reserved in the new sources'
+        outboxes, as at start. Jobs running now finish with the sources they started with.
+        Plugin instances that no new source uses are closed: at once, or, when a running
+        job uses one, as soon as no running job does.
+        """
+        earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
+        for source in sources.values():
+            outbox = earlier.get(_folder(source.outbox.folder))
+            if outbox is not None and outbox is not source.outbox:
+                source.outbox.share_reservations(outbox)
+        self._reserve_unfinished(sources)
+        kept = {id(source.plugin.instance) for source in sources.values()}
+        with self._lock:
+            for source in self.sources.values():
+                instance = source.plugin.instance
+                if id(instance) not in kept:
+                    self._retired[id(instance)] = instance
+            self.loaded = loaded
+            self.sources = sources
+            self.runner = Runner(loaded.config.images, self._reporter)
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        """Close the retired plugin instances that no running job uses."""
+        with self._lock:
+            busy = {id(instance) for instance in self._running_plugins.values()}
+            idle = [key for key in self._retired if key not in busy]
+            closing = [self._retired.pop(key) for key in idle]
+        for instance in closing:
+            try:
+                instance.close()
+            except Exception:
+                log.exception("closing plugin %s failed", instance.name)
+            else:
+                log.info("closed plugin %s: no inbox or batch uses it now", instance.name)
 
     @property
     def state_dir(self) -> Path:
@@ -362,14 +412,16 @@ class Pipeline:
     def run(self, rows: list[JobRow]) -> None:
         """Carry claimed jobs of one source to done, failed, or back to the queue (same-size
         images together through the plugin's ``process_batch``). Never raises."""
-        source = self.sources.get(rows[0].source)
+        cancels = {row.id: threading.Event() for row in rows}
+        with self._lock:  # a reload swaps sources under it, so this one is not closed
+            source = self.sources.get(rows[0].source)
+            if source is not None:
+                self._running.update(cancels)
+                self._running_plugins.update(dict.fromkeys(cancels, source.plugin.instance))
         if source is None:  # its inbox was removed by a reload: leave it for later
             for row in rows:
                 self.journal.requeue(row.id, delay=60, count_attempt=False)
             return
-        cancels = {row.id: threading.Event() for row in rows}
-        with self._lock:
-            self._running.update(cancels)
         timeout = source.config.timeout_seconds
         timers = (
             [threading.Timer(timeout, event.set) for event in cancels.values()] if timeout else []
@@ -393,6 +445,8 @@ class Pipeline:
             with self._lock:
                 for row in rows:
                     self._running.pop(row.id, None)
+                    self._running_plugins.pop(row.id, None)
+            self._close_retired()
 
     def _run(
         self, source: Source, rows: list[JobRow], cancels: dict[int, threading.Event]
@@ -598,6 +652,14 @@ class _JournalReporter:
             self._last.pop(job.job_id, None)
         if self.inner:
             self.inner.finished(job, result)
+
+
+def _folder(path: Path) -> Path:
+    """A folder as the file system names it, so that two spellings of one compare equal."""
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
 
 
 def _sha256(path: Path) -> str:

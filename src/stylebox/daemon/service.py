@@ -5,9 +5,11 @@ time; the next start resumes them. SIGHUP reloads the config: everything the new
 needs (plugin instances, folders, the watcher) is built first and swapped in only once all
 of it worked; a new config that is bad, or that fails while it is built (whatever the
 exception), is refused in one log line, the plugin instances made for it are closed, and
-the old one keeps running. Worker threads start once per device type, when its first
-inbox is there (at start, or at the reload that brings it); ``[daemon] workers`` counts
-apply when they start, so a reload does not change them.
+the old one keeps running. One that is applied goes to the pipeline as one
+``Pipeline.reconfigure`` call (output names of unfinished jobs stay taken; plugin instances
+no longer used are closed once no job runs them). Worker threads start once per device
+type, when its first inbox is there (at start, or at the reload that brings it);
+``[daemon] workers`` counts apply when they start, so a reload does not change them.
 """
 
 from __future__ import annotations
@@ -243,10 +245,12 @@ class Service:
         self.watcher = watcher
         self.registry = registry
         self.loaded = loaded
-        self._instances = instances
+        # Only the instances the new sources use are shared with the next reload; the
+        # pipeline closes the others once no running job uses them.
+        used = {id(source.plugin.instance) for source in sources.values()}
+        self._instances = {k: p for k, p in instances.items() if id(p) in used}
         self.sources = sources
-        self.pipeline.loaded = loaded
-        self.pipeline.sources = sources
+        self.pipeline.reconfigure(loaded, sources)
         self._inbox_locks.keep_only(loaded.config.inbox)
         _log_disabled(loaded)
         self._start_workers()
