@@ -12,10 +12,18 @@ which are for people, are stored readable (each byte that is not UTF-8 shown as 
 
 WAL mode with ``synchronous=FULL``: a commit that returned survives a power cut. Each thread
 gets its own connection; SQLite serialises the writers.
+
+Rows committed since the last checkpoint live only in the write-ahead log
+(``journal.sqlite3-wal``). A journal whose log went missing after an unclean stop (deleted
+by hand, lost by a restore that copied only the main file) has lost them, and the daemon
+says so when it opens it (see :meth:`Journal.__init__`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
+import logging
 import math
 import os
 import sqlite3
@@ -25,9 +33,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from stylebox.daemon.files import readable
+
+log = logging.getLogger("stylebox.journal")
+
+_markers = itertools.count(1)
+"""Tells apart the running markers of journals one process opens."""
 
 State = Literal["queued", "running", "done", "failed"]
 
@@ -117,21 +130,82 @@ class NewJob:
 class Journal:
     """All job bookkeeping; every method is one short transaction."""
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, read_only: bool = False, running_marker: bool = False
+    ) -> None:
         """Open (or create) the journal at ``path``, adding what a journal of an earlier
         version lacks. ``read_only=True``, for readers such as ``stylebox status``, opens
         an existing journal read-only and leaves the file exactly as it is (an older daemon
         may still be using it): rows read from it have ``None`` in the columns it lacks,
-        and every write is refused."""
+        and every write is refused.
+
+        A writer first looks for an unclean stop whose write-ahead log is gone, and logs
+        one warning if it finds one (:meth:`_check_lost_log`). With ``running_marker`` (the
+        daemon) it then marks the journal as in use until :meth:`close`: a file
+        ``<name>.running.<pid>.<n>`` beside it, locked while this process lives, so that
+        the next opener can tell a process that stopped without closing it."""
         self.path = path
         self.read_only = read_only
         self._local = threading.local()
+        self._marker: tuple[Path, IO[str]] | None = None
         if read_only:
             self._connection()  # a journal that is not there is refused now
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_lost_log()  # before a connection makes a new, empty log
         self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
         self._migrate()
+        if running_marker:
+            self._marker = self._mark_running()
+
+    def _check_lost_log(self) -> None:
+        """Warn, once, when the last process that wrote this journal stopped uncleanly and
+        its write-ahead log is gone: the rows it committed after the last checkpoint are
+        lost. An unclean stop shows as a running marker whose process is gone (its lock is
+        free; the marker is removed now) or, for a writer that leaves no marker, as the
+        ``-shm`` index without its ``-wal`` while no marked process runs."""
+        wal, shm = (self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm"))
+        stale: list[str] = []
+        live = False
+        for marker in sorted(self.path.parent.glob(f"{self.path.name}.running.*")):
+            try:
+                handle = marker.open("r")
+            except OSError:
+                continue
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    live = True  # its process runs (this one's other journal, say)
+                    continue
+                stale.append(handle.read().strip() or marker.name)
+                marker.unlink(missing_ok=True)
+        if not self.path.exists() or os.path.lexists(wal):
+            return
+        if stale:
+            evidence = f"the process that had it open ({'; '.join(stale)}) did not close it"
+        elif os.path.lexists(shm) and not live:
+            evidence = f"{shm.name} is there without it"
+        else:
+            return
+        log.warning(
+            "the journal's write-ahead log %s is missing after an unclean stop (%s): jobs "
+            "queued or changed since the last checkpoint may be lost from the journal. Each "
+            "job's work folder is checked against its input's sha256 before it is used, so "
+            "no checkpoint of another photo is resumed; files still in an inbox are queued "
+            "again by the rescan",
+            wal.name,
+            evidence,
+            extra={"event": "journal_log_lost", "journal": str(self.path)},
+        )
+
+    def _mark_running(self) -> tuple[Path, IO[str]]:
+        marker = self.path.with_name(f"{self.path.name}.running.{os.getpid()}.{next(_markers)}")
+        handle = marker.open("w")
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: no one holds it
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        return marker, handle
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -176,10 +250,16 @@ class Journal:
         return [(name, kind) for name, kind in _ADDED_COLUMNS if name not in present]
 
     def close(self) -> None:
+        """Close this thread's connection, and end the running mark (a clean stop)."""
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             connection.close()
             self._local.connection = None
+        if self._marker is not None:
+            marker, handle = self._marker
+            self._marker = None
+            marker.unlink(missing_ok=True)
+            handle.close()
 
     # -- adding work -----------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ class Service:
         self._instances: dict[tuple[str, str], Plugin[Any]] = {}
         self.sources = self._build(self.loaded, self.registry, self._instances)
         _log_disabled(self.loaded)
-        self.journal = Journal(journal_path(state_dir))
+        self.journal = Journal(journal_path(state_dir), running_marker=True)
         self._wake = threading.Condition()
         self.pipeline = Pipeline(
             self.loaded, self.sources, self.journal, on_queued=self._notify_workers
