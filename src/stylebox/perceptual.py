@@ -23,19 +23,25 @@ class _Gram(torch.autograd.Function):
     """G = F F^T / n with a backward of one matmul: dF = (dG + dG^T) F / n.
 
     Autograd's generic rule for ``bmm(F, F^T)`` spends two matmuls of the full feature
-    size; the Grams are a tenth of each optimisation step, so this is worth having.
+    size; the Grams are a tenth of each optimisation step, so this is worth having. Both
+    passes run in fp32 with autocast off: under bf16 autocast ``bmm`` would otherwise make
+    a bf16 Gram (sums over a whole feature map lose too much there) and meet fp32 features
+    in the backward ("expected scalar type Float but found BFloat16").
     """
 
     @staticmethod
     def forward(ctx: Any, flat: torch.Tensor, n: float) -> torch.Tensor:
         ctx.save_for_backward(flat)
         ctx.n = n
-        return torch.bmm(flat, flat.transpose(1, 2)) / n
+        with torch.autocast(flat.device.type, enabled=False):
+            return torch.bmm(flat, flat.transpose(1, 2)) / n
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (flat,) = ctx.saved_tensors
-        return torch.bmm(grad + grad.transpose(1, 2), flat) / ctx.n, None
+        with torch.autocast(flat.device.type, enabled=False):
+            grad = grad.to(flat.dtype)
+            return torch.bmm(grad + grad.transpose(1, 2), flat) / ctx.n, None
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
