@@ -5,76 +5,19 @@ daemons, with a plugin that holds its job until the test opens a gate."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
 from pathlib import Path
 
-from conftest import installed_site, photo
-from daemon_helpers import POSTERIZE_CONFIG, Daemon, wait_until, write_config
-
-GATED = """
-import os, time
-from stylebox.errors import Cancelled
-from stylebox.plugins.api import Plugin, PluginParams
-
-class Params(PluginParams):
-    tag: str = "x"
-
-def note(line):
-    with open(os.environ["GATED_LOG"], "a") as log:
-        log.write(line + "\\n")
-
-class Gated(Plugin):
-    name = "gated"
-    Params = Params
-
-    def __init__(self, params, runtime):
-        super().__init__(params, runtime)
-        note("start " + params.tag)
-
-    def process(self, image, job):
-        note("run " + self.params.tag)
-        while not os.path.exists(os.environ["GATE"]):
-            if job.cancelled:
-                raise Cancelled("stopped at the gate")
-            time.sleep(0.05)
-        return image
-
-    def close(self):
-        note("close " + self.params.tag)
-"""
-
-
-def gated_env(tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
-    site = installed_site(tmp_path, "gated", "[stylebox.plugins]\ngated = gated:Gated\n", {
-        "gated.py": GATED
-    })  # fmt: skip
-    record, gate = tmp_path / "gated.log", tmp_path / "gate"
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-        "GATED_LOG": str(record),
-        "GATE": str(gate),
-    }
-    return env, record, gate
-
-
-def inbox(name: str, tag: str, plugin: str = "gated") -> str:
-    return (
-        f'[[inbox]]\nname = "{name}"\npath = "in-{name}"\noutbox = "out-{name}"\n'
-        f'plugin = "{plugin}"\nsettle_seconds = 0.2\nparams = {{ tag = "{tag}" }}\n'
-    )
-
-
-def drop(tmp_path: Path, folder: str, name: str, seed: int, fmt: str = "PNG") -> None:
-    staged = tmp_path / f"staged-{name}"
-    photo(24, 16, seed=seed).save(staged, fmt)
-    os.rename(staged, tmp_path / folder / name)
-
-
-def states(tmp_path: Path) -> dict[str, str]:
-    with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
-        return dict(db.execute("SELECT name, state FROM jobs"))
+from daemon_helpers import (
+    POSTERIZE_CONFIG,
+    Daemon,
+    drop,
+    gated_env,
+    inbox,
+    states,
+    wait_until,
+    write_config,
+)
 
 
 def test_output_names_of_queued_jobs_stay_taken_across_a_reload(tmp_path: Path) -> None:

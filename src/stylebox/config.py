@@ -98,6 +98,11 @@ class JobConfig(_JobBase):
         True, description="Skip inputs whose bytes were already done with the same params"
     )
     max_attempts: PositiveInt = Field(3, description="Tries before a plugin fault fails a job")
+    workers: PositiveInt = Field(
+        1,
+        description="Jobs of this inbox (or batch, under serve) that run at once; each has "
+        "its own workers, so no inbox's jobs wait behind another's",
+    )
     timeout_seconds: float | None = Field(
         None, gt=0, description="Cancel (and retry) a job running longer than this"
     )
@@ -129,8 +134,10 @@ class DaemonConfig(_Strict):
     """How the service runs jobs."""
 
     workers: dict[Literal["cpu", "cuda"], int] = Field(
-        default_factory=lambda: {"cpu": 1, "cuda": 1},
-        description="Concurrent jobs per device type",
+        default_factory=dict,
+        description="At most this many jobs at once on a device type, across all inboxes "
+        "(default: no limit beyond each inbox's own workers); a limit below the number of "
+        "inboxes on the device lets one inbox's jobs wait behind another's",
     )
     batch_size: PositiveInt = Field(
         8,
@@ -152,7 +159,7 @@ class DaemonConfig(_Strict):
     @classmethod
     def _positive(cls, value: dict[str, int]) -> dict[str, int]:
         if any(count < 1 for count in value.values()):
-            raise ValueError("each device needs at least one worker")
+            raise ValueError("a device type's limit must be at least 1")
         return value
 
 

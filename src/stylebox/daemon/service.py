@@ -7,9 +7,10 @@ of it worked; a new config that is bad, or that fails while it is built (whateve
 exception), is refused in one log line, the plugin instances made for it are closed, and
 the old one keeps running. One that is applied goes to the pipeline as one
 ``Pipeline.reconfigure`` call (output names of unfinished jobs stay taken; plugin instances
-no longer used are closed once no job runs them). Worker threads start once per device
-type, when its first inbox is there (at start, or at the reload that brings it);
-``[daemon] workers`` counts apply when they start, so a reload does not change them.
+no longer used are closed once no job runs them). Each inbox and batch has its own lane of
+``workers`` threads that take only its jobs, so no inbox's jobs wait behind another's; a
+reload starts and stops lanes and threads to match the new config. ``[daemon] workers``
+limits the jobs that run at once per device type across lanes (read at start).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from stylebox.config import LoadedConfig, load_config
-from stylebox.daemon.journal import Journal
+from stylebox.daemon.journal import JobRow, Journal
 from stylebox.daemon.locks import InboxLocks
 from stylebox.daemon.notify import notify, watchdog_interval
 from stylebox.daemon.pipeline import Pipeline, Source, build_sources, pid_alive
@@ -65,8 +66,13 @@ class Service:
         self.watcher = self._watcher(self.loaded, self.sources)
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._workers: dict[str, list[threading.Thread]] = {}
-        """Each device type's workers; a device type is missing until it has an inbox."""
+        self._workers: dict[str, dict[int, threading.Thread]] = {}
+        """Each inbox's and batch's lane: its worker threads by index."""
+        self._slots = {
+            device: threading.Semaphore(limit)
+            for device, limit in self.loaded.config.daemon.workers.items()
+        }
+        """``[daemon] workers``: each limited device type's slots, read at start."""
 
     @staticmethod
     def _build(
@@ -158,48 +164,77 @@ class Service:
         return self.shutdown()
 
     def _start_workers(self) -> None:
-        """Start the workers of each device type that has an inbox and none yet: at start,
-        and after a reload that brings the first inbox of a device type (say, the only
-        inbox was disabled until its plugin was mended). Running workers are left as they
-        are, whatever the new config's counts."""
-        devices = sorted({source.device_type for source in self.sources.values()})
-        for device in devices:
-            if device in self._workers:
-                continue
-            count = self.loaded.config.daemon.workers.get(device, 1)  # type: ignore[call-overload]
-            threads = self._workers[device] = []
-            for index in range(count):
+        """Give each inbox and batch its own lane of ``workers`` threads, which take only its
+        jobs, so that no inbox's jobs wait behind another's: at start, and after a reload,
+        which starts the lanes of new inboxes and the threads an inbox's ``workers`` gained.
+        A lane whose inbox is gone, or a thread beyond its count, stops after its job."""
+        for key, source in sorted(self.sources.items()):
+            lane = self._workers.setdefault(key, {})
+            for index in range(source.config.workers):
+                thread = lane.get(index)
+                if thread is not None and thread.is_alive():
+                    continue
                 thread = threading.Thread(
-                    target=self._work, args=(device,), name=f"worker-{device}-{index}", daemon=True
+                    target=self._work, args=(key, index), name=f"worker-{key}-{index}", daemon=True
                 )
+                lane[index] = thread
                 thread.start()
-                threads.append(thread)
-            log.info("started %d %s worker(s)", count, device)
+        for device, limit in sorted(self.loaded.config.daemon.workers.items()):
+            lanes = sum(s.config.workers for s in self.sources.values() if s.device_type == device)
+            if limit < lanes:
+                log.warning(
+                    "[daemon] workers limits %s to %d job(s) at once for %d inbox worker(s): "
+                    "an inbox's jobs can wait behind another's",
+                    device,
+                    limit,
+                    lanes,
+                    extra={"event": "device_limit"},
+                )
 
-    def _work(self, device: str) -> None:
+    def _work(self, key: str, index: int) -> None:
         while not self._stop.is_set():
-            keys = {s.key for s in self.sources.values() if s.device_type == device}
+            source = self.sources.get(key)
+            if source is None or index >= source.config.workers:
+                return  # a reload removed its inbox, or lowered its workers
+            slot = self._slots.get(source.device_type)
+            if slot is not None and not slot.acquire(timeout=0.5):
+                continue  # the device type is at its limit
             try:
-                row = self.pipeline.claim(keys)
-            except Exception:
-                log.exception("cannot claim from the journal")
-                row = None
-            if row is None:
+                rows = self._claim(key)
+                if rows:
+                    self.pipeline.run(rows)
+            finally:
+                if slot is not None:
+                    slot.release()
+            if not rows:
                 with self._wake:
                     self._wake.wait(timeout=0.5)
-                continue
-            try:
-                rows = [row, *self.pipeline.claim_more(row)]
-            except Exception:
-                log.exception("cannot claim from the journal")
-                rows = [row]
-            self.pipeline.run(rows)
+
+    def _claim(self, key: str) -> list[JobRow]:
+        try:
+            row = self.pipeline.claim({key})
+        except Exception:
+            log.exception("cannot claim from the journal")
+            return []
+        if row is None:
+            return []
+        try:
+            return [row, *self.pipeline.claim_more(row)]
+        except Exception:
+            log.exception("cannot claim from the journal")
+            return [row]
 
     def healthy(self) -> bool:
-        return self.watcher.healthy() and all(t.is_alive() for t in self._all_workers())
+        """The watcher, and every worker thread the config asks for, alive."""
+        wanted = [
+            self._workers.get(key, {}).get(index)
+            for key, source in self.sources.items()
+            for index in range(source.config.workers)
+        ]
+        return self.watcher.healthy() and all(t is not None and t.is_alive() for t in wanted)
 
     def _all_workers(self) -> list[threading.Thread]:
-        return [thread for threads in self._workers.values() for thread in threads]
+        return [thread for lane in self._workers.values() for thread in lane.values()]
 
     def status_line(self) -> str:
         counts = self.journal.counts()
