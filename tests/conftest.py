@@ -189,3 +189,17 @@ def broken_plugins_site(folder: Path) -> Path:
             ),
         },
     )
+
+
+# The jobs table as the first journals were written: no eta_at column, no indexes.
+EARLIER_JOBS_TABLE = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, origin_path TEXT NOT NULL,
+    input_path TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, plugin TEXT NOT NULL,
+    params_hash TEXT NOT NULL, unique_key TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0, lease_owner TEXT, lease_expires REAL, stem TEXT,
+    step INTEGER, total INTEGER, error_class TEXT, error_message TEXT,
+    created_at REAL NOT NULL, started_at REAL, claimed_at REAL, finished_at REAL, seconds REAL
+);
+"""

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import installed_site, photo
+from conftest import EARLIER_JOBS_TABLE, installed_site, photo
 from daemon_helpers import write_config
 from rich.console import Console
 
@@ -31,16 +31,9 @@ params = { bits = 2 }
 """
 
 # The jobs table as the first journals were written, before the eta_at column.
-OLD_SCHEMA = """
-CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, origin_path TEXT NOT NULL,
-    input_path TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, plugin TEXT NOT NULL,
-    params_hash TEXT NOT NULL, unique_key TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0, lease_owner TEXT, lease_expires REAL, stem TEXT,
-    step INTEGER, total INTEGER, error_class TEXT, error_message TEXT,
-    created_at REAL NOT NULL, started_at REAL, claimed_at REAL, finished_at REAL, seconds REAL
-);
+OLD_SCHEMA = (
+    EARLIER_JOBS_TABLE
+    + """
 CREATE INDEX jobs_by_state ON jobs (state, not_before);
 CREATE INDEX jobs_by_source ON jobs (source, state);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +43,7 @@ INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, params_
 VALUES ('inbox:poster', '/in/a.png', '/in/a.png', 'a.png', 'x', 'posterize', 'h', 'k',
         'running', 'elsewhere:1', 1e12, 3, 10, 1, 1);
 """
+)
 
 
 def _running_job(journal_file: Path) -> int:

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import EARLIER_JOBS_TABLE
 
 from stylebox.daemon.journal import Journal, NewJob
 from stylebox.errors import BadInput, PluginError
@@ -110,21 +111,15 @@ def test_concurrent_claims_never_share_a_job(tmp_path: Path, threads: int) -> No
 
 
 # A journal as an earlier version wrote it: no eta_at column, none of the indexes.
-EARLIER_JOURNAL = """
-CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, origin_path TEXT NOT NULL,
-    input_path TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, plugin TEXT NOT NULL,
-    params_hash TEXT NOT NULL, unique_key TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0, lease_owner TEXT, lease_expires REAL, stem TEXT,
-    step INTEGER, total INTEGER, error_class TEXT, error_message TEXT,
-    created_at REAL NOT NULL, started_at REAL, claimed_at REAL, finished_at REAL, seconds REAL
-);
+EARLIER_JOURNAL = (
+    EARLIER_JOBS_TABLE
+    + """
 INSERT INTO jobs (source, origin_path, input_path, name, sha256, plugin, params_hash,
                   unique_key, state, created_at)
 VALUES ('inbox:poster', '/in/a.png', '/in/a.png', 'a.png', 'x', 'posterize', 'h', 'a', 'done', 1),
        ('inbox:poster', '/in/b.png', '/in/b.png', 'b.png', 'y', 'posterize', 'h', 'b', 'queued', 2);
 """
+)
 
 
 @pytest.mark.parametrize("mode", ["delete", "wal"])
