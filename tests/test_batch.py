@@ -259,3 +259,57 @@ def test_a_stopped_batch_exits_130_and_the_job_waits_uncounted(tmp_path: Path) -
     (row,) = journal.jobs("batch:nightly")
     journal.close()
     assert row.state == "queued" and row.attempts == 0
+
+
+SLOW_BATCH = """
+import time
+from stylebox.plugins.api import Cancelled, Capabilities, Plugin, PluginParams
+
+class Params(PluginParams):
+    seconds: float = 0.6
+
+class SlowBatch(Plugin):
+    name = "slowbatch"
+    Params = Params
+    capabilities = Capabilities(batching=True)
+
+    def process(self, image, job):
+        began = time.monotonic()
+        while time.monotonic() - began < self.params.seconds:
+            if job.cancelled:
+                raise Cancelled("stopped")
+            time.sleep(0.01)
+        return image
+"""
+
+
+def test_a_jobs_time_limit_starts_when_the_plugin_starts_on_it(tmp_path: Path) -> None:
+    """Three jobs claimed together (batch_size 3) but of three sizes run one after the
+    other, 0.6 s each, under timeout_seconds = 1: none is cut short for waiting its turn."""
+    from stylebox.daemon.journal import Journal
+
+    site = installed_site(
+        tmp_path, "slowbatch", "[stylebox.plugins]\nslowbatch = slowbatch:SlowBatch\n",
+        {"slowbatch.py": SLOW_BATCH},
+    )  # fmt: skip
+    library = tmp_path / "library"
+    library.mkdir()
+    for width in (20, 24, 28):
+        photo(width, 16).save(library / f"w{width}.png")
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[daemon]\nbatch_size = 3\n'
+        '[[batch]]\nname = "nightly"\nsource = "library"\noutbox = "stylised"\n'
+        'plugin = "slowbatch"\ntimeout_seconds = 1.0\n'
+    )
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    rows = journal.jobs("batch:nightly")
+    journal.close()
+    assert [(row.state, row.attempts) for row in rows] == [("done", 1)] * 3

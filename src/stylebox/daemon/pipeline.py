@@ -423,16 +423,21 @@ class Pipeline:
                 self.journal.requeue(row.id, delay=60, count_attempt=False)
             return
         timeout = source.config.timeout_seconds
-        timers = (
-            [threading.Timer(timeout, event.set) for event in cancels.values()] if timeout else []
-        )
-        for timer in timers:
-            timer.daemon = True
-            timer.start()
+        timers: list[threading.Timer] = []
+
+        def start_clock(job: Job) -> None:
+            # A job's time limit runs from when the plugin starts on it, not from the claim:
+            # claimed together, the later jobs of a batch wait for the earlier ones.
+            if timeout and job.job_id in cancels:
+                timer = threading.Timer(timeout, cancels[job.job_id].set)
+                timer.daemon = True
+                timer.start()
+                timers.append(timer)
+
         began = time.monotonic()
         try:
             try:
-                outcomes = self._run(source, rows, cancels)
+                outcomes = self._run(source, rows, cancels, start_clock)
             except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
                 log.exception("jobs %s crashed", [row.id for row in rows])
                 error = PluginError(f"{type(exc).__name__}: {exc}")
@@ -449,7 +454,11 @@ class Pipeline:
             self._close_retired()
 
     def _run(
-        self, source: Source, rows: list[JobRow], cancels: dict[int, threading.Event]
+        self,
+        source: Source,
+        rows: list[JobRow],
+        cancels: dict[int, threading.Event],
+        on_process: Callable[[Job], None],
     ) -> dict[int, JobResult | Exception | None]:
         """Each job's outcome: its result, its error, or ``None`` when it had finished
         before a crash and only the move of its input was left."""
@@ -487,6 +496,7 @@ class Pipeline:
             source.plugin,
             source.outbox,
             [cancels[row.id] for row, _ in jobs],
+            on_process,
         )
         for (row, _), result in zip(jobs, results, strict=True):
             outcomes[row.id] = result

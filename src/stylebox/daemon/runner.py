@@ -18,7 +18,7 @@ import platform
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -237,9 +237,12 @@ class Runner:
         plugin: PluginHandle,
         outbox: Outbox,
         cancels: Sequence[threading.Event],
+        on_process: Callable[[Job], None] | None = None,
     ) -> list[JobResult | StyleboxError]:
         """Run several jobs of one plugin; same-size images go to ``process_batch`` together.
-        Each job ends in its own result or error, whatever happens to the others."""
+        Each job ends in its own result or error, whatever happens to the others.
+        ``on_process(job)`` is called as the plugin starts on the job (a group's jobs start
+        together; later groups wait for earlier ones): where a job's time limit begins."""
         outcomes: list[JobResult | StyleboxError | None] = [None] * len(jobs)
         groups: dict[tuple[int, int], list[_Started]] = {}
         for index, job in enumerate(jobs):
@@ -249,6 +252,9 @@ class Runner:
             else:
                 groups.setdefault(started.decoded.rgb.size, []).append(started)
         for group in groups.values():
+            if on_process is not None:
+                for started in group:
+                    on_process(started.job)
             for started, result in zip(group, self._process(plugin, group), strict=True):
                 if isinstance(result, StyleboxError):
                     outcomes[started.index] = result
