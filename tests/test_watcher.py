@@ -141,6 +141,37 @@ def test_files_present_at_start_are_found_by_the_first_scan(tmp_path: Path) -> N
     assert recorder.names() == ["waiting.jpg"]
 
 
+def test_files_found_together_are_queued_together_on_a_busy_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first scan finds four photos; a busy machine takes a while over each. They
+    settle as one arrival, so same-size photos can go to a batching plugin together."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for index in range(4):
+        (inbox / f"same{index}.png").write_bytes(b"p" * 10)
+    arrivals: list[list[str]] = []
+    watcher = InboxWatcher(
+        [WatchedFolder("a", inbox, 0.1)],
+        lambda folder, paths: arrivals.append(sorted(p.name for p in paths)),
+    )
+    look = watcher._candidate
+
+    def slow_look(path: Path):
+        time.sleep(0.08)  # more than a settle tick between two files
+        return look(path)
+
+    monkeypatch.setattr(watcher, "_candidate", slow_look)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sum(map(len, arrivals)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        watcher.stop()
+    assert arrivals == [[f"same{index}.png" for index in range(4)]]
+
+
 def test_a_dead_observer_is_restarted(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -255,22 +255,38 @@ class InboxWatcher:
         except OSError as exc:
             log.error("cannot list inbox %s (%s): %s", folder.name, folder.path, exc)
             return
-        for entry in entries:
-            self.touch(Path(entry.path))
+        # The files of one listing become candidates together, after all are looked at:
+        # then they settle together and are queued in one transaction. Added one by one, a
+        # busy machine let the settle loop take the first ones before the others were seen,
+        # and same-size photos missed each other's batch.
+        found = [self._candidate(Path(entry.path)) for entry in entries]
+        now = time.monotonic()
+        with self._lock:
+            for path, candidate in found:
+                if candidate is None:
+                    self._candidates.pop(path, None)
+                else:
+                    self._candidates[path] = replace(candidate, changed_at=now)
 
     def touch(self, path: Path) -> None:
         """Something happened to ``path``: (re)start its settle window."""
+        path, candidate = self._candidate(path)
+        with self._lock:
+            if candidate is None:
+                self._candidates.pop(path, None)
+            else:
+                self._candidates[path] = candidate
+
+    def _candidate(self, path: Path) -> tuple[Path, _Candidate | None]:
+        """``path`` as a candidate seen now; ``None`` for a name to ignore or a file gone."""
         folder = self.folders.get(path.parent)
         if folder is None or is_ignored(path.name) or path.name in folder.reserved:
-            return
+            return path, None
         try:
             stat = path.lstat()
         except FileNotFoundError:
-            self.forget(path)
-            return
-        now = time.monotonic()
-        with self._lock:
-            self._candidates[path] = _Candidate(folder, stat.st_size, stat.st_mtime_ns, now)
+            return path, None
+        return path, _Candidate(folder, stat.st_size, stat.st_mtime_ns, time.monotonic())
 
     def forget(self, path: Path) -> None:
         with self._lock:
