@@ -313,3 +313,22 @@ def test_a_jobs_time_limit_starts_when_the_plugin_starts_on_it(tmp_path: Path) -
     rows = journal.jobs("batch:nightly")
     journal.close()
     assert [(row.state, row.attempts) for row in rows] == [("done", 1)] * 3
+
+
+def test_recursive_false_takes_only_the_top_folder(tmp_path: Path) -> None:
+    config, _ = setup(tmp_path, 4)  # img000 and img002 sit in 2026/june/
+    config.write_text(
+        config.read_text().replace(
+            "params = { bits = 2 }", "params = { bits = 2 }\nrecursive = false"
+        )
+    )
+    dry = batch(config, "--dry-run")
+    assert sorted(Path(line).name for line in dry.stdout.splitlines()) == [
+        "img001.png",
+        "img003.png",
+    ]
+    assert batch(config).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "stylised").glob("*.json")) == [
+        "img001.json",
+        "img003.json",
+    ]

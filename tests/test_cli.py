@@ -191,3 +191,18 @@ def test_broken_plugins_are_reported_and_the_others_still_load(tmp_path: Path) -
     check = stylebox("config", "check", str(config), env=env)
     assert check.returncode == 1
     assert "[[inbox]] a is disabled: plugin 'explodes'" in check.stderr
+
+
+@pytest.mark.parametrize(("fmt", "pillow_name"), [("webp", "WEBP"), ("jpeg", "JPEG")])
+def test_run_writes_the_result_format_asked_for(tmp_path: Path, fmt: str, pillow_name: str):
+    photo(24, 16).save(tmp_path / "photo.png")
+    result = stylebox(
+        "run", str(tmp_path / "photo.png"), "--plugin", "posterize", "--set", "bits=2",
+        "--format", fmt, "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    suffix = {"webp": ".webp", "jpeg": ".jpg"}[fmt]
+    with Image.open(tmp_path / "out" / f"photo{suffix}") as written:
+        assert written.format == pillow_name and written.size == (24, 16)
+    manifest = json.loads((tmp_path / "out" / "photo.json").read_text())
+    assert manifest["output"]["format"] == fmt

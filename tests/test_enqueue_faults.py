@@ -427,3 +427,22 @@ def test_a_copy_of_a_file_whose_job_fails_is_tried_on_its_own(tmp_path: Path) ->
     assert _names(inbox / "failed") == [b"photo.png", b"photo.png.error.txt"]
     assert _names(inbox / "processed") == [b"copy.png"]
     pipeline.journal.close()
+
+
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_the_same_bytes_again_are_skipped_unless_dedupe_is_off(
+    tmp_path: Path, dedupe: bool
+) -> None:
+    """README: the same bytes dropped twice with the same params are not stylised twice
+    (the copy goes to processed/ with a .duplicate.txt note); dedupe = false turns it off."""
+    pipeline, source, plugin = _pipeline(tmp_path, dedupe=dedupe)
+    inbox = source.config.path
+    for name in ("first.png", "again.png"):
+        photo(24, 16).save(inbox / name)
+        pipeline.enqueue(source, [inbox / name])
+        _drain(pipeline, source)
+    rows = pipeline.journal.jobs(source.key)
+    assert [row.state for row in rows] == ["done"] * (1 if dedupe else 2)
+    assert plugin.calls == (1 if dedupe else 2)
+    assert ((inbox / "processed" / "again.png.duplicate.txt").is_file()) == dedupe
+    assert (inbox / "processed" / "again.png").is_file()

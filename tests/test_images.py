@@ -230,3 +230,30 @@ def test_a_damaged_header_of_another_format_says_what_its_reader_found() -> None
 def test_a_file_deleted_before_it_is_read_is_said_to_be_gone(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match=r"^photo\.png no longer exists \(moved or deleted\)$"):
         decode_image(tmp_path / "photo.png")
+
+
+def test_phone_mpo_and_avif_photos_are_accepted() -> None:
+    """The README lists MPO (phones' multi-picture JPEG: the first picture is the photo)
+    and AVIF among the accepted formats."""
+    first, second = photo(24, 16, seed=1), photo(24, 16, seed=2)
+    buffer = io.BytesIO()
+    first.save(buffer, "MPO", save_all=True, append_images=[second], quality=95)
+    mpo = decode_bytes(buffer.getvalue())
+    assert mpo.format == "MPO" and mpo.size == (24, 16)
+    assert np.abs(np.asarray(mpo.rgb, float) - np.asarray(first, float)).mean() < 8
+    avif = decode_bytes(encoded(first, "AVIF", quality=90))
+    assert avif.format == "AVIF" and avif.rgb.mode == "RGB" and avif.size == (24, 16)
+
+
+def test_a_name_taken_in_processed_or_failed_gets_a_suffix(tmp_path: Path) -> None:
+    """Nothing is ever overwritten: a second photo.jpg moved aside becomes photo-2.jpg."""
+    from stylebox.daemon.files import move_unique
+
+    target = tmp_path / "processed"
+    target.mkdir()
+    for content in (b"first", b"second", b"third"):
+        (tmp_path / "photo.jpg").write_bytes(content)
+        move_unique(tmp_path / "photo.jpg", target)
+    names = sorted(path.name for path in target.iterdir())
+    assert names == ["photo-2.jpg", "photo-3.jpg", "photo.jpg"]
+    assert (target / "photo.jpg").read_bytes() == b"first"
