@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import installed_site, photo
 from daemon_helpers import wait_until
@@ -212,16 +213,23 @@ def test_max_attempts_is_the_number_of_tries_with_doubling_backoff(tmp_path: Pat
     assert row.not_before <= starts[2]
 
 
-def test_a_job_outliving_timeout_seconds_is_cancelled_and_counts_as_a_try(tmp_path: Path) -> None:
-    """timeout_seconds cancels a job; unlike a stop (a drain), that counts as a failed try:
-    retried with backoff, then failed with the reason."""
+def only_job(tmp_path: Path) -> Any:
+    """The batch's one job, as the journal has it."""
     from stylebox.daemon.journal import Journal
 
-    result, starts = flaky_run(tmp_path, "{ hang = true }", "timeout_seconds = 0.3")
-    assert result.returncode == 1, result.stderr
     journal = Journal(tmp_path / "state" / "journal.sqlite3")
     (row,) = journal.jobs("batch:nightly")
     journal.close()
+    return row
+
+
+def test_a_job_outliving_timeout_seconds_is_cancelled_and_counts_as_a_try(tmp_path: Path) -> None:
+    """timeout_seconds cancels a job; unlike a stop (a drain), that counts as a failed try:
+    retried with backoff, then failed with the reason."""
+
+    result, starts = flaky_run(tmp_path, "{ hang = true }", "timeout_seconds = 0.3")
+    assert result.returncode == 1, result.stderr
+    row = only_job(tmp_path)
     assert row.state == "failed" and row.attempts == 3 and len(starts) == 3
     assert row.error_class == "PluginError"
     assert row.error_message == "timed out after 0.3 s (stopped before step 1)"
@@ -231,13 +239,10 @@ def test_a_config_error_raised_while_processing_is_retried_as_a_plugin_fault(
     tmp_path: Path,
 ) -> None:
     """Only a ConfigError before any work (config, plugin start-up) refuses the config."""
-    from stylebox.daemon.journal import Journal
 
     result, starts = flaky_run(tmp_path, "{ config_error = true }")
     assert result.returncode == 1, result.stderr
-    journal = Journal(tmp_path / "state" / "journal.sqlite3")
-    (row,) = journal.jobs("batch:nightly")
-    journal.close()
+    row = only_job(tmp_path)
     assert row.state == "failed" and row.attempts == 3 and len(starts) == 3
     assert row.error_class == "PluginError"
     assert row.error_message == "ConfigError: the lookup table is not where the params say"

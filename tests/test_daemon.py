@@ -281,6 +281,17 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -
     assert not list(inbox.glob("*.png"))
 
 
+# The broken plugin ``explodes`` (see conftest.broken_plugins_site), mended.
+MENDED_EXPLODES = (
+    "from stylebox.plugins.api import Plugin as Base, PluginParams\n"
+    "class Plugin(Base):\n"
+    "    name = 'explodes'\n"
+    "    Params = PluginParams\n"
+    "    def process(self, image, job):\n"
+    "        return image\n"
+)
+
+
 def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path: Path) -> None:
     site = broken_plugins_site(tmp_path)
     inboxes = "".join(
@@ -313,14 +324,7 @@ def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path
         )
         assert "DISABLED: plugin 'explodes'" in status.stdout, status.stdout + status.stderr
         # Mended and reloaded, the inbox takes the file that waited for it.
-        (site / "brokenplugins" / "explodes.py").write_text(
-            "from stylebox.plugins.api import Plugin as Base, PluginParams\n"
-            "class Plugin(Base):\n"
-            "    name = 'explodes'\n"
-            "    Params = PluginParams\n"
-            "    def process(self, image, job):\n"
-            "        return image\n"
-        )
+        (site / "brokenplugins" / "explodes.py").write_text(MENDED_EXPLODES)
         daemon.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: (tmp_path / "in-explodes/processed/photo.png").exists(), 30)
     finally:
@@ -344,14 +348,7 @@ def test_a_reload_starts_workers_for_a_device_type_that_had_none(tmp_path: Path)
     daemon = Daemon(config, env=env)
     try:
         daemon.wait_ready()
-        (site / "brokenplugins" / "explodes.py").write_text(
-            "from stylebox.plugins.api import Plugin as Base, PluginParams\n"
-            "class Plugin(Base):\n"
-            "    name = 'explodes'\n"
-            "    Params = PluginParams\n"
-            "    def process(self, image, job):\n"
-            "        return image\n"
-        )
+        (site / "brokenplugins" / "explodes.py").write_text(MENDED_EXPLODES)
         daemon.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "config reloaded" in daemon.output(), 20)
         photo(20, 20).save(tmp_path / "staged.png")
