@@ -219,7 +219,14 @@ class Pipeline:
         in the inbox for the next rescan (``"error"``, logged) while the others go through;
         no output name stays reserved for a file that got no job.
         """
-        entries = [self._entry(source, path) for path in paths]
+        # A file a rescan sees again while its job is queued or running is that job: it
+        # takes no output name, so that a new file settling beside it gets the next free one.
+        unfinished = {
+            row.origin_path
+            for state in ("queued", "running")
+            for row in self.journal.jobs(source.key, state)
+        }
+        entries = [self._entry(source, path, reserve=str(path) not in unfinished) for path in paths]
         added = self._add(source, [entry for entry in entries if entry is not None])
         outcomes: list[Outcome] = []
         for path, entry in zip(paths, entries, strict=True):

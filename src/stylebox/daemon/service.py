@@ -107,8 +107,12 @@ class Service:
             )
 
         def on_settled(folder: WatchedFolder, paths: list[Path]) -> None:
-            # The sources this watcher was built with: during a reload, the new watcher
-            # runs a moment before its sources are swapped in.
+            # During a reload the new watcher runs a moment before its sources are swapped
+            # into the pipeline; files it settles then would reserve output names in
+            # outboxes that do not know the queued jobs' names yet. They are left to the
+            # rescan that follows the swap.
+            if self.pipeline.sources is not sources:
+                return
             source = sources.get(f"inbox:{folder.name}")
             if source is not None:
                 self.pipeline.enqueue(source, paths)
@@ -286,6 +290,7 @@ class Service:
         self._instances = {k: p for k, p in instances.items() if id(p) in used}
         self.sources = sources
         self.pipeline.reconfigure(loaded, sources)
+        self.watcher.rescan()  # what settled before the swap (see on_settled)
         self._inbox_locks.keep_only(loaded.config.inbox)
         _log_disabled(loaded)
         self._start_workers()
