@@ -545,6 +545,15 @@ class Journal:
         rows = self._connection().execute(query + " ORDER BY id", args)
         return [_row(r) for r in rows]
 
+    def unfinished_origins(self, source: str) -> set[str]:
+        """The origin paths of ``source``'s queued and running jobs: one column, read on
+        every arrival, so not whole rows."""
+        rows = self._connection().execute(
+            "SELECT origin_path FROM jobs WHERE source = ? AND state IN ('queued', 'running')",
+            (source,),
+        )
+        return {os.fsdecode(path) if isinstance(path, bytes) else path for (path,) in rows}
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs per source and state."""
         result: dict[str, dict[str, int]] = {}

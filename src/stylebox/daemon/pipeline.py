@@ -221,11 +221,7 @@ class Pipeline:
         """
         # A file a rescan sees again while its job is queued or running is that job: it
         # takes no output name, so that a new file settling beside it gets the next free one.
-        unfinished = {
-            row.origin_path
-            for state in ("queued", "running")
-            for row in self.journal.jobs(source.key, state)
-        }
+        unfinished = self.journal.unfinished_origins(source.key)
         entries = [self._entry(source, path, reserve=str(path) not in unfinished) for path in paths]
         added = self._add(source, [entry for entry in entries if entry is not None])
         outcomes: list[Outcome] = []
