@@ -81,7 +81,9 @@ def run(image: Path, out: Path, work: Path, params: dict) -> JobResult:
     """One run of the job ``image`` -> ``out`` with the work folder ``work``."""
     stepper = Stepper(StepperParams(**params), Runtime(state_dir=work.parent))
     handle = PluginHandle("stepper", "1", stepper, stepper.params)
-    return Runner().execute(Job(image, work), handle, Outbox(out), stepper.cancel)
+    # The names a journal gives the job when it is queued, and keeps across its runs.
+    job = Job(image, work, stem=image.stem)
+    return Runner().execute(job, handle, Outbox(out), stepper.cancel)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_run_writes_result_snapshots_animation_and_manifest(
     assert manifest["output"]["snapshots"][0] == "photo.steps/0000.png"
     # Nothing half-written is left behind, and the job's work folder is gone.
     assert not [p for p in out.rglob(".*")]
-    assert not list((tmp_path / "state" / "run").iterdir())
+    assert not list((tmp_path / "state" / "jobs").glob("*"))
 
 
 def test_second_run_never_overwrites(tmp_path: Path, photo_file: Path, style_file: Path) -> None:
@@ -136,13 +136,13 @@ def test_killed_run_resumes_from_its_checkpoint(
             "--set", "snapshot_every=5"]  # fmt: skip
     process = subprocess.Popen(args, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list(state.glob("run/*/checkpoint/gatys.pt")) and time.monotonic() < deadline:
+    while not list(state.glob("jobs/*/checkpoint/gatys.pt")) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "photo.png").exists()
-    checkpoint = next(state.glob("run/*/checkpoint/gatys.pt"))
+    checkpoint = next(state.glob("jobs/*/checkpoint/gatys.pt"))
     assert checkpoint.is_file()
 
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -161,14 +161,14 @@ def test_sigterm_checkpoints_and_says_how_to_resume(
             f"style={style_file}", "--set", "size=64", "--set", "steps=5000"]  # fmt: skip
     process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "state").glob("run/*/history.jsonl")):
+    while not list((tmp_path / "state").glob("jobs/*/history.jsonl")):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "run the same command again to resume" in stderr
-    assert list((tmp_path / "state").glob("run/*/checkpoint/gatys.pt"))
+    assert list((tmp_path / "state").glob("jobs/*/checkpoint/gatys.pt"))
 
 
 def test_plugins_lists_gatys_with_params() -> None:

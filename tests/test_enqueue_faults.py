@@ -17,12 +17,12 @@ from PIL import Image
 
 from stylebox.config import load_config
 from stylebox.daemon import pipeline as pipeline_module
+from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal
-from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.pipeline import Pipeline, Source
 from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import PluginError
-from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime, params_digest
+from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
 
 CONFIG = """
 state_dir = "state"
@@ -73,24 +73,9 @@ def _pipeline(
     inbox = loaded.config.inbox[0]
     for folder in (inbox.path, inbox.processed_dir, inbox.failed_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    source = Source(
-        key="inbox:in",
-        config=inbox,
-        plugin=PluginHandle("flaky", "1", plugin, plugin.params),
-        outbox=Outbox(inbox.outbox, inbox.output),
-        params_hash=params_digest(plugin.params),
-        device_type="cpu",
-    )
+    source = Source.of("inbox:in", inbox, PluginHandle("flaky", "1", plugin, plugin.params))
     journal = Journal(loaded.config.state_dir / "journal.sqlite3")
     return Pipeline(loaded, {source.key: source}, journal), source, plugin
-
-
-def _drain(pipeline: Pipeline, source: Source) -> None:
-    """Run jobs until none is queued (retries included)."""
-    while pipeline.journal.jobs(source.key, "queued"):
-        row = pipeline.claim({source.key})
-        if row is not None:
-            pipeline.run([row])
 
 
 def _names(folder: Path) -> list[bytes]:
@@ -116,7 +101,7 @@ def test_a_name_that_is_not_utf8_is_processed_with_the_files_beside_it(tmp_path:
     assert pipeline.enqueue(source, [*paths, odd]) == ["queued"] * 4
     (row,) = [row for row in pipeline.journal.jobs(source.key) if row.origin_path == str(odd)]
     assert row.name == "caf\ufffd.png"  # readable in logs and status
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
 
     assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done"] * 4
     assert _names(inbox / "processed") == [b"caf\xe9.png", b"good0.png", b"good1.png", b"good2.png"]
@@ -140,7 +125,7 @@ def test_a_bad_image_with_a_name_that_is_not_utf8_fails_alone_with_its_reason(
     odd.write_bytes(b"not a picture\n" * 10)
 
     assert pipeline.enqueue(source, [inbox / "good.png", odd]) == ["queued"] * 2
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
 
     assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done", "failed"]
     assert _names(inbox / "failed") == [b"notes\xff.png", b"notes\xff.png.error.txt"]
@@ -196,13 +181,13 @@ def test_a_file_replaced_while_queued_takes_over_its_job(tmp_path: Path) -> None
 
     (row,) = pipeline.journal.jobs(source.key)
     assert row.stem == "photo" and row.sha256 == pipeline_module._sha256(inbox / "photo.png")
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "done" and _manifest_sha(outbox, "photo") == row.sha256
 
     (inbox / "again.png").write_bytes(old)  # the old bytes: never processed, so not a duplicate
     assert pipeline.enqueue(source, [inbox / "again.png"]) == ["queued"]
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     assert sorted(p.name for p in outbox.glob("*.json")) == ["again.json", "photo.json"]
     assert _manifest_sha(outbox, "again") == pipeline_module._sha256(inbox / "processed/again.png")
     pipeline.journal.close()
@@ -220,7 +205,7 @@ def test_a_file_replaced_unseen_before_its_job_starts_is_queued_for_its_new_byte
     pipeline.enqueue(source, [inbox / "photo.png"])
     (inbox / "photo.png").write_bytes(new)  # in place, as cp does
 
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "done" and row.stem == "photo"
     assert row.sha256 == _manifest_sha(outbox, "photo")
@@ -237,12 +222,12 @@ def test_a_file_replaced_by_bytes_already_done_is_their_duplicate(tmp_path: Path
     old, new = encoded(photo(8, 8, seed=1)), encoded(photo(8, 8, seed=2))
     (inbox / "first.png").write_bytes(new)
     pipeline.enqueue(source, [inbox / "first.png"])
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     (inbox / "photo.png").write_bytes(old)
     pipeline.enqueue(source, [inbox / "photo.png"])
     (inbox / "photo.png").write_bytes(new)  # unseen: found when the job starts
 
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     first, replaced = pipeline.journal.jobs(source.key)
     assert first.state == "done"
     assert replaced.state == "failed" and replaced.error_class == "InputChanged"
@@ -271,11 +256,11 @@ def test_a_file_replaced_while_its_job_runs_is_not_taken_for_the_job_input(
         (inbox / "photo.png").write_bytes(new)
 
     plugin.during = replace
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     (first,) = pipeline.journal.jobs(source.key)
     assert first.state == "done" and (inbox / "photo.png").read_bytes() == new
     assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]  # as the watcher does
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     first, second = pipeline.journal.jobs(source.key)
     assert (first.state, second.state) == ("done", "done")
     assert _manifest_sha(outbox, "photo") == first.sha256
@@ -314,7 +299,7 @@ def test_a_file_done_while_it_was_being_queued_is_no_duplicate(
 
     def sha256_then_finish_the_job(path: Path) -> str:
         digest = real_sha256(path)
-        _drain(pipeline, source)
+        JobLoop(pipeline).run_until_empty({source.key})
         return digest
 
     monkeypatch.setattr(pipeline_module, "_sha256", sha256_then_finish_the_job)
@@ -353,7 +338,7 @@ def test_a_failed_job_releases_its_name_and_its_retry_keeps_it(tmp_path: Path) -
             (inbox / "failed" / "imm1.png.error.txt").unlink()
         pipeline.enqueue(source, [inbox / "imm1.png"])
         assert pipeline.journal.jobs(source.key)[0].stem == "imm1"
-        _drain(pipeline, source)
+        JobLoop(pipeline).run_until_empty({source.key})
         if attempt < 2:
             assert not source.outbox._reserved  # released by the failure
     (row,) = pipeline.journal.jobs(source.key)
@@ -367,13 +352,13 @@ def test_a_failed_job_whose_name_was_taken_meanwhile_gets_another(tmp_path: Path
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     photo(8, 8, seed=1).save(inbox / "imm1.png")
     pipeline.enqueue(source, [inbox / "imm1.png"])
-    _drain(pipeline, source)  # fails: its name is free again
+    JobLoop(pipeline).run_until_empty({source.key})  # fails: its name is free again
     photo(8, 8, seed=2).save(inbox / "imm1.png")  # another photo of that name takes it
     pipeline.enqueue(source, [inbox / "imm1.png"])
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     os.rename(inbox / "failed" / "imm1.png", inbox / "imm1.png")
     pipeline.enqueue(source, [inbox / "imm1.png"])
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     first, second = pipeline.journal.jobs(source.key)
     assert (first.state, first.stem, second.state, second.stem) == (
         "done",
@@ -402,7 +387,7 @@ def test_a_copy_of_a_queued_file_waits_for_its_job_to_end(tmp_path: Path) -> Non
     ]
     (inbox / "photo.png").write_bytes(new)
     assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]  # other.png queued too
-    _drain(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done", "done"]
     assert _manifest_sha(outbox, "other") == pipeline_module._sha256(inbox / "processed/other.png")
     assert not list((inbox / "processed").glob("*.duplicate.txt"))
@@ -421,7 +406,8 @@ def test_a_copy_of_a_file_whose_job_fails_is_tried_on_its_own(tmp_path: Path) ->
         "queued",
         "waiting",
     ]
-    _drain(pipeline, source)  # photo.png fails; copy.png is its retry, and works
+    # photo.png fails; copy.png is its retry, and works
+    JobLoop(pipeline).run_until_empty({source.key})
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "done" and row.name == "copy.png" and row.stem == "photo"
     assert _names(inbox / "failed") == [b"photo.png", b"photo.png.error.txt"]
@@ -440,7 +426,7 @@ def test_the_same_bytes_again_are_skipped_unless_dedupe_is_off(
     for name in ("first.png", "again.png"):
         photo(24, 16).save(inbox / name)
         pipeline.enqueue(source, [inbox / name])
-        _drain(pipeline, source)
+        JobLoop(pipeline).run_until_empty({source.key})
     rows = pipeline.journal.jobs(source.key)
     assert [row.state for row in rows] == ["done"] * (1 if dedupe else 2)
     assert plugin.calls == (1 if dedupe else 2)

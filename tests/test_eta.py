@@ -149,8 +149,9 @@ def _eta_plugin_site(folder: Path) -> Path:
 
 def test_a_daemon_jobs_eta_reaches_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from stylebox.config import load_config
+    from stylebox.daemon.jobloop import JobLoop
+    from stylebox.daemon.journal import journal_path
     from stylebox.daemon.pipeline import Pipeline, build_sources
-    from stylebox.daemon.service import journal_path
     from stylebox.plugins.registry import discover
 
     monkeypatch.syspath_prepend(str(_eta_plugin_site(tmp_path)))
@@ -164,10 +165,8 @@ def test_a_daemon_jobs_eta_reaches_status(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "inbox").mkdir()
     photo(16, 12).save(tmp_path / "inbox" / "a.png")
     pipeline.enqueue(sources["inbox:poster"], [tmp_path / "inbox" / "a.png"])
-    row = pipeline.claim()
-    assert row is not None
     plugin_module = importlib.import_module("etaplugin")
-    worker = threading.Thread(target=pipeline.run, args=([row],))
+    worker = threading.Thread(target=JobLoop(pipeline).run_next, args=({"inbox:poster"},))
     worker.start()
     try:
         assert plugin_module.reported.wait(60)

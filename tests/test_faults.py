@@ -22,12 +22,13 @@ from PIL import Image
 from stepper_plugin import Stepper, StepperParams, run
 
 from stylebox.config import load_config
+from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal, NewJob
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.pipeline import Pipeline, Source
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
 from stylebox.errors import Cancelled, PluginError
-from stylebox.plugins.api import Runtime, params_digest
+from stylebox.plugins.api import Runtime
 
 CONFIG = """
 state_dir = "state"
@@ -176,23 +177,9 @@ def _pipeline(tmp_path: Path, params: dict, attempts: int = 1) -> tuple[Pipeline
     loaded = load_config(write_config(tmp_path, CONFIG.format(attempts=attempts)))
     stepper = Stepper(StepperParams(**params), Runtime(state_dir=loaded.config.state_dir))
     inbox = loaded.config.inbox[0]
-    source = Source(
-        key="inbox:poster",
-        config=inbox,
-        plugin=PluginHandle("stepper", "1", stepper, stepper.params),
-        outbox=Outbox(inbox.outbox, inbox.output),
-        params_hash=params_digest(stepper.params),
-        device_type="cpu",
-    )
+    source = Source.of("inbox:poster", inbox, PluginHandle("stepper", "1", stepper, stepper.params))
     journal = Journal(loaded.config.state_dir / "journal.sqlite3")
     return Pipeline(loaded, {source.key: source}, journal), source
-
-
-def _run_until_settled(pipeline: Pipeline, source: Source) -> None:
-    while pipeline.journal.jobs(source.key, "queued"):
-        row = pipeline.claim({source.key})
-        if row is not None:
-            pipeline.run([row])
 
 
 @pytest.mark.parametrize("fault", ["disk full on the manifest", "plugin fault"])
@@ -210,7 +197,7 @@ def test_a_job_that_fails_for_good_leaves_nothing_in_the_outbox(
     photo(24, 16).save(inbox / "photo.png")
     assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]
 
-    _run_until_settled(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "failed" and row.attempts == 2
     assert _listing(tmp_path / "outbox") == []  # no result, animation, snapshots or temps
@@ -312,7 +299,7 @@ def test_an_input_deleted_while_queued_is_said_to_have_vanished(tmp_path: Path) 
     pipeline.enqueue(source, [inbox / "photo.png"])
     (inbox / "photo.png").unlink()
 
-    _run_until_settled(pipeline, source)
+    JobLoop(pipeline).run_until_empty({source.key})
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "failed" and row.error_class == "BadInput"
     assert row.error_message == "photo.png vanished from the inbox before it could be processed"

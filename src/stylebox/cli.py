@@ -10,13 +10,11 @@ SIGPIPE). ``serve`` exits 0 when SIGTERM or Ctrl-C stops it, as it is meant to s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import signal
 import sys
-import threading
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +23,18 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from stylebox import __version__, bundled, logs
-from stylebox.config import ImagesConfig, LoadedConfig, OutputConfig, json_schema, load_config
-from stylebox.daemon.outbox import Outbox
-from stylebox.daemon.runner import Job, PluginHandle, Runner
-from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
+from stylebox.config import (
+    ImagesConfig,
+    LoadedConfig,
+    OutputConfig,
+    StyleboxConfig,
+    json_schema,
+    load_config,
+)
+from stylebox.daemon.runner import PluginHandle
+from stylebox.errors import BadInput, ConfigError, PluginError
 from stylebox.images import decode_image
-from stylebox.plugins.api import Runtime, params_digest
+from stylebox.plugins.api import Runtime
 from stylebox.plugins.registry import Registry, discover
 
 if TYPE_CHECKING:
@@ -232,42 +236,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             path, max_pixels=images_config.max_pixels, formats=frozenset(images_config.formats)
         )
 
-    plugin_cls = registry.get(plugin_name)
-    info = registry.plugins[plugin_name]
-    instance = plugin_cls(params, runtime)
-    handle = PluginHandle(plugin_name, info.version, instance, params)
-    outbox = Outbox(args.out.resolve(), output)
-    digest = params_digest(params)
+    from stylebox.daemon.runfiles import run_files
 
-    from stylebox.progress import reporter_for_stream
-
-    cancel = threading.Event()
-
-    def stop(signum: int, _frame: object) -> None:
-        # First Ctrl-C or SIGTERM: let the plugin checkpoint and stop; a second one is abrupt.
-        cancel.set()
-        signal.signal(signum, signal.default_int_handler)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    status = EXIT_OK
+    config = loaded.config if loaded else StyleboxConfig()
+    config = config.model_copy(update={"state_dir": runtime.state_dir})
+    instance = registry.get(plugin_name)(params, runtime)
     try:
-        with reporter_for_stream() as reporter:
-            runner = Runner(images_config, reporter)
-            for path in args.images:
-                job = Job(path, _work_dir(runtime.state_dir, path, plugin_name, digest, outbox))
-                try:
-                    runner.execute(job, handle, outbox, cancel)
-                except BadInput as exc:
-                    _fail(f"bad input: {exc}")
-                    status = EXIT_BAD
-                except Cancelled as exc:
-                    _fail(f"{path.name}: {exc}; run the same command again to resume")
-                    return EXIT_INTERRUPTED
+        handle = PluginHandle(plugin_name, registry.plugins[plugin_name].version, instance, params)
+        return run_files(args.images, handle, args.out, output, config)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         instance.close()
-    return status
 
 
 def _run_params(
@@ -311,12 +289,6 @@ def _parse_value(raw: str) -> Any:
         return tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
         return raw
-
-
-def _work_dir(state_dir: Path, image: Path, plugin: str, digest: str, outbox: Outbox) -> Path:
-    """Same file, plugin, params and outbox -> same work dir, so a rerun resumes."""
-    key = f"{image.resolve()}|{image.stat().st_size}|{plugin}|{digest}|{outbox.folder}"
-    return state_dir / "run" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 # -- serve, batch, status ----------------------------------------------------------------------

@@ -130,6 +130,15 @@ class BatchConfig(JobConfig):
     recursive: bool = Field(True, description="Include images in sub-folders")
 
 
+class RunConfig(JobConfig):
+    """The files of one ``stylebox run``: made from its options, not read from a file. A
+    run always makes new results (the same file run twice gets two), and a plugin fault
+    fails its file at once, in front of the person who ran it."""
+
+    dedupe: bool = Field(False, description="Run files again even if their bytes were done")
+    max_attempts: PositiveInt = Field(1, description="Tries before a plugin fault fails a job")
+
+
 class DaemonConfig(_Strict):
     """How the service runs jobs."""
 

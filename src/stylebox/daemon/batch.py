@@ -1,24 +1,22 @@
 """``stylebox batch NAME``: a folder's images through the same journal and pipeline.
 
 Inputs in the source folder are never moved; the journal remembers what is done, so a
-scheduled run only does new images and a killed run continues where it stopped.
+scheduled run only does new images and a killed run continues where it stopped. The jobs
+run in the :class:`~stylebox.daemon.jobloop.JobLoop` that ``serve`` uses, with the batch's
+``workers`` at once, and the command returns when none is left.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from stylebox.config import BatchConfig, load_config
-from stylebox.daemon.journal import Journal
-from stylebox.daemon.pipeline import Pipeline, build_sources, pid_alive
-from stylebox.daemon.service import journal_path
+from stylebox.daemon.jobloop import JobLoop, stop_on_signals
+from stylebox.daemon.journal import Journal, journal_path
+from stylebox.daemon.pipeline import Pipeline, build_sources
 from stylebox.daemon.watcher import is_ignored
 from stylebox.errors import ConfigError
 from stylebox.plugins.registry import discover
@@ -61,45 +59,17 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
     if source is None:
         raise ConfigError(f"[[batch]] {name!r} cannot run: {loaded.unavailable[('batch', name)]}")
     pipeline = Pipeline(loaded, sources, journal)
-    journal.reclaim_dead(socket.gethostname(), pid_alive)
-    journal.reclaim_expired()
+    loop = JobLoop(pipeline, limits=loaded.config.daemon.workers)
+    pipeline.on_queued = loop.wake
+    loop.reclaim()
     for start in range(0, len(files), 500):
         pipeline.enqueue(source, files[start : start + 500])
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-        pipeline.stopping.set()
-        pipeline.cancel_all()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    heartbeat = threading.Thread(target=_beat, args=(pipeline, stop), daemon=True)
-    heartbeat.start()
-    try:
-        with count_bar("batch " + name, len(journal.jobs(key, "queued"))) as advance:
-            while not stop.is_set():
-                row = pipeline.claim({key})
-                if row is None:
-                    if not journal.jobs(key, "queued"):
-                        break
-                    time.sleep(0.2)  # only retries waiting out their backoff are left
-                    continue
-                rows = [row, *pipeline.claim_more(row)]
-                pipeline.run(rows)
-                advance(len(rows))
-    finally:
-        stop.set()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with count_bar("batch " + name, journal.queued({key})) as advance, stop_on_signals(loop):
+        loop.on_ran = lambda rows: advance(len(rows))
+        loop.start(until_empty=True)
+        loop.wait()
     counts = journal.counts().get(key, {})
     log.info("batch finished", extra={"batch": name, **counts})
-    if pipeline.stopping.is_set():
+    if loop.stopping.is_set():
         return 130
     return 0 if not counts.get("failed") else 1
-
-
-def _beat(pipeline: Pipeline, stop: threading.Event) -> None:
-    interval = pipeline.loaded.config.daemon.lease_seconds / 3
-    while not stop.wait(interval):
-        pipeline.heartbeat()

@@ -127,6 +127,11 @@ class NewJob:
     """Output names chosen at queueing time, so they survive any crash."""
 
 
+def journal_path(state_dir: Path) -> Path:
+    """Where the journal of a state dir lives: one for serve, batch and run alike."""
+    return state_dir / "journal.sqlite3"
+
+
 class Journal:
     """All job bookkeeping; every method is one short transaction."""
 
@@ -379,17 +384,35 @@ class Journal:
     # -- leases ----------------------------------------------------------------------------
 
     def claim(
-        self, owner: str, lease_seconds: float, sources: set[str] | None = None
+        self,
+        owner: str,
+        lease_seconds: float,
+        sources: set[str] | None = None,
+        ids: set[int] | None = None,
     ) -> JobRow | None:
-        """Take the oldest runnable job under a lease, or ``None`` if there is none."""
+        """Take the oldest runnable job under a lease, or ``None`` if there is none;
+        ``sources`` and ``ids``: only among those."""
         with self._transaction() as db:
-            claimed = self._claim(db, owner, lease_seconds, sources, 1)
+            claimed = self._claim(db, owner, lease_seconds, sources, ids, 1)
         return claimed[0] if claimed else None
 
-    def claim_many(self, owner: str, lease_seconds: float, source: str, limit: int) -> list[JobRow]:
+    def claim_many(
+        self,
+        owner: str,
+        lease_seconds: float,
+        source: str,
+        limit: int,
+        ids: set[int] | None = None,
+    ) -> list[JobRow]:
         """Take up to ``limit`` of the oldest runnable jobs of one source, in one go."""
         with self._transaction() as db:
-            return self._claim(db, owner, lease_seconds, {source}, limit)
+            return self._claim(db, owner, lease_seconds, {source}, ids, limit)
+
+    def queued(self, sources: set[str], ids: set[int] | None = None) -> int:
+        """How many jobs of ``sources`` (and ``ids``) are queued, runnable now or later."""
+        query, args = _among("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", sources, ids)
+        count: int = self._connection().execute(query, args).fetchone()[0]
+        return count
 
     @staticmethod
     def _claim(
@@ -397,17 +420,16 @@ class Journal:
         owner: str,
         lease_seconds: float,
         sources: set[str] | None,
+        ids: set[int] | None,
         limit: int,
     ) -> list[JobRow]:
         now = time.time()
-        query = "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?"
-        args: list[object] = [now]
-        if sources is not None:
-            query += f" AND source IN ({', '.join('?' * len(sources))})"
-            args += sorted(sources)
-        ids = [row["id"] for row in db.execute(query + " ORDER BY id LIMIT ?", [*args, limit])]
+        query, args = _among(
+            "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?", sources, ids, [now]
+        )
+        found = [row["id"] for row in db.execute(query + " ORDER BY id LIMIT ?", [*args, limit])]
         claimed = []
-        for job_id in ids:
+        for job_id in found:
             db.execute(
                 "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
                 "attempts = attempts + 1, started_at = COALESCE(started_at, ?), "
@@ -567,6 +589,20 @@ class Journal:
 
 _FIELDS = tuple(f.name for f in fields(JobRow))
 _PATHS = ("origin_path", "input_path")
+
+
+def _among(
+    query: str, sources: set[str] | None, ids: set[int] | None, args: list[object] | None = None
+) -> tuple[str, list[object]]:
+    """``query`` narrowed to jobs of ``sources`` and with ``ids`` (``None``: any)."""
+    args = list(args or [])
+    if sources is not None:
+        query += f" AND source IN ({', '.join('?' * len(sources))})"
+        args += sorted(sources)
+    if ids is not None:
+        query += f" AND id IN ({', '.join('?' * len(ids))})"
+        args += sorted(ids)
+    return query, args
 
 
 def _path(path: Path | str) -> str | bytes:

@@ -16,12 +16,12 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from stylebox.config import BatchConfig, InboxConfig, LoadedConfig
+from stylebox.config import InboxConfig, JobConfig, LoadedConfig, RunConfig
 from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.outbox import Outbox
@@ -42,11 +42,12 @@ before (``duplicate``); its failed job is tried again (``retry``); it is no long
 
 @dataclass
 class Source:
-    """An inbox or a batch folder, with its plugin instance ready."""
+    """An inbox, a batch folder or the files of one ``stylebox run``, with its plugin
+    instance ready."""
 
     key: str
-    """``inbox:<name>`` or ``batch:<name>``, as the journal stores it."""
-    config: InboxConfig | BatchConfig
+    """``inbox:<name>``, ``batch:<name>`` or ``run:<outbox>``, as the journal stores it."""
+    config: JobConfig
     plugin: PluginHandle
     outbox: Outbox
     params_hash: str
@@ -55,6 +56,26 @@ class Source:
     @property
     def moves_inputs(self) -> bool:
         return isinstance(self.config, InboxConfig)
+
+    def label(self, name: str) -> str:
+        """How logs and progress bars name a job of this source's file ``name``: with the
+        source, except in a ``stylebox run``, whose files are all there is."""
+        return name if isinstance(self.config, RunConfig) else f"{self.key}/{name}"
+
+    @classmethod
+    def of(cls, key: str, config: JobConfig, plugin: PluginHandle) -> Source:
+        """The source ``key`` of ``config``, run by ``plugin``."""
+        instance = plugin.instance
+        device = getattr(instance, "device", None)
+        device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+        return cls(
+            key=key,
+            config=config,
+            plugin=plugin,
+            outbox=Outbox(config.outbox, config.output),
+            params_hash=params_digest(plugin.params),
+            device_type=device_type if device_type in ("cpu", "cuda") else "cpu",
+        )
 
 
 def build_sources(
@@ -94,18 +115,10 @@ def build_sources(
                         f"plugin {entry.plugin!r} failed to start: {type(exc).__name__}: {exc}"
                     )
                     continue
-            instance = shared[key]
-            device = getattr(instance, "device", None)
-            device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
-            info = registry.plugins[entry.plugin]
-            sources[f"{table}:{entry.name}"] = Source(
-                key=f"{table}:{entry.name}",
-                config=entry,
-                plugin=PluginHandle(entry.plugin, info.version, instance, params),
-                outbox=Outbox(entry.outbox, entry.output),
-                params_hash=digest,
-                device_type=device_type if device_type in ("cpu", "cuda") else "cpu",
+            handle = PluginHandle(
+                entry.plugin, registry.plugins[entry.plugin].version, shared[key], params
             )
+            sources[f"{table}:{entry.name}"] = Source.of(f"{table}:{entry.name}", entry, handle)
     return sources
 
 
@@ -121,6 +134,22 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class Stop(threading.Event):
+    """A running job's stop flag, with why it was raised: ``"drain"`` (stylebox is
+    stopping: the job checkpoints and goes back to the queue, no attempt spent) or
+    ``"timeout"`` (its time is up: retried or failed like a fault). The first reason
+    given stands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: Literal["drain", "timeout"] | None = None
+
+    def stop(self, reason: Literal["drain", "timeout"]) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.set()
 
 
 class Pipeline:
@@ -141,8 +170,6 @@ class Pipeline:
         self.on_queued = on_queued or (lambda: None)
         self._reporter = _JournalReporter(journal, reporter)
         self.runner = Runner(loaded.config.images, self._reporter)
-        self.stopping = threading.Event()
-        self._running: dict[int, threading.Event] = {}
         self._running_plugins: dict[int, Plugin[Any]] = {}
         """The plugin instance each running job uses, which a reload must not close."""
         self._retired: dict[int, Plugin[Any]] = {}
@@ -384,75 +411,39 @@ class Pipeline:
 
     # -- running ---------------------------------------------------------------------------
 
-    def claim(self, sources: set[str] | None = None) -> JobRow | None:
-        return self.journal.claim(self.owner, self.loaded.config.daemon.lease_seconds, sources)
-
-    def heartbeat(self) -> None:
-        """Extend the leases of every job this process is running."""
-        with self._lock:
-            running = list(self._running)
-        for job_id in running:
-            self.journal.heartbeat(job_id, self.owner, self.loaded.config.daemon.lease_seconds)
-
-    def cancel_all(self) -> None:
-        with self._lock:
-            for event in self._running.values():
-                event.set()
-
-    def running_count(self) -> int:
-        with self._lock:
-            return len(self._running)
-
-    def claim_more(self, row: JobRow) -> list[JobRow]:
-        """Queued jobs to run beside ``row``: of the same source, when its plugin batches."""
-        source = self.sources.get(row.source)
-        size = self.loaded.config.daemon.batch_size
-        if source is None or size < 2 or not source.plugin.instance.capabilities.batching:
-            return []
-        lease = self.loaded.config.daemon.lease_seconds
-        return self.journal.claim_many(self.owner, lease, row.source, size - 1)
-
-    def run(self, rows: list[JobRow]) -> None:
+    def run(
+        self,
+        rows: list[JobRow],
+        stops: Mapping[int, Stop] | None = None,
+        on_process: Callable[[Job], None] | None = None,
+    ) -> None:
         """Carry claimed jobs of one source to done, failed, or back to the queue (same-size
-        images together through the plugin's ``process_batch``). Never raises."""
-        cancels = {row.id: threading.Event() for row in rows}
+        images together through the plugin's ``process_batch``). Never raises.
+
+        ``stops``: each job's stop flag, which the caller may raise (see :class:`Stop`);
+        ``on_process(job)`` is called as the plugin starts on a job."""
+        stops = stops if stops is not None else {row.id: Stop() for row in rows}
         with self._lock:  # a reload swaps sources under it, so this one is not closed
             source = self.sources.get(rows[0].source)
             if source is not None:
-                self._running.update(cancels)
-                self._running_plugins.update(dict.fromkeys(cancels, source.plugin.instance))
+                self._running_plugins.update(dict.fromkeys(stops, source.plugin.instance))
         if source is None:  # its inbox was removed by a reload: leave it for later
             for row in rows:
                 self.journal.requeue(row.id, delay=60, count_attempt=False)
             return
-        timeout = source.config.timeout_seconds
-        timers: list[threading.Timer] = []
-
-        def start_clock(job: Job) -> None:
-            # A job's time limit runs from when the plugin starts on it, not from the claim:
-            # claimed together, the later jobs of a batch wait for the earlier ones.
-            if timeout and job.job_id in cancels:
-                timer = threading.Timer(timeout, cancels[job.job_id].set)
-                timer.daemon = True
-                timer.start()
-                timers.append(timer)
-
         began = time.monotonic()
         try:
             try:
-                outcomes = self._run(source, rows, cancels, start_clock)
+                outcomes = self._run(source, rows, stops, on_process)
             except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
                 log.exception("jobs %s crashed", [row.id for row in rows])
                 error = PluginError(f"{type(exc).__name__}: {exc}")
-                outcomes = dict.fromkeys(cancels, error)
+                outcomes = dict.fromkeys(stops, error)
             for row in rows:
-                self._settle(source, row, outcomes[row.id], began)
+                self._settle(source, row, outcomes[row.id], stops[row.id], began)
         finally:
-            for timer in timers:
-                timer.cancel()
             with self._lock:
                 for row in rows:
-                    self._running.pop(row.id, None)
                     self._running_plugins.pop(row.id, None)
             self._close_retired()
 
@@ -460,8 +451,8 @@ class Pipeline:
         self,
         source: Source,
         rows: list[JobRow],
-        cancels: dict[int, threading.Event],
-        on_process: Callable[[Job], None],
+        cancels: Mapping[int, threading.Event],
+        on_process: Callable[[Job], None] | None,
     ) -> dict[int, JobResult | Exception | None]:
         """Each job's outcome: its result, its error, or ``None`` when it had finished
         before a crash and only the move of its input was left."""
@@ -491,7 +482,7 @@ class Pipeline:
                 )
             else:
                 log.info("started", extra=_fields(row, "started"))
-                label = f"{source.key}/{row.name}"
+                label = source.label(row.name)
                 job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
                 jobs.append((row, job))
         results = self.runner.execute_many(
@@ -506,17 +497,24 @@ class Pipeline:
         return outcomes
 
     def _settle(
-        self, source: Source, row: JobRow, outcome: JobResult | Exception | None, began: float
+        self,
+        source: Source,
+        row: JobRow,
+        outcome: JobResult | Exception | None,
+        stop: Stop,
+        began: float,
     ) -> None:
         if isinstance(outcome, Cancelled):
-            if self.stopping.is_set():
+            if stop.reason == "drain":
                 self.journal.requeue(row.id, count_attempt=False)
                 log.info("stopped; will resume", extra=_fields(row, "drained"))
-            else:
+            elif stop.reason == "timeout":
                 timeout = source.config.timeout_seconds
                 self._retry_or_fail(
                     source, row, PluginError(f"timed out after {timeout} s ({outcome})")
                 )
+            else:  # the plugin gave up on its own: a fault like any other
+                self._retry_or_fail(source, row, PluginError(f"cancelled itself: {outcome}"))
         elif isinstance(outcome, InputChanged):
             self._input_changed(source, row, outcome)
         elif isinstance(outcome, BadInput):

@@ -51,7 +51,8 @@ class Job:
     label: str = ""
     """How logs and progress bars name the job (defaults to the file name)."""
     stem: str | None = None
-    """Output names already chosen for this job (by the journal); else the runner picks."""
+    """Output names already chosen for this job (by the journal); else the runner picks
+    free ones."""
     job_id: int | None = None
     """The journal's id, when the job came through the journal."""
     sha256: str | None = None
@@ -395,17 +396,12 @@ class Runner:
 
     @staticmethod
     def _names(job: Job, outbox: Outbox) -> OutputNames:
-        """The job's output names: those chosen before a crash, or a fresh reservation."""
+        """The job's output names: those the journal chose for it when it was queued (kept
+        across crashes and retries), or, for a job that came without, a fresh
+        reservation."""
         if job.stem is not None:
             return outbox.claim(job.stem)
-        job.work_dir.mkdir(parents=True, exist_ok=True)
-        record = job.work_dir / "output.json"
-        if record.is_file():
-            stem = json.loads(record.read_text())["stem"]
-            return outbox.claim(stem)
-        names = outbox.reserve(job.input_path.name)
-        record.write_text(json.dumps({"stem": names.stem}))
-        return names
+        return outbox.reserve(job.input_path.name)
 
 
 def check_result(plugin: PluginHandle, size: tuple[int, int], result: object) -> None:

@@ -7,10 +7,11 @@ of it worked; a new config that is bad, or that fails while it is built (whateve
 exception), is refused in one log line, the plugin instances made for it are closed, and
 the old one keeps running. One that is applied goes to the pipeline as one
 ``Pipeline.reconfigure`` call (output names of unfinished jobs stay taken; plugin instances
-no longer used are closed once no job runs them). Each inbox and batch has its own lane of
-``workers`` threads that take only its jobs, so no inbox's jobs wait behind another's; a
-reload starts and stops lanes and threads to match the new config. ``[daemon] workers``
-limits the jobs that run at once per device type across lanes (read at start).
+no longer used are closed once no job runs them). Jobs run in the :class:`JobLoop` that
+``batch`` and ``run`` use too: each inbox and batch has its own lane of ``workers`` threads
+that take only its jobs, so no inbox's jobs wait behind another's; a reload starts and
+stops lanes and threads to match the new config. ``[daemon] workers`` limits the jobs that
+run at once per device type across lanes (read at start).
 """
 
 from __future__ import annotations
@@ -20,27 +21,23 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from stylebox.config import LoadedConfig, load_config
-from stylebox.daemon.journal import JobRow, Journal
+from stylebox.daemon.jobloop import JobLoop
+from stylebox.daemon.journal import Journal, journal_path
 from stylebox.daemon.locks import InboxLocks
 from stylebox.daemon.notify import notify, watchdog_interval
-from stylebox.daemon.pipeline import Pipeline, Source, build_sources, pid_alive
+from stylebox.daemon.pipeline import Pipeline, Source, build_sources
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError
 from stylebox.plugins.api import Plugin
 from stylebox.plugins.registry import Registry, discover
 
 log = logging.getLogger("stylebox.service")
-
-
-def journal_path(state_dir: Path) -> Path:
-    return state_dir / "journal.sqlite3"
 
 
 class Service:
@@ -59,20 +56,13 @@ class Service:
         self.sources = self._build(self.loaded, self.registry, self._instances)
         _log_disabled(self.loaded)
         self.journal = Journal(journal_path(state_dir), running_marker=True)
-        self._wake = threading.Condition()
-        self.pipeline = Pipeline(
-            self.loaded, self.sources, self.journal, on_queued=self._notify_workers
-        )
+        self.pipeline = Pipeline(self.loaded, self.sources, self.journal)
+        # ``[daemon] workers``: each limited device type's slots, read at start.
+        self.loop = JobLoop(self.pipeline, limits=self.loaded.config.daemon.workers)
+        self.pipeline.on_queued = self.loop.wake
         self.watcher = self._watcher(self.loaded, self.sources)
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._workers: dict[str, dict[int, threading.Thread]] = {}
-        """Each inbox's and batch's lane: its worker threads by index."""
-        self._slots = {
-            device: threading.Semaphore(limit)
-            for device, limit in self.loaded.config.daemon.workers.items()
-        }
-        """``[daemon] workers``: each limited device type's slots, read at start."""
 
     @staticmethod
     def _build(
@@ -119,10 +109,6 @@ class Service:
 
         return InboxWatcher(folders, on_settled)
 
-    def _notify_workers(self) -> None:
-        with self._wake:
-            self._wake.notify_all()
-
     # -- running ---------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -131,12 +117,11 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
-        reclaimed = self.journal.reclaim_dead(socket.gethostname(), pid_alive)
-        reclaimed += self.journal.reclaim_expired()
+        reclaimed = self.loop.reclaim()
         if reclaimed:
             log.info("resuming %d interrupted job(s)", reclaimed)
         self.watcher.start()
-        self._start_workers()
+        self.loop.start()
         names = ", ".join(s.key for s in self.sources.values() if s.moves_inputs) or "none"
         log.info(
             "serving", extra={"inboxes": names, "state_dir": str(self.loaded.config.state_dir)}
@@ -144,8 +129,7 @@ class Service:
         notify("READY=1", f"STATUS=watching {names}")
 
         ping = watchdog_interval()
-        lease = self.loaded.config.daemon.lease_seconds
-        last_rescan = last_heartbeat = last_ping = last_status = time.monotonic()
+        last_rescan = last_ping = last_status = time.monotonic()
         while not self._stop.wait(0.2):
             now = time.monotonic()
             self.watcher.check()
@@ -156,9 +140,6 @@ class Service:
                 last_rescan = now
                 self._inbox_locks.refresh()
                 self.watcher.rescan()
-            if now - last_heartbeat >= lease / 3:
-                last_heartbeat = now
-                self.pipeline.heartbeat()
             if ping is not None and now - last_ping >= ping and self.healthy():
                 last_ping = now
                 notify("WATCHDOG=1")
@@ -167,85 +148,17 @@ class Service:
                 notify(f"STATUS={self.status_line()}")
         return self.shutdown()
 
-    def _start_workers(self) -> None:
-        """Give each inbox and batch its own lane of ``workers`` threads, which take only its
-        jobs, so that no inbox's jobs wait behind another's: at start, and after a reload,
-        which starts the lanes of new inboxes and the threads an inbox's ``workers`` gained.
-        A lane whose inbox is gone, or a thread beyond its count, stops after its job."""
-        for key, source in sorted(self.sources.items()):
-            lane = self._workers.setdefault(key, {})
-            for index in range(source.config.workers):
-                thread = lane.get(index)
-                if thread is not None and thread.is_alive():
-                    continue
-                thread = threading.Thread(
-                    target=self._work, args=(key, index), name=f"worker-{key}-{index}", daemon=True
-                )
-                lane[index] = thread
-                thread.start()
-        for device, limit in sorted(self.loaded.config.daemon.workers.items()):
-            lanes = sum(s.config.workers for s in self.sources.values() if s.device_type == device)
-            if limit < lanes:
-                log.warning(
-                    "[daemon] workers limits %s to %d job(s) at once for %d inbox worker(s): "
-                    "an inbox's jobs can wait behind another's",
-                    device,
-                    limit,
-                    lanes,
-                    extra={"event": "device_limit"},
-                )
-
-    def _work(self, key: str, index: int) -> None:
-        while not self._stop.is_set():
-            source = self.sources.get(key)
-            if source is None or index >= source.config.workers:
-                return  # a reload removed its inbox, or lowered its workers
-            slot = self._slots.get(source.device_type)
-            if slot is not None and not slot.acquire(timeout=0.5):
-                continue  # the device type is at its limit
-            try:
-                rows = self._claim(key)
-                if rows:
-                    self.pipeline.run(rows)
-            finally:
-                if slot is not None:
-                    slot.release()
-            if not rows:
-                with self._wake:
-                    self._wake.wait(timeout=0.5)
-
-    def _claim(self, key: str) -> list[JobRow]:
-        try:
-            row = self.pipeline.claim({key})
-        except Exception:
-            log.exception("cannot claim from the journal")
-            return []
-        if row is None:
-            return []
-        try:
-            return [row, *self.pipeline.claim_more(row)]
-        except Exception:
-            log.exception("cannot claim from the journal")
-            return [row]
-
     def healthy(self) -> bool:
-        """The watcher, and every worker thread the config asks for, alive."""
-        wanted = [
-            self._workers.get(key, {}).get(index)
-            for key, source in self.sources.items()
-            for index in range(source.config.workers)
-        ]
-        return self.watcher.healthy() and all(t is not None and t.is_alive() for t in wanted)
-
-    def _all_workers(self) -> list[threading.Thread]:
-        return [thread for lane in self._workers.values() for thread in lane.values()]
+        """The watcher, the lease keeper and every worker thread the config asks for,
+        alive."""
+        return self.watcher.healthy() and self.loop.healthy()
 
     def status_line(self) -> str:
         counts = self.journal.counts()
         queued = sum(c.get("queued", 0) for c in counts.values())
         done = sum(c.get("done", 0) for c in counts.values())
         failed = sum(c.get("failed", 0) for c in counts.values())
-        running = self.pipeline.running_count()
+        running = self.loop.running_count()
         line = f"{running} running, {queued} queued, {done} done, {failed} failed"
         disabled = [f"{table}:{name}" for table, name in sorted(self.loaded.unavailable)]
         return line + (f"; disabled: {', '.join(disabled)}" if disabled else "")
@@ -293,7 +206,7 @@ class Service:
         self.watcher.rescan()  # what settled before the swap (see on_settled)
         self._inbox_locks.keep_only(loaded.config.inbox)
         _log_disabled(loaded)
-        self._start_workers()
+        self.loop.start()
         notify("READY=1")
         log.info("config reloaded", extra={"inboxes": ", ".join(sorted(sources))})
 
@@ -315,15 +228,11 @@ class Service:
     def shutdown(self) -> int:
         notify("STOPPING=1")
         log.info("stopping: no new jobs; running jobs checkpoint")
-        self.pipeline.stopping.set()
+        self.loop.stop()
         self.watcher.stop()
-        self.pipeline.cancel_all()
-        deadline = time.monotonic() + self.loaded.config.daemon.drain_seconds
-        for thread in self._all_workers():
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        left = [t.name for t in self._all_workers() if t.is_alive()]
+        left = self.loop.drain(self.loaded.config.daemon.drain_seconds)
         if left:
-            log.warning("drain time over; %d job(s) resume at next start", len(left))
+            log.warning("drain time over; %d job(s) resume at next start", left)
         for plugin in self._instances.values():
             plugin.close()
         self.journal.close()

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stylebox.config import load_config
-from stylebox.daemon.journal import JobRow, Journal
-from stylebox.daemon.service import journal_path
+from stylebox.daemon.journal import JobRow, Journal, journal_path
 
 
 def collect(config_path: Path) -> dict[str, Any]:

@@ -1,0 +1,234 @@
+"""Issue 12, one job loop: claiming, leases, time limits and draining live in
+:class:`JobLoop`, which serve, batch and run share. In-process tests drive a real journal
+and pipeline with the stepper plugin; the command tests run the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import photo
+from daemon_helpers import gated_env, wait_until, write_config
+from PIL import Image
+from stepper_plugin import Stepper, StepperParams
+
+from stylebox.config import load_config
+from stylebox.daemon.jobloop import JobLoop
+from stylebox.daemon.journal import JobRow, Journal, NewJob, journal_path
+from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.runner import PluginHandle
+from stylebox.errors import Cancelled
+from stylebox.plugins.api import JobContext, Runtime
+
+CONFIG = """
+state_dir = "state"
+[daemon]
+lease_seconds = {lease}
+retry_backoff_seconds = 0.01
+[[inbox]]
+name = "steps"
+path = "inbox"
+outbox = "outbox"
+plugin = "posterize"  # the loop runs the stepper (a test plugin) in its place
+max_attempts = 1
+{extra}
+"""
+
+
+def _loop(
+    tmp_path: Path,
+    params: dict,
+    lease: float = 30,
+    extra: str = "",
+    plugin: type[Stepper] = Stepper,
+) -> JobLoop:
+    """A loop over one inbox ``steps`` run by the stepper plugin, with ``photo.png``
+    queued in it."""
+    loaded = load_config(write_config(tmp_path, CONFIG.format(lease=lease, extra=extra)))
+    stepper = plugin(StepperParams(**params), Runtime(state_dir=loaded.config.state_dir))
+    inbox = loaded.config.inbox[0]
+    inbox.path.mkdir()
+    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", stepper, stepper.params))
+    journal = Journal(journal_path(loaded.config.state_dir))
+    pipeline = Pipeline(loaded, {source.key: source}, journal)
+    photo(24, 16).save(inbox.path / "photo.png")
+    assert pipeline.enqueue(source, [inbox.path / "photo.png"]) == ["queued"]
+    return JobLoop(pipeline)
+
+
+def _only_job(loop: JobLoop) -> JobRow:
+    (row,) = loop.journal.jobs()
+    return row
+
+
+def test_the_lease_of_a_job_that_outlives_it_is_kept(tmp_path: Path) -> None:
+    # A 2 s job under a 0.6 s lease: were the lease not renewed, another process's
+    # reclaim would put the running job back in the queue, and it would run twice.
+    loop = _loop(tmp_path, {"steps": 20, "seconds_per_step": 0.1}, lease=0.6)
+    loop.start(until_empty=True)
+    reclaimed = 0
+    while loop.running_count() or loop.journal.queued({"inbox:steps"}):
+        reclaimed += loop.journal.reclaim_expired()
+    loop.wait()
+    row = _only_job(loop)
+    assert reclaimed == 0 and row.state == "done" and row.attempts == 1
+
+
+def test_drain_puts_a_running_job_back_without_spending_an_attempt(tmp_path: Path) -> None:
+    loop = _loop(tmp_path, {"steps": 1000, "seconds_per_step": 0.01, "checkpoint_every": 5})
+    loop.start()
+    assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
+    assert loop.drain(30) == 0
+    row = _only_job(loop)
+    assert row.state == "queued" and row.attempts == 0
+    checkpoint = tmp_path / "state" / "jobs" / str(row.id) / "checkpoint" / "state.json"
+    assert json.loads(checkpoint.read_text())["step"] >= 5  # where the next start resumes
+    loop.journal.close()
+
+
+def test_a_time_limit_fails_the_job_that_runs_past_it(tmp_path: Path) -> None:
+    loop = _loop(tmp_path, {"steps": 1000, "seconds_per_step": 0.01}, extra="timeout_seconds = 0.5")
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert row.state == "failed" and row.error_message is not None
+    assert row.error_message.startswith("timed out after 0.5 s")
+    assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+
+
+class GivesUp(Stepper):
+    """Raises ``Cancelled`` though nothing asked it to stop."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        raise Cancelled("gave up")
+
+
+def test_a_job_that_cancels_itself_is_a_fault_not_a_drain(tmp_path: Path) -> None:
+    # Put back without spending an attempt, it would run again and again: it fails
+    # (max_attempts = 1) saying what happened.
+    loop = _loop(tmp_path, {}, plugin=GivesUp)
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert (row.state, row.attempts) == ("failed", 1)
+    assert row.error_message == "cancelled itself: gave up"
+
+
+def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:
+    loop = _loop(tmp_path, {"steps": 1})
+    inbox = tmp_path / "inbox"
+    photo(24, 16, seed=1).save(inbox / "other.png")
+    source = loop.pipeline.sources["inbox:steps"]
+    loop.pipeline.enqueue(source, [inbox / "other.png"])
+    mine = {row.id for row in loop.journal.jobs() if row.name == "other.png"}
+    JobLoop(loop.pipeline, jobs=mine).run_until_empty({"inbox:steps"})
+    assert {row.name: row.state for row in loop.journal.jobs()} == {
+        "photo.png": "queued",
+        "other.png": "done",
+    }
+
+
+# -- the commands -----------------------------------------------------------------------------
+
+
+def _stylebox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_run_goes_through_the_journal_and_runs_only_the_files_it_was_given(
+    tmp_path: Path,
+) -> None:
+    out, state = tmp_path / "out", tmp_path / "state"
+    for name, seed in (("a.png", 1), ("b.png", 2), ("c.png", 3)):
+        photo(24, 16, seed=seed).save(tmp_path / name)
+    run = ["run", "--plugin", "posterize", "--out", str(out), "--state-dir", str(state)]
+    assert _stylebox(*run, str(tmp_path / "a.png")).returncode == 0
+    # What a run stopped before b.png's turn leaves behind: b.png's job, queued, its
+    # output names taken.
+    journal = Journal(journal_path(state))
+    key = f"run:{out.resolve()}"
+    ((stopped, _),) = journal.add(
+        [NewJob(key, tmp_path / "b.png", "-", "posterize", "h", "stopped-b", stem="b")]
+    )
+    journal.close()
+
+    done = _stylebox(*run, str(tmp_path / "c.png"))
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(journal_path(state)) as db:
+        rows = dict(db.execute("SELECT name, state FROM jobs WHERE source = ?", (key,)))
+    assert rows == {"a.png": "done", "b.png": "queued", "c.png": "done"}
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "c.png"]
+    config = write_config(tmp_path, 'state_dir = "state"\n')
+    status = json.loads(_stylebox("status", "--json", "--config", str(config)).stdout)
+    assert status["sources"][key]["done"] == 2 and status["sources"][key]["queued"] == 1
+
+    resumed = _stylebox(*run, str(tmp_path / "b.png"))
+    assert resumed.returncode == 0, resumed.stderr
+    with sqlite3.connect(journal_path(state)) as db:
+        (job,) = db.execute("SELECT id, state FROM jobs WHERE name = 'b.png'").fetchall()
+    assert job == (stopped.id, "done")  # the stopped job, not a new one
+    assert (out / "b.png").is_file()
+
+
+def test_a_batch_runs_as_many_jobs_at_once_as_its_workers(tmp_path: Path) -> None:
+    env, record, gate = gated_env(tmp_path)
+    source = tmp_path / "photos"
+    source.mkdir()
+    for index in range(3):
+        photo(24, 16, seed=index).save(source / f"p{index}.png")
+    config = write_config(
+        tmp_path,
+        'state_dir = "state"\n[[batch]]\nname = "all"\nsource = "photos"\noutbox = "out"\n'
+        'plugin = "gated"\nworkers = 2\n',
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylebox.cli", "-q", "batch", "all", "--config", str(config)],
+        env={**os.environ, **env},
+    )
+    try:
+        assert wait_until(lambda: record.exists() and record.read_text().count("run") == 2, 60)
+        gate.touch()
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "p0.png",
+        "p1.png",
+        "p2.png",
+    ]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_stopped_batch_exits_130_and_its_job_waits_in_the_queue(
+    tmp_path: Path, signal_name: str
+) -> None:
+    env, record, _ = gated_env(tmp_path)
+    (tmp_path / "photos").mkdir()
+    photo(24, 16).save(tmp_path / "photos" / "p.png")
+    config = write_config(
+        tmp_path,
+        'state_dir = "state"\n[[batch]]\nname = "all"\nsource = "photos"\noutbox = "out"\n'
+        'plugin = "gated"\n',
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylebox.cli", "-q", "batch", "all", "--config", str(config)],
+        env={**os.environ, **env},
+    )
+    try:
+        assert wait_until(lambda: record.exists() and "run" in record.read_text(), 60)
+        process.send_signal(getattr(signal, signal_name))
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+    with sqlite3.connect(journal_path(tmp_path / "state")) as db:
+        assert db.execute("SELECT state, attempts FROM jobs").fetchall() == [("queued", 0)]
