@@ -224,6 +224,14 @@ def test_the_manifest_records_the_device_and_provider_used_not_the_setting(
         assert "providers" not in context.facts
 
 
+def test_fast_jobs_run_under_the_limit_of_the_device_kind_they_really_run_on(
+    trained: Path, tmp_path: Path
+) -> None:
+    # "auto" is the GPU's kind only where onnxruntime really runs the model on one.
+    for setting, expected in [("auto", auto_resolves_to()[0]), ("cpu", "cpu")]:
+        assert plugin(tmp_path, trained, device=setting).device_kind == expected
+
+
 def test_a_gpu_that_did_not_load_is_an_error_not_a_slowdown(trained: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

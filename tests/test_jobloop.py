@@ -10,7 +10,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from conftest import photo
@@ -232,3 +234,57 @@ def test_a_stopped_batch_exits_130_and_its_job_waits_in_the_queue(
         process.kill()
     with sqlite3.connect(journal_path(tmp_path / "state")) as db:
         assert db.execute("SELECT state, attempts FROM jobs").fetchall() == [("queued", 0)]
+
+
+# -- device kinds -----------------------------------------------------------------------------
+
+
+class OnGpu(Stepper):
+    """Declares that its jobs run on a GPU (whatever this machine has)."""
+
+    @property
+    def device_kind(self) -> Literal["cpu", "cuda"]:
+        return "cuda"
+
+
+class SaysCudaSomewhere(Stepper):
+    """Has a ``device`` attribute, as many plugins do, but declares nothing."""
+
+    device = "cuda:0"
+
+
+def test_jobs_are_scheduled_by_the_device_kind_a_plugin_declares(tmp_path: Path) -> None:
+    config = write_config(tmp_path, CONFIG.format(lease=30, extra=""))
+    inbox = load_config(config).config.inbox[0]
+    kinds = {}
+    for plugin in (Stepper, OnGpu, SaysCudaSomewhere):
+        instance = plugin(StepperParams(), Runtime(state_dir=tmp_path))
+        handle = PluginHandle("stepper", "1", instance, instance.params)
+        kinds[plugin] = Source.of("inbox:steps", inbox, handle).device_type
+    assert kinds == {Stepper: "cpu", OnGpu: "cuda", SaysCudaSomewhere: "cpu"}
+
+
+@pytest.mark.parametrize(("limit", "most_at_once"), [(1, 1), (None, 2)])
+def test_a_device_kind_limit_holds_across_lanes(
+    tmp_path: Path, limit: int | None, most_at_once: int
+) -> None:
+    extra = (
+        '[[inbox]]\nname = "more"\npath = "more"\noutbox = "outbox-more"\nplugin = "posterize"\n'
+    )
+    loop = _loop(tmp_path, {"steps": 5, "seconds_per_step": 0.1}, extra=extra, plugin=OnGpu)
+    pipeline = loop.pipeline
+    first = pipeline.sources["inbox:steps"]
+    more = pipeline.loaded.config.inbox[1]
+    more.path.mkdir()
+    pipeline.sources["inbox:more"] = Source.of("inbox:more", more, first.plugin)
+    photo(24, 16, seed=5).save(more.path / "other.png")
+    pipeline.enqueue(pipeline.sources["inbox:more"], [more.path / "other.png"])
+    loop = JobLoop(pipeline, limits={} if limit is None else {"cuda": limit})
+    loop.start(until_empty=True)
+    seen = 0
+    while loop.running_count() or loop.journal.queued(set(pipeline.sources)):
+        seen = max(seen, loop.running_count())
+        time.sleep(0.01)
+    loop.wait()
+    assert seen == most_at_once
+    assert [row.state for row in loop.journal.jobs()] == ["done", "done"]

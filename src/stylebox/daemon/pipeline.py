@@ -65,16 +65,13 @@ class Source:
     @classmethod
     def of(cls, key: str, config: JobConfig, plugin: PluginHandle) -> Source:
         """The source ``key`` of ``config``, run by ``plugin``."""
-        instance = plugin.instance
-        device = getattr(instance, "device", None)
-        device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
         return cls(
             key=key,
             config=config,
             plugin=plugin,
             outbox=Outbox(config.outbox, config.output),
             params_hash=params_digest(plugin.params),
-            device_type=device_type if device_type in ("cpu", "cuda") else "cpu",
+            device_type=plugin.instance.device_kind,
         )
 
 

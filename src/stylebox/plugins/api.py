@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
@@ -227,6 +227,13 @@ class Plugin(ABC, Generic[ParamsT]):
         work, :class:`PluginError` for failures worth a retry, and
         :class:`PermanentFailure` when the job ran but gave no usable result that another
         try would give either (it fails at once)."""
+
+    @property
+    def device_kind(self) -> Literal["cpu", "cuda"]:
+        """The kind of device this instance's jobs run on, as it was set up (a setting of
+        ``auto`` resolved): the daemon runs them under that kind's ``[daemon] workers``
+        limit. A plugin that runs on a GPU overrides this to say ``"cuda"``."""
+        return "cpu"
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) :meth:`process` returns for an input of ``size``; the runner

@@ -91,6 +91,12 @@ class FastPlugin(Plugin[FastParams]):
             for name, value in self.manifest.extra_inputs.items()
         }
 
+    @property
+    def device_kind(self) -> Literal["cpu", "cuda"]:
+        # Where onnxruntime really runs it: "auto" on a machine without a GPU is the CPU.
+        on_gpu = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        return "cuda" if on_gpu else "cpu"
+
     def _chosen_model(self, manifest: ModelManifest) -> Path:
         """The model file itself, or its fp16 variant (see ``precision``)."""
         model, wanted = self.params.model, self.params.precision

@@ -8,7 +8,7 @@ capabilities, so it stays light: PyTorch and VGG19 load only when an instance is
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
@@ -36,7 +36,11 @@ class GatysPlugin(Plugin[GatysParams]):
 
         self.engine: Engine = Engine(params, runtime)
         self.device: Any = self.engine.device
-        """The torch device jobs run on (the daemon schedules by its type)."""
+        """The torch device jobs run on."""
+
+    @property
+    def device_kind(self) -> Literal["cpu", "cuda"]:
+        return "cuda" if self.device.type == "cuda" else "cpu"
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return fit_within(size, self.params.size)
