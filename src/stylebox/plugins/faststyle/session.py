@@ -1,4 +1,5 @@
-"""onnxruntime sessions: one per model and device, created once and shared.
+"""onnxruntime sessions: one per model, device and form (as exported, or wrapped to take
+uint8 pixels: :mod:`.iograph`), created once and shared.
 
 Providers follow the device setting. CUDA uses cuDNN's heuristic algorithm search: the
 default exhaustive search re-benchmarks every convolution for every new photo size.
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stylebox.errors import ConfigError
+from stylebox.plugins.faststyle.iograph import NotWrappable, uint8_io
+from stylebox.plugins.faststyle.manifest import ModelManifest
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 
 _lock = threading.Lock()
 _sessions: dict[tuple[str, str], Any] = {}
+_wrapped: dict[tuple[str, str], tuple[Any, str, str]] = {}
 
 
 def _gpu_available() -> bool:
@@ -72,30 +76,56 @@ def used_by(session: Any) -> tuple[str, str]:
 
 def session_for(model: Path, device: str, engine_cache: Path) -> Any:
     """The shared session for ``model`` on ``device``."""
+    kind = resolve(device)
+    with _lock:
+        key = (str(model.resolve()), kind)
+        if key not in _sessions:
+            _sessions[key] = _create(str(model), model, device, engine_cache)
+        return _sessions[key]
+
+
+def uint8_session_for(
+    model: Path, manifest: ModelManifest, device: str, engine_cache: Path
+) -> tuple[Any, str, str]:
+    """The shared session for ``model`` wrapped by :func:`.iograph.uint8_io` on ``device``,
+    with the names of its uint8 image input and output. :class:`.iograph.NotWrappable`
+    when the graph cannot take the conversions."""
+    import onnx
+
+    kind = resolve(device)
+    with _lock:
+        key = (str(model.resolve()), f"{kind}/uint8")
+        if key not in _wrapped:
+            try:
+                proto = onnx.load(str(model))
+            except Exception as exc:  # the plain path says what is wrong with it
+                raise NotWrappable(f"onnx cannot load it: {exc}") from exc
+            wrapped = uint8_io(proto, manifest)
+            session = _create(wrapped.model.SerializeToString(), model, device, engine_cache)
+            _wrapped[key] = (session, wrapped.input, wrapped.output)
+        return _wrapped[key]
+
+
+def _create(source: str | bytes, model: Path, device: str, engine_cache: Path) -> Any:
     import onnxruntime as ort
 
     kind = resolve(device)
-    key = (str(model.resolve()), kind)
-    with _lock:
-        session = _sessions.get(key)
-        if session is None:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Idle worker threads would otherwise busy-wait after every run, taking the CPU
-            # from decoding, encoding and other plugins; no slower per image (measured).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            try:
-                session = ort.InferenceSession(
-                    str(model), sess_options=options, providers=providers(device, engine_cache)
-                )
-            except Exception as exc:
-                raise ConfigError(f"cannot load {model} with onnxruntime: {exc}") from exc
-            wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-            if kind in wanted and wanted[kind] not in session.get_providers():
-                raise ConfigError(
-                    f"{model}: device {device!r} was asked for but onnxruntime fell back to "
-                    f"{session.get_providers()}; the CUDA/cuDNN (or TensorRT) libraries did not "
-                    'load (see onnxruntime\'s log above), or use device = "cpu"'
-                )
-            _sessions[key] = session
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads would otherwise busy-wait after every run, taking the CPU
+    # from decoding, encoding and other plugins; no slower per image (measured).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(
+            source, sess_options=options, providers=providers(device, engine_cache)
+        )
+    except Exception as exc:
+        raise ConfigError(f"cannot load {model} with onnxruntime: {exc}") from exc
+    wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+    if kind in wanted and wanted[kind] not in session.get_providers():
+        raise ConfigError(
+            f"{model}: device {device!r} was asked for but onnxruntime fell back to "
+            f"{session.get_providers()}; the CUDA/cuDNN (or TensorRT) libraries did not "
+            'load (see onnxruntime\'s log above), or use device = "cpu"'
+        )
     return session
