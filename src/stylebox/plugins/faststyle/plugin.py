@@ -3,7 +3,8 @@
 Large photos are cut into overlapping tiles whose seams are feathered, so memory stays
 bounded whatever the photo's size. Same-size images handed over together run as one batch
 (one ``session.run``) on a GPU, where the model's batch dimension allows it; on the CPU,
-where a batch is no faster, they run one by one.
+where a batch is no faster, they run one by one. Pixels go to the model as uint8 and the
+conversions to what it wants happen inside the graph (:mod:`.engine`, :mod:`.iograph`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ from stylebox.plugins.api import (
     PluginParams,
     Runtime,
 )
+from stylebox.plugins.faststyle.engine import Engine, PlainEngine, engine_for
 from stylebox.plugins.faststyle.manifest import ModelManifest
-from stylebox.plugins.faststyle.session import Device, resolve, session_for, used_by
+from stylebox.plugins.faststyle.session import Device, resolve, used_by
+
+LANCZOS = Image.Resampling.LANCZOS
+
+
+#: Default tile sizes. On the CPU 768 px tiles keep memory near 1 GB for the full preset;
+#: a GPU has the memory for a 4K photo in one piece (tiles add their overlaps' work).
+TILE_CPU, TILE_GPU = 768, 4096
 
 
 class FastParams(PluginParams):
@@ -40,10 +49,11 @@ class FastParams(PluginParams):
         "none", description="luminance: keep the photo's colours"
     )
     max_size: PositiveInt | None = Field(None, description="Shrink photos to this longest side")
-    tile_size: PositiveInt = Field(
-        768,
+    tile_size: PositiveInt | None = Field(
+        None,
         ge=64,
-        description="Photos larger than this are stylised in tiles (memory grows with its square)",
+        description="Photos larger than this are stylised in tiles (memory grows with its "
+        f"square); default {TILE_CPU} on the CPU, {TILE_GPU} on a GPU",
     )
     tile_overlap: PositiveInt = Field(64, description="Overlap of neighbouring tiles, feathered")
     device: Device | None = Field(
@@ -68,53 +78,30 @@ class FastPlugin(Plugin[FastParams]):
         device = params.device or runtime.device
         self.device = "cuda" if device.startswith("cuda") else device
         manifest = ModelManifest.for_model(params.model)
-        self.model = self._chosen_model(manifest)
+        self.model = chosen_model(params.model, manifest, params.precision, resolve(self.device))
         if self.model != params.model:
             manifest = ModelManifest.for_model(self.model)
         self.manifest = manifest
-        self.session = session_for(self.model, self.device, runtime.cache_dir("tensorrt"))
+        self.engine: Engine = engine_for(
+            self.model, manifest, self.device, runtime.cache_dir("tensorrt")
+        )
         # What the manifest records: where it really runs, not the setting ("auto").
-        self.used_device, self.provider = used_by(self.session)
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        if self.manifest.input not in inputs:
-            raise ConfigError(
-                f"{self.model}: the manifest names input {self.manifest.input!r}, "
-                f"the model has {sorted(inputs)}"
-            )
-        batch = inputs[self.manifest.input].shape[0]
+        self.used_device, self.provider = used_by(self.engine.session)
+        inputs = {i.name: i for i in self.engine.session.get_inputs()}
+        batch = inputs[self.engine.input].shape[0]
         # On CPU onnxruntime runs a batch of 8 no faster than 8 single images (3-11 % slower
         # at 128-512 px, bench/fast_infer.py); a GPU fills its cores with one.
         on_cpu = self.provider == "CPUExecutionProvider"
         self.batchable = (not isinstance(batch, int) or batch > 1) and not on_cpu
-        self.feeds_extra = {
-            name: np.asarray(value, dtype=_numpy_type(inputs[name].type))
-            for name, value in self.manifest.extra_inputs.items()
-        }
+        self.tile_size = params.tile_size or (TILE_CPU if on_cpu else TILE_GPU)
+        self._runtime = runtime
+        self._tile_engine: Engine | None = None
 
     @property
     def device_kind(self) -> Literal["cpu", "cuda"]:
         # Where onnxruntime really runs it: "auto" on a machine without a GPU is the CPU.
         on_gpu = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         return "cuda" if on_gpu else "cpu"
-
-    def _chosen_model(self, manifest: ModelManifest) -> Path:
-        """The model file itself, or its fp16 variant (see ``precision``)."""
-        model, wanted = self.params.model, self.params.precision
-        if wanted == "auto":
-            on_gpu = resolve(self.device) in ("cuda", "tensorrt")
-            wanted = "fp16" if on_gpu and manifest.fp16_variant else "fp32"
-        if wanted == "fp32" or manifest.precision == "fp16":
-            return model
-        if not manifest.fp16_variant:
-            raise ConfigError(
-                f"{model}: precision 'fp16' was asked for but its manifest names no "
-                "fp16_variant; export one with `stylebox export CHECKPOINT --out "
-                f'{model.name} --fp16`, or use precision = "fp32"'
-            )
-        variant = model.with_name(manifest.fp16_variant)
-        if not variant.is_file():
-            raise ConfigError(f"{model}: its fp16 variant {variant} does not exist")
-        return variant
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -131,16 +118,16 @@ class FastPlugin(Plugin[FastParams]):
         results: list[Image.Image | None] = [None] * len(photos)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, photo in enumerate(photos):
-            if max(photo.size) > self.params.tile_size and self.manifest.size == "dynamic":
+            if max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
                 results[index] = self._tiled(photo)
             else:
                 groups.setdefault(photo.size, []).append(index)
         for indices in groups.values():
             chunk = [photos[i] for i in indices] if self.batchable else None
             if chunk is not None and len(chunk) > 1:
-                outputs = self._run([_to_array(p) for p in chunk])
+                outputs = self._run([np.asarray(p) for p in chunk])
             else:
-                outputs = [self._run([_to_array(photos[i])])[0] for i in indices]
+                outputs = [self._run([np.asarray(photos[i])])[0] for i in indices]
             for i, output in zip(indices, outputs, strict=True):
                 results[i] = _to_image(output)
         finished = []
@@ -174,53 +161,52 @@ class FastPlugin(Plugin[FastParams]):
             result = Image.blend(photo, result, self.params.strength)
         return result
 
-    def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """HWC float 0..255 arrays of one size in, HWC float 0..255 arrays out."""
+    def _run(self, arrays: list[np.ndarray], engine: Engine | None = None) -> list[np.ndarray]:
+        """HWC uint8 arrays of one size in, HWC arrays on 0..255 out: uint8 from the
+        wrapped graph, float (unrounded, unclipped) from the plain path."""
         m = self.manifest
         height, width = arrays[0].shape[:2]
         if m.size == "dynamic":
             pad_h = max(8, height + -height % m.multiple) - height
             pad_w = max(8, width + -width % m.multiple) - width
             mode = "reflect" if pad_h < height and pad_w < width else "edge"
-            arrays = [np.pad(a, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode) for a in arrays]
+            if pad_h or pad_w:
+                arrays = [np.pad(a, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode) for a in arrays]
         else:
-            size = m.size
-            arrays = [
-                _to_array(_to_image(a).resize(size, Image.Resampling.LANCZOS)) for a in arrays
-            ]
-        batch = np.stack(arrays).astype(np.float32)
-        if m.value_range == "0-1":
-            batch /= 255.0
-        if m.layout == "NCHW":
-            batch = batch.transpose(0, 3, 1, 2)
-        output = self.session.run(
-            [m.output], {m.input: np.ascontiguousarray(batch), **self.feeds_extra}
-        )[0]
-        if m.layout == "NCHW":
-            output = output.transpose(0, 2, 3, 1)
-        if m.value_range == "0-1":
-            output = output * 255.0
+            arrays = [_pixels(Image.fromarray(a).resize(m.size, LANCZOS)) for a in arrays]
+        batch = np.stack(arrays) if len(arrays) > 1 else np.ascontiguousarray(arrays[0][None])
+        output = (engine or self.engine).run(batch)
         if m.size == "dynamic":
             return [o[:height, :width] for o in output]
-        return [
-            _to_array(_to_image(o).resize((width, height), Image.Resampling.LANCZOS))
-            for o in output
-        ]
+        return [_pixels(_to_image(o).resize((width, height), LANCZOS)) for o in output]
 
     def _tiled(self, photo: Image.Image) -> Image.Image:
         """Overlapping tiles, blended with linear ramps across each overlap."""
-        tile, overlap = (
-            self.params.tile_size,
-            min(self.params.tile_overlap, self.params.tile_size // 4),
-        )
+        tile = self.tile_size
+        overlap = min(self.params.tile_overlap, tile // 4)
         width, height = photo.size
-        source = _to_array(photo)
+        source = _pixels(photo)
+        # Tiles blend the network's raw values, as they always have: blending the uint8
+        # results would clip each tile first and change the overlaps by up to ~40 levels
+        # where a tile's value lies outside 0..255. Tiled photos are rare on a GPU.
+        if self._tile_engine is None:
+            self._tile_engine = (
+                self.engine
+                if isinstance(self.engine, PlainEngine)
+                else engine_for(
+                    self.model,
+                    self.manifest,
+                    self.device,
+                    self._runtime.cache_dir("tensorrt"),
+                    io="plain",
+                )
+            )
         total = np.zeros((height, width, 3), dtype=np.float32)
         weight = np.zeros((height, width, 1), dtype=np.float32)
         for top in _starts(height, tile, overlap):
             for left in _starts(width, tile, overlap):
                 piece = source[top : top + tile, left : left + tile]
-                out = self._run([piece])[0]
+                out = self._run([piece], self._tile_engine)[0]
                 h, w = piece.shape[:2]
                 rows = _ramp(h, overlap, top > 0, top + h < height)
                 columns = _ramp(w, overlap, left > 0, left + w < width)
@@ -228,6 +214,32 @@ class FastPlugin(Plugin[FastParams]):
                 total[top : top + h, left : left + w] += out * mask
                 weight[top : top + h, left : left + w] += mask
         return _to_image(total / np.maximum(weight, 1e-6))
+
+
+def chosen_model(
+    model: Path,
+    manifest: ModelManifest,
+    precision: Literal["auto", "fp32", "fp16"],
+    kind: Literal["cpu", "cuda", "tensorrt"],
+) -> Path:
+    """The model file itself, or its fp16 variant: asked for, or on "auto" where it runs on
+    a GPU (``kind``, the resolved device) and the manifest names one. Not on the CPU: there
+    the variant is slower (onnxruntime's CPU provider casts much of it back to fp32)."""
+    wanted = precision
+    if wanted == "auto":
+        wanted = "fp16" if kind in ("cuda", "tensorrt") and manifest.fp16_variant else "fp32"
+    if wanted == "fp32" or manifest.precision == "fp16":
+        return model
+    if not manifest.fp16_variant:
+        raise ConfigError(
+            f"{model}: precision 'fp16' was asked for but its manifest names no "
+            "fp16_variant; export one with `stylebox export CHECKPOINT --out "
+            f'{model.name} --fp16`, or use precision = "fp32"'
+        )
+    variant = model.with_name(manifest.fp16_variant)
+    if not variant.is_file():
+        raise ConfigError(f"{model}: its fp16 variant {variant} does not exist")
+    return variant
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -248,22 +260,11 @@ def _ramp(length: int, overlap: int, fade_in: bool, fade_out: bool) -> np.ndarra
     return ramp
 
 
-def _to_array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.float32)
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
 
 
 def _to_image(array: np.ndarray) -> Image.Image:
+    if array.dtype == np.uint8:  # the wrapped graph's output, rounded and clipped already
+        return Image.fromarray(array, "RGB")
     return Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), "RGB")
-
-
-_NUMPY_TYPES: dict[str, type] = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-}
-
-
-def _numpy_type(onnx_type: str) -> type:
-    return _NUMPY_TYPES.get(onnx_type, np.float32)
