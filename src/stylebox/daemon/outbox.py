@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,8 +232,12 @@ class PendingOutputs:
         data = encode_image(image, self.outbox.output.format, alpha)
         return self._stage(self.names.result, data)
 
-    def write_animation(self, final: Image.Image) -> Path | None:
-        """The snapshots, then the result, as a looping GIF; ``None`` without snapshots."""
+    def write_animation(
+        self, final: Image.Image, made: Mapping[str, Image.Image] | None = None
+    ) -> Path | None:
+        """The snapshots, then the result, as a looping GIF; ``None`` without snapshots.
+        ``made``: frames already made from snapshots (by file name), as the job's writer
+        makes them while the job runs; the others (an earlier run's) are made here."""
         output, steps = self.outbox.output, self.names.steps
         if not output.animation or not steps.is_dir():
             return None
@@ -243,9 +247,12 @@ class PendingOutputs:
         size = resize_to_max_side(final, output.animation_max_side).size
         frames = []
         for path in snapshots:
-            with Image.open(path) as snapshot:
-                frames.append(_gif_frame(snapshot, size))
-        frames.append(_gif_frame(final, size))
+            frame = (made or {}).get(path.name)
+            if frame is None or frame.size != size:
+                with Image.open(path) as snapshot:
+                    frame = gif_frame(snapshot, size)
+            frames.append(frame)
+        frames.append(gif_frame(final, size))
         durations = [output.frame_ms] * (len(frames) - 1) + [output.frame_ms * 8]
         buffer = io.BytesIO()
         frames[0].save(
@@ -287,6 +294,7 @@ class PendingOutputs:
                     path.unlink(missing_ok=True)
 
 
-def _gif_frame(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+def gif_frame(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """One frame of a job's animation: ``image`` at ``size``, in 255 colours."""
     frame = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
     return frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)

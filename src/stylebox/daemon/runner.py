@@ -31,9 +31,10 @@ from pydantic import BaseModel
 from stylebox import __version__
 from stylebox.config import ImagesConfig
 from stylebox.daemon.files import readable
-from stylebox.daemon.outbox import Outbox, OutputNames
+from stylebox.daemon.outbox import Outbox, OutputNames, gif_frame
+from stylebox.daemon.writer import JobWriter, WriterError
 from stylebox.errors import BadInput, InputChanged, PluginError, StyleboxError
-from stylebox.images import DecodedImage, atomic_write_bytes, decode_image
+from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
 from stylebox.plugins.api import JobContext, JsonValue, Plugin
 
 log = logging.getLogger("stylebox.runner")
@@ -116,9 +117,12 @@ class RunnerContext(JobContext):
         *,
         began: float | None = None,
         decoded_at: float | None = None,
+        frame_size: tuple[int, int] | None = None,
     ) -> None:
         """``began`` and ``decoded_at``: when this run of the job started and when its input
-        was decoded (``time.perf_counter``), for the time it has spent so far."""
+        was decoded (``time.perf_counter``), for the time it has spent so far.
+        ``frame_size``: the size of the job's animation frames, made from each snapshot as
+        it is written (``None``: no animation)."""
         self.job = job
         self.names = names
         self.outbox = outbox
@@ -137,6 +141,11 @@ class RunnerContext(JobContext):
         self._elapsed_path = job.work_dir / ELAPSED
         self.earlier_runs = _read_runs(self._elapsed_path)
         """The time spent by the job's earlier runs, one entry a run (see :data:`ELAPSED`)."""
+        self.writer = JobWriter(job.name)
+        """Writes what the job hands over while it runs; flushed before its outputs."""
+        self.frames: dict[str, Image.Image] = {}
+        """This run's animation frames, by snapshot file name (filled by the writer)."""
+        self._frame_size = frame_size
 
     @property
     def checkpoint_dir(self) -> Path:  # type: ignore[override]
@@ -146,7 +155,8 @@ class RunnerContext(JobContext):
         # again; so the history of those steps, which a run's first second keeps in memory,
         # must be on disk before the checkpoint is, or a job killed just after checkpointing
         # ends with a manifest that lacks them. This run's time so far is saved at the same
-        # moment, for the job's totals across runs.
+        # moment, for the job's totals across runs. What the writer still holds goes first.
+        self.writer.flush()
         self._save_history(sync=True)
         self.save_elapsed()
         # Created on first use: most plugins never checkpoint, and a burst of quick jobs
@@ -155,18 +165,36 @@ class RunnerContext(JobContext):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def save_checkpoint(self, write: Callable[[Path], None]) -> None:
+        """Checkpoint on the writer's thread, in order: the history so far and this run's
+        time first (see :attr:`checkpoint_dir`), then ``write(folder)``."""
+        entries, self._unsaved = self._unsaved, []
+        runs = [*self.earlier_runs, self.this_run()]
+
+        def task() -> None:
+            self._append_history(entries, sync=True)
+            self._write_runs(runs)
+            folder = self.job.work_dir / "checkpoint"
+            folder.mkdir(parents=True, exist_ok=True)
+            write(folder)
+
+        self.writer.submit("a checkpoint", task)
+
     def _save_history(self, sync: bool = False) -> None:
-        """Append the entries kept in memory to the history file; ``sync``: and make the
-        whole file durable."""
-        if not self._unsaved and not (sync and self._history_path.is_file()):
+        """Append the entries kept in memory to the history file, here and now (the writer
+        holds nothing); ``sync``: and make the whole file durable."""
+        entries, self._unsaved = self._unsaved, []
+        self._append_history(entries, sync)
+
+    def _append_history(self, entries: list[str], sync: bool) -> None:
+        if not entries and not (sync and self._history_path.is_file()):
             return
         self.job.work_dir.mkdir(parents=True, exist_ok=True)
         with self._history_path.open("a", encoding="utf-8") as handle:
-            handle.writelines(self._unsaved)
+            handle.writelines(entries)
             if sync:
                 handle.flush()
                 os.fsync(handle.fileno())
-        self._unsaved.clear()
 
     def this_run(self) -> dict[str, float]:
         """This run's time so far: in the plugin, and in all."""
@@ -179,8 +207,10 @@ class RunnerContext(JobContext):
     def save_elapsed(self) -> None:
         """Record this run's time so far beside the earlier runs', replacing what this run
         recorded before: at each checkpoint, and when the run ends unfinished."""
+        self._write_runs([*self.earlier_runs, self.this_run()])
+
+    def _write_runs(self, runs: list[dict[str, float]]) -> None:
         self.job.work_dir.mkdir(parents=True, exist_ok=True)
-        runs = [*self.earlier_runs, self.this_run()]
         atomic_write_bytes(self._elapsed_path, json.dumps({"runs": runs}).encode(), False)
 
     @property
@@ -194,13 +224,22 @@ class RunnerContext(JobContext):
         # Jobs under a second are simply redone after a crash; longer ones keep their
         # history on disk so a resumed job's manifest still has every step. (A checkpoint
         # within the first second saves it too: see checkpoint_dir.)
-        if time.monotonic() - self._began >= 1.0:
-            self._save_history()
+        if self._unsaved and time.monotonic() - self._began >= 1.0:
+            entries, self._unsaved = self._unsaved, []
+            self.writer.submit("the history", lambda: self._append_history(entries, False))
         self.reporter.progress(self.job, step, total, metrics)
 
     def snapshot(self, image: Image.Image, step: int) -> None:
-        path = self.outbox.write_snapshot(self.names, image, step)
-        relative = f"{self.names.steps.name}/{path.name}"
+        # A copy: the plugin may go on drawing into its image while the writer encodes it.
+        image, names, outbox, size = image.copy(), self.names, self.outbox, self._frame_size
+
+        def task() -> None:
+            path = outbox.write_snapshot(names, image, step)
+            if size is not None:  # the animation's frame, made now rather than at the end
+                self.frames[path.name] = gif_frame(image, size)
+
+        relative = f"{names.steps.name}/{step:04d}.png"
+        self.writer.submit(f"snapshot {relative}", task)
         if relative not in self.snapshots:
             self.snapshots.append(relative)
 
@@ -247,35 +286,58 @@ class Runner:
         outcomes: list[JobResult | StyleboxError | None] = [None] * len(jobs)
         groups: dict[tuple[int, int], list[_Started]] = {}
         for index, job in enumerate(jobs):
-            started = self._start(index, job, outbox, cancels[index])
+            started = self._start(index, job, plugin, outbox, cancels[index])
             if isinstance(started, StyleboxError):
                 outcomes[index] = started
             else:
                 groups.setdefault(started.decoded.rgb.size, []).append(started)
-        for group in groups.values():
-            if on_process is not None:
-                for started in group:
-                    on_process(started.job)
-            for started, result in zip(group, self._process(plugin, group), strict=True):
-                if isinstance(result, StyleboxError):
-                    outcomes[started.index] = result
-                    _record_unfinished(started, result)
-                    continue
-                try:
-                    check_result(plugin, started.decoded.rgb.size, result)
-                    outcomes[started.index] = self._finish(started, plugin, outbox, result, group)
-                except StyleboxError as exc:
-                    outcomes[started.index] = exc
-                    _record_unfinished(started, exc)
-                except Exception as exc:  # a full disk, say: worth a retry
-                    error = PluginError(f"writing the outputs failed: {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    outcomes[started.index] = error
+        try:
+            for group in groups.values():
+                if on_process is not None:
+                    for started in group:
+                        on_process(started.job)
+                for started, result in zip(group, self._process(plugin, group), strict=True):
+                    outcomes[started.index] = self._end(started, result, plugin, outbox, group)
+        finally:  # a writer left open would hold its thread for good
+            for started in (started for group in groups.values() for started in group):
+                with contextlib.suppress(WriterError):
+                    started.context.writer.close()
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 
+    def _end(
+        self,
+        started: _Started,
+        result: object,
+        plugin: PluginHandle,
+        outbox: Outbox,
+        group: list[_Started],
+    ) -> JobResult | StyleboxError:
+        """A job's outcome from what its plugin returned, once everything it handed over is
+        written (a checkpoint of a cancelled job included): its outputs, or its error."""
+        try:
+            started.context.writer.close()
+        except WriterError as exc:
+            if not isinstance(result, StyleboxError):
+                result = exc  # a result whose snapshots could not be written is no result
+            else:  # it ends anyway; a cancelled job resumes from its last whole checkpoint
+                log.warning("%s: %s (the job ended with: %s)", started.job.name, exc, result)
+        if isinstance(result, StyleboxError):
+            _record_unfinished(started, result)
+            return result
+        try:
+            check_result(plugin, started.decoded.rgb.size, result)
+            return self._finish(started, plugin, outbox, result, group)
+        except StyleboxError as exc:
+            _record_unfinished(started, exc)
+            return exc
+        except Exception as exc:  # a full disk, say: worth a retry
+            error = PluginError(f"writing the outputs failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return error
+
     def _start(
-        self, index: int, job: Job, outbox: Outbox, cancel: threading.Event
+        self, index: int, job: Job, plugin: PluginHandle, outbox: Outbox, cancel: threading.Event
     ) -> _Started | BadInput | InputChanged:
         started_at = datetime.now(UTC)
         began = time.perf_counter()
@@ -300,8 +362,21 @@ class Runner:
         _bind_work_dir(job, decoded.sha256)
         names = self._names(job, outbox)
         decoded_at = time.perf_counter()
+        output = outbox.output
+        frame_size = (
+            fit_within(plugin.instance.output_size(decoded.rgb.size), output.animation_max_side)
+            if output.animation
+            else None
+        )
         context = RunnerContext(
-            job, names, outbox, self.reporter, cancel, began=began, decoded_at=decoded_at
+            job,
+            names,
+            outbox,
+            self.reporter,
+            cancel,
+            began=began,
+            decoded_at=decoded_at,
+            frame_size=frame_size,
         )
         return _Started(index, job, decoded, context, started_at, began, decoded_at)
 
@@ -341,7 +416,7 @@ class Runner:
         # writing the manifest leaves neither result nor animation behind).
         with outbox.writing(names) as outputs:
             outputs.write_result(result, decoded.alpha)
-            animation = outputs.write_animation(result)
+            animation = outputs.write_animation(result, context.frames)
             finished_at = time.perf_counter()
             # a batch's time is shared by its jobs
             process_seconds = (processed_at - max(s.decoded_at for s in group)) / len(group)

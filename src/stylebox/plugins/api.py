@@ -180,6 +180,16 @@ class JobContext(ABC):
     def note(self, **facts: JsonValue) -> None:
         """Record facts for the manifest (the device used, a cache hit...)."""
 
+    def save_checkpoint(self, write: Callable[[Path], None]) -> None:
+        """Checkpoint without waiting for the disk: ``write(folder)`` saves the plugin's
+        state into ``folder`` (:attr:`checkpoint_dir`). The runner calls it on the job's
+        writer thread, after everything handed over before (snapshots, progress), while
+        the plugin goes on; so ``write`` must save copies of the state taken when this is
+        called, not objects the plugin keeps changing. A checkpoint handed over before
+        raising :class:`Cancelled` is on disk before the job is put back in the queue; one
+        that cannot be written fails the job. This default writes at once."""
+        write(self.checkpoint_dir)
+
 
 @dataclass(frozen=True)
 class Capabilities:

@@ -32,9 +32,11 @@ class Checkpoint:
     """The loss of the job's starting image, which its result must improve on."""
 
     def save(self, folder: Path) -> None:
-        state = asdict(self) | {"format": FORMAT, "image": self.image.detach().cpu()}
+        """Write it durably into ``folder``; tensors on a GPU are copied off it here (on
+        the job's writer thread, where the runner calls this)."""
+        state = asdict(self) | {"format": FORMAT}
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(_on_cpu(state), buffer)
         atomic_write_bytes(folder / FILENAME, buffer.getvalue())
 
     @classmethod
@@ -57,3 +59,14 @@ class Checkpoint:
             return None
         state["content_size"] = tuple(state["content_size"])
         return cls(**state)
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (in dicts and lists) on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_on_cpu(item) for item in value]
+    return value

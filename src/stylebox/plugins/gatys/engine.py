@@ -13,11 +13,12 @@ that reason (:class:`~stylebox.errors.PermanentFailure`) instead of ending as do
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -77,6 +78,8 @@ class _Run:
     steps: int = 0
     """The last step run, counted over the whole job (a plateau may end it early)."""
     refused: int = 0
+    saved_at: float = field(default_factory=time.monotonic)
+    """When the job last checkpointed (or started), for ``checkpoint_seconds``."""
 
 
 class _Clock:
@@ -339,17 +342,25 @@ class Engine:
             return loss
 
         def save() -> None:
-            Checkpoint(
+            # Written by the job's writer while the steps go on: the image is copied now
+            # (the optimiser changes it in place); the L-BFGS state never changes a tensor
+            # it stored, and Adam's state is copied.
+            state = optimizer.state_dict()
+            if not isinstance(optimizer, GuardedLBFGS):
+                state = copy.deepcopy(state)
+            checkpoint = Checkpoint(
                 self.digest,
                 content_size,
                 scale.index,
                 step,
-                x.detach(),
-                optimizer.state_dict(),
+                x.detach().clone(),
+                state,
                 best,
                 stale,
                 run.start_loss,
-            ).save(job.checkpoint_dir)
+            )
+            job.save_checkpoint(checkpoint.save)
+            run.saved_at = time.monotonic()
 
         while step < scale.steps:
             if job.cancelled:
@@ -391,12 +402,20 @@ class Engine:
             if p.plateau_patience and stale >= p.plateau_patience:
                 job.note(**{f"plateau_stop_scale{scale.index}": global_step})
                 break
-            if p.checkpoint_every and global_step % p.checkpoint_every == 0 and step < scale.steps:
+            if step < scale.steps and self._checkpoint_due(global_step, run):
                 save()
         if isinstance(optimizer, GuardedLBFGS) and optimizer.refused:
             run.refused += optimizer.refused
             job.note(lbfgs_refused_steps=run.refused)
         return x.detach()
+
+    def _checkpoint_due(self, global_step: int, run: _Run) -> bool:
+        p = self.params
+        if p.checkpoint_every and global_step % p.checkpoint_every == 0:
+            return True
+        return bool(p.checkpoint_seconds) and (
+            time.monotonic() - run.saved_at >= p.checkpoint_seconds
+        )
 
     def _optimizer(self, x: torch.Tensor) -> GuardedLBFGS | torch.optim.Adam:
         p = self.params

@@ -158,14 +158,18 @@ class GuardedLBFGS:
     # -- checkpoints -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The state, for a checkpoint. Its tensors stay where they are (a checkpoint
+        writer moves them off the device, off the optimiser's thread), and may be saved
+        while the optimiser goes on: it never changes a tensor it has stored, it only
+        stores new ones."""
         return {
-            "steps_y": [t.cpu() for t in self.steps_y],
-            "steps_s": [t.cpu() for t in self.steps_s],
-            "rho": [t.cpu() for t in self.rho],
-            "h_diag": torch.as_tensor(self.h_diag).cpu(),
+            "steps_y": list(self.steps_y),
+            "steps_s": list(self.steps_s),
+            "rho": list(self.rho),
+            "h_diag": torch.as_tensor(self.h_diag),
             "boost": self.boost,
-            "last_step": None if self.last_step is None else self.last_step.cpu(),
-            "last_grad": None if self.last_grad is None else self.last_grad.cpu(),
+            "last_step": self.last_step,
+            "last_grad": self.last_grad,
             "last_loss": self.last_loss,
             "trust": self.trust,
             "quasi_newton": self.quasi_newton,

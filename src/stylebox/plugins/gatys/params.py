@@ -116,8 +116,15 @@ class GatysParams(PluginParams):
         "the CPU (where channels_last measured slower per step)",
     )
     snapshot_every: int = Field(25, ge=0, description="Snapshot every N steps (0: none)")
+    checkpoint_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Checkpoint when this many seconds have passed since the last one, so a "
+        "killed job resumes and loses at most about that much work (0: not by time); a job "
+        "that is stopped always checkpoints",
+    )
     checkpoint_every: int = Field(
-        25, ge=0, description="Checkpoint every N steps so a killed job resumes (0: never)"
+        0, ge=0, description="Also checkpoint every N steps (0: only by time)"
     )
 
     @field_validator("style", mode="before")

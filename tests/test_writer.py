@@ -1,0 +1,187 @@
+"""Issue 13, outputs off the critical path: what a job hands over while it runs is written
+by its background writer, in order, with back-pressure, and a failure surfaces on the job."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import photo, pixels
+from PIL import Image
+from stepper_plugin import Stepper, StepperParams
+
+from stylebox.daemon.outbox import Outbox, gif_frame
+from stylebox.daemon.runner import Job, PluginHandle, Runner
+from stylebox.daemon.writer import JobWriter, WriterError
+from stylebox.errors import Cancelled, PluginError
+from stylebox.plugins.api import Runtime
+from stylebox.plugins.gatys import GatysParams, GatysPlugin
+from stylebox.testing import RecordingContext
+
+
+def test_tasks_run_in_order_on_another_thread() -> None:
+    writer = JobWriter("job")
+    done: list[tuple[int, str]] = []
+    for index in range(10):
+        writer.submit(
+            f"task {index}", lambda i=index: done.append((i, threading.current_thread().name))
+        )
+    writer.close()
+    assert [index for index, _ in done] == list(range(10))
+    assert {name for _, name in done} == {"writer-job"}
+
+
+def test_a_full_queue_holds_the_job_back() -> None:
+    writer = JobWriter("job", depth=2)
+    gate = threading.Event()
+    writer.submit("held", gate.wait)  # the thread takes it and waits
+    time.sleep(0.1)
+    writer.submit("one", lambda: None)
+    writer.submit("two", lambda: None)  # the queue is full now
+    blocked = threading.Thread(target=writer.submit, args=("three", lambda: None))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()  # back-pressure: the job waits for the disk
+    gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    writer.close()
+
+
+def test_the_first_error_surfaces_at_the_next_hand_over_and_the_rest_is_dropped() -> None:
+    writer = JobWriter("job")
+    ran: list[str] = []
+
+    def fails() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.submit("snapshot photo.steps/0002.png", fails)
+    with pytest.raises(WriterError, match=r"writing snapshot photo.steps/0002.png failed: OSError"):
+        writer.flush()
+    with pytest.raises(WriterError):
+        writer.submit("later", lambda: ran.append("later"))
+    with pytest.raises(WriterError):
+        writer.close()
+    assert ran == [] and isinstance(WriterError("x"), PluginError)  # retried like a fault
+
+
+def _stepper(tmp_path: Path, **params: object) -> tuple[Stepper, PluginHandle]:
+    stepper = Stepper(StepperParams(**params), Runtime(state_dir=tmp_path / "state"))
+    return stepper, PluginHandle("stepper", "1", stepper, stepper.params)
+
+
+def test_the_animation_made_while_the_job_ran_equals_one_made_from_the_snapshots(
+    tmp_path: Path, style_file: Path
+) -> None:
+    source = tmp_path / "photo.png"
+    photo(40, 30).save(source)
+    params = GatysParams(style=[style_file], size=40, steps=6, snapshot_every=2)
+    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    handle = PluginHandle("gatys", "1", plugin, params)
+    out = Outbox(tmp_path / "out")
+    result = Runner().execute(Job(source, tmp_path / "work", stem="photo"), handle, out)
+    assert result.manifest["output"]["animation"] == "photo.gif"
+    snapshots = sorted((tmp_path / "out" / "photo.steps").glob("*.png"))
+    assert len(snapshots) == 4
+    with Image.open(tmp_path / "out" / "photo.gif") as animation:
+        # The result equals the last snapshot, and GIF merges equal frames into one.
+        assert animation.n_frames == len(snapshots)
+        for index, path in enumerate(snapshots):
+            animation.seek(index)
+            with Image.open(path) as snapshot:
+                expected = gif_frame(snapshot, (40, 30)).convert("RGB")
+            assert (pixels(animation.convert("RGB")) == pixels(expected)).all()
+
+
+def test_a_snapshot_that_cannot_be_written_fails_the_job_and_leaves_no_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "photo.png"
+    photo(24, 16).save(source)
+    _, handle = _stepper(tmp_path, steps=6, snapshot_every=1)
+    real = Outbox.write_snapshot
+
+    def disk_full_at_step_3(self: Outbox, names: object, image: Image.Image, step: int) -> Path:
+        if step == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, names, image, step)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Outbox, "write_snapshot", disk_full_at_step_3)
+    with pytest.raises(PluginError, match=r"writing snapshot photo.steps/0003.png failed"):
+        Runner().execute(
+            Job(source, tmp_path / "work", stem="photo"), handle, Outbox(tmp_path / "out")
+        )
+    assert not (tmp_path / "out" / "photo.png").exists()
+    assert not (tmp_path / "out" / "photo.json").exists()
+
+
+class CountingContext(RecordingContext):
+    """Counts the checkpoints a plugin hands over."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.checkpoints = 0
+
+    def save_checkpoint(self, write: object) -> None:
+        self.checkpoints += 1
+        super().save_checkpoint(write)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "every", "expected"),
+    [(1e-9, 0, 5), (3600, 2, 2)],
+)
+def test_gatys_checkpoints_by_elapsed_time_and_by_steps(
+    tmp_path: Path, style_file: Path, seconds: float, every: int, expected: int
+) -> None:
+    params = GatysParams(
+        style=[style_file],
+        size=32,
+        steps=6,
+        snapshot_every=0,
+        checkpoint_seconds=seconds,
+        checkpoint_every=every,
+        require_progress=0,
+    )
+    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    context = CountingContext(tmp_path / "job")
+    plugin.process(photo(32, 24), context)
+    # Never after the last step: the job is about to end with its result.
+    assert context.checkpoints == expected
+
+
+def test_a_stopped_gatys_job_has_its_checkpoint_on_disk_when_the_runner_returns(
+    tmp_path: Path, style_file: Path
+) -> None:
+    source = tmp_path / "photo.png"
+    photo(40, 30).save(source)
+    params = GatysParams(style=[style_file], size=40, steps=200, snapshot_every=5)
+    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    handle = PluginHandle("gatys", "1", plugin, params)
+    cancel = threading.Event()
+    work = tmp_path / "work"
+
+    class Reporter:  # raises the job's stop flag at step 7, as a SIGTERM would
+        def started(self, job: Job) -> None: ...
+
+        def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
+            if step >= 7:
+                cancel.set()
+
+        def finished(self, job: Job, result: object) -> None: ...
+
+    with pytest.raises(Cancelled, match="cancelled at step"):
+        Runner(reporter=Reporter()).execute(
+            Job(source, work, stem="photo"), handle, Outbox(tmp_path / "out"), cancel
+        )
+    checkpoint = work / "checkpoint" / "gatys.pt"
+    assert checkpoint.is_file()  # written by the writer, and waited for
+    history = [
+        json.loads(line)["step"] for line in (work / "history.jsonl").read_text().splitlines()
+    ]
+    assert history == list(range(1, len(history) + 1)) and history[-1] >= 7
