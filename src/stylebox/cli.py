@@ -168,6 +168,15 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("name", help="the [[batch]] table's name")
     batch.add_argument("--config", type=Path, help="default: config/stylebox.toml")
     batch.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    batch.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the jobs on Ray actors: on the cluster at ADDRESS (as `ray start --head` "
+        "prints it), or with none, at the batch's ray_address or on this machine "
+        "(needs pip install 'stylebox[ray]')",
+    )
     batch.set_defaults(handler=_cmd_batch)
 
     status = commands.add_parser("status", help="jobs per inbox and batch, from the journal")
@@ -303,7 +312,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from stylebox.daemon.batch import run_batch
 
-    return run_batch(args.config or bundled.default_config_path(), args.name, args.dry_run)
+    return run_batch(
+        args.config or bundled.default_config_path(), args.name, args.dry_run, ray=args.ray
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

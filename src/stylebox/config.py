@@ -128,6 +128,18 @@ class InboxConfig(JobConfig):
 class BatchConfig(JobConfig):
     source: Path = Field(description="The folder whose images a scheduled run processes")
     recursive: bool = Field(True, description="Include images in sub-folders")
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this machine's workers; ray: Ray actors, on this machine or the "
+        "cluster at ray_address (needs pip install 'stylebox[ray]'; source, outbox and "
+        "state_dir at the same paths on every node). With ray, workers is the number of "
+        "actors (default: one per GPU of the cluster, or per CPU for a CPU plugin)",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="With engine = ray: the cluster to join, as `ray start --head` prints it "
+        "(host:port, or auto); unset: the Ray instance of this machine, or a new local one",
+    )
 
 
 class RunConfig(JobConfig):

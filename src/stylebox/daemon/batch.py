@@ -4,6 +4,9 @@ Inputs in the source folder are never moved; the journal remembers what is done,
 scheduled run only does new images and a killed run continues where it stopped. The jobs
 run in the :class:`~stylebox.daemon.jobloop.JobLoop` that ``serve`` uses, with the batch's
 ``workers`` at once, and the command returns when none is left.
+
+With ``--ray`` (or ``engine = "ray"``) the same loop claims and settles the jobs here, and
+the pipeline hands each claimed group to a Ray actor to run (``daemon/ray_engine.py``).
 """
 
 from __future__ import annotations
@@ -12,17 +15,29 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
-from stylebox.config import BatchConfig, load_config
+from stylebox.config import BatchConfig, LoadedConfig, load_config
 from stylebox.daemon.jobloop import JobLoop, stop_on_signals
 from stylebox.daemon.journal import Journal, journal_path
-from stylebox.daemon.pipeline import Pipeline, build_sources
+from stylebox.daemon.pipeline import Pipeline, Source, build_sources
+from stylebox.daemon.ray_engine import (
+    RayExecutor,
+    actors_wanted,
+    connect,
+    require_ray,
+    shutdown,
+)
 from stylebox.daemon.watcher import is_ignored
 from stylebox.errors import ConfigError
 from stylebox.plugins.registry import discover
 from stylebox.progress import count_bar
 
 log = logging.getLogger("stylebox.batch")
+
+_PLACE_SECONDS = 300.0
+"""How long a Ray batch waits for the cluster to place and start its actors (a GPU node
+may be coming up) before it gives up, saying what the cluster has."""
 
 
 def scan(config: BatchConfig) -> Iterator[Path]:
@@ -38,11 +53,17 @@ def scan(config: BatchConfig) -> Iterator[Path]:
             yield path
 
 
-def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
+def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | None = None) -> int:
+    """Run the ``[[batch]]`` ``name``; its exit status. ``ray``: run it on Ray, at this
+    address (``""``: the batch's ``ray_address``, or this machine's Ray); ``None``: as the
+    batch's ``engine`` says."""
     loaded = load_config(config_path)
     batch = loaded.job("batch", name)
     loaded.params_for("batch", name)  # refuses a batch whose plugin is broken, saying why
     assert isinstance(batch, BatchConfig)
+    on_ray = ray is not None or batch.engine == "ray"
+    if on_ray and not dry_run:
+        require_ray()  # before any plugin loads: a missing Ray is said at once
     files = list(scan(batch))
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
@@ -58,18 +79,61 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False) -> int:
     source = sources.get(key)
     if source is None:
         raise ConfigError(f"[[batch]] {name!r} cannot run: {loaded.unavailable[('batch', name)]}")
-    pipeline = Pipeline(loaded, sources, journal)
-    loop = JobLoop(pipeline, limits=loaded.config.daemon.workers)
-    pipeline.on_queued = loop.wake
-    loop.reclaim()
-    for start in range(0, len(files), 500):
-        pipeline.enqueue(source, files[start : start + 500])
-    with count_bar("batch " + name, journal.queued({key})) as advance, stop_on_signals(loop):
-        loop.on_ran = lambda rows: advance(len(rows))
-        loop.start(until_empty=True)
-        loop.wait()
+    executor: RayExecutor | None = None
+    ray_module = connect(ray or batch.ray_address) if on_ray else None
+    try:
+        if ray_module is not None:
+            executor = _ray_executor(ray_module, loaded, batch, source)
+        pipeline = Pipeline(loaded, sources, journal, executor=executor)
+        loop = JobLoop(pipeline, limits=loaded.config.daemon.workers)
+        pipeline.on_queued = loop.wake
+        loop.reclaim()
+        for start in range(0, len(files), 500):
+            pipeline.enqueue(source, files[start : start + 500])
+        with count_bar("batch " + name, journal.queued({key})) as advance, stop_on_signals(loop):
+            loop.on_ran = lambda rows: advance(len(rows))
+            loop.start(until_empty=True)
+            loop.wait()
+    finally:
+        if ray_module is not None:
+            shutdown(ray_module, executor)
     counts = journal.counts().get(key, {})
     log.info("batch finished", extra={"batch": name, **counts})
     if loop.stopping.is_set():
         return 130
     return 0 if not counts.get("failed") else 1
+
+
+def _ray_executor(
+    ray: ModuleType, loaded: LoadedConfig, batch: BatchConfig, source: Source
+) -> RayExecutor:
+    """The batch's actors, started and placed. Unless the batch sets ``workers``, one per
+    GPU (or CPU) of the cluster; the job loop gets one lane per actor, so each is kept busy."""
+    cuda = source.plugin.instance.device_kind == "cuda"
+    explicit = batch.workers if "workers" in batch.model_fields_set else None
+    actors = actors_wanted(ray, cuda, explicit)
+    batch.workers = actors
+    executor = RayExecutor(
+        ray,
+        source.plugin,
+        loaded.runtime,
+        loaded.config.images,
+        batch.output,
+        str(batch.outbox),
+        actors,
+    )
+    try:
+        placed = executor.wait_ready(timeout=_PLACE_SECONDS)
+    except BaseException:
+        shutdown(ray, executor)
+        raise
+    nodes = sorted({where["node"] for where in placed})
+    log.info(
+        "%d Ray worker(s) (%s) on %d node(s): %s",
+        len(placed),
+        "1 GPU each" if cuda else "1 CPU each",
+        len(nodes),
+        ", ".join(nodes),
+        extra={"event": "ray-workers", "batch": batch.name},
+    )
+    return executor

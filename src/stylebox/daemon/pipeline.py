@@ -16,17 +16,24 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from stylebox.config import InboxConfig, JobConfig, LoadedConfig, RunConfig
 from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
-from stylebox.errors import BadInput, Cancelled, ConfigError, InputChanged, PluginError
+from stylebox.errors import (
+    BadInput,
+    Cancelled,
+    ConfigError,
+    InputChanged,
+    PluginError,
+    StyleboxError,
+)
 from stylebox.plugins.api import Plugin, params_digest
 from stylebox.plugins.registry import Registry
 
@@ -133,6 +140,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class Executor(Protocol):
+    """What runs a claimed group of one source's jobs: :meth:`Runner.execute_many`'s
+    signature, so that a :class:`Pipeline` can hand them to another process (a Ray actor)
+    and settle what comes back exactly as it settles local outcomes."""
+
+    def execute_many(
+        self,
+        jobs: Sequence[Job],
+        plugin: PluginHandle,
+        outbox: Outbox,
+        cancels: Sequence[threading.Event],
+        on_process: Callable[[Job], None] | None = None,
+    ) -> list[JobResult | StyleboxError]: ...
+
+
 class Stop(threading.Event):
     """A running job's stop flag, with why it was raised: ``"drain"`` (stylebox is
     stopping: the job checkpoints and goes back to the queue, no attempt spent) or
@@ -159,6 +181,7 @@ class Pipeline:
         journal: Journal,
         reporter: Reporter | None = None,
         on_queued: Callable[[], None] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.loaded = loaded
         self.sources = sources
@@ -167,6 +190,8 @@ class Pipeline:
         self.on_queued = on_queued or (lambda: None)
         self._reporter = _JournalReporter(journal, reporter)
         self.runner = Runner(loaded.config.images, self._reporter)
+        self.executor = executor
+        """Runs claimed jobs elsewhere (a Ray batch's actors); ``None``: :attr:`runner`, here."""
         self._running_plugins: dict[int, Plugin[Any]] = {}
         """The plugin instance each running job uses, which a reload must not close."""
         self._retired: dict[int, Plugin[Any]] = {}
@@ -482,7 +507,8 @@ class Pipeline:
                 label = source.label(row.name)
                 job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
                 jobs.append((row, job))
-        results = self.runner.execute_many(
+        executor = self.executor or self.runner
+        results = executor.execute_many(
             [job for _, job in jobs],
             source.plugin,
             source.outbox,

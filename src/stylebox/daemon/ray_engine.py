@@ -1,0 +1,353 @@
+"""``stylebox batch NAME --ray``: a batch's jobs run on Ray actors, on one machine or many.
+
+Only the *execution* of claimed jobs moves. The journal stays on the machine that runs the
+command, whose :class:`~stylebox.daemon.jobloop.JobLoop` claims jobs, renews their leases
+and settles what comes back through the same :class:`~stylebox.daemon.pipeline.Pipeline`
+code as a local batch. :class:`RayExecutor` stands in for the pipeline's runner: each
+claimed group goes to one actor, which owns a plugin instance (loaded once), a
+:class:`~stylebox.daemon.runner.Runner` and an :class:`~stylebox.daemon.outbox.Outbox` of
+the batch's folder, and writes the outputs there itself, atomically as ever. So the source
+folder, the outbox and ``state_dir`` must be at the same paths on every node (a shared
+file system).
+
+A stop flag raised on the driver (a drain, a time limit) is passed on to the actor, whose
+plugin sees ``job.cancelled``. An actor that dies (its process killed, its node lost) costs
+the jobs it ran a retryable :class:`PluginError`; a new actor takes its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pydantic import BaseModel
+
+from stylebox.config import ImagesConfig, OutputConfig
+from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
+from stylebox.errors import ConfigError, InputChanged, PluginError, StyleboxError
+from stylebox.plugins.api import Runtime
+
+log = logging.getLogger("stylebox.ray")
+
+INSTALL_HINT = "pip install 'stylebox[ray]'"
+
+_POLL_SECONDS = 0.05
+"""How often a waiting call looks for stop flags to pass on to its actor."""
+
+
+def require_ray() -> ModuleType:
+    """The ``ray`` module, or a one-line :class:`ConfigError` saying how to install it."""
+    factory = logging.getLogRecordFactory()
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            f"a Ray batch needs Ray, which is not installed here ({exc}): {INSTALL_HINT}"
+        ) from None
+    # Importing Ray puts a field of its own on every log record: our JSON lines included.
+    logging.setLogRecordFactory(factory)
+    return ray
+
+
+def connect(address: str | None) -> ModuleType:
+    """Join the Ray cluster at ``address`` (``auto``: the one this machine is part of); with
+    none, the cluster ``RAY_ADDRESS`` names, else a new local Ray instance (never one a
+    stale ``ray start`` left word of, which Ray would wait for without end).
+
+    Plugins found through ``PYTHONPATH`` here are found on the workers too: the driver's
+    ``PYTHONPATH`` goes with the job (its folders must exist on every node)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+    options: dict[str, Any] = {
+        # Workers' output would break the progress bar; their errors come back as results.
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": env} if env else None,
+    }
+    try:
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(address="local", include_dashboard=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray instance"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot connect to {where}: {first}") from None
+    return ray
+
+
+class _Worker:
+    """The actor: one plugin instance, loaded once, running the groups it is given.
+
+    Threaded (``max_concurrency`` 2), so that :meth:`cancel` runs while :meth:`execute`
+    does."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        params: BaseModel,
+        runtime: Runtime,
+        images: ImagesConfig,
+        output: OutputConfig,
+        folder: str,
+    ) -> None:
+        from stylebox.plugins.registry import discover
+
+        # Ray shows an actor the GPUs it was given as cuda:0.., whichever they are.
+        if runtime.device.startswith("cuda:"):
+            runtime = Runtime(device="cuda", state_dir=runtime.state_dir, backbone=runtime.backbone)
+        instance = discover().get(name)(params, runtime)  # as installed on this node
+        self.plugin = PluginHandle(name, version, instance, params)
+        self.runner = Runner(images)
+        self.outbox = Outbox(Path(folder), output)
+        self._cancels: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def ready(self) -> dict[str, Any]:
+        """Where the actor runs, once its plugin has started."""
+        import ray
+
+        return {
+            "pid": os.getpid(),
+            "node": ray.util.get_node_ip_address(),
+            "device_kind": self.plugin.instance.device_kind,
+        }
+
+    def execute(self, jobs: list[Job], keys: list[int]) -> list[Any]:
+        events = [threading.Event() for _ in jobs]
+        with self._lock:
+            self._cancels.update(zip(keys, events, strict=True))
+        try:
+            outcomes = self.runner.execute_many(jobs, self.plugin, self.outbox, events)
+        finally:
+            with self._lock:
+                for key in keys:
+                    self._cancels.pop(key, None)
+        return [_portable(outcome) for outcome in outcomes]
+
+    def cancel(self, keys: list[int]) -> None:
+        with self._lock:
+            for key in keys:
+                event = self._cancels.get(key)
+                if event is not None:
+                    event.set()
+
+
+def _portable(outcome: JobResult | StyleboxError) -> Any:
+    """An outcome as it can cross to the driver: exceptions whose ``__init__`` takes more
+    than the message (:class:`InputChanged`) do not unpickle, so errors travel as parts."""
+    if isinstance(outcome, JobResult):
+        return outcome
+    return ("error", type(outcome), str(outcome), getattr(outcome, "sha256", None))
+
+
+def _restored(portable: Any) -> JobResult | StyleboxError:
+    if isinstance(portable, JobResult):
+        return portable
+    _, cls, message, sha256 = portable
+    if issubclass(cls, InputChanged):
+        return cls(message, sha256)
+    try:
+        return cls(message)
+    except Exception:  # a plugin's own error class with another signature
+        return PluginError(message)
+
+
+class RayExecutor:
+    """The pipeline's executor for a Ray batch: ``actors`` actors of one plugin, each
+    running one claimed group at a time (so ``actors`` lanes keep them busy).
+
+    ``num_gpus=1`` per actor where the plugin runs on CUDA, one CPU otherwise; actors are
+    spread over the cluster's nodes."""
+
+    def __init__(
+        self,
+        ray: ModuleType,
+        plugin: PluginHandle,
+        runtime: Runtime,
+        images: ImagesConfig,
+        output: OutputConfig,
+        folder: str,
+        actors: int,
+    ) -> None:
+        self.ray = ray
+        self.cuda = plugin.instance.device_kind == "cuda"
+        options: dict[str, Any] = {
+            "num_cpus": 1,
+            "num_gpus": 1 if self.cuda else 0,
+            "max_concurrency": 2,
+            "scheduling_strategy": "SPREAD",
+        }
+        actor_class = ray.remote(_Worker).options(**options)
+        # The handle's instance stays here: each actor starts its own from name and params.
+        args = (plugin.name, plugin.version, plugin.params, runtime, images, output, folder)
+        self._make = lambda: actor_class.remote(*args)
+        self._idle: queue.Queue[Any] = queue.Queue()
+        self._all: list[Any] = []
+        self._where: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        for _ in range(actors):
+            self._add()
+
+    def _add(self) -> Any:
+        actor = self._make()
+        with self._lock:
+            self._all.append(actor)
+        self._idle.put(actor)
+        return actor
+
+    def wait_ready(self, timeout: float) -> list[dict[str, Any]]:
+        """Wait until every actor has started its plugin; where each runs. A plugin that
+        fails to start on a worker, or actors the cluster cannot place in ``timeout``
+        seconds, are a :class:`ConfigError`."""
+        with self._lock:
+            actors = list(self._all)
+        refs = [actor.ready.remote() for actor in actors]
+        done, pending = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if pending:
+            need = "1 GPU" if self.cuda else "1 CPU"
+            raise ConfigError(
+                f"Ray placed {len(done)} of {len(refs)} worker(s) ({need} each) in {timeout:.0f}"
+                f" s; the cluster has {_resources(self.ray)}"
+            )
+        try:
+            found = self.ray.get(done)
+        except self.ray.exceptions.RayError as exc:
+            raise ConfigError(f"the plugin failed to start on a Ray worker: {_line(exc)}") from None
+        for actor, where in zip(actors, found, strict=True):
+            self._where[id(actor)] = where
+            if self.cuda and where["device_kind"] != "cuda":
+                log.warning(
+                    "the plugin runs on CUDA here but on %s on the Ray worker at %s",
+                    where["device_kind"],
+                    where["node"],
+                )
+        return found
+
+    def execute_many(
+        self,
+        jobs: Sequence[Job],
+        plugin: PluginHandle,
+        outbox: Outbox,
+        cancels: Sequence[threading.Event],
+        on_process: Callable[[Job], None] | None = None,
+    ) -> list[JobResult | StyleboxError]:
+        """Run ``jobs`` on an idle actor; what :meth:`Runner.execute_many` returns."""
+        if not jobs:
+            return []
+        actor = self._idle.get()
+        keys = list(range(len(jobs)))
+        try:
+            # The actor starts on the group at once; the plugin's start is not seen from here.
+            if on_process is not None:
+                for job in jobs:
+                    on_process(job)
+            ref = actor.execute.remote(list(jobs), keys)
+            passed: set[int] = set()
+            while not self.ray.wait([ref], timeout=_POLL_SECONDS)[0]:
+                raised = [key for key in keys if cancels[key].is_set() and key not in passed]
+                if raised:
+                    actor.cancel.remote(raised)
+                    passed.update(raised)
+            outcomes = [_restored(item) for item in self.ray.get(ref)]
+        except self.ray.exceptions.RayActorError as exc:
+            error = PluginError(f"{self._died(actor)}: {_line(exc)}")
+            self._replace(actor)
+            return [error] * len(jobs)
+        except self.ray.exceptions.RayError as exc:  # the call itself failed: worth a retry
+            self._idle.put(actor)
+            return [PluginError(f"the Ray call failed: {_line(exc)}")] * len(jobs)
+        except BaseException:
+            self._idle.put(actor)
+            raise
+        self._idle.put(actor)
+        for outcome in outcomes:
+            if isinstance(outcome, JobResult):
+                outbox.release(outcome.names)  # the actor wrote them; the names are theirs
+        return outcomes
+
+    def _died(self, actor: Any) -> str:
+        where = self._where.get(id(actor))
+        if where is None:
+            return "the Ray worker running it died"
+        return f"the Ray worker running it (pid {where['pid']} on {where['node']}) died"
+
+    def _replace(self, dead: Any) -> None:
+        """A new actor in place of one that died; it starts its plugin while it waits for
+        its first group."""
+        with self._lock:
+            if dead in self._all:
+                self._all.remove(dead)
+            self._where.pop(id(dead), None)
+        with contextlib.suppress(Exception):  # already gone
+            self.ray.kill(dead, no_restart=True)
+        fresh = self._add()
+        log.warning("a Ray worker died; started another in its place")
+
+        def locate() -> None:
+            with contextlib.suppress(Exception):  # its first group says why it failed
+                self._where[id(fresh)] = self.ray.get(fresh.ready.remote())
+
+        threading.Thread(target=locate, name="ray-locate", daemon=True).start()
+
+    def actors(self) -> list[dict[str, Any]]:
+        """Where each known actor runs (pid, node, device kind)."""
+        return list(self._where.values())
+
+    def close(self) -> None:
+        with self._lock:
+            actors, self._all = list(self._all), []
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor, no_restart=True)
+
+
+def actors_wanted(ray: ModuleType, cuda: bool, workers: int | None) -> int:
+    """``workers`` actors if the batch sets it; else one per GPU (CUDA plugins) or per CPU
+    of the cluster, so that a batch spreads over every machine by default."""
+    if workers is not None:
+        return workers
+    resources = ray.cluster_resources()
+    count = int(resources.get("GPU" if cuda else "CPU", 0))
+    if cuda and count == 0:
+        raise ConfigError(
+            f"the plugin runs on CUDA but the Ray cluster has no GPU ({_resources(ray)})"
+        )
+    return max(1, count)
+
+
+def _resources(ray: ModuleType) -> str:
+    resources = ray.cluster_resources()
+    return f"{int(resources.get('CPU', 0))} CPU(s), {int(resources.get('GPU', 0))} GPU(s)"
+
+
+def _line(exc: BaseException) -> str:
+    """The gist of a Ray error, on one line (Ray's messages run to many)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # An actor whose creation failed says so last, after Ray's own preamble.
+    for line in reversed(lines):
+        if "Error" in line and ":" in line and not line.startswith("File "):
+            return line[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def shutdown(ray: ModuleType, executor: RayExecutor | None) -> None:
+    """Kill the batch's actors and leave the cluster (a local instance stops with it)."""
+    began = time.monotonic()
+    if executor is not None:
+        executor.close()
+    ray.shutdown()
+    log.debug("left Ray in %.1f s", time.monotonic() - began)

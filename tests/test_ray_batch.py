@@ -1,0 +1,361 @@
+"""`stylebox batch NAME --ray`: the batch's jobs on Ray actors, on a real local Ray instance.
+
+One Ray instance (2 CPUs, no dashboard, a small object store) serves the module; each test
+runs the real command in a subprocess that joins it with ``--ray ADDRESS``, as a machine
+joins a cluster. One test lets the command start its own local instance (``engine =
+"ray"``, no address). Test plugins live in installed-looking folders on PYTHONPATH, which
+the command forwards to the Ray workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import installed_site, photo
+from daemon_helpers import wait_until
+
+pytest.importorskip("ray")
+
+HEAD = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+         object_store_memory=80 * 1024 * 1024)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test module ends
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray instance for the module's tests; its GCS address."""
+    head = subprocess.Popen(
+        [sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert head.stdout is not None and head.stdin is not None
+    address = head.stdout.readline().strip()
+    assert address, "the Ray head did not start"
+    yield address
+    head.stdin.close()
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+
+
+# A plugin that logs each call (pid, file names, batch size) to params.log; with a gate it
+# waits for that file to exist (or for a stop); with seconds, it sleeps that long.
+PROBE = """
+import os, time
+from pathlib import Path
+from PIL import ImageOps
+from stylebox.errors import Cancelled
+from stylebox.plugins.api import Capabilities, Plugin, PluginParams
+
+class Params(PluginParams):
+    log: str
+    gate: str = ""
+    seconds: float = 0.0
+
+class Probe(Plugin):
+    name = "probe"
+    Params = Params
+    capabilities = Capabilities(batching=True)
+
+    def process_batch(self, images, jobs):
+        with open(self.params.log, "a") as log:
+            names = ",".join(job.job.input_path.name for job in jobs)
+            log.write(f"{os.getpid()} {names} {len(images)}\\n")
+        began = time.monotonic()
+        while (self.params.gate and not Path(self.params.gate).exists()) or (
+            time.monotonic() - began < self.params.seconds
+        ):
+            if any(job.cancelled for job in jobs):
+                raise Cancelled("stopped")
+            time.sleep(0.01)
+        return [ImageOps.invert(image) for image in images]
+
+    def process(self, image, job):
+        return self.process_batch([image], [job])[0]
+"""
+
+CONFIG = """
+state_dir = "state"
+[daemon]
+retry_backoff_seconds = 0.2
+{daemon}
+[[batch]]
+name = "nightly"
+source = "library"
+outbox = "stylised"
+plugin = "{plugin}"
+params = {params}
+{extra}
+"""
+
+
+def make_batch(
+    folder: Path, count: int, plugin: str, params: str, extra: str = "", daemon: str = ""
+) -> Path:
+    library = folder / "library"
+    library.mkdir(parents=True)
+    for i in range(count):
+        photo(24 + 4 * (i % 2), 16, seed=i).save(library / f"img{i}.png")
+    config = folder / "stylebox.toml"
+    config.write_text(CONFIG.format(plugin=plugin, params=params, extra=extra, daemon=daemon))
+    return config
+
+
+# Ray protects a local instance with a token (in ~/.ray) from 2.59 on; a driver joining
+# one by its address uses the token where told to, as on any secured cluster.
+JOIN = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def probe_env(tmp_path: Path) -> dict[str, str]:
+    site = installed_site(
+        tmp_path, "probe", "[stylebox.plugins]\nprobe = probe:Probe\n", {"probe.py": PROBE}
+    )
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    return {**JOIN, "PYTHONPATH": path}
+
+
+def command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config),
+            *extra]  # fmt: skip
+
+
+def batch(
+    config: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(config, *extra), capture_output=True, text=True, timeout=180, env=env or JOIN
+    )
+
+
+def rows(folder: Path) -> list:
+    from stylebox.daemon.journal import Journal
+
+    journal = Journal(folder / "state" / "journal.sqlite3")
+    try:
+        return journal.jobs("batch:nightly")
+    finally:
+        journal.close()
+
+
+def comparable(manifest: Path) -> dict:
+    """A manifest less what differs between any two runs (times, versions, the host)."""
+    data = json.loads(manifest.read_text())
+    for key in ("timings", "started_at", "finished_at", "libraries", "device"):
+        data.pop(key, None)
+    return data
+
+
+def outputs(folder: Path) -> dict[str, object]:
+    """Every file under ``folder`` by relative name: images as their pixels (an encoded
+    file carries its colour profile's creation time), manifests made comparable."""
+    from PIL import Image
+
+    found: dict[str, object] = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        relative = str(path.relative_to(folder))
+        if path.suffix == ".json":
+            found[relative] = comparable(path)
+        else:
+            with Image.open(path) as image:
+                found[relative] = (image.format, image.mode, image.size, image.tobytes())
+    return found
+
+
+def test_a_ray_batch_writes_what_a_local_batch_writes_and_bad_images_fail_alike(
+    tmp_path: Path,
+) -> None:
+    """posterize over good photos, a text file and an empty one: the same results (pixel
+    for pixel), manifests and failures with the same reasons; the Ray run starts its own
+    local Ray instance from ``engine = "ray"``."""
+    runs = {}
+    for engine in ("local", "ray"):
+        folder = tmp_path / engine
+        config = make_batch(folder, 4, "posterize", "{ bits = 2 }", f'engine = "{engine}"')
+        (folder / "library" / "notes.jpg").write_text("hello, this is not a picture\n" * 20)
+        (folder / "library" / "empty.png").write_bytes(b"")
+        result = batch(config)
+        assert result.returncode == 1, result.stderr  # the two bad files failed
+        assert ("Ray worker(s)" in result.stderr) == (engine == "ray")
+        runs[engine] = folder
+    local, ray = runs["local"], runs["ray"]
+    assert outputs(local / "stylised") == outputs(ray / "stylised")
+    assert len(outputs(ray / "stylised")) == 8  # a result and a manifest per good photo
+
+    def states(folder: Path) -> list[tuple[str, str, int, str | None]]:
+        return sorted((r.name, r.state, r.attempts, r.error_message) for r in rows(folder))
+
+    assert states(local) == states(ray)
+    failed = [row for row in rows(ray) if row.state == "failed"]
+    assert sorted(row.name for row in failed) == ["empty.png", "notes.jpg"]
+    assert all(row.error_class == "BadInput" and row.attempts == 1 for row in failed)
+
+
+def test_gatys_on_ray_gives_the_layout_of_a_local_batch(
+    tmp_path: Path, style_file: Path, ray_address: str
+) -> None:
+    """A tiny gatys job with snapshots: result, steps/, GIF and manifest, named and listed
+    as a local batch names them (the bytes of an optimiser differ with thread counts)."""
+    params = f'{{ style = "{style_file}", size = 32, steps = 4, snapshot_every = 2 }}'
+    found = {}
+    for engine in ("local", "ray"):
+        folder = tmp_path / engine
+        config = make_batch(folder, 2, "gatys", params)
+        extra = ("--ray", ray_address) if engine == "ray" else ()
+        result = batch(config, *extra)
+        assert result.returncode == 0, result.stderr
+        stylised = folder / "stylised"
+        manifests = {}
+        for path in sorted(stylised.glob("*.json")):
+            data = comparable(path)
+            data.pop("history")  # losses: floating point of another thread count
+            # Each actor has its own instance, so its first job computes the style.
+            data.pop("style_cache")
+            manifests[path.name] = data
+        files = sorted(str(p.relative_to(stylised)) for p in stylised.rglob("*") if p.is_file())
+        found[engine] = (files, manifests)
+    assert found["local"] == found["ray"]
+    files, _ = found["ray"]
+    assert {"img0.png", "img0.gif", "img0.json", "img0.steps/0002.png"} <= set(files)
+
+
+def test_a_worker_killed_mid_photo_costs_that_photo_one_retry(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """kill -9 of the actor process running a photo: that photo is tried again on a new
+    actor, the others are not; each ends with exactly one result."""
+    env = probe_env(tmp_path)
+    log, gate = tmp_path / "calls.log", tmp_path / "gate"
+    config = make_batch(
+        tmp_path,
+        4,
+        "probe",
+        f'{{ log = "{log}", gate = "{gate}" }}',
+        "workers = 2",
+        "batch_size = 1",  # one photo a call: the kill is of one photo's actor
+    )
+    process = subprocess.Popen(
+        command(config, "--ray", ray_address), env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert wait_until(lambda: log.exists() and log.read_text().strip(), 60)
+    pid, victim, _ = log.read_text().splitlines()[0].split()
+    os.kill(int(pid), signal.SIGKILL)
+    time.sleep(1.0)  # the driver sees the actor die while the other photos still wait
+    gate.touch()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    (retry,) = [json.loads(line) for line in stderr.splitlines() if '"event": "retry"' in line]
+    assert retry["file"] == victim
+    assert retry["error"].startswith(f"the Ray worker running it (pid {pid} on "), retry
+    by_name = {row.name: row for row in rows(tmp_path)}
+    assert all(row.state == "done" for row in by_name.values())
+    assert by_name[victim].attempts == 2
+    assert all(row.attempts == 1 for name, row in by_name.items() if name != victim)
+    manifests = sorted(p.name for p in (tmp_path / "stylised").glob("*.json"))
+    assert manifests == [f"img{i}.json" for i in range(4)]
+    pids = [line.split()[0] for line in log.read_text().splitlines()]
+    later = [line.split()[0] for line in log.read_text().splitlines() if victim in line][1:]
+    assert later and pid not in later and len(set(pids)) == 3  # a new actor retried it
+
+
+def test_a_killed_ray_batch_resumes_and_does_nothing_twice(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """The command itself killed with SIGKILL mid-run: its actors go with it, and the
+    next run does only what was not done."""
+    env = probe_env(tmp_path)
+    log = tmp_path / "calls.log"
+    config = make_batch(tmp_path, 6, "probe", f'{{ log = "{log}", seconds = 0.4 }}', "workers = 2")
+    process = subprocess.Popen(
+        command(config, "--ray", ray_address), env=env, stderr=subprocess.DEVNULL
+    )
+    outbox = tmp_path / "stylised"
+    assert wait_until(lambda: len(list(outbox.glob("*.json"))) >= 2, 60)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    actors = {int(line.split()[0]) for line in log.read_text().splitlines()}
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert wait_until(lambda: all(gone(pid) for pid in actors), 30)  # fate-shared
+    done_before = {p.name for p in outbox.glob("*.json")}
+    assert len(done_before) < 6
+    calls_before = len(log.read_text().splitlines())
+
+    result = batch(config, "--ray", ray_address, env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in outbox.glob("*.json")) == [f"img{i}.json" for i in range(6)]
+    assert all(row.state == "done" for row in rows(tmp_path))
+    again = {
+        name
+        for line in log.read_text().splitlines()[calls_before:]
+        for name in line.split()[1].split(",")
+    }
+    assert not again & {name.replace(".json", ".png") for name in done_before}
+
+
+def test_stopping_a_ray_batch_reaches_the_actor_and_requeues_uncounted(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """SIGTERM: the stop is passed to the actor, whose plugin sees job.cancelled; the job
+    goes back to the queue without spending a try and the command exits 130."""
+    env = probe_env(tmp_path)
+    log, gate = tmp_path / "calls.log", tmp_path / "gate"
+    config = make_batch(tmp_path, 1, "probe", f'{{ log = "{log}", gate = "{gate}" }}')
+    process = subprocess.Popen(
+        command(config, "--ray", ray_address), env=env, stderr=subprocess.DEVNULL
+    )
+    assert wait_until(log.exists, 60)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    (row,) = rows(tmp_path)
+    assert row.state == "queued" and row.attempts == 0
+
+
+def test_same_size_photos_go_to_a_batching_plugin_together(
+    tmp_path: Path, ray_address: str
+) -> None:
+    env = probe_env(tmp_path)
+    log = tmp_path / "calls.log"
+    config = make_batch(
+        tmp_path, 6, "probe", f'{{ log = "{log}" }}', "workers = 1", "batch_size = 6"
+    )
+    result = batch(config, "--ray", ray_address, env=env)
+    assert result.returncode == 0, result.stderr
+    calls = sorted(int(line.split()[2]) for line in log.read_text().splitlines())
+    assert calls == [3, 3]  # three of each width, in one claim of six
+
+
+def test_ray_missing_is_a_one_line_config_error(tmp_path: Path) -> None:
+    """Where Ray is not installed (a ``ray`` that fails to import as a missing one does),
+    a Ray batch refuses to start in one line that says how to install it."""
+    missing = tmp_path / "no-ray" / "ray"
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'ray'\")\n")
+    config = make_batch(tmp_path, 1, "posterize", "{ bits = 2 }", 'engine = "ray"')
+    env = {**os.environ, "PYTHONPATH": str(missing.parent)}
+    result = batch(config, env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "pip install 'stylebox[ray]'" in result.stderr
+    assert "config error" in result.stderr
