@@ -10,10 +10,11 @@ STAMP  := $(VENV)/.installed-stamp
 
 setup: $(STAMP)
 
-# Re-install whenever pyproject.toml changes; torch comes from the local wheel cache.
+# Re-install whenever pyproject.toml changes; torch comes from the local wheel cache. The
+# ray extra is installed so that the tests of Ray batches run (tests/test_ray_batch.py).
 $(STAMP): pyproject.toml examples/stylebox-posterize/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]' \
 		-e examples/stylebox-posterize
 	touch $(STAMP)
 

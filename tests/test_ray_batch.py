@@ -34,12 +34,18 @@ ray.shutdown()
 """
 
 
+# The module's Ray instance and the commands that join it use a token (Ray keeps it in
+# ~/.ray), as a secured cluster does; Ray 2.59 on also protect any local instance so.
+JOIN = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """A local Ray instance for the module's tests; its GCS address."""
     head = subprocess.Popen(
-        [sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-c", HEAD],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=JOIN,
+    )  # fmt: skip
     assert head.stdout is not None and head.stdin is not None
     address = head.stdout.readline().strip()
     assert address, "the Ray head did not start"
@@ -113,11 +119,6 @@ def make_batch(
     config = folder / "stylebox.toml"
     config.write_text(CONFIG.format(plugin=plugin, params=params, extra=extra, daemon=daemon))
     return config
-
-
-# Ray protects a local instance with a token (in ~/.ray) from 2.59 on; a driver joining
-# one by its address uses the token where told to, as on any secured cluster.
-JOIN = {**os.environ, "RAY_AUTH_MODE": "token"}
 
 
 def probe_env(tmp_path: Path) -> dict[str, str]:
