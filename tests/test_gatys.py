@@ -307,14 +307,16 @@ def test_a_refused_blow_up_is_survived_and_counted(tmp_path: Path, style_file: P
 
     def flaky_objective(*args: Any) -> Any:
         objective = build(*args)
+        per_image = objective.per_image
 
-        def evaluate(image: Any) -> Any:
+        def evaluate(images: Any, rows: Any = None) -> Any:
             nonlocal calls
             calls += 1
-            loss, parts = objective(image)
-            return (loss * float("inf"), parts) if calls == 6 else (loss, parts)
+            terms = per_image(images, rows)
+            return {**terms, "loss": terms["loss"] * float("inf")} if calls == 6 else terms
 
-        return evaluate
+        objective.per_image = evaluate
+        return objective
 
     plugin.engine._objective = flaky_objective  # type: ignore[method-assign]
     _, context = run(plugin, tmp_path / "job")

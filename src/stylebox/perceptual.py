@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 
 class _Gram(torch.autograd.Function):
@@ -53,10 +52,13 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return _Gram.apply(flat, float(c * h * w))
 
 
-def total_variation(image: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between neighbouring pixels; discourages high-frequency noise."""
+def total_variation(image: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels; discourages high-frequency
+    noise. ``per_image``: one value per image of the (B, C, H, W) batch."""
     dx = image[..., :, 1:] - image[..., :, :-1]
     dy = image[..., 1:, :] - image[..., :-1, :]
+    if per_image:
+        return dx.pow(2).flatten(1).mean(1) + dy.pow(2).flatten(1).mean(1)
     return dx.pow(2).mean() + dy.pow(2).mean()
 
 
@@ -90,12 +92,29 @@ class PerceptualLoss:
         features: Mapping[str, torch.Tensor],
         content_targets: Mapping[str, torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The weighted total (for backward) and its weighted parts (for reporting), for
-        ``image`` whose VGG19 ``features`` were computed by the caller."""
-        zero = image.new_zeros((), dtype=torch.float32)
+        """The weighted total over the batch (for backward) and its weighted parts (for
+        reporting), for ``image`` whose VGG19 ``features`` were computed by the caller."""
+        terms = self.per_image(image, features, content_targets)
+        total = terms["loss"].mean()
+        parts = {name: float(values.detach().mean()) for name, values in terms.items()}
+        return total, parts
+
+    def per_image(
+        self,
+        image: torch.Tensor,
+        features: Mapping[str, torch.Tensor],
+        content_targets: Mapping[str, torch.Tensor],
+        style_targets: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each image's weighted ``loss`` and its ``content``, ``style`` and ``tv`` parts,
+        of shape (B,): an image's terms do not depend on the others in its batch, so a
+        batch optimised together is each image optimised alone. ``style_targets``: in
+        place of the loss's own (one set per image, or one for all)."""
+        targets = self.style_targets if style_targets is None else style_targets
+        zero = image.new_zeros(image.shape[0], dtype=torch.float32)
         content = sum(
             (
-                w * F.mse_loss(features[k].float(), content_targets[k].float())
+                w * _mean_squared(features[k].float(), content_targets[k].float())
                 for k, w in self.content_layers.items()
             ),
             zero,
@@ -103,13 +122,14 @@ class PerceptualLoss:
         style = zero
         for k, w in self.style_layers.items():
             grams = gram(features[k])
-            style = style + w * F.mse_loss(grams, self.style_targets[k].expand_as(grams))
-        tv = total_variation(image.float()) if self.tv_weight else zero
-        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
-        parts = {
-            "loss": float(total.detach()),
-            "content": float(content.detach()) * self.content_weight,
-            "style": float(style.detach()) * self.style_weight,
-            "tv": float(tv.detach()) * self.tv_weight,
-        }
-        return total, parts
+            style = style + w * _mean_squared(grams, targets[k])
+        tv = total_variation(image.float(), per_image=True) if self.tv_weight else zero
+        content = self.content_weight * content
+        style = self.style_weight * style
+        tv = self.tv_weight * tv
+        return {"loss": content + style + tv, "content": content, "style": style, "tv": tv}
+
+
+def _mean_squared(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per image (first axis) mean squared difference; ``targets`` may be one for all."""
+    return (values - targets).pow(2).flatten(1).mean(1)

@@ -253,7 +253,10 @@ class Plugin(ABC, Generic[ParamsT]):
     def process_batch(
         self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
     ) -> list[Image.Image]:
-        """Several jobs at once; override where batching pays (same-size images)."""
+        """Several jobs at once; override where batching pays (same-size images). One
+        image per job, in order; a job that failed or was stopped on its own may get its
+        error (a :class:`StyleboxError` instance) in its place, the others still ending
+        done."""
         return [self.process(image, job) for image, job in zip(images, jobs, strict=True)]
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stylebox.backbone import fingerprint, load_vgg19
-from stylebox.errors import BadInput, Cancelled, ConfigError, PermanentFailure
+from stylebox.errors import BadInput, Cancelled, ConfigError, PermanentFailure, StyleboxError
 from stylebox.images import decode_image, fit_within, resize_to_max_side
 from stylebox.plugins.api import JobContext, Runtime, params_digest
 from stylebox.plugins.gatys import color
@@ -44,6 +44,8 @@ MIN_SIDE = 32
 MIN_GUARDED_STEPS = 10
 #: A result within this mean distance (grey levels of 255) of its start image is unchanged.
 UNCHANGED_GREY_LEVELS = 0.5
+#: What each step reports of an image's loss, read back from the device once a step.
+_PARTS = ("loss", "content", "style", "tv")
 
 _caches: dict[Path, StyleTargetCache] = {}
 
@@ -80,6 +82,27 @@ class _Run:
     refused: int = 0
     saved_at: float = field(default_factory=time.monotonic)
     """When the job last checkpointed (or started), for ``checkpoint_seconds``."""
+
+
+@dataclass
+class _Lane:
+    """One job of a batch optimised together: its own photo, optimiser state and guard.
+    A job alone is a batch of one."""
+
+    job: JobContext
+    image: Image.Image
+    work: Image.Image
+    """The photo, stretched where VGG19 would see too little of it."""
+    out_size: tuple[int, int]
+    start_image: torch.Tensor
+    checkpoint: Checkpoint | None
+    run: _Run = field(default_factory=_Run)
+    error: StyleboxError | None = None
+    """Why the job ended early (stopped, no progress); its result is then this error."""
+    active: bool = True
+    """Still stepping at this scale (a plateau ends its scale early)."""
+    best: float = math.inf
+    stale: int = 0
 
 
 class _Clock:
@@ -134,6 +157,81 @@ class Engine:
     # -- the job ---------------------------------------------------------------------------
 
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        (outcome,) = self.process_many([image], [job])
+        if isinstance(outcome, StyleboxError):
+            raise outcome
+        return outcome
+
+    def process_many(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image | StyleboxError]:
+        """Photos optimised together: those of one size as one batch, with one VGG19 pass a
+        step for all, each photo with its own L-BFGS state, snapshots, checkpoints and
+        guard, so each ends as it would alone (within float noise) and on its own: a job
+        that is stopped or fails leaves the others running. A job with a checkpoint to
+        resume from runs alone (its steps are not the others')."""
+        lanes = [self._lane(image, job) for image, job in zip(images, jobs, strict=True)]
+        groups: dict[object, list[_Lane]] = {}
+        for lane in lanes:  # photos of one size together; each resumed job alone
+            key = id(lane) if lane.checkpoint is not None else lane.work.size
+            groups.setdefault(key, []).append(lane)
+        outcomes: dict[int, Image.Image | StyleboxError] = {}
+        for group in groups.values():
+            outcomes.update(zip(map(id, group), self._run_lanes(group), strict=True))
+        return [outcomes[id(lane)] for lane in lanes]
+
+    def _run_lanes(self, lanes: list[_Lane]) -> list[Image.Image | StyleboxError]:
+        p = self.params
+        scales = self._scales(lanes[0].work.size)
+        total = scales[-1].first_global_step + scales[-1].steps
+        resume = lanes[0].checkpoint if len(lanes) == 1 else None
+        if resume is not None:
+            lanes[0].job.note(
+                resumed_from_step=scales[resume.scale].first_global_step + resume.step
+            )
+        clock = _Clock(scales, self.step_seconds)
+        cache_outcomes: dict[str, int] = {}
+
+        result: torch.Tensor | None = None
+        content: torch.Tensor | None = None
+        for scale in scales:
+            if resume is not None and scale.index < resume.scale:
+                continue
+            photos = [resize_to_max_side(lane.work, scale.size) for lane in lanes]
+            content = torch.cat([to_tensor(photo, self.device) for photo in photos])
+            lum_content = color.luminance(content) if p.color == "luminance" else None
+            target_content = lum_content if lum_content is not None else content
+            objective = self._objective(target_content, content, cache_outcomes)
+
+            if resume is not None and scale.index == resume.scale:
+                start = resume.image.to(self.device)
+            elif result is not None:
+                start = F.interpolate(
+                    result, size=content.shape[-2:], mode="bicubic", align_corners=False
+                ).clamp(0, 1)
+            else:
+                start = torch.cat([lane.start_image for lane in lanes])
+            here = resume if resume is not None and scale.index == resume.scale else None
+
+            def show(x: torch.Tensor, index: int, base: torch.Tensor = content) -> Image.Image:
+                x = x.detach().clamp(0, 1)
+                if p.color == "luminance":
+                    x = color.with_content_colour(x, base[index : index + 1])
+                return to_image(x)
+
+            result = self._optimise(scale, total, start, objective, here, lanes, show, clock)
+            resume = None
+            if all(lane.error is not None for lane in lanes):
+                break
+        for lane in lanes:
+            lane.job.note(style_cache=cache_outcomes)
+        assert result is not None and content is not None
+        return [
+            lane.error or self._finish(lane, result[i : i + 1], content[i : i + 1])
+            for i, lane in enumerate(lanes)
+        ]
+
+    def _lane(self, image: Image.Image, job: JobContext) -> _Lane:
         p = self.params
         job.note(device=str(self.device), backbone=self.backbone_id)
         out_size = fit_within(image.size, p.size)
@@ -142,65 +240,32 @@ class Engine:
             work = image.resize(
                 (max(out_size[0], MIN_SIDE), max(out_size[1], MIN_SIDE)), Image.Resampling.LANCZOS
             )
-        scales = self._scales(work.size)
-        total = scales[-1].first_global_step + scales[-1].steps
-        checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
-        if checkpoint is not None:
-            job.note(resumed_from_step=scales[checkpoint.scale].first_global_step + checkpoint.step)
-        clock = _Clock(scales, self.step_seconds)
-        cache_outcomes: dict[str, int] = {}
+        first_size = self._scales(work.size)[0].size
         # The job's own seeded generator: noise is the same on every run and every thread,
         # and a resumed job needs no random state back.
-        first = to_tensor(resize_to_max_side(work, scales[0].size), self.device)
+        first = to_tensor(resize_to_max_side(work, first_size), self.device)
         start_image = self._initial(
             color.luminance(first) if p.color == "luminance" else first,
             torch.Generator().manual_seed(p.seed),
         )
+        checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
         run = _Run(start_loss=checkpoint.start_loss if checkpoint else None)
+        return _Lane(job, image, work, out_size, start_image, checkpoint, run)
 
-        result: torch.Tensor | None = None
-        content: torch.Tensor | None = None
-        for scale in scales:
-            if checkpoint is not None and scale.index < checkpoint.scale:
-                continue
-            content = to_tensor(resize_to_max_side(work, scale.size), self.device)
-            lum_content = color.luminance(content) if p.color == "luminance" else None
-            target_content = lum_content if lum_content is not None else content
-            objective = self._objective(target_content, content, cache_outcomes)
-
-            if checkpoint is not None and scale.index == checkpoint.scale:
-                start = checkpoint.image.to(self.device)
-            elif result is not None:
-                start = F.interpolate(
-                    result, size=content.shape[-2:], mode="bicubic", align_corners=False
-                ).clamp(0, 1)
-            else:
-                start = start_image
-            resume = (
-                checkpoint if checkpoint is not None and scale.index == checkpoint.scale else None
-            )
-
-            def show(x: torch.Tensor, base: torch.Tensor = content) -> Image.Image:
-                x = x.detach().clamp(0, 1)
-                return to_image(color.with_content_colour(x, base) if p.color == "luminance" else x)
-
-            result = self._optimise(
-                scale, total, start, objective, resume, job, show, image.size, clock, run
-            )
-            checkpoint = None
-        job.note(style_cache=cache_outcomes)
-
-        assert result is not None and content is not None
+    def _finish(
+        self, lane: _Lane, result: torch.Tensor, content: torch.Tensor
+    ) -> Image.Image | StyleboxError:
         final = result.detach().clamp(0, 1)
-        self._check_progress(run, final, start_image)
-        if p.color == "luminance":
+        try:
+            self._check_progress(lane.run, final, lane.start_image)
+        except PermanentFailure as exc:
+            return exc
+        if self.params.color == "luminance":
             final = color.with_content_colour(final, content)
         picture = to_image(final)
-        return (
-            picture
-            if picture.size == out_size
-            else picture.resize(out_size, Image.Resampling.LANCZOS)
-        )
+        if picture.size == lane.out_size:
+            return picture
+        return picture.resize(lane.out_size, Image.Resampling.LANCZOS)
 
     def _check_progress(self, run: _Run, final: torch.Tensor, start_image: torch.Tensor) -> None:
         """Fail, rather than call done, a job that did not paint anything."""
@@ -252,11 +317,38 @@ class Engine:
     def _objective(
         self, content: torch.Tensor, colour_content: torch.Tensor, outcomes: dict[str, int]
     ) -> Objective:
+        """The loss for a batch of photos ``content``: their own content features, and the
+        style's Grams: one set for all, or one per photo where the colour mode fits the
+        painting to each photo."""
         p = self.params
         with torch.no_grad(), self._autocast():
             content_targets = {
                 k: v.float() for k, v in self.network(content, list(p.content_layers)).items()
             }
+        if p.color == "none":
+            style_targets = self._style_targets(content[:1], colour_content[:1], outcomes)
+        else:
+            per_photo = [
+                self._style_targets(content[i : i + 1], colour_content[i : i + 1], outcomes)
+                for i in range(content.shape[0])
+            ]
+            style_targets = {k: torch.cat([t[k] for t in per_photo]) for k in per_photo[0]}
+        return Objective(
+            self.network,
+            content_targets,
+            style_targets,
+            p.content_layers,
+            p.style_layers,
+            p.content_weight,
+            p.style_weight,
+            p.tv_weight,
+        )
+
+    def _style_targets(
+        self, content: torch.Tensor, colour_content: torch.Tensor, outcomes: dict[str, int]
+    ) -> dict[str, torch.Tensor]:
+        """The blended Grams of the style images, sized for ``content`` (one photo)."""
+        p = self.params
         longest = round(max(content.shape[-2:]) * p.style_scale)
         blended: dict[str, torch.Tensor] = {}
         for style, weight in zip(self.styles, p.blend, strict=True):
@@ -287,16 +379,7 @@ class Engine:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             for layer, g in grams.items():
                 blended[layer] = blended.get(layer, 0) + weight * g.float()
-        return Objective(
-            self.network,
-            content_targets,
-            blended,
-            p.content_layers,
-            p.style_layers,
-            p.content_weight,
-            p.style_weight,
-            p.tv_weight,
-        )
+        return blended
 
     def _memory_format(self) -> torch.memory_format:
         chosen = self.params.memory_format
@@ -311,103 +394,145 @@ class Engine:
         start: torch.Tensor,
         objective: Objective,
         resume: Checkpoint | None,
-        job: JobContext,
-        show: Callable[[torch.Tensor], Image.Image],
-        content_size: tuple[int, int],
+        lanes: list[_Lane],
+        show: Callable[[torch.Tensor, int], Image.Image],
         clock: _Clock,
-        run: _Run,
     ) -> torch.Tensor:
+        """One scale of every lane's optimisation; the images at its end, as a batch."""
         p = self.params
-        # x stays contiguous (L-BFGS flattens it); the network sees a copy in the chosen
-        # layout.
-        x = start.detach().clone().contiguous()
         layout = self._memory_format()
-        x.requires_grad_(True)
-        optimizer = self._optimizer(x)
-        step, best, stale = 0, float("inf"), 0
+        # Each photo is its own leaf tensor with its own optimiser, exactly as when it runs
+        # alone; the network sees the ones still stepping as one batch. Each stays
+        # contiguous (L-BFGS flattens it); the network sees a copy in the chosen layout.
+        xs = [start[i : i + 1].detach().clone().contiguous() for i in range(len(lanes))]
+        for x in xs:
+            x.requires_grad_(True)
+        optimizers = [self._optimizer(x) for x in xs]
+        step = 0
+        for lane in lanes:
+            lane.active, lane.best, lane.stale = lane.error is None, math.inf, 0
         if resume is not None:
-            optimizer.load_state_dict(resume.optimizer)
-            step, best, stale = resume.step, resume.best_loss, resume.stale_steps
+            optimizers[0].load_state_dict(resume.optimizer)
+            step, lanes[0].best, lanes[0].stale = resume.step, resume.best_loss, resume.stale_steps
         elif scale.index == 0 and p.snapshot_every:
-            job.snapshot(show(x), 0)
+            for i, lane in enumerate(lanes):
+                lane.job.snapshot(show(xs[i], i), 0)
 
-        parts: dict[str, float] = {}
-
-        def evaluate(image: torch.Tensor) -> torch.Tensor:
-            image.grad = None
-            with self._autocast():
-                loss, measured = objective(image.contiguous(memory_format=layout))
-            loss.backward()
-            parts.update(measured)
-            return loss
-
-        def save() -> None:
+        def save(i: int) -> None:
             # Written by the job's writer while the steps go on: the image is copied now
             # (the optimiser changes it in place); the L-BFGS state never changes a tensor
             # it stored, and Adam's state is copied.
+            lane, optimizer = lanes[i], optimizers[i]
             state = optimizer.state_dict()
             if not isinstance(optimizer, GuardedLBFGS):
                 state = copy.deepcopy(state)
             checkpoint = Checkpoint(
                 self.digest,
-                content_size,
+                lane.image.size,
                 scale.index,
                 step,
-                x.detach().clone(),
+                xs[i].detach().clone(),
                 state,
-                best,
-                stale,
-                run.start_loss,
+                lane.best,
+                lane.stale,
+                lane.run.start_loss,
             )
-            job.save_checkpoint(checkpoint.save)
-            run.saved_at = time.monotonic()
+            lane.job.save_checkpoint(checkpoint.save)
+            lane.run.saved_at = time.monotonic()
 
         while step < scale.steps:
-            if job.cancelled:
-                save()
-                raise Cancelled(f"cancelled at step {scale.first_global_step + step}")
+            for i, lane in enumerate(lanes):
+                if lane.error is None and lane.job.cancelled:
+                    save(i)
+                    lane.error = Cancelled(f"cancelled at step {scale.first_global_step + step}")
+                    lane.active = False
+            live = [i for i, lane in enumerate(lanes) if lane.active]
+            if not live:
+                break
             began = time.perf_counter()
-            if isinstance(optimizer, GuardedLBFGS):
-                loss = optimizer.step(evaluate)
-                # Progress shows the accepted point: a refused blow-up is not the image's.
-                parts["loss"] = loss
-            else:
-                for group in optimizer.param_groups:
-                    group["lr"] = p.learning_rate * self._decay(step, scale.steps)
-                optimizer.zero_grad(set_to_none=True)
-                evaluate(x)
-                optimizer.step()
-                loss = parts["loss"]
+            for i in live:
+                xs[i].grad = None
+            with self._autocast():
+                batch = torch.cat([xs[i] for i in live]) if len(live) > 1 else xs[live[0]]
+                terms = objective.per_image(batch.contiguous(memory_format=layout), live)
+            terms["loss"].sum().backward()
+            # One read-back a step for every photo's loss and its parts.
+            values = torch.stack([terms[k].detach().float() for k in _PARTS], 1).tolist()
+            losses: dict[int, float] = {}
+            for row, i in enumerate(live):
+                optimizer = optimizers[i]
+                if isinstance(optimizer, GuardedLBFGS):
+                    # Progress shows the accepted point: a refused blow-up is not the image's.
+                    losses[i] = optimizer.update(values[row][0], xs[i].grad)
+                else:
+                    for group in optimizer.param_groups:
+                        group["lr"] = p.learning_rate * self._decay(step, scale.steps)
+                    optimizer.step()
+                    losses[i] = values[row][0]
             step += 1
             global_step = scale.first_global_step + step
-            if not math.isfinite(loss):  # Adam only: L-BFGS refuses such points
-                raise PermanentFailure(
-                    f"the loss became {loss} at step {global_step}; lower learning_rate or "
-                    "style_weight"
-                )
-            if run.start_loss is None:
-                run.start_loss = loss
-            run.last_loss, run.steps = loss, global_step
             elapsed = time.perf_counter() - began
             eta = clock.tick(elapsed, scale, step)
-            job.progress(
-                global_step, total, **parts, size=scale.size, its=1.0 / max(elapsed, 1e-9), eta=eta
+            for row, i in enumerate(live):
+                self._stepped(
+                    lanes[i],
+                    losses[i],
+                    dict(zip(_PARTS, values[row], strict=True)),
+                    scale,
+                    global_step,
+                    total,
+                    elapsed,
+                    eta,
+                )
+                lane = lanes[i]
+                if lane.error is not None:
+                    continue
+                if p.snapshot_every and global_step % p.snapshot_every == 0:
+                    lane.job.snapshot(show(xs[i], i), global_step)
+                due = self._checkpoint_due(global_step, lane.run)
+                if lane.active and step < scale.steps and due:
+                    save(i)
+        for lane, optimizer in zip(lanes, optimizers, strict=True):
+            if isinstance(optimizer, GuardedLBFGS) and optimizer.refused:
+                lane.run.refused += optimizer.refused
+                lane.job.note(lbfgs_refused_steps=lane.run.refused)
+        return torch.cat([x.detach() for x in xs])
+
+    def _stepped(
+        self,
+        lane: _Lane,
+        loss: float,
+        parts: dict[str, float],
+        scale: _Scale,
+        global_step: int,
+        total: int,
+        elapsed: float,
+        eta: float,
+    ) -> None:
+        """Report one lane's step and keep its guard and plateau count; a loss that is not
+        finite (Adam only: L-BFGS refuses such points) ends the lane with that reason."""
+        p = self.params
+        if not math.isfinite(loss):
+            lane.error = PermanentFailure(
+                f"the loss became {loss} at step {global_step}; lower learning_rate or style_weight"
             )
-            if p.snapshot_every and global_step % p.snapshot_every == 0:
-                job.snapshot(show(x), global_step)
-            if loss < best * (1 - p.plateau_tolerance):
-                best, stale = loss, 0
-            else:
-                best, stale = min(best, loss), stale + 1
-            if p.plateau_patience and stale >= p.plateau_patience:
-                job.note(**{f"plateau_stop_scale{scale.index}": global_step})
-                break
-            if step < scale.steps and self._checkpoint_due(global_step, run):
-                save()
-        if isinstance(optimizer, GuardedLBFGS) and optimizer.refused:
-            run.refused += optimizer.refused
-            job.note(lbfgs_refused_steps=run.refused)
-        return x.detach()
+            lane.active = False
+            return
+        run = lane.run
+        if run.start_loss is None:
+            run.start_loss = loss
+        run.last_loss, run.steps = loss, global_step
+        parts["loss"] = loss
+        lane.job.progress(
+            global_step, total, **parts, size=scale.size, its=1.0 / max(elapsed, 1e-9), eta=eta
+        )
+        if loss < lane.best * (1 - p.plateau_tolerance):
+            lane.best, lane.stale = loss, 0
+        else:
+            lane.best, lane.stale = min(lane.best, loss), lane.stale + 1
+        if p.plateau_patience and lane.stale >= p.plateau_patience:
+            lane.job.note(**{f"plateau_stop_scale{scale.index}": global_step})
+            lane.active = False
 
     def _checkpoint_due(self, global_step: int, run: _Run) -> bool:
         p = self.params

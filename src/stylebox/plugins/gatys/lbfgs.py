@@ -42,6 +42,8 @@ MIN_CURVATURE = 1e-10
 
 class GuardedLBFGS:
     """Minimises ``evaluate(x)`` over the tensor ``x`` in place, one evaluation a step.
+    ``x`` may be one image of a batch (a view of the batch's tensor), stepped with
+    :meth:`update`.
 
     ``evaluate`` computes the loss at ``x`` and leaves its gradient in ``x.grad``.
     :meth:`step` returns the loss of the last *accepted* point, which is what a progress
@@ -71,7 +73,13 @@ class GuardedLBFGS:
         with torch.enable_grad():
             loss = float(evaluate(self.x).detach())
         assert self.x.grad is not None, "evaluate() must leave the gradient in x.grad"
-        grad = self.x.grad.detach().reshape(-1).clone()
+        return self.update(loss, self.x.grad)
+
+    def update(self, loss: float, gradient: torch.Tensor) -> float:
+        """The step after an evaluation made elsewhere: ``loss`` and ``gradient`` at
+        ``x`` (a batch of images is evaluated once, then each image's optimiser is given
+        its own loss and gradient). Returns what :meth:`step` returns."""
+        grad = gradient.detach().reshape(-1).clone()
         flat = self.x.detach().view(-1)
         limit = self.last_loss + (BLOWUP - 1) * abs(self.last_loss)
         if self.last_step is not None and not (math.isfinite(loss) and loss <= limit):

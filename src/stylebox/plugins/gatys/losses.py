@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -35,3 +35,21 @@ class Objective:
         layers = self.loss.layers
         features = self.network(image, layers) if layers else {}
         return self.loss(image, features, self.content_targets)
+
+    def per_image(
+        self, images: torch.Tensor, rows: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Each image's loss and parts (see :meth:`PerceptualLoss.per_image`) for a batch
+        of images: of the photos the targets were made for, or of those at ``rows``."""
+        layers = self.loss.layers
+        features = self.network(images, layers) if layers else {}
+        content, style = self.content_targets, self.loss.style_targets
+        if rows is not None and list(rows) != list(range(self._photos)):
+            index = torch.as_tensor(list(rows), device=images.device)
+            content = {k: v.index_select(0, index) for k, v in content.items()}
+            style = {k: v if len(v) == 1 else v.index_select(0, index) for k, v in style.items()}
+        return self.loss.per_image(images, features, content, style)
+
+    @property
+    def _photos(self) -> int:
+        return next(iter(self.content_targets.values())).shape[0] if self.content_targets else 1

@@ -8,6 +8,8 @@ capabilities, so it stays light: PyTorch and VGG19 load only when an instance is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
@@ -28,7 +30,7 @@ class GatysPlugin(Plugin[GatysParams]):
     version = __version__
     description = "Iterative Gatys optimiser (VGG19, L-BFGS/Adam), with per-step snapshots"
     Params = GatysParams
-    capabilities = Capabilities(deterministic=True, snapshots=True)
+    capabilities = Capabilities(deterministic=True, snapshots=True, batching=True)
 
     def __init__(self, params: GatysParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
@@ -37,6 +39,11 @@ class GatysPlugin(Plugin[GatysParams]):
         self.engine: Engine = Engine(params, runtime)
         self.device: Any = self.engine.device
         """The torch device jobs run on."""
+        if self.device.type != "cuda":
+            # On the CPU one image already fills the cores, so a batch is no faster, and
+            # its jobs would all wait for the slowest: the daemon hands this instance one
+            # job at a time (process_batch still works, batched, when called).
+            self.capabilities = replace(type(self).capabilities, batching=False)
 
     @property
     def device_kind(self) -> Literal["cpu", "cuda"]:
@@ -47,3 +54,10 @@ class GatysPlugin(Plugin[GatysParams]):
 
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         return self.engine.process(image, job)
+
+    def process_batch(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image]:
+        """Same-size photos optimised together (see ``Engine.process_many``); a job that
+        is stopped or fails alone gets its error in its place in the list."""
+        return self.engine.process_many(images, jobs)  # type: ignore[return-value]
