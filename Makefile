@@ -29,8 +29,11 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/gatys_step.py
+	$(BIN)/python bench/gatys_job.py
 	$(BIN)/python bench/daemon_overhead.py
 	$(BIN)/python bench/fast_infer.py
+	$(BIN)/python bench/fast_io.py
+	$(BIN)/python bench/gpu.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
