@@ -77,7 +77,7 @@ class Source:
             config=config,
             plugin=plugin,
             outbox=Outbox(config.outbox, config.output),
-            params_hash=params_digest(plugin.params),
+            params_hash=params_digest(plugin.params, plugin.instance.identity),
             device_type=plugin.instance.device_kind,
         )
 

@@ -128,9 +128,12 @@ ModelFile = Annotated[
 ]
 
 
-def params_digest(params: BaseModel) -> str:
-    """A stable hash of a params model, for cache keys and idempotency."""
+def params_digest(params: BaseModel, identity: str = "") -> str:
+    """A stable hash of a params model, for cache keys and idempotency; with a plugin's
+    :attr:`Plugin.identity` mixed in when it has one (without, the hash is unchanged)."""
     canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    if identity:
+        canonical += "|" + identity
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -244,6 +247,19 @@ class Plugin(ABC, Generic[ParamsT]):
         ``auto`` resolved): the daemon runs them under that kind's ``[daemon] workers``
         limit. A plugin that runs on a GPU overrides this to say ``"cuda"``."""
         return "cpu"
+
+    @property
+    def identity(self) -> str:
+        """What decides this instance's results beyond its params (the digests of the model
+        files they name, say): the host mixes it into each job's params hash, so a file
+        changed in place makes new jobs rather than duplicates. Empty by default."""
+        return ""
+
+    @classmethod
+    def check(cls, params: BaseModel, runtime: Runtime) -> None:
+        """Cheap checks of ``params`` against the files they name, without starting the
+        plugin or importing anything heavy: ``stylebox config check`` reports what this
+        raises as its inbox or batch disabled. ``__init__`` must still refuse the same."""
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) :meth:`process` returns for an input of ``size``; the runner
