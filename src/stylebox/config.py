@@ -184,6 +184,42 @@ class DaemonConfig(_Strict):
         return value
 
 
+class HttpConfig(_Strict):
+    """The live status page, its JSON API and Prometheus metrics (off unless ``listen``)."""
+
+    listen: str | None = Field(
+        None,
+        description="host:port to serve the status page on, e.g. 127.0.0.1:8765 (unset: no "
+        "page); a bare port listens on loopback only",
+    )
+    token: str | None = Field(
+        None,
+        min_length=16,
+        description="Allows actions (retry a failed job, cancel a running one) to requests "
+        "that send it in the X-Stylebox-Token header; unset: the page is read-only",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = http_address(value)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def http_address(listen: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``listen`` value: ``host:port``, ``[v6]:port`` or a bare port
+    (loopback: the page is for this machine unless an address is named)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", listen
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{listen!r} is not host:port (a port from 1 to 65535)")
+    return host, int(port)
+
+
 class StyleboxConfig(_Strict):
     """The whole configuration file."""
 
@@ -195,6 +231,7 @@ class StyleboxConfig(_Strict):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     inbox: list[InboxConfig] = Field(default_factory=list)
     batch: list[BatchConfig] = Field(default_factory=list)
 
