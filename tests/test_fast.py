@@ -16,6 +16,7 @@ from daemon_helpers import Daemon, wait_until, write_config
 from PIL import Image
 
 from stylebox.errors import ConfigError
+from stylebox.plugins.faststyle.manifest import BadModel
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.faststyle import FastParams, FastPlugin
 from stylebox.testing import RecordingContext
@@ -125,7 +126,7 @@ def export_invert(path: Path, fixed: bool) -> Path:
 
 def test_a_third_party_fixed_size_nhwc_model_runs_from_its_manifest(tmp_path: Path) -> None:
     model = export_invert(tmp_path / "invert.onnx", fixed=True)
-    with pytest.raises(ConfigError, match=r"no manifest; write invert\.json"):
+    with pytest.raises(BadModel, match=r"no manifest; write invert\.json"):
         plugin(tmp_path, model)
     model.with_suffix(".json").write_text(json.dumps({
         "input": "pixels", "output": "styled", "layout": "NHWC", "value_range": "0-1",

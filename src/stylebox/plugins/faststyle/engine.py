@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from stylebox.errors import ConfigError
+from stylebox.plugins.faststyle.checks import check_model
 from stylebox.plugins.faststyle.iograph import NotWrappable
 from stylebox.plugins.faststyle.manifest import ModelManifest
 from stylebox.plugins.faststyle.session import session_for, uint8_session_for, used_by
@@ -36,8 +37,9 @@ class Engine(Protocol):
     session: Any
     input: str
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 ``(N, H, W, 3)`` in, ``(N, H', W', 3)`` on 0..255 out."""
+    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """uint8 ``(N, H, W, 3)`` in, ``(N, H', W', 3)`` on 0..255 out; ``feeds``: inputs
+        that change per call (an arbitrary-style model's style vector)."""
         ...
 
 
@@ -48,14 +50,14 @@ class PlainEngine:
         self.session, self.manifest, self.feeds = session, manifest, feeds
         self.input = manifest.input
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         m = self.manifest
         array = batch.astype(np.float32)
         if m.value_range == "0-1":
             array /= 255.0
         if m.layout == "NCHW":
             array = array.transpose(0, 3, 1, 2)
-        feed = {m.input: np.ascontiguousarray(array), **self.feeds}
+        feed = {m.input: np.ascontiguousarray(array), **self.feeds, **(feeds or {})}
         output = self.session.run([m.output], feed)[0]
         if m.layout == "NCHW":
             output = output.transpose(0, 2, 3, 1)
@@ -88,9 +90,10 @@ class GraphEngine:
                 break
         self.binding = binding
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        extra = {**self.feeds, **(feeds or {})}
         if not self.binding:
-            return self.session.run([self.output], {self.input: batch, **self.feeds})[0]
+            return self.session.run([self.output], {self.input: batch, **extra})[0]
         import onnxruntime as ort
 
         # A fresh binding per call: one session serves every inbox and thread using it.
@@ -99,7 +102,7 @@ class GraphEngine:
             np.ascontiguousarray(batch), self.device, self.device_id
         )
         binding.bind_ortvalue_input(self.input, pixels)
-        for name, value in self.feeds.items():
+        for name, value in extra.items():
             binding.bind_cpu_input(name, value)
         # The output's shape is the graph's to say; onnxruntime allocates it on the device.
         binding.bind_output(self.output, self.device, self.device_id)
@@ -117,14 +120,18 @@ def engine_for(
     engine_cache: Path,
     io: IO = "auto",
     binding: bool | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
 ) -> Engine:
     """The engine for ``model`` on ``device``.
 
     ``io``: "uint8" the wrapped graph, "plain" the numpy conversions, "auto" the wrapped
     graph where the model takes it (the plain path otherwise). ``binding``: I/O binding,
     by default where the session runs on a GPU (on the CPU it gains nothing: the input
-    already lives where the model reads it).
+    already lives where the model reads it). ``feeds``: the other inputs' arrays, as
+    :func:`.checks.check_model` gives them (default: checked from the manifest).
     """
+    if feeds is None:
+        feeds = check_model(model, manifest).feeds
     if io != "plain":
         try:
             session, pixels, styled = uint8_session_for(model, manifest, device, engine_cache)
@@ -133,36 +140,8 @@ def engine_for(
                 raise ConfigError(f"{model}: cannot take uint8 pixels: {exc}") from exc
             log.info("%s: numpy conversions (%s)", model, exc)
         else:
-            feeds = extra_feeds(session, manifest)
             on_gpu = used_by(session)[0] == "cuda"
             return GraphEngine(
                 session, pixels, styled, feeds, on_gpu if binding is None else binding
             )
-    session = session_for(model, device, engine_cache)
-    inputs = {i.name for i in session.get_inputs()}
-    if manifest.input not in inputs:
-        raise ConfigError(
-            f"{model}: the manifest names input {manifest.input!r}, the model has {sorted(inputs)}"
-        )
-    return PlainEngine(session, manifest, extra_feeds(session, manifest))
-
-
-def extra_feeds(session: Any, manifest: ModelManifest) -> dict[str, np.ndarray]:
-    """The manifest's ``extra_inputs`` as arrays of the types the model declares."""
-    types = {i.name: i.type for i in session.get_inputs()}
-    missing = sorted(set(manifest.extra_inputs) - set(types))
-    if missing:
-        raise ConfigError(f"the manifest's extra_inputs {missing} are not inputs of the model")
-    return {
-        name: np.asarray(value, dtype=_NUMPY_TYPES.get(types[name], np.float32))
-        for name, value in manifest.extra_inputs.items()
-    }
-
-
-_NUMPY_TYPES: dict[str, type] = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-}
+    return PlainEngine(session_for(model, device, engine_cache), manifest, feeds)

@@ -9,28 +9,51 @@ conversions to what it wants happen inside the graph (:mod:`.engine`, :mod:`.iog
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, PositiveInt
+from pydantic import (
+    AfterValidator,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationInfo,
+    model_validator,
+)
 
-from stylebox import __version__
-from stylebox.errors import ConfigError
-from stylebox.images import fit_within, resize_to_max_side
+from stylebox import __version__, bundled
+from stylebox.errors import BadInput, ConfigError
+from stylebox.images import decode_image, fit_within, resize_to_max_side
 from stylebox.plugins.api import (
     Capabilities,
     JobContext,
-    ModelFile,
     Plugin,
     PluginParams,
     Runtime,
+    StyleFile,
+)
+from stylebox.plugins.faststyle.checks import (
+    Checked,
+    check_model,
+    file_digest,
+    probe_image,
+    probe_problem,
 )
 from stylebox.plugins.faststyle.engine import Engine, PlainEngine, engine_for
-from stylebox.plugins.faststyle.manifest import ModelManifest
-from stylebox.plugins.faststyle.session import Device, resolve, used_by
+from stylebox.plugins.faststyle.manifest import (
+    BadModel,
+    ExtraValue,
+    ModelManifest,
+    StylePredictor,
+    manifest_path,
+    predictor_path,
+)
+from stylebox.plugins.faststyle.session import Device, resolve, session_for, used_by
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -40,11 +63,50 @@ LANCZOS = Image.Resampling.LANCZOS
 TILE_CPU, TILE_GPU = 768, 4096
 
 
+def _model_file(value: Path, info: ValidationInfo) -> Path:
+    """A bundled model's name, or an existing file made absolute but not resolved: a
+    symbolic link keeps its own name, so the manifest beside the link is the one used."""
+    if not value.suffix and len(value.parts) == 1:
+        found = bundled.find_model(str(value))
+        if found is not None:
+            return found
+    path = value.expanduser()
+    if not path.is_absolute():
+        context = info.context if isinstance(info.context, dict) else {}
+        path = Path(context.get("base_dir") or Path.cwd()) / path
+    if not path.is_file():
+        known = ", ".join(bundled.model_names()) or "none"
+        raise ValueError(f"{value} is neither an ONNX file nor a bundled model ({known})")
+    return path.absolute()
+
+
+ModelPath = Annotated[Path, AfterValidator(_model_file)]
+
+
 class FastParams(PluginParams):
     """Parameters of the ``fast`` plugin."""
 
-    model: ModelFile = Field(description="ONNX model path, or a bundled model name")
-    strength: float = Field(1.0, ge=0, le=1, description="Blend with the photo: 0 photo, 1 style")
+    model: ModelPath = Field(description="ONNX model path, or a bundled model name")
+    style: StyleFile | list[StyleFile] | None = Field(
+        None,
+        description="Arbitrary-style models (a manifest with a style_predictor): the style "
+        "image(s), paths or bundled names; no training needed",
+    )
+    style_blend: list[NonNegativeFloat] | None = Field(
+        None, description="Weights of several styles (one each; default equal), normalised"
+    )
+    inputs: dict[str, ExtraValue] = Field(
+        default_factory=dict,
+        description="Values for the model's other inputs, over its manifest's extra_inputs "
+        "(e.g. { style_weights = [...] }); checked against the model when it loads",
+    )
+    strength: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="0 photo, 1 style: a blend with the photo; for arbitrary-style models, "
+        "between the photo's own style vector and the style's",
+    )
     color: Literal["none", "luminance"] = Field(
         "none", description="luminance: keep the photo's colours"
     )
@@ -65,6 +127,24 @@ class FastParams(PluginParams):
         "fp16_variant); auto: that variant on GPUs when there is one, fp32 otherwise",
     )
 
+    @model_validator(mode="after")
+    def _blend_matches(self) -> FastParams:
+        styles = self.styles
+        if self.style_blend is not None:
+            if len(self.style_blend) != len(styles):
+                raise ValueError(
+                    f"style_blend has {len(self.style_blend)} weights for {len(styles)} styles"
+                )
+            if sum(self.style_blend) <= 0:
+                raise ValueError("style_blend: the weights add up to 0")
+        return self
+
+    @property
+    def styles(self) -> list[Path]:
+        if self.style is None:
+            return []
+        return list(self.style) if isinstance(self.style, list) else [self.style]
+
 
 class FastPlugin(Plugin[FastParams]):
     name = "fast"
@@ -72,6 +152,11 @@ class FastPlugin(Plugin[FastParams]):
     description = "Feed-forward fast style (Johnson et al.) through onnxruntime"
     Params = FastParams
     capabilities = Capabilities(deterministic=True, batching=True)
+
+    @classmethod
+    def check(cls, params: Any, runtime: Runtime) -> None:
+        """The manifest read and checked against the graph (onnx only, nothing run)."""
+        _checked(params.model, ModelManifest.for_model(params.model), params)
 
     def __init__(self, params: FastParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
@@ -82,9 +167,27 @@ class FastPlugin(Plugin[FastParams]):
         if self.model != params.model:
             manifest = ModelManifest.for_model(self.model)
         self.manifest = manifest
+        self.checked: Checked = _checked(self.model, manifest, params)
         self.engine: Engine = engine_for(
-            self.model, manifest, self.device, runtime.cache_dir("tensorrt")
+            self.model,
+            manifest,
+            self.device,
+            runtime.cache_dir("tensorrt"),
+            feeds=self.checked.feeds,
         )
+        self._runtime = runtime
+        self._tile_engine: Engine | None = None
+        self._predictor: Any = None
+        self._style_vector: np.ndarray | None = None
+        self._digests = self._file_digests()
+        if manifest.style_predictor is not None:
+            path = predictor_path(self.model, manifest)
+            assert path is not None
+            # The predictor runs once per style (and per photo when strength < 1): the CPU
+            # does that well enough, and it keeps the GPU's memory for the transformer.
+            self._predictor = session_for(path, "cpu", runtime.cache_dir("tensorrt"))
+            self._style_vector = self._blended_style()
+        self._probe()
         # What the manifest records: where it really runs, not the setting ("auto").
         self.used_device, self.provider = used_by(self.engine.session)
         inputs = {i.name: i for i in self.engine.session.get_inputs()}
@@ -92,10 +195,29 @@ class FastPlugin(Plugin[FastParams]):
         # On CPU onnxruntime runs a batch of 8 no faster than 8 single images (3-11 % slower
         # at 128-512 px, bench/fast_infer.py); a GPU fills its cores with one.
         on_cpu = self.provider == "CPUExecutionProvider"
-        self.batchable = (not isinstance(batch, int) or batch > 1) and not on_cpu
+        # An arbitrary-style model's vector may differ per photo (strength < 1): one by one.
+        self.batchable = (
+            (not isinstance(batch, int) or batch > 1) and not on_cpu and self._predictor is None
+        )
         self.tile_size = params.tile_size or (TILE_CPU if on_cpu else TILE_GPU)
-        self._runtime = runtime
-        self._tile_engine: Engine | None = None
+
+    @property
+    def identity(self) -> str:
+        """The model's, its manifest's, the style predictor's and the style images'
+        digests: a file changed in place makes new jobs, not duplicates."""
+        return ";".join(f"{name}={digest}" for name, digest in sorted(self._digests.items()))
+
+    def _file_digests(self) -> dict[str, str]:
+        files = {"model": self.model, "manifest": manifest_path(self.model)}
+        if self.model != self.params.model:  # its fp16 variant runs: the chosen one's too
+            files["requested_model"] = self.params.model
+            files["requested_manifest"] = manifest_path(self.params.model)
+        predictor = predictor_path(self.model, self.manifest)
+        if predictor is not None:
+            files["style_predictor"] = predictor
+        for index, style in enumerate(self.params.styles):
+            files[f"style{index}"] = style
+        return {name: file_digest(path) for name, path in files.items()}
 
     @property
     def device_kind(self) -> Literal["cpu", "cuda"]:
@@ -118,7 +240,13 @@ class FastPlugin(Plugin[FastParams]):
         results: list[Image.Image | None] = [None] * len(photos)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, photo in enumerate(photos):
-            if max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
+            if self._predictor is not None:
+                feeds = self._style_feeds(photo)
+                if max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
+                    results[index] = self._tiled(photo, feeds)
+                else:
+                    results[index] = _to_image(self._run([np.asarray(photo)], feeds=feeds)[0])
+            elif max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
                 results[index] = self._tiled(photo)
             else:
                 groups.setdefault(photo.size, []).append(index)
@@ -138,6 +266,8 @@ class FastPlugin(Plugin[FastParams]):
                 device=self.used_device,
                 provider=self.provider,
                 precision=self.manifest.precision,
+                model=str(self.model),
+                **{f"{name}_sha256": digest for name, digest in self._digests.items()},
             )
             job.progress(1, 1)
         return finished
@@ -159,38 +289,97 @@ class FastPlugin(Plugin[FastParams]):
             y = result.convert("YCbCr").getchannel("Y")
             _, cb, cr = photo.convert("YCbCr").split()
             result = Image.merge("YCbCr", (y, cb, cr)).convert("RGB")
-        if self.params.strength < 1:
+        if self.params.strength < 1 and self._predictor is None:  # else in the style vector
             result = Image.blend(photo, result, self.params.strength)
         return result
 
-    def _run(self, arrays: list[np.ndarray], engine: Engine | None = None) -> list[np.ndarray]:
-        """HWC uint8 arrays of one size in, HWC arrays on 0..255 out: uint8 from the
-        wrapped graph, float (unrounded, unclipped) from the plain path."""
-        m = self.manifest
-        height, width = arrays[0].shape[:2]
-        if m.size == "dynamic":
-            pad_h = max(8, height + -height % m.multiple) - height
-            pad_w = max(8, width + -width % m.multiple) - width
-            mode = "reflect" if pad_h < height and pad_w < width else "edge"
-            if pad_h or pad_w:
-                arrays = [np.pad(a, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode) for a in arrays]
-        else:
-            arrays = [_pixels(Image.fromarray(a).resize(m.size, LANCZOS)) for a in arrays]
-        batch = np.stack(arrays) if len(arrays) > 1 else np.ascontiguousarray(arrays[0][None])
-        output = (engine or self.engine).run(batch)
-        if m.size == "dynamic":
-            return [o[:height, :width] for o in output]
-        return [_pixels(_to_image(o).resize((width, height), LANCZOS)) for o in output]
+    # -- arbitrary style -------------------------------------------------------------------
 
-    def _tiled(self, photo: Image.Image) -> Image.Image:
-        """Overlapping tiles, blended with linear ramps across each overlap."""
-        tile = self.tile_size
-        overlap = min(self.params.tile_overlap, tile // 4)
-        width, height = photo.size
-        source = _pixels(photo)
-        # Tiles blend the network's raw values, as they always have: blending the uint8
-        # results would clip each tile first and change the overlaps by up to ~40 levels
-        # where a tile's value lies outside 0..255. Tiled photos are rare on a GPU.
+    def _style_feeds(self, photo: Image.Image) -> dict[str, np.ndarray]:
+        """The style vector for ``photo``: the styles' blend, moved towards the photo's own
+        vector as strength falls (what the network does for less style)."""
+        assert self._style_vector is not None and self.manifest.style_input is not None
+        vector = self._style_vector
+        strength = self.params.strength
+        if strength < 1:
+            vector = strength * vector + (1 - strength) * self._vector_of(photo)
+        return {self.manifest.style_input: vector.astype(np.float32)}
+
+    def _blended_style(self) -> np.ndarray:
+        styles = self.params.styles
+        if not styles:
+            raise BadModel(
+                f"{self.model}: an arbitrary-style model (its manifest names a "
+                "style_predictor): set the style param to a painting, e.g. "
+                'style = "painting.jpg"'
+            )
+        weights = np.asarray(self.params.style_blend or [1.0] * len(styles), dtype=np.float64)
+        weights /= weights.sum()
+        vectors = [self._cached_vector(path) for path in styles]
+        blend = np.zeros_like(vectors[0])
+        for weight, vector in zip(weights, vectors, strict=True):
+            blend += np.float32(weight) * vector
+        return blend
+
+    def _cached_vector(self, style: Path) -> np.ndarray:
+        """A style's vector: from memory, else from the disk cache, else computed (once)."""
+        spec = self.manifest.style_predictor
+        assert spec is not None
+        key = hashlib.sha256(
+            f"{self._digests['style_predictor']}|{spec.model_dump_json()}|"
+            f"{file_digest(style)}".encode()
+        ).hexdigest()
+        with _vectors_lock:
+            if key in _vectors:
+                return _vectors[key]
+        path = self._runtime.cache_dir("fast") / "style-vectors" / f"{key}.npy"
+        vector: np.ndarray | None = None
+        if path.is_file():
+            try:
+                vector = np.load(path)
+            except (OSError, ValueError):  # a damaged cache file: computed again
+                vector = None
+        if vector is None or vector.shape != self.checked.style_shape:
+            try:
+                image = decode_image(style).rgb
+            except BadInput as exc:
+                raise ConfigError(f"fast style image {style}: {exc}") from exc
+            vector = self._vector_of(image)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_suffix(".tmp.npy")
+            np.save(temp, vector)
+            temp.replace(path)
+        with _vectors_lock:
+            _vectors[key] = vector
+        return vector
+
+    def _vector_of(self, image: Image.Image) -> np.ndarray:
+        spec = self.manifest.style_predictor
+        assert spec is not None and self.checked.predictor_output is not None
+        feed = {spec.input: _style_pixels(image, spec)}
+        vector = self._predictor.run([self.checked.predictor_output], feed)[0]
+        return np.asarray(vector, np.float32).reshape(self.checked.style_shape or vector.shape)
+
+    def _probe(self) -> None:
+        """Run the model once on a small mid-grey probe through the numpy path (raw values,
+        unclipped) and refuse it when the result cannot be an image on 0..255."""
+        m = self.manifest
+        width, height = (16, 16) if m.size == "dynamic" else m.size
+        feeds: dict[str, np.ndarray] = {}
+        if self._predictor is not None and m.style_input is not None:
+            assert self._style_vector is not None
+            feeds = {m.style_input: self._style_vector.astype(np.float32)}
+        engine = self._plain_engine()
+        try:
+            output = self._run([probe_image(width, height)], engine, feeds)[0]
+        except Exception as exc:  # onnxruntime's text is long: its first line says enough
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BadModel(f"{self.model}: fails on a {width}x{height} probe: {first}") from None
+        problem = probe_problem(output, m)
+        if problem:
+            raise BadModel(f"{self.model}: on a mid-grey probe the model {problem}")
+
+    def _plain_engine(self) -> Engine:
         if self._tile_engine is None:
             self._tile_engine = (
                 self.engine
@@ -201,14 +390,56 @@ class FastPlugin(Plugin[FastParams]):
                     self.device,
                     self._runtime.cache_dir("tensorrt"),
                     io="plain",
+                    feeds=self.checked.feeds,
                 )
             )
+        return self._tile_engine
+
+    def _run(
+        self,
+        arrays: list[np.ndarray],
+        engine: Engine | None = None,
+        feeds: dict[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """HWC uint8 arrays of one size in, HWC arrays on 0..255 out: uint8 from the
+        wrapped graph, float (unrounded, unclipped) from the plain path."""
+        m = self.manifest
+        height, width = arrays[0].shape[:2]
+        if m.size == "dynamic":
+            pad_h = max(8, height + -height % m.multiple) - height
+            pad_w = max(8, width + -width % m.multiple) - width
+            mode = "reflect" if pad_h < height and pad_w < width else "edge"
+            if pad_h or pad_w:
+                arrays = [np.pad(a, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode) for a in arrays]
+        elif m.resize == "pad":
+            arrays = [_padded(a, m.size) for a in arrays]
+        else:
+            arrays = [_pixels(Image.fromarray(a).resize(m.size, LANCZOS)) for a in arrays]
+        batch = np.stack(arrays) if len(arrays) > 1 else np.ascontiguousarray(arrays[0][None])
+        output = (engine or self.engine).run(batch, feeds)
+        if m.size == "dynamic":
+            return [o[:height, :width] for o in output]
+        if m.resize == "pad":
+            inner_w, inner_h = _fitted((width, height), m.size)
+            output = [o[:inner_h, :inner_w] for o in output]
+        return [_resized(o, (width, height)) for o in output]
+
+    def _tiled(self, photo: Image.Image, feeds: dict[str, np.ndarray] | None = None) -> Image.Image:
+        """Overlapping tiles, blended with linear ramps across each overlap."""
+        tile = self.tile_size
+        overlap = min(self.params.tile_overlap, tile // 4)
+        width, height = photo.size
+        source = _pixels(photo)
+        # Tiles blend the network's raw values, as they always have: blending the uint8
+        # results would clip each tile first and change the overlaps by up to ~40 levels
+        # where a tile's value lies outside 0..255. Tiled photos are rare on a GPU.
+        tile_engine = self._plain_engine()
         total = np.zeros((height, width, 3), dtype=np.float32)
         weight = np.zeros((height, width, 1), dtype=np.float32)
         for top in _starts(height, tile, overlap):
             for left in _starts(width, tile, overlap):
                 piece = source[top : top + tile, left : left + tile]
-                out = self._run([piece], self._tile_engine)[0]
+                out = self._run([piece], tile_engine, feeds)[0]
                 h, w = piece.shape[:2]
                 rows = _ramp(h, overlap, top > 0, top + h < height)
                 columns = _ramp(w, overlap, left > 0, left + w < width)
@@ -242,6 +473,69 @@ def chosen_model(
     if not variant.is_file():
         raise ConfigError(f"{model}: its fp16 variant {variant} does not exist")
     return variant
+
+
+_vectors_lock = threading.Lock()
+#: Style vectors by (predictor, style image) digest, shared by every instance.
+_vectors: dict[str, np.ndarray] = {}
+
+
+def _checked(model: Path, manifest: ModelManifest, params: FastParams) -> Checked:
+    checked = check_model(model, manifest, params.inputs)
+    if params.style is not None and manifest.style_predictor is None:
+        raise BadModel(
+            f"{model}: the style param needs an arbitrary-style model, and its manifest "
+            "names no style_predictor; remove style, or use such a model"
+        )
+    return checked
+
+
+def _style_pixels(image: Image.Image, spec: StylePredictor) -> np.ndarray:
+    """The style image as the predictor takes it: centre-cropped to its aspect and resized
+    (no padding: the style is texture, and padding would add some of its own)."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    want_w, want_h = spec.size
+    width, height = image.size
+    scale = min(width / want_w, height / want_h)
+    crop_w, crop_h = round(want_w * scale), round(want_h * scale)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    image = image.crop((left, top, left + crop_w, top + crop_h)).resize(spec.size, LANCZOS)
+    array = np.asarray(image, dtype=np.float32)
+    if spec.value_range == "0-1":
+        array = array / 255.0
+    if spec.layout == "NCHW":
+        array = array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array[None])
+
+
+def _fitted(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled to fit ``box``, keeping its aspect ratio."""
+    scale = min(box[0] / size[0], box[1] / size[1])
+    return (
+        min(box[0], max(1, round(size[0] * scale))),
+        min(box[1], max(1, round(size[1] * scale))),
+    )
+
+
+def _padded(array: np.ndarray, box: tuple[int, int]) -> np.ndarray:
+    """The photo scaled to fit ``box`` ([width, height]) and reflect-padded on the right and
+    bottom to fill it, so the model sees it undistorted; the result is cropped back."""
+    height, width = array.shape[:2]
+    inner_w, inner_h = _fitted((width, height), box)
+    small = _pixels(Image.fromarray(array).resize((inner_w, inner_h), LANCZOS))
+    pad_h, pad_w = box[1] - inner_h, box[0] - inner_w
+    if not pad_h and not pad_w:
+        return small
+    # numpy reflects repeatedly when the pad is longer than the side; a 1-pixel side has
+    # nothing to reflect.
+    mode = "reflect" if min(inner_w, inner_h) > 1 else "edge"
+    return np.pad(small, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def _resized(output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if output.shape[1] == size[0] and output.shape[0] == size[1]:
+        return output
+    return _pixels(_to_image(output).resize(size, LANCZOS))
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from stylebox.errors import ConfigError
 from stylebox.plugins.faststyle.iograph import NotWrappable, uint8_io
-from stylebox.plugins.faststyle.manifest import ModelManifest
+from stylebox.plugins.faststyle.manifest import BadModel, ModelManifest
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -94,7 +94,8 @@ def uint8_session_for(
 
     kind = resolve(device)
     with _lock:
-        key = (str(model.resolve()), f"{kind}/uint8")
+        # The wrapping follows the manifest: two links to one file may have two manifests.
+        key = (str(model.resolve()), f"{kind}/uint8/{manifest.model_dump_json()}")
         if key not in _wrapped:
             try:
                 proto = onnx.load(str(model))
@@ -120,7 +121,8 @@ def _create(source: str | bytes, model: Path, device: str, engine_cache: Path) -
             source, sess_options=options, providers=providers(device, engine_cache)
         )
     except Exception as exc:
-        raise ConfigError(f"cannot load {model} with onnxruntime: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadModel(f"{model}: onnxruntime cannot load it: {first}") from None
     wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
     if kind in wanted and wanted[kind] not in session.get_providers():
         raise ConfigError(
