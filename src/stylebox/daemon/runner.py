@@ -35,6 +35,7 @@ from stylebox.daemon.outbox import Outbox, OutputNames, gif_frame
 from stylebox.daemon.writer import JobWriter, WriterError
 from stylebox.errors import BadInput, InputChanged, PluginError, StyleboxError
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
+from stylebox.lossplot import render_svg
 from stylebox.plugins.api import JobContext, JsonValue, Plugin
 
 log = logging.getLogger("stylebox.runner")
@@ -417,6 +418,8 @@ class Runner:
         with outbox.writing(names) as outputs:
             outputs.write_result(result, decoded.alpha)
             animation = outputs.write_animation(result, context.frames)
+            # Any plugin whose history has a loss gets its curves, without drawing them itself.
+            loss_plot = outputs.write_loss_plot(render_svg(context.history, title=names.stem))
             finished_at = time.perf_counter()
             # a batch's time is shared by its jobs
             process_seconds = (processed_at - max(s.decoded_at for s in group)) / len(group)
@@ -441,6 +444,7 @@ class Runner:
                     "format": outbox.output.format,
                     "snapshots": _snapshots_on_disk(names),
                     "animation": animation.name if animation else None,
+                    "loss_plot": loss_plot.name if loss_plot else None,
                 },
                 **context.facts,
                 **({"batch": len(group)} if len(group) > 1 else {}),
