@@ -184,6 +184,17 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_cmd_status)
 
+    plot = commands.add_parser(
+        "plot",
+        help="draw a result's loss curves from its manifest",
+        description="Write the loss curves (total, content, style, TV per step, log scale) "
+        "that MANIFEST records as an SVG file, <stem>.loss.svg beside it by default: for "
+        "results made before the outbox got them.",
+    )
+    plot.add_argument("manifest", type=Path, metavar="MANIFEST", help="a result's <stem>.json")
+    plot.add_argument("--out", type=Path, metavar="SVG", help="where to write the plot")
+    plot.set_defaults(handler=_cmd_plot)
+
     plugins = commands.add_parser("plugins", help="list installed plugins and their params")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(handler=_cmd_plugins)
@@ -323,6 +334,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return print_status(args.config or bundled.default_config_path(), as_json=args.json)
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from stylebox.lossplot import plot_manifest
+
+    print(plot_manifest(args.manifest, args.out))
+    return EXIT_OK
+
+
 # -- train, export ----------------------------------------------------------------------------
 
 
@@ -382,7 +400,18 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     path = args.file or bundled.default_config_path()
-    loaded = load_config(path)
+    registry = discover()
+    loaded = load_config(path, registry)
+    # Each plugin's own cheap checks of the files its params name (the fast plugin reads
+    # its model's manifest and graph): what would disable an inbox at start is said here.
+    for (table, name), params in loaded.params.items():
+        if (table, name) in loaded.unavailable:
+            continue
+        plugin = registry.get(loaded.job(table, name).plugin)
+        try:
+            plugin.check(params, loaded.runtime)
+        except Exception as exc:  # as a plugin failing to start: that inbox, not the config
+            loaded.unavailable[(table, name)] = f"{type(exc).__name__}: {exc}"
     inboxes = ", ".join(f"{i.name} ({i.plugin})" for i in loaded.config.inbox) or "none"
     batches = ", ".join(f"{b.name} ({b.plugin})" for b in loaded.config.batch) or "none"
     if loaded.unavailable:

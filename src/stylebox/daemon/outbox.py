@@ -1,8 +1,9 @@
 """The outbox: the only code that decides output names and writes them.
 
 Per input stem ``S`` it holds ``S.<ext>`` (the result), ``S.steps/NNNN.png`` (snapshots),
-``S.gif`` (the snapshots as an animation) and ``S.json`` (the manifest). Snapshots appear as
-the job makes them; result, animation and manifest appear together or not at all (see
+``S.gif`` (the snapshots as an animation), ``S.loss.svg`` (the loss curves, for a job that
+reports a loss) and ``S.json`` (the manifest). Snapshots appear as the job makes them;
+result, animation, loss plot and manifest appear together or not at all (see
 :meth:`Outbox.writing`), the manifest last, so a manifest's presence means the rest is
 complete. A job that fails for good leaves nothing (:meth:`Outbox.discard`). Every file is
 written atomically, and a second ``photo.jpg`` gets ``photo-2``: names never collide and
@@ -35,7 +36,7 @@ from stylebox.images import (
 )
 
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-_ALL_SUFFIXES = (*_EXTENSIONS.values(), ".json", ".gif", ".steps")
+_ALL_SUFFIXES = (*_EXTENSIONS.values(), ".json", ".gif", ".steps", ".loss.svg")
 
 #: Most copies of one name in a folder: ``reserve`` adds at most ``-99999``.
 _MAX_COPIES = 99_999
@@ -105,6 +106,10 @@ class OutputNames:
     @property
     def manifest(self) -> Path:
         return self.folder / f"{self.stem}.json"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.folder / f"{self.stem}.loss.svg"
 
 
 class Outbox:
@@ -192,7 +197,7 @@ class Outbox:
         names = OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
         with contextlib.suppress(OSError):
             self.remove_temporaries(names)
-        for path in (names.manifest, names.result, names.animation):
+        for path in (names.manifest, names.result, names.animation, names.loss_plot):
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         shutil.rmtree(names.steps, ignore_errors=True)
@@ -260,6 +265,11 @@ class PendingOutputs:
         )
         return self._stage(self.names.animation, buffer.getvalue())
 
+    def write_loss_plot(self, svg: str | None) -> Path | None:
+        """The job's loss curves (an SVG document, see :mod:`stylebox.lossplot`); ``None``
+        for a job without any."""
+        return None if svg is None else self._stage(self.names.loss_plot, svg.encode())
+
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
         text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
         return self._stage(self.names.manifest, text.encode())
@@ -289,7 +299,8 @@ class PendingOutputs:
                 temp.unlink(missing_ok=True)
         self._temps.clear()
         if self._placed or not self.names.manifest.exists():
-            for path in (self.names.manifest, self.names.result, self.names.animation):
+            names = self.names
+            for path in (names.manifest, names.result, names.animation, names.loss_plot):
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
 

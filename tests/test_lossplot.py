@@ -1,0 +1,132 @@
+"""The loss plot: ``<stem>.loss.svg`` beside every result whose plugin reports a loss (in the
+manifest, part of the atomic set), and ``stylebox plot MANIFEST`` for older results."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from conftest import photo
+from PIL import Image
+from stepper_plugin import run
+
+from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.runner import Job, PluginHandle, Runner
+from stylebox.lossplot import render_svg
+from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+GATYS_LIKE = [
+    {"step": s, "loss": 1e6 / s, "content": 1e3 / s, "style": 1e5 / s**2, "tv": 10.0, "eta": 3}
+    for s in range(1, 31)
+]
+
+
+def _lines(svg: str) -> dict[str, list[tuple[float, float]]]:
+    root = ET.fromstring(svg)
+    return {
+        line.get("data-series", ""): [
+            tuple(map(float, point.split(","))) for point in line.get("points", "").split()
+        ]
+        for line in root.iter(f"{SVG}polyline")
+    }
+
+
+def test_the_four_losses_are_drawn_per_step_on_a_log_scale() -> None:
+    svg = render_svg(GATYS_LIKE, title="photo")
+    assert svg is not None
+    lines = _lines(svg)
+    assert set(lines) == {"loss", "content", "style", "tv"}
+    assert all(len(points) == 30 for points in lines.values())
+    # Log scale: a tenfold fall is the same height wherever it is; the constant TV is flat.
+    ys = [y for _, y in lines["loss"]]
+    assert abs((ys[9] - ys[0]) - (ys[29] - ys[2])) < 0.2  # 1 -> 10 and 3 -> 30: one decade
+    assert len({y for _, y in lines["tv"]}) == 1
+    assert [x for x, _ in lines["loss"]] == sorted(x for x, _ in lines["loss"])
+    assert ">1e6<" in svg and ">1e1<" in svg  # the decades of the range are labelled
+
+
+def test_a_history_without_a_loss_has_no_plot_and_bad_values_are_left_out() -> None:
+    assert render_svg([{"step": 1, "its": 3.0}]) is None
+    assert render_svg([]) is None
+    svg = render_svg([{"step": 1, "loss": 5.0}, {"step": 2, "loss": float("nan")},
+                      {"step": 3, "loss": 0.0}, {"step": 4, "loss": 2.0}])  # fmt: skip
+    assert svg is not None
+    assert [x for x, _ in _lines(svg)["loss"]] == sorted(x for x, _ in _lines(svg)["loss"])
+    assert len(_lines(svg)["loss"]) == 2
+
+
+def test_a_job_that_reports_a_loss_gets_its_plot_in_the_outbox_and_manifest(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "photo.png"
+    photo(24, 16).save(image)
+    out = tmp_path / "out"
+    manifest = run(image, out, tmp_path / "state" / "job", {"steps": 6}).manifest
+    assert manifest["output"]["loss_plot"] == "photo.loss.svg"
+    svg = (out / "photo.loss.svg").read_text()
+    assert svg == render_svg(manifest["history"], title="photo")
+    assert len(_lines(svg)["loss"]) == 6
+
+
+class _Plain(Plugin[PluginParams]):
+    name = "plain"
+    Params = PluginParams
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.progress(1, 1)  # steps, but no loss
+        return image
+
+
+def test_a_job_without_a_loss_writes_no_plot(tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    photo(24, 16).save(image)
+    plugin = _Plain(PluginParams(), Runtime(state_dir=tmp_path))
+    handle = PluginHandle("plain", "1", plugin, plugin.params)
+    result = Runner().execute(Job(image, tmp_path / "work"), handle, Outbox(tmp_path / "out"))
+    assert result.manifest["output"]["loss_plot"] is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo.json", "photo.png"]
+
+
+def _stylebox(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_plot_draws_an_older_results_curves_from_its_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "photo.json"
+    # A result from before the plot existed: its manifest has the history, no loss_plot.
+    manifest.write_text(json.dumps({"output": {"result": "photo.png"}, "history": GATYS_LIKE}))
+    done = _stylebox("plot", str(manifest))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "photo.loss.svg")
+    assert (tmp_path / "photo.loss.svg").read_text() == render_svg(GATYS_LIKE, title="photo")
+    assert json.loads(manifest.read_text()) == {  # left as it was
+        "output": {"result": "photo.png"}, "history": GATYS_LIKE
+    }  # fmt: skip
+    other = tmp_path / "elsewhere.svg"
+    assert _stylebox("plot", str(manifest), "--out", str(other)).returncode == 0
+    assert set(_lines(other.read_text())) == {"loss", "content", "style", "tv"}
+
+
+def test_plot_refuses_what_it_cannot_draw_in_one_line(tmp_path: Path) -> None:
+    cases = {
+        "missing.json": None,
+        "broken.json": "{not json",
+        "other.json": json.dumps({"name": "x"}),
+        "noloss.json": json.dumps({"history": [{"step": 1, "its": 2.0}]}),
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        done = _stylebox("plot", str(path))
+        assert done.returncode == 2, (name, done)
+        assert re.fullmatch(r"stylebox: bad input: [^\n]+\n", done.stderr), done.stderr
+        assert not list(tmp_path.glob("*.svg"))
