@@ -127,13 +127,13 @@ def _ray_executor(
     except BaseException:
         shutdown(ray, executor)
         raise
-    nodes = sorted({where["node"] for where in placed})
+    nodes = {where["node_id"]: where["node"] for where in placed}
     log.info(
         "%d Ray worker(s) (%s) on %d node(s): %s",
         len(placed),
         "1 GPU each" if cuda else "1 CPU each",
         len(nodes),
-        ", ".join(nodes),
+        ", ".join(sorted(set(nodes.values()))),
         extra={"event": "ray-workers", "batch": batch.name},
     )
     return executor

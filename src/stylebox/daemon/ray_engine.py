@@ -123,6 +123,7 @@ class _Worker:
         return {
             "pid": os.getpid(),
             "node": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "device_kind": self.plugin.instance.device_kind,
         }
 
@@ -197,17 +198,28 @@ class RayExecutor:
         self._make = lambda: actor_class.remote(*args)
         self._idle: queue.Queue[Any] = queue.Queue()
         self._all: list[Any] = []
+        """Every actor of the batch that has not died: idle, busy, or still starting."""
         self._where: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._broken: str | None = None
+        """Why no actor is left to run anything, once that is so."""
         for _ in range(actors):
-            self._add()
+            self._idle.put(self._add())
 
     def _add(self) -> Any:
         actor = self._make()
         with self._lock:
             self._all.append(actor)
-        self._idle.put(actor)
         return actor
+
+    def _take(self) -> Any:
+        """An idle actor, when there is one; ``None`` once none is left to wait for."""
+        while True:
+            try:
+                return self._idle.get(timeout=0.5)
+            except queue.Empty:
+                if self._broken is not None:
+                    return None
 
     def wait_ready(self, timeout: float) -> list[dict[str, Any]]:
         """Wait until every actor has started its plugin; where each runs. A plugin that
@@ -248,7 +260,9 @@ class RayExecutor:
         """Run ``jobs`` on an idle actor; what :meth:`Runner.execute_many` returns."""
         if not jobs:
             return []
-        actor = self._idle.get()
+        actor = self._take()
+        if actor is None:
+            return [PluginError(f"no Ray worker is left to run it: {self._broken}")] * len(jobs)
         keys = list(range(len(jobs)))
         try:
             # The actor starts on the group at once; the plugin's start is not seen from here.
@@ -286,8 +300,10 @@ class RayExecutor:
         return f"the Ray worker running it (pid {where['pid']} on {where['node']}) died"
 
     def _replace(self, dead: Any) -> None:
-        """A new actor in place of one that died; it starts its plugin while it waits for
-        its first group."""
+        """Start a new actor in place of one that died. It joins the idle ones once its
+        plugin has started: where the cluster has no room for it now (its node is gone),
+        the others go on without it, and it joins when room appears. One whose plugin fails
+        to start is dropped, and when no actor is left, jobs fail saying why."""
         with self._lock:
             if dead in self._all:
                 self._all.remove(dead)
@@ -295,13 +311,24 @@ class RayExecutor:
         with contextlib.suppress(Exception):  # already gone
             self.ray.kill(dead, no_restart=True)
         fresh = self._add()
-        log.warning("a Ray worker died; started another in its place")
+        log.warning("a Ray worker died; starting another in its place")
 
-        def locate() -> None:
-            with contextlib.suppress(Exception):  # its first group says why it failed
+        def join() -> None:
+            try:
                 self._where[id(fresh)] = self.ray.get(fresh.ready.remote())
+            except Exception as exc:
+                with self._lock:
+                    if fresh not in self._all:
+                        return  # the batch ended and closed it
+                    self._all.remove(fresh)
+                    left = len(self._all)
+                log.error("a new Ray worker failed to start its plugin: %s", _line(exc))
+                if left == 0:
+                    self._broken = f"the plugin failed to start on a new worker: {_line(exc)}"
+                return
+            self._idle.put(fresh)
 
-        threading.Thread(target=locate, name="ray-locate", daemon=True).start()
+        threading.Thread(target=join, name="ray-replace", daemon=True).start()
 
     def actors(self) -> list[dict[str, Any]]:
         """Where each known actor runs (pid, node, device kind)."""
