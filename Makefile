@@ -6,9 +6,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup start test lint bench clean
+.PHONY: setup start test lint bench clean browser
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The status page's browser test drives Debian's headless chromium through Selenium (no
+# browser download at test time). Installed here where missing (CI runs as root); where it
+# cannot be, setup says so and that test fails, loudly, rather than skipping.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		chromium chromium-driver || echo "WARNING: chromium could not be installed;" \
+		"tests/test_web_browser.py will fail" >&2; fi
 
 # Re-install whenever pyproject.toml changes; torch comes from the local wheel cache. The
 # ray extra is installed so that the tests of Ray batches run (tests/test_ray_batch.py).
