@@ -155,17 +155,21 @@ class Executor(Protocol):
     ) -> list[JobResult | StyleboxError]: ...
 
 
+StopReason = Literal["drain", "timeout", "cancel"]
+
+
 class Stop(threading.Event):
     """A running job's stop flag, with why it was raised: ``"drain"`` (stylebox is
     stopping: the job checkpoints and goes back to the queue, no attempt spent) or
-    ``"timeout"`` (its time is up: retried or failed like a fault). The first reason
-    given stands."""
+    ``"timeout"`` (its time is up: retried or failed like a fault) or ``"cancel"`` (someone
+    cancelled it, on the status page: failed at once, to be retried by hand). The first
+    reason given stands."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.reason: Literal["drain", "timeout"] | None = None
+        self.reason: StopReason | None = None
 
-    def stop(self, reason: Literal["drain", "timeout"]) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.reason is None:
             self.reason = reason
         self.set()
@@ -536,6 +540,8 @@ class Pipeline:
                 self._retry_or_fail(
                     source, row, PluginError(f"timed out after {timeout} s ({outcome})")
                 )
+            elif stop.reason == "cancel":
+                self._fail(source, row, Cancelled("cancelled by request"))
             else:  # the plugin gave up on its own: a fault like any other
                 self._retry_or_fail(source, row, PluginError(f"cancelled itself: {outcome}"))
         elif isinstance(outcome, InputChanged):
