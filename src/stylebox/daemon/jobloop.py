@@ -236,6 +236,16 @@ class JobLoop:
                 flag.stop("drain")
         self.wake()
 
+    def cancel(self, job_id: int) -> bool:
+        """Ask the running job ``job_id`` to stop; it ends as failed (see :class:`Stop`).
+        ``False`` if this loop is not running it."""
+        with self._lock:
+            stop = self._stops.get(job_id)
+        if stop is None:
+            return False
+        stop.stop("cancel")
+        return True
+
     def drain(self, seconds: float) -> int:
         """:meth:`stop`, then wait up to ``seconds`` for the running jobs to be back in the
         queue; the number of worker threads still busy after that."""
