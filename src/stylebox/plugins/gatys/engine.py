@@ -33,7 +33,9 @@ from stylebox.plugins.gatys import color
 from stylebox.plugins.gatys.checkpoint import Checkpoint
 from stylebox.plugins.gatys.lbfgs import GuardedLBFGS
 from stylebox.plugins.gatys.losses import Objective
-from stylebox.plugins.gatys.params import GatysParams
+from stylebox.plugins.gatys.params import MAX_MASK_COLORS, Color, GatysParams, parse_color
+from stylebox.plugins.gatys.photoreal import LaplacianCache
+from stylebox.plugins.gatys.regions import RegionStyle, distinct_colors, label_masks, load_mask
 from stylebox.plugins.gatys.targets import StyleTargetCache
 from stylebox.tensors import resolve_device, to_image, to_tensor
 
@@ -99,6 +101,10 @@ class _Lane:
     run: _Run = field(default_factory=_Run)
     error: StyleboxError | None = None
     """Why the job ended early (stopped, no progress); its result is then this error."""
+    mask: Image.Image | None = None
+    """The photo's label image at the photo's size (region-wise style only)."""
+    colors: list[Color] = field(default_factory=list)
+    """The regions' colours, in the masks' order."""
     active: bool = True
     """Still stepping at this scale (a plateau ends its scale early)."""
     best: float = math.inf
@@ -153,6 +159,24 @@ class Engine:
             except BadInput as exc:
                 raise ConfigError(f"gatys style image {path}: {exc}") from exc
             self.styles.append(_Style(decoded.rgb, decoded.sha256))
+        self.laplacians = LaplacianCache()
+        self.parts = (*_PARTS, "photo") if params.photorealism else _PARTS
+        """The loss parts each step reports."""
+        self.style_masks: list[Image.Image | None] = []
+        self.style_colors: set[Color] = set()
+        for i, path in enumerate(params.style_mask or []):
+            if path is None:
+                self.style_masks.append(None)
+                continue
+            try:
+                mask = load_mask(path, f"gatys style_mask {path}")
+                if params.mask_colors is None:
+                    self.style_colors.update(distinct_colors(mask, f"gatys style_mask {path}"))
+            except BadInput as exc:
+                raise ConfigError(str(exc)) from exc
+            if mask.size != self.styles[i].image.size:  # the masks follow their image
+                mask = mask.resize(self.styles[i].image.size, Image.Resampling.NEAREST)
+            self.style_masks.append(mask)
 
     # -- the job ---------------------------------------------------------------------------
 
@@ -170,15 +194,24 @@ class Engine:
         guard, so each ends as it would alone (within float noise) and on its own: a job
         that is stopped or fails leaves the others running. A job with a checkpoint to
         resume from runs alone (its steps are not the others')."""
-        lanes = [self._lane(image, job) for image, job in zip(images, jobs, strict=True)]
+        lanes: list[_Lane | StyleboxError] = []
+        for image, job in zip(images, jobs, strict=True):
+            try:
+                lanes.append(self._lane(image, job))
+            except StyleboxError as exc:  # a bad mask, say: this job alone fails
+                lanes.append(exc)
+        # Photos of one size together; each resumed job alone, and each with terms of its
+        # own photo (masks, matting Laplacian), which the batched loss does not carry.
+        alone = self.params.style_mask is not None or bool(self.params.photorealism)
         groups: dict[object, list[_Lane]] = {}
-        for lane in lanes:  # photos of one size together; each resumed job alone
-            key = id(lane) if lane.checkpoint is not None else lane.work.size
-            groups.setdefault(key, []).append(lane)
+        for lane in lanes:
+            if isinstance(lane, _Lane):
+                key = id(lane) if lane.checkpoint is not None or alone else lane.work.size
+                groups.setdefault(key, []).append(lane)
         outcomes: dict[int, Image.Image | StyleboxError] = {}
         for group in groups.values():
             outcomes.update(zip(map(id, group), self._run_lanes(group), strict=True))
-        return [outcomes[id(lane)] for lane in lanes]
+        return [outcomes[id(lane)] if isinstance(lane, _Lane) else lane for lane in lanes]
 
     def _run_lanes(self, lanes: list[_Lane]) -> list[Image.Image | StyleboxError]:
         p = self.params
@@ -201,7 +234,7 @@ class Engine:
             content = torch.cat([to_tensor(photo, self.device) for photo in photos])
             lum_content = color.luminance(content) if p.color == "luminance" else None
             target_content = lum_content if lum_content is not None else content
-            objective = self._objective(target_content, content, cache_outcomes)
+            objective = self._objective(target_content, content, cache_outcomes, lanes)
 
             if resume is not None and scale.index == resume.scale:
                 start = resume.image.to(self.device)
@@ -248,9 +281,51 @@ class Engine:
             color.luminance(first) if p.color == "luminance" else first,
             torch.Generator().manual_seed(p.seed),
         )
+        mask, colors = self._photo_mask(image, job)
         checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
         run = _Run(start_loss=checkpoint.start_loss if checkpoint else None)
-        return _Lane(job, image, work, out_size, start_image, checkpoint, run)
+        return _Lane(
+            job, image, work, out_size, start_image, checkpoint, run, mask=mask, colors=colors
+        )
+
+    def _photo_mask(
+        self, image: Image.Image, job: JobContext
+    ) -> tuple[Image.Image | None, list[Color]]:
+        """The photo's label image (its companion ``<stem>.mask.*``, else ``content_mask``)
+        at the photo's size, and the regions' colours; none without ``style_mask``."""
+        p = self.params
+        companion = job.companions.get("mask")
+        if p.style_mask is None:
+            if companion is not None:
+                job.note(mask=f"{companion.name} not used: style_mask is not set")
+            return None, []
+        path = companion or p.content_mask
+        if path is None:
+            raise BadInput(
+                "gatys has style_mask set but this photo has no mask: put its label image "
+                "beside it as <photo stem>.mask.png, or set content_mask"
+            )
+        where = f"the photo's mask {path.name}"
+        mask = load_mask(path, where)
+        job.note(mask=path.name)
+        if mask.size != image.size:
+            job.note(
+                mask_resized=f"{mask.width}x{mask.height} to the photo's "
+                f"{image.width}x{image.height} (nearest)"
+            )
+            mask = mask.resize(image.size, Image.Resampling.NEAREST)
+        if p.mask_colors is not None:
+            colors = [parse_color(text) for text in p.mask_colors]
+        else:
+            colors = sorted(self.style_colors.union(distinct_colors(mask, where)))
+            if len(colors) > MAX_MASK_COLORS:
+                raise BadInput(
+                    f"{where} and the style masks have {len(colors)} colours together, more "
+                    f"than {MAX_MASK_COLORS}: use one colour per region in all of them, or "
+                    "list the regions in mask_colors"
+                )
+        job.note(mask_regions=[f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colors])
+        return mask, colors
 
     def _finish(
         self, lane: _Lane, result: torch.Tensor, content: torch.Tensor
@@ -315,17 +390,39 @@ class Engine:
         return color.luminance(start) if self.params.color == "luminance" else start
 
     def _objective(
-        self, content: torch.Tensor, colour_content: torch.Tensor, outcomes: dict[str, int]
+        self,
+        content: torch.Tensor,
+        colour_content: torch.Tensor,
+        outcomes: dict[str, int],
+        lanes: Sequence[_Lane] = (),
     ) -> Objective:
         """The loss for a batch of photos ``content``: their own content features, and the
         style's Grams: one set for all, or one per photo where the colour mode fits the
-        painting to each photo."""
+        painting to each photo. With masks or photorealism (one photo, ``lanes[0]``), the
+        region-wise style loss and the photo's matting Laplacian."""
         p = self.params
+        regions = laplacian = None
+        if p.style_mask is not None or p.photorealism:
+            if len(lanes) != 1 or content.shape[0] != 1:
+                raise PermanentFailure("masks and photorealism run one photo at a time")
+            if p.style_mask is not None:
+                regions = self._regions(lanes[0], content, colour_content)
+            if p.photorealism:
+                began = time.perf_counter()
+                laplacian, cached = self.laplacians.get(
+                    _tensor_digest(colour_content), colour_content
+                )
+                if not cached:
+                    h, w = colour_content.shape[-2:]
+                    seconds = round(time.perf_counter() - began, 3)
+                    lanes[0].job.note(**{f"laplacian_seconds_{w}x{h}": seconds})
         with torch.no_grad(), self._autocast():
             content_targets = {
                 k: v.float() for k, v in self.network(content, list(p.content_layers)).items()
             }
-        if p.color == "none":
+        if regions is not None:
+            style_targets = {}
+        elif p.color == "none":
             style_targets = self._style_targets(content[:1], colour_content[:1], outcomes)
         else:
             per_photo = [
@@ -342,44 +439,78 @@ class Engine:
             p.content_weight,
             p.style_weight,
             p.tv_weight,
+            regions=regions,
+            laplacian=laplacian,
+            photorealism=p.photorealism,
         )
+
+    def _regions(
+        self, lane: _Lane, content: torch.Tensor, colour_content: torch.Tensor
+    ) -> RegionStyle:
+        """The region-wise style loss of ``lane``'s photo ``content`` (1, 3, H, W)."""
+        p = self.params
+        assert lane.mask is not None
+        layers = [k for k, w in p.style_layers.items() if w]
+        height, width = content.shape[-2:]
+        masks = label_masks(lane.mask, lane.colors, (width, height)).to(self.device)
+        styles = []
+        with torch.no_grad(), self._autocast():
+            own = self.network(content, layers)
+            for style, blend, mask in zip(self.styles, p.blend, self.style_masks, strict=True):
+                tensor, _, _ = self._style_tensor(style, content, colour_content)
+                h, w = tensor.shape[-2:]
+                if mask is None:  # a style without a mask lends all of itself to each region
+                    style_masks = torch.ones(len(lane.colors), h, w)
+                else:
+                    style_masks = label_masks(mask, lane.colors, (w, h))
+                styles.append((self.network(tensor, layers), style_masks.to(self.device), blend))
+            return RegionStyle.build(own, masks, styles)
 
     def _style_targets(
         self, content: torch.Tensor, colour_content: torch.Tensor, outcomes: dict[str, int]
     ) -> dict[str, torch.Tensor]:
         """The blended Grams of the style images, sized for ``content`` (one photo)."""
         p = self.params
-        longest = round(max(content.shape[-2:]) * p.style_scale)
         blended: dict[str, torch.Tensor] = {}
         for style, weight in zip(self.styles, p.blend, strict=True):
-            picture = resize_to_max_side(style.image, longest)
-            # Small paintings are enlarged to the asked scale, and any painting to where
-            # VGG19 still sees something.
-            if max(picture.size) < longest or min(picture.size) < MIN_SIDE:
-                factor = max(longest / max(picture.size), MIN_SIDE / min(picture.size))
-                factor *= max(picture.size) / max(style.image.size)
-                picture = style.image.resize(
-                    (
-                        max(1, round(style.image.width * factor)),
-                        max(1, round(style.image.height * factor)),
-                    ),
-                    Image.Resampling.LANCZOS,
-                )
-            tensor = to_tensor(picture, self.device)
-            style_id = style.sha256
-            if p.color == "luminance":
-                tensor = color.match_luminance(color.luminance(tensor), content)
-                style_id += f"|lum:{float(content.mean()):.6f}:{float(content.std()):.6f}"
-            elif p.color == "histogram":
-                tensor = color.match_colour(tensor.cpu(), colour_content.cpu()).to(self.device)
-                style_id += f"|hist:{_tensor_digest(colour_content)}"
-            key = self.cache.key(style_id, picture.size, list(p.style_layers), self.backbone_id)
+            tensor, style_id, size = self._style_tensor(style, content, colour_content)
+            key = self.cache.key(style_id, size, list(p.style_layers), self.backbone_id)
             with self._autocast():
                 grams, outcome = self.cache.grams(key, tensor, self.network, list(p.style_layers))
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             for layer, g in grams.items():
                 blended[layer] = blended.get(layer, 0) + weight * g.float()
         return blended
+
+    def _style_tensor(
+        self, style: _Style, content: torch.Tensor, colour_content: torch.Tensor
+    ) -> tuple[torch.Tensor, str, tuple[int, int]]:
+        """A style image as the loss sees it beside ``content`` (one photo): sized, in the
+        colour mode; with its cache identity and its size."""
+        p = self.params
+        longest = round(max(content.shape[-2:]) * p.style_scale)
+        picture = resize_to_max_side(style.image, longest)
+        # Small paintings are enlarged to the asked scale, and any painting to where
+        # VGG19 still sees something.
+        if max(picture.size) < longest or min(picture.size) < MIN_SIDE:
+            factor = max(longest / max(picture.size), MIN_SIDE / min(picture.size))
+            factor *= max(picture.size) / max(style.image.size)
+            picture = style.image.resize(
+                (
+                    max(1, round(style.image.width * factor)),
+                    max(1, round(style.image.height * factor)),
+                ),
+                Image.Resampling.LANCZOS,
+            )
+        tensor = to_tensor(picture, self.device)
+        style_id = style.sha256
+        if p.color == "luminance":
+            tensor = color.match_luminance(color.luminance(tensor), content)
+            style_id += f"|lum:{float(content.mean()):.6f}:{float(content.std()):.6f}"
+        elif p.color == "histogram":
+            tensor = color.match_colour(tensor.cpu(), colour_content.cpu()).to(self.device)
+            style_id += f"|hist:{_tensor_digest(colour_content)}"
+        return tensor, style_id, picture.size
 
     def _memory_format(self) -> torch.memory_format:
         chosen = self.params.memory_format
@@ -457,7 +588,7 @@ class Engine:
                 terms = objective.per_image(batch.contiguous(memory_format=layout), live)
             terms["loss"].sum().backward()
             # One read-back a step for every photo's loss and its parts.
-            values = torch.stack([terms[k].detach().float() for k in _PARTS], 1).tolist()
+            values = torch.stack([terms[k].detach().float() for k in self.parts], 1).tolist()
             losses: dict[int, float] = {}
             for row, i in enumerate(live):
                 optimizer = optimizers[i]
@@ -477,7 +608,7 @@ class Engine:
                 self._stepped(
                     lanes[i],
                     losses[i],
-                    dict(zip(_PARTS, values[row], strict=True)),
+                    dict(zip(self.parts, values[row], strict=True)),
                     scale,
                     global_step,
                     total,

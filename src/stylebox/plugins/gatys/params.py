@@ -19,6 +19,53 @@ DEFAULT_STYLE_LAYERS = {
 }
 
 
+#: More distinct colours than this in a mask without ``mask_colors`` is not a label image.
+MAX_MASK_COLORS = 16
+
+Color = tuple[int, int, int]
+
+
+def parse_color(text: str) -> Color:
+    """``#rrggbb`` (or ``rrggbb``) as an (r, g, b) triple."""
+    value = text.strip().removeprefix("#")
+    try:
+        if len(value) != 6:
+            raise ValueError
+        return (int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16))
+    except ValueError:
+        raise ValueError(f"mask colour {text!r} is not #rrggbb") from None
+
+
+def hex_color(color: Color) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*color)
+
+
+#: Named sets of defaults: ``preset = "photo"`` fills every knob listed here that the
+#: config does not set itself (what the config sets always wins).
+PRESETS: dict[str, dict[str, object]] = {
+    # Luan et al. 2017: content at conv4_2, style at conv1_1..conv5_1 (pre-ReLU, as in the
+    # paper), the photorealism regulariser on, no TV (the regulariser smooths where the
+    # photo is smooth), starting from the photo. The weights are the paper's balance
+    # rescaled to stylebox's mean-normalised terms (see README, "Photo to photo").
+    "photo": {
+        "content_layers": {"conv4_2": 1.0},
+        "style_layers": {
+            "conv1_1": 1.0,
+            "conv2_1": 1.0,
+            "conv3_1": 1.0,
+            "conv4_1": 1.0,
+            "conv5_1": 1.0,
+        },
+        "content_weight": 1.0,
+        "style_weight": 100.0,
+        "tv_weight": 0.0,
+        "photorealism": 1e3,
+        "init": "content",
+        "optimizer": "lbfgs",
+    },
+}
+
+
 def _check_layers(value: dict[str, float]) -> dict[str, float]:
     unknown = sorted(set(value).difference(LAYERS))
     if unknown:
@@ -32,6 +79,12 @@ def _check_layers(value: dict[str, float]) -> dict[str, float]:
 
 class GatysParams(PluginParams):
     """Parameters of the ``gatys`` plugin (Gatys, Ecker & Bethge, 2016)."""
+
+    preset: Literal["photo"] | None = Field(
+        None,
+        description="Named defaults: 'photo' sets Luan et al.'s layers and weights for "
+        "photo-to-photo transfer (photorealism on); what the config sets still wins",
+    )
 
     # What to paint with
     style: list[StyleFile] = Field(
@@ -55,6 +108,27 @@ class GatysParams(PluginParams):
     style_layers: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_STYLE_LAYERS),
         description="Style layers and their weights",
+    )
+    photorealism: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of Luan et al.'s photorealism regulariser (the photo's matting "
+        "Laplacian: the result stays locally an affine colour change of the photo); 0: off",
+    )
+    content_mask: InputFile | None = Field(
+        None,
+        description="Label image of the photo (flat colours: one per region); in an inbox, "
+        "the photo's own <stem>.mask.png beside it wins",
+    )
+    style_mask: list[InputFile | None] | None = Field(
+        None,
+        description="Label image of the style image (same colours, same regions), or one per "
+        "style image; a region the style lacks keeps the photo's look",
+    )
+    mask_colors: list[str] | None = Field(
+        None,
+        description="The regions' colours as #rrggbb; each mask pixel takes the nearest (for "
+        "antialiased masks); default: the masks' own distinct colours (at most 16)",
     )
     pooling: Pooling = Field("max", description="VGG19 pooling: max, or avg for softer textures")
 
@@ -127,10 +201,32 @@ class GatysParams(PluginParams):
         0, ge=0, description="Also checkpoint every N steps (0: only by time)"
     )
 
-    @field_validator("style", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        defaults = PRESETS.get(str(data["preset"]))
+        if defaults is None:
+            return data  # the field's own check says which presets exist
+        return {**defaults, **data}
+
+    @field_validator("style", "style_mask", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str | Path) else value
+
+    @field_validator("mask_colors")
+    @classmethod
+    def _colors(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        parsed = [hex_color(parse_color(text)) for text in value]
+        if not parsed or len(set(parsed)) != len(parsed) or len(parsed) > MAX_MASK_COLORS:
+            raise ValueError(
+                f"mask_colors needs 1 to {MAX_MASK_COLORS} different colours, got {value}"
+            )
+        return parsed
 
     _check_content = field_validator("content_layers")(_check_layers)
     _check_style = field_validator("style_layers")(_check_layers)
@@ -145,6 +241,11 @@ class GatysParams(PluginParams):
                 )
             if any(w < 0 for w in self.style_blend) or sum(self.style_blend) <= 0:
                 raise ValueError("style_blend weights must be non-negative with a positive sum")
+        if self.style_mask is not None and len(self.style_mask) != len(self.style):
+            raise ValueError(
+                f"style_mask has {len(self.style_mask)} masks for {len(self.style)} style "
+                "images; give one per style image (null for a style without one)"
+            )
         if any(b <= a for a, b in zip(self.scales, self.scales[1:], strict=False)):
             raise ValueError("scales must be increasing")
         if self.scales and self.scales[-1] >= self.size:
