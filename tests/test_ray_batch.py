@@ -78,6 +78,11 @@ class Probe(Plugin):
     Params = Params
     capabilities = Capabilities(batching=True)
 
+    def __init__(self, params, runtime):
+        super().__init__(params, runtime)
+        with open(params.log + ".init", "a") as log:
+            log.write(f"{os.getpid()}\\n")
+
     def process_batch(self, images, jobs):
         with open(self.params.log, "a") as log:
             names = ",".join(job.job.input_path.name for job in jobs)
@@ -183,15 +188,15 @@ def test_a_ray_batch_writes_what_a_local_batch_writes_and_bad_images_fail_alike(
     tmp_path: Path,
 ) -> None:
     """posterize over good photos, a text file and an empty one: the same results (pixel
-    for pixel), manifests and failures with the same reasons; the Ray run starts its own
-    local Ray instance from ``engine = "ray"``."""
+    for pixel), manifests and failures with the same reasons; ``--ray`` with no address
+    starts a local Ray instance of its own."""
     runs = {}
     for engine in ("local", "ray"):
         folder = tmp_path / engine
-        config = make_batch(folder, 4, "posterize", "{ bits = 2 }", f'engine = "{engine}"')
+        config = make_batch(folder, 4, "posterize", "{ bits = 2 }")
         (folder / "library" / "notes.jpg").write_text("hello, this is not a picture\n" * 20)
         (folder / "library" / "empty.png").write_bytes(b"")
-        result = batch(config)
+        result = batch(config, *(["--ray"] if engine == "ray" else []), env=dict(os.environ))
         assert result.returncode == 1, result.stderr  # the two bad files failed
         assert ("Ray worker(s)" in result.stderr) == (engine == "ray")
         runs[engine] = folder
@@ -410,15 +415,20 @@ def test_stopping_a_ray_batch_reaches_the_actor_and_requeues_uncounted(
 def test_same_size_photos_go_to_a_batching_plugin_together(
     tmp_path: Path, ray_address: str
 ) -> None:
+    """``engine = "ray"`` and ``ray_address`` in the table: the batch joins that cluster;
+    its one actor starts the plugin once and gets the three photos of each size as one
+    ``process_batch``."""
     env = probe_env(tmp_path)
     log = tmp_path / "calls.log"
-    config = make_batch(
-        tmp_path, 6, "probe", f'{{ log = "{log}" }}', "workers = 1", "batch_size = 6"
-    )
-    result = batch(config, "--ray", ray_address, env=env)
+    table = f'workers = 1\nengine = "ray"\nray_address = "{ray_address}"'
+    config = make_batch(tmp_path, 6, "probe", f'{{ log = "{log}" }}', table, "batch_size = 6")
+    result = batch(config, env=env)
     assert result.returncode == 0, result.stderr
-    calls = sorted(int(line.split()[2]) for line in log.read_text().splitlines())
-    assert calls == [3, 3]  # three of each width, in one claim of six
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(int(call[2]) for call in calls) == [3, 3]  # one claim of six, two sizes
+    (actor,) = {call[0] for call in calls}
+    starts = Path(f"{log}.init").read_text().split()  # this command's, then the actor's
+    assert starts.count(actor) == 1 and len(starts) == 2
 
 
 def test_ray_missing_is_a_one_line_config_error(tmp_path: Path) -> None:
