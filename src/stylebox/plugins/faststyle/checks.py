@@ -204,7 +204,10 @@ def _image(where: str, name: str, tensor: Tensor, layout: str, size: Any) -> Non
     if len(tensor.shape) != 4:
         raise BadModel(f"{where} input {name!r} is {tensor.describe()}, not a 4-d image")
     channel, other = (1, 3) if layout == "NCHW" else (3, 1)
-    if tensor.shape[channel] not in (3, None) and not isinstance(tensor.shape[channel], str):
+    found = tensor.shape[channel]
+    # A named (dynamic) dimension where the channels should be, with a 3 where the other
+    # layout has them, is the other layout: fixed sides are never named.
+    if found != 3 and (isinstance(found, int) or tensor.shape[other] == 3):
         better = "NHWC" if layout == "NCHW" else "NCHW"
         hint = (
             f'; its channels come where {better} has them: "layout": "{better}"'
@@ -213,7 +216,7 @@ def _image(where: str, name: str, tensor: Tensor, layout: str, size: Any) -> Non
         )
         raise BadModel(
             f"{where} layout {layout!r}: input {name!r} is {tensor.describe()}, with "
-            f"{tensor.shape[channel]} where {layout} has the 3 colour channels{hint}"
+            f"{found} where {layout} has the 3 colour channels{hint}"
         )
     rows, columns = (2, 3) if layout == "NCHW" else (1, 2)
     height, width = tensor.shape[rows], tensor.shape[columns]
