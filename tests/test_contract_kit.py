@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from pydantic import BaseModel, Field, SecretStr
 
 from stylebox.errors import BadInput, Cancelled
 from stylebox.plugins.api import Capabilities, JobContext, Plugin, PluginParams
-from stylebox.testing import CHECKS, ContractCase, ContractFailure, check_plugin
+from stylebox.testing import (
+    CHECKS,
+    ContractCase,
+    ContractFailure,
+    ContractWarning,
+    check_plugin,
+    sample_image,
+)
 from stylebox.testing.checks import check_named
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,6 +198,12 @@ class PhonesHome(Good):
         return super().process(image, job)
 
 
+class RunsAProgram(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        subprocess.run(["true"], check=True)  # a program's writes are out of the kit's sight
+        return super().process(image, job)
+
+
 class IgnoresCancel(Good):
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         for step in range(1, 41):
@@ -256,6 +270,7 @@ BAD_PLUGINS = [
     ("writes_only_where_given", WritesDebugFile, {}, "sandbox/debug.png"),
     ("writes_only_where_given", WritesTempFile, {}, "open /tmp/.*png"),
     ("no_network", PhonesHome, {}, "socket.connect \\('127.0.0.1', 9\\)"),
+    ("no_programs", RunsAProgram, {}, "started a program"),
     ("cancellation", IgnoresCancel, {"cancel_within": 0.5}, "kept running 0.5 s after"),
     ("cancellation", CancelsWithRuntimeError, {}, "raised RuntimeError: stopped"),
     ("deterministic", Unseeded, {}, "different pixels twice from one instance"),
@@ -297,9 +312,9 @@ def test_checks_a_plugin_does_not_promise_are_skipped_with_the_reason(tmp_path: 
     report = check_plugin(ContractCase(plugin=Modest, workdir=tmp_path))
     skipped = {r.check: r.message for r in report.results if r.status == "skipped"}
     assert skipped == {
-        "snapshots": "snapshots: the plugin does not declare snapshots=True",
-        "deterministic": "deterministic: the plugin does not declare deterministic=True",
-        "batch": "batch: the plugin does not declare batching=True",
+        "snapshots": "the plugin does not declare snapshots=True",
+        "deterministic": "the plugin does not declare deterministic=True",
+        "batch": "the plugin does not declare batching=True",
     }
 
 
@@ -334,7 +349,9 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
         "    expected_failures: ClassVar = {'discoverable': 'not installed here'}\n\n"
         "class TestNoProgress(PluginContract):\n"
         "    plugin = NoProgress\n"
-        "    expected_failures: ClassVar = {'discoverable': 'not installed here'}\n"
+        "    expected_failures: ClassVar = {'discoverable': 'not installed here'}\n\n"
+        "class TestMissing(PluginContract):\n"
+        "    plugin = 'no_such_plugin_xyz'\n"
     )
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_author.py"],
@@ -348,5 +365,79 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     assert completed.returncode == 1, out + completed.stderr
     assert "FAILED test_author.py::TestNoProgress::test_contract[progress_through_context]" in out
     assert "XFAIL test_author.py::TestGood::test_contract[discoverable] - not installed here" in out
-    # NoProgress also fails snapshots and batch, which need progress reports too
-    assert "3 failed, 23 passed, 2 xfailed" in out
+    # NoProgress also fails snapshots and batch, which need progress reports too; a plugin
+    # that does not load fails once, and the rest of its checks say why they skip
+    assert "FAILED test_author.py::TestMissing::test_contract[discoverable]" in out
+    assert "the plugin did not load; see the discoverable check" in out
+    assert "4 failed, 25 passed, 14 skipped, 2 xfailed" in out
+
+
+# -- issue 18: what a plugin author could slip past ---------------------------------------
+
+
+class IgnoresCancelButIsQuick(Good):
+    """Ignores the flag, but its whole run takes a second: within ``cancel_within``."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        for step in range(1, 21):
+            time.sleep(0.05)
+            job.progress(step, 20)
+        return ImageOps.invert(image)
+
+
+class TwoStepsThenStops(Good):
+    """Finishes the step it was in and one more: within the grace steps."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        for step in range(1, 10):
+            job.progress(step, 9)
+            if job.cancelled and step >= 2:
+                raise Cancelled("stopped")
+        return ImageOps.invert(image)
+
+
+class FreeColour(Good):
+    class Params(PluginParams):
+        level: int = Field(2, ge=1, le=8)
+        colour: str = "red"
+
+
+def test_a_program_started_by_a_plugin_is_caught(tmp_path: Path) -> None:
+    with pytest.raises(ContractFailure, match=r"started a program:\n  subprocess.Popen \['true'\]"):
+        run_check("no_programs", RunsAProgram, tmp_path)
+
+
+def test_a_plugin_that_ignores_cancellation_is_caught_even_when_quick(tmp_path: Path) -> None:
+    with pytest.raises(ContractFailure, match=r"went on for 19 more steps after job\.cancelled"):
+        run_check("cancellation", IgnoresCancelButIsQuick, tmp_path)
+    run_check("cancellation", TwoStepsThenStops, tmp_path / "grace")  # passes
+
+
+def test_a_free_text_param_is_warned_of_unless_invalid_params_cover_it(tmp_path: Path) -> None:
+    with pytest.warns(ContractWarning, match="FreeColour.Params|Params.colour accepts any text"):
+        run_check("params_reject_bad_values", FreeColour, tmp_path)
+    report = check_plugin(ContractCase(plugin=FreeColour, workdir=tmp_path / "r"))
+    (result,) = [r for r in report.results if r.check == "params_reject_bad_values"]
+    assert result.status == "passed" and "colour accepts any text" in result.message
+    covered = {"invalid_params": [{"colour": "not a colour"}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContractWarning)
+        with pytest.raises(ContractFailure, match="accepted the invalid params"):
+            run_check("params_reject_bad_values", FreeColour, tmp_path, **covered)
+
+
+def test_a_plugin_that_does_not_load_fails_once(tmp_path: Path) -> None:
+    report = check_plugin(ContractCase(plugin="no_such_plugin_xyz", workdir=tmp_path))
+    failed = [r for r in report.results if r.status == "failed"]
+    assert [r.check for r in failed] == ["discoverable"]
+    assert "no_such_plugin_xyz" in failed[0].message
+    assert {r.message for r in report.results if r.status == "skipped"} == {
+        "the plugin did not load; see the discoverable check"
+    }
+
+
+def test_sample_images_name_their_kinds(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match="'flat'; the kinds are gradient, black, white, grey, noise"
+    ):
+        sample_image((4, 4), "flat")

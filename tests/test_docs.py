@@ -26,3 +26,42 @@ def test_the_readme_quotes_the_bundled_fp16_error() -> None:
     quoted = re.search(r"bundled model's variant differs by at most ([0-9.]+)", readme)
     assert quoted is not None
     assert float(quoted.group(1)) == round(bundled["training"]["fp16_max_abs_error"], 3)
+
+
+def _blocks(section: str, language: str) -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    text = readme.split(section, 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_the_readme_pyproject_skeleton_is_the_example_packages() -> None:
+    import tomllib
+
+    shown = next(
+        tomllib.loads(block)
+        for block in _blocks("## Writing a plugin", "toml")
+        if "[build-system]" in block
+    )
+    example = tomllib.loads((REPO / "examples/stylebox-posterize/pyproject.toml").read_text())
+    assert shown["build-system"] == example["build-system"]
+    assert shown["project"]["entry-points"] == example["project"]["entry-points"]
+    assert "stylebox" in shown["project"]["dependencies"]
+    assert shown["tool"] == {"hatch": example["tool"]["hatch"]}
+
+
+def test_the_readme_example_test_passes(tmp_path) -> None:
+    """The plugin author's example test in the README, run as an author would."""
+    import subprocess
+    import sys
+
+    (example,) = [b for b in _blocks("### Proving it", "python") if "stylebox_context" in b]
+    (tmp_path / "test_readme_example.py").write_text(example)
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "1 passed" in completed.stdout

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import broken_plugins_site
+from conftest import broken_plugins_site, installed_site
 from PIL import Image
 
 from stylebox.config import parse_config
@@ -59,3 +60,32 @@ def test_broken_plugins_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyP
     data["inbox"][0]["plugin"] = "explode"
     with pytest.raises(ConfigError, match=r"\[\[inbox\]\] #1 \(a\)\.plugin: no plugin named"):
         parse_config(data, registry=registry)
+
+
+def test_a_plugin_already_loaded_keeps_its_code_until_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the README says of SIGHUP: it loads a plugin that failed to import before,
+    but one already imported keeps the code it was loaded with (Python caches modules)."""
+    source = (
+        "from stylebox.plugins.api import Plugin, PluginParams\n\n"
+        "class Versioned(Plugin):\n"
+        "    name = 'versioned'\n"
+        "    version = '1'\n"
+        "    Params = PluginParams\n\n"
+        "    def process(self, image, job):\n"
+        "        return image\n"
+    )
+    site = installed_site(
+        tmp_path,
+        "versioned",
+        "[stylebox.plugins]\nversioned = versioned_plugin:Versioned\n",
+        {"versioned_plugin.py": source},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        assert discover().plugins["versioned"].version == "1"
+        (site / "versioned_plugin.py").write_text(source.replace("'1'", "'2'"))
+        assert discover().plugins["versioned"].version == "1"  # as a reload would see it
+    finally:
+        sys.modules.pop("versioned_plugin", None)

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from stylebox.testing.checks import (
     CHECKS,
+    SAMPLE_KINDS,
     Check,
     CheckResult,
     ContractCase,
     ContractFailure,
     ContractReport,
+    ContractWarning,
     check_plugin,
     sample_image,
 )
@@ -25,11 +27,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKS",
+    "SAMPLE_KINDS",
     "Check",
     "CheckResult",
     "ContractCase",
     "ContractFailure",
     "ContractReport",
+    "ContractWarning",
     "PluginContract",
     "RecordingContext",
     "check_plugin",

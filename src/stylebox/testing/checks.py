@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -24,8 +25,15 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from stylebox.errors import BadInput, Cancelled, ConfigError, PluginError
-from stylebox.plugins.api import Capabilities, Plugin, Runtime
+from stylebox.plugins.api import (
+    BadInput,
+    Cancelled,
+    Capabilities,
+    ConfigError,
+    Plugin,
+    PluginError,
+    Runtime,
+)
 from stylebox.plugins.registry import GROUP, contract_problem, discover
 from stylebox.testing.context import RecordingContext
 from stylebox.testing.sandbox import sandboxed
@@ -34,15 +42,30 @@ from stylebox.testing.sandbox import sandboxed
 ODD_SIZES: tuple[tuple[int, int], ...] = ((1, 1), (17, 33), (33, 17), (64, 48), (300, 7), (7, 300))
 #: Valid images that tempt a plugin into dividing by zero or normalising nothing.
 EDGE_KINDS: tuple[str, ...] = ("black", "white", "grey", "noise")
+#: What :func:`sample_image` draws.
+SAMPLE_KINDS: tuple[str, ...] = ("gradient", *EDGE_KINDS)
 
 
 class ContractFailure(AssertionError):
     """A plugin broke a rule of the contract; the message says which and what to do."""
 
 
+class ContractWarning(UserWarning):
+    """Not a broken rule, but worth a look (a param that accepts any text, say)."""
+
+
+#: Progress reports a plugin may still make after ``job.cancelled`` turned true: the step
+#: it was in, and one more. Past that, it ignores the flag, however quick its steps are.
+CANCEL_GRACE_STEPS = 2
+
+
 def sample_image(size: tuple[int, int], kind: str = "gradient", seed: int = 0) -> Image.Image:
     """A reproducible RGB test picture: ``gradient`` (smooth colour ramps with detail),
-    ``noise``, or a flat ``black``, ``white`` or ``grey``."""
+    ``noise``, or a flat ``black``, ``white`` or ``grey`` (see :data:`SAMPLE_KINDS`)."""
+    if kind not in SAMPLE_KINDS:
+        raise ValueError(
+            f"unknown sample image kind {kind!r}; the kinds are {', '.join(SAMPLE_KINDS)}"
+        )
     width, height = size
     if kind in ("black", "white", "grey"):
         level = {"black": 0, "white": 255, "grey": 128}[kind]
@@ -51,8 +74,6 @@ def sample_image(size: tuple[int, int], kind: str = "gradient", seed: int = 0) -
     if kind == "noise":
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         return Image.fromarray(pixels, "RGB")
-    if kind != "gradient":
-        raise ValueError(f"unknown sample image kind {kind!r}")
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     x /= max(width - 1, 1)
     y /= max(height - 1, 1)
@@ -159,8 +180,9 @@ def _process(
         result = plugin.process(image, context)
     except Exception as exc:
         raise ContractFailure(
-            f"process failed on {what}: {_describe(exc)}; every RGB image the safe-image "
-            "layer produces must work (upscale tiny inputs internally if you must)"
+            f"process failed on {what}: {_describe(exc)}; every RGB image of any size "
+            "from 1x1 up must give a result (a size is never a reason for BadInput: "
+            "upscale tiny inputs internally)"
         ) from exc
     if image.tobytes() != before:
         raise ContractFailure(f"process changed its input image ({what}); work on a copy")
@@ -266,6 +288,31 @@ def check_params_reject_bad_values(case: ContractCase) -> None:
         except ValidationError:
             continue
         raise ContractFailure(f"{model.__name__} accepted the invalid params {params!r}")
+    _warn_free_text(model, case)
+
+
+def _warn_free_text(model: type[BaseModel], case: ContractCase) -> None:
+    """Warn of string fields that take any text (a colour as a free ``str``, say) when no
+    ``invalid_params`` entry shows what they refuse: a typo in a config would pass."""
+    tried = {key for params in case.invalid_params for key in params}
+    properties = model.model_json_schema().get("properties", {})
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        schema = properties.get(key, {})
+        variants = schema.get("anyOf", [schema])
+        free = [
+            v for v in variants
+            if v.get("type") == "string"
+            and not {"enum", "const", "pattern", "format", "maxLength"} & v.keys()
+        ]  # fmt: skip
+        if free and key not in tried:
+            warnings.warn(
+                ContractWarning(
+                    f"{model.__name__}.{key} accepts any text; constrain it (a Literal, a "
+                    "pattern, a max_length) or give invalid_params with values it refuses"
+                ),
+                stacklevel=2,
+            )
 
 
 def check_params_json_roundtrip(case: ContractCase) -> None:
@@ -360,8 +407,9 @@ def check_snapshots(case: ContractCase) -> None:
             raise ContractFailure(f"the snapshot at step {step} is not an RGB image: {picture!r}")
 
 
-def _observed_run(case: ContractCase) -> tuple[list[str], list[str], list[str]]:
-    """Create and run the plugin in a sandbox: (writes, network uses, stray files)."""
+def _observed_run(case: ContractCase) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Create and run the plugin in a sandbox: (writes, network uses, stray files,
+    programs started)."""
     context = case.context()
     allowed = [context.checkpoint_dir, case.runtime.state_dir / "cache"]
     allowed[-1].mkdir(parents=True, exist_ok=True)  # the host's state dir exists already
@@ -371,13 +419,13 @@ def _observed_run(case: ContractCase) -> tuple[list[str], list[str], list[str]]:
             _process(plugin, sample_image((64, 48)), context, "a 64x48 image")
         finally:
             plugin.close()
-    return box.writes, box.network, box.stray_files()
+    return box.writes, box.network, box.stray_files(), box.processes
 
 
 def check_writes_only_where_given(case: ContractCase) -> None:
     """No file is written except in the job's checkpoint dir and the runtime's cache dirs;
     results and snapshots reach the disk only through the outbox."""
-    writes, _, stray = _observed_run(case)
+    writes, _, stray, _ = _observed_run(case)
     if writes or stray:
         listed = "\n  ".join(writes + [f"(in the working directory) {s}" for s in stray])
         raise ContractFailure(
@@ -389,12 +437,25 @@ def check_writes_only_where_given(case: ContractCase) -> None:
 def check_no_network(case: ContractCase) -> None:
     """Neither creating the plugin nor running it reaches for the network (daemons run
     offline; models and weights must come installed)."""
-    _, network, _ = _observed_run(case)
+    _, network, _, _ = _observed_run(case)
     if network:
         raise ContractFailure(
             "the plugin tried to use the network:\n  "
             + "\n  ".join(network)
             + "\nship models with the package or take their path as a param"
+        )
+
+
+def check_no_programs(case: ContractCase) -> None:
+    """Neither creating the plugin nor running it starts a program: what a program writes
+    or sends is out of the kit's sight (and of the daemon's promise to write only through
+    the outbox)."""
+    _, _, _, processes = _observed_run(case)
+    if processes:
+        raise ContractFailure(
+            "the plugin started a program:\n  "
+            + "\n  ".join(processes)
+            + "\ndo the work in Python (or a library's native code) within process()"
         )
 
 
@@ -404,6 +465,8 @@ class _CancellingContext(RecordingContext):
     def __init__(self, checkpoint_dir: Path, delay: float) -> None:
         super().__init__(checkpoint_dir)
         self.cancelled_at: float | None = None
+        self.after_cancel = 0
+        """Progress reports made after the flag turned true."""
         self._timer = threading.Timer(delay, self.cancel)
         self._timer.daemon = True
 
@@ -417,12 +480,15 @@ class _CancellingContext(RecordingContext):
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
         super().progress(step, total, **metrics)
+        if self.cancelled_at is not None:
+            self.after_cancel += 1
         self.cancel()
 
 
 def check_cancellation(case: ContractCase) -> None:
     """Once ``job.cancelled`` turns true, ``process`` raises ``Cancelled`` (or has finished)
-    within ``cancel_within`` seconds."""
+    within ``cancel_within`` seconds, and within :data:`CANCEL_GRACE_STEPS` progress
+    reports: a plugin that ignores the flag is caught even when its run is short."""
     plugin = case.make(case.long_params)
     context = _CancellingContext(case.checkpoint_dir(), delay=0.5)
     outcome: dict[str, Any] = {}
@@ -445,9 +511,14 @@ def check_cancellation(case: ContractCase) -> None:
             )
     plugin.close()
     error = outcome.get("error")
+    if context.after_cancel > CANCEL_GRACE_STEPS:
+        raise ContractFailure(
+            f"process went on for {context.after_cancel} more steps after job.cancelled "
+            "turned true; poll job.cancelled between steps and raise Cancelled"
+        )
     if error is not None and not isinstance(error, Cancelled):
         raise ContractFailure(
-            f"a cancelled process raised {_describe(error)}; raise stylebox.errors.Cancelled"
+            f"a cancelled process raised {_describe(error)}; raise stylebox.plugins.api.Cancelled"
         ) from error
 
 
@@ -523,6 +594,7 @@ CHECKS: tuple[Check, ...] = (
     Check("snapshots", check_snapshots, needs="snapshots"),
     Check("writes_only_where_given", check_writes_only_where_given),
     Check("no_network", check_no_network),
+    Check("no_programs", check_no_programs),
     Check("cancellation", check_cancellation),
     Check("deterministic", check_deterministic, needs="deterministic"),
     Check("batch", check_batch, needs="batching"),
@@ -541,9 +613,9 @@ def skip_reason(check: Check, case: ContractCase) -> str | None:
     if check.needs is not None:
         capabilities = case.capabilities
         if not getattr(capabilities, check.needs):
-            return f"{check.name}: the plugin does not declare {check.needs}=True"
+            return f"the plugin does not declare {check.needs}=True"
     if check.runs_plugin and case.capabilities.gpu_only and not gpu_available():
-        return f"{check.name}: the plugin is GPU-only and this machine has no GPU"
+        return "the plugin is GPU-only and this machine has no GPU"
     return None
 
 
@@ -556,6 +628,9 @@ def gpu_available() -> bool:
 
 
 Status = Literal["passed", "failed", "skipped", "xfailed", "xpassed"]
+
+#: Why every other check is skipped when the plugin itself does not load.
+NOT_LOADED = "the plugin did not load; see the discoverable check"
 
 
 @dataclass(frozen=True)
@@ -588,18 +663,32 @@ def check_plugin(
     such a check that passes is reported as ``xpassed`` (and makes the report not ok)."""
     expected = expected_failures or {}
     results = []
+    try:
+        case.cls  # noqa: B018 - a plugin that does not load fails once, not in every check
+    except ContractFailure as exc:
+        status: Status = "xfailed" if "discoverable" in expected else "failed"
+        results.append(CheckResult("discoverable", status, str(exc)))
+        results += [
+            CheckResult(c.name, "skipped", NOT_LOADED) for c in CHECKS if c.name != "discoverable"
+        ]
+        return ContractReport(str(case.plugin), results)
     for check in CHECKS:
         reason = skip_reason(check, case)
         if reason is not None:
             results.append(CheckResult(check.name, "skipped", reason))
             continue
-        try:
-            check.run(case)
-        except ContractFailure as exc:
-            status: Status = "xfailed" if check.name in expected else "failed"
-            results.append(CheckResult(check.name, status, str(exc)))
-        else:
-            status = "xpassed" if check.name in expected else "passed"
-            results.append(CheckResult(check.name, status, expected.get(check.name, "")))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ContractWarning)
+            try:
+                check.run(case)
+            except ContractFailure as exc:
+                status = "xfailed" if check.name in expected else "failed"
+                results.append(CheckResult(check.name, status, str(exc)))
+                continue
+        status = "xpassed" if check.name in expected else "passed"
+        notes = [expected.get(check.name, "")] + [
+            f"warning: {w.message}" for w in caught if issubclass(w.category, ContractWarning)
+        ]
+        results.append(CheckResult(check.name, status, "; ".join(n for n in notes if n)))
     name = case.plugin if isinstance(case.plugin, str) else case.plugin.__name__
     return ContractReport(name, results)

@@ -10,7 +10,9 @@
 
 Each check becomes one test (``test_contract[cancellation]``...). Checks that need a
 capability the plugin does not declare are skipped with the reason; checks listed in
-``expected_failures`` are expected to fail (and the run fails if they pass).
+``expected_failures`` are expected to fail (and the run fails if they pass). A plugin that
+does not load fails ``test_contract[discoverable]`` with the reason, and every other check
+is skipped saying so.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from typing import Any, ClassVar
 import pytest
 
 from stylebox.plugins.api import Plugin
-from stylebox.testing.checks import CHECKS, Check, ContractCase, skip_reason
+from stylebox.testing.checks import (
+    CHECKS,
+    NOT_LOADED,
+    Check,
+    ContractCase,
+    ContractFailure,
+    skip_reason,
+)
 
 
 class PluginContract:
@@ -57,6 +66,11 @@ class PluginContract:
     def test_contract(
         self, check: Check, contract_case: ContractCase, request: pytest.FixtureRequest
     ) -> None:
+        if check.name != "discoverable":
+            try:
+                contract_case.cls  # noqa: B018 - one that does not load fails once
+            except ContractFailure:
+                pytest.skip(NOT_LOADED)
         reason = skip_reason(check, contract_case)
         if reason is not None:
             pytest.skip(reason)

@@ -1,9 +1,12 @@
-"""Watching what a plugin touches: file writes and network use, observed, not trusted.
+"""Watching what a plugin touches: file writes, network use and programs started,
+observed, not trusted.
 
 Python's audit hooks (PEP 578) see every ``open`` for writing, every rename, removal and
-``mkdir``, and every socket connection or name lookup made from Python, in any thread and
-in any library. Writes by native code that bypass Python are caught only in the working
-directory, which the sandbox points at an empty folder and inspects afterwards.
+``mkdir``, every socket connection or name lookup, and every program started (``subprocess``,
+``os.system``, ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``) made from Python, in any
+thread and in any library. Writes by native code that bypass Python are caught only in the
+working directory, which the sandbox points at an empty folder and inspects afterwards;
+a program started is reported as such, since what it writes is out of sight.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ _PATH_EVENTS: dict[str, tuple[int, int | None]] = {
     "tempfile.mkstemp": (0, None),
     "tempfile.mkdtemp": (0, None),
 }
+#: Events that start a program, with the index of what names it (the program and its
+#: arguments).
+_PROCESS_EVENTS: dict[str, int] = {
+    "subprocess.Popen": 1,
+    "os.system": 0,
+    "os.exec": 1,
+    "os.spawn": 2,
+    "os.posix_spawn": 1,
+}
 #: Events that reach for the network whatever their arguments.
 _NETWORK_EVENTS = {
     "socket.getaddrinfo",
@@ -52,13 +64,15 @@ _NETWORK_EVENTS = {
 
 @dataclass
 class Sandbox:
-    """Records writes outside ``allowed`` folders and any network use while active."""
+    """Records writes outside ``allowed`` folders, any network use and any program
+    started while active."""
 
     allowed: list[Path]
     workdir: Path
     """An empty folder that becomes the working directory while the sandbox is active."""
     writes: list[str] = field(default_factory=list)
     network: list[str] = field(default_factory=list)
+    processes: list[str] = field(default_factory=list)
 
     def observe(self, event: str, args: tuple[Any, ...]) -> None:
         if event == "open":
@@ -82,6 +96,13 @@ class Sandbox:
                 self.network.append(f"{event} {address!r}")
         elif event in _NETWORK_EVENTS:
             self.network.append(f"{event} {args[0]!r}")
+        elif event in _PROCESS_EVENTS:
+            command = args[_PROCESS_EVENTS[event]]
+            if isinstance(command, bytes | str | os.PathLike):
+                command = os.fsdecode(command)
+            else:
+                command = [os.fsdecode(part) for part in command]
+            self.processes.append(f"{event} {command!r}")
 
     def _write(self, event: str, path: object, dir_fd: object = None) -> None:
         if isinstance(path, bytes):
