@@ -52,11 +52,14 @@ REPO = Path(__file__).resolve().parent.parent
 WARM_UP = 3
 
 
-def medians_ms(functions: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+def medians_ms(
+    functions: dict[str, Callable[[], object]], repeat: int, warm: int = WARM_UP
+) -> dict[str, float]:
     """Median milliseconds of each function, timed in interleaved rounds (one run of each
-    per round) so that a noisy stretch of the shared machine falls on all of them alike."""
+    per round) so that a noisy stretch of the shared machine falls on all of them alike;
+    ``warm`` untimed runs of each first."""
     for function in functions.values():
-        for _ in range(WARM_UP):
+        for _ in range(warm):
             function()
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeat):

@@ -26,10 +26,8 @@ Without CUDA it says "no CUDA here" after the CPU table and exits 0.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,25 +44,11 @@ from stylebox.plugins.faststyle.manifest import ModelManifest
 from stylebox.plugins.faststyle.network import TransformerNet
 from stylebox.testing import RecordingContext
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fast_infer import medians_ms
+
 REPO = Path(__file__).resolve().parent.parent
 SIZES = ((512, 512), (1920, 1080))
-
-
-def medians_ms(
-    functions: dict[str, Callable[[], object]], repeat: int, warm: int
-) -> dict[str, float]:
-    """Median milliseconds of each, timed in interleaved rounds so that a noisy stretch of
-    a shared machine falls on all of them alike."""
-    for function in functions.values():
-        for _ in range(warm):
-            function()
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, function in functions.items():
-            began = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - began)
-    return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
 def models(folder: Path, presets: list[str]) -> dict[str, Path]:
