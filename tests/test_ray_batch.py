@@ -198,7 +198,8 @@ def test_a_ray_batch_writes_what_a_local_batch_writes_and_bad_images_fail_alike(
         (folder / "library" / "empty.png").write_bytes(b"")
         result = batch(config, *(["--ray"] if engine == "ray" else []), env=dict(os.environ))
         assert result.returncode == 1, result.stderr  # the two bad files failed
-        assert ("Ray worker(s)" in result.stderr) == (engine == "ray")
+        # With no workers set, one actor per CPU of the instance (2 here).
+        assert ("2 Ray worker(s) (1 CPU each)" in result.stderr) == (engine == "ray")
         runs[engine] = folder
     local, ray = runs["local"], runs["ray"]
     assert outputs(local / "stylised") == outputs(ray / "stylised")
