@@ -51,7 +51,9 @@ def _const(name: str, value: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
 
 
-def write_pair(folder: Path, size: tuple[int, int] = (64, 64), resize: str = "pad") -> Path:
+def write_pair(
+    folder: Path, size: tuple[int, int] = (64, 64), resize: str = "pad", output: str = "stylized"
+) -> Path:
     """The predictor and transformer, with the transformer's manifest; returns it."""
     embed = np.zeros((3, 100), np.float32)
     embed[[0, 1, 2], [0, 1, 2]] = 1.0
@@ -71,18 +73,18 @@ def write_pair(folder: Path, size: tuple[int, int] = (64, 64), resize: str = "pa
         [
             helper.make_node("MatMul", [VECTOR, "pick"], ["colour"]),
             helper.make_node("Add", ["content_image", "colour"], ["sum"]),
-            helper.make_node("Mul", ["sum", "half"], ["stylized"]),
+            helper.make_node("Mul", ["sum", "half"], [output]),
         ],
         [
             helper.make_tensor_value_info("content_image", F, [1, height, width, 3]),
             helper.make_tensor_value_info(VECTOR, F, [1, 1, 1, 100]),
         ],
-        [helper.make_tensor_value_info("stylized", F, [1, height, width, 3])],
+        [helper.make_tensor_value_info(output, F, [1, height, width, 3])],
         [_const("pick", embed.T), _const("half", np.float32(0.5))],
     )
     model = folder / "transform.onnx"
     manifest = {
-        "input": "content_image", "output": "stylized", "layout": "NHWC",
+        "input": "content_image", "output": output, "layout": "NHWC",
         "value_range": "0-1", "size": [width, height], "resize": resize,
         "style_predictor": {"model": "predict.onnx", "input": "style_image",
                             "layout": "NHWC", "value_range": "0-1", "size": [256, 256]},
@@ -388,3 +390,33 @@ def test_a_symlinked_model_uses_the_manifest_beside_the_link(tmp_path: Path) -> 
     assert np.allclose(through_link.mean((0, 1)), [0, 0, 100], atol=1)
     assert np.allclose(direct.mean((0, 1)), [100, 0, 0], atol=1)
     assert facts["model"] == str(link)
+
+
+def test_size_is_width_then_height(tmp_path: Path) -> None:
+    model = _save(
+        tmp_path / "wide.onnx",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", F, [1, 3, 32, 64])],
+        [helper.make_tensor_value_info("y", F, [1, 3, 32, 64])],
+        [],
+    )
+    ModelManifest(input="x", output="y", size=(32, 64)).write(model)
+    with pytest.raises(BadModel, match=r"size \[32, 64\] \(\[width, height\]\).*write \[64, 32\]"):
+        plugin(tmp_path, model)
+    ModelManifest(input="x", output="y", size=(64, 32)).write(model)
+    result, _ = run(plugin(tmp_path, model), gradient(64, 32), tmp_path)
+    assert np.abs(result - np.asarray(gradient(64, 32), np.float64)).max() <= 1
+
+
+def test_the_readme_third_party_manifest_fits_a_pair_with_that_signature(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("#### Any painting as a style")[1]
+    example = json.loads(section.split("```json")[1].split("```")[0])
+    model = write_pair(tmp_path, (384, 384), output=example["output"])
+    (tmp_path / "predict.onnx").rename(tmp_path / example["style_predictor"]["model"])
+    model.with_suffix(".json").write_text(json.dumps(example))
+    painting(tmp_path / "my_painting.jpg", (30, 90, 200))
+    result, _ = run(plugin(tmp_path, model, style=str(tmp_path / "my_painting.jpg")),
+                    gradient(), tmp_path)  # fmt: skip
+    expected = (np.asarray(gradient(), np.float64) + np.array([30, 90, 200])) / 2
+    assert np.abs(result - expected).mean() < 3
