@@ -16,9 +16,9 @@ from daemon_helpers import Daemon, wait_until, write_config
 from PIL import Image
 
 from stylebox.errors import ConfigError
-from stylebox.plugins.faststyle.manifest import BadModel
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.faststyle import FastParams, FastPlugin
+from stylebox.plugins.faststyle.manifest import BadModel
 from stylebox.testing import RecordingContext
 
 
