@@ -35,12 +35,12 @@ def free_path(folder: Path, name: str) -> Path:
     return candidate
 
 
-def move_unique(source: Path, folder: Path) -> Path:
+def move_unique(source: Path, folder: Path, name: str | None = None) -> Path:
     """Rename ``source`` (a file, folder or link: never followed) into ``folder`` under a
-    free name, durably."""
+    free name (``name``, else its own, numbered if taken), durably."""
     folder.mkdir(parents=True, exist_ok=True)
     with _lock:
-        target = free_path(folder, source.name)
+        target = free_path(folder, name or source.name)
         os.rename(source, target)
     fsync_dir(folder)
     fsync_dir(source.parent)

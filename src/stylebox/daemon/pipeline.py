@@ -34,7 +34,7 @@ from stylebox.errors import (
     PluginError,
     StyleboxError,
 )
-from stylebox.plugins.api import Plugin, params_digest
+from stylebox.plugins.api import Plugin, companions_of, params_digest
 from stylebox.plugins.registry import Registry
 
 log = logging.getLogger("stylebox.pipeline")
@@ -573,6 +573,7 @@ class Pipeline:
             assert isinstance(source.config, InboxConfig)
             if _holds(origin, row.sha256):
                 moved = files.move_unique(origin, source.config.processed_dir)
+                _move_companions(origin, moved)
             else:
                 replaced = True
         self.journal.finish(row.id, "done", seconds=seconds, input_path=moved)
@@ -645,6 +646,7 @@ class Pipeline:
             assert isinstance(source.config, InboxConfig)
             if _holds(origin, row.sha256):
                 moved = files.move_unique(origin, source.config.failed_dir)
+                _move_companions(origin, moved)
                 files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
             else:
                 replaced = True
@@ -692,6 +694,16 @@ class _JournalReporter:
             self._last.pop(job.job_id, None)
         if self.inner:
             self.inner.finished(job, result)
+
+
+def _move_companions(origin: Path, moved: Path) -> None:
+    """The companion files of the input that was at ``origin`` (``photo.mask.png``) follow
+    it to ``moved``, named after it there; one that cannot be moved stays, logged."""
+    for kind, path in companions_of(origin).items():
+        try:
+            files.move_unique(path, moved.parent, f"{moved.stem}.{kind}{path.suffix}")
+        except OSError as exc:
+            log.warning("cannot move %s with its input: %s", files.readable(str(path)), exc)
 
 
 def _folder(path: Path) -> Path:

@@ -36,7 +36,7 @@ from stylebox.daemon.writer import JobWriter, WriterError
 from stylebox.errors import BadInput, InputChanged, PluginError, StyleboxError
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
 from stylebox.lossplot import render_svg
-from stylebox.plugins.api import JobContext, JsonValue, Plugin
+from stylebox.plugins.api import JobContext, JsonValue, Plugin, companions_of
 
 log = logging.getLogger("stylebox.runner")
 
@@ -125,6 +125,7 @@ class RunnerContext(JobContext):
         ``frame_size``: the size of the job's animation frames, made from each snapshot as
         it is written (``None``: no animation)."""
         self.job = job
+        self._companions = companions_of(job.input_path)
         self.names = names
         self.outbox = outbox
         self.reporter = reporter
@@ -147,6 +148,10 @@ class RunnerContext(JobContext):
         self.frames: dict[str, Image.Image] = {}
         """This run's animation frames, by snapshot file name (filled by the writer)."""
         self._frame_size = frame_size
+
+    @property
+    def companions(self) -> dict[str, Path]:
+        return dict(self._companions)
 
     @property
     def checkpoint_dir(self) -> Path:  # type: ignore[override]

@@ -3,7 +3,10 @@
 A file becomes a job only when it is complete. Candidates come from watchdog's created,
 modified, closed and moved-in events (and from rescans); temp and hidden names are
 ignored; a candidate is promoted once its size and mtime have not changed for the settle
-window (restarted by any new event) and an open-for-read probe succeeds. Where the kernel
+window (restarted by any new event) and an open-for-read probe succeeds. A companion file
+(``photo.mask.png``, see :data:`~stylebox.plugins.api.COMPANION_KINDS`) is never a job: its
+events restart the window of its input (``photo.jpg``), so a photo waits for a mask that
+arrives within its settle window. Where the kernel
 allows it, a read lease proves no one still has the file open for writing.
 
 Handlers never raise into watchdog: an exception there silently kills its thread. The
@@ -33,6 +36,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
+
+from stylebox.plugins.api import companion_kind
 
 log = logging.getLogger("stylebox.watcher")
 
@@ -269,7 +274,12 @@ class InboxWatcher:
                     self._candidates[path] = replace(candidate, changed_at=now)
 
     def touch(self, path: Path) -> None:
-        """Something happened to ``path``: (re)start its settle window."""
+        """Something happened to ``path``: (re)start its settle window (for a companion
+        file: its input's)."""
+        companion = companion_kind(path.name)
+        if companion is not None and path.parent in self.folders:
+            self._restart_inputs(path.parent, companion[1])
+            return
         path, candidate = self._candidate(path)
         with self._lock:
             if candidate is None:
@@ -277,10 +287,23 @@ class InboxWatcher:
             else:
                 self._candidates[path] = candidate
 
+    def _restart_inputs(self, folder: Path, stem: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for path, candidate in list(self._candidates.items()):
+                if path.parent == folder and path.stem == stem:
+                    # A new object: a settle pass holding the old one leaves it be.
+                    self._candidates[path] = replace(candidate, changed_at=now)
+
     def _candidate(self, path: Path) -> tuple[Path, _Candidate | None]:
         """``path`` as a candidate seen now; ``None`` for a name to ignore or a file gone."""
         folder = self.folders.get(path.parent)
-        if folder is None or is_ignored(path.name) or path.name in folder.reserved:
+        if (
+            folder is None
+            or is_ignored(path.name)
+            or path.name in folder.reserved
+            or companion_kind(path.name) is not None
+        ):
             return path, None
         try:
             stat = path.lstat()

@@ -48,6 +48,7 @@ from stylebox.errors import (
 )
 
 __all__ = [
+    "COMPANION_KINDS",
     "BadInput",
     "Cancelled",
     "Capabilities",
@@ -62,6 +63,8 @@ __all__ = [
     "Runtime",
     "StyleFile",
     "StyleboxError",
+    "companion_kind",
+    "companions_of",
     "params_digest",
 ]
 
@@ -153,11 +156,47 @@ class Runtime:
         return path
 
 
+#: Companion files: ``<stem>.<kind>.<ext>`` beside an input belongs to the input named
+#: ``<stem>.<anything>`` (``photo.mask.png`` to ``photo.jpg``). It is never a job of its own;
+#: the plugin gets it through :attr:`JobContext.companions`, and it is moved with its input.
+COMPANION_KINDS: tuple[str, ...] = ("mask",)
+
+
+def companion_kind(name: str) -> tuple[str, str] | None:
+    """``(kind, stem of its input)`` for a companion file ``name`` (``("mask", "photo")``
+    for ``photo.mask.png``), or None for any other name."""
+    parts = name.rsplit(".", 2)
+    if len(parts) == 3 and parts[0] and parts[1] in COMPANION_KINDS:
+        return parts[1], parts[0]
+    return None
+
+
+def companions_of(path: Path) -> dict[str, Path]:
+    """The companion files beside the input ``path`` now, by kind (the first by name where
+    several have one kind)."""
+    found: dict[str, Path] = {}
+    try:
+        names = sorted(entry.name for entry in path.parent.iterdir() if entry.is_file())
+    except OSError:
+        return found
+    for name in names:
+        companion = companion_kind(name)
+        if companion is not None and companion[1] == path.stem and name != path.name:
+            found.setdefault(companion[0], path.parent / name)
+    return found
+
+
 class JobContext(ABC):
     """The runner's side of one job, as a plugin sees it."""
 
     checkpoint_dir: Path
     """Plugin-private; survives a crash; deleted when the job ends."""
+
+    @property
+    def companions(self) -> dict[str, Path]:
+        """The input's companion files by kind (see :data:`COMPANION_KINDS`): read them
+        during the job; the host moves them with the input when it ends."""
+        return {}
 
     @property
     @abstractmethod

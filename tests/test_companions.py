@@ -1,0 +1,93 @@
+"""Companion files (``photo.mask.png`` beside ``photo.jpg``): never jobs of their own, waited
+for within the settle window, handed to the plugin and moved with their photo."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from conftest import STYLES, photo
+from daemon_helpers import Daemon, gatys_config, wait_until
+from PIL import Image, ImageDraw
+
+from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
+from stylebox.plugins.api import companion_kind, companions_of
+
+SETTLE = 0.6
+
+
+def two_bands(path: Path, size: tuple[int, int]) -> Path:
+    mask = Image.new("RGB", size, (0, 0, 255))
+    ImageDraw.Draw(mask).rectangle([0, 0, size[0], size[1] // 2 - 1], fill=(255, 0, 0))
+    mask.save(path)
+    return path
+
+
+def test_companion_names() -> None:
+    assert companion_kind("photo.mask.png") == ("mask", "photo")
+    assert companion_kind("my.photo.mask.jpg") == ("mask", "my.photo")
+    assert companion_kind("photo.png") is None and companion_kind("mask.png") is None
+    assert companion_kind(".mask.png") is None
+
+
+def test_companions_are_found_beside_their_photo(tmp_path: Path) -> None:
+    for name in ("a.jpg", "a.mask.png", "ab.mask.png", "b.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert companions_of(tmp_path / "a.jpg") == {"mask": tmp_path / "a.mask.png"}
+    assert companions_of(tmp_path / "b.png") == {}
+
+
+def test_a_photo_waits_for_a_mask_dropped_within_its_settle_window(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settled: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def record(folder: WatchedFolder, paths: list[Path]) -> None:
+        with lock:
+            settled.extend((path.name, time.monotonic()) for path in paths)
+
+    watcher = InboxWatcher([WatchedFolder("a", inbox, SETTLE)], record)
+    watcher.start()
+    try:
+        photo(32, 24).save(inbox / "harbour.png")
+        time.sleep(SETTLE * 0.6)
+        two_bands(inbox / "harbour.mask.png", (32, 24))
+        mask_at = time.monotonic()
+        assert wait_until(lambda: bool(settled), 10)
+        time.sleep(SETTLE * 2)  # the mask never settles as a job of its own
+    finally:
+        watcher.stop()
+    assert [name for name, _ in settled] == ["harbour.png"]
+    assert settled[0][1] >= mask_at + SETTLE * 0.9  # its window restarted with the mask
+
+
+def test_the_daemon_pairs_a_photo_with_a_mask_dropped_after_it(tmp_path: Path) -> None:
+    style = tmp_path / "reference.png"
+    with Image.open(STYLES / "starry_night.jpg") as painting:
+        painting.convert("RGB").resize((48, 38)).save(style)
+    style_mask = two_bands(tmp_path / "reference.mask.png", (48, 38))
+    params = (
+        f'style_mask = "{style_mask}", size = 48, steps = 3, photorealism = 1e6, '
+        "snapshot_every = 0, require_progress = 0"
+    )
+    daemon = Daemon(gatys_config(tmp_path, style, params, settle=1.5))
+    try:
+        daemon.wait_ready()
+        inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+        photo(48, 36).save(inbox / "harbour.png")
+        time.sleep(0.5)
+        two_bands(inbox / "harbour.mask.png", (24, 18))  # half size: resized, noted
+        processed = inbox / "processed"
+        assert wait_until(lambda: (processed / "harbour.png").exists(), 120), daemon.output()
+        assert wait_until(lambda: (processed / "harbour.mask.png").exists(), 10)
+        assert not (inbox / "harbour.mask.png").exists()
+        manifest = json.loads((outbox / "harbour.json").read_text())
+        assert manifest["mask"] == "harbour.mask.png"
+        assert manifest["mask_resized"] == "24x18 to the photo's 48x36 (nearest)"
+        assert [entry for entry in manifest["history"] if "photo" in entry]
+        assert not (outbox / "harbour.mask.json").exists()  # never a job of its own
+    finally:
+        daemon.stop()
