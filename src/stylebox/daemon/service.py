@@ -12,6 +12,10 @@ no longer used are closed once no job runs them). Jobs run in the :class:`JobLoo
 that take only its jobs, so no inbox's jobs wait behind another's; a reload starts and
 stops lanes and threads to match the new config. ``[daemon] workers`` limits the jobs that
 run at once per device type across lanes (read at start).
+
+With ``[http] listen`` set, the status page (``stylebox.web``) runs in a thread of the
+daemon. It reads the journal, work folders and outboxes itself; the service gives it the
+current sources and two actions, :meth:`Service.retry` and :meth:`Service.cancel`.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from stylebox.config import LoadedConfig, load_config
+from stylebox.config import InboxConfig, LoadedConfig, load_config
+from stylebox.daemon import files
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal, journal_path
 from stylebox.daemon.locks import InboxLocks
@@ -36,6 +42,10 @@ from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError
 from stylebox.plugins.api import Plugin
 from stylebox.plugins.registry import Registry, discover
+from stylebox.web.state import SourceInfo
+
+if TYPE_CHECKING:
+    from stylebox.web.server import HttpServer
 
 log = logging.getLogger("stylebox.service")
 
@@ -63,6 +73,7 @@ class Service:
         self.watcher = self._watcher(self.loaded, self.sources)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self.http: HttpServer | None = None
 
     @staticmethod
     def _build(
@@ -120,6 +131,7 @@ class Service:
         reclaimed = self.loop.reclaim()
         if reclaimed:
             log.info("resuming %d interrupted job(s)", reclaimed)
+        self._start_http()  # an address that cannot be listened on refuses the start
         self.watcher.start()
         self.loop.start()
         names = ", ".join(s.key for s in self.sources.values() if s.moves_inputs) or "none"
@@ -151,7 +163,8 @@ class Service:
     def healthy(self) -> bool:
         """The watcher, the lease keeper and every worker thread the config asks for,
         alive."""
-        return self.watcher.healthy() and self.loop.healthy()
+        http = self.http is None or self.http.healthy()
+        return http and self.watcher.healthy() and self.loop.healthy()
 
     def status_line(self) -> str:
         counts = self.journal.counts()
@@ -207,6 +220,8 @@ class Service:
         self._inbox_locks.keep_only(loaded.config.inbox)
         _log_disabled(loaded)
         self.loop.start()
+        if self.http is None or self.http.listen != loaded.config.http.listen:
+            self._restart_http()
         notify("READY=1")
         log.info("config reloaded", extra={"inboxes": ", ".join(sorted(sources))})
 
@@ -228,6 +243,8 @@ class Service:
     def shutdown(self) -> int:
         notify("STOPPING=1")
         log.info("stopping: no new jobs; running jobs checkpoint")
+        if self.http is not None:
+            self.http.stop()  # its event streams end at once
         self.loop.stop()
         self.watcher.stop()
         left = self.loop.drain(self.loaded.config.daemon.drain_seconds)
@@ -237,6 +254,77 @@ class Service:
             plugin.close()
         self.journal.close()
         return 0
+
+
+    # -- the status page -------------------------------------------------------------------
+
+    def _start_http(self) -> None:
+        listen = self.loaded.config.http.listen
+        if listen is None:
+            return
+        from stylebox.web.server import HttpServer  # uvicorn only where the page is on
+
+        server = HttpServer(self, listen)
+        server.start()
+        self.http = server
+
+    def _restart_http(self) -> None:
+        """A reload changed ``[http] listen``; an address that cannot be listened on leaves
+        the page off (logged), while the jobs go on."""
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        try:
+            self._start_http()
+        except ConfigError as exc:
+            log.error("status page off: %s", exc, extra={"event": "http_refused"})
+
+    @property
+    def journal_path(self) -> Path:
+        return self.journal.path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.loaded.config.state_dir
+
+    @property
+    def token(self) -> str | None:
+        return self.loaded.config.http.token
+
+    def web_sources(self) -> Mapping[str, SourceInfo]:
+        """The sources served now (a reload swaps the whole mapping at once)."""
+        sources = self.pipeline.sources
+        return {key: SourceInfo(s.outbox.folder, s.plugin.name) for key, s in sources.items()}
+
+    def retry(self, job_id: int) -> str:
+        """Queue the failed job ``job_id`` again, as if its photo were dropped again: an
+        inbox's photo goes back from ``failed/`` into the inbox (its reason note removed),
+        a batch's is queued where it is. The pipeline's outcome (``"retry"``); raises
+        ``KeyError`` for an unknown job, :class:`StyleboxError` for one that cannot be."""
+        row = self.journal.get(job_id)
+        if row.state != "failed":
+            raise StyleboxError(f"job {job_id} is {row.state}, not failed")
+        source = self.pipeline.sources.get(row.source)
+        if source is None:
+            raise StyleboxError(f"job {job_id}'s {row.source} is not served now")
+        path = Path(row.input_path)
+        if not path.is_file() or path.is_symlink():
+            raise StyleboxError(f"job {job_id}'s photo is no longer at {path}")
+        if isinstance(source.config, InboxConfig):
+            note = path.with_name(path.name + ".error.txt")
+            path = files.move_unique(path, source.config.path)
+            note.unlink(missing_ok=True)
+        outcome = self.pipeline.enqueue(source, [path])[0]
+        log.info("retry asked", extra={"event": "retry_asked", "job": job_id, "outcome": outcome})
+        return outcome
+
+    def cancel(self, job_id: int) -> bool:
+        """Stop the running job ``job_id``: it ends as failed, to be retried by hand.
+        ``False`` if no job of that id runs here."""
+        cancelled = self.loop.cancel(job_id)
+        if cancelled:
+            log.info("cancel asked", extra={"event": "cancel_asked", "job": job_id})
+        return cancelled
 
 
 def _log_disabled(loaded: LoadedConfig) -> None:

@@ -1,0 +1,289 @@
+"""The status page's HTTP side: the page and its assets, the JSON API, server-sent events,
+Prometheus metrics, the files of known jobs and the two token-guarded actions.
+
+Everything is read through :class:`~stylebox.web.state.StatusReader`; the actions call the
+daemon's own methods (:class:`~stylebox.web.state.Backend`). Read-only unless the config
+has an ``[http] token``; an action must send it in the ``X-Stylebox-Token`` header, which a
+page of another site cannot add without a CORS pre-flight that this server never grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from PIL import Image
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stylebox.errors import StyleboxError
+from stylebox.images import decode_image
+from stylebox.lossplot import render_svg
+from stylebox.web.state import SECONDS_BUCKETS, Backend, FileKind, StatusReader
+
+STATIC = Path(__file__).parent / "static"
+TOKEN_HEADER = "X-Stylebox-Token"
+#: Longest side of the photos shown beside their results (an input may be 50 MP).
+THUMBNAIL = 640
+_HEADERS = {
+    # The page uses only its own assets; nothing it shows can run script.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def create_app(backend: Backend, stopping: threading.Event, interval: float = 0.5) -> Starlette:
+    """The ASGI app over ``backend``. ``stopping``: set when the daemon stops, which ends
+    open event streams at once. ``interval``: seconds between looks for changes."""
+    reader = StatusReader(backend)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Metrics(reader))
+    thumbnails = _Thumbnails()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    async def api_status(request: Request) -> Response:
+        return _json(await anyio.to_thread.run_sync(reader.status))
+
+    async def api_job(request: Request) -> Response:
+        job = await anyio.to_thread.run_sync(reader.job, request.path_params["job_id"])
+        return _json(job) if job is not None else _not_found()
+
+    async def loss_svg(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        history = await anyio.to_thread.run_sync(reader.history, job_id)
+        svg = render_svg(history, title=f"job {job_id}") if history else None
+        if svg is None:
+            return _not_found()
+        return Response(svg, media_type="image/svg+xml", headers=_NO_CACHE)
+
+    async def output(request: Request) -> Response:
+        kind: FileKind = request.path_params["kind"]
+        if kind not in _KINDS:
+            return _not_found()
+        job_id = request.path_params["job_id"]
+        return _file(await anyio.to_thread.run_sync(reader.output_file, job_id, kind))
+
+    async def snapshot(request: Request) -> Response:
+        params = request.path_params
+        job_id, step = params["job_id"], params["step"]
+        return _file(await anyio.to_thread.run_sync(reader.snapshot_file, job_id, step))
+
+    async def photo(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        path = await anyio.to_thread.run_sync(reader.input_file, job_id)
+        if path is None:
+            return _not_found()
+        data = await anyio.to_thread.run_sync(thumbnails.get, job_id, path)
+        if data is None:
+            return _not_found()
+        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    async def events(request: Request) -> Response:
+        async def stream() -> AsyncIterator[str]:
+            last, quiet = "", 0.0
+            yield "retry: 2000\n\n"
+            while not stopping.is_set():
+                report = await anyio.to_thread.run_sync(reader.status)
+                # Only what changed is sent (the time alone does not count).
+                text = json.dumps({**report, "time": None})
+                if text != last:
+                    last, quiet = text, 0.0
+                    yield f"data: {json.dumps(report)}\n\n"
+                elif quiet >= 15:
+                    quiet = 0.0
+                    yield ": still here\n\n"  # keeps proxies from closing a quiet stream
+                await asyncio.sleep(interval)
+                quiet += interval
+
+        headers = {**_NO_CACHE, "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    async def metrics(request: Request) -> Response:
+        data = await anyio.to_thread.run_sync(generate_latest, registry)
+        return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def retry(request: Request) -> Response:
+        refused = _refused(request, backend)
+        if refused is not None:
+            return refused
+        try:
+            outcome = await anyio.to_thread.run_sync(backend.retry, request.path_params["job_id"])
+        except LookupError as exc:
+            return _json({"error": str(exc)}, 404)
+        except StyleboxError as exc:
+            return _json({"error": str(exc)}, 409)
+        return _json({"job": request.path_params["job_id"], "outcome": outcome})
+
+    async def cancel(request: Request) -> Response:
+        refused = _refused(request, backend)
+        if refused is not None:
+            return refused
+        job_id = request.path_params["job_id"]
+        if not await anyio.to_thread.run_sync(backend.cancel, job_id):
+            return _json({"error": f"job {job_id} is not running in this daemon"}, 409)
+        return _json({"job": job_id, "outcome": "cancelling"})
+
+    routes = [
+        Route("/", index),
+        Route("/api/status", api_status),
+        Route("/api/jobs/{job_id:int}", api_job),
+        Route("/api/jobs/{job_id:int}/loss.svg", loss_svg),
+        Route("/api/jobs/{job_id:int}/retry", retry, methods=["POST"]),
+        Route("/api/jobs/{job_id:int}/cancel", cancel, methods=["POST"]),
+        Route("/files/{job_id:int}/input", photo),
+        Route("/files/{job_id:int}/steps/{step:int}.png", snapshot),
+        Route("/files/{job_id:int}/{kind:str}", output),
+        Route("/events", events),
+        Route("/metrics", metrics),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
+    app.state.reader = reader
+    return app
+
+
+class _SecurityHeaders:
+    """Adds :data:`_HEADERS` to every response (plain ASGI: event streams pass untouched)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+_NO_CACHE = {"Cache-Control": "no-store"}
+_KINDS = frozenset({"result", "animation", "loss", "manifest"})
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return JSONResponse(data, status_code=status, headers=_NO_CACHE)
+
+
+def _not_found() -> Response:
+    return _json({"error": "not found"}, 404)
+
+
+def _file(path: Path | None) -> Response:
+    if path is None:
+        return _not_found()
+    return FileResponse(path, headers={"Cache-Control": "max-age=60"})
+
+
+def _refused(request: Request, backend: Backend) -> Response | None:
+    """Why an action is refused, or ``None`` when the request carries the config's token."""
+    token = backend.token
+    if token is None:
+        return _json({"error": "actions are off: the config has no [http] token"}, 403)
+    given = request.headers.get(TOKEN_HEADER, "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _json({"error": f"a wrong or missing {TOKEN_HEADER} header"}, 403)
+    return None
+
+
+class _Thumbnails:
+    """Photos made small enough for a phone, once each (a few, kept in memory)."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self._keep = keep
+        self._cache: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: int, path: Path) -> bytes | None:
+        with self._lock:
+            if job_id in self._cache:
+                return self._cache[job_id]
+        try:
+            image = decode_image(path).rgb  # the daemon's own guards: size, format
+        except (StyleboxError, OSError):
+            return None
+        image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        data = buffer.getvalue()
+        with self._lock:
+            if len(self._cache) >= self._keep:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[job_id] = data
+        return data
+
+
+class _Metrics(Collector):
+    """Everything read at scrape time from the journal, so figures survive restarts and
+    cost nothing between scrapes."""
+
+    def __init__(self, reader: StatusReader) -> None:
+        self.reader = reader
+
+    def collect(self) -> Iterator[Metric]:
+        journal = self.reader.journal
+        counts = journal.counts() if journal else {}
+        sources = set(self.reader.backend.web_sources()) | set(counts)
+        jobs = GaugeMetricFamily("stylebox_jobs", "Jobs by state", labels=["source", "state"])
+        depth = GaugeMetricFamily(
+            "stylebox_queue_depth", "Jobs waiting to run (retries included)", labels=["source"]
+        )
+        for source in sorted(sources):
+            for state in ("queued", "running", "done", "failed"):
+                jobs.add_metric([source, state], counts.get(source, {}).get(state, 0))
+            depth.add_metric([source], counts.get(source, {}).get("queued", 0))
+        yield jobs
+        yield depth
+        seconds = HistogramMetricFamily(
+            "stylebox_job_seconds", "Seconds a done job took, per plugin", labels=["plugin"]
+        )
+        for plugin, count, total, cumulative in journal.seconds_histogram() if journal else []:
+            buckets = [(str(b), n) for b, n in zip(SECONDS_BUCKETS, cumulative, strict=True)]
+            seconds.add_metric([plugin], [*buckets, ("+Inf", count)], total)
+        yield seconds
+        rate = GaugeMetricFamily(
+            "stylebox_steps_per_second",
+            "Optimiser steps a second of running jobs",
+            labels=["source"],
+        )
+        for source, value in sorted(self.reader.steps_per_second().items()):
+            rate.add_metric([source], value)
+        yield rate
+        failures = CounterMetricFamily(
+            "stylebox_job_failures", "Failed jobs by error class", labels=["source", "reason"]
+        )
+        for source, reason, count in journal.failures() if journal else []:
+            failures.add_metric([source, reason], count)
+        yield failures

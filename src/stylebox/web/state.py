@@ -1,0 +1,408 @@
+"""What the status page shows, read from the journal, the jobs' work folders and the
+outboxes, and nothing else: the web layer keeps no state of its own about jobs.
+
+Files are found through job ids only: a job's output names come from its journal row
+(its stem) and its manifest, never from a URL, and a file is served only if it is a regular
+file inside its outbox (no symbolic link, no way out through ``..``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from stylebox.daemon.journal import JobRow, Journal, State, _row
+from stylebox.daemon.status import _running
+
+#: Upper bounds of the job seconds histogram in /metrics.
+SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+GALLERY = 12
+"""Latest results shown per inbox."""
+FAILED = 10
+"""Latest failed jobs shown per inbox."""
+
+FileKind = Literal["result", "animation", "loss", "manifest"]
+_SNAPSHOT = re.compile(r"[0-9]{1,9}\.png")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the page needs of one inbox or batch."""
+
+    outbox: Path
+    plugin: str
+
+
+class Backend(Protocol):
+    """The daemon, as the web layer sees it: where to read, and its two actions."""
+
+    @property
+    def journal_path(self) -> Path: ...
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def token(self) -> str | None: ...
+
+    def web_sources(self) -> Mapping[str, SourceInfo]: ...
+
+    def retry(self, job_id: int) -> str: ...
+
+    def cancel(self, job_id: int) -> bool: ...
+
+
+class JournalView(Journal):
+    """The journal, read-only, with the few bounded queries a page needs on every update
+    (a journal of a hundred thousand done jobs must not be read whole once a second)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, read_only=True)
+
+    def latest(self, source: str, state: State, limit: int) -> list[JobRow]:
+        rows = self._connection().execute(
+            "SELECT * FROM jobs WHERE source = ? AND state = ? ORDER BY finished_at DESC, "
+            "id DESC LIMIT ?",
+            (source, state, limit),
+        )
+        return [_row(row) for row in rows]
+
+    def seconds_histogram(self) -> list[tuple[str, int, float, list[int]]]:
+        """Per plugin: done jobs, their total seconds and the count at or below each of
+        :data:`SECONDS_BUCKETS`."""
+        buckets = ", ".join(f"SUM(seconds <= {bound})" for bound in SECONDS_BUCKETS)
+        rows = self._connection().execute(
+            f"SELECT plugin, COUNT(*), SUM(seconds), {buckets} FROM jobs "
+            "WHERE state = 'done' AND seconds IS NOT NULL GROUP BY plugin"
+        )
+        return [(r[0], r[1], r[2] or 0.0, [int(n or 0) for n in r[3:]]) for r in rows]
+
+    def failures(self) -> list[tuple[str, str, int]]:
+        """Failed jobs per source and error class."""
+        rows = self._connection().execute(
+            "SELECT source, COALESCE(error_class, 'unknown'), COUNT(*) FROM jobs "
+            "WHERE state = 'failed' GROUP BY 1, 2"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+class StatusReader:
+    """Builds the page's status and job details; shared by the page, the API and metrics.
+
+    A status is kept for ``ttl`` seconds, so that any number of clients cost the daemon one
+    read of the journal per ``ttl``."""
+
+    def __init__(self, backend: Backend, ttl: float = 0.4) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self._journal: JournalView | None = None
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._manifests: dict[int, dict[str, Any]] = {}
+        self._rates: dict[int, tuple[float, int, float]] = {}
+        """Per running job: when and at which step it was last seen, and its steps/s."""
+
+    @property
+    def journal(self) -> JournalView | None:
+        """``None`` until the daemon has made its journal."""
+        if self._journal is None and self.backend.journal_path.exists():
+            self._journal = JournalView(self.backend.journal_path)
+        return self._journal
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.ttl:
+                return self._cached[1]
+            report = self._status()
+            self._cached = (now, report)
+            return report
+
+    def _status(self) -> dict[str, Any]:
+        sources = self.backend.web_sources()
+        journal = self.journal
+        counts = journal.counts() if journal else {}
+        report: dict[str, Any] = {
+            "time": time.time(),
+            "actions": self.backend.token is not None,
+            "sources": {},
+        }
+        running_ids: set[int] = set()
+        for key in sorted(set(sources) | set(counts)):
+            info = sources.get(key)
+            entry: dict[str, Any] = {
+                "plugin": info.plugin if info else None,
+                "configured": info is not None,
+                **{state: counts.get(key, {}).get(state, 0) for state in _STATES},
+                "running_jobs": [],
+                "results": [],
+                "failed_jobs": [],
+            }
+            if journal is not None:
+                for row in journal.jobs(key, "running"):
+                    running_ids.add(row.id)
+                    entry["running_jobs"].append(self._running(row, info))
+                for row in journal.latest(key, "done", GALLERY):
+                    item = self._result(row, info)
+                    if item is not None:
+                        entry["results"].append(item)
+                entry["failed_jobs"] = [
+                    _failed(row) for row in journal.latest(key, "failed", FAILED)
+                ]
+            report["sources"][key] = entry
+        for job_id in set(self._rates) - running_ids:
+            del self._rates[job_id]
+        return report
+
+    def _running(self, row: JobRow, info: SourceInfo | None) -> dict[str, Any]:
+        job = _running(row)
+        job.update(source=row.source, steps_per_second=self._rate(row))
+        snapshot = self._newest_snapshot(row, info)
+        job["snapshot"] = f"/files/{row.id}/steps/{snapshot}.png" if snapshot is not None else None
+        job["snapshot_step"] = snapshot
+        job["loss"] = f"/api/jobs/{row.id}/loss.svg" if self.history(row.id) else None
+        return job
+
+    def _rate(self, row: JobRow) -> float | None:
+        """Steps per second between the last two times the job's step was seen to change
+        (the journal records it about once a second)."""
+        if not row.step:
+            return None
+        now = time.time()
+        seen = self._rates.get(row.id)
+        if seen is None:
+            began = row.claimed_at or now
+            # Until a second look: the rate since the claim (steps of a resumed run's
+            # earlier runs included, so only a first guess).
+            rate = row.step / (now - began) if now > began else 0.0
+            self._rates[row.id] = (now, row.step, rate)
+            return round(rate, 3)
+        when, step, rate = seen
+        if row.step != step and now > when:
+            rate = max(0.0, (row.step - step) / (now - when))
+            self._rates[row.id] = (now, row.step, rate)
+        return round(rate, 3)
+
+    def steps_per_second(self) -> dict[str, float]:
+        """Per source: the summed rate of its running jobs (for /metrics)."""
+        status = self.status()
+        return {
+            key: sum(job["steps_per_second"] or 0.0 for job in entry["running_jobs"])
+            for key, entry in status["sources"].items()
+        }
+
+    def _newest_snapshot(self, row: JobRow, info: SourceInfo | None) -> int | None:
+        folder = self._outputs_folder(row, info)
+        if folder is None or not row.stem:
+            return None
+        try:
+            names = os.listdir(folder / f"{row.stem}.steps")
+        except OSError:
+            return None
+        steps = [int(name[:-4]) for name in names if _SNAPSHOT.fullmatch(name)]
+        return max(steps) if steps else None
+
+    def _result(self, row: JobRow, info: SourceInfo | None) -> dict[str, Any] | None:
+        manifest = self.manifest(row, info)
+        if manifest is None:
+            return None
+        output = manifest.get("output", {})
+        base = f"/files/{row.id}"
+        return {
+            "job": row.id,
+            "file": row.name,
+            "finished_at": row.finished_at,
+            "seconds": row.seconds,
+            "result": f"{base}/result",
+            "input": f"{base}/input",
+            "animation": f"{base}/animation" if output.get("animation") else None,
+            "loss": f"{base}/loss" if output.get("loss_plot") else None,
+        }
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def row(self, job_id: int) -> JobRow | None:
+        journal = self.journal
+        if journal is None:
+            return None
+        try:
+            return journal.get(job_id)
+        except KeyError:
+            return None
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        row = self.row(job_id)
+        if row is None:
+            return None
+        info = self.backend.web_sources().get(row.source)
+        detail: dict[str, Any] = {
+            "job": row.id,
+            "source": row.source,
+            "file": row.name,
+            "state": row.state,
+            "plugin": row.plugin,
+            "attempts": row.attempts,
+            "created_at": row.created_at,
+            "started_at": row.started_at,
+            "finished_at": row.finished_at,
+            "seconds": row.seconds,
+            "error": _reason(row),
+        }
+        if row.state == "running":
+            detail.update(self._running(row, info))
+        if row.state == "done":
+            detail["outputs"] = self._result(row, info)
+        detail["history"] = self.history(job_id)
+        return detail
+
+    def history(self, job_id: int) -> list[dict[str, float]]:
+        """The job's per-step metrics: from its manifest once done, else from its work
+        folder as the runner keeps it while the job runs."""
+        row = self.row(job_id)
+        if row is None:
+            return []
+        if row.state == "done":
+            manifest = self.manifest(row, self.backend.web_sources().get(row.source))
+            history = manifest.get("history") if manifest else None
+            if not isinstance(history, list):
+                return []
+            return [e for e in history if isinstance(e, dict) and all(map(_finite, e.values()))]
+        path = self.backend.state_dir / "jobs" / str(job_id) / "history.jsonl"
+        entries: list[dict[str, float]] = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return entries
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                break  # a line being written
+            while entries and entries[-1].get("step", 0) >= entry.get("step", 0):
+                entries.pop()  # a resumed run redid these steps
+            entries.append(entry)
+        return [e for e in entries if all(map(_finite, e.values()))]
+
+    def manifest(self, row: JobRow, info: SourceInfo | None) -> dict[str, Any] | None:
+        """A done job's manifest (kept: it never changes), ``None`` if it is not there."""
+        cached = self._manifests.get(row.id)
+        if cached is not None:
+            return cached
+        folder = self._outputs_folder(row, info)
+        if folder is None or not row.stem:
+            return None
+        path = _inside(folder, f"{row.stem}.json")
+        if path is None:
+            return None
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or manifest.get("input", {}).get("sha256") != row.sha256:
+            return None  # another job's set under these names
+        if len(self._manifests) > 512:
+            self._manifests.clear()
+        self._manifests[row.id] = manifest
+        return manifest
+
+    # -- files -----------------------------------------------------------------------------
+
+    def output_file(self, job_id: int, kind: FileKind) -> Path | None:
+        """One of a done job's outputs, by the names its manifest gives."""
+        row = self.row(job_id)
+        if row is None or row.state != "done":
+            return None
+        info = self.backend.web_sources().get(row.source)
+        manifest = self.manifest(row, info)
+        folder = self._outputs_folder(row, info)
+        if manifest is None or folder is None:
+            return None
+        if kind == "manifest":
+            return _inside(folder, f"{row.stem}.json")
+        output = manifest.get("output", {})
+        name = {"result": "result", "animation": "animation", "loss": "loss_plot"}[kind]
+        value = output.get(name)
+        return _inside(folder, value) if isinstance(value, str) else None
+
+    def snapshot_file(self, job_id: int, step: int) -> Path | None:
+        row = self.row(job_id)
+        if row is None or not row.stem or row.state == "failed":
+            return None
+        folder = self._outputs_folder(row, self.backend.web_sources().get(row.source))
+        if folder is None:
+            return None
+        return _inside(folder, f"{row.stem}.steps", f"{step:04d}.png")
+
+    def input_file(self, job_id: int) -> Path | None:
+        """A done job's photo, where the journal says it is now (``processed/``)."""
+        row = self.row(job_id)
+        if row is None or row.state != "done":
+            return None
+        path = Path(row.input_path)
+        try:
+            if path.is_symlink() or not path.is_file():
+                return None
+        except OSError:
+            return None
+        return path
+
+    @staticmethod
+    def _outputs_folder(row: JobRow, info: SourceInfo | None) -> Path | None:
+        return info.outbox if info is not None else None
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+
+
+_STATES = ("queued", "running", "done", "failed")
+
+
+def _inside(folder: Path, *parts: str) -> Path | None:
+    """``folder/parts`` if it is a regular file there: each part one plain name, no
+    symbolic link on the way, and really inside ``folder`` (the outbox may itself be a
+    link, which its owner chose)."""
+    if any(not part or part in (".", "..") or "/" in part or "\0" in part for part in parts):
+        return None
+    path = folder.joinpath(*parts)
+    try:
+        base = folder.resolve(strict=True)
+        for depth in range(1, len(parts) + 1):
+            if folder.joinpath(*parts[:depth]).is_symlink():
+                return None
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not real.is_relative_to(base) or not real.is_file():
+        return None
+    return real
+
+
+def _failed(row: JobRow) -> dict[str, Any]:
+    return {
+        "job": row.id,
+        "file": row.name,
+        "error": _reason(row),
+        "attempts": row.attempts,
+        "finished_at": row.finished_at,
+    }
+
+
+def _reason(row: JobRow) -> str | None:
+    if row.error_class is None:
+        return None
+    return f"{row.error_class}: {row.error_message}" if row.error_message else row.error_class
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)

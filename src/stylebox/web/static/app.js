@@ -1,0 +1,153 @@
+// The status page: one EventSource, and the DOM updated in place (no page reloads).
+"use strict";
+
+const main = document.getElementById("sources");
+const connection = document.getElementById("connection");
+const viewer = document.getElementById("viewer");
+const TOKEN_KEY = "stylebox-token";
+const lossShown = new Map(); // job id -> step its drawn curve shows
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined) continue;
+    if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function seconds(value) {
+  if (value === null || value === undefined) return "";
+  if (value < 90) return `${Math.round(value)} s`;
+  return `${Math.round(value / 60)} min`;
+}
+
+function section(key) {
+  const id = `source-${key.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  let node = document.getElementById(id);
+  if (!node) {
+    node = el("section", { id, class: "source" },
+      el("h2", { text: key }), el("div", { class: "counts" }),
+      el("h3", { text: "running" }), el("div", { class: "running" }),
+      el("h3", { text: "latest results" }), el("div", { class: "gallery" }),
+      el("h3", { text: "failed" }), el("ul", { class: "failed" }));
+    main.append(node);
+  }
+  return node;
+}
+
+function renderCounts(node, entry) {
+  const counts = node.querySelector(".counts");
+  counts.replaceChildren(...["queued", "running", "done", "failed"].map(
+    (state) => el("span", { class: `count-${state}`, text: `${entry[state]} ${state}` })));
+}
+
+function renderRunning(node, entry, actions) {
+  const list = node.querySelector(".running");
+  const keep = new Set();
+  for (const job of entry.running_jobs) {
+    const id = `job-${job.job}`;
+    keep.add(id);
+    let card = document.getElementById(id);
+    if (!card) {
+      card = el("article", { id, class: "job", "data-job": job.job },
+        el("img", { class: "snapshot", alt: `latest snapshot of ${job.file}` }),
+        el("div", { class: "meta" }), el("progress", { max: 1, value: 0 }),
+        el("div", { class: "loss" }));
+      if (actions) {
+        const button = el("button", { type: "button", class: "cancel", text: "cancel" });
+        button.addEventListener("click", () => act(job.job, "cancel"));
+        card.append(button);
+      }
+      list.append(card);
+    }
+    const img = card.querySelector("img.snapshot");
+    if (job.snapshot && img.getAttribute("src") !== job.snapshot) img.setAttribute("src", job.snapshot);
+    const step = job.total ? `step ${job.step} / ${job.total}` : "starting";
+    const eta = job.eta_seconds !== null ? ` · about ${seconds(job.eta_seconds)} left` : "";
+    const rate = job.steps_per_second ? ` · ${job.steps_per_second.toFixed(1)} steps/s` : "";
+    card.querySelector(".meta").textContent = `${job.file}: ${step}${eta}${rate}`;
+    if (job.total) {
+      const bar = card.querySelector("progress");
+      bar.max = job.total;
+      bar.value = job.step || 0;
+    }
+    const drawn = Math.max(job.step || 0, job.snapshot_step || 0);
+    if (job.loss && lossShown.get(job.job) !== drawn) {
+      lossShown.set(job.job, drawn);
+      // The SVG is drawn by the daemon from numbers alone; inline so it scales with the card.
+      fetch(`${job.loss}?step=${drawn}`).then((r) => (r.ok ? r.text() : null)).then((svg) => {
+        if (svg) card.querySelector(".loss").innerHTML = svg;
+      }).catch(() => {});
+    }
+  }
+  for (const card of [...list.children]) if (!keep.has(card.id)) card.remove();
+}
+
+function renderResults(node, entry) {
+  const gallery = node.querySelector(".gallery");
+  const ids = entry.results.map((r) => `result-${r.job}`).join(",");
+  if (gallery.dataset.ids === ids) return; // unchanged: leave loaded images alone
+  gallery.dataset.ids = ids;
+  gallery.replaceChildren(...entry.results.map((r) => {
+    const photo = el("img", { src: r.input, alt: `photo ${r.file}`, loading: "lazy", "data-full": r.input });
+    const result = el("img", { src: r.result, alt: `result ${r.file}`, loading: "lazy", "data-full": r.result });
+    const links = el("div", { class: "links" }, el("span", { text: `${r.file} · ${seconds(r.seconds)} ` }));
+    if (r.animation) links.append(el("a", { href: r.animation, target: "_blank", text: "GIF" }), " ");
+    if (r.loss) links.append(el("a", { href: r.loss, target: "_blank", text: "loss" }));
+    return el("figure", { id: `result-${r.job}`, class: "result" }, el("div", { class: "pair" }, photo, result), links);
+  }));
+}
+
+function renderFailed(node, entry, actions) {
+  const list = node.querySelector(".failed");
+  list.replaceChildren(...entry.failed_jobs.map((f) => {
+    const item = el("li", { id: `failed-${f.job}` }, el("b", { text: f.file }), ": ",
+      el("span", { class: "reason", text: f.error || "unknown" }));
+    if (actions) {
+      const button = el("button", { type: "button", class: "retry", text: "retry" });
+      button.addEventListener("click", () => act(f.job, "retry"));
+      item.append(" ", button);
+    }
+    return item;
+  }));
+}
+
+function render(report) {
+  for (const [key, entry] of Object.entries(report.sources)) {
+    const node = section(key);
+    renderCounts(node, entry);
+    renderRunning(node, entry, report.actions);
+    renderResults(node, entry);
+    renderFailed(node, entry, report.actions);
+  }
+}
+
+async function act(job, action) {
+  let token = localStorage.getItem(TOKEN_KEY);
+  if (!token) {
+    token = prompt("The [http] token from the daemon's config:");
+    if (!token) return;
+  }
+  const response = await fetch(`/api/jobs/${job}/${action}`,
+    { method: "POST", headers: { "X-Stylebox-Token": token } });
+  if (response.status === 403) localStorage.removeItem(TOKEN_KEY);
+  else localStorage.setItem(TOKEN_KEY, token);
+  if (!response.ok) alert((await response.json()).error);
+}
+
+main.addEventListener("click", (event) => {
+  const full = event.target.dataset && event.target.dataset.full;
+  if (!full) return;
+  document.getElementById("full").src = full;
+  viewer.showModal();
+});
+document.getElementById("close").addEventListener("click", () => viewer.close());
+viewer.addEventListener("click", (event) => { if (event.target === viewer) viewer.close(); });
+
+const events = new EventSource("/events");
+events.onopen = () => { connection.textContent = "live"; connection.className = "online"; };
+events.onerror = () => { connection.textContent = "reconnecting…"; connection.className = "offline"; };
+events.onmessage = (message) => render(JSON.parse(message.data));
