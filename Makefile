@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/fast_infer.py
 	$(BIN)/python bench/fast_io.py
 	$(BIN)/python bench/gpu.py
+	$(BIN)/python bench/ray_batch.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
