@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import re
+import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from stylebox.daemon.runner import Job
@@ -69,3 +72,24 @@ def test_several_jobs_line_up_at_80_columns() -> None:
     assert " 7/80 " in first and "eta 1:02:05" in first
     assert "80/80" in second and "eta 0:00:00" in second
     assert second.startswith("…") and "photo-name.jpeg" in second
+
+
+class _Terminal(io.StringIO):
+    """A standard error that says it is a terminal, and keeps what is written to it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_batch_bar_counts_ended_photos_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylebox.progress import count_bar
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with count_bar("batch nightly", 10) as advance:
+        advance(3, 1)
+        advance(2)  # a retry that waits in the queue does not count: callers pass ended only
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    shown = [line for line in text.splitlines() if "batch nightly" in line][-1]
+    assert "5/10" in shown and "1 failed" in shown
+    assert "img/s" in shown

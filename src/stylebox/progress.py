@@ -200,23 +200,31 @@ class _RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def count_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A bar of items done, with rate and ETA, on a terminal; yields ``advance(count)``."""
+def count_bar(label: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    """A bar of items ended, with how many failed, the rate and the ETA, on a terminal;
+    yields ``advance(ended, failed)``: ``ended`` items more are done or failed, ``failed``
+    of them failed."""
     if not sys.stderr.isatty():
-        yield lambda count: None
+        yield lambda ended, failed=0: None
         return
     progress = Progress(
         TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed", style="red"),
         _RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
     )
     with progress:
-        task = progress.add_task(label, total=total)
-        yield lambda count: progress.advance(task, count)
+        task = progress.add_task(label, total=total, failed=0)
+
+        def advance(ended: int, failed: int = 0) -> None:
+            failed += progress.tasks[task].fields["failed"]
+            progress.update(task, advance=ended, failed=failed)
+
+        yield advance
 
 
 def reporter_for_stream() -> BarReporter | LogReporter:

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from stylebox.config import BatchConfig, LoadedConfig, load_config
 from stylebox.daemon.jobloop import JobLoop, stop_on_signals
-from stylebox.daemon.journal import Journal, journal_path
+from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.pipeline import Pipeline, Source, build_sources
 from stylebox.daemon.ray_engine import (
     RayExecutor,
@@ -91,7 +91,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         for start in range(0, len(files), 500):
             pipeline.enqueue(source, files[start : start + 500])
         with count_bar("batch " + name, journal.queued({key})) as advance, stop_on_signals(loop):
-            loop.on_ran = lambda rows: advance(len(rows))
+            loop.on_ran = lambda rows: advance(*_ended(journal, rows))
             loop.start(until_empty=True)
             loop.wait()
     finally:
@@ -137,3 +137,11 @@ def _ray_executor(
         extra={"event": "ray-workers", "batch": batch.name},
     )
     return executor
+
+
+def _ended(journal: Journal, rows: list[JobRow]) -> tuple[int, int]:
+    """How many of ``rows`` ended (done or failed; a retry waits in the queue), and how
+    many of those failed: what the progress bar counts."""
+    states = [journal.get(row.id).state for row in rows]
+    failed = states.count("failed")
+    return states.count("done") + failed, failed
