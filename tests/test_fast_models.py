@@ -420,3 +420,16 @@ def test_the_readme_third_party_manifest_fits_a_pair_with_that_signature(tmp_pat
                     gradient(), tmp_path)  # fmt: skip
     expected = (np.asarray(gradient(), np.float64) + np.array([30, 90, 200])) / 2
     assert np.abs(result - expected).mean() < 3
+
+
+def test_the_style_image_is_centre_cropped_to_the_predictors_aspect() -> None:
+    from stylebox.plugins.faststyle.manifest import StylePredictor
+
+    # Three bands side by side: the predictor's square is the middle one, not a squash.
+    bands = Image.new("RGB", (300, 100), (255, 0, 0))
+    bands.paste((0, 255, 0), (100, 0, 200, 100))
+    bands.paste((0, 0, 255), (200, 0, 300, 100))
+    spec = StylePredictor(model="p.onnx", size=(32, 32))
+    pixels = fast_plugin._style_pixels(bands, spec)
+    assert pixels.shape == (1, 32, 32, 3)
+    assert np.allclose(pixels[0, 2:-2, 2:-2], [0.0, 1.0, 0.0], atol=0.02)
