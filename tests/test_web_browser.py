@@ -90,6 +90,16 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
         )
         assert wait_until(lambda: all(ok for _, ok in _loaded(browser)), 10), images
         assert {src.rsplit("/", 1)[1] for src, _ in images} == {"input", "result"}
+        # Readable on a phone: nothing wider than the 420 px window.
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth"
+        )
+        # A click shows the result at full size.
+        browser.find_element(By.CSS_SELECTOR, "figure.result img[src$='/result']").click()
+        assert wait_until(lambda: browser.execute_script(
+            "const d = document.getElementById('viewer'), i = document.getElementById('full');"
+            "return d.open && i.complete && i.naturalWidth > 0 && i.src.endsWith('/result')"
+        ), 10)  # fmt: skip
         browser.save_screenshot(str(tmp_path / "done.png"))
     finally:
         if browser is not None:
