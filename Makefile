@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python bench/gatys_step.py
 	$(BIN)/python bench/gatys_job.py
 	$(BIN)/python bench/daemon_overhead.py
+	$(BIN)/python bench/web_overhead.py
 	$(BIN)/python bench/fast_infer.py
 	$(BIN)/python bench/fast_io.py
 	$(BIN)/python bench/gpu.py
