@@ -174,10 +174,10 @@ def test_an_fp16_variant_is_exported_verified_and_chosen_by_precision(
     assert difference.max() <= 2
     assert context.facts["precision"] == "fp16"
 
-    with pytest.raises(ConfigError, match=r"names no fp16_variant.*--fp16"):
+    with pytest.raises(BadModel, match=r"names no fp16_variant.*--fp16"):
         plugin(tmp_path, trained, precision="fp16")
     (tmp_path / "half.fp16.onnx").unlink()
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(BadModel, match="does not exist"):
         plugin(tmp_path, out, precision="fp16")
 
 

@@ -25,7 +25,7 @@ from stylebox.plugins.faststyle import FastParams, FastPlugin
 from stylebox.plugins.faststyle.engine import GraphEngine, PlainEngine, engine_for
 from stylebox.plugins.faststyle.export import export_onnx, fp16_path
 from stylebox.plugins.faststyle.iograph import NotWrappable, uint8_io
-from stylebox.plugins.faststyle.manifest import ModelManifest
+from stylebox.plugins.faststyle.manifest import BadModel, ModelManifest
 from stylebox.plugins.faststyle.network import TransformerNet
 from stylebox.plugins.faststyle.plugin import TILE_CPU, chosen_model
 from stylebox.testing import RecordingContext
@@ -217,7 +217,7 @@ def test_auto_precision_picks_the_fp16_variant_on_gpus_only(model: Path, tmp_pat
     # A model without a variant stays fp32 on a GPU; asking for fp16 says how to make one.
     bare = ModelManifest()
     assert chosen_model(model, bare, "auto", "cuda") == model
-    with pytest.raises(ConfigError, match="names no fp16_variant"):
+    with pytest.raises(BadModel, match="names no fp16_variant"):
         chosen_model(model, bare, "fp16", "cuda")
     # The variant itself is what it is.
     half = ModelManifest.for_model(variant)

@@ -464,14 +464,14 @@ def chosen_model(
     if wanted == "fp32" or manifest.precision == "fp16":
         return model
     if not manifest.fp16_variant:
-        raise ConfigError(
+        raise BadModel(
             f"{model}: precision 'fp16' was asked for but its manifest names no "
             "fp16_variant; export one with `stylebox export CHECKPOINT --out "
             f'{model.name} --fp16`, or use precision = "fp32"'
         )
     variant = model.with_name(manifest.fp16_variant)
     if not variant.is_file():
-        raise ConfigError(f"{model}: its fp16 variant {variant} does not exist")
+        raise BadModel(f"{model}: its fp16 variant {variant} does not exist")
     return variant
 
 
