@@ -57,9 +57,11 @@ PRESETS: dict[str, dict[str, object]] = {
             "conv5_1": 1.0,
         },
         "content_weight": 1.0,
-        "style_weight": 100.0,
+        "style_weight": 1.0,
         "tv_weight": 0.0,
-        "photorealism": 1e3,
+        # Luan et al.'s lambda = 1e4 on an unnormalised V^T L V at about 512 x 341 px is
+        # 1e4 / 2 * 174592 / 5 here (per pixel, content weight 1 in place of their 5).
+        "photorealism": 1.75e8,
         "init": "content",
         "optimizer": "lbfgs",
     },

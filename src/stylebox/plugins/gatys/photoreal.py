@@ -15,6 +15,7 @@ step's tenth on the CPU. It is built once per photo and size and kept on the ima
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -34,15 +35,19 @@ def matting_laplacian(photo: torch.Tensor, epsilon: float = EPSILON) -> Any:
     return cf_laplacian(np.ascontiguousarray(array), epsilon=epsilon, radius=1).tocsr()
 
 
-def to_torch(laplacian: Any, device: torch.device) -> torch.Tensor:
-    """A scipy CSR matrix as a float32 torch sparse CSR tensor on ``device``."""
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(laplacian.indptr.astype(np.int64)),
-        torch.from_numpy(laplacian.indices.astype(np.int64)),
-        torch.from_numpy(laplacian.data.astype(np.float32)),
-        size=laplacian.shape,
-        device=device,
-    )
+def to_torch(
+    laplacian: Any, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A scipy CSR matrix as a torch sparse CSR tensor on ``device``."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": products are all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(laplacian.indptr.astype(np.int64)),
+            torch.from_numpy(laplacian.indices.astype(np.int64)),
+            torch.from_numpy(laplacian.data).to(dtype),
+            size=laplacian.shape,
+            device=device,
+        )
 
 
 class _QuadraticForm(torch.autograd.Function):

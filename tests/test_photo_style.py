@@ -1,0 +1,193 @@
+"""Photo-to-photo transfer (Luan et al. 2017): the matting regulariser, region masks, the
+``photo`` preset. Real VGG19, real pymatting, small images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from stylebox.errors import BadInput, ConfigError
+from stylebox.plugins.api import Runtime
+from stylebox.plugins.gatys import GatysParams, GatysPlugin
+from stylebox.plugins.gatys.photoreal import matting_laplacian, matting_loss, to_torch
+from stylebox.plugins.gatys.regions import distinct_colors
+from stylebox.tensors import to_tensor
+from stylebox.testing import RecordingContext
+
+DATA = Path(__file__).parent / "data"
+SKY, GROUND, OTHER = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+
+
+class MaskedContext(RecordingContext):
+    """The context a daemon job has when ``<stem>.mask.png`` lies beside its photo."""
+
+    def __init__(self, folder: Path, mask: Path | None = None) -> None:
+        super().__init__(folder)
+        self._mask = mask
+
+    @property
+    def companions(self) -> dict[str, Path]:
+        return {"mask": self._mask} if self._mask else {}
+
+
+def kodak(size: int) -> Image.Image:
+    with Image.open(DATA / "kodim06-256.png") as opened:
+        picture = opened.convert("RGB")
+    picture.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return picture
+
+
+def bands(path: Path, size: tuple[int, int], colors: list[tuple[int, int, int]]) -> Path:
+    """A label image of horizontal bands, top to bottom."""
+    mask = Image.new("RGB", size)
+    draw = ImageDraw.Draw(mask)
+    for i, color in enumerate(colors):
+        top, bottom = i * size[1] // len(colors), (i + 1) * size[1] // len(colors)
+        draw.rectangle([0, top, size[0], bottom - 1], fill=color)
+    mask.save(path)
+    return path
+
+
+def plugin(tmp_path: Path, **settings: Any) -> GatysPlugin:
+    base: dict[str, Any] = {"size": 64, "snapshot_every": 0, "checkpoint_seconds": 0}
+    params = GatysParams.model_validate({**base, **settings})
+    return GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+
+
+# -- the regulariser ------------------------------------------------------------------------
+
+
+def test_matting_gradient_matches_finite_differences() -> None:
+    photo = to_tensor(kodak(16).crop((0, 0, 9, 7))).double()
+    laplacian = to_torch(matting_laplacian(photo), torch.device("cpu"), torch.float64)
+    start = (photo + 0.05 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0)))
+    assert torch.autograd.gradcheck(
+        lambda x: matting_loss(x, laplacian), (start.requires_grad_(),), eps=1e-6, atol=1e-5
+    )
+
+
+def test_matting_loss_is_zero_for_an_affine_recolouring_and_grows_with_new_edges() -> None:
+    photo = to_tensor(kodak(48))
+    laplacian = to_torch(matting_laplacian(photo), torch.device("cpu"))
+    mix = torch.tensor([[0.6, 0.3, 0.1], [0.1, 0.8, 0.2], [0.0, 0.2, 0.7]])
+    recoloured = torch.einsum("oc,bchw->bohw", mix, photo) + torch.tensor([0.1, -0.05, 0.2])[
+        None, :, None, None
+    ]
+    striped = photo.clone()
+    striped[..., ::4, :] = 1.0
+    assert float(matting_loss(recoloured, laplacian)) < 1e-3 * float(
+        matting_loss(striped, laplacian)
+    )
+
+
+def edge_error(result: Image.Image, photo: Image.Image) -> float:
+    """How far the result's luminance gradients are from the photo's, relative to them."""
+
+    def gradients(picture: Image.Image) -> np.ndarray:
+        grey = np.asarray(picture.convert("L"), dtype=np.float64)
+        return np.stack([np.diff(grey, axis=0)[:, :-1], np.diff(grey, axis=1)[:-1, :]])
+
+    ours, theirs = gradients(result), gradients(photo)
+    return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+
+
+def test_photorealism_keeps_the_photos_edges(tmp_path: Path, style_file: Path) -> None:
+    photo = kodak(48)
+    errors = {}
+    for weight in (0.0, 1e10):
+        painter = plugin(
+            tmp_path,
+            style=[str(style_file)],
+            preset="photo",
+            style_weight=100.0,
+            photorealism=weight,
+            size=48,
+            steps=12,
+            require_progress=0,
+        )
+        result = painter.process(photo, RecordingContext(tmp_path / f"job{weight}"))
+        errors[weight] = edge_error(result, photo)
+    # Without the term the painting's brush strokes replace the photo's edges.
+    assert errors[1e10] < 0.8 * errors[0.0], errors  # measured: 0.70
+
+
+# -- region masks --------------------------------------------------------------------------
+
+
+def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
+    """The reference is red above and blue below; the photo's mask puts its "sky" in the
+    middle band and its "ground" on top, and has a third region the reference lacks."""
+    rng = np.random.default_rng(0)
+    grey = 0.5 + 0.08 * rng.standard_normal((48, 64, 1))
+    photo = Image.fromarray((np.repeat(grey, 3, 2).clip(0, 1) * 255).astype(np.uint8))
+    texture = 0.1 * rng.standard_normal((48, 64))
+    reference = np.zeros((48, 64, 3))
+    reference[:24, :, 0] = 0.8 + texture[:24]
+    reference[24:, :, 2] = 0.8 + texture[24:]
+    style = tmp_path / "reference.png"
+    Image.fromarray((reference.clip(0, 1) * 255).astype(np.uint8)).save(style)
+    style_mask = bands(tmp_path / "reference.mask.png", (64, 48), [SKY, GROUND])
+    # Half the size of the photo: resized (nearest), and the manifest says so.
+    photo_mask = bands(tmp_path / "photo.mask.png", (32, 24), [GROUND, SKY, OTHER])
+    painter = plugin(
+        tmp_path,
+        style=[str(style)],
+        style_mask=[str(style_mask)],
+        style_layers={"relu1_1": 1.0, "relu2_1": 1.0},
+        content_weight=0.01,
+        style_weight=1e4,
+        steps=30,
+    )
+    context = MaskedContext(tmp_path / "job", photo_mask)
+    result = np.asarray(painter.process(photo, context), dtype=np.float64)
+    top, middle, bottom = result[:16], result[16:32], result[32:]
+    assert middle[..., 0].mean() > middle[..., 2].mean() + 20, middle.mean((0, 1))  # sky: red
+    assert top[..., 2].mean() > top[..., 0].mean() + 20, top.mean((0, 1))  # ground: blue
+    own = np.asarray(photo, dtype=np.float64)[32:]
+    assert np.abs(bottom - own).mean() < 0.5 * np.abs(middle - np.asarray(photo)[16:32]).mean()
+    assert context.facts["mask_resized"] == "32x24 to the photo's 64x48 (nearest)"
+    assert context.facts["mask_regions"] == ["#0000ff", "#00ff00", "#ff0000"]
+
+
+def test_an_antialiased_mask_is_refused_saying_how_to_fix_it(tmp_path: Path) -> None:
+    mask = Image.open(bands(tmp_path / "m.png", (64, 48), [SKY, GROUND]))
+    blurred = mask.filter(ImageFilter.GaussianBlur(3))
+    assert len(distinct_colors(mask, "m.png")) == 2
+    with pytest.raises(BadInput, match=r"m\.png has \d+ colours.*antialiased.*mask_colors"):
+        distinct_colors(blurred, "m.png")
+    blurred.save(tmp_path / "blurred.png")
+    with pytest.raises(ConfigError, match="antialiased"):
+        plugin(
+            tmp_path, style=[str(tmp_path / "m.png")], style_mask=[str(tmp_path / "blurred.png")]
+        )
+    # Listing the regions snaps each pixel to the nearest: accepted.
+    plugin(
+        tmp_path,
+        style=[str(tmp_path / "m.png")],
+        style_mask=[str(tmp_path / "blurred.png")],
+        mask_colors=["#ff0000", "#0000ff"],
+    )
+
+
+def test_a_photo_without_its_mask_fails_saying_where_to_put_it(tmp_path: Path) -> None:
+    mask = bands(tmp_path / "s.mask.png", (64, 48), [SKY, GROUND])
+    painter = plugin(tmp_path, style=[str(mask)], style_mask=[str(mask)], steps=2)
+    with pytest.raises(BadInput, match=r"no mask: put .*<photo stem>\.mask\.png"):
+        painter.process(kodak(64), RecordingContext(tmp_path / "job"))
+
+
+def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file: Path) -> None:
+    params = GatysParams(style=[style_file], preset="photo", style_weight=7)
+    assert params.content_layers == {"conv4_2": 1.0}
+    assert list(params.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+    assert params.photorealism > 0 and params.init == "content"
+    assert params.style_weight == 7
+    with pytest.raises(ValueError, match="style_mask has 2 masks for 1 style"):
+        GatysParams(style=[style_file], style_mask=[style_file, style_file])
+    with pytest.raises(ValueError, match="preset"):
+        GatysParams(style=[style_file], preset="painting")
