@@ -8,7 +8,11 @@ them; a job's cost is its ``process_seconds`` from its manifest (the plugin's ti
 is what a busy page could slow down). Alternating rounds in one run keeps drift in the
 machine's load out of the comparison.
 
-    python bench/web_overhead.py [--rounds 4] [--jobs 3] [--steps 30] [--size 64]
+    python bench/web_overhead.py [--rounds 4] [--jobs 3] [--steps 30] [--size 128]
+        [--snapshot-every 10]
+
+The defaults are small jobs with the default inbox's snapshot cadence (every 10 steps); a
+snapshot every step or two at 64 px is the worst case (``--size 64 --snapshot-every 2``).
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each kind")
     parser.add_argument("--jobs", type=int, default=3, help="photos per round")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--snapshot-every", type=int, default=10)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as temp:
@@ -93,7 +98,7 @@ def main() -> int:
         with Image.open(STYLE) as painting:
             painting.convert("RGB").resize((96, 76)).save(style)
         port = free_port()
-        params = f"size = {args.size}, steps = {args.steps}, snapshot_every = 2"
+        params = f"size = {args.size}, steps = {args.steps}, snapshot_every = {args.snapshot_every}"
         config = gatys_config(folder, style, params, daemon="rescan_seconds = 30")
         config.write_text(config.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
         daemon = Daemon(config)
@@ -128,7 +133,10 @@ def main() -> int:
 
     without, with_client = (statistics.median(times[k]) for k in ("without", "with"))
     mean_without, mean_with = (statistics.fmean(times[k]) for k in ("without", "with"))
-    print(f"gatys {args.size} px, {args.steps} steps, {len(times['with'])} jobs each way")
+    print(
+        f"gatys {args.size} px, {args.steps} steps, a snapshot every {args.snapshot_every}, "
+        f"{len(times['with'])} jobs each way"
+    )
     print(f"  per job, no client:   median {without:.3f} s, mean {mean_without:.3f} s")
     print(f"  per job, page open:   median {with_client:.3f} s, mean {mean_with:.3f} s")
     print(f"  overhead: median {100 * (with_client / without - 1):+.1f} %, "

@@ -55,7 +55,7 @@ _HEADERS = {
 }
 
 
-def create_app(backend: Backend, stopping: threading.Event, interval: float = 0.5) -> Starlette:
+def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.0) -> Starlette:
     """The ASGI app over ``backend``. ``stopping``: set when the daemon stops, which ends
     open event streams at once. ``interval``: seconds between looks for changes."""
     reader = StatusReader(backend)

@@ -20,7 +20,7 @@ log = logging.getLogger("stylebox.http")
 class HttpServer:
     """The status page of ``backend`` at ``listen`` (``host:port``)."""
 
-    def __init__(self, backend: Backend, listen: str, interval: float = 0.5) -> None:
+    def __init__(self, backend: Backend, listen: str, interval: float = 1.0) -> None:
         self.listen = listen
         self.host, self.port = http_address(listen)
         self._stopping = threading.Event()
