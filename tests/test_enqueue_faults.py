@@ -432,3 +432,26 @@ def test_the_same_bytes_again_are_skipped_unless_dedupe_is_off(
     assert plugin.calls == (1 if dedupe else 2)
     assert ((inbox / "processed" / "again.png.duplicate.txt").is_file()) == dedupe
     assert (inbox / "processed" / "again.png").is_file()
+
+
+def test_the_same_photo_with_another_mask_is_another_job_not_a_duplicate(tmp_path: Path) -> None:
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+
+    def drop(mask_seed: int) -> str:
+        photo(8, 8, seed=1).save(inbox / "boat.png")
+        Image.new("RGB", (8, 8), (mask_seed, 0, 0)).save(inbox / "boat.mask.png")
+        (outcome,) = pipeline.enqueue(source, [inbox / "boat.png"])
+        JobLoop(pipeline).run_until_empty({source.key})
+        return outcome
+
+    assert drop(200) == "queued"
+    assert drop(90) == "queued"  # the mask changed: the result would too
+    assert drop(90) == "duplicate"  # the same photo and mask as the job before
+    done = [row for row in pipeline.journal.jobs(source.key) if row.state == "done"]
+    assert len(done) == 2
+    # Every mask went with its photo, the duplicate's too: none is left in the inbox.
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == []
+    masks = sorted(p.name for p in (inbox / "processed").glob("*.mask.png"))
+    assert masks == ["boat-2.mask.png", "boat-3.mask.png", "boat.mask.png"]
+    pipeline.journal.close()

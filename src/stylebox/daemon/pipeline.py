@@ -34,7 +34,7 @@ from stylebox.errors import (
     PluginError,
     StyleboxError,
 )
-from stylebox.plugins.api import Plugin, companions_of, params_digest
+from stylebox.plugins.api import Plugin, companion_kind, companions_of, params_digest
 from stylebox.plugins.registry import Registry
 
 log = logging.getLogger("stylebox.pipeline")
@@ -275,7 +275,11 @@ class Pipeline:
         # A file a rescan sees again while its job is queued or running is that job: it
         # takes no output name, so that a new file settling beside it gets the next free one.
         unfinished = self.journal.unfinished_origins(source.key)
-        entries = [self._entry(source, path, reserve=str(path) not in unfinished) for path in paths]
+        companions = _companion_keys(paths)
+        entries = [
+            self._entry(source, path, str(path) not in unfinished, companions.get(path))
+            for path in paths
+        ]
         added = self._add(source, [entry for entry in entries if entry is not None])
         outcomes: list[Outcome] = []
         for path, entry in zip(paths, entries, strict=True):
@@ -294,8 +298,12 @@ class Pipeline:
             self.on_queued()
         return outcomes
 
-    def _entry(self, source: Source, path: Path, reserve: bool = True) -> NewJob | None:
-        """The job ``path`` would be, its output names reserved; ``None`` if it is gone."""
+    def _entry(
+        self, source: Source, path: Path, reserve: bool = True, companions: str | None = None
+    ) -> NewJob | None:
+        """The job ``path`` would be, its output names reserved; ``None`` if it is gone.
+        ``companions``: what its companion files add to its key (see
+        :func:`_companion_keys`)."""
         try:
             mode = path.lstat().st_mode
         except FileNotFoundError:
@@ -310,6 +318,8 @@ class Pipeline:
                 log.warning("cannot read %s: %s", files.readable(str(path)), exc)
         if digest != "-":
             key = f"{digest}|{source.key}|{source.plugin.name}|{source.params_hash}"
+            if companions:
+                key += f"|{companions}"
             if not source.config.dedupe:
                 key += f"|{uuid.uuid4().hex}"
         else:  # folders, links, devices: journaled so their refusal is recorded too
@@ -397,6 +407,7 @@ class Pipeline:
         if source.moves_inputs:
             assert isinstance(source.config, InboxConfig)
             moved = files.move_unique(path, source.config.processed_dir)
+            _move_companions(path, moved)
             note = f"duplicate of job {row.id} ({row.name}); its result: {source.outbox.folder}"
             if row.stem:
                 note += f"/{row.stem}.*"
@@ -598,7 +609,7 @@ class Pipeline:
         and then this one ends as failed saying so and the file is taken like any arrival
         of those bytes (a duplicate of a done job, say). Its input is not moved for it."""
         origin = Path(row.origin_path)
-        entry = self._entry(source, origin, reserve=False)
+        entry = self._entry(source, origin, False, _companion_keys([origin]).get(origin))
         if entry is None:
             self._fail(source, row, BadInput(f"{row.name} vanished while its job started"))
             return
@@ -694,6 +705,38 @@ class _JournalReporter:
             self._last.pop(job.job_id, None)
         if self.inner:
             self.inner.finished(job, result)
+
+
+def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
+    """For each of ``paths`` with companion files beside it (``photo.mask.png``), their
+    kinds and digests, for its job's key: the same photo with another mask is another job,
+    not a duplicate. One listing per folder, not one per file: an arrival can be
+    thousands of files."""
+    by_stem: dict[Path, dict[str, list[str]]] = {}
+    for folder in {path.parent for path in paths}:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        index = by_stem.setdefault(folder, {})
+        for name in names:
+            companion = companion_kind(name)
+            if companion is not None:
+                index.setdefault(companion[1], []).append(name)
+    keys: dict[Path, str] = {}
+    for path in paths:
+        parts = []
+        for name in by_stem.get(path.parent, {}).get(path.stem, []):
+            kind = companion_kind(name)
+            if name == path.name or kind is None:
+                continue
+            try:
+                parts.append(f"{kind[0]}:{_sha256(path.parent / name)}")
+            except OSError:  # gone or unreadable: the job takes what is there when it runs
+                continue
+        if parts:
+            keys[path] = "|".join(parts)
+    return keys
 
 
 def _move_companions(origin: Path, moved: Path) -> None:
