@@ -189,6 +189,9 @@ def test_ctrl_c_stops_train_with_status_130(tmp_path: Path, photos: Path) -> Non
          "--content-dir", str(photos), "--out", str(out), "--device", "cpu",
          "--preset", "small", "--image-size", "32", "--steps", "100000"],
         stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a test run started in the background (`nohup ... &`) hands
+        # its children SIGINT ignored, and Python then never turns it into Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert wait_until(out.with_suffix(".train").exists, 60)
     process.send_signal(signal.SIGINT)
