@@ -223,7 +223,8 @@ def test_gatys_on_ray_gives_the_layout_of_a_local_batch(
     found = {}
     for engine in ("local", "ray"):
         folder = tmp_path / engine
-        config = make_batch(folder, 2, "gatys", params)
+        # One photo and one actor: each actor loads torch and VGG19, the slow part here.
+        config = make_batch(folder, 1, "gatys", params, "workers = 1")
         extra = ("--ray", ray_address) if engine == "ray" else ()
         result = batch(config, *extra)
         assert result.returncode == 0, result.stderr
