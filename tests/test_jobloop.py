@@ -182,21 +182,30 @@ def test_run_goes_through_the_journal_and_runs_only_the_files_it_was_given(
     assert (out / "b.png").is_file()
 
 
-def test_a_batch_runs_as_many_jobs_at_once_as_its_workers(tmp_path: Path) -> None:
+def _gated_batch(
+    tmp_path: Path, photos: int, workers: int
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """``stylebox batch`` over ``photos`` photos with the gated plugin (each job waits at
+    the gate), running; with the plugin's call record and its gate."""
     env, record, gate = gated_env(tmp_path)
     source = tmp_path / "photos"
     source.mkdir()
-    for index in range(3):
+    for index in range(photos):
         photo(24, 16, seed=index).save(source / f"p{index}.png")
     config = write_config(
         tmp_path,
         'state_dir = "state"\n[[batch]]\nname = "all"\nsource = "photos"\noutbox = "out"\n'
-        'plugin = "gated"\nworkers = 2\n',
+        f'plugin = "gated"\nworkers = {workers}\n',
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "stylebox.cli", "-q", "batch", "all", "--config", str(config)],
         env={**os.environ, **env},
     )
+    return process, record, gate
+
+
+def test_a_batch_runs_as_many_jobs_at_once_as_its_workers(tmp_path: Path) -> None:
+    process, record, gate = _gated_batch(tmp_path, photos=3, workers=2)
     try:
         assert wait_until(lambda: record.exists() and record.read_text().count("run") == 2, 60)
         gate.touch()
@@ -214,18 +223,7 @@ def test_a_batch_runs_as_many_jobs_at_once_as_its_workers(tmp_path: Path) -> Non
 def test_a_stopped_batch_exits_130_and_its_job_waits_in_the_queue(
     tmp_path: Path, signal_name: str
 ) -> None:
-    env, record, _ = gated_env(tmp_path)
-    (tmp_path / "photos").mkdir()
-    photo(24, 16).save(tmp_path / "photos" / "p.png")
-    config = write_config(
-        tmp_path,
-        'state_dir = "state"\n[[batch]]\nname = "all"\nsource = "photos"\noutbox = "out"\n'
-        'plugin = "gated"\n',
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stylebox.cli", "-q", "batch", "all", "--config", str(config)],
-        env={**os.environ, **env},
-    )
+    process, record, _ = _gated_batch(tmp_path, photos=1, workers=1)
     try:
         assert wait_until(lambda: record.exists() and "run" in record.read_text(), 60)
         process.send_signal(getattr(signal, signal_name))
