@@ -228,3 +228,19 @@ def test_auto_precision_picks_the_fp16_variant_on_gpus_only(model: Path, tmp_pat
     context = RecordingContext(tmp_path / "job")
     fast(tmp_path, model, precision="fp16").process(photo(20, 12), context)
     assert context.facts["precision"] == "fp16"
+
+
+def test_cuda_n_runs_on_gpu_n(tmp_path: Path) -> None:
+    """``device = "cuda:1"`` asks onnxruntime for GPU 1 (it ran on GPU 0 before), for CUDA
+    and TensorRT alike; what the I/O binding then reads back from the session."""
+    from stylebox.plugins.faststyle.session import providers
+
+    def options(device: str) -> dict[str, dict[str, object]]:
+        return {p[0]: p[1] for p in providers(device, tmp_path) if isinstance(p, tuple)}
+
+    for device, index in (("cuda", 0), ("cuda:1", 1), ("cuda:3", 3)):
+        assert options(device)["CUDAExecutionProvider"]["device_id"] == index
+    assert options("tensorrt")["TensorrtExecutionProvider"]["device_id"] == 0
+    assert providers("cpu", tmp_path) == ["CPUExecutionProvider"]
+    with pytest.raises(ConfigError, match="unknown device 'cuda:x'"):
+        providers("cuda:x", tmp_path)

@@ -161,7 +161,7 @@ class FastPlugin(Plugin[FastParams]):
     def __init__(self, params: FastParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
         device = params.device or runtime.device
-        self.device = "cuda" if device.startswith("cuda") else device
+        self.device = device  # "cuda:N" keeps its N: the session runs on that GPU
         manifest = ModelManifest.for_model(params.model)
         self.model = chosen_model(params.model, manifest, params.precision, resolve(self.device))
         if self.model != params.model:

@@ -43,10 +43,24 @@ def resolve(device: str) -> Literal["cpu", "cuda", "tensorrt"]:
     raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or tensorrt")
 
 
+def device_index(device: str) -> int:
+    """The GPU a device setting names: N of ``cuda:N``, else the first (0)."""
+    _, _, index = device.partition(":")
+    if not index:
+        return 0
+    if not index.isdigit():
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or tensorrt")
+    return int(index)
+
+
 def providers(device: str, engine_cache: Path) -> list[Any]:
     kind = resolve(device)
+    index = device_index(device)
     cpu = "CPUExecutionProvider"
-    cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
+    cuda = (
+        "CUDAExecutionProvider",
+        {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"},
+    )
     if kind == "cpu":
         return [cpu]
     if kind == "cuda":
@@ -54,7 +68,11 @@ def providers(device: str, engine_cache: Path) -> list[Any]:
     engine_cache.mkdir(parents=True, exist_ok=True)
     tensorrt = (
         "TensorrtExecutionProvider",
-        {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache)},
+        {
+            "device_id": index,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(engine_cache),
+        },
     )
     return [tensorrt, cuda, cpu]
 
@@ -76,7 +94,7 @@ def used_by(session: Any) -> tuple[str, str]:
 
 def session_for(model: Path, device: str, engine_cache: Path) -> Any:
     """The shared session for ``model`` on ``device``."""
-    kind = resolve(device)
+    kind = f"{resolve(device)}:{device_index(device)}"
     with _lock:
         key = (str(model.resolve()), kind)
         if key not in _sessions:
@@ -92,7 +110,7 @@ def uint8_session_for(
     when the graph cannot take the conversions."""
     import onnx
 
-    kind = resolve(device)
+    kind = f"{resolve(device)}:{device_index(device)}"
     with _lock:
         # The wrapping follows the manifest: two links to one file may have two manifests.
         key = (str(model.resolve()), f"{kind}/uint8/{manifest.model_dump_json()}")
