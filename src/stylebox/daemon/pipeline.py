@@ -34,7 +34,7 @@ from stylebox.errors import (
     PluginError,
     StyleboxError,
 )
-from stylebox.plugins.api import Plugin, companion_kind, companions_of, params_digest
+from stylebox.plugins.api import Plugin, companion_index, companions_of, params_digest
 from stylebox.plugins.registry import Registry
 
 log = logging.getLogger("stylebox.pipeline")
@@ -712,26 +712,21 @@ def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
     kinds and digests, for its job's key: the same photo with another mask is another job,
     not a duplicate. One listing per folder, not one per file: an arrival can be
     thousands of files."""
-    by_stem: dict[Path, dict[str, list[str]]] = {}
+    indexes: dict[Path, dict[str, dict[str, str]]] = {}
     for folder in {path.parent for path in paths}:
         try:
-            names = sorted(os.listdir(folder))
+            indexes[folder] = companion_index(os.listdir(folder))
         except OSError:
             continue
-        index = by_stem.setdefault(folder, {})
-        for name in names:
-            companion = companion_kind(name)
-            if companion is not None:
-                index.setdefault(companion[1], []).append(name)
     keys: dict[Path, str] = {}
     for path in paths:
+        found = indexes.get(path.parent, {}).get(path.stem, {})
         parts = []
-        for name in by_stem.get(path.parent, {}).get(path.stem, []):
-            kind = companion_kind(name)
-            if name == path.name or kind is None:
+        for kind, name in sorted(found.items()):
+            if name == path.name:
                 continue
             try:
-                parts.append(f"{kind[0]}:{_sha256(path.parent / name)}")
+                parts.append(f"{kind}:{_sha256(path.parent / name)}")
             except OSError:  # gone or unreadable: the job takes what is there when it runs
                 continue
         if parts:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
@@ -63,6 +63,7 @@ __all__ = [
     "Runtime",
     "StyleFile",
     "StyleboxError",
+    "companion_index",
     "companion_kind",
     "companions_of",
     "params_digest",
@@ -171,19 +172,26 @@ def companion_kind(name: str) -> tuple[str, str] | None:
     return None
 
 
+def companion_index(names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The companion files among a folder's ``names``: by the stem of their input, by kind,
+    the first by name where several have one kind (the one a job reads)."""
+    index: dict[str, dict[str, str]] = {}
+    for name in sorted(names):
+        companion = companion_kind(name)
+        if companion is not None:
+            index.setdefault(companion[1], {}).setdefault(companion[0], name)
+    return index
+
+
 def companions_of(path: Path) -> dict[str, Path]:
     """The companion files beside the input ``path`` now, by kind (the first by name where
     several have one kind)."""
-    found: dict[str, Path] = {}
     try:
-        names = sorted(entry.name for entry in path.parent.iterdir() if entry.is_file())
+        names = [entry.name for entry in path.parent.iterdir() if entry.is_file()]
     except OSError:
-        return found
-    for name in names:
-        companion = companion_kind(name)
-        if companion is not None and companion[1] == path.stem and name != path.name:
-            found.setdefault(companion[0], path.parent / name)
-    return found
+        return {}
+    found = companion_index(names).get(path.stem, {})
+    return {kind: path.parent / name for kind, name in found.items() if name != path.name}
 
 
 class JobContext(ABC):
