@@ -75,14 +75,18 @@ def _stepper(tmp_path: Path, **params: object) -> tuple[Stepper, PluginHandle]:
     return stepper, PluginHandle("stepper", "1", stepper, stepper.params)
 
 
+def _gatys(tmp_path: Path, style_file: Path, **params: object) -> PluginHandle:
+    settings = GatysParams(style=[style_file], **params)  # type: ignore[arg-type]
+    plugin = GatysPlugin(settings, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    return PluginHandle("gatys", "1", plugin, settings)
+
+
 def test_the_animation_made_while_the_job_ran_equals_one_made_from_the_snapshots(
     tmp_path: Path, style_file: Path
 ) -> None:
     source = tmp_path / "photo.png"
     photo(40, 30).save(source)
-    params = GatysParams(style=[style_file], size=40, steps=6, snapshot_every=2)
-    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
-    handle = PluginHandle("gatys", "1", plugin, params)
+    handle = _gatys(tmp_path, style_file, size=40, steps=6, snapshot_every=2)
     out = Outbox(tmp_path / "out")
     result = Runner().execute(Job(source, tmp_path / "work", stem="photo"), handle, out)
     assert result.manifest["output"]["animation"] == "photo.gif"
@@ -160,9 +164,7 @@ def test_a_stopped_gatys_job_has_its_checkpoint_on_disk_when_the_runner_returns(
 ) -> None:
     source = tmp_path / "photo.png"
     photo(40, 30).save(source)
-    params = GatysParams(style=[style_file], size=40, steps=200, snapshot_every=5)
-    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
-    handle = PluginHandle("gatys", "1", plugin, params)
+    handle = _gatys(tmp_path, style_file, size=40, steps=200, snapshot_every=5)
     cancel = threading.Event()
     work = tmp_path / "work"
 
