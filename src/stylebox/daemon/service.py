@@ -255,7 +255,6 @@ class Service:
         self.journal.close()
         return 0
 
-
     # -- the status page -------------------------------------------------------------------
 
     def _start_http(self) -> None:
