@@ -13,7 +13,8 @@ from stylebox.images import atomic_write_bytes
 
 FILENAME = "gatys.pt"
 #: 2: the optimiser's own L-BFGS state and the job's start loss; no process-wide RNG.
-FORMAT = 2
+#: 3: the batched L-BFGS's tensors (a ring of curvature pairs) for one photo.
+FORMAT = 3
 
 
 @dataclass

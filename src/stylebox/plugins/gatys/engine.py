@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -529,40 +530,48 @@ class Engine:
         show: Callable[[torch.Tensor, int], Image.Image],
         clock: _Clock,
     ) -> torch.Tensor:
-        """One scale of every lane's optimisation; the images at its end, as a batch."""
+        """One scale of every lane's optimisation; the images at its end, as a batch.
+
+        The photos are one batch: one VGG19 pass a step for those still stepping, and one
+        optimiser whose state is each photo's own. Nothing waits for the device between
+        read-backs: each step's losses stay on it and are read every ``report_every``
+        steps (and before a snapshot, a checkpoint, a cancellation and the scale's end).
+        Then every step since the last read-back is reported in order and the guards act,
+        so a plateau is seen up to ``report_every - 1`` steps late (those steps stay in
+        the image).
+        """
         p = self.params
         layout = self._memory_format()
-        # Each photo is its own leaf tensor with its own optimiser, exactly as when it runs
-        # alone; the network sees the ones still stepping as one batch. Each stays
-        # contiguous (L-BFGS flattens it); the network sees a copy in the chosen layout.
-        xs = [start[i : i + 1].detach().clone().contiguous() for i in range(len(lanes))]
-        for x in xs:
-            x.requires_grad_(True)
-        optimizers = [self._optimizer(x) for x in xs]
+        # One contiguous leaf for the batch (L-BFGS flattens each photo); the network sees
+        # a copy in the chosen layout.
+        x = start.detach().clone().contiguous().requires_grad_(True)
+        optimizer = self._optimizer(x)
+        ended: dict[int, torch.Tensor] = {}
+        """The image of each lane that stopped stepping, as it was then."""
         step = 0
         for lane in lanes:
             lane.active, lane.best, lane.stale = lane.error is None, math.inf, 0
         if resume is not None:
-            optimizers[0].load_state_dict(resume.optimizer)
+            optimizer.load_state_dict(resume.optimizer)
             step, lanes[0].best, lanes[0].stale = resume.step, resume.best_loss, resume.stale_steps
         elif scale.index == 0 and p.snapshot_every:
             for i, lane in enumerate(lanes):
-                lane.job.snapshot(show(xs[i], i), 0)
+                lane.job.snapshot(show(x[i : i + 1], i), 0)
 
         def save(i: int) -> None:
-            # Written by the job's writer while the steps go on: the image is copied now
-            # (the optimiser changes it in place); the L-BFGS state never changes a tensor
-            # it stored, and Adam's state is copied.
-            lane, optimizer = lanes[i], optimizers[i]
-            state = optimizer.state_dict()
-            if not isinstance(optimizer, GuardedLBFGS):
-                state = copy.deepcopy(state)
+            # Written by the job's writer while the steps go on: the image and the
+            # optimiser's state are copied now, on the device.
+            lane = lanes[i]
+            if isinstance(optimizer, GuardedLBFGS):
+                state = optimizer.state_dict(i)
+            else:
+                state = _adam_row(optimizer.state_dict(), i)
             checkpoint = Checkpoint(
                 self.digest,
                 lane.image.size,
                 scale.index,
                 step,
-                xs[i].detach().clone(),
+                ended.get(i, x[i : i + 1]).detach().clone(),
                 state,
                 lane.best,
                 lane.stale,
@@ -571,63 +580,116 @@ class Engine:
             lane.job.save_checkpoint(checkpoint.save)
             lane.run.saved_at = time.monotonic()
 
+        def end(i: int) -> None:
+            lanes[i].active = False
+            ended[i] = x[i : i + 1].detach().clone()
+
+        pending: list[torch.Tensor] = []
+        """Each unread step's [lanes stepping, parts] values, on the device."""
+        pending_live: list[int] = []
+        every = p.report_every or (10 if self.device.type == "cuda" else 1)
+        since = time.perf_counter()
+
+        def read_back() -> None:
+            """Report the unread steps, in order, with one read from the device."""
+            nonlocal since
+            if not pending:
+                return
+            rows = torch.stack(pending).tolist()
+            now = time.perf_counter()
+            elapsed, since = (now - since) / len(rows), now
+            first = step - len(rows) + 1
+            for k, values in enumerate(rows):
+                eta = clock.tick(elapsed, scale, first + k)
+                for row, i in enumerate(pending_live):
+                    if not lanes[i].active:  # ended at an earlier step of this read-back
+                        continue
+                    parts = dict(zip(self.parts, values[row], strict=True))
+                    self._stepped(
+                        lanes[i],
+                        values[row][0],
+                        parts,
+                        scale,
+                        scale.first_global_step + first + k,
+                        total,
+                        elapsed,
+                        eta,
+                    )
+                    if not lanes[i].active:
+                        end(i)
+            pending.clear()
+
+        rows_of: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         while step < scale.steps:
-            for i, lane in enumerate(lanes):
-                if lane.error is None and lane.job.cancelled:
+            cancelled = [
+                i for i, lane in enumerate(lanes) if lane.error is None and lane.job.cancelled
+            ]
+            if cancelled:
+                read_back()
+                for i in cancelled:
                     save(i)
-                    lane.error = Cancelled(f"cancelled at step {scale.first_global_step + step}")
-                    lane.active = False
+                    lanes[i].error = Cancelled(
+                        f"cancelled at step {scale.first_global_step + step}"
+                    )
+                    if lanes[i].active:
+                        end(i)
             live = [i for i, lane in enumerate(lanes) if lane.active]
             if not live:
                 break
-            began = time.perf_counter()
-            for i in live:
-                xs[i].grad = None
+            everyone = len(live) == len(lanes)
+            x.grad = None
             with self._autocast():
-                batch = torch.cat([xs[i] for i in live]) if len(live) > 1 else xs[live[0]]
+                batch = x if everyone else x[live]
                 terms = objective.per_image(batch.contiguous(memory_format=layout), live)
             terms["loss"].sum().backward()
-            # One read-back a step for every photo's loss and its parts.
-            values = torch.stack([terms[k].detach().float() for k in self.parts], 1).tolist()
-            losses: dict[int, float] = {}
-            for row, i in enumerate(live):
-                optimizer = optimizers[i]
-                if isinstance(optimizer, GuardedLBFGS):
-                    # Progress shows the accepted point: a refused blow-up is not the image's.
-                    losses[i] = optimizer.update(values[row][0], xs[i].grad)
+            values = torch.stack([terms[k].detach().float() for k in self.parts], 1)
+            if isinstance(optimizer, GuardedLBFGS):
+                assert x.grad is not None
+                if everyone:
+                    reported = optimizer.update(values[:, 0], x.grad)
                 else:
-                    for group in optimizer.param_groups:
-                        group["lr"] = p.learning_rate * self._decay(step, scale.steps)
-                    optimizer.step()
-                    losses[i] = values[row][0]
+                    if tuple(live) not in rows_of:  # made once per set of lanes
+                        index = torch.tensor(live, device=self.device)
+                        mask = torch.zeros(len(lanes), dtype=torch.bool, device=self.device)
+                        rows_of[tuple(live)] = index, mask.index_fill_(0, index, True)
+                    index, mask = rows_of[tuple(live)]
+                    losses = values.new_zeros(len(lanes)).index_copy_(0, index, values[:, 0])
+                    reported = optimizer.update(losses, x.grad, mask).index_select(0, index)
+                # Progress shows the accepted point: a refused blow-up is not the image's.
+                values = torch.cat([reported[:, None], values[:, 1:]], 1)
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = p.learning_rate * self._decay(step, scale.steps)
+                optimizer.step()
+            pending.append(values)
+            pending_live = live
             step += 1
             global_step = scale.first_global_step + step
-            elapsed = time.perf_counter() - began
-            eta = clock.tick(elapsed, scale, step)
-            for row, i in enumerate(live):
-                self._stepped(
-                    lanes[i],
-                    losses[i],
-                    dict(zip(self.parts, values[row], strict=True)),
-                    scale,
-                    global_step,
-                    total,
-                    elapsed,
-                    eta,
-                )
-                lane = lanes[i]
-                if lane.error is not None:
+            snapshot = bool(p.snapshot_every) and global_step % p.snapshot_every == 0
+            due = [
+                i
+                for i in live
+                if step < scale.steps and self._checkpoint_due(global_step, lanes[i].run)
+            ]
+            if snapshot or due or len(pending) >= every or step == scale.steps:
+                read_back()
+            for i in live:
+                if lanes[i].error is not None:
                     continue
-                if p.snapshot_every and global_step % p.snapshot_every == 0:
-                    lane.job.snapshot(show(xs[i], i), global_step)
-                due = self._checkpoint_due(global_step, lane.run)
-                if lane.active and step < scale.steps and due:
+                if snapshot:
+                    lanes[i].job.snapshot(show(x[i : i + 1], i), global_step)
+                if lanes[i].active and i in due:
                     save(i)
-        for lane, optimizer in zip(lanes, optimizers, strict=True):
-            if isinstance(optimizer, GuardedLBFGS) and optimizer.refused:
-                lane.run.refused += optimizer.refused
-                lane.job.note(lbfgs_refused_steps=lane.run.refused)
-        return torch.cat([x.detach() for x in xs])
+        read_back()
+        if isinstance(optimizer, GuardedLBFGS):
+            for lane, refused in zip(lanes, optimizer.refused.tolist(), strict=True):
+                if refused:
+                    lane.run.refused += refused
+                    lane.job.note(lbfgs_refused_steps=lane.run.refused)
+        result = x.detach().clone()
+        for i, image in ended.items():
+            result[i : i + 1] = image
+        return result
 
     def _stepped(
         self,
@@ -676,7 +738,8 @@ class Engine:
     def _optimizer(self, x: torch.Tensor) -> GuardedLBFGS | torch.optim.Adam:
         p = self.params
         if p.optimizer == "adam":
-            return torch.optim.Adam([x], lr=p.learning_rate)
+            # Capturable: its step count stays on the GPU, not read back every step.
+            return torch.optim.Adam([x], lr=p.learning_rate, capturable=self.device.type == "cuda")
         return GuardedLBFGS(x, lr=p.learning_rate, history_size=p.lbfgs_history)
 
     def _decay(self, step: int, steps: int) -> float:
@@ -695,6 +758,20 @@ class Engine:
                 yield
         else:
             yield
+
+
+def _adam_row(state: dict[str, Any], i: int) -> dict[str, Any]:
+    """Adam's state for photo ``i`` of the batch alone (a resumed job runs alone)."""
+    return {
+        "state": {
+            key: {
+                name: value[i : i + 1].clone() if value.dim() > 0 else value.clone()
+                for name, value in per_param.items()
+            }
+            for key, per_param in state["state"].items()
+        },
+        "param_groups": copy.deepcopy(state["param_groups"]),
+    }
 
 
 def _tensor_digest(tensor: torch.Tensor) -> str:

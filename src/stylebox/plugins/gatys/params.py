@@ -192,6 +192,13 @@ class GatysParams(PluginParams):
         "the CPU (where channels_last measured slower per step)",
     )
     snapshot_every: int = Field(25, ge=0, description="Snapshot every N steps (0: none)")
+    report_every: int = Field(
+        0,
+        ge=0,
+        description="Read the losses back from the device every N steps, for progress and "
+        "the plateau guard (0: every step on the CPU, every 10 on CUDA, where a read-back "
+        "makes the GPU wait for Python)",
+    )
     checkpoint_seconds: float = Field(
         30.0,
         ge=0,
