@@ -65,7 +65,7 @@ def plugin(tmp_path: Path, **settings: Any) -> GatysPlugin:
 def test_matting_gradient_matches_finite_differences() -> None:
     photo = to_tensor(kodak(16).crop((0, 0, 9, 7))).double()
     laplacian = to_torch(matting_laplacian(photo), torch.device("cpu"), torch.float64)
-    start = (photo + 0.05 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0)))
+    start = photo + 0.05 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))
     assert torch.autograd.gradcheck(
         lambda x: matting_loss(x, laplacian), (start.requires_grad_(),), eps=1e-6, atol=1e-5
     )
@@ -75,9 +75,10 @@ def test_matting_loss_is_zero_for_an_affine_recolouring_and_grows_with_new_edges
     photo = to_tensor(kodak(48))
     laplacian = to_torch(matting_laplacian(photo), torch.device("cpu"))
     mix = torch.tensor([[0.6, 0.3, 0.1], [0.1, 0.8, 0.2], [0.0, 0.2, 0.7]])
-    recoloured = torch.einsum("oc,bchw->bohw", mix, photo) + torch.tensor([0.1, -0.05, 0.2])[
-        None, :, None, None
-    ]
+    recoloured = (
+        torch.einsum("oc,bchw->bohw", mix, photo)
+        + torch.tensor([0.1, -0.05, 0.2])[None, :, None, None]
+    )
     striped = photo.clone()
     striped[..., ::4, :] = 1.0
     assert float(matting_loss(recoloured, laplacian)) < 1e-3 * float(
