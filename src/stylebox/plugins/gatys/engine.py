@@ -637,22 +637,23 @@ class Engine:
             if not live:
                 break
             everyone = len(live) == len(lanes)
+            if not everyone and tuple(live) not in rows_of:
+                # Made once per set of lanes: a copy to the GPU waits for queued steps.
+                index = torch.tensor(live, device=self.device)
+                mask = torch.zeros(len(lanes), dtype=torch.bool, device=self.device)
+                rows_of[tuple(live)] = index, mask.index_fill_(0, index, True)
+            index, mask = rows_of.get(tuple(live), (None, None))
             x.grad = None
             with self._autocast():
-                batch = x if everyone else x[live]
+                batch = x if index is None else x.index_select(0, index)
                 terms = objective.per_image(batch.contiguous(memory_format=layout), live)
             terms["loss"].sum().backward()
             values = torch.stack([terms[k].detach().float() for k in self.parts], 1)
             if isinstance(optimizer, GuardedLBFGS):
                 assert x.grad is not None
-                if everyone:
+                if index is None:
                     reported = optimizer.update(values[:, 0], x.grad)
                 else:
-                    if tuple(live) not in rows_of:  # made once per set of lanes
-                        index = torch.tensor(live, device=self.device)
-                        mask = torch.zeros(len(lanes), dtype=torch.bool, device=self.device)
-                        rows_of[tuple(live)] = index, mask.index_fill_(0, index, True)
-                    index, mask = rows_of[tuple(live)]
                     losses = values.new_zeros(len(lanes)).index_copy_(0, index, values[:, 0])
                     reported = optimizer.update(losses, x.grad, mask).index_select(0, index)
                 # Progress shows the accepted point: a refused blow-up is not the image's.

@@ -50,6 +50,7 @@ class Objective:
             tv_weight,
         )
         self.layers = sorted({*self.loss.layers, *self.region_layers})
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted total (for backward) and its parts (for reporting)."""
@@ -66,7 +67,7 @@ class Objective:
         features = self.network(images, layers) if layers else {}
         content, style = self.content_targets, self.loss.style_targets
         if rows is not None and list(rows) != list(range(self._photos)):
-            index = torch.as_tensor(list(rows), device=images.device)
+            index = self._index(rows, images.device)
             content = {k: v.index_select(0, index) for k, v in content.items()}
             style = {k: v if len(v) == 1 else v.index_select(0, index) for k, v in style.items()}
         terms = self.loss.per_image(images, features, content, style)
@@ -77,6 +78,13 @@ class Objective:
             terms["photo"] = self.photorealism * matting_loss(images.float(), self.laplacian)
             terms["loss"] = terms["loss"] + terms["photo"]
         return terms
+
+    def _index(self, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+        # Made once per set of rows: a copy to the GPU would wait for the queued steps.
+        key = tuple(rows)
+        if key not in self._indices:
+            self._indices[key] = torch.as_tensor(key, device=device)
+        return self._indices[key]
 
     @property
     def _photos(self) -> int:
