@@ -44,7 +44,7 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
     config = gatys_config(
         tmp_path,
         style_file,
-        "size = 48, steps = 40, snapshot_every = 2, checkpoint_every = 0",
+        "size = 48, steps = 120, snapshot_every = 2, checkpoint_every = 0",
         daemon="rescan_seconds = 5",
     )
     config.write_text(config.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
@@ -110,14 +110,14 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
             if (tmp_path / name).exists():
                 shutil.copy(tmp_path / name, ARTIFACTS / f"status-page-{name}")
 
-    # And the gatys job's own loss plot in the outbox: four curves over its 40 steps.
+    # And the gatys job's own loss plot in the outbox: four curves over its 120 steps.
     svg = ET.parse(tmp_path / "outbox" / "photo.loss.svg").getroot()
     lines = {
         line.get("data-series"): len(line.get("points", "").split())
         for line in svg.iter("{http://www.w3.org/2000/svg}polyline")
     }
     # The content loss is 0 at the first step (the photo itself), which a log scale leaves out.
-    assert lines == {"loss": 40, "content": 39, "style": 40, "tv": 40}
+    assert lines == {"loss": 120, "content": 119, "style": 120, "tv": 120}
     assert (tmp_path / "running.png").stat().st_size > 0
 
 
