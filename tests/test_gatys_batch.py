@@ -42,26 +42,33 @@ def test_a_batch_gives_each_photo_what_it_gets_alone(
     assert len({tuple(context.metric("loss")) for context in together}) == 3
 
 
+@pytest.mark.parametrize("lane", [0, 1])
 def test_a_job_stopped_in_a_batch_checkpoints_alone_and_the_others_finish(
-    tmp_path: Path, style_file: Path
+    tmp_path: Path, style_file: Path, lane: int
 ) -> None:
     plugin = _plugin(tmp_path, style_file, steps=10)
     photos = [photo(48, 36, seed=seed) for seed in (1, 2)]
-    stopped = RecordingContext(tmp_path / "stopped", cancel_at_step=4)
-    going = RecordingContext(tmp_path / "going")
-    results = plugin.process_batch(photos, [stopped, going])
-    assert isinstance(results[0], Cancelled)
+    contexts = [RecordingContext(tmp_path / "going"), RecordingContext(tmp_path / "going")]
+    contexts[lane] = RecordingContext(tmp_path / "stopped", cancel_at_step=4)
+    results = plugin.process_batch(photos, contexts)
+    assert isinstance(results[lane], Cancelled)
     assert (tmp_path / "stopped" / "gatys.pt").is_file()
-    assert results[1].size == (48, 36) and going.progress_reports[-1][0] == 10
+    other = 1 - lane
+    assert results[other].size == (48, 36) and contexts[other].progress_reports[-1][0] == 10
+    alone = [
+        plugin.process(image, RecordingContext(tmp_path / f"alone{i}"))
+        for i, image in enumerate(photos)
+    ]
+    difference = np.abs(pixels(results[other]).astype(int) - pixels(alone[other]).astype(int))
+    assert difference.max() <= 2  # the other photo's steps went on as if alone
 
     # The stopped job resumes alone from its own checkpoint and ends as it would have.
     resumed = RecordingContext(tmp_path / "stopped")
-    finished = plugin.process_batch(
-        [photos[0], photos[1]], [resumed, RecordingContext(tmp_path / "x")]
-    )
+    contexts = [RecordingContext(tmp_path / "x"), RecordingContext(tmp_path / "x")]
+    contexts[lane] = resumed
+    finished = plugin.process_batch(photos, contexts)
     assert resumed.facts["resumed_from_step"] == 4
-    alone = plugin.process(photos[0], RecordingContext(tmp_path / "alone"))
-    difference = np.abs(pixels(finished[0]).astype(int) - pixels(alone).astype(int))
+    difference = np.abs(pixels(finished[lane]).astype(int) - pixels(alone[lane]).astype(int))
     assert difference.max() <= 2
 
 
