@@ -4,14 +4,17 @@ L-BFGS state, ending as it would alone and on its own."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from conftest import photo, pixels
 
 from stylebox.errors import Cancelled
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.gatys import GatysParams, GatysPlugin
+from stylebox.plugins.gatys import engine as gatys_engine
 from stylebox.testing import RecordingContext
 
 SETTINGS = {"size": 48, "steps": 8, "snapshot_every": 4, "require_progress": 0}
@@ -85,3 +88,41 @@ def test_on_the_cpu_the_daemon_gets_no_batches(tmp_path: Path, style_file: Path)
     # One image fills the CPU's cores; a batch would only hold its jobs back.
     assert GatysPlugin.capabilities.batching
     assert not _plugin(tmp_path, style_file).capabilities.batching
+
+
+def test_a_lane_stopped_after_its_plateau_checkpoints_where_it_ended(
+    tmp_path: Path, style_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lane 0 ends at step 3 as a plateau ends it, and is stopped at step 7 while lane 1
+    goes on: its checkpoint is its state at step 3 (the optimiser does not keep up the
+    memory of a photo that no longer steps), as when it is stopped at step 3 alone."""
+    plugin = _plugin(tmp_path, style_file, steps=10, snapshot_every=0)
+    photos = [photo(48, 36, seed=seed) for seed in (1, 2)]
+    contexts = [RecordingContext(tmp_path / "ended"), RecordingContext(tmp_path / "going")]
+    stepped = gatys_engine.Engine._stepped
+
+    def plateau_then_stop(self: gatys_engine.Engine, lane: Any, loss: float, *rest: Any) -> None:
+        stepped(self, lane, loss, *rest)
+        step = rest[2]
+        if lane.job is contexts[0] and step == 3:
+            lane.active = False  # what a plateau does
+        if lane.job is contexts[1] and step == 7:
+            contexts[0].cancel()
+
+    monkeypatch.setattr(gatys_engine.Engine, "_stepped", plateau_then_stop)
+    results = plugin.process_batch(photos, contexts)
+    monkeypatch.undo()
+    assert isinstance(results[0], Cancelled) and not isinstance(results[1], Cancelled)
+    alone = RecordingContext(tmp_path / "alone", cancel_at_step=3)
+    with pytest.raises(Cancelled):
+        plugin.process(photos[0], alone)
+    ended, stopped = (
+        torch.load(folder / "gatys.pt", weights_only=True)
+        for folder in (tmp_path / "ended", tmp_path / "alone")
+    )
+    assert ended["step"] == stopped["step"] == 3
+    assert torch.allclose(ended["image"], stopped["image"], atol=2e-3)
+    for name in ("rho", "trust", "boost", "quasi_newton", "refused"):
+        assert torch.allclose(
+            ended["optimizer"][name].float(), stopped["optimizer"][name].float(), rtol=1e-2
+        ), name

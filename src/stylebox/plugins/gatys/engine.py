@@ -546,8 +546,9 @@ class Engine:
         # a copy in the chosen layout.
         x = start.detach().clone().contiguous().requires_grad_(True)
         optimizer = self._optimizer(x)
-        ended: dict[int, torch.Tensor] = {}
-        """The image of each lane that stopped stepping, as it was then."""
+        ended: dict[int, tuple[int, torch.Tensor, dict[str, Any]]] = {}
+        """The step, image and optimiser state of each lane that stopped stepping, as they
+        were then (a lane that stopped at a plateau may still be stopped and checkpointed)."""
         step = 0
         for lane in lanes:
             lane.active, lane.best, lane.stale = lane.error is None, math.inf, 0
@@ -558,20 +559,29 @@ class Engine:
             for i, lane in enumerate(lanes):
                 lane.job.snapshot(show(x[i : i + 1], i), 0)
 
-        def save(i: int) -> None:
-            # Written by the job's writer while the steps go on: the image and the
-            # optimiser's state are copied now, on the device.
-            lane = lanes[i]
+        def row(i: int) -> tuple[int, torch.Tensor, dict[str, Any]]:
+            """Lane ``i``'s step, image and optimiser state, copied on the device."""
             if isinstance(optimizer, GuardedLBFGS):
                 state = optimizer.state_dict(i)
             else:
                 state = _adam_row(optimizer.state_dict(), i)
+            return step, x[i : i + 1].detach().clone(), state
+
+        def end(i: int) -> None:
+            lanes[i].active = False
+            ended[i] = row(i)
+
+        def save(i: int) -> None:
+            # Written by the job's writer while the steps go on: the image and the
+            # optimiser's state are copied now, on the device.
+            lane = lanes[i]
+            at, image, state = ended[i] if i in ended else row(i)
             checkpoint = Checkpoint(
                 self.digest,
                 lane.image.size,
                 scale.index,
-                step,
-                ended.get(i, x[i : i + 1]).detach().clone(),
+                at,
+                image,
                 state,
                 lane.best,
                 lane.stale,
@@ -579,10 +589,6 @@ class Engine:
             )
             lane.job.save_checkpoint(checkpoint.save)
             lane.run.saved_at = time.monotonic()
-
-        def end(i: int) -> None:
-            lanes[i].active = False
-            ended[i] = x[i : i + 1].detach().clone()
 
         pending: list[torch.Tensor] = []
         """Each unread step's [lanes stepping, parts] values, on the device."""
@@ -627,6 +633,8 @@ class Engine:
             if cancelled:
                 read_back()
                 for i in cancelled:
+                    if lanes[i].error is not None:  # it failed at a step just read back
+                        continue
                     save(i)
                     lanes[i].error = Cancelled(
                         f"cancelled at step {scale.first_global_step + step}"
@@ -688,7 +696,7 @@ class Engine:
                     lane.run.refused += refused
                     lane.job.note(lbfgs_refused_steps=lane.run.refused)
         result = x.detach().clone()
-        for i, image in ended.items():
+        for i, (_, image, _) in ended.items():
             result[i : i + 1] = image
         return result
 

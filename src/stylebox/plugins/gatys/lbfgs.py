@@ -32,7 +32,8 @@ The memory is a ring of ``history_size`` slots that all images of a batch write 
 step: each step fills the next slot, with a pair of weight ``rho = 0`` for an image
 whose pair was refused, and such a pair drops out of the two-loop recursion. (torch
 keeps the last ``history_size`` *accepted* pairs instead; the two differ only after a
-refused pair, which happens at the start of a run where the memory is empty anyway.)
+refused pair, which mostly happens at the start of a run, where the memory is empty
+anyway; one refused later costs that photo its oldest pair a step early.)
 """
 
 from __future__ import annotations
@@ -103,18 +104,20 @@ class GuardedLBFGS:
         """Evaluate at ``x`` (``evaluate`` returns each image's loss, or the loss of a
         batch of one, and leaves the gradient in ``x.grad``), then :meth:`update`."""
         with torch.enable_grad():
-            loss = evaluate(self.x).detach()
+            loss = evaluate(self.x).detach().reshape(-1)
         assert self.x.grad is not None, "evaluate() must leave the gradient in x.grad"
-        return self.update(loss.reshape(-1), self.x.grad)
+        assert len(loss) == len(self.x), "evaluate() must return each image's loss"
+        return self.update(loss, self.x.grad)
 
     @torch.no_grad()
     def update(
         self, loss: torch.Tensor, gradient: torch.Tensor, active: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The step after an evaluation made elsewhere: each image's ``loss`` ([B]) and
-        ``gradient`` at ``x``. Images where ``active`` ([B] bool) is false do not move.
-        Returns the loss of each image's last accepted point, as a tensor on the device:
-        nothing here waits for the device."""
+        ``gradient`` at ``x``. Images where ``active`` ([B] bool) is false do not move
+        (their memory is not kept up: they are not meant to step again). Returns the
+        loss of each image's last accepted point, as a tensor on the device: nothing here
+        waits for the device."""
         batch = self.x.shape[0]
         grad = gradient.detach().reshape(batch, -1).float().clone()
         loss = loss.detach().float()
@@ -129,7 +132,7 @@ class GuardedLBFGS:
             accept = live & ~refuse & (ys > MIN_CURVATURE)
             self._remember(accept, self.last_step, y, ys)
             # A halved quasi-Newton step that paid off: grow back.
-            paid = self.quasi_newton & (loss < self.last_loss) & ~refuse
+            paid = live & self.quasi_newton & (loss < self.last_loss) & ~refuse
             self.trust = torch.where(
                 refuse,
                 self.trust / 2,
@@ -144,7 +147,7 @@ class GuardedLBFGS:
         known = self.rho.ne(0).any(1)
         downhill = _dot(grad, r) < 0
         quasi_newton = known & downhill & ~refuse
-        self._forget(known & ~downhill)  # not downhill: the memory is no good here
+        self._forget(live & known & ~downhill)  # not downhill: the memory is no good here
 
         # A refused image goes back and takes a gradient step from its accepted point.
         base = torch.where(refuse[:, None], self.last_grad, grad)
@@ -163,8 +166,8 @@ class GuardedLBFGS:
         move = torch.where(live[:, None], move, 0.0)
         flat.add_(torch.where(refuse[:, None], move - self.last_step, move))
 
-        reported = torch.where(refuse, self.last_loss, loss)
         kept = refuse | ~live  # these keep their last accepted point
+        reported = torch.where(kept, self.last_loss, loss)
         self.last_grad = torch.where(kept[:, None], self.last_grad, grad)
         self.last_loss = torch.where(kept, self.last_loss, loss)
         self.last_step = torch.where(live[:, None], move, self.last_step)
