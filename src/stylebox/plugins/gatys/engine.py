@@ -644,17 +644,18 @@ class Engine:
             live = [i for i, lane in enumerate(lanes) if lane.active]
             if not live:
                 break
-            everyone = len(live) == len(lanes)
-            if not everyone and tuple(live) not in rows_of:
-                # Made once per set of lanes: a copy to the GPU waits for queued steps.
-                index = torch.tensor(live, device=self.device)
-                mask = torch.zeros(len(lanes), dtype=torch.bool, device=self.device)
-                rows_of[tuple(live)] = index, mask.index_fill_(0, index, True)
-            index, mask = rows_of.get(tuple(live), (None, None))
+            index = mask = None  # every lane steps
+            if len(live) < len(lanes):
+                if tuple(live) not in rows_of:
+                    # Made once per set of lanes: a copy to the GPU waits for queued steps.
+                    made = torch.tensor(live, device=self.device)
+                    alive = torch.zeros(len(lanes), dtype=torch.bool, device=self.device)
+                    rows_of[tuple(live)] = made, alive.index_fill_(0, made, True)
+                index, mask = rows_of[tuple(live)]
             x.grad = None
             with self._autocast():
                 batch = x if index is None else x.index_select(0, index)
-                terms = objective.per_image(batch.contiguous(memory_format=layout), live)
+                terms = objective.per_image(batch.contiguous(memory_format=layout), index)
             terms["loss"].sum().backward()
             values = torch.stack([terms[k].detach().float() for k in self.parts], 1)
             if isinstance(optimizer, GuardedLBFGS):

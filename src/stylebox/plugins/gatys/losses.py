@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
@@ -50,7 +50,6 @@ class Objective:
             tv_weight,
         )
         self.layers = sorted({*self.loss.layers, *self.region_layers})
-        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted total (for backward) and its parts (for reporting)."""
@@ -59,17 +58,17 @@ class Objective:
         return terms["loss"].mean(), parts
 
     def per_image(
-        self, images: torch.Tensor, rows: Sequence[int] | None = None
+        self, images: torch.Tensor, rows: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Each image's loss and parts (see :meth:`PerceptualLoss.per_image`) for a batch
-        of images: of the photos the targets were made for, or of those at ``rows``."""
+        of images: of the photos the targets were made for, or of those at ``rows`` (an
+        index on the images' device)."""
         layers = self.layers
         features = self.network(images, layers) if layers else {}
         content, style = self.content_targets, self.loss.style_targets
-        if rows is not None and list(rows) != list(range(self._photos)):
-            index = self._index(rows, images.device)
-            content = {k: v.index_select(0, index) for k, v in content.items()}
-            style = {k: v if len(v) == 1 else v.index_select(0, index) for k, v in style.items()}
+        if rows is not None:
+            content = {k: v.index_select(0, rows) for k, v in content.items()}
+            style = {k: v if len(v) == 1 else v.index_select(0, rows) for k, v in style.items()}
         terms = self.loss.per_image(images, features, content, style)
         if self.regions is not None:
             terms["style"] = self.style_weight * self.regions.loss(features, self.region_layers)
@@ -78,14 +77,3 @@ class Objective:
             terms["photo"] = self.photorealism * matting_loss(images.float(), self.laplacian)
             terms["loss"] = terms["loss"] + terms["photo"]
         return terms
-
-    def _index(self, rows: Sequence[int], device: torch.device) -> torch.Tensor:
-        # Made once per set of rows: a copy to the GPU would wait for the queued steps.
-        key = tuple(rows)
-        if key not in self._indices:
-            self._indices[key] = torch.as_tensor(key, device=device)
-        return self._indices[key]
-
-    @property
-    def _photos(self) -> int:
-        return next(iter(self.content_targets.values())).shape[0] if self.content_targets else 1
