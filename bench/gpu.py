@@ -75,7 +75,7 @@ def per_step(state: Path, device: str, size: int, steps: int, **params: object) 
         state, device, size=size, steps=steps, snapshot_every=0, checkpoint_seconds=0,
         require_progress=0, **params,
     )  # fmt: skip
-    context = RecordingContext(state / f"step-{size}-{len(list(state.iterdir()))}")
+    context = RecordingContext(Path(tempfile.mkdtemp(prefix=f"step-{size}-", dir=state)))
     job.process(photos(1, size)[0], context)
     return statistics.median(1.0 / its for its in context.metric("its")[2:])
 

@@ -607,13 +607,13 @@ class Engine:
             first = step - len(rows) + 1
             for k, values in enumerate(rows):
                 eta = clock.tick(elapsed, scale, first + k)
-                for row, i in enumerate(pending_live):
+                for position, i in enumerate(pending_live):
                     if not lanes[i].active:  # ended at an earlier step of this read-back
                         continue
-                    parts = dict(zip(self.parts, values[row], strict=True))
+                    parts = dict(zip(self.parts, values[position], strict=True))
                     self._stepped(
                         lanes[i],
-                        values[row][0],
+                        values[position][0],
                         parts,
                         scale,
                         scale.first_global_step + first + k,
