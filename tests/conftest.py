@@ -203,3 +203,20 @@ CREATE TABLE jobs (
     created_at REAL NOT NULL, started_at REAL, claimed_at REAL, finished_at REAL, seconds REAL
 );
 """
+
+
+def read_backs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every tensor method that reads a value back to Python (what makes a
+    GPU wait for its queue), each time one is called, while ``monkeypatch`` holds."""
+    import torch
+
+    calls: list[str] = []
+    for name in ("item", "tolist", "numpy", "__float__", "__bool__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, name: str = name, original=original):
+            calls.append(name)
+            return original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls

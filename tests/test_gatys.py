@@ -5,8 +5,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from conftest import photo, pixels
+from conftest import photo, pixels, read_backs
 from PIL import Image
 
 from stylebox.errors import Cancelled, ConfigError, PermanentFailure
@@ -395,20 +394,6 @@ def test_a_result_equal_to_its_start_image_fails(tmp_path: Path, style_file: Pat
     engine._check_progress(_Run(start_loss=10.0, last_loss=1.0, steps=20), moved, start)
     with pytest.raises(PermanentFailure, match="equals its start image"):
         engine._check_progress(_Run(start_loss=10.0, last_loss=1.0, steps=20), start, start)
-
-
-def read_backs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every value read back from a tensor to Python from now on, by way of reading."""
-    calls: list[str] = []
-    for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self: torch.Tensor, *args: Any, name: str = name, original: Any = original):
-            calls.append(name)
-            return original(self, *args)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return calls
 
 
 def test_losses_are_read_back_every_report_every_steps(
