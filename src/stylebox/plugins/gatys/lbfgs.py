@@ -51,8 +51,11 @@ MAX_STEP = 1.0
 #: Curvature pairs with ``y.s`` at or below this are refused (torch's threshold).
 MIN_CURVATURE = 1e-10
 
-_STATE = ("last_loss", "trust", "boost", "quasi_newton", "refused", "h_diag")
-_ROWS = ("last_step", "last_grad", "rho", "steps_s", "steps_y")
+#: The state tensors, each with one row per image (what a checkpoint holds).
+_STATE = (
+    "last_loss", "trust", "boost", "quasi_newton", "refused", "h_diag",
+    "last_step", "last_grad", "rho", "steps_s", "steps_y",
+)  # fmt: skip
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -214,16 +217,14 @@ class GuardedLBFGS:
     def state_dict(self, index: int = 0) -> dict[str, Any]:
         """Image ``index``'s state, for a checkpoint: copies made on the device, so the
         optimiser may go on while a checkpoint writer moves them off it."""
-        state: dict[str, Any] = {
-            name: getattr(self, name)[index].clone() for name in (*_STATE, *_ROWS)
-        }
+        state: dict[str, Any] = {name: getattr(self, name)[index].clone() for name in _STATE}
         return state | {"pairs": self.pairs, "started": self.started}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s state, for a batch of one image."""
         assert self.x.shape[0] == 1, "a checkpoint resumes one image"
         device = self.x.device
-        for name in (*_STATE, *_ROWS):
+        for name in _STATE:
             setattr(self, name, state[name].to(device).unsqueeze(0))
         self.pairs = int(state["pairs"])
         self.started = bool(state["started"])
