@@ -87,13 +87,16 @@ class Probe(Plugin):
         with open(self.params.log, "a") as log:
             names = ",".join(job.job.input_path.name for job in jobs)
             log.write(f"{os.getpid()} {names} {len(images)}\\n")
-        began = time.monotonic()
+        began, step = time.monotonic(), 0
         while (self.params.gate and not Path(self.params.gate).exists()) or (
             time.monotonic() - began < self.params.seconds
         ):
             if any(job.cancelled for job in jobs):
                 raise Cancelled("stopped")
             time.sleep(0.01)
+            step += 1
+            for job in jobs:
+                job.progress(step, 100000, eta=3600.0)
         return [ImageOps.invert(image) for image in images]
 
     def process(self, image, job):
@@ -352,6 +355,40 @@ def test_stopping_a_ray_batch_reaches_the_actor_and_requeues_uncounted(
     assert process.wait(timeout=60) == 130
     (row,) = rows(tmp_path)
     assert row.state == "queued" and row.attempts == 0
+
+
+def test_a_running_ray_job_shows_its_step_in_status(tmp_path: Path, ray_address: str) -> None:
+    """The actor's progress reaches the driver's journal: ``stylebox status`` shows the
+    running job's step climbing and the plugin's time left, as for a local job."""
+    env = probe_env(tmp_path)
+    log, gate = tmp_path / "calls.log", tmp_path / "gate"
+    config = make_batch(tmp_path, 1, "probe", f'{{ log = "{log}", gate = "{gate}" }}')
+    process = subprocess.Popen(
+        command(config, "--ray", ray_address), env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert wait_until(log.exists, 60)
+        seen: list[int] = []
+
+        def climbed() -> bool:
+            (row,) = rows(tmp_path)
+            if row.state == "running" and row.step:
+                seen.append(row.step)
+            return len(set(seen)) >= 2
+
+        assert wait_until(climbed, 30), seen
+        assert seen == sorted(seen)
+        status = subprocess.run(
+            [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "/100000" in status.stdout and "s left" in status.stdout, status.stdout
+    finally:
+        gate.touch()
+        assert process.wait(timeout=60) == 0
+    (row,) = rows(tmp_path)
+    assert row.state == "done"
 
 
 def test_same_size_photos_go_to_a_batching_plugin_together(

@@ -28,6 +28,7 @@ from stylebox.daemon.ray_engine import (
     require_ray,
     shutdown,
 )
+from stylebox.daemon.runner import Reporter
 from stylebox.daemon.watcher import is_ignored
 from stylebox.errors import ConfigError
 from stylebox.plugins.registry import discover
@@ -82,9 +83,10 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     executor: RayExecutor | None = None
     ray_module = connect(ray or batch.ray_address) if on_ray else None
     try:
+        pipeline = Pipeline(loaded, sources, journal)
         if ray_module is not None:
-            executor = _ray_executor(ray_module, loaded, batch, source)
-        pipeline = Pipeline(loaded, sources, journal, executor=executor)
+            executor = _ray_executor(ray_module, loaded, batch, source, pipeline.reporter)
+            pipeline.executor = executor
         loop = JobLoop(pipeline, limits=loaded.config.daemon.workers)
         pipeline.on_queued = loop.wake
         loop.reclaim()
@@ -105,7 +107,11 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
 
 
 def _ray_executor(
-    ray: ModuleType, loaded: LoadedConfig, batch: BatchConfig, source: Source
+    ray: ModuleType,
+    loaded: LoadedConfig,
+    batch: BatchConfig,
+    source: Source,
+    reporter: Reporter,
 ) -> RayExecutor:
     """The batch's actors, started and placed. Unless the batch sets ``workers``, one per
     GPU (or CPU) of the cluster; the job loop gets one lane per actor, so each is kept busy."""
@@ -121,6 +127,7 @@ def _ray_executor(
         batch.output,
         str(batch.outbox),
         actors,
+        reporter,
     )
     try:
         placed = executor.wait_ready(timeout=_PLACE_SECONDS)

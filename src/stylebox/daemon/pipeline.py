@@ -192,8 +192,9 @@ class Pipeline:
         self.journal = journal
         self.owner = owner_id()
         self.on_queued = on_queued or (lambda: None)
-        self._reporter = _JournalReporter(journal, reporter)
-        self.runner = Runner(loaded.config.images, self._reporter)
+        self.reporter: Reporter = _JournalReporter(journal, reporter)
+        """Where jobs report progress: the journal (for status), then ``reporter``."""
+        self.runner = Runner(loaded.config.images, self.reporter)
         self.executor = executor
         """Runs claimed jobs elsewhere (a Ray batch's actors); ``None``: :attr:`runner`, here."""
         self._running_plugins: dict[int, Plugin[Any]] = {}
@@ -238,7 +239,7 @@ class Pipeline:
                     self._retired[id(instance)] = instance
             self.loaded = loaded
             self.sources = sources
-            self.runner = Runner(loaded.config.images, self._reporter)
+            self.runner = Runner(loaded.config.images, self.reporter)
         self._close_retired()
 
     def _close_retired(self) -> None:

@@ -11,8 +11,11 @@ folder, the outbox and ``state_dir`` must be at the same paths on every node (a 
 file system).
 
 A stop flag raised on the driver (a drain, a time limit) is passed on to the actor, whose
-plugin sees ``job.cancelled``. An actor that dies (its process killed, its node lost) costs
-the jobs it ran a retryable :class:`PluginError`; a new actor takes its place.
+plugin sees ``job.cancelled``; the other way, the driver asks the actor for its jobs'
+latest progress about once a second and reports it as a local run would (``stylebox
+status`` shows a Ray job's step and time left). An actor that dies
+(its process killed, its node lost) costs the jobs it ran a retryable
+:class:`PluginError`; a new actor takes its place.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pydantic import BaseModel
 
 from stylebox.config import ImagesConfig, OutputConfig
 from stylebox.daemon.outbox import Outbox
-from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
+from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
 from stylebox.errors import ConfigError, InputChanged, PluginError, StyleboxError
 from stylebox.plugins.api import Runtime
 
@@ -42,6 +45,12 @@ INSTALL_HINT = "pip install 'stylebox[ray]'"
 
 _POLL_SECONDS = 0.05
 """How often a waiting call looks for stop flags to pass on to its actor."""
+
+_PROGRESS_SECONDS = 1.0
+"""How often a waiting call asks its actor for the progress of its jobs."""
+
+Progress = tuple[int, int, float | None]
+"""A job's latest step, total steps and the plugin's ``eta`` (seconds left), if any."""
 
 
 def require_ray() -> ModuleType:
@@ -111,7 +120,8 @@ class _Worker:
             runtime = Runtime(device="cuda", state_dir=runtime.state_dir, backbone=runtime.backbone)
         instance = discover().get(name)(params, runtime)  # as installed on this node
         self.plugin = PluginHandle(name, version, instance, params)
-        self.runner = Runner(images)
+        self._latest = _LatestProgress()
+        self.runner = Runner(images, self._latest)
         self.outbox = Outbox(Path(folder), output)
         self._cancels: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
@@ -137,6 +147,8 @@ class _Worker:
             with self._lock:
                 for key in keys:
                     self._cancels.pop(key, None)
+            for job in jobs:  # failed or cancelled ones too
+                self._latest.forget(job)
         return [_portable(outcome) for outcome in outcomes]
 
     def cancel(self, keys: list[int]) -> None:
@@ -145,6 +157,73 @@ class _Worker:
                 event = self._cancels.get(key)
                 if event is not None:
                     event.set()
+
+    def progress(self) -> dict[int, Progress]:
+        """The latest progress of each running job that reported any, by journal id."""
+        return self._latest.snapshot()
+
+
+class _LatestProgress:
+    """The actor's reporter: keeps each running job's latest progress for the driver."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[int, Progress] = {}
+
+    def started(self, job: Job) -> None:
+        pass
+
+    def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
+        if job.job_id is not None:
+            with self._lock:
+                self._latest[job.job_id] = (step, total, metrics.get("eta"))
+
+    def finished(self, job: Job, result: JobResult) -> None:
+        self.forget(job)
+
+    def forget(self, job: Job) -> None:
+        if job.job_id is not None:
+            with self._lock:
+                self._latest.pop(job.job_id, None)
+
+    def snapshot(self) -> dict[int, Progress]:
+        with self._lock:
+            return dict(self._latest)
+
+
+class _ProgressWatch:
+    """Asks an actor for its jobs' progress every :data:`_PROGRESS_SECONDS`, without
+    waiting for the answer (the actor may be busy or gone), and reports each new step."""
+
+    def __init__(
+        self, ray: ModuleType, actor: Any, jobs: Sequence[Job], reporter: Reporter | None
+    ) -> None:
+        self.ray, self.actor, self.reporter = ray, actor, reporter
+        self.jobs = {job.job_id: job for job in jobs if job.job_id is not None}
+        self.asked: Any = None
+        self.asked_at = time.monotonic()
+        self.seen: dict[int, Progress] = {}
+
+    def poll(self) -> None:
+        if self.reporter is None or not self.jobs:
+            return
+        if self.asked is not None:
+            if not self.ray.wait([self.asked], timeout=0)[0]:
+                return
+            try:
+                latest: dict[int, Progress] = self.ray.get(self.asked)
+            except self.ray.exceptions.RayError:  # the call itself says why, soon enough
+                latest = {}
+            self.asked = None
+            for job_id, progress in latest.items():
+                job = self.jobs.get(job_id)
+                if job is not None and progress != self.seen.get(job_id):
+                    self.seen[job_id] = progress
+                    step, total, eta = progress
+                    metrics = {} if eta is None else {"eta": eta}
+                    self.reporter.progress(job, step, total, metrics)
+        if time.monotonic() - self.asked_at >= _PROGRESS_SECONDS:
+            self.asked, self.asked_at = self.actor.progress.remote(), time.monotonic()
 
 
 def _portable(outcome: JobResult | StyleboxError) -> Any:
@@ -172,7 +251,8 @@ class RayExecutor:
     running one claimed group at a time (so ``actors`` lanes keep them busy).
 
     ``num_gpus=1`` per actor where the plugin runs on CUDA, one CPU otherwise; actors are
-    spread over the cluster's nodes."""
+    spread over the cluster's nodes. Progress the actors' plugins report goes to
+    ``reporter`` (the pipeline's, which writes it to the journal)."""
 
     def __init__(
         self,
@@ -183,8 +263,10 @@ class RayExecutor:
         output: OutputConfig,
         folder: str,
         actors: int,
+        reporter: Reporter | None = None,
     ) -> None:
         self.ray = ray
+        self.reporter = reporter
         self.cuda = plugin.instance.device_kind == "cuda"
         options: dict[str, Any] = {
             "num_cpus": 1,
@@ -266,16 +348,20 @@ class RayExecutor:
         keys = list(range(len(jobs)))
         try:
             # The actor starts on the group at once; the plugin's start is not seen from here.
-            if on_process is not None:
-                for job in jobs:
+            for job in jobs:
+                if on_process is not None:
                     on_process(job)
+                if self.reporter is not None:
+                    self.reporter.started(job)
             ref = actor.execute.remote(list(jobs), keys)
             passed: set[int] = set()
+            watch = _ProgressWatch(self.ray, actor, jobs, self.reporter)
             while not self.ray.wait([ref], timeout=_POLL_SECONDS)[0]:
                 raised = [key for key in keys if cancels[key].is_set() and key not in passed]
                 if raised:
                     actor.cancel.remote(raised)
                     passed.update(raised)
+                watch.poll()
             outcomes = [_restored(item) for item in self.ray.get(ref)]
         except self.ray.exceptions.RayActorError as exc:
             error = PluginError(f"{self._died(actor)}: {_line(exc)}")
@@ -288,9 +374,11 @@ class RayExecutor:
             self._idle.put(actor)
             raise
         self._idle.put(actor)
-        for outcome in outcomes:
+        for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, JobResult):
                 outbox.release(outcome.names)  # the actor wrote them; the names are theirs
+                if self.reporter is not None:
+                    self.reporter.finished(job, outcome)
         return outcomes
 
     def _died(self, actor: Any) -> str:
