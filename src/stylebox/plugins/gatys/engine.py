@@ -31,6 +31,7 @@ from stylebox.errors import BadInput, Cancelled, ConfigError, PermanentFailure, 
 from stylebox.images import decode_image, fit_within, resize_to_max_side
 from stylebox.plugins.api import JobContext, Runtime, params_digest
 from stylebox.plugins.gatys import color
+from stylebox.plugins.gatys.affine_fit import affine_fit
 from stylebox.plugins.gatys.checkpoint import Checkpoint
 from stylebox.plugins.gatys.lbfgs import GuardedLBFGS
 from stylebox.plugins.gatys.losses import Objective
@@ -338,6 +339,10 @@ class Engine:
             return exc
         if self.params.color == "luminance":
             final = color.with_content_colour(final, content)
+        if self.params.affine_fit_radius:
+            final = affine_fit(
+                content, final, self.params.affine_fit_radius, self.params.affine_fit_epsilon
+            )
         picture = to_image(final)
         if picture.size == lane.out_size:
             return picture
