@@ -14,10 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: The fit's ridge on 0..1 colours (chosen by eye on kodim06 restyled as kodim16 at 512 px:
-#: 1e-4 kept more of the halos at the mast and the treeline).
-DEFAULT_EPSILON = 1e-3
-
 
 def _box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Each pixel's mean over the window around it; windows at the border are cut short.
@@ -29,7 +25,7 @@ def _box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def affine_fit(
-    photo: torch.Tensor, result: torch.Tensor, radius: int, epsilon: float = DEFAULT_EPSILON
+    photo: torch.Tensor, result: torch.Tensor, radius: int, epsilon: float
 ) -> torch.Tensor:
     """``result`` (N, C, H, W) as a local affine function of ``photo`` (N, 3, H, W), both
     in 0..1; the fit is clamped to 0..1. Windows of ``2 * radius + 1`` pixels; a larger
