@@ -155,3 +155,41 @@ def test_config_check_refuses_an_inbox_under_a_file(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout
     assert "[[inbox]] #1 (starry).path" in result.stderr and "afile" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_outboxes_that_feed_their_results_back_are_refused(tmp_path: Path) -> None:
+    """An inbox writing into its own folder, or a loop of inboxes, would take every result
+    as a new photo without end; a chain that ends is fine; a batch's outbox in its source
+    would be scanned by its next run."""
+    message = refusal(tmp_path, GOOD.replace('outbox = "out/starry"', 'outbox = "in/starry/"'))
+    assert "[[inbox]] #1 (starry).outbox:" in message and "inbox's own folder" in message
+
+    second = """
+[[inbox]]
+name = "quick"
+path = "in/quick"
+outbox = "{outbox}"
+plugin = "gatys"
+params = {{ style = "starry_night" }}
+"""
+    looped = GOOD.replace('outbox = "out/starry"', 'outbox = "in/quick"')
+    message = refusal(tmp_path, looped + second.format(outbox="in/starry"))
+    assert "[[inbox]] #1 (starry).outbox" in message and "[[inbox]] #2 (quick).outbox" in message
+    assert "starry -> quick -> starry" in message
+    load_config(write(tmp_path, looped + second.format(outbox="out/quick")))  # a chain
+
+    batch = """
+[[batch]]
+name = "nightly"
+source = "library"
+outbox = "{outbox}"
+plugin = "gatys"
+{extra}
+params = {{ style = "starry_night" }}
+"""
+    message = refusal(tmp_path, GOOD + batch.format(outbox="library/stylised", extra=""))
+    assert "[[batch]] #1 (nightly).outbox" in message and "recursive = false" in message
+    message = refusal(tmp_path, GOOD + batch.format(outbox="library", extra=""))
+    assert "is the batch's source" in message
+    flat = batch.format(outbox="library/stylised", extra="recursive = false")
+    load_config(write(tmp_path, GOOD + flat))

@@ -325,7 +325,7 @@ def parse_config(
 
     loaded = LoadedConfig(config=config, source=source, root=root)
     registry = registry if registry is not None else discover()
-    problems = _folder_problems(config)
+    problems = _folder_problems(config) + _loop_problems(config)
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
         for index, entry in enumerate(entries):
             label = f"[[{table}]] #{index + 1} ({entry.name})"
@@ -372,6 +372,50 @@ def _folder_problems(config: StyleboxConfig) -> list[str]:
                 if reason := _not_a_folder(folder):
                     problems.append(f"{label}.{name}: {reason}")
     return problems
+
+
+def _loop_problems(config: StyleboxConfig) -> list[str]:
+    """Outboxes whose results would come back as new inputs, without end: an inbox's
+    outbox that is its own folder, or that leads through other inboxes back to it (a
+    chain of inboxes that ends is fine); a batch's outbox in its source folder, which its
+    next run would scan."""
+    problems = []
+    folders = {entry.path.resolve(): index for index, entry in enumerate(config.inbox)}
+    for index in range(len(config.inbox)):
+        route = [index]
+        while (fed := folders.get(config.inbox[route[-1]].outbox.resolve())) is not None:
+            if fed in route:
+                if fed == index:  # said once, by each inbox of the loop
+                    problems.append(_loop_line(config, route))
+                break
+            route.append(fed)
+    for index, batch in enumerate(config.batch):
+        source, outbox = batch.source.resolve(), batch.outbox.resolve()
+        if outbox == source or (batch.recursive and outbox.is_relative_to(source)):
+            where = "is" if outbox == source else "is inside"
+            problems.append(
+                f"[[batch]] #{index + 1} ({batch.name}).outbox: {batch.outbox} {where} the "
+                f"batch's source {batch.source}, so its next run would take its results "
+                "as new images; use a folder outside it"
+                + ("" if outbox == source else " (or recursive = false)")
+            )
+    return problems
+
+
+def _loop_line(config: StyleboxConfig, route: list[int]) -> str:
+    entry = config.inbox[route[0]]
+    label = f"[[inbox]] #{route[0] + 1} ({entry.name}).outbox"
+    if len(route) == 1:
+        return (
+            f"{label}: {entry.outbox} is the inbox's own folder, so each result would be "
+            "taken as a new photo, without end; use another folder"
+        )
+    names = " -> ".join(config.inbox[i].name for i in [*route, route[0]])
+    return (
+        f"{label}: {entry.outbox} is inbox {config.inbox[route[1]].name!r}'s folder, and "
+        f"the results go round {names}, each taken as a new photo, without end; end "
+        "the chain in a folder no inbox watches"
+    )
 
 
 def _not_a_folder(path: Path) -> str | None:
