@@ -193,3 +193,9 @@ params = {{ style = "starry_night" }}
     assert "is the batch's source" in message
     flat = batch.format(outbox="library/stylised", extra="recursive = false")
     load_config(write(tmp_path, GOOD + flat))
+
+
+def test_max_pixels_above_pillows_own_limit_is_refused(tmp_path: Path) -> None:
+    """Pillow refuses larger images itself, so a higher limit would be a false promise."""
+    message = refusal(tmp_path, GOOD + "\n[images]\nmax_pixels = 200_000_000\n")
+    assert "images.max_pixels: Input should be less than or equal to 89478485" in message

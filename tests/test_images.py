@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encoded, make_bad_inputs, photo, rgb_icc_profile
+from conftest import encoded, make_bad_inputs, photo, png_claiming_size, rgb_icc_profile
 from PIL import Image, ImageCms
 
 from stylebox.errors import BadInput
@@ -45,8 +45,47 @@ def test_pillow_bomb_warning_is_an_error_even_below_our_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(BadInput, match="decompression bomb"):
+    with pytest.raises(BadInput, match=r"over the limit of 0\.0 MP \(Pillow's MAX_IMAGE"):
         decode_bytes(encoded(photo(40, 30)), max_pixels=10**9)
+
+
+def test_a_header_past_pillows_own_guard_names_the_configured_limit() -> None:
+    """Pillow refuses a 100000 x 100000 header as it opens it, in its own words; the
+    refusal says the image's size and the limit the config sets."""
+    with pytest.raises(BadInput) as refused:
+        decode_bytes(png_claiming_size(100_000, 100_000), name="huge.png")
+    assert str(refused.value) == (
+        "huge.png is 10000.0 MP, over the limit of 80.0 MP (images.max_pixels); refusing a "
+        "possible decompression bomb"
+    )
+
+
+def test_a_jpeg_with_damaged_coded_data_is_refused_though_pillow_decodes_it(
+    tmp_path: Path,
+) -> None:
+    """2000 bytes of a JPEG's coded data overwritten: Pillow decodes garbled blocks without
+    a word; libjpeg's warning refuses it. Junk before the end marker, which some cameras
+    write, is no damage."""
+    import random
+
+    with Image.open(Path(__file__).parent / "data" / "kodim06-256.png") as kodak:
+        data = encoded(kodak.convert("RGB"), "JPEG", quality=90)
+    for seed in range(20):  # most overwrites Pillow decodes without a word; some it refuses
+        damaged = bytearray(data)
+        damaged[len(data) // 3 : len(data) // 3 + 2000] = random.Random(seed).randbytes(2000)
+        try:
+            Image.open(io.BytesIO(damaged)).load()
+        except OSError:
+            continue
+        break
+    else:
+        pytest.fail("Pillow refused every damaged copy: nothing silent to test with")
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(BadInput, match=r"^photo\.jpg is a damaged JPEG: Corrupt JPEG data: "):
+        decode_image(path)
+    path.write_bytes(data[:-2] + b"\x00\x12\x34" + data[-2:])
+    assert decode_image(path).size == (256, 171)
 
 
 def test_format_allowlist_can_be_narrowed() -> None:
@@ -219,6 +258,31 @@ def test_a_png_with_a_wrong_chunk_crc_is_called_damaged_naming_the_chunk(
     with pytest.raises(BadInput) as refused:
         decode_image(path)
     assert str(refused.value) == f"photo.png is a damaged PNG: CRC error in chunk {chunk.decode()}"
+
+
+def test_a_png_whose_damaged_pixel_data_still_decodes_is_refused(tmp_path: Path) -> None:
+    """Damage to the compressed pixels can leave a stream that inflates without error into
+    other pixels (a flipped byte in a full-size Kodak PNG does so about one time in
+    twenty): Pillow decodes it, the IDAT chunk's CRC does not match. Made here for sure:
+    one photo's chunk CRC over another photo's pixel stream."""
+    first, second = encoded(photo(64, 48, seed=0)), encoded(photo(64, 48, seed=1))
+    at_first, at_second = _png_chunks(first)[b"IDAT"], _png_chunks(second)[b"IDAT"]
+    first_length = int.from_bytes(first[at_first - 8 : at_first - 4], "big")
+    second_length = int.from_bytes(second[at_second - 8 : at_second - 4], "big")
+    stream = second[at_second - 8 : at_second + second_length]  # length, type, data
+    damaged = (
+        first[: at_first - 8]
+        + stream
+        + first[at_first + first_length : at_first + first_length + 4]  # the old CRC
+        + first[at_first + first_length + 4 :]
+    )
+    decoded = Image.open(io.BytesIO(damaged))
+    decoded.load()  # Pillow sees nothing wrong
+    assert np.array_equal(np.asarray(decoded), np.asarray(photo(64, 48, seed=1)))
+    path = tmp_path / "photo.png"
+    path.write_bytes(damaged)
+    with pytest.raises(BadInput, match=r"^photo\.png is a damaged PNG: CRC error in chunk IDAT$"):
+        decode_image(path)
 
 
 def test_a_damaged_header_of_another_format_says_what_its_reader_found() -> None:

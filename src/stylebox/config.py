@@ -26,7 +26,7 @@ from pydantic import (
 
 from stylebox.backbone_spec import BackboneSpec, NormalizationName
 from stylebox.errors import ConfigError
-from stylebox.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, OutputFormat
+from stylebox.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, OutputFormat
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.registry import Registry, discover
 
@@ -55,7 +55,10 @@ class ImagesConfig(_Strict):
     """What inputs are accepted."""
 
     max_pixels: PositiveInt = Field(
-        DEFAULT_MAX_PIXELS, description="Refuse images with more pixels (decompression bombs)"
+        DEFAULT_MAX_PIXELS,
+        le=PILLOW_MAX_PIXELS,
+        description="Refuse images with more pixels (decompression bombs); at most "
+        "Pillow's own hard limit",
     )
     formats: list[str] = Field(
         sorted(DEFAULT_FORMATS), description="Accepted formats, as Pillow names them"
