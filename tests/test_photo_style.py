@@ -217,6 +217,24 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
     assert context.facts["mask_regions"] == ["#0000ff", "#00ff00", "#ff0000"]
 
 
+def test_a_mask_with_few_colours_that_is_no_label_image_is_refused(tmp_path: Path) -> None:
+    """Under the colour limit still: a JPEG's near-twins of a colour, or a smooth resize's
+    blend along the edge between two regions. A small region of a blend colour is a
+    region (it has an inside) and is accepted."""
+    mask = Image.open(bands(tmp_path / "m.png", (64, 48), [SKY, GROUND]))
+    twins = mask.copy()
+    twins.putpixel((5, 40), (0, 0, 254))
+    with pytest.raises(BadInput, match=r"^m\.png has colours #0000fe and #0000ff, only a few"):
+        distinct_colors(twins, "m.png")
+    smooth = mask.resize((32, 24), Image.Resampling.NEAREST).resize((64, 48), Image.BILINEAR)
+    assert 3 <= len(np.unique(np.asarray(smooth).reshape(-1, 3), axis=0)) <= 16
+    with pytest.raises(BadInput, match=r"only along the edges between #0000ff and #ff0000"):
+        distinct_colors(smooth, "m.png")
+    blob = mask.copy()
+    ImageDraw.Draw(blob).ellipse([26, 18, 38, 30], fill=(128, 0, 128))
+    assert len(distinct_colors(blob, "m.png")) == 3
+
+
 def test_an_antialiased_mask_is_refused_saying_how_to_fix_it(tmp_path: Path) -> None:
     mask = Image.open(bands(tmp_path / "m.png", (64, 48), [SKY, GROUND]))
     blurred = mask.filter(ImageFilter.GaussianBlur(3))
