@@ -199,3 +199,24 @@ def test_max_pixels_above_pillows_own_limit_is_refused(tmp_path: Path) -> None:
     """Pillow refuses larger images itself, so a higher limit would be a false promise."""
     message = refusal(tmp_path, GOOD + "\n[images]\nmax_pixels = 200_000_000\n")
     assert "images.max_pixels: Input should be less than or equal to 89478485" in message
+
+
+def test_config_check_reads_the_style_files_as_serve_does(tmp_path: Path) -> None:
+    """A style image that is no image, or a style mask that is no label image, is the
+    config error serve would refuse to start with, said by check first."""
+    (tmp_path / "notes.jpg").write_text("not a picture\n")
+    config = write(tmp_path, GOOD.replace('style = "starry_night"', 'style = "notes.jpg"'))
+    result = cli("config", "check", str(config))
+    assert result.returncode == 2, result.stdout
+    assert "config error: gatys style image" in result.stderr
+    assert "notes.jpg is not an image" in result.stderr and "Traceback" not in result.stderr
+
+    from PIL import Image
+
+    mask = Image.new("RGB", (32, 32), (255, 0, 0))
+    mask.putpixel((3, 3), (254, 0, 0))
+    mask.save(tmp_path / "style.mask.png")
+    masked = GOOD.replace('steps = 10', 'steps = 10, style_mask = "style.mask.png"')
+    result = cli("config", "check", str(write(tmp_path, masked)))
+    assert result.returncode == 2, result.stdout
+    assert "style.mask.png has colours #fe0000 and #ff0000" in result.stderr

@@ -15,8 +15,8 @@ from stylebox.errors import BadInput, ConfigError
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.gatys import GatysParams, GatysPlugin
 from stylebox.plugins.gatys.affine_fit import affine_fit
+from stylebox.plugins.gatys.labels import distinct_colors
 from stylebox.plugins.gatys.photoreal import matting_laplacian, matting_loss, to_torch
-from stylebox.plugins.gatys.regions import distinct_colors
 from stylebox.tensors import to_tensor
 from stylebox.testing import RecordingContext
 

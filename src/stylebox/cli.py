@@ -410,6 +410,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         plugin = registry.get(loaded.job(table, name).plugin)
         try:
             plugin.check(params, loaded.runtime)
+        except ConfigError:  # a bad setting: serve refuses the whole config for it too
+            raise
         except Exception as exc:  # as a plugin failing to start: that inbox, not the config
             loaded.unavailable[(table, name)] = f"{type(exc).__name__}: {exc}"
     inboxes = ", ".join(f"{i.name} ({i.plugin})" for i in loaded.config.inbox) or "none"

@@ -33,11 +33,13 @@ from stylebox.plugins.api import JobContext, Runtime, params_digest
 from stylebox.plugins.gatys import color
 from stylebox.plugins.gatys.affine_fit import affine_fit
 from stylebox.plugins.gatys.checkpoint import Checkpoint
+from stylebox.plugins.gatys.labels import distinct_colors, load_mask
 from stylebox.plugins.gatys.lbfgs import GuardedLBFGS
 from stylebox.plugins.gatys.losses import Objective
 from stylebox.plugins.gatys.params import MAX_MASK_COLORS, Color, GatysParams, parse_color
 from stylebox.plugins.gatys.photoreal import LaplacianCache
-from stylebox.plugins.gatys.regions import RegionStyle, distinct_colors, label_masks, load_mask
+from stylebox.plugins.gatys.regions import RegionStyle, label_masks
+from stylebox.plugins.gatys.style_files import StyleImage, read_style_files
 from stylebox.plugins.gatys.targets import StyleTargetCache
 from stylebox.tensors import resolve_device, to_image, to_tensor
 
@@ -57,12 +59,6 @@ _caches: dict[Path, StyleTargetCache] = {}
 def _shared_cache(folder: Path) -> StyleTargetCache:
     """One cache per state dir, shared by every gatys instance in the process."""
     return _caches.setdefault(folder, StyleTargetCache(folder))
-
-
-@dataclass(frozen=True)
-class _Style:
-    image: Image.Image
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -154,31 +150,13 @@ class Engine:
         self.digest = params_digest(params)
         self.step_seconds: dict[int, float] = {}
         """Measured seconds per step by pixel count, for the ETA of later jobs."""
-        self.styles: list[_Style] = []
-        for path in params.style:
-            try:
-                decoded = decode_image(path)
-            except BadInput as exc:
-                raise ConfigError(f"gatys style image {path}: {exc}") from exc
-            self.styles.append(_Style(decoded.rgb, decoded.sha256))
+        files = read_style_files(params)
+        self.styles: list[StyleImage] = files.styles
+        self.style_masks: list[Image.Image | None] = files.masks
+        self.style_colors: set[Color] = files.colors
         self.laplacians = LaplacianCache()
         self.parts = (*_PARTS, "photo") if params.photorealism else _PARTS
         """The loss parts each step reports."""
-        self.style_masks: list[Image.Image | None] = []
-        self.style_colors: set[Color] = set()
-        for i, path in enumerate(params.style_mask or []):
-            if path is None:
-                self.style_masks.append(None)
-                continue
-            try:
-                mask = load_mask(path, f"gatys style_mask {path}")
-                if params.mask_colors is None:
-                    self.style_colors.update(distinct_colors(mask, f"gatys style_mask {path}"))
-            except BadInput as exc:
-                raise ConfigError(str(exc)) from exc
-            if mask.size != self.styles[i].image.size:  # the masks follow their image
-                mask = mask.resize(self.styles[i].image.size, Image.Resampling.NEAREST)
-            self.style_masks.append(mask)
 
     # -- the job ---------------------------------------------------------------------------
 
@@ -489,7 +467,7 @@ class Engine:
         return blended
 
     def _style_tensor(
-        self, style: _Style, content: torch.Tensor, colour_content: torch.Tensor
+        self, style: StyleImage, content: torch.Tensor, colour_content: torch.Tensor
     ) -> tuple[torch.Tensor, str, tuple[int, int]]:
         """A style image as the loss sees it beside ``content`` (one photo): sized, in the
         colour mode; with its cache identity and its size."""

@@ -18,6 +18,7 @@ from stylebox import __version__
 from stylebox.images import fit_within
 from stylebox.plugins.api import Capabilities, JobContext, Plugin, Runtime
 from stylebox.plugins.gatys.params import GatysParams
+from stylebox.plugins.gatys.style_files import read_style_files
 
 if TYPE_CHECKING:
     from stylebox.plugins.gatys.engine import Engine
@@ -31,6 +32,12 @@ class GatysPlugin(Plugin[GatysParams]):
     description = "Iterative Gatys optimiser (VGG19, L-BFGS/Adam), with per-step snapshots"
     Params = GatysParams
     capabilities = Capabilities(deterministic=True, snapshots=True, batching=True)
+
+    @classmethod
+    def check(cls, params: Any, runtime: Runtime) -> None:
+        """The style images and style masks read and checked, as the plugin's start does
+        (no PyTorch)."""
+        read_style_files(params)
 
     def __init__(self, params: GatysParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
