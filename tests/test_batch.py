@@ -337,3 +337,24 @@ def test_recursive_false_takes_only_the_top_folder(tmp_path: Path) -> None:
         "img001.json",
         "img003.json",
     ]
+
+
+def test_each_done_event_gives_its_jobs_own_time(tmp_path: Path) -> None:
+    """Photos of two sizes claimed together run as two groups; each job's ``done`` event
+    says the job's own time (its manifest's), not the time until its whole claim ended."""
+    config, library = setup(tmp_path, 4, "fast", '{ model = "starry_night_small" }')
+    photo(48, 32, seed=7).save(library / "large.png")
+    config.write_text(
+        config.read_text().replace("[[batch]]", "[daemon]\nbatch_size = 5\n[[batch]]")
+    )
+    result = batch(config)
+    assert result.returncode == 0, result.stderr
+    done = {}
+    for line in result.stderr.splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == "done":
+            event = json.loads(line)
+            done[event["file"]] = event["seconds"]
+    assert len(done) == 5, result.stderr
+    for manifest in (tmp_path / "stylised").glob("*.json"):
+        data = json.loads(manifest.read_text())
+        assert done[data["input"]["name"]] == round(data["timings"]["total_seconds"], 3)

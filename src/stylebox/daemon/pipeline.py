@@ -572,10 +572,10 @@ class Pipeline:
                 log.exception("job %s could not be completed", row.id)
                 self._retry_or_fail(source, row, PluginError(f"{type(exc).__name__}: {exc}"))
                 return
-            log.info(
-                "done",
-                extra={**_fields(row, "done"), "seconds": round(time.monotonic() - began, 3)},
-            )
+            # The job's own time (its manifest's), not its group's: same-size photos run
+            # together end when the last of them does.
+            took = seconds if outcome else time.monotonic() - began
+            log.info("done", extra={**_fields(row, "done"), "seconds": round(took, 3)})
 
     def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
         moved = None
