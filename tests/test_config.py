@@ -216,7 +216,15 @@ def test_config_check_reads_the_style_files_as_serve_does(tmp_path: Path) -> Non
     mask = Image.new("RGB", (32, 32), (255, 0, 0))
     mask.putpixel((3, 3), (254, 0, 0))
     mask.save(tmp_path / "style.mask.png")
-    masked = GOOD.replace('steps = 10', 'steps = 10, style_mask = "style.mask.png"')
+    masked = GOOD.replace("steps = 10", 'steps = 10, style_mask = "style.mask.png"')
     result = cli("config", "check", str(write(tmp_path, masked)))
     assert result.returncode == 2, result.stdout
     assert "style.mask.png has colours #fe0000 and #ff0000" in result.stderr
+
+
+def test_every_bad_field_is_named_at_once(tmp_path: Path) -> None:
+    """A bad daemon or inbox setting does not hide a bad plugin param behind it."""
+    text = GOOD.replace('plugin = "gatys"', 'plugin = "gatys"\nmax_attempts = 0')
+    message = refusal(tmp_path, text.replace("steps = 10", "steps = 0"))
+    assert "[[inbox]] #1 (starry).max_attempts: Input should be greater than 0" in message
+    assert "[[inbox]] #1 (starry).params.steps: Input should be greater than 0" in message

@@ -310,11 +310,14 @@ def parse_config(
     data: dict[str, Any], source: Path | None = None, registry: Registry | None = None
 ) -> LoadedConfig:
     where = str(source) if source else "config"
+    base = source.resolve().parent if source else Path.cwd()
+    registry = registry if registry is not None else discover()
     try:
         config = StyleboxConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(where, exc, data)) from None
-    base = source.resolve().parent if source else Path.cwd()
+        # The plugins' params are checked too, so that one run names every bad field.
+        lines = _error_lines(exc, data) + _raw_params_problems(data, base, registry)
+        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from None
     root = _resolve(config.root, base) if config.root else base
     config.state_dir = _resolve(config.state_dir, root)
     for inbox in config.inbox:
@@ -327,7 +330,6 @@ def parse_config(
         batch.outbox = _resolve(batch.outbox, root)
 
     loaded = LoadedConfig(config=config, source=source, root=root)
-    registry = registry if registry is not None else discover()
     problems = _folder_problems(config) + _loop_problems(config)
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
         for index, entry in enumerate(entries):
@@ -349,6 +351,27 @@ def parse_config(
     if problems:
         raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
     return loaded
+
+
+def _raw_params_problems(data: dict[str, Any], base: Path, registry: Registry) -> list[str]:
+    """What is wrong with the params of each inbox and batch that names an installed
+    plugin, read from the raw TOML (the rest of the config did not validate)."""
+    root = data.get("root")
+    if isinstance(root, str):
+        base = _resolve(Path(root), base)
+    problems = []
+    for table in ("inbox", "batch"):
+        entries = data.get(table)
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            if not isinstance(entry, dict) or entry.get("plugin") not in registry.plugins:
+                continue
+            plugin = registry.get(entry["plugin"])
+            try:
+                plugin.Params.model_validate(entry.get("params", {}), context={"base_dir": base})
+            except ValidationError as exc:
+                label = f"[[{table}]] #{index + 1} ({entry.get('name', '?')})"
+                problems += [f"{label}.params.{line}" for line in _error_lines(exc)]
+    return problems
 
 
 def _folder_problems(config: StyleboxConfig) -> list[str]:
