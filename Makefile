@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml examples/stylebox-posterize/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]' \
 		-e examples/stylebox-posterize
+	# pymatting compiles its numba code on first import (about 30 s) and caches it beside
+	# itself: done here once, so the first photo-to-photo job does not wait for it.
+	$(BIN)/python -c "import pymatting"
 	touch $(STAMP)
 
 start: setup
