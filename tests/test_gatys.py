@@ -309,10 +309,10 @@ def test_a_refused_blow_up_is_survived_and_counted(tmp_path: Path, style_file: P
         objective = build(*args)
         per_image = objective.per_image
 
-        def evaluate(images: Any, rows: Any = None) -> Any:
+        def evaluate(images: Any, rows: Any = None, photos: Any = None) -> Any:
             nonlocal calls
             calls += 1
-            terms = per_image(images, rows)
+            terms = per_image(images, rows, photos)
             return {**terms, "loss": terms["loss"] * float("inf")} if calls == 6 else terms
 
         objective.per_image = evaluate

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from stylebox.errors import BadInput, ConfigError
+from stylebox.errors import BadInput, Cancelled, ConfigError
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.gatys import GatysParams, GatysPlugin
 from stylebox.plugins.gatys.affine_fit import affine_fit
@@ -273,3 +273,45 @@ def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file:
         GatysParams(style=[style_file], style_mask=[style_file, style_file])
     with pytest.raises(ValueError, match="preset"):
         GatysParams(style=[style_file], preset="painting")
+
+
+@pytest.mark.parametrize("stop_first_at", [0, 3])
+def test_masked_photos_batched_end_as_each_would_alone(
+    tmp_path: Path, stop_first_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same-size photos, each with its own mask and matting Laplacian, optimised as one
+    batch (as on a GPU): each ends as it would alone, also once the first is stopped and
+    the others step on as a part of the batch."""
+    reference = bands(tmp_path / "reference.mask.png", (48, 32), [SKY, GROUND])
+    painter = plugin(
+        tmp_path,
+        style=[str(DATA / "kodim06-256.png")],
+        style_mask=[str(reference)],
+        preset="photo",
+        size=48,
+        steps=6,
+        snapshot_every=0,
+        require_progress=0,
+    )
+    photos = [kodak(48).rotate(angle) for angle in (0, 90 * 2, 0)]
+    orders = ([SKY, GROUND], [GROUND, SKY], [GROUND, SKY, SKY])
+    masks = [bands(tmp_path / f"p{i}.mask.png", (48, 32), order) for i, order in enumerate(orders)]
+    together = [MaskedContext(tmp_path / f"b{i}", mask) for i, mask in enumerate(masks)]
+    if stop_first_at:
+        together[0].cancel_at_step = stop_first_at
+    groups: list[int] = []
+    run_lanes = painter.engine._run_lanes
+    monkeypatch.setattr(
+        painter.engine, "_run_lanes", lambda lanes: groups.append(len(lanes)) or run_lanes(lanes)
+    )
+    results = painter.process_batch(photos, together)
+    assert groups == [3]  # one batch
+    assert isinstance(results[0], Cancelled) == bool(stop_first_at)
+    for i in range(int(bool(stop_first_at)), 3):
+        alone = MaskedContext(tmp_path / f"s{i}", masks[i])
+        single = painter.process(photos[i], alone)
+        difference = np.abs(np.asarray(results[i], int) - np.asarray(single, int))
+        assert difference.max() <= 2, (i, difference.max())
+        assert np.allclose(together[i].metric("loss"), alone.metric("loss"), rtol=1e-3)
+        assert together[i].facts["mask_regions"] == alone.facts["mask_regions"]
+    assert len({tuple(context.metric("loss")) for context in together[1:]}) == 2

@@ -180,13 +180,12 @@ class Engine:
                 lanes.append(self._lane(image, job))
             except StyleboxError as exc:  # a bad mask, say: this job alone fails
                 lanes.append(exc)
-        # Photos of one size together; each resumed job alone, and each with terms of its
-        # own photo (masks, matting Laplacian), which the batched loss does not carry.
-        alone = self.params.style_mask is not None or bool(self.params.photorealism)
+        # Photos of one size together (each with its own masks and matting Laplacian, if
+        # any); each resumed job alone.
         groups: dict[object, list[_Lane]] = {}
         for lane in lanes:
             if isinstance(lane, _Lane):
-                key = id(lane) if lane.checkpoint is not None or alone else lane.work.size
+                key = id(lane) if lane.checkpoint is not None else lane.work.size
                 groups.setdefault(key, []).append(lane)
         outcomes: dict[int, Image.Image | StyleboxError] = {}
         for group in groups.values():
@@ -382,29 +381,28 @@ class Engine:
     ) -> Objective:
         """The loss for a batch of photos ``content``: their own content features, and the
         style's Grams: one set for all, or one per photo where the colour mode fits the
-        painting to each photo. With masks or photorealism (one photo, ``lanes[0]``), the
-        region-wise style loss and the photo's matting Laplacian."""
+        painting to each photo. With masks or photorealism, each photo's (``lanes[i]``)
+        region-wise style loss and matting Laplacian."""
         p = self.params
-        regions = laplacian = None
-        if p.style_mask is not None or p.photorealism:
-            if len(lanes) != 1 or content.shape[0] != 1:
-                raise PermanentFailure("masks and photorealism run one photo at a time")
+        regions: list[RegionStyle] = []
+        laplacians: list[torch.Tensor] = []
+        for i, lane in enumerate(lanes if p.style_mask is not None or p.photorealism else ()):
             if p.style_mask is not None:
-                regions = self._regions(lanes[0], content, colour_content)
+                regions.append(self._regions(lane, content[i : i + 1], colour_content[i : i + 1]))
             if p.photorealism:
+                photo = colour_content[i : i + 1]
                 began = time.perf_counter()
-                laplacian, cached = self.laplacians.get(
-                    _tensor_digest(colour_content), colour_content
-                )
+                laplacian, cached = self.laplacians.get(_tensor_digest(photo), photo)
+                laplacians.append(laplacian)
                 if not cached:
-                    h, w = colour_content.shape[-2:]
+                    h, w = photo.shape[-2:]
                     seconds = round(time.perf_counter() - began, 3)
-                    lanes[0].job.note(**{f"laplacian_seconds_{w}x{h}": seconds})
+                    lane.job.note(**{f"laplacian_seconds_{w}x{h}": seconds})
         with torch.no_grad(), self._autocast():
             content_targets = {
                 k: v.float() for k, v in self.network(content, list(p.content_layers)).items()
             }
-        if regions is not None:
+        if regions:
             style_targets = {}
         elif p.color == "none":
             style_targets = self._style_targets(content[:1], colour_content[:1], outcomes)
@@ -424,7 +422,7 @@ class Engine:
             p.style_weight,
             p.tv_weight,
             regions=regions,
-            laplacian=laplacian,
+            laplacians=laplacians,
             photorealism=p.photorealism,
         )
 
@@ -638,7 +636,11 @@ class Engine:
             x.grad = None
             with self._autocast():
                 batch = x if index is None else x.index_select(0, index)
-                terms = objective.per_image(batch.contiguous(memory_format=layout), index)
+                terms = objective.per_image(
+                    batch.contiguous(memory_format=layout),
+                    index,
+                    None if index is None else live,
+                )
             terms["loss"].sum().backward()
             values = torch.stack([terms[k].detach().float() for k in self.parts], 1)
             if isinstance(optimizer, GuardedLBFGS):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -25,21 +25,21 @@ class Objective:
         content_weight: float,
         style_weight: float,
         tv_weight: float,
-        regions: RegionStyle | None = None,
-        laplacian: torch.Tensor | None = None,
+        regions: Sequence[RegionStyle] = (),
+        laplacians: Sequence[torch.Tensor] = (),
         photorealism: float = 0.0,
     ) -> None:
-        """``regions``: the style loss region by region (one photo) in place of the plain
-        Gram loss; ``laplacian``: the photo's matting Laplacian, for the photorealism term
-        of weight ``photorealism`` (one photo)."""
+        """``regions``: each photo's style loss region by region, in place of the plain
+        Gram loss; ``laplacians``: each photo's matting Laplacian, for the photorealism
+        term of weight ``photorealism`` (one of each per photo the targets were made for)."""
         self.network = network
         self.content_targets = dict(content_targets)
-        self.regions = regions
+        self.regions = list(regions)
         self.region_layers = (
             {k: w for k, w in style_layers.items() if w and style_weight} if regions else {}
         )
         self.style_weight = style_weight
-        self.laplacian = laplacian if photorealism else None
+        self.laplacians = list(laplacians) if photorealism else []
         self.photorealism = photorealism
         self.loss = PerceptualLoss(
             content_layers,
@@ -58,11 +58,15 @@ class Objective:
         return terms["loss"].mean(), parts
 
     def per_image(
-        self, images: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        photos: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Each image's loss and parts (see :meth:`PerceptualLoss.per_image`) for a batch
         of images: of the photos the targets were made for, or of those at ``rows`` (an
-        index on the images' device)."""
+        index on the images' device; ``photos``: the same, on the host, for the terms each
+        photo has of its own)."""
         layers = self.layers
         features = self.network(images, layers) if layers else {}
         content, style = self.content_targets, self.loss.style_targets
@@ -70,10 +74,21 @@ class Objective:
             content = {k: v.index_select(0, rows) for k, v in content.items()}
             style = {k: v if len(v) == 1 else v.index_select(0, rows) for k, v in style.items()}
         terms = self.loss.per_image(images, features, content, style)
-        if self.regions is not None:
-            terms["style"] = self.style_weight * self.regions.loss(features, self.region_layers)
+        photos = range(len(images)) if photos is None else photos
+        if self.regions:
+            each = [
+                self.regions[k].loss(
+                    {n: f[j : j + 1] for n, f in features.items()}, self.region_layers
+                )
+                for j, k in enumerate(photos)
+            ]
+            terms["style"] = self.style_weight * torch.cat(each)
             terms["loss"] = terms["loss"] + terms["style"]
-        if self.laplacian is not None:
-            terms["photo"] = self.photorealism * matting_loss(images.float(), self.laplacian)
+        if self.laplacians:
+            each = [
+                matting_loss(images[j : j + 1].float(), self.laplacians[k])
+                for j, k in enumerate(photos)
+            ]
+            terms["photo"] = self.photorealism * torch.cat(each)
             terms["loss"] = terms["loss"] + terms["photo"]
         return terms
