@@ -228,3 +228,5 @@ def test_every_bad_field_is_named_at_once(tmp_path: Path) -> None:
     message = refusal(tmp_path, text.replace("steps = 10", "steps = 0"))
     assert "[[inbox]] #1 (starry).max_attempts: Input should be greater than 0" in message
     assert "[[inbox]] #1 (starry).params.steps: Input should be greater than 0" in message
+    message = refusal(tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = ["gatys"]'))
+    assert "[[inbox]] #1 (starry).plugin: Input should be a valid string" in message

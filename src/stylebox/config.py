@@ -363,9 +363,10 @@ def _raw_params_problems(data: dict[str, Any], base: Path, registry: Registry) -
     for table in ("inbox", "batch"):
         entries = data.get(table)
         for index, entry in enumerate(entries if isinstance(entries, list) else []):
-            if not isinstance(entry, dict) or entry.get("plugin") not in registry.plugins:
+            plugin_name = entry.get("plugin") if isinstance(entry, dict) else None
+            if not isinstance(plugin_name, str) or plugin_name not in registry.plugins:
                 continue
-            plugin = registry.get(entry["plugin"])
+            plugin = registry.get(plugin_name)
             try:
                 plugin.Params.model_validate(entry.get("params", {}), context={"base_dir": base})
             except ValidationError as exc:

@@ -305,8 +305,10 @@ class Plugin(ABC, Generic[ParamsT]):
     @classmethod
     def check(cls, params: BaseModel, runtime: Runtime) -> None:
         """Cheap checks of ``params`` against the files they name, without starting the
-        plugin or importing anything heavy: ``stylebox config check`` reports what this
-        raises as its inbox or batch disabled. ``__init__`` must still refuse the same."""
+        plugin or importing anything heavy. ``stylebox config check`` reports a
+        :class:`ConfigError` this raises as the config error ``serve`` would refuse to start
+        with, and anything else as its inbox or batch disabled. ``__init__`` must still
+        refuse the same."""
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) :meth:`process` returns for an input of ``size``; the runner
