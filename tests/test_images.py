@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -321,3 +323,23 @@ def test_a_name_taken_in_processed_or_failed_gets_a_suffix(tmp_path: Path) -> No
     names = sorted(path.name for path in target.iterdir())
     assert names == ["photo-2.jpg", "photo-3.jpg", "photo.jpg"]
     assert (target / "photo.jpg").read_bytes() == b"first"
+
+
+def test_oddities_that_decode_whole_are_not_called_damage(tmp_path: Path) -> None:
+    """libjpeg warns of stray bytes before a marker and of a JFIF version it does not
+    know, and a text chunk after the pixels may have a wrong CRC: the picture is whole
+    (Pillow and libpng read it), so it is accepted."""
+    data = encoded(photo(40, 30), "JPEG", quality=90)
+    dqt = data.index(b"\xff\xdb")
+    stray = data[:dqt] + b"\x00\x00\x00" + data[dqt:]
+    assert data[6:11] == b"JFIF\x00"
+    version = data[:11] + b"\x02\x01" + data[13:]
+    png = bytearray(encoded(photo(40, 30)))
+    end = png.index(b"IEND") - 4
+    text = b"tEXt" + b"Comment\x00a photo"
+    chunk = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text) ^ 1)
+    late_text = bytes(png[:end]) + chunk + bytes(png[end:])
+    for name, damaged in [("a.jpg", stray), ("b.jpg", version), ("c.png", late_text)]:
+        path = tmp_path / name
+        path.write_bytes(damaged)
+        assert decode_image(path).size == (40, 30), name

@@ -125,7 +125,8 @@ def decode_bytes(
             f"{name} is truncated or corrupt ({original_format} data failed to decode: {exc})"
         ) from exc
     # A flipped bit in the pixel data can still inflate: only the chunk's CRC shows it.
-    chunk = _png_crc_error(data)
+    # (A damaged ancillary chunk, text say, costs no pixel: libpng drops it, so do we.)
+    chunk = _png_crc_error(data, critical_only=True)
     if chunk:
         raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
     if original_format in ("JPEG", "MPO") and (damage := _jpeg_damage(data)):
@@ -186,15 +187,27 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
     raise BadInput(f"{name} is not an image (no known image format recognised)")
 
 
+#: libjpeg's words for coded data that is damaged (its other warnings, such as stray bytes
+#: before a marker, odd scan parameters or an unknown JFIF version, are about files that
+#: decode whole, which some cameras write).
+_JPEG_DAMAGE = (
+    "bad Huffman code",
+    "bad arithmetic code",
+    "premature end of data segment",
+    "instead of RST",
+    "Unsupported marker type",
+    "Premature end of JPEG file",
+)
+
+
 def _jpeg_damage(data: bytes) -> str | None:
-    """What libjpeg-turbo finds wrong in JPEG data that Pillow decoded anyway, or ``None``.
+    """What libjpeg-turbo finds damaged in JPEG data that Pillow decoded anyway, or ``None``.
 
     Pillow's decoder drops libjpeg's warnings, so a JPEG with a stretch of its coded data
     overwritten decodes to garbled blocks without a word. simplejpeg's strict decode raises
-    them (corrupt data, bad Huffman codes, unknown markers); at 1/8 scale it still reads
-    every coded byte but spends little on the inverse DCT (under a millisecond at 768 x 512).
-    Junk before the end marker, which some cameras write and every viewer ignores, is no
-    damage."""
+    them; at 1/8 scale it still reads every coded byte but spends little on the inverse
+    DCT (under a millisecond at 768 x 512). Only warnings that mean damaged coded data
+    refuse the file (:data:`_JPEG_DAMAGE`)."""
     import simplejpeg
 
     try:
@@ -202,8 +215,11 @@ def _jpeg_damage(data: bytes) -> str | None:
         wanted = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}.get(colorspace, "RGB")
         simplejpeg.decode_jpeg(data, wanted, strict=True, min_factor=8)
     except ValueError as exc:
-        message = str(exc).strip() or type(exc).__name__
-        return None if "extraneous bytes before marker 0xd9" in message else message
+        message = str(exc).strip()
+        if any(words in message for words in _JPEG_DAMAGE):
+            return message
+        # A warning about a file that decodes whole: read on past it, as Pillow did.
+        return None
     return None
 
 
@@ -228,11 +244,12 @@ def _damage(data: bytes, formats: frozenset[str]) -> tuple[str, str] | None:
     return None
 
 
-def _png_crc_error(data: bytes) -> str | None:
+def _png_crc_error(data: bytes, critical_only: bool = False) -> str | None:
     """The type of the first chunk of PNG ``data`` whose CRC does not match its bytes, or
     ``None`` (not a PNG, every CRC right, or cut short: a truncation is told elsewhere).
     Pillow checks the CRCs of the chunks before the pixel data and says only that it cannot
-    identify the file, and checks none of the pixel data's own. About 1 ms a megabyte."""
+    identify the file, and checks none of the pixel data's own. ``critical_only``: only
+    the chunks the image is made of. About 1 ms a megabyte."""
     if not data.startswith(_PNG_SIGNATURE):
         return None
     view = memoryview(data)
@@ -244,7 +261,8 @@ def _png_crc_error(data: bytes) -> str | None:
         if end + 4 > len(data) or not kind.isalpha():
             return None  # cut short, or a damaged length: no chunk to name
         (crc,) = struct.unpack_from(">I", data, end)
-        if zlib.crc32(view[position + 4 : end]) != crc:
+        critical = kind[:1].isupper()  # IHDR, PLTE, IDAT, IEND: the image itself
+        if (critical or not critical_only) and zlib.crc32(view[position + 4 : end]) != crc:
             return kind.decode("ascii")
         if kind == b"IEND":
             return None
