@@ -218,21 +218,29 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
 
 
 def test_a_mask_with_few_colours_that_is_no_label_image_is_refused(tmp_path: Path) -> None:
-    """Under the colour limit still: a JPEG's near-twins of a colour, or a smooth resize's
-    blend along the edge between two regions. A small region of a blend colour is a
-    region (it has an inside) and is accepted."""
+    """Under the colour limit still: a JPEG's near-twin of a colour along an edge, or a
+    smooth resize's blend along the edge between two regions. Thin regions of their own
+    (a dot of a blend colour inside one region, a road that touches one side) and class
+    numbers as colours are label images, and are accepted."""
     mask = Image.open(bands(tmp_path / "m.png", (64, 48), [SKY, GROUND]))
     twins = mask.copy()
     twins.putpixel((5, 40), (0, 0, 254))
-    with pytest.raises(BadInput, match=r"^m\.png has colours #0000fe and #0000ff, only a few"):
+    message = r"^m\.png has colour #0000fe only along edges, a few levels from #0000ff"
+    with pytest.raises(BadInput, match=message):
         distinct_colors(twins, "m.png")
     smooth = mask.resize((32, 24), Image.Resampling.NEAREST).resize((64, 48), Image.BILINEAR)
     assert 3 <= len(np.unique(np.asarray(smooth).reshape(-1, 3), axis=0)) <= 16
     with pytest.raises(BadInput, match=r"only along the edges between #0000ff and #ff0000"):
         distinct_colors(smooth, "m.png")
-    blob = mask.copy()
-    ImageDraw.Draw(blob).ellipse([26, 18, 38, 30], fill=(128, 0, 128))
-    assert len(distinct_colors(blob, "m.png")) == 3
+    dots = mask.copy()
+    for x in (10, 30, 50):
+        ImageDraw.Draw(dots).rectangle([x, 4, x + 2, 6], fill=(128, 0, 128))
+    road = Image.new("RGB", (64, 48))
+    ImageDraw.Draw(road).rectangle([0, 32, 63, 47], fill=(255, 255, 255))
+    ImageDraw.Draw(road).rectangle([0, 10, 63, 11], fill=(128, 128, 128))
+    classes = Image.fromarray(np.repeat(np.arange(3, dtype=np.uint8), 16)[None].repeat(48, 0))
+    for accepted, count in ((dots, 3), (road, 3), (classes, 3)):
+        assert len(distinct_colors(accepted, "m.png")) == count
 
 
 def test_an_antialiased_mask_is_refused_saying_how_to_fix_it(tmp_path: Path) -> None:

@@ -287,15 +287,9 @@ class Engine:
         where = f"the photo's mask {path.name}"
         mask = load_mask(path, where)
         job.note(mask=path.name)
-        if mask.size != image.size:
-            job.note(
-                mask_resized=f"{mask.width}x{mask.height} to the photo's "
-                f"{image.width}x{image.height} (nearest)"
-            )
-            mask = mask.resize(image.size, Image.Resampling.NEAREST)
         if p.mask_colors is not None:
             colors = [parse_color(text) for text in p.mask_colors]
-        else:
+        else:  # checked as drawn: a resize could thin a region into what looks like an edge
             colors = sorted(self.style_colors.union(distinct_colors(mask, where)))
             if len(colors) > MAX_MASK_COLORS:
                 raise BadInput(
@@ -303,6 +297,12 @@ class Engine:
                     f"than {MAX_MASK_COLORS}: use one colour per region in all of them, or "
                     "list the regions in mask_colors"
                 )
+        if mask.size != image.size:
+            job.note(
+                mask_resized=f"{mask.width}x{mask.height} to the photo's "
+                f"{image.width}x{image.height} (nearest)"
+            )
+            mask = mask.resize(image.size, Image.Resampling.NEAREST)
         job.note(mask_regions=[f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colors])
         return mask, colors
 

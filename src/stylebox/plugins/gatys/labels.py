@@ -1,9 +1,9 @@
 """Label images (masks): read and checked, without PyTorch (``config check`` uses them).
 
 A label image names regions by flat colours. What is refused, and why: more colours than
-regions may be; two colours a few levels apart (a JPEG's noise about one colour); a colour
-found only along the edge between two others, as their blend (antialiasing, a smooth
-resize). :mod:`stylebox.plugins.gatys.regions` turns checked masks into the style loss.
+regions may be; a colour found only along edges, a few levels from a colour it touches (a
+JPEG's ringing) or as the blend of two it touches (antialiasing, a smooth resize).
+:mod:`stylebox.plugins.gatys.regions` turns checked masks into the style loss.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from PIL import Image
 from stylebox.errors import BadInput, ConfigError
 from stylebox.plugins.gatys.params import MAX_MASK_COLORS, Color, hex_color
 
-#: Two mask colours closer than this (RGB distance, 0..255) are one colour saved lossily.
+#: An edge colour closer than this (RGB distance, 0..255) to a colour it touches, or to the
+#: line between two, is an artefact of that edge.
 TWIN_DISTANCE = 16.0
-#: A colour whose pixels lie on region edges at least this often, blended from two other
-#: colours, is antialiasing, not a region (a region has an inside).
+#: A band of thin colours this close (RGB distance) to the line between two regions is
+#: their blend: looser than a twin, for a JPEG's chroma at an edge strays further.
+BAND_DISTANCE = 32.0
+#: A colour whose pixels touch another colour at least this often has no inside.
 EDGE_SHARE = 0.8
 
 _FIX = (
@@ -30,9 +33,8 @@ _FIX = (
 
 def distinct_colors(mask: Image.Image, where: str, limit: int = MAX_MASK_COLORS) -> list[Color]:
     """The colours of a label image. One that is not a label image is refused, saying why
-    and what to do: too many colours; two colours a few levels apart (a JPEG's noise about
-    one colour); a colour found only along the edge between two others, as their blend
-    (antialiasing, or a smooth resize)."""
+    and what to do: too many colours, or a colour that is an artefact of the edges (see
+    :func:`_artefact`)."""
     packed = _packed(mask)
     found, index = np.unique(packed, return_inverse=True)
     if len(found) > limit:
@@ -41,56 +43,86 @@ def distinct_colors(mask: Image.Image, where: str, limit: int = MAX_MASK_COLORS)
             f"it looks antialiased, blurred or saved as JPEG; {_FIX}"
         )
     colors = [_unpack(int(v)) for v in found]
-    problem = _twins(colors) or _edge_blends(index.reshape(packed.shape), colors)
+    problem = _artefact(index.reshape(packed.shape), colors)
     if problem:
         raise BadInput(f"{where} {problem}; {_FIX}")
     return colors
 
 
-def _twins(colors: list[Color]) -> str | None:
-    palette = np.asarray(colors, dtype=np.float64)
-    for i in range(len(colors)):
-        for j in range(i + 1, len(colors)):
-            if np.linalg.norm(palette[i] - palette[j]) < TWIN_DISTANCE:
-                return (
-                    f"has colours {hex_color(colors[i])} and {hex_color(colors[j])}, only a few "
-                    "levels apart: it looks saved as JPEG or resized smoothly"
-                )
-    return None
-
-
-def _edge_blends(index: np.ndarray, colors: list[Color]) -> str | None:
+def _artefact(index: np.ndarray, colors: list[Color]) -> str | None:
+    """Why a colour of a label image (``index``: each pixel's colour number) is not a
+    region but an artefact of its edges, or ``None``. An artefact lies along edges (at
+    least :data:`EDGE_SHARE` of its pixels touch another colour; a region has an inside)
+    and is either a near-twin of a colour it touches (a JPEG's ringing) or part of a band
+    of such colours between two regions that it blends (antialiasing, a smooth resize, a
+    JPEG's overshoot). Class numbers as colours (0, 1, 2...) are regions with insides, and
+    a thin region of its own touches one side only or is no blend: both are accepted."""
     count = len(colors)
-    if count < 3:
+    if count < 2:
         return None
-    # Pixels with a 4-neighbour of another colour.
     edge = np.zeros(index.shape, dtype=bool)
-    across = index[:, 1:] != index[:, :-1]
-    down = index[1:] != index[:-1]
-    edge[:, 1:] |= across
-    edge[:, :-1] |= across
-    edge[1:] |= down
-    edge[:-1] |= down
+    touching = np.zeros((count, count), dtype=bool)
+    for first, second in (
+        (index[:, 1:], index[:, :-1]),
+        (index[1:], index[:-1]),
+    ):
+        differ = first != second
+        touching[first[differ], second[differ]] = True
+        touching[second[differ], first[differ]] = True
+        if first.shape[1] != index.shape[1]:  # across: columns 1.. and ..-1
+            edge[:, 1:] |= differ
+            edge[:, :-1] |= differ
+        else:
+            edge[1:] |= differ
+            edge[:-1] |= differ
     pixels = np.bincount(index.ravel(), minlength=count)
-    on_edges = np.bincount(index[edge], minlength=count)
+    thin = np.bincount(index[edge], minlength=count) >= EDGE_SHARE * pixels
     palette = np.asarray(colors, dtype=np.float64)
-    for k in np.argsort(pixels):  # the smallest first: blends are thin
-        if on_edges[k] < EDGE_SHARE * pixels[k]:
+    for k in np.argsort(pixels):  # the smallest first: artefacts are thin
+        if not thin[k]:
             continue
-        for a in range(count):
-            for b in range(a + 1, count):
-                if k in (a, b) or min(pixels[a], pixels[b]) <= pixels[k]:
-                    continue
-                span = palette[b] - palette[a]
-                t = float(np.dot(palette[k] - palette[a], span) / np.dot(span, span))
-                off = np.linalg.norm(palette[a] + t * span - palette[k])
-                if 0.02 < t < 0.98 and off < TWIN_DISTANCE:
+        for a in np.flatnonzero(touching[k]):
+            if pixels[a] > pixels[k] and np.linalg.norm(palette[k] - palette[a]) < TWIN_DISTANCE:
+                return (
+                    f"has colour {hex_color(colors[k])} only along edges, a few levels from "
+                    f"{hex_color(colors[a])}: it looks saved as JPEG or resized smoothly"
+                )
+        regions = [a for a in range(count) if not thin[a]]
+        for a in regions:
+            for b in regions:
+                if b > a and _band(k, a, b, palette, thin, touching):
                     return (
                         f"has colour {hex_color(colors[k])} only along the edges between "
                         f"{hex_color(colors[a])} and {hex_color(colors[b])}, as their blend: "
-                        "it looks antialiased or resized smoothly"
+                        "it looks antialiased, resized smoothly or saved as JPEG"
                     )
     return None
+
+
+def _band(
+    k: int, a: int, b: int, palette: np.ndarray, thin: np.ndarray, touching: np.ndarray
+) -> bool:
+    """Whether thin colour ``k`` is part of a band of thin colours on the line from ``a`` to
+    ``b`` (their blends, and a JPEG's overshoot a little past either end) that touches
+    both: what antialiasing or ringing leaves between two regions. A thin region of its
+    own (a road between two fields) touches one side, or is off the line."""
+
+    def on_line(c: int) -> bool:
+        span = palette[b] - palette[a]
+        t = float(np.dot(palette[c] - palette[a], span) / np.dot(span, span))
+        off = float(np.linalg.norm(palette[a] + t * span - palette[c]))
+        return -0.5 < t < 1.5 and off < BAND_DISTANCE
+
+    if not on_line(k):
+        return False
+    band, frontier = {k}, [k]
+    while frontier:
+        c = frontier.pop()
+        for d in np.flatnonzero(touching[c]):
+            if d not in band and thin[d] and d not in (a, b) and on_line(d):
+                band.add(int(d))
+                frontier.append(int(d))
+    return any(touching[c, a] for c in band) and any(touching[c, b] for c in band)
 
 
 def load_mask(path: Path, where: str) -> Image.Image:
