@@ -154,3 +154,27 @@ def test_status_leaves_an_earlier_journal_exactly_as_it_is(tmp_path: Path, mode:
     assert (counts["done"], counts["queued"]) == (1, 1)
     assert journal_file.read_bytes() == before
     assert journal_file.stat().st_mtime_ns == past
+
+
+def test_progress_that_cannot_be_recorded_does_not_fail_the_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress is for show: a journal that cannot take it (locked past its timeout) is
+    logged, and the plugin's progress call, and so its job, goes on."""
+    import sqlite3
+
+    from stylebox.daemon.pipeline import _JournalReporter
+    from stylebox.daemon.runner import Job
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    def locked(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(journal, "set_progress", locked)
+    reporter = _JournalReporter(journal, None)
+    job = Job(tmp_path / "photo.png", tmp_path / "work", job_id=7)
+    reporter.started(job)
+    time.sleep(1.05)  # progress is written at most once a second
+    reporter.progress(job, 3, 10, {})
+    assert "cannot record the progress of job 7" in caplog.text

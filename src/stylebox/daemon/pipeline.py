@@ -697,7 +697,10 @@ class _JournalReporter:
             now = time.monotonic()
             if now - self._last.get(job.job_id, now) >= 1.0:
                 self._last[job.job_id] = now
-                self.journal.set_progress(job.job_id, step, total, eta=metrics.get("eta"))
+                try:
+                    self.journal.set_progress(job.job_id, step, total, eta=metrics.get("eta"))
+                except Exception as exc:  # progress is for show: the job must not fail on it
+                    log.warning("cannot record the progress of job %s: %s", job.job_id, exc)
         if self.inner:
             self.inner.progress(job, step, total, metrics)
 
