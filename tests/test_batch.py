@@ -339,22 +339,56 @@ def test_recursive_false_takes_only_the_top_folder(tmp_path: Path) -> None:
     ]
 
 
-def test_each_done_event_gives_its_jobs_own_time(tmp_path: Path) -> None:
-    """Photos of two sizes claimed together run as two groups; each job's ``done`` event
-    says the job's own time (its manifest's), not the time until its whole claim ended."""
-    config, library = setup(tmp_path, 4, "fast", '{ model = "starry_night_small" }')
-    photo(48, 32, seed=7).save(library / "large.png")
-    config.write_text(
-        config.read_text().replace("[[batch]]", "[daemon]\nbatch_size = 5\n[[batch]]")
+SLEEPY = """
+import time
+
+from stylebox.plugins.api import Capabilities, Plugin, PluginParams
+
+
+class Sleepy(Plugin):
+    name = "sleepy"
+    capabilities = Capabilities(batching=True)
+
+    class Params(PluginParams):
+        seconds: float = 1.0
+
+    def process_batch(self, images, jobs):
+        time.sleep(self.params.seconds)
+        return images
+
+    def process(self, image, job):
+        return self.process_batch([image], [job])[0]
+"""
+
+
+def test_each_job_of_a_claim_is_timed_by_its_own_group(tmp_path: Path) -> None:
+    """Two photos of each of two sizes claimed together run as two groups of a second
+    each: every job's manifest and done event give its own group's time (half a second of
+    the plugin each, about a second in all), not the wait for the group before it."""
+    site = installed_site(
+        tmp_path, "sleepy", "[stylebox.plugins]\nsleepy = sleepy:Sleepy\n", {"sleepy.py": SLEEPY}
     )
-    result = batch(config)
+    config, library = setup(tmp_path, 2, "sleepy", "{ seconds = 1.0 }")
+    for seed in (7, 8):
+        photo(48, 32, seed=seed).save(library / f"large{seed}.png")
+    config.write_text(
+        config.read_text().replace("[[batch]]", "[daemon]\nbatch_size = 4\n[[batch]]")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, env=site_env(site),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     done = {}
     for line in result.stderr.splitlines():
         if line.startswith("{") and json.loads(line).get("event") == "done":
             event = json.loads(line)
             done[event["file"]] = event["seconds"]
-    assert len(done) == 5, result.stderr
-    for manifest in (tmp_path / "stylised").glob("*.json"):
-        data = json.loads(manifest.read_text())
-        assert done[data["input"]["name"]] == round(data["timings"]["total_seconds"], 3)
+    manifests = [json.loads(m.read_text()) for m in (tmp_path / "stylised").glob("*.json")]
+    assert len(manifests) == 4 and len(done) == 4, result.stderr
+    for data in manifests:
+        timings = data["timings"]
+        assert data["batch"] == 2
+        assert 0.45 <= timings["process_seconds"] < 0.8, timings
+        assert 1.0 <= timings["total_seconds"] < 1.6, timings  # not 2 s and more
+        assert done[data["input"]["name"]] == round(timings["total_seconds"], 3)

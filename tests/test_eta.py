@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -75,7 +76,8 @@ def test_status_prefers_the_plugins_eta(tmp_path: Path, capsys: pytest.CaptureFi
     assert status.print_status(config, as_json=True) == 0
     assert _only_running(json.loads(capsys.readouterr().out))["eta_from"] == "plugin"
     status.print_status(config)
-    assert "step 3/10, about 140 s left" in capsys.readouterr().out
+    # 140 s as reported, counted down by however long a loaded machine took to get here.
+    assert re.search(r"step 3/10, about 1(39|40) s left", capsys.readouterr().out)
 
     # A report without it goes back to the linear estimate.
     journal.set_progress(job_id, 4, 10)

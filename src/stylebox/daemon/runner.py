@@ -140,6 +140,9 @@ class RunnerContext(JobContext):
         now = time.perf_counter()
         self._run_began = now if began is None else began
         self._decoded_at = now if decoded_at is None else decoded_at
+        self.waited = 0.0
+        """Seconds this run spent decoded but waiting for other jobs of its claim (decoded
+        together, then run size by size), which are not its own time."""
         self._elapsed_path = job.work_dir / ELAPSED
         self.earlier_runs = _read_runs(self._elapsed_path)
         """The time spent by the job's earlier runs, one entry a run (see :data:`ELAPSED`)."""
@@ -202,12 +205,19 @@ class RunnerContext(JobContext):
                 handle.flush()
                 os.fsync(handle.fileno())
 
+    def processing(self) -> float:
+        """The plugin starts on this job now (its same-size group, after earlier groups of
+        its claim); when that is (``time.perf_counter``)."""
+        now = time.perf_counter()
+        self.waited = max(0.0, now - self._decoded_at)
+        return now
+
     def this_run(self) -> dict[str, float]:
-        """This run's time so far: in the plugin, and in all."""
+        """This run's time so far: in the plugin, and in all (less any wait for others)."""
         now = time.perf_counter()
         return {
-            "process_seconds": round(now - self._decoded_at, 4),
-            "total_seconds": round(now - self._run_began, 4),
+            "process_seconds": round(now - self._decoded_at - self.waited, 4),
+            "total_seconds": round(now - self._run_began - self.waited, 4),
         }
 
     def save_elapsed(self) -> None:
@@ -302,8 +312,11 @@ class Runner:
                 if on_process is not None:
                     for started in group:
                         on_process(started.job)
+                began = [started.context.processing() for started in group][-1]
                 for started, result in zip(group, self._process(plugin, group), strict=True):
-                    outcomes[started.index] = self._end(started, result, plugin, outbox, group)
+                    outcomes[started.index] = self._end(
+                        started, result, plugin, outbox, group, began
+                    )
         finally:  # a writer left open would hold its thread for good
             for started in (started for group in groups.values() for started in group):
                 with contextlib.suppress(WriterError):
@@ -318,6 +331,7 @@ class Runner:
         plugin: PluginHandle,
         outbox: Outbox,
         group: list[_Started],
+        group_began: float,
     ) -> JobResult | StyleboxError:
         """A job's outcome from what its plugin returned, once everything it handed over is
         written (a checkpoint of a cancelled job included): its outputs, or its error."""
@@ -333,7 +347,7 @@ class Runner:
             return result
         try:
             check_result(plugin, started.decoded.rgb.size, result)
-            return self._finish(started, plugin, outbox, result, group)
+            return self._finish(started, plugin, outbox, result, group, group_began)
         except StyleboxError as exc:
             _record_unfinished(started, exc)
             return exc
@@ -414,6 +428,7 @@ class Runner:
         outbox: Outbox,
         result: Image.Image,
         group: list[_Started],
+        group_began: float,
     ) -> JobResult:
         job, decoded, context = started.job, started.decoded, started.context
         names = context.names
@@ -426,9 +441,10 @@ class Runner:
             # Any plugin whose history has a loss gets its curves, without drawing them itself.
             loss_plot = outputs.write_loss_plot(render_svg(context.history, title=names.stem))
             finished_at = time.perf_counter()
-            # a batch's time is shared by its jobs
-            process_seconds = (processed_at - max(s.decoded_at for s in group)) / len(group)
-            total_seconds = time.perf_counter() - started.began
+            # A batch's time is shared by its jobs; waiting for earlier groups of the claim
+            # is none of theirs.
+            process_seconds = (processed_at - group_began) / len(group)
+            total_seconds = time.perf_counter() - started.began - context.waited
             earlier = context.earlier_runs
             manifest = {
                 "stylebox": __version__,
