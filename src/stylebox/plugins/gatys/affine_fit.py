@@ -36,7 +36,6 @@ def affine_fit(
         )
     if photo.shape[1] != 3:
         raise ValueError(f"the photo must have 3 colour channels, not {photo.shape[1]}")
-    radius = max(0, min(radius, (min(photo.shape[-2:]) - 1) // 2))
     if radius == 0:
         return result.clamp(0, 1)
     c = result.shape[1]
