@@ -177,6 +177,11 @@ params = {{ style = "starry_night" }}
     assert "[[inbox]] #1 (starry).outbox" in message and "[[inbox]] #2 (quick).outbox" in message
     assert "starry -> quick -> starry" in message
     load_config(write(tmp_path, looped + second.format(outbox="out/quick")))  # a chain
+    shared = second.replace('path = "in/quick"', 'path = "in/starry"')
+    message = refusal(tmp_path, GOOD + shared.format(outbox="out/quick"))
+    assert (
+        "[[inbox]] #2 (quick).path:" in message and "also the folder of inbox 'starry'" in message
+    )
 
     batch = """
 [[batch]]

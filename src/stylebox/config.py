@@ -407,9 +407,20 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
     chain of inboxes that ends is fine); a batch's outbox in its source folder, which its
     next run would scan."""
     problems = []
-    folders = {entry.path.resolve(): index for index, entry in enumerate(config.inbox)}
+    folders: dict[Path, int] = {}
+    for index, entry in enumerate(config.inbox):
+        first = folders.setdefault(entry.path.resolve(), index)
+        if first != index:
+            problems.append(
+                f"[[inbox]] #{index + 1} ({entry.name}).path: {entry.path} is also the folder "
+                f"of inbox {config.inbox[first].name!r}, and each photo would go to both; "
+                "give each inbox its own folder"
+            )
     for index in range(len(config.inbox)):
         route = [index]
+        if config.inbox[index].outbox.resolve() == config.inbox[index].path.resolve():
+            problems.append(_loop_line(config, route))
+            continue
         while (fed := folders.get(config.inbox[route[-1]].outbox.resolve())) is not None:
             if fed in route:
                 if fed == index:  # said once, by each inbox of the loop
