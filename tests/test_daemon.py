@@ -470,3 +470,15 @@ def test_a_deleted_or_replaced_inbox_is_watched_again_at_once(tmp_path: Path) ->
         assert any("inbox poster" in m and "watching" in m for m in messages), messages
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_flood_of_signals_drains_once_and_exits(tmp_path: Path) -> None:
+    """Signals that arrive while the main thread holds a lock (inside an Event's wait, say)
+    must not wait on it: 300 SIGTERM, SIGINT and SIGHUP sent as fast as they go (as
+    `timeout` and make together send two) end in one clean drain, exit 0."""
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    daemon = Daemon(config)
+    daemon.wait_ready()
+    for n in range(300):
+        daemon.process.send_signal((signal.SIGHUP, signal.SIGTERM, signal.SIGINT)[n % 3])
+    assert daemon.stop(timeout=60) == 0, daemon.output()[-3000:]

@@ -281,14 +281,29 @@ def stop_on_signals(loop: JobLoop) -> Iterator[None]:
     stops ``loop``, so running jobs checkpoint and go back to the queue, to resume when the
     command is given again; a second one interrupts at once (``KeyboardInterrupt``)."""
 
+    received: list[int] = []
+    ended = threading.Event()
+
     def on_signal(signum: int, _frame: object) -> None:
-        loop.stop()
+        # No lock here (stop() takes several): the main thread may hold one of them where
+        # the signal interrupted it, and would wait on itself. A watcher thread stops.
+        received.append(signum)
         signal.signal(signum, signal.default_int_handler)
+
+    def watch() -> None:
+        while not ended.wait(0.05):
+            if received:
+                loop.stop()
+                return
 
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    watcher = threading.Thread(target=watch, name="signals", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
+        ended.set()
+        watcher.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

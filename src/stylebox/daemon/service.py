@@ -25,7 +25,6 @@ import fcntl
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,8 +70,11 @@ class Service:
         self.loop = JobLoop(self.pipeline, limits=self.loaded.config.daemon.workers)
         self.pipeline.on_queued = self.loop.wake
         self.watcher = self._watcher(self.loaded, self.sources)
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        self._signals: list[int] = []
+        """Signals received and not yet acted on, in order. The handlers only append here:
+        a handler runs in the main thread between any two of its bytecodes, perhaps while
+        it holds a lock (an Event's, inside a wait), so a handler that takes one can wait
+        on itself for good."""
         self.http: HttpServer | None = None
 
     @staticmethod
@@ -124,9 +126,8 @@ class Service:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _: self._signals.append(signum))
         faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
         reclaimed = self.loop.reclaim()
         if reclaimed:
@@ -142,11 +143,16 @@ class Service:
 
         ping = watchdog_interval()
         last_rescan = last_ping = last_status = time.monotonic()
-        while not self._stop.wait(0.2):
+        while True:
+            time.sleep(0.2)
+            received = []
+            while self._signals:
+                received.append(self._signals.pop(0))
+            if signal.SIGTERM in received or signal.SIGINT in received:
+                break
             now = time.monotonic()
             self.watcher.check()
-            if self._reload.is_set():
-                self._reload.clear()
+            if signal.SIGHUP in received:
                 self.reload()
             if now - last_rescan >= self.loaded.config.daemon.rescan_seconds:
                 last_rescan = now
