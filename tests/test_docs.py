@@ -65,3 +65,14 @@ def test_the_readme_example_test_passes(tmp_path) -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "1 passed" in completed.stdout
+
+
+def test_every_toml_example_in_the_readme_parses() -> None:
+    """A reader copies them: each is valid TOML 1.0 (no inline table over two lines)."""
+    import tomllib
+
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        tomllib.loads(block)

@@ -336,7 +336,7 @@ def _log_disabled(loaded: LoadedConfig) -> None:
     for (table, name), reason in sorted(loaded.unavailable.items()):
         log.error(
             "%s %s is disabled: %s; its files wait until the plugin is mended and the "
-            "daemon reloaded (SIGHUP)",
+            "daemon reloaded (SIGHUP), or restarted where the plugin's code changed",
             table,
             name,
             reason,
