@@ -64,4 +64,4 @@ def test_units_say_what_the_design_asks() -> None:
     timer = (REPO / "systemd" / "stylebox-batch@.timer").read_text()
     assert "OnCalendar=" in timer and "Persistent=true" in timer
     batch = (REPO / "systemd" / "stylebox-batch@.service").read_text()
-    assert "stylebox batch %i" in batch
+    assert "stylebox batch %i" in batch and "SuccessExitStatus=130" in batch
