@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import broken_plugins_site, make_bad_inputs, photo
+from conftest import broken_plugins_site, installed_site, make_bad_inputs, photo
 from PIL import Image
 
 QUICK = ["--set", "size=64", "--set", "steps=4", "--set", "snapshot_every=2"]
@@ -206,3 +206,39 @@ def test_run_writes_the_result_format_asked_for(tmp_path: Path, fmt: str, pillow
         assert written.format == pillow_name and written.size == (24, 16)
     manifest = json.loads((tmp_path / "out" / "photo.json").read_text())
     assert manifest["output"]["format"] == fmt
+
+
+def test_run_with_a_plugin_that_fails_to_start_says_so_in_one_line(tmp_path: Path) -> None:
+    site = installed_site(
+        tmp_path,
+        "startfails",
+        "[stylebox.plugins]\nstartfails = startfails:StartFails\n",
+        {
+            "startfails.py": (
+                "from stylebox.plugins.api import Plugin, PluginParams\n"
+                "class StartFails(Plugin):\n"
+                "    name = 'startfails'\n"
+                "    Params = PluginParams\n"
+                "    def __init__(self, params, runtime):\n"
+                "        raise RuntimeError('no licence server')\n"
+                "    def process(self, image, job):\n"
+                "        return image\n"
+            )
+        },
+    )
+    image = tmp_path / "photo.png"
+    photo(24, 16).save(image)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "run", str(image), "--plugin", "startfails",
+         "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "stylebox: failed: plugin startfails failed to start: RuntimeError: no licence server"
+    )
+    assert "Traceback" not in result.stderr and image.exists()

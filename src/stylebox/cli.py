@@ -32,7 +32,7 @@ from stylebox.config import (
     load_config,
 )
 from stylebox.daemon.runner import PluginHandle
-from stylebox.errors import BadInput, ConfigError, PluginError
+from stylebox.errors import BadInput, ConfigError, PluginError, StyleboxError
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.registry import Registry, discover
@@ -260,7 +260,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = loaded.config if loaded else StyleboxConfig()
     config = config.model_copy(update={"state_dir": runtime.state_dir})
-    instance = registry.get(plugin_name)(params, runtime)
+    try:
+        instance = registry.get(plugin_name)(params, runtime)
+    except StyleboxError:
+        raise
+    except Exception as exc:  # a plugin bug: said in one line, as the daemon says it
+        raise PluginError(
+            f"plugin {plugin_name} failed to start: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         handle = PluginHandle(plugin_name, registry.plugins[plugin_name].version, instance, params)
         return run_files(args.images, handle, args.out, output, config)
