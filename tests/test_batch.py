@@ -392,3 +392,19 @@ def test_each_job_of_a_claim_is_timed_by_its_own_group(tmp_path: Path) -> None:
         assert 0.45 <= timings["process_seconds"] < 0.8, timings
         assert 1.0 <= timings["total_seconds"] < 1.6, timings  # not 2 s and more
         assert done[data["input"]["name"]] == round(timings["total_seconds"], 3)
+
+
+def test_a_plugin_that_ignores_its_time_limit_is_named(tmp_path: Path) -> None:
+    """A plugin that never looks at job.cancelled cannot be stopped from inside the
+    process; at twice its time limit the log says so, naming the plugin."""
+    site = installed_site(
+        tmp_path, "sleepy", "[stylebox.plugins]\nsleepy = sleepy:Sleepy\n", {"sleepy.py": SLEEPY}
+    )
+    config, _ = setup(tmp_path, 1, "sleepy", "{ seconds = 1.5 }")
+    config.write_text(config.read_text() + "timeout_seconds = 0.5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, env=site_env(site),
+    )  # fmt: skip
+    assert "has run twice its time limit (timeout_seconds = 0.5)" in result.stderr
+    assert "plugin sleepy does not stop when job.cancelled turns true" in result.stderr

@@ -95,10 +95,17 @@ class JobLoop:
             # A job's time limit runs from when the plugin starts on it, not from the claim:
             # claimed together, the later jobs of a batch wait for the earlier ones.
             if timeout and job.job_id in stops:
-                timer = threading.Timer(timeout, stops[job.job_id].stop, args=("timeout",))
-                timer.daemon = True
-                timer.start()
-                timers.append(timer)
+                # At the limit the job is asked to stop; at twice it, if it has not, its
+                # plugin is not looking at job.cancelled, and the lane is held: say so.
+                late = (job.job_id, timeout, source.plugin.name if source else "?")
+                for delay, action, args in (
+                    (timeout, stops[job.job_id].stop, ("timeout",)),
+                    (2 * timeout, _overrun, late),
+                ):
+                    timer = threading.Timer(delay, action, args=args)
+                    timer.daemon = True
+                    timer.start()
+                    timers.append(timer)
 
         try:
             self.pipeline.run(rows, stops, start_clock)
@@ -273,6 +280,17 @@ class JobLoop:
 
     def _threads(self) -> list[threading.Thread]:
         return [thread for lane in self._lanes.values() for thread in lane.values()]
+
+
+def _overrun(job_id: int | None, timeout: float, plugin: str) -> None:
+    log.warning(
+        "job %s has run twice its time limit (timeout_seconds = %g) and goes on: plugin %s "
+        "does not stop when job.cancelled turns true, so its lane waits until it returns",
+        job_id,
+        timeout,
+        plugin,
+        extra={"event": "overrun", "job": job_id},
+    )
 
 
 @contextmanager
