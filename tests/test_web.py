@@ -149,7 +149,7 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
     assert 'stylebox_job_seconds_bucket{le="+Inf",plugin="posterize"} 1.0' in text
     assert 'stylebox_job_seconds_count{plugin="posterize"} 1.0' in text
     assert "# TYPE stylebox_steps_per_second gauge" in text
-    assert "# TYPE stylebox_job_failures_total counter" in text
+    assert "# TYPE stylebox_failed_jobs gauge" in text
 
     # The page and its assets come from the package: no other host is named anywhere.
     for path in ("/", "/static/app.js", "/static/style.css"):
@@ -234,7 +234,7 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     assert (tmp_path / "in-gate" / "failed" / "held.png").is_file()
     assert client.json(f"/api/jobs/{job}/cancel", "POST", **token)[0] == 409  # not running
     metrics = client.request("/metrics")[2].decode()
-    assert 'stylebox_job_failures_total{reason="Cancelled",source="inbox:gate"} 1.0' in metrics
+    assert 'stylebox_failed_jobs{reason="Cancelled",source="inbox:gate"} 1.0' in metrics
 
     daemon.gate.touch()  # type: ignore[attr-defined]
     status, body = client.json(f"/api/jobs/{job}/retry", "POST", **token)

@@ -22,7 +22,6 @@ import anyio.to_thread
 from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
-    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
@@ -281,8 +280,12 @@ class _Metrics(Collector):
         for source, value in sorted(self.reader.steps_per_second().items()):
             rate.add_metric([source], value)
         yield rate
-        failures = CounterMetricFamily(
-            "stylebox_job_failures", "Failed jobs by error class", labels=["source", "reason"]
+        # A gauge: the failed jobs the journal holds now (one retried by hand leaves it), so
+        # the count can fall, which a counter must never do.
+        failures = GaugeMetricFamily(
+            "stylebox_failed_jobs",
+            "Failed jobs in the journal, by error class",
+            labels=["source", "reason"],
         )
         for source, reason, count in journal.failures() if journal else []:
             failures.add_metric([source, reason], count)
