@@ -20,6 +20,7 @@ function el(tag, attrs = {}, ...children) {
 
 function seconds(value) {
   if (value === null || value === undefined) return "";
+  if (value < 10) return `${value.toFixed(1)} s`;  // a quick job is not "0 s"
   if (value < 90) return `${Math.round(value)} s`;
   return `${Math.round(value / 60)} min`;
 }
