@@ -242,3 +242,14 @@ def test_run_with_a_plugin_that_fails_to_start_says_so_in_one_line(tmp_path: Pat
         "stylebox: failed: plugin startfails failed to start: RuntimeError: no licence server"
     )
     assert "Traceback" not in result.stderr and image.exists()
+
+
+def test_run_names_an_image_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "kodim23.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "run", str(missing), "--out", str(tmp_path),
+         "--set", "style=starry_night"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"stylebox: bad input: {missing} does not exist"

@@ -252,6 +252,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Refuse bad inputs before the (slow) plugin start-up.
     images_config = loaded.config.images if loaded else ImagesConfig()
     for path in args.images:
+        if not os.path.lexists(path):  # a name given here, not a file that went away
+            raise BadInput(f"{path} does not exist")
         decode_image(
             path, max_pixels=images_config.max_pixels, formats=frozenset(images_config.formats)
         )
