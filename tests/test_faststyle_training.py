@@ -198,3 +198,22 @@ def test_ctrl_c_stops_train_with_status_130(tmp_path: Path, photos: Path) -> Non
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert stderr.splitlines()[-1] == "stylebox: interrupted" and "Traceback" not in stderr
+
+
+def test_a_style_that_is_no_image_names_the_option_and_writes_nothing(
+    tmp_path: Path, photos: Path
+) -> None:
+    import subprocess
+    import sys
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a painting")
+    out = tmp_path / "model.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "train", "--style", str(notes),
+         "--content-dir", str(photos), "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith(f"stylebox: config error: --style {notes}: notes.jpg")
+    assert not out.with_suffix(".train").exists()

@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import Field, PositiveInt
 
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
-from stylebox.errors import ConfigError
+from stylebox.errors import BadInput, ConfigError
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
 from stylebox.perceptual import PerceptualLoss, gram
 from stylebox.plugins.api import PluginParams, StyleFile
@@ -121,7 +121,12 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TransformerNet:
     """Train, writing checkpoints and samples to ``out_dir``; returns the trained network."""
-    # First: a content folder without photos is refused before anything slow or written.
+    # First: a style or content folder that cannot serve is refused before anything slow
+    # or written.
+    try:
+        style_image = decode_image(params.style).rgb
+    except BadInput as exc:
+        raise ConfigError(f"--style {params.style}: {exc}") from exc
     photos = load_photos(params.content_dir, max(params.image_size * 2, 512))
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = backbone or BackboneSpec()
@@ -147,7 +152,6 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming at step %d", step)
 
-    style_image = decode_image(params.style).rgb
     if params.style_size:
         style_image = resize_to_max_side(style_image, params.style_size)
     with torch.no_grad():
