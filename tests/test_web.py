@@ -226,15 +226,24 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     assert source(client, "inbox:gate")["running"] == 1
 
     token = {"X-Stylebox-Token": TOKEN}
+    # A job queued behind it (one worker) is failed at once, without running.
+    drop(tmp_path / "in-gate", "waiting.png", seed=4)
+    assert wait_until(lambda: source(client, "inbox:gate")["queued"] == 1, 30), daemon.output()
+    waiting = max(int(row.id) for row in _journal_rows(tmp_path))
+    status, body = client.json(f"/api/jobs/{waiting}/cancel", "POST", **token)
+    assert (status, body["outcome"]) == (200, "cancelled"), body
+    assert (tmp_path / "in-gate" / "failed" / "waiting.png").is_file()
+    assert client.json("/api/jobs/999/cancel", "POST", **token)[0] == 404
+
     status, body = client.json(f"/api/jobs/{job}/cancel", "POST", **token)
     assert (status, body["outcome"]) == (200, "cancelling")
-    assert wait_until(lambda: source(client, "inbox:gate")["failed"] == 1, 30), daemon.output()
-    [failed] = source(client, "inbox:gate")["failed_jobs"]
-    assert (failed["job"], failed["error"]) == (job, "Cancelled: cancelled by request")
+    assert wait_until(lambda: source(client, "inbox:gate")["failed"] == 2, 30), daemon.output()
+    failed = {row["job"]: row["error"] for row in source(client, "inbox:gate")["failed_jobs"]}
+    assert failed == dict.fromkeys([job, waiting], "Cancelled: cancelled by request")
     assert (tmp_path / "in-gate" / "failed" / "held.png").is_file()
     assert client.json(f"/api/jobs/{job}/cancel", "POST", **token)[0] == 409  # not running
     metrics = client.request("/metrics")[2].decode()
-    assert 'stylebox_failed_jobs{reason="Cancelled",source="inbox:gate"} 1.0' in metrics
+    assert 'stylebox_failed_jobs{reason="Cancelled",source="inbox:gate"} 2.0' in metrics
 
     daemon.gate.touch()  # type: ignore[attr-defined]
     status, body = client.json(f"/api/jobs/{job}/retry", "POST", **token)
@@ -244,6 +253,16 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     assert (tmp_path / "out-gate" / "held.png").is_file()
     assert client.json(f"/api/jobs/{job}/retry", "POST", **token)[0] == 409  # done, not failed
     assert client.json("/api/jobs/999/retry", "POST", **token)[0] == 404
+
+
+def _journal_rows(folder: Path) -> list:
+    from stylebox.daemon.journal import Journal
+
+    journal = Journal(folder / "state" / "journal.sqlite3")
+    try:
+        return journal.jobs()
+    finally:
+        journal.close()
 
 
 def _first_event(client: Client) -> tuple[http.client.HTTPConnection, dict[str, Any]]:

@@ -535,6 +535,21 @@ class Pipeline:
             outcomes[row.id] = result
         return outcomes
 
+    def cancel_queued(self, job_id: int) -> bool:
+        """Fail the queued job ``job_id`` as cancelled by request, without running it: it
+        is claimed first (so no worker takes it meanwhile), then ends as a run that was
+        cancelled does, its input moved aside with the reason. ``False`` if it could not be
+        claimed (a worker took it, or it waits out a retry's backoff)."""
+        row = self.journal.claim(self.owner, self.loaded.config.daemon.lease_seconds, ids={job_id})
+        if row is None:
+            return False
+        source = self.sources.get(row.source)
+        if source is None:  # its inbox was removed by a reload: leave it for later
+            self.journal.requeue(row.id, count_attempt=False)
+            return False
+        self._fail(source, row, Cancelled("cancelled by request"))
+        return True
+
     def _settle(
         self,
         source: Source,

@@ -323,13 +323,25 @@ class Service:
         log.info("retry asked", extra={"event": "retry_asked", "job": job_id, "outcome": outcome})
         return outcome
 
-    def cancel(self, job_id: int) -> bool:
-        """Stop the running job ``job_id``: it ends as failed, to be retried by hand.
-        ``False`` if no job of that id runs here."""
-        cancelled = self.loop.cancel(job_id)
-        if cancelled:
-            log.info("cancel asked", extra={"event": "cancel_asked", "job": job_id})
-        return cancelled
+    def cancel(self, job_id: int) -> str:
+        """Stop the job ``job_id``: a running one is asked to (``"cancelling"``), a queued
+        one is claimed and failed at once (``"cancelled"``); either ends as failed, to be
+        retried by hand. Raises ``KeyError`` for an unknown job, :class:`StyleboxError` for
+        one that is neither (done, failed, running elsewhere, or waiting out a retry's
+        backoff)."""
+        row = self.journal.get(job_id)
+        outcome = None
+        if self.loop.cancel(job_id):
+            outcome = "cancelling"
+        elif row.state == "queued" and self.pipeline.cancel_queued(job_id):
+            outcome = "cancelled"
+        elif self.loop.cancel(job_id):  # claimed by a worker in between
+            outcome = "cancelling"
+        if outcome is None:
+            raise StyleboxError(f"job {job_id} is {self.journal.get(job_id).state}, not "
+                                "running in this daemon nor queued to run now")  # fmt: skip
+        log.info("cancel asked", extra={"event": "cancel_asked", "job": job_id, "outcome": outcome})
+        return outcome
 
 
 def _log_disabled(loaded: LoadedConfig) -> None:

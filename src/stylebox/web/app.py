@@ -143,9 +143,13 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
         if refused is not None:
             return refused
         job_id = request.path_params["job_id"]
-        if not await anyio.to_thread.run_sync(backend.cancel, job_id):
-            return _json({"error": f"job {job_id} is not running in this daemon"}, 409)
-        return _json({"job": job_id, "outcome": "cancelling"})
+        try:
+            outcome = await anyio.to_thread.run_sync(backend.cancel, job_id)
+        except LookupError as exc:
+            return _json({"error": f"no job {exc}"}, 404)
+        except StyleboxError as exc:
+            return _json({"error": str(exc)}, 409)
+        return _json({"job": job_id, "outcome": outcome})
 
     routes = [
         Route("/", index),
