@@ -210,3 +210,34 @@ def test_the_bar_shows_the_plugins_eta_and_counts_it_down(monkeypatch: pytest.Mo
     assert "0:02:20" not in shown
     minutes, seconds = divmod(int(linear), 60)
     assert f"eta {minutes // 60}:{minutes % 60:02d}:{seconds:02d}" in shown
+
+
+def test_status_says_when_a_running_jobs_process_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A job whose process on this machine was killed still reads "running" in the journal
+    until the next start reclaims it: status says so rather than counting down."""
+    import socket
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, POSTERIZE)
+    journal_file = tmp_path / "state" / "journal.sqlite3"
+    journal_file.parent.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists
+    journal = Journal(journal_file)
+    journal.add([NewJob("inbox:poster", Path("/in/a.png"), "0" * 64, "posterize", "h", "k")])
+    owner = f"{socket.gethostname()}:{dead.pid}"
+    row = journal.claim(owner, 60)
+    assert row is not None
+    journal.set_progress(row.id, 3, 10, eta=140.0)
+    journal.close()
+
+    job = _only_running(status.collect(config))
+    assert job["owner_gone"] and job["eta_seconds"] is None
+    status.print_status(config)
+    assert f"step 3/10; its process ({owner}) is gone: it resumes at the next start" in (
+        capsys.readouterr().out
+    )
+    assert not status._owner_gone("elsewhere:1")  # a machine not seen from here: alive

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from stylebox.config import load_config
 from stylebox.daemon.journal import JobRow, Journal, journal_path
+from stylebox.daemon.pipeline import pid_alive
 
 
 def collect(config_path: Path) -> dict[str, Any]:
@@ -61,6 +63,9 @@ def _running(row: JobRow) -> dict[str, Any]:
     elif row.step and row.total and row.claimed_at:
         elapsed = now - row.claimed_at
         eta, source = round(elapsed / row.step * (row.total - row.step), 1), "linear"
+    gone = _owner_gone(row.lease_owner)
+    if gone:
+        eta, source = None, None  # nothing is counting down
     return {
         "job": row.id,
         "file": row.name,
@@ -68,7 +73,19 @@ def _running(row: JobRow) -> dict[str, Any]:
         "total": row.total,
         "eta_seconds": eta,
         "eta_from": source,
+        "owner": row.lease_owner,
+        "owner_gone": gone,
     }
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """Whether the process running a job (``host:pid``) is on this machine and no longer
+    exists: killed, its job waits for the next start to resume it (a process elsewhere
+    cannot be seen from here, and counts as alive)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not pid_alive(int(pid))
 
 
 def print_status(config_path: Path, as_json: bool = False) -> int:
@@ -88,6 +105,8 @@ def print_status(config_path: Path, as_json: bool = False) -> int:
             eta = (
                 f", about {job['eta_seconds']:.0f} s left" if job["eta_seconds"] is not None else ""
             )
+            if job["owner_gone"]:
+                eta = f"; its process ({job['owner']}) is gone: it resumes at the next start"
             print(f"  running #{job['job']} {job['file']}: {progress}{eta}")
         for error in entry["last_errors"]:
             print(f"  failed #{error['job']} {error['file']}: {error['error']}")
