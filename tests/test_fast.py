@@ -160,6 +160,9 @@ def test_an_fp16_variant_is_exported_verified_and_chosen_by_precision(
     done = cli("export", str(checkpoint), "--out", str(out), "--fp16")
     assert done.returncode == 0, done.stderr
     assert "fp16 variant" in done.stdout
+    # Only stylebox's own lines: not one per exporter pass, nor torchvision's absence.
+    loggers = {json.loads(line)["logger"] for line in done.stderr.splitlines() if line[:1] == "{"}
+    assert loggers <= {"stylebox.export"} and "torchvision" not in done.stderr, done.stderr
     manifest = ModelManifest.for_model(out)
     assert manifest.fp16_variant == "half.fp16.onnx"
     variant = ModelManifest.for_model(tmp_path / "half.fp16.onnx")

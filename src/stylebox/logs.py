@@ -46,4 +46,7 @@ def setup(level: int = logging.INFO, json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    # Libraries whose INFO lines are about their own internals (an ONNX export logs one per
+    # optimiser pass): only their warnings. Plugins' own loggers keep ``level``.
+    for name in ("watchdog", "onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -104,6 +104,9 @@ def export_onnx(
     if fp16:
         network = HalfPrecision(network).eval()
     example = torch.rand(1, 3, 64, 96) * 255
+    # The exporter warns, once per operator, that torchvision (which stylebox does not use)
+    # is missing: only its errors.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     quarter_h = torch.export.Dim("quarter_height", min=2, max=4096)
     quarter_w = torch.export.Dim("quarter_width", min=2, max=4096)
     program = torch.onnx.export(
