@@ -286,3 +286,27 @@ def test_a_device_kind_limit_holds_across_lanes(
     loop.wait()
     assert seen == most_at_once
     assert [row.state for row in loop.journal.jobs()] == ["done", "done"]
+
+
+def test_two_quick_signals_still_stop_the_loop_and_either_kind_interrupts() -> None:
+    """The second signal (of either kind) interrupts at once; the first still stops the
+    loop, even when the second came before the watcher thread looked."""
+    import os
+    import signal
+    import threading
+
+    from stylebox.daemon.jobloop import stop_on_signals
+
+    class Loop:
+        def __init__(self) -> None:
+            self.stopping = threading.Event()
+
+        def stop(self) -> None:
+            self.stopping.set()
+
+    for second in (signal.SIGTERM, signal.SIGINT):
+        loop = Loop()
+        with pytest.raises(KeyboardInterrupt), stop_on_signals(loop):  # type: ignore[arg-type]
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), second)
+        assert loop.stopping.is_set()

@@ -306,7 +306,8 @@ def stop_on_signals(loop: JobLoop) -> Iterator[None]:
         # No lock here (stop() takes several): the main thread may hold one of them where
         # the signal interrupted it, and would wait on itself. A watcher thread stops.
         received.append(signum)
-        signal.signal(signum, signal.default_int_handler)
+        for sig in signals:  # a second one of either kind interrupts
+            signal.signal(sig, signal.default_int_handler)
 
     def watch() -> None:
         while not ended.wait(0.05):
@@ -323,5 +324,7 @@ def stop_on_signals(loop: JobLoop) -> Iterator[None]:
     finally:
         ended.set()
         watcher.join()
+        if received and not loop.stopping.is_set():  # a second signal came before the watcher
+            loop.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
