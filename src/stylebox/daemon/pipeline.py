@@ -547,7 +547,11 @@ class Pipeline:
         if source is None:  # its inbox was removed by a reload: leave it for later
             self.journal.requeue(row.id, count_attempt=False)
             return False
-        self._fail(source, row, Cancelled("cancelled by request"))
+        try:
+            self._fail(source, row, Cancelled("cancelled by request"))
+        except Exception:  # claimed but not failed: back to the queue, not stuck as running
+            self.journal.requeue(row.id, count_attempt=False)
+            raise
         return True
 
     def _settle(
