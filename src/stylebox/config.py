@@ -27,7 +27,7 @@ from pydantic import (
 from stylebox.backbone_spec import BackboneSpec, NormalizationName
 from stylebox.errors import ConfigError
 from stylebox.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, OutputFormat
-from stylebox.plugins.api import Runtime
+from stylebox.plugins.api import Plugin, Runtime
 from stylebox.plugins.registry import Registry, discover
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
@@ -342,12 +342,10 @@ def parse_config(
                 else:
                     problems.append(f"{label}.plugin: {exc}")
                 continue
-            try:
-                loaded.params[(table, entry.name)] = plugin.Params.model_validate(
-                    entry.params, context={"base_dir": root}
-                )
-            except ValidationError as exc:
-                problems += [f"{label}.params.{line}" for line in _error_lines(exc)]
+            params, wrong = _plugin_params(plugin, entry.params, root, label)
+            if params is not None:
+                loaded.params[(table, entry.name)] = params
+            problems += wrong
     if problems:
         raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
     return loaded
@@ -366,13 +364,21 @@ def _raw_params_problems(data: dict[str, Any], base: Path, registry: Registry) -
             plugin_name = entry.get("plugin") if isinstance(entry, dict) else None
             if not isinstance(plugin_name, str) or plugin_name not in registry.plugins:
                 continue
-            plugin = registry.get(plugin_name)
-            try:
-                plugin.Params.model_validate(entry.get("params", {}), context={"base_dir": base})
-            except ValidationError as exc:
-                label = f"[[{table}]] #{index + 1} ({entry.get('name', '?')})"
-                problems += [f"{label}.params.{line}" for line in _error_lines(exc)]
+            label = f"[[{table}]] #{index + 1} ({entry.get('name', '?')})"
+            params = entry.get("params", {})
+            problems += _plugin_params(registry.get(plugin_name), params, base, label)[1]
     return problems
+
+
+def _plugin_params(
+    plugin: type[Plugin[Any]], params: Any, base: Path, label: str
+) -> tuple[BaseModel | None, list[str]]:
+    """``params`` validated as ``plugin``'s (paths relative to ``base``), or ``None`` and
+    one line per problem, each named under ``label``."""
+    try:
+        return plugin.Params.model_validate(params, context={"base_dir": base}), []
+    except ValidationError as exc:
+        return None, [f"{label}.params.{line}" for line in _error_lines(exc)]
 
 
 def _folder_problems(config: StyleboxConfig) -> list[str]:
