@@ -217,3 +217,22 @@ def test_a_style_that_is_no_image_names_the_option_and_writes_nothing(
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().startswith(f"stylebox: config error: --style {notes}: notes.jpg")
     assert not out.with_suffix(".train").exists()
+
+
+def test_a_crop_too_small_to_learn_from_is_refused_naming_the_option(
+    tmp_path: Path, photos: Path
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "model.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "train", "--style", "starry_night",
+         "--content-dir", str(photos), "--out", str(out), "--image-size", "8"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "stylebox: config error: --image-size: Input should be greater than or equal to 32"
+    )
+    assert not out.with_suffix(".train").exists()

@@ -41,7 +41,9 @@ class TrainParams(PluginParams):
         "full",
         description="full (the paper's net) or small (half width, 3 residual blocks, for CPUs)",
     )
-    image_size: PositiveInt = Field(256, description="Side of the square training crops")
+    # The network halves a crop twice and VGG's relu4_3 sees it at 1/8: below 32 px the
+    # deepest style layer has under 4x4 positions to take a Gram matrix of.
+    image_size: int = Field(256, ge=32, description="Side of the square training crops")
     style_size: PositiveInt | None = Field(None, description="Longest side of the style image")
     batch_size: PositiveInt = 4
     steps: PositiveInt = Field(2000, description="Optimisation steps")
