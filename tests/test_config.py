@@ -198,6 +198,35 @@ params = {{ style = "starry_night" }}
     assert "is the batch's source" in message
     flat = batch.format(outbox="library/stylised", extra="recursive = false")
     load_config(write(tmp_path, GOOD + flat))
+    # A batch's outbox that is an inbox whose results end in the batch's source.
+    fed = GOOD.replace('outbox = "out/starry"', 'outbox = "library/styled"')
+    message = refusal(tmp_path, fed + batch.format(outbox="in/starry", extra=""))
+    assert "[[batch]] #1 (nightly).outbox: " in message and "is inbox 'starry'" in message
+    assert "(through starry)" in message
+    load_config(write(tmp_path, GOOD + batch.format(outbox="in/starry", extra="")))  # a chain
+
+
+def test_a_processed_or_failed_folder_an_inbox_watches_is_refused(tmp_path: Path) -> None:
+    """Moved there, a finished photo would be taken again: by its own inbox, or by another
+    (whose own finished photos may come back the same way)."""
+    message = refusal(
+        tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = "gatys"\nprocessed_dir = "."')
+    )
+    assert "[[inbox]] #1 (starry).processed_dir: " in message
+    assert "in/starry is the inbox's own folder" in message
+    second = """
+[[inbox]]
+name = "quick"
+path = "in/quick"
+outbox = "out/quick"
+plugin = "gatys"
+failed_dir = "../starry"
+params = { style = "starry_night" }
+"""
+    message = refusal(tmp_path, GOOD + second)
+    assert "[[inbox]] #2 (quick).failed_dir: " in message
+    assert "starry is inbox 'starry''s folder" in message
+    load_config(write(tmp_path, GOOD + second.replace("../starry", "../starry/failed")))
 
 
 def test_max_pixels_above_pillows_own_limit_is_refused(tmp_path: Path) -> None:

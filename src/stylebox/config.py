@@ -410,8 +410,9 @@ def _folder_problems(config: StyleboxConfig) -> list[str]:
 def _loop_problems(config: StyleboxConfig) -> list[str]:
     """Outboxes whose results would come back as new inputs, without end: an inbox's
     outbox that is its own folder, or that leads through other inboxes back to it (a
-    chain of inboxes that ends is fine); a batch's outbox in its source folder, which its
-    next run would scan."""
+    chain of inboxes that ends is fine); a ``processed_dir`` or ``failed_dir`` that is an
+    inbox's folder, which would take each finished photo again; a batch's outbox in its
+    source folder, or leading through inboxes into it, which its next run would scan."""
     problems = []
     folders: dict[Path, int] = {}
     for index, entry in enumerate(config.inbox):
@@ -422,6 +423,20 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
                 f"of inbox {config.inbox[first].name!r}, and each photo would go to both; "
                 "give each inbox its own folder"
             )
+    for index, entry in enumerate(config.inbox):
+        for name, folder in (
+            ("processed_dir", entry.processed_dir),
+            ("failed_dir", entry.failed_dir),
+        ):
+            if (taker := folders.get(folder.resolve())) is not None:
+                whose = f"inbox {config.inbox[taker].name!r}'s folder"
+                if taker == index:
+                    whose = "the inbox's own folder"
+                problems.append(
+                    f"[[inbox]] #{index + 1} ({entry.name}).{name}: {folder} is {whose}, so "
+                    "each photo moved there would be taken as a new photo; use a folder no "
+                    "inbox watches"
+                )
     for index in range(len(config.inbox)):
         route = [index]
         if config.inbox[index].outbox.resolve() == config.inbox[index].path.resolve():
@@ -435,7 +450,15 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
             route.append(fed)
     for index, batch in enumerate(config.batch):
         source, outbox = batch.source.resolve(), batch.outbox.resolve()
-        if outbox == source or (batch.recursive and outbox.is_relative_to(source)):
+        if (fed := _fed_into(config, folders, outbox, source, batch.recursive)) is not None:
+            route = " -> ".join(config.inbox[i].name for i in fed)
+            problems.append(
+                f"[[batch]] #{index + 1} ({batch.name}).outbox: {batch.outbox} is inbox "
+                f"{config.inbox[fed[0]].name!r}'s folder, and its results reach the batch's "
+                f"source {batch.source} (through {route}), so the batch's next run would take "
+                "them as new images; end the chain in a folder outside the source"
+            )
+        elif outbox == source or (batch.recursive and outbox.is_relative_to(source)):
             where = "is" if outbox == source else "is inside"
             problems.append(
                 f"[[batch]] #{index + 1} ({batch.name}).outbox: {batch.outbox} {where} the "
@@ -444,6 +467,20 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
                 + ("" if outbox == source else " (or recursive = false)")
             )
     return problems
+
+
+def _fed_into(
+    config: StyleboxConfig, folders: dict[Path, int], outbox: Path, source: Path, recursive: bool
+) -> list[int] | None:
+    """The inboxes that results written to ``outbox`` pass through before one of them
+    writes into ``source`` (or under it, when ``recursive``), or ``None`` if none does."""
+    route: list[int] = []
+    while (fed := folders.get(outbox)) is not None and fed not in route:
+        route.append(fed)
+        outbox = config.inbox[fed].outbox.resolve()
+        if outbox == source or (recursive and outbox.is_relative_to(source)):
+            return route
+    return None
 
 
 def _loop_line(config: StyleboxConfig, route: list[int]) -> str:
