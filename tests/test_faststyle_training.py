@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,16 @@ from stylebox.plugins.faststyle.network import (
 )
 from stylebox.plugins.faststyle.rewrite import PhaseConv, for_export
 from stylebox.plugins.faststyle.train import CHECKPOINT, TrainParams, train
+
+
+def train_refusal(*args: str) -> subprocess.CompletedProcess[str]:
+    """``stylebox train ARGS`` run as a user would, expected to refuse (exit status 2)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "train", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    return result
 
 
 def test_full_preset_has_the_papers_size() -> None:
@@ -155,20 +167,16 @@ def test_resume_keeps_the_shape_the_run_started_with(
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])
 def test_a_content_dir_without_photos_is_a_one_line_config_error(tmp_path: Path, kind: str) -> None:
-    import subprocess
-    import sys
 
     folder = tmp_path / "photos"
     if kind == "empty":
         folder.mkdir()
         (folder / "notes.txt").write_text("not a photo")
     out = tmp_path / "model.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "stylebox.cli", "train", "--style", "starry_night",
-         "--content-dir", str(folder), "--out", str(out), "--device", "cpu"],
-        capture_output=True, text=True, timeout=120,
+    result = train_refusal(
+        "--style", "starry_night", "--content-dir", str(folder), "--out", str(out),
+        "--device", "cpu",
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     line = result.stderr.splitlines()[-1]  # after the warning that notes.txt is skipped
     reason = "does not exist" if kind == "missing" else "no photo stylebox can read"
@@ -178,8 +186,6 @@ def test_a_content_dir_without_photos_is_a_one_line_config_error(tmp_path: Path,
 
 def test_ctrl_c_stops_train_with_status_130(tmp_path: Path, photos: Path) -> None:
     import signal
-    import subprocess
-    import sys
 
     from daemon_helpers import wait_until
 
@@ -203,18 +209,13 @@ def test_ctrl_c_stops_train_with_status_130(tmp_path: Path, photos: Path) -> Non
 def test_a_style_that_is_no_image_names_the_option_and_writes_nothing(
     tmp_path: Path, photos: Path
 ) -> None:
-    import subprocess
-    import sys
 
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a painting")
     out = tmp_path / "model.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "stylebox.cli", "train", "--style", str(notes),
-         "--content-dir", str(photos), "--out", str(out), "--device", "cpu"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
+    result = train_refusal(
+        "--style", str(notes), "--content-dir", str(photos), "--out", str(out), "--device", "cpu"
+    )
     assert result.stderr.strip().startswith(f"stylebox: config error: --style {notes}: notes.jpg")
     assert not out.with_suffix(".train").exists()
 
@@ -222,16 +223,12 @@ def test_a_style_that_is_no_image_names_the_option_and_writes_nothing(
 def test_a_crop_too_small_to_learn_from_is_refused_naming_the_option(
     tmp_path: Path, photos: Path
 ) -> None:
-    import subprocess
-    import sys
 
     out = tmp_path / "model.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "stylebox.cli", "train", "--style", "starry_night",
-         "--content-dir", str(photos), "--out", str(out), "--image-size", "8"],
-        capture_output=True, text=True, timeout=120,
+    result = train_refusal(
+        "--style", "starry_night", "--content-dir", str(photos), "--out", str(out),
+        "--image-size", "8",
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
         "stylebox: config error: --image-size: Input should be greater than or equal to 32"
     )
