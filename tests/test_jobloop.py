@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Literal
@@ -101,6 +102,33 @@ def test_a_time_limit_fails_the_job_that_runs_past_it(tmp_path: Path) -> None:
     assert row.state == "failed" and row.error_message is not None
     assert row.error_message.startswith("timed out after 0.5 s")
     assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+
+
+def test_a_job_cancelled_between_its_claim_and_its_start_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page's cancel of a job a worker has just claimed: neither queued any more nor yet
+    # running; it waits for the worker to make the job stoppable rather than saying no.
+    loop = _loop(tmp_path, {"steps": 1000, "seconds_per_step": 0.01})
+    job_id = _only_job(loop).id
+    claimed = threading.Event()
+    claim = loop.journal.claim
+
+    def slow_claim(*args: object, **kwargs: object) -> JobRow | None:
+        row = claim(*args, **kwargs)  # type: ignore[arg-type]
+        claimed.set()
+        time.sleep(0.5)  # the window between the claim and the stop flag
+        return row
+
+    monkeypatch.setattr(loop.journal, "claim", slow_claim)
+    worker = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
+    worker.start()
+    assert claimed.wait(10)
+    assert loop.cancel(job_id)
+    worker.join(30)
+    row = _only_job(loop)
+    assert (row.state, row.error_message) == ("failed", "cancelled by request")
+    assert (row.step or 0) < 1000
 
 
 class GivesUp(Stepper):

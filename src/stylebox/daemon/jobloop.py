@@ -60,6 +60,9 @@ class JobLoop:
         self._until_empty = False
         self._wake = threading.Condition()
         self._lock = threading.Lock()
+        self._claiming = threading.Lock()
+        """Held from a claim until its jobs' stop flags are in ``_stops``: a cancel never
+        sees a job claimed by this loop and not yet stoppable."""
         self._heartbeat: threading.Thread | None = None
 
     # -- one job at a time ------------------------------------------------------------------
@@ -78,12 +81,13 @@ class JobLoop:
         ``[]`` when none was runnable."""
         if self.stopping.is_set():
             return []
-        rows = self._claim(keys)
-        if not rows:
-            return []
-        stops = {row.id: Stop() for row in rows}
-        with self._lock:
-            self._stops.update(stops)
+        with self._claiming:
+            rows = self._claim(keys)
+            if not rows:
+                return []
+            stops = {row.id: Stop() for row in rows}
+            with self._lock:
+                self._stops.update(stops)
         if self.stopping.is_set():  # stopped between the claim and now: back to the queue
             for stop in stops.values():
                 stop.stop("drain")
@@ -245,8 +249,8 @@ class JobLoop:
 
     def cancel(self, job_id: int) -> bool:
         """Ask the running job ``job_id`` to stop; it ends as failed (see :class:`Stop`).
-        ``False`` if this loop is not running it."""
-        with self._lock:
+        ``False`` if this loop is not running it (nor claiming it now)."""
+        with self._claiming, self._lock:
             stop = self._stops.get(job_id)
         if stop is None:
             return False
