@@ -233,6 +233,8 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     status, body = client.json(f"/api/jobs/{waiting}/cancel", "POST", **token)
     assert (status, body["outcome"]) == (200, "cancelled"), body
     assert (tmp_path / "in-gate" / "failed" / "waiting.png").is_file()
+    reason = (tmp_path / "in-gate" / "failed" / "waiting.png.error.txt").read_text()
+    assert "attempts: 0" in reason  # it never ran: its claim to be cancelled is no try
     assert client.json("/api/jobs/999/cancel", "POST", **token)[0] == 404
 
     status, body = client.json(f"/api/jobs/{job}/cancel", "POST", **token)

@@ -389,11 +389,14 @@ class Journal:
         lease_seconds: float,
         sources: set[str] | None = None,
         ids: set[int] | None = None,
+        *,
+        to_run: bool = True,
     ) -> JobRow | None:
         """Take the oldest runnable job under a lease, or ``None`` if there is none;
-        ``sources`` and ``ids``: only among those."""
+        ``sources`` and ``ids``: only among those. ``to_run=False``: taken to be ended
+        without running (a cancel), so it counts no attempt and gets no start time."""
         with self._transaction() as db:
-            claimed = self._claim(db, owner, lease_seconds, sources, ids, 1)
+            claimed = self._claim(db, owner, lease_seconds, sources, ids, 1, to_run)
         return claimed[0] if claimed else None
 
     def claim_many(
@@ -422,6 +425,7 @@ class Journal:
         sources: set[str] | None,
         ids: set[int] | None,
         limit: int,
+        to_run: bool = True,
     ) -> list[JobRow]:
         now = time.time()
         query, args = _among(
@@ -432,9 +436,9 @@ class Journal:
         for job_id in found:
             db.execute(
                 "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
-                "attempts = attempts + 1, started_at = COALESCE(started_at, ?), "
+                "attempts = attempts + ?, started_at = COALESCE(started_at, ?), "
                 "claimed_at = ?, eta_at = NULL WHERE id = ?",
-                (owner, now + lease_seconds, now, now, job_id),
+                (owner, now + lease_seconds, int(to_run), now if to_run else None, now, job_id),
             )
             claimed.append(
                 _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())

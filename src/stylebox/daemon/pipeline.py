@@ -540,7 +540,8 @@ class Pipeline:
         is claimed first (so no worker takes it meanwhile), then ends as a run that was
         cancelled does, its input moved aside with the reason. ``False`` if it could not be
         claimed (a worker took it, or it waits out a retry's backoff)."""
-        row = self.journal.claim(self.owner, self.loaded.config.daemon.lease_seconds, ids={job_id})
+        lease = self.loaded.config.daemon.lease_seconds
+        row = self.journal.claim(self.owner, lease, ids={job_id}, to_run=False)
         if row is None:
             return False
         source = self.sources.get(row.source)
