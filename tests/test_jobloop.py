@@ -148,6 +148,23 @@ def test_a_job_that_cancels_itself_is_a_fault_not_a_drain(tmp_path: Path) -> Non
     assert row.error_message == "cancelled itself: gave up"
 
 
+def test_a_job_whose_end_cannot_be_recorded_is_queued_again_not_left_running(
+    tmp_path: Path,
+) -> None:
+    # Its input cannot be moved aside (a file stands where failed/ should be): the worker
+    # goes on, and the job waits a minute to try again instead of staying 'running' with
+    # no lease kept until the next start.
+    loop = _loop(tmp_path, {}, plugin=GivesUp)  # fails at its first try (max_attempts = 1)
+    inbox = tmp_path / "inbox"
+    (inbox / "failed").write_text("a file where the folder should be")
+    before = time.time()
+    assert [row.id for row in loop.run_next({"inbox:steps"})] == [_only_job(loop).id]
+    row = _only_job(loop)
+    assert (row.state, row.attempts, row.lease_owner) == ("queued", 0, None)
+    assert row.not_before >= before + 59
+    assert (inbox / "photo.png").is_file()
+
+
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:
     loop = _loop(tmp_path, {"steps": 1})
     inbox = tmp_path / "inbox"

@@ -39,6 +39,9 @@ from stylebox.plugins.registry import Registry
 
 log = logging.getLogger("stylebox.pipeline")
 
+UNSETTLED_RETRY_SECONDS = 60
+"""How long a job whose end could not be recorded waits before it is tried again."""
+
 Outcome = Literal["queued", "known", "waiting", "duplicate", "retry", "gone", "error"]
 """What became of a file given to :meth:`Pipeline.enqueue`: a job was queued for it (a new
 one, or the queued job of a file it replaced); it already has one (``known``); another file
@@ -478,12 +481,30 @@ class Pipeline:
                 error = PluginError(f"{type(exc).__name__}: {exc}")
                 outcomes = dict.fromkeys(stops, error)
             for row in rows:
-                self._settle(source, row, outcomes[row.id], stops[row.id], began)
+                try:
+                    self._settle(source, row, outcomes[row.id], stops[row.id], began)
+                except Exception:  # its end could not be recorded: not left 'running'
+                    self._unsettled(row)
         finally:
             with self._lock:
                 for row in rows:
                     self._running_plugins.pop(row.id, None)
             self._close_retired()
+
+    def _unsettled(self, row: JobRow) -> None:
+        """A job whose end could not be written (its input not moved, the journal not told:
+        a full disk, a folder made unusable) goes back to the queue to try again after a
+        minute; left 'running', it would wait for a restart with no lease kept."""
+        log.exception(
+            "job %s: cannot record its end; it is queued to try again in %d s",
+            row.id,
+            UNSETTLED_RETRY_SECONDS,
+            extra=_fields(row, "unsettled"),
+        )
+        try:
+            self.journal.requeue(row.id, delay=UNSETTLED_RETRY_SECONDS, count_attempt=False)
+        except Exception:
+            log.exception("job %s: cannot queue it again either", row.id)
 
     def _run(
         self,
