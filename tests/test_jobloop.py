@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -163,6 +164,45 @@ def test_a_job_whose_end_cannot_be_recorded_is_queued_again_not_left_running(
     assert (row.state, row.attempts, row.lease_owner) == ("queued", 0, None)
     assert row.not_before >= before + 59
     assert (inbox / "photo.png").is_file()
+
+
+def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path) -> None:
+    # Woken, the copy would find its job failed and queue it again as a retry: the photo
+    # the person cancelled would be stylised after all.
+    loop = _loop(tmp_path, {"steps": 1})
+    inbox, job = tmp_path / "inbox", _only_job(loop)
+    shutil.copy(inbox / "photo.png", inbox / "again.png")
+    source = loop.pipeline.sources["inbox:steps"]
+    assert loop.pipeline.enqueue(source, [inbox / "again.png"]) == ["waiting"]
+    assert loop.pipeline.cancel_queued(job.id)
+    assert _only_job(loop).state == "failed" and not loop.journal.queued({"inbox:steps"})
+    assert sorted(p.name for p in (inbox / "failed").iterdir()) == [
+        "again.png", "again.png.error.txt", "photo.png", "photo.png.error.txt"
+    ]  # fmt: skip
+    reason = (inbox / "failed" / "again.png.error.txt").read_text()
+    assert reason.startswith("Cancelled: cancelled by request\nthe same photo as job")
+
+
+def test_a_copy_whose_job_ends_as_it_is_queued_is_not_left_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The journal says the job of its bytes is queued; before the copy is listed as waiting,
+    # the job ends and wakes its (no) waiters. The copy must not wait for the next rescan.
+    loop = _loop(tmp_path, {"steps": 1})
+    inbox = tmp_path / "inbox"
+    shutil.copy(inbox / "photo.png", inbox / "again.png")
+    add = loop.journal.add
+
+    def add_then_run(entries: list[NewJob]) -> list[tuple[JobRow, bool]]:
+        added = add(entries)
+        monkeypatch.setattr(loop.journal, "add", add)
+        loop.run_next({"inbox:steps"})  # the job ends now
+        return added
+
+    monkeypatch.setattr(loop.journal, "add", add_then_run)
+    source = loop.pipeline.sources["inbox:steps"]
+    assert loop.pipeline.enqueue(source, [inbox / "again.png"]) == ["duplicate"]
+    assert (inbox / "processed" / "again.png.duplicate.txt").is_file()
 
 
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:

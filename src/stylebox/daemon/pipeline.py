@@ -398,6 +398,12 @@ class Pipeline:
             # retry, or (that file replaced) a job of its own is known only when it ends.
             with self._lock:
                 self._waiting.setdefault(row.id, {})[path] = source.key
+            if self.journal.get(row.id).state not in ("queued", "running"):
+                # It ended in between, and woke its waiters before this one was there.
+                with self._lock:
+                    mine = self._waiting.get(row.id, {}).pop(path, None)
+                if mine is not None:
+                    return self.enqueue(source, [path])[0]
             log.info(
                 "waiting for the job of the same bytes",
                 extra={**_fields(row, "waiting"), "path": files.readable(str(path))},
@@ -715,7 +721,34 @@ class Pipeline:
         log.error("failed", extra={**_fields(row, "failed"), "error": reason})
         if replaced:
             self._replaced_while_running(row)
-        self._wake_waiting(row.id)
+        if isinstance(error, Cancelled):
+            self._cancel_waiting(row, reason)
+        else:
+            self._wake_waiting(row.id)
+
+    def _cancel_waiting(self, row: JobRow, reason: str) -> None:
+        """Job ``row`` was cancelled by request: the copies of its photo that waited for it
+        are cancelled with it (woken, they would run it again as a retry), moved aside
+        from an inbox with the reason; a batch's stay for its next run to decide."""
+        with self._lock:
+            waiting = self._waiting.pop(row.id, {})
+        for path, key in waiting.items():
+            source = self.sources.get(key)
+            if source is None or not source.moves_inputs or not os.path.lexists(path):
+                continue
+            assert isinstance(source.config, InboxConfig)
+            try:
+                moved = files.move_unique(path, source.config.failed_dir)
+                _move_companions(path, moved)
+                files.write_reason(moved, f"{reason}\nthe same photo as job {row.id}: {row.name}")
+            except OSError:  # it stays in the inbox; the next rescan retries the job
+                log.exception("cannot move %s aside", files.readable(str(path)))
+                continue
+            where = files.readable(str(moved))
+            log.info(
+                "cancelled with the job of the same bytes",
+                extra={**_fields(row, "cancelled"), "path": where},
+            )
 
 
 class _JournalReporter:
