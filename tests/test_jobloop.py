@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -82,6 +83,17 @@ def test_the_lease_of_a_job_that_outlives_it_is_kept(tmp_path: Path) -> None:
     loop.wait()
     row = _only_job(loop)
     assert reclaimed == 0 and row.state == "done" and row.attempts == 1
+
+
+def test_a_start_with_the_old_process_id_reclaims_that_process_jobs(tmp_path: Path) -> None:
+    # A container's daemon is its first process: restarted, it gets the same id, and the
+    # job it was running, looking alive, would stay 'running' for good.
+    loop = _loop(tmp_path, {"steps": 1})
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    claimed = loop.journal.claim(owner, 300)
+    assert claimed is not None
+    assert loop.reclaim() == 1
+    assert (_only_job(loop).state, _only_job(loop).attempts) == ("queued", 0)
 
 
 def test_drain_puts_a_running_job_back_without_spending_an_attempt(tmp_path: Path) -> None:

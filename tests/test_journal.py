@@ -58,8 +58,12 @@ def test_dead_owner_and_expired_leases_are_reclaimed(tmp_path: Path) -> None:
     assert journal.get(dead.id).state == "queued"
     assert journal.get(dead.id).attempts == 0  # a kill is not an attempt
     assert journal.get(alive.id).state == "running"
-    assert journal.reclaim_expired() == 1
+    add(journal, "d.jpg", source="inbox:b")
+    other = journal.claim("elsewhere:2", -1, {"inbox:b"})
+    assert journal.reclaim_expired({"inbox:a"}) == 1  # a batch's start: its own jobs only
     assert journal.get(expired.id).state == "queued"
+    assert journal.get(other.id).state == "running"
+    assert journal.reclaim_expired() == 1
 
 
 def test_requeue_with_backoff_and_errors(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
             pipeline.executor = executor
         loop = JobLoop(pipeline, limits=loaded.config.daemon.workers)
         pipeline.on_queued = loop.wake
-        loop.reclaim()
+        loop.reclaim({key})
         for start in range(0, len(files), 500):
             pipeline.enqueue(source, files[start : start + 500])
         with count_bar("batch " + name, journal.queued({key})) as advance, stop_on_signals(loop):

@@ -16,6 +16,7 @@ run's end when their jobs are all done.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -67,13 +68,22 @@ class JobLoop:
 
     # -- one job at a time ------------------------------------------------------------------
 
-    def reclaim(self) -> int:
-        """Put the running jobs of dead processes (on this host: at once; elsewhere: when
-        their lease runs out) back in the queue; how many."""
-        return (
-            self.journal.reclaim_dead(socket.gethostname(), pid_alive)
-            + self.journal.reclaim_expired()
-        )
+    def reclaim(self, sources: set[str] | None = None) -> int:
+        """Put the running jobs of dead processes back in the queue; how many. On this
+        host at once (this very process's too, while it runs none: a restart that got the
+        old process id, as a container's first process does); elsewhere when their lease
+        runs out, only among ``sources`` when given (a batch or a run leaves the jobs of
+        a daemon whose lease lapsed while the machine slept to that daemon)."""
+        with self._lock:
+            idle = not self._stops
+        me = os.getpid()
+
+        def alive(pid: int) -> bool:
+            return not (pid == me and idle) and pid_alive(pid)
+
+        return self.journal.reclaim_dead(
+            socket.gethostname(), alive
+        ) + self.journal.reclaim_expired(sources)
 
     def run_next(self, keys: set[str]) -> list[JobRow]:
         """Claim the oldest runnable job of ``keys`` (with queued jobs of its source to run

@@ -455,15 +455,18 @@ class Journal:
             )
             return cursor.rowcount == 1
 
-    def reclaim_expired(self) -> int:
-        """Put running jobs whose lease ran out back in the queue (their worker died)."""
+    def reclaim_expired(self, sources: set[str] | None = None) -> int:
+        """Put running jobs whose lease ran out back in the queue (their worker died);
+        ``sources``: only among those."""
+        query, args = _among(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
+            "attempts = MAX(attempts - 1, 0) WHERE state = 'running' AND lease_expires < ?",
+            sources,
+            None,
+            [time.time()],
+        )
         with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
-                "attempts = MAX(attempts - 1, 0) WHERE state = 'running' AND lease_expires < ?",
-                (time.time(),),
-            )
-            return cursor.rowcount
+            return db.execute(query, args).rowcount
 
     def reclaim_dead(self, host: str, alive: Callable[[int], bool]) -> int:
         """Put back running jobs of processes on ``host`` that no longer exist.

@@ -47,7 +47,7 @@ def run_files(
         with reporter_for_stream() as reporter:
             pipeline = Pipeline(loaded, {key: source}, journal, reporter=reporter)
             loop = JobLoop(pipeline)
-            loop.reclaim()  # this command's jobs that a kill left running
+            loop.reclaim({key})  # this command's jobs that a kill left running
             pipeline.enqueue(source, inputs)
             jobs = _jobs(journal, key, inputs)
             loop.jobs = {row.id for row in jobs.values() if row.state == "queued"}
