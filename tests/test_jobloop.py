@@ -96,6 +96,45 @@ def test_a_start_with_the_old_process_id_reclaims_that_process_jobs(tmp_path: Pa
     assert (_only_job(loop).state, _only_job(loop).attempts) == ("queued", 0)
 
 
+def test_a_run_whose_lease_another_worker_took_stops_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    # The lease lapsed (the machine slept) and another process's start reclaimed the job,
+    # which a worker elsewhere claimed: this run stops at its next heartbeat, leaving the
+    # job, its photo and its outbox to that worker.
+    loop = _loop(tmp_path, {"steps": 1000, "seconds_per_step": 0.01}, lease=0.6)
+    loop.start()
+    assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
+    job = _only_job(loop).id
+    loop.journal.requeue(job, count_attempt=False)
+    assert loop.journal.claim("elsewhere:1", 300) is not None
+    assert wait_until(lambda: loop.running_count() == 0, 30)
+    row = _only_job(loop)
+    assert (row.state, row.lease_owner) == ("running", "elsewhere:1")
+    assert (tmp_path / "inbox" / "photo.png").is_file()
+    assert not (tmp_path / "outbox" / "photo.png").exists()
+    loop.stop()
+
+
+def test_a_job_claimed_again_by_its_own_process_runs_once(tmp_path: Path) -> None:
+    # Reclaimed after its lease lapsed and claimed again by a second worker of the same
+    # daemon (same owner): the first run stops and only the second one's end counts.
+    loop = _loop(tmp_path, {"steps": 600, "seconds_per_step": 0.01})  # 6 s a run
+    first = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
+    first.start()
+    assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
+    loop.journal.requeue(_only_job(loop).id, count_attempt=False)
+    second = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
+    second.start()
+    first.join(3)
+    assert not first.is_alive() and second.is_alive()  # the first run has stopped
+    second.join(60)
+    row = _only_job(loop)
+    assert (row.state, row.attempts) == ("done", 1), row.error_message
+    assert (tmp_path / "outbox" / "photo.png").is_file()
+    assert (tmp_path / "inbox" / "processed" / "photo.png").is_file()
+
+
 def test_drain_puts_a_running_job_back_without_spending_an_attempt(tmp_path: Path) -> None:
     loop = _loop(tmp_path, {"steps": 1000, "seconds_per_step": 0.01, "checkpoint_every": 5})
     loop.start()

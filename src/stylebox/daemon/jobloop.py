@@ -95,8 +95,11 @@ class JobLoop:
             rows = self._claim(keys)
             if not rows:
                 return []
-            stops = {row.id: Stop() for row in rows}
+            stops = {row.id: Stop(row.claimed_at) for row in rows}
             with self._lock:
+                for job_id in stops:
+                    if (earlier := self._stops.get(job_id)) is not None:
+                        earlier.stop("lost")  # its lease lapsed, and here it is again
                 self._stops.update(stops)
         if self.stopping.is_set():  # stopped between the claim and now: back to the queue
             for stop in stops.values():
@@ -128,7 +131,8 @@ class JobLoop:
                 timer.cancel()
             with self._lock:
                 for row in rows:
-                    self._stops.pop(row.id, None)
+                    if self._stops.get(row.id) is stops[row.id]:
+                        del self._stops[row.id]
         self.on_ran(rows)
         return rows
 
@@ -234,17 +238,24 @@ class JobLoop:
                 thread.join(timeout=0.2)
 
     def _keep_leases(self) -> None:
-        """Renew the lease of every job this loop runs, three times a lease."""
+        """Renew the lease of every job this loop runs, three times a lease. A job whose
+        lease is no longer its run's (it lapsed, the machine asleep, and another worker
+        claimed the job) is stopped: two runs of one job would write the same files."""
         while True:
             lease = self.pipeline.loaded.config.daemon.lease_seconds
             time.sleep(lease / 3)
             with self._lock:
-                running = list(self._stops)
-            for job_id in running:
+                running = list(self._stops.items())
+            for job_id, stop in running:
                 try:
-                    self.journal.heartbeat(job_id, self.pipeline.owner, lease)
+                    kept = self.journal.heartbeat(
+                        job_id, self.pipeline.owner, lease, stop.claimed_at
+                    )
                 except Exception:  # the next beat tries again; the lease has slack for it
                     log.exception("cannot renew the lease of job %s", job_id)
+                    continue
+                if not kept and not stop.is_set():
+                    stop.stop("lost")
 
     # -- stopping ---------------------------------------------------------------------------
 

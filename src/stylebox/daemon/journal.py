@@ -445,15 +445,21 @@ class Journal:
             )
         return claimed
 
-    def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
-        """Extend a lease; ``False`` if the job is no longer ours."""
+    def heartbeat(
+        self, job_id: int, owner: str, lease_seconds: float, claimed_at: float | None = None
+    ) -> bool:
+        """Extend a lease; ``False`` if the job is no longer ours (``claimed_at``: no longer
+        that claim's, though this owner may have claimed it again since)."""
+        query = (
+            "UPDATE jobs SET lease_expires = ? WHERE id = ? AND lease_owner = ? "
+            "AND state = 'running'"
+        )
+        args: list[object] = [time.time() + lease_seconds, job_id, owner]
+        if claimed_at is not None:
+            query += " AND claimed_at = ?"
+            args.append(claimed_at)
         with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND lease_owner = ? "
-                "AND state = 'running'",
-                (time.time() + lease_seconds, job_id, owner),
-            )
-            return cursor.rowcount == 1
+            return db.execute(query, args).rowcount == 1
 
     def reclaim_expired(self, sources: set[str] | None = None) -> int:
         """Put running jobs whose lease ran out back in the queue (their worker died);

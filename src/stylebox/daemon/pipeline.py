@@ -158,22 +158,27 @@ class Executor(Protocol):
     ) -> list[JobResult | StyleboxError]: ...
 
 
-StopReason = Literal["drain", "timeout", "cancel"]
+StopReason = Literal["drain", "timeout", "cancel", "lost"]
 
 
 class Stop(threading.Event):
     """A running job's stop flag, with why it was raised: ``"drain"`` (stylebox is
     stopping: the job checkpoints and goes back to the queue, no attempt spent) or
     ``"timeout"`` (its time is up: retried or failed like a fault) or ``"cancel"`` (someone
-    cancelled it, on the status page: failed at once, to be retried by hand). The first
-    reason given stands."""
+    cancelled it, on the status page: failed at once, to be retried by hand) or ``"lost"``
+    (its lease lapsed and another worker claimed the job: this run records nothing). The
+    first reason given stands, but for ``"lost"``, which overrides any.
 
-    def __init__(self) -> None:
+    ``claimed_at``: when the run's claim was made, which tells it from a later claim of
+    the same job by this same process."""
+
+    def __init__(self, claimed_at: float | None = None) -> None:
         super().__init__()
         self.reason: StopReason | None = None
+        self.claimed_at = claimed_at
 
     def stop(self, reason: StopReason) -> None:
-        if self.reason is None:
+        if self.reason is None or reason == "lost":
             self.reason = reason
         self.set()
 
@@ -590,6 +595,13 @@ class Pipeline:
         stop: Stop,
         began: float,
     ) -> None:
+        if stop.reason == "lost":  # the job is another run's now: its end is that run's
+            log.warning(
+                "its lease lapsed and another worker took the job over; this run ends "
+                "without recording anything",
+                extra=_fields(row, "lost"),
+            )
+            return
         if isinstance(outcome, Cancelled):
             if stop.reason == "drain":
                 self.journal.requeue(row.id, count_attempt=False)
