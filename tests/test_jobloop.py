@@ -26,7 +26,7 @@ from stepper_plugin import Stepper, StepperParams
 from stylebox.config import load_config
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import JobRow, Journal, NewJob, journal_path
-from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.pipeline import Pipeline, Source, Stop
 from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import Cancelled
 from stylebox.plugins.api import JobContext, Runtime
@@ -133,6 +133,18 @@ def test_a_job_claimed_again_by_its_own_process_runs_once(tmp_path: Path) -> Non
     assert (row.state, row.attempts) == ("done", 1), row.error_message
     assert (tmp_path / "outbox" / "photo.png").is_file()
     assert (tmp_path / "inbox" / "processed" / "photo.png").is_file()
+
+
+def test_a_cancel_overrides_a_drain_or_a_timeout_and_a_lost_lease_overrides_all() -> None:
+    for first, then, stands in [
+        ("drain", "timeout", "drain"), ("timeout", "drain", "timeout"),
+        ("drain", "cancel", "cancel"), ("timeout", "cancel", "cancel"),
+        ("cancel", "drain", "cancel"), ("cancel", "lost", "lost"), ("lost", "cancel", "lost"),
+    ]:  # fmt: skip
+        stop = Stop()
+        stop.stop(first)
+        stop.stop(then)
+        assert (stop.is_set(), stop.reason) == (True, stands), (first, then)
 
 
 def test_drain_puts_a_running_job_back_without_spending_an_attempt(tmp_path: Path) -> None:

@@ -167,7 +167,8 @@ class Stop(threading.Event):
     ``"timeout"`` (its time is up: retried or failed like a fault) or ``"cancel"`` (someone
     cancelled it, on the status page: failed at once, to be retried by hand) or ``"lost"``
     (its lease lapsed and another worker claimed the job: this run records nothing). The
-    first reason given stands, but for ``"lost"``, which overrides any.
+    first reason given stands, but a cancel overrides a drain or a timeout (the person
+    asked for it not to run again), and ``"lost"`` overrides any.
 
     ``claimed_at``: when the run's claim was made, which tells it from a later claim of
     the same job by this same process."""
@@ -178,9 +179,12 @@ class Stop(threading.Event):
         self.claimed_at = claimed_at
 
     def stop(self, reason: StopReason) -> None:
-        if self.reason is None or reason == "lost":
+        if self.reason is None or _STOP_RANK[reason] > _STOP_RANK[self.reason]:
             self.reason = reason
         self.set()
+
+
+_STOP_RANK: dict[StopReason, int] = {"drain": 0, "timeout": 0, "cancel": 1, "lost": 2}
 
 
 class Pipeline:
