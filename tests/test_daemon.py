@@ -16,6 +16,8 @@ from conftest import STYLES, broken_plugins_site, installed_site, make_bad_input
 from daemon_helpers import POSTERIZE_CONFIG, Daemon, gatys_config, wait_until, write_config
 from PIL import Image
 
+from stylebox.daemon.locks import LOCK_NAME
+
 
 def results(outbox: Path) -> list[Path]:
     return sorted(p for p in outbox.glob("*.json"))
@@ -192,6 +194,28 @@ def test_a_second_daemon_on_the_same_state_is_refused(tmp_path: Path) -> None:
         daemon.wait_ready()
         second = subprocess.run(
             [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2 and "already served by pid" in second.stderr
+    finally:
+        daemon.stop()
+
+
+def test_an_inbox_folder_made_anew_is_locked_again_at_once(tmp_path: Path) -> None:
+    # Moved away and made again, the inbox has no lock file: until the daemon takes one,
+    # a second daemon (another state dir) could serve it too, and each photo run twice.
+    text = POSTERIZE_CONFIG.format(extra="").replace("rescan_seconds = 2", "rescan_seconds = 600")
+    config = write_config(tmp_path, text)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        (tmp_path / "inbox").rename(tmp_path / "inbox-old")
+        (tmp_path / "inbox").mkdir()
+        assert wait_until((tmp_path / "inbox" / LOCK_NAME).exists, 5), daemon.output()
+        other = config.with_name("other.toml")
+        other.write_text(text.replace('state_dir = "state"', 'state_dir = "state-other"'))
+        second = subprocess.run(
+            [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(other)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert second.returncode == 2 and "already served by pid" in second.stderr

@@ -52,3 +52,23 @@ def test_a_lock_file_removed_with_its_inbox_is_taken_again(tmp_path: Path) -> No
     with pytest.raises(ConfigError):
         InboxLocks(tmp_path / "elsewhere").acquire([Inbox("a", tmp_path / "a")])
     locks.close()
+
+
+def test_a_lock_another_daemon_took_meanwhile_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    locks = InboxLocks(tmp_path / "state")
+    locks.acquire([Inbox("a", tmp_path / "a")])
+    shutil.rmtree(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    thief = InboxLocks(tmp_path / "elsewhere")
+    thief.acquire([Inbox("a", tmp_path / "a")])
+    for _ in range(3):  # the daemon looks five times a second
+        locks.refresh()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "is already served by" in errors[0]
+    thief.close()
+    locks.refresh()
+    with pytest.raises(ConfigError):  # taken again once free
+        InboxLocks(tmp_path / "third").acquire([Inbox("a", tmp_path / "a")])
+    locks.close()

@@ -41,6 +41,8 @@ class InboxLocks:
         self.state_dir = state_dir
         self._held: dict[Path, IO[str]] = {}
         self._names: dict[Path, str] = {}
+        self._refused: set[Path] = set()
+        """Folders whose lock could not be taken again (said once, not at each look)."""
 
     def acquire(self, inboxes: Iterable[_Inbox]) -> None:
         """Hold the lock of every inbox given (those held already stay held), creating
@@ -69,7 +71,8 @@ class InboxLocks:
 
     def refresh(self) -> None:
         """Take a lock again whose file was removed or replaced (the inbox folder was
-        deleted and made anew, say): a lock on a file no longer there keeps no one out."""
+        deleted and made anew, say): a lock on a file no longer there keeps no one out.
+        Cheap (two ``stat`` calls an inbox): the daemon looks five times a second."""
         for folder, handle in list(self._held.items()):
             try:
                 held, there = os.fstat(handle.fileno()), (folder / LOCK_NAME).stat()
@@ -80,8 +83,11 @@ class InboxLocks:
             try:
                 replacement = self._lock(self._names[folder], folder)
             except (ConfigError, OSError) as exc:
-                log.error("%s; its lock file was removed or replaced", exc)
+                if folder not in self._refused:
+                    self._refused.add(folder)
+                    log.error("%s; its lock file was removed or replaced", exc)
                 continue
+            self._refused.discard(folder)
             handle.close()
             self._held[folder] = replacement
             log.warning(

@@ -151,12 +151,14 @@ class Service:
             if signal.SIGTERM in received or signal.SIGINT in received:
                 break
             now = time.monotonic()
+            # Before the watcher watches a remade inbox folder again: its lock goes first,
+            # or a second daemon could take the new folder's.
+            self._inbox_locks.refresh()
             self.watcher.check()
             if signal.SIGHUP in received:
                 self.reload()
             if now - last_rescan >= self.loaded.config.daemon.rescan_seconds:
                 last_rescan = now
-                self._inbox_locks.refresh()
                 self.watcher.rescan()
             if ping is not None and now - last_ping >= ping and self.healthy():
                 last_ping = now
