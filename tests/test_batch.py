@@ -65,6 +65,38 @@ def test_batch_runs_once_leaves_inputs_and_skips_what_is_done(tmp_path: Path) ->
     assert names == sorted([f"img{i:03d}.png" for i in range(6)] + ["new.png"])
 
 
+def test_a_dry_run_lists_what_the_run_would_do(tmp_path: Path) -> None:
+    # A file changed in place, and then new settings: the journal's done paths are not
+    # what decides, their bytes and settings are.
+    config, library = setup(tmp_path, 3)
+    assert batch(config).returncode == 0
+    changed = library / "img001.png"
+    photo(24, 16, seed=50).save(changed)
+    assert batch(config, "--dry-run").stdout.splitlines() == [str(changed)]
+    assert batch(config).returncode == 0
+    assert batch(config, "--dry-run").stdout.splitlines() == []
+    config.write_text(config.read_text().replace("bits = 2", "bits = 3"))
+    dry = batch(config, "--dry-run")
+    assert len(dry.stdout.splitlines()) == 3 and "3 of 3 image(s) would run" in dry.stderr
+
+
+def test_an_earlier_runs_failure_does_not_fail_the_next(tmp_path: Path) -> None:
+    # Under a nightly timer, a bad file removed after its failure must not mark every
+    # later run failed; the figures logged are this run's.
+    config, library = setup(tmp_path, 2)
+    (library / "notes.png").write_text("not an image")
+    first = batch(config)
+    assert first.returncode == 1, first.stderr
+    (library / "notes.png").unlink()
+    photo(24, 16, seed=60).save(library / "new.png")
+    second = batch(config)
+    assert second.returncode == 0, second.stderr
+    (finished,) = [
+        json.loads(line) for line in second.stderr.splitlines() if "batch finished" in line
+    ]
+    assert (finished["files"], finished["done"], finished["failed"]) == (3, 1, 0)
+
+
 def test_a_killed_batch_continues_where_it_stopped(tmp_path: Path) -> None:
     style = tmp_path / "style.png"
     photo(40, 40, seed=4).save(style)

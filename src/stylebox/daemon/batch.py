@@ -68,18 +68,19 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     files = list(scan(batch))
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
+    # A dry run starts the plugin too: what is done depends on its settings and models
+    # (the params digest), and on each file's bytes, as in the run.
+    sources = build_sources(loaded, discover(), ("batch",), only=name)
+    source = sources.get(key)
+    if source is None:
+        raise ConfigError(f"[[batch]] {name!r} cannot run: {loaded.unavailable[('batch', name)]}")
     if dry_run:
-        done = {row.origin_path for row in journal.jobs(key, "done")}
-        todo = [path for path in files if str(path) not in done]
+        todo = Pipeline(loaded, sources, journal).would_run(source, files)
         for path in todo:
             print(path)
         print(f"{len(todo)} of {len(files)} image(s) would run", file=sys.stderr)
         return 0
 
-    sources = build_sources(loaded, discover(), ("batch",), only=name)
-    source = sources.get(key)
-    if source is None:
-        raise ConfigError(f"[[batch]] {name!r} cannot run: {loaded.unavailable[('batch', name)]}")
     executor: RayExecutor | None = None
     ray_module = connect(ray or batch.ray_address) if on_ray else None
     try:
@@ -92,18 +93,27 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         loop.reclaim({key})
         for start in range(0, len(files), 500):
             pipeline.enqueue(source, files[start : start + 500])
+        ran: set[int] = set()
+
+        def ended(rows: list[JobRow]) -> None:
+            ran.update(row.id for row in rows)
+            advance(*_ended(journal, rows))
+
         with count_bar("batch " + name, journal.queued({key})) as advance, stop_on_signals(loop):
-            loop.on_ran = lambda rows: advance(*_ended(journal, rows))
+            loop.on_ran = ended
             loop.start(until_empty=True)
             loop.wait()
     finally:
         if ray_module is not None:
             shutdown(ray_module, executor)
-    counts = journal.counts().get(key, {})
-    log.info("batch finished", extra={"batch": name, **counts})
+    # This run's figures: a file that failed in an earlier run and is gone now is no
+    # failure of this one.
+    states = [journal.get(job_id).state for job_id in sorted(ran)]
+    counts = {state: states.count(state) for state in ("done", "failed", "queued")}
+    log.info("batch finished", extra={"batch": name, "files": len(files), **counts})
     if loop.stopping.is_set():
         return 130
-    return 0 if not counts.get("failed") else 1
+    return 1 if counts["failed"] else 0
 
 
 def _ray_executor(

@@ -328,6 +328,11 @@ class Journal:
                 return _row(row), False
             return _row(self._take_over(db, job_id, entry, time.time() + delay)), True
 
+    def existing(self, entry: NewJob) -> JobRow | None:
+        """The job ``entry`` would be taken as (see :meth:`add`), if there is one."""
+        row = self._existing(self._connection(), entry)
+        return _row(row) if row is not None else None
+
     @staticmethod
     def _existing(
         db: sqlite3.Connection, entry: NewJob, exclude: int | None = None

@@ -311,6 +311,21 @@ class Pipeline:
             self.on_queued()
         return outcomes
 
+    def would_run(self, source: Source, paths: Sequence[Path]) -> list[Path]:
+        """Those of ``paths`` that :meth:`enqueue` would give a job to run, changing
+        nothing: all but those whose bytes, companions and settings have a job done (a
+        failed one is retried, an unfinished one continues)."""
+        companions = _companion_keys(paths)
+        todo = []
+        for path in paths:
+            entry = self._entry(source, path, reserve=False, companions=companions.get(path))
+            if entry is None:
+                continue
+            row = self.journal.existing(entry)
+            if row is None or row.state != "done":
+                todo.append(path)
+        return todo
+
     def _entry(
         self, source: Source, path: Path, reserve: bool = True, companions: str | None = None
     ) -> NewJob | None:
