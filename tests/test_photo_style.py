@@ -270,6 +270,16 @@ def test_a_photo_without_its_mask_fails_saying_where_to_put_it(tmp_path: Path) -
         painter.process(kodak(64), RecordingContext(tmp_path / "job"))
 
 
+def test_a_photos_mask_that_is_no_image_is_a_bad_input_not_a_fault(tmp_path: Path) -> None:
+    # A fault is retried; this photo's mask would be as unreadable at every try.
+    mask = bands(tmp_path / "s.mask.png", (64, 48), [SKY, GROUND])
+    painter = plugin(tmp_path, style=[str(mask)], style_mask=[str(mask)], steps=2)
+    notes = tmp_path / "photo.mask.png"
+    notes.write_text("not a mask")
+    with pytest.raises(BadInput, match=r"the photo's mask photo\.mask\.png .* cannot be read"):
+        painter.process(kodak(64), MaskedContext(tmp_path / "job", notes))
+
+
 def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file: Path) -> None:
     params = GatysParams(style=[style_file], preset="photo", style_weight=7)
     assert params.content_layers == {"conv4_2": 1.0}

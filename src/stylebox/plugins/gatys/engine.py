@@ -285,7 +285,7 @@ class Engine:
                 "beside it as <photo stem>.mask.png, or set content_mask"
             )
         where = f"the photo's mask {path.name}"
-        mask = load_mask(path, where)
+        mask = load_mask(path, where, BadInput if companion is not None else ConfigError)
         job.note(mask=path.name)
         if p.mask_colors is not None:
             colors = [parse_color(text) for text in p.mask_colors]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stylebox.errors import BadInput, ConfigError
+from stylebox.errors import BadInput, ConfigError, StyleboxError
 from stylebox.plugins.gatys.params import MAX_MASK_COLORS, Color, hex_color
 
 #: An edge colour closer than this (RGB distance, 0..255) to a colour it touches, or to the
@@ -125,12 +125,15 @@ def _band(
     return any(touching[c, a] for c in band) and any(touching[c, b] for c in band)
 
 
-def load_mask(path: Path, where: str) -> Image.Image:
+def load_mask(path: Path, where: str, error: type[StyleboxError] = ConfigError) -> Image.Image:
+    """The label image at ``path``, as RGB. One that cannot be read raises ``error``: a
+    :class:`ConfigError` for a mask the config names, a :class:`BadInput` for a photo's
+    own (a fault would be retried, and the mask is as unreadable at every try)."""
     try:
         with Image.open(path) as opened:
             return opened.convert("RGB")
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where} {path} cannot be read as an image: {exc}") from exc
+        raise error(f"{where} {path} cannot be read as an image: {exc}") from exc
 
 
 def _packed(mask: Image.Image) -> np.ndarray:
