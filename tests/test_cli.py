@@ -195,7 +195,9 @@ def test_broken_plugins_are_reported_and_the_others_still_load(tmp_path: Path) -
 
 @pytest.mark.parametrize(("fmt", "pillow_name"), [("webp", "WEBP"), ("jpeg", "JPEG")])
 def test_run_writes_the_result_format_asked_for(tmp_path: Path, fmt: str, pillow_name: str):
-    photo(24, 16).save(tmp_path / "photo.png")
+    transparent = photo(24, 16).convert("RGBA")
+    transparent.paste((0, 0, 0, 0), (0, 0, 24, 4))  # a transparent strip
+    transparent.save(tmp_path / "photo.png")
     result = stylebox(
         "run", str(tmp_path / "photo.png"), "--plugin", "posterize", "--set", "bits=2",
         "--format", fmt, "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"),
@@ -204,8 +206,16 @@ def test_run_writes_the_result_format_asked_for(tmp_path: Path, fmt: str, pillow
     suffix = {"webp": ".webp", "jpeg": ".jpg"}[fmt]
     with Image.open(tmp_path / "out" / f"photo{suffix}") as written:
         assert written.format == pillow_name and written.size == (24, 16)
-    manifest = json.loads((tmp_path / "out" / "photo.json").read_text())
-    assert manifest["output"]["format"] == fmt
+        assert written.mode == ("RGBA" if fmt == "webp" else "RGB")
+    output = json.loads((tmp_path / "out" / "photo.json").read_text())["output"]
+    assert output["format"] == fmt and output["alpha"] == (fmt == "webp")
+    if fmt == "jpeg":  # said, not dropped in silence
+        assert output["notes"] == [
+            "the photo's transparency is not kept: JPEG has none (use png or webp)"
+        ]
+        assert "transparency is not kept" in result.stderr
+    else:
+        assert output["notes"] == []
 
 
 def test_run_with_a_plugin_that_fails_to_start_says_so_in_one_line(tmp_path: Path) -> None:

@@ -435,6 +435,12 @@ class Runner:
         processed_at = time.perf_counter()
         # Result, animation and manifest appear together or not at all (a full disk while
         # writing the manifest leaves neither result nor animation behind).
+        output_notes = []
+        if decoded.alpha is not None and outbox.output.format == "jpeg":
+            output_notes.append(
+                "the photo's transparency is not kept: JPEG has none (use png or webp)"
+            )
+            log.warning("%s: %s", names.stem, output_notes[-1], extra={"job": job.job_id})
         with outbox.writing(names) as outputs:
             outputs.write_result(result, decoded.alpha)
             animation = outputs.write_animation(result, context.frames)
@@ -463,6 +469,8 @@ class Runner:
                     "result": names.result.name,
                     "size": list(result.size),
                     "format": outbox.output.format,
+                    "alpha": decoded.alpha is not None and outbox.output.format != "jpeg",
+                    "notes": output_notes,
                     "snapshots": _snapshots_on_disk(names),
                     "animation": animation.name if animation else None,
                     "loss_plot": loss_plot.name if loss_plot else None,
