@@ -141,6 +141,24 @@ def test_files_present_at_start_are_found_by_the_first_scan(tmp_path: Path) -> N
     assert recorder.names() == ["waiting.jpg"]
 
 
+def test_a_companion_without_its_photo_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "lonely.mask.png").write_bytes(b"m" * 10)
+    (inbox / "paired.mask.png").write_bytes(b"m" * 10)
+    (inbox / "paired.jpg").write_bytes(b"p" * 10)
+    watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], Recorder())
+    watcher.rescan()
+    watcher.rescan()  # as every rescan_seconds: not said again
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [
+        "inbox a: lonely.mask.png is the mask of a photo named lonely.* that is not here; no "
+        "job takes it until its photo comes (a photo's own name must not end in .mask.png)"
+    ]
+
+
 def test_files_found_together_are_queued_together_on_a_busy_machine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,6 +92,8 @@ class InboxWatcher:
         """Device and inode of the folder each watch was set on."""
         self._unwatched: set[Path] = set()
         """Folders that could not be (re)created or watched; said once, retried by check."""
+        self._orphans: set[Path] = set()
+        """Companion files with no photo beside them, said once (at a rescan)."""
         self._stop = threading.Event()
         self._settler: threading.Thread | None = None
         self.restarts = 0
@@ -265,6 +267,7 @@ class InboxWatcher:
         # busy machine let the settle loop take the first ones before the others were seen,
         # and same-size photos missed each other's batch.
         found = [self._candidate(Path(entry.path)) for entry in entries]
+        self._say_orphans(folder, [entry.name for entry in entries])
         now = time.monotonic()
         with self._lock:
             for path, candidate in found:
@@ -272,6 +275,32 @@ class InboxWatcher:
                     self._candidates.pop(path, None)
                 else:
                     self._candidates[path] = replace(candidate, changed_at=now)
+
+    def _say_orphans(self, folder: WatchedFolder, names: list[str]) -> None:
+        """A companion file (``photo.mask.png``) whose photo is not beside it waits for
+        it, taken by no job: say so once, rather than leave it there in silence."""
+        stems = {name.rsplit(".", 1)[0] for name in names if companion_kind(name) is None}
+        orphans: dict[Path, tuple[str, str]] = {}
+        for name in names:
+            companion = companion_kind(name)
+            if companion is not None and not is_ignored(name) and companion[1] not in stems:
+                orphans[folder.path / name] = companion
+        for path in sorted(orphans.keys() - self._orphans):
+            kind, stem = orphans[path]
+            log.warning(
+                "inbox %s: %s is the %s of a photo named %s.* that is not here; no job takes "
+                "it until its photo comes (a photo's own name must not end in .%s%s)",
+                folder.name,
+                path.name,
+                kind,
+                stem,
+                kind,
+                path.suffix,
+                extra={"event": "companion_alone", "path": str(path)},
+            )
+        with self._lock:
+            kept = {path for path in self._orphans if path.parent != folder.path}
+            self._orphans = kept | orphans.keys()
 
     def touch(self, path: Path) -> None:
         """Something happened to ``path``: (re)start its settle window (for a companion
