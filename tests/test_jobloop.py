@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from conftest import photo
+from conftest import encoded, photo
 from daemon_helpers import gated_env, wait_until, write_config
 from PIL import Image
 from stepper_plugin import Stepper, StepperParams
@@ -266,6 +266,39 @@ def test_a_copy_whose_job_ends_as_it_is_queued_is_not_left_waiting(
     source = loop.pipeline.sources["inbox:steps"]
     assert loop.pipeline.enqueue(source, [inbox / "again.png"]) == ["duplicate"]
     assert (inbox / "processed" / "again.png.duplicate.txt").is_file()
+
+
+def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
+    tmp_path: Path,
+) -> None:
+    # A writer that closes the file between pauses longer than the settle time: its first
+    # part is queued, cut short. It waits (ten settle times, here 1 s) for the rest, which
+    # takes the job over, rather than failing and leaving the rest as a file of its own.
+    loop = _loop(tmp_path, {"steps": 1}, extra="settle_seconds = 0.1")
+    loop.run_until_empty({"inbox:steps"})  # photo.png
+    inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    whole = encoded(photo(64, 48, seed=5), "PNG")
+    parts = inbox / "parts.png"
+    parts.write_bytes(whole[: len(whole) // 2])
+    assert loop.pipeline.enqueue(source, [parts]) == ["queued"]
+    (row,) = loop.run_next({"inbox:steps"})
+    waiting = loop.journal.get(row.id)
+    assert (waiting.state, waiting.attempts, waiting.error_class) == ("queued", 0, "Truncated")
+    assert parts.is_file() and waiting.not_before > time.time()
+    parts.write_bytes(whole)  # the rest arrives
+    assert loop.pipeline.enqueue(source, [parts]) == ["queued"]
+    loop.run_until_empty({"inbox:steps"})
+    assert loop.journal.get(row.id).state == "done"
+    assert (inbox / "processed" / "parts.png").read_bytes() == whole
+
+    cut = inbox / "cut.png"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert loop.pipeline.enqueue(source, [cut]) == ["queued"]
+    began = time.monotonic()
+    loop.run_until_empty({"inbox:steps"})
+    assert time.monotonic() - began >= 0.5  # it waited
+    reason = (inbox / "failed" / "cut.png.error.txt").read_text()
+    assert reason.startswith("Truncated: cut.png is truncated or corrupt")
 
 
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:

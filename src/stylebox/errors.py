@@ -33,6 +33,12 @@ class BadInput(StyleboxError):
     """The input itself is unusable (not an image, truncated, too large...). Never retried."""
 
 
+class Truncated(BadInput):
+    """The input ends before its image does: a damaged file, or one still being written by
+    a writer that pauses longer than the settle time. An inbox gives it a while to grow
+    before it fails."""
+
+
 class PluginError(StyleboxError):
     """A plugin failed on an input that may well succeed on another try."""
 

@@ -25,7 +25,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-from stylebox.errors import BadInput
+from stylebox.errors import BadInput, Truncated
 
 #: Formats accepted by default (JPEG includes multi-picture MPO files from phones).
 #: Everything else is refused before a single pixel is decoded.
@@ -121,7 +121,7 @@ def decode_bytes(
         chunk = _png_crc_error(data)
         if chunk:
             raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}") from exc
-        raise BadInput(
+        raise Truncated(
             f"{name} is truncated or corrupt ({original_format} data failed to decode: {exc})"
         ) from exc
     # A flipped bit in the pixel data can still inflate: only the chunk's CRC shows it.

@@ -33,6 +33,7 @@ from stylebox.errors import (
     InputChanged,
     PluginError,
     StyleboxError,
+    Truncated,
 )
 from stylebox.plugins.api import Plugin, companion_index, companions_of, params_digest
 from stylebox.plugins.registry import Registry
@@ -41,6 +42,12 @@ log = logging.getLogger("stylebox.pipeline")
 
 UNSETTLED_RETRY_SECONDS = 60
 """How long a job whose end could not be recorded waits before it is tried again."""
+
+TRUNCATED_GRACE_SETTLES = 10
+"""How many settle times an inbox photo that ends before its image does must stay
+unchanged before it fails: a writer that closes the file between pauses longer than the
+settle time would otherwise see the first part fail and the rest arrive as a file of its
+own."""
 
 Outcome = Literal["queued", "known", "waiting", "duplicate", "retry", "gone", "error"]
 """What became of a file given to :meth:`Pipeline.enqueue`: a job was queued for it (a new
@@ -636,6 +643,13 @@ class Pipeline:
                 self._retry_or_fail(source, row, PluginError(f"cancelled itself: {outcome}"))
         elif isinstance(outcome, InputChanged):
             self._input_changed(source, row, outcome)
+        elif isinstance(outcome, Truncated) and (wait := self._still_growing(source, row)):
+            self.journal.requeue(row.id, delay=wait, count_attempt=False, error=outcome)
+            log.info(
+                "cut short: waiting %.0f s for the rest before failing it",
+                wait,
+                extra={**_fields(row, "truncated"), "error": str(outcome)},
+            )
         elif isinstance(outcome, BadInput):
             self._fail(source, row, outcome)
         elif isinstance(outcome, PluginError):
@@ -654,6 +668,20 @@ class Pipeline:
             # together end when the last of them does.
             took = seconds if outcome else time.monotonic() - began
             log.info("done", extra={**_fields(row, "done"), "seconds": round(took, 3)})
+
+    @staticmethod
+    def _still_growing(source: Source, row: JobRow) -> float:
+        """For an inbox photo cut short: the seconds left until it has been unchanged for
+        :data:`TRUNCATED_GRACE_SETTLES` settle times (a change queues it again at once, for
+        its new bytes); 0 once it has, or for a batch's or run's file, which no one is
+        writing."""
+        if not isinstance(source.config, InboxConfig):
+            return 0.0
+        try:
+            age = time.time() - Path(row.origin_path).stat().st_mtime
+        except OSError:
+            return 0.0
+        return max(0.0, TRUNCATED_GRACE_SETTLES * source.config.settle_seconds - age)
 
     def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
         moved = None
