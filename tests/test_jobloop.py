@@ -116,6 +116,53 @@ def test_a_run_whose_lease_another_worker_took_stops_and_records_nothing(
     loop.stop()
 
 
+def test_a_run_taken_over_that_ends_before_its_next_heartbeat_records_nothing(
+    tmp_path: Path,
+) -> None:
+    # A 30 s lease is renewed every 10 s; the run ends 3 s in, after another worker took
+    # its job: the claim is checked before the end is recorded, not only at a heartbeat.
+    loop = _loop(tmp_path, {"steps": 300, "seconds_per_step": 0.01}, lease=30)
+    loop.start()
+    assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
+    loop.journal.requeue(_only_job(loop).id, count_attempt=False)
+    assert loop.journal.claim("elsewhere:1", 300) is not None
+    assert wait_until(lambda: loop.running_count() == 0, 30)
+    row = _only_job(loop)
+    assert (row.state, row.lease_owner) == ("running", "elsewhere:1")
+    assert (tmp_path / "inbox" / "photo.png").is_file()  # its photo left to that worker
+    loop.stop()
+
+
+def test_a_cancel_does_not_wait_for_another_lanes_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = _loop(tmp_path, {"steps": 1000, "seconds_per_step": 0.01})
+    inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    photo(24, 16, seed=9).save(inbox / "next.png")
+    loop.pipeline.enqueue(source, [inbox / "next.png"])
+    first = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
+    first.start()
+    assert wait_until(lambda: loop.running_count() == 1, 30)
+    running = next(iter(loop._stops))
+    claim, claiming = loop.journal.claim, threading.Event()
+
+    def slow_claim(*args: object, **kwargs: object) -> JobRow | None:
+        claiming.set()
+        time.sleep(2)  # a journal another process holds busy, say
+        return claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop.journal, "claim", slow_claim)
+    second = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
+    second.start()
+    assert claiming.wait(10)
+    began = time.monotonic()
+    assert loop.cancel(running)
+    assert time.monotonic() - began < 1
+    first.join(30)
+    second.join(60)
+    assert loop.journal.get(running).error_message == "cancelled by request"
+
+
 def test_a_job_claimed_again_by_its_own_process_runs_once(tmp_path: Path) -> None:
     # Reclaimed after its lease lapsed and claimed again by a second worker of the same
     # daemon (same owner): the first run stops and only the second one's end counts.
@@ -246,6 +293,31 @@ def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path)
     assert reason.startswith("Cancelled: cancelled by request\nthe same photo as job")
 
 
+def test_a_copy_whose_job_is_cancelled_as_it_is_queued_is_cancelled_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = _loop(tmp_path, {"steps": 1})
+    inbox, job = tmp_path / "inbox", _only_job(loop)
+    shutil.copy(inbox / "photo.png", inbox / "again.png")
+    add = loop.journal.add
+
+    def add_then_cancel(entries: list[NewJob]) -> list[tuple[JobRow, bool]]:
+        added = add(entries)
+        monkeypatch.setattr(loop.journal, "add", add)
+        assert loop.pipeline.cancel_queued(job.id)  # the page's cancel lands now
+        return added
+
+    monkeypatch.setattr(loop.journal, "add", add_then_cancel)
+    source = loop.pipeline.sources["inbox:steps"]
+    assert loop.pipeline.enqueue(source, [inbox / "again.png"]) == ["gone"]
+    assert loop.journal.get(job.id).state == "failed" and not loop.journal.queued({"inbox:steps"})
+    assert (
+        (inbox / "failed" / "again.png.error.txt")
+        .read_text()
+        .startswith("Cancelled: cancelled by request")
+    )
+
+
 def test_a_copy_whose_job_ends_as_it_is_queued_is_not_left_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,6 +365,8 @@ def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
 
     cut = inbox / "cut.png"
     cut.write_bytes(whole[: len(whole) // 2])
+    year = time.time() + 365 * 86400
+    os.utime(cut, (year, year))  # a share whose clock is ahead: not put off a year
     assert loop.pipeline.enqueue(source, [cut]) == ["queued"]
     began = time.monotonic()
     loop.run_until_empty({"inbox:steps"})

@@ -61,15 +61,17 @@ class JobLoop:
         self._until_empty = False
         self._wake = threading.Condition()
         self._lock = threading.Lock()
-        self._claiming = threading.Lock()
-        """Held from a claim until its jobs' stop flags are in ``_stops``: a cancel never
-        sees a job claimed by this loop and not yet stoppable."""
+        self._cancel_on_claim: dict[int, float] = {}
+        """Jobs cancelled (when) after this process claimed them and before their stop flags
+        were in ``_stops``: stopped as soon as they are, if that claim came before the
+        cancel (a later claim, of a job retried by hand, is not the one cancelled)."""
         self._heartbeat: threading.Thread | None = None
 
     # -- one job at a time ------------------------------------------------------------------
 
     def reclaim(self, sources: set[str] | None = None) -> int:
-        """Put the running jobs of dead processes back in the queue; how many. On this
+        """Put the running jobs of dead processes back in the queue; how many. Called at
+        start, before :meth:`start` (serve, batch, run). On this
         host at once (this very process's too, while it runs none: a restart that got the
         old process id, as a container's first process does); elsewhere when their lease
         runs out, only among ``sources`` when given (a batch or a run leaves the jobs of
@@ -91,16 +93,18 @@ class JobLoop:
         ``[]`` when none was runnable."""
         if self.stopping.is_set():
             return []
-        with self._claiming:
-            rows = self._claim(keys)
-            if not rows:
-                return []
-            stops = {row.id: Stop(row.claimed_at) for row in rows}
-            with self._lock:
-                for job_id in stops:
-                    if (earlier := self._stops.get(job_id)) is not None:
-                        earlier.stop("lost")  # its lease lapsed, and here it is again
-                self._stops.update(stops)
+        rows = self._claim(keys)
+        if not rows:
+            return []
+        stops = {row.id: Stop(row.claimed_at) for row in rows}
+        with self._lock:
+            for job_id, stop in stops.items():
+                if (earlier := self._stops.get(job_id)) is not None:
+                    earlier.stop("lost")  # its lease lapsed, and here it is again
+                asked = self._cancel_on_claim.pop(job_id, None)
+                if asked is not None and (stop.claimed_at or 0.0) <= asked:
+                    stop.stop("cancel")
+            self._stops.update(stops)
         if self.stopping.is_set():  # stopped between the claim and now: back to the queue
             for stop in stops.values():
                 stop.stop("drain")
@@ -254,8 +258,8 @@ class JobLoop:
                 except Exception:  # the next beat tries again; the lease has slack for it
                     log.exception("cannot renew the lease of job %s", job_id)
                     continue
-                if not kept and not stop.is_set():
-                    stop.stop("lost")
+                if not kept:
+                    stop.stop("lost")  # over any other reason: the job is not ours to end
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -270,11 +274,20 @@ class JobLoop:
 
     def cancel(self, job_id: int) -> bool:
         """Ask the running job ``job_id`` to stop; it ends as failed (see :class:`Stop`).
-        ``False`` if this loop is not running it (nor claiming it now)."""
-        with self._claiming, self._lock:
+        ``False`` if this loop is not running it. A job this process has claimed but not
+        yet started is stopped as it starts (the claim and the stop flag are not one step,
+        and the journal is not read under the loop's lock)."""
+        with self._lock:
             stop = self._stops.get(job_id)
         if stop is None:
-            return False
+            row = self.journal.get(job_id)
+            if row.state != "running" or row.lease_owner != self.pipeline.owner:
+                return False
+            with self._lock:
+                stop = self._stops.get(job_id)
+                if stop is None:
+                    self._cancel_on_claim[job_id] = time.time()
+                    return True
         stop.stop("cancel")
         return True
 

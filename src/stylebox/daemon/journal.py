@@ -466,6 +466,20 @@ class Journal:
         with self._transaction() as db:
             return db.execute(query, args).rowcount == 1
 
+    def holds(self, job_id: int, owner: str, claimed_at: float) -> bool:
+        """Whether the claim of ``owner`` made at ``claimed_at`` still has job ``job_id``
+        (no other claim took it over)."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ? "
+                "AND claimed_at = ?",
+                (job_id, owner, claimed_at),
+            )
+            .fetchone()
+        )
+        return row is not None
+
     def reclaim_expired(self, sources: set[str] | None = None) -> int:
         """Put running jobs whose lease ran out back in the queue (their worker died);
         ``sources``: only among those."""

@@ -429,10 +429,13 @@ class Pipeline:
             # retry, or (that file replaced) a job of its own is known only when it ends.
             with self._lock:
                 self._waiting.setdefault(row.id, {})[path] = source.key
-            if self.journal.get(row.id).state not in ("queued", "running"):
+            if (now := self.journal.get(row.id)).state not in ("queued", "running"):
                 # It ended in between, and woke its waiters before this one was there.
                 with self._lock:
                     mine = self._waiting.get(row.id, {}).pop(path, None)
+                if mine is not None and now.error_class == "Cancelled":
+                    self._cancel_copy(now, path, source.key, f"Cancelled: {now.error_message}")
+                    return "gone"
                 if mine is not None:
                     return self.enqueue(source, [path])[0]
             log.info(
@@ -518,8 +521,13 @@ class Pipeline:
                 error = PluginError(f"{type(exc).__name__}: {exc}")
                 outcomes = dict.fromkeys(stops, error)
             for row in rows:
+                stop = stops[row.id]
+                if stop.claimed_at is not None and not self.journal.holds(
+                    row.id, self.owner, stop.claimed_at
+                ):
+                    stop.stop("lost")  # taken over since the last heartbeat
                 try:
-                    self._settle(source, row, outcomes[row.id], stops[row.id], began)
+                    self._settle(source, row, outcomes[row.id], stop, began)
                 except Exception:  # its end could not be recorded: not left 'running'
                     self._unsettled(row)
         finally:
@@ -671,17 +679,15 @@ class Pipeline:
 
     @staticmethod
     def _still_growing(source: Source, row: JobRow) -> float:
-        """For an inbox photo cut short: the seconds left until it has been unchanged for
-        :data:`TRUNCATED_GRACE_SETTLES` settle times (a change queues it again at once, for
-        its new bytes); 0 once it has, or for a batch's or run's file, which no one is
-        writing."""
-        if not isinstance(source.config, InboxConfig):
+        """For an inbox photo cut short: the seconds left until its bytes have been there
+        :data:`TRUNCATED_GRACE_SETTLES` settle times, counted from the job's first claim
+        for them (new bytes take the job over and start the count again; the file's own
+        time is not used, as a clock ahead of ours would put it off for good); 0 once they
+        have, or for a batch's or run's file, which no one is writing."""
+        if not isinstance(source.config, InboxConfig) or row.started_at is None:
             return 0.0
-        try:
-            age = time.time() - Path(row.origin_path).stat().st_mtime
-        except OSError:
-            return 0.0
-        return max(0.0, TRUNCATED_GRACE_SETTLES * source.config.settle_seconds - age)
+        grace = TRUNCATED_GRACE_SETTLES * source.config.settle_seconds
+        return min(grace, max(0.0, grace - (time.time() - row.started_at)))
 
     def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
         moved = None
@@ -792,22 +798,26 @@ class Pipeline:
         with self._lock:
             waiting = self._waiting.pop(row.id, {})
         for path, key in waiting.items():
-            source = self.sources.get(key)
-            if source is None or not source.moves_inputs or not os.path.lexists(path):
-                continue
-            assert isinstance(source.config, InboxConfig)
-            try:
-                moved = files.move_unique(path, source.config.failed_dir)
-                _move_companions(path, moved)
-                files.write_reason(moved, f"{reason}\nthe same photo as job {row.id}: {row.name}")
-            except OSError:  # it stays in the inbox; the next rescan retries the job
-                log.exception("cannot move %s aside", files.readable(str(path)))
-                continue
-            where = files.readable(str(moved))
-            log.info(
-                "cancelled with the job of the same bytes",
-                extra={**_fields(row, "cancelled"), "path": where},
-            )
+            self._cancel_copy(row, path, key, reason)
+
+    def _cancel_copy(self, row: JobRow, path: Path, key: str, reason: str) -> None:
+        """The copy ``path`` (of source ``key``) of cancelled job ``row``'s photo, moved
+        aside from an inbox with ``reason``."""
+        source = self.sources.get(key)
+        if source is None or not source.moves_inputs or not os.path.lexists(path):
+            return
+        assert isinstance(source.config, InboxConfig)
+        try:
+            moved = files.move_unique(path, source.config.failed_dir)
+            _move_companions(path, moved)
+            files.write_reason(moved, f"{reason}\nthe same photo as job {row.id}: {row.name}")
+        except OSError:  # it stays in the inbox; the next rescan retries the job
+            log.exception("cannot move %s aside", files.readable(str(path)))
+            return
+        log.info(
+            "cancelled with the job of the same bytes",
+            extra={**_fields(row, "cancelled"), "path": files.readable(str(moved))},
+        )
 
 
 class _JournalReporter:
