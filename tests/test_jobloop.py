@@ -375,6 +375,27 @@ def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
     assert reason.startswith("Truncated: cut.png is truncated or corrupt")
 
 
+def test_a_job_queued_before_a_reload_is_known_by_the_settings_it_ran_with(
+    tmp_path: Path,
+) -> None:
+    # The inbox's params change (SIGHUP) while a photo is queued: it runs with the new
+    # ones, and the same bytes dropped later with the old params are not its duplicate.
+    loop = _loop(tmp_path, {"steps": 1})
+    inbox, old = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    stepper = Stepper(StepperParams(steps=2), Runtime(state_dir=tmp_path / "state"))
+    new = Source.of(old.key, old.config, PluginHandle("stepper", "1", stepper, stepper.params))
+    assert new.params_hash != old.params_hash
+    loop.pipeline.sources[old.key] = new  # as a reload does
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert (row.state, row.params_hash) == ("done", new.params_hash)
+    shutil.copy(inbox / "processed" / "photo.png", inbox / "again.png")
+    assert loop.pipeline.enqueue(new, [inbox / "again.png"]) == ["duplicate"]
+    shutil.copy(inbox / "processed" / "photo.png", inbox / "older.png")
+    loop.pipeline.sources[old.key] = old  # and back
+    assert loop.pipeline.enqueue(old, [inbox / "older.png"]) == ["queued"]
+
+
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:
     loop = _loop(tmp_path, {"steps": 1})
     inbox = tmp_path / "inbox"

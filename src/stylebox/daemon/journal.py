@@ -29,6 +29,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -327,6 +328,28 @@ class Journal:
             if row is not None:
                 return _row(row), False
             return _row(self._take_over(db, job_id, entry, time.time() + delay)), True
+
+    def rekey(self, job_id: int, plugin: str, params_hash: str) -> JobRow:
+        """Job ``job_id`` runs with other settings than it was queued with (a reload changed
+        its inbox's params): its key says so, so that the same bytes dropped with the old
+        settings are not taken for a duplicate of its result. Where another job has that
+        key already, it gets a key of its own that no later arrival matches."""
+        with self._transaction() as db:
+            (key,) = db.execute("SELECT unique_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            parts = key.split("|")
+            if parts[0] != "special" and len(parts) >= 4:  # digest|source|plugin|params|...
+                parts[2:4] = [plugin, params_hash]
+            key = "|".join(parts)
+            if db.execute(
+                "SELECT 1 FROM jobs WHERE unique_key = ? AND id != ?", (key, job_id)
+            ).fetchone():
+                key += f"|{uuid.uuid4().hex}"
+            row = db.execute(
+                "UPDATE jobs SET plugin = ?, params_hash = ?, unique_key = ? WHERE id = ? "
+                "RETURNING *",
+                (plugin, params_hash, key, job_id),
+            ).fetchone()
+            return _row(row)
 
     def existing(self, entry: NewJob) -> JobRow | None:
         """The job ``entry`` would be taken as (see :meth:`add`), if there is one."""

@@ -562,7 +562,11 @@ class Pipeline:
         before a crash and only the move of its input was left."""
         outcomes: dict[int, JobResult | Exception | None] = {}
         jobs: list[tuple[JobRow, Job]] = []
-        for row in rows:
+        for index, row in enumerate(rows):
+            if (row.plugin, row.params_hash) != (source.plugin.name, source.params_hash):
+                rows[index] = row = self.journal.rekey(  # queued before a reload
+                    row.id, source.plugin.name, source.params_hash
+                )
             work_dir = self.state_dir / "jobs" / str(row.id)
             path = Path(row.input_path)
             if row.stem is None:  # queued by a retry of a failed job
