@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import installed_site, photo
-from daemon_helpers import wait_until
+from daemon_helpers import Daemon, gated_env, wait_until, write_config
 
 CONFIG = """
 state_dir = "state"
@@ -440,3 +441,52 @@ def test_a_plugin_that_ignores_its_time_limit_is_named(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "has run twice its time limit (timeout_seconds = 0.5)" in result.stderr
     assert "plugin sleepy does not stop when job.cancelled turns true" in result.stderr
+
+
+def test_a_batch_counts_the_jobs_a_daemon_on_its_state_ran(tmp_path: Path) -> None:
+    # The daemon runs a batch's jobs too. This command's worker is held at the gate on its
+    # first photo while the daemon takes the others, the bad one among them: the command
+    # waits for them and its exit status and figures count them.
+    env, _, gate = gated_env(tmp_path)
+    library = tmp_path / "library"
+    library.mkdir()
+    for i in range(3):
+        photo(24, 16, seed=i).save(library / f"a{i}.png")
+    (library / "zz-bad.png").write_text("not an image")
+    config = write_config(tmp_path, """
+state_dir = "state"
+[[inbox]]
+name = "idle"
+path = "in"
+outbox = "out"
+plugin = "gated"
+[[batch]]
+name = "nightly"
+source = "library"
+outbox = "stylised"
+plugin = "gated"
+""")  # fmt: skip
+    open_gate = tmp_path / "open"
+    open_gate.touch()
+    daemon = Daemon(config, env={**env, "GATE": str(open_gate)})
+    try:
+        daemon.wait_ready()
+        command = subprocess.Popen(
+            [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+        )  # fmt: skip
+
+        def states() -> list[str]:
+            with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+                return sorted(state for (state,) in db.execute("SELECT state FROM jobs"))
+
+        assert wait_until(lambda: states() == ["done", "done", "failed", "running"], 60), (
+            daemon.output()
+        )
+        gate.touch()
+        _, stderr = command.communicate(timeout=60)
+    finally:
+        daemon.stop()
+    assert command.returncode == 1, stderr
+    (finished,) = [json.loads(line) for line in stderr.splitlines() if "batch finished" in line]
+    assert (finished["files"], finished["done"], finished["failed"]) == (4, 3, 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -93,22 +94,43 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         loop.reclaim({key})
         for start in range(0, len(files), 500):
             pipeline.enqueue(source, files[start : start + 500])
-        ran: set[int] = set()
+        # This run's jobs: its files' that are to run, whoever runs them (a daemon on the
+        # same state dir runs a batch's jobs too), and any this command's loop runs.
+        wanted = {str(path) for path in files}
+        mine = {
+            row.id
+            for row in journal.jobs(key)
+            if row.origin_path in wanted and row.state in ("queued", "running")
+        }
+        counted: set[int] = set()
 
         def ended(rows: list[JobRow]) -> None:
-            ran.update(row.id for row in rows)
-            advance(*_ended(journal, rows))
+            mine.update(row.id for row in rows)
+            fresh = [row for row in rows if row.id not in counted]
+            counted.update(row.id for row in fresh)
+            advance(*_ended(journal, fresh))
 
-        with count_bar("batch " + name, journal.queued({key})) as advance, stop_on_signals(loop):
+        with count_bar("batch " + name, len(mine)) as advance, stop_on_signals(loop):
             loop.on_ran = ended
             loop.start(until_empty=True)
             loop.wait()
+            # Those a daemon took: until they end (or this command is stopped). One whose
+            # daemon died is taken back and run here, as one left queued.
+            while not loop.stopping.is_set():
+                elsewhere = [journal.get(job_id) for job_id in sorted(mine - counted)]
+                ended([row for row in elsewhere if row.state in ("done", "failed")])
+                if not any(row.state in ("queued", "running") for row in elsewhere):
+                    break
+                if loop.reclaim({key}) or journal.queued({key}):
+                    loop.run_until_empty({key})
+                else:
+                    time.sleep(0.5)
     finally:
         if ray_module is not None:
             shutdown(ray_module, executor)
     # This run's figures: a file that failed in an earlier run and is gone now is no
     # failure of this one.
-    states = [journal.get(job_id).state for job_id in sorted(ran)]
+    states = [journal.get(job_id).state for job_id in sorted(mine)]
     counts = {state: states.count(state) for state in ("done", "failed", "queued")}
     log.info("batch finished", extra={"batch": name, "files": len(files), **counts})
     if loop.stopping.is_set():
