@@ -286,6 +286,16 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
     assert report["actions"] is True
     connection.close()
 
+    # An address that is taken refuses the reload: the page stays where it is.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        write_config(tmp_path, config_text(taken.getsockname()[1], token=None))
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "reload refused" in daemon.output(), 30), daemon.output()
+    assert "cannot listen there" in daemon.output() and _answers(client)
+    assert client.status()["actions"] is True  # the old config, token and all
+
     # A reload takes a new address and drops the token: actions are off from then on.
     port = free_port()
     write_config(tmp_path, config_text(port, token=None))

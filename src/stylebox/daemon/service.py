@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from stylebox.config import InboxConfig, LoadedConfig, load_config
+from stylebox.config import InboxConfig, LoadedConfig, http_address, load_config
 from stylebox.daemon import files
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal, journal_path
@@ -200,6 +200,7 @@ class Service:
             loaded = load_config(self.config_path, registry)
             sources = self._build(loaded, registry, instances)
             watcher = self._watcher(loaded, sources)
+            self._check_new_listen(loaded.config.http.listen)
             self._inbox_locks.acquire(loaded.config.inbox)  # a new inbox another daemon serves
         except Exception as exc:
             self._refuse_reload(exc, instances)
@@ -274,6 +275,18 @@ class Service:
         server = HttpServer(self, listen)
         server.start()
         self.http = server
+
+    def _check_new_listen(self, listen: str | None) -> None:
+        """A reload's new ``[http] listen`` that cannot be listened on (taken, not this
+        machine's) refuses the reload, as any config that cannot be applied: the page
+        stays where it is. (On the running page's own port the new address is tried only
+        when the page moves, for the old one holds it until then.)"""
+        if listen is None or (self.http is not None and self.http.listen == listen):
+            return
+        from stylebox.web.server import check_listen  # uvicorn only where the page is on
+
+        if self.http is None or http_address(listen)[1] != self.http.port:
+            check_listen(listen)
 
     def _restart_http(self) -> None:
         """A reload changed ``[http] listen``; an address that cannot be listened on leaves

@@ -4,6 +4,7 @@ it (SIGTERM) or when a reload changes the address."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
@@ -15,6 +16,22 @@ from stylebox.web.app import create_app
 from stylebox.web.state import Backend
 
 log = logging.getLogger("stylebox.http")
+
+
+def check_listen(listen: str) -> None:
+    """Raise :class:`ConfigError` (one line) if ``listen`` cannot be listened on now: the
+    port taken, or the host not this machine's."""
+    host, port = http_address(listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"[http] listen = {listen!r}: cannot listen there ({exc.strerror or exc})"
+        ) from None
 
 
 class HttpServer:
