@@ -160,6 +160,10 @@ def test_sighup_refuses_a_bad_config_and_applies_a_good_one(tmp_path: Path) -> N
         daemon.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "reload refused" in daemon.output(), 20)
         assert "params.bits" in daemon.output()
+        moved = POSTERIZE_CONFIG.format(extra="").replace('"state"', '"state-elsewhere"')
+        config.write_text(moved)
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "a new state_dir needs a restart" in daemon.output(), 20)
         photo(20, 20).save(tmp_path / "inbox" / "still.png")
         assert wait_until(lambda: (tmp_path / "inbox" / "processed" / "still.png").exists(), 30)
 
@@ -221,6 +225,19 @@ def test_an_inbox_folder_made_anew_is_locked_again_at_once(tmp_path: Path) -> No
         assert second.returncode == 2 and "already served by pid" in second.stderr
     finally:
         daemon.stop()
+
+
+def test_a_journal_deleted_while_serving_stops_the_daemon_saying_so(tmp_path: Path) -> None:
+    # Jobs written on to the deleted file would be seen by no one, nor by the next start.
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        (tmp_path / "state" / "journal.sqlite3").unlink()
+        assert daemon.process.wait(timeout=30) == 1
+    finally:
+        daemon.stop()
+    assert "journal.sqlite3 was deleted while serving: stopping" in daemon.output()
 
 
 def test_bad_config_refuses_to_start_naming_the_field(tmp_path: Path) -> None:

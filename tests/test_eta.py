@@ -61,6 +61,19 @@ def _only_running(report: dict) -> dict:
     return job
 
 
+def test_status_says_when_its_state_dir_has_no_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = write_config(tmp_path, POSTERIZE)  # nothing run: a mistyped state_dir looks so
+    assert status.print_status(config) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"no journal at {tmp_path / 'state' / 'journal.sqlite3'}: no job has been queued "
+        "with this state_dir"
+    )
+    assert status.collect(config)["journal_exists"] is False
+
+
 def test_status_prefers_the_plugins_eta(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = write_config(tmp_path, POSTERIZE)
     journal_file = tmp_path / "state" / "journal.sqlite3"

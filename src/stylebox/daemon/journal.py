@@ -161,8 +161,24 @@ class Journal:
         self._check_lost_log()  # before a connection makes a new, empty log
         self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
         self._migrate()
+        opened = path.stat()
+        self._identity = (opened.st_dev, opened.st_ino)
         if running_marker:
             self._marker = self._mark_running()
+
+    def gone(self) -> str | None:
+        """Why the file this journal was opened on is no longer at its path (deleted, or
+        another file put there), or ``None``: a writer that went on would keep its jobs
+        where no one else, and no next start, can see them."""
+        try:
+            now = self.path.stat()
+        except FileNotFoundError:
+            return f"the journal {self.path} was deleted"
+        except OSError as exc:
+            return f"the journal {self.path} cannot be looked at: {exc.strerror or exc}"
+        if (now.st_dev, now.st_ino) != self._identity:
+            return f"the journal {self.path} was replaced by another file"
+        return None
 
     def _check_lost_log(self) -> None:
         """Warn, once, when the last process that wrote this journal stopped uncleanly and

@@ -68,6 +68,8 @@ class Service:
         self.pipeline = Pipeline(self.loaded, self.sources, self.journal)
         # ``[daemon] workers``: each limited device type's slots, read at start.
         self.loop = JobLoop(self.pipeline, limits=self.loaded.config.daemon.workers)
+        self._exit_status = 0
+        """What :meth:`run` returns after the drain: 1 when the daemon stopped itself."""
         self.pipeline.on_queued = self.loop.wake
         self.watcher = self._watcher(self.loaded, self.sources)
         self._signals: list[int] = []
@@ -154,6 +156,15 @@ class Service:
             # Before the watcher watches a remade inbox folder again: its lock goes first,
             # or a second daemon could take the new folder's.
             self._inbox_locks.refresh()
+            if gone := self.journal.gone():
+                log.error(
+                    "%s while serving: stopping, for jobs written on would be lost; files "
+                    "in the inboxes stay there for the next start, which begins a new journal",
+                    gone,
+                    extra={"event": "journal_gone"},
+                )
+                self._exit_status = 1
+                break
             self.watcher.check()
             if signal.SIGHUP in received:
                 self.reload()
@@ -198,6 +209,11 @@ class Service:
         try:
             registry = discover()  # a mended plugin loads now
             loaded = load_config(self.config_path, registry)
+            if loaded.config.state_dir != self.loaded.config.state_dir:
+                raise ConfigError(
+                    f"state_dir: {loaded.config.state_dir} is not the running daemon's "
+                    f"{self.loaded.config.state_dir}; a new state_dir needs a restart"
+                )
             sources = self._build(loaded, registry, instances)
             watcher = self._watcher(loaded, sources)
             self._check_new_listen(loaded.config.http.listen)
@@ -262,7 +278,7 @@ class Service:
         for plugin in self._instances.values():
             plugin.close()
         self.journal.close()
-        return 0
+        return self._exit_status
 
     # -- the status page -------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ def collect(config_path: Path) -> dict[str, Any]:
     path = journal_path(loaded.config.state_dir)
     sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
     sources += [f"batch:{b.name}" for b in loaded.config.batch]
-    report: dict[str, Any] = {"journal": str(path), "sources": {}}
+    report: dict[str, Any] = {"journal": str(path), "journal_exists": path.exists(), "sources": {}}
     disabled = {f"{table}:{name}": why for (table, name), why in loaded.unavailable.items()}
     if not path.exists():
         for key in sources:
@@ -93,6 +93,8 @@ def print_status(config_path: Path, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
+    if not report["journal_exists"]:  # a state_dir mistyped, or nothing run there yet
+        print(f"no journal at {report['journal']}: no job has been queued with this state_dir")
     for key, entry in report["sources"].items():
         print(
             f"{key}: {entry['queued']} queued, {entry['running']} running, "
