@@ -76,3 +76,26 @@ def test_every_toml_example_in_the_readme_parses() -> None:
     assert len(blocks) >= 5
     for block in blocks:
         tomllib.loads(block)
+
+
+def test_the_published_schema_accepts_the_configs_stylebox_accepts() -> None:
+    """An editor checks a config against `stylebox config schema`: the default config and
+    the README's config examples pass it, as they pass stylebox (`style = "name"` alone
+    included), and a style list that is empty does not."""
+    import tomllib
+
+    import jsonschema
+
+    from stylebox.config import json_schema
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    readme = (REPO / "README.md").read_text()
+    configs = [tomllib.loads(b) for b in re.findall(r"```toml\n(.*?)```", readme, re.S)]
+    configs = [c for c in configs if not {"project", "build-system"} & set(c)]  # plugins'
+    configs.append(tomllib.loads((REPO / "config" / "stylebox.toml").read_text()))
+    assert len(configs) >= 4
+    for config in configs:
+        assert not [error.message for error in validator.iter_errors(config)], config
+    empty = {"inbox": [{"name": "a", "path": "a", "outbox": "b", "plugin": "gatys",
+                        "params": {"style": []}}]}  # fmt: skip
+    assert not validator.is_valid(empty)

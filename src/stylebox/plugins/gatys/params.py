@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
@@ -82,6 +82,19 @@ def _check_layers(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
+def _one_or_many_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema of a list field that also takes one value alone (see
+    ``_one_or_many``): editors checking a config against ``stylebox config schema`` accept
+    ``style = "starry_night"`` as stylebox does."""
+    options = schema.pop("anyOf", None) or [
+        {k: schema.pop(k) for k in ("type", "items", "minItems") if k in schema}
+    ]
+    array = next(option for option in options if option.get("type") == "array")
+    items = array["items"]
+    single = [o for o in items.get("anyOf", [items]) if o.get("type") != "null"]
+    schema["anyOf"] = [*single, *options]
+
+
 class GatysParams(PluginParams):
     """Parameters of the ``gatys`` plugin (Gatys, Ecker & Bethge, 2016)."""
 
@@ -95,6 +108,7 @@ class GatysParams(PluginParams):
     style: list[StyleFile] = Field(
         min_length=1,
         description="Style image(s): paths or bundled names such as 'starry_night'",
+        json_schema_extra=_one_or_many_schema,
     )
     style_blend: list[float] | None = Field(
         None, description="One weight per style image (normalised to sum to 1); default equal"
@@ -143,6 +157,7 @@ class GatysParams(PluginParams):
     )
     style_mask: list[InputFile | None] | None = Field(
         None,
+        json_schema_extra=_one_or_many_schema,
         description="Label image of the style image (same colours, same regions), or one per "
         "style image; a region the style lacks keeps the photo's look",
     )
