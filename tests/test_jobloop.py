@@ -396,6 +396,22 @@ def test_a_job_queued_before_a_reload_is_known_by_the_settings_it_ran_with(
     assert loop.pipeline.enqueue(old, [inbox / "older.png"]) == ["queued"]
 
 
+def test_an_inbox_renamed_by_a_reload_takes_its_queued_jobs_along(tmp_path: Path) -> None:
+    # Left under the old name, they waited for good, the rescan queued their files again
+    # under the new one, and the results came out as photo-2.
+    loop = _loop(tmp_path, {"steps": 1})
+    old = loop.pipeline.sources["inbox:steps"]
+    renamed = Source.of("inbox:renamed", old.config.model_copy(update={"name": "renamed"}),
+                        old.plugin)  # fmt: skip
+    loop.pipeline.reconfigure(loop.pipeline.loaded, {renamed.key: renamed})
+    row = _only_job(loop)
+    assert (row.source, row.state) == ("inbox:renamed", "queued")
+    assert loop.pipeline.enqueue(renamed, [tmp_path / "inbox" / "photo.png"]) == ["known"]
+    loop.run_until_empty({"inbox:renamed"})
+    assert _only_job(loop).state == "done"
+    assert (tmp_path / "outbox" / "photo.png").is_file()
+
+
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:
     loop = _loop(tmp_path, {"steps": 1})
     inbox = tmp_path / "inbox"

@@ -351,21 +351,45 @@ class Journal:
         settings are not taken for a duplicate of its result. Where another job has that
         key already, it gets a key of its own that no later arrival matches."""
         with self._transaction() as db:
-            (key,) = db.execute("SELECT unique_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            parts = key.split("|")
-            if parts[0] != "special" and len(parts) >= 4:  # digest|source|plugin|params|...
-                parts[2:4] = [plugin, params_hash]
-            key = "|".join(parts)
-            if db.execute(
-                "SELECT 1 FROM jobs WHERE unique_key = ? AND id != ?", (key, job_id)
-            ).fetchone():
-                key += f"|{uuid.uuid4().hex}"
-            row = db.execute(
-                "UPDATE jobs SET plugin = ?, params_hash = ?, unique_key = ? WHERE id = ? "
-                "RETURNING *",
-                (plugin, params_hash, key, job_id),
-            ).fetchone()
-            return _row(row)
+            return self._rekey(db, job_id, plugin=plugin, params_hash=params_hash)
+
+    def move_unfinished(self, source: str, to: str) -> int:
+        """The queued and running jobs of ``source`` are ``to``'s from now on (an inbox
+        renamed by a reload, its folder the same); how many."""
+        with self._transaction() as db:
+            ids = [
+                row["id"]
+                for row in db.execute(
+                    "SELECT id FROM jobs WHERE source = ? AND state IN ('queued', 'running')",
+                    (source,),
+                )
+            ]
+            for job_id in ids:
+                self._rekey(db, job_id, source=to)
+            return len(ids)
+
+    @staticmethod
+    def _rekey(db: sqlite3.Connection, job_id: int, **fields: str) -> JobRow:
+        """Set ``fields`` (``source``, ``plugin``, ``params_hash``) of job ``job_id`` and
+        its key to match; a key another job has already gets a suffix no arrival matches."""
+        (key,) = db.execute("SELECT unique_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        parts = key.split("|")
+        if parts[0] != "special" and len(parts) >= 4:  # digest|source|plugin|params|...
+            for index, name in ((1, "source"), (2, "plugin"), (3, "params_hash")):
+                parts[index] = fields.get(name, parts[index])
+        elif parts[0] == "special" and "source" in fields:  # special|source|uuid
+            parts[1] = fields["source"]
+        key = "|".join(parts)
+        if db.execute(
+            "SELECT 1 FROM jobs WHERE unique_key = ? AND id != ?", (key, job_id)
+        ).fetchone():
+            key += f"|{uuid.uuid4().hex}"
+        columns = "".join(f"{name} = ?, " for name in fields)
+        row = db.execute(
+            f"UPDATE jobs SET {columns}unique_key = ? WHERE id = ? RETURNING *",
+            (*fields.values(), key, job_id),
+        ).fetchone()
+        return _row(row)
 
     def existing(self, entry: NewJob) -> JobRow | None:
         """The job ``entry`` would be taken as (see :meth:`add`), if there is one."""

@@ -244,6 +244,18 @@ class Pipeline:
         Plugin instances that no new source uses are closed: at once, or, when a running
         job uses one, as soon as no running job does.
         """
+        # An inbox renamed, its folder the same: its unfinished jobs go with it (left under
+        # the old name, they waited for good, and the rescan queued their files again).
+        folders = {
+            _folder(s.config.path): key
+            for key, s in self.sources.items()
+            if isinstance(s.config, InboxConfig) and key not in sources
+        }
+        for key, source in sources.items():
+            if isinstance(source.config, InboxConfig) and key not in self.sources:
+                old = folders.get(_folder(source.config.path))
+                if old is not None and self.journal.move_unfinished(old, key):
+                    log.info("inbox %s is now %s: its jobs go with it", old, key)
         earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
             outbox = earlier.get(_folder(source.outbox.folder))
