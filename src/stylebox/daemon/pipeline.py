@@ -285,7 +285,9 @@ class Pipeline:
             except Exception:
                 log.exception("closing plugin %s failed", instance.name)
             else:
-                log.info("closed plugin %s: no inbox or batch uses it now", instance.name)
+                log.info(
+                    "closed a %s instance: no inbox or batch uses its params now", instance.name
+                )
 
     @property
     def state_dir(self) -> Path:
