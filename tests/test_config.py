@@ -242,7 +242,7 @@ def test_config_check_reads_the_style_files_as_serve_does(tmp_path: Path) -> Non
     config = write(tmp_path, GOOD.replace('style = "starry_night"', 'style = "notes.jpg"'))
     result = cli("config", "check", str(config))
     assert result.returncode == 2, result.stdout
-    assert "config error: gatys style image" in result.stderr
+    assert "[[inbox]] #1 (starry).params: gatys style image" in result.stderr
     assert "notes.jpg is not an image" in result.stderr and "Traceback" not in result.stderr
 
     from PIL import Image
@@ -254,6 +254,17 @@ def test_config_check_reads_the_style_files_as_serve_does(tmp_path: Path) -> Non
     result = cli("config", "check", str(write(tmp_path, masked)))
     assert result.returncode == 2, result.stdout
     assert "style.mask.png has colour #fe0000 only along edges" in result.stderr
+
+    # Both at once, each where it is, as serve would refuse the first of them.
+    second = masked.replace('name = "starry"', 'name = "masked"').replace("in/starry", "in/m")
+    second = second.replace("out/starry", "out/m").replace('state_dir = "state"', "")
+    both = GOOD.replace('style = "starry_night"', 'style = "notes.jpg"') + second
+    result = cli("config", "check", str(write(tmp_path, both)))
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.splitlines()
+    assert lines[1].startswith("  [[inbox]] #1 (starry).params: gatys style image")
+    assert lines[2].startswith("  [[inbox]] #2 (masked).params: ")
+    assert "only along edges" in lines[2]
 
 
 def test_every_bad_field_is_named_at_once(tmp_path: Path) -> None:

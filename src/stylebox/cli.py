@@ -413,16 +413,19 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     loaded = load_config(path, registry)
     # Each plugin's own cheap checks of the files its params name (the fast plugin reads
     # its model's manifest and graph): what would disable an inbox at start is said here.
+    problems = []
     for (table, name), params in loaded.params.items():
         if (table, name) in loaded.unavailable:
             continue
         plugin = registry.get(loaded.job(table, name).plugin)
         try:
             plugin.check(params, loaded.runtime)
-        except ConfigError:  # a bad setting: serve refuses the whole config for it too
-            raise
+        except ConfigError as exc:  # a bad setting: serve refuses the whole config for it too
+            problems.append(f"{loaded.label(table, name)}.params: {exc}")
         except Exception as exc:  # as a plugin failing to start: that inbox, not the config
             loaded.unavailable[(table, name)] = f"{type(exc).__name__}: {exc}"
+    if problems:  # all of them at once, as for the config's own fields
+        raise ConfigError(f"{path} is invalid:\n  " + "\n  ".join(problems))
     inboxes = ", ".join(f"{i.name} ({i.plugin})" for i in loaded.config.inbox) or "none"
     batches = ", ".join(f"{b.name} ({b.plugin})" for b in loaded.config.batch) or "none"
     if loaded.unavailable:

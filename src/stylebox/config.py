@@ -280,6 +280,12 @@ class LoadedConfig:
         known = ", ".join(e.name for e in entries) or "none"
         raise ConfigError(f"{self._where()}: no [[{table}]] named {name!r} (defined: {known})")
 
+    def label(self, table: Literal["inbox", "batch"], name: str) -> str:
+        """How errors name an inbox or batch: ``[[inbox]] #2 (name)``."""
+        entries = self.config.inbox if table == "inbox" else self.config.batch
+        index = next(i for i, entry in enumerate(entries) if entry.name == name)
+        return f"[[{table}]] #{index + 1} ({name})"
+
     def params_for(self, table: Literal["inbox", "batch"], name: str) -> Any:
         """The validated params of one inbox or batch, or why it cannot run."""
         if (table, name) in self.unavailable:

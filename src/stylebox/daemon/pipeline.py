@@ -121,8 +121,8 @@ def build_sources(
             if key not in shared:
                 try:
                     shared[key] = registry.get(entry.plugin)(params, runtime)
-                except ConfigError:
-                    raise
+                except ConfigError as exc:  # where, as for the config's own fields
+                    raise ConfigError(f"{loaded.label(table, entry.name)}.params: {exc}") from None
                 except Exception as exc:  # a plugin bug must not stop the other inboxes
                     log.exception("plugin %s failed to start", entry.plugin)
                     loaded.unavailable[(table, entry.name)] = (
