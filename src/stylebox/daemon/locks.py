@@ -85,7 +85,11 @@ class InboxLocks:
             except (ConfigError, OSError) as exc:
                 if folder not in self._refused:
                     self._refused.add(folder)
-                    log.error("%s; its lock file was removed or replaced", exc)
+                    log.error(
+                        "%s; its lock file was removed or replaced; its files are left to "
+                        "that daemon",
+                        exc,
+                    )
                 continue
             self._refused.discard(folder)
             handle.close()
@@ -93,6 +97,11 @@ class InboxLocks:
             log.warning(
                 "inbox %s (%s): its lock file was gone; taken again", self._names[folder], folder
             )
+
+    def lost(self, folder: Path) -> bool:
+        """Whether another daemon took the lock of inbox ``folder`` after it was made anew:
+        its files are that daemon's then, not to be taken here too."""
+        return folder.resolve() in self._refused
 
     def close(self) -> None:
         for folder in list(self._held):

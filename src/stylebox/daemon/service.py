@@ -119,7 +119,7 @@ class Service:
             if self.pipeline.sources is not sources:
                 return
             source = sources.get(f"inbox:{folder.name}")
-            if source is not None:
+            if source is not None and not self._inbox_locks.lost(folder.path):
                 self.pipeline.enqueue(source, paths)
 
         return InboxWatcher(folders, on_settled)
