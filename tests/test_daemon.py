@@ -191,16 +191,21 @@ def test_watchdog_pings_while_healthy(tmp_path: Path) -> None:
         daemon.stop()
 
 
+def assert_refused_as_served(config: Path) -> None:
+    """``stylebox serve`` on ``config`` refuses to start: another daemon serves it."""
+    second = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 2 and "already served by pid" in second.stderr
+
+
 def test_a_second_daemon_on_the_same_state_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
     daemon = Daemon(config)
     try:
         daemon.wait_ready()
-        second = subprocess.run(
-            [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert second.returncode == 2 and "already served by pid" in second.stderr
+        assert_refused_as_served(config)
     finally:
         daemon.stop()
 
@@ -218,11 +223,7 @@ def test_an_inbox_folder_made_anew_is_locked_again_at_once(tmp_path: Path) -> No
         assert wait_until((tmp_path / "inbox" / LOCK_NAME).exists, 5), daemon.output()
         other = config.with_name("other.toml")
         other.write_text(text.replace('state_dir = "state"', 'state_dir = "state-other"'))
-        second = subprocess.run(
-            [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(other)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert second.returncode == 2 and "already served by pid" in second.stderr
+        assert_refused_as_served(other)
     finally:
         daemon.stop()
 

@@ -96,32 +96,18 @@ def test_a_start_with_the_old_process_id_reclaims_that_process_jobs(tmp_path: Pa
     assert (_only_job(loop).state, _only_job(loop).attempts) == ("queued", 0)
 
 
-def test_a_run_whose_lease_another_worker_took_stops_and_records_nothing(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("lease", "steps"), [(0.6, 1000), (30, 300)], ids=["stopped-at-a-heartbeat", "ended-first"]
+)
+def test_a_run_whose_job_another_worker_took_records_nothing(
+    tmp_path: Path, lease: float, steps: int
 ) -> None:
     # The lease lapsed (the machine slept) and another process's start reclaimed the job,
-    # which a worker elsewhere claimed: this run stops at its next heartbeat, leaving the
-    # job, its photo and its outbox to that worker.
-    loop = _loop(tmp_path, {"steps": 1000, "seconds_per_step": 0.01}, lease=0.6)
-    loop.start()
-    assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
-    job = _only_job(loop).id
-    loop.journal.requeue(job, count_attempt=False)
-    assert loop.journal.claim("elsewhere:1", 300) is not None
-    assert wait_until(lambda: loop.running_count() == 0, 30)
-    row = _only_job(loop)
-    assert (row.state, row.lease_owner) == ("running", "elsewhere:1")
-    assert (tmp_path / "inbox" / "photo.png").is_file()
-    assert not (tmp_path / "outbox" / "photo.png").exists()
-    loop.stop()
-
-
-def test_a_run_taken_over_that_ends_before_its_next_heartbeat_records_nothing(
-    tmp_path: Path,
-) -> None:
-    # A 30 s lease is renewed every 10 s; the run ends 3 s in, after another worker took
-    # its job: the claim is checked before the end is recorded, not only at a heartbeat.
-    loop = _loop(tmp_path, {"steps": 300, "seconds_per_step": 0.01}, lease=30)
+    # which a worker elsewhere claimed. This run stops at its next heartbeat (a 0.6 s lease
+    # is renewed every 0.2 s), or ends before it (a 30 s one, every 10 s; the run takes 3 s):
+    # either way the claim is checked before anything is recorded, and the job and its
+    # photo are left to that worker.
+    loop = _loop(tmp_path, {"steps": steps, "seconds_per_step": 0.01}, lease=lease)
     loop.start()
     assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
     loop.journal.requeue(_only_job(loop).id, count_attempt=False)
@@ -129,7 +115,7 @@ def test_a_run_taken_over_that_ends_before_its_next_heartbeat_records_nothing(
     assert wait_until(lambda: loop.running_count() == 0, 30)
     row = _only_job(loop)
     assert (row.state, row.lease_owner) == ("running", "elsewhere:1")
-    assert (tmp_path / "inbox" / "photo.png").is_file()  # its photo left to that worker
+    assert (tmp_path / "inbox" / "photo.png").is_file()
     loop.stop()
 
 
