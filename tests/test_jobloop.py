@@ -398,23 +398,6 @@ def test_an_inbox_renamed_by_a_reload_takes_its_queued_jobs_along(tmp_path: Path
     assert (tmp_path / "outbox" / "photo.png").is_file()
 
 
-def test_a_failed_job_dropped_again_takes_back_names_its_failure_could_not_free(
-    tmp_path: Path,
-) -> None:
-    # Its snapshots could not be removed when it failed (the outbox was not writable then):
-    # retried, it removes them now and keeps its names, rather than writing photo-2.
-    loop = _loop(tmp_path, {}, plugin=GivesUp)  # fails at its first try
-    loop.run_until_empty({"inbox:steps"})
-    leftover = tmp_path / "outbox" / "photo.steps"
-    leftover.mkdir(parents=True)
-    photo(24, 16).save(leftover / "0000.png")
-    inbox = tmp_path / "inbox"
-    (inbox / "failed" / "photo.png").rename(inbox / "photo.png")
-    source = loop.pipeline.sources["inbox:steps"]
-    assert loop.pipeline.enqueue(source, [inbox / "photo.png"]) == ["retry"]
-    assert _only_job(loop).stem == "photo" and not leftover.exists()
-
-
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:
     loop = _loop(tmp_path, {"steps": 1})
     inbox = tmp_path / "inbox"

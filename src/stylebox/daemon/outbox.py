@@ -144,18 +144,6 @@ class Outbox:
             self._reserved.add(stem)
         return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
 
-    def take_back(self, stem: str) -> OutputNames | None:
-        """Claim ``stem`` for the failed job that had it, dropped again: what its failure
-        could not remove (an outbox that was not writable then) is removed now. Only files
-        without a manifest, of a stem no job holds: a result always has its manifest, and
-        no other job can have taken a name whose files were still there. ``None`` if the
-        stem is held or has a result."""
-        with self._lock:
-            if stem in self._reserved or os.path.lexists(self.folder / f"{stem}.json"):
-                return None
-        self.discard(stem)
-        return self.reserve_stem(stem)
-
     def share_reservations(self, earlier: Outbox) -> None:
         """Use the in-flight reservations of ``earlier``, an outbox of the same folder that a
         reload replaces, from now on: one set for both, so that a name ``earlier`` gave a

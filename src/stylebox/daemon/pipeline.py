@@ -479,12 +479,11 @@ class Pipeline:
     @staticmethod
     def _retry_stem(source: Source, row: JobRow) -> str:
         """A failed job dropped again keeps its output names if they are still free (its
-        failure released them, or left files there that it could not remove) or hold its
-        own complete result; else it gets new ones."""
+        failure released them) or hold its own complete result; else it gets new ones."""
         if row.stem is not None:
             if _manifest_matches(source.outbox.folder / f"{row.stem}.json", row.sha256):
                 return source.outbox.claim(row.stem).stem
-            if source.outbox.take_back(row.stem) is not None:
+            if source.outbox.reserve_stem(row.stem) is not None:
                 return row.stem
         return source.outbox.reserve(row.name).stem
 
