@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import installed_site, photo
 from daemon_helpers import Daemon, gated_env, wait_until, write_config
 
@@ -225,6 +226,27 @@ def test_a_plugin_fault_is_retried_and_the_retry_can_succeed(tmp_path: Path) -> 
     journal.close()
     assert row.state == "done" and row.attempts == 2
     assert len(starts) == 2 and starts[1] - starts[0] >= 0.5
+
+
+def test_the_bar_counts_a_job_when_it_ends_not_when_its_first_try_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    import stylebox.daemon.batch as batch_module
+
+    monkeypatch.syspath_prepend(str(flaky_site(tmp_path)))
+    config, _ = setup(tmp_path, 1, "flaky", "{ failures = 1 }")
+    config.write_text(config.read_text() + "\n[daemon]\nretry_backoff_seconds = 0.1\n")
+    advanced: list[tuple[int, int]] = []
+
+    @contextlib.contextmanager
+    def bar(label: str, total: int) -> Any:
+        yield lambda ended, failed=0: advanced.append((ended, failed))
+
+    monkeypatch.setattr(batch_module, "count_bar", bar)
+    assert batch_module.run_batch(config, "nightly") == 0
+    assert sum(ended for ended, _ in advanced) == 1  # once, when its retry was done
 
 
 def test_max_attempts_is_the_number_of_tries_with_doubling_backoff(tmp_path: Path) -> None:

@@ -92,21 +92,29 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         loop = JobLoop(pipeline, limits=loaded.config.daemon.workers)
         pipeline.on_queued = loop.wake
         loop.reclaim({key})
+        began = time.time()
         for start in range(0, len(files), 500):
             pipeline.enqueue(source, files[start : start + 500])
-        # This run's jobs: its files' that are to run, whoever runs them (a daemon on the
-        # same state dir runs a batch's jobs too), and any this command's loop runs.
+        # This run's jobs: its files' that are to run or ended since it began, whoever runs
+        # them (a daemon on the same state dir runs a batch's jobs too, even while later
+        # files are still being queued), and any this command's loop runs.
         wanted = {str(path) for path in files}
         mine = {
             row.id
             for row in journal.jobs(key)
-            if row.origin_path in wanted and row.state in ("queued", "running")
+            if row.origin_path in wanted
+            and (row.state in ("queued", "running") or (row.finished_at or 0) >= began)
         }
         counted: set[int] = set()
+        """Those ended (done or failed): a retry waiting in the queue is not yet."""
 
         def ended(rows: list[JobRow]) -> None:
             mine.update(row.id for row in rows)
-            fresh = [row for row in rows if row.id not in counted]
+            fresh = [
+                row
+                for row in rows
+                if row.id not in counted and journal.get(row.id).state in ("done", "failed")
+            ]
             counted.update(row.id for row in fresh)
             advance(*_ended(journal, fresh))
 
@@ -117,9 +125,8 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
             # Those a daemon took: until they end (or this command is stopped). One whose
             # daemon died is taken back and run here, as one left queued.
             while not loop.stopping.is_set():
-                elsewhere = [journal.get(job_id) for job_id in sorted(mine - counted)]
-                ended([row for row in elsewhere if row.state in ("done", "failed")])
-                if not any(row.state in ("queued", "running") for row in elsewhere):
+                ended([journal.get(job_id) for job_id in sorted(mine - counted)])
+                if not mine - counted:
                     break
                 if loop.reclaim({key}) or journal.queued({key}):
                     loop.run_until_empty({key})
