@@ -398,6 +398,19 @@ def test_an_inbox_renamed_by_a_reload_takes_its_queued_jobs_along(tmp_path: Path
     assert (tmp_path / "outbox" / "photo.png").is_file()
 
 
+def test_a_renamed_inbox_takes_its_jobs_along_when_its_old_name_gets_another_folder(
+    tmp_path: Path,
+) -> None:
+    loop = _loop(tmp_path, {"steps": 1})
+    old = loop.pipeline.sources["inbox:steps"]
+    renamed = Source.of("inbox:renamed", old.config.model_copy(update={"name": "renamed"}),
+                        old.plugin)  # fmt: skip
+    elsewhere = old.config.model_copy(update={"path": tmp_path / "other"})
+    reused = Source.of("inbox:steps", elsewhere, old.plugin)
+    loop.pipeline.reconfigure(loop.pipeline.loaded, {renamed.key: renamed, reused.key: reused})
+    assert _only_job(loop).source == "inbox:renamed"
+
+
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:
     loop = _loop(tmp_path, {"steps": 1})
     inbox = tmp_path / "inbox"

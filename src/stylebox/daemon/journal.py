@@ -174,8 +174,8 @@ class Journal:
             now = self.path.stat()
         except FileNotFoundError:
             return f"the journal {self.path} was deleted"
-        except OSError as exc:
-            return f"the journal {self.path} cannot be looked at: {exc.strerror or exc}"
+        except OSError:  # a network share's passing error says nothing of the file
+            return None
         if (now.st_dev, now.st_ino) != self._identity:
             return f"the journal {self.path} was replaced by another file"
         return None
@@ -353,20 +353,12 @@ class Journal:
         with self._transaction() as db:
             return self._rekey(db, job_id, plugin=plugin, params_hash=params_hash)
 
-    def move_unfinished(self, source: str, to: str) -> int:
-        """The queued and running jobs of ``source`` are ``to``'s from now on (an inbox
-        renamed by a reload, its folder the same); how many."""
+    def move(self, job_ids: list[int], to: str) -> None:
+        """Jobs ``job_ids`` are source ``to``'s from now on (their inbox renamed by a
+        reload, its folder the same)."""
         with self._transaction() as db:
-            ids = [
-                row["id"]
-                for row in db.execute(
-                    "SELECT id FROM jobs WHERE source = ? AND state IN ('queued', 'running')",
-                    (source,),
-                )
-            ]
-            for job_id in ids:
+            for job_id in job_ids:
                 self._rekey(db, job_id, source=to)
-            return len(ids)
 
     @staticmethod
     def _rekey(db: sqlite3.Connection, job_id: int, **fields: str) -> JobRow:

@@ -246,16 +246,18 @@ class Pipeline:
         """
         # An inbox renamed, its folder the same: its unfinished jobs go with it (left under
         # the old name, they waited for good, and the rescan queued their files again).
-        folders = {
-            _folder(s.config.path): key
-            for key, s in self.sources.items()
-            if isinstance(s.config, InboxConfig) and key not in sources
-        }
-        for key, source in sources.items():
-            if isinstance(source.config, InboxConfig) and key not in self.sources:
-                old = folders.get(_folder(source.config.path))
-                if old is not None and self.journal.move_unfinished(old, key):
-                    log.info("inbox %s is now %s: its jobs go with it", old, key)
+        # Paired by folder, all looked up before any moves: two inboxes may swap folders.
+        taking = {_folder(path): key for key, path in _inbox_folders(sources)}
+        moves = []
+        for old, path in _inbox_folders(self.sources):
+            new = taking.get(_folder(path))
+            if new is not None and new != old:
+                rows = [*self.journal.jobs(old, "queued"), *self.journal.jobs(old, "running")]
+                moves.append((old, new, [row.id for row in rows]))
+        for old, new, ids in moves:
+            if ids:
+                self.journal.move(ids, new)
+                log.info("inbox %s is now %s: its %d job(s) go with it", old, new, len(ids))
         earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
             outbox = earlier.get(_folder(source.outbox.folder))
@@ -577,10 +579,6 @@ class Pipeline:
         outcomes: dict[int, JobResult | Exception | None] = {}
         jobs: list[tuple[JobRow, Job]] = []
         for index, row in enumerate(rows):
-            if (row.plugin, row.params_hash) != (source.plugin.name, source.params_hash):
-                rows[index] = row = self.journal.rekey(  # queued before a reload
-                    row.id, source.plugin.name, source.params_hash
-                )
             work_dir = self.state_dir / "jobs" / str(row.id)
             path = Path(row.input_path)
             if row.stem is None:  # queued by a retry of a failed job
@@ -603,6 +601,11 @@ class Pipeline:
                     f"{path.name} is a symbolic link; links are not followed out of the inbox"
                 )
             else:
+                if (row.plugin, row.params_hash) != (source.plugin.name, source.params_hash):
+                    # Queued before a reload changed the params: known by those it runs with.
+                    rows[index] = row = self.journal.rekey(
+                        row.id, source.plugin.name, source.params_hash
+                    )
                 log.info("started", extra=_fields(row, "started"))
                 label = source.label(row.name)
                 job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
@@ -907,6 +910,15 @@ def _move_companions(origin: Path, moved: Path) -> None:
             files.move_unique(path, moved.parent, f"{moved.stem}.{kind}{path.suffix}")
         except OSError as exc:
             log.warning("cannot move %s with its input: %s", files.readable(str(path)), exc)
+
+
+def _inbox_folders(sources: dict[str, Source]) -> list[tuple[str, Path]]:
+    """The inboxes among ``sources``: each key with its folder."""
+    return [
+        (key, source.config.path)
+        for key, source in sources.items()
+        if isinstance(source.config, InboxConfig)
+    ]
 
 
 def _folder(path: Path) -> Path:
