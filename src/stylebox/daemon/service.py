@@ -145,6 +145,7 @@ class Service:
 
         ping = watchdog_interval()
         last_rescan = last_ping = last_status = time.monotonic()
+        gone: str | None = None
         while True:
             time.sleep(0.2)
             received = []
@@ -156,10 +157,12 @@ class Service:
             # Before the watcher watches a remade inbox folder again: its lock goes first,
             # or a second daemon could take the new folder's.
             self._inbox_locks.refresh()
-            if gone := self.journal.gone():
+            # Seen twice in a row, 0.2 s apart: not a network share's passing hiccup.
+            gone, was_gone = self.journal.gone(), gone
+            if gone and was_gone:
                 log.error(
                     "%s while serving: stopping, for jobs written on would be lost; files "
-                    "in the inboxes stay there for the next start, which begins a new journal",
+                    "in the inboxes stay there for the next start",
                     gone,
                     extra={"event": "journal_gone"},
                 )
@@ -209,7 +212,7 @@ class Service:
         try:
             registry = discover()  # a mended plugin loads now
             loaded = load_config(self.config_path, registry)
-            if loaded.config.state_dir != self.loaded.config.state_dir:
+            if loaded.config.state_dir.resolve() != self.loaded.config.state_dir.resolve():
                 raise ConfigError(
                     f"state_dir: {loaded.config.state_dir} is not the running daemon's "
                     f"{self.loaded.config.state_dir}; a new state_dir needs a restart"
@@ -295,14 +298,14 @@ class Service:
     def _check_new_listen(self, listen: str | None) -> None:
         """A reload's new ``[http] listen`` that cannot be listened on (taken, not this
         machine's) refuses the reload, as any config that cannot be applied: the page
-        stays where it is. (On the running page's own port the new address is tried only
-        when the page moves, for the old one holds it until then.)"""
+        stays where it is. (On the running page's own port only the host is tried, for the
+        page holds the port until it moves.)"""
         if listen is None or (self.http is not None and self.http.listen == listen):
             return
         from stylebox.web.server import check_listen  # uvicorn only where the page is on
 
-        if self.http is None or http_address(listen)[1] != self.http.port:
-            check_listen(listen)
+        same_port = self.http is not None and http_address(listen)[1] == self.http.port
+        check_listen(listen, any_port=same_port)
 
     def _restart_http(self) -> None:
         """A reload changed ``[http] listen``; an address that cannot be listened on leaves

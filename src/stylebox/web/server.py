@@ -18,16 +18,22 @@ from stylebox.web.state import Backend
 log = logging.getLogger("stylebox.http")
 
 
-def check_listen(listen: str) -> None:
+def check_listen(listen: str, any_port: bool = False) -> None:
     """Raise :class:`ConfigError` (one line) if ``listen`` cannot be listened on now: the
-    port taken, or the host not this machine's."""
+    port taken, or the host not this machine's. Each address the host names is tried as
+    asyncio (under uvicorn) binds them. ``any_port``: the host alone (the port is the
+    running page's own, which it holds until it moves)."""
     host, port = http_address(listen)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-            probe.bind(address)
+        infos = socket.getaddrinfo(
+            host, 0 if any_port else port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
     except OSError as exc:
         raise ConfigError(
             f"[http] listen = {listen!r}: cannot listen there ({exc.strerror or exc})"
