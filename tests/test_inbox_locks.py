@@ -68,8 +68,9 @@ def test_a_lock_another_daemon_took_meanwhile_is_said_once(
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "is already served by" in errors[0]
     assert locks.lost(tmp_path / "a")  # the daemon takes none of its files meanwhile
+    locks.keep_only([])  # a reload removes the inbox, and adds it back once it is free
     thief.close()
-    locks.refresh()
+    locks.acquire([Inbox("a", tmp_path / "a")])
     assert not locks.lost(tmp_path / "a")
     with pytest.raises(ConfigError):  # taken again once free
         InboxLocks(tmp_path / "third").acquire([Inbox("a", tmp_path / "a")])

@@ -116,6 +116,8 @@ def test_a_run_whose_job_another_worker_took_records_nothing(
     row = _only_job(loop)
     assert (row.state, row.lease_owner) == ("running", "elsewhere:1")
     assert (tmp_path / "inbox" / "photo.png").is_file()
+    if lease < 1:  # stopped before its end: it wrote no result either
+        assert not (tmp_path / "outbox" / "photo.png").exists()
     loop.stop()
 
 
@@ -409,6 +411,21 @@ def test_a_renamed_inbox_takes_its_jobs_along_when_its_old_name_gets_another_fol
     reused = Source.of("inbox:steps", elsewhere, old.plugin)
     loop.pipeline.reconfigure(loop.pipeline.loaded, {renamed.key: renamed, reused.key: reused})
     assert _only_job(loop).source == "inbox:renamed"
+
+
+def test_jobs_moved_to_an_inbox_with_another_outbox_get_names_free_there(
+    tmp_path: Path,
+) -> None:
+    loop = _loop(tmp_path, {"steps": 1})
+    old = loop.pipeline.sources["inbox:steps"]
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "photo.png").write_bytes(b"another photo's result")
+    moved = old.config.model_copy(update={"name": "moved", "outbox": tmp_path / "out2"})
+    renamed = Source.of("inbox:moved", moved, old.plugin)
+    loop.pipeline.reconfigure(loop.pipeline.loaded, {renamed.key: renamed})
+    assert _only_job(loop).stem == "photo-2"
+    loop.run_until_empty({"inbox:moved"})
+    assert (tmp_path / "out2" / "photo.png").read_bytes() == b"another photo's result"
 
 
 def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:

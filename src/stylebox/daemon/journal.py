@@ -174,8 +174,8 @@ class Journal:
             now = self.path.stat()
         except FileNotFoundError:
             return f"the journal {self.path} was deleted"
-        except OSError:  # a network share's passing error says nothing of the file
-            return None
+        except OSError as exc:  # passing on a network share; lasting if its folder went
+            return f"the journal {self.path} cannot be looked at ({exc.strerror or exc})"
         if (now.st_dev, now.st_ino) != self._identity:
             return f"the journal {self.path} was replaced by another file"
         return None

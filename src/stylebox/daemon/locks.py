@@ -57,6 +57,7 @@ class InboxLocks:
                     continue
                 self._held[folder] = self._lock(inbox.name, folder)
                 self._names[folder] = inbox.name
+                self._refused.discard(folder)  # held again: its files are this daemon's
                 taken.append(folder)
         except BaseException:
             for folder in taken:
@@ -129,5 +130,6 @@ class InboxLocks:
     def _release(self, folder: Path) -> None:
         handle = self._held.pop(folder)
         self._names.pop(folder, None)
+        self._refused.discard(folder)
         with contextlib.suppress(OSError):
             handle.close()  # closing the only descriptor lets go of the flock

@@ -122,7 +122,9 @@ def build_sources(
                 try:
                     shared[key] = registry.get(entry.plugin)(params, runtime)
                 except ConfigError as exc:  # where, as for the config's own fields
-                    raise ConfigError(f"{loaded.label(table, entry.name)}.params: {exc}") from None
+                    where = f"{loaded.source}: " if loaded.source else ""
+                    label = loaded.label(table, entry.name)
+                    raise ConfigError(f"{where}{label}.params: {exc}") from None
                 except Exception as exc:  # a plugin bug must not stop the other inboxes
                     log.exception("plugin %s failed to start", entry.plugin)
                     loaded.unavailable[(table, entry.name)] = (
@@ -253,11 +255,17 @@ class Pipeline:
             new = taking.get(_folder(path))
             if new is not None and new != old:
                 rows = [*self.journal.jobs(old, "queued"), *self.journal.jobs(old, "running")]
-                moves.append((old, new, [row.id for row in rows]))
-        for old, new, ids in moves:
-            if ids:
-                self.journal.move(ids, new)
-                log.info("inbox %s is now %s: its %d job(s) go with it", old, new, len(ids))
+                moves.append((old, new, rows))
+        for old, new, rows in moves:
+            if not rows:
+                continue
+            self.journal.move([row.id for row in rows], new)
+            outbox = sources[new].outbox
+            if _folder(outbox.folder) != _folder(self.sources[old].outbox.folder):
+                for row in rows:  # names of their own in the new outbox, not its photo.png
+                    if row.state == "queued":
+                        self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
+            log.info("inbox %s is now %s: its %d job(s) go with it", old, new, len(rows))
         earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
             outbox = earlier.get(_folder(source.outbox.folder))

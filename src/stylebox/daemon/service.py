@@ -145,7 +145,7 @@ class Service:
 
         ping = watchdog_interval()
         last_rescan = last_ping = last_status = time.monotonic()
-        gone: str | None = None
+        gone_looks = 0
         while True:
             time.sleep(0.2)
             received = []
@@ -157,9 +157,10 @@ class Service:
             # Before the watcher watches a remade inbox folder again: its lock goes first,
             # or a second daemon could take the new folder's.
             self._inbox_locks.refresh()
-            # Seen twice in a row, 0.2 s apart: not a network share's passing hiccup.
-            gone, was_gone = self.journal.gone(), gone
-            if gone and was_gone:
+            # Seen at five looks in a row (a second): not a network share's passing hiccup.
+            gone = self.journal.gone()
+            gone_looks = gone_looks + 1 if gone else 0
+            if gone and gone_looks >= 5:
                 log.error(
                     "%s while serving: stopping, for jobs written on would be lost; files "
                     "in the inboxes stay there for the next start",
@@ -308,15 +309,29 @@ class Service:
         check_listen(listen, any_port=same_port)
 
     def _restart_http(self) -> None:
-        """A reload changed ``[http] listen``; an address that cannot be listened on leaves
-        the page off (logged), while the jobs go on."""
+        """A reload changed ``[http] listen``. An address that cannot be listened on after
+        all (on the page's own port, it could not be tried before the page let go of it)
+        keeps the page where it was (logged); the jobs go on either way."""
+        old = self.http.listen if self.http is not None else None
         if self.http is not None:
             self.http.stop()
             self.http = None
         try:
             self._start_http()
         except ConfigError as exc:
-            log.error("status page off: %s", exc, extra={"event": "http_refused"})
+            if old is None:
+                log.error("status page off: %s", exc, extra={"event": "http_refused"})
+                return
+            from stylebox.web.server import HttpServer
+
+            server = HttpServer(self, old)
+            try:
+                server.start()
+            except ConfigError:
+                log.error("status page off: %s", exc, extra={"event": "http_refused"})
+                return
+            log.error("status page kept at %s: %s", old, exc, extra={"event": "http_refused"})
+            self.http = server
 
     @property
     def journal_path(self) -> Path:
