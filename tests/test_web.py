@@ -296,6 +296,17 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
     assert "cannot listen there" in daemon.output() and _answers(client)
     assert client.status()["actions"] is True  # the old config, token and all
 
+    # On the page's own port the new address can be tried only once the page lets go of
+    # it: taken there by another program, the page stays where it was.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", client.port))
+        taken.listen()
+        text = config_text(client.port).replace("127.0.0.1:", "0.0.0.0:")
+        write_config(tmp_path, text)
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "status page kept at" in daemon.output(), 30), daemon.output()
+    assert _answers(client)
+
     # A reload takes a new address and drops the token: actions are off from then on.
     port = free_port()
     write_config(tmp_path, config_text(port, token=None))
