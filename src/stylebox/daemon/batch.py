@@ -109,14 +109,13 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         """Those ended (done or failed): a retry waiting in the queue is not yet."""
 
         def ended(rows: list[JobRow]) -> None:
+            """Those of ``rows`` that have ended (done or failed) and were not counted yet
+            go on the progress bar, with how many of them failed."""
             mine.update(row.id for row in rows)
-            fresh = [
-                row
-                for row in rows
-                if row.id not in counted and journal.get(row.id).state in ("done", "failed")
-            ]
-            counted.update(row.id for row in fresh)
-            advance(*_ended(journal, fresh))
+            states = {r.id: journal.get(r.id).state for r in rows if r.id not in counted}
+            fresh = [job_id for job_id, state in states.items() if state in ("done", "failed")]
+            counted.update(fresh)
+            advance(len(fresh), sum(states[job_id] == "failed" for job_id in fresh))
 
         with count_bar("batch " + name, len(mine)) as advance, stop_on_signals(loop):
             loop.on_ran = ended
@@ -183,11 +182,3 @@ def _ray_executor(
         extra={"event": "ray-workers", "batch": batch.name},
     )
     return executor
-
-
-def _ended(journal: Journal, rows: list[JobRow]) -> tuple[int, int]:
-    """How many of ``rows`` ended (done or failed; a retry waits in the queue), and how
-    many of those failed: what the progress bar counts."""
-    states = [journal.get(row.id).state for row in rows]
-    failed = states.count("failed")
-    return states.count("done") + failed, failed

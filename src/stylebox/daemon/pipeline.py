@@ -474,8 +474,7 @@ class Pipeline:
         # The same bytes with the same settings: not stylised twice.
         if source.moves_inputs:
             assert isinstance(source.config, InboxConfig)
-            moved = files.move_unique(path, source.config.processed_dir)
-            _move_companions(path, moved)
+            moved = _move_input(path, source.config.processed_dir)
             note = f"duplicate of job {row.id} ({row.name}); its result: {source.outbox.folder}"
             if row.stem:
                 note += f"/{row.stem}.*"
@@ -725,8 +724,7 @@ class Pipeline:
         if source.moves_inputs and os.path.lexists(origin):
             assert isinstance(source.config, InboxConfig)
             if _holds(origin, row.sha256):
-                moved = files.move_unique(origin, source.config.processed_dir)
-                _move_companions(origin, moved)
+                moved = _move_input(origin, source.config.processed_dir)
             else:
                 replaced = True
         self.journal.finish(row.id, "done", seconds=seconds, input_path=moved)
@@ -798,8 +796,7 @@ class Pipeline:
         if source.moves_inputs and os.path.lexists(origin):
             assert isinstance(source.config, InboxConfig)
             if _holds(origin, row.sha256):
-                moved = files.move_unique(origin, source.config.failed_dir)
-                _move_companions(origin, moved)
+                moved = _move_input(origin, source.config.failed_dir)
                 files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
             else:
                 replaced = True
@@ -837,8 +834,7 @@ class Pipeline:
             return
         assert isinstance(source.config, InboxConfig)
         try:
-            moved = files.move_unique(path, source.config.failed_dir)
-            _move_companions(path, moved)
+            moved = _move_input(path, source.config.failed_dir)
             files.write_reason(moved, f"{reason}\nthe same photo as job {row.id}: {row.name}")
         except OSError:  # it stays in the inbox; the next rescan retries the job
             log.exception("cannot move %s aside", files.readable(str(path)))
@@ -910,14 +906,17 @@ def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
     return keys
 
 
-def _move_companions(origin: Path, moved: Path) -> None:
-    """The companion files of the input that was at ``origin`` (``photo.mask.png``) follow
-    it to ``moved``, named after it there; one that cannot be moved stays, logged."""
+def _move_input(origin: Path, folder: Path) -> Path:
+    """Move the input at ``origin`` into ``folder`` under a free name, where it is now; its
+    companion files (``photo.mask.png``) follow it, named after it there, and one that
+    cannot be moved stays, logged."""
+    moved = files.move_unique(origin, folder)
     for kind, path in companions_of(origin).items():
         try:
             files.move_unique(path, moved.parent, f"{moved.stem}.{kind}{path.suffix}")
         except OSError as exc:
             log.warning("cannot move %s with its input: %s", files.readable(str(path)), exc)
+    return moved
 
 
 def _inbox_folders(sources: dict[str, Source]) -> list[tuple[str, Path]]:
