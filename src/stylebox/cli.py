@@ -28,6 +28,7 @@ from stylebox.config import (
     LoadedConfig,
     OutputConfig,
     StyleboxConfig,
+    invalid,
     json_schema,
     load_config,
 )
@@ -425,7 +426,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         except Exception as exc:  # as a plugin failing to start: that inbox, not the config
             loaded.unavailable[(table, name)] = f"{type(exc).__name__}: {exc}"
     if problems:  # all of them at once, as for the config's own fields
-        raise ConfigError(f"{path} is invalid:\n  " + "\n  ".join(problems))
+        raise invalid(str(path), problems)
     inboxes = ", ".join(f"{i.name} ({i.plugin})" for i in loaded.config.inbox) or "none"
     batches = ", ".join(f"{b.name} ({b.plugin})" for b in loaded.config.batch) or "none"
     if loaded.unavailable:

@@ -284,7 +284,7 @@ class LoadedConfig:
         """How errors name an inbox or batch: ``[[inbox]] #2 (name)``."""
         entries = self.config.inbox if table == "inbox" else self.config.batch
         index = next(i for i, entry in enumerate(entries) if entry.name == name)
-        return f"[[{table}]] #{index + 1} ({name})"
+        return _label(table, index, name)
 
     def params_for(self, table: Literal["inbox", "batch"], name: str) -> Any:
         """The validated params of one inbox or batch, or why it cannot run."""
@@ -323,7 +323,7 @@ def parse_config(
     except ValidationError as exc:
         # The plugins' params are checked too, so that one run names every bad field.
         lines = _error_lines(exc, data) + _raw_params_problems(data, base, registry)
-        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from None
+        raise invalid(where, lines) from None
     root = _resolve(config.root, base) if config.root else base
     config.state_dir = _resolve(config.state_dir, root)
     for inbox in config.inbox:
@@ -339,7 +339,7 @@ def parse_config(
     problems = _folder_problems(config) + _loop_problems(config)
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
         for index, entry in enumerate(entries):
-            label = f"[[{table}]] #{index + 1} ({entry.name})"
+            label = _label(table, index, entry.name)
             try:
                 plugin = registry.get(entry.plugin)
             except ConfigError as exc:
@@ -353,7 +353,7 @@ def parse_config(
                 loaded.params[(table, entry.name)] = params
             problems += wrong
     if problems:
-        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
+        raise invalid(where, problems)
     return loaded
 
 
@@ -370,7 +370,7 @@ def _raw_params_problems(data: dict[str, Any], base: Path, registry: Registry) -
             plugin_name = entry.get("plugin") if isinstance(entry, dict) else None
             if not isinstance(plugin_name, str) or plugin_name not in registry.plugins:
                 continue
-            label = f"[[{table}]] #{index + 1} ({entry.get('name', '?')})"
+            label = _label(table, index, entry.get("name", "?"))
             params = entry.get("params", {})
             problems += _plugin_params(registry.get(plugin_name), params, base, label)[1]
     return problems
@@ -396,7 +396,7 @@ def _folder_problems(config: StyleboxConfig) -> list[str]:
         problems.append(f"state_dir: {reason}")
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
         for index, entry in enumerate(entries):
-            label = f"[[{table}]] #{index + 1} ({entry.name})"
+            label = _label(table, index, entry.name)
             fields: list[tuple[str, Path]] = [("outbox", entry.outbox)]
             if isinstance(entry, InboxConfig):
                 fields.insert(0, ("path", entry.path))
@@ -425,7 +425,7 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
         first = folders.setdefault(entry.path.resolve(), index)
         if first != index:
             problems.append(
-                f"[[inbox]] #{index + 1} ({entry.name}).path: {entry.path} is also the folder "
+                f"{_label('inbox', index, entry.name)}.path: {entry.path} is also the folder "
                 f"of inbox {config.inbox[first].name!r}, and each photo would go to both; "
                 "give each inbox its own folder"
             )
@@ -439,7 +439,7 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
                 if taker == index:
                     whose = "the inbox's own folder"
                 problems.append(
-                    f"[[inbox]] #{index + 1} ({entry.name}).{name}: {folder} is {whose}, so "
+                    f"{_label('inbox', index, entry.name)}.{name}: {folder} is {whose}, so "
                     "each photo moved there would be taken as a new photo; use a folder no "
                     "inbox watches"
                 )
@@ -459,7 +459,7 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
         if (fed := _fed_into(config, folders, outbox, source, batch.recursive)) is not None:
             route = " -> ".join(config.inbox[i].name for i in fed)
             problems.append(
-                f"[[batch]] #{index + 1} ({batch.name}).outbox: {batch.outbox} is inbox "
+                f"{_label('batch', index, batch.name)}.outbox: {batch.outbox} is inbox "
                 f"{config.inbox[fed[0]].name!r}'s folder, and its results reach the batch's "
                 f"source {batch.source} (through {route}), so the batch's next run would take "
                 "them as new images; end the chain in a folder outside the source"
@@ -467,7 +467,7 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
         elif outbox == source or (batch.recursive and outbox.is_relative_to(source)):
             where = "is" if outbox == source else "is inside"
             problems.append(
-                f"[[batch]] #{index + 1} ({batch.name}).outbox: {batch.outbox} {where} the "
+                f"{_label('batch', index, batch.name)}.outbox: {batch.outbox} {where} the "
                 f"batch's source {batch.source}, so its next run would take its results "
                 "as new images; use a folder outside it"
                 + ("" if outbox == source else " (or recursive = false)")
@@ -491,7 +491,7 @@ def _fed_into(
 
 def _loop_line(config: StyleboxConfig, route: list[int]) -> str:
     entry = config.inbox[route[0]]
-    label = f"[[inbox]] #{route[0] + 1} ({entry.name}).outbox"
+    label = f"{_label('inbox', route[0], entry.name)}.outbox"
     if len(route) == 1:
         return (
             f"{label}: {entry.outbox} is the inbox's own folder, so each result would be "
@@ -524,13 +524,19 @@ def _not_a_folder(path: Path) -> str | None:
     return None
 
 
+def _label(table: str, index: int, name: str) -> str:
+    """How errors name the ``index``-th (from 0) inbox or batch: ``[[inbox]] #2 (name)``."""
+    return f"[[{table}]] #{index + 1} ({name})"
+
+
 def _resolve(path: Path, base: Path) -> Path:
     path = path.expanduser()
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _format_errors(where: str, exc: ValidationError, data: dict[str, Any]) -> str:
-    return f"{where} is invalid:\n  " + "\n  ".join(_error_lines(exc, data))
+def invalid(where: str, problems: list[str]) -> ConfigError:
+    """The refusal of the config at ``where``: every problem found, one a line."""
+    return ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
 
 
 def _error_lines(exc: ValidationError, data: dict[str, Any] | None = None) -> list[str]:

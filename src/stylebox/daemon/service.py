@@ -20,6 +20,7 @@ current sources and two actions, :meth:`Service.retry` and :meth:`Service.cancel
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import fcntl
 import logging
@@ -286,8 +287,9 @@ class Service:
 
     # -- the status page -------------------------------------------------------------------
 
-    def _start_http(self) -> None:
-        listen = self.loaded.config.http.listen
+    def _start_http(self, listen: str | None = None) -> None:
+        """The status page at ``listen`` (default: the config's ``[http] listen``)."""
+        listen = listen or self.loaded.config.http.listen
         if listen is None:
             return
         from stylebox.web.server import HttpServer  # uvicorn only where the page is on
@@ -319,19 +321,13 @@ class Service:
         try:
             self._start_http()
         except ConfigError as exc:
-            if old is None:
+            if old is not None:
+                with contextlib.suppress(ConfigError):  # then the page is off
+                    self._start_http(old)
+            if self.http is not None:
+                log.error("status page kept at %s: %s", old, exc, extra={"event": "http_refused"})
+            else:
                 log.error("status page off: %s", exc, extra={"event": "http_refused"})
-                return
-            from stylebox.web.server import HttpServer
-
-            server = HttpServer(self, old)
-            try:
-                server.start()
-            except ConfigError:
-                log.error("status page off: %s", exc, extra={"event": "http_refused"})
-                return
-            log.error("status page kept at %s: %s", old, exc, extra={"event": "http_refused"})
-            self.http = server
 
     @property
     def journal_path(self) -> Path:
