@@ -247,6 +247,32 @@ def test_a_job_that_cancels_itself_is_a_fault_not_a_drain(tmp_path: Path) -> Non
     assert row.error_message == "cancelled itself: gave up"
 
 
+class CancelledAsItReturns(Stepper):
+    """Is cancelled (as by the page) just after its work is done, without looking again."""
+
+    loop: JobLoop
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        assert self.loop.cancel(_only_job(self.loop).id)
+        return image
+
+
+def test_a_cancel_after_the_plugin_returned_keeps_the_result_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The page answered "cancelling"; the job then ends done: the log must not leave the
+    # person wondering why the cancel did nothing.
+    loop = _loop(tmp_path, {}, plugin=CancelledAsItReturns)
+    CancelledAsItReturns.loop = loop
+    with caplog.at_level("WARNING", logger="stylebox"):
+        loop.run_until_empty({"inbox:steps"})
+    assert _only_job(loop).state == "done"
+    assert (tmp_path / "outbox" / "photo.png").is_file()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "the cancel came after the job had finished; its result is kept"
+    ]
+
+
 def test_a_job_whose_end_cannot_be_recorded_is_queued_again_not_left_running(
     tmp_path: Path,
 ) -> None:

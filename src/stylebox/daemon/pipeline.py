@@ -704,6 +704,11 @@ class Pipeline:
             # together end when the last of them does.
             took = seconds if outcome else time.monotonic() - began
             log.info("done", extra={**_fields(row, "done"), "seconds": round(took, 3)})
+            if stop.reason == "cancel":  # asked after the plugin had returned its result
+                log.warning(
+                    "the cancel came after the job had finished; its result is kept",
+                    extra=_fields(row, "cancel_too_late"),
+                )
 
     @staticmethod
     def _still_growing(source: Source, row: JobRow) -> float:
