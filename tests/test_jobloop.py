@@ -439,6 +439,31 @@ def test_a_renamed_inbox_takes_its_jobs_along_when_its_old_name_gets_another_fol
     assert _only_job(loop).source == "inbox:renamed"
 
 
+def test_an_inbox_renamed_while_stopped_takes_its_queued_jobs_along_at_start(
+    tmp_path: Path,
+) -> None:
+    # The same as a reload, across a restart: the old name is in no config any more, so
+    # the job's photo, in the renamed inbox's folder, tells where it belongs.
+    loop = _loop(tmp_path, {"steps": 1})
+    old = loop.pipeline.sources["inbox:steps"]
+    loaded = load_config(write_config(tmp_path, CONFIG.format(lease=30, extra="").replace(
+        'name = "steps"', 'name = "renamed"')))  # fmt: skip
+    renamed = Source.of("inbox:renamed", loaded.config.inbox[0], old.plugin)
+    elsewhere = tmp_path / "inbox" / "gone" / "elsewhere.png"
+    loop.journal.add([NewJob(source="inbox:gone", input_path=elsewhere, sha256="x",
+                             plugin="stepper", params_hash="p",
+                             unique_key="x|inbox:gone|stepper|p", stem="elsewhere")])  # fmt: skip
+    pipeline = Pipeline(loaded, {renamed.key: renamed}, loop.journal)
+    assert pipeline.adopt_renamed() == 1
+    moved, other = sorted(loop.journal.jobs(), key=lambda row: row.id)
+    assert (moved.source, moved.state, moved.stem) == ("inbox:renamed", "queued", "photo")
+    assert other.source == "inbox:gone"  # its photo is in no inbox served now
+    assert pipeline.enqueue(renamed, [tmp_path / "inbox" / "photo.png"]) == ["known"]
+    JobLoop(pipeline).run_until_empty({"inbox:renamed"})
+    assert loop.journal.get(moved.id).state == "done"
+    assert (tmp_path / "outbox" / "photo.png").is_file()
+
+
 def test_jobs_moved_to_an_inbox_with_another_outbox_get_names_free_there(
     tmp_path: Path,
 ) -> None:

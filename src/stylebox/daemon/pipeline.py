@@ -235,6 +235,30 @@ class Pipeline:
                 if row.stem and row.source in sources:
                     sources[row.source].outbox.claim(row.stem)
 
+    def adopt_renamed(self) -> int:
+        """At start: queued jobs of an inbox the config no longer names, whose photos lie in
+        the folder of an inbox it serves under another name (renamed while stylebox was
+        stopped), are that inbox's now; how many. Left under the old name they waited for
+        good, and the start's scan queued their photos again. Each keeps its output name
+        where it is free in its new outbox."""
+        named = {f"inbox:{inbox.name}" for inbox in self.loaded.config.inbox}
+        taking = {_folder(path): key for key, path in _inbox_folders(self.sources)}
+        moves: dict[tuple[str, str], list[JobRow]] = {}
+        for row in self.journal.jobs(state="queued"):
+            if row.source.startswith("inbox:") and row.source not in named:
+                new = taking.get(_folder(Path(row.input_path).parent))
+                if new is not None:
+                    moves.setdefault((row.source, new), []).append(row)
+        for (old, new), rows in moves.items():
+            self.journal.move([row.id for row in rows], new)
+            outbox = self.sources[new].outbox
+            for row in rows:
+                kept = row.stem is not None and outbox.reserve_stem(row.stem) is not None
+                if not kept:
+                    self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
+            log.info("inbox %s is now %s: its %d queued job(s) go with it", old, new, len(rows))
+        return sum(len(rows) for rows in moves.values())
+
     def reconfigure(self, loaded: LoadedConfig, sources: dict[str, Source]) -> None:
         """Swap in a reloaded config and its sources (the one way a reload changes this
         pipeline).

@@ -135,6 +135,7 @@ class Service:
         reclaimed = self.loop.reclaim()
         if reclaimed:
             log.info("resuming %d interrupted job(s)", reclaimed)
+        self.pipeline.adopt_renamed()  # before the watcher's first scan sees their photos
         self._start_http()  # an address that cannot be listened on refuses the start
         self.watcher.start()
         self.loop.start()
