@@ -256,7 +256,7 @@ class Pipeline:
                 kept = row.stem is not None and outbox.reserve_stem(row.stem) is not None
                 if not kept:
                     self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
-            log.info("inbox %s is now %s: its %d queued job(s) go with it", old, new, len(rows))
+            log.info("%s is now %s: its %d queued job(s) go with it", old, new, len(rows))
         return sum(len(rows) for rows in moves.values())
 
     def reconfigure(self, loaded: LoadedConfig, sources: dict[str, Source]) -> None:
@@ -289,7 +289,7 @@ class Pipeline:
                 for row in rows:  # names of their own in the new outbox, not its photo.png
                     if row.state == "queued":
                         self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
-            log.info("inbox %s is now %s: its %d job(s) go with it", old, new, len(rows))
+            log.info("%s is now %s: its %d job(s) go with it", old, new, len(rows))
         earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
             outbox = earlier.get(_folder(source.outbox.folder))
