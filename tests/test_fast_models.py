@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from daemon_helpers import Daemon, drop, wait_until
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
@@ -376,6 +378,34 @@ def test_editing_a_manifest_makes_a_new_job_identity(tmp_path: Path) -> None:
     assert params_hash() == before  # stable
     write_gain(model, {"extra_inputs": {"gain": [1.0, 1.0, 0.5]}})
     assert params_hash() != before
+
+
+def test_a_reload_starts_a_new_instance_for_a_manifest_edited_in_place(tmp_path: Path) -> None:
+    # With the same params a reload kept the running instance, which went on with the old
+    # manifest while new jobs were keyed by it: the edit needed a restart.
+    write_gain(tmp_path / "gain.onnx", {"extra_inputs": {"gain": [1.0, 0.0, 0.0]}})
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "g"\npath = "in"\noutbox = "out"\n'
+        'plugin = "fast"\nsettle_seconds = 0.2\nparams = { model = "gain.onnx" }\n'
+    )
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        drop(tmp_path, "in", "red.png", seed=1)
+        assert wait_until((tmp_path / "out" / "red.json").is_file, 60), daemon.output()
+        write_gain(tmp_path / "gain.onnx", {"extra_inputs": {"gain": [0.0, 0.0, 1.0]}})
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "config reloaded" in daemon.output(), 60), daemon.output()
+        assert "plugin fast: files it loaded have changed; a new instance" in daemon.output()
+        drop(tmp_path, "in", "blue.png", seed=1)  # the same bytes: a new job, not a duplicate
+        assert wait_until((tmp_path / "out" / "blue.json").is_file, 60), daemon.output()
+    finally:
+        assert daemon.stop() == 0
+    red = np.asarray(Image.open(tmp_path / "out" / "red.png"), float).mean((0, 1))
+    blue = np.asarray(Image.open(tmp_path / "out" / "blue.png"), float).mean((0, 1))
+    assert red[0] > 50 and red[2] == 0, red
+    assert blue[2] > 50 and blue[0] == 0, blue
 
 
 def test_a_symlinked_model_uses_the_manifest_beside_the_link(tmp_path: Path) -> None:

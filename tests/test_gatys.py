@@ -425,3 +425,21 @@ def test_a_plateau_is_seen_at_the_next_read_back(tmp_path: Path, style_file: Pat
         _, context = run(plugin, tmp_path / f"job{every}")
         facts.append(context.facts["plateau_stop_scale0"])
     assert facts[1] == facts[0]  # noticed later, but reported at the step it happened
+
+
+def test_a_painting_replaced_in_place_is_a_new_identity_and_outdates_the_instance(
+    tmp_path: Path,
+) -> None:
+    # Without it a photo dropped again after the painting was replaced was a "duplicate"
+    # of the result made with the old one, and a reload kept using the old painting.
+    style = tmp_path / "painting.png"
+    photo(32, 32, seed=1).save(style)
+    params = GatysParams(style=[style], scales=[32], steps=1)
+    plugin = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    assert plugin.identity and not plugin.outdated()
+    photo(32, 32, seed=2).save(style)
+    assert plugin.outdated()
+    again = GatysPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+    assert again.identity != plugin.identity and not again.outdated()
+    style.unlink()
+    assert again.outdated()

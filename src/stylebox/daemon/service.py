@@ -211,7 +211,9 @@ class Service:
         the instances made for it. Only then is the old watcher stopped, the new one
         started, and the config swapped in.
         """
-        instances = dict(self._instances)
+        # An instance whose model or painting changed in place is not shared: the new
+        # config's inboxes get a new one (the old one finishes its running jobs).
+        instances = {key: p for key, p in self._instances.items() if not _outdated(p)}
         try:
             registry = discover()  # a mended plugin loads now
             loaded = load_config(self.config_path, registry)
@@ -400,6 +402,17 @@ def _log_disabled(loaded: LoadedConfig) -> None:
             reason,
             extra={"event": "disabled", "source": f"{table}:{name}", "reason": reason},
         )
+
+
+def _outdated(instance: Plugin[Any]) -> bool:
+    try:
+        changed = instance.outdated()
+    except Exception:  # a plugin's bug: keep the instance, as before outdated() existed
+        log.exception("plugin %s: outdated() failed", instance.name)
+        return False
+    if changed:
+        log.info("plugin %s: files it loaded have changed; a new instance", instance.name)
+    return changed
 
 
 def _one_line(text: str) -> str:

@@ -302,6 +302,12 @@ class Plugin(ABC, Generic[ParamsT]):
         changed in place makes new jobs rather than duplicates. Empty by default."""
         return ""
 
+    def outdated(self) -> bool:
+        """Whether the files this instance loaded have changed since it started (its
+        :attr:`identity` would differ now): a reload (SIGHUP) then starts a new instance
+        for its inboxes rather than keeping this one. ``False`` by default."""
+        return False
+
     @classmethod
     def check(cls, params: BaseModel, runtime: Runtime) -> None:
         """Cheap checks of ``params`` against the files they name, without starting the

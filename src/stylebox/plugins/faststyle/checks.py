@@ -11,8 +11,6 @@ plugin calls it when it starts.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,25 +289,3 @@ def probe_problem(output: np.ndarray, manifest: ModelManifest) -> str | None:
             f"{manifest.value_range!r} is probably wrong, or the output is not the image)"
         )
     return None
-
-
-# -- digests --------------------------------------------------------------------------------
-
-_digest_lock = threading.Lock()
-_digests: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, kept while its size and mtime stay the same."""
-    stat = path.stat()
-    key = (str(path.absolute()), stat.st_size, stat.st_mtime_ns)
-    with _digest_lock:
-        if key in _digests:
-            return _digests[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    with _digest_lock:
-        _digests[key] = digest.hexdigest()
-    return _digests[key]

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from stylebox import __version__, bundled
+from stylebox.digests import file_digest
 from stylebox.errors import BadInput, ConfigError
 from stylebox.images import decode_image, fit_within, resize_to_max_side
 from stylebox.plugins.api import (
@@ -40,7 +41,6 @@ from stylebox.plugins.api import (
 from stylebox.plugins.faststyle.checks import (
     Checked,
     check_model,
-    file_digest,
     probe_image,
     probe_problem,
 )
@@ -206,6 +206,12 @@ class FastPlugin(Plugin[FastParams]):
         """The model's, its manifest's, the style predictor's and the style images'
         digests: a file changed in place makes new jobs, not duplicates."""
         return ";".join(f"{name}={digest}" for name, digest in sorted(self._digests.items()))
+
+    def outdated(self) -> bool:
+        try:
+            return self._file_digests() != self._digests
+        except OSError:  # a file gone: a new instance says what is missing
+            return True
 
     def _file_digests(self) -> dict[str, str]:
         files = {"model": self.model, "manifest": manifest_path(self.model)}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image
 
 from stylebox import __version__
+from stylebox.digests import file_digest
 from stylebox.images import fit_within
 from stylebox.plugins.api import Capabilities, JobContext, Plugin, Runtime
 from stylebox.plugins.gatys.params import GatysParams
@@ -43,7 +44,8 @@ class GatysPlugin(Plugin[GatysParams]):
         super().__init__(params, runtime)
         from stylebox.plugins.gatys.engine import Engine
 
-        self.engine: Engine = Engine(params, runtime)
+        self.engine: Engine = Engine(params, runtime)  # refuses missing or bad files first
+        self._digests = _file_digests(params)
         self.device: Any = self.engine.device
         """The torch device jobs run on."""
         if self.device.type != "cuda":
@@ -51,6 +53,19 @@ class GatysPlugin(Plugin[GatysParams]):
             # its jobs would all wait for the slowest: the daemon hands this instance one
             # job at a time (process_batch still works, batched, when called).
             self.capabilities = replace(type(self).capabilities, batching=False)
+
+    @property
+    def identity(self) -> str:
+        """The style images', style masks' and VGG19 weights' digests: a painting replaced
+        in place makes new jobs, not duplicates of results made with the old one."""
+        facts = {**self._digests, "backbone": self.engine.backbone_id}
+        return ";".join(f"{name}={digest}" for name, digest in sorted(facts.items()))
+
+    def outdated(self) -> bool:
+        try:
+            return _file_digests(self.params) != self._digests
+        except OSError:  # a file gone: a new instance says what is missing
+            return True
 
     @property
     def device_kind(self) -> Literal["cpu", "cuda"]:
@@ -68,3 +83,11 @@ class GatysPlugin(Plugin[GatysParams]):
         """Same-size photos optimised together (see ``Engine.process_many``); a job that
         is stopped or fails alone gets its error in its place in the list."""
         return self.engine.process_many(images, jobs)  # type: ignore[return-value]
+
+
+def _file_digests(params: GatysParams) -> dict[str, str]:
+    files = {f"style{index}": path for index, path in enumerate(params.style)}
+    for index, mask in enumerate(params.style_mask or []):
+        if mask is not None:
+            files[f"style_mask{index}"] = mask
+    return {name: file_digest(path) for name, path in files.items()}
