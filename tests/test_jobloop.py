@@ -230,6 +230,31 @@ def test_a_job_cancelled_between_its_claim_and_its_start_is_stopped(
     assert (row.step or 0) < 1000
 
 
+class ReturnsWhenStopped(Stepper):
+    """Breaks out of its loop when asked to stop and returns its unfinished image."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        for step in range(1, self.params.steps + 1):
+            if job.cancelled:
+                break
+            time.sleep(self.params.seconds_per_step)
+            job.progress(step, self.params.steps)
+        return image
+
+
+def test_a_partial_result_returned_after_a_time_limit_is_no_result(tmp_path: Path) -> None:
+    # It was recorded as done: a result from step 60 of 400, the photo moved to processed/.
+    params = {"steps": 1000, "seconds_per_step": 0.01}
+    loop = _loop(tmp_path, params, extra="timeout_seconds = 0.3", plugin=ReturnsWhenStopped)
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert row.state == "failed" and row.error_message is not None
+    assert "after being asked to stop; a stopped plugin raises Cancelled" in row.error_message
+    assert row.error_message.startswith("timed out after 0.3 s (returned a result at step ")
+    assert not (tmp_path / "outbox" / "photo.png").exists()
+    assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+
+
 class GivesUp(Stepper):
     """Raises ``Cancelled`` though nothing asked it to stop."""
 

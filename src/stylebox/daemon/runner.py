@@ -33,7 +33,7 @@ from stylebox.config import ImagesConfig
 from stylebox.daemon.files import readable
 from stylebox.daemon.outbox import Outbox, OutputNames, gif_frame
 from stylebox.daemon.writer import JobWriter, WriterError
-from stylebox.errors import BadInput, InputChanged, PluginError, StyleboxError
+from stylebox.errors import BadInput, Cancelled, InputChanged, PluginError, StyleboxError
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
 from stylebox.lossplot import render_svg
 from stylebox.plugins.api import JobContext, JsonValue, Plugin, companions_of
@@ -151,6 +151,22 @@ class RunnerContext(JobContext):
         self.frames: dict[str, Image.Image] = {}
         """This run's animation frames, by snapshot file name (filled by the writer)."""
         self._frame_size = frame_size
+        self.last_progress: tuple[int, int] | None = None
+        """The (step, total) of the plugin's last progress report."""
+
+    def partial(self) -> str | None:
+        """Why a result returned now is not the whole job's, or ``None``: asked to stop,
+        the plugin returned before its progress reached its total (it broke out of its
+        loop rather than raising ``Cancelled``)."""
+        if not self.cancelled or self.last_progress is None:
+            return None
+        step, total = self.last_progress
+        if step >= total:
+            return None
+        return (
+            f"returned a result at step {step} of {total} after being asked to stop; "
+            "a stopped plugin raises Cancelled"
+        )
 
     @property
     def companions(self) -> dict[str, Path]:
@@ -235,6 +251,7 @@ class RunnerContext(JobContext):
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
         entry = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self.last_progress = (int(step), int(total))
         _append_entry(self.history, entry)
         self._unsaved.append(json.dumps(entry) + "\n")
         # Jobs under a second are simply redone after a crash; longer ones keep their
@@ -342,6 +359,8 @@ class Runner:
                 result = exc  # a result whose snapshots could not be written is no result
             else:  # it ends anyway; a cancelled job resumes from its last whole checkpoint
                 log.warning("%s: %s (the job ended with: %s)", started.job.name, exc, result)
+        if not isinstance(result, StyleboxError) and (why := started.context.partial()):
+            result = Cancelled(why)  # a partial result is no result: ends as a stopped job
         if isinstance(result, StyleboxError):
             _record_unfinished(started, result)
             return result
