@@ -62,20 +62,25 @@ def write_config(folder: Path, text: str) -> Path:
 class Daemon:
     """``stylebox serve`` as systemd would run it: NOTIFY_SOCKET set, signals to stop."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        """``cwd``: where it runs (``config`` may then be relative to it)."""
         self.config = config
-        self.socket_path = config.parent / f"notify-{time.monotonic_ns()}.sock"
+        self.folder = (cwd / config).parent if cwd else config.parent
+        self.socket_path = self.folder / f"notify-{time.monotonic_ns()}.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.socket_path))
         self.notify.settimeout(0.2)
         self.messages: list[str] = []
-        self.log = (config.parent / "daemon.log").open("ab")
+        self.log = (self.folder / "daemon.log").open("ab")
         full_env = {**os.environ, "NOTIFY_SOCKET": str(self.socket_path), **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
             stdout=self.log,
             stderr=self.log,
             env=full_env,
+            cwd=cwd,
         )
 
     def receive(self, until: str, timeout: float = 90.0) -> bool:
@@ -97,7 +102,7 @@ class Daemon:
         assert self.receive("READY=1"), self.output()
 
     def output(self) -> str:
-        return (self.config.parent / "daemon.log").read_text(errors="replace")
+        return (self.folder / "daemon.log").read_text(errors="replace")
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from conftest import encoded, photo
+from conftest import encoded, installed_site, photo
 from daemon_helpers import POSTERIZE_CONFIG, Daemon, wait_until, write_config
 
 
@@ -119,3 +121,63 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_whatever_its_state_dir(
         again.wait_ready()
     finally:
         assert again.stop() == 0
+
+
+UNRULY = '''
+import os
+import threading
+import time
+
+from stylebox.plugins.api import Plugin, PluginParams
+
+
+class Params(PluginParams):
+    pass
+
+
+class Unruly(Plugin[Params]):
+    """Leaves a thread running for good and moves the working directory."""
+
+    name = "unruly"
+    version = "1"
+    Params = Params
+
+    def __init__(self, params, runtime):
+        super().__init__(params, runtime)
+        threading.Thread(target=lambda: time.sleep(3600), name="lingering").start()
+
+    def process(self, image, job):
+        os.chdir(os.environ["UNRULY_CWD"])
+        job.progress(1, 1)
+        return image
+'''
+
+
+def test_a_plugin_that_moves_the_cwd_and_leaves_a_thread_neither_blocks_reload_nor_exit(
+    tmp_path: Path,
+) -> None:
+    # The reload read the config by its relative name in the plugin's directory ("config
+    # file not found"), and SIGTERM left the daemon waiting for the thread for good.
+    site = installed_site(tmp_path, "unruly", "[stylebox.plugins]\nunruly = unruly:Unruly\n",
+                          {"unruly.py": UNRULY})  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    text = POSTERIZE_CONFIG.format(extra="").replace('plugin = "posterize"', 'plugin = "unruly"')
+    write_config(tmp_path, text.replace("params = { bits = 2 }", ""))
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "UNRULY_CWD": str(tmp_path / "elsewhere"),
+    }
+    daemon = Daemon(Path("stylebox.toml"), env=env, cwd=tmp_path)
+    try:
+        daemon.wait_ready()
+        (tmp_path / "inbox" / "photo.png").write_bytes(encoded(photo(8, 8)))
+        assert wait_until((tmp_path / "outbox" / "photo.json").is_file, 30), daemon.output()
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "config reloaded" in daemon.output(), 30), daemon.output()
+    finally:
+        began = time.monotonic()
+        assert daemon.stop() == 0
+    assert time.monotonic() - began < 20
+    assert "exiting without waiting for threads a plugin left running: lingering" in (
+        daemon.output()
+    )

@@ -15,6 +15,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_BAD, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Entry-point group through which plugins add their own subcommands.
 COMMANDS_GROUP = "stylebox.commands"
+#: Seconds that threads a plugin started may take to end after serve, batch or run did.
+STRAY_THREAD_GRACE = 3.0
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a pipe closed early
 
 log = logging.getLogger("stylebox")
@@ -273,9 +277,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ) from exc
     try:
         handle = PluginHandle(plugin_name, registry.plugins[plugin_name].version, instance, params)
-        return run_files(args.images, handle, args.out, output, config)
+        status = run_files(args.images, handle, args.out, output, config)
     finally:
         instance.close()
+    return _leave(status)
 
 
 def _run_params(
@@ -327,15 +332,43 @@ def _parse_value(raw: str) -> Any:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from stylebox.daemon.service import serve
 
-    return serve(args.config or bundled.default_config_path())
+    return _leave(serve(args.config or bundled.default_config_path()))
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from stylebox.daemon.batch import run_batch
 
-    return run_batch(
-        args.config or bundled.default_config_path(), args.name, args.dry_run, ray=args.ray
+    return _leave(
+        run_batch(
+            args.config or bundled.default_config_path(), args.name, args.dry_run, ray=args.ray
+        )
     )
+
+
+def _leave(status: int) -> int:
+    """``status``; or, where threads that are not stylebox's (a plugin's: all of stylebox's
+    own are daemon threads) are still running a few seconds after the work ended, exit
+    with it at once: the interpreter would wait for them at exit, for good."""
+    stray = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+    ]
+    deadline = time.monotonic() + STRAY_THREAD_GRACE
+    for thread in stray:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stray = [thread for thread in stray if thread.is_alive()]
+    if not stray:
+        return status
+    log.warning(
+        "exiting without waiting for threads a plugin left running: %s",
+        ", ".join(thread.name for thread in stray),
+        extra={"event": "stray_threads"},
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

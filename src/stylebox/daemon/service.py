@@ -52,7 +52,8 @@ log = logging.getLogger("stylebox.service")
 
 class Service:
     def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
+        # Absolute: a reload must find it again whatever the working directory is by then.
+        self.config_path = config_path.absolute()
         self.registry = discover()
         self.loaded = load_config(config_path, self.registry)
         state_dir = self.loaded.config.state_dir
