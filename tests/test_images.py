@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -88,6 +89,27 @@ def test_a_jpeg_with_damaged_coded_data_is_refused_though_pillow_decodes_it(
         decode_image(path)
     path.write_bytes(data[:-2] + b"\x00\x12\x34" + data[-2:])
     assert decode_image(path).size == (256, 171)
+
+
+def test_a_jpeg_scan_thrown_out_of_step_is_refused_by_the_bytes_it_leaves_over(
+    tmp_path: Path,
+) -> None:
+    # 20 bytes zeroed mid-file: libjpeg only warns of bytes left before the end marker,
+    # which was taken for a camera's padding, and the garbled result ended done.
+    with Image.open(Path(__file__).parent / "data" / "kodim06-256.png") as kodak:
+        data = encoded(kodak.convert("RGB"), "JPEG", quality=90)
+    reasons = []
+    for start in range(len(data) // 3, len(data) * 2 // 3, 97):
+        damaged = bytearray(data)
+        damaged[start : start + 20] = bytes(20)
+        path = tmp_path / "photo.jpg"
+        path.write_bytes(bytes(damaged))
+        try:
+            decode_image(path)
+        except BadInput as exc:
+            reasons.append(str(exc))
+    assert any(re.search(r"\d+ extraneous bytes before marker 0xd9$", r) for r in reasons)
+    assert all(r.startswith("photo.jpg is a damaged JPEG: Corrupt JPEG data: ") for r in reasons)
 
 
 def test_format_allowlist_can_be_narrowed() -> None:

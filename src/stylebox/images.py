@@ -200,6 +200,10 @@ _JPEG_DAMAGE = (
 )
 
 
+#: Fewer bytes than this before the end-of-image marker are padding, not damage.
+_JPEG_STRAY_BYTES = 16
+
+
 def _jpeg_damage(data: bytes) -> str | None:
     """What libjpeg-turbo finds damaged in JPEG data that Pillow decoded anyway, or ``None``.
 
@@ -217,6 +221,11 @@ def _jpeg_damage(data: bytes) -> str | None:
     except ValueError as exc:
         message = str(exc).strip()
         if any(words in message for words in _JPEG_DAMAGE):
+            return message
+        # Bytes left over before the end-of-image marker: a scan thrown out of step by
+        # damage (hundreds of them); a camera's padding is a byte or two.
+        left = re.search(r"(\d+) extraneous bytes before marker 0xd9", message)
+        if left and int(left.group(1)) >= _JPEG_STRAY_BYTES:
             return message
         # A warning about a file that decodes whole: read on past it, as Pillow did.
         return None
