@@ -275,3 +275,17 @@ def test_every_bad_field_is_named_at_once(tmp_path: Path) -> None:
     assert "[[inbox]] #1 (starry).params.steps: Input should be greater than 0" in message
     message = refusal(tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = ["gatys"]'))
     assert "[[inbox]] #1 (starry).plugin: Input should be a valid string" in message
+
+
+def test_nan_and_infinity_are_refused_in_plugin_params(tmp_path: Path) -> None:
+    # Layer weights and blends had no bound that NaN fails: a NaN loss, and a manifest
+    # (which records the params) that is not valid JSON.
+    for params in ("content_layers = { relu4_2 = nan }", "style_blend = [inf]",
+                   "style_layers = { relu1_1 = -inf }"):  # fmt: skip
+        message = refusal(tmp_path, GOOD.replace("steps = 10", f"steps = 10, {params}"))
+        assert "[[inbox]] #1 (starry).params." in message
+        assert "finite number" in message, message
+    message = refusal(
+        tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = "gatys"\ntimeout_seconds = inf')
+    )
+    assert "[[inbox]] #1 (starry).timeout_seconds" in message and "finite number" in message

@@ -255,6 +255,23 @@ def test_a_partial_result_returned_after_a_time_limit_is_no_result(tmp_path: Pat
     assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
 
 
+class Overwrites(Stepper):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.note(input="hijacked")
+        return image
+
+
+def test_a_fact_named_as_a_manifest_field_fails_the_job_rather_than_overwrite_it(
+    tmp_path: Path,
+) -> None:
+    loop = _loop(tmp_path, {}, plugin=Overwrites)
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert row.state == "failed" and row.error_message is not None
+    assert "job.note(input=...): 'input' is one of the manifest's own fields" in (row.error_message)
+    assert not (tmp_path / "outbox" / "photo.json").exists()
+
+
 class GivesUp(Stepper):
     """Raises ``Cancelled`` though nothing asked it to stop."""
 

@@ -35,7 +35,8 @@ DeviceSpec = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:\d+)?)$
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity either: a timeout of inf would be no timeout, said nowhere.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BackboneConfig(_Strict):

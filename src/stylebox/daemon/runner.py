@@ -36,7 +36,7 @@ from stylebox.daemon.writer import JobWriter, WriterError
 from stylebox.errors import BadInput, Cancelled, InputChanged, PluginError, StyleboxError
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
 from stylebox.lossplot import render_svg
-from stylebox.plugins.api import JobContext, JsonValue, Plugin, companions_of
+from stylebox.plugins.api import JobContext, JsonValue, Plugin, check_facts, companions_of
 
 log = logging.getLogger("stylebox.runner")
 
@@ -277,6 +277,7 @@ class RunnerContext(JobContext):
             self.snapshots.append(relative)
 
     def note(self, **facts: JsonValue) -> None:
+        check_facts(facts)
         self.facts.update(facts)
 
 

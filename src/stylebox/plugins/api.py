@@ -49,6 +49,7 @@ from stylebox.errors import (
 
 __all__ = [
     "COMPANION_KINDS",
+    "MANIFEST_FIELDS",
     "BadInput",
     "Cancelled",
     "Capabilities",
@@ -63,6 +64,7 @@ __all__ = [
     "Runtime",
     "StyleFile",
     "StyleboxError",
+    "check_facts",
     "companion_index",
     "companion_kind",
     "companions_of",
@@ -73,9 +75,11 @@ JsonValue = Any  # anything json.dumps accepts
 
 
 class PluginParams(BaseModel):
-    """Base for a plugin's ``Params``: unknown keys are refused and values cannot change."""
+    """Base for a plugin's ``Params``: unknown keys are refused, values cannot change, and
+    a float is never NaN or infinite (``nan`` in a config would make the manifest, which
+    records the params, invalid JSON)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -194,6 +198,23 @@ def companions_of(path: Path) -> dict[str, Path]:
     return {kind: path.parent / name for kind, name in found.items() if name != path.name}
 
 
+#: The manifest's own fields, which ``job.note`` cannot set.
+MANIFEST_FIELDS = frozenset(
+    {"stylebox", "input", "plugin", "params", "output", "batch", "timings", "started_at",
+     "finished_at", "history", "libraries"}
+)  # fmt: skip
+
+
+def check_facts(facts: dict[str, JsonValue]) -> None:
+    """Refuse facts that would overwrite the manifest's own fields (``job.note``)."""
+    taken = sorted(MANIFEST_FIELDS.intersection(facts))
+    if taken:
+        raise ValueError(
+            f"job.note({taken[0]}=...): {taken[0]!r} is one of the manifest's own fields "
+            f"({', '.join(sorted(MANIFEST_FIELDS))}); give the fact another name"
+        )
+
+
 class JobContext(ABC):
     """The runner's side of one job, as a plugin sees it."""
 
@@ -228,7 +249,8 @@ class JobContext(ABC):
 
     @abstractmethod
     def note(self, **facts: JsonValue) -> None:
-        """Record facts for the manifest (the device used, a cache hit...)."""
+        """Record facts for the manifest (the device used, a cache hit...); a fact named
+        as one of the manifest's own fields (:data:`MANIFEST_FIELDS`) raises ValueError."""
 
     def save_checkpoint(self, write: Callable[[Path], None]) -> None:
         """Checkpoint without waiting for the disk: ``write(folder)`` saves the plugin's
