@@ -254,6 +254,38 @@ def test_run_with_a_plugin_that_fails_to_start_says_so_in_one_line(tmp_path: Pat
     assert "Traceback" not in result.stderr and image.exists()
 
 
+def test_a_plugin_that_prints_as_it_is_imported_leaves_the_json_on_stdout_whole(
+    tmp_path: Path,
+) -> None:
+    site = installed_site(
+        tmp_path,
+        "chatty",
+        "[stylebox.plugins]\nchatty = chatty:Chatty\n",
+        {
+            "chatty.py": (
+                "from stylebox.plugins.api import Plugin, PluginParams\n"
+                "print('chatty plugin loaded')\n"
+                "class Chatty(Plugin):\n"
+                "    name = 'chatty'\n"
+                "    Params = PluginParams\n"
+                "    def process(self, image, job):\n"
+                "        return image\n"
+            )
+        },
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "config", "schema"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "chatty" in json.dumps(json.loads(result.stdout))  # whole, and the plugin's in it
+    assert "chatty plugin loaded" in result.stderr
+
+
 def test_run_names_an_image_that_does_not_exist(tmp_path: Path) -> None:
     missing = tmp_path / "kodim23.png"
     result = subprocess.run(

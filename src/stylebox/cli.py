@@ -38,7 +38,7 @@ from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import BadInput, ConfigError, PluginError, StyleboxError
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime
-from stylebox.plugins.registry import Registry, discover
+from stylebox.plugins.registry import Registry, discover, load_quietly
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -224,7 +224,7 @@ def _add_plugin_commands(commands: argparse._SubParsersAction[Any]) -> None:
 
     for entry_point in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
         try:
-            entry_point.load()(commands)
+            load_quietly(entry_point)(commands)
         except Exception as exc:  # a broken plugin must not take the whole CLI down
             _fail(
                 f"plugin commands {entry_point.name!r} ({entry_point.value}) left out: "

@@ -6,9 +6,12 @@ reason and left out; it never takes the other plugins down.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -58,7 +61,7 @@ def discover() -> Registry:
     for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
         source = _describe(entry_point)
         try:
-            loaded = entry_point.load()
+            loaded = load_quietly(entry_point)
         except BaseException as exc:  # a plugin's import may fail in any way at all
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -74,6 +77,14 @@ def discover() -> Registry:
             version = entry_point.dist.version if entry_point.dist else "unknown"
         registry.plugins[entry_point.name] = PluginInfo(entry_point.name, loaded, version, source)
     return registry
+
+
+def load_quietly(entry_point: EntryPoint) -> Any:
+    """The entry point's object, with anything its import prints sent to standard error:
+    the commands' standard output is for what they answer (``status --json``, ``config
+    schema``), which a plugin's stray ``print`` would make unreadable."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return entry_point.load()
 
 
 def contract_problem(name: str, loaded: object) -> str | None:
