@@ -26,10 +26,11 @@ from stepper_plugin import Stepper, StepperParams
 from stylebox.config import load_config
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import JobRow, Journal, NewJob, journal_path
-from stylebox.daemon.pipeline import Pipeline, Source, Stop
+from stylebox.daemon.pipeline import Pipeline, Source, Stop, build_sources
 from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import Cancelled
 from stylebox.plugins.api import JobContext, Runtime
+from stylebox.plugins.registry import PluginInfo, Registry
 
 CONFIG = """
 state_dir = "state"
@@ -661,6 +662,24 @@ def test_jobs_are_scheduled_by_the_device_kind_a_plugin_declares(tmp_path: Path)
         handle = PluginHandle("stepper", "1", instance, instance.params)
         kinds[plugin] = Source.of("inbox:steps", inbox, handle).device_type
     assert kinds == {Stepper: "cpu", OnGpu: "cuda", SaysCudaSomewhere: "cpu"}
+
+
+class SaysGpu(Stepper):
+    @property
+    def device_kind(self) -> Literal["cpu", "cuda"]:
+        return "gpu"  # type: ignore[return-value]
+
+
+def test_a_plugin_declaring_an_unknown_device_kind_disables_its_inbox(tmp_path: Path) -> None:
+    # Under no [daemon] workers limit, its jobs ran beside any number of others unsaid.
+    loaded = load_config(write_config(tmp_path, CONFIG.format(lease=30, extra="")))
+    registry = Registry()
+    registry.plugins["posterize"] = PluginInfo("posterize", SaysGpu, "1", "tests")
+    assert build_sources(loaded, registry, ("inbox",)) == {}
+    assert loaded.unavailable[("inbox", "steps")] == (
+        "plugin 'posterize' failed to start: PluginError: its device_kind is 'gpu'; it must "
+        "be 'cpu' or 'cuda'"
+    )
 
 
 @pytest.mark.parametrize(("limit", "most_at_once"), [(1, 1), (None, 2)])

@@ -120,7 +120,14 @@ def build_sources(
             key = (entry.plugin, digest)
             if key not in shared:
                 try:
-                    shared[key] = registry.get(entry.plugin)(params, runtime)
+                    instance = registry.get(entry.plugin)(params, runtime)
+                    kind = instance.device_kind
+                    if kind not in ("cpu", "cuda"):  # it would run under no workers limit
+                        instance.close()
+                        raise PluginError(
+                            f"its device_kind is {kind!r}; it must be 'cpu' or 'cuda'"
+                        )
+                    shared[key] = instance
                 except ConfigError as exc:  # where, as for the config's own fields
                     where = f"{loaded.source}: " if loaded.source else ""
                     label = loaded.label(table, entry.name)
