@@ -273,6 +273,21 @@ def test_a_fact_named_as_a_manifest_field_fails_the_job_rather_than_overwrite_it
     assert not (tmp_path / "outbox" / "photo.json").exists()
 
 
+class ReturnsClosed(Stepper):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        result = image.copy()
+        result.close()
+        return result
+
+
+def test_a_closed_result_image_is_named_as_such(tmp_path: Path) -> None:
+    loop = _loop(tmp_path, {}, plugin=ReturnsClosed)
+    loop.run_until_empty({"inbox:steps"})
+    assert _only_job(loop).error_message == (
+        "plugin stepper returned an image that cannot be read: Operation on closed image"
+    )
+
+
 class GivesUp(Stepper):
     """Raises ``Cancelled`` though nothing asked it to stop."""
 

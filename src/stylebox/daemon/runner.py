@@ -539,6 +539,12 @@ def check_result(plugin: PluginHandle, size: tuple[int, int], result: object) ->
         raise PluginError(f"plugin {plugin.name} returned {type(result).__name__}, not an image")
     if result.mode != "RGB":
         raise PluginError(f"plugin {plugin.name} returned a {result.mode} image, not RGB")
+    try:
+        result.getpixel((0, 0))
+    except (ValueError, OSError) as exc:  # closed, or lazily opened from a file since gone
+        raise PluginError(
+            f"plugin {plugin.name} returned an image that cannot be read: {exc}"
+        ) from exc
     expected = plugin.instance.output_size(size)
     if result.size != tuple(expected):
         raise PluginError(
