@@ -218,6 +218,22 @@ def test_run_writes_the_result_format_asked_for(tmp_path: Path, fmt: str, pillow
         assert output["notes"] == []
 
 
+def test_run_says_every_bad_file_and_still_runs_the_good_ones(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    # One bad file among several stopped the whole run naming only it (`run *.jpg`).
+    bad = make_bad_inputs(tmp_path / "bad")
+    (empty, empty_reason), (text, text_reason) = bad["empty"], bad["text"]
+    args = run_args(photo_file, tmp_path / "out", tmp_path / "state", style_file)
+    result = stylebox(*args[:2], str(empty), str(text), *args[2:])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert empty_reason in lines[0] and lines[0].startswith("stylebox: bad input: ")
+    assert text_reason in lines[1] and lines[1].startswith("stylebox: bad input: ")
+    assert (tmp_path / "out" / "photo.png").is_file()
+    assert empty.exists() and text.exists()
+
+
 def test_run_with_a_plugin_that_fails_to_start_says_so_in_one_line(tmp_path: Path) -> None:
     site = installed_site(
         tmp_path,

@@ -254,14 +254,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.format:
         output = output.model_copy(update={"format": args.format})
 
-    # Refuse bad inputs before the (slow) plugin start-up.
+    # Bad inputs are said before the (slow) plugin start-up, each in its line; the others
+    # run (as a batch goes on past its bad files), and the exit status says one was bad.
     images_config = loaded.config.images if loaded else ImagesConfig()
+    good: list[Path] = []
     for path in args.images:
-        if not os.path.lexists(path):  # a name given here, not a file that went away
-            raise BadInput(f"{path} does not exist")
-        decode_image(
-            path, max_pixels=images_config.max_pixels, formats=frozenset(images_config.formats)
-        )
+        try:
+            if not os.path.lexists(path):  # a name given here, not a file that went away
+                raise BadInput(f"{path} does not exist")
+            decode_image(
+                path, max_pixels=images_config.max_pixels, formats=frozenset(images_config.formats)
+            )
+        except BadInput as exc:
+            _fail(f"bad input: {exc}")
+        else:
+            good.append(path)
+    if not good:
+        return EXIT_BAD
 
     from stylebox.daemon.runfiles import run_files
 
@@ -277,9 +286,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ) from exc
     try:
         handle = PluginHandle(plugin_name, registry.plugins[plugin_name].version, instance, params)
-        status = run_files(args.images, handle, args.out, output, config)
+        status = run_files(good, handle, args.out, output, config)
     finally:
         instance.close()
+    if status == EXIT_OK and len(good) < len(args.images):
+        status = EXIT_BAD
     return _leave(status)
 
 
