@@ -112,6 +112,42 @@ def test_a_jpeg_scan_thrown_out_of_step_is_refused_by_the_bytes_it_leaves_over(
     assert all(r.startswith("photo.jpg is a damaged JPEG: Corrupt JPEG data: ") for r in reasons)
 
 
+def _float_rgb_tiff(width: int, height: int) -> bytes:
+    """A valid uncompressed TIFF of 32-bit float RGB pixels (SampleFormat 3), which
+    Pillow opens but cannot hold."""
+    pixels = np.full((height, width, 3), 0.5, "<f4").tobytes()
+    tags = [  # (tag, type, count, value or offset): SHORT 3, LONG 4
+        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, 0), (259, 3, 1, 1),
+        (262, 3, 1, 2), (273, 4, 1, 0), (277, 3, 1, 3), (278, 4, 1, height),
+        (279, 4, 1, len(pixels)), (284, 3, 1, 1), (339, 3, 3, 0),
+    ]  # fmt: skip
+    extra_at = 8 + 2 + 12 * len(tags) + 4
+    bits, formats = struct.pack("<3H", 32, 32, 32), struct.pack("<3H", 3, 3, 3)
+    data_at = extra_at + len(bits) + len(formats)
+    offsets = {258: extra_at, 273: data_at, 339: extra_at + len(bits)}
+    entries = b""
+    for tag, kind, count, value in tags:
+        value = offsets.get(tag, value)
+        packed = (
+            struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        )
+        entries += struct.pack("<HHI", tag, kind, count) + packed
+    ifd = struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bits + formats + pixels
+
+
+def test_refusals_name_what_the_file_is_rather_than_call_it_damaged() -> None:
+    with pytest.raises(BadInput, match=r"^image is a TIFF in a pixel format that cannot be read"):
+        decode_bytes(_float_rgb_tiff(4, 2))
+    heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64)
+    with pytest.raises(BadInput, match=r"^image is a HEIC/HEIF image, which is not accepted"):
+        decode_bytes(heic)
+    ico = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(ico, "ICO")
+    with pytest.raises(BadInput, match=r"^image is an ICO image, which is not accepted"):
+        decode_bytes(ico.getvalue())
+
+
 def test_format_allowlist_can_be_narrowed() -> None:
     with pytest.raises(BadInput, match="is a PNG image, which is not accepted"):
         decode_bytes(encoded(photo(8, 8)), formats=frozenset({"JPEG"}))

@@ -173,9 +173,13 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
             found = probe.format
     except Exception:  # any failure here just means "not an image"
         found = None
+    found = found or _unreadable_kind(data)
     if found:
+        # As it is spoken: "an ICO", "an MPO" (a letter), "a HEIC/HEIF" (a word).
+        spelt = len(found) <= 3 and found[0] in "FHLMNRSX"
+        article = "an" if found[0] in "AEIOU" or spelt else "a"
         raise BadInput(
-            f"{name} is a {found} image, which is not accepted "
+            f"{name} is {article} {found} image, which is not accepted "
             f"(accepted formats: {', '.join(sorted(formats))})"
         )
     chunk = _png_crc_error(data) if "PNG" in formats else None
@@ -183,8 +187,22 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
         raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
     damage = _damage(data, formats)
     if damage:
-        raise BadInput(f"{name} is a damaged {damage[0]}: {damage[1]}")
+        fmt, reason = damage
+        if reason == "unknown pixel mode":  # a valid file whose pixels Pillow cannot hold
+            raise BadInput(f"{name} is a {fmt} in a pixel format that cannot be read ({reason})")
+        raise BadInput(f"{name} is a damaged {fmt}: {damage[1]}")
     raise BadInput(f"{name} is not an image (no known image format recognised)")
+
+
+#: ISO media brands of HEIF pictures (a phone's HEIC photos), which Pillow cannot read.
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+
+
+def _unreadable_kind(data: bytes) -> str | None:
+    """The kind of a common picture format Pillow cannot read at all, by its signature."""
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIC/HEIF"
+    return None
 
 
 #: libjpeg's words for coded data that is damaged (its other warnings, such as stray bytes
