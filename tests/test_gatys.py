@@ -443,3 +443,35 @@ def test_a_painting_replaced_in_place_is_a_new_identity_and_outdates_the_instanc
     assert again.identity != plugin.identity and not again.outdated()
     style.unlink()
     assert again.outdated()
+
+
+def test_a_cut_out_painting_is_its_visible_part_whatever_lies_under_its_transparency(
+    tmp_path: Path,
+) -> None:
+    # The colour a file keeps under transparent pixels (black, white) went into the style
+    # statistics, and nothing said so.
+    from stylebox.plugins.gatys.style_files import read_style_files
+
+    painting = np.asarray(photo(40, 30, seed=3))
+    for under in (0, 255):
+        pixels = np.full((60, 80, 4), under, np.uint8)
+        pixels[..., 3] = 0
+        pixels[10:40, 20:60, :3] = painting
+        pixels[10:40, 20:60, 3] = 255
+        Image.fromarray(pixels, "RGBA").save(tmp_path / f"cutout{under}.png")
+    mask = np.zeros((60, 80, 3), np.uint8)
+    mask[10:40, 20:40] = (255, 0, 0)  # the left half of the painting is red
+    Image.fromarray(mask).save(tmp_path / "cutout.mask.png")
+    mask_path = tmp_path / "cutout.mask.png"
+    files = [
+        read_style_files(GatysParams(style=[tmp_path / f"cutout{n}.png"], style_mask=[mask_path]))
+        for n in (0, 255)
+    ]
+    for read in files:
+        assert np.array_equal(np.asarray(read.styles[0].image), painting)
+        (label,) = read.masks
+        assert label is not None and label.size == (40, 30)
+        assert np.asarray(label.convert("RGB"))[:, :20].tolist() == [[[255, 0, 0]] * 20] * 30
+    Image.new("RGBA", (8, 8)).save(tmp_path / "clear.png")
+    with pytest.raises(ConfigError, match=r"clear\.png: it is transparent all over"):
+        read_style_files(GatysParams(style=[tmp_path / "clear.png"]))

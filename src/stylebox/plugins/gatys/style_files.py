@@ -6,14 +6,17 @@ them alike, so a config that check passes is one the daemon starts on.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageStat
 
 from stylebox.errors import BadInput, ConfigError
 from stylebox.images import decode_image
 from stylebox.plugins.gatys.labels import distinct_colors, load_mask
 from stylebox.plugins.gatys.params import Color, GatysParams
+
+log = logging.getLogger("stylebox.gatys")
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,18 @@ def read_style_files(params: GatysParams) -> StyleFiles:
     """Every style image and style mask of ``params``; a :class:`ConfigError` naming the
     file and what is wrong with it."""
     styles = []
+    crops: list[tuple[tuple[int, int], tuple[int, int, int, int] | None]] = []
     for path in params.style:
         try:
             decoded = decode_image(path)
         except BadInput as exc:
             raise ConfigError(f"gatys style image {path}: {exc}") from exc
-        styles.append(StyleImage(decoded.rgb, decoded.sha256))
+        painting, box = _painted_part(decoded.rgb, decoded.alpha, path)
+        styles.append(StyleImage(painting, decoded.sha256))
+        crops.append((decoded.rgb.size, box))
     masks: list[Image.Image | None] = []
     colors: set[Color] = set()
-    for style, path in zip(styles, params.style_mask or [None] * len(styles), strict=True):
+    for (size, box), path in zip(crops, params.style_mask or [None] * len(styles), strict=True):
         if path is None:
             masks.append(None)
             continue
@@ -56,7 +62,31 @@ def read_style_files(params: GatysParams) -> StyleFiles:
                 colors.update(distinct_colors(mask, where))
         except BadInput as exc:
             raise ConfigError(str(exc)) from exc
-        if mask.size != style.image.size:  # the masks follow their image
-            mask = mask.resize(style.image.size, Image.Resampling.NEAREST)
-        masks.append(mask)
+        if mask.size != size:  # the masks follow their image
+            mask = mask.resize(size, Image.Resampling.NEAREST)
+        masks.append(mask.crop(box) if box else mask)
     return StyleFiles(styles, masks, colors)
+
+
+def _painted_part(
+    rgb: Image.Image, alpha: Image.Image | None, path: object
+) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+    """What a style image shows: an image with transparency (a cut-out painting) is cropped
+    to its visible part, and what is still see-through there takes the mean colour of the
+    rest; the colour a file keeps under its transparent pixels (often black) is not part of
+    the painting, and would weigh in its statistics. With the crop box, or ``None``."""
+    if alpha is None or alpha.getextrema()[0] == 255:
+        return rgb, None
+    seen = alpha.point(lambda a: 255 if a > 0 else 0)
+    box = seen.getbbox()
+    if box is None:
+        raise ConfigError(f"gatys style image {path}: it is transparent all over")
+    mean = tuple(round(v) for v in ImageStat.Stat(rgb, mask=seen).mean)
+    painting = Image.composite(rgb, Image.new("RGB", rgb.size, mean), alpha).crop(box)
+    log.info(
+        "style image %s has transparent parts: its visible part (%dx%d) is the painting",
+        path,
+        painting.width,
+        painting.height,
+    )
+    return painting, box
