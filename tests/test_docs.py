@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from conftest import REPO, STYLES
 
@@ -99,3 +100,23 @@ def test_the_published_schema_accepts_the_configs_stylebox_accepts() -> None:
     empty = {"inbox": [{"name": "a", "path": "a", "outbox": "b", "plugin": "gatys",
                         "params": {"style": []}}]}  # fmt: skip
     assert not validator.is_valid(empty)
+
+
+def test_the_minimal_plugin_of_the_api_docstring_passes_the_contract_kit(tmp_path: Path) -> None:
+    import textwrap
+
+    from stylebox.plugins import api
+    from stylebox.testing import ContractCase, check_plugin
+
+    assert api.__doc__ is not None
+    code = api.__doc__.split("A minimal plugin::", 1)[1].split("registered in", 1)[0]
+    namespace: dict = {}
+    exec(  # the docstring's own names, imported as a plugin module would
+        "from PIL import Image, ImageOps\nfrom pydantic import Field\n"
+        "from stylebox.plugins.api import Plugin, PluginParams\n" + textwrap.dedent(code),
+        namespace,
+    )
+    # Only found by name once its package is installed with the entry point shown.
+    installed = {"discoverable": "the entry point is its package's, not this test's"}
+    report = check_plugin(ContractCase(namespace["Invert"], tmp_path), installed)
+    assert report.ok, str(report)

@@ -15,7 +15,9 @@ A minimal plugin::
             strength: float = Field(1.0, ge=0, le=1)
 
         def process(self, image, job):
-            return Image.blend(image, ImageOps.invert(image), self.params.strength)
+            result = Image.blend(image, ImageOps.invert(image), self.params.strength)
+            job.progress(1, 1)  # one step, done: what the progress bar and kit look for
+            return result
 
 registered in its package's ``pyproject.toml``::
 
