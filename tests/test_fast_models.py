@@ -463,3 +463,25 @@ def test_the_style_image_is_centre_cropped_to_the_predictors_aspect() -> None:
     pixels = fast_plugin._style_pixels(bands, spec)
     assert pixels.shape == (1, 32, 32, 3)
     assert np.allclose(pixels[0, 2:-2, 2:-2], [0.0, 1.0, 0.0], atol=0.02)
+
+
+@pytest.mark.parametrize("name", ["starry_night_small", "the_scream_small"])
+def test_each_bundled_model_paints_a_photo_in_its_painting_and_keeps_the_photo(
+    tmp_path: Path, name: str
+) -> None:
+    from stylebox import bundled
+
+    assert name in bundled.model_names()
+    manifest = json.loads((REPO / "styles" / f"{name}.json").read_text())
+    for file in (manifest["fp16_variant"], manifest["thumbnail"]):
+        assert (REPO / "styles" / file).is_file()
+    with Image.open(REPO / "tests" / "data" / "kodim06-256.png") as kodak:
+        image = kodak.convert("RGB")
+    result, _ = run(plugin(tmp_path, name), image, tmp_path)  # found by its name
+    source = np.asarray(image, np.float64)
+    grey = [a.mean(2).ravel() for a in (source, result)]
+    assert np.corrcoef(*grey)[0, 1] > 0.3  # the photo's structure is still there
+    with Image.open(bundled.find_style(manifest["style"])) as style:  # type: ignore[arg-type]
+        colour = np.asarray(style.convert("RGB"), np.float64).mean((0, 1))
+    # Its colours moved toward the painting's.
+    assert np.abs(result.mean((0, 1)) - colour).sum() < np.abs(source.mean((0, 1)) - colour).sum()
