@@ -7,24 +7,28 @@ each bad plugin below changes one thing about it.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from stylebox.errors import BadInput, Cancelled
-from stylebox.plugins.api import Capabilities, JobContext, Plugin, PluginParams
+from stylebox.plugins.api import Capabilities, JobContext, Plugin, PluginParams, Runtime
 from stylebox.testing import (
     CHECKS,
     ContractCase,
@@ -244,6 +248,198 @@ class BatchForgetsJobs(Good):
         return [ImageOps.invert(image) for image in images]
 
 
+# What a third-party author found passing the kit: each below used to pass its check.
+
+#: Events the plugins below wait on (threads left running, a process blocked): set after
+#: each test, so that nothing they started outlives it.
+_RELEASE: list[threading.Event] = []
+
+
+def _release_event() -> threading.Event:
+    event = threading.Event()
+    _RELEASE.append(event)
+    return event
+
+
+@pytest.fixture(autouse=True)
+def _release_what_plugins_left() -> Iterator[None]:
+    yield
+    while _RELEASE:
+        _RELEASE.pop().set()
+
+
+class ReturnsWhenCancelled(Good):
+    """Polls the flag, but breaks out and returns its unfinished image."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        result = image.copy()
+        for step in range(1, 11):
+            if job.cancelled:
+                break
+            result = ImageOps.invert(result)
+            job.progress(step, 10)
+        return result
+
+
+class LeavesAThread(Good):
+    """Starts a non-daemon worker in __init__ that close() never stops."""
+
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        self.worker = threading.Thread(target=_release_event().wait, name="kit-leftover")
+        self.worker.start()
+
+
+class LeavesADaemonThread(Good):
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        self.worker = threading.Thread(
+            target=_release_event().wait, name="kit-daemon-leftover", daemon=True
+        )
+        self.worker.start()
+
+
+class StopsItsThread(LeavesAThread):
+    """Stops and joins its worker in close(): passes."""
+
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        self.stop = _release_event()
+        Good.__init__(self, params, runtime)
+        self.worker = threading.Thread(target=self.stop.wait, name="kit-stopped")
+        self.worker.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.worker.join()
+
+
+class ChangesDirectory(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        os.chdir(job.checkpoint_dir)
+        return super().process(image, job)
+
+
+class ChangesDirectoryAtStart(Good):
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        os.chdir(runtime.state_dir.parent)
+
+
+class SaysGpu(Good):
+    @property
+    def device_kind(self) -> Any:
+        return "gpu"
+
+
+class AllowsInfinity(Good):
+    class Params(PluginParams):
+        model_config = ConfigDict(allow_inf_nan=True)
+        level: int = Field(2, ge=1, le=8)
+        strength: float = Field(1.0, ge=0)  # nan >= 0 is false: only inf gets through
+
+
+class PlainModelAllowsNan(Good):
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        level: int = Field(2, ge=1, le=8)
+        weights: list[float] = [1.0]
+
+
+class ExplicitlyAllowsInfinity(Good):
+    """Says so field by field: passes."""
+
+    class Params(PluginParams):
+        level: int = Field(2, ge=1, le=8)
+        limit: float = Field(float("inf"), allow_inf_nan=True)
+
+
+class PrintsInProcess(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        print("step done")
+        return super().process(image, job)
+
+
+class PrintsAtStart(Good):
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        sys.stdout.write("model loaded\n")
+
+
+class ReturnsClosedImage(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        result = super().process(image, job)
+        result.close()
+        return result
+
+
+class KeepsStats(Good):
+    """A SQLite database beside the state dir: outside the folders it is given."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        with contextlib.closing(sqlite3.connect(self.runtime.state_dir.parent / "stats.db")):
+            pass
+        with contextlib.closing(sqlite3.connect(":memory:")):  # no file: allowed
+            pass
+        return super().process(image, job)
+
+
+class Forks(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return super().process(image, job)
+
+
+def uses_multiprocessing(method: str) -> type[Good]:
+    class UsesMultiprocessing(Good):
+        def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+            worker = multiprocessing.get_context(method).Process(target=int)
+            worker.start()
+            worker.join()
+            return super().process(image, job)
+
+    UsesMultiprocessing.__name__ = UsesMultiprocessing.__qualname__ = f"Uses{method.title()}"
+    return UsesMultiprocessing
+
+
+class WritesLater(Good):
+    """A thread writes 0.3 s after process returned."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        late = self.runtime.state_dir.parent / "late.txt"
+        threading.Timer(0.3, late.write_text, args=("too late",)).start()
+        return super().process(image, job)
+
+
+class SpillsBigImages(Good):
+    """Writes a file only for images over 100k pixels."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        if image.width * image.height > 100_000:
+            image.save(self.runtime.state_dir.parent / "spill.png")
+        return super().process(image, job)
+
+
+class BlocksOnTiny(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        if image.size == (1, 1):
+            _release_event().wait()  # forever, as far as the kit can tell
+        return super().process(image, job)
+
+
+class TextMetric(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.progress(1, 1, stage="done")  # type: ignore[arg-type]
+        return ImageOps.invert(image)
+
+
+class FailsToStart(Good):
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        raise RuntimeError("no model file")
+
+
 BAD_PLUGINS = [
     ("discoverable", NotInstalled, {}, "no entry point named 'not_installed'"),
     ("params_model", NoneParams, {}, "must be a pydantic model"),
@@ -273,6 +469,46 @@ BAD_PLUGINS = [
     ("no_programs", RunsAProgram, {}, "started a program"),
     ("cancellation", IgnoresCancel, {"cancel_within": 0.5}, "kept running 0.5 s after"),
     ("cancellation", CancelsWithRuntimeError, {}, "raised RuntimeError: stopped"),
+    (
+        "cancellation",
+        ReturnsWhenCancelled,
+        {},
+        r"returned a result after job.cancelled turned true at step 1 of 10 .*raise Cancelled "
+        "after checkpointing",
+    ),
+    ("threads_stopped", LeavesAThread, {}, "left a non-daemon thread, 'kit-leftover' running"),
+    ("threads_stopped", LeavesADaemonThread, {}, "left a daemon thread, 'kit-daemon-leftover'"),
+    (
+        "keeps_working_directory",
+        ChangesDirectory,
+        {},
+        "changed the working directory to .*/checkpoint; the daemon resolves relative paths",
+    ),
+    ("keeps_working_directory", ChangesDirectoryAtStart, {}, "changed the working directory"),
+    ("device_kind", SaysGpu, {}, "device_kind is 'gpu'; return 'cpu' or 'cuda'"),
+    ("params_reject_bad_values", AllowsInfinity, {}, "Params.strength accepts inf; NaN and inf"),
+    ("params_reject_bad_values", PlainModelAllowsNan, {}, r"Params.weights accepts \[nan\]"),
+    ("no_stdout", PrintsInProcess, {}, "printed to stdout in process: 'step done'; use logging"),
+    ("no_stdout", PrintsAtStart, {}, r"printed to stdout while starting \(__init__\): 'model"),
+    ("accepts_image_kinds", ReturnsClosedImage, {}, "pixels cannot be read for a 1x1 image"),
+    ("writes_only_where_given", KeepsStats, {}, r"sqlite3.connect /.*/stats\.db\n"),
+    ("no_programs", Forks, {}, r"started a program:\n  os.fork \(a copy of this process\)"),
+    ("no_programs", uses_multiprocessing("fork"), {}, "os.fork"),
+    ("no_programs", uses_multiprocessing("spawn"), {}, "_posixsubprocess.fork_exec"),
+    ("writes_only_where_given", WritesLater, {}, "open /.*/late.txt"),
+    ("writes_only_where_given", SpillsBigImages, {}, "open /.*/spill.png"),
+    (
+        "accepts_image_kinds",
+        BlocksOnTiny,
+        {"time_limit": 0.5},
+        "process did not return within 0.5 s on a 1x1 image",
+    ),
+    (
+        "progress_through_context",
+        TextMetric,
+        {},
+        "reported the metric stage='done', which is not a number",
+    ),
     ("deterministic", Unseeded, {}, "different pixels twice from one instance"),
     ("batch", BatchReversed, {}, "batch item 0 differs"),
     ("batch", BatchForgetsJobs, {}, "batch item 0's job context got no progress"),
@@ -342,7 +578,7 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     """Run the base class the way a plugin author would, in a pytest of its own."""
     (tmp_path / "test_author.py").write_text(
         "from typing import ClassVar\n"
-        "from test_contract_kit import Good, NoProgress\n"
+        "from test_contract_kit import BlocksOnTiny, Good, NoProgress\n"
         "from stylebox.testing import PluginContract\n\n"
         "class TestGood(PluginContract):\n"
         "    plugin = Good\n"
@@ -351,7 +587,13 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
         "    plugin = NoProgress\n"
         "    expected_failures: ClassVar = {'discoverable': 'not installed here'}\n\n"
         "class TestMissing(PluginContract):\n"
-        "    plugin = 'no_such_plugin_xyz'\n"
+        "    plugin = 'no_such_plugin_xyz'\n\n"
+        "class TestBlocks(PluginContract):\n"
+        "    plugin = BlocksOnTiny\n"
+        "    time_limit = 0.5\n"
+        "    realistic_size = None\n"
+        "    expected_failures: ClassVar = {'discoverable': 'not installed here',\n"
+        "                                   'accepts_image_kinds': 'blocks on 1x1'}\n"
     )
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_author.py"],
@@ -369,7 +611,10 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     # that does not load fails once, and the rest of its checks say why they skip
     assert "FAILED test_author.py::TestMissing::test_contract[discoverable]" in out
     assert "the plugin did not load; see the discoverable check" in out
-    assert "4 failed, 25 passed, 14 skipped, 2 xfailed" in out
+    # time_limit reaches the case: a plugin blocked on a 1x1 image fails (and the blocked
+    # thread does not keep pytest from exiting)
+    assert "XFAIL test_author.py::TestBlocks::test_contract[accepts_image_kinds] - blocks" in out
+    assert "4 failed, 50 passed, 18 skipped, 4 xfailed" in out
 
 
 # -- issue 18: what a plugin author could slip past ---------------------------------------
@@ -441,3 +686,123 @@ def test_sample_images_name_their_kinds(tmp_path: Path) -> None:
         ValueError, match="'flat'; the kinds are gradient, black, white, grey, noise"
     ):
         sample_image((4, 4), "flat")
+
+
+# -- what a third-party author found passing the kit ---------------------------------------
+
+
+def test_a_plugin_that_stops_its_threads_in_close_passes(tmp_path: Path) -> None:
+    run_check("threads_stopped", StopsItsThread, tmp_path / "stops")
+    # a thread that ends on its own soon after close() passes; the sandbox watches it until
+    # then, and its late write is caught
+    run_check("threads_stopped", WritesLater, tmp_path / "later")
+
+
+def test_a_float_field_may_allow_infinity_explicitly(tmp_path: Path) -> None:
+    run_check("params_reject_bad_values", ExplicitlyAllowsInfinity, tmp_path)
+
+
+class SpillsBigImagesSlowly(SpillsBigImages):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        time.sleep(1.05)  # at 64x48: too slow for the realistic-size run
+        return super().process(image, job)
+
+
+def test_the_realistic_size_run_is_left_out_when_off_or_slow(tmp_path: Path) -> None:
+    run_check("writes_only_where_given", SpillsBigImages, tmp_path / "off", realistic_size=None)
+    run_check("writes_only_where_given", SpillsBigImagesSlowly, tmp_path / "slow")
+
+
+def test_what_a_plugin_does_at_import_is_observed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing is not a job: the daemon (and ``stylebox status``) import every plugin."""
+    from kit_prints_at_import import PrintsAtImport  # its print goes to pytest's capture
+
+    printed = "printed to stdout at import: 'kit_prints_at_import: hello from the import'"
+    with pytest.raises(ContractFailure, match=printed):
+        run_check("no_stdout", PrintsAtImport, tmp_path / "class")
+    # and through its entry point, as the daemon finds it
+    dist = tmp_path / "site" / "kit_prints-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kit-prints\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[stylebox.plugins]\nkit_prints_at_import = kit_prints_at_import:PrintsAtImport\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(ContractFailure, match=printed):
+        run_check("no_stdout", "kit_prints_at_import", tmp_path / "entry-point")
+
+    from kit_busy_at_import import BusyAtImport  # quiet here: $KIT_BUSY_AT_IMPORT is unset
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    monkeypatch.setenv("KIT_BUSY_AT_IMPORT", str(folder))
+    for check, message in [
+        ("writes_only_where_given", rf"\(at import\) open {re.escape(str(folder))}/imported.txt"),
+        ("no_network", r"\(at import\) socket.connect \('127.0.0.1', 9\)"),
+        ("no_programs", r"\(at import\) subprocess.Popen \['true'\]"),
+        ("keeps_working_directory", rf"directory to {re.escape(str(folder))} \(at import\)"),
+    ]:
+        with pytest.raises(ContractFailure, match=message):
+            run_check(check, BusyAtImport, tmp_path / check)
+
+
+class BlocksAtStart(Good):
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        _release_event().wait()
+
+
+class BlocksInClose(Good):
+    def close(self) -> None:
+        _release_event().wait()
+
+
+def test_every_call_into_the_plugin_has_a_time_limit(tmp_path: Path) -> None:
+    with pytest.raises(ContractFailure, match=r"starting the plugin \(__init__\) did not return "):
+        run_check("accepts_image_kinds", BlocksAtStart, tmp_path / "start", time_limit=0.3)
+    with pytest.raises(ContractFailure, match=r"close\(\) did not return within 0.3 s"):
+        run_check("accepts_image_kinds", BlocksInClose, tmp_path / "close", time_limit=0.3)
+    with pytest.raises(ContractFailure, match=r"process_batch did not return within 0.3 s on 4"):
+        run_check("batch", BlocksInBatch, tmp_path / "batch", time_limit=0.3)
+
+
+class BlocksInBatch(Good):
+    def process_batch(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image]:
+        _release_event().wait()
+        return []
+
+
+class BrokenOutputSize(Good):
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        raise ValueError("no size")
+
+
+def test_a_check_that_breaks_off_is_a_failure_in_the_report(tmp_path: Path) -> None:
+    report = check_plugin(ContractCase(plugin=BrokenOutputSize, workdir=tmp_path))
+    (result,) = [r for r in report.results if r.check == "accepts_image_kinds"]
+    assert (result.status, result.message) == (
+        "failed",
+        "the check broke off on ValueError: no size",
+    )
+
+
+def test_a_plugin_that_fails_to_start_gets_a_report(tmp_path: Path) -> None:
+    report = check_plugin(ContractCase(plugin=FailsToStart, workdir=tmp_path))
+    failed = {r.check: r.message for r in report.results if r.status == "failed"}
+    assert set(failed) == {"discoverable"} | {c.name for c in CHECKS if c.runs_plugin}
+    del failed["discoverable"]
+    for message in failed.values():
+        assert "the plugin failed to start with the params {'level': 2}: RuntimeError: no " in (
+            message
+        )
+
+
+def test_a_text_metric_is_a_failure_in_the_report(tmp_path: Path) -> None:
+    report = check_plugin(ContractCase(plugin=TextMetric, workdir=tmp_path))
+    (result,) = [r for r in report.results if r.check == "progress_through_context"]
+    assert result.status == "failed"
+    assert "metric stage='done', which is not a number" in result.message

@@ -7,19 +7,25 @@ raises :class:`ContractFailure` when the plugin breaks its rule. The pytest base
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import io
 import json
 import math
+import numbers
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -57,6 +63,19 @@ class ContractWarning(UserWarning):
 #: Progress reports a plugin may still make after ``job.cancelled`` turned true: the step
 #: it was in, and one more. Past that, it ignores the flag, however quick its steps are.
 CANCEL_GRACE_STEPS = 2
+#: Seconds any one call into the plugin (starting it, ``process``, ``close``) may take by
+#: default; the built-in plugins take seconds at most at the kit's small sizes.
+TIME_LIMIT = 120.0
+#: The realistic size at which the observed run (writes, network, programs, stdout...) also
+#: processes a picture, for what a plugin does only with big images (tiling, spilling to
+#: disk), when its 64x48 run took under :data:`REALISTIC_RUN_UNDER` seconds.
+REALISTIC_SIZE = (512, 384)
+#: Even a plugin whose time grows with the pixels then takes about a minute at
+#: :data:`REALISTIC_SIZE` (64 times the pixels), well within :data:`TIME_LIMIT`.
+REALISTIC_RUN_UNDER = 1.0
+#: Seconds the threads a plugin started may take to end once ``close()`` has returned; the
+#: sandbox keeps watching them meanwhile.
+THREAD_GRACE = 1.0
 
 
 def sample_image(size: tuple[int, int], kind: str = "gradient", seed: int = 0) -> Image.Image:
@@ -103,10 +122,17 @@ class ContractCase:
     """Seconds a plugin may keep running once its job is cancelled."""
     batch_tolerance: int = 2
     """Largest per-pixel difference allowed between a batched and a single result."""
+    time_limit: float = TIME_LIMIT
+    """Seconds any one call into the plugin (starting it, ``process``, ``close``) may take."""
+    realistic_size: tuple[int, int] | None = REALISTIC_SIZE
+    """The size the observed run also processes when the plugin is quick enough (see
+    :data:`REALISTIC_RUN_UNDER`); ``None`` leaves it out."""
 
     def __post_init__(self) -> None:
         self.base_dir = (self.base_dir or Path.cwd()).resolve()
         self._runs = 0
+        self.chdirs: list[str] = []
+        """Working directories the plugin left behind after a call (and the kit undid)."""
 
     @functools.cached_property
     def cls(self) -> type[Plugin[Any]]:
@@ -137,8 +163,21 @@ class ContractCase:
             ) from None
 
     def make(self, params: dict[str, Any] | None = None) -> Plugin[Any]:
-        """A fresh plugin instance, as the daemon would create it."""
-        return self.cls(self.validated(params), self.runtime)
+        """A fresh plugin instance, as the daemon would create it; a plugin that fails to
+        start (or takes more than :attr:`time_limit`) is a :class:`ContractFailure`."""
+        validated = self.validated(params)
+        runtime = self.runtime
+        try:
+            return _within_limit(
+                self, lambda: self.cls(validated, runtime), "starting the plugin (__init__)"
+            )
+        except ContractFailure:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise ContractFailure(
+                f"the plugin failed to start with the params {validated.model_dump()!r}: "
+                f"{_describe(exc)}; __init__ must succeed with the params given to the kit"
+            ) from exc
 
     def checkpoint_dir(self) -> Path:
         """A new job's private folder."""
@@ -153,6 +192,71 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+_T = TypeVar("_T")
+#: The threads the kit starts to call the plugin, which are not the plugin's.
+_kit_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def _within_limit(case: ContractCase, call: Callable[[], _T], doing: str, on: str = "") -> _T:
+    """``call()``'s result (or exception), called in a thread of its own that is given
+    ``case.time_limit`` seconds: a plugin that blocks fails ("``doing`` did not return
+    within N s``on``": "process", " on a 1x1 image") rather than hangs the kit. A working
+    directory the call changed is noted in ``case.chdirs`` and changed back."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        _like_a_host_thread()
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="stylebox-contract-call", daemon=True)
+    _kit_threads.add(thread)
+    cwd = _cwd()
+    thread.start()
+    thread.join(case.time_limit)
+    if thread.is_alive():
+        raise ContractFailure(
+            f"{doing} did not return within {case.time_limit:g} s{on}; every call must end "
+            "in bounded time (or give the kit a larger time_limit)"
+        )
+    now = _cwd()
+    if now != cwd and cwd is not None:
+        case.chdirs.append(now or "a folder that no longer exists")
+        os.chdir(cwd)
+    error = outcome.pop("error", None)
+    if error is not None:
+        raise error
+    return outcome["result"]
+
+
+def _like_a_host_thread() -> None:
+    """Called first in the kit's daemon threads that call the plugin (daemons, so that a
+    plugin that never returns cannot keep the tests from exiting): the threads the plugin
+    starts inherit the flag, and must inherit False, as from the daemon's threads. Only the
+    flag's value changes; the interpreter registered the thread as a daemon at its start."""
+    threading.current_thread()._daemonic = False  # type: ignore[attr-defined]
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # a folder since removed
+        return None
+
+
+def _close(case: ContractCase, plugin: Plugin[Any]) -> None:
+    try:
+        _within_limit(case, plugin.close, "close()")
+    except ContractFailure:
+        raise
+    except Exception as exc:
+        raise ContractFailure(
+            f"close() failed: {_describe(exc)}; release what __init__ acquired without raising"
+        ) from exc
+
+
 def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what: str) -> None:
     if not isinstance(result, Image.Image):
         raise ContractFailure(
@@ -163,6 +267,13 @@ def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what:
             f"process returned a {result.mode} image for {what}; return mode RGB "
             "(the runner re-attaches any alpha itself)"
         )
+    try:
+        result.tobytes()  # its pixels, not only its size: the runner still has to save it
+    except Exception as exc:
+        raise ContractFailure(
+            f"process returned an image whose pixels cannot be read for {what} "
+            f"({_describe(exc)}); return an open image: do not close() the result"
+        ) from None
     expected = tuple(plugin.output_size(image.size))
     if result.size != expected:
         raise ContractFailure(
@@ -173,11 +284,19 @@ def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what:
 
 
 def _process(
-    plugin: Plugin[Any], image: Image.Image, context: RecordingContext, what: str
+    case: ContractCase,
+    plugin: Plugin[Any],
+    image: Image.Image,
+    context: RecordingContext,
+    what: str,
 ) -> Image.Image:
     before = image.tobytes()
     try:
-        result = plugin.process(image, context)
+        result = _within_limit(
+            case, lambda: plugin.process(image, context), "process", f" on {what}"
+        )
+    except ContractFailure:
+        raise
     except Exception as exc:
         raise ContractFailure(
             f"process failed on {what}: {_describe(exc)}; every RGB image of any size "
@@ -282,6 +401,7 @@ def check_params_reject_bad_values(case: ContractCase) -> None:
                 f"{model.__name__}.{key} accepts anything ({', '.join(map(repr, _WRONG_VALUES))}); "
                 "give it a real type and constraints"
             )
+        _check_not_finite_refused(case, model, name, key)
     for params in case.invalid_params:
         try:
             model.model_validate(params, context=context)
@@ -289,6 +409,50 @@ def check_params_reject_bad_values(case: ContractCase) -> None:
             continue
         raise ContractFailure(f"{model.__name__} accepted the invalid params {params!r}")
     _warn_free_text(model, case)
+
+
+#: Floats a TOML file can hold (``nan``, ``inf``) that JSON cannot: the manifest records
+#: the params, and one of these makes it invalid JSON.
+_NOT_FINITE: tuple[float, ...] = (math.nan, math.inf, -math.inf)
+
+
+def _check_not_finite_refused(
+    case: ContractCase, model: type[BaseModel], name: str, key: str
+) -> None:
+    """A float field (or a list of floats) refuses NaN and infinity, unless the field itself
+    says ``allow_inf_nan=True``."""
+    info = model.model_fields[name]
+    if any(getattr(meta, "allow_inf_nan", None) is True for meta in info.metadata):
+        return  # allowed explicitly, field by field
+    try:
+        schema = model.model_json_schema().get("properties", {}).get(key, {})
+    except Exception:
+        return  # check_params_model says why
+    variants = schema.get("anyOf", [schema])
+    shapes: list[Callable[[float], Any]] = []
+    if any(v.get("type") == "number" for v in variants):
+        shapes.append(lambda value: value)
+    if any(
+        v.get("type") == "array"
+        and any(
+            i.get("type") == "number" for i in v.get("items", {}).get("anyOf", [v.get("items", {})])
+        )
+        for v in variants
+    ):
+        shapes.append(lambda value: [value])
+    for shape in shapes:
+        for value in _NOT_FINITE:
+            try:
+                model.model_validate(
+                    {**case.params, key: shape(value)}, context={"base_dir": case.base_dir}
+                )
+            except ValidationError:
+                continue
+            raise ContractFailure(
+                f"{model.__name__}.{key} accepts {shape(value)!r}; NaN and infinity make the "
+                "manifest, which records the params, invalid JSON: subclass PluginParams "
+                "(which refuses them) or set model_config allow_inf_nan=False"
+            )
 
 
 def _warn_free_text(model: type[BaseModel], case: ContractCase) -> None:
@@ -329,13 +493,34 @@ def check_params_json_roundtrip(case: ContractCase) -> None:
 
 def check_accepts_image_kinds(case: ContractCase) -> None:
     """RGB images of every odd size come back RGB, of the size ``output_size`` documents,
-    and the input is left untouched."""
+    with readable pixels, and the input is left untouched."""
     plugin = case.make()
     try:
         for size in ODD_SIZES:
-            _process(plugin, sample_image(size), case.context(), f"a {size[0]}x{size[1]} image")
+            what = f"a {size[0]}x{size[1]} image"
+            _process(case, plugin, sample_image(size), case.context(), what)
     finally:
-        plugin.close()
+        _close(case, plugin)
+
+
+def check_device_kind(case: ContractCase) -> None:
+    """``device_kind`` says ``"cpu"`` or ``"cuda"``: the daemon disables the inboxes of a
+    plugin that says anything else, since it would run under no ``workers`` limit."""
+    plugin = case.make()
+    try:
+        try:
+            kind = plugin.device_kind
+        except Exception as exc:
+            raise ContractFailure(
+                f"reading device_kind raised {_describe(exc)}; return 'cpu' or 'cuda'"
+            ) from exc
+    finally:
+        _close(case, plugin)
+    if not isinstance(kind, str) or kind not in ("cpu", "cuda"):
+        raise ContractFailure(
+            f"device_kind is {kind!r}; return 'cpu' or 'cuda' (the kind of device the jobs "
+            "run on): the daemon disables the plugin's inboxes for any other value"
+        )
 
 
 def check_errors_classified(case: ContractCase) -> None:
@@ -345,8 +530,14 @@ def check_errors_classified(case: ContractCase) -> None:
     try:
         for kind in EDGE_KINDS:
             what = f"a {kind} 48x40 image"
+            image = sample_image((48, 40), kind)
+            context = case.context()
             try:
-                result = plugin.process(sample_image((48, 40), kind), case.context())
+                result = _within_limit(
+                    case, lambda i=image, c=context: plugin.process(i, c), "process", f" on {what}"
+                )
+            except ContractFailure:
+                raise
             except (BadInput, PluginError) as exc:
                 if not str(exc).strip():
                     raise ContractFailure(
@@ -358,9 +549,9 @@ def check_errors_classified(case: ContractCase) -> None:
                     f"on {what}, process raised {_describe(exc)}; raise BadInput(reason) for "
                     "inputs that can never work and PluginError for faults worth a retry"
                 ) from exc
-            _check_result(plugin, sample_image((48, 40), kind), result, what)
+            _check_result(plugin, image, result, what)
     finally:
-        plugin.close()
+        _close(case, plugin)
 
 
 def _one_run(case: ContractCase) -> RecordingContext:
@@ -368,14 +559,15 @@ def _one_run(case: ContractCase) -> RecordingContext:
     plugin = case.make()
     context = case.context()
     try:
-        _process(plugin, sample_image((64, 48)), context, "a 64x48 image")
+        _process(case, plugin, sample_image((64, 48)), context, "a 64x48 image")
     finally:
-        plugin.close()
+        _close(case, plugin)
     return context
 
 
 def check_progress_through_context(case: ContractCase) -> None:
-    """Progress goes to the job context: steps within 0..total, ending at total."""
+    """Progress goes to the job context: steps within 0..total, ending at total; metrics
+    are finite numbers."""
     context = _one_run(case)
     reports = context.progress_reports
     if not reports:
@@ -383,6 +575,13 @@ def check_progress_through_context(case: ContractCase) -> None:
     for step, total, metrics in reports:
         if not (total > 0 and 0 <= step <= total):
             raise ContractFailure(f"progress({step}, {total}) is out of range: 0 <= step <= total")
+        for name, value in metrics.items():
+            if not isinstance(value, numbers.Real):
+                raise ContractFailure(
+                    f"progress at step {step} reported the metric {name}={value!r}, which is "
+                    "not a number; metrics are numbers for the manifest's history (put text "
+                    "in job.note())"
+                )
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad:
             raise ContractFailure(f"progress at step {step} reported non-finite metrics {bad}")
@@ -407,27 +606,229 @@ def check_snapshots(case: ContractCase) -> None:
             raise ContractFailure(f"the snapshot at step {step} is not an RGB image: {picture!r}")
 
 
-def _observed_run(case: ContractCase) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Create and run the plugin in a sandbox: (writes, network uses, stray files,
-    programs started)."""
-    context = case.context()
-    allowed = [context.checkpoint_dir, case.runtime.state_dir / "cache"]
-    allowed[-1].mkdir(parents=True, exist_ok=True)  # the host's state dir exists already
-    with sandboxed(allowed, case.workdir / "sandbox") as box:
+class _Printed(io.TextIOBase):
+    """Stands in for ``sys.stdout``: keeps what is written, with when (``phase``)."""
+
+    def __init__(self) -> None:
+        self.phase = ""
+        self.printed: list[tuple[str, str]] = []
+        self.buffer = _PrintedBytes(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.printed.append((self.phase, str(text)))
+        return len(text)
+
+    def first(self) -> tuple[str, str] | None:
+        """The first phase that printed something, and what it printed (one line)."""
+        for phase, _ in self.printed:
+            text = "".join(t for p, t in self.printed if p == phase).strip()
+            if text:
+                line = text.splitlines()[0]
+                return phase, line if len(line) <= 80 else line[:77] + "..."
+        return None
+
+
+class _PrintedBytes(io.RawIOBase):
+    """``sys.stdout.buffer`` of :class:`_Printed`."""
+
+    def __init__(self, text: _Printed) -> None:
+        self.text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.text.write(bytes(data).decode("utf-8", "replace"))
+        return len(data)
+
+
+@dataclass
+class Observation:
+    """What creating, running and closing the plugin (and importing it) did."""
+
+    writes: list[str]
+    network: list[str]
+    processes: list[str]
+    stray: list[str]
+    """Files that appeared in the working directory."""
+    chdirs: list[str]
+    printed: tuple[str, str] | None
+    """When the plugin first printed to stdout, and what."""
+    threads: list[threading.Thread]
+    """Threads the plugin started that were still running after close() and a grace."""
+
+
+def _observed_run(case: ContractCase) -> Observation:
+    """Import the plugin (in a program of its own), then create it, run it on a 64x48
+    picture (and at :attr:`ContractCase.realistic_size` where quick enough) and close it in a
+    sandbox, watching until the threads it started end (at most :data:`THREAD_GRACE` s
+    after close() returned)."""
+    imported = _observed_import(case)
+    contexts = [case.context(), case.context()]
+    cache = case.runtime.state_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)  # the host's state dir exists already
+    allowed = [context.checkpoint_dir for context in contexts] + [cache]
+    before = set(threading.enumerate())
+    printed = _Printed()
+    with sandboxed(allowed, case.workdir / "sandbox") as box, contextlib.redirect_stdout(printed):
+        printed.phase = "while starting (__init__)"
         plugin = case.make()
         try:
-            _process(plugin, sample_image((64, 48)), context, "a 64x48 image")
+            printed.phase = "in process"
+            started = time.monotonic()
+            _process(case, plugin, sample_image((64, 48)), contexts[0], "a 64x48 image")
+            quick = time.monotonic() - started < REALISTIC_RUN_UNDER
+            if case.realistic_size is not None and quick:
+                width, height = case.realistic_size
+                image = sample_image(case.realistic_size)
+                _process(case, plugin, image, contexts[1], f"a {width}x{height} image")
         finally:
-            plugin.close()
-    return box.writes, box.network, box.stray_files(), box.processes
+            printed.phase = "in close()"
+            _close(case, plugin)
+        printed.phase = "from a thread after close()"
+        threads = _await_threads(before, THREAD_GRACE)
+    chdirs = list(dict.fromkeys(box.chdirs + case.chdirs))
+    return Observation(
+        writes=[f"(at import) {w}" for w in imported.writes] + box.writes,
+        network=[f"(at import) {n}" for n in imported.network] + box.network,
+        processes=[f"(at import) {p}" for p in imported.processes] + box.processes,
+        stray=[f"(at import) {s}" for s in imported.stray] + box.stray_files(),
+        chdirs=[f"{c} (at import)" for c in imported.chdirs] + chdirs,
+        printed=imported.printed or printed.first(),
+        threads=threads,
+    )
+
+
+def _await_threads(before: set[threading.Thread], grace: float) -> list[threading.Thread]:
+    """The threads started since ``before`` (the kit's own and native ones aside) that are
+    still running after ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        started = [
+            thread
+            for thread in threading.enumerate()
+            if thread not in before
+            and thread not in _kit_threads
+            and not isinstance(thread, threading._DummyThread)  # native: nothing to join
+        ]
+        left = deadline - time.monotonic()
+        if not started or left <= 0:
+            return started
+        started[0].join(min(left, 0.05))
+
+
+@dataclass(frozen=True)
+class _Imported:
+    writes: list[str] = field(default_factory=list)
+    network: list[str] = field(default_factory=list)
+    processes: list[str] = field(default_factory=list)
+    stray: list[str] = field(default_factory=list)
+    chdirs: list[str] = field(default_factory=list)
+    printed: tuple[str, str] | None = None
+
+
+#: What importing a plugin's module did, by (what was imported, sys.path): one import each.
+_imports: dict[tuple[str, str, tuple[str, ...]], _Imported] = {}
+
+#: Imports the plugin in a sandbox and writes what it saw as JSON (run by
+#: :func:`_observed_import` in a fresh interpreter, where the module is not imported yet).
+_IMPORT_SCRIPT = """
+import contextlib, io, json, os, sys
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+from stylebox.testing.sandbox import sandboxed
+
+kind, target, group, workdir, report = sys.argv[1:]
+printed = io.StringIO()
+with sandboxed([], Path(workdir)) as box, contextlib.redirect_stdout(printed):
+    try:
+        if kind == "entry-point":
+            for entry_point in entry_points(group=group, name=target):
+                entry_point.load()
+        else:
+            import_module(target)
+    except BaseException:
+        pass  # not loading is the discoverable check's to say
+Path(report).write_text(json.dumps({
+    "writes": box.writes, "network": box.network, "processes": box.processes,
+    "stray": box.stray_files(), "chdirs": box.chdirs, "printed": printed.getvalue(),
+}))
+"""
+
+
+def _observed_import(case: ContractCase) -> _Imported:
+    """What importing the plugin's module did: the daemon imports every plugin it finds
+    (``stylebox status`` too), outside any job. Observed once per module and process."""
+    if isinstance(case.plugin, str):
+        kind, target = "entry-point", case.plugin
+    else:
+        kind, target = "module", case.plugin.__module__
+        if target == "__main__":
+            return _Imported()  # not importable by name
+    key = (kind, target, tuple(sys.path))
+    if key in _imports:
+        return _imports[key]
+    folder = case.workdir / "import"
+    workdir, report = folder / "sandbox", folder / "report.json"
+    workdir.mkdir(parents=True, exist_ok=True)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", _IMPORT_SCRIPT, kind, target, GROUP, str(workdir), str(report)],
+            cwd=workdir,
+            env=environment,
+            capture_output=True,
+            timeout=case.time_limit,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ContractFailure(
+            f"importing the plugin ({target}) did not return within {case.time_limit:g} s; "
+            "keep the import light (load models in __init__)"
+        ) from None
+    try:
+        seen = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return _Imported()  # the import broke the interpreter: discoverable says more
+    native = completed.stdout.decode("utf-8", "replace").strip()
+    text = (seen["printed"].strip() or native).strip()
+    line = text.splitlines()[0] if text else ""
+    imported = _Imported(
+        writes=seen["writes"],
+        network=seen["network"],
+        processes=seen["processes"],
+        stray=seen["stray"],
+        chdirs=seen["chdirs"],
+        printed=("at import", line if len(line) <= 80 else line[:77] + "...") if line else None,
+    )
+    _imports[key] = imported
+    return imported
 
 
 def check_writes_only_where_given(case: ContractCase) -> None:
-    """No file is written except in the job's checkpoint dir and the runtime's cache dirs;
-    results and snapshots reach the disk only through the outbox."""
-    writes, _, stray, _ = _observed_run(case)
-    if writes or stray:
-        listed = "\n  ".join(writes + [f"(in the working directory) {s}" for s in stray])
+    """No file is written except in the job's checkpoint dir and the runtime's cache dirs,
+    while importing, creating, running (also on a realistically sized picture) or closing
+    the plugin, nor by its threads until they end; results and snapshots reach the disk only
+    through the outbox."""
+    seen = _observed_run(case)
+    if seen.writes or seen.stray:
+        listed = "\n  ".join(seen.writes + [f"(in the working directory) {s}" for s in seen.stray])
         raise ContractFailure(
             "the plugin wrote outside job.checkpoint_dir and runtime.cache_dir():\n  "
             f"{listed}\nhand images to job.snapshot() and return the result instead"
@@ -435,9 +836,9 @@ def check_writes_only_where_given(case: ContractCase) -> None:
 
 
 def check_no_network(case: ContractCase) -> None:
-    """Neither creating the plugin nor running it reaches for the network (daemons run
-    offline; models and weights must come installed)."""
-    _, network, _, _ = _observed_run(case)
+    """Neither importing, creating nor running the plugin reaches for the network (daemons
+    run offline; models and weights must come installed)."""
+    network = _observed_run(case).network
     if network:
         raise ContractFailure(
             "the plugin tried to use the network:\n  "
@@ -447,15 +848,56 @@ def check_no_network(case: ContractCase) -> None:
 
 
 def check_no_programs(case: ContractCase) -> None:
-    """Neither creating the plugin nor running it starts a program: what a program writes
-    or sends is out of the kit's sight (and of the daemon's promise to write only through
-    the outbox)."""
-    _, _, _, processes = _observed_run(case)
+    """Neither importing, creating nor running the plugin starts a program (``os.fork`` and
+    ``multiprocessing`` included): what a program writes or sends is out of the kit's sight
+    (and of the daemon's promise to write only through the outbox)."""
+    processes = _observed_run(case).processes
     if processes:
         raise ContractFailure(
             "the plugin started a program:\n  "
             + "\n  ".join(processes)
             + "\ndo the work in Python (or a library's native code) within process()"
+        )
+
+
+def check_no_stdout(case: ContractCase) -> None:
+    """Nothing is printed to ``sys.stdout`` while importing, creating, running or closing
+    the plugin: standard output carries the CLI's answers (``stylebox status --json``)."""
+    printed = _observed_run(case).printed
+    if printed is not None:
+        phase, text = printed
+        raise ContractFailure(
+            f"the plugin printed to stdout {phase}: {text!r}; use logging (stdout carries "
+            "the CLI's answers, such as `stylebox status --json`)"
+        )
+
+
+def check_keeps_working_directory(case: ContractCase) -> None:
+    """Neither importing, creating nor running the plugin changes the working directory,
+    which is the whole process's: the daemon resolves relative paths against it."""
+    chdirs = _observed_run(case).chdirs
+    if chdirs:
+        raise ContractFailure(
+            f"the plugin changed the working directory to {chdirs[0]}; the daemon resolves "
+            "relative paths against it: leave it alone and use absolute paths"
+        )
+
+
+def check_threads_stopped(case: ContractCase) -> None:
+    """Threads the plugin starts have ended by the time ``close()`` has returned (give or
+    take :data:`THREAD_GRACE` s): a non-daemon thread left running keeps the daemon (and
+    pytest) from ever exiting, and each new instance would leave one more."""
+    threads = _observed_run(case).threads
+    if threads:
+        thread = threads[0]
+        target = getattr(thread, "_target", None)
+        running = f" running {target.__qualname__}" if hasattr(target, "__qualname__") else ""
+        kind = "a daemon thread" if thread.daemon else "a non-daemon thread"
+        others = f" (and {len(threads) - 1} more)" if len(threads) > 1 else ""
+        raise ContractFailure(
+            f"the plugin left {kind}, {thread.name!r}{running}{others}, running "
+            f"{THREAD_GRACE:g} s after close() returned; stop and join its threads in close() "
+            "(a non-daemon thread keeps the daemon and pytest from ever exiting)"
         )
 
 
@@ -465,17 +907,25 @@ class _CancellingContext(RecordingContext):
     def __init__(self, checkpoint_dir: Path, delay: float) -> None:
         super().__init__(checkpoint_dir)
         self.cancelled_at: float | None = None
+        self.cancelled_step: tuple[int, int] | None = None
+        """The last progress report (step, total) when the flag turned true."""
         self.after_cancel = 0
         """Progress reports made after the flag turned true."""
         self._timer = threading.Timer(delay, self.cancel)
         self._timer.daemon = True
+        _kit_threads.add(self._timer)
 
     def start(self) -> None:
         self._timer.start()
 
+    def stop(self) -> None:
+        self._timer.cancel()
+
     def cancel(self) -> None:
         if self.cancelled_at is None:
             self.cancelled_at = time.monotonic()
+            reports = self.progress_reports
+            self.cancelled_step = reports[-1][:2] if reports else None
         super().cancel()
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
@@ -486,20 +936,23 @@ class _CancellingContext(RecordingContext):
 
 
 def check_cancellation(case: ContractCase) -> None:
-    """Once ``job.cancelled`` turns true, ``process`` raises ``Cancelled`` (or has finished)
-    within ``cancel_within`` seconds, and within :data:`CANCEL_GRACE_STEPS` progress
-    reports: a plugin that ignores the flag is caught even when its run is short."""
+    """Once ``job.cancelled`` turns true, ``process`` raises ``Cancelled`` (or has finished:
+    its last progress report at its total) within ``cancel_within`` seconds, and within
+    :data:`CANCEL_GRACE_STEPS` progress reports: a plugin that ignores the flag is caught
+    even when its run is short, and one that stops but returns its unfinished image too."""
     plugin = case.make(case.long_params)
     context = _CancellingContext(case.checkpoint_dir(), delay=0.5)
     outcome: dict[str, Any] = {}
 
     def work() -> None:
+        _like_a_host_thread()
         try:
             outcome["result"] = plugin.process(sample_image((64, 48)), context)
         except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=work, name="contract-cancellation", daemon=True)
+    _kit_threads.add(thread)
     context.start()
     thread.start()
     while thread.is_alive():
@@ -509,7 +962,8 @@ def check_cancellation(case: ContractCase) -> None:
                 f"process kept running {case.cancel_within:g} s after job.cancelled turned true; "
                 "poll job.cancelled between steps and raise Cancelled"
             )
-    plugin.close()
+    context.stop()
+    _close(case, plugin)
     error = outcome.get("error")
     if context.after_cancel > CANCEL_GRACE_STEPS:
         raise ContractFailure(
@@ -520,15 +974,31 @@ def check_cancellation(case: ContractCase) -> None:
         raise ContractFailure(
             f"a cancelled process raised {_describe(error)}; raise stylebox.plugins.api.Cancelled"
         ) from error
+    reports = context.progress_reports
+    if "result" in outcome and context.cancelled_at is not None and reports:
+        step, total, _ = reports[-1]
+        if step < total:
+            at = context.cancelled_step or (0, total)
+            raise ContractFailure(
+                f"process returned a result after job.cancelled turned true at step {at[0]} "
+                f"of {at[1]} (its last progress report: {step}/{total}); raise Cancelled after "
+                "checkpointing: the daemon takes such a result for a stopped job"
+            )
 
 
 def check_deterministic(case: ContractCase) -> None:
     """Same params, same input: the same pixels, from the same and from a new instance."""
     image = sample_image((64, 48), seed=3)
     outputs = []
-    for plugin in (first := case.make(), first, case.make()):
-        outputs.append(_process(plugin, image, case.context(), "a 64x48 image").tobytes())
-    first.close()
+    first, second = case.make(), None
+    try:
+        second = case.make()
+        for plugin in (first, first, second):
+            outputs.append(_process(case, plugin, image, case.context(), "a 64x48 image").tobytes())
+    finally:
+        _close(case, first)
+        if second is not None:
+            _close(case, second)
     if len(set(outputs)) != 1:
         same_instance = outputs[0] == outputs[1]
         raise ContractFailure(
@@ -545,10 +1015,15 @@ def check_batch(case: ContractCase) -> None:
     images = [sample_image((40, 32), seed=s) for s in (1, 2, 3)] + [sample_image((24, 48), seed=4)]
     contexts = [case.context() for _ in images]
     try:
-        results = plugin.process_batch(images, contexts)
-        singles = [_process(plugin, im, case.context(), "a batch image") for im in images]
+        results = _within_limit(
+            case,
+            lambda: plugin.process_batch(images, contexts),
+            "process_batch",
+            f" on {len(images)} images of up to 40x48",
+        )
+        singles = [_process(case, plugin, im, case.context(), "a batch image") for im in images]
     finally:
-        plugin.close()
+        _close(case, plugin)
     if not isinstance(results, list) or len(results) != len(images):
         raise ContractFailure(f"process_batch returned {results!r} for {len(images)} images")
     for index, (image, result, single, context) in enumerate(
@@ -589,12 +1064,16 @@ CHECKS: tuple[Check, ...] = (
     Check("params_reject_bad_values", check_params_reject_bad_values, runs_plugin=False),
     Check("params_json_roundtrip", check_params_json_roundtrip, runs_plugin=False),
     Check("accepts_image_kinds", check_accepts_image_kinds),
+    Check("device_kind", check_device_kind),
     Check("errors_classified", check_errors_classified),
     Check("progress_through_context", check_progress_through_context),
     Check("snapshots", check_snapshots, needs="snapshots"),
     Check("writes_only_where_given", check_writes_only_where_given),
     Check("no_network", check_no_network),
     Check("no_programs", check_no_programs),
+    Check("no_stdout", check_no_stdout),
+    Check("keeps_working_directory", check_keeps_working_directory),
+    Check("threads_stopped", check_threads_stopped),
     Check("cancellation", check_cancellation),
     Check("deterministic", check_deterministic, needs="deterministic"),
     Check("batch", check_batch, needs="batching"),
@@ -681,9 +1160,14 @@ def check_plugin(
             warnings.simplefilter("always", ContractWarning)
             try:
                 check.run(case)
-            except ContractFailure as exc:
+            except Exception as exc:
+                message = (
+                    str(exc)
+                    if isinstance(exc, ContractFailure)
+                    else f"the check broke off on {_describe(exc)}"
+                )
                 status = "xfailed" if check.name in expected else "failed"
-                results.append(CheckResult(check.name, status, str(exc)))
+                results.append(CheckResult(check.name, status, message))
                 continue
         status = "xpassed" if check.name in expected else "passed"
         notes = [expected.get(check.name, "")] + [

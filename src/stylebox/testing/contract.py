@@ -26,6 +26,8 @@ from stylebox.plugins.api import Plugin
 from stylebox.testing.checks import (
     CHECKS,
     NOT_LOADED,
+    REALISTIC_SIZE,
+    TIME_LIMIT,
     Check,
     ContractCase,
     ContractFailure,
@@ -49,6 +51,10 @@ class PluginContract:
     """Check name -> why the plugin is known to fail it."""
     device: ClassVar[str] = "cpu"
     cancel_within: ClassVar[float] = 10.0
+    time_limit: ClassVar[float] = TIME_LIMIT
+    """Seconds any one call into the plugin (starting it, ``process``, ``close``) may take."""
+    realistic_size: ClassVar[tuple[int, int] | None] = REALISTIC_SIZE
+    """Also observed at this size when quick enough (``None``: only at 64x48)."""
 
     @pytest.fixture
     def contract_case(self, tmp_path: Path) -> ContractCase:
@@ -60,6 +66,8 @@ class PluginContract:
             invalid_params=list(self.invalid_params),
             device=self.device,
             cancel_within=self.cancel_within,
+            time_limit=self.time_limit,
+            realistic_size=self.realistic_size,
         )
 
     @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.name)

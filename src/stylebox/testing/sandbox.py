@@ -2,15 +2,19 @@
 observed, not trusted.
 
 Python's audit hooks (PEP 578) see every ``open`` for writing, every rename, removal and
-``mkdir``, every socket connection or name lookup, and every program started (``subprocess``,
-``os.system``, ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``) made from Python, in any
-thread and in any library. Writes by native code that bypass Python are caught only in the
-working directory, which the sandbox points at an empty folder and inspects afterwards;
-a program started is reported as such, since what it writes is out of sight.
+``mkdir``, every SQLite database opened, every socket connection or name lookup, every change
+of the working directory and every program started (``subprocess``, ``os.system``,
+``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``os.fork``) made from Python, in any thread
+and in any library. ``multiprocessing``'s ``spawn`` and ``forkserver`` start their programs
+through ``_posixsubprocess.fork_exec``, which raises no audit event: the sandbox wraps it
+while active. Writes by native code that bypass Python are caught only in the working
+directory, which the sandbox points at an empty folder and inspects afterwards; a program
+started is reported as such, since what it writes is out of sight.
 """
 
 from __future__ import annotations
 
+import _posixsubprocess
 import os
 import sys
 import threading
@@ -49,6 +53,11 @@ _PROCESS_EVENTS: dict[str, int] = {
     "os.spawn": 2,
     "os.posix_spawn": 1,
 }
+#: Events that copy this process (``multiprocessing``'s ``fork`` start method among them):
+#: a program of its own, whose writes are out of sight.
+_FORK_EVENTS = {"os.fork", "os.forkpty"}
+#: SQLite databases that are no file.
+_MEMORY_DATABASES = {"", ":memory:", "file::memory:"}
 #: Events that reach for the network whatever their arguments.
 _NETWORK_EVENTS = {
     "socket.getaddrinfo",
@@ -64,8 +73,8 @@ _NETWORK_EVENTS = {
 
 @dataclass
 class Sandbox:
-    """Records writes outside ``allowed`` folders, any network use and any program
-    started while active."""
+    """Records writes outside ``allowed`` folders, any network use, any program started
+    and any change of the working directory while active."""
 
     allowed: list[Path]
     workdir: Path
@@ -73,6 +82,8 @@ class Sandbox:
     writes: list[str] = field(default_factory=list)
     network: list[str] = field(default_factory=list)
     processes: list[str] = field(default_factory=list)
+    chdirs: list[str] = field(default_factory=list)
+    """Folders the working directory was changed to (``os.chdir``, ``os.fchdir``)."""
 
     def observe(self, event: str, args: tuple[Any, ...]) -> None:
         if event == "open":
@@ -103,17 +114,56 @@ class Sandbox:
             else:
                 command = [os.fsdecode(part) for part in command]
             self.processes.append(f"{event} {command!r}")
+        elif event in _FORK_EVENTS:
+            self.processes.append(f"{event} (a copy of this process)")
+        elif event == "sqlite3.connect":
+            self._database(event, args[0])
+        elif event == "os.chdir":
+            self._chdir(args[0])
+
+    def _database(self, event: str, database: object) -> None:
+        if isinstance(database, bytes):
+            database = os.fsdecode(database)
+        if not isinstance(database, str | os.PathLike):
+            return
+        name = os.fspath(database)
+        if name.startswith("file:"):  # a URI: file:path?mode=ro...
+            name, _, query = name[len("file:") :].partition("?")
+            if "mode=memory" in query or "mode=ro" in query:
+                return
+        if name in _MEMORY_DATABASES:
+            return
+        self._write(event, name)
+
+    @staticmethod
+    def _absolute(path: str | os.PathLike[str], dir_fd: object = None) -> Path:
+        """``path`` made absolute (against ``dir_fd`` or the working directory) and normal."""
+        target = Path(path)
+        if not target.is_absolute():
+            base = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) if isinstance(dir_fd, int) else None
+            target = (base or Path.cwd()) / target
+        return Path(os.path.normpath(target))
+
+    def _chdir(self, path: object) -> None:
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if isinstance(path, int):  # os.fchdir
+            path = os.readlink(f"/proc/self/fd/{path}")
+        if isinstance(path, str | os.PathLike):
+            self.chdirs.append(str(self._absolute(path)))
+
+    def started(self, argv: object) -> None:
+        """A program started through ``_posixsubprocess.fork_exec`` (``multiprocessing``)."""
+        if isinstance(argv, list | tuple):
+            argv = [os.fsdecode(part) for part in argv]
+        self.processes.append(f"_posixsubprocess.fork_exec {argv!r}")
 
     def _write(self, event: str, path: object, dir_fd: object = None) -> None:
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         if not isinstance(path, str | os.PathLike):
             return  # a file descriptor: its open was seen already
-        target = Path(path)
-        if not target.is_absolute():
-            base = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) if isinstance(dir_fd, int) else None
-            target = (base or Path.cwd()) / target
-        target = Path(os.path.normpath(target))
+        target = self._absolute(path, dir_fd)
         if "__pycache__" in target.parts or target.parts[:2] == ("/", "dev"):
             return  # Python caching bytecode of a lazy import; /dev/null and /dev/shm
         if any(target.is_relative_to(root) for root in self.allowed):
@@ -129,6 +179,20 @@ _state = threading.local()
 _active: list[Sandbox] = []
 _hook_lock = threading.Lock()
 _hook_installed = False
+_fork_exec = _posixsubprocess.fork_exec
+
+
+def _observed_fork_exec(*args: Any, **kwargs: Any) -> Any:
+    if getattr(_state, "popen", False):
+        _state.popen = False  # subprocess.Popen's own, seen by the audit hook already
+    elif _active and not getattr(_state, "busy", False):
+        _state.busy = True
+        try:
+            for box in _active:
+                box.started(args[0] if args else kwargs.get("args"))
+        finally:
+            _state.busy = False
+    return _fork_exec(*args, **kwargs)
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
@@ -138,6 +202,8 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     try:
         for box in _active:
             box.observe(event, args)
+        if event in ("subprocess.Popen", "os.posix_spawn"):  # Popen forks or posix_spawns
+            _state.popen = event == "subprocess.Popen"
     except Exception as exc:  # an audit hook must never break the audited call
         for box in _active:
             box.writes.append(f"(sandbox could not read event {event}: {exc})")
@@ -157,9 +223,20 @@ def sandboxed(allowed: list[Path], workdir: Path) -> Iterator[Sandbox]:
     box = Sandbox([Path(os.path.normpath(p.resolve())) for p in allowed], workdir.resolve())
     previous = Path.cwd()
     os.chdir(box.workdir)
-    _active.append(box)
+    with _hook_lock:
+        _active.append(box)
+        _posixsubprocess.fork_exec = _observed_fork_exec
     try:
         yield box
     finally:
-        _active.remove(box)
+        with _hook_lock:
+            _active.remove(box)
+            if not _active:
+                _posixsubprocess.fork_exec = _fork_exec
+        try:
+            now = os.getcwd()
+        except OSError as exc:  # a folder since removed
+            now = f"a folder that no longer exists ({exc.strerror})"
+        if now != str(box.workdir) and not box.chdirs:  # changed by native code
+            box.chdirs.append(now)
         os.chdir(previous)
