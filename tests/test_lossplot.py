@@ -51,6 +51,13 @@ def test_the_four_losses_are_drawn_per_step_on_a_log_scale() -> None:
     assert ">1e6<" in svg and ">1e1<" in svg  # the decades of the range are labelled
 
 
+def test_the_photo_presets_photorealism_term_is_drawn_too() -> None:
+    # Left out, the total stood visibly above content + style with nothing to say why.
+    history = [{**entry, "photo": 5.0 * (i + 1)} for i, entry in enumerate(GATYS_LIKE)]
+    svg = render_svg(history, title="photo")
+    assert svg is not None and "photo" in _lines(svg) and ">photorealism<" in svg
+
+
 def test_a_history_without_a_loss_has_no_plot_and_bad_values_are_left_out() -> None:
     assert render_svg([{"step": 1, "its": 3.0}]) is None
     assert render_svg([]) is None

@@ -24,6 +24,7 @@ SERIES: tuple[tuple[str, str, str], ...] = (
     ("content", "content", "#2da44e"),
     ("style", "style", "#d1242f"),
     ("tv", "TV", "#9a6700"),
+    ("photo", "photorealism", "#8250df"),  # the photo preset's matting-Laplacian term
 )
 
 
