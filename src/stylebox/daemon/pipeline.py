@@ -257,14 +257,22 @@ class Pipeline:
                 if new is not None:
                     moves.setdefault((row.source, new), []).append(row)
         for (old, new), rows in moves.items():
-            self.journal.move([row.id for row in rows], new)
-            outbox = self.sources[new].outbox
-            for row in rows:
-                kept = row.stem is not None and outbox.reserve_stem(row.stem) is not None
-                if not kept:
-                    self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
-            log.info("%s is now %s: its %d queued job(s) go with it", old, new, len(rows))
+            self._move_jobs(old, new, rows, self.sources[new].outbox)
         return sum(len(rows) for rows in moves.values())
+
+    def _move_jobs(self, old: str, new: str, rows: list[JobRow], outbox: Outbox | None) -> None:
+        """Journal ``rows`` (jobs of source ``old``) as ``new``'s. Where ``outbox`` is given
+        (the jobs will write to another folder than before), each queued job keeps its
+        output name there when it is free, else takes the next free one; a running job
+        finishes with the sources it started with."""
+        self.journal.move([row.id for row in rows], new)
+        if outbox is not None:
+            for row in rows:
+                if row.state != "queued":
+                    continue
+                if row.stem is None or outbox.reserve_stem(row.stem) is None:
+                    self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
+        log.info("%s is now %s: its %d job(s) go with it", old, new, len(rows))
 
     def reconfigure(self, loaded: LoadedConfig, sources: dict[str, Source]) -> None:
         """Swap in a reloaded config and its sources (the one way a reload changes this
@@ -288,15 +296,10 @@ class Pipeline:
                 rows = [*self.journal.jobs(old, "queued"), *self.journal.jobs(old, "running")]
                 moves.append((old, new, rows))
         for old, new, rows in moves:
-            if not rows:
-                continue
-            self.journal.move([row.id for row in rows], new)
-            outbox = sources[new].outbox
-            if _folder(outbox.folder) != _folder(self.sources[old].outbox.folder):
-                for row in rows:  # names of their own in the new outbox, not its photo.png
-                    if row.state == "queued":
-                        self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
-            log.info("%s is now %s: its %d job(s) go with it", old, new, len(rows))
+            if rows:
+                outbox = sources[new].outbox
+                same = _folder(outbox.folder) == _folder(self.sources[old].outbox.folder)
+                self._move_jobs(old, new, rows, None if same else outbox)
         earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
             outbox = earlier.get(_folder(source.outbox.folder))
