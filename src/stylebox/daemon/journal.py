@@ -85,6 +85,16 @@ CREATE INDEX IF NOT EXISTS jobs_by_origin ON jobs (origin_path, source);
 _ADDED_COLUMNS = (("eta_at", "REAL"),)
 
 
+#: Failed jobs a retry cannot help, by error class. (A plugin's own subclass of ``BadInput``
+#: is recorded under its own name, which this cannot know.)
+_HOPELESS = {
+    "BadInput": "bad input",
+    "Truncated": "bad input",
+    # Its photo was replaced by other bytes, which have a job of their own.
+    "InputChanged": "superseded",
+}
+
+
 @dataclass(frozen=True)
 class JobRow:
     id: int
@@ -114,6 +124,12 @@ class JobRow:
     claimed_at: float | None
     finished_at: float | None
     seconds: float | None
+
+    @property
+    def hopeless(self) -> str | None:
+        """Why a retry of this failed job cannot help (``"bad input"``, ``"superseded"``),
+        or ``None`` if it may: its photo would fail the same way again."""
+        return _HOPELESS.get(self.error_class or "") if self.state == "failed" else None
 
 
 @dataclass(frozen=True)

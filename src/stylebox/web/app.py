@@ -45,6 +45,9 @@ STATIC = Path(__file__).parent / "static"
 TOKEN_HEADER = "X-Stylebox-Token"
 #: Longest side of the photos shown beside their results (an input may be 50 MP).
 THUMBNAIL = 640
+#: Widths the live loss chart is drawn at: the card's own, as the page asks, so that its
+#: text is shown at the size it is drawn (11 px), not scaled down to a few pixels.
+CHART_WIDTHS = (240, 640)
 _HEADERS = {
     # The page uses only its own assets; nothing it shows can run script.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -74,8 +77,8 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
 
     async def loss_svg(request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        history = await anyio.to_thread.run_sync(reader.history, job_id)
-        svg = render_svg(history, title=f"job {job_id}") if history else None
+        width = _chart_width(request.query_params.get("width"))
+        svg = await anyio.to_thread.run_sync(_loss_chart, reader, job_id, width)
         if svg is None:
             return _not_found()
         return Response(svg, media_type="image/svg+xml", headers=_NO_CACHE)
@@ -208,6 +211,25 @@ def _file(path: Path | None) -> Response:
     if path is None:
         return _not_found()
     return FileResponse(path, headers={"Cache-Control": "max-age=60"})
+
+
+def _chart_width(asked: str | None) -> int:
+    """The live chart's width: the one asked for, within :data:`CHART_WIDTHS`."""
+    low, high = CHART_WIDTHS
+    try:
+        return min(high, max(low, int(asked or high)))
+    except ValueError:
+        return high
+
+
+def _loss_chart(reader: StatusReader, job_id: int, width: int) -> str | None:
+    """A job's loss curves so far, titled by its output stem as its saved plot is."""
+    row = reader.row(job_id)
+    history = reader.history(job_id) if row is not None else []
+    if row is None or not history:
+        return None
+    title = row.stem or Path(row.name).stem
+    return render_svg(history, title=title, width=width, height=max(200, width // 2))
 
 
 def _refused(request: Request, backend: Backend) -> Response | None:

@@ -28,7 +28,8 @@ GALLERY = 12
 """Latest results shown per inbox."""
 FAILED = 10
 """Latest failed jobs shown per inbox."""
-
+QUEUED = 12
+"""Queued jobs listed per inbox, next to run first (the count says how many more wait)."""
 FileKind = Literal["result", "animation", "loss", "manifest"]
 _SNAPSHOT = re.compile(r"[0-9]{1,9}\.png")
 
@@ -74,6 +75,22 @@ class JournalView(Journal):
             (source, state, limit),
         )
         return [_row(row) for row in rows]
+
+    def waiting(self, source: str, limit: int) -> list[JobRow]:
+        """The first ``limit`` queued jobs of ``source``, in the order they are to run:
+        those runnable now by id (as the job loop claims them), then those waiting out a
+        retry's backoff."""
+        query = (
+            "SELECT * FROM jobs WHERE source = ? AND state = 'queued' AND not_before {} ? "
+            "ORDER BY id LIMIT ?"
+        )
+        now, rows = time.time(), []
+        for waits in ("<=", ">"):
+            found = self._connection().execute(
+                query.format(waits), (source, now, limit - len(rows))
+            )
+            rows += [_row(row) for row in found]
+        return rows
 
     def seconds_histogram(self) -> list[tuple[str, int, float, list[int]]]:
         """Per plugin: done jobs, their total seconds and the count at or below each of
@@ -145,6 +162,7 @@ class StatusReader:
                 "configured": info is not None,
                 **{state: counts.get(key, {}).get(state, 0) for state in _STATES},
                 "running_jobs": [],
+                "queued_jobs": [],
                 "results": [],
                 "failed_jobs": [],
             }
@@ -152,6 +170,10 @@ class StatusReader:
                 for row in journal.jobs(key, "running"):
                     running_ids.add(row.id)
                     entry["running_jobs"].append(self._running(row, info))
+                entry["queued_jobs"] = [
+                    _queued(row, place)
+                    for place, row in enumerate(journal.waiting(key, QUEUED), start=1)
+                ]
                 for row in journal.latest(key, "done", GALLERY):
                     item = self._result(row, info)
                     if item is not None:
@@ -388,6 +410,18 @@ def _inside(folder: Path, *parts: str) -> Path | None:
     return real
 
 
+def _queued(row: JobRow, position: int) -> dict[str, Any]:
+    # A job waiting out a retry's backoff cannot be cancelled until it may run again.
+    backoff = row.not_before if row.not_before > time.time() else None
+    return {
+        "job": row.id,
+        "file": row.name,
+        "position": position,
+        "created_at": row.created_at,
+        "retry_at": backoff,
+    }
+
+
 def _failed(row: JobRow) -> dict[str, Any]:
     return {
         "job": row.id,
@@ -395,6 +429,8 @@ def _failed(row: JobRow) -> dict[str, Any]:
         "error": _reason(row),
         "attempts": row.attempts,
         "finished_at": row.finished_at,
+        "retry": row.hopeless is None,
+        "no_retry": row.hopeless,
     }
 
 

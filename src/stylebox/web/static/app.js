@@ -5,7 +5,8 @@ const main = document.getElementById("sources");
 const connection = document.getElementById("connection");
 const viewer = document.getElementById("viewer");
 const TOKEN_KEY = "stylebox-token";
-const lossShown = new Map(); // job id -> step its drawn curve shows
+const lossShown = new Map(); // job id -> step and width its drawn curve shows
+let skew = 0; // the daemon's clock minus ours, in seconds: ages are counted on its clock
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -25,6 +26,17 @@ function seconds(value) {
   return `${Math.round(value / 60)} min`;
 }
 
+function daemonNow() {
+  return Date.now() / 1000 + skew;
+}
+
+function duration(value) { // a wait: whole seconds, then minutes, then hours
+  value = Math.max(0, value);
+  if (value < 90) return `${Math.floor(value)} s`;
+  if (value < 5400) return `${Math.round(value / 60)} min`;
+  return `${Math.round(value / 3600)} h`;
+}
+
 function section(key) {
   const id = `source-${key.replace(/[^A-Za-z0-9_-]/g, "_")}`;
   let node = document.getElementById(id);
@@ -32,6 +44,7 @@ function section(key) {
     node = el("section", { id, class: "source" },
       el("h2", { text: key }), el("div", { class: "counts" }),
       el("h3", { text: "running" }), el("div", { class: "running" }),
+      el("h3", { text: "queued" }), el("ul", { class: "queued" }), el("p", { class: "queued-more" }),
       el("h3", { text: "latest results" }), el("div", { class: "gallery" }),
       el("h3", { text: "failed" }), el("ul", { class: "failed" }));
     main.append(node);
@@ -76,15 +89,54 @@ function renderRunning(node, entry, actions) {
       bar.value = job.step || 0;
     }
     const drawn = Math.max(job.step || 0, job.snapshot_step || 0);
-    if (job.loss && lossShown.get(job.job) !== drawn) {
-      lossShown.set(job.job, drawn);
-      // The SVG is drawn by the daemon from numbers alone; inline so it scales with the card.
-      fetch(`${job.loss}?step=${drawn}`).then((r) => (r.ok ? r.text() : null)).then((svg) => {
-        if (svg) card.querySelector(".loss").innerHTML = svg;
-      }).catch(() => {});
+    const box = card.querySelector(".loss");
+    // Drawn at the card's own width, so its text is not scaled down to a few pixels.
+    const width = Math.round(box.clientWidth) || 640;
+    if (job.loss && lossShown.get(job.job) !== `${drawn}@${width}`) {
+      lossShown.set(job.job, `${drawn}@${width}`);
+      // The SVG is drawn by the daemon from numbers alone; inline so it fits the card.
+      fetch(`${job.loss}?step=${drawn}&width=${width}`).then((r) => (r.ok ? r.text() : null))
+        .then((svg) => { if (svg) box.innerHTML = svg; }).catch(() => {});
     }
   }
-  for (const card of [...list.children]) if (!keep.has(card.id)) card.remove();
+  for (const card of [...list.children]) {
+    if (keep.has(card.id)) continue;
+    lossShown.delete(Number(card.dataset.job));
+    card.remove();
+  }
+}
+
+function queuedText(job) {
+  const wait = job.retry_at ? `retry in ${duration(job.retry_at - daemonNow())}`
+    : `queued ${duration(daemonNow() - job.created_at)} ago`;
+  return `${job.position}. ${job.file} · ${wait}`;
+}
+
+function renderQueued(node, entry, actions) {
+  const list = node.querySelector(".queued");
+  const more = entry.queued - entry.queued_jobs.length;
+  node.querySelector(".queued-more").textContent = more > 0 ? `and ${more} more` : "";
+  // Rebuilt only when the queue changes: a rebuild under the pointer would lose a click.
+  const ids = entry.queued_jobs.map((q) => `${q.job}:${q.retry_at}`).join(",") + `/${actions}`;
+  if (list.dataset.ids === ids) return;
+  list.dataset.ids = ids;
+  list.replaceChildren(...entry.queued_jobs.map((q) => {
+    const item = el("li", { "data-job": q.job }, el("span", { class: "age", text: queuedText(q) }));
+    item.job = q;
+    // A job waiting out a retry's backoff cannot be cancelled until it may run again.
+    if (actions && !q.retry_at) {
+      const button = el("button", { type: "button", class: "cancel", text: "cancel" });
+      button.addEventListener("click", () => act(q.job, "cancel"));
+      item.append(" ", button);
+    }
+    return item;
+  }));
+}
+
+function refreshAges() {
+  for (const item of document.querySelectorAll(".queued li")) {
+    item.querySelector(".age").textContent = queuedText(item.job);
+  }
 }
 
 function renderResults(node, entry) {
@@ -104,10 +156,16 @@ function renderResults(node, entry) {
 
 function renderFailed(node, entry, actions) {
   const list = node.querySelector(".failed");
+  const ids = entry.failed_jobs.map((f) => `${f.job}:${f.error}`).join("\n") + `/${actions}`;
+  if (list.dataset.ids === ids) return; // unchanged: a rebuild under the pointer loses a click
+  list.dataset.ids = ids;
   list.replaceChildren(...entry.failed_jobs.map((f) => {
     const item = el("li", { id: `failed-${f.job}` }, el("b", { text: f.file }), ": ",
       el("span", { class: "reason", text: f.error || "unknown" }));
-    if (actions) {
+    // Bad input (or a photo replaced by another job's): another try would fail the same way.
+    if (f.no_retry) {
+      item.append(" ", el("span", { class: "no-retry", text: `(${f.no_retry}: a retry cannot help)` }));
+    } else if (actions) {
       const button = el("button", { type: "button", class: "retry", text: "retry" });
       button.addEventListener("click", () => act(f.job, "retry"));
       item.append(" ", button);
@@ -121,6 +179,7 @@ function render(report) {
     const node = section(key);
     renderCounts(node, entry);
     renderRunning(node, entry, report.actions);
+    renderQueued(node, entry, report.actions);
     renderResults(node, entry);
     renderFailed(node, entry, report.actions);
   }
@@ -142,8 +201,17 @@ async function act(job, action) {
 main.addEventListener("click", (event) => {
   const full = event.target.dataset && event.target.dataset.full;
   if (!full) return;
-  document.getElementById("full").src = full;
+  const image = document.getElementById("full");
+  if (image.getAttribute("src") !== full) {
+    image.removeAttribute("src"); // not the last picture, at this one's shape
+    image.src = full;
+  }
   viewer.showModal();
+});
+// The picture's shape, for the CSS that fits it to the screen (see style.css).
+document.getElementById("full").addEventListener("load", (event) => {
+  const image = event.target;
+  image.style.setProperty("--ratio", image.naturalWidth / image.naturalHeight);
 });
 document.getElementById("close").addEventListener("click", () => viewer.close());
 viewer.addEventListener("click", (event) => { if (event.target === viewer) viewer.close(); });
@@ -151,4 +219,9 @@ viewer.addEventListener("click", (event) => { if (event.target === viewer) viewe
 const events = new EventSource("/events");
 events.onopen = () => { connection.textContent = "live"; connection.className = "online"; };
 events.onerror = () => { connection.textContent = "reconnecting…"; connection.className = "offline"; };
-events.onmessage = (message) => render(JSON.parse(message.data));
+events.onmessage = (message) => {
+  const report = JSON.parse(message.data);
+  skew = report.time - Date.now() / 1000;
+  render(report);
+};
+setInterval(refreshAges, 5000); // the stream is quiet while nothing changes

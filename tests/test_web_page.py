@@ -1,0 +1,270 @@
+"""What the status page shows, in a real browser (Debian's headless chromium, driven by
+Selenium) at a desktop's and a phone's width, against a real daemon: the queue with its
+cancel buttons, failed jobs a retry cannot help, the live loss chart's title and text
+size, and the viewer's full-size view of a small result.
+
+One daemon for the module: an inbox whose plugin steps (with a loss), snapshots and then
+holds its job at a gate while more photos queue behind it, and a posterize inbox with a
+small done result and a file that is no image."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import installed_site, photo
+from daemon_helpers import Daemon, wait_until, write_config
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from test_web import Client, free_port
+from test_web_browser import chrome
+
+from stylebox.web.state import QUEUED
+
+TOKEN = "page-token-0123456789"
+WAITING = QUEUED + 5
+"""Photos queued behind the held job: more than the page lists."""
+DESKTOP, PHONE = (1280, 800), (390, 844)
+
+STEPPER = """
+import os, time
+from stylebox.errors import Cancelled
+from stylebox.plugins.api import Plugin, PluginParams
+
+class Params(PluginParams):
+    steps: int = 20
+
+class Held(Plugin):
+    name = "held"
+    Params = Params
+
+    def process(self, image, job):
+        total = self.params.steps * 10
+        for step in range(1, self.params.steps + 1):
+            time.sleep(0.1)  # the runner keeps a history on disk once a job ran a second
+            job.progress(step, total, loss=1e6 / step, content=1e3 * step, style=1e6 / step)
+            if step % 5 == 0:
+                job.snapshot(image, step)
+        while not os.path.exists(os.environ["GATE"]):
+            if job.cancelled:
+                raise Cancelled("stopped at the gate")
+            time.sleep(0.05)
+        return image
+"""
+
+
+@dataclass
+class Scene:
+    folder: Path
+    daemon: Daemon
+    client: Client
+    browser: webdriver.Chrome
+
+    def source(self, key: str) -> dict[str, Any]:
+        return self.client.status()["sources"][key]
+
+    def open(self, size: tuple[int, int]) -> None:
+        """The page at a viewport of ``size`` CSS pixels (a phone's: as a phone lays it
+        out), loaded afresh and live."""
+        width, height = size
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}
+        self.browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        self.browser.get(f"http://127.0.0.1:{self.client.port}/")
+        assert self.until("document.getElementById('connection').textContent === 'live'", 20)
+
+    def js(self, script: str, *args: object) -> Any:
+        return self.browser.execute_script(script, *args)
+
+    def until(self, expression: str, timeout: float = 10) -> bool:
+        """Whether the JavaScript ``expression`` comes true within ``timeout`` seconds."""
+        return wait_until(lambda: bool(self.js(f"return {expression}")), timeout)
+
+    def shot(self, name: str) -> None:
+        folder = Path(os.environ.get("STYLEBOX_WEBSHOTS", self.folder / "shots"))
+        folder.mkdir(parents=True, exist_ok=True)
+        self.browser.save_screenshot(str(folder / f"{name}.png"))
+
+
+def config(port: int) -> str:
+    return f"""state_dir = "state"
+[daemon]
+rescan_seconds = 2
+drain_seconds = 10
+[http]
+listen = "127.0.0.1:{port}"
+token = "{TOKEN}"
+
+[[inbox]]
+name = "held"
+path = "in-held"
+outbox = "out-held"
+plugin = "held"
+settle_seconds = 0.2
+max_attempts = 1
+
+[[inbox]]
+name = "poster"
+path = "in-poster"
+outbox = "out-poster"
+plugin = "posterize"
+settle_seconds = 0.2
+params = {{ bits = 2 }}
+"""
+
+
+def drop(folder: Path, name: str, seed: int, size: tuple[int, int] = (24, 16)) -> None:
+    staged = folder.parent / f".staged-{name}"
+    photo(*size, seed=seed).save(staged, "PNG")
+    os.rename(staged, folder / name)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    folder = tmp_path_factory.mktemp("page")
+    entry_points = "[stylebox.plugins]\nheld = held:Held\n"
+    site = installed_site(folder, "held", entry_points, {"held.py": STEPPER})
+    gate = folder / "gate"
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "GATE": str(gate),
+    }
+    port = free_port()
+    daemon = Daemon(write_config(folder, config(port)), env)
+    browser = None
+    try:
+        daemon.wait_ready()
+        client = Client(port)
+
+        def status(key: str) -> dict[str, Any]:
+            return client.status()["sources"][key]
+
+        drop(folder / "in-poster", "small.png", seed=1, size=(256, 192))
+        (folder / "in-poster" / "notes.png").write_bytes(b"hello, this is not a picture\n" * 20)
+        drop(folder / "in-held", "first.png", seed=2)
+        assert wait_until(lambda: status("inbox:held")["running"] == 1, 30), daemon.output()
+        for seed in range(WAITING):
+            drop(folder / "in-held", f"waiting-{seed:02d}.png", seed=100 + seed)
+        assert wait_until(lambda: status("inbox:held")["queued"] == WAITING, 30), daemon.output()
+        ended = ("done", "failed")
+        assert wait_until(lambda: [status("inbox:poster")[n] for n in ended] == [1, 1], 30)
+        job = status("inbox:held")["running_jobs"][0]["job"]
+        assert wait_until(lambda: client.request(f"/api/jobs/{job}/loss.svg")[0] == 200, 30)
+        browser = chrome()
+        yield Scene(folder, daemon, client, browser)
+    finally:
+        if browser is not None:
+            browser.quit()
+        gate.touch()
+        daemon.stop()
+
+
+def test_queued_jobs_are_listed_with_a_cancel_button(scene: Scene) -> None:
+    scene.open(DESKTOP)
+    assert scene.until(
+        f"document.querySelectorAll('#source-inbox_held .queued li').length === {QUEUED}"
+    )
+    items = scene.js(
+        "return [...document.querySelectorAll('#source-inbox_held .queued li')]"
+        ".map(li => [li.dataset.job, li.textContent, !!li.querySelector('button.cancel')])"
+    )
+    queued = sorted(row.id for row in _rows(scene) if row.state == "queued")
+    assert [int(job) for job, _, _ in items] == queued[:QUEUED]  # in the order they run
+    first, last = items[0][1], items[-1][1]
+    assert first.startswith("1. waiting-00.png · queued ") and first.endswith(" ago cancel"), first
+    assert last.startswith(f"{QUEUED}. waiting-{QUEUED - 1:02d}.png"), last
+    assert all(button for _, _, button in items)
+    more = scene.js("return document.querySelector('#source-inbox_held .queued-more').textContent")
+    assert more == f"and {WAITING - QUEUED} more"
+    scene.shot("queued-desktop")
+
+    # A cancel from the list: the job leaves the queue and shows among the failed.
+    scene.js(f"localStorage.setItem('stylebox-token', '{TOKEN}')")
+    job = int(items[1][0])
+    scene.browser.find_element(By.CSS_SELECTOR, f"li[data-job='{job}'] button.cancel").click()
+    gone = f"!document.querySelector('.queued li[data-job=\"{job}\"]')"
+    assert scene.until(f"{gone} && !!document.getElementById('failed-{job}')", 20)
+    assert scene.source("inbox:held")["queued"] == WAITING - 1
+    assert scene.js(f"return document.getElementById('failed-{job}').textContent").startswith(
+        "waiting-01.png: Cancelled"
+    )
+    assert scene.js(f"return !!document.querySelector('#failed-{job} button.retry')")
+
+
+def test_bad_input_is_not_offered_a_retry_but_shows_why(scene: Scene) -> None:
+    [failed] = scene.source("inbox:poster")["failed_jobs"]
+    job = failed["job"]
+    assert failed["error"].startswith("BadInput: ") and failed["retry"] is False
+    scene.open(PHONE)
+    assert scene.until(f"!!document.getElementById('failed-{job}')")
+    text = scene.js(f"return document.getElementById('failed-{job}').textContent")
+    assert text.startswith("notes.png: BadInput: ") and "not an image" in text, text
+    assert "a retry cannot help" in text
+    assert not scene.js(f"return !!document.querySelector('#failed-{job} button')")
+    scene.shot("failed-phone")
+
+    # Nor does the API take it: its photo would only fail the same way again.
+    token = {"X-Stylebox-Token": TOKEN}
+    status, body = scene.client.json(f"/api/jobs/{job}/retry", "POST", **token)
+    assert status == 409 and "bad input" in body["error"], body
+    assert "a retry would fail the same way" in body["error"]
+    assert (scene.folder / "in-poster" / "failed" / "notes.png").is_file()
+
+
+def test_the_live_loss_chart_is_titled_by_the_file_and_legible(scene: Scene) -> None:
+    [running] = scene.source("inbox:held")["running_jobs"]
+    svg = scene.client.request(f"/api/jobs/{running['job']}/loss.svg")[2].decode()
+    assert ">first</text>" in svg and "job " not in svg
+    # Drawn at the width the page asks for (its card's), within bounds.
+    for asked, box in (("300", "0 0 300 200"), ("99999", "0 0 640 320"), ("x", "0 0 640 320")):
+        svg = scene.client.request(f"/api/jobs/{running['job']}/loss.svg?width={asked}")[2]
+        assert f'viewBox="{box}"'.encode() in svg, asked
+    for name, size in (("desktop", DESKTOP), ("phone", PHONE)):
+        scene.open(size)
+        assert scene.until("!!document.querySelector('article.job .loss svg')", 20)
+        # Each label's size on screen: its font size times the scale the chart is drawn at.
+        sizes = scene.js(
+            "return [...document.querySelectorAll('article.job .loss svg text')].map(t =>"
+            " [t.textContent, parseFloat(getComputedStyle(t).fontSize)"
+            " * t.getScreenCTM().a])"
+        )
+        assert sizes and all(px >= 10 for _, px in sizes), (name, sizes)
+        assert scene.js("return document.documentElement.scrollWidth <= window.innerWidth")
+        scene.js("document.querySelector('article.job').scrollIntoView()")
+        scene.shot(f"running-{name}")
+
+
+def test_a_full_size_view_is_never_smaller_than_its_tile(scene: Scene) -> None:
+    for name, size in (("phone", PHONE), ("desktop", DESKTOP)):
+        scene.open(size)
+        tile = "figure.result img[src$='/result']"
+        assert scene.until(f'document.querySelector("{tile}")?.naturalWidth > 0', 20)
+        width = scene.js(f'return document.querySelector("{tile}").getBoundingClientRect().width')
+        scene.browser.find_element(By.CSS_SELECTOR, tile).click()
+        assert scene.until(
+            "document.getElementById('viewer').open"
+            " && document.getElementById('full').naturalWidth > 0"
+        )
+        shown = scene.js(
+            "const r = document.getElementById('full').getBoundingClientRect();"
+            "return [r.width, r.height, window.innerWidth, window.innerHeight]"
+        )
+        full_width, full_height, screen_width, screen_height = shown
+        assert full_width >= width - 0.5, (name, shown, width)
+        assert full_width >= 256 and full_width <= screen_width, (name, shown)
+        assert full_height <= screen_height, (name, shown)
+        scene.shot(f"viewer-{name}")
+        scene.js("document.getElementById('viewer').close()")
+
+
+def _rows(scene: Scene) -> list:
+    from stylebox.daemon.journal import Journal
+
+    journal = Journal(scene.folder / "state" / "journal.sqlite3", read_only=True)
+    try:
+        return journal.jobs("inbox:held")
+    finally:
+        journal.close()
