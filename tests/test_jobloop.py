@@ -348,6 +348,19 @@ def test_a_job_whose_end_cannot_be_recorded_is_queued_again_not_left_running(
     assert (inbox / "photo.png").is_file()
 
 
+def test_a_job_waiting_out_a_retrys_backoff_can_be_cancelled(tmp_path: Path) -> None:
+    # The page lists it with a cancel button: "retry in 50 s" must not mean "wait for it".
+    loop = _loop(tmp_path, {"steps": 1})
+    job = _only_job(loop)
+    assert loop.journal.claim("elsewhere", 60.0, ids={job.id}) is not None
+    loop.journal.requeue(job.id, delay=60.0, error=RuntimeError("first try failed"))
+    assert loop.run_next({"inbox:steps"}) == []  # not runnable before its backoff
+    assert loop.pipeline.cancel_queued(job.id)
+    row = _only_job(loop)
+    assert (row.state, row.error_message) == ("failed", "cancelled by request")
+    assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+
+
 def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path) -> None:
     # Woken, the copy would find its job failed and queue it again as a retry: the photo
     # the person cancelled would be stylised after all.

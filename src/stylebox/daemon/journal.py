@@ -470,7 +470,8 @@ class Journal:
     ) -> JobRow | None:
         """Take the oldest runnable job under a lease, or ``None`` if there is none;
         ``sources`` and ``ids``: only among those. ``to_run=False``: taken to be ended
-        without running (a cancel), so it counts no attempt and gets no start time."""
+        without running (a cancel), so it counts no attempt, gets no start time, and may be
+        one waiting out a retry's backoff."""
         with self._transaction() as db:
             claimed = self._claim(db, owner, lease_seconds, sources, ids, 1, to_run)
         return claimed[0] if claimed else None
@@ -504,8 +505,12 @@ class Journal:
         to_run: bool = True,
     ) -> list[JobRow]:
         now = time.time()
+        # A cancel takes a job waiting out a retry's backoff too: it is ended, not run.
         query, args = _among(
-            "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?", sources, ids, [now]
+            "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?",
+            sources,
+            ids,
+            [now if to_run else math.inf],
         )
         found = [row["id"] for row in db.execute(query + " ORDER BY id LIMIT ?", [*args, limit])]
         claimed = []

@@ -666,8 +666,8 @@ class Pipeline:
     def cancel_queued(self, job_id: int) -> bool:
         """Fail the queued job ``job_id`` as cancelled by request, without running it: it
         is claimed first (so no worker takes it meanwhile), then ends as a run that was
-        cancelled does, its input moved aside with the reason. ``False`` if it could not be
-        claimed (a worker took it, or it waits out a retry's backoff)."""
+        cancelled does, its input moved aside with the reason (one waiting out a retry's
+        backoff too). ``False`` if it could not be claimed (a worker took it)."""
         lease = self.loaded.config.daemon.lease_seconds
         row = self.journal.claim(self.owner, lease, ids={job_id}, to_run=False)
         if row is None:

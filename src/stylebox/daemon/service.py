@@ -381,8 +381,7 @@ class Service:
         """Stop the job ``job_id``: a running one is asked to (``"cancelling"``), a queued
         one is claimed and failed at once (``"cancelled"``); either ends as failed, to be
         retried by hand. Raises ``KeyError`` for an unknown job, :class:`StyleboxError` for
-        one that is neither (done, failed, running elsewhere, or waiting out a retry's
-        backoff)."""
+        one that is neither (done, failed, or running elsewhere)."""
         row = self.journal.get(job_id)
         outcome = None
         if self.loop.cancel(job_id):
@@ -393,7 +392,7 @@ class Service:
             outcome = "cancelling"
         if outcome is None:
             raise StyleboxError(f"job {job_id} is {self.journal.get(job_id).state}, not "
-                                "running in this daemon nor queued to run now")  # fmt: skip
+                                "running in this daemon nor queued")  # fmt: skip
         log.info("cancel asked", extra={"event": "cancel_asked", "job": job_id, "outcome": outcome})
         return outcome
 

@@ -411,7 +411,7 @@ def _inside(folder: Path, *parts: str) -> Path | None:
 
 
 def _queued(row: JobRow, position: int) -> dict[str, Any]:
-    # A job waiting out a retry's backoff cannot be cancelled until it may run again.
+    # A job waiting out a retry's backoff says when it may run again.
     backoff = row.not_before if row.not_before > time.time() else None
     return {
         "job": row.id,

@@ -123,8 +123,7 @@ function renderQueued(node, entry, actions) {
   list.replaceChildren(...entry.queued_jobs.map((q) => {
     const item = el("li", { "data-job": q.job }, el("span", { class: "age", text: queuedText(q) }));
     item.job = q;
-    // A job waiting out a retry's backoff cannot be cancelled until it may run again.
-    if (actions && !q.retry_at) {
+    if (actions) {
       const button = el("button", { type: "button", class: "cancel", text: "cancel" });
       button.addEventListener("click", () => act(q.job, "cancel"));
       item.append(" ", button);
