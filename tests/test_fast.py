@@ -252,6 +252,9 @@ def test_run_and_daemon_fast_inbox(trained: Path, tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "out" / "photo.json").read_text())
     assert manifest["plugin"]["name"] == "fast"
     assert (manifest["device"], manifest["provider"]) == auto_resolves_to()  # the default
+    # One pass of a network: the result and its manifest, no snapshots, GIF or loss plot.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo.json", "photo.png"]
+    assert (manifest["output"]["snapshots"], manifest["output"]["animation"]) == ([], None)
 
     config = write_config(tmp_path, f"""
 state_dir = "state"

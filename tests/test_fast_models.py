@@ -485,3 +485,12 @@ def test_each_bundled_model_paints_a_photo_in_its_painting_and_keeps_the_photo(
         colour = np.asarray(style.convert("RGB"), np.float64).mean((0, 1))
     # Its colours moved toward the painting's.
     assert np.abs(result.mean((0, 1)) - colour).sum() < np.abs(source.mean((0, 1)) - colour).sum()
+
+
+def test_a_mask_beside_a_photo_is_noted_as_unused(tmp_path: Path) -> None:
+    # It moves to processed/ with its photo: the manifest says why nothing used it.
+    fast = plugin(tmp_path, write_gain(tmp_path / "gain.onnx"))
+    mask = tmp_path / "photo.mask.png"
+    job = RecordingContext(tmp_path / "job", companions={"mask": mask})
+    fast.process(gradient(), job)
+    assert job.facts["mask"] == "photo.mask.png not used: the fast plugin takes no mask"

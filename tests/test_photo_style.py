@@ -24,16 +24,9 @@ DATA = Path(__file__).parent / "data"
 SKY, GROUND, OTHER = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 
 
-class MaskedContext(RecordingContext):
+def masked(folder: Path, mask: Path | None) -> RecordingContext:
     """The context a daemon job has when ``<stem>.mask.png`` lies beside its photo."""
-
-    def __init__(self, folder: Path, mask: Path | None = None) -> None:
-        super().__init__(folder)
-        self._mask = mask
-
-    @property
-    def companions(self) -> dict[str, Path]:
-        return {"mask": self._mask} if self._mask else {}
+    return RecordingContext(folder, companions={"mask": mask} if mask else None)
 
 
 def kodak(size: int) -> Image.Image:
@@ -206,7 +199,7 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
         style_weight=1e4,
         steps=30,
     )
-    context = MaskedContext(tmp_path / "job", photo_mask)
+    context = masked(tmp_path / "job", photo_mask)
     result = np.asarray(painter.process(photo, context), dtype=np.float64)
     top, middle, bottom = result[:16], result[16:32], result[32:]
     assert middle[..., 0].mean() > middle[..., 2].mean() + 20, middle.mean((0, 1))  # sky: red
@@ -277,7 +270,7 @@ def test_a_photos_mask_that_is_no_image_is_a_bad_input_not_a_fault(tmp_path: Pat
     notes = tmp_path / "photo.mask.png"
     notes.write_text("not a mask")
     with pytest.raises(BadInput, match=r"the photo's mask photo\.mask\.png .* cannot be read"):
-        painter.process(kodak(64), MaskedContext(tmp_path / "job", notes))
+        painter.process(kodak(64), masked(tmp_path / "job", notes))
 
 
 def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file: Path) -> None:
@@ -314,7 +307,7 @@ def test_masked_photos_batched_end_as_each_would_alone(
     photos = [kodak(48).rotate(angle) for angle in (0, 90 * 2, 0)]
     orders = ([SKY, GROUND], [GROUND, SKY], [GROUND, SKY, SKY])
     masks = [bands(tmp_path / f"p{i}.mask.png", (48, 32), order) for i, order in enumerate(orders)]
-    together = [MaskedContext(tmp_path / f"b{i}", mask) for i, mask in enumerate(masks)]
+    together = [masked(tmp_path / f"b{i}", mask) for i, mask in enumerate(masks)]
     if stop_first_at:
         together[0].cancel_at_step = stop_first_at
     groups: list[int] = []
@@ -326,7 +319,7 @@ def test_masked_photos_batched_end_as_each_would_alone(
     assert groups == [3]  # one batch
     assert isinstance(results[0], Cancelled) == bool(stop_first_at)
     for i in range(int(bool(stop_first_at)), 3):
-        alone = MaskedContext(tmp_path / f"s{i}", masks[i])
+        alone = masked(tmp_path / f"s{i}", masks[i])
         single = painter.process(photos[i], alone)
         difference = np.abs(np.asarray(results[i], int) - np.asarray(single, int))
         assert difference.max() <= 2, (i, difference.max())

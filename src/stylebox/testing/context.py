@@ -13,13 +13,20 @@ class RecordingContext(JobContext):
     """Records progress, snapshots and notes; can ask the plugin to stop at a given step.
 
     ``cancel_at_step``: once a progress report reaches this step, :attr:`cancelled` turns
-    true, as it would when the daemon receives SIGTERM.
+    true, as it would when the daemon receives SIGTERM. ``companions``: the files a daemon
+    job would find beside its photo, by kind (``{"mask": Path("photo.mask.png")}``).
     """
 
-    def __init__(self, checkpoint_dir: Path, cancel_at_step: int | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        cancel_at_step: int | None = None,
+        companions: dict[str, Path] | None = None,
+    ) -> None:
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.cancel_at_step = cancel_at_step
+        self._companions = dict(companions or {})
         self.progress_reports: list[tuple[int, int, dict[str, float]]] = []
         self.snapshots: list[tuple[int, Image.Image]] = []
         self.facts: dict[str, JsonValue] = {}
@@ -31,6 +38,10 @@ class RecordingContext(JobContext):
 
     def cancel(self) -> None:
         self._cancelled = True
+
+    @property
+    def companions(self) -> dict[str, Path]:
+        return dict(self._companions)
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
         self.progress_reports.append((step, total, dict(metrics)))

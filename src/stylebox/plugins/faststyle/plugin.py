@@ -275,6 +275,8 @@ class FastPlugin(Plugin[FastParams]):
                 model=str(self.model),
                 **{f"{name}_sha256": digest for name, digest in self._digests.items()},
             )
+            for kind, path in job.companions.items():  # moved with the photo: say why unused
+                job.note(**{kind: f"{path.name} not used: the fast plugin takes no {kind}"})
             job.progress(1, 1)
         return finished
 
