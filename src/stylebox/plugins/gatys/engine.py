@@ -252,6 +252,10 @@ class Engine:
             work = image.resize(
                 (max(out_size[0], MIN_SIDE), max(out_size[1], MIN_SIDE)), Image.Resampling.LANCZOS
             )
+            job.note(
+                stretched=f"{out_size[0]}x{out_size[1]} is under VGG19's {MIN_SIDE} px: "
+                f"optimised at {work.width}x{work.height}, then resized back"
+            )
         first_size = self._scales(work.size)[0].size
         # The job's own seeded generator: noise is the same on every run and every thread,
         # and a resumed job needs no random state back.
