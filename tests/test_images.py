@@ -242,6 +242,20 @@ def test_srgb_tagged_image_is_unchanged() -> None:
     assert difference.max() <= 2
 
 
+def test_a_lab_tiff_tagged_with_its_lab_profile_converts_without_a_note() -> None:
+    # Its profile describes the Lab numbers, which the Lab conversion has already used: it
+    # was then applied to the RGB result and "ignored" with a note, the colours right.
+    red = Image.new("RGB", (8, 8), (200, 60, 30))
+    to_lab = ImageCms.buildTransform(
+        ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB"
+    )
+    lab = ImageCms.applyTransform(red, to_lab)
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    decoded = decode_bytes(encoded(lab, "TIFF", icc_profile=profile))
+    assert decoded.notes == ()
+    assert np.abs(np.subtract(decoded.rgb.getpixel((4, 4)), (200, 60, 30))).max() <= 3
+
+
 def test_broken_icc_profile_is_noted_not_fatal() -> None:
     decoded = decode_bytes(encoded(photo(16, 16), "PNG", icc_profile=b"garbage" * 20))
     assert decoded.rgb.mode == "RGB"

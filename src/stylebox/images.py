@@ -313,8 +313,10 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
         image = image.convert("L")
     elif mode.startswith("I") or mode == "F":
         image = _high_depth_to_l(image)
-    elif mode in ("YCbCr", "HSV", "LAB"):
-        image = image.convert("RGB") if mode != "LAB" else _lab_to_rgb(image)
+    elif mode in ("YCbCr", "HSV"):
+        image = image.convert("RGB")
+    elif mode == "LAB":  # CIE Lab is absolute: its profile, if any, says no more than that
+        image, icc = _lab_to_rgb(image), None
 
     if image.mode in ("RGBA", "LA"):
         alpha = image.getchannel("A")
