@@ -187,8 +187,9 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
     reference[24:, :, 2] = 0.8 + texture[24:]
     style = tmp_path / "reference.png"
     Image.fromarray((reference.clip(0, 1) * 255).astype(np.uint8)).save(style)
-    style_mask = bands(tmp_path / "reference.mask.png", (64, 48), [SKY, GROUND])
-    # Half the size of the photo: resized (nearest), and the manifest says so.
+    # Twice the size of its style image, the photo's mask half the photo's: both resized
+    # (nearest), and the manifest says so.
+    style_mask = bands(tmp_path / "reference.mask.png", (128, 96), [SKY, GROUND])
     photo_mask = bands(tmp_path / "photo.mask.png", (32, 24), [GROUND, SKY, OTHER])
     painter = plugin(
         tmp_path,
@@ -207,6 +208,9 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
     own = np.asarray(photo, dtype=np.float64)[32:]
     assert np.abs(bottom - own).mean() < 0.5 * np.abs(middle - np.asarray(photo)[16:32]).mean()
     assert context.facts["mask_resized"] == "32x24 to the photo's 64x48 (nearest)"
+    assert context.facts["style_mask_resized"] == [
+        "reference.mask.png: 128x96 to its style image's 64x48 (nearest)"
+    ]
     assert context.facts["mask_regions"] == ["#0000ff", "#00ff00", "#ff0000"]
 
 

@@ -154,6 +154,7 @@ class Engine:
         self.styles: list[StyleImage] = files.styles
         self.style_masks: list[Image.Image | None] = files.masks
         self.style_colors: set[Color] = files.colors
+        self.style_masks_resized = files.resized
         self.laplacians = LaplacianCache()
         self.parts = (*_PARTS, "photo") if params.photorealism else _PARTS
         """The loss parts each step reports."""
@@ -291,6 +292,8 @@ class Engine:
         where = f"the photo's mask {path.name}"
         mask = load_mask(path, where, BadInput if companion is not None else ConfigError)
         job.note(mask=path.name)
+        if self.style_masks_resized:
+            job.note(style_mask_resized=self.style_masks_resized)
         if p.mask_colors is not None:
             colors = [parse_color(text) for text in p.mask_colors]
         else:  # checked as drawn: a resize could thin a region into what looks like an edge

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageStat
 
@@ -34,6 +35,8 @@ class StyleFiles:
     """Each style image's label image at that image's size (nearest), or ``None``."""
     colors: set[Color]
     """The style masks' colours (empty with ``mask_colors``, which name the regions)."""
+    resized: list[str]
+    """The style masks resized to their image, each as ``"name: WxH to WxH (nearest)"``."""
 
 
 def read_style_files(params: GatysParams) -> StyleFiles:
@@ -51,6 +54,7 @@ def read_style_files(params: GatysParams) -> StyleFiles:
         crops.append((decoded.rgb.size, box))
     masks: list[Image.Image | None] = []
     colors: set[Color] = set()
+    resized: list[str] = []
     for (size, box), path in zip(crops, params.style_mask or [None] * len(styles), strict=True):
         if path is None:
             masks.append(None)
@@ -63,9 +67,13 @@ def read_style_files(params: GatysParams) -> StyleFiles:
         except BadInput as exc:
             raise ConfigError(str(exc)) from exc
         if mask.size != size:  # the masks follow their image
+            resized.append(
+                f"{Path(path).name}: {mask.width}x{mask.height} to its style image's "
+                f"{size[0]}x{size[1]} (nearest)"
+            )
             mask = mask.resize(size, Image.Resampling.NEAREST)
         masks.append(mask.crop(box) if box else mask)
-    return StyleFiles(styles, masks, colors)
+    return StyleFiles(styles, masks, colors, resized)
 
 
 def _painted_part(
