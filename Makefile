@@ -8,16 +8,17 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup start test lint bench clean browser
 
-setup: $(STAMP) browser
+setup: $(STAMP)
 
-# The status page's browser test drives Debian's headless chromium through Selenium (no
-# browser download at test time). Installed here where missing (CI runs as root); where it
-# cannot be, setup says so and that test fails, loudly, rather than skipping.
+# The status page's browser tests drive Debian's headless chromium through Selenium (no
+# browser download at test time). Installed by `make test` where missing (CI runs as root;
+# `make start` does not need it); where it cannot be, this says so and those tests fail,
+# loudly, rather than skipping.
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		chromium chromium-driver || echo "WARNING: chromium could not be installed;" \
-		"tests/test_web_browser.py will fail" >&2; fi
+		"the status page's browser tests will fail" >&2; fi
 
 # Re-install whenever pyproject.toml changes; torch comes from the local wheel cache. The
 # ray extra is installed so that the tests of Ray batches run (tests/test_ray_batch.py).
@@ -36,7 +37,7 @@ start: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q
 
 bench: setup
