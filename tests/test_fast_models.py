@@ -487,6 +487,27 @@ def test_each_bundled_model_paints_a_photo_in_its_painting_and_keeps_the_photo(
     assert np.abs(result.mean((0, 1)) - colour).sum() < np.abs(source.mean((0, 1)) - colour).sum()
 
 
+def test_the_mirrored_margin_keeps_a_band_off_the_photos_edges(tmp_path: Path) -> None:
+    # starry_night_small painted a dark dotted line along every photo's bottom edge (zeros
+    # past the edge); with the photo mirrored around it the rim is closer to what the network
+    # paints there inside a wider photo, and the inside is as it was.
+    with Image.open(REPO / "tests" / "data" / "kodim06-256.png") as kodak:
+        wide = np.asarray(kodak.convert("RGB"))[4:-4, 4:-4]  # without Kodak's grey frame
+    bare = plugin(tmp_path, "starry_night_small", edge_margin=0)
+    reference = run(bare, Image.fromarray(wide), tmp_path)[0][12:-12, 12:-12]
+    photo = Image.fromarray(wide[12:-12, 12:-12])
+    rim = np.ones(reference.shape[:2], dtype=bool)
+    rim[3:-3, 3:-3] = False
+    distances = {}
+    for margin in (0, 8):  # the default, and off
+        result = run(plugin(tmp_path, "starry_night_small", edge_margin=margin), photo, tmp_path)[0]
+        assert result.shape == reference.shape
+        distance = np.abs(result - reference).mean(2)
+        distances[margin] = (distance[rim].mean(), distance[20:-20, 20:-20].mean())
+    assert distances[8][0] < 0.8 * distances[0][0], distances
+    assert distances[8][1] < 2.0, distances  # the inside: as inside the wider photo
+
+
 def test_a_mask_beside_a_photo_is_noted_as_unused(tmp_path: Path) -> None:
     # It moves to processed/ with its photo: the manifest says why nothing used it.
     fast = plugin(tmp_path, write_gain(tmp_path / "gain.onnx"))
