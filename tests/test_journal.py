@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,36 @@ def test_wal_and_full_sync(tmp_path: Path) -> None:
     db = journal._connection()
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_close_leaves_every_job_in_the_file_while_other_threads_hold_connections(
+    tmp_path: Path,
+) -> None:
+    # The daemon's lease and page threads were still alive at the stop, their connections
+    # open: the jobs stayed only in the write-ahead log, the journal's file a bare 4 KB.
+    # (The log file may stay, empty, while another thread's connection is open.)
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    add(journal, "a.png")
+    reading, stop = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        journal.jobs("inbox:a")
+        reading.set()
+        stop.wait(10)
+        assert [row.name for row in journal.jobs("inbox:a")] == ["a.png"]  # still usable
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert reading.wait(10)
+    journal.close()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
+    with closing(sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)) as db:
+        assert db.execute("SELECT name FROM jobs").fetchall() == [("a.png",)]
+    stop.set()
+    thread.join(10)
+    journal.close()
 
 
 def test_same_key_is_one_job(tmp_path: Path) -> None:

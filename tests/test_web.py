@@ -10,7 +10,9 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,15 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
         assert status == 200, path
         assert not re.search(rb"(src|href)=\"(https?:)?//", body), path
         assert b"http://" not in body and b"https://" not in body, path
+
+    # A clean stop, the page's reading threads' connections still open, leaves every job in
+    # the journal's own file: none only in its write-ahead log.
+    assert daemon.stop() == 0
+    journal = tmp_path / "state" / "journal.sqlite3"
+    wal = journal.with_name(journal.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
+    with closing(sqlite3.connect(f"{journal.as_uri()}?immutable=1", uri=True)) as db:
+        assert db.execute("SELECT state FROM jobs").fetchall() == [("done",)]
 
 
 def test_no_path_from_a_url_reaches_the_file_system(daemon: Daemon, tmp_path: Path) -> None:
