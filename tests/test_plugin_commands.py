@@ -53,9 +53,15 @@ def test_a_plugins_command_runs_and_a_broken_one_is_left_out(tmp_path: Path) -> 
     assert all(name in listing.stdout for name in ("hello", "train", "export", "status"))
 
 
-def test_the_fast_plugin_brings_train_and_export(tmp_path: Path) -> None:
+def test_the_fast_plugin_brings_train_export_and_models(tmp_path: Path) -> None:
     result = stylebox(tmp_path, "export", "--help")
     assert result.returncode == 0 and "--fp16" in result.stdout
+    listed = stylebox(tmp_path, "models")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["starry_night_small", "the_scream_small"]
+    assert lines[0].startswith("starry_night_small: style starry_night, ")
+    assert "fp16 variant" in lines[0] and "trained 1600 steps on" in lines[0]
 
 
 def test_the_host_cli_imports_no_plugin_internals() -> None:

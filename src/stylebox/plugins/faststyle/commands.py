@@ -1,4 +1,5 @@
-"""The fast plugin's own commands: ``stylebox train`` and ``stylebox export``.
+"""The fast plugin's own commands: ``stylebox train``, ``stylebox export`` and
+``stylebox models``.
 
 Registered through the ``stylebox.commands`` entry-point group, so the host's CLI knows
 nothing of TransformerNet, training or ONNX export. Importing this module is cheap: the
@@ -21,7 +22,7 @@ EXIT_OK = 0
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
-    """Add ``train`` and ``export`` to the ``stylebox`` command line."""
+    """Add ``train``, ``export`` and ``models`` to the ``stylebox`` command line."""
     train = commands.add_parser(
         "train",
         help="train a fast-style network and export it to ONNX",
@@ -59,6 +60,15 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "one grey level",
     )
     export.set_defaults(handler=_export)
+
+    models = commands.add_parser(
+        "models",
+        help="list the bundled fast models (the names model = ... takes)",
+        description="The ONNX models bundled in styles/, by the name the fast plugin's "
+        "model param takes: the painting each was trained on, its file size, whether it has "
+        "a verified fp16 variant, and how it was trained.",
+    )
+    models.set_defaults(handler=_models)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -111,4 +121,31 @@ def _export(args: argparse.Namespace) -> int:
         )
     elif exported.fp16_rejected:
         print(f"fp16 variant not kept: {exported.fp16_rejected}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    import json
+
+    from stylebox import bundled
+
+    names = bundled.model_names()
+    if not names:
+        print("no bundled models", file=sys.stderr)
+    for name in names:
+        model = bundled.find_model(name)
+        assert model is not None
+        try:
+            manifest = json.loads(model.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        training = manifest.get("training") or {}
+        parts = [
+            f"style {manifest.get('style') or 'unknown'}",
+            f"{model.stat().st_size / 1e6:.1f} MB",
+            "fp16 variant" if manifest.get("fp16_variant") else "no fp16 variant",
+        ]
+        if training.get("steps"):
+            parts.append(f"trained {training['steps']} steps on {training.get('machine', '?')}")
+        print(f"{name}: {', '.join(parts)}")
     return EXIT_OK
