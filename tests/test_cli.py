@@ -107,6 +107,10 @@ def test_missing_file_and_bad_params_exit_2(tmp_path: Path, style_file: Path) ->
                              "--set", "steps=-1"))  # fmt: skip
     assert bad.returncode == 2
     assert "gatys param steps" in bad.stderr and "Traceback" not in bad.stderr
+    typo = stylebox(*run_args(tmp_path / "x.png", tmp_path / "o", tmp_path / "s", style_file,
+                              "--set", "stlye_weight=2"))  # fmt: skip
+    assert typo.returncode == 2
+    assert "gatys param stlye_weight: unknown param; did you mean style_weight?" in typo.stderr
 
 
 def test_params_from_a_config_inbox(tmp_path: Path, photo_file: Path, style_file: Path) -> None:

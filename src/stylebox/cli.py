@@ -10,6 +10,7 @@ SIGPIPE). ``serve`` exits 0 when SIGTERM or Ctrl-C stops it, as it is meant to s
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -323,9 +324,18 @@ def _run_params(
         params = plugin_cls.Params.model_validate(base, context={"base_dir": Path.cwd()})
     except ValidationError as exc:
         lines = []
+        known = sorted(plugin_cls.Params.model_fields)
         for error in exc.errors(include_url=False):
             field = ".".join(str(part) for part in error["loc"]) or "(params)"
-            lines.append(f"{plugin_name} param {field}: {error['msg']}")
+            message = error["msg"]
+            if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+                close = difflib.get_close_matches(field, known, n=1)
+                message = "unknown param" + (
+                    f"; did you mean {close[0]}?"
+                    if close
+                    else f" ({plugin_name} takes {', '.join(known)})"
+                )
+            lines.append(f"{plugin_name} param {field}: {message}")
         raise ConfigError("; ".join(lines)) from None
     return plugin_name, params
 
