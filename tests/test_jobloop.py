@@ -457,7 +457,7 @@ def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
     loop.run_until_empty({"inbox:steps"})
     assert time.monotonic() - began >= 0.5  # it waited
     reason = (inbox / "failed" / "cut.png.error.txt").read_text()
-    assert reason.startswith("Truncated: cut.png is truncated or corrupt")
+    assert reason.startswith("Truncated: cut.png is truncated: its PNG data ends before")
 
 
 def test_a_job_queued_before_a_reload_is_known_by_the_settings_it_ran_with(

@@ -121,9 +121,12 @@ def decode_bytes(
         chunk = _png_crc_error(data)
         if chunk:
             raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}") from exc
-        raise Truncated(
-            f"{name} is truncated or corrupt ({original_format} data failed to decode: {exc})"
-        ) from exc
+        if isinstance(exc, EOFError) or "truncated" in str(exc):
+            raise Truncated(
+                f"{name} is truncated: its {original_format} data ends before the image does "
+                f"({len(data)} bytes; a partial copy or download?)"
+            ) from exc
+        raise Truncated(f"{name} is a damaged {original_format}: {exc}") from exc
     # A flipped bit in the pixel data can still inflate: only the chunk's CRC shows it.
     # (A damaged ancillary chunk, text say, costs no pixel: libpng drops it, so do we.)
     chunk = _png_crc_error(data, critical_only=True)
