@@ -116,6 +116,34 @@ def test_requeue_with_backoff_and_errors(tmp_path: Path) -> None:
     assert retried.origin_path == "/in/a-again.jpg"
 
 
+class TooSmall(BadInput):
+    """A plugin's own kind of bad input."""
+
+
+def test_a_failure_a_retry_cannot_help_is_known_by_its_class(tmp_path: Path) -> None:
+    # A plugin's own subclass of BadInput was recorded by its name alone, which the journal
+    # did not know: the page offered a retry that failed the same way.
+    journal = Journal(tmp_path / "j.sqlite3")
+    for name, error in [("a.jpg", TooSmall("1x1")), ("b.jpg", PluginError("flaky"))]:
+        add(journal, name)
+        journal.finish(journal.claim("h:1", 30).id, "failed", error=error)
+    small, flaky = journal.jobs("inbox:a")
+    assert (small.error_class, small.hopeless) == ("TooSmall", "bad input")
+    assert flaky.hopeless is None
+    assert journal.retry_failed(small.id, Path("/in/a-again.jpg")).hopeless is None
+
+
+def test_an_earlier_journals_failures_are_read_by_class_name(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(EARLIER_JOURNAL)
+        db.execute(
+            "UPDATE jobs SET state = 'failed', error_class = 'Truncated' WHERE name = 'b.png'"
+        )
+    rows = {row.name: row for row in Journal(path).jobs()}
+    assert rows["a.png"].hopeless is None and rows["b.png"].hopeless == "bad input"
+
+
 def test_a_drain_does_not_count_as_an_attempt(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
     add(journal, "a.jpg")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from stylebox.daemon.files import readable
+from stylebox.errors import BadInput, InputChanged
 
 log = logging.getLogger("stylebox.journal")
 
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
                                             -- metric, with the step) says the job ends
     error_class   TEXT,
     error_message TEXT,
+    hopeless      TEXT,                     -- a failed job's reason a retry cannot help
     created_at    REAL NOT NULL,
     started_at    REAL,
     claimed_at    REAL,
@@ -82,17 +84,26 @@ CREATE INDEX IF NOT EXISTS jobs_by_origin ON jobs (origin_path, source);
 
 # Columns added since the first journals were written: (name, SQL type). A journal file
 # from before gets them when it is next opened, empty for its existing rows.
-_ADDED_COLUMNS = (("eta_at", "REAL"),)
+_ADDED_COLUMNS = (("eta_at", "REAL"), ("hopeless", "TEXT"))
 
 
-#: Failed jobs a retry cannot help, by error class. (A plugin's own subclass of ``BadInput``
-#: is recorded under its own name, which this cannot know.)
+#: Failed jobs a retry cannot help, by error class: how rows that a journal from before the
+#: ``hopeless`` column recorded are read.
 _HOPELESS = {
     "BadInput": "bad input",
     "Truncated": "bad input",
-    # Its photo was replaced by other bytes, which have a job of their own.
     "InputChanged": "superseded",
 }
+
+
+def hopeless(error: BaseException) -> str | None:
+    """Why a retry of a job that failed with ``error`` cannot help, or ``None`` if it may.
+    By class, so that a plugin's own subclass of :class:`BadInput` counts as bad input."""
+    if isinstance(error, BadInput):
+        return "bad input"  # the same bytes fail the same way
+    if isinstance(error, InputChanged):
+        return "superseded"  # its photo was replaced by bytes that have a job of their own
+    return None
 
 
 @dataclass(frozen=True)
@@ -119,17 +130,14 @@ class JobRow:
     reported with ``step``; ``None`` when it reported none."""
     error_class: str | None
     error_message: str | None
+    hopeless: str | None
+    """Why a retry of this failed job cannot help (``"bad input"``, ``"superseded"``), or
+    ``None`` if it may: its photo would fail the same way again."""
     created_at: float
     started_at: float | None
     claimed_at: float | None
     finished_at: float | None
     seconds: float | None
-
-    @property
-    def hopeless(self) -> str | None:
-        """Why a retry of this failed job cannot help (``"bad input"``, ``"superseded"``),
-        or ``None`` if it may: its photo would fail the same way again."""
-        return _HOPELESS.get(self.error_class or "") if self.state == "failed" else None
 
 
 @dataclass(frozen=True)
@@ -654,13 +662,14 @@ class Journal:
             db.execute(
                 "UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, "
                 "finished_at = ?, seconds = ?, error_class = ?, error_message = ?, "
-                "input_path = COALESCE(?, input_path) WHERE id = ?",
+                "hopeless = ?, input_path = COALESCE(?, input_path) WHERE id = ?",
                 (
                     state,
                     time.time(),
                     seconds,
                     type(error).__name__ if error else None,
                     readable(str(error)) if error else None,
+                    hopeless(error) if error else None,
                     _path(input_path) if input_path else None,
                     job_id,
                 ),
@@ -738,6 +747,10 @@ def _row(row: sqlite3.Row | Any) -> JobRow:
     # later version added.
     present = set(row.keys())
     values = {name: row[name] if name in present else None for name in _FIELDS}
+    if values["state"] != "failed":
+        values["hopeless"] = None  # left from an earlier failure of a job queued again
+    elif "hopeless" not in present or values["hopeless"] is None:
+        values["hopeless"] = _HOPELESS.get(values["error_class"] or "")  # an older journal's
     for name in _PATHS:
         if isinstance(values[name], bytes):
             values[name] = os.fsdecode(values[name])

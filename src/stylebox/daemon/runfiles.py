@@ -75,7 +75,7 @@ def _report(journal: Journal, key: str, inputs: list[Path]) -> int:
         if row is None:  # the journal refused it (logged): nothing ran
             _say(f"failed: {name} could not be queued; see the log above")
             failed = True
-        elif row.state == "failed" and row.error_class in ("BadInput", "Truncated", "InputChanged"):
+        elif row.hopeless is not None:
             _say(f"bad input: {row.error_message}")
             bad = True
         elif row.state == "failed":
