@@ -24,7 +24,7 @@ from PIL import Image
 from stepper_plugin import Stepper, StepperParams
 
 from stylebox.config import load_config
-from stylebox.daemon.jobloop import JobLoop
+from stylebox.daemon.jobloop import JobLoop, _overrun
 from stylebox.daemon.journal import JobRow, Journal, NewJob, journal_path
 from stylebox.daemon.pipeline import Pipeline, Source, Stop, build_sources
 from stylebox.daemon.runner import PluginHandle
@@ -562,6 +562,54 @@ def test_a_loop_limited_to_some_jobs_claims_no_other(tmp_path: Path) -> None:
         "photo.png": "queued",
         "other.png": "done",
     }
+
+
+def test_each_job_claimed_with_others_ends_as_soon_as_its_outcome_is_known(
+    tmp_path: Path,
+) -> None:
+    # Claimed together (a batching plugin takes up to batch_size), a photo that cannot be
+    # read and a group of one size stayed 'running', their files in the inbox, until the
+    # last group had run: minutes, behind a batch of gatys jobs.
+    seen: dict[str, str] = {}
+
+    class Watching(Stepper):
+        def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+            if image.size == (32, 32):  # the second group: how the others stand meanwhile
+                seen.update({row.name: row.state for row in loop.journal.jobs()})
+                seen["moved aside"] = str((inbox / "failed" / "bad.png").is_file())
+            return super().process(image, job)
+
+    loop = _loop(tmp_path, {"steps": 1}, plugin=Watching)
+    inbox = tmp_path / "inbox"
+    (inbox / "bad.png").write_text("not a picture")
+    photo(32, 32, seed=2).save(inbox / "big.png")
+    source = loop.pipeline.sources["inbox:steps"]
+    loop.pipeline.enqueue(source, [inbox / "bad.png", inbox / "big.png"])
+    rows = [loop.journal.claim(loop.pipeline.owner, 30) for _ in range(3)]
+    assert [row.name for row in rows if row is not None] == ["photo.png", "bad.png", "big.png"]
+    loop.pipeline.run([row for row in rows if row is not None])
+    assert seen == {
+        "photo.png": "done",
+        "bad.png": "failed",
+        "big.png": "running",
+        "moved aside": "True",
+    }
+    assert {row.name: row.state for row in loop.journal.jobs()}["big.png"] == "done"
+
+
+def test_twice_the_time_limit_is_reported_only_for_a_job_still_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A job's timers went on after it ended with its group, while a later group claimed
+    # with it ran: the log said it ignored job.cancelled.
+    loop = _loop(tmp_path, {"steps": 1})
+    row = loop.journal.claim(loop.pipeline.owner, 30)
+    assert row is not None
+    _overrun(loop.journal, row.id, 5, "stepper")
+    loop.pipeline.run([row])
+    _overrun(loop.journal, row.id, 5, "stepper")
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "overrun"]
+    assert len(said) == 1 and said[0].startswith(f"job {row.id} has run twice its time limit")
 
 
 # -- the commands -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
-from stylebox.daemon.journal import JobRow
+from stylebox.daemon.journal import JobRow, Journal
 from stylebox.daemon.pipeline import Pipeline, Stop, pid_alive
 from stylebox.daemon.runner import Job
 
@@ -118,7 +118,7 @@ class JobLoop:
             if timeout and job.job_id in stops:
                 # At the limit the job is asked to stop; at twice it, if it has not, its
                 # plugin is not looking at job.cancelled, and the lane is held: say so.
-                late = (job.job_id, timeout, source.plugin.name if source else "?")
+                late = (self.journal, job.job_id, timeout, source.plugin.name if source else "?")
                 for delay, action, args in (
                     (timeout, stops[job.job_id].stop, ("timeout",)),
                     (2 * timeout, _overrun, late),
@@ -320,7 +320,12 @@ class JobLoop:
         return [thread for lane in self._lanes.values() for thread in lane.values()]
 
 
-def _overrun(job_id: int | None, timeout: float, plugin: str) -> None:
+def _overrun(journal: Journal, job_id: int | None, timeout: float, plugin: str) -> None:
+    try:
+        if job_id is not None and journal.get(job_id).state != "running":
+            return  # it ended with its group, while later jobs claimed with it go on
+    except Exception:  # KeyError, or a journal that cannot be read now: say it anyway
+        pass
     log.warning(
         "job %s has run twice its time limit (timeout_seconds = %g) and goes on: plugin %s "
         "does not stop when job.cancelled turns true, so its lane waits until it returns",

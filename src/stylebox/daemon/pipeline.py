@@ -171,6 +171,7 @@ class Executor(Protocol):
         outbox: Outbox,
         cancels: Sequence[threading.Event],
         on_process: Callable[[Job], None] | None = None,
+        on_outcome: Callable[[int, JobResult | StyleboxError], None] | None = None,
     ) -> list[JobResult | StyleboxError]: ...
 
 
@@ -570,23 +571,30 @@ class Pipeline:
                 self.journal.requeue(row.id, delay=60, count_attempt=False)
             return
         began = time.monotonic()
+        settled: set[int] = set()
+
+        def settle(row: JobRow, outcome: JobResult | Exception | None) -> None:
+            settled.add(row.id)
+            stop = stops[row.id]
+            try:
+                if stop.claimed_at is not None and not self.journal.holds(
+                    row.id, self.owner, stop.claimed_at
+                ):
+                    stop.stop("lost")  # taken over since the last heartbeat
+                self._settle(source, row, outcome, stop, began)
+            except Exception:  # its end could not be recorded: not left 'running'
+                self._unsettled(row)
+
         try:
             try:
-                outcomes = self._run(source, rows, stops, on_process)
+                outcomes = self._run(source, rows, stops, on_process, settle)
             except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
                 log.exception("jobs %s crashed", [row.id for row in rows])
                 error = PluginError(f"{type(exc).__name__}: {exc}")
                 outcomes = dict.fromkeys(stops, error)
             for row in rows:
-                stop = stops[row.id]
-                if stop.claimed_at is not None and not self.journal.holds(
-                    row.id, self.owner, stop.claimed_at
-                ):
-                    stop.stop("lost")  # taken over since the last heartbeat
-                try:
-                    self._settle(source, row, outcomes[row.id], stop, began)
-                except Exception:  # its end could not be recorded: not left 'running'
-                    self._unsettled(row)
+                if row.id not in settled:
+                    settle(row, outcomes[row.id])
         finally:
             with self._lock:
                 for row in rows:
@@ -614,9 +622,11 @@ class Pipeline:
         rows: list[JobRow],
         cancels: Mapping[int, threading.Event],
         on_process: Callable[[Job], None] | None,
+        on_outcome: Callable[[JobRow, JobResult | Exception | None], None],
     ) -> dict[int, JobResult | Exception | None]:
         """Each job's outcome: its result, its error, or ``None`` when it had finished
-        before a crash and only the move of its input was left."""
+        before a crash and only the move of its input was left. ``on_outcome(row, outcome)``
+        is called for those the executor ends while it runs the others."""
         outcomes: dict[int, JobResult | Exception | None] = {}
         jobs: list[tuple[JobRow, Job]] = []
         for index, row in enumerate(rows):
@@ -658,6 +668,7 @@ class Pipeline:
             source.outbox,
             [cancels[row.id] for row, _ in jobs],
             on_process,
+            lambda index, outcome: on_outcome(jobs[index][0], outcome),
         )
         for (row, _), result in zip(jobs, results, strict=True):
             outcomes[row.id] = result

@@ -338,8 +338,11 @@ class RayExecutor:
         outbox: Outbox,
         cancels: Sequence[threading.Event],
         on_process: Callable[[Job], None] | None = None,
+        on_outcome: Callable[[int, JobResult | StyleboxError], None] | None = None,
     ) -> list[JobResult | StyleboxError]:
-        """Run ``jobs`` on an idle actor; what :meth:`Runner.execute_many` returns."""
+        """Run ``jobs`` on an idle actor; what :meth:`Runner.execute_many` returns. The
+        actor hands every outcome back at once, so ``on_outcome`` is not called: the caller
+        takes them all from the list."""
         if not jobs:
             return []
         actor = self._take()

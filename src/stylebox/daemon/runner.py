@@ -312,17 +312,27 @@ class Runner:
         outbox: Outbox,
         cancels: Sequence[threading.Event],
         on_process: Callable[[Job], None] | None = None,
+        on_outcome: Callable[[int, JobResult | StyleboxError], None] | None = None,
     ) -> list[JobResult | StyleboxError]:
         """Run several jobs of one plugin; same-size images go to ``process_batch`` together.
         Each job ends in its own result or error, whatever happens to the others.
         ``on_process(job)`` is called as the plugin starts on the job (a group's jobs start
-        together; later groups wait for earlier ones): where a job's time limit begins."""
+        together; later groups wait for earlier ones): where a job's time limit begins.
+        ``on_outcome(index, outcome)`` is called as each job's outcome is known, before the
+        rest are run: a photo that cannot be read as it is decoded, a group's jobs as the
+        group ends."""
         outcomes: list[JobResult | StyleboxError | None] = [None] * len(jobs)
         groups: dict[tuple[int, int], list[_Started]] = {}
+
+        def ended(index: int, outcome: JobResult | StyleboxError) -> None:
+            outcomes[index] = outcome
+            if on_outcome is not None:
+                on_outcome(index, outcome)
+
         for index, job in enumerate(jobs):
             started = self._start(index, job, plugin, outbox, cancels[index])
             if isinstance(started, StyleboxError):
-                outcomes[index] = started
+                ended(index, started)
             else:
                 groups.setdefault(started.decoded.rgb.size, []).append(started)
         try:
@@ -332,9 +342,7 @@ class Runner:
                         on_process(started.job)
                 began = [started.context.processing() for started in group][-1]
                 for started, result in zip(group, self._process(plugin, group), strict=True):
-                    outcomes[started.index] = self._end(
-                        started, result, plugin, outbox, group, began
-                    )
+                    ended(started.index, self._end(started, result, plugin, outbox, group, began))
         finally:  # a writer left open would hold its thread for good
             for started in (started for group in groups.values() for started in group):
                 with contextlib.suppress(WriterError):
