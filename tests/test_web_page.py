@@ -204,6 +204,12 @@ def test_bad_input_is_not_offered_a_retry_but_shows_why(scene: Scene) -> None:
     assert text.startswith("notes.png: BadInput: ") and "not an image" in text, text
     assert "a retry cannot help" in text
     assert not scene.js(f"return !!document.querySelector('#failed-{job} button')")
+    # Only what holds something is headed: no 'running' or 'queued' over nothing.
+    shown = scene.js(
+        "return [...document.querySelectorAll('#source-inbox_poster h3')]"
+        ".filter(h => h.offsetParent !== null).map(h => h.textContent)"
+    )
+    assert shown == ["latest results", "failed"], shown
     scene.shot("failed-phone")
 
     # Nor does the API take it: its photo would only fail the same way again.

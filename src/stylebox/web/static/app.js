@@ -43,13 +43,24 @@ function section(key) {
   if (!node) {
     node = el("section", { id, class: "source" },
       el("h2", { text: key }), el("div", { class: "counts" }),
-      el("h3", { text: "running" }), el("div", { class: "running" }),
-      el("h3", { text: "queued" }), el("ul", { class: "queued" }), el("p", { class: "queued-more" }),
-      el("h3", { text: "latest results" }), el("div", { class: "gallery" }),
-      el("h3", { text: "failed" }), el("ul", { class: "failed" }));
+      part("running", el("div", { class: "running" })),
+      part("queued", el("ul", { class: "queued" }), el("p", { class: "queued-more" })),
+      part("latest results", el("div", { class: "gallery" })),
+      part("failed", el("ul", { class: "failed" })));
     main.append(node);
   }
   return node;
+}
+
+// A heading and what it heads, shown only while that holds something.
+function part(title, ...contents) {
+  return el("div", { class: "part", hidden: "" }, el("h3", { text: title }), ...contents);
+}
+
+function showParts(node) {
+  for (const block of node.querySelectorAll(".part")) {
+    block.hidden = ![...block.children].some((child) => child.tagName !== "H3" && child.childNodes.length);
+  }
 }
 
 function renderCounts(node, entry) {
@@ -60,6 +71,8 @@ function renderCounts(node, entry) {
 
 function renderRunning(node, entry, actions) {
   const list = node.querySelector(".running");
+  // Shown before the cards are measured: a hidden card is 0 px wide.
+  if (entry.running_jobs.length) list.closest(".part").hidden = false;
   const keep = new Set();
   for (const job of entry.running_jobs) {
     const id = `job-${job.job}`;
@@ -181,6 +194,7 @@ function render(report) {
     renderQueued(node, entry, report.actions);
     renderResults(node, entry);
     renderFailed(node, entry, report.actions);
+    showParts(node);
   }
 }
 
