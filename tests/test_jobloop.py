@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Literal
 
@@ -610,6 +611,24 @@ def test_twice_the_time_limit_is_reported_only_for_a_job_still_running(
     _overrun(loop.journal, row.id, 5, "stepper")
     said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "overrun"]
     assert len(said) == 1 and said[0].startswith(f"job {row.id} has run twice its time limit")
+
+
+def test_a_job_that_ended_before_a_crash_keeps_its_time(tmp_path: Path) -> None:
+    # Its outputs written, then killed before its end was recorded: the next run only
+    # moves its photo, and recorded 0 s (the page showed "0.0 s" under its result).
+    loop = _loop(tmp_path, {"steps": 2, "seconds_per_step": 0.2})
+    loop.start(until_empty=True)
+    loop.wait()
+    row = _only_job(loop)
+    assert row.state == "done" and row.seconds is not None and row.seconds >= 0.4
+    with closing(sqlite3.connect(journal_path(tmp_path / "state"))) as db, db:
+        db.execute("UPDATE jobs SET state = 'queued', seconds = NULL WHERE id = ?", (row.id,))
+    inbox = tmp_path / "inbox"
+    shutil.move(inbox / "processed" / "photo.png", inbox / "photo.png")
+    again = loop.journal.claim(loop.pipeline.owner, 30)
+    assert again is not None
+    loop.pipeline.run([again])
+    assert _only_job(loop).state == "done" and _only_job(loop).seconds == row.seconds
 
 
 # -- the commands -----------------------------------------------------------------------------

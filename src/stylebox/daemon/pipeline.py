@@ -738,7 +738,10 @@ class Pipeline:
         elif isinstance(outcome, Exception):
             self._retry_or_fail(source, row, PluginError(f"{type(outcome).__name__}: {outcome}"))
         else:
-            seconds = outcome.manifest["timings"]["total_seconds"] if outcome else 0.0
+            if outcome is not None:
+                seconds = outcome.manifest["timings"]["total_seconds"]
+            else:  # ended before a crash: its time is in its manifest
+                seconds = _manifest_seconds(source.outbox.folder / f"{row.stem}.json")
             try:
                 self._complete(source, row, seconds)
             except Exception as exc:  # the input could not be moved: try again later
@@ -1010,6 +1013,14 @@ def _manifest_matches(manifest: Path, sha256: str) -> bool:
         return json.loads(manifest.read_text())["input"]["sha256"] == sha256
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _manifest_seconds(manifest: Path) -> float:
+    """The job's time as its manifest records it (0 where it cannot be read)."""
+    try:
+        return float(json.loads(manifest.read_text())["timings"]["total_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _fields(row: JobRow, event: str) -> dict[str, Any]:
