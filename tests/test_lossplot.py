@@ -51,6 +51,19 @@ def test_the_four_losses_are_drawn_per_step_on_a_log_scale() -> None:
     assert ">1e6<" in svg and ">1e1<" in svg  # the decades of the range are labelled
 
 
+def test_a_start_far_below_its_curve_does_not_stretch_the_scale() -> None:
+    # A gatys run starts at the photo: content 0, then 1.7, then ~1e5 on. Spanned, the scale
+    # ran 1e0 to 1e8 and every curve sat in the top half.
+    history = [{**entry, "content": 1e5 + entry["step"]} for entry in GATYS_LIKE]
+    history[0]["content"], history[1]["content"] = 0.0, 1.7
+    svg = render_svg(history)
+    assert svg is not None
+    labels = re.findall(r">1e(-?\d+)<", svg)
+    assert min(map(int, labels)) == 1  # the TV's 10, not the content's 1.7
+    bottom = max(y for line in _lines(svg).values() for _, y in line)
+    assert _lines(svg)["content"][0][1] == bottom  # drawn on the lower edge
+
+
 def test_the_photo_presets_photorealism_term_is_drawn_too() -> None:
     # Left out, the total stood visibly above content + style with nothing to say why.
     history = [{**entry, "photo": 5.0 * (i + 1)} for i, entry in enumerate(GATYS_LIKE)]

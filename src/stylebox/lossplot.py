@@ -59,7 +59,7 @@ def render_svg(
         return None
     lines = series(history)
     steps = [step for line in lines.values() for step, _ in line]
-    values = [value for line in lines.values() for _, value in line]
+    values = [value for line in lines.values() for value in _in_range(line)]
     left, right, top, bottom = 64, 96, 28 if title else 12, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     first, last = min(steps), max(steps)
@@ -72,8 +72,8 @@ def render_svg(
     def x(step: float) -> float:
         return left + (step - first) / span * plot_w
 
-    def y(value: float) -> float:
-        return top + (high - math.log10(value)) / (high - low) * plot_h
+    def y(value: float) -> float:  # a start far below its curve sits on the lower edge
+        return top + (high - max(math.log10(value), low)) / (high - low) * plot_h
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="loss-plot" viewBox="0 0 {width} '
@@ -126,6 +126,16 @@ def render_svg(
         row += 1
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def _in_range(line: list[tuple[float, float]]) -> list[float]:
+    """The values of ``line`` the axis spans: all but those a thousand times below its
+    median. A gatys run starts at the photo, so its content loss starts at 0 (left out) and
+    then a few units, decades below the rest of its curve: spanned, they squeezed every
+    curve into the top of the plot."""
+    ordered = sorted(value for _, value in line)
+    median = ordered[len(ordered) // 2]
+    return [value for value in ordered if value >= median / 1000]
 
 
 def _positive(value: object) -> bool:
