@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
-from stylebox.daemon.journal import JobRow, Journal
+from stylebox.daemon.journal import JobRow
 from stylebox.daemon.pipeline import Pipeline, Stop, pid_alive
 from stylebox.daemon.runner import Job
 
@@ -110,7 +110,7 @@ class JobLoop:
                 stop.stop("drain")
         source = self.pipeline.sources.get(rows[0].source)
         timeout = source.config.timeout_seconds if source is not None else None
-        timers: list[threading.Timer] = []
+        timers: dict[int, list[threading.Timer]] = {}
 
         def start_clock(job: Job) -> None:
             # A job's time limit runs from when the plugin starts on it, not from the claim:
@@ -118,7 +118,7 @@ class JobLoop:
             if timeout and job.job_id in stops:
                 # At the limit the job is asked to stop; at twice it, if it has not, its
                 # plugin is not looking at job.cancelled, and the lane is held: say so.
-                late = (self.journal, job.job_id, timeout, source.plugin.name if source else "?")
+                late = (job.job_id, timeout, source.plugin.name if source else "?")
                 for delay, action, args in (
                     (timeout, stops[job.job_id].stop, ("timeout",)),
                     (2 * timeout, _overrun, late),
@@ -126,17 +126,22 @@ class JobLoop:
                     timer = threading.Timer(delay, action, args=args)
                     timer.daemon = True
                     timer.start()
-                    timers.append(timer)
+                    timers.setdefault(job.job_id, []).append(timer)
 
-        try:
-            self.pipeline.run(rows, stops, start_clock)
-        finally:
-            for timer in timers:
+        def settled(row: JobRow) -> None:
+            # Its end is recorded: it may be queued or running again, in another claim, and
+            # a cancel or a heartbeat must find that one, not this run's flag.
+            for timer in timers.pop(row.id, []):
                 timer.cancel()
             with self._lock:
-                for row in rows:
-                    if self._stops.get(row.id) is stops[row.id]:
-                        del self._stops[row.id]
+                if self._stops.get(row.id) is stops[row.id]:
+                    del self._stops[row.id]
+
+        try:
+            self.pipeline.run(rows, stops, start_clock, settled)
+        finally:
+            for row in rows:
+                settled(row)
         self.on_ran(rows)
         return rows
 
@@ -320,12 +325,7 @@ class JobLoop:
         return [thread for lane in self._lanes.values() for thread in lane.values()]
 
 
-def _overrun(journal: Journal, job_id: int | None, timeout: float, plugin: str) -> None:
-    try:
-        if job_id is not None and journal.get(job_id).state != "running":
-            return  # it ended with its group, while later jobs claimed with it go on
-    except Exception:  # KeyError, or a journal that cannot be read now: say it anyway
-        pass
+def _overrun(job_id: int | None, timeout: float, plugin: str) -> None:
     log.warning(
         "job %s has run twice its time limit (timeout_seconds = %g) and goes on: plugin %s "
         "does not stop when job.cancelled turns true, so its lane waits until it returns",

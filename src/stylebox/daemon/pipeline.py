@@ -226,7 +226,9 @@ class Pipeline:
         self.runner = Runner(loaded.config.images, self.reporter)
         self.executor = executor
         """Runs claimed jobs elsewhere (a Ray batch's actors); ``None``: :attr:`runner`, here."""
-        self._running_plugins: dict[int, Plugin[Any]] = {}
+        # The instance each running job uses, with its run's stop flag: a job ended early
+        # and claimed again by another run is that run's entry from then on.
+        self._running_plugins: dict[int, tuple[Stop, Plugin[Any]]] = {}
         """The plugin instance each running job uses, which a reload must not close."""
         self._retired: dict[int, Plugin[Any]] = {}
         """Instances that no source uses since a reload, to close once no job runs them."""
@@ -321,7 +323,7 @@ class Pipeline:
     def _close_retired(self) -> None:
         """Close the retired plugin instances that no running job uses."""
         with self._lock:
-            busy = {id(instance) for instance in self._running_plugins.values()}
+            busy = {id(instance) for _, instance in self._running_plugins.values()}
             idle = [key for key in self._retired if key not in busy]
             closing = [self._retired.pop(key) for key in idle]
         for instance in closing:
@@ -555,17 +557,21 @@ class Pipeline:
         rows: list[JobRow],
         stops: Mapping[int, Stop] | None = None,
         on_process: Callable[[Job], None] | None = None,
+        on_settled: Callable[[JobRow], None] | None = None,
     ) -> None:
         """Carry claimed jobs of one source to done, failed, or back to the queue (same-size
-        images together through the plugin's ``process_batch``). Never raises.
+        images together through the plugin's ``process_batch``), each as soon as its
+        outcome is known. Never raises.
 
         ``stops``: each job's stop flag, which the caller may raise (see :class:`Stop`);
-        ``on_process(job)`` is called as the plugin starts on a job."""
+        ``on_process(job)`` is called as the plugin starts on a job; ``on_settled(row)`` as
+        a job's end is recorded (it may be claimed again from then on, by another run)."""
         stops = stops if stops is not None else {row.id: Stop() for row in rows}
         with self._lock:  # a reload swaps sources under it, so this one is not closed
             source = self.sources.get(rows[0].source)
             if source is not None:
-                self._running_plugins.update(dict.fromkeys(stops, source.plugin.instance))
+                instance = source.plugin.instance
+                self._running_plugins.update({key: (stop, instance) for key, stop in stops.items()})
         if source is None:  # its inbox was removed by a reload: leave it for later
             for row in rows:
                 self.journal.requeue(row.id, delay=60, count_attempt=False)
@@ -584,6 +590,9 @@ class Pipeline:
                 self._settle(source, row, outcome, stop, began)
             except Exception:  # its end could not be recorded: not left 'running'
                 self._unsettled(row)
+            self._not_running(row.id, stop)
+            if on_settled is not None:
+                on_settled(row)
 
         try:
             try:
@@ -596,10 +605,15 @@ class Pipeline:
                 if row.id not in settled:
                     settle(row, outcomes[row.id])
         finally:
-            with self._lock:
-                for row in rows:
-                    self._running_plugins.pop(row.id, None)
+            for row in rows:
+                self._not_running(row.id, stops[row.id])
             self._close_retired()
+
+    def _not_running(self, job_id: int, stop: Stop) -> None:
+        """Job ``job_id``'s run (known by its ``stop`` flag) no longer uses its instance."""
+        with self._lock:
+            if self._running_plugins.get(job_id, (None, None))[0] is stop:
+                del self._running_plugins[job_id]
 
     def _unsettled(self, row: JobRow) -> None:
         """A job whose end could not be written (its input not moved, the journal not told:
@@ -626,7 +640,8 @@ class Pipeline:
     ) -> dict[int, JobResult | Exception | None]:
         """Each job's outcome: its result, its error, or ``None`` when it had finished
         before a crash and only the move of its input was left. ``on_outcome(row, outcome)``
-        is called for those the executor ends while it runs the others."""
+        is called as each is known, while the others run: those known before any runs
+        (ended before a crash, their photo gone), those the executor ends as it goes."""
         outcomes: dict[int, JobResult | Exception | None] = {}
         jobs: list[tuple[JobRow, Job]] = []
         for index, row in enumerate(rows):
@@ -651,16 +666,18 @@ class Pipeline:
                 outcomes[row.id] = BadInput(
                     f"{path.name} is a symbolic link; links are not followed out of the inbox"
                 )
-            else:
-                if (row.plugin, row.params_hash) != (source.plugin.name, source.params_hash):
-                    # Queued before a reload changed the params: known by those it runs with.
-                    rows[index] = row = self.journal.rekey(
-                        row.id, source.plugin.name, source.params_hash
-                    )
-                log.info("started", extra=_fields(row, "started"))
-                label = source.label(row.name)
-                job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
-                jobs.append((row, job))
+            if row.id in outcomes:  # known without running it: ended now, not after the rest
+                on_outcome(row, outcomes[row.id])
+                continue
+            if (row.plugin, row.params_hash) != (source.plugin.name, source.params_hash):
+                # Queued before a reload changed the params: known by those it runs with.
+                rows[index] = row = self.journal.rekey(
+                    row.id, source.plugin.name, source.params_hash
+                )
+            log.info("started", extra=_fields(row, "started"))
+            label = source.label(row.name)
+            job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
+            jobs.append((row, job))
         executor = self.executor or self.runner
         results = executor.execute_many(
             [job for _, job in jobs],

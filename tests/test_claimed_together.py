@@ -1,0 +1,158 @@
+"""Jobs claimed together (a batching plugin takes up to ``batch_size``) end one by one, as
+each outcome is known: a job that ends before the others may be queued and claimed again
+at once, and then belongs to that claim alone (its cancel, its plugin instance)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import photo
+from daemon_helpers import wait_until, write_config
+from PIL import Image
+from stepper_plugin import Stepper, StepperParams
+
+from stylebox.config import load_config
+from stylebox.daemon.jobloop import JobLoop
+from stylebox.daemon.journal import Journal, journal_path
+from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.runner import PluginHandle
+from stylebox.errors import PluginError
+from stylebox.plugins.api import Capabilities, JobContext, Runtime
+
+CONFIG = """
+state_dir = "state"
+[daemon]
+retry_backoff_seconds = {backoff}
+batch_size = 4
+[[inbox]]
+name = "steps"
+path = "inbox"
+outbox = "outbox"
+plugin = "posterize"  # run by the plugin below in its place
+max_attempts = 3
+{extra}
+"""
+
+SMALL, BIG = (24, 16), (32, 32)
+
+
+class Gated(Stepper):
+    """Batches; the small photo fails its first try (a retry is queued while the big one's
+    group goes on), and each size then waits at its gate."""
+
+    capabilities = Capabilities(batching=True)
+
+    def __init__(self, params: StepperParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        self.gates = {SMALL: threading.Event(), BIG: threading.Event()}
+        self.tries = {SMALL: 0, BIG: 0}
+        self.closed = False
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        self.tries[image.size] += 1
+        if image.size == SMALL and self.tries[SMALL] == 1:
+            raise PluginError("flaky")
+        assert self.gates[image.size].wait(30), "the test never opened the gate"
+        assert not self.closed, "run on a closed instance"
+        return super().process(image, job)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _pipeline(tmp_path: Path, backoff: float, extra: str = "") -> tuple[Pipeline, Gated]:
+    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=backoff, extra=extra)))
+    plugin = Gated(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
+    inbox = loaded.config.inbox[0]
+    inbox.path.mkdir()
+    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
+    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
+    photo(*SMALL).save(inbox.path / "small.png")
+    photo(*BIG, seed=3).save(inbox.path / "big.png")
+    queued = pipeline.enqueue(source, [inbox.path / "small.png", inbox.path / "big.png"])
+    assert queued == ["queued", "queued"]
+    return pipeline, plugin
+
+
+def test_a_job_queued_again_while_its_claim_runs_on_is_cancelled_as_a_queued_job(
+    tmp_path: Path,
+) -> None:
+    # Its old run's stop flag stayed registered: the cancel raised that flag, answered
+    # 'cancelling', and the job stayed queued and ran again.
+    pipeline, plugin = _pipeline(tmp_path, backoff=60)
+    loop = JobLoop(pipeline)
+    lane = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
+    lane.start()
+    try:
+        small = next(row for row in loop.journal.jobs() if row.name == "small.png")
+        assert wait_until(lambda: loop.journal.get(small.id).error_class == "PluginError", 30)
+        assert loop.journal.get(small.id).state == "queued"
+        assert plugin.tries[BIG] == 1 and loop.running_count() == 1
+        assert not loop.cancel(small.id)  # not running here: Service.cancel goes on to...
+        assert pipeline.cancel_queued(small.id)  # ...the queued job's cancel
+    finally:
+        plugin.gates[BIG].set()
+        lane.join(30)
+    row = loop.journal.get(small.id)
+    assert (row.state, row.error_class) == ("failed", "Cancelled")
+
+
+def test_a_job_claimed_again_keeps_its_plugin_open_after_the_first_claim_ends(
+    tmp_path: Path,
+) -> None:
+    # The first claim's end forgot the job's use of the instance, though a second claim
+    # ran it: a reload then closed the instance under the running job.
+    pipeline, plugin = _pipeline(tmp_path, backoff=0.01)
+    journal, owner = pipeline.journal, pipeline.owner
+    first = [journal.claim(owner, 30), journal.claim(owner, 30)]
+    assert all(first)
+    runs = [threading.Thread(target=pipeline.run, args=(first,))]
+    runs[0].start()
+    try:
+        small = first[0]
+        assert small is not None and small.name == "small.png"
+        assert wait_until(lambda: journal.get(small.id).error_class == "PluginError", 30)
+        claims: list = []  # another lane's claim, once the retry's backoff is over
+        assert wait_until(lambda: claims.append(journal.claim(owner, 30)) or claims[-1], 5)
+        again = claims[-1]
+        runs.append(threading.Thread(target=pipeline.run, args=([again],)))
+        runs[1].start()
+        assert wait_until(lambda: plugin.tries[SMALL] == 2, 30)
+        plugin.gates[BIG].set()
+        runs[0].join(30)
+        # A reload retires the instance: it is closed once no running job uses it.
+        old = pipeline.sources["inbox:steps"]
+        fresh = Gated(StepperParams(steps=2), plugin.runtime)
+        handle = PluginHandle("stepper", "1", fresh, fresh.params)
+        pipeline.reconfigure(pipeline.loaded, {old.key: Source.of(old.key, old.config, handle)})
+        assert not plugin.closed
+    finally:
+        plugin.gates[SMALL].set()
+        plugin.gates[BIG].set()
+        for run in runs:
+            run.join(30)
+    assert journal.get(small.id).state == "done" and plugin.closed
+
+
+def test_the_time_limit_of_a_job_that_ended_early_stops_with_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its timers ran on until the claim's last group ended: at twice the limit the log
+    # said its plugin ignored job.cancelled, of a job no longer running (or since claimed
+    # again by another run).
+    pipeline, plugin = _pipeline(tmp_path, backoff=60, extra="timeout_seconds = 0.3")
+    loop = JobLoop(pipeline)
+    lane = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
+    lane.start()
+    try:
+        small, big = sorted(loop.journal.jobs(), key=lambda row: row.name != "small.png")
+        assert wait_until(lambda: loop.journal.get(small.id).error_class == "PluginError", 30)
+        time.sleep(1.0)  # past twice the limit: the big photo's plugin holds on
+    finally:
+        plugin.gates[BIG].set()
+        lane.join(30)
+    overruns = [r.job for r in caplog.records if getattr(r, "event", None) == "overrun"]
+    assert overruns == [big.id]
