@@ -62,6 +62,12 @@ def test_a_start_far_below_its_curve_does_not_stretch_the_scale() -> None:
     assert min(map(int, labels)) == 1  # the TV's 10, not the content's 1.7
     bottom = max(y for line in _lines(svg).values() for _, y in line)
     assert _lines(svg)["content"][0][1] == bottom  # drawn on the lower edge
+    # A fall is not a start below the curve: a loss from 1e5 to 10 in two steps is drawn
+    # falling, over five decades.
+    svg = render_svg([{"step": 1, "loss": 1e5}, {"step": 2, "loss": 10.0}])
+    assert svg is not None and re.findall(r">1e(-?\d+)<", svg)[0] == "1"
+    (first, last) = _lines(svg)["loss"]
+    assert last[1] - first[1] > 100
 
 
 def test_the_photo_presets_photorealism_term_is_drawn_too() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -129,13 +130,16 @@ def render_svg(
 
 
 def _in_range(line: list[tuple[float, float]]) -> list[float]:
-    """The values of ``line`` the axis spans: all but those a thousand times below its
-    median. A gatys run starts at the photo, so its content loss starts at 0 (left out) and
-    then a few units, decades below the rest of its curve: spanned, they squeezed every
-    curve into the top of the plot."""
-    ordered = sorted(value for _, value in line)
-    median = ordered[len(ordered) // 2]
-    return [value for value in ordered if value >= median / 1000]
+    """The values of ``line`` the axis spans: all but a first few that lie a thousand times
+    below the median of the rest. A gatys run starts at the photo, so its content loss
+    starts at 0 (left out) and then a few units, decades below the rest of its curve:
+    spanned, they squeezed every curve into the top of the plot. A curve's fall is never
+    left out: only a start below what follows, and never its last point."""
+    values = [value for _, value in line]
+    start = 0
+    while start < len(values) - 1 and values[start] < statistics.median(values[start + 1 :]) / 1000:
+        start += 1
+    return values[start:]
 
 
 def _positive(value: object) -> bool:

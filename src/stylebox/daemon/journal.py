@@ -447,7 +447,7 @@ class Journal:
             "plugin = ?, params_hash = ?, stem = COALESCE(stem, ?), attempts = 0, "
             "not_before = ?, lease_owner = NULL, lease_expires = NULL, step = NULL, "
             "total = NULL, eta_at = NULL, error_class = NULL, error_message = NULL, "
-            "started_at = NULL, claimed_at = NULL WHERE id = ? RETURNING *",
+            "hopeless = NULL, started_at = NULL, claimed_at = NULL WHERE id = ? RETURNING *",
             (
                 entry.sha256,
                 entry.unique_key,
@@ -468,7 +468,7 @@ class Journal:
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
-                "origin_path = ?, input_path = ?, name = ?, error_class = NULL, "
+                "origin_path = ?, input_path = ?, name = ?, error_class = NULL, hopeless = NULL, "
                 "error_message = NULL, finished_at = NULL, stem = COALESCE(?, stem) "
                 "WHERE id = ? AND state = 'failed'",
                 (_path(input_path), _path(input_path), readable(input_path.name), stem, job_id),
@@ -638,7 +638,7 @@ class Journal:
             db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
                 "not_before = ?, attempts = attempts - ?, error_class = COALESCE(?, error_class), "
-                "error_message = COALESCE(?, error_message) WHERE id = ?",
+                "error_message = COALESCE(?, error_message), hopeless = NULL WHERE id = ?",
                 (
                     time.time() + delay,
                     0 if count_attempt else 1,
