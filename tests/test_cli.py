@@ -315,3 +315,22 @@ def test_run_names_an_image_that_does_not_exist(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == f"stylebox: bad input: {missing} does not exist"
+
+
+def test_run_refuses_an_out_or_state_dir_that_cannot_be_a_folder(
+    tmp_path: Path, photo_file: Path
+) -> None:
+    # They ended in a FileExistsError traceback, or 'plugin fast failed to start' (exit 1).
+    taken = tmp_path / "result.png"
+    taken.write_bytes(b"an earlier result")
+    for option, folder, said in [
+        ("--out", taken, "is a file, not a folder"),
+        ("--out", taken / "sub", "cannot be made a folder: Not a directory"),
+        ("--state-dir", taken, "is a file, not a folder"),
+    ]:
+        out = ["--out", str(tmp_path / "out")] if option != "--out" else []
+        result = stylebox(
+            "run", str(photo_file), "--plugin", "posterize", *out, option, str(folder)
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == f"stylebox: config error: {option} {folder} {said}"

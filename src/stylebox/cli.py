@@ -116,6 +116,19 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _make_folder(option: str, folder: Path) -> None:
+    """Make a folder named on the command line, or refuse it in one line (a file there, a
+    parent that is no folder, no permission) before anything starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{option} {folder} is a file, not a folder") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {folder} cannot be made a folder: {exc.strerror or exc}"
+        ) from None
+
+
 def _fail(message: str) -> None:
     print(f"stylebox: {message}", file=sys.stderr)
 
@@ -240,6 +253,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     registry = discover()
     loaded = load_config(args.config, registry) if args.config else None
     plugin_name, params = _run_params(args, loaded, registry)
+    for option, folder in (("--out", args.out), ("--state-dir", args.state_dir)):
+        if folder is not None:
+            _make_folder(option, folder)
     runtime = loaded.runtime if loaded else Runtime(state_dir=Path("var/state").resolve())
     if args.state_dir:
         runtime = Runtime(
