@@ -243,3 +243,24 @@ def test_progress_that_cannot_be_recorded_does_not_fail_the_job(
     time.sleep(1.05)  # progress is written at most once a second
     reporter.progress(job, 3, 10, {})
     assert "cannot record the progress of job 7" in caplog.text
+
+
+def test_status_lists_the_newest_failures_by_when_they_failed(tmp_path: Path) -> None:
+    # A photo dropped again keeps its job id: failed anew, it was left out of the five
+    # 'last errors' (picked by id) for older ones.
+    from stylebox.daemon.status import collect
+
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "a"\npath = "inbox"\noutbox = "outbox"\n'
+        'plugin = "posterize"\n'
+    )
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    for n in range(6):
+        add(journal, f"{n}.png")
+        journal.finish(journal.claim("h:1", 30).id, "failed", error=BadInput(f"bad {n}"))
+    first = journal.retry_failed(1, Path("/in/0.png"))
+    journal.finish(journal.claim("h:1", 30, ids={first.id}).id, "failed", error=BadInput("again"))
+    journal.close()
+    errors = collect(config)["sources"]["inbox:a"]["last_errors"]
+    assert [e["job"] for e in errors] == [1, 6, 5, 4, 3]

@@ -31,10 +31,13 @@ def collect(config_path: Path) -> dict[str, Any]:
         entry.update(counts.get(key, {}))
         entry["disabled"] = disabled.get(key)
         entry["running_jobs"] = [_running(row) for row in journal.jobs(key, "running")]
-        failed = journal.jobs(key, "failed")[-5:]
+        # The newest failures: a job dropped again keeps its id, so by when they failed.
+        failed = sorted(
+            journal.jobs(key, "failed"), key=lambda r: (r.finished_at or 0.0, r.id), reverse=True
+        )[:5]
         entry["last_errors"] = [
             {"job": r.id, "file": r.name, "error": f"{r.error_class}: {r.error_message}"}
-            for r in reversed(failed)
+            for r in failed
         ]
         report["sources"][key] = entry
     journal.close()
