@@ -120,6 +120,20 @@ def test_config_check_command(tmp_path: Path) -> None:
     bad = cli("config", "check", str(write(tmp_path, GOOD.replace("steps = 10", "steps = 0"))))
     assert bad.returncode == 2
     assert "params.steps" in bad.stderr and "Traceback" not in bad.stderr
+    # What only the device can refuse is refused here too, as serve refuses it (it said OK).
+    bf16 = cli(
+        "config",
+        "check",
+        str(
+            write(
+                tmp_path,
+                GOOD.replace("steps = 10", 'steps = 10, precision = "bf16", device = "cpu"'),
+            )
+        ),
+    )
+    assert bf16.returncode == 2 and bf16.stderr.strip().endswith(
+        "[[inbox]] #1 (starry).params: gatys precision 'bf16' needs a CUDA device, not cpu"
+    ), bf16.stderr
 
 
 def test_config_schema_command() -> None:

@@ -135,14 +135,21 @@ class _Clock:
         return left
 
 
+def compute_device(params: GatysParams, runtime: Runtime) -> torch.device:
+    """The device jobs run on, or a :class:`ConfigError` saying why the params cannot run
+    here (a CUDA device this machine lacks; bf16 anywhere but on CUDA)."""
+    device = resolve_device(params.device or runtime.device)
+    if params.precision == "bf16" and device.type != "cuda":
+        raise ConfigError(f"gatys precision 'bf16' needs a CUDA device, not {device}")
+    return device
+
+
 class Engine:
     """Gatys et al. style transfer: VGG19 content + Gram style + TV losses, L-BFGS or Adam."""
 
     def __init__(self, params: GatysParams, runtime: Runtime) -> None:
         self.params = params
-        self.device = resolve_device(params.device or runtime.device)
-        if params.precision == "bf16" and self.device.type != "cuda":
-            raise ConfigError(f"gatys precision 'bf16' needs a CUDA device, not {self.device}")
+        self.device = compute_device(params, runtime)
         spec = replace(runtime.backbone, pooling=params.pooling)
         self.network = load_vgg19(spec, self.device)
         self.backbone_id = fingerprint(spec)

@@ -36,9 +36,15 @@ class GatysPlugin(Plugin[GatysParams]):
 
     @classmethod
     def check(cls, params: Any, runtime: Runtime) -> None:
-        """The style images and style masks read and checked, as the plugin's start does
-        (no PyTorch)."""
+        """The style images and style masks read and checked, as the plugin's start does,
+        and the device: PyTorch is asked only where it can refuse it (a CUDA device named,
+        or bf16)."""
         read_style_files(params)
+        device = params.device or runtime.device
+        if device.startswith("cuda") or params.precision == "bf16":
+            from stylebox.plugins.gatys.engine import compute_device
+
+            compute_device(params, runtime)
 
     def __init__(self, params: GatysParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
