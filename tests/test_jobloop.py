@@ -814,3 +814,21 @@ def test_two_quick_signals_still_stop_the_loop_and_either_kind_interrupts() -> N
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), second)
         assert loop.stopping.is_set()
+
+
+def test_a_copy_of_known_bytes_takes_no_output_name_from_a_new_photo_beside_it(
+    tmp_path: Path,
+) -> None:
+    # The duplicate held the next name for a moment: the new photo queued with it became
+    # photo-3, though photo-2 was free.
+    loop = _loop(tmp_path, {"steps": 1})
+    loop.start(until_empty=True)
+    loop.wait()
+    inbox = tmp_path / "inbox"
+    shutil.copy(inbox / "processed" / "photo.png", inbox / "photo.tif")  # the same bytes
+    photo(24, 16, seed=9).save(inbox / "photo.webp")  # new ones
+    source = loop.pipeline.sources["inbox:steps"]
+    outcomes = loop.pipeline.enqueue(source, [inbox / "photo.tif", inbox / "photo.webp"])
+    assert outcomes == ["duplicate", "queued"]
+    [new] = [row for row in loop.journal.jobs() if row.name == "photo.webp"]
+    assert new.stem == "photo-2"

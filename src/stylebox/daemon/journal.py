@@ -694,6 +694,17 @@ class Journal:
         rows = self._connection().execute(query + " ORDER BY id", args)
         return [_row(r) for r in rows]
 
+    def known_keys(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` that some job has (its file's bytes and settings seen before)."""
+        known: set[str] = set()
+        db = self._connection()
+        for start in range(0, len(keys), 500):  # under SQLite's limit on bound values
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT unique_key FROM jobs WHERE unique_key IN ({marks})"
+            known.update(key for (key,) in db.execute(query, chunk))
+        return known
+
     def unfinished_origins(self, source: str) -> set[str]:
         """The origin paths of ``source``'s queued and running jobs: one column, read on
         every arrival, so not whole rows."""

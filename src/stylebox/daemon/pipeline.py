@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -357,10 +357,17 @@ class Pipeline:
         # takes no output name, so that a new file settling beside it gets the next free one.
         unfinished = self.journal.unfinished_origins(source.key)
         companions = _companion_keys(paths)
-        entries = [
-            self._entry(source, path, str(path) not in unfinished, companions.get(path))
-            for path in paths
-        ]
+        entries = [self._entry(source, path, companions.get(path)) for path in paths]
+        # Nor does a copy of bytes a job has (a duplicate, or a failed job's retry, which
+        # keeps that job's names), once or twice over: its name held for a moment and then
+        # released, the next new file skipped it (photo-3 where photo-2 was free).
+        seen = self.journal.known_keys([entry.unique_key for entry in entries if entry])
+        for index, (path, entry) in enumerate(zip(paths, entries, strict=True)):
+            if entry is None or entry.unique_key in seen or str(path) in unfinished:
+                continue
+            seen.add(entry.unique_key)
+            stem = source.outbox.reserve(files.readable(path.name)).stem
+            entries[index] = replace(entry, stem=stem)
         added = self._add(source, [entry for entry in entries if entry is not None])
         outcomes: list[Outcome] = []
         for path, entry in zip(paths, entries, strict=True):
@@ -386,7 +393,7 @@ class Pipeline:
         companions = _companion_keys(paths)
         todo = []
         for path in paths:
-            entry = self._entry(source, path, reserve=False, companions=companions.get(path))
+            entry = self._entry(source, path, companions.get(path))
             if entry is None:
                 continue
             row = self.journal.existing(entry)
@@ -394,10 +401,8 @@ class Pipeline:
                 todo.append(path)
         return todo
 
-    def _entry(
-        self, source: Source, path: Path, reserve: bool = True, companions: str | None = None
-    ) -> NewJob | None:
-        """The job ``path`` would be, its output names reserved; ``None`` if it is gone.
+    def _entry(self, source: Source, path: Path, companions: str | None = None) -> NewJob | None:
+        """The job ``path`` would be, without output names; ``None`` if it is gone.
         ``companions``: what its companion files add to its key (see
         :func:`_companion_keys`)."""
         try:
@@ -420,7 +425,6 @@ class Pipeline:
                 key += f"|{uuid.uuid4().hex}"
         else:  # folders, links, devices: journaled so their refusal is recorded too
             key = f"special|{source.key}|{uuid.uuid4().hex}"
-        name = files.readable(path.name)
         return NewJob(
             source=source.key,
             input_path=path,
@@ -428,7 +432,6 @@ class Pipeline:
             plugin=source.plugin.name,
             params_hash=source.params_hash,
             unique_key=key,
-            stem=source.outbox.reserve(name).stem if reserve else None,
         )
 
     def _add(self, source: Source, entries: list[NewJob]) -> list[tuple[JobRow, bool] | None]:
@@ -819,7 +822,7 @@ class Pipeline:
         and then this one ends as failed saying so and the file is taken like any arrival
         of those bytes (a duplicate of a done job, say). Its input is not moved for it."""
         origin = Path(row.origin_path)
-        entry = self._entry(source, origin, False, _companion_keys([origin]).get(origin))
+        entry = self._entry(source, origin, _companion_keys([origin]).get(origin))
         if entry is None:
             self._fail(source, row, BadInput(f"{row.name} vanished while its job started"))
             return
