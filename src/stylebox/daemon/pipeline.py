@@ -226,10 +226,9 @@ class Pipeline:
         self.runner = Runner(loaded.config.images, self.reporter)
         self.executor = executor
         """Runs claimed jobs elsewhere (a Ray batch's actors); ``None``: :attr:`runner`, here."""
-        # The instance each running job uses, with its run's stop flag: a job ended early
-        # and claimed again by another run is that run's entry from then on.
         self._running_plugins: dict[int, tuple[Stop, Plugin[Any]]] = {}
-        """The plugin instance each running job uses, which a reload must not close."""
+        """The plugin instance each running job uses, which a reload must not close, with its
+        run's stop flag: a job ended early and claimed again is the new run's entry."""
         self._retired: dict[int, Plugin[Any]] = {}
         """Instances that no source uses since a reload, to close once no job runs them."""
         self._waiting: dict[int, dict[Path, str]] = {}
