@@ -93,6 +93,18 @@ def test_invalid_toml_says_where(tmp_path: Path) -> None:
     assert "not valid TOML" in message and "line 1" in message
 
 
+def test_a_word_or_file_param_says_both_in_one_line(tmp_path: Path) -> None:
+    message = refusal(tmp_path, GOOD.replace("steps = 10", 'init = "nois"'))
+    [line] = [line for line in message.splitlines() if "params.init" in line]
+    assert "one of content, noise, style or an existing file" in line
+    assert str(tmp_path / "nois") in line and "literal" not in message
+    (tmp_path / "start.png").write_bytes(b"")  # any existing file: read when the job runs
+    loaded = load_config(write(tmp_path, GOOD.replace("steps = 10", 'init = "start.png"')))
+    assert loaded.params[("inbox", "starry")].init == tmp_path / "start.png"
+    loaded = load_config(write(tmp_path, GOOD.replace("steps = 10", 'init = "noise"')))
+    assert loaded.params[("inbox", "starry")].init == "noise"
+
+
 def test_schema_includes_each_plugins_params() -> None:
     schema = json_schema()
     assert "gatys_params" in schema["$defs"]

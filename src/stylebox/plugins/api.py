@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
@@ -71,6 +71,7 @@ __all__ = [
     "companion_kind",
     "companions_of",
     "params_digest",
+    "word_or_file",
 ]
 
 JsonValue = Any  # anything json.dumps accepts
@@ -115,6 +116,32 @@ def _bundled_or_file(
             raise ValueError(
                 f"{value} is neither {kind} nor a bundled {bundled_kind} ({known})"
             ) from None
+
+    return validate
+
+
+def word_or_file(words: Any) -> Callable[[Any, ValidationInfo], Any]:
+    """A before-validator for a param that takes one of the words of ``Literal`` type
+    ``words`` or a path to an existing file, so that a value that is neither gets one
+    error naming both choices (a plain union would report each branch's failure)::
+
+        Init = Literal["content", "noise"]
+        init: Annotated[Init | Path, BeforeValidator(word_or_file(Init))] = "content"
+    """
+    choices = get_args(words)
+
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        if value in choices:
+            return value
+        if isinstance(value, (str, Path)) and str(value):
+            try:
+                return _existing_file(Path(value), info)
+            except ValueError as exc:
+                reason = str(exc)
+        else:
+            reason = "not a path"
+        names = ", ".join(choices)
+        raise ValueError(f"must be one of {names} or an existing file ({reason})")
 
     return validate
 

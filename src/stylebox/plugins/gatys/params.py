@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PositiveInt, field_validator, model_validator
 
 from stylebox.backbone_spec import LAYERS, Pooling
-from stylebox.plugins.api import InputFile, PluginParams, StyleFile
+from stylebox.plugins.api import InputFile, PluginParams, StyleFile, word_or_file
 
 DEFAULT_STYLE_LAYERS = {
     "relu1_1": 1.0,
@@ -23,6 +23,9 @@ DEFAULT_STYLE_LAYERS = {
 MAX_MASK_COLORS = 16
 
 Color = tuple[int, int, int]
+
+#: What a job starts from, besides an image file.
+Init = Literal["content", "noise", "style"]
 
 
 def parse_color(text: str) -> Color:
@@ -201,7 +204,7 @@ class GatysParams(PluginParams):
     )
 
     # The image
-    init: Literal["content", "noise", "style"] | InputFile = Field(
+    init: Annotated[Init | Path, BeforeValidator(word_or_file(Init))] = Field(
         "content", description="Start from the content, noise, the (first) style, or an image path"
     )
     size: PositiveInt = Field(512, le=8192, description="Longest side of the result, in pixels")
