@@ -93,6 +93,12 @@ def test_invalid_toml_says_where(tmp_path: Path) -> None:
     assert "not valid TOML" in message and "line 1" in message
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "stylebox.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_config(path).config.inbox[0].name == "starry"
+
+
 def test_a_word_or_file_param_says_both_in_one_line(tmp_path: Path) -> None:
     message = refusal(tmp_path, GOOD.replace("steps = 10", 'init = "nois"'))
     [line] = [line for line in message.splitlines() if "params.init" in line]

@@ -303,7 +303,9 @@ class LoadedConfig:
 def load_config(path: Path, registry: Registry | None = None) -> LoadedConfig:
     """Read and validate ``path``; any problem raises :class:`ConfigError` naming the field."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: an editor that saves UTF-8 with a byte order mark (Notepad does)
+        # makes a file TOML would otherwise refuse at line 1, column 1.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
