@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+from pydantic import ValidationError
 
 from stylebox.errors import BadInput, Cancelled, ConfigError
 from stylebox.plugins.api import Runtime
@@ -267,14 +268,25 @@ def test_a_photo_without_its_mask_fails_saying_where_to_put_it(tmp_path: Path) -
         painter.process(kodak(64), RecordingContext(tmp_path / "job"))
 
 
+@pytest.mark.parametrize("name", ["content_mask", "mask_colors"])
+def test_a_region_setting_without_style_mask_is_refused(tmp_path: Path, name: str) -> None:
+    mask = bands(tmp_path / "m.png", (64, 48), [SKY, GROUND])
+    value: object = str(mask) if name == "content_mask" else ["#ff0000"]
+    with pytest.raises(ValidationError, match=f"{name} is set but style_mask is not"):
+        GatysParams(style=[mask], **{name: value})
+
+
 def test_a_photos_mask_that_is_no_image_is_a_bad_input_not_a_fault(tmp_path: Path) -> None:
     # A fault is retried; this photo's mask would be as unreadable at every try.
     mask = bands(tmp_path / "s.mask.png", (64, 48), [SKY, GROUND])
     painter = plugin(tmp_path, style=[str(mask)], style_mask=[str(mask)], steps=2)
     notes = tmp_path / "photo.mask.png"
     notes.write_text("not a mask")
-    with pytest.raises(BadInput, match=r"the photo's mask photo\.mask\.png .* cannot be read"):
+    with pytest.raises(BadInput) as refused:
         painter.process(kodak(64), masked(tmp_path / "job", notes))
+    assert str(refused.value) == (  # the mask named once, what is wrong in words
+        "the photo's mask photo.mask.png cannot be read as an image: not a format Pillow reads"
+    )
 
 
 def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file: Path) -> None:

@@ -296,7 +296,7 @@ class Engine:
                 "gatys has style_mask set but this photo has no mask: put its label image "
                 "beside it as <photo stem>.mask.png, or set content_mask"
             )
-        where = f"the photo's mask {path.name}"
+        where = f"the photo's mask {path.name if companion is not None else path}"
         mask = load_mask(path, where, BadInput if companion is not None else ConfigError)
         job.note(mask=path.name)
         if self.style_masks_resized:

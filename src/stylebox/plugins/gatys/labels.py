@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from stylebox.errors import BadInput, ConfigError, StyleboxError
 from stylebox.plugins.gatys.params import MAX_MASK_COLORS, Color, hex_color
@@ -126,14 +126,19 @@ def _band(
 
 
 def load_mask(path: Path, where: str, error: type[StyleboxError] = ConfigError) -> Image.Image:
-    """The label image at ``path``, as RGB. One that cannot be read raises ``error``: a
-    :class:`ConfigError` for a mask the config names, a :class:`BadInput` for a photo's
-    own (a fault would be retried, and the mask is as unreadable at every try)."""
+    """The label image at ``path``, as RGB; ``where`` names it in errors. One that cannot
+    be read raises ``error``: a :class:`ConfigError` for a mask the config names, a
+    :class:`BadInput` for a photo's own (a fault would be retried, and the mask is as
+    unreadable at every try)."""
     try:
         with Image.open(path) as opened:
             return opened.convert("RGB")
+    except UnidentifiedImageError as exc:
+        raise error(f"{where} cannot be read as an image: not a format Pillow reads") from exc
     except (OSError, ValueError) as exc:
-        raise error(f"{where} {path} cannot be read as an image: {exc}") from exc
+        # ``strerror`` where there is one: the whole text repeats the path ``where`` names.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise error(f"{where} cannot be read as an image: {reason}") from exc
 
 
 def _packed(mask: Image.Image) -> np.ndarray:

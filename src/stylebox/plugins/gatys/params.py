@@ -292,6 +292,13 @@ class GatysParams(PluginParams):
                 f"style_mask has {len(self.style_mask)} masks for {len(self.style)} style "
                 "images; give one per style image (null for a style without one)"
             )
+        if self.style_mask is None:  # else the regions would be silently left out
+            for name in ("content_mask", "mask_colors"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} is set but style_mask is not: regions need the style "
+                        f"image's label image too (set style_mask, or drop {name})"
+                    )
         if any(b <= a for a, b in zip(self.scales, self.scales[1:], strict=False)):
             raise ValueError("scales must be increasing")
         if self.scales and self.scales[-1] >= self.size:
