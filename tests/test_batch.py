@@ -54,17 +54,38 @@ def test_batch_runs_once_leaves_inputs_and_skips_what_is_done(tmp_path: Path) ->
 
     first = batch(config)
     assert first.returncode == 0, first.stderr
-    assert len(list((tmp_path / "stylised").glob("*.json"))) == 6
+    assert len(list((tmp_path / "stylised").rglob("*.json"))) == 6
     assert len(list(library.rglob("*.png"))) == 6  # the library is never touched
 
     photo(24, 16, seed=99).save(library / "new.png")
     assert batch(config, "--dry-run").stdout.splitlines() == [str(library / "new.png")]
     second = batch(config)
     assert second.returncode == 0
-    manifests = list((tmp_path / "stylised").glob("*.json"))
+    manifests = list((tmp_path / "stylised").rglob("*.json"))
     assert len(manifests) == 7
     names = sorted(json.loads(m.read_text())["input"]["name"] for m in manifests)
     assert names == sorted([f"img{i:03d}.png" for i in range(6)] + ["new.png"])
+    # The outbox mirrors the library's folders.
+    assert sorted(str(m.relative_to(tmp_path / "stylised")) for m in manifests) == [
+        "2026/june/img000.json", "2026/june/img002.json", "2026/june/img004.json",
+        "img001.json", "img003.json", "img005.json", "new.json",
+    ]  # fmt: skip
+
+
+def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path) -> None:
+    config, library = setup(tmp_path, 0)
+    for folder, seed in (("", 1), ("2025", 2), ("2025/.trash", 3), ("broken", 4)):
+        (library / folder).mkdir(exist_ok=True)
+        photo(24, 16, seed=seed).save(library / folder / "a.png")
+    (library / "broken" / "a.png").write_bytes(b"not an image")
+    done = batch(config)
+    assert done.returncode == 1  # the broken one failed
+    stylised = tmp_path / "stylised"
+    results = sorted(str(p.relative_to(stylised)) for p in stylised.rglob("*") if p.is_file())
+    assert results == ["2025/a.json", "2025/a.png", "a.json", "a.png"]
+    assert not (stylised / "broken").exists()  # a failure leaves no empty folder
+    manifest = json.loads((stylised / "2025" / "a.json").read_text())
+    assert manifest["output"]["result"] == "a.png" and manifest["input"]["name"] == "a.png"
 
 
 def test_a_dry_run_lists_what_the_run_would_do(tmp_path: Path) -> None:
@@ -110,16 +131,16 @@ def test_a_killed_batch_continues_where_it_stopped(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     outputs = tmp_path / "stylised"
-    assert wait_until(lambda: len(list(outputs.glob("*.json"))) >= 2, 120)
+    assert wait_until(lambda: len(list(outputs.rglob("*.json"))) >= 2, 120)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = len(list(outputs.glob("*.json")))
+    done_before = len(list(outputs.rglob("*.json")))
     assert done_before < 6
 
     began = time.monotonic()
     rest = batch(config)
     assert rest.returncode == 0, rest.stderr
-    assert len(list(outputs.glob("*.json"))) == 6  # each image exactly once
+    assert len(list(outputs.rglob("*.json"))) == 6  # each image exactly once
     assert time.monotonic() - began < 120
 
 
@@ -147,7 +168,7 @@ def test_a_deterministic_failure_is_not_retried(tmp_path: Path) -> None:
     journal.close()
     assert row.attempts == 1 and row.error_class == "PermanentFailure"
     assert "loss fell only from" in (row.error_message or "")
-    assert not list((tmp_path / "stylised").glob("*.json"))
+    assert not list((tmp_path / "stylised").rglob("*.json"))
 
 
 FLAKY = """
@@ -439,7 +460,7 @@ def test_each_job_of_a_claim_is_timed_by_its_own_group(tmp_path: Path) -> None:
         if line.startswith("{") and json.loads(line).get("event") == "done":
             event = json.loads(line)
             done[event["file"]] = event["seconds"]
-    manifests = [json.loads(m.read_text()) for m in (tmp_path / "stylised").glob("*.json")]
+    manifests = [json.loads(m.read_text()) for m in (tmp_path / "stylised").rglob("*.json")]
     assert len(manifests) == 4 and len(done) == 4, result.stderr
     for data in manifests:
         timings = data["timings"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stylebox.daemon.outbox import MAX_STEM_BYTES, NAME_MAX, Outbox, safe_stem
+from stylebox.daemon.outbox import MAX_STEM_BYTES, NAME_MAX, Outbox, safe_folder, safe_stem
 
 #: Emoji joined by zero-width joiners; a Persian word with a zero-width non-joiner in it.
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
@@ -94,3 +94,30 @@ def test_a_unicode_name_reaches_the_outbox_whole(tmp_path: Path) -> None:
     assert names.result == tmp_path / "東京 Straße ü.png"
     assert names.manifest.name == "東京 Straße ü.json"
     assert names.steps.name == "東京 Straße ü.steps"
+
+
+@pytest.mark.parametrize(
+    ("relative", "folder"),
+    [
+        ("2024/june", "2024/june"),
+        ("", ""),
+        ("./a/../b", "a/b"),  # never out of the outbox
+        ("Ünïcode dir/.hidden\tname", "Ünïcode dir/hidden_name"),
+    ],
+)
+def test_sub_folders_are_made_safe_part_by_part(relative: str, folder: str) -> None:
+    assert safe_folder(relative) == folder
+
+
+def test_a_name_in_a_sub_folder_is_free_of_the_same_name_elsewhere(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "out")
+    assert outbox.reserve("a.png").stem == "a"
+    first = outbox.reserve("a.png", "2024/june")
+    assert first.stem == "2024/june/a" and first.home == tmp_path / "out" / "2024" / "june"
+    assert first.result == first.home / "a.png" and first.home.is_dir()
+    assert outbox.reserve("a.png", "2024/june").stem == "2024/june/a-2"
+    # A job that fails for good takes its sub-folders with it, unless another's name is in one.
+    outbox.discard("2024/june/a")
+    assert first.home.is_dir()  # 2024/june/a-2 is still reserved there
+    outbox.discard("2024/june/a-2")
+    assert not (tmp_path / "out" / "2024").exists() and (tmp_path / "out").is_dir()

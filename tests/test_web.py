@@ -11,6 +11,8 @@ import re
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -168,6 +170,32 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
     assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
     with closing(sqlite3.connect(f"{journal.as_uri()}?immutable=1", uri=True)) as db:
         assert db.execute("SELECT state FROM jobs").fetchall() == [("done",)]
+
+
+def test_the_files_of_a_job_in_an_outbox_sub_folder_are_served(tmp_path: Path) -> None:
+    # A recursive batch mirrors its folders in the outbox; a daemon on its state shows it.
+    env, _, gate = gated_env(tmp_path)
+    port = free_port()
+    shelf = '[[batch]]\nname = "shelf"\nsource = "library"\noutbox = "out-shelf"\n'
+    config = write_config(tmp_path, config_text(port) + shelf + 'plugin = "posterize"\n')
+    (tmp_path / "library" / "2026").mkdir(parents=True)
+    photo(24, 16, seed=3).save(tmp_path / "library" / "2026" / "a.png")
+    daemon = Daemon(config, {**os.environ, **env})
+    daemon.wait_ready()
+    try:
+        command = [sys.executable, "-m", "stylebox.cli", "batch", "shelf", "--config", str(config)]
+        ran = subprocess.run(command, env={**os.environ, **env}, capture_output=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        client = Client(port)
+        [result] = source(client, "batch:shelf")["results"]
+        outputs = tmp_path / "out-shelf" / "2026"
+        status, _, body = client.request(result["result"])
+        assert status == 200 and body == (outputs / "a.png").read_bytes()
+        status, _, body = client.request(f"/files/{result['job']}/manifest")
+        assert status == 200 and body == (outputs / "a.json").read_bytes()
+    finally:
+        gate.touch()
+        daemon.stop()
 
 
 def test_no_path_from_a_url_reaches_the_file_system(daemon: Daemon, tmp_path: Path) -> None:

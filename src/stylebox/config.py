@@ -131,7 +131,9 @@ class InboxConfig(JobConfig):
 
 class BatchConfig(JobConfig):
     source: Path = Field(description="The folder whose images a scheduled run processes")
-    recursive: bool = Field(True, description="Include images in sub-folders")
+    recursive: bool = Field(
+        True, description="Include images in sub-folders (the outbox mirrors them)"
+    )
     engine: Literal["local", "ray"] = Field(
         "local",
         description="local: this machine's workers; ray: Ray actors, on this machine or the "

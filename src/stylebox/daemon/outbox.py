@@ -7,7 +7,8 @@ result, animation, loss plot and manifest appear together or not at all (see
 :meth:`Outbox.writing`), the manifest last, so a manifest's presence means the rest is
 complete. A job that fails for good leaves nothing (:meth:`Outbox.discard`). Every file is
 written atomically, and a second ``photo.jpg`` gets ``photo-2``: names never collide and
-nothing is overwritten.
+nothing is overwritten. A stem may lie in a sub-folder, ``2024/june/photo`` (a recursive
+batch mirrors its source's folders): the job's files are then all in that sub-folder.
 """
 
 from __future__ import annotations
@@ -68,6 +69,20 @@ def _truncate_utf8(text: str, limit: int) -> str:
     return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
 
+def _safe_name(text: str) -> str:
+    """``text`` with separators and invisible characters as ``_``, no leading dots (nothing
+    hidden), cut to ``MAX_STEM_BYTES`` of UTF-8."""
+    text = "".join("_" if _unsafe(char) else char for char in text).lstrip(".")
+    return _truncate_utf8(text, MAX_STEM_BYTES)
+
+
+def safe_folder(relative: str) -> str:
+    """A sub-folder of the outbox from a relative folder of the input's (``2024/june``):
+    each part made safe as a stem is, ``.`` and ``..`` parts dropped; ``""`` for none."""
+    parts = [_safe_name(part) for part in relative.split("/") if part not in ("", ".", "..")]
+    return "/".join(part if part.strip() else "_" for part in parts)
+
+
 def safe_stem(filename: str) -> str:
     """A file-system-safe stem from an input's name, taken as data and never as a path.
 
@@ -80,8 +95,7 @@ def safe_stem(filename: str) -> str:
     stem, dot, extension = filename.rpartition(".")
     if not (dot and stem.lstrip(".")) or _SEPARATORS.intersection(extension):
         stem = filename  # no extension: a leading dot only, or a dot in an earlier part
-    stem = "".join("_" if _unsafe(char) else char for char in stem).lstrip(".")
-    stem = _truncate_utf8(stem, MAX_STEM_BYTES)
+    stem = _safe_name(stem)
     return stem if stem.strip() else "image"
 
 
@@ -90,6 +104,11 @@ class OutputNames:
     folder: Path
     stem: str
     extension: str
+
+    @property
+    def home(self) -> Path:
+        """The folder the job's files are in: the outbox, or a sub-folder of it."""
+        return (self.folder / self.stem).parent
 
     @property
     def result(self) -> Path:
@@ -121,10 +140,12 @@ class Outbox:
         self._reserved: set[str] = set()
         self._lock = threading.Lock()
 
-    def reserve(self, filename: str) -> OutputNames:
-        """Claim a stem for ``filename`` that no existing or in-flight output uses."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        base = safe_stem(filename)
+    def reserve(self, filename: str, under: str = "") -> OutputNames:
+        """Claim a stem for ``filename`` that no existing or in-flight output uses; in the
+        sub-folder ``under`` (``2024/june``, made safe by :func:`safe_folder`) if given."""
+        folder = safe_folder(under)
+        (self.folder / folder).mkdir(parents=True, exist_ok=True)
+        base = f"{folder}/{safe_stem(filename)}" if folder else safe_stem(filename)
         extension = _EXTENSIONS[self.output.format]
         with self._lock:
             for n in range(1, 100_000):
@@ -137,7 +158,7 @@ class Outbox:
     def reserve_stem(self, stem: str) -> OutputNames | None:
         """Claim exactly ``stem`` if no existing or in-flight output uses it (a failed job,
         retried, taking back the names it had), else ``None``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / stem).parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self._taken(stem):
                 return None
@@ -162,17 +183,18 @@ class Outbox:
 
     def claim(self, stem: str) -> OutputNames:
         """Take back a stem this job reserved before an interruption (its snapshots stay)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / stem).parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._reserved.add(stem)
         return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
 
     def remove_temporaries(self, names: OutputNames) -> None:
         """Delete temp files a killed writer left for these names (never complete files)."""
-        for folder in (self.folder, names.steps):
+        own = f".{Path(names.stem).name}."
+        for folder in (names.home, names.steps):
             if folder.is_dir():
                 for temp in folder.glob(".*.tmp"):
-                    if folder == names.steps or temp.name.startswith(f".{names.stem}."):
+                    if folder == names.steps or temp.name.startswith(own):
                         temp.unlink(missing_ok=True)
 
     def release(self, names: OutputNames) -> None:
@@ -184,7 +206,7 @@ class Outbox:
             self._reserved.discard(stem)
 
     def write_snapshot(self, names: OutputNames, image: Image.Image, step: int) -> Path:
-        names.steps.mkdir(exist_ok=True)
+        names.steps.mkdir(parents=True, exist_ok=True)
         path = names.steps / f"{step:04d}.png"
         atomic_write_bytes(path, encode_image(image, "png"), sync_folder=False)
         return path
@@ -201,7 +223,19 @@ class Outbox:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         shutil.rmtree(names.steps, ignore_errors=True)
-        self.release_stem(stem)
+        with self._lock:
+            self._reserved.discard(stem)
+            # Sub-folders that held only this job's files, unless another job has a name
+            # in them (its files may not be there yet).
+            folder = names.home
+            while folder != self.folder and not any(
+                (self.folder / taken).is_relative_to(folder) for taken in self._reserved
+            ):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
 
     @contextlib.contextmanager
     def writing(self, names: OutputNames) -> Iterator[PendingOutputs]:
@@ -289,7 +323,7 @@ class PendingOutputs:
             os.replace(self._temps[path], path)
             self._placed = True  # from here on, an earlier set of these names is broken
             del self._temps[path]
-        fsync_dir(self.names.folder)
+        fsync_dir(self.names.home)
 
     def abort(self) -> None:
         """Remove the temp files, and the set's files in the outbox unless they are an

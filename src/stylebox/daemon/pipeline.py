@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from stylebox.config import InboxConfig, JobConfig, LoadedConfig, RunConfig
+from stylebox.config import BatchConfig, InboxConfig, JobConfig, LoadedConfig, RunConfig
 from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.outbox import Outbox
@@ -73,6 +73,22 @@ class Source:
     @property
     def moves_inputs(self) -> bool:
         return isinstance(self.config, InboxConfig)
+
+    def subfolder(self, path: Path) -> str:
+        """Where under the outbox the results of the input ``path`` go: a recursive batch
+        mirrors its source's sub-folders (``2024/june``); ``""``, the outbox itself, for
+        everything else."""
+        if not (isinstance(self.config, BatchConfig) and self.config.recursive):
+            return ""
+        try:
+            relative = path.parent.relative_to(self.config.source)
+        except ValueError:
+            return ""
+        return "" if relative == Path() else files.readable(relative.as_posix())
+
+    def reserve(self, row: JobRow) -> str:
+        """A free output stem for the job ``row`` (its input where the journal says)."""
+        return self.outbox.reserve(row.name, self.subfolder(Path(row.input_path))).stem
 
     def label(self, name: str) -> str:
         """How logs and progress bars name a job of this source's file ``name``: with the
@@ -259,21 +275,21 @@ class Pipeline:
                 if new is not None:
                     moves.setdefault((row.source, new), []).append(row)
         for (old, new), rows in moves.items():
-            self._move_jobs(old, new, rows, self.sources[new].outbox)
+            self._move_jobs(old, new, rows, self.sources[new])
         return sum(len(rows) for rows in moves.values())
 
-    def _move_jobs(self, old: str, new: str, rows: list[JobRow], outbox: Outbox | None) -> None:
-        """Journal ``rows`` (jobs of source ``old``) as ``new``'s. Where ``outbox`` is given
-        (the jobs will write to another folder than before), each queued job keeps its
-        output name there when it is free, else takes the next free one; a running job
-        finishes with the sources it started with."""
+    def _move_jobs(self, old: str, new: str, rows: list[JobRow], target: Source | None) -> None:
+        """Journal ``rows`` (jobs of source ``old``) as ``new``'s. Where ``target`` is given
+        (the jobs will write to its outbox, another folder than before), each queued job
+        keeps its output name there when it is free, else takes the next free one; a running
+        job finishes with the sources it started with."""
         self.journal.move([row.id for row in rows], new)
-        if outbox is not None:
+        if target is not None:
             for row in rows:
                 if row.state != "queued":
                     continue
-                if row.stem is None or outbox.reserve_stem(row.stem) is None:
-                    self.journal.set_stem(row.id, outbox.reserve(row.name).stem)
+                if row.stem is None or target.outbox.reserve_stem(row.stem) is None:
+                    self.journal.set_stem(row.id, target.reserve(row))
         log.info("%s is now %s: its %d job(s) go with it", old, new, len(rows))
 
     def reconfigure(self, loaded: LoadedConfig, sources: dict[str, Source]) -> None:
@@ -301,7 +317,7 @@ class Pipeline:
             if rows:
                 outbox = sources[new].outbox
                 same = _folder(outbox.folder) == _folder(self.sources[old].outbox.folder)
-                self._move_jobs(old, new, rows, None if same else outbox)
+                self._move_jobs(old, new, rows, None if same else sources[new])
         earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
             outbox = earlier.get(_folder(source.outbox.folder))
@@ -365,7 +381,7 @@ class Pipeline:
             if entry is None or entry.unique_key in seen or str(path) in unfinished:
                 continue
             seen.add(entry.unique_key)
-            stem = source.outbox.reserve(files.readable(path.name)).stem
+            stem = source.outbox.reserve(files.readable(path.name), source.subfolder(path)).stem
             entries[index] = replace(entry, stem=stem)
         added = self._add(source, [entry for entry in entries if entry is not None])
         outcomes: list[Outcome] = []
@@ -533,7 +549,7 @@ class Pipeline:
                 return source.outbox.claim(row.stem).stem
             if source.outbox.reserve_stem(row.stem) is not None:
                 return row.stem
-        return source.outbox.reserve(row.name).stem
+        return source.reserve(row)
 
     def _wake_waiting(self, job_id: int) -> None:
         """Job ``job_id`` ended, or no longer stands for the bytes it had: queue the files
@@ -650,7 +666,7 @@ class Pipeline:
             work_dir = self.state_dir / "jobs" / str(row.id)
             path = Path(row.input_path)
             if row.stem is None:  # queued by a retry of a failed job
-                stem = source.outbox.reserve(row.name).stem
+                stem = source.reserve(row)
                 self.journal.set_stem(row.id, stem)
             else:
                 stem = row.stem
@@ -677,7 +693,8 @@ class Pipeline:
                     row.id, source.plugin.name, source.params_hash
                 )
             log.info("started", extra=_fields(row, "started"))
-            label = source.label(row.name)
+            folder = source.subfolder(path)
+            label = source.label(f"{folder}/{row.name}" if folder else row.name)
             job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
             jobs.append((row, job))
         executor = self.executor or self.runner

@@ -323,7 +323,7 @@ class StatusReader:
         folder = self._outputs_folder(row, info)
         if folder is None or not row.stem:
             return None
-        path = _inside(folder, f"{row.stem}.json")
+        path = _of_job(folder, row.stem, ".json")
         if path is None:
             return None
         try:
@@ -350,11 +350,11 @@ class StatusReader:
         if manifest is None or folder is None:
             return None
         if kind == "manifest":
-            return _inside(folder, f"{row.stem}.json")
+            return _of_job(folder, row.stem, ".json")
         output = manifest.get("output", {})
         name = {"result": "result", "animation": "animation", "loss": "loss_plot"}[kind]
         value = output.get(name)
-        return _inside(folder, value) if isinstance(value, str) else None
+        return _of_job(folder, row.stem, "", value) if isinstance(value, str) else None
 
     def snapshot_file(self, job_id: int, step: int) -> Path | None:
         row = self.row(job_id)
@@ -363,7 +363,7 @@ class StatusReader:
         folder = self._outputs_folder(row, self.backend.web_sources().get(row.source))
         if folder is None:
             return None
-        return _inside(folder, f"{row.stem}.steps", f"{step:04d}.png")
+        return _of_job(folder, row.stem, ".steps", f"{step:04d}.png")
 
     def input_file(self, job_id: int) -> Path | None:
         """A done job's photo, where the journal says it is now (``processed/``)."""
@@ -388,6 +388,17 @@ class StatusReader:
 
 
 _STATES = ("queued", "running", "done", "failed")
+
+
+def _of_job(folder: Path, stem: str, suffix: str, *more: str) -> Path | None:
+    """The file ``<stem><suffix>/<more>`` of a job's outputs in ``folder``, as
+    :func:`_inside` finds it; with ``suffix=""`` and a name in ``more``, that file beside
+    them. A stem may lie in sub-folders (``2024/june/photo``, a recursive batch's), which
+    are parts of the path here, each checked."""
+    *folders, base = stem.split("/")
+    if suffix:
+        return _inside(folder, *folders, f"{base}{suffix}", *more)
+    return _inside(folder, *folders, *more)
 
 
 def _inside(folder: Path, *parts: str) -> Path | None:
