@@ -342,6 +342,48 @@ def test_a_stopped_batch_exits_130_and_the_job_waits_uncounted(tmp_path: Path) -
     assert row.state == "queued" and row.attempts == 0
 
 
+TORCH_BUSY = """
+import os, time
+import torch
+from stylebox.plugins.api import Cancelled, Plugin, PluginParams
+
+class TorchBusy(Plugin):
+    name = "torchbusy"
+    Params = PluginParams
+
+    def process(self, image, job):
+        a = torch.rand(384, 384)
+        open(os.environ["BUSY_STARTED"], "w").close()
+        while not job.cancelled:
+            a = torch.mm(a, a).clamp(0, 1)
+        end = time.monotonic() + 30  # a drain's last work (gatys: its checkpoint)
+        while time.monotonic() < end:
+            a = torch.mm(a, a).clamp(0, 1)
+        raise Cancelled("stopped")
+"""
+
+
+def test_a_second_ctrl_c_during_a_drain_exits_130_at_once(tmp_path: Path) -> None:
+    # The job's thread is inside PyTorch's thread pool when the command exits.
+    site = installed_site(
+        tmp_path, "torchbusy", "[stylebox.plugins]\ntorchbusy = torchbusy:TorchBusy\n",
+        {"torchbusy.py": TORCH_BUSY},
+    )  # fmt: skip
+    config, _ = setup(tmp_path, 1, "torchbusy", "{}")
+    started = tmp_path / "started"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
+        stderr=subprocess.PIPE, text=True, env={**site_env(site), "BUSY_STARTED": str(started)},
+    )  # fmt: skip
+    assert wait_until(started.exists, 60)
+    process.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the first is seen: the job is cancelled and goes on with its drain
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.rstrip().endswith("stylebox: interrupted")
+
+
 SLOW_BATCH = """
 import time
 from stylebox.plugins.api import Cancelled, Capabilities, Plugin, PluginParams

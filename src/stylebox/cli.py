@@ -21,7 +21,7 @@ import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
@@ -113,6 +113,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         _fail("interrupted")
+        if any(t is not threading.main_thread() for t in threading.enumerate()):
+            # A job still runs in a worker thread, inside PyTorch's C++ (a second Ctrl-C
+            # during a drain): at a normal exit its thread pools were torn down under it,
+            # "terminate called without an active exception", SIGABRT. Its job resumes at
+            # the next run, as after a kill.
+            _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
 
@@ -402,6 +408,12 @@ def _leave(status: int) -> int:
         ", ".join(thread.name for thread in stray),
         extra={"event": "stray_threads"},
     )
+    _exit_now(status)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Exit with ``status`` at once, the logs and output written first; no thread is
+    waited for, nothing of the interpreter's or its libraries' is torn down."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
