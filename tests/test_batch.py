@@ -382,6 +382,8 @@ def test_a_second_ctrl_c_during_a_drain_exits_130_at_once(tmp_path: Path) -> Non
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 130, stderr[-2000:]
     assert stderr.rstrip().endswith("stylebox: interrupted")
+    row = only_job(tmp_path)  # left as a kill leaves it: the next run takes it up again
+    assert row.state == "running" and row.finished_at is None, row
 
 
 SLOW_BATCH = """
