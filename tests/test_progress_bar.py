@@ -93,3 +93,26 @@ def test_a_batch_bar_counts_ended_photos_and_failures(monkeypatch: pytest.Monkey
     shown = [line for line in text.splitlines() if "batch nightly" in line][-1]
     assert "5/10" in shown and "1 failed" in shown
     assert "img/s" in shown
+
+
+def test_a_log_line_is_printed_above_the_bar_not_across_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    from stylebox import logs
+    from stylebox.progress import count_bar
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    logs.setup(json_lines=False)
+    with count_bar("batch nightly", 2) as advance:
+        logging.getLogger("stylebox").info("started", extra={"file": "kodim01.png"})
+        advance(1)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    lines = re.split(r"[\r\n]+", text)
+    (logged,) = [line for line in lines if "file=kodim01.png" in line]
+    assert "batch nightly" not in logged and logged.endswith("INFO started file=kodim01.png")

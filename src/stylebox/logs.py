@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is data.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -38,10 +39,27 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever ``sys.stderr`` is when a line is logged. While a progress bar is
+    drawn, rich puts its own writer there, which prints the line above the bar; a stream
+    kept from start-up would write it across the bar."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]  # an attribute in the stubs
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup(level: int = logging.INFO, json_lines: bool | None = None) -> None:
     """Log to stderr; JSON lines unless stderr is a terminal (or ``json_lines`` says)."""
     use_json = not sys.stderr.isatty() if json_lines is None else json_lines
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
