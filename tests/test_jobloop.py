@@ -461,6 +461,63 @@ def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
     assert reason.startswith("Truncated: cut.png is truncated: its PNG data ends before")
 
 
+def test_a_photo_cut_short_whose_rest_makes_a_duplicate_ends_superseded_not_vanished(
+    tmp_path: Path,
+) -> None:
+    # The completed bytes are a photo done before: the file goes to processed/ as its
+    # duplicate, and the job of the part ends then, naming the job that has the bytes
+    # (it ran later and failed as 'vanished from the inbox').
+    loop = _loop(tmp_path, {"steps": 1}, extra="settle_seconds = 0.1")
+    loop.run_until_empty({"inbox:steps"})
+    inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    done = _only_job(loop)
+    whole = (inbox / "processed" / "photo.png").read_bytes()
+    late = inbox / "late.png"
+    late.write_bytes(whole[: len(whole) // 2])
+    assert loop.pipeline.enqueue(source, [late]) == ["queued"]
+    (cut,) = loop.run_next({"inbox:steps"})
+    assert loop.journal.get(cut.id).error_class == "Truncated"
+    late.write_bytes(whole)  # the rest arrives
+    assert loop.pipeline.enqueue(source, [late]) == ["duplicate"]
+    ended = loop.journal.get(cut.id)
+    assert (ended.state, ended.error_class) == ("failed", "InputChanged")
+    assert ended.error_message == (
+        f"late.png was replaced by other bytes before it was processed; those are job "
+        f"{done.id}'s (done)"
+    )
+    assert (inbox / "processed" / "late.png.duplicate.txt").is_file()
+    assert not loop.journal.queued({"inbox:steps"})
+    assert not (inbox / "failed").exists() and not list((tmp_path / "outbox").glob("late*"))
+
+
+def test_a_photo_cut_short_dropped_again_after_failing_gets_its_grace_again(
+    tmp_path: Path,
+) -> None:
+    # Its retry kept the first run's start time, so it failed at once as Truncated
+    # instead of waiting for the rest as a new arrival does.
+    loop = _loop(tmp_path, {"steps": 1}, extra="settle_seconds = 0.1")
+    loop.run_until_empty({"inbox:steps"})
+    inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    whole = encoded(photo(64, 48, seed=6), "PNG")
+    cut = inbox / "cut.png"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert loop.pipeline.enqueue(source, [cut]) == ["queued"]
+    loop.run_until_empty({"inbox:steps"})  # waits its grace (1 s), then fails
+    assert (inbox / "failed" / "cut.png").is_file()
+    time.sleep(1.1)  # longer than the grace since its first start
+    again = inbox / "again.png"
+    again.write_bytes(whole[: len(whole) // 2])
+    assert loop.pipeline.enqueue(source, [again]) == ["retry"]
+    (row,) = loop.run_next({"inbox:steps"})
+    waiting = loop.journal.get(row.id)
+    assert (waiting.state, waiting.error_class) == ("queued", "Truncated")
+    assert again.is_file() and waiting.not_before > time.time()
+    again.write_bytes(whole)
+    assert loop.pipeline.enqueue(source, [again]) == ["queued"]
+    loop.run_until_empty({"inbox:steps"})
+    assert loop.journal.get(row.id).state == "done"
+
+
 def test_a_job_queued_before_a_reload_is_known_by_the_settings_it_ran_with(
     tmp_path: Path,
 ) -> None:

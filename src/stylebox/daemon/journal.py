@@ -367,6 +367,19 @@ class Journal:
                 results.append((_row(row), True))
         return results
 
+    def queued_at(self, source: str, path: Path) -> JobRow | None:
+        """The queued job of ``source`` whose input is ``path``, if there is one."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT * FROM jobs WHERE origin_path = ? AND source = ? AND state = 'queued' "
+                "ORDER BY id DESC LIMIT 1",
+                (_path(path), source),
+            )
+            .fetchone()
+        )
+        return _row(row) if row is not None else None
+
     def replace_input(self, job_id: int, entry: NewJob, delay: float = 0.0) -> tuple[JobRow, bool]:
         """Job ``job_id`` found other bytes at its input than it was queued for (the file
         was replaced and no one saw it): it stands for ``entry``'s bytes from now on, queued
@@ -464,12 +477,14 @@ class Journal:
     def retry_failed(self, job_id: int, input_path: Path, stem: str | None = None) -> JobRow:
         """A failed job's input was dropped again (under ``input_path``, its name now):
         give it a fresh set of attempts, keeping its output names, or taking ``stem``
-        instead (another job took them meanwhile)."""
+        instead (another job took them meanwhile). Its start time is cleared: it starts
+        afresh (a photo cut short gets its grace again, counted from this claim)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
-                "origin_path = ?, input_path = ?, name = ?, error_class = NULL, hopeless = NULL, "
-                "error_message = NULL, finished_at = NULL, stem = COALESCE(?, stem) "
+                "started_at = NULL, origin_path = ?, input_path = ?, name = ?, "
+                "error_class = NULL, hopeless = NULL, error_message = NULL, finished_at = NULL, "
+                "stem = COALESCE(?, stem) "
                 "WHERE id = ? AND state = 'failed'",
                 (_path(input_path), _path(input_path), readable(input_path.name), stem, job_id),
             )

@@ -528,6 +528,7 @@ class Pipeline:
             return "retry"
         # The same bytes with the same settings: not stylised twice.
         if source.moves_inputs:
+            self._supersede_queued(source, path, row)
             assert isinstance(source.config, InboxConfig)
             moved = _move_input(path, source.config.processed_dir)
             note = f"duplicate of job {row.id} ({row.name}); its result: {source.outbox.folder}"
@@ -852,10 +853,32 @@ class Pipeline:
             self.on_queued()
             self._wake_waiting(row.id)
             return
+        self._superseded(source, row, current)
+        self._after_add(source, origin, entry, current, False)
+        self._wake_waiting(row.id)
+
+    def _supersede_queued(self, source: Source, path: Path, current: JobRow) -> None:
+        """``path`` now holds bytes that job ``current`` has and is about to be moved away
+        as their duplicate: a job queued for the bytes it held before (a photo cut short and
+        completed since, say) would find it gone, so it ends now, superseded by
+        ``current``. One a worker has just taken finds the change itself."""
+        queued = self.journal.queued_at(source.key, path)
+        if queued is None or queued.id == current.id:
+            return
+        lease = self.loaded.config.daemon.lease_seconds
+        row = self.journal.claim(self.owner, lease, ids={queued.id}, to_run=False)
+        if row is not None:
+            self._superseded(source, row, current)
+            self._wake_waiting(row.id)
+
+    def _superseded(self, source: Source, row: JobRow, current: JobRow) -> None:
+        """End job ``row`` as failed: the bytes now at its input are job ``current``'s.
+        What it wrote is discarded (unless it is a complete result of its own bytes); its
+        input is not moved for it."""
         superseded = InputChanged(
             f"{row.name} was replaced by other bytes before it was processed; those are job "
             f"{current.id}'s ({current.state})",
-            error.sha256,
+            current.sha256,
         )
         if row.stem and not _manifest_matches(
             source.outbox.folder / f"{row.stem}.json", row.sha256
@@ -864,8 +887,6 @@ class Pipeline:
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
         self.journal.finish(row.id, "failed", error=superseded)
         log.warning("superseded", extra={**_fields(row, "superseded"), "error": str(superseded)})
-        self._after_add(source, origin, entry, current, False)
-        self._wake_waiting(row.id)
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
         if error.retry and row.attempts < source.config.max_attempts:
