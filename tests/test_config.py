@@ -154,6 +154,27 @@ def test_config_check_command(tmp_path: Path) -> None:
     ), bf16.stderr
 
 
+def test_config_check_says_a_batch_whose_source_is_missing_cannot_run(tmp_path: Path) -> None:
+    # It said OK, and the batch then refused to start. A missing source is no config
+    # error (a share may be mounted later), so serve still starts; check says it.
+    batch = '\n[[batch]]\nname = "nightly"\nsource = "library"\noutbox = "out/nightly"\n'
+    batch += 'plugin = "gatys"\nparams = { style = "starry_night", size = 128, steps = 10 }\n'
+    config = write(tmp_path, GOOD + batch)
+    result = cli("config", "check", str(config))
+    assert result.returncode == 1, result.stdout
+    assert "valid, but a batch cannot run" in result.stdout
+    assert result.stderr.strip() == (
+        f"[[batch]] nightly: source {tmp_path / 'library'} does not exist; "
+        "stylebox batch refuses it until it is a folder"
+    )
+    (tmp_path / "library").write_text("a file\n")
+    assert "library is not a folder" in cli("config", "check", str(config)).stderr
+    (tmp_path / "library").unlink()
+    (tmp_path / "library").mkdir()
+    ok = cli("config", "check", str(config))
+    assert ok.returncode == 0 and "OK" in ok.stdout and not ok.stderr
+
+
 def test_config_schema_command() -> None:
     result = cli("config", "schema")
     assert result.returncode == 0

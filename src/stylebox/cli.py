@@ -509,12 +509,19 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
             loaded.unavailable[(table, name)] = f"{type(exc).__name__}: {exc}"
     if problems:  # all of them at once, as for the config's own fields
         raise invalid(str(path), problems)
+    from stylebox.daemon.batch import source_problem
+
     inboxes = ", ".join(f"{i.name} ({i.plugin})" for i in loaded.config.inbox) or "none"
     batches = ", ".join(f"{b.name} ({b.plugin})" for b in loaded.config.batch) or "none"
-    if loaded.unavailable:
-        print(f"{path}: valid, but some plugins are broken; inboxes: {inboxes}; batches: {batches}")
+    # A batch whose source is missing: serve runs without it, but the batch would refuse.
+    sources = [problem for b in loaded.config.batch if (problem := source_problem(b))]
+    if loaded.unavailable or sources:
+        broken = "some plugins are broken" if loaded.unavailable else "a batch cannot run"
+        print(f"{path}: valid, but {broken}; inboxes: {inboxes}; batches: {batches}")
         for (table, name), reason in sorted(loaded.unavailable.items()):
             print(f"  [[{table}]] {name} is disabled: {reason}", file=sys.stderr)
+        for problem in sources:
+            print(f"  {problem}; stylebox batch refuses it until it is a folder", file=sys.stderr)
         return EXIT_FAILED
     print(f"{path}: OK; inboxes: {inboxes}; batches: {batches}")
     return EXIT_OK

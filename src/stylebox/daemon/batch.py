@@ -42,10 +42,19 @@ _PLACE_SECONDS = 300.0
 may be coming up) before it gives up, saying what the cluster has."""
 
 
+def source_problem(config: BatchConfig) -> str | None:
+    """Why the batch cannot run as its source folder is now, or ``None``. Not a config
+    error: a share may be mounted by the time the batch runs."""
+    if config.source.is_dir():
+        return None
+    why = "is not a folder" if config.source.exists() else "does not exist"
+    return f"[[batch]] {config.name}: source {config.source} {why}"
+
+
 def scan(config: BatchConfig) -> Iterator[Path]:
     """Candidate files of the source folder, in a stable order; links are not followed."""
-    if not config.source.is_dir():
-        raise ConfigError(f"[[batch]] {config.name}: source {config.source} is not a folder")
+    if problem := source_problem(config):
+        raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
     for path in sorted(config.source.glob(pattern)):
         relative = path.relative_to(config.source)
