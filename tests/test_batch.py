@@ -103,6 +103,24 @@ def test_a_dry_run_lists_what_the_run_would_do(tmp_path: Path) -> None:
     assert len(dry.stdout.splitlines()) == 3 and "3 of 3 image(s) would run" in dry.stderr
 
 
+def test_files_kept_beside_the_pictures_are_skipped_not_failed(tmp_path: Path) -> None:
+    # notes.txt and an XMP sidecar failed as 'not an image' on every run (exit 1 each
+    # night); a picture under another name runs, a damaged one named .jpg still fails.
+    config, library = setup(tmp_path, 1)
+    (library / "notes.txt").write_text("shot on the 3rd\n")
+    (library / "2026" / "june" / "img000.xmp").write_text('<x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
+    photo(24, 16, seed=7).save(library / "scan.dat", format="PNG")
+    (library / "fake.jpg").write_text("not a picture")
+    dry = batch(config, "--dry-run")
+    assert "3 of 3 image(s) would run" in dry.stderr, dry.stderr
+    assert "skipped 2 file(s) that are not pictures: 2026/june/img000.xmp, notes.txt" in dry.stderr
+    run = batch(config)
+    assert run.returncode == 1, run.stderr  # fake.jpg
+    (finished,) = [json.loads(line) for line in run.stderr.splitlines() if "batch finished" in line]
+    assert (finished["files"], finished["done"], finished["failed"]) == (3, 2, 1)
+    assert (tmp_path / "stylised" / "scan.png").is_file()
+
+
 def test_an_earlier_runs_failure_does_not_fail_the_next(tmp_path: Path) -> None:
     # Under a nightly timer, a bad file removed after its failure must not mark every
     # later run failed; the figures logged are this run's.

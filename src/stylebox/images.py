@@ -201,6 +201,34 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
+#: Picture extensions Pillow does not register (phone and camera formats): a file so named
+#: is taken as an image, to fail saying what it is, not skipped as some other file.
+_OTHER_PICTURE_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".cr2", ".nef", ".arw", ".dng"})
+
+
+def plainly_not_an_image(path: Path) -> bool:
+    """Whether ``path`` is some other file kept beside pictures (``notes.txt``, an XMP
+    sidecar): its name has no picture extension and its first bytes are no picture format
+    Pillow knows. A damaged picture is not such a file; nor is one that cannot be read
+    (its job says why)."""
+    Image.init()  # every format's extensions, not just those of the formats used so far
+    suffix = path.suffix.lower()
+    if suffix in Image.registered_extensions() or suffix in _OTHER_PICTURE_EXTENSIONS:
+        return False
+    try:
+        with Image.open(path):  # reads the header only
+            return False
+    except UnidentifiedImageError:
+        pass
+    except Exception:  # some picture it cannot open, or unreadable: not ours to judge
+        return False
+    try:
+        with path.open("rb") as file:
+            return _unreadable_kind(file.read(16)) is None
+    except OSError:
+        return False
+
+
 def _unreadable_kind(data: bytes) -> str | None:
     """The kind of a common picture format Pillow cannot read at all, by its signature."""
     if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:

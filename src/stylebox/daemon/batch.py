@@ -32,6 +32,7 @@ from stylebox.daemon.ray_engine import (
 from stylebox.daemon.runner import Reporter
 from stylebox.daemon.watcher import is_ignored
 from stylebox.errors import ConfigError
+from stylebox.images import plainly_not_an_image
 from stylebox.plugins.registry import discover
 from stylebox.progress import count_bar
 
@@ -51,8 +52,10 @@ def source_problem(config: BatchConfig) -> str | None:
     return f"[[batch]] {config.name}: source {config.source} {why}"
 
 
-def scan(config: BatchConfig) -> Iterator[Path]:
-    """Candidate files of the source folder, in a stable order; links are not followed."""
+def scan(config: BatchConfig, others: list[Path] | None = None) -> Iterator[Path]:
+    """Candidate files of the source folder, in a stable order; links are not followed.
+    Files kept beside the pictures (``notes.txt``, XMP sidecars: see
+    :func:`plainly_not_an_image`) are no candidates; they go to ``others``, if given."""
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
@@ -60,8 +63,26 @@ def scan(config: BatchConfig) -> Iterator[Path]:
         relative = path.relative_to(config.source)
         if any(is_ignored(part) for part in relative.parts) or path.is_symlink():
             continue
-        if path.is_file():
-            yield path
+        if not path.is_file():
+            continue
+        if plainly_not_an_image(path):
+            if others is not None:
+                others.append(path)
+            continue
+        yield path
+
+
+def _say_skipped(others: list[Path], source: Path) -> None:
+    if not others:
+        return
+    names = [str(path.relative_to(source)) for path in others]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    log.info(
+        "skipped %d file(s) that are not pictures: %s",
+        len(names),
+        shown,
+        extra={"event": "skipped", "files": len(names)},
+    )
 
 
 def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | None = None) -> int:
@@ -75,7 +96,9 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     on_ray = ray is not None or batch.engine == "ray"
     if on_ray and not dry_run:
         require_ray()  # before any plugin loads: a missing Ray is said at once
-    files = list(scan(batch))
+    others: list[Path] = []
+    files = list(scan(batch, others))
+    _say_skipped(others, batch.source)
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
     # A dry run starts the plugin too: what is done depends on its settings and models
