@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from stylebox.daemon.runner import Job
-from stylebox.progress import BarReporter
+from stylebox.progress import BarReporter, LogReporter
 
 GATYS_METRICS = {
     "loss": 123456.7,
@@ -116,3 +116,11 @@ def test_a_log_line_is_printed_above_the_bar_not_across_it(
     lines = re.split(r"[\r\n]+", text)
     (logged,) = [line for line in lines if "file=kodim01.png" in line]
     assert "batch nightly" not in logged and logged.endswith("INFO started file=kodim01.png")
+
+
+def test_the_photo_presets_loss_is_shown_with_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    # The photorealism term was in the manifest but not on the progress line.
+    job = Job(Path("kodim05.png"), Path("work"), label="inbox:photo/kodim05.png")
+    with caplog.at_level("INFO", logger="stylebox"):
+        LogReporter().progress(job, 300, 300, {**GATYS_METRICS, "photo": 2048.25})
+    assert "tv=1.102e+04 photo=2048 1.23 it/s" in caplog.text

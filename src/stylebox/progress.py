@@ -31,7 +31,9 @@ log = logging.getLogger("stylebox")
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
-    shown = [f"{k}={metrics[k]:.4g}" for k in ("loss", "content", "style", "tv") if k in metrics]
+    shown = [
+        f"{k}={metrics[k]:.4g}" for k in ("loss", "content", "style", "tv", "photo") if k in metrics
+    ]
     if "its" in metrics:
         shown.append(f"{metrics['its']:.2f} it/s")
     return " ".join(shown)
