@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,15 @@ def test_plugins_lists_gatys_with_params() -> None:
     assert "gatys" in listing.stdout and "style_weight" in listing.stdout
     as_json = json.loads(stylebox("plugins", "--json").stdout)
     assert "steps" in as_json["plugins"]["gatys"]["params"]["properties"]
+    # Types as a config writes them: they read 'Union', 'Optional', 'Literal', and a
+    # list[float] lost its '[float]' to rich's markup.
+    wide = stylebox("plugins", env={**os.environ, "COLUMNS": "200"}).stdout
+    cells = [re.split(r"\s{2,}", line.strip()) for line in wide.splitlines()]
+    types = {row[0]: row[1] for row in cells if len(row) > 2}  # gatys is listed after fast
+    assert types["style_blend"] == "list[float] | None"
+    assert types["color"] == "'none' | 'luminance' | 'histogram'"
+    assert types["init"] == "'content' | 'noise' | 'style' | Path"
+    assert types["scales"] == "list[int]" and types["style"] == "list[Path]"
 
 
 def test_broken_plugins_are_reported_and_the_others_still_load(tmp_path: Path) -> None:

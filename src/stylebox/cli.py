@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 import tomllib
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -457,6 +459,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(listing, indent=2))
         return EXIT_OK
     from rich.table import Table
+    from rich.text import Text
 
     console = _stdout_console()
     for name, info in registry.plugins.items():
@@ -472,10 +475,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 if field.is_required()
                 else repr(field.get_default(call_default_factory=True))
             )
-            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
-            table.add_row(
-                field_name, annotation.replace("typing.", ""), default, field.description or ""
-            )
+            cells = (field_name, _type_text(field.annotation), default, field.description or "")
+            table.add_row(*(Text(cell) for cell in cells))  # as written: list[float] is no markup
         console.print(table)
         console.print()
     for name, failure in registry.failures.items():
@@ -485,6 +486,25 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     if not registry.plugins and not registry.failures:
         console.print("no plugins installed")
     return EXIT_OK
+
+
+def _type_text(annotation: Any) -> str:
+    """A param's type as its user writes it: ``list[float] | None``, ``'none' | 'luminance'``
+    (not ``Optional``, ``Union`` or ``list[Annotated]``)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_text(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(arg) for arg in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if annotation is type(None):
+        return "None"
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_text(arg) for arg in args)}]" if args else name
+    name = getattr(annotation, "__name__", None)
+    return name if isinstance(name, str) else str(annotation).replace("typing.", "")
 
 
 # -- config ----------------------------------------------------------------------------------
