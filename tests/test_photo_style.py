@@ -289,6 +289,30 @@ def test_a_photos_mask_that_is_no_image_is_a_bad_input_not_a_fault(tmp_path: Pat
     )
 
 
+def test_a_mask_of_another_shape_than_its_image_is_refused_not_stretched(
+    tmp_path: Path,
+) -> None:
+    # Stretched to fit (as it was, with only a note in the manifest), a mask drawn on the
+    # photo before it was turned puts the sky on the ground. Another scale is fine.
+    style = bands(tmp_path / "s.png", (64, 48), [SKY, GROUND])
+    turned = bands(tmp_path / "turned.mask.png", (48, 64), [SKY, GROUND])
+    with pytest.raises(ConfigError) as refused:
+        plugin(tmp_path, style=[str(style)], style_mask=[str(turned)], steps=2)
+    assert str(refused.value) == (
+        f"gatys style_mask {turned} is 48x64 but its style image is 64x48: stretched to "
+        "fit, its regions would land on other parts; draw it on the image as shown (at any "
+        "scale)"
+    )
+    painter = plugin(tmp_path, style=[str(style)], style_mask=[str(style)], steps=2)
+    photo = kodak(64)
+    assert photo.size == (64, 43)
+    own = bands(tmp_path / "photo.mask.png", (43, 64), [SKY, GROUND])
+    with pytest.raises(BadInput, match=r"^the photo's mask photo.mask.png is 43x64 but the photo"):
+        painter.process(photo, masked(tmp_path / "job", own))
+    bands(own, (129, 86), [SKY, GROUND])  # three times the photo, rounded: taken
+    painter.process(photo, masked(tmp_path / "job2", own))
+
+
 def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file: Path) -> None:
     params = GatysParams(style=[style_file], preset="photo", style_weight=7)
     assert params.content_layers == {"conv4_2": 1.0}

@@ -33,7 +33,7 @@ from stylebox.plugins.api import JobContext, Runtime, params_digest
 from stylebox.plugins.gatys import color
 from stylebox.plugins.gatys.affine_fit import affine_fit
 from stylebox.plugins.gatys.checkpoint import Checkpoint
-from stylebox.plugins.gatys.labels import distinct_colors, load_mask
+from stylebox.plugins.gatys.labels import check_shape, distinct_colors, load_mask
 from stylebox.plugins.gatys.lbfgs import GuardedLBFGS
 from stylebox.plugins.gatys.losses import Objective
 from stylebox.plugins.gatys.params import MAX_MASK_COLORS, Color, GatysParams, parse_color
@@ -311,6 +311,8 @@ class Engine:
                     f"than {MAX_MASK_COLORS}: use one colour per region in all of them, or "
                     "list the regions in mask_colors"
                 )
+        # This photo's fault even for the config's content_mask: the next photo may fit it.
+        check_shape(mask, image.size, where, "the photo (as shown, after any EXIF turn)", BadInput)
         if mask.size != image.size:
             job.note(
                 mask_resized=f"{mask.width}x{mask.height} to the photo's "

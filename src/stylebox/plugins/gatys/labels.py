@@ -141,6 +141,22 @@ def load_mask(path: Path, where: str, error: type[StyleboxError] = ConfigError) 
         raise error(f"{where} cannot be read as an image: {reason}") from exc
 
 
+def check_shape(
+    mask: Image.Image, size: tuple[int, int], where: str, of: str, error: type[StyleboxError]
+) -> None:
+    """Refuse a mask that is not the shape of its image (``size``; ``of`` names it):
+    stretched to fit, its regions would fall on other parts of the image (a mask drawn
+    before the photo was rotated or cropped). Another scale of the same shape is resized
+    (nearest); a pixel of rounding either way, or 1 % of the shape, is let through."""
+    (mask_w, mask_h), (w, h) = mask.size, size
+    off = abs(mask_h * w - mask_w * h)  # 0 for the same shape
+    if off > max(w + h, 0.01 * mask_w * h):
+        raise error(
+            f"{where} is {mask_w}x{mask_h} but {of} is {w}x{h}: stretched to fit, its "
+            "regions would land on other parts; draw it on the image as shown (at any scale)"
+        )
+
+
 def _packed(mask: Image.Image) -> np.ndarray:
     rgb = np.asarray(mask.convert("RGB"), dtype=np.uint32)
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]

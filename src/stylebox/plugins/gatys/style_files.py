@@ -14,7 +14,7 @@ from PIL import Image, ImageStat
 
 from stylebox.errors import BadInput, ConfigError
 from stylebox.images import decode_image
-from stylebox.plugins.gatys.labels import distinct_colors, load_mask
+from stylebox.plugins.gatys.labels import check_shape, distinct_colors, load_mask
 from stylebox.plugins.gatys.params import Color, GatysParams
 
 log = logging.getLogger("stylebox.gatys")
@@ -66,6 +66,7 @@ def read_style_files(params: GatysParams) -> StyleFiles:
                 colors.update(distinct_colors(mask, where))
         except BadInput as exc:
             raise ConfigError(str(exc)) from exc
+        check_shape(mask, size, where, "its style image", ConfigError)
         if mask.size != size:  # the masks follow their image
             resized.append(
                 f"{Path(path).name}: {mask.width}x{mask.height} to its style image's "
