@@ -86,6 +86,14 @@ def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path)
     assert not (stylised / "broken").exists()  # a failure leaves no empty folder
     manifest = json.loads((stylised / "2025" / "a.json").read_text())
     assert manifest["output"]["result"] == "a.png" and manifest["input"]["name"] == "a.png"
+    # The log lines tell them apart too: each says where under the source its file is.
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert {line["file"] for line in lines if line.get("event") == "done"} == {
+        "a.png",
+        "2025/a.png",
+    }
+    (failed,) = [line for line in lines if line.get("event") == "failed"]
+    assert failed["file"] == "broken/a.png"
 
 
 def test_a_dry_run_lists_what_the_run_would_do(tmp_path: Path) -> None:
@@ -522,14 +530,16 @@ def test_each_job_of_a_claim_is_timed_by_its_own_group(tmp_path: Path) -> None:
         if line.startswith("{") and json.loads(line).get("event") == "done":
             event = json.loads(line)
             done[event["file"]] = event["seconds"]
-    manifests = [json.loads(m.read_text()) for m in (tmp_path / "stylised").rglob("*.json")]
+    stylised = tmp_path / "stylised"
+    manifests = {m: json.loads(m.read_text()) for m in stylised.rglob("*.json")}
     assert len(manifests) == 4 and len(done) == 4, result.stderr
-    for data in manifests:
+    for path, data in manifests.items():
         timings = data["timings"]
         assert data["batch"] == 2
         assert 0.45 <= timings["process_seconds"] < 0.8, timings
         assert 1.0 <= timings["total_seconds"] < 1.6, timings  # not 2 s and more
-        assert done[data["input"]["name"]] == round(timings["total_seconds"], 3)
+        name = (path.parent.relative_to(stylised) / data["input"]["name"]).as_posix()
+        assert done[name] == round(timings["total_seconds"], 3)
 
 
 def test_a_plugin_that_ignores_its_time_limit_is_named(tmp_path: Path) -> None:

@@ -491,11 +491,11 @@ class Pipeline:
             source.outbox.release_stem(entry.stem)  # the job has names of its own
         if new:
             if row.stem == entry.stem:
-                log.info("queued", extra=_fields(row, "queued"))
+                log.info("queued", extra=self._fields(row, "queued"))
             else:
                 log.info(
                     "replaced while queued: the job is for the new bytes now",
-                    extra=_fields(row, "replaced"),
+                    extra=self._fields(row, "replaced"),
                 )
                 self._wake_waiting(row.id)  # its copies of the old bytes are no longer its
             return "queued"
@@ -519,12 +519,12 @@ class Pipeline:
                     return self.enqueue(source, [path])[0]
             log.info(
                 "waiting for the job of the same bytes",
-                extra={**_fields(row, "waiting"), "path": files.readable(str(path))},
+                extra={**self._fields(row, "waiting"), "path": files.readable(str(path))},
             )
             return "waiting"
         if row.state == "failed":
             row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row))
-            log.info("queued again after failing", extra=_fields(row, "retry"))
+            log.info("queued again after failing", extra=self._fields(row, "retry"))
             return "retry"
         # The same bytes with the same settings: not stylised twice.
         if source.moves_inputs:
@@ -537,7 +537,7 @@ class Pipeline:
             files.write_reason(moved, note, suffix=".duplicate.txt")
         log.info(
             "duplicate",
-            extra={**_fields(row, "duplicate"), "path": files.readable(str(path))},
+            extra={**self._fields(row, "duplicate"), "path": files.readable(str(path))},
         )
         return "duplicate"
 
@@ -551,6 +551,15 @@ class Pipeline:
             if source.outbox.reserve_stem(row.stem) is not None:
                 return row.stem
         return source.reserve(row)
+
+    def _fields(self, row: JobRow, event: str) -> dict[str, Any]:
+        """A job's fields in its log lines; ``file`` is its name, under its sub-folder in
+        a recursive batch (``2024/june/a.jpg``, where its results are in the outbox)."""
+        name = row.name
+        source = self.sources.get(row.source)
+        if source is not None and (folder := source.subfolder(Path(row.origin_path))):
+            name = f"{folder}/{name}"
+        return {"event": event, "job": row.id, "source": row.source, "file": name}
 
     def _wake_waiting(self, job_id: int) -> None:
         """Job ``job_id`` ended, or no longer stands for the bytes it had: queue the files
@@ -642,7 +651,7 @@ class Pipeline:
             "job %s: cannot record its end; it is queued to try again in %d s",
             row.id,
             UNSETTLED_RETRY_SECONDS,
-            extra=_fields(row, "unsettled"),
+            extra=self._fields(row, "unsettled"),
         )
         try:
             self.journal.requeue(row.id, delay=UNSETTLED_RETRY_SECONDS, count_attempt=False)
@@ -693,7 +702,7 @@ class Pipeline:
                 rows[index] = row = self.journal.rekey(
                     row.id, source.plugin.name, source.params_hash
                 )
-            log.info("started", extra=_fields(row, "started"))
+            log.info("started", extra=self._fields(row, "started"))
             folder = source.subfolder(path)
             label = source.label(f"{folder}/{row.name}" if folder else row.name)
             job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
@@ -743,13 +752,13 @@ class Pipeline:
             log.warning(
                 "its lease lapsed and another worker took the job over; this run ends "
                 "without recording anything",
-                extra=_fields(row, "lost"),
+                extra=self._fields(row, "lost"),
             )
             return
         if isinstance(outcome, Cancelled):
             if stop.reason == "drain":
                 self.journal.requeue(row.id, count_attempt=False)
-                log.info("stopped; will resume", extra=_fields(row, "drained"))
+                log.info("stopped; will resume", extra=self._fields(row, "drained"))
             elif stop.reason == "timeout":
                 timeout = source.config.timeout_seconds
                 self._retry_or_fail(
@@ -766,7 +775,7 @@ class Pipeline:
             log.info(
                 "cut short: waiting %.0f s for the rest before failing it",
                 wait,
-                extra={**_fields(row, "truncated"), "error": str(outcome)},
+                extra={**self._fields(row, "truncated"), "error": str(outcome)},
             )
         elif isinstance(outcome, BadInput):
             self._fail(source, row, outcome)
@@ -788,11 +797,11 @@ class Pipeline:
             # The job's own time (its manifest's), not its group's: same-size photos run
             # together end when the last of them does.
             took = seconds if outcome else time.monotonic() - began
-            log.info("done", extra={**_fields(row, "done"), "seconds": round(took, 3)})
+            log.info("done", extra={**self._fields(row, "done"), "seconds": round(took, 3)})
             if stop.reason == "cancel":  # asked after the plugin had returned its result
                 log.warning(
                     "the cancel came after the job had finished; its result is kept",
-                    extra=_fields(row, "cancel_too_late"),
+                    extra=self._fields(row, "cancel_too_late"),
                 )
 
     @staticmethod
@@ -822,14 +831,13 @@ class Pipeline:
             self._replaced_while_running(row)
         self._wake_waiting(row.id)
 
-    @staticmethod
-    def _replaced_while_running(row: JobRow) -> None:
+    def _replaced_while_running(self, row: JobRow) -> None:
         """The job ended on the bytes it read, but its input path holds others now: they
         are not its input, so they stay where they are, to be queued as a job of their own
         once they have settled (the watcher saw them arrive; a rescan finds them anyway)."""
         log.info(
             "input replaced while its job ran; the new file stays in the inbox",
-            extra=_fields(row, "replaced"),
+            extra=self._fields(row, "replaced"),
         )
 
     def _input_changed(self, source: Source, row: JobRow, error: InputChanged) -> None:
@@ -848,7 +856,7 @@ class Pipeline:
         if kept:
             log.info(
                 "input replaced before its job read it; queued again for the new bytes",
-                extra={**_fields(current, "replaced"), "error": str(error)},
+                extra={**self._fields(current, "replaced"), "error": str(error)},
             )
             self.on_queued()
             self._wake_waiting(row.id)
@@ -886,14 +894,17 @@ class Pipeline:
             source.outbox.discard(row.stem)
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
         self.journal.finish(row.id, "failed", error=superseded)
-        log.warning("superseded", extra={**_fields(row, "superseded"), "error": str(superseded)})
+        log.warning(
+            "superseded", extra={**self._fields(row, "superseded"), "error": str(superseded)}
+        )
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
         if error.retry and row.attempts < source.config.max_attempts:
             delay = self.loaded.config.daemon.retry_backoff_seconds * 2 ** (row.attempts - 1)
             self.journal.requeue(row.id, delay=delay, error=error)
             log.warning(
-                "retrying", extra={**_fields(row, "retry"), "error": str(error), "delay": delay}
+                "retrying",
+                extra={**self._fields(row, "retry"), "error": str(error), "delay": delay},
             )
             return
         self._fail(source, row, error)
@@ -919,7 +930,7 @@ class Pipeline:
             source.outbox.release_stem(stem)
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
         self.journal.finish(row.id, "failed", error=error, input_path=moved)
-        log.error("failed", extra={**_fields(row, "failed"), "error": reason})
+        log.error("failed", extra={**self._fields(row, "failed"), "error": reason})
         if replaced:
             self._replaced_while_running(row)
         if isinstance(error, Cancelled):
@@ -951,7 +962,7 @@ class Pipeline:
             return
         log.info(
             "cancelled with the job of the same bytes",
-            extra={**_fields(row, "cancelled"), "path": files.readable(str(moved))},
+            extra={**self._fields(row, "cancelled"), "path": files.readable(str(moved))},
         )
 
 
@@ -1078,7 +1089,3 @@ def _manifest_seconds(manifest: Path) -> float:
         return float(json.loads(manifest.read_text())["timings"]["total_seconds"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
-
-
-def _fields(row: JobRow, event: str) -> dict[str, Any]:
-    return {"event": event, "job": row.id, "source": row.source, "file": row.name}
