@@ -213,6 +213,7 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
         "reference.mask.png: 128x96 to its style image's 64x48 (nearest)"
     ]
     assert context.facts["mask_regions"] == ["#0000ff", "#00ff00", "#ff0000"]
+    assert context.facts["mask_regions_unstyled"] == ["#00ff00"]
 
 
 def test_a_mask_with_few_colours_that_is_no_label_image_is_refused(tmp_path: Path) -> None:
@@ -311,6 +312,26 @@ def test_a_mask_of_another_shape_than_its_image_is_refused_not_stretched(
         painter.process(photo, masked(tmp_path / "job", own))
     bands(own, (129, 86), [SKY, GROUND])  # three times the photo, rounded: taken
     painter.process(photo, masked(tmp_path / "job2", own))
+
+
+def test_a_photos_mask_sharing_no_region_with_the_style_masks_is_refused(tmp_path: Path) -> None:
+    # Every region kept the photo's own look: the photo came out as it went in, done.
+    style = bands(tmp_path / "s.png", (64, 48), [SKY, GROUND])
+    painter = plugin(tmp_path, style=[str(style)], style_mask=[str(style)], steps=2)
+    own = bands(tmp_path / "photo.mask.png", (64, 43), [(254, 0, 0), OTHER])
+    with pytest.raises(BadInput) as refused:
+        painter.process(kodak(64), masked(tmp_path / "job", own))
+    assert str(refused.value) == (
+        "the photo's mask photo.mask.png has no region the style masks have (its colours "
+        "#00ff00, #fe0000; theirs #0000ff, #ff0000): the photo would come out unstyled; "
+        "paint each region in the colour the style mask gives it"
+    )
+    # With the regions listed, a near colour is its region: styled.
+    listed = plugin(tmp_path, style=[str(style)], style_mask=[str(style)], steps=2,
+                    mask_colors=["#ff0000", "#0000ff", "#00ff00"])  # fmt: skip
+    context = masked(tmp_path / "job2", own)
+    listed.process(kodak(64), context)
+    assert context.facts["mask_regions_unstyled"] == ["#00ff00"]
 
 
 def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file: Path) -> None:

@@ -8,6 +8,7 @@ JPEG's ringing) or as the blend of two it touches (antialiasing, a smooth resize
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,16 @@ def check_shape(
             f"{where} is {mask_w}x{mask_h} but {of} is {w}x{h}: stretched to fit, its "
             "regions would land on other parts; draw it on the image as shown (at any scale)"
         )
+
+
+def regions_present(mask: Image.Image, colors: Sequence[Color]) -> set[Color]:
+    """The ``colors`` some pixel of ``mask`` is nearest to (as the style loss assigns
+    pixels to regions): the regions it has."""
+    values = np.unique(_packed(mask)).astype(np.int64)
+    pixels = np.stack([(values >> 16) & 255, (values >> 8) & 255, values & 255], axis=1)
+    palette = np.asarray(colors, dtype=np.int64)
+    nearest = ((pixels[:, None, :] - palette[None]) ** 2).sum(-1).argmin(1)
+    return {colors[i] for i in np.unique(nearest)}
 
 
 def _packed(mask: Image.Image) -> np.ndarray:
