@@ -116,12 +116,17 @@ def test_files_kept_beside_the_pictures_are_skipped_not_failed(tmp_path: Path) -
     # night); a picture under another name runs, a damaged one named .jpg still fails.
     config, library = setup(tmp_path, 1)
     (library / "notes.txt").write_text("shot on the 3rd\n")
+    (library / "contact sheet.pdf").write_bytes(b"%PDF-1.4\n")  # Pillow writes PDFs, reads none
+    (library / "clip.mpg").write_bytes(b"\x00\x00\x01\xb3" + bytes(12))  # Pillow knows MPEG
     (library / "2026" / "june" / "img000.xmp").write_text('<x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
     photo(24, 16, seed=7).save(library / "scan.dat", format="PNG")
     (library / "fake.jpg").write_text("not a picture")
     dry = batch(config, "--dry-run")
     assert "3 of 3 image(s) would run" in dry.stderr, dry.stderr
-    assert "skipped 2 file(s) that are not pictures: 2026/june/img000.xmp, notes.txt" in dry.stderr
+    assert (
+        "skipped 4 file(s) that are not pictures: 2026/june/img000.xmp, clip.mpg, "
+        "contact sheet.pdf, notes.txt"
+    ) in dry.stderr
     run = batch(config)
     assert run.returncode == 1, run.stderr  # fake.jpg
     (finished,) = [json.loads(line) for line in run.stderr.splitlines() if "batch finished" in line]

@@ -201,23 +201,29 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
-#: Picture extensions Pillow does not register (phone and camera formats): a file so named
-#: is taken as an image, to fail saying what it is, not skipped as some other file.
+#: Picture formats a photo folder may hold that stylebox does not accept by default: such
+#: a file is taken as an image, to fail saying what it is, not skipped as some other file.
+#: (Pillow knows more formats than pictures: MPEG video, PDF, EPS, FITS... are skipped.)
+_OTHER_PICTURE_FORMATS = frozenset({"PSD", "JPEG2000", "TGA", "ICO", "MPO"})
+#: Extensions of phone and camera pictures Pillow does not read or register.
 _OTHER_PICTURE_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".cr2", ".nef", ".arw", ".dng"})
 
 
-def plainly_not_an_image(path: Path) -> bool:
+def plainly_not_an_image(path: Path, formats: frozenset[str] = DEFAULT_FORMATS) -> bool:
     """Whether ``path`` is some other file kept beside pictures (``notes.txt``, an XMP
-    sidecar): its name has no picture extension and its first bytes are no picture format
-    Pillow knows. A damaged picture is not such a file; nor is one that cannot be read
-    (its job says why)."""
+    sidecar, a PDF, a video): neither its extension nor its first bytes are a picture
+    format, accepted (``formats``) or common. A damaged picture is not such a file; nor is
+    one that cannot be read (its job says why)."""
     Image.init()  # every format's extensions, not just those of the formats used so far
+    pictures = formats | _OTHER_PICTURE_FORMATS
     suffix = path.suffix.lower()
-    if suffix in Image.registered_extensions() or suffix in _OTHER_PICTURE_EXTENSIONS:
+    if Image.registered_extensions().get(suffix) in pictures:
+        return False
+    if suffix in _OTHER_PICTURE_EXTENSIONS:
         return False
     try:
-        with Image.open(path):  # reads the header only
-            return False
+        with Image.open(path) as opened:  # reads the header only
+            return opened.format not in pictures
     except UnidentifiedImageError:
         pass
     except Exception:  # some picture it cannot open, or unreadable: not ours to judge

@@ -32,7 +32,7 @@ from stylebox.daemon.ray_engine import (
 from stylebox.daemon.runner import Reporter
 from stylebox.daemon.watcher import is_ignored
 from stylebox.errors import ConfigError
-from stylebox.images import plainly_not_an_image
+from stylebox.images import DEFAULT_FORMATS, plainly_not_an_image
 from stylebox.plugins.registry import discover
 from stylebox.progress import count_bar
 
@@ -52,10 +52,15 @@ def source_problem(config: BatchConfig) -> str | None:
     return f"[[batch]] {config.name}: source {config.source} {why}"
 
 
-def scan(config: BatchConfig, others: list[Path] | None = None) -> Iterator[Path]:
+def scan(
+    config: BatchConfig,
+    others: list[Path] | None = None,
+    formats: frozenset[str] = DEFAULT_FORMATS,
+) -> Iterator[Path]:
     """Candidate files of the source folder, in a stable order; links are not followed.
     Files kept beside the pictures (``notes.txt``, XMP sidecars: see
-    :func:`plainly_not_an_image`) are no candidates; they go to ``others``, if given."""
+    :func:`plainly_not_an_image`, with the accepted ``formats``) are no candidates; they go
+    to ``others``, if given."""
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
@@ -65,7 +70,7 @@ def scan(config: BatchConfig, others: list[Path] | None = None) -> Iterator[Path
             continue
         if not path.is_file():
             continue
-        if plainly_not_an_image(path):
+        if plainly_not_an_image(path, formats):
             if others is not None:
                 others.append(path)
             continue
@@ -97,7 +102,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     if on_ray and not dry_run:
         require_ray()  # before any plugin loads: a missing Ray is said at once
     others: list[Path] = []
-    files = list(scan(batch, others))
+    files = list(scan(batch, others, frozenset(loaded.config.images.formats)))
     _say_skipped(others, batch.source)
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
