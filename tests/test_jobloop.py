@@ -461,33 +461,44 @@ def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
     assert reason.startswith("Truncated: cut.png is truncated: its PNG data ends before")
 
 
-def test_a_photo_cut_short_whose_rest_makes_a_duplicate_ends_superseded_not_vanished(
-    tmp_path: Path,
+@pytest.mark.parametrize("earlier", ["done", "failed"])
+def test_a_photo_cut_short_whose_rest_is_another_jobs_bytes_ends_superseded_not_vanished(
+    tmp_path: Path, earlier: str
 ) -> None:
-    # The completed bytes are a photo done before: the file goes to processed/ as its
-    # duplicate, and the job of the part ends then, naming the job that has the bytes
-    # (it ran later and failed as 'vanished from the inbox').
+    # The completed bytes are a photo done before (the file goes to processed/ as its
+    # duplicate), or one that failed (its retry takes the file, and moves it when it
+    # ends): the job of the part ends then, naming the job that has the bytes. It ran
+    # later and failed as 'vanished from the inbox'.
     loop = _loop(tmp_path, {"steps": 1}, extra="settle_seconds = 0.1")
-    loop.run_until_empty({"inbox:steps"})
     inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
-    done = _only_job(loop)
-    whole = (inbox / "processed" / "photo.png").read_bytes()
+    first = _only_job(loop)
+    if earlier == "done":
+        loop.run_until_empty({"inbox:steps"})
+    else:
+        assert loop.pipeline.cancel_queued(first.id)
+    whole = (inbox / ("processed" if earlier == "done" else "failed") / "photo.png").read_bytes()
     late = inbox / "late.png"
     late.write_bytes(whole[: len(whole) // 2])
     assert loop.pipeline.enqueue(source, [late]) == ["queued"]
     (cut,) = loop.run_next({"inbox:steps"})
     assert loop.journal.get(cut.id).error_class == "Truncated"
     late.write_bytes(whole)  # the rest arrives
-    assert loop.pipeline.enqueue(source, [late]) == ["duplicate"]
+    taken = "duplicate" if earlier == "done" else "retry"
+    assert loop.pipeline.enqueue(source, [late]) == [taken]
     ended = loop.journal.get(cut.id)
     assert (ended.state, ended.error_class) == ("failed", "InputChanged")
+    state = "done" if earlier == "done" else "queued"
     assert ended.error_message == (
         f"late.png was replaced by other bytes before it was processed; those are job "
-        f"{done.id}'s (done)"
+        f"{first.id}'s ({state})"
     )
-    assert (inbox / "processed" / "late.png.duplicate.txt").is_file()
-    assert not loop.journal.queued({"inbox:steps"})
-    assert not (inbox / "failed").exists() and not list((tmp_path / "outbox").glob("late*"))
+    loop.run_until_empty({"inbox:steps"})
+    assert loop.journal.get(first.id).state == "done"
+    assert (inbox / "processed" / "late.png").is_file()
+    if earlier == "done":
+        assert (inbox / "processed" / "late.png.duplicate.txt").is_file()
+    assert not (inbox / "failed" / "late.png").exists()
+    assert not list((tmp_path / "outbox").glob("late*"))
 
 
 def test_a_photo_cut_short_dropped_again_after_failing_gets_its_grace_again(

@@ -367,14 +367,14 @@ class Journal:
                 results.append((_row(row), True))
         return results
 
-    def queued_at(self, source: str, path: Path) -> JobRow | None:
-        """The queued job of ``source`` whose input is ``path``, if there is one."""
+    def queued_at(self, source: str, path: Path, other_than: int) -> JobRow | None:
+        """A queued job of ``source`` but ``other_than`` whose input is ``path``, if any."""
         row = (
             self._connection()
             .execute(
                 "SELECT * FROM jobs WHERE origin_path = ? AND source = ? AND state = 'queued' "
-                "ORDER BY id DESC LIMIT 1",
-                (_path(path), source),
+                "AND id != ? ORDER BY id DESC LIMIT 1",
+                (_path(path), source, other_than),
             )
             .fetchone()
         )

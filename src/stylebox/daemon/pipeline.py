@@ -524,6 +524,7 @@ class Pipeline:
             return "waiting"
         if row.state == "failed":
             row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row))
+            self._supersede_queued(source, path, row)  # the retry moves the file when done
             log.info("queued again after failing", extra=self._fields(row, "retry"))
             return "retry"
         # The same bytes with the same settings: not stylised twice.
@@ -866,12 +867,13 @@ class Pipeline:
         self._wake_waiting(row.id)
 
     def _supersede_queued(self, source: Source, path: Path, current: JobRow) -> None:
-        """``path`` now holds bytes that job ``current`` has and is about to be moved away
-        as their duplicate: a job queued for the bytes it held before (a photo cut short and
-        completed since, say) would find it gone, so it ends now, superseded by
-        ``current``. One a worker has just taken finds the change itself."""
-        queued = self.journal.queued_at(source.key, path)
-        if queued is None or queued.id == current.id:
+        """``path`` now holds bytes that job ``current`` has, and is moved away as their
+        duplicate or by their retry: a job queued for the bytes it held before (a photo cut
+        short and completed since, say) would find it gone, so it ends now, superseded by
+        ``current``. One a worker took a moment before is left to it, and may end as
+        'vanished' (BadInput) instead: the rest arriving just as the wait for it ran out."""
+        queued = self.journal.queued_at(source.key, path, other_than=current.id)
+        if queued is None:
             return
         lease = self.loaded.config.daemon.lease_seconds
         row = self.journal.claim(self.owner, lease, ids={queued.id}, to_run=False)
