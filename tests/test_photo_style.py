@@ -310,7 +310,7 @@ def test_a_mask_of_another_shape_than_its_image_is_refused_not_stretched(
     own = bands(tmp_path / "photo.mask.png", (43, 64), [SKY, GROUND])
     with pytest.raises(BadInput, match=r"^the photo's mask photo.mask.png is 43x64 but the photo"):
         painter.process(photo, masked(tmp_path / "job", own))
-    bands(own, (129, 86), [SKY, GROUND])  # three times the photo, rounded: taken
+    bands(own, (129, 86), [SKY, GROUND])  # twice the photo, a pixel off: taken
     painter.process(photo, masked(tmp_path / "job2", own))
 
 
@@ -326,6 +326,9 @@ def test_a_photos_mask_sharing_no_region_with_the_style_masks_is_refused(tmp_pat
         "#00ff00, #fe0000; theirs #0000ff, #ff0000): the photo would come out unstyled; "
         "paint each region in the colour the style mask gives it"
     )
+    # The config's content_mask, every photo's without one of its own: refused at start.
+    with pytest.raises(ConfigError, match=r"^gatys content_mask .*photo\.mask\.png has no region"):
+        plugin(tmp_path, style=[str(style)], style_mask=[str(style)], content_mask=str(own))
     # With the regions listed, a near colour is its region: styled.
     listed = plugin(tmp_path, style=[str(style)], style_mask=[str(style)], steps=2,
                     mask_colors=["#ff0000", "#0000ff", "#00ff00"])  # fmt: skip

@@ -35,18 +35,14 @@ from stylebox.plugins.gatys.affine_fit import affine_fit
 from stylebox.plugins.gatys.checkpoint import Checkpoint
 from stylebox.plugins.gatys.labels import (
     check_shape,
-    distinct_colors,
     load_mask,
-    regions_present,
 )
 from stylebox.plugins.gatys.lbfgs import GuardedLBFGS
 from stylebox.plugins.gatys.losses import Objective
 from stylebox.plugins.gatys.params import (
-    MAX_MASK_COLORS,
     Color,
     GatysParams,
     hex_color,
-    parse_color,
 )
 from stylebox.plugins.gatys.photoreal import LaplacianCache
 from stylebox.plugins.gatys.regions import RegionStyle, label_masks
@@ -168,13 +164,10 @@ class Engine:
         self.digest = params_digest(params)
         self.step_seconds: dict[int, float] = {}
         """Measured seconds per step by pixel count, for the ETA of later jobs."""
-        files = read_style_files(params)
+        self.style_files = files = read_style_files(params)
         self.styles: list[StyleImage] = files.styles
         self.style_masks: list[Image.Image | None] = files.masks
-        self.style_colors: set[Color] = files.colors
         self.style_masks_resized = files.resized
-        self._styled: tuple[list[Color], set[Color]] | None = None
-        """The regions the style masks have, for the colours of the last photo's masks."""
         self.laplacians = LaplacianCache()
         self.parts = (*_PARTS, "photo") if params.photorealism else _PARTS
         """The loss parts each step reports."""
@@ -314,19 +307,11 @@ class Engine:
         job.note(mask=path.name)
         if self.style_masks_resized:
             job.note(style_mask_resized=self.style_masks_resized)
-        if p.mask_colors is not None:
-            colors = [parse_color(text) for text in p.mask_colors]
-        else:  # checked as drawn: a resize could thin a region into what looks like an edge
-            colors = sorted(self.style_colors.union(distinct_colors(mask, where)))
-            if len(colors) > MAX_MASK_COLORS:
-                raise BadInput(
-                    f"{where} and the style masks have {len(colors)} colours together, more "
-                    f"than {MAX_MASK_COLORS}: use one colour per region in all of them, or "
-                    "list the regions in mask_colors"
-                )
+        colors = self.style_files.region_colors(p, mask, where)
         # This photo's fault even for the config's content_mask: the next photo may fit it.
         check_shape(mask, image.size, where, "the photo (as shown, after any EXIF turn)", BadInput)
-        self._check_styled(mask, colors, where, job)
+        if unstyled := self.style_files.unstyled(mask, colors, where, BadInput):
+            job.note(mask_regions_unstyled=[hex_color(color) for color in unstyled])
         if mask.size != image.size:
             job.note(
                 mask_resized=f"{mask.width}x{mask.height} to the photo's "
@@ -335,30 +320,6 @@ class Engine:
             mask = mask.resize(image.size, Image.Resampling.NEAREST)
         job.note(mask_regions=[f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colors])
         return mask, colors
-
-    def _check_styled(
-        self, mask: Image.Image, colors: list[Color], where: str, job: JobContext
-    ) -> None:
-        """Refuse a photo's mask none of whose regions the style masks have: the photo
-        would come out as it went in (a region the reference lacks keeps its own look),
-        and be taken for done. Those of its regions they lack are noted. A style without a
-        mask lends itself to every region."""
-        if any(style_mask is None for style_mask in self.style_masks):
-            return
-        if self._styled is None or self._styled[0] != colors:
-            masks = [m for m in self.style_masks if m is not None]
-            self._styled = (colors, set().union(*(regions_present(m, colors) for m in masks)))
-        own = regions_present(mask, colors)
-        unstyled = sorted(own - self._styled[1])
-        if unstyled and len(unstyled) == len(own):
-            raise BadInput(
-                f"{where} has no region the style masks have (its colours "
-                f"{', '.join(map(hex_color, unstyled))}; theirs "
-                f"{', '.join(map(hex_color, sorted(self._styled[1])))}): the photo would come "
-                "out unstyled; paint each region in the colour the style mask gives it"
-            )
-        if unstyled:
-            job.note(mask_regions_unstyled=[hex_color(color) for color in unstyled])
 
     def _finish(
         self, lane: _Lane, result: torch.Tensor, content: torch.Tensor

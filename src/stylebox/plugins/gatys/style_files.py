@@ -12,10 +12,21 @@ from pathlib import Path
 
 from PIL import Image, ImageStat
 
-from stylebox.errors import BadInput, ConfigError
+from stylebox.errors import BadInput, ConfigError, StyleboxError
 from stylebox.images import decode_image
-from stylebox.plugins.gatys.labels import check_shape, distinct_colors, load_mask
-from stylebox.plugins.gatys.params import Color, GatysParams
+from stylebox.plugins.gatys.labels import (
+    check_shape,
+    distinct_colors,
+    load_mask,
+    regions_present,
+)
+from stylebox.plugins.gatys.params import (
+    MAX_MASK_COLORS,
+    Color,
+    GatysParams,
+    hex_color,
+    parse_color,
+)
 
 log = logging.getLogger("stylebox.gatys")
 
@@ -37,6 +48,43 @@ class StyleFiles:
     """The style masks' colours (empty with ``mask_colors``, which name the regions)."""
     resized: list[str]
     """The style masks resized to their image, each as ``"name: WxH to WxH (nearest)"``."""
+    styled: set[Color] | None
+    """The regions the style masks have; ``None`` where every region is styled (no
+    masks, or a style without one, which lends itself to every region)."""
+
+    def region_colors(self, params: GatysParams, mask: Image.Image, where: str) -> list[Color]:
+        """The regions' colours for a photo's ``mask``: ``mask_colors``, or those of the
+        mask and the style masks, which must be label images (:class:`BadInput` if not)."""
+        if params.mask_colors is not None:
+            return [parse_color(text) for text in params.mask_colors]
+        # Checked as drawn: a resize could thin a region into what looks like an edge.
+        colors = sorted(self.colors.union(distinct_colors(mask, where)))
+        if len(colors) > MAX_MASK_COLORS:
+            raise BadInput(
+                f"{where} and the style masks have {len(colors)} colours together, more "
+                f"than {MAX_MASK_COLORS}: use one colour per region in all of them, or "
+                "list the regions in mask_colors"
+            )
+        return colors
+
+    def unstyled(
+        self, mask: Image.Image, colors: list[Color], where: str, error: type[StyleboxError]
+    ) -> list[Color]:
+        """The regions of a photo's ``mask`` that the style masks lack (they keep the
+        photo's look). Where that is all of them, ``error``: the photo would come out as it
+        went in, and be taken for done."""
+        if self.styled is None:
+            return []
+        own = regions_present(mask, colors)
+        unstyled = sorted(own - self.styled)
+        if unstyled and len(unstyled) == len(own):
+            raise error(
+                f"{where} has no region the style masks have (its colours "
+                f"{', '.join(map(hex_color, unstyled))}; theirs "
+                f"{', '.join(map(hex_color, sorted(self.styled)))}): the photo would "
+                "come out unstyled; paint each region in the colour the style mask gives it"
+            )
+        return unstyled
 
 
 def read_style_files(params: GatysParams) -> StyleFiles:
@@ -74,7 +122,36 @@ def read_style_files(params: GatysParams) -> StyleFiles:
             )
             mask = mask.resize(size, Image.Resampling.NEAREST)
         masks.append(mask.crop(box) if box else mask)
-    return StyleFiles(styles, masks, colors, resized)
+    files = StyleFiles(styles, masks, colors, resized, _styled(params, masks, colors))
+    _check_content_mask(params, files)
+    return files
+
+
+def _styled(
+    params: GatysParams, masks: list[Image.Image | None], colors: set[Color]
+) -> set[Color] | None:
+    """See :attr:`StyleFiles.styled`."""
+    if params.style_mask is None or any(mask is None for mask in masks):
+        return None
+    if params.mask_colors is None:  # each style pixel is its own colour's region
+        return set(colors)
+    listed = [parse_color(text) for text in params.mask_colors]
+    return set().union(*(regions_present(mask, listed) for mask in masks if mask is not None))
+
+
+def _check_content_mask(params: GatysParams, files: StyleFiles) -> None:
+    """``content_mask``, the mask of every photo without its own, checked at start: what
+    is wrong with it is wrong for them all."""
+    path = params.content_mask
+    if path is None or params.style_mask is None:
+        return
+    where = f"gatys content_mask {path}"
+    mask = load_mask(path, where)
+    try:
+        colors = files.region_colors(params, mask, where)
+    except BadInput as exc:
+        raise ConfigError(str(exc)) from exc
+    files.unstyled(mask, colors, where, ConfigError)
 
 
 def _painted_part(
