@@ -121,3 +121,17 @@ def test_a_name_in_a_sub_folder_is_free_of_the_same_name_elsewhere(tmp_path: Pat
     assert first.home.is_dir()  # 2024/june/a-2 is still reserved there
     outbox.discard("2024/june/a-2")
     assert not (tmp_path / "out" / "2024").exists() and (tmp_path / "out").is_dir()
+
+
+def test_a_sub_folder_another_process_emptied_away_is_made_again(tmp_path: Path) -> None:
+    # A daemon and a batch on one outbox: one's discard removes a folder it sees empty,
+    # where the other has reserved a name it has not written yet. The write must not fail.
+    mine, theirs = Outbox(tmp_path / "out"), Outbox(tmp_path / "out")
+    names = mine.reserve("a.png", "2024/june")
+    theirs.reserve("b.png", "2024/june")
+    theirs.discard("2024/june/b")
+    assert not names.home.exists()
+    with mine.writing(names) as pending:
+        pending.write_result(Image.new("RGB", (8, 8)), None)
+        pending.write_manifest({"input": {"name": "a.png"}})
+    assert names.result.is_file() and names.manifest.is_file()

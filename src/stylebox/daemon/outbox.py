@@ -312,6 +312,9 @@ class PendingOutputs:
         earlier = self._temps.pop(path, None)
         if earlier is not None:
             earlier.unlink(missing_ok=True)
+        # Its sub-folder was made when the name was reserved, but another process's
+        # discard of an emptied one (a daemon and a batch on one outbox) cannot see that.
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._temps[path] = write_temp(path, data)
         return path
 
