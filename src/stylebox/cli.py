@@ -116,10 +116,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         if any(t is not threading.main_thread() for t in threading.enumerate()):
-            # A job still runs in a worker thread, inside PyTorch's C++ (a second Ctrl-C
-            # during a drain): at a normal exit its thread pools were torn down under it,
-            # "terminate called without an active exception", SIGABRT. Its job resumes at
-            # the next run, as after a kill.
+            # Threads are left (a job still running in a worker thread, inside PyTorch's
+            # C++, after a second Ctrl-C during a drain): at a normal exit its thread pools
+            # were torn down under it, "terminate called without an active exception",
+            # SIGABRT. Its job resumes at the next run, as after a kill.
             _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
