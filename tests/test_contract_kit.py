@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pytest
@@ -440,6 +440,33 @@ class FailsToStart(Good):
         raise RuntimeError("no model file")
 
 
+class ToneParams(PluginParams):
+    level: int = Field(2, ge=1, le=8)
+    tone: Literal["classic", "cool"] = "classic"
+    strength: float = Field(1.0, ge=0, le=1)
+
+
+class FailsOnAChoice(Good):
+    """Its 'cool' tone is accepted by the model but missing from its table."""
+
+    Params = ToneParams
+    TINTS: ClassVar[dict[str, tuple[int, int, int]]] = {"classic": (112, 66, 20)}
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        tint = self.TINTS[self.params.tone]
+        return Image.blend(image, Image.new("RGB", image.size, tint), 0.3)
+
+
+class FailsAtItsDefault(Good):
+    """Divides by zero at the default strength, which the kit's params never used."""
+
+    Params = ToneParams
+
+    def __init__(self, params: ToneParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        self.gain = 1 / (1 - params.strength)
+
+
 BAD_PLUGINS = [
     ("discoverable", NotInstalled, {}, "no entry point named 'not_installed'"),
     ("params_model", NoneParams, {}, "must be a pydantic model"),
@@ -447,6 +474,13 @@ BAD_PLUGINS = [
     ("params_reject_bad_values", AnyParams, {}, "level accepts anything"),
     ("params_reject_bad_values", Good, {"invalid_params": [{"level": 2}]}, "accepted the inv"),
     ("params_json_roundtrip", SecretParams, {}, "changed through JSON"),
+    ("each_choice", FailsOnAChoice, {}, "with tone='cool', process failed on a 64x48 image: Key"),
+    (
+        "each_choice",
+        FailsAtItsDefault,
+        {"params": {"strength": 0.5}},
+        "with strength left at its default, the plugin failed to start: ZeroDivisionError",
+    ),
     ("accepts_image_kinds", FailsOnTiny, {}, "failed on a 1x1 image: ValueError"),
     ("accepts_image_kinds", Crops, {}, "but output_size\\(\\) documents 17x33"),
     ("accepts_image_kinds", ReturnsGrey, {}, "returned a L image"),
@@ -525,6 +559,16 @@ def test_each_check_fails_on_a_plugin_breaking_its_rule(
 ) -> None:
     with pytest.raises(ContractFailure, match=message):
         run_check(check, plugin, tmp_path, **options)
+
+
+def test_a_wrong_result_fails_the_checks_of_results_not_every_check(tmp_path: Path) -> None:
+    # A grey result failed ten checks, no_network and threads_stopped among them, each
+    # with the same message under a long traceback.
+    report = check_plugin(ContractCase(plugin=ReturnsGrey, workdir=tmp_path))
+    failed = {result.check for result in report.results if result.status == "failed"}
+    # (It sends no snapshots either, though its capabilities say it does.)
+    results, own = {"accepts_image_kinds", "errors_classified", "batch"}, {"snapshots"}
+    assert failed == {"discoverable"} | results | own
 
 
 def test_every_check_is_proven_by_a_bad_plugin() -> None:
@@ -614,7 +658,53 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     # time_limit reaches the case: a plugin blocked on a 1x1 image fails (and the blocked
     # thread does not keep pytest from exiting)
     assert "XFAIL test_author.py::TestBlocks::test_contract[accepts_image_kinds] - blocks" in out
-    assert "4 failed, 50 passed, 18 skipped, 4 xfailed" in out
+    assert "4 failed, 53 passed, 19 skipped, 4 xfailed" in out  # 4 classes, each_choice each
+
+
+def test_a_slow_import_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every command that lists plugins imports them all: a slow one made each take seconds.
+    (tmp_path / "slow_plugin.py").write_text(
+        "import time\nfrom test_contract_kit import Good\ntime.sleep(0.6)\n\n"
+        "class Slow(Good):\n    name = 'slow'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("stylebox.testing.checks.IMPORT_WARN_SECONDS", 0.5)
+    from slow_plugin import Slow  # type: ignore[import-not-found]
+
+    with (
+        pytest.warns(ContractWarning, match=r"importing the plugin took 0\.\d s, and stylebox"),
+        pytest.raises(ContractFailure, match="no entry point named 'slow'"),
+    ):
+        run_check("discoverable", Slow, tmp_path / "case")
+
+
+def test_pytest_exits_when_a_plugin_left_a_thread_running_for_good(tmp_path: Path) -> None:
+    # threads_stopped failed, pytest printed its summary, and then waited for the thread
+    # at exit, for ever: to its author, a frozen terminal.
+    (tmp_path / "test_leaks.py").write_text(
+        "import threading\n"
+        "from test_contract_kit import Good\n"
+        "from stylebox.testing import PluginContract\n\n"
+        "class Leaks(Good):\n"
+        "    def __init__(self, params, runtime):\n"
+        "        super().__init__(params, runtime)\n"
+        "        threading.Thread(target=threading.Event().wait, name='forever').start()\n\n"
+        "class TestLeaks(PluginContract):\n"
+        "    plugin = Leaks\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_leaks.py",
+         "-k", "threads_stopped"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "1 failed" in completed.stdout
+    assert completed.stderr.strip().endswith(
+        "stylebox contract kit: exiting without waiting for 1 thread(s) a plugin left running "
+        "(forever; see its threads_stopped failure)"
+    )
 
 
 # -- issue 18: what a plugin author could slip past ---------------------------------------

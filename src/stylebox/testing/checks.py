@@ -19,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+import types
+import typing
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -76,6 +78,13 @@ REALISTIC_RUN_UNDER = 1.0
 #: Seconds the threads a plugin started may take to end once ``close()`` has returned; the
 #: sandbox keeps watching them meanwhile.
 THREAD_GRACE = 1.0
+#: Seconds importing a plugin may take before the kit warns: every stylebox command that
+#: lists plugins (``plugins``, ``status``, ``config check``) imports each installed one.
+IMPORT_WARN_SECONDS = 3.0
+
+left_running: list[threading.Thread] = []
+"""Non-daemon threads plugins left running after ``close()`` (see ``threads_stopped``):
+the interpreter would wait for them at exit for good; the pytest plugin exits without."""
 
 
 def sample_image(size: tuple[int, int], kind: str = "gradient", seed: int = 0) -> Image.Image:
@@ -289,7 +298,11 @@ def _process(
     image: Image.Image,
     context: RecordingContext,
     what: str,
+    check: bool = True,
 ) -> Image.Image:
+    """``plugin.process`` within the time limit, a failure said as what to fix; with
+    ``check``, its result and its input are checked too (else that is another check's to
+    say, not each check's that runs the plugin)."""
     before = image.tobytes()
     try:
         result = _within_limit(
@@ -303,9 +316,10 @@ def _process(
             "from 1x1 up must give a result (a size is never a reason for BadInput: "
             "upscale tiny inputs internally)"
         ) from exc
-    if image.tobytes() != before:
+    if check and image.tobytes() != before:
         raise ContractFailure(f"process changed its input image ({what}); work on a copy")
-    _check_result(plugin, image, result, what)
+    if check:
+        _check_result(plugin, image, result, what)
     return result
 
 
@@ -318,6 +332,16 @@ def check_discoverable(case: ContractCase) -> None:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ContractFailure(f"{cls.__name__} has no `name`; set a class attribute name = '...'")
+    seconds = _observed_import(case).seconds
+    if seconds > IMPORT_WARN_SECONDS:
+        warnings.warn(
+            ContractWarning(
+                f"importing the plugin took {seconds:.1f} s, and stylebox plugins, status and "
+                "config check import every installed plugin, used or not; import heavy "
+                "libraries and load models in __init__"
+            ),
+            stacklevel=2,
+        )
     found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not found:
         raise ContractFailure(
@@ -491,6 +515,81 @@ def check_params_json_roundtrip(case: ContractCase) -> None:
         raise ContractFailure(f"params changed through JSON: {params!r} became {again!r}")
 
 
+def _choices(annotation: Any) -> list[Any]:
+    """The values a param's type offers as a choice: a ``Literal``'s, a ``bool``'s (inside
+    ``Optional``, unions and ``Annotated`` too)."""
+    if annotation is bool:
+        return [False, True]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return list(args)
+    if origin is typing.Annotated:
+        return _choices(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return [value for arg in args for value in _choices(arg)]
+    return []
+
+
+def check_each_choice(case: ContractCase) -> None:
+    """The plugin starts and processes a 64x48 picture with each value of each choice (a
+    ``Literal`` or ``bool`` param) in turn, the kit's params otherwise; and starts with
+    each param given to the kit left at its default. A value the params accept must work,
+    or be refused by the model or with a one-line :class:`ConfigError` at start (a CUDA
+    device on a machine without one, say); the kit's params alone would never show it."""
+    model = case.cls.Params
+    chosen = case.validated()
+    _close(case, case.make())  # the kit's params first: one that fails there says so
+    context = {"base_dir": case.base_dir}
+    variants: list[tuple[str, dict[str, Any], bool]] = []
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        for value in _choices(info.annotation):
+            if value != getattr(chosen, name):
+                variants.append((f"{key}={value!r}", {**case.params, key: value}, True))
+    fields = {info.alias or name: info for name, info in model.model_fields.items()}
+    for key in case.params:
+        if key in fields and not fields[key].is_required():
+            rest = {k: v for k, v in case.params.items() if k != key}
+            variants.append((f"{key} left at its default", rest, False))  # may be slow to run
+    for what, params, run in variants:
+        try:
+            validated = model.model_validate(params, context=context)
+        except ValidationError:
+            continue  # a combination the model refuses, saying why
+        _try_choice(case, what, validated, run)
+
+
+def _try_choice(case: ContractCase, what: str, params: BaseModel, run: bool) -> None:
+    """Start the plugin with ``params`` (``what`` says how they differ from the kit's)
+    and, with ``run``, process a 64x48 picture; see :func:`check_each_choice`."""
+    runtime = case.runtime
+    advice = "a value the params accept must work, or be refused by the model, or with "
+    try:
+        plugin = _within_limit(case, lambda: case.cls(params, runtime), f"starting with {what}")
+    except ConfigError:
+        return  # refused at start, in one line
+    except ContractFailure:
+        raise
+    except Exception as exc:
+        raise ContractFailure(
+            f"with {what}, the plugin failed to start: {_describe(exc)}; {advice}ConfigError"
+        ) from exc
+    try:
+        if run:
+            image, job = sample_image((64, 48)), case.context()
+            try:
+                _within_limit(case, lambda: plugin.process(image, job), f"process with {what}")
+            except ContractFailure:
+                raise
+            except Exception as exc:
+                raise ContractFailure(
+                    f"with {what}, process failed on a 64x48 image: {_describe(exc)}; "
+                    f"{advice}ConfigError at start"
+                ) from exc
+    finally:
+        _close(case, plugin)
+
+
 def check_accepts_image_kinds(case: ContractCase) -> None:
     """RGB images of every odd size come back RGB, of the size ``output_size`` documents,
     with readable pixels, and the input is left untouched."""
@@ -555,11 +654,12 @@ def check_errors_classified(case: ContractCase) -> None:
 
 
 def _one_run(case: ContractCase) -> RecordingContext:
-    """Process one 64x48 picture with a fresh instance; what the context recorded."""
+    """Process one 64x48 picture with a fresh instance; what the context recorded (the
+    result is accepts_image_kinds' to judge)."""
     plugin = case.make()
     context = case.context()
     try:
-        _process(case, plugin, sample_image((64, 48)), context, "a 64x48 image")
+        _process(case, plugin, sample_image((64, 48)), context, "a 64x48 image", False)
     finally:
         _close(case, plugin)
     return context
@@ -687,17 +787,19 @@ def _observed_run(case: ContractCase) -> Observation:
         try:
             printed.phase = "in process"
             started = time.monotonic()
-            _process(case, plugin, sample_image((64, 48)), contexts[0], "a 64x48 image")
+            # What it returns is accepts_image_kinds' to judge: watched here is what it does.
+            _process(case, plugin, sample_image((64, 48)), contexts[0], "a 64x48 image", False)
             quick = time.monotonic() - started < REALISTIC_RUN_UNDER
             if case.realistic_size is not None and quick:
                 width, height = case.realistic_size
                 image = sample_image(case.realistic_size)
-                _process(case, plugin, image, contexts[1], f"a {width}x{height} image")
+                _process(case, plugin, image, contexts[1], f"a {width}x{height} image", False)
         finally:
             printed.phase = "in close()"
             _close(case, plugin)
         printed.phase = "from a thread after close()"
         threads = _await_threads(before, THREAD_GRACE)
+        left_running.extend(thread for thread in threads if not thread.daemon)
     chdirs = list(dict.fromkeys(box.chdirs + case.chdirs))
     return Observation(
         writes=[f"(at import) {w}" for w in imported.writes] + box.writes,
@@ -736,6 +838,8 @@ class _Imported:
     stray: list[str] = field(default_factory=list)
     chdirs: list[str] = field(default_factory=list)
     printed: tuple[str, str] | None = None
+    seconds: float = 0.0
+    """How long the import took."""
 
 
 #: What importing a plugin's module did, by (what was imported, sys.path): one import each.
@@ -744,7 +848,7 @@ _imports: dict[tuple[str, str, tuple[str, ...]], _Imported] = {}
 #: Imports the plugin in a sandbox and writes what it saw as JSON (run by
 #: :func:`_observed_import` in a fresh interpreter, where the module is not imported yet).
 _IMPORT_SCRIPT = """
-import contextlib, io, json, os, sys
+import contextlib, io, json, os, sys, time
 from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -753,6 +857,7 @@ from stylebox.testing.sandbox import sandboxed
 kind, target, group, workdir, report = sys.argv[1:]
 printed = io.StringIO()
 with sandboxed([], Path(workdir)) as box, contextlib.redirect_stdout(printed):
+    began = time.perf_counter()
     try:
         if kind == "entry-point":
             for entry_point in entry_points(group=group, name=target):
@@ -761,7 +866,9 @@ with sandboxed([], Path(workdir)) as box, contextlib.redirect_stdout(printed):
             import_module(target)
     except BaseException:
         pass  # not loading is the discoverable check's to say
+    seconds = time.perf_counter() - began
 Path(report).write_text(json.dumps({
+    "seconds": seconds,
     "writes": box.writes, "network": box.network, "processes": box.processes,
     "stray": box.stray_files(), "chdirs": box.chdirs, "printed": printed.getvalue(),
 }))
@@ -816,6 +923,7 @@ def _observed_import(case: ContractCase) -> _Imported:
         stray=seen["stray"],
         chdirs=seen["chdirs"],
         printed=("at import", line if len(line) <= 80 else line[:77] + "...") if line else None,
+        seconds=seen["seconds"],
     )
     _imports[key] = imported
     return imported
@@ -831,7 +939,9 @@ def check_writes_only_where_given(case: ContractCase) -> None:
         listed = "\n  ".join(seen.writes + [f"(in the working directory) {s}" for s in seen.stray])
         raise ContractFailure(
             "the plugin wrote outside job.checkpoint_dir and runtime.cache_dir():\n  "
-            f"{listed}\nhand images to job.snapshot() and return the result instead"
+            f"{listed}\nkeep caches under runtime.cache_dir(name) (from __init__, not at "
+            "import) and a job's own files under job.checkpoint_dir; hand images to "
+            "job.snapshot() and return the result instead of saving them"
         )
 
 
@@ -994,7 +1104,8 @@ def check_deterministic(case: ContractCase) -> None:
     try:
         second = case.make()
         for plugin in (first, first, second):
-            outputs.append(_process(case, plugin, image, case.context(), "a 64x48 image").tobytes())
+            result = _process(case, plugin, image, case.context(), "a 64x48 image", False)
+            outputs.append(result.tobytes())
     finally:
         _close(case, first)
         if second is not None:
@@ -1063,6 +1174,7 @@ CHECKS: tuple[Check, ...] = (
     Check("params_reject_unknown", check_params_reject_unknown, runs_plugin=False),
     Check("params_reject_bad_values", check_params_reject_bad_values, runs_plugin=False),
     Check("params_json_roundtrip", check_params_json_roundtrip, runs_plugin=False),
+    Check("each_choice", check_each_choice),
     Check("accepts_image_kinds", check_accepts_image_kinds),
     Check("device_kind", check_device_kind),
     Check("errors_classified", check_errors_classified),
