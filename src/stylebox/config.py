@@ -540,7 +540,10 @@ def _resolve(path: Path, base: Path) -> Path:
 
 
 def invalid(where: str, problems: list[str]) -> ConfigError:
-    """The refusal of the config at ``where``: every problem found, one a line."""
+    """The refusal of the config at ``where``: its one problem in one line, or every
+    problem found, one a line, under a line naming the file."""
+    if len(problems) == 1:
+        return ConfigError(f"{where}: {problems[0]}")
     return ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
 
 
