@@ -191,6 +191,8 @@ def test_plugins_lists_gatys_with_params() -> None:
     assert types["color"] == "'none' | 'luminance' | 'histogram'"
     assert types["init"] == "'content' | 'noise' | 'style' | Path"
     assert types["scales"] == "list[int]" and types["style"] == "list[Path]"
+    assert types["steps"] == "int > 0" and types["size"] == "int > 0, <= 8192"
+    assert types["affine_fit_radius"] == "int 0 to 64"  # the range a value must be in
 
 
 def test_broken_plugins_are_reported_and_the_others_still_load(tmp_path: Path) -> None:

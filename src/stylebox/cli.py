@@ -475,7 +475,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 if field.is_required()
                 else repr(field.get_default(call_default_factory=True))
             )
-            cells = (field_name, _type_text(field.annotation), default, field.description or "")
+            kind = _type_text(field.annotation) + _bounds_text(field.metadata)
+            cells = (field_name, kind, default, field.description or "")
             table.add_row(*(Text(cell) for cell in cells))  # as written: list[float] is no markup
         console.print(table)
         console.print()
@@ -505,6 +506,21 @@ def _type_text(annotation: Any) -> str:
         return f"{name}[{', '.join(_type_text(arg) for arg in args)}]" if args else name
     name = getattr(annotation, "__name__", None)
     return name if isinstance(name, str) else str(annotation).replace("typing.", "")
+
+
+def _bounds_text(metadata: list[Any]) -> str:
+    """A param's range as its constraints give it: ``" > 0"``, ``" 0 to 1"``,
+    ``" > 0, <= 8192"``; ``""`` for none."""
+    bounds = {
+        symbol: getattr(item, attr)
+        for item in metadata
+        for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+        if getattr(item, attr, None) is not None
+    }
+    if set(bounds) == {">=", "<="}:
+        return f" {bounds['>=']:g} to {bounds['<=']:g}"
+    order = [symbol for symbol in (">", ">=", "<", "<=") if symbol in bounds]  # low first
+    return ",".join(f" {symbol} {bounds[symbol]:g}" for symbol in order)
 
 
 # -- config ----------------------------------------------------------------------------------
