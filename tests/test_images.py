@@ -219,6 +219,23 @@ def test_palette_transparency_becomes_alpha() -> None:
     assert decoded.alpha.getpixel((9, 9)) == 0 and decoded.alpha.getpixel((0, 0)) == 255
 
 
+def test_what_lies_under_transparent_pixels_is_not_handed_to_the_plugin() -> None:
+    # A palette's key colour (green here) was stylised with the rest, and its filters
+    # carried it into the visible pixels around the hole: a green fringe.
+    picture = photo(40, 30, seed=4)
+    image = picture.quantize(255)
+    image.putpalette([*image.getpalette()[: 255 * 3], 0, 255, 0])
+    image.paste(255, (10, 8, 30, 22))  # a hole of the key colour
+    decoded = decode_bytes(encoded(image, "PNG", transparency=255))
+    assert decoded.alpha is not None and decoded.alpha.getpixel((20, 15)) == 0
+    rgb = np.asarray(decoded.rgb)
+    visible = np.asarray(image.convert("RGB"))
+    assert not (rgb == [0, 255, 0]).all(-1).any()  # no key colour left
+    assert np.array_equal(rgb[15, 10], visible[15, 9])  # the nearest visible colour
+    assert np.array_equal(rgb[7], visible[7]) and np.array_equal(rgb[:, 9], visible[:, 9])
+    assert decoded.notes == ("280 fully transparent pixels given their nearest visible colour",)
+
+
 def test_fully_opaque_alpha_is_dropped() -> None:
     decoded = decode_bytes(encoded(photo(8, 8).convert("RGBA")))
     assert decoded.alpha is None

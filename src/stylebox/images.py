@@ -360,6 +360,8 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
         if alpha.getextrema() == (255, 255):
             alpha = None  # fully opaque: nothing worth re-attaching
         image = image.convert(image.mode[:-1])
+        if alpha is not None:
+            image = _fill_hidden(image, alpha, notes)
 
     if icc and image.mode in ("RGB", "L", "CMYK"):
         try:
@@ -372,6 +374,23 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image, alpha
+
+
+def _fill_hidden(image: Image.Image, alpha: Image.Image, notes: list[str]) -> Image.Image:
+    """``image`` with each fully transparent pixel given the colour of the nearest visible
+    one. What lies under them is arbitrary (a palette's key colour, black): a plugin sees
+    it, and its filters and statistics would carry it into the visible pixels beside (a
+    green fringe around a hole); the alpha re-attached to the result hides them again."""
+    hidden = np.asarray(alpha) == 0
+    if not hidden.any() or hidden.all():
+        return image
+    from scipy import ndimage  # here: most inputs have no transparency, and it takes a while
+
+    # For each pixel, the index of the nearest visible one.
+    rows, cols = ndimage.distance_transform_edt(hidden, return_distances=False, return_indices=True)
+    pixels = np.asarray(image)
+    notes.append(f"{int(hidden.sum())} fully transparent pixels given their nearest visible colour")
+    return Image.fromarray(pixels[rows, cols], mode=image.mode)
 
 
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
