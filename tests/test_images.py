@@ -159,6 +159,8 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     decoded = decode_bytes(encoded(image, "JPEG", exif=exif.tobytes()))
     assert decoded.size == (20, 40)
+    # What was done to the input is said in the manifest's input.notes.
+    assert decoded.notes == ("turned upright as its EXIF orientation (6) says",)
 
 
 @pytest.mark.parametrize(
@@ -181,6 +183,8 @@ def test_colour_modes_become_8bit_rgb(mode: str, fmt: str) -> None:
     assert decoded.rgb.mode == "RGB"
     assert decoded.size == (24, 16)
     assert decoded.alpha is None
+    cmyk = "CMYK without an ICC profile, converted to RGB as plain ink amounts"
+    assert decoded.notes == ((cmyk,) if mode == "CMYK" else ())
 
 
 def test_16bit_grey_is_scaled_not_clipped() -> None:
@@ -191,6 +195,7 @@ def test_16bit_grey_is_scaled_not_clipped() -> None:
     values = np.asarray(decoded.rgb)[..., 0]
     assert values.min() == 0 and values.max() == 255
     assert len(np.unique(values)) > 100  # a real ramp, not a clipped step
+    assert decoded.notes == ("I;16 pixels scaled to 8 bits",)
 
 
 def test_alpha_is_kept_aside_and_reattached() -> None:
@@ -245,7 +250,7 @@ def test_icc_profile_is_converted_to_srgb() -> None:
     red = Image.new("RGB", (8, 8), (220, 10, 10))
     tagged = decode_bytes(encoded(red, "PNG", icc_profile=rgb_icc_profile(swap_red_blue=True)))
     untagged = decode_bytes(encoded(red, "PNG"))
-    assert tagged.notes == ()
+    assert tagged.notes == ("converted to sRGB from its ICC profile 'test'",)
     assert untagged.rgb.getpixel((4, 4)) == (220, 10, 10)
     r, _, b = tagged.rgb.getpixel((4, 4))
     assert b > 150 and r < 100  # the profile says those numbers mean blue
@@ -285,6 +290,10 @@ def test_first_frame_of_an_animation() -> None:
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     decoded = decode_bytes(buffer.getvalue())
     assert decoded.rgb.getpixel((5, 5))[0] > 200  # red, the first frame
+    assert decoded.notes == ("the first of its 3 frames",)
+    pages = io.BytesIO()
+    frames[0].save(pages, "TIFF", save_all=True, append_images=frames[1:])
+    assert decode_bytes(pages.getvalue()).notes == ("the first of its 3 pages",)
 
 
 def test_decoded_sha256_is_of_the_file_bytes(tmp_path: Path) -> None:

@@ -111,9 +111,17 @@ def decode_bytes(
         raise _too_many_pixels(name, f"{width}x{height} = {width * height / 1e6:.1f}", max_pixels)
     original_format = image.format or "unknown"
     original_mode = image.mode
+    notes: list[str] = []
     try:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            unit = "pages" if image.format == "TIFF" else "frames"
+            notes.append(f"the first of its {frames} {unit}")
         image.seek(0)  # animations and multi-page files: the first frame
         image.load()
+        orientation = image.getexif().get(_ORIENTATION, 1)
+        if orientation in range(2, 9):
+            notes.append(f"turned upright as its EXIF orientation ({orientation}) says")
         image = ImageOps.exif_transpose(image) or image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadInput(f"{name} refused as a decompression bomb: {exc}") from exc
@@ -134,7 +142,6 @@ def decode_bytes(
         raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
     if original_format in ("JPEG", "MPO") and (damage := _jpeg_damage(data)):
         raise BadInput(f"{name} is a damaged JPEG: {damage}")
-    notes: list[str] = []
     rgb, alpha = _to_srgb(image, notes)
     return DecodedImage(
         rgb=rgb,
@@ -195,6 +202,10 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
             raise BadInput(f"{name} is a {fmt} in a pixel format that cannot be read ({reason})")
         raise BadInput(f"{name} is a damaged {fmt}: {damage[1]}")
     raise BadInput(f"{name} is not an image (no known image format recognised)")
+
+
+#: The EXIF tag of a photo's orientation (1: as stored; 2 to 8: mirrored and/or turned).
+_ORIENTATION = 0x0112
 
 
 #: ISO media brands of HEIF pictures (a phone's HEIC photos), which Pillow cannot read.
@@ -350,6 +361,7 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
         image = image.convert("L")
     elif mode.startswith("I") or mode == "F":
         image = _high_depth_to_l(image)
+        notes.append(f"{mode} pixels scaled to 8 bits")
     elif mode in ("YCbCr", "HSV"):
         image = image.convert("RGB")
     elif mode == "LAB":  # CIE Lab is absolute: its profile, if any, says no more than that
@@ -369,8 +381,13 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
             image = ImageCms.profileToProfile(
                 image, source, _SRGB, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
             )
+            described = ImageCms.getProfileDescription(source).strip() or "unnamed"
+            if "srgb" not in described.lower():  # sRGB to sRGB is no news
+                notes.append(f"converted to sRGB from its ICC profile {described!r}")
         except (ImageCms.PyCMSError, OSError, ValueError) as exc:
             notes.append(f"embedded ICC profile ignored: {exc}")
+    if image.mode == "CMYK":
+        notes.append("CMYK without an ICC profile, converted to RGB as plain ink amounts")
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image, alpha
