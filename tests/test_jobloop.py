@@ -32,6 +32,7 @@ from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import Cancelled
 from stylebox.plugins.api import JobContext, Runtime
 from stylebox.plugins.registry import PluginInfo, Registry
+from stylebox.web.state import _queued
 
 CONFIG = """
 state_dir = "state"
@@ -518,7 +519,12 @@ def test_a_photo_cut_short_dropped_again_after_failing_gets_its_grace_again(
     time.sleep(1.1)  # longer than the grace since its first start
     again = inbox / "again.png"
     again.write_bytes(whole[: len(whole) // 2])
+    dropped = time.time()
     assert loop.pipeline.enqueue(source, [again]) == ["retry"]
+    # The status page says it has waited since it was dropped again, not since the first.
+    (retried,) = loop.journal.jobs("inbox:steps", "queued")
+    queued = _queued(retried, 1)
+    assert queued["queued_at"] >= dropped > queued["created_at"] + 1
     (row,) = loop.run_next({"inbox:steps"})
     waiting = loop.journal.get(row.id)
     assert (waiting.state, waiting.error_class) == ("queued", "Truncated")

@@ -271,6 +271,11 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     waiting = max(int(row.id) for row in _journal_rows(tmp_path))
     status, body = client.json(f"/api/jobs/{waiting}/cancel", "POST", **token)
     assert (status, body["outcome"]) == (200, "cancelled"), body
+    # At once, not from the status kept for 0.4 s from before (a second cancel got 409).
+    assert (source(client, "inbox:gate")["queued"], source(client, "inbox:gate")["failed"]) == (
+        0,
+        1,
+    )
     assert (tmp_path / "in-gate" / "failed" / "waiting.png").is_file()
     reason = (tmp_path / "in-gate" / "failed" / "waiting.png.error.txt").read_text()
     assert "attempts: 0" in reason  # it never ran: its claim to be cancelled is no try

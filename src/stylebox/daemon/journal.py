@@ -481,12 +481,19 @@ class Journal:
         afresh (a photo cut short gets its grace again, counted from this claim)."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, "
+                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, "
                 "started_at = NULL, origin_path = ?, input_path = ?, name = ?, "
                 "error_class = NULL, hopeless = NULL, error_message = NULL, finished_at = NULL, "
                 "stem = COALESCE(?, stem) "
                 "WHERE id = ? AND state = 'failed'",
-                (_path(input_path), _path(input_path), readable(input_path.name), stem, job_id),
+                (
+                    time.time(),  # runnable from now: when it was queued again, for the page
+                    _path(input_path),
+                    _path(input_path),
+                    readable(input_path.name),
+                    stem,
+                    job_id,
+                ),
             )
             return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 

@@ -135,6 +135,7 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
             return refused
         try:
             outcome = await anyio.to_thread.run_sync(backend.retry, request.path_params["job_id"])
+            reader.forget()
         except LookupError as exc:
             return _json({"error": str(exc)}, 404)
         except StyleboxError as exc:
@@ -148,6 +149,7 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
         job_id = request.path_params["job_id"]
         try:
             outcome = await anyio.to_thread.run_sync(backend.cancel, job_id)
+            reader.forget()
         except LookupError as exc:
             return _json({"error": f"no job {exc}"}, 404)
         except StyleboxError as exc:

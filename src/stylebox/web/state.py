@@ -145,6 +145,12 @@ class StatusReader:
             self._cached = (now, report)
             return report
 
+    def forget(self) -> None:
+        """Drop the kept status: an action changed the jobs, and its answer must not be
+        followed by a status from before it (a second cancel of a cancelled job)."""
+        with self._lock:
+            self._cached = None
+
     def _status(self) -> dict[str, Any]:
         sources = self.backend.web_sources()
         journal = self.journal
@@ -429,6 +435,9 @@ def _queued(row: JobRow, position: int) -> dict[str, Any]:
         "file": row.name,
         "position": position,
         "created_at": row.created_at,
+        # Waiting since: its last (re)queueing, not its first, for a failed photo dropped
+        # again (which keeps its job) or one past a retry's backoff.
+        "queued_at": max(row.created_at, row.not_before) if backoff is None else row.created_at,
         "retry_at": backoff,
     }
 
