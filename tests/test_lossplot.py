@@ -156,3 +156,12 @@ def test_plot_refuses_what_it_cannot_draw_in_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2, (name, done)
         assert re.fullmatch(r"stylebox: bad input: [^\n]+\n", done.stderr), done.stderr
         assert not list(tmp_path.glob("*.svg"))
+
+
+def test_a_long_title_loses_its_middle_not_the_edge_of_the_plot() -> None:
+    name = "IMG_20240612_154233_HDR_panorama_from_grandmas_ninetieth_birthday_party_final"
+    svg = render_svg(GATYS_LIKE, title=name, width=320, height=200)
+    assert svg is not None
+    (title,) = [t.text for t in ET.fromstring(svg).iter(f"{SVG}text") if t.get("font-size") == "13"]
+    assert title == "IMG_20240612_1542…thday_party_final"  # (320 - 64 - 8) // 7 characters
+    assert len(title) == (320 - 64 - 8) // 7

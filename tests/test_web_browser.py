@@ -22,6 +22,9 @@ from selenium.webdriver.common.by import By
 from test_web import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
+PHONE_WIDTH = 390
+#: A camera's name for a photo, as people keep them: it must wrap, not widen the page.
+LONG = "IMG_20240612_154233_HDR_panorama_from_grandmas_ninetieth_birthday_party_final"
 
 
 def chrome() -> webdriver.Chrome:
@@ -34,8 +37,11 @@ def chrome() -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=420,1400"):  # fmt: skip
-        options.add_argument(argument)  # a phone-sized window
+                     "--disable-dev-shm-usage"):  # fmt: skip
+        options.add_argument(argument)
+    # A phone's screen: a headless window is never narrower than 500 px, an emulated one is.
+    metrics = {"width": PHONE_WIDTH, "height": 1400, "pixelRatio": 1}
+    options.add_experimental_option("mobileEmulation", {"deviceMetrics": metrics})
     return webdriver.Chrome(options=options, service=DriverService(executable_path=driver))
 
 
@@ -55,10 +61,12 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
         browser = chrome()
         browser.get(f"http://127.0.0.1:{port}/")
         assert wait_until(lambda: _text(browser, "#connection") == "live", 20)
+        assert browser.execute_script("return window.innerWidth") == PHONE_WIDTH
 
         staged = tmp_path / ".photo.png"
         photo(64, 48, seed=7).save(staged)
-        os.rename(staged, tmp_path / "inbox" / "photo.png")
+        os.rename(staged, tmp_path / "inbox" / f"{LONG}.png")
+        (tmp_path / "inbox" / f"{LONG}_notes.jpg").write_text("not a picture")
 
         # Snapshots as the page shows them: the src of the running job's image, and that
         # the browser decoded it.
@@ -77,6 +85,7 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
                 drawn = max(drawn, len(_curve(browser)))
                 if len(seen) >= 2 and drawn >= 2:  # the page shows it growing: keep a picture
                     browser.save_screenshot(str(tmp_path / "running.png"))
+                    assert _fits(browser), "the running job's card is wider than the phone"
             elif seen and _results(browser):
                 break
             time.sleep(0.1)
@@ -90,10 +99,16 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
         )
         assert wait_until(lambda: all(ok for _, ok in _loaded(browser)), 10), images
         assert {src.rsplit("/", 1)[1] for src, _ in images} == {"input", "result"}
-        # Readable on a phone: nothing wider than the 420 px window.
-        assert browser.execute_script(
-            "return document.documentElement.scrollWidth <= window.innerWidth"
-        )
+        # Readable on a phone: nothing wider than its screen, the long names wrapped, the
+        # failed file's too; its count takes you to it.
+        assert wait_until(lambda: _text(browser, ".failed li b") == f"{LONG}_notes.jpg", 30)
+        assert _fits(browser)
+        browser.find_element(By.CSS_SELECTOR, ".count-failed").click()
+        assert wait_until(lambda: browser.execute_script(
+            "const r = document.querySelector('.failed').getBoundingClientRect();"
+            "return r.top >= 0 && r.top < window.innerHeight"
+        ), 5)  # fmt: skip
+        browser.save_screenshot(str(tmp_path / "failed.png"))
         # A click shows the result at full size.
         browser.find_element(By.CSS_SELECTOR, "figure.result img[src$='/result']").click()
         assert wait_until(lambda: browser.execute_script(
@@ -106,12 +121,12 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
             browser.quit()
         daemon.stop()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for name in ("running.png", "done.png"):
+        for name in ("running.png", "failed.png", "done.png"):
             if (tmp_path / name).exists():
                 shutil.copy(tmp_path / name, ARTIFACTS / f"status-page-{name}")
 
     # And the gatys job's own loss plot in the outbox: four curves over its 120 steps.
-    svg = ET.parse(tmp_path / "outbox" / "photo.loss.svg").getroot()
+    svg = ET.parse(tmp_path / "outbox" / f"{LONG}.loss.svg").getroot()
     lines = {
         line.get("data-series"): len(line.get("points", "").split())
         for line in svg.iter("{http://www.w3.org/2000/svg}polyline")
@@ -119,6 +134,20 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
     # The content loss is 0 at the first step (the photo itself), which a log scale leaves out.
     assert lines == {"loss": 120, "content": 119, "style": 120, "tv": 120}
     assert (tmp_path / "running.png").stat().st_size > 0
+
+
+def _fits(browser: webdriver.Chrome) -> bool:
+    """Nothing on the page is wider than the screen, nor spills out of its box (a long
+    name that does not wrap runs past the card's edge and off the screen)."""
+    return bool(
+        browser.execute_script(
+            "if (document.documentElement.scrollWidth > innerWidth) return false;"
+            "return [...document.querySelectorAll('main *')]"
+            ".filter(e => e instanceof HTMLElement && e.getClientRects().length)"
+            ".every(e => e.getBoundingClientRect().right <= innerWidth + 1"
+            "  && (e.clientWidth === 0 || e.scrollWidth <= e.clientWidth + 1))"
+        )
+    )
 
 
 def _text(browser: webdriver.Chrome, selector: str) -> str:

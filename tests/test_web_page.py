@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from test_web import Client, free_port
 from test_web_browser import chrome
 
-from stylebox.web.state import QUEUED
+from stylebox.web.state import FAILED, QUEUED
 
 TOKEN = "page-token-0123456789"
 WAITING = QUEUED + 5
@@ -113,6 +113,13 @@ outbox = "out-poster"
 plugin = "posterize"
 settle_seconds = 0.2
 params = {{ bits = 2 }}
+
+[[inbox]]
+name = "junk"
+path = "in-junk"
+outbox = "out-junk"
+plugin = "posterize"
+settle_seconds = 0.2
 """
 
 
@@ -144,6 +151,10 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
 
         drop(folder / "in-poster", "small.png", seed=1, size=(256, 192))
         (folder / "in-poster" / "notes.png").write_bytes(b"hello, this is not a picture\n" * 20)
+        for number in range(FAILED + 2):
+            (folder / "in-junk" / f"junk-{number:02d}.png").write_text(f"no picture {number}\n")
+        # Ended before the held job takes the worker.
+        assert wait_until(lambda: status("inbox:junk")["failed"] == FAILED + 2, 30)
         drop(folder / "in-held", "first.png", seed=2)
         assert wait_until(lambda: status("inbox:held")["running"] == 1, 30), daemon.output()
         for seed in range(WAITING):
@@ -218,6 +229,22 @@ def test_bad_input_is_not_offered_a_retry_but_shows_why(scene: Scene) -> None:
     assert status == 409 and "bad input" in body["error"], body
     assert "a retry would fail the same way" in body["error"]
     assert (scene.folder / "in-poster" / "failed" / "notes.png").is_file()
+
+
+def test_failed_jobs_past_the_latest_are_counted_and_the_count_leads_to_them(
+    scene: Scene,
+) -> None:
+    # The list stopped at 10 without a word, beside a count of 12.
+    scene.open(PHONE)
+    assert scene.until("document.querySelectorAll('#source-inbox_junk .failed li').length > 0")
+    shown = scene.js("return document.querySelectorAll('#source-inbox_junk .failed li').length")
+    more = scene.js("return document.querySelector('#source-inbox_junk .failed-more').textContent")
+    assert (shown, more) == (FAILED, "and 2 earlier")
+    scene.js("document.querySelector('#source-inbox_junk .count-failed').click()")
+    assert scene.until(
+        "(() => { const r = document.querySelector('#source-inbox_junk-failed')"
+        ".getBoundingClientRect(); return Math.abs(r.top) < 2; })()"
+    )
 
 
 def test_the_live_loss_chart_is_titled_by_the_file_and_legible(scene: Scene) -> None:

@@ -49,6 +49,14 @@ def series(history: Sequence[Mapping[str, float]]) -> dict[str, list[tuple[float
     return points
 
 
+def _middle_cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its start and end with "…" between."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
+
+
 def render_svg(
     history: Sequence[Mapping[str, float]],
     title: str = "",
@@ -82,6 +90,8 @@ def render_svg(
         f'<rect width="{width}" height="{height}" fill="#fff"/>',
     ]
     if title:
+        # About 7 px a character at 13 px: a long name loses its middle, not the plot's edge.
+        title = _middle_cut(title, max(8, (width - left - 8) // 7))
         parts.append(f'<text x="{left}" y="18" font-size="13">{escape(title)}</text>')
     # A decade a grid line; at most about eight labels, whatever the range.
     every = max(1, math.ceil((high - low) / 8))

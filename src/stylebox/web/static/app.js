@@ -43,18 +43,19 @@ function section(key) {
   if (!node) {
     node = el("section", { id, class: "source" },
       el("h2", { text: key }), el("div", { class: "counts" }),
-      part("running", el("div", { class: "running" })),
-      part("queued", el("ul", { class: "queued" }), el("p", { class: "queued-more" })),
-      part("latest results", el("div", { class: "gallery" })),
-      part("failed", el("ul", { class: "failed" })));
+      part(`${id}-running`, "running", el("div", { class: "running" })),
+      part(`${id}-queued`, "queued", el("ul", { class: "queued" }), el("p", { class: "queued-more" })),
+      part(`${id}-done`, "latest results", el("div", { class: "gallery" })),
+      part(`${id}-failed`, "failed", el("ul", { class: "failed" }), el("p", { class: "failed-more" })));
     main.append(node);
   }
   return node;
 }
 
-// A heading and what it heads, shown only while that holds something.
-function part(title, ...contents) {
-  return el("div", { class: "part", hidden: "" }, el("h3", { text: title }), ...contents);
+// A heading and what it heads, shown only while that holds something; its count links to it
+// (on a phone the failures are far down, below the gallery).
+function part(id, title, ...contents) {
+  return el("div", { id, class: "part", hidden: "" }, el("h3", { text: title }), ...contents);
 }
 
 function showParts(node) {
@@ -65,8 +66,10 @@ function showParts(node) {
 
 function renderCounts(node, entry) {
   const counts = node.querySelector(".counts");
-  counts.replaceChildren(...["queued", "running", "done", "failed"].map(
-    (state) => el("span", { class: `count-${state}`, text: `${entry[state]} ${state}` })));
+  counts.replaceChildren(...["queued", "running", "done", "failed"].map((state) => {
+    const pill = el("span", { class: `count-${state}`, text: `${entry[state]} ${state}` });
+    return entry[state] ? el("a", { href: `#${node.id}-${state}` }, pill) : pill;
+  }));
 }
 
 function renderRunning(node, entry, actions) {
@@ -121,7 +124,7 @@ function renderRunning(node, entry, actions) {
 
 function queuedText(job) {
   const wait = job.retry_at ? `retry in ${duration(job.retry_at - daemonNow())}`
-    : `queued ${duration(daemonNow() - job.created_at)} ago`;
+    : `queued ${duration(daemonNow() - job.queued_at)} ago`;
   return `${job.position}. ${job.file} · ${wait}`;
 }
 
@@ -168,12 +171,15 @@ function renderResults(node, entry) {
 
 function renderFailed(node, entry, actions) {
   const list = node.querySelector(".failed");
+  const more = entry.failed - entry.failed_jobs.length;
+  node.querySelector(".failed-more").textContent = more > 0 ? `and ${more} earlier` : "";
   const ids = entry.failed_jobs.map((f) => `${f.job}:${f.error}`).join("\n") + `/${actions}`;
   if (list.dataset.ids === ids) return; // unchanged: a rebuild under the pointer loses a click
   list.dataset.ids = ids;
   list.replaceChildren(...entry.failed_jobs.map((f) => {
+    const cancelled = (f.error || "").startsWith("Cancelled:");
     const item = el("li", { id: `failed-${f.job}` }, el("b", { text: f.file }), ": ",
-      el("span", { class: "reason", text: f.error || "unknown" }));
+      el("span", { class: cancelled ? "reason cancelled" : "reason", text: f.error || "unknown" }));
     // Bad input (or a photo replaced by another job's): another try would fail the same way.
     if (f.no_retry) {
       item.append(" ", el("span", { class: "no-retry", text: `(${f.no_retry}: a retry cannot help)` }));
