@@ -427,6 +427,29 @@ def test_a_copy_whose_job_ends_as_it_is_queued_is_not_left_waiting(
     assert (inbox / "processed" / "again.png.duplicate.txt").is_file()
 
 
+def test_a_file_whose_header_is_no_picture_fails_as_it_is_queued(tmp_path: Path) -> None:
+    # It waited its turn (behind an hour of gatys jobs, say) to fail as the runner would.
+    loop = _loop(tmp_path, {"steps": 1})
+    inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    (inbox / "readme.jpg").write_text("not a picture\n")
+    (inbox / "empty.png").write_bytes(b"")
+    whole = encoded(photo(64, 48, seed=8), "PNG")
+    (inbox / "cut.png").write_bytes(whole[: len(whole) // 2])
+    paths = [inbox / "readme.jpg", inbox / "empty.png", inbox / "cut.png"]
+    assert loop.pipeline.enqueue(source, paths) == ["queued"] * 3
+    reasons = {p.name: p.read_text().splitlines()[0] for p in (inbox / "failed").glob("*.txt")}
+    assert reasons == {
+        "readme.jpg.error.txt": "BadInput: readme.jpg is not an image (no known image format "
+        "recognised)",
+        "empty.png.error.txt": "BadInput: empty.png is empty (0 bytes)",
+    }
+    # The photo queued first, and the one cut short (it may still grow), wait their turn.
+    assert sorted(row.name for row in loop.journal.jobs("inbox:steps", "queued")) == [
+        "cut.png",
+        "photo.png",
+    ]
+
+
 def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
     tmp_path: Path,
 ) -> None:
@@ -656,7 +679,10 @@ def test_each_job_claimed_with_others_ends_as_soon_as_its_outcome_is_known(
 
     loop = _loop(tmp_path, {"steps": 1}, plugin=Watching)
     inbox = tmp_path / "inbox"
-    (inbox / "bad.png").write_text("not a picture")
+    # Damaged where only a decode sees it (a file no header opens fails as it is queued).
+    damaged = bytearray(encoded(photo(24, 16, seed=1), "PNG"))
+    damaged[damaged.index(b"IDAT") + 10] ^= 0xFF
+    (inbox / "bad.png").write_bytes(bytes(damaged))
     photo(32, 32, seed=2).save(inbox / "big.png")
     photo(24, 16, seed=3).save(inbox / "gone.png")
     source = loop.pipeline.sources["inbox:steps"]

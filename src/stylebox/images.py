@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import struct
 import tempfile
 import warnings
@@ -90,6 +91,46 @@ def decode_image(
     except OSError as exc:
         raise BadInput(f"cannot read {path.name}: {exc.strerror or exc}") from exc
     return decode_bytes(data, name=path.name, max_pixels=max_pixels, formats=formats)
+
+
+#: Files up to this size that no accepted format opens are decoded as they are queued, for
+#: the reason they will be refused; a bigger one waits for its turn (a decode reads it all).
+SIGHT_BYTES = 8 * 1024 * 1024
+
+
+def refused_on_sight(
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: frozenset[str] = DEFAULT_FORMATS,
+) -> BadInput | None:
+    """Why :func:`decode_image` will refuse ``path``, where no accepted format opens its
+    header (empty, not an image, a format not accepted, a damaged header): known when it
+    is queued, rather than when its turn comes, behind hours of other jobs. ``None`` for
+    one whose header opens (only its full decode can tell), one cut short
+    (:class:`Truncated`: in an inbox it gets time to grow), one over :data:`SIGHT_BYTES`,
+    and anything but a regular file."""
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            return None  # a link, a folder, a FIFO (which would block the open): said in turn
+        with Image.open(path, formats=sorted(formats)):
+            return None  # its header is fine: the rest is the decode's to judge
+    except UnidentifiedImageError:
+        pass
+    except Exception:  # a header Pillow refuses otherwise (a bomb, say): said in its turn
+        return None
+    if info.st_size > SIGHT_BYTES:
+        return None
+    try:
+        decode_image(path, max_pixels=max_pixels, formats=formats)
+    except Truncated:
+        return None
+    except BadInput as exc:
+        return exc
+    except Exception:
+        return None
+    return None
 
 
 def decode_bytes(

@@ -35,6 +35,7 @@ from stylebox.errors import (
     StyleboxError,
     Truncated,
 )
+from stylebox.images import refused_on_sight
 from stylebox.plugins.api import Plugin, companion_index, companions_of, params_digest
 from stylebox.plugins.registry import Registry
 
@@ -492,6 +493,7 @@ class Pipeline:
         if new:
             if row.stem == entry.stem:
                 log.info("queued", extra=self._fields(row, "queued"))
+                self._refuse_on_sight(source, path, row)
             else:
                 log.info(
                     "replaced while queued: the job is for the new bytes now",
@@ -541,6 +543,21 @@ class Pipeline:
             extra={**self._fields(row, "duplicate"), "path": files.readable(str(path))},
         )
         return "duplicate"
+
+    def _refuse_on_sight(self, source: Source, path: Path, row: JobRow) -> None:
+        """End the new job ``row`` as failed at once where its file's header shows it can
+        never be decoded (see :func:`refused_on_sight`): its turn may be hours away behind
+        gatys jobs, and the runner would refuse it the same way then."""
+        images = self.loaded.config.images
+        error = refused_on_sight(
+            path, max_pixels=images.max_pixels, formats=frozenset(images.formats)
+        )
+        if error is None:
+            return
+        lease = self.loaded.config.daemon.lease_seconds
+        claimed = self.journal.claim(self.owner, lease, ids={row.id}, to_run=False)
+        if claimed is not None:  # else a worker took it: it fails there, the same way
+            self._fail(source, claimed, error)
 
     @staticmethod
     def _retry_stem(source: Source, row: JobRow) -> str:
