@@ -87,6 +87,12 @@ class Source:
             return ""
         return "" if relative == Path() else files.readable(relative.as_posix())
 
+    def file_name(self, row: JobRow) -> str:
+        """How the job ``row``'s file is named to people: under its sub-folder where its
+        results are in one (``2024/june/a.jpg``), else by its name."""
+        folder = self.subfolder(Path(row.origin_path))
+        return f"{folder}/{row.name}" if folder else row.name
+
     def reserve(self, row: JobRow) -> str:
         """A free output stem for the job ``row`` (its input where the journal says)."""
         return self.outbox.reserve(row.name, self.subfolder(Path(row.input_path))).stem
@@ -544,6 +550,13 @@ class Pipeline:
         )
         return "duplicate"
 
+    def _take_to_end(self, job_id: int) -> JobRow | None:
+        """Claim the queued job ``job_id`` to end it without running it (a cancel, a
+        refusal, a job superseded), so that no worker takes it meanwhile; ``None`` if one
+        already has."""
+        lease = self.loaded.config.daemon.lease_seconds
+        return self.journal.claim(self.owner, lease, ids={job_id}, to_run=False)
+
     def _refuse_on_sight(self, source: Source, path: Path, row: JobRow) -> None:
         """End the new job ``row`` as failed at once where its file's header shows it can
         never be decoded (see :func:`refused_on_sight`): its turn may be hours away behind
@@ -554,8 +567,7 @@ class Pipeline:
         )
         if error is None:
             return
-        lease = self.loaded.config.daemon.lease_seconds
-        claimed = self.journal.claim(self.owner, lease, ids={row.id}, to_run=False)
+        claimed = self._take_to_end(row.id)
         if claimed is not None:  # else a worker took it: it fails there, the same way
             self._fail(source, claimed, error)
 
@@ -573,10 +585,8 @@ class Pipeline:
     def _fields(self, row: JobRow, event: str) -> dict[str, Any]:
         """A job's fields in its log lines; ``file`` is its name, under its sub-folder in
         a recursive batch (``2024/june/a.jpg``, where its results are in the outbox)."""
-        name = row.name
         source = self.sources.get(row.source)
-        if source is not None and (folder := source.subfolder(Path(row.origin_path))):
-            name = f"{folder}/{name}"
+        name = source.file_name(row) if source is not None else row.name
         return {"event": event, "job": row.id, "source": row.source, "file": name}
 
     def _wake_waiting(self, job_id: int) -> None:
@@ -721,8 +731,7 @@ class Pipeline:
                     row.id, source.plugin.name, source.params_hash
                 )
             log.info("started", extra=self._fields(row, "started"))
-            folder = source.subfolder(path)
-            label = source.label(f"{folder}/{row.name}" if folder else row.name)
+            label = source.label(source.file_name(row))
             job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
             jobs.append((row, job))
         executor = self.executor or self.runner
@@ -743,8 +752,7 @@ class Pipeline:
         is claimed first (so no worker takes it meanwhile), then ends as a run that was
         cancelled does, its input moved aside with the reason (one waiting out a retry's
         backoff too). ``False`` if it could not be claimed (a worker took it)."""
-        lease = self.loaded.config.daemon.lease_seconds
-        row = self.journal.claim(self.owner, lease, ids={job_id}, to_run=False)
+        row = self._take_to_end(job_id)
         if row is None:
             return False
         source = self.sources.get(row.source)
@@ -892,8 +900,7 @@ class Pipeline:
         queued = self.journal.queued_at(source.key, path, other_than=current.id)
         if queued is None:
             return
-        lease = self.loaded.config.daemon.lease_seconds
-        row = self.journal.claim(self.owner, lease, ids={queued.id}, to_run=False)
+        row = self._take_to_end(queued.id)
         if row is not None:
             self._superseded(source, row, current)
             self._wake_waiting(row.id)
