@@ -128,7 +128,7 @@ def test_a_new_claim_forgets_the_last_runs_eta(tmp_path: Path) -> None:
     row = journal.claim("here:1", 60)
     assert row is not None
     journal.set_progress(row.id, 3, 10, eta=140.0)
-    journal.requeue(row.id, count_attempt=False)
+    journal.requeue(row.id, refund_attempt=True)
     again = journal.claim("here:1", 60)
     assert again is not None and again.eta_at is None
     journal.close()

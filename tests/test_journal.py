@@ -148,7 +148,7 @@ def test_a_drain_does_not_count_as_an_attempt(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
     add(journal, "a.jpg")
     row = journal.claim("h:1", 30)
-    journal.requeue(row.id, count_attempt=False)
+    journal.requeue(row.id, refund_attempt=True)
     assert journal.get(row.id).attempts == 0
 
 

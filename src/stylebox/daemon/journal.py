@@ -652,10 +652,12 @@ class Journal:
         job_id: int,
         *,
         delay: float = 0.0,
-        count_attempt: bool = True,
+        refund_attempt: bool = False,
         error: BaseException | None = None,
     ) -> None:
-        """Back to the queue: a retry after ``delay``, or a drain that does not count."""
+        """Back to the queue after ``delay``: a retry, whose claim counted an attempt, or
+        (``refund_attempt``) a run that does not count, a drain say, whose claim's attempt is
+        given back. A job claimed not to run (``claim(to_run=False)``) counted none."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
@@ -663,7 +665,7 @@ class Journal:
                 "error_message = COALESCE(?, error_message), hopeless = NULL WHERE id = ?",
                 (
                     time.time() + delay,
-                    0 if count_attempt else 1,
+                    int(refund_attempt),
                     type(error).__name__ if error else None,
                     readable(str(error)) if error else None,
                     job_id,

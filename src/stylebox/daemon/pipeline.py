@@ -630,7 +630,7 @@ class Pipeline:
                 self._running_plugins.update({key: (stop, instance) for key, stop in stops.items()})
         if source is None:  # its inbox was removed by a reload: leave it for later
             for row in rows:
-                self.journal.requeue(row.id, delay=60, count_attempt=False)
+                self.journal.requeue(row.id, delay=60, refund_attempt=True)
             return
         began = time.monotonic()
         settled: set[int] = set()
@@ -682,7 +682,7 @@ class Pipeline:
             extra=self._fields(row, "unsettled"),
         )
         try:
-            self.journal.requeue(row.id, delay=UNSETTLED_RETRY_SECONDS, count_attempt=False)
+            self.journal.requeue(row.id, delay=UNSETTLED_RETRY_SECONDS, refund_attempt=True)
         except Exception:
             log.exception("job %s: cannot queue it again either", row.id)
 
@@ -756,13 +756,14 @@ class Pipeline:
         if row is None:
             return False
         source = self.sources.get(row.source)
+        # (Claimed not to run, it counted no attempt: there is none to give back.)
         if source is None:  # its inbox was removed by a reload: leave it for later
-            self.journal.requeue(row.id, count_attempt=False)
+            self.journal.requeue(row.id)
             return False
         try:
             self._fail(source, row, Cancelled("cancelled by request"))
         except Exception:  # claimed but not failed: back to the queue, not stuck as running
-            self.journal.requeue(row.id, count_attempt=False)
+            self.journal.requeue(row.id)
             raise
         return True
 
@@ -783,7 +784,7 @@ class Pipeline:
             return
         if isinstance(outcome, Cancelled):
             if stop.reason == "drain":
-                self.journal.requeue(row.id, count_attempt=False)
+                self.journal.requeue(row.id, refund_attempt=True)
                 log.info("stopped; will resume", extra=self._fields(row, "drained"))
             elif stop.reason == "timeout":
                 timeout = source.config.timeout_seconds
@@ -797,7 +798,7 @@ class Pipeline:
         elif isinstance(outcome, InputChanged):
             self._input_changed(source, row, outcome)
         elif isinstance(outcome, Truncated) and (wait := self._still_growing(source, row)):
-            self.journal.requeue(row.id, delay=wait, count_attempt=False, error=outcome)
+            self.journal.requeue(row.id, delay=wait, refund_attempt=True, error=outcome)
             log.info(
                 "cut short: waiting %.0f s for the rest before failing it",
                 wait,
