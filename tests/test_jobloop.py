@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import closing
@@ -113,7 +114,7 @@ def test_a_run_whose_job_another_worker_took_records_nothing(
     loop = _loop(tmp_path, {"steps": steps, "seconds_per_step": 0.01}, lease=lease)
     loop.start()
     assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
-    loop.journal.requeue(_only_job(loop).id, count_attempt=False)
+    loop.journal.requeue(_only_job(loop).id, refund_attempt=True)
     assert loop.journal.claim("elsewhere:1", 300) is not None
     assert wait_until(lambda: loop.running_count() == 0, 30)
     row = _only_job(loop)
@@ -161,7 +162,7 @@ def test_a_job_claimed_again_by_its_own_process_runs_once(tmp_path: Path) -> Non
     first = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
     first.start()
     assert wait_until(lambda: (_only_job(loop).step or 0) >= 5, 30)
-    loop.journal.requeue(_only_job(loop).id, count_attempt=False)
+    loop.journal.requeue(_only_job(loop).id, refund_attempt=True)
     second = threading.Thread(target=loop.run_next, args=({"inbox:steps"},))
     second.start()
     first.join(3)
@@ -361,6 +362,36 @@ def test_a_job_waiting_out_a_retrys_backoff_can_be_cancelled(tmp_path: Path) -> 
     row = _only_job(loop)
     assert (row.state, row.error_message) == ("failed", "cancelled by request")
     assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+
+
+def test_a_cancel_that_cannot_end_its_job_leaves_its_attempts_as_they_were(
+    tmp_path: Path,
+) -> None:
+    # Claimed only to be ended, the job counted no attempt: put back, it must not gain one
+    # (its count went to -1, an extra try).
+    loop = _loop(tmp_path, {"steps": 1})
+    job = _only_job(loop)
+    (tmp_path / "inbox" / "failed").write_text("a file where the folder should be")
+    with pytest.raises(OSError):
+        loop.pipeline.cancel_queued(job.id)
+    row = _only_job(loop)
+    assert (row.state, row.attempts) == ("queued", 0)
+
+
+def test_a_processed_folder_on_another_file_system_takes_its_photos(tmp_path: Path) -> None:
+    # A rename cannot cross file systems (EXDEV): every good photo ended as failed, retried
+    # until then, with its complete result left in the outbox.
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    with tempfile.TemporaryDirectory(dir=shm) as elsewhere:
+        loop = _loop(tmp_path, {"steps": 1}, extra=f'processed_dir = "{elsewhere}/done"')
+        loop.run_next({"inbox:steps"})
+        row = _only_job(loop)
+        assert (row.state, row.error_message) == ("done", None)
+        assert Path(row.input_path) == Path(elsewhere) / "done" / "photo.png"
+        assert sorted(p.name for p in Path(elsewhere, "done").iterdir()) == ["photo.png"]
+        assert not (tmp_path / "inbox" / "photo.png").exists()
 
 
 def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path) -> None:

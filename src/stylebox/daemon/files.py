@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -37,14 +39,40 @@ def free_path(folder: Path, name: str) -> Path:
 
 def move_unique(source: Path, folder: Path, name: str | None = None) -> Path:
     """Rename ``source`` (a file, folder or link: never followed) into ``folder`` under a
-    free name (``name``, else its own, numbered if taken), durably."""
+    free name (``name``, else its own, numbered if taken), durably. A ``folder`` on another
+    file system (a ``processed_dir`` on a NAS, say) gets a copy, whole under its name
+    before the original is removed."""
     folder.mkdir(parents=True, exist_ok=True)
     with _lock:
         target = free_path(folder, name or source.name)
-        os.rename(source, target)
+        try:
+            os.rename(source, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_across(source, target)
     fsync_dir(folder)
     fsync_dir(source.parent)
     return target
+
+
+def _copy_across(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` on another file system: copied under a hidden name
+    first, so that ``target`` never holds part of it, then the original removed."""
+    partial = target.with_name(f".{target.name}.moving")
+    if source.is_symlink():
+        os.symlink(os.readlink(source), partial)
+    elif source.is_dir():
+        shutil.copytree(source, partial, symlinks=True)
+    else:
+        shutil.copy2(source, partial)
+        with partial.open("rb") as handle:
+            os.fsync(handle.fileno())
+    os.rename(partial, target)
+    if source.is_dir() and not source.is_symlink():
+        shutil.rmtree(source)
+    else:
+        source.unlink()
 
 
 def write_reason(moved: Path, reason: str, suffix: str = ".error.txt") -> Path:
