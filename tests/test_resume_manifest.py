@@ -135,3 +135,20 @@ def test_device_and_the_like_come_only_from_the_plugins_notes(tmp_path: Path, im
     assert own <= set(manifest)
     noted = {"device", "backbone", "style_cache", "resumed_from_step", "provider", "precision"}
     assert not noted & set(manifest)
+
+
+def test_a_job_started_over_shows_only_the_snapshots_of_its_new_start(
+    tmp_path: Path, image: Path
+) -> None:
+    # Stopped at step 7 with no checkpoint, then run with fewer steps (new params): the
+    # first run's snapshot of step 6 was listed in the manifest and drawn into the GIF.
+    out, work = tmp_path / "out", tmp_path / "state" / "job"
+    with pytest.raises(Cancelled):
+        run(image, out, work, {"steps": 8, "snapshot_every": 2, "cancel_at": 7})
+    assert (out / "photo.steps" / "0006.png").is_file()
+
+    manifest = run(image, out, work, {"steps": 4, "snapshot_every": 2}).manifest
+    assert manifest["output"]["snapshots"] == _snapshots(0, 2, 4)
+    assert sorted(p.name for p in (out / "photo.steps").iterdir()) == [
+        "0000.png", "0002.png", "0004.png"
+    ]  # fmt: skip

@@ -211,6 +211,14 @@ class Outbox:
         atomic_write_bytes(path, encode_image(image, "png"), sync_folder=False)
         return path
 
+    @staticmethod
+    def drop_snapshots(names: OutputNames, from_step: int) -> None:
+        """Remove the job's snapshots of step ``from_step`` and later."""
+        if names.steps.is_dir():
+            for path in names.steps.glob("[0-9]*.png"):
+                if path.stem.isdigit() and int(path.stem) >= from_step:
+                    path.unlink(missing_ok=True)
+
     def discard(self, stem: str) -> None:
         """Remove every output of the job ``stem``, which ends without a result: its temp
         files, result, animation and manifest (the manifest first, so that no reader sees it

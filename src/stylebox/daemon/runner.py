@@ -153,6 +153,7 @@ class RunnerContext(JobContext):
         self._frame_size = frame_size
         self.last_progress: tuple[int, int] | None = None
         """The (step, total) of the plugin's last progress report."""
+        self._first_step: int | None = None
 
     def partial(self) -> str | None:
         """Why a result returned now is not the whole job's, or ``None``: asked to stop,
@@ -249,7 +250,19 @@ class RunnerContext(JobContext):
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def _starts_at(self, step: int) -> None:
+        """This run's first report is of ``step``: the snapshots an earlier run took from
+        there on are redone (a resume from a checkpoint) or of another start altogether
+        (new params, a photo replaced: step 0), and are removed before the writer writes
+        this run's, so the manifest and the animation show only this run's line."""
+        if self._first_step is not None:
+            return
+        self._first_step = step
+        names, outbox = self.names, self.outbox
+        self.writer.submit("earlier snapshots", lambda: outbox.drop_snapshots(names, step))
+
     def progress(self, step: int, total: int, **metrics: float) -> None:
+        self._starts_at(int(step))
         entry = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         self.last_progress = (int(step), int(total))
         _append_entry(self.history, entry)
@@ -263,6 +276,7 @@ class RunnerContext(JobContext):
         self.reporter.progress(self.job, step, total, metrics)
 
     def snapshot(self, image: Image.Image, step: int) -> None:
+        self._starts_at(int(step))
         # A copy: the plugin may go on drawing into its image while the writer encodes it.
         image, names, outbox, size = image.copy(), self.names, self.outbox, self._frame_size
 
