@@ -12,7 +12,7 @@ import pytest
 from conftest import encoded, make_bad_inputs, photo, png_claiming_size, rgb_icc_profile
 from PIL import Image, ImageCms
 
-from stylebox.errors import BadInput
+from stylebox.errors import BadInput, Truncated
 from stylebox.images import (
     atomic_write_bytes,
     decode_bytes,
@@ -385,10 +385,40 @@ def test_a_png_whose_damaged_pixel_data_still_decodes_is_refused(tmp_path: Path)
         decode_image(path)
 
 
-def test_a_damaged_header_of_another_format_says_what_its_reader_found() -> None:
-    """A file that starts like a GIF but whose header stops short is a damaged GIF."""
-    with pytest.raises(BadInput, match=r"^clip\.gif is a damaged GIF: \S"):
-        decode_bytes(b"GIF89a\x10\x00", name="clip.gif")
+def test_a_damaged_header_says_what_its_reader_found() -> None:
+    """A PNG header that is whole but impossible (bit depth 3) is a damaged PNG."""
+    good = encoded(photo(8, 8), "PNG")
+    header = struct.pack(">IIBBBBB", 8, 8, 3, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    ihdr = struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    with pytest.raises(BadInput, match=r"^clip\.png is a damaged PNG: \S") as refused:
+        decode_bytes(good[:8] + ihdr + good[8 + 25 :], name="clip.png")
+    assert not isinstance(refused.value, Truncated)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP"])
+def test_a_file_cut_short_in_its_header_is_truncated_not_damaged(fmt: str) -> None:
+    # A writer that pauses inside the header: refused as damaged, it was failed as it was
+    # queued (moved to failed/ while its writer went on) instead of given time to grow.
+    data = encoded(photo(64, 48), fmt)
+    for size in (20, 40, 100):
+        with pytest.raises(Truncated, match=r"^a\.img is truncated: its \w+ data ends before"):
+            decode_bytes(data[:size], name="a.img")
+
+
+def test_garbled_pixel_data_is_damaged_not_cut_short() -> None:
+    # Its zlib stream is garbled, its checksums made right: no wait makes it whole.
+    data = encoded(photo(64, 48), "PNG")
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[start : start + 4])[0]
+    body = bytearray(data[start + 8 : start + 8 + length])
+    body[10:40] = bytes(b ^ 0x5A for b in body[10:40])
+    chunk = b"IDAT" + bytes(body)
+    garbled = data[: start + 4] + chunk + struct.pack(">I", zlib.crc32(chunk))
+    garbled += data[start + 12 + length :]
+    with pytest.raises(BadInput, match=r"^a\.png is a damaged PNG: ") as refused:
+        decode_bytes(garbled, name="a.png")
+    assert not isinstance(refused.value, Truncated)
 
 
 def test_a_file_deleted_before_it_is_read_is_said_to_be_gone(tmp_path: Path) -> None:

@@ -516,6 +516,26 @@ def test_a_photo_cut_short_waits_for_the_rest_and_one_that_stays_cut_fails(
     assert reason.startswith("Truncated: cut.png is truncated: its PNG data ends before")
 
 
+def test_a_photo_cut_short_inside_its_header_waits_for_the_rest_too(tmp_path: Path) -> None:
+    # Taken for damaged, it was failed as it was queued: moved to failed/ while its writer
+    # (a share, no lock) went on writing into it there.
+    loop = _loop(tmp_path, {"steps": 1}, extra="settle_seconds = 0.1")
+    loop.run_until_empty({"inbox:steps"})  # photo.png
+    inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    whole = encoded(photo(64, 48, seed=5), "PNG")
+    head = inbox / "head.png"
+    head.write_bytes(whole[:40])
+    assert loop.pipeline.enqueue(source, [head]) == ["queued"]
+    (row,) = loop.run_next({"inbox:steps"})
+    assert (loop.journal.get(row.id).state, loop.journal.get(row.id).error_class) == (
+        "queued", "Truncated"
+    )  # fmt: skip
+    head.write_bytes(whole)
+    assert loop.pipeline.enqueue(source, [head]) == ["queued"]
+    loop.run_until_empty({"inbox:steps"})
+    assert loop.journal.get(row.id).state == "done"
+
+
 @pytest.mark.parametrize("earlier", ["done", "failed"])
 def test_a_photo_cut_short_whose_rest_is_another_jobs_bytes_ends_superseded_not_vanished(
     tmp_path: Path, earlier: str

@@ -144,7 +144,8 @@ def decode_bytes(
     if not data:
         raise BadInput(f"{name} is empty (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
-    image = _open(data, name, formats, max_pixels)
+    stream = _Reads(data)
+    image = _open(stream, name, formats, max_pixels)
     width, height = image.size
     if width < 1 or height < 1:
         raise BadInput(f"{name} has no pixels ({width}x{height})")
@@ -170,12 +171,10 @@ def decode_bytes(
         chunk = _png_crc_error(data)
         if chunk:
             raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}") from exc
-        if isinstance(exc, EOFError) or "truncated" in str(exc):
-            raise Truncated(
-                f"{name} is truncated: its {original_format} data ends before the image does "
-                f"({len(data)} bytes; a partial copy or download?)"
-            ) from exc
-        raise Truncated(f"{name} is a damaged {original_format}: {exc}") from exc
+        if isinstance(exc, EOFError) or "truncated" in str(exc) or stream.ran_out:
+            raise _cut_short(name, original_format, len(data)) from exc
+        # Its reader stopped before the end of the data: damage, which more bytes won't mend.
+        raise BadInput(f"{name} is a damaged {original_format}: {exc}") from exc
     # A flipped bit in the pixel data can still inflate: only the chunk's CRC shows it.
     # (A damaged ancillary chunk, text say, costs no pixel: libpng drops it, so do we.)
     chunk = _png_crc_error(data, critical_only=True)
@@ -204,9 +203,10 @@ def _too_many_pixels(name: str, size: str, max_pixels: int) -> BadInput:
     )
 
 
-def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> Image.Image:
+def _open(stream: _Reads, name: str, formats: frozenset[str], max_pixels: int) -> Image.Image:
+    data = stream.getvalue()
     try:
-        return Image.open(io.BytesIO(data), formats=sorted(formats))
+        return Image.open(stream, formats=sorted(formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard refuses before the size is ours to see; its message carries
         # the pixel count. images.max_pixels is capped at its limit.
@@ -217,6 +217,9 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
     except UnidentifiedImageError:
         pass
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        damage = _damage(data, formats)
+        if damage and damage[2]:
+            raise _cut_short(name, damage[0], len(data)) from exc
         raise BadInput(f"{name} has a corrupt image header: {exc}") from exc
     # Name the format if Pillow knows it at all, so the refusal says what to do.
     try:
@@ -238,10 +241,12 @@ def _open(data: bytes, name: str, formats: frozenset[str], max_pixels: int) -> I
         raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
     damage = _damage(data, formats)
     if damage:
-        fmt, reason = damage
+        fmt, reason, ran_out = damage
+        if ran_out:
+            raise _cut_short(name, fmt, len(data))
         if reason == "unknown pixel mode":  # a valid file whose pixels Pillow cannot hold
             raise BadInput(f"{name} is a {fmt} in a pixel format that cannot be read ({reason})")
-        raise BadInput(f"{name} is a damaged {fmt}: {damage[1]}")
+        raise BadInput(f"{name} is a damaged {fmt}: {reason}")
     raise BadInput(f"{name} is not an image (no known image format recognised)")
 
 
@@ -339,9 +344,10 @@ def _jpeg_damage(data: bytes) -> str | None:
     return None
 
 
-def _damage(data: bytes, formats: frozenset[str]) -> tuple[str, str] | None:
-    """For data that starts like an accepted format but that Pillow cannot open: that format
-    and its reader's own reason (a header cut short, say). ``Image.open`` tries every format
+def _damage(data: bytes, formats: frozenset[str]) -> tuple[str, str, bool] | None:
+    """For data that starts like an accepted format but that Pillow cannot open: that
+    format, its reader's own reason, and whether the reader ran out of data (the file ends
+    inside its header: a copy still being written, say). ``Image.open`` tries every format
     and says only that it cannot identify the file, so the format whose signature the data
     bears is asked again, alone."""
     prefix = data[:16]
@@ -352,12 +358,40 @@ def _damage(data: bytes, formats: frozenset[str]) -> tuple[str, str] | None:
         claimed = accept(prefix)
         if not claimed or isinstance(claimed, str):
             continue
+        stream = _Reads(data)
         try:
-            with factory(io.BytesIO(data), ""):
+            with factory(stream, ""):
                 continue  # it opens after all: not what went wrong
         except Exception as exc:  # the reader's reason, whatever it raises
-            return fmt, str(exc) or type(exc).__name__
+            return fmt, str(exc) or type(exc).__name__, stream.ran_out
     return None
+
+
+class _Reads(io.BytesIO):
+    """An image's bytes that notice a reader asking for more than is left: its file ends
+    before its image does (cut short), rather than holding bytes no reader makes sense of
+    (damaged)."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        if size is not None and len(chunk) < size:
+            self._short = True
+        return chunk
+
+    @property
+    def ran_out(self) -> bool:
+        # A WebP is read whole at once: its RIFF header says how long it should be.
+        data = self.getbuffer()
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 8:
+            return int.from_bytes(data[4:8], "little") + 8 > len(data)
+        return getattr(self, "_short", False)
+
+
+def _cut_short(name: str, fmt: str, size: int) -> Truncated:
+    return Truncated(
+        f"{name} is truncated: its {fmt} data ends before the image does ({size} bytes; a "
+        "partial copy or download?)"
+    )
 
 
 def _png_crc_error(data: bytes, critical_only: bool = False) -> str | None:
