@@ -136,3 +136,24 @@ def test_a_closed_stdout_exits_141_without_a_traceback(tmp_path: Path, command: 
     result = _into_a_closed_pipe(*_arguments(command, _with_journal(tmp_path)), cwd=tmp_path)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+def test_a_journal_that_is_not_a_database_is_said_in_one_line(tmp_path: Path) -> None:
+    # sqlite3.DatabaseError's traceback came out of status, serve, run and batch alike.
+    config = write_config(tmp_path, _CONFIG)
+    (tmp_path / "state").mkdir()
+    journal = tmp_path / "state" / "journal.sqlite3"
+    journal.write_text("a file some tool left here\n" * 40)
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"stylebox: the journal {journal} cannot be used (file is not a database); move it "
+        "aside and start again (the photos still in inboxes are queued anew, results already "
+        "made are kept)\n"
+    )

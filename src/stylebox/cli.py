@@ -38,7 +38,7 @@ from stylebox.config import (
     load_config,
 )
 from stylebox.daemon.runner import PluginHandle
-from stylebox.errors import BadInput, ConfigError, PluginError, StyleboxError
+from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.registry import Registry, discover, load_quietly
@@ -109,6 +109,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_BAD
     except BadInput as exc:
         _fail(f"bad input: {exc}")
+        return EXIT_BAD
+    except StateError as exc:
+        _fail(str(exc))
         return EXIT_BAD
     except PluginError as exc:
         _fail(f"failed: {exc}")

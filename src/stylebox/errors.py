@@ -34,9 +34,9 @@ class BadInput(StyleboxError):
 
 
 class Truncated(BadInput):
-    """The input ends before its image does: a damaged file, or one still being written by
-    a writer that pauses longer than the settle time. An inbox gives it a while to grow
-    before it fails."""
+    """The input ends before its image does (in its header or its pixels): a partial copy,
+    or one still being written by a writer that pauses longer than the settle time. An
+    inbox gives it a while to grow before it fails."""
 
 
 class PluginError(StyleboxError):
@@ -67,3 +67,8 @@ class Cancelled(StyleboxError):
 
 class ConfigError(StyleboxError):
     """The configuration is wrong; the message names the file, the table and the field."""
+
+
+class StateError(StyleboxError):
+    """stylebox's own state cannot be used (a journal that is not a database); the message
+    names the file and what to do."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from stylebox.daemon.files import readable
-from stylebox.errors import BadInput, InputChanged
+from stylebox.errors import BadInput, InputChanged, StateError
 
 log = logging.getLogger("stylebox.journal")
 
@@ -178,13 +178,20 @@ class Journal:
         self.read_only = read_only
         self._local = threading.local()
         self._marker: tuple[Path, IO[str]] | None = None
-        if read_only:
-            self._connection()  # a journal that is not there is refused now
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._check_lost_log()  # before a connection makes a new, empty log
-        self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
-        self._migrate()
+        try:
+            if read_only:
+                # A journal that is not there, or not a database, is refused now.
+                self._connection().execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_lost_log()  # before a connection makes a new, empty log
+            self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"the journal {path} cannot be used ({exc}); move it aside and start again "
+                "(the photos still in inboxes are queued anew, results already made are kept)"
+            ) from exc
         opened = path.stat()
         self._identity = (opened.st_dev, opened.st_ino)
         if running_marker:
