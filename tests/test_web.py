@@ -143,6 +143,10 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
     assert json.loads(body)["output"]["result"] == "photo.png"
     status, headers, body = client.request(f"/files/{job}/input")  # from processed/
     assert status == 200 and headers["content-type"] == "image/png" and body[:4] == b"\x89PNG"
+    # Other bytes where the journal points (a photo replaced while its job ran stays in the
+    # inbox, where its input_path still is): not shown as this job's photo.
+    photo(24, 16, seed=9).save(tmp_path / "in-poster" / "processed" / "photo.png")
+    assert client.request(f"/files/{job}/input")[0] == 404
     assert client.request(f"/files/{job}/animation")[0] == 404  # posterize makes none
 
     status, headers, body = client.request("/metrics")

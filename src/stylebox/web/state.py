@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 from stylebox.daemon.journal import JobRow, Journal, State, _row
 from stylebox.daemon.status import _running
+from stylebox.digests import file_digest
 
 #: Upper bounds of the job seconds histogram in /metrics.
 SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -372,17 +374,21 @@ class StatusReader:
         return _of_job(folder, row.stem, ".steps", f"{step:04d}.png")
 
     def input_file(self, job_id: int) -> Path | None:
-        """A done job's photo, where the journal says it is now (``processed/``)."""
+        """A done job's photo, where the journal says it is now (``processed/``), if that
+        file still holds its bytes: one replaced while its job ran stays in the inbox,
+        where the journal still points, and is another photo."""
         row = self.row(job_id)
         if row is None or row.state != "done":
             return None
         path = Path(row.input_path)
         try:
-            if path.is_symlink() or not path.is_file():
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode):
                 return None
+            # (hashed once while the file's size and mtime stay: see file_digest)
+            return path if file_digest(path) == row.sha256 else None
         except OSError:
             return None
-        return path
 
     @staticmethod
     def _outputs_folder(row: JobRow, info: SourceInfo | None) -> Path | None:
