@@ -394,6 +394,59 @@ def test_a_processed_folder_on_another_file_system_takes_its_photos(tmp_path: Pa
         assert not (tmp_path / "inbox" / "photo.png").exists()
 
 
+_DIES_AT_THE_MOVE = """
+import json, os, sys
+sys.path[:0] = [sys.argv[1]]
+from pathlib import Path
+import test_jobloop
+tmp = Path(sys.argv[2])
+loop = test_jobloop._loop(tmp, json.loads(sys.argv[3]))
+
+def die(event, args):  # killed at the instant the input would leave the inbox
+    if event == "os.rename" and Path(os.fsdecode(args[0])).parent.name == "inbox":
+        os._exit(9)
+
+sys.addaudithook(die)
+loop.run_next({"inbox:steps"})
+"""
+
+
+@pytest.mark.parametrize("outcome", ["done", "failed"])
+def test_a_crash_as_an_ended_jobs_input_is_moved_leaves_the_journal_right(
+    tmp_path: Path, outcome: str
+) -> None:
+    # Moved first and recorded after, a crash between left a failed job 'running' with its
+    # photo gone, and the next start recorded it as vanished (BadInput) whatever it failed of.
+    script = [sys.executable, "-c", _DIES_AT_THE_MOVE, str(Path(__file__).parent), str(tmp_path)]
+    # (a step longer than CRASH_MARGIN: the photo predates its job's end by more than it)
+    params = {"steps": 1, "seconds_per_step": 0.6, "fail_at": 1 if outcome == "failed" else 0}
+    died = subprocess.run([*script, json.dumps(params)], timeout=120)
+    assert died.returncode == 9
+    journal = Journal(journal_path(tmp_path / "state"))
+    (row,) = journal.jobs()
+    assert row.state == outcome and (tmp_path / "inbox" / "photo.png").is_file()
+    folder = "processed" if outcome == "done" else "failed"
+    assert row.input_path == str(tmp_path / "inbox" / folder / "photo.png")
+
+    # The next start's rescan finds the photo in the inbox, and finishes the move.
+    loaded = load_config(tmp_path / "stylebox.toml")
+    stepper = Stepper(StepperParams(**params), Runtime(state_dir=loaded.config.state_dir))
+    handle = PluginHandle("stepper", "1", stepper, stepper.params)
+    source = Source.of("inbox:steps", loaded.config.inbox[0], handle)
+    pipeline = Pipeline(loaded, {source.key: source}, journal)
+    assert pipeline.enqueue(source, [tmp_path / "inbox" / "photo.png"]) == ["moved"]
+    assert journal.get(row.id) == row
+    assert Path(row.input_path).is_file() and not (tmp_path / "inbox" / "photo.png").exists()
+    if outcome == "failed":
+        note = Path(row.input_path + ".error.txt").read_text()
+        assert note.startswith("PluginError: ") and f"job: {row.id}" in note
+
+    # Dropped again later, the same photo is the usual retry or duplicate, not "moved".
+    shutil.copy(row.input_path, tmp_path / "inbox" / "again.png")
+    again = pipeline.enqueue(source, [tmp_path / "inbox" / "again.png"])
+    assert again == (["duplicate"] if outcome == "done" else ["retry"])
+
+
 def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path) -> None:
     # Woken, the copy would find its job failed and queue it again as a retry: the photo
     # the person cancelled would be stylised after all.

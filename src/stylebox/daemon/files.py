@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from stylebox.images import atomic_write_bytes, fsync_dir
@@ -37,14 +38,23 @@ def free_path(folder: Path, name: str) -> Path:
     return candidate
 
 
-def move_unique(source: Path, folder: Path, name: str | None = None) -> Path:
+def move_unique(
+    source: Path,
+    folder: Path,
+    name: str | None = None,
+    before: Callable[[Path], None] | None = None,
+) -> Path:
     """Rename ``source`` (a file, folder or link: never followed) into ``folder`` under a
     free name (``name``, else its own, numbered if taken), durably. A ``folder`` on another
     file system (a ``processed_dir`` on a NAS, say) gets a copy, whole under its name
-    before the original is removed."""
+    before the original is removed. ``before(target)`` is called with the name chosen,
+    before the move, while no other move of this process can take it (to record where the
+    file is going: a crash between the two leaves the record, and the file where it was)."""
     folder.mkdir(parents=True, exist_ok=True)
     with _lock:
         target = free_path(folder, name or source.name)
+        if before is not None:
+            before(target)
         try:
             os.rename(source, target)
         except OSError as exc:

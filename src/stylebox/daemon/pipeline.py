@@ -50,12 +50,17 @@ unchanged before it fails: a writer that closes the file between pauses longer t
 settle time would otherwise see the first part fail and the rest arrive as a file of its
 own."""
 
-Outcome = Literal["queued", "known", "waiting", "duplicate", "retry", "gone", "error"]
+CRASH_MARGIN = 0.5
+"""Seconds by which an inbox file must predate its job's recorded end to be taken for the
+input a crash left there before it could be moved."""
+
+Outcome = Literal["queued", "known", "waiting", "duplicate", "retry", "moved", "gone", "error"]
 """What became of a file given to :meth:`Pipeline.enqueue`: a job was queued for it (a new
 one, or the queued job of a file it replaced); it already has one (``known``); another file
 with its bytes has a job still to end, which decides (``waiting``); its bytes were done
-before (``duplicate``); its failed job is tried again (``retry``); it is no longer there
-(``gone``); the journal refused it (``error``: it stays for the next rescan)."""
+before (``duplicate``); its failed job is tried again (``retry``); its job's end was
+recorded but a crash came before it was moved, which it is now (``moved``); it is no longer
+there (``gone``); the journal refused it (``error``: it stays for the next rescan)."""
 
 
 @dataclass
@@ -511,6 +516,8 @@ class Pipeline:
             return "known"
         if not os.path.lexists(path):
             return "gone"  # seen just before its own job (or someone) moved it away
+        if self._left_by_a_crash(source, path, row):
+            return "moved"
         if row.state in ("queued", "running"):
             # Its bytes' job has not ended: whether this is a duplicate of a result, or its
             # retry, or (that file replaced) a job of its own is known only when it ends.
@@ -549,6 +556,32 @@ class Pipeline:
             extra={**self._fields(row, "duplicate"), "path": files.readable(str(path))},
         )
         return "duplicate"
+
+    def _left_by_a_crash(self, source: Source, path: Path, row: JobRow) -> bool:
+        """Whether ``path`` is the input of ended job ``row`` that a crash left in the inbox:
+        a job's end is recorded, with where its input goes, just before the input is moved
+        (see :meth:`_complete` and :meth:`_fail`). Then it goes there now. Known from the
+        journal (the input was to leave from this path, and is not where it was to go) and
+        the file (unchanged since the job ended; a photo dropped again is newer)."""
+        if not source.moves_inputs or row.state not in ("done", "failed"):
+            return False
+        if row.origin_path != str(path) or row.input_path == row.origin_path:
+            return False
+        target = Path(row.input_path)
+        try:
+            # (The file system's clock is coarser than time.time(): a margin keeps a photo
+            # dropped again just as its job ended from passing for one left behind.)
+            changed = path.lstat().st_ctime
+            if os.path.lexists(target) or changed > (row.finished_at or 0) - CRASH_MARGIN:
+                return False
+        except OSError:
+            return False
+        files.move_unique(path, target.parent, target.name)
+        log.info(
+            "moved where its job's end said, which a crash had cut short",
+            extra={**self._fields(row, "moved"), "path": files.readable(str(target))},
+        )
+        return True
 
     def _take_to_end(self, job_id: int) -> JobRow | None:
         """Claim the queued job ``job_id`` to end it without running it (a cancel, a
@@ -844,19 +877,38 @@ class Pipeline:
         return min(grace, max(0.0, grace - (time.time() - row.started_at)))
 
     def _complete(self, source: Source, row: JobRow, seconds: float) -> None:
-        moved = None
-        origin = Path(row.origin_path)
-        replaced = False
-        if source.moves_inputs and os.path.lexists(origin):
-            assert isinstance(source.config, InboxConfig)
-            if _holds(origin, row.sha256):
-                moved = _move_input(origin, source.config.processed_dir)
-            else:
-                replaced = True
-        self.journal.finish(row.id, "done", seconds=seconds, input_path=moved)
-        if replaced:
-            self._replaced_while_running(row)
+        """Record job ``row`` done and move its input to ``processed/``: the journal first,
+        naming where the input goes, so that a crash between the two leaves the input in
+        the inbox, moved by the next rescan (:meth:`_left_by_a_crash`), and the journal
+        right; the other way round, the next start found the input gone."""
+
+        def record(target: Path | None) -> None:
+            self.journal.finish(row.id, "done", seconds=seconds, input_path=target)
+
+        if not self._move_after(source, row, record, "processed"):
+            record(None)
         self._wake_waiting(row.id)
+
+    def _move_after(
+        self,
+        source: Source,
+        row: JobRow,
+        record: Callable[[Path], None],
+        folder: Literal["processed", "failed"],
+    ) -> bool:
+        """Move job ``row``'s inbox input to its ``folder``, calling ``record(target)``
+        just before; ``False`` when nothing moves (a batch's or run's input; one gone or
+        replaced while the job ran: said in the log)."""
+        origin = Path(row.origin_path)
+        if not source.moves_inputs or not os.path.lexists(origin):
+            return False
+        if not _holds(origin, row.sha256):
+            self._replaced_while_running(row)
+            return False
+        assert isinstance(source.config, InboxConfig)
+        where = source.config.processed_dir if folder == "processed" else source.config.failed_dir
+        _move_input(origin, where, before=record)
+        return True
 
     def _replaced_while_running(self, row: JobRow) -> None:
         """The job ended on the bytes it read, but its input path holds others now: they
@@ -937,17 +989,9 @@ class Pipeline:
         self._fail(source, row, error)
 
     def _fail(self, source: Source, row: JobRow, error: Exception) -> None:
+        """Record job ``row`` failed with ``error`` and move its input to ``failed/`` with
+        the reason beside it: the reason and the journal first, as :meth:`_complete` does."""
         reason = files.readable(f"{type(error).__name__}: {error}")
-        origin = Path(row.origin_path)
-        moved = None
-        replaced = False
-        if source.moves_inputs and os.path.lexists(origin):
-            assert isinstance(source.config, InboxConfig)
-            if _holds(origin, row.sha256):
-                moved = _move_input(origin, source.config.failed_dir)
-                files.write_reason(moved, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
-            else:
-                replaced = True
         # What a failed job wrote (snapshots, a set a crash left without its manifest) is no
         # result; a complete one, for this input, is kept. Either way its names are free.
         stem = row.stem or self.journal.get(row.id).stem  # a legacy job named when it ran
@@ -956,10 +1000,15 @@ class Pipeline:
         elif stem:
             source.outbox.release_stem(stem)
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
-        self.journal.finish(row.id, "failed", error=error, input_path=moved)
+
+        def record(target: Path | None) -> None:
+            if target is not None:
+                files.write_reason(target, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
+            self.journal.finish(row.id, "failed", error=error, input_path=target)
+
+        if not self._move_after(source, row, record, "failed"):
+            record(None)
         log.error("failed", extra={**self._fields(row, "failed"), "error": reason})
-        if replaced:
-            self._replaced_while_running(row)
         if isinstance(error, Cancelled):
             self._cancel_waiting(row, reason)
         else:
@@ -1054,11 +1103,11 @@ def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
     return keys
 
 
-def _move_input(origin: Path, folder: Path) -> Path:
+def _move_input(origin: Path, folder: Path, before: Callable[[Path], None] | None = None) -> Path:
     """Move the input at ``origin`` into ``folder`` under a free name, where it is now; its
     companion files (``photo.mask.png``) follow it, named after it there, and one that
-    cannot be moved stays, logged."""
-    moved = files.move_unique(origin, folder)
+    cannot be moved stays, logged. ``before``: see :func:`files.move_unique`."""
+    moved = files.move_unique(origin, folder, before=before)
     for kind, path in companions_of(origin).items():
         try:
             files.move_unique(path, moved.parent, f"{moved.stem}.{kind}{path.suffix}")
