@@ -5,6 +5,7 @@ and pipeline with the stepper plugin; the command tests run the real CLI."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -349,6 +350,22 @@ def test_a_job_whose_end_cannot_be_recorded_is_queued_again_not_left_running(
     assert (row.state, row.attempts, row.lease_owner) == ("queued", 0, None)
     assert row.not_before >= before + 59
     assert (inbox / "photo.png").is_file()
+
+
+def test_an_input_that_cannot_be_moved_is_a_storage_error_not_the_plugins(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was recorded as a PluginError (the plugin had done its part), with a traceback in
+    # the log at each try.
+    loop = _loop(tmp_path, {"steps": 1})
+    (tmp_path / "inbox" / "processed").write_text("a file where the folder should be")
+    with caplog.at_level(logging.INFO, logger="stylebox.pipeline"):
+        loop.run_next({"inbox:steps"})
+    row = _only_job(loop)
+    assert (row.state, row.error_class) == ("failed", "StorageError")
+    assert row.error_message.startswith("its input could not be moved: [Errno 17] File exists")
+    assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+    assert not any(record.exc_info for record in caplog.records)
 
 
 def test_a_job_waiting_out_a_retrys_backoff_can_be_cancelled(tmp_path: Path) -> None:

@@ -45,6 +45,12 @@ class PluginError(StyleboxError):
     retry = True
 
 
+class StorageError(PluginError):
+    """stylebox could not read or write its own files for a job (its input could not be
+    moved, a folder is not writable): no fault of the plugin's, retried like one, since a
+    full disk or a share that went away may well be back."""
+
+
 class PermanentFailure(PluginError):
     """The plugin ran as designed, but with these params this input gives no usable result,
     and another try would do exactly the same: the job fails at once, without retries."""

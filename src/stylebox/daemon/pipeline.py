@@ -32,6 +32,7 @@ from stylebox.errors import (
     ConfigError,
     InputChanged,
     PluginError,
+    StorageError,
     StyleboxError,
     Truncated,
 )
@@ -850,7 +851,12 @@ class Pipeline:
                 seconds = _manifest_seconds(source.outbox.folder / f"{row.stem}.json")
             try:
                 self._complete(source, row, seconds)
-            except Exception as exc:  # the input could not be moved: try again later
+            except OSError as exc:  # the input could not be moved: try again later
+                error = StorageError(f"its input could not be moved: {exc}")
+                log.error("job %s could not be completed: %s", row.id, error)
+                self._retry_or_fail(source, row, error)
+                return
+            except Exception as exc:  # a bug: its traceback says where
                 log.exception("job %s could not be completed", row.id)
                 self._retry_or_fail(source, row, PluginError(f"{type(exc).__name__}: {exc}"))
                 return
