@@ -17,8 +17,9 @@ from stepper_plugin import Stepper, StepperParams
 from stylebox.config import load_config
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal, journal_path
-from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
+from stylebox.daemon.sources import Source
 from stylebox.errors import PluginError
 from stylebox.plugins.api import Capabilities, JobContext, Runtime
 

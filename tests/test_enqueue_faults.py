@@ -16,11 +16,12 @@ from daemon_helpers import write_config
 from PIL import Image
 
 from stylebox.config import load_config
-from stylebox.daemon import pipeline as pipeline_module
+from stylebox.daemon import files
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal
-from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
+from stylebox.daemon.sources import Source
 from stylebox.errors import PluginError
 from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
 
@@ -180,7 +181,7 @@ def test_a_file_replaced_while_queued_takes_over_its_job(tmp_path: Path) -> None
     assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]
 
     (row,) = pipeline.journal.jobs(source.key)
-    assert row.stem == "photo" and row.sha256 == pipeline_module._sha256(inbox / "photo.png")
+    assert row.stem == "photo" and row.sha256 == files.digest(inbox / "photo.png")
     JobLoop(pipeline).run_until_empty({source.key})
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "done" and _manifest_sha(outbox, "photo") == row.sha256
@@ -189,7 +190,7 @@ def test_a_file_replaced_while_queued_takes_over_its_job(tmp_path: Path) -> None
     assert pipeline.enqueue(source, [inbox / "again.png"]) == ["queued"]
     JobLoop(pipeline).run_until_empty({source.key})
     assert sorted(p.name for p in outbox.glob("*.json")) == ["again.json", "photo.json"]
-    assert _manifest_sha(outbox, "again") == pipeline_module._sha256(inbox / "processed/again.png")
+    assert _manifest_sha(outbox, "again") == files.digest(inbox / "processed/again.png")
     pipeline.journal.close()
 
 
@@ -209,7 +210,7 @@ def test_a_file_replaced_unseen_before_its_job_starts_is_queued_for_its_new_byte
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "done" and row.stem == "photo"
     assert row.sha256 == _manifest_sha(outbox, "photo")
-    assert row.sha256 == pipeline_module._sha256(inbox / "processed" / "photo.png")
+    assert row.sha256 == files.digest(inbox / "processed" / "photo.png")
 
     (inbox / "again.png").write_bytes(old)
     assert pipeline.enqueue(source, [inbox / "again.png"]) == ["queued"]
@@ -295,14 +296,15 @@ def test_a_file_done_while_it_was_being_queued_is_no_duplicate(
     inbox = tmp_path / "inbox"
     photo(8, 8).save(inbox / "photo.png")
     pipeline.enqueue(source, [inbox / "photo.png"])
-    real_sha256 = pipeline_module._sha256
+    real_digest = files.digest
 
-    def sha256_then_finish_the_job(path: Path) -> str:
-        digest = real_sha256(path)
+    def digest_then_finish_the_job(path: Path) -> str:
+        monkeypatch.setattr(files, "digest", real_digest)  # once: the job's own are real
+        digest = real_digest(path)
         JobLoop(pipeline).run_until_empty({source.key})
         return digest
 
-    monkeypatch.setattr(pipeline_module, "_sha256", sha256_then_finish_the_job)
+    monkeypatch.setattr(files, "digest", digest_then_finish_the_job)
     with caplog.at_level(logging.INFO, logger="stylebox"):
         assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["gone"]
     assert "duplicate" not in [getattr(r, "event", None) for r in caplog.records]
@@ -389,7 +391,7 @@ def test_a_copy_of_a_queued_file_waits_for_its_job_to_end(tmp_path: Path) -> Non
     assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]  # other.png queued too
     JobLoop(pipeline).run_until_empty({source.key})
     assert [row.state for row in pipeline.journal.jobs(source.key)] == ["done", "done"]
-    assert _manifest_sha(outbox, "other") == pipeline_module._sha256(inbox / "processed/other.png")
+    assert _manifest_sha(outbox, "other") == files.digest(inbox / "processed/other.png")
     assert not list((inbox / "processed").glob("*.duplicate.txt"))
 
     (inbox / "copy.png").write_bytes(old)

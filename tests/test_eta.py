@@ -166,7 +166,8 @@ def test_a_daemon_jobs_eta_reaches_status(tmp_path: Path, monkeypatch: pytest.Mo
     from stylebox.config import load_config
     from stylebox.daemon.jobloop import JobLoop
     from stylebox.daemon.journal import journal_path
-    from stylebox.daemon.pipeline import Pipeline, build_sources
+    from stylebox.daemon.pipeline import Pipeline
+    from stylebox.daemon.sources import build_sources
     from stylebox.plugins.registry import discover
 
     monkeypatch.syspath_prepend(str(_eta_plugin_site(tmp_path)))

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from stylebox.config import load_config
-from stylebox.daemon.pipeline import build_sources
+from stylebox.daemon.sources import build_sources
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.faststyle import FastParams, FastPlugin
 from stylebox.plugins.faststyle import plugin as fast_plugin

@@ -25,8 +25,9 @@ from stylebox.config import load_config
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal, NewJob
 from stylebox.daemon.outbox import Outbox
-from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
+from stylebox.daemon.sources import Source
 from stylebox.errors import Cancelled, PluginError
 from stylebox.plugins.api import Runtime
 

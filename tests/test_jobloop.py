@@ -29,8 +29,10 @@ from stepper_plugin import Stepper, StepperParams
 from stylebox.config import load_config
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import JobRow, Journal, NewJob, journal_path
-from stylebox.daemon.pipeline import Pipeline, Source, Stop, build_sources
+from stylebox.daemon.leases import Stop
+from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
+from stylebox.daemon.sources import Source, build_sources
 from stylebox.errors import Cancelled
 from stylebox.plugins.api import JobContext, Runtime
 from stylebox.plugins.registry import PluginInfo, Registry

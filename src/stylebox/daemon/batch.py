@@ -21,7 +21,7 @@ from types import ModuleType
 from stylebox.config import BatchConfig, LoadedConfig, load_config
 from stylebox.daemon.jobloop import JobLoop, stop_on_signals
 from stylebox.daemon.journal import JobRow, Journal, journal_path
-from stylebox.daemon.pipeline import Pipeline, Source, build_sources
+from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.ray_engine import (
     RayExecutor,
     actors_wanted,
@@ -30,6 +30,7 @@ from stylebox.daemon.ray_engine import (
     shutdown,
 )
 from stylebox.daemon.runner import Reporter
+from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.watcher import is_ignored
 from stylebox.errors import ConfigError
 from stylebox.images import DEFAULT_FORMATS, plainly_not_an_image

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -90,3 +92,23 @@ def write_reason(moved: Path, reason: str, suffix: str = ".error.txt") -> Path:
     note = moved.with_name(moved.name + suffix)
     atomic_write_bytes(note, (readable(reason).rstrip() + "\n").encode())
     return note
+
+
+def digest(path: Path) -> str:
+    """The sha256 of the file at ``path``, as the journal keeps a job's input."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def holds(path: Path, sha256: str) -> bool:
+    """Whether ``path`` still holds the bytes a job was queued for: a file whose bytes
+    are others was replaced, and is not that job's to move. A job for something that is not
+    a regular file (``"-"``), or a file that cannot be read now, is taken as it is."""
+    if sha256 == "-":
+        return True
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        return digest(path) == sha256
+    except OSError:
+        return True

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from stylebox.daemon.journal import JobRow
-from stylebox.daemon.pipeline import Pipeline, Stop, pid_alive
+from stylebox.daemon.leases import Stop, pid_alive
+from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import Job
 
 log = logging.getLogger("stylebox.jobloop")
@@ -128,7 +129,7 @@ class JobLoop:
                     timer.start()
                     timers.setdefault(job.job_id, []).append(timer)
 
-        def settled(row: JobRow) -> None:
+        def ended(row: JobRow) -> None:
             # Its end is recorded: it may be queued or running again, in another claim, and
             # a cancel or a heartbeat must find that one, not this run's flag.
             for timer in timers.pop(row.id, []):
@@ -138,10 +139,10 @@ class JobLoop:
                     del self._stops[row.id]
 
         try:
-            self.pipeline.run(rows, stops, start_clock, settled)
+            self.pipeline.run(rows, stops, start_clock, ended)
         finally:
             for row in rows:
-                settled(row)
+                ended(row)
         self.on_ran(rows)
         return rows
 

@@ -219,6 +219,32 @@ class Outbox:
                 if path.stem.isdigit() and int(path.stem) >= from_step:
                     path.unlink(missing_ok=True)
 
+    def holds_result(self, stem: str, sha256: str) -> bool:
+        """Whether ``stem``'s manifest is there and records the input ``sha256``: a
+        complete result of those bytes (the manifest is written last)."""
+        manifest = OutputNames(self.folder, stem, "").manifest
+        try:
+            return json.loads(manifest.read_text())["input"]["sha256"] == sha256
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def result_seconds(self, stem: str) -> float:
+        """The job's time as ``stem``'s manifest records it (0 where it cannot be read)."""
+        manifest = OutputNames(self.folder, stem, "").manifest
+        try:
+            return float(json.loads(manifest.read_text())["timings"]["total_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    def end_without_result(self, stem: str, sha256: str) -> None:
+        """The job ``stem`` of the input ``sha256`` ends with no result of its own (failed,
+        superseded): what it wrote (snapshots, a set a crash left without its manifest) is
+        discarded, but a complete result of those bytes is kept; its names are free."""
+        if self.holds_result(stem, sha256):
+            self.release_stem(stem)
+        else:
+            self.discard(stem)
+
     def discard(self, stem: str) -> None:
         """Remove every output of the job ``stem``, which ends without a result: its temp
         files, result, animation and manifest (the manifest first, so that no reader sees it

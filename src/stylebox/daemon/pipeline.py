@@ -6,30 +6,28 @@ queue files here and run them here; only their sources differ.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
-import socket
 import stat
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from stylebox.config import BatchConfig, InboxConfig, JobConfig, LoadedConfig, RunConfig
+from stylebox.config import InboxConfig, LoadedConfig
 from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
+from stylebox.daemon.leases import Stop, owner_id
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
+from stylebox.daemon.sources import Source
 from stylebox.errors import (
     BadInput,
     Cancelled,
-    ConfigError,
     InputChanged,
     PluginError,
     StorageError,
@@ -37,8 +35,7 @@ from stylebox.errors import (
     Truncated,
 )
 from stylebox.images import refused_on_sight
-from stylebox.plugins.api import Plugin, companion_index, companions_of, params_digest
-from stylebox.plugins.registry import Registry
+from stylebox.plugins.api import Plugin, companion_index, companions_of
 
 log = logging.getLogger("stylebox.pipeline")
 
@@ -64,134 +61,10 @@ recorded but a crash came before it was moved, which it is now (``moved``); it i
 there (``gone``); the journal refused it (``error``: it stays for the next rescan)."""
 
 
-@dataclass
-class Source:
-    """An inbox, a batch folder or the files of one ``stylebox run``, with its plugin
-    instance ready."""
-
-    key: str
-    """``inbox:<name>``, ``batch:<name>`` or ``run:<outbox>``, as the journal stores it."""
-    config: JobConfig
-    plugin: PluginHandle
-    outbox: Outbox
-    params_hash: str
-    device_type: str
-
-    @property
-    def moves_inputs(self) -> bool:
-        return isinstance(self.config, InboxConfig)
-
-    def subfolder(self, path: Path) -> str:
-        """Where under the outbox the results of the input ``path`` go: a recursive batch
-        mirrors its source's sub-folders (``2024/june``); ``""``, the outbox itself, for
-        everything else."""
-        if not (isinstance(self.config, BatchConfig) and self.config.recursive):
-            return ""
-        try:
-            relative = path.parent.relative_to(self.config.source)
-        except ValueError:
-            return ""
-        return "" if relative == Path() else files.readable(relative.as_posix())
-
-    def file_name(self, row: JobRow) -> str:
-        """How the job ``row``'s file is named to people: under its sub-folder where its
-        results are in one (``2024/june/a.jpg``), else by its name."""
-        folder = self.subfolder(Path(row.origin_path))
-        return f"{folder}/{row.name}" if folder else row.name
-
-    def reserve(self, row: JobRow) -> str:
-        """A free output stem for the job ``row`` (its input where the journal says)."""
-        return self.outbox.reserve(row.name, self.subfolder(Path(row.input_path))).stem
-
-    def label(self, name: str) -> str:
-        """How logs and progress bars name a job of this source's file ``name``: with the
-        source, except in a ``stylebox run``, whose files are all there is."""
-        return name if isinstance(self.config, RunConfig) else f"{self.key}/{name}"
-
-    @classmethod
-    def of(cls, key: str, config: JobConfig, plugin: PluginHandle) -> Source:
-        """The source ``key`` of ``config``, run by ``plugin``."""
-        return cls(
-            key=key,
-            config=config,
-            plugin=plugin,
-            outbox=Outbox(config.outbox, config.output),
-            params_hash=params_digest(plugin.params, plugin.instance.identity),
-            device_type=plugin.instance.device_kind,
-        )
-
-
-def build_sources(
-    loaded: LoadedConfig,
-    registry: Registry,
-    tables: tuple[Literal["inbox", "batch"], ...] = ("inbox", "batch"),
-    only: str | None = None,
-    instances: dict[tuple[str, str], Plugin[Any]] | None = None,
-) -> dict[str, Source]:
-    """One :class:`Source` per inbox/batch; plugins with equal params share an instance.
-
-    A plugin that fails to start with anything but a :class:`ConfigError` (a bad setting,
-    which refuses the whole config) is broken: its inbox or batch is recorded in
-    ``loaded.unavailable`` with the reason and left out, and the others run.
-    """
-    runtime = loaded.runtime
-    shared: dict[tuple[str, str], Plugin[Any]] = instances if instances is not None else {}
-    sources: dict[str, Source] = {}
-    for table in tables:
-        entries = loaded.config.inbox if table == "inbox" else loaded.config.batch
-        for entry in entries:
-            if only is not None and entry.name != only:
-                continue
-            if (table, entry.name) in loaded.unavailable:
-                continue
-            params = loaded.params[(table, entry.name)]
-            digest = params_digest(params)
-            key = (entry.plugin, digest)
-            if key not in shared:
-                try:
-                    instance = registry.get(entry.plugin)(params, runtime)
-                    kind = instance.device_kind
-                    if kind not in ("cpu", "cuda"):  # it would run under no workers limit
-                        instance.close()
-                        raise PluginError(
-                            f"its device_kind is {kind!r}; it must be 'cpu' or 'cuda'"
-                        )
-                    shared[key] = instance
-                except ConfigError as exc:  # where, as for the config's own fields
-                    where = f"{loaded.source}: " if loaded.source else ""
-                    label = loaded.label(table, entry.name)
-                    raise ConfigError(f"{where}{label}.params: {exc}") from None
-                except Exception as exc:  # a plugin bug must not stop the other inboxes
-                    log.exception("plugin %s failed to start", entry.plugin)
-                    loaded.unavailable[(table, entry.name)] = (
-                        f"plugin {entry.plugin!r} failed to start: {type(exc).__name__}: {exc}"
-                    )
-                    continue
-            handle = PluginHandle(
-                entry.plugin, registry.plugins[entry.plugin].version, shared[key], params
-            )
-            sources[f"{table}:{entry.name}"] = Source.of(f"{table}:{entry.name}", entry, handle)
-    return sources
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Executor(Protocol):
     """What runs a claimed group of one source's jobs: :meth:`Runner.execute_many`'s
     signature, so that a :class:`Pipeline` can hand them to another process (a Ray actor)
-    and settle what comes back exactly as it settles local outcomes."""
+    and record the ends of what comes back exactly as it records local ones."""
 
     def execute_many(
         self,
@@ -202,35 +75,6 @@ class Executor(Protocol):
         on_process: Callable[[Job], None] | None = None,
         on_outcome: Callable[[int, JobResult | StyleboxError], None] | None = None,
     ) -> list[JobResult | StyleboxError]: ...
-
-
-StopReason = Literal["drain", "timeout", "cancel", "lost"]
-
-
-class Stop(threading.Event):
-    """A running job's stop flag, with why it was raised: ``"drain"`` (stylebox is
-    stopping: the job checkpoints and goes back to the queue, no attempt spent) or
-    ``"timeout"`` (its time is up: retried or failed like a fault) or ``"cancel"`` (someone
-    cancelled it, on the status page: failed at once, to be retried by hand) or ``"lost"``
-    (its lease lapsed and another worker claimed the job: this run records nothing). The
-    first reason given stands, but a cancel overrides a drain or a timeout (the person
-    asked for it not to run again), and ``"lost"`` overrides any.
-
-    ``claimed_at``: when the run's claim was made, which tells it from a later claim of
-    the same job by this same process."""
-
-    def __init__(self, claimed_at: float | None = None) -> None:
-        super().__init__()
-        self.reason: StopReason | None = None
-        self.claimed_at = claimed_at
-
-    def stop(self, reason: StopReason) -> None:
-        if self.reason is None or _STOP_RANK[reason] > _STOP_RANK[self.reason]:
-            self.reason = reason
-        self.set()
-
-
-_STOP_RANK: dict[StopReason, int] = {"drain": 0, "timeout": 0, "cancel": 1, "lost": 2}
 
 
 class Pipeline:
@@ -440,7 +284,7 @@ class Pipeline:
         digest = "-"
         if stat.S_ISREG(mode):
             try:
-                digest = _sha256(path)
+                digest = files.digest(path)
             except FileNotFoundError:
                 return None
             except OSError as exc:  # unreadable: its job fails saying why
@@ -610,7 +454,7 @@ class Pipeline:
         """A failed job dropped again keeps its output names if they are still free (its
         failure released them) or hold its own complete result; else it gets new ones."""
         if row.stem is not None:
-            if _manifest_matches(source.outbox.folder / f"{row.stem}.json", row.sha256):
+            if source.outbox.holds_result(row.stem, row.sha256):
                 return source.outbox.claim(row.stem).stem
             if source.outbox.reserve_stem(row.stem) is not None:
                 return row.stem
@@ -647,14 +491,14 @@ class Pipeline:
         rows: list[JobRow],
         stops: Mapping[int, Stop] | None = None,
         on_process: Callable[[Job], None] | None = None,
-        on_settled: Callable[[JobRow], None] | None = None,
+        on_ended: Callable[[JobRow], None] | None = None,
     ) -> None:
         """Carry claimed jobs of one source to done, failed, or back to the queue (same-size
         images together through the plugin's ``process_batch``), each as soon as its
         outcome is known. Never raises.
 
         ``stops``: each job's stop flag, which the caller may raise (see :class:`Stop`);
-        ``on_process(job)`` is called as the plugin starts on a job; ``on_settled(row)`` as
+        ``on_process(job)`` is called as the plugin starts on a job; ``on_ended(row)`` as
         a job's end is recorded (it may be claimed again from then on, by another run)."""
         stops = stops if stops is not None else {row.id: Stop() for row in rows}
         with self._lock:  # a reload swaps sources under it, so this one is not closed
@@ -667,33 +511,33 @@ class Pipeline:
                 self.journal.requeue(row.id, delay=60, refund_attempt=True)
             return
         began = time.monotonic()
-        settled: set[int] = set()
+        ended: set[int] = set()
 
-        def settle(row: JobRow, outcome: JobResult | Exception | None) -> None:
-            settled.add(row.id)
+        def end(row: JobRow, outcome: JobResult | Exception | None) -> None:
+            ended.add(row.id)
             stop = stops[row.id]
             try:
                 if stop.claimed_at is not None and not self.journal.holds(
                     row.id, self.owner, stop.claimed_at
                 ):
                     stop.stop("lost")  # taken over since the last heartbeat
-                self._settle(source, row, outcome, stop, began)
+                self._record_end(source, row, outcome, stop, began)
             except Exception:  # its end could not be recorded: not left 'running'
-                self._unsettled(row)
+                self._end_unrecorded(row)
             self._not_running(row.id, stop)
-            if on_settled is not None:
-                on_settled(row)
+            if on_ended is not None:
+                on_ended(row)
 
         try:
             try:
-                outcomes = self._run(source, rows, stops, on_process, settle)
+                outcomes = self._run(source, rows, stops, on_process, end)
             except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
                 log.exception("jobs %s crashed", [row.id for row in rows])
                 error = PluginError(f"{type(exc).__name__}: {exc}")
                 outcomes = dict.fromkeys(stops, error)
             for row in rows:
-                if row.id not in settled:
-                    settle(row, outcomes[row.id])
+                if row.id not in ended:
+                    end(row, outcomes[row.id])
         finally:
             for row in rows:
                 self._not_running(row.id, stops[row.id])
@@ -705,7 +549,7 @@ class Pipeline:
             if self._running_plugins.get(job_id, (None, None))[0] is stop:
                 del self._running_plugins[job_id]
 
-    def _unsettled(self, row: JobRow) -> None:
+    def _end_unrecorded(self, row: JobRow) -> None:
         """A job whose end could not be written (its input not moved, the journal not told:
         a full disk, a folder made unusable) goes back to the queue to try again after a
         minute; left 'running', it would wait for a restart with no lease kept."""
@@ -745,7 +589,7 @@ class Pipeline:
             names = source.outbox.claim(stem)
             if row.attempts > 1 or work_dir.exists():  # a crash may have left temp files
                 source.outbox.remove_temporaries(names)
-            if _manifest_matches(names.manifest, row.sha256):
+            if source.outbox.holds_result(stem, row.sha256):
                 outcomes[row.id] = None
             elif not os.path.lexists(path):  # deleted or moved away while queued
                 where = "inbox" if source.moves_inputs else "batch's source folder"
@@ -801,7 +645,7 @@ class Pipeline:
             raise
         return True
 
-    def _settle(
+    def _record_end(
         self,
         source: Source,
         row: JobRow,
@@ -848,7 +692,7 @@ class Pipeline:
             if outcome is not None:
                 seconds = outcome.manifest["timings"]["total_seconds"]
             else:  # ended before a crash: its time is in its manifest
-                seconds = _manifest_seconds(source.outbox.folder / f"{row.stem}.json")
+                seconds = source.outbox.result_seconds(row.stem) if row.stem else 0.0
             try:
                 self._complete(source, row, seconds)
             except OSError as exc:  # the input could not be moved: try again later
@@ -908,7 +752,7 @@ class Pipeline:
         origin = Path(row.origin_path)
         if not source.moves_inputs or not os.path.lexists(origin):
             return False
-        if not _holds(origin, row.sha256):
+        if not files.holds(origin, row.sha256):
             self._replaced_while_running(row)
             return False
         assert isinstance(source.config, InboxConfig)
@@ -973,10 +817,8 @@ class Pipeline:
             f"{current.id}'s ({current.state})",
             current.sha256,
         )
-        if row.stem and not _manifest_matches(
-            source.outbox.folder / f"{row.stem}.json", row.sha256
-        ):
-            source.outbox.discard(row.stem)
+        if row.stem:
+            source.outbox.end_without_result(row.stem, row.sha256)
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
         self.journal.finish(row.id, "failed", error=superseded)
         log.warning(
@@ -998,13 +840,9 @@ class Pipeline:
         """Record job ``row`` failed with ``error`` and move its input to ``failed/`` with
         the reason beside it: the reason and the journal first, as :meth:`_complete` does."""
         reason = files.readable(f"{type(error).__name__}: {error}")
-        # What a failed job wrote (snapshots, a set a crash left without its manifest) is no
-        # result; a complete one, for this input, is kept. Either way its names are free.
         stem = row.stem or self.journal.get(row.id).stem  # a legacy job named when it ran
-        if stem and not _manifest_matches(source.outbox.folder / f"{stem}.json", row.sha256):
-            source.outbox.discard(stem)
-        elif stem:
-            source.outbox.release_stem(stem)
+        if stem:
+            source.outbox.end_without_result(stem, row.sha256)
         shutil.rmtree(self.state_dir / "jobs" / str(row.id), ignore_errors=True)
 
         def record(target: Path | None) -> None:
@@ -1101,7 +939,7 @@ def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
             if name == path.name:
                 continue
             try:
-                parts.append(f"{kind}:{_sha256(path.parent / name)}")
+                parts.append(f"{kind}:{files.digest(path.parent / name)}")
             except OSError:  # gone or unreadable: the job takes what is there when it runs
                 continue
         if parts:
@@ -1137,37 +975,3 @@ def _folder(path: Path) -> Path:
         return path.resolve()
     except OSError:
         return path.absolute()
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _holds(path: Path, sha256: str) -> bool:
-    """Whether ``path`` still holds the bytes a job was queued for: a file whose bytes
-    are others was replaced, and is not that job's to move. A job for something that is not
-    a regular file (``"-"``), or a file that cannot be read now, is taken as it is."""
-    if sha256 == "-":
-        return True
-    try:
-        if not stat.S_ISREG(path.lstat().st_mode):
-            return False
-        return _sha256(path) == sha256
-    except OSError:
-        return True
-
-
-def _manifest_matches(manifest: Path, sha256: str) -> bool:
-    try:
-        return json.loads(manifest.read_text())["input"]["sha256"] == sha256
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _manifest_seconds(manifest: Path) -> float:
-    """The job's time as its manifest records it (0 where it cannot be read)."""
-    try:
-        return float(json.loads(manifest.read_text())["timings"]["total_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0

@@ -17,8 +17,9 @@ from stylebox.config import LoadedConfig, OutputConfig, RunConfig, StyleboxConfi
 from stylebox.daemon import files
 from stylebox.daemon.jobloop import JobLoop, stop_on_signals
 from stylebox.daemon.journal import JobRow, Journal, journal_path
-from stylebox.daemon.pipeline import Pipeline, Source
+from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
+from stylebox.daemon.sources import Source
 from stylebox.progress import reporter_for_stream
 
 log = logging.getLogger("stylebox.run")

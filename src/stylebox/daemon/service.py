@@ -37,7 +37,8 @@ from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import Journal, journal_path
 from stylebox.daemon.locks import InboxLocks
 from stylebox.daemon.notify import notify, watchdog_interval
-from stylebox.daemon.pipeline import Pipeline, Source, build_sources
+from stylebox.daemon.pipeline import Pipeline
+from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError
 from stylebox.plugins.api import Plugin

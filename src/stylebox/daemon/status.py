@@ -10,7 +10,7 @@ from typing import Any
 
 from stylebox.config import load_config
 from stylebox.daemon.journal import JobRow, Journal, journal_path
-from stylebox.daemon.pipeline import pid_alive
+from stylebox.daemon.leases import pid_alive
 
 
 def collect(config_path: Path) -> dict[str, Any]:

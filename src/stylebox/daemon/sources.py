@@ -1,0 +1,130 @@
+"""Where jobs come from: each inbox, batch folder or ``stylebox run``, with its plugin
+instance, params digest and outbox, built from the config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from stylebox.config import BatchConfig, InboxConfig, JobConfig, LoadedConfig, RunConfig
+from stylebox.daemon import files
+from stylebox.daemon.journal import JobRow
+from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.runner import PluginHandle
+from stylebox.errors import ConfigError, PluginError
+from stylebox.plugins.api import Plugin, params_digest
+from stylebox.plugins.registry import Registry
+
+log = logging.getLogger("stylebox.pipeline")
+
+
+@dataclass
+class Source:
+    """An inbox, a batch folder or the files of one ``stylebox run``, with its plugin
+    instance ready."""
+
+    key: str
+    """``inbox:<name>``, ``batch:<name>`` or ``run:<outbox>``, as the journal stores it."""
+    config: JobConfig
+    plugin: PluginHandle
+    outbox: Outbox
+    params_hash: str
+    device_type: str
+
+    @property
+    def moves_inputs(self) -> bool:
+        return isinstance(self.config, InboxConfig)
+
+    def subfolder(self, path: Path) -> str:
+        """Where under the outbox the results of the input ``path`` go: a recursive batch
+        mirrors its source's sub-folders (``2024/june``); ``""``, the outbox itself, for
+        everything else."""
+        if not (isinstance(self.config, BatchConfig) and self.config.recursive):
+            return ""
+        try:
+            relative = path.parent.relative_to(self.config.source)
+        except ValueError:
+            return ""
+        return "" if relative == Path() else files.readable(relative.as_posix())
+
+    def file_name(self, row: JobRow) -> str:
+        """How the job ``row``'s file is named to people: under its sub-folder where its
+        results are in one (``2024/june/a.jpg``), else by its name."""
+        folder = self.subfolder(Path(row.origin_path))
+        return f"{folder}/{row.name}" if folder else row.name
+
+    def reserve(self, row: JobRow) -> str:
+        """A free output stem for the job ``row`` (its input where the journal says)."""
+        return self.outbox.reserve(row.name, self.subfolder(Path(row.input_path))).stem
+
+    def label(self, name: str) -> str:
+        """How logs and progress bars name a job of this source's file ``name``: with the
+        source, except in a ``stylebox run``, whose files are all there is."""
+        return name if isinstance(self.config, RunConfig) else f"{self.key}/{name}"
+
+    @classmethod
+    def of(cls, key: str, config: JobConfig, plugin: PluginHandle) -> Source:
+        """The source ``key`` of ``config``, run by ``plugin``."""
+        return cls(
+            key=key,
+            config=config,
+            plugin=plugin,
+            outbox=Outbox(config.outbox, config.output),
+            params_hash=params_digest(plugin.params, plugin.instance.identity),
+            device_type=plugin.instance.device_kind,
+        )
+
+
+def build_sources(
+    loaded: LoadedConfig,
+    registry: Registry,
+    tables: tuple[Literal["inbox", "batch"], ...] = ("inbox", "batch"),
+    only: str | None = None,
+    instances: dict[tuple[str, str], Plugin[Any]] | None = None,
+) -> dict[str, Source]:
+    """One :class:`Source` per inbox/batch; plugins with equal params share an instance.
+
+    A plugin that fails to start with anything but a :class:`ConfigError` (a bad setting,
+    which refuses the whole config) is broken: its inbox or batch is recorded in
+    ``loaded.unavailable`` with the reason and left out, and the others run.
+    """
+    runtime = loaded.runtime
+    shared: dict[tuple[str, str], Plugin[Any]] = instances if instances is not None else {}
+    sources: dict[str, Source] = {}
+    for table in tables:
+        entries = loaded.config.inbox if table == "inbox" else loaded.config.batch
+        for entry in entries:
+            if only is not None and entry.name != only:
+                continue
+            if (table, entry.name) in loaded.unavailable:
+                continue
+            params = loaded.params[(table, entry.name)]
+            digest = params_digest(params)
+            key = (entry.plugin, digest)
+            if key not in shared:
+                try:
+                    instance = registry.get(entry.plugin)(params, runtime)
+                    kind = instance.device_kind
+                    if kind not in ("cpu", "cuda"):  # it would run under no workers limit
+                        instance.close()
+                        raise PluginError(
+                            f"its device_kind is {kind!r}; it must be 'cpu' or 'cuda'"
+                        )
+                    shared[key] = instance
+                except ConfigError as exc:  # where, as for the config's own fields
+                    where = f"{loaded.source}: " if loaded.source else ""
+                    label = loaded.label(table, entry.name)
+                    raise ConfigError(f"{where}{label}.params: {exc}") from None
+                except Exception as exc:  # a plugin bug must not stop the other inboxes
+                    log.exception("plugin %s failed to start", entry.plugin)
+                    loaded.unavailable[(table, entry.name)] = (
+                        f"plugin {entry.plugin!r} failed to start: {type(exc).__name__}: {exc}"
+                    )
+                    continue
+            handle = PluginHandle(
+                entry.plugin, registry.plugins[entry.plugin].version, shared[key], params
+            )
+            sources[f"{table}:{entry.name}"] = Source.of(f"{table}:{entry.name}", entry, handle)
+    return sources
