@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,6 +135,31 @@ def test_a_bad_image_with_a_name_that_is_not_utf8_fails_alone_with_its_reason(
     assert "notes\ufffd.png is not an image" in reason
     failed = pipeline.journal.jobs(source.key, "failed")[0]
     assert "notes\ufffd.png" in (failed.error_message or "")
+    pipeline.journal.close()
+
+
+def test_files_named_near_the_file_systems_limit_are_moved_aside_with_their_notes(
+    tmp_path: Path,
+) -> None:
+    # A 235-byte name: its .error.txt (with the temp file it is written through) was over
+    # 255 bytes, so the move failed and the job stayed 'running', retried every minute.
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    bad, good = "D" * 231 + ".png", "東" * 81 + ".png"  # 235 and 247 bytes
+    (inbox / bad).write_bytes(b"not a picture\n" * 10)
+    photo(8, 8).save(inbox / good)
+    shutil.copy(inbox / good, inbox / ("E" * 240 + ".png"))
+    outcomes = pipeline.enqueue(source, [inbox / bad, inbox / good, inbox / ("E" * 240 + ".png")])
+    assert outcomes == ["queued", "queued", "waiting"]
+    JobLoop(pipeline).run_until_empty({source.key})
+
+    assert [row.state for row in pipeline.journal.jobs(source.key)] == ["failed", "done"]
+    assert not list(inbox.glob("*.png"))
+    failed = sorted(p.name for p in (inbox / "failed").iterdir())
+    assert failed == ["D" * 217 + ".png", "D" * 217 + ".png.error.txt"]
+    processed = sorted(p.name for p in (inbox / "processed").iterdir())
+    assert processed == ["E" * 217 + ".png", "E" * 217 + ".png.duplicate.txt", "東" * 72 + ".png"]
+    assert all(len(os.fsencode(name)) <= files.MOVED_NAME_MAX + 14 for name in processed)
     pipeline.journal.close()
 
 

@@ -27,6 +27,28 @@ def readable(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+#: Longest file name most file systems take (ext4, XFS, Btrfs, ZFS...), in bytes.
+NAME_MAX = 255
+#: Longest name an input keeps in processed/ or failed/, in bytes: room for its number, its
+#: note's suffix and that note's temp file: ``.NAME-99999.duplicate.txt.XXXXXXXX.tmp``.
+MOVED_NAME_MAX = NAME_MAX - len(".-99999.duplicate.txt.XXXXXXXX.tmp")
+
+
+def fitting(name: str, limit: int = MOVED_NAME_MAX) -> str:
+    """``name`` with its stem cut, a character at a time, until the whole is at most
+    ``limit`` bytes as the file system stores it (a name that is not UTF-8 included); its
+    extension kept. A name near the file system's limit, moved aside under a number or
+    given a ``.error.txt`` beside it, would fail to move, and its job never end."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem or len(os.fsencode(dot + suffix)) > limit // 2:
+        stem, dot, suffix = name, "", ""
+    while stem and len(os.fsencode(stem + dot + suffix)) > limit:
+        stem = stem[:-1]
+    return stem + dot + suffix
+
+
 def free_path(folder: Path, name: str) -> Path:
     """``folder/name``, or ``folder/stem-2.ext`` and so on if that is taken."""
     candidate = folder / name
@@ -47,14 +69,15 @@ def move_unique(
     before: Callable[[Path], None] | None = None,
 ) -> Path:
     """Rename ``source`` (a file, folder or link: never followed) into ``folder`` under a
-    free name (``name``, else its own, numbered if taken), durably. A ``folder`` on another
+    free name (``name``, else its own, cut to :data:`MOVED_NAME_MAX` bytes and numbered if
+    taken), durably. A ``folder`` on another
     file system (a ``processed_dir`` on a NAS, say) gets a copy, whole under its name
     before the original is removed. ``before(target)`` is called with the name chosen,
     before the move, while no other move of this process can take it (to record where the
     file is going: a crash between the two leaves the record, and the file where it was)."""
     folder.mkdir(parents=True, exist_ok=True)
     with _lock:
-        target = free_path(folder, name or source.name)
+        target = free_path(folder, fitting(name or source.name))
         if before is not None:
             before(target)
         try:
