@@ -15,10 +15,10 @@ from conftest import photo, pixels
 from PIL import Image
 from stepper_plugin import Stepper, StepperParams
 
-from stylebox.daemon.outbox import Outbox, gif_frame
+from stylebox.daemon.outbox import Outbox, PendingOutputs, gif_frame
 from stylebox.daemon.runner import Job, PluginHandle, Runner
-from stylebox.daemon.writer import JobWriter, WriterError
-from stylebox.errors import Cancelled, PluginError
+from stylebox.daemon.writer import JobWriter
+from stylebox.errors import Cancelled, PluginError, StorageError
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.gatys import GatysParams, GatysPlugin
 from stylebox.testing import RecordingContext
@@ -61,13 +61,15 @@ def test_the_first_error_surfaces_at_the_next_hand_over_and_the_rest_is_dropped(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     writer.submit("snapshot photo.steps/0002.png", fails)
-    with pytest.raises(WriterError, match=r"writing snapshot photo.steps/0002.png failed: OSError"):
+    with pytest.raises(
+        StorageError, match=r"writing snapshot photo.steps/0002.png failed: OSError"
+    ):
         writer.flush()
-    with pytest.raises(WriterError):
+    with pytest.raises(StorageError):
         writer.submit("later", lambda: ran.append("later"))
-    with pytest.raises(WriterError):
+    with pytest.raises(StorageError):
         writer.close()
-    assert ran == [] and isinstance(WriterError("x"), PluginError)  # retried like a fault
+    assert ran == [] and isinstance(StorageError("x"), PluginError)  # retried like a fault
 
 
 def _stepper(tmp_path: Path, **params: object) -> tuple[Stepper, PluginHandle]:
@@ -116,12 +118,31 @@ def test_a_snapshot_that_cannot_be_written_fails_the_job_and_leaves_no_result(
         return real(self, names, image, step)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Outbox, "write_snapshot", disk_full_at_step_3)
-    with pytest.raises(PluginError, match=r"writing snapshot photo.steps/0003.png failed"):
+    with pytest.raises(StorageError, match=r"writing snapshot photo.steps/0003.png failed"):
         Runner().execute(
             Job(source, tmp_path / "work", stem="photo"), handle, Outbox(tmp_path / "out")
         )
     assert not (tmp_path / "out" / "photo.png").exists()
     assert not (tmp_path / "out" / "photo.json").exists()
+
+
+def test_a_result_that_cannot_be_written_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was a PluginError (fast) where a snapshot's was a WriterError (gatys): the plugin
+    # was blamed, and one fault had two names in the failed list and the metrics.
+    source = tmp_path / "photo.png"
+    photo(24, 16).save(source)
+    _, handle = _stepper(tmp_path, steps=2)
+
+    def disk_full(self: PendingOutputs, image: Image.Image, alpha: Image.Image | None) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PendingOutputs, "write_result", disk_full)
+    with pytest.raises(StorageError, match=r"^writing the outputs failed: \[Errno 28\] No space"):
+        Runner().execute(
+            Job(source, tmp_path / "work", stem="photo"), handle, Outbox(tmp_path / "out")
+        )
 
 
 class CountingContext(RecordingContext):

@@ -32,8 +32,15 @@ from stylebox import __version__
 from stylebox.config import ImagesConfig
 from stylebox.daemon.files import readable
 from stylebox.daemon.outbox import Outbox, OutputNames, gif_frame
-from stylebox.daemon.writer import JobWriter, WriterError
-from stylebox.errors import BadInput, Cancelled, InputChanged, PluginError, StyleboxError
+from stylebox.daemon.writer import JobWriter
+from stylebox.errors import (
+    BadInput,
+    Cancelled,
+    InputChanged,
+    PluginError,
+    StorageError,
+    StyleboxError,
+)
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
 from stylebox.lossplot import render_svg
 from stylebox.plugins.api import JobContext, JsonValue, Plugin, check_facts, companions_of
@@ -359,7 +366,7 @@ class Runner:
                     ended(started.index, self._end(started, result, plugin, outbox, group, began))
         finally:  # a writer left open would hold its thread for good
             for started in (started for group in groups.values() for started in group):
-                with contextlib.suppress(WriterError):
+                with contextlib.suppress(StorageError):
                     started.context.writer.close()
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
@@ -377,7 +384,7 @@ class Runner:
         written (a checkpoint of a cancelled job included): its outputs, or its error."""
         try:
             started.context.writer.close()
-        except WriterError as exc:
+        except StorageError as exc:
             if not isinstance(result, StyleboxError):
                 result = exc  # a result whose snapshots could not be written is no result
             else:  # it ends anyway; a cancelled job resumes from its last whole checkpoint
@@ -393,7 +400,11 @@ class Runner:
         except StyleboxError as exc:
             _record_unfinished(started, exc)
             return exc
-        except Exception as exc:  # a full disk, say: worth a retry
+        except OSError as exc:  # a full disk, an outbox not writable: worth a retry
+            error: PluginError = StorageError(f"writing the outputs failed: {exc}")
+            error.__cause__ = exc
+            return error
+        except Exception as exc:  # a bug in writing them: its traceback is in the cause
             error = PluginError(f"writing the outputs failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
             return error

@@ -16,17 +16,13 @@ import queue
 import threading
 from collections.abc import Callable
 
-from stylebox.errors import PluginError
+from stylebox.errors import StorageError
 
 log = logging.getLogger("stylebox.writer")
 
 #: Tasks waiting at most: enough to ride out a slow write, few enough that the images held
 #: in memory stay small.
 DEPTH = 4
-
-
-class WriterError(PluginError):
-    """Writing something a job handed over failed (a full disk, say): worth a retry."""
 
 
 class JobWriter:
@@ -36,7 +32,7 @@ class JobWriter:
         self.label = label
         self._tasks: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue(depth)
         self._thread: threading.Thread | None = None
-        self._error: WriterError | None = None
+        self._error: StorageError | None = None
 
     def submit(self, what: str, task: Callable[[], None]) -> None:
         """Queue ``task`` (``what`` names it in an error); waits while the queue is full.
@@ -81,7 +77,7 @@ class JobWriter:
                     try:
                         task()
                     except Exception as exc:
-                        error = WriterError(f"writing {what} failed: {type(exc).__name__}: {exc}")
+                        error = StorageError(f"writing {what} failed: {type(exc).__name__}: {exc}")
                         error.__cause__ = exc
                         self._error = error
                         log.warning("%s: %s", self.label, error)
