@@ -367,6 +367,7 @@ def test_an_input_that_cannot_be_moved_is_a_storage_error_not_the_plugins(
     assert (row.state, row.error_class) == ("failed", "StorageError")
     assert row.error_message.startswith("its input could not be moved: [Errno 17] File exists")
     assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+    assert (tmp_path / "outbox" / "photo.json").is_file()  # its complete result stays
     assert not any(record.exc_info for record in caplog.records)
 
 
