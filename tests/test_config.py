@@ -352,3 +352,28 @@ def test_nan_and_infinity_are_refused_in_plugin_params(tmp_path: Path) -> None:
         tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = "gatys"\ntimeout_seconds = inf')
     )
     assert "[[inbox]] #1 (starry).timeout_seconds" in message and "finite number" in message
+
+
+def test_a_value_every_branch_of_a_union_refuses_is_one_error_in_the_validators_words(
+    tmp_path: Path,
+) -> None:
+    # The fast plugin's style (a file, a list of files, or none): a missing file gave three
+    # errors under locations like style.function-after[validate(), lax-or-strict[...]].
+    from pydantic import BaseModel, ValidationError
+
+    from stylebox.config import field_errors
+    from stylebox.plugins.api import StyleFile
+
+    class Params(BaseModel):
+        style: StyleFile | list[StyleFile] | None = None
+
+    def errors(value: object) -> list[tuple[tuple[int | str, ...], str]]:
+        with pytest.raises(ValidationError) as refused:
+            Params.model_validate({"style": value}, context={"base_dir": tmp_path})
+        return [(error["loc"], error["msg"]) for error in field_errors(refused.value)]
+
+    [(loc, message)] = errors("nosuch.jpg")
+    assert loc == ("style",)
+    assert message.startswith("nosuch.jpg is neither an image file nor a bundled style (")
+    (tmp_path / "a.jpg").write_bytes(b"")
+    assert errors(["a.jpg", 3]) == [(("style", 1), "expected a path (text)")]

@@ -33,6 +33,7 @@ from stylebox.config import (
     LoadedConfig,
     OutputConfig,
     StyleboxConfig,
+    field_errors,
     invalid,
     json_schema,
     load_config,
@@ -352,7 +353,7 @@ def _run_params(
     except ValidationError as exc:
         lines = []
         known = sorted(plugin_cls.Params.model_fields)
-        for error in exc.errors(include_url=False):
+        for error in field_errors(exc):
             field = ".".join(str(part) for part in error["loc"]) or "(params)"
             message = error["msg"]
             if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:

@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from stylebox.backbone_spec import BackboneSpec, NormalizationName
 from stylebox.errors import ConfigError
@@ -547,10 +548,56 @@ def invalid(where: str, problems: list[str]) -> ConfigError:
     return ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
 
 
+#: The names pydantic gives the branches of a union in an error's location.
+_BRANCH_TAGS = frozenset({"none", "str", "int", "float", "bool", "list", "dict"})
+#: Error types that only say a value is not of one of a union's other branches.
+_WRONG_BRANCH = frozenset(
+    {"none_required", "list_type", "dict_type", "is_instance_of", "model_type", "path_type"}
+)
+#: pydantic's words before a validator's own message.
+_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def field_errors(exc: ValidationError) -> list[ErrorDetails]:
+    """``exc``'s errors as people read them: one per field, its location without the
+    names of a union's branches, its validator's own words first. A value refused by every
+    branch of ``StyleFile | list[StyleFile] | None`` gave three errors under locations such
+    as ``style.function-after[validate(), lax-or-strict[...]]``; it gives the one that says
+    what is wrong with it (``nosuch.jpg is neither an image file nor a bundled style``)."""
+    chosen: dict[tuple[int | str, ...], ErrorDetails] = {}
+    for error in exc.errors(include_url=False):
+        loc = tuple(
+            part
+            for part in error["loc"]
+            if not (isinstance(part, str) and ("[" in part or part in _BRANCH_TAGS))
+        )
+        message = error["msg"]
+        for prefix in _PREFIXES:
+            message = message.removeprefix(prefix)
+        if error["type"] == "path_type":
+            message = "expected a path (text)"
+        error = {**error, "loc": loc, "msg": message}
+        earlier = chosen.get(loc)
+        if earlier is None or (
+            earlier["type"] in _WRONG_BRANCH and error["type"] not in _WRONG_BRANCH
+        ):
+            chosen[loc] = error
+    # A value a branch went into (a list's items) is that branch's: the others' "not a ..."
+    # at the value itself says nothing more.
+    return [
+        error
+        for loc, error in chosen.items()
+        if not (
+            error["type"] in _WRONG_BRANCH
+            and any(len(other) > len(loc) and other[: len(loc)] == loc for other in chosen)
+        )
+    ]
+
+
 def _error_lines(exc: ValidationError, data: dict[str, Any] | None = None) -> list[str]:
     """One line per error: ``[[inbox]] #1 (starry).plugin: message (got 'x')``."""
     lines = []
-    for error in exc.errors(include_url=False):
+    for error in field_errors(exc):
         location = _location(error["loc"], data)
         message = error["msg"]
         if error["type"] == "extra_forbidden":
