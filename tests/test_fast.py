@@ -198,6 +198,11 @@ def test_an_inaccurate_fp16_variant_is_dropped_and_a_stale_one_removed(
     out = tmp_path / "m.onnx"
     kept = export.export_with_manifest(checkpoint, out, fp16=True)
     assert kept.fp16_variant == tmp_path / "m.fp16.onnx" and kept.fp16_variant.exists()
+    # How `stylebox train` made it stays with every export of its checkpoint (the README's
+    # fp16 step dropped its command, time and machine: "trained 80 steps on ?").
+    training = ModelManifest.for_model(out).training or {}
+    assert str(training.get("command", "")).startswith("stylebox train --style starry_night")
+    assert training.get("seconds") and training.get("machine")
 
     # No fp16 network is exact: with no tolerance the variant fails its verification.
     monkeypatch.setattr(export, "FP16_TOLERANCE", 0.0)
@@ -212,6 +217,18 @@ def test_an_inaccurate_fp16_variant_is_dropped_and_a_stale_one_removed(
     export.export_with_manifest(checkpoint, out, fp16=True)
     export.export_with_manifest(checkpoint, out)  # re-exported without: the old variant goes
     assert not (tmp_path / "m.fp16.onnx").exists() and not (tmp_path / "m.fp16.json").exists()
+
+
+def test_export_names_its_model_onnx_and_refuses_a_folder(trained: Path, tmp_path: Path) -> None:
+    # --out e/ wrote a file named "e" beside e.json.
+    checkpoint = str(trained.parent / "tiny.train" / "checkpoint.pt")
+    (tmp_path / "models").mkdir()
+    refused = cli("export", checkpoint, "--out", f"{tmp_path}/models/")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("is a folder; name the model: MODEL.onnx")
+    done = cli("export", checkpoint, "--out", str(tmp_path / "models" / "mine"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mine.json", "mine.onnx"]
 
 
 CPU = ("cpu", "CPUExecutionProvider")

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import photo
+from pydantic import ValidationError
 
+from stylebox.errors import ConfigError
 from stylebox.plugins.faststyle.network import (
     ConvLayer,
     Preset,
@@ -16,7 +20,7 @@ from stylebox.plugins.faststyle.network import (
     stylise,
 )
 from stylebox.plugins.faststyle.rewrite import PhaseConv, for_export
-from stylebox.plugins.faststyle.train import CHECKPOINT, TrainParams, train
+from stylebox.plugins.faststyle.train import CHECKPOINT, TrainingStopped, TrainParams, train
 
 
 def train_refusal(*args: str) -> subprocess.CompletedProcess[str]:
@@ -184,7 +188,12 @@ def test_a_content_dir_without_photos_is_a_one_line_config_error(tmp_path: Path,
     assert not out.with_suffix(".train").exists()
 
 
-def test_ctrl_c_stops_train_with_status_130(tmp_path: Path, photos: Path) -> None:
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_checkpoints_train_and_exits_130(
+    tmp_path: Path, photos: Path, sig: str
+) -> None:
+    # It stopped with no word of where (SIGTERM: 143, no message), keeping only the last
+    # periodic checkpoint.
     import signal
 
     from daemon_helpers import wait_until
@@ -200,10 +209,63 @@ def test_ctrl_c_stops_train_with_status_130(tmp_path: Path, photos: Path) -> Non
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert wait_until(out.with_suffix(".train").exists, 60)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, sig))
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert stderr.splitlines()[-1] == "stylebox: interrupted" and "Traceback" not in stderr
+    last = stderr.splitlines()[-1]
+    assert re.fullmatch(
+        r"stylebox: stopped at step \d+, checkpointed in .*model\.train; the same command "
+        r"with --resume continues",
+        last,
+    ), last
+    assert "Traceback" not in stderr
+    step = int(last.split()[4].rstrip(","))
+    assert torch.load(out.with_suffix(".train") / CHECKPOINT, weights_only=True)["step"] == step
+
+
+def test_a_stopped_run_resumes_exactly_from_where_it_stopped(
+    tmp_path: Path, photos: Path, style_file: Path
+) -> None:
+    whole = train(params(photos, style_file, 5), tmp_path / "whole")
+    stop = threading.Event()
+
+    def stop_after_3(step: int, _: object) -> None:
+        if step == 3:
+            stop.set()  # between two periodic checkpoints (every 2)
+
+    with pytest.raises(TrainingStopped, match="stopped at step 3"):
+        train(params(photos, style_file, 5), tmp_path / "split", on_step=stop_after_3, stop=stop)
+    resumed = train(params(photos, style_file, 5), tmp_path / "split", resume=True)
+    for name, tensor in whole.state_dict().items():
+        assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
+
+
+def test_a_run_is_not_lost_nor_resumed_with_other_settings(
+    tmp_path: Path, photos: Path, style_file: Path
+) -> None:
+    # Run again without --resume, a 40-minute training was replaced without a word; resumed
+    # on another style, two styles' steps were one model recorded as the second's.
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"holds no checkpoint to continue"):
+        train(params(photos, style_file, 2), run, resume=True)
+    train(params(photos, style_file, 2), run)
+    with pytest.raises(ConfigError, match=r"holds a training run: add --resume to continue it"):
+        train(params(photos, style_file, 4), run)
+    changed = params(photos, style_file, 4).model_copy(update={"style_weight": 5.0})
+    with pytest.raises(ConfigError, match=r"--style-weight 5.0 \(it began with 1.0\)"):
+        train(changed, run, resume=True)
+    longer = params(photos, style_file, 4).model_copy(update={"log_every": 1})
+    train(longer, run, resume=True)  # more steps, other reporting: the same run
+    assert torch.load(run / CHECKPOINT, weights_only=True)["step"] == 4
+
+
+@pytest.mark.parametrize(("option", "value"), [("image_size", 34), ("style_size", 8)])
+def test_sizes_the_network_cannot_take_are_refused(
+    photos: Path, style_file: Path, option: str, value: int
+) -> None:
+    # 34: the network gave back 36 px and a shape error; 8: VGG's pooling failed.
+    with pytest.raises(ValidationError, match=option):
+        TrainParams(style=style_file, content_dir=photos, **{option: value})
 
 
 def test_a_style_that_is_no_image_names_the_option_and_writes_nothing(

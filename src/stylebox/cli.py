@@ -2,7 +2,7 @@
 
 Exit status: 0 success, 1 a plugin failed, 2 bad input or bad config (one line saying why,
 never a traceback), 130 interrupted (``run`` and ``batch`` by Ctrl-C or SIGTERM: run the
-same command again to resume; ``train`` by Ctrl-C: ``--resume`` continues), 141 standard
+same command again to resume; ``train`` by Ctrl-C or SIGTERM: ``--resume`` continues), 141 standard
 output closed early (``stylebox status --json | head``; quietly, as a program stopped by
 SIGPIPE). ``serve`` exits 0 when SIGTERM or Ctrl-C stops it, as it is meant to stop.
 """

@@ -9,8 +9,13 @@ training and export code (and PyTorch) load when a command runs.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,27 @@ from pydantic import ValidationError
 from stylebox.errors import ConfigError
 
 EXIT_OK = 0
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """The first Ctrl-C or SIGTERM sets the event (training checkpoints at the end of its
+    step and stops); a second interrupts at once (``KeyboardInterrupt``)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        for sig in signals:
+            signal.signal(sig, signal.default_int_handler)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -51,7 +77,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "export", help="export a training checkpoint to ONNX, verified against PyTorch"
     )
     export.add_argument("checkpoint", type=Path)
-    export.add_argument("--out", type=Path, required=True, help="MODEL.onnx to write")
+    export.add_argument("--out", dest="out_given", required=True, help="MODEL.onnx to write")
     export.add_argument("--style", default="", help="the style's name for the manifest")
     export.add_argument(
         "--fp16",
@@ -74,8 +100,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def _train(args: argparse.Namespace) -> int:
     import time
 
-    from stylebox.plugins.faststyle.export import export_with_manifest
-    from stylebox.plugins.faststyle.train import CHECKPOINT, TrainParams, train
+    from stylebox.plugins.faststyle.export import TRAINING_RECORD, export_with_manifest
+    from stylebox.plugins.faststyle.train import CHECKPOINT, TrainingStopped, TrainParams, train
     from stylebox.progress import count_bar
 
     out = args.out if args.out.suffix == ".onnx" else args.out.with_suffix(".onnx")
@@ -95,14 +121,25 @@ def _train(args: argparse.Namespace) -> int:
             f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
         )) from None  # fmt: skip
     work = out.with_suffix(".train")
+    if out.exists() and not args.resume and not work.exists():
+        raise ConfigError(f"--out {out} exists: remove it or give another name")
     began = time.perf_counter()
-    with count_bar("train", params.steps) as advance:
-        train(params, work, resume=args.resume, on_step=lambda *_: advance(1))
+    with count_bar("train", params.steps) as advance, _stop_on_signals() as stop:
+        try:
+            train(params, work, resume=args.resume, on_step=lambda *_: advance(1), stop=stop)
+        except TrainingStopped as exc:
+            print(
+                f"stylebox: stopped at step {exc.step}, checkpointed in {work}; the same "
+                "command with --resume continues",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
     record = {
         "command": " ".join(["stylebox", *sys.argv[1:]]),
         "seconds": round(time.perf_counter() - began, 1),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
+    (work / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
     style_name = Path(str(args.style)).stem
     exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=record)
     print(f"{out}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
@@ -112,7 +149,13 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from stylebox.plugins.faststyle.export import export_with_manifest
 
-    exported = export_with_manifest(args.checkpoint, args.out, style=args.style, fp16=args.fp16)
+    out = Path(args.out_given)
+    if out.is_dir() or args.out_given.endswith(("/", "\\")):
+        raise ConfigError(f"--out {args.out_given} is a folder; name the model: MODEL.onnx")
+    out = out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: {out.parent} is not a folder")
+    exported = export_with_manifest(args.checkpoint, out, style=args.style, fp16=args.fp16)
     print(f"{exported.model}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
     if exported.fp16_variant:
         print(

@@ -8,8 +8,8 @@ pads and crops); onnxruntime running it must match the PyTorch network as traine
 from __future__ import annotations
 
 import copy
+import json
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ def load_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from None
-    except (RuntimeError, pickle.UnpicklingError):
+    except Exception:  # RuntimeError, UnpicklingError, or anything a stray file raises
         # weights_only refuses anything but tensors and plain containers; its own message
         # suggests turning that off, which is not advice to pass on.
         raise ConfigError(
@@ -168,6 +168,11 @@ class Exported:
     fp16_rejected: str | None = None
 
 
+#: Beside a checkpoint: how ``stylebox train`` made it (its command, time and machine),
+#: which every later export of the checkpoint (an fp16 variant, say) keeps in its manifest.
+TRAINING_RECORD = "training.json"
+
+
 def export_with_manifest(
     checkpoint: Path,
     out: Path,
@@ -183,6 +188,11 @@ def export_with_manifest(
     export to ``out`` is deleted too: it belongs to other weights.
     """
     network, state = load_checkpoint(checkpoint)
+    if training is None:  # as `stylebox train` recorded it beside its checkpoint
+        try:
+            training = json.loads((checkpoint.parent / TRAINING_RECORD).read_text())
+        except (OSError, ValueError):
+            training = None
     export_onnx(network, out)
     worst = verify(network, out)
     half = fp16_path(out)

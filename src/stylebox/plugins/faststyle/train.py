@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,20 @@ log = logging.getLogger("stylebox.train")
 
 CHECKPOINT = "checkpoint.pt"
 
+#: Settings a run may change when it resumes: how long it runs and how it reports; the
+#: others decide what the network learns, and a resume keeps them.
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "device", "amp", "checkpoint_every", "sample_every", "log_every"}
+)
+
+
+class TrainingStopped(Exception):
+    """Training stopped when asked (Ctrl-C, SIGTERM), its checkpoint of ``step`` written."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step}")
+        self.step = step
+
 
 class TrainParams(PluginParams):
     """Everything that decides a training run."""
@@ -43,8 +59,12 @@ class TrainParams(PluginParams):
     )
     # The network halves a crop twice and VGG's relu4_3 sees it at 1/8: below 32 px the
     # deepest style layer has under 4x4 positions to take a Gram matrix of.
-    image_size: int = Field(256, ge=32, description="Side of the square training crops")
-    style_size: PositiveInt | None = Field(None, description="Longest side of the style image")
+    # ... and halves it twice and doubles it twice: a side that is no multiple of 4 comes
+    # back another size than it went in.
+    image_size: int = Field(
+        256, ge=32, multiple_of=4, description="Side of the square training crops"
+    )
+    style_size: int | None = Field(None, ge=32, description="Longest side of the style image")
     batch_size: PositiveInt = 4
     steps: PositiveInt = Field(2000, description="Optimisation steps")
     learning_rate: float = Field(1e-3, gt=0)
@@ -121,25 +141,49 @@ def train(
     backbone: BackboneSpec | None = None,
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> TransformerNet:
-    """Train, writing checkpoints and samples to ``out_dir``; returns the trained network."""
-    # First: a style or content folder that cannot serve is refused before anything slow
-    # or written.
+    """Train, writing checkpoints and samples to ``out_dir``; returns the trained network.
+
+    ``out_dir`` must hold no run unless ``resume``, and then one started with the same
+    settings (but those in :data:`RESUMABLE_CHANGES`). ``stop``, once set, ends the run
+    at the end of a step with a checkpoint of it: :class:`TrainingStopped`."""
+    # First: a style or content folder that cannot serve, or a run to lose, is refused
+    # before anything slow or written.
+    checkpoint_path = out_dir / CHECKPOINT
+    if checkpoint_path.is_file() and not resume:
+        raise ConfigError(
+            f"{out_dir} holds a training run: add --resume to continue it, or remove it (or "
+            "give another --out) to start again"
+        )
+    if resume and not checkpoint_path.is_file():
+        raise ConfigError(
+            f"--resume: {out_dir} holds no checkpoint to continue; without --resume a new "
+            "run starts"
+        )
     try:
         style_image = decode_image(params.style).rgb
     except BadInput as exc:
         raise ConfigError(f"--style {params.style}: {exc}") from exc
     photos = load_photos(params.content_dir, max(params.image_size * 2, 512))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot make {out_dir} ({exc.strerror or exc})") from None
     backbone = backbone or BackboneSpec()
     device = resolve_device(params.device)
     torch.manual_seed(params.seed)
     rng = random.Random(params.seed)
-    vgg = load_vgg19(backbone, device)
-    checkpoint_path = out_dir / CHECKPOINT
     state = None
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    if resume:
+        try:
+            state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        except Exception as exc:  # torn, or not ours: said in one line
+            raise ConfigError(
+                f"--resume: cannot read {checkpoint_path} ({type(exc).__name__}: {exc})"
+            ) from None
+        _check_same_run(state.get("params", {}), params, out_dir)
+    vgg = load_vgg19(backbone, device)
     # A run resumes with the network it started with, even if the preset changed since.
     blocks = residual_blocks_in(state["model"]) if state else None
     network = TransformerNet(params.preset, residual_blocks=blocks).to(device)
@@ -196,9 +240,34 @@ def train(
                      metrics["loss"], metrics["content"], metrics["style"])  # fmt: skip
         if step % params.sample_every == 0 or step == params.steps:
             _write_samples(network, samples, out_dir / "samples", step, device)
-        if step % params.checkpoint_every == 0 or step == params.steps:
+        stopping = stop is not None and stop.is_set()
+        if step % params.checkpoint_every == 0 or step == params.steps or stopping:
             _save(checkpoint_path, network, optimizer, step, history, rng, params, backbone)
+        if stopping and step < params.steps:
+            raise TrainingStopped(step)
     return network
+
+
+def _check_same_run(started: dict[str, object], params: TrainParams, out_dir: Path) -> None:
+    """Refuse to resume the run in ``out_dir`` (begun with ``started``) with settings that
+    change what it learns: two styles' steps in one network, recorded as the second's."""
+    now = params.model_dump(mode="json")
+
+    def same(key: str, value: object) -> bool:
+        if key in ("style", "content_dir") and isinstance(value, str):  # ./a is a
+            return os.path.realpath(value) == os.path.realpath(str(now.get(key)))
+        return now.get(key) == value
+
+    changed = [
+        f"--{key.replace('_', '-')} {now.get(key)} (it began with {value})"
+        for key, value in started.items()
+        if key not in RESUMABLE_CHANGES and not same(key, value)
+    ]
+    if changed:
+        raise ConfigError(
+            f"--resume: the run in {out_dir} began with other settings: {'; '.join(changed)}; "
+            "resume it with its own, or give another --out for a new run"
+        )
 
 
 def _save(
