@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -96,6 +97,25 @@ def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path)
     assert failed["file"] == "broken/a.png"
 
 
+def test_a_photo_whose_bytes_another_file_of_the_batch_has_is_said_and_counted(
+    tmp_path: Path,
+) -> None:
+    # The dry run said 3 would run, the run "files: 3, done: 2" and exit 0, the copy's only
+    # trace a duplicate event naming the other file.
+    config, library = setup(tmp_path, 2)
+    shutil.copy(library / "img001.png", library / "2026" / "img001.png")
+    dry = batch(config, "--dry-run")
+    assert "2 of 3 image(s) would run" in dry.stderr, dry.stderr
+    run = batch(config)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    (copy,) = [line for line in lines if line.get("event") == "duplicate"]
+    assert (copy["file"], copy["same_as"]) == ("img001.png", "2026/img001.png")  # sorted first
+    assert "not stylised again" in copy["msg"]
+    (finished,) = [line for line in lines if line.get("msg") == "batch finished"]
+    assert (finished["files"], finished["done"], finished["done_before"]) == (3, 2, 1)
+
+
 def test_a_dry_run_lists_what_the_run_would_do(tmp_path: Path) -> None:
     # A file changed in place, and then new settings: the journal's done paths are not
     # what decides, their bytes and settings are.
@@ -149,6 +169,7 @@ def test_an_earlier_runs_failure_does_not_fail_the_next(tmp_path: Path) -> None:
         json.loads(line) for line in second.stderr.splitlines() if "batch finished" in line
     ]
     assert (finished["files"], finished["done"], finished["failed"]) == (3, 1, 0)
+    assert finished["done_before"] == 2
 
 
 def test_a_killed_batch_continues_where_it_stopped(tmp_path: Path) -> None:

@@ -174,8 +174,13 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
             shutdown(ray_module, executor)
     # This run's figures: a file that failed in an earlier run and is gone now is no
     # failure of this one.
-    states = [journal.get(job_id).state for job_id in sorted(mine)]
-    counts = {state: states.count(state) for state in ("done", "failed", "queued")}
+    rows = [journal.get(job_id) for job_id in sorted(mine)]
+    counts = {
+        state: [row.state for row in rows].count(state) for state in ("done", "failed", "queued")
+    }
+    # The others had nothing to do: their bytes, with these settings, were done already,
+    # in an earlier run or by another file of this one (said in a line each).
+    counts["done_before"] = len(wanted - {row.origin_path for row in rows})
     log.info("batch finished", extra={"batch": name, "files": len(files), **counts})
     if loop.stopping.is_set():
         return 130

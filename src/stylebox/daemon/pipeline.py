@@ -264,10 +264,12 @@ class Pipeline:
         failed one is retried, an unfinished one continues)."""
         companions = _companion_keys(paths)
         todo = []
+        seen: set[str] = set()  # a second file of the same bytes waits for the first's job
         for path in paths:
             entry = self._entry(source, path, companions.get(path))
-            if entry is None:
+            if entry is None or entry.unique_key in seen:
                 continue
+            seen.add(entry.unique_key)
             row = self.journal.existing(entry)
             if row is None or row.state != "done":
                 todo.append(path)
@@ -397,8 +399,17 @@ class Pipeline:
                 note += f"/{row.stem}.*"
             files.write_reason(moved, note, suffix=".duplicate.txt")
         log.info(
-            "duplicate",
-            extra={**self._fields(row, "duplicate"), "path": files.readable(str(path))},
+            "%s: the same bytes with the same settings as %s (job %d), whose result stands for "
+            "it; not stylised again",
+            source.name_of(path),
+            self._fields(row, "")["file"],
+            row.id,
+            extra={
+                **self._fields(row, "duplicate"),
+                "file": source.name_of(path),
+                "same_as": self._fields(row, "")["file"],
+                "path": files.readable(str(path)),
+            },
         )
         return "duplicate"
 

@@ -52,8 +52,13 @@ class Source:
     def file_name(self, row: JobRow) -> str:
         """How the job ``row``'s file is named to people: under its sub-folder where its
         results are in one (``2024/june/a.jpg``), else by its name."""
-        folder = self.subfolder(Path(row.origin_path))
-        return f"{folder}/{row.name}" if folder else row.name
+        return self.name_of(Path(row.origin_path))
+
+    def name_of(self, path: Path) -> str:
+        """How the file ``path`` of this source is named to people (see :meth:`file_name`)."""
+        folder = self.subfolder(path)
+        name = files.readable(path.name)
+        return f"{folder}/{name}" if folder else name
 
     def reserve(self, row: JobRow) -> str:
         """A free output stem for the job ``row`` (its input where the journal says)."""
