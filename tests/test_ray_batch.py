@@ -425,6 +425,21 @@ def test_ray_missing_is_a_one_line_config_error(tmp_path: Path) -> None:
     assert "config error" in result.stderr
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "no-such-host.invalid:6379"])
+def test_an_address_where_no_cluster_answers_is_refused_in_one_line_at_once(
+    tmp_path: Path, address: str
+) -> None:
+    # Ray retries such an address for about 14 minutes, 61 lines of warnings, before it
+    # gives up: a nightly timer's batch hung that long.
+    config = make_batch(tmp_path, 1, "posterize", "{ bits = 2 }")
+    began = time.monotonic()
+    result = batch(config, "--ray", address)
+    assert time.monotonic() - began < 60
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"stylebox: config error: cannot connect to {address}: ")
+
+
 # Last: the lost node stays in the cluster's books (marked dead after missed heartbeats)
 # for a while, and a test after it could wait for that.
 def test_a_node_lost_mid_photo_costs_its_photo_one_retry(tmp_path: Path, ray_address: str) -> None:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -84,8 +85,11 @@ def connect(address: str | None) -> ModuleType:
         "logging_level": logging.WARNING,
         "runtime_env": {"env_vars": env} if env else None,
     }
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and (why := _unreachable(address)):
+        # Ray itself retries a cluster that does not answer for about 14 minutes.
+        raise ConfigError(f"cannot connect to {address}: {why}")
     try:
-        address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
             ray.init(address=address, **options)
         else:
@@ -93,8 +97,35 @@ def connect(address: str | None) -> ModuleType:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray instance"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot connect to {where}: {first}") from None
+        hint = ""
+        if address and not os.environ.get("RAY_AUTH_MODE"):
+            hint = (
+                " (a cluster started with token authentication also needs RAY_AUTH_MODE=token here)"
+            )
+        raise ConfigError(f"cannot connect to {where}: {first}{hint}") from None
     return ray
+
+
+#: How long a cluster's address may take to answer before a batch gives up on it.
+CONNECT_SECONDS = 5.0
+
+
+def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
+    """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``), or
+    ``None``: it answers, or is of another form (``auto``), left to Ray."""
+    target = address.removeprefix("ray://")
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except socket.gaierror as exc:
+        return f"{host} is not a known host ({exc.strerror})"
+    except TimeoutError:
+        return f"nothing answered at {target} within {timeout:.0f} s"
+    except OSError as exc:
+        return f"{exc.strerror or exc} at {target}"
+    return None
 
 
 class _Worker:
