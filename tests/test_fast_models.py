@@ -366,6 +366,26 @@ def test_config_check_reports_a_bad_model_and_serve_disables_only_its_inbox(
     assert "no manifest; write bare.json" in loaded.unavailable[("inbox", "bad")]
 
 
+def test_config_check_reports_an_fp16_variant_that_is_not_there(tmp_path: Path) -> None:
+    # It said OK, and serve then disabled the inbox: check read the fp32 model only.
+    for name in ("starry_night_small.onnx", "starry_night_small.json"):
+        (tmp_path / name).write_bytes((REPO / "styles" / name).read_bytes())
+    config = _config(tmp_path, "starry_night_small.onnx")
+    config.write_text(
+        config.read_text().replace(
+            'model = "starry_night_small.onnx" }',
+            'model = "starry_night_small.onnx", precision = "fp16" }',
+        )
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "config", "check", str(config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 1, check.stdout
+    assert "[[inbox]] bad is disabled: BadModel:" in check.stderr
+    assert "its fp16 variant" in check.stderr and "does not exist" in check.stderr
+
+
 def test_editing_a_manifest_makes_a_new_job_identity(tmp_path: Path) -> None:
     model = write_gain(tmp_path / "gain.onnx")
     config = _config(tmp_path, "gain.onnx")

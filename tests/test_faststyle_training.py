@@ -295,3 +295,13 @@ def test_a_crop_too_small_to_learn_from_is_refused_naming_the_option(
         "stylebox: config error: --image-size: Input should be greater than or equal to 32"
     )
     assert not out.with_suffix(".train").exists()
+
+
+def test_train_help_gives_the_defaults() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "train", "--help"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    for default in ("(default: full)", "(default: 2000)", "(default: 256)", "(default: 0)"):
+        assert default in shown, default
+    assert "(default: None)" not in shown and "(default: False)" not in shown

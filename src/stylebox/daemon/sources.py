@@ -13,7 +13,7 @@ from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import PluginHandle
-from stylebox.errors import ConfigError, PluginError
+from stylebox.errors import ConfigError, PluginError, StyleboxError
 from stylebox.plugins.api import Plugin, params_digest
 from stylebox.plugins.registry import Registry
 
@@ -123,7 +123,10 @@ def build_sources(
                     label = loaded.label(table, entry.name)
                     raise ConfigError(f"{where}{label}.params: {exc}") from None
                 except Exception as exc:  # a plugin bug must not stop the other inboxes
-                    log.exception("plugin %s failed to start", entry.plugin)
+                    if isinstance(exc, StyleboxError):  # said on purpose (a bad model): its words
+                        log.error("plugin %s failed to start: %s", entry.plugin, exc)
+                    else:  # a bug: its traceback says where
+                        log.exception("plugin %s failed to start", entry.plugin)
                     loaded.unavailable[(table, entry.name)] = (
                         f"plugin {entry.plugin!r} failed to start: {type(exc).__name__}: {exc}"
                     )

@@ -47,6 +47,17 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
+class _WithDefaults(argparse.HelpFormatter):
+    """Help that gives each option's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False or action.required
+        if not quiet and action.default is not argparse.SUPPRESS:
+            text += " (default: %(default)s)"
+        return text
+
+
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``train``, ``export`` and ``models`` to the ``stylebox`` command line."""
     train = commands.add_parser(
@@ -55,21 +66,33 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         description="Train a TransformerNet on a folder of photos for one painting, writing "
         "checkpoints and sample stylisations to OUT.train/, then export OUT (.onnx) with its "
         "manifest. --resume continues a stopped run.",
+        formatter_class=_WithDefaults,
     )
     train.add_argument("--style", required=True, help="style image path or bundled name")
     train.add_argument("--content-dir", type=Path, required=True, help="photos to train on")
     train.add_argument("--out", type=Path, required=True, help="the model to write (.onnx)")
-    train.add_argument("--preset", choices=["full", "small"], default="full")
-    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument(
+        "--preset",
+        choices=["full", "small"],
+        default="full",
+        help="full: the paper's network (for GPUs); small: half as wide, for CPUs",
+    )
+    train.add_argument("--steps", type=int, default=2000, help="optimisation steps")
     train.add_argument("--image-size", type=int, default=256, help="training crop side")
-    train.add_argument("--style-size", type=int, help="longest side of the style image")
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--style-weight", type=float)
-    train.add_argument("--content-weight", type=float)
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    train.add_argument("--checkpoint-every", type=int, default=100)
+    train.add_argument(
+        "--style-size", type=int, help="longest side of the style image (default: its own)"
+    )
+    train.add_argument("--batch-size", type=int, default=4, help="crops per step")
+    train.add_argument("--style-weight", type=float, help="style loss weight (default: 1)")
+    train.add_argument("--content-weight", type=float, help="content loss weight (default: 1)")
+    train.add_argument("--learning-rate", type=float, help="Adam's (default: 0.001)")
+    train.add_argument("--seed", type=int, default=0, help="crops, flips and initial weights")
+    train.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if any"
+    )
+    train.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between checkpoints"
+    )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.set_defaults(handler=_train)
 

@@ -170,17 +170,16 @@ class FastPlugin(Plugin[FastParams]):
 
     @classmethod
     def check(cls, params: Any, runtime: Runtime) -> None:
-        """The manifest read and checked against the graph (onnx only, nothing run)."""
-        _checked(params.model, ModelManifest.for_model(params.model), params)
+        """The manifest read and checked against the graph (onnx only, nothing run), of
+        the model file a start would choose (its fp16 variant, where precision asks)."""
+        model, manifest = _model_for(params, resolve(params.device or runtime.device))
+        _checked(model, manifest, params)
 
     def __init__(self, params: FastParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
         device = params.device or runtime.device
         self.device = device  # "cuda:N" keeps its N: the session runs on that GPU
-        manifest = ModelManifest.for_model(params.model)
-        self.model = chosen_model(params.model, manifest, params.precision, resolve(self.device))
-        if self.model != params.model:
-            manifest = ModelManifest.for_model(self.model)
+        self.model, manifest = _model_for(params, resolve(self.device))
         self.manifest = manifest
         self.checked: Checked = _checked(self.model, manifest, params)
         self.engine: Engine = engine_for(
@@ -472,6 +471,18 @@ class FastPlugin(Plugin[FastParams]):
                 total[top : top + h, left : left + w] += out * mask
                 weight[top : top + h, left : left + w] += mask
         return _to_image(total / np.maximum(weight, 1e-6))
+
+
+def _model_for(
+    params: FastParams, kind: Literal["cpu", "cuda", "tensorrt"]
+) -> tuple[Path, ModelManifest]:
+    """The model file a plugin with ``params`` runs on a ``kind`` device, with its
+    manifest (see :func:`chosen_model`)."""
+    manifest = ModelManifest.for_model(params.model)
+    model = chosen_model(params.model, manifest, params.precision, kind)
+    if model != params.model:
+        manifest = ModelManifest.for_model(model)
+    return model, manifest
 
 
 def chosen_model(

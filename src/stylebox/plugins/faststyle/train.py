@@ -166,12 +166,12 @@ def train(
     except BadInput as exc:
         raise ConfigError(f"--style {params.style}: {exc}") from exc
     photos = load_photos(params.content_dir, max(params.image_size * 2, 512))
+    device = resolve_device(params.device)  # no CUDA: refused before OUT.train is made
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out: cannot make {out_dir} ({exc.strerror or exc})") from None
     backbone = backbone or BackboneSpec()
-    device = resolve_device(params.device)
     torch.manual_seed(params.seed)
     rng = random.Random(params.seed)
     state = None
