@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def test_train_writes_model_manifest_samples_and_checkpoint(trained: Path) -> No
     record = manifest["training"]
     assert record["steps"] == 3 and record["onnx_max_abs_error"] < 1e-2
     assert "stylebox train" in record["command"] and record["seconds"] > 0
+    assert record["machine"] != platform.machine()  # the CPU's model name, not only "x86_64"
     assert {"loss", "content", "style"} <= set(record["final_losses"])
     assert (trained.parent / "tiny.train" / "checkpoint.pt").is_file()
     assert len(list((trained.parent / "tiny.train" / "samples").glob("*.png"))) == 3

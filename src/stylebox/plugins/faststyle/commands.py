@@ -160,13 +160,34 @@ def _train(args: argparse.Namespace) -> int:
     record = {
         "command": " ".join(["stylebox", *sys.argv[1:]]),
         "seconds": round(time.perf_counter() - began, 1),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": _machine(params.device),
     }
     (work / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
     style_name = Path(str(args.style)).stem
     exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=record)
     print(f"{out}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
     return EXIT_OK
+
+
+def _machine(device: str) -> str:
+    """What trained it, for its manifest: the CPU's model name, and the GPU's where one
+    was used (platform.processor() is empty on Linux: it said only "x86_64")."""
+    from stylebox.tensors import resolve_device
+
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = f"{line.partition(':')[2].strip()} ({platform.machine()})"
+                break
+    except OSError:
+        pass
+    used = resolve_device(device)
+    if used.type == "cuda":
+        import torch
+
+        return f"{torch.cuda.get_device_name(used)}; {cpu}"
+    return cpu
 
 
 def _export(args: argparse.Namespace) -> int:

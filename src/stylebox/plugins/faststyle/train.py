@@ -196,7 +196,15 @@ def train(
         step, history = state["step"], state["history"]
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
-        log.info("resuming at step %d", step)
+        if step >= params.steps:
+            log.warning(
+                "the run is at step %d already, --steps %d: nothing to train, it is exported "
+                "as it is (a larger --steps trains on)",
+                step,
+                params.steps,
+            )
+        else:
+            log.info("resuming at step %d", step)
 
     if params.style_size:
         style_image = resize_to_max_side(style_image, params.style_size)
