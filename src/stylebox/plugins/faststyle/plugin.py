@@ -170,10 +170,14 @@ class FastPlugin(Plugin[FastParams]):
 
     @classmethod
     def check(cls, params: Any, runtime: Runtime) -> None:
-        """The manifest read and checked against the graph (onnx only, nothing run), of
-        the model file a start would choose (its fp16 variant, where precision asks)."""
-        model, manifest = _model_for(params, resolve(params.device or runtime.device))
-        _checked(model, manifest, params)
+        """The manifest read and checked against the graph (onnx only, nothing run); and
+        so is the fp16 variant a start on a GPU would choose (precision fp16, or auto and
+        the manifest names one), on any machine: a missing one disabled the inbox there."""
+        _checked(params.model, ModelManifest.for_model(params.model), params)
+        if params.precision != "fp32":
+            variant, manifest = _model_for(params, "cuda")
+            if variant != params.model:
+                _checked(variant, manifest, params)
 
     def __init__(self, params: FastParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
