@@ -148,6 +148,7 @@ def test_files_named_near_the_file_systems_limit_are_moved_aside_with_their_note
     bad, good = "D" * 231 + ".png", "東" * 81 + ".png"  # 235 and 247 bytes
     (inbox / bad).write_bytes(b"not a picture\n" * 10)
     photo(8, 8).save(inbox / good)
+    photo(8, 8, seed=5).convert("L").save(inbox / ("D" * 231 + ".mask.png"))  # its companion
     shutil.copy(inbox / good, inbox / ("E" * 240 + ".png"))
     outcomes = pipeline.enqueue(source, [inbox / bad, inbox / good, inbox / ("E" * 240 + ".png")])
     assert outcomes == ["queued", "queued", "waiting"]
@@ -156,7 +157,9 @@ def test_files_named_near_the_file_systems_limit_are_moved_aside_with_their_note
     assert [row.state for row in pipeline.journal.jobs(source.key)] == ["failed", "done"]
     assert not list(inbox.glob("*.png"))
     failed = sorted(p.name for p in (inbox / "failed").iterdir())
-    assert failed == ["D" * 217 + ".png", "D" * 217 + ".png.error.txt"]
+    assert failed == [  # the mask keeps its kind, and so its photo
+        "D" * 217 + ".mask.png", "D" * 217 + ".png", "D" * 217 + ".png.error.txt"
+    ]  # fmt: skip
     processed = sorted(p.name for p in (inbox / "processed").iterdir())
     assert processed == ["E" * 217 + ".png", "E" * 217 + ".png.duplicate.txt", "東" * 72 + ".png"]
     assert all(len(os.fsencode(name)) <= files.MOVED_NAME_MAX + 14 for name in processed)

@@ -65,7 +65,7 @@ def _loop(
     loaded = load_config(write_config(tmp_path, CONFIG.format(lease=lease, extra=extra)))
     stepper = plugin(StepperParams(**params), Runtime(state_dir=loaded.config.state_dir))
     inbox = loaded.config.inbox[0]
-    inbox.path.mkdir()
+    inbox.path.mkdir(exist_ok=True)  # a test may have put a companion there
     source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", stepper, stepper.params))
     journal = Journal(journal_path(loaded.config.state_dir))
     pipeline = Pipeline(loaded, {source.key: source}, journal)
@@ -420,6 +420,8 @@ sys.path[:0] = [sys.argv[1]]
 from pathlib import Path
 import test_jobloop
 tmp = Path(sys.argv[2])
+(tmp / "inbox").mkdir()
+test_jobloop.photo(24, 16, seed=3).convert("L").save(tmp / "inbox" / "photo.mask.png")
 loop = test_jobloop._loop(tmp, json.loads(sys.argv[3]))
 
 def die(event, args):  # killed at the instant the input would leave the inbox
@@ -457,14 +459,79 @@ def test_a_crash_as_an_ended_jobs_input_is_moved_leaves_the_journal_right(
     assert pipeline.enqueue(source, [tmp_path / "inbox" / "photo.png"]) == ["moved"]
     assert journal.get(row.id) == row
     assert Path(row.input_path).is_file() and not (tmp_path / "inbox" / "photo.png").exists()
+    assert Path(row.input_path).with_suffix(".mask.png").is_file()  # its companion with it
+    assert not (tmp_path / "inbox" / "photo.mask.png").exists()
     if outcome == "failed":
         note = Path(row.input_path + ".error.txt").read_text()
         assert note.startswith("PluginError: ") and f"job: {row.id}" in note
 
     # Dropped again later, the same photo is the usual retry or duplicate, not "moved".
     shutil.copy(row.input_path, tmp_path / "inbox" / "again.png")
+    shutil.copy(
+        Path(row.input_path).with_suffix(".mask.png"), tmp_path / "inbox" / "again.mask.png"
+    )
     again = pipeline.enqueue(source, [tmp_path / "inbox" / "again.png"])
     assert again == (["duplicate"] if outcome == "done" else ["retry"])
+
+
+_REFUSED_AT_THE_MOVE = """
+import json, os, sys
+sys.path[:0] = [sys.argv[1]]
+from pathlib import Path
+import test_jobloop
+tmp = Path(sys.argv[2])
+loop = test_jobloop._loop(tmp, json.loads(sys.argv[3]))
+refused = []
+
+def refuse(event, args):  # the input's first move fails (a folder not writable, say)
+    if event == "os.rename" and Path(os.fsdecode(args[0])).parent.name == "inbox":
+        if not refused:
+            refused.append(1)
+            raise PermissionError(13, "Permission denied")
+
+sys.addaudithook(refuse)
+loop.run_next({"inbox:steps"})
+"""
+
+
+def test_an_input_whose_move_fails_after_its_end_is_recorded_is_retried_as_it_was(
+    tmp_path: Path,
+) -> None:
+    # The journal kept the end's input_path, a file that was never there: the retry failed
+    # as "vanished from the inbox" (BadInput: no Retry on the page), beside a stray note.
+    script = [sys.executable, "-c", _REFUSED_AT_THE_MOVE, str(Path(__file__).parent)]
+    params = {"steps": 1, "fail_at": 1}
+    done = subprocess.run([*script, str(tmp_path), json.dumps(params)], timeout=120)
+    assert done.returncode == 0
+    journal = Journal(journal_path(tmp_path / "state"))
+    (row,) = journal.jobs()
+    inbox = tmp_path / "inbox"
+    assert (row.state, row.input_path, row.attempts) == ("queued", str(inbox / "photo.png"), 0)
+    assert (inbox / "photo.png").is_file() and not list(inbox.glob("*/*.error.txt"))
+
+    with closing(sqlite3.connect(journal.path)) as db, db:  # its wait to try again is over
+        db.execute("UPDATE jobs SET not_before = 0")
+    loaded = load_config(tmp_path / "stylebox.toml")
+    stepper = Stepper(StepperParams(**params), Runtime(state_dir=loaded.config.state_dir))
+    handle = PluginHandle("stepper", "1", stepper, stepper.params)
+    source = Source.of("inbox:steps", loaded.config.inbox[0], handle)
+    JobLoop(Pipeline(loaded, {source.key: source}, journal)).run_until_empty({source.key})
+    (row,) = journal.jobs()
+    assert (row.state, row.error_class) == ("failed", "PluginError")
+    assert row.input_path == str(inbox / "failed" / "photo.png")
+    assert Path(row.input_path + ".error.txt").read_text().startswith("PluginError: ")
+
+
+def test_a_done_jobs_input_whose_move_fails_fails_as_storage_with_its_result_kept(
+    tmp_path: Path,
+) -> None:
+    script = [sys.executable, "-c", _REFUSED_AT_THE_MOVE, str(Path(__file__).parent)]
+    done = subprocess.run([*script, str(tmp_path), json.dumps({"steps": 1})], timeout=120)
+    assert done.returncode == 0
+    (row,) = Journal(journal_path(tmp_path / "state")).jobs()
+    assert (row.state, row.error_class) == ("failed", "StorageError")  # max_attempts = 1
+    assert row.input_path == str(tmp_path / "inbox" / "failed" / "photo.png")
+    assert Path(row.input_path).is_file() and (tmp_path / "outbox" / "photo.json").is_file()
 
 
 def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path) -> None:

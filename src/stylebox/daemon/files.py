@@ -69,7 +69,7 @@ def move_unique(
     before: Callable[[Path], None] | None = None,
 ) -> Path:
     """Rename ``source`` (a file, folder or link: never followed) into ``folder`` under a
-    free name (``name``, else its own, cut to :data:`MOVED_NAME_MAX` bytes and numbered if
+    free name (``name``, else its own cut to :data:`MOVED_NAME_MAX` bytes; numbered if
     taken), durably. A ``folder`` on another
     file system (a ``processed_dir`` on a NAS, say) gets a copy, whole under its name
     before the original is removed. ``before(target)`` is called with the name chosen,
@@ -77,7 +77,10 @@ def move_unique(
     file is going: a crash between the two leaves the record, and the file where it was)."""
     folder.mkdir(parents=True, exist_ok=True)
     with _lock:
-        target = free_path(folder, fitting(name or source.name))
+        # Its own name leaves room for a note beside it; a name given (a companion's, which
+        # keeps its kind: photo.mask.png) only for a number.
+        wanted = fitting(name, NAME_MAX - len("-99999")) if name else fitting(source.name)
+        target = free_path(folder, wanted)
         if before is not None:
             before(target)
         try:

@@ -432,7 +432,10 @@ class Pipeline:
                 return False
         except OSError:
             return False
-        files.move_unique(path, target.parent, target.name)
+        try:  # with its companions (photo.mask.png), as the job would have moved them
+            _move_input(path, target.parent, name=target.name)
+        except FileNotFoundError:  # its job, ending just now, moved it as it was seen
+            return True
         log.info(
             "moved where its job's end said, which a crash had cut short",
             extra={**self._fields(row, "moved"), "path": files.readable(str(target))},
@@ -754,12 +757,14 @@ class Pipeline:
         self,
         source: Source,
         row: JobRow,
-        record: Callable[[Path], None],
+        record: Callable[[Path | None], None],
         folder: Literal["processed", "failed"],
     ) -> bool:
         """Move job ``row``'s inbox input to its ``folder``, calling ``record(target)``
         just before; ``False`` when nothing moves (a batch's or run's input; one gone or
-        replaced while the job ran: said in the log)."""
+        replaced while the job ran: said in the log). A move that fails after the record
+        (a folder not writable, a full disk) raises with the job's journal row as it was
+        (running, its input in the inbox), for the caller to retry or requeue it."""
         origin = Path(row.origin_path)
         if not source.moves_inputs or not os.path.lexists(origin):
             return False
@@ -768,7 +773,20 @@ class Pipeline:
             return False
         assert isinstance(source.config, InboxConfig)
         where = source.config.processed_dir if folder == "processed" else source.config.failed_dir
-        _move_input(origin, where, before=record)
+        recorded: list[Path] = []
+
+        def before(target: Path) -> None:
+            record(target)
+            recorded.append(target)
+
+        try:
+            _move_input(origin, where, before=before)
+        except BaseException:
+            if recorded:  # the end was written, the input did not follow: undone
+                lease = self.loaded.config.daemon.lease_seconds
+                self.journal.unfinish(row.id, self.owner, lease, origin)
+                Path(f"{recorded[0]}.error.txt").unlink(missing_ok=True)
+            raise
         return True
 
     def _replaced_while_running(self, row: JobRow) -> None:
@@ -958,11 +976,17 @@ def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
     return keys
 
 
-def _move_input(origin: Path, folder: Path, before: Callable[[Path], None] | None = None) -> Path:
-    """Move the input at ``origin`` into ``folder`` under a free name, where it is now; its
-    companion files (``photo.mask.png``) follow it, named after it there, and one that
-    cannot be moved stays, logged. ``before``: see :func:`files.move_unique`."""
-    moved = files.move_unique(origin, folder, before=before)
+def _move_input(
+    origin: Path,
+    folder: Path,
+    before: Callable[[Path], None] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Move the input at ``origin`` into ``folder`` under a free name (``name``, else its
+    own), where it is now; its companion files (``photo.mask.png``) follow it, named after
+    it there, and one that cannot be moved stays, logged. ``before``: see
+    :func:`files.move_unique`."""
+    moved = files.move_unique(origin, folder, name, before=before)
     for kind, path in companions_of(origin).items():
         try:
             files.move_unique(path, moved.parent, f"{moved.stem}.{kind}{path.suffix}")
