@@ -419,6 +419,13 @@ def test_garbled_pixel_data_is_damaged_not_cut_short() -> None:
     with pytest.raises(BadInput, match=r"^a\.png is a damaged PNG: ") as refused:
         decode_bytes(garbled, name="a.png")
     assert not isinstance(refused.value, Truncated)
+    # A whole GIF whose LZW data is garbled: its decoder's last block read is short, as
+    # every whole file's is, which made it "cut short".
+    gif = bytearray(encoded(photo(64, 48), "GIF"))
+    gif[len(gif) // 2 : len(gif) // 2 + 100] = b"\xff" * 100
+    with pytest.raises(BadInput, match=r"^a\.gif is a damaged GIF: ") as refused:
+        decode_bytes(bytes(gif), name="a.gif")
+    assert not isinstance(refused.value, Truncated)
 
 
 def test_a_file_deleted_before_it_is_read_is_said_to_be_gone(tmp_path: Path) -> None:

@@ -171,9 +171,11 @@ def decode_bytes(
         chunk = _png_crc_error(data)
         if chunk:
             raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}") from exc
-        if isinstance(exc, EOFError) or "truncated" in str(exc) or stream.ran_out:
+        # (Not a short read, here: a decoder reads in blocks, and the last block of a
+        # whole file is short too. Run out of data, Pillow says "truncated".)
+        if isinstance(exc, EOFError) or "truncated" in str(exc) or stream.declared_longer:
             raise _cut_short(name, original_format, len(data)) from exc
-        # Its reader stopped before the end of the data: damage, which more bytes won't mend.
+        # Its decoder refused what it read: damage, which more bytes won't mend.
         raise BadInput(f"{name} is a damaged {original_format}: {exc}") from exc
     # A flipped bit in the pixel data can still inflate: only the chunk's CRC shows it.
     # (A damaged ancillary chunk, text say, costs no pixel: libpng drops it, so do we.)
@@ -368,9 +370,10 @@ def _damage(data: bytes, formats: frozenset[str]) -> tuple[str, str, bool] | Non
 
 
 class _Reads(io.BytesIO):
-    """An image's bytes that notice a reader asking for more than is left: its file ends
-    before its image does (cut short), rather than holding bytes no reader makes sense of
-    (damaged)."""
+    """An image's bytes that notice a header reader asking for more than is left: its
+    file ends inside its header (cut short), rather than holding a header no reader makes
+    sense of (damaged). A header is read in pieces of the sizes its fields have, so a short
+    read means the end came first."""
 
     def read(self, size: int | None = -1, /) -> bytes:
         chunk = super().read(size)
@@ -380,11 +383,16 @@ class _Reads(io.BytesIO):
 
     @property
     def ran_out(self) -> bool:
-        # A WebP is read whole at once: its RIFF header says how long it should be.
+        return getattr(self, "_short", False) or self.declared_longer
+
+    @property
+    def declared_longer(self) -> bool:
+        """Whether the file says it is longer than it is: a WebP, read whole at once, by
+        its RIFF header's length."""
         data = self.getbuffer()
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 8:
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
             return int.from_bytes(data[4:8], "little") + 8 > len(data)
-        return getattr(self, "_short", False)
+        return False
 
 
 def _cut_short(name: str, fmt: str, size: int) -> Truncated:
