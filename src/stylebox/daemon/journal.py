@@ -187,7 +187,9 @@ class Journal:
             self._check_lost_log()  # before a connection makes a new, empty log
             self._connection().executescript(_SCHEMA)  # idempotent; commits on its own
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # a disk error, a read-only file system...
+            raise StateError(f"the journal {path} cannot be opened ({exc})") from exc
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
             raise StateError(
                 f"the journal {path} cannot be used ({exc}); move it aside and start again "
                 "(the photos still in inboxes are queued anew, results already made are kept)"
