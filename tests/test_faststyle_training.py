@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -221,6 +222,11 @@ def test_ctrl_c_or_sigterm_checkpoints_train_and_exits_130(
     assert "Traceback" not in stderr
     step = int(last.split()[4].rstrip(","))
     assert torch.load(out.with_suffix(".train") / CHECKPOINT, weights_only=True)["step"] == step
+    # Its time so far is kept for the record a resume completes (which counted only the
+    # last session's).
+    record = json.loads((out.with_suffix(".train") / "training.json").read_text())
+    assert record["command"].startswith("stylebox train --style starry_night")
+    assert record["seconds"] > 0
 
 
 def test_a_stopped_run_resumes_exactly_from_where_it_stopped(

@@ -127,7 +127,7 @@ def _train(args: argparse.Namespace) -> int:
     from stylebox.plugins.faststyle.train import CHECKPOINT, TrainingStopped, TrainParams, train
     from stylebox.progress import count_bar
 
-    out = args.out if args.out.suffix == ".onnx" else args.out.with_suffix(".onnx")
+    out = _onnx(args.out)
     chosen = {
         "style": args.style, "content_dir": args.content_dir, "preset": args.preset,
         "steps": args.steps, "image_size": args.image_size, "style_size": args.style_size,
@@ -140,33 +140,58 @@ def _train(args: argparse.Namespace) -> int:
             {k: v for k, v in chosen.items() if v is not None}, context={"base_dir": Path.cwd()}
         )
     except ValidationError as exc:
+        from stylebox.config import field_errors
+
         raise ConfigError("; ".join(
-            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+            for e in field_errors(exc)
         )) from None  # fmt: skip
     work = out.with_suffix(".train")
     if out.exists() and not args.resume and not work.exists():
         raise ConfigError(f"--out {out} exists: remove it or give another name")
     began = time.perf_counter()
+    command = " ".join(["stylebox", *sys.argv[1:]])
+
+    def record() -> dict[str, Any]:
+        """How the run was made, over every session of it: its first command and those
+        that resumed it, its time in all, the machine; kept beside its checkpoint."""
+        path = work / TRAINING_RECORD
+        try:
+            earlier = json.loads(path.read_text()) if args.resume else {}
+        except (OSError, ValueError):
+            earlier = {}
+        made = {
+            "command": earlier.get("command", command),
+            "seconds": round(earlier.get("seconds", 0) + time.perf_counter() - began, 1),
+            "machine": _machine(params.device),
+        }
+        if args.resume:
+            made["resumed_by"] = [*earlier.get("resumed_by", []), command]
+        path.write_text(json.dumps(made, indent=2))
+        return made
+
     with count_bar("train", params.steps) as advance, _stop_on_signals() as stop:
         try:
             train(params, work, resume=args.resume, on_step=lambda *_: advance(1), stop=stop)
         except TrainingStopped as exc:
+            record()
             print(
                 f"stylebox: stopped at step {exc.step}, checkpointed in {work}; the same "
                 "command with --resume continues",
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
-    record = {
-        "command": " ".join(["stylebox", *sys.argv[1:]]),
-        "seconds": round(time.perf_counter() - began, 1),
-        "machine": _machine(params.device),
-    }
-    (work / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
+    training = record()
     style_name = Path(str(args.style)).stem
-    exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=record)
+    exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=training)
     print(f"{out}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
     return EXIT_OK
+
+
+def _onnx(path: Path) -> Path:
+    """The model file ``--out`` names: ``.onnx`` added where it is missing (``m.v2`` is
+    ``m.v2.onnx``)."""
+    return path if path.suffix == ".onnx" else path.with_name(path.name + ".onnx")
 
 
 def _machine(device: str) -> str:
@@ -196,7 +221,7 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.out_given)
     if out.is_dir() or args.out_given.endswith(("/", "\\")):
         raise ConfigError(f"--out {args.out_given} is a folder; name the model: MODEL.onnx")
-    out = out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx")
+    out = _onnx(out)
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: {out.parent} is not a folder")
     exported = export_with_manifest(args.checkpoint, out, style=args.style, fp16=args.fp16)
