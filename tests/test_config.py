@@ -359,7 +359,9 @@ def test_a_value_every_branch_of_a_union_refuses_is_one_error_in_the_validators_
 ) -> None:
     # The fast plugin's style (a file, a list of files, or none): a missing file gave three
     # errors under locations like style.function-after[validate(), lax-or-strict[...]].
-    from pydantic import BaseModel, ValidationError
+    from typing import Literal
+
+    from pydantic import BaseModel, PositiveInt, ValidationError
 
     from stylebox.config import field_errors
     from stylebox.plugins.api import StyleFile
@@ -377,3 +379,12 @@ def test_a_value_every_branch_of_a_union_refuses_is_one_error_in_the_validators_
     assert message.startswith("nosuch.jpg is neither an image file nor a bundled style (")
     (tmp_path / "a.jpg").write_bytes(b"")
     assert errors(["a.jpg", 3]) == [(("style", 1), "expected a path (text)")]
+
+    class Steps(BaseModel):
+        steps: PositiveInt | Literal["auto"] = "auto"
+
+    with pytest.raises(ValidationError) as refused:
+        Steps.model_validate({"steps": -1})
+    assert [(e["loc"], e["msg"]) for e in field_errors(refused.value)] == [
+        (("steps",), "Input should be greater than 0")
+    ]

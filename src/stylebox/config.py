@@ -8,6 +8,7 @@ validated by its plugin's own ``Params`` model.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -558,6 +559,16 @@ _WRONG_BRANCH = frozenset(
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
+def _branch_tag(part: int | str) -> bool:
+    """Whether a part of an error's location names a union's branch (``none``,
+    ``constrained-int``, ``function-after[validate(), ...]``), not a field or key."""
+    if not isinstance(part, str):
+        return False
+    return (
+        "[" in part or part in _BRANCH_TAGS or re.fullmatch(r"[a-z]+(-[a-z]+)+", part) is not None
+    )
+
+
 def field_errors(exc: ValidationError) -> list[ErrorDetails]:
     """``exc``'s errors as people read them: one per field, its location without the
     names of a union's branches, its validator's own words first. A value refused by every
@@ -566,11 +577,7 @@ def field_errors(exc: ValidationError) -> list[ErrorDetails]:
     what is wrong with it (``nosuch.jpg is neither an image file nor a bundled style``)."""
     chosen: dict[tuple[int | str, ...], ErrorDetails] = {}
     for error in exc.errors(include_url=False):
-        loc = tuple(
-            part
-            for part in error["loc"]
-            if not (isinstance(part, str) and ("[" in part or part in _BRANCH_TAGS))
-        )
+        loc = tuple(part for part in error["loc"] if not _branch_tag(part))
         message = error["msg"]
         for prefix in _PREFIXES:
             message = message.removeprefix(prefix)

@@ -98,19 +98,32 @@ def _copy_across(source: Path, target: Path) -> None:
     """Move ``source`` to ``target`` on another file system: copied under a hidden name
     first, so that ``target`` never holds part of it, then the original removed."""
     partial = target.with_name(f".{target.name}.moving")
-    if source.is_symlink():
-        os.symlink(os.readlink(source), partial)
-    elif source.is_dir():
-        shutil.copytree(source, partial, symlinks=True)
-    else:
-        shutil.copy2(source, partial)
-        with partial.open("rb") as handle:
-            os.fsync(handle.fileno())
-    os.rename(partial, target)
+    _remove(partial)  # left by a copy a crash cut short
+    try:
+        if source.is_symlink():
+            os.symlink(os.readlink(source), partial)
+        elif source.is_dir():
+            shutil.copytree(source, partial, symlinks=True)
+        else:
+            shutil.copy2(source, partial)
+            with partial.open("rb") as handle:
+                os.fsync(handle.fileno())
+        os.rename(partial, target)
+    except BaseException:  # a full disk, say: no half copy left behind
+        _remove(partial)
+        raise
     if source.is_dir() and not source.is_symlink():
         shutil.rmtree(source)
     else:
         source.unlink()
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path`` (a file, link or folder) if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_reason(moved: Path, reason: str, suffix: str = ".error.txt") -> Path:
