@@ -343,7 +343,9 @@ def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file:
     assert list(params.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
     assert params.photorealism > 0 and params.init == "content"
     assert params.affine_fit_radius == 4
+    assert params.require_progress == 0.9  # a photo's loss, all style at first, rarely halves
     assert params.style_weight == 7
+    assert GatysParams(style=[style_file], preset="photo", require_progress=0).require_progress == 0
     with pytest.raises(ValueError, match="style_mask has 2 masks for 1 style"):
         GatysParams(style=[style_file], style_mask=[style_file, style_file])
     with pytest.raises(ValueError, match="preset"):

@@ -30,7 +30,7 @@ from stylebox.backbone import fingerprint, load_vgg19
 from stylebox.errors import BadInput, Cancelled, ConfigError, PermanentFailure, StyleboxError
 from stylebox.images import decode_image, fit_within, resize_to_max_side
 from stylebox.plugins.api import JobContext, Runtime, params_digest
-from stylebox.plugins.gatys import color
+from stylebox.plugins.gatys import color, photoreal
 from stylebox.plugins.gatys.affine_fit import affine_fit
 from stylebox.plugins.gatys.checkpoint import Checkpoint
 from stylebox.plugins.gatys.labels import (
@@ -406,6 +406,7 @@ class Engine:
                 regions.append(self._regions(lane, content[i : i + 1], colour_content[i : i + 1]))
             if p.photorealism:
                 photo = colour_content[i : i + 1]
+                photoreal.warm_up()  # the load of pymatting's code is no photo's build time
                 began = time.perf_counter()
                 laplacian, cached = self.laplacians.get(_tensor_digest(photo), photo)
                 laplacians.append(laplacian)

@@ -14,6 +14,7 @@ step's tenth on the CPU. It is built once per photo and size and kept on the ima
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections import OrderedDict
@@ -24,6 +25,13 @@ import torch
 
 #: Levin et al.'s regularisation of the windows' colour covariance (also Luan et al.'s).
 EPSILON = 1e-7
+
+
+@functools.cache
+def warm_up() -> None:
+    """Import pymatting and load its compiled code (numba's cache) once per process, on a
+    tiny photo: then a photo's own build time is what its manifest records."""
+    matting_laplacian(torch.rand(1, 3, 4, 4))
 
 
 def matting_laplacian(photo: torch.Tensor, epsilon: float = EPSILON) -> Any:
