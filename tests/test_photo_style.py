@@ -214,6 +214,7 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
     ]
     assert context.facts["mask_regions"] == ["#0000ff", "#00ff00", "#ff0000"]
     assert context.facts["mask_regions_unstyled"] == ["#00ff00"]
+    assert context.facts["style_cache"] == {"computed": 1}  # region targets: made, never cached
 
 
 def test_a_mask_with_few_colours_that_is_no_label_image_is_refused(tmp_path: Path) -> None:

@@ -404,6 +404,8 @@ class Engine:
         for i, lane in enumerate(lanes if p.style_mask is not None or p.photorealism else ()):
             if p.style_mask is not None:
                 regions.append(self._regions(lane, content[i : i + 1], colour_content[i : i + 1]))
+                # Region targets are made for each photo's mask, never cached: computed.
+                outcomes["computed"] = outcomes.get("computed", 0) + len(self.styles)
             if p.photorealism:
                 photo = colour_content[i : i + 1]
                 photoreal.warm_up()  # the load of pymatting's code is no photo's build time
