@@ -261,6 +261,16 @@ def test_an_antialiased_mask_is_refused_saying_how_to_fix_it(tmp_path: Path) -> 
         style_mask=[str(tmp_path / "blurred.png")],
         mask_colors=["#ff0000", "#0000ff"],
     )
+    # A region no listed colour is near would join another without a word (one colour for
+    # a red and blue mask made sea and sky one region; two colours in neither likewise).
+    for listed in (["#ff0000"], ["#00ff00", "#ffff00"]):
+        with pytest.raises(ConfigError, match=r"blurred\.png has a region of #[0-9a-f]{6} \(\d+%"):
+            plugin(
+                tmp_path,
+                style=[str(tmp_path / "m.png")],
+                style_mask=[str(tmp_path / "blurred.png")],
+                mask_colors=listed,
+            )
 
 
 def test_a_photo_without_its_mask_fails_saying_where_to_put_it(tmp_path: Path) -> None:

@@ -158,6 +158,44 @@ def check_shape(
         )
 
 
+#: A colour that covers at least this share of a mask is one of its regions (the others
+#: are the blends at their edges, which mask_colors exist to take in).
+REGION_SHARE = 0.01
+#: How far (RGB distance) a region's colour may be from the mask_colors entry it goes to.
+LISTED_NEAR = 64.0
+
+
+def check_listed(
+    mask: Image.Image, listed: Sequence[Color], where: str, error: type[StyleboxError]
+) -> None:
+    """Refuse (``error``) a mask with a region whose colour no ``mask_colors`` entry is
+    near: its pixels would join the nearest listed region, another one, without a word
+    (``["#ff0000"]`` for a red and blue mask made sea and sky one region). A blend of two
+    listed colours (an antialiased or blurred edge) is near the line between them, and
+    taken in as mask_colors mean it to be."""
+    packed = _packed(mask)
+    values, counts = np.unique(packed, return_counts=True)
+    main = values[counts >= REGION_SHARE * packed.size].astype(np.int64)
+    pixels = np.stack([(main >> 16) & 255, (main >> 8) & 255, main & 255], axis=1)
+    palette = np.asarray(listed, dtype=np.float64)
+    distance = np.sqrt(((pixels[:, None, :] - palette[None]) ** 2).sum(-1))
+    for a in range(len(palette)):  # the distance to each blend of two listed colours
+        for b in range(a + 1, len(palette)):
+            direction = palette[b] - palette[a]
+            t = ((pixels - palette[a]) @ direction / (direction @ direction)).clip(0, 1)
+            blend = np.sqrt(((pixels - palette[a] - t[:, None] * direction) ** 2).sum(-1))
+            distance = np.concatenate([distance, blend[:, None]], axis=1)
+    for row, value in enumerate(main):
+        nearest = int(distance[row, : len(palette)].argmin())
+        if distance[row].min() > LISTED_NEAR:
+            share = counts[values == value][0] / packed.size
+            raise error(
+                f"{where} has a region of {hex_color(_unpack(int(value)))} ({share:.0%} of "
+                f"it) that no mask_colors entry is near: it would join "
+                f"{hex_color(listed[nearest])}'s region; add its colour to mask_colors"
+            )
+
+
 def regions_present(mask: Image.Image, colors: Sequence[Color]) -> set[Color]:
     """The ``colors`` some pixel of ``mask`` is nearest to (as the style loss assigns
     pixels to regions): the regions it has."""

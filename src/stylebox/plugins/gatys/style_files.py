@@ -15,6 +15,7 @@ from PIL import Image, ImageStat
 from stylebox.errors import BadInput, ConfigError, StyleboxError
 from stylebox.images import decode_image
 from stylebox.plugins.gatys.labels import (
+    check_listed,
     check_shape,
     distinct_colors,
     load_mask,
@@ -56,7 +57,9 @@ class StyleFiles:
         """The regions' colours for a photo's ``mask``: ``mask_colors``, or those of the
         mask and the style masks, which must be label images (:class:`BadInput` if not)."""
         if params.mask_colors is not None:
-            return [parse_color(text) for text in params.mask_colors]
+            listed = [parse_color(text) for text in params.mask_colors]
+            check_listed(mask, listed, where, BadInput)
+            return listed
         # Checked as drawn: a resize could thin a region into what looks like an edge.
         colors = sorted(self.colors.union(distinct_colors(mask, where)))
         if len(colors) > MAX_MASK_COLORS:
@@ -112,6 +115,8 @@ def read_style_files(params: GatysParams) -> StyleFiles:
             mask = load_mask(path, where)
             if params.mask_colors is None:
                 colors.update(distinct_colors(mask, where))
+            else:
+                check_listed(mask, [parse_color(t) for t in params.mask_colors], where, BadInput)
         except BadInput as exc:
             raise ConfigError(str(exc)) from exc
         check_shape(mask, size, where, "its style image", ConfigError)
