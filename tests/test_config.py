@@ -388,3 +388,14 @@ def test_a_value_every_branch_of_a_union_refuses_is_one_error_in_the_validators_
     assert [(e["loc"], e["msg"]) for e in field_errors(refused.value)] == [
         (("steps",), "Input should be greater than 0")
     ]
+
+
+def test_a_key_written_with_a_dash_is_named_as_unknown(tmp_path: Path) -> None:
+    # A dash for an underscore, the typo TOML invites: the error named no key once branch
+    # tags such as constrained-int were dropped by their shape.
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        '[[inbox]]\nname = "a"\npath = "in"\noutbox = "out"\nplugin = "gatys"\nsettle-seconds = 3\n'
+    )
+    with pytest.raises(ConfigError, match=r"\(a\)\.settle-seconds: unknown key"):
+        load_config(config)

@@ -534,6 +534,21 @@ def test_a_done_jobs_input_whose_move_fails_fails_as_storage_with_its_result_kep
     assert Path(row.input_path).is_file() and (tmp_path / "outbox" / "photo.json").is_file()
 
 
+def test_a_file_refused_on_sight_that_cannot_be_moved_aside_waits_its_turn(
+    tmp_path: Path,
+) -> None:
+    # Its end undone when the move failed, it stayed 'running' under this process's lease,
+    # which nothing reclaims before a restart.
+    loop = _loop(tmp_path, {"steps": 1})
+    inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
+    (inbox / "failed").write_text("a file where the folder should be")
+    (inbox / "notes.png").write_text("not a picture")
+    assert loop.pipeline.enqueue(source, [inbox / "notes.png"]) == ["error"]
+    (row,) = [row for row in loop.journal.jobs() if row.name == "notes.png"]
+    assert (row.state, row.lease_owner) == ("queued", None)
+    assert (inbox / "notes.png").is_file()
+
+
 def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path) -> None:
     # Woken, the copy would find its job failed and queue it again as a retry: the photo
     # the person cancelled would be stylised after all.

@@ -8,7 +8,6 @@ validated by its plugin's own ``Params`` model.
 from __future__ import annotations
 
 import copy
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -550,7 +549,12 @@ def invalid(where: str, problems: list[str]) -> ConfigError:
 
 
 #: The names pydantic gives the branches of a union in an error's location.
-_BRANCH_TAGS = frozenset({"none", "str", "int", "float", "bool", "list", "dict"})
+#: (pydantic's own: a config key with a dash, a typo for one with an underscore, is named.)
+_BRANCH_TAGS = frozenset(
+    {"none", "str", "int", "float", "bool", "list", "dict", "constrained-int",
+     "constrained-float", "constrained-str", "lax-or-strict", "json-or-python", "is-instance",
+     "tagged-union", "nullable", "literal", "enum", "decimal"}
+)  # fmt: skip
 #: Error types that only say a value is not of one of a union's other branches.
 _WRONG_BRANCH = frozenset(
     {"none_required", "list_type", "dict_type", "is_instance_of", "model_type", "path_type"}
@@ -564,9 +568,7 @@ def _branch_tag(part: int | str) -> bool:
     ``constrained-int``, ``function-after[validate(), ...]``), not a field or key."""
     if not isinstance(part, str):
         return False
-    return (
-        "[" in part or part in _BRANCH_TAGS or re.fullmatch(r"[a-z]+(-[a-z]+)+", part) is not None
-    )
+    return "[" in part or part in _BRANCH_TAGS
 
 
 def field_errors(exc: ValidationError) -> list[ErrorDetails]:

@@ -711,12 +711,13 @@ class Journal:
     def unfinish(self, job_id: int, owner: str, lease_seconds: float, input_path: Path) -> None:
         """Undo :meth:`finish` of a job whose input could not follow its recorded end
         (the move failed): running again under ``owner``'s lease, its input at
-        ``input_path`` (where it still is), for the caller to retry or requeue it."""
+        ``input_path`` (where it still is), for the caller to retry or requeue it. The
+        error it was ending with stays, as its last."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
-                "finished_at = NULL, seconds = NULL, error_class = NULL, error_message = NULL, "
-                "hopeless = NULL, input_path = ? WHERE id = ?",
+                "finished_at = NULL, seconds = NULL, hopeless = NULL, input_path = ? "
+                "WHERE id = ?",
                 (owner, time.time() + lease_seconds, _path(input_path), job_id),
             )
 

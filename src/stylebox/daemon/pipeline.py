@@ -460,8 +460,13 @@ class Pipeline:
         if error is None:
             return
         claimed = self._take_to_end(row.id)
-        if claimed is not None:  # else a worker took it: it fails there, the same way
+        if claimed is None:  # a worker took it: it fails there, the same way
+            return
+        try:
             self._fail(source, claimed, error)
+        except Exception:  # not moved aside: back to the queue, to fail in its turn
+            self.journal.requeue(claimed.id)
+            raise
 
     @staticmethod
     def _retry_stem(source: Source, row: JobRow) -> str:
@@ -781,8 +786,10 @@ class Pipeline:
 
         try:
             _move_input(origin, where, before=before)
-        except BaseException:
-            if recorded:  # the end was written, the input did not follow: undone
+        except Exception:
+            # The end was written and the input did not follow: undone. (One that did, and
+            # failed after, a folder's fsync say, keeps its record: it is where that says.)
+            if recorded and os.path.lexists(origin):
                 lease = self.loaded.config.daemon.lease_seconds
                 self.journal.unfinish(row.id, self.owner, lease, origin)
                 Path(f"{recorded[0]}.error.txt").unlink(missing_ok=True)
