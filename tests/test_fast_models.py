@@ -345,18 +345,25 @@ def _config(tmp_path: Path, model: str) -> Path:
     return config
 
 
-def test_config_check_reports_a_bad_model_and_serve_disables_only_its_inbox(
-    tmp_path: Path,
-) -> None:
-    bare = tmp_path / "bare.onnx"
-    bare.write_bytes((REPO / "styles" / "starry_night_small.onnx").read_bytes())  # no manifest
-    config = _config(tmp_path, "bare.onnx")
+def _bad_inbox_disabled(config: Path) -> subprocess.CompletedProcess[str]:
+    """``stylebox config check`` on ``config``, which must say the inbox ``bad`` is
+    disabled for a bad model (exit 1)."""
     check = subprocess.run(
         [sys.executable, "-m", "stylebox.cli", "config", "check", str(config)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert check.returncode == 1, check.stdout
     assert "[[inbox]] bad is disabled: BadModel:" in check.stderr
+    return check
+
+
+def test_config_check_reports_a_bad_model_and_serve_disables_only_its_inbox(
+    tmp_path: Path,
+) -> None:
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes((REPO / "styles" / "starry_night_small.onnx").read_bytes())  # no manifest
+    config = _config(tmp_path, "bare.onnx")
+    check = _bad_inbox_disabled(config)
     assert "no manifest; write bare.json" in check.stderr
     assert "good is disabled" not in check.stderr and "Traceback" not in check.stderr
 
@@ -377,12 +384,7 @@ def test_config_check_reports_an_fp16_variant_that_is_not_there(tmp_path: Path) 
             'model = "starry_night_small.onnx", precision = "fp16" }',
         )
     )
-    check = subprocess.run(
-        [sys.executable, "-m", "stylebox.cli", "config", "check", str(config)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert check.returncode == 1, check.stdout
-    assert "[[inbox]] bad is disabled: BadModel:" in check.stderr
+    check = _bad_inbox_disabled(config)
     assert "its fp16 variant" in check.stderr and "does not exist" in check.stderr
 
 

@@ -147,12 +147,16 @@ def test_training_lowers_the_loss_and_writes_samples(
     assert len(list((tmp_path / "run" / "samples").glob("*-00012.png"))) == 3
 
 
+def assert_same_weights(whole: TransformerNet, resumed: TransformerNet) -> None:
+    for name, tensor in whole.state_dict().items():
+        assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
+
+
 def test_resume_continues_exactly(tmp_path: Path, photos: Path, style_file: Path) -> None:
     whole = train(params(photos, style_file, 4), tmp_path / "whole")
     train(params(photos, style_file, 2), tmp_path / "split")
     resumed = train(params(photos, style_file, 4), tmp_path / "split", resume=True)
-    for name, tensor in whole.state_dict().items():
-        assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
+    assert_same_weights(whole, resumed)
 
 
 def test_resume_keeps_the_shape_the_run_started_with(
@@ -242,8 +246,7 @@ def test_a_stopped_run_resumes_exactly_from_where_it_stopped(
     with pytest.raises(TrainingStopped, match="stopped at step 3"):
         train(params(photos, style_file, 5), tmp_path / "split", on_step=stop_after_3, stop=stop)
     resumed = train(params(photos, style_file, 5), tmp_path / "split", resume=True)
-    for name, tensor in whole.state_dict().items():
-        assert torch.allclose(tensor, resumed.state_dict()[name], atol=1e-6), name
+    assert_same_weights(whole, resumed)
 
 
 def test_a_run_is_not_lost_nor_resumed_with_other_settings(

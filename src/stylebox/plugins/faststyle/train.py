@@ -172,7 +172,6 @@ def train(
     except OSError as exc:
         raise ConfigError(f"--out: cannot make {out_dir} ({exc.strerror or exc})") from None
     backbone = backbone or BackboneSpec()
-    torch.manual_seed(params.seed)
     rng = random.Random(params.seed)
     state = None
     if resume:
@@ -184,6 +183,9 @@ def train(
             ) from None
         _check_same_run(state.get("params", {}), params, out_dir)
     vgg = load_vgg19(backbone, device)
+    # Seeded after the backbone: building one draws random numbers, a cached one none, and
+    # the same seed must give the same network either way.
+    torch.manual_seed(params.seed)
     # A run resumes with the network it started with, even if the preset changed since.
     blocks = residual_blocks_in(state["model"]) if state else None
     network = TransformerNet(params.preset, residual_blocks=blocks).to(device)
