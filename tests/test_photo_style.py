@@ -217,6 +217,87 @@ def test_each_region_takes_the_style_of_its_own_region(tmp_path: Path) -> None:
     assert context.facts["style_cache"] == {"computed": 1}  # region targets: made, never cached
 
 
+def tinted(photo: Image.Image, top: tuple[float, ...], bottom: tuple[float, ...]) -> Image.Image:
+    """``photo`` darkened and tinted one way above its middle and another below: a
+    reference whose regions' colours differ from the photo's and from each other's."""
+    pixels = np.asarray(photo, dtype=np.float64) / 255
+    half = pixels.shape[0] // 2
+    pixels[:half] = 0.6 * pixels[:half] * np.array(top)
+    pixels[half:] = 0.6 * pixels[half:] * np.array(bottom)
+    return Image.fromarray((pixels.clip(0, 1) * 255).round().astype(np.uint8))
+
+
+def region_means(picture: Image.Image, rows: slice) -> np.ndarray:
+    return np.asarray(picture, dtype=np.float64)[rows].reshape(-1, 3).mean(0)
+
+
+def test_matched_start_gives_each_region_the_references_colours(tmp_path: Path) -> None:
+    """Region by region, the start image takes the mean and spread of the reference's same
+    region; the third region, which the reference lacks, keeps the photo's colours."""
+    photo = kodak(96)  # 96 x 64
+    reference = tinted(kodak(96).transpose(Image.Transpose.FLIP_LEFT_RIGHT), (0.5, 0.8, 1.2),
+                       (1.3, 0.9, 0.4))  # fmt: skip
+    style = tmp_path / "reference.png"
+    reference.save(style)
+    style_mask = bands(tmp_path / "reference.mask.png", reference.size, [SKY, GROUND])
+    photo_mask = bands(tmp_path / "photo.mask.png", photo.size, [GROUND, SKY, OTHER])
+    painter = plugin(tmp_path, style=[str(style)], style_mask=[str(style_mask)], init="matched",
+                     size=96)  # fmt: skip
+    lane = painter.engine._lane(photo, masked(tmp_path / "job", photo_mask))
+    start = Image.fromarray(
+        (lane.start_image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    )
+    # The photo's ground is its top third, its sky the middle one (the reference's sky is
+    # its top half); only a band of a few pixels where two regions' recolourings blend
+    # differs from one region's map.
+    for ours, theirs in ((slice(0, 21), slice(32, 64)), (slice(21, 42), slice(0, 32))):
+        wanted = region_means(reference, theirs)
+        assert np.abs(region_means(start, ours) - wanted).max() < 6, (ours, wanted)
+    own = np.asarray(photo, dtype=np.float64)[48:]
+    assert np.abs(np.asarray(start, dtype=np.float64)[48:] - own).mean() < 1
+
+
+def test_matched_start_without_masks_has_the_styles_colour_statistics(tmp_path: Path) -> None:
+    photo = kodak(96)
+    style = tmp_path / "reference.png"
+    tinted(kodak(96).rotate(180), (0.5, 0.8, 1.2), (1.3, 0.9, 0.4)).save(style)
+    painter = plugin(tmp_path, style=[str(style)], init="matched", size=96)
+    lane = painter.engine._lane(photo, RecordingContext(tmp_path / "job"))
+    start = lane.start_image[0].reshape(3, -1).double() * 255
+    with Image.open(style) as opened:
+        theirs = torch.from_numpy(np.asarray(opened, dtype=np.float64)).reshape(-1, 3).T
+    assert (start.mean(1) - theirs.mean(1)).abs().max() < 1
+    assert (torch.cov(start) - torch.cov(theirs)).abs().max() < 0.05 * torch.cov(theirs).max()
+
+
+def test_the_photo_preset_moves_a_regions_colours_most_of_the_way(tmp_path: Path) -> None:
+    """From the photo as it is, the style loss moved a region's mean colour a fifth of the
+    way to the reference's in 100 steps (kodim06 as kodim16, 256 px); the preset's matched
+    start puts it there and the optimisation keeps it."""
+    photo = kodak(64)
+    reference = tinted(kodak(64).transpose(Image.Transpose.FLIP_LEFT_RIGHT), (0.5, 0.8, 1.2),
+                       (1.3, 0.9, 0.4))  # fmt: skip
+    style = tmp_path / "reference.png"
+    reference.save(style)
+    style_mask = bands(tmp_path / "reference.mask.png", reference.size, [SKY, GROUND])
+    photo_mask = bands(tmp_path / "photo.mask.png", photo.size, [SKY, GROUND])
+    painter = plugin(tmp_path, style=[str(style)], style_mask=[str(style_mask)], preset="photo",
+                     steps=10)  # fmt: skip
+    result = painter.process(photo, masked(tmp_path / "job", photo_mask))
+    for rows in (slice(0, 12), slice(30, 43)):
+        before, wanted = region_means(photo, rows), region_means(reference, rows)
+        way = wanted - before
+        moved = float((region_means(result, rows) - before) @ way / (way @ way))
+        assert moved > 0.8, (rows, moved)
+
+
+def test_matched_start_and_a_colour_mode_that_keeps_the_photos_are_refused(
+    style_file: Path,
+) -> None:
+    with pytest.raises(ValidationError, match=r"init = 'matched' .* color = 'luminance'"):
+        GatysParams(style=[style_file], init="matched", color="luminance")
+
+
 def test_a_mask_with_few_colours_that_is_no_label_image_is_refused(tmp_path: Path) -> None:
     """Under the colour limit still: a JPEG's near-twin of a colour along an edge, or a
     smooth resize's blend along the edge between two regions. Thin regions of their own
@@ -352,7 +433,7 @@ def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file:
     params = GatysParams(style=[style_file], preset="photo", style_weight=7)
     assert params.content_layers == {"conv4_2": 1.0}
     assert list(params.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
-    assert params.photorealism > 0 and params.init == "content"
+    assert params.photorealism > 0 and params.init == "matched"
     assert params.affine_fit_radius == 4
     assert params.require_progress == 0.9  # a photo's loss, all style at first, rarely halves
     assert params.style_weight == 7

@@ -5,7 +5,10 @@ Images here are (1, 3, H, W) RGB tensors in 0..1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
@@ -54,3 +57,88 @@ def match_colour(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
 def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(matrix)
     return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+
+
+#: Regions of the photo blend into each other's recolouring over this share of its longest
+#: side, so a rough mask's edge leaves no step in a smooth sky.
+BLEND_SHARE = 0.02
+
+
+def recolour_regions(
+    photo: torch.Tensor,
+    masks: torch.Tensor,
+    references: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
+) -> torch.Tensor:
+    """``photo`` (1, 3, H, W) with each region's colours moved to those of the same region
+    of the references: the region's pixels map, by the linear transport map between two
+    Gaussians (Pitié's Monge-Kantorovich solution, the smallest move), onto the blend's
+    mean and covariance. ``masks`` (K, H, W) are the photo's regions; each reference is
+    (1, 3, h, w) with its (K, h, w) masks and blend weight. A region a reference lacks
+    lends the photo's own colours to the blend, as in the region-wise style loss.
+
+    Within a region this is one affine map of the photo's colours, which the photorealism
+    term does not penalise; near a region's edge the maps blend over a band of
+    :data:`BLEND_SHARE` of the longest side.
+    """
+    pixels = photo[0].reshape(3, -1).double()
+    flat = masks.reshape(masks.shape[0], -1).double()
+    maps = []
+    for k in range(masks.shape[0]):
+        own = _moments(pixels, flat[k])
+        if own is None:  # not in this photo (at this size): nothing to recolour
+            maps.append(None)
+            continue
+        blend_mean = torch.zeros(3, 1, dtype=torch.float64)
+        blend_second = torch.zeros(3, 3, dtype=torch.float64)
+        for image, image_masks, weight in references:
+            theirs = _moments(image[0].reshape(3, -1).double(), image_masks[k].reshape(-1).double())
+            mean, cov = theirs if theirs is not None else own
+            blend_mean += weight * mean
+            blend_second += weight * (cov + mean @ mean.T)
+        blend_cov = blend_second - blend_mean @ blend_mean.T
+        maps.append((own[0], _transport(own[1], blend_cov), blend_mean))
+
+    radius = max(1, round(BLEND_SHARE * max(photo.shape[-2:])))
+    soft = _box_blur(_box_blur(masks.double(), radius), radius).reshape(masks.shape[0], -1)
+    out = torch.zeros_like(pixels)
+    total = torch.zeros_like(pixels[:1])
+    for k, linear in enumerate(maps):
+        if linear is None:
+            continue
+        mean, transform, target = linear
+        out += soft[k] * (transform @ (pixels - mean) + target)
+        total += soft[k]
+    # Every pixel lies in some region, so ``total`` is positive; the guard is for float dust.
+    recoloured = torch.where(total > 1e-6, out / total.clamp_min(1e-6), pixels)
+    return recoloured.reshape(photo.shape).to(photo.dtype).clamp(0, 1)
+
+
+def _moments(
+    pixels: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The weighted mean (3, 1) and covariance (3, 3) of (3, N) ``pixels``; None for a
+    region of under a pixel."""
+    area = weights.sum()
+    if area < 1:
+        return None
+    mean = (pixels * weights).sum(1, keepdim=True) / area
+    centred = pixels - mean
+    cov = (centred * weights) @ centred.T / area
+    return mean, cov
+
+
+def _transport(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The symmetric linear map T with T source T = target: Σs^-½ (Σs^½ Σt Σs^½)^½ Σs^-½.
+    A flat region (a colour or two) is regularised so it takes the target's spread mildly
+    rather than blowing its noise up."""
+    eye = torch.eye(3, dtype=torch.float64) * 1e-4
+    root = _sqrtm(source + eye)
+    inverse_root = torch.linalg.inv(root)
+    return inverse_root @ _sqrtm(root @ (target + eye) @ root) @ inverse_root
+
+
+def _box_blur(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """(K, H, W) masks averaged over (2r+1)-pixel squares, edges counting only the image."""
+    return F.avg_pool2d(
+        masks[None], 2 * radius + 1, stride=1, padding=radius, count_include_pad=False
+    )[0]

@@ -274,11 +274,13 @@ class Engine:
         # The job's own seeded generator: noise is the same on every run and every thread,
         # and a resumed job needs no random state back.
         first = to_tensor(resize_to_max_side(work, first_size), self.device)
+        mask, colors = self._photo_mask(image, job)
         start_image = self._initial(
             color.luminance(first) if p.color == "luminance" else first,
             torch.Generator().manual_seed(p.seed),
+            mask,
+            colors,
         )
-        mask, colors = self._photo_mask(image, job)
         checkpoint = Checkpoint.load(job.checkpoint_dir, self.digest, image.size)
         run = _Run(start_loss=checkpoint.start_loss if checkpoint else None)
         return _Lane(
@@ -375,10 +377,18 @@ class Engine:
             first += steps
         return scales
 
-    def _initial(self, content: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _initial(
+        self,
+        content: torch.Tensor,
+        generator: torch.Generator,
+        mask: Image.Image | None = None,
+        colors: Sequence[Color] = (),
+    ) -> torch.Tensor:
         init = self.params.init
         if init == "content":
             return content.clone()
+        if init == "matched":
+            return self._matched(content, mask, colors)
         if init == "noise":
             noise = torch.rand(content.shape, generator=generator)
             return noise.to(content.device)
@@ -386,6 +396,28 @@ class Engine:
         resized = source.resize((content.shape[-1], content.shape[-2]), Image.Resampling.LANCZOS)
         start = to_tensor(resized, content.device)
         return color.luminance(start) if self.params.color == "luminance" else start
+
+    def _matched(
+        self, content: torch.Tensor, mask: Image.Image | None, colors: Sequence[Color]
+    ) -> torch.Tensor:
+        """``content`` with each region's colours matched to the styles' same region (the
+        whole photo to the whole styles without masks)."""
+        height, width = content.shape[-2:]
+
+        def regions(label: Image.Image | None, size: tuple[int, int]) -> torch.Tensor:
+            if label is None:  # no mask: one region, everything
+                return torch.ones(max(1, len(colors)), size[1], size[0])
+            return label_masks(label, colors, size)
+
+        references = []
+        for style, blend, style_mask in zip(
+            self.styles, self.params.blend, self.style_masks, strict=True
+        ):
+            tensor, _, _ = self._style_tensor(style, content, content)
+            h, w = tensor.shape[-2:]
+            references.append((tensor.cpu(), regions(style_mask, (w, h)), blend))
+        matched = color.recolour_regions(content.cpu(), regions(mask, (width, height)), references)
+        return matched.to(content.device)
 
     def _objective(
         self,

@@ -24,8 +24,9 @@ MAX_MASK_COLORS = 16
 
 Color = tuple[int, int, int]
 
-#: What a job starts from, besides an image file.
-Init = Literal["content", "noise", "style"]
+#: What a job starts from, besides an image file. ``matched``: the photo with each region's
+#: colours moved to those of the style's same region (see ``color.recolour_regions``).
+Init = Literal["content", "noise", "style", "matched"]
 
 
 def parse_color(text: str) -> Color:
@@ -48,7 +49,9 @@ def hex_color(color: Color) -> str:
 PRESETS: dict[str, dict[str, object]] = {
     # Luan et al. 2017: content at conv4_2, style at conv1_1..conv5_1 (pre-ReLU, as in the
     # paper), the photorealism regulariser on, no TV (the regulariser smooths where the
-    # photo is smooth), starting from the photo. The weights are the paper's balance
+    # photo is smooth), starting from the photo recoloured region by region to the
+    # reference's colours (from the photo as it is, the style loss moved them only a fifth
+    # of the way in 100 steps; see README, "Photo to photo"). The weights are the paper's balance
     # rescaled to stylebox's mean-normalised terms (see README, "Photo to photo").
     "photo": {
         "content_layers": {"conv4_2": 1.0},
@@ -65,7 +68,7 @@ PRESETS: dict[str, dict[str, object]] = {
         # Luan et al.'s lambda = 1e4 on an unnormalised V^T L V at about 512 x 341 px is
         # 1e4 / 2 * 174592 / 5 here (per pixel, content weight 1 in place of their 5).
         "photorealism": 1.75e8,
-        "init": "content",
+        "init": "matched",
         "optimizer": "lbfgs",
         # The result refitted to the photo in 9 x 9 windows: drops the halos and grain
         # the regulariser left at edges (chosen by eye on kodim06 to kodim16 at 512 px).
@@ -211,7 +214,9 @@ class GatysParams(PluginParams):
 
     # The image
     init: Annotated[Init | Path, BeforeValidator(word_or_file(Init))] = Field(
-        "content", description="Start from the content, noise, the (first) style, or an image path"
+        "content",
+        description="Start from the content, noise, the (first) style, the content with its "
+        "colours matched to the style's (region by region with masks), or an image path",
     )
     size: PositiveInt = Field(512, le=8192, description="Longest side of the result, in pixels")
     scales: list[PositiveInt] = Field(
@@ -305,6 +310,11 @@ class GatysParams(PluginParams):
                         f"{name} is set but style_mask is not: regions need the style "
                         f"image's label image too (set style_mask, or drop {name})"
                     )
+        if self.init == "matched" and self.color != "none":
+            raise ValueError(
+                f"init = 'matched' gives the photo the style's colours and color = "
+                f"'{self.color}' keeps the photo's own: use one of them"
+            )
         if any(b <= a for a, b in zip(self.scales, self.scales[1:], strict=False)):
             raise ValueError("scales must be increasing")
         if self.scales and self.scales[-1] >= self.size:
