@@ -47,6 +47,18 @@ def batch(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def test_a_batch_whose_outbox_cannot_be_made_is_refused_in_one_line(tmp_path: Path) -> None:
+    config, _ = setup(tmp_path, 2)
+    unmakeable = "/sys/stylebox-test/stylised"  # refused to root as well
+    config.write_text(config.read_text().replace('"stylised"', f'"{unmakeable}"'))
+    result = batch(config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        f"stylebox: config error: batch 'nightly' outbox {unmakeable} cannot be made a folder: "
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_batch_runs_once_leaves_inputs_and_skips_what_is_done(tmp_path: Path) -> None:
     config, library = setup(tmp_path, 6)
     dry = batch(config, "--dry-run")

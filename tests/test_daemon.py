@@ -200,6 +200,33 @@ def assert_refused_as_served(config: Path) -> None:
     assert second.returncode == 2 and "already served by pid" in second.stderr
 
 
+# /sys refuses new folders to anyone, root too (whom permissions do not stop).
+UNMAKEABLE = "/sys/stylebox-test/outbox"
+
+
+@pytest.mark.parametrize("where", ["outbox", "lock"])
+def test_an_inbox_the_daemon_cannot_write_is_refused_at_start_in_one_line(
+    tmp_path: Path, where: str
+) -> None:
+    """An outbox that cannot be made, or an inbox where the lock file cannot be written
+    (here: a folder in its place), ends the start with one line naming it, not a
+    traceback."""
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
+    if where == "outbox":
+        config.write_text(config.read_text().replace('"outbox"', f'"{UNMAKEABLE}"'))
+        wanted = f"inbox 'poster' outbox {UNMAKEABLE} cannot be made a folder: "
+    else:
+        (tmp_path / "inbox" / LOCK_NAME).mkdir(parents=True)
+        wanted = f"inbox 'poster' ({tmp_path / 'inbox'}) cannot be served: its lock file"
+    started = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 2, started.stderr
+    assert started.stderr.startswith(f"stylebox: config error: {wanted}"), started.stderr
+    assert "Traceback" not in started.stderr
+
+
 def test_a_second_daemon_on_the_same_state_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=""))
     daemon = Daemon(config)

@@ -38,6 +38,7 @@ from stylebox.config import (
     json_schema,
     load_config,
 )
+from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError
 from stylebox.images import decode_image
@@ -126,19 +127,6 @@ def _main(argv: Sequence[str] | None) -> int:
             # SIGABRT. Its job resumes at the next run, as after a kill.
             _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-
-
-def _make_folder(option: str, folder: Path) -> None:
-    """Make a folder named on the command line, or refuse it in one line (a file there, a
-    parent that is no folder, no permission) before anything starts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{option} {folder} is a file, not a folder") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{option} {folder} cannot be made a folder: {exc.strerror or exc}"
-        ) from None
 
 
 def _fail(message: str) -> None:
@@ -267,7 +255,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plugin_name, params = _run_params(args, loaded, registry)
     for option, folder in (("--out", args.out), ("--state-dir", args.state_dir)):
         if folder is not None:
-            _make_folder(option, folder)
+            files.make_folder(option, folder)
     runtime = loaded.runtime if loaded else Runtime(state_dir=Path("var/state").resolve())
     if args.state_dir:
         runtime = Runtime(

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from stylebox.config import BatchConfig, LoadedConfig, load_config
+from stylebox.daemon.files import make_folder
 from stylebox.daemon.jobloop import JobLoop, stop_on_signals
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.pipeline import Pipeline
@@ -120,6 +121,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         print(f"{len(todo)} of {len(files)} image(s) would run", file=sys.stderr)
         return 0
 
+    make_folder(f"batch {name!r} outbox", batch.outbox)
     executor: RayExecutor | None = None
     ray_module = connect(ray or batch.ray_address) if on_ray else None
     try:

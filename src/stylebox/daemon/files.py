@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from stylebox.errors import ConfigError
 from stylebox.images import atomic_write_bytes, fsync_dir
 
 _lock = threading.Lock()
@@ -60,6 +61,20 @@ def free_path(folder: Path, name: str) -> Path:
         candidate = folder / (f"{stem}-{n}.{suffix}" if suffix else f"{stem}-{n}")
         n += 1
     return candidate
+
+
+def make_folder(what: str, folder: Path) -> None:
+    """Make the folder a setting names (``what``: ``--out``, ``inbox 'photos' outbox``), or
+    refuse it in one line before anything starts: a file there, a parent that is no folder,
+    no permission."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {folder} is a file, not a folder") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {folder} cannot be made a folder: {exc.strerror or exc}"
+        ) from None
 
 
 def move_unique(

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Protocol
 
+from stylebox.daemon import files
 from stylebox.errors import ConfigError
 
 log = logging.getLogger("stylebox.locks")
@@ -109,8 +110,16 @@ class InboxLocks:
             self._release(folder)
 
     def _lock(self, name: str, folder: Path) -> IO[str]:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = (folder / LOCK_NAME).open("a+", encoding="utf-8")
+        files.make_folder(f"inbox {name!r} path", folder)
+        try:
+            handle = (folder / LOCK_NAME).open("a+", encoding="utf-8")
+        except OSError as exc:
+            # A folder the daemon cannot write to is one it could not move photos out of.
+            raise ConfigError(
+                f"inbox {name!r} ({folder}) cannot be served: its lock file {LOCK_NAME} "
+                f"cannot be written there ({exc.strerror or exc}); the daemon must be able "
+                "to write in an inbox to move finished photos out of it"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

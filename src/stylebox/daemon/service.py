@@ -58,7 +58,7 @@ class Service:
         self.registry = discover()
         self.loaded = load_config(config_path, self.registry)
         state_dir = self.loaded.config.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        files.make_folder("state_dir", state_dir)
         # Before the (slow) plugin start-up: a second daemon is refused at once.
         self._lock_file = _exclusive_lock(state_dir / "serve.lock")
         # And one daemon per inbox, whatever its state dir (see locks.py).
@@ -91,8 +91,8 @@ class Service:
         that gives up can close exactly those."""
         sources = build_sources(loaded, registry, ("inbox", "batch"), instances=instances)
         for inbox in loaded.config.inbox:
-            for folder in (inbox.path, inbox.outbox, inbox.processed_dir, inbox.failed_dir):
-                folder.mkdir(parents=True, exist_ok=True)
+            for field in ("path", "outbox", "processed_dir", "failed_dir"):
+                files.make_folder(f"inbox {inbox.name!r} {field}", getattr(inbox, field))
         return sources
 
     def _watcher(self, loaded: LoadedConfig, sources: dict[str, Source]) -> InboxWatcher:
