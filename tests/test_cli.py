@@ -189,7 +189,7 @@ def test_plugins_lists_gatys_with_params() -> None:
     types = {row[0]: row[1] for row in cells if len(row) > 2}  # gatys is listed after fast
     assert types["style_blend"] == "list[float] | None"
     assert types["color"] == "'none' | 'luminance' | 'histogram'"
-    assert types["init"] == "'content' | 'noise' | 'style' | Path"
+    assert types["init"] == "'content' | 'noise' | 'style' | 'matched' | Path"
     assert types["scales"] == "list[int]" and types["style"] == "list[Path]"
     assert types["steps"] == "int > 0" and types["size"] == "int > 0, <= 8192"
     assert types["affine_fit_radius"] == "int 0 to 64"  # the range a value must be in
