@@ -33,6 +33,7 @@ from stylebox.daemon.leases import Stop
 from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
 from stylebox.daemon.sources import Source, build_sources
+from stylebox.daemon.status import print_status
 from stylebox.errors import Cancelled
 from stylebox.plugins.api import JobContext, Runtime
 from stylebox.plugins.registry import PluginInfo, Registry
@@ -338,20 +339,36 @@ def test_a_cancel_after_the_plugin_returned_keeps_the_result_and_says_so(
 
 
 def test_a_job_whose_end_cannot_be_recorded_is_queued_again_not_left_running(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Its input cannot be moved aside (a file stands where failed/ should be): the worker
     # goes on, and the job waits a minute to try again instead of staying 'running' with
-    # no lease kept until the next start.
+    # no lease kept until the next start. Why it waits is kept for `stylebox status` (it
+    # showed one more queued job) and said in one log line (it was a traceback a minute).
     loop = _loop(tmp_path, {}, plugin=GivesUp)  # fails at its first try (max_attempts = 1)
     inbox = tmp_path / "inbox"
     (inbox / "failed").write_text("a file where the folder should be")
     before = time.time()
-    assert [row.id for row in loop.run_next({"inbox:steps"})] == [_only_job(loop).id]
+    with caplog.at_level(logging.INFO, logger="stylebox.pipeline"):
+        assert [row.id for row in loop.run_next({"inbox:steps"})] == [_only_job(loop).id]
     row = _only_job(loop)
     assert (row.state, row.attempts, row.lease_owner) == ("queued", 0, None)
     assert row.not_before >= before + 59
     assert (inbox / "photo.png").is_file()
+    assert row.error_class == "FileExistsError"
+    (unsettled,) = [r for r in caplog.records if "cannot record its end" in r.getMessage()]
+    assert not unsettled.exc_info and "File exists" in unsettled.getMessage()
+
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        f'state_dir = "{loop.pipeline.state_dir}"\n[[inbox]]\nname = "steps"\n'
+        f'path = "{inbox}"\noutbox = "{tmp_path / "outbox"}"\nplugin = "posterize"\n'
+        f'failed_dir = "{tmp_path / "aside"}"\n'  # status, too, refuses a file for a folder
+    )
+    print_status(config)
+    printed = capsys.readouterr().out
+    assert f"  waiting #{row.id} photo.png: FileExistsError: [Errno 17] File exists" in printed
+    assert "(tried again in 6" in printed or "(tried again in 5" in printed
 
 
 def test_an_input_that_cannot_be_moved_is_a_storage_error_not_the_plugins(

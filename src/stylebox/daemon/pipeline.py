@@ -541,8 +541,8 @@ class Pipeline:
                 ):
                     stop.stop("lost")  # taken over since the last heartbeat
                 self._record_end(source, row, outcome, stop, began)
-            except Exception:  # its end could not be recorded: not left 'running'
-                self._end_unrecorded(row)
+            except Exception as exc:  # its end could not be recorded: not left 'running'
+                self._end_unrecorded(row, exc)
             self._not_running(row.id, stop)
             if on_ended is not None:
                 on_ended(row)
@@ -568,18 +568,25 @@ class Pipeline:
             if self._running_plugins.get(job_id, (None, None))[0] is stop:
                 del self._running_plugins[job_id]
 
-    def _end_unrecorded(self, row: JobRow) -> None:
+    def _end_unrecorded(self, row: JobRow, error: Exception) -> None:
         """A job whose end could not be written (its input not moved, the journal not told:
         a full disk, a folder made unusable) goes back to the queue to try again after a
-        minute; left 'running', it would wait for a restart with no lease kept."""
-        log.exception(
-            "job %s: cannot record its end; it is queued to try again in %d s",
+        minute, with the reason kept for ``stylebox status``; left 'running', it would wait
+        for a restart with no lease kept. An I/O error is said in one line each minute; only
+        anything else (a bug) with its traceback."""
+        log.error(
+            "job %s: cannot record its end (%s: %s); it is queued to try again in %d s",
             row.id,
+            type(error).__name__,
+            error,
             UNSETTLED_RETRY_SECONDS,
+            exc_info=not isinstance(error, OSError | StorageError),
             extra=self._fields(row, "unsettled"),
         )
         try:
-            self.journal.requeue(row.id, delay=UNSETTLED_RETRY_SECONDS, refund_attempt=True)
+            self.journal.requeue(
+                row.id, delay=UNSETTLED_RETRY_SECONDS, refund_attempt=True, error=error
+            )
         except Exception:
             log.exception("job %s: cannot queue it again either", row.id)
 

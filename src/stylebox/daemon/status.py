@@ -31,6 +31,18 @@ def collect(config_path: Path) -> dict[str, Any]:
         entry.update(counts.get(key, {}))
         entry["disabled"] = disabled.get(key)
         entry["running_jobs"] = [_running(row) for row in journal.jobs(key, "running")]
+        # Queued again after something went wrong (a retry, an input that cannot be moved
+        # out of the inbox): the reason, else such a job looks like any other queued one.
+        entry["waiting_jobs"] = [
+            {
+                "job": row.id,
+                "file": row.name,
+                "error": f"{row.error_class}: {row.error_message}",
+                "retry_in_seconds": round(max(0.0, row.not_before - time.time()), 1),
+            }
+            for row in journal.jobs(key, "queued")
+            if row.error_class is not None
+        ]
         # The newest failures: a job dropped again keeps its id, so by when they failed.
         failed = sorted(
             journal.jobs(key, "failed"), key=lambda r: (r.finished_at or 0.0, r.id), reverse=True
@@ -51,6 +63,7 @@ def _empty() -> dict[str, Any]:
         "done": 0,
         "failed": 0,
         "running_jobs": [],
+        "waiting_jobs": [],
         "last_errors": [],
     }
 
@@ -113,6 +126,11 @@ def print_status(config_path: Path, as_json: bool = False) -> int:
             if job["owner_gone"]:
                 eta = f"; its process ({job['owner']}) is gone: it resumes at the next start"
             print(f"  running #{job['job']} {job['file']}: {progress}{eta}")
+        for job in entry["waiting_jobs"]:
+            print(
+                f"  waiting #{job['job']} {job['file']}: {job['error']} (tried again in "
+                f"{job['retry_in_seconds']:.0f} s)"
+            )
         for error in entry["last_errors"]:
             print(f"  failed #{error['job']} {error['file']}: {error['error']}")
     return 0
