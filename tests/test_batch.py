@@ -126,6 +126,14 @@ def test_a_photo_whose_bytes_another_file_of_the_batch_has_is_said_and_counted(
     assert "not stylised again" in copy["msg"]
     (finished,) = [line for line in lines if line.get("msg") == "batch finished"]
     assert (finished["files"], finished["done"], finished["done_before"]) == (3, 2, 1)
+    # Run again: each file finds its own earlier job, counted and not said (each was
+    # called a copy of itself); the copy is said again.
+    again = batch(config)
+    lines = [json.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
+    said = [(line["file"], line["same_as"]) for line in lines if line.get("event") == "duplicate"]
+    assert said == [("img001.png", "2026/img001.png")]
+    (finished,) = [line for line in lines if line.get("msg") == "batch finished"]
+    assert (finished["files"], finished["done"], finished["done_before"]) == (3, 0, 3)
 
 
 def test_a_dry_run_lists_what_the_run_would_do(tmp_path: Path) -> None:

@@ -398,7 +398,11 @@ class Pipeline:
             if row.stem:
                 note += f"/{row.stem}.*"
             files.write_reason(moved, note, suffix=".duplicate.txt")
-        log.info(
+        # A batch run again finds each file's own earlier job: counted as done before (in
+        # its end line), not said for each file, which would call it a copy of itself.
+        again = not source.moves_inputs and row.origin_path == str(path)
+        log.log(
+            logging.DEBUG if again else logging.INFO,
             "%s: the same bytes with the same settings as %s (job %d), whose result stands for "
             "it; not stylised again",
             source.name_of(path),
