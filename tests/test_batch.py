@@ -161,11 +161,17 @@ def test_files_kept_beside_the_pictures_are_skipped_not_failed(tmp_path: Path) -
     (library / "2026" / "june" / "img000.xmp").write_text('<x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
     photo(24, 16, seed=7).save(library / "scan.dat", format="PNG")
     (library / "fake.jpg").write_text("not a picture")
+    # Links are not followed (they were skipped without a word).
+    (library / "link.png").symlink_to(library / "scan.dat")
+    (library / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
     dry = batch(config, "--dry-run")
     assert "3 of 3 image(s) would run" in dry.stderr, dry.stderr
     assert (
         "skipped 4 file(s) that are not pictures: 2026/june/img000.xmp, clip.mpg, "
         "contact sheet.pdf, notes.txt"
+    ) in dry.stderr
+    assert (
+        "skipped 2 symbolic link(s), which a batch does not follow: elsewhere, link.png"
     ) in dry.stderr
     run = batch(config)
     assert run.returncode == 1, run.stderr  # fake.jpg

@@ -58,17 +58,23 @@ def scan(
     config: BatchConfig,
     others: list[Path] | None = None,
     formats: frozenset[str] = DEFAULT_FORMATS,
+    links: list[Path] | None = None,
 ) -> Iterator[Path]:
-    """Candidate files of the source folder, in a stable order; links are not followed.
-    Files kept beside the pictures (``notes.txt``, XMP sidecars: see
-    :func:`plainly_not_an_image`, with the accepted ``formats``) are no candidates; they go
-    to ``others``, if given."""
+    """Candidate files of the source folder, in a stable order. Files kept beside the
+    pictures (``notes.txt``, XMP sidecars: see :func:`plainly_not_an_image`, with the
+    accepted ``formats``) are no candidates; they go to ``others``, if given. Symbolic
+    links are not followed (to a file or a folder: a batch stays in its source); they go
+    to ``links``, if given."""
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
     for path in sorted(config.source.glob(pattern)):
         relative = path.relative_to(config.source)
-        if any(is_ignored(part) for part in relative.parts) or path.is_symlink():
+        if any(is_ignored(part) for part in relative.parts):
+            continue
+        if path.is_symlink():
+            if links is not None:
+                links.append(path)
             continue
         if not path.is_file():
             continue
@@ -79,14 +85,15 @@ def scan(
         yield path
 
 
-def _say_skipped(others: list[Path], source: Path) -> None:
-    if not others:
+def _say_skipped(skipped: list[Path], source: Path, what: str) -> None:
+    if not skipped:
         return
-    names = [str(path.relative_to(source)) for path in others]
+    names = [str(path.relative_to(source)) for path in skipped]
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     log.info(
-        "skipped %d file(s) that are not pictures: %s",
+        "skipped %d %s: %s",
         len(names),
+        what,
         shown,
         extra={"event": "skipped", "files": len(names)},
     )
@@ -104,8 +111,10 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     if on_ray and not dry_run:
         require_ray()  # before any plugin loads: a missing Ray is said at once
     others: list[Path] = []
-    files = list(scan(batch, others, frozenset(loaded.config.images.formats)))
-    _say_skipped(others, batch.source)
+    links: list[Path] = []
+    files = list(scan(batch, others, frozenset(loaded.config.images.formats), links))
+    _say_skipped(others, batch.source, "file(s) that are not pictures")
+    _say_skipped(links, batch.source, "symbolic link(s), which a batch does not follow")
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
     # A dry run starts the plugin too: what is done depends on its settings and models
