@@ -153,11 +153,12 @@ def test_format_allowlist_can_be_narrowed() -> None:
         decode_bytes(encoded(photo(8, 8)), formats=frozenset({"JPEG"}))
 
 
-def test_exif_orientation_is_applied() -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_applied(fmt: str) -> None:
     image = photo(40, 20)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    decoded = decode_bytes(encoded(image, "JPEG", exif=exif.tobytes()))
+    decoded = decode_bytes(encoded(image, fmt, exif=exif.tobytes()))
     assert decoded.size == (20, 40)
     # What was done to the input is said in the manifest's input.notes.
     assert decoded.notes == ("turned upright as its EXIF orientation (6) says",)
@@ -185,6 +186,24 @@ def test_colour_modes_become_8bit_rgb(mode: str, fmt: str) -> None:
     assert decoded.alpha is None
     cmyk = "CMYK without an ICC profile, converted to RGB as plain ink amounts"
     assert decoded.notes == ((cmyk,) if mode == "CMYK" else ())
+
+
+def test_16bit_colour_is_said_to_be_read_as_8_bits() -> None:
+    # Recorded as plain RGB before, as if nothing had been dropped.
+    # Pillow writes no 16-bit colour PNG: one by hand (IHDR: 6 x 4, depth 16, RGB).
+    rows = b"".join(b"\0" + np.full((6, 3), 40000, dtype=">u2").tobytes() for _ in range(4))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    rgb16 = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 2, 0, 0, 0))
+    rgb16 += chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    decoded = decode_bytes(rgb16)
+    assert decoded.mode == "RGB"
+    assert decoded.notes == ("16-bit RGB pixels read as 8 bits",)
+    assert abs(int(np.asarray(decoded.rgb)[0, 0, 0]) - 40000 * 255 // 65535) <= 1
 
 
 def test_16bit_grey_is_scaled_not_clipped() -> None:

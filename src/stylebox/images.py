@@ -160,8 +160,11 @@ def decode_bytes(
             unit = "pages" if image.format == "TIFF" else "frames"
             notes.append(f"the first of its {frames} {unit}")
         image.seek(0)  # animations and multi-page files: the first frame
-        image.load()
+        # A TIFF's orientation tag is readable only before its load; a PNG's eXIf chunk
+        # after its pixels only after.
         orientation = image.getexif().get(_ORIENTATION, 1)
+        image.load()
+        orientation = image.getexif().get(_ORIENTATION, orientation)
         if orientation in range(2, 9):
             notes.append(f"turned upright as its EXIF orientation ({orientation}) says")
         image = ImageOps.exif_transpose(image) or image
@@ -184,6 +187,9 @@ def decode_bytes(
         raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
     if original_format in ("JPEG", "MPO") and (damage := _jpeg_damage(data)):
         raise BadInput(f"{name} is a damaged JPEG: {damage}")
+    if original_format == "PNG" and data[24:25] == b"\x10" and original_mode in ("RGB", "RGBA"):
+        # IHDR's bit depth: 16-bit colour, which Pillow reads as 8 bits (grey is scaled here).
+        notes.append(f"16-bit {original_mode} pixels read as 8 bits")
     rgb, alpha = _to_srgb(image, notes)
     return DecodedImage(
         rgb=rgb,
