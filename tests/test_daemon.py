@@ -170,10 +170,18 @@ def test_sighup_refuses_a_bad_config_and_applies_a_good_one(tmp_path: Path) -> N
         second = (
             '[[inbox]]\nname = "two"\npath = "inbox2"\noutbox = "outbox2"\n'
             'plugin = "posterize"\nsettle_seconds = 0.2\n'
+            '[[batch]]\nname = "library"\nsource = "library"\noutbox = "stylised"\n'
+            'plugin = "posterize"\n'
         )
+        (tmp_path / "library").mkdir()
         config.write_text(POSTERIZE_CONFIG.format(extra=second))
         daemon.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "config reloaded" in daemon.output(), 20)
+        # Its inboxes, as the start names them (the batch was listed as one).
+        lines = [json.loads(line) for line in daemon.output().splitlines() if line[:1] == "{"]
+        (reloaded,) = [line for line in lines if line["msg"] == "config reloaded"]
+        assert reloaded["inboxes"] == "inbox:poster, inbox:two"
+        assert daemon.receive("STATUS=watching inbox:poster, inbox:two", 10)
         photo(20, 20, seed=2).save(tmp_path / "inbox2" / "new.png")
         assert wait_until(lambda: (tmp_path / "outbox2" / "new.json").exists(), 30)
     finally:

@@ -141,7 +141,7 @@ class Service:
         self._start_http()  # an address that cannot be listened on refuses the start
         self.watcher.start()
         self.loop.start()
-        names = ", ".join(s.key for s in self.sources.values() if s.moves_inputs) or "none"
+        names = _inbox_names(self.sources)
         log.info(
             "serving", extra={"inboxes": names, "state_dir": str(self.loaded.config.state_dir)}
         )
@@ -257,8 +257,8 @@ class Service:
         self.loop.start()
         if self.http is None or self.http.listen != loaded.config.http.listen:
             self._restart_http()
-        notify("READY=1")
-        log.info("config reloaded", extra={"inboxes": ", ".join(sorted(sources))})
+        notify("READY=1", f"STATUS=watching {_inbox_names(sources)}")
+        log.info("config reloaded", extra={"inboxes": _inbox_names(sources)})
 
     def _refuse_reload(self, exc: Exception, instances: dict[tuple[str, str], Plugin[Any]]) -> None:
         for key, plugin in instances.items():
@@ -446,3 +446,9 @@ def _exclusive_lock(path: Path) -> IO[str]:
     handle.write(f"pid {os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def _inbox_names(sources: Mapping[str, Source]) -> str:
+    """The watched inboxes, as the start and each reload log them (a batch's source, which
+    a daemon serves too, is no inbox)."""
+    return ", ".join(sorted(s.key for s in sources.values() if s.moves_inputs)) or "none"
