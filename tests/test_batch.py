@@ -608,6 +608,13 @@ def test_a_plugin_that_ignores_its_time_limit_is_named(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "has run twice its time limit (timeout_seconds = 0.5)" in result.stderr
     assert "plugin sleepy does not stop when job.cancelled turns true" in result.stderr
+    # Its result, whole, is kept: said, and marked in its manifest (it read as any other).
+    assert (
+        "finished past its time limit (timeout_seconds = 0.5): plugin sleepy did not stop "
+        "when asked; its result is whole and kept"
+    ) in result.stderr
+    (manifest,) = (tmp_path / "stylised").rglob("*.json")
+    assert json.loads(manifest.read_text())["past_time_limit"] is True
 
 
 def test_a_batch_counts_the_jobs_a_daemon_on_its_state_ran(tmp_path: Path) -> None:

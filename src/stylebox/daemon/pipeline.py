@@ -743,6 +743,14 @@ class Pipeline:
                     "the cancel came after the job had finished; its result is kept",
                     extra=self._fields(row, "cancel_too_late"),
                 )
+            elif stop.reason == "timeout":  # it did not stop when asked, and finished
+                log.warning(
+                    "finished past its time limit (timeout_seconds = %g): plugin %s did not "
+                    "stop when asked; its result is whole and kept",
+                    source.config.timeout_seconds,
+                    source.plugin.name,
+                    extra=self._fields(row, "past_time_limit"),
+                )
 
     @staticmethod
     def _still_growing(source: Source, row: JobRow) -> float:

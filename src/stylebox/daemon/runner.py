@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from stylebox import __version__
 from stylebox.config import ImagesConfig
 from stylebox.daemon.files import readable
+from stylebox.daemon.leases import Stop, StopReason
 from stylebox.daemon.outbox import Outbox, OutputNames, gif_frame
 from stylebox.daemon.writer import JobWriter
 from stylebox.errors import (
@@ -530,6 +531,8 @@ class Runner:
                 },
                 **context.facts,
                 **({"batch": len(group)} if len(group) > 1 else {}),
+                # Asked to stop at its time limit, the plugin finished instead: whole, kept.
+                **({"past_time_limit": True} if _stopped_for(context, "timeout") else {}),
                 "timings": {  # this run's, then the job's over all its runs
                     "decode_seconds": round(started.decoded_at - started.began, 4),
                     "process_seconds": round(process_seconds, 4),
@@ -660,6 +663,10 @@ def _record_unfinished(started: _Started, error: StyleboxError) -> None:
         return
     with contextlib.suppress(OSError):  # the job's outcome matters more than its timings
         started.context.save_elapsed()
+
+
+def _stopped_for(context: RunnerContext, reason: StopReason) -> bool:
+    return isinstance(context._cancel, Stop) and context._cancel.reason == reason
 
 
 def _snapshots_on_disk(names: OutputNames) -> list[str]:
