@@ -157,3 +157,35 @@ def test_the_time_limit_of_a_job_that_ended_early_stops_with_it(
         lane.join(30)
     overruns = [r.job for r in caplog.records if getattr(r, "event", None) == "overrun"]
     assert overruns == [big.id]
+
+
+class DropsOne(Stepper):
+    """Batches, and returns one result fewer than it was given images."""
+
+    capabilities = Capabilities(batching=True)
+
+    def process_batch(
+        self, images: list[Image.Image], jobs: list[JobContext]
+    ) -> list[Image.Image | Exception]:
+        return list(images[1:])
+
+
+def test_a_batch_of_the_wrong_length_fails_its_jobs_saying_what_was_returned(
+    tmp_path: Path,
+) -> None:
+    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=0, extra="")))
+    plugin = DropsOne(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
+    inbox = loaded.config.inbox[0]
+    inbox.path.mkdir()
+    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
+    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
+    for seed in (1, 2):
+        photo(*SMALL, seed=seed).save(inbox.path / f"p{seed}.png")
+    pipeline.enqueue(source, [inbox.path / "p1.png", inbox.path / "p2.png"])
+    JobLoop(pipeline).run_next({"inbox:steps"})
+    messages = {row.error_message for row in pipeline.journal.jobs()}
+    # It said "returned list for 2 images".
+    assert messages == {
+        "plugin stepper's process_batch returned 1 result(s) for 2 images; it must return "
+        "one result or error per image, in order"
+    }

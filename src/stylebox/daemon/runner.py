@@ -463,9 +463,15 @@ class Runner:
             images = [started.decoded.rgb for started in group]
             results = plugin.instance.process_batch(images, [s.context for s in group])
             if not isinstance(results, list) or len(results) != len(group):
+                given = (
+                    f"{len(results)} result(s)"
+                    if isinstance(results, list)
+                    else f"a {type(results).__name__}, not a list,"
+                )
                 raise PluginError(
-                    f"plugin {plugin.name}'s process_batch returned {type(results).__name__} "
-                    f"for {len(group)} images"
+                    f"plugin {plugin.name}'s process_batch returned {given} for "
+                    f"{len(group)} images; it must return one result or error per image, "
+                    "in order"
                 )
             return results
         except StyleboxError as exc:
