@@ -26,6 +26,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from registry_sites import (
+    BOTH_PENCILS,
+    PENCIL_CLASH,
+    ROGUE_IGNORED,
+    forget_modules,
+    misnamed_site,
+    rival_pencil_sites,
+    rogue_gatys_site,
+)
 
 from stylebox.errors import BadInput, Cancelled
 from stylebox.plugins.api import Capabilities, JobContext, Plugin, PluginParams, Runtime
@@ -241,6 +250,13 @@ class BatchReversed(Good):
         return results
 
 
+class BatchDropsOne(Good):
+    def process_batch(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image]:
+        return super().process_batch(images, jobs)[:1]
+
+
 class BatchForgetsJobs(Good):
     def process_batch(
         self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
@@ -363,6 +379,12 @@ class PrintsAtStart(Good):
     def __init__(self, params: GoodParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
         sys.stdout.write("model loaded\n")
+
+
+class ReturnsNone(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        super().process(image, job)
+        return None  # type: ignore[return-value]
 
 
 class ReturnsClosedImage(Good):
@@ -546,6 +568,8 @@ BAD_PLUGINS = [
     ("deterministic", Unseeded, {}, "different pixels twice from one instance"),
     ("batch", BatchReversed, {}, "batch item 0 differs"),
     ("batch", BatchForgetsJobs, {}, "batch item 0's job context got no progress"),
+    # A count, not a list of Image reprs.
+    ("batch", BatchDropsOne, {}, r"^process_batch returned 1 result for 4 images; return one"),
 ]
 
 
@@ -569,6 +593,27 @@ def test_a_wrong_result_fails_the_checks_of_results_not_every_check(tmp_path: Pa
     # (It sends no snapshots either, though its capabilities say it does.)
     results, own = {"accepts_image_kinds", "errors_classified", "batch"}, {"snapshots"}
     assert failed == {"discoverable"} | results | own
+
+
+@pytest.mark.parametrize(
+    ("plugin", "returned"),
+    [
+        (ReturnsNone, "None, not an image"),
+        (ReturnsClosedImage, "an image whose pixels cannot be read (ValueError: Operation on cl"),
+    ],
+)
+def test_no_image_to_compare_skips_deterministic(
+    plugin: type[Good], returned: str, tmp_path: Path
+) -> None:
+    # deterministic broke off on AttributeError: 'NoneType' object has no attribute
+    # 'tobytes' (a closed image: ValueError), beside the checks that say what is wrong.
+    report = check_plugin(ContractCase(plugin=plugin, workdir=tmp_path, realistic_size=None))
+    failed = {result.check for result in report.results if result.status == "failed"}
+    assert failed == {"discoverable", "accepts_image_kinds", "errors_classified", "batch"}
+    (result,) = [r for r in report.results if r.check == "deterministic"]
+    assert result.status == "skipped"
+    assert result.message.startswith(f"process returned {returned}")
+    assert result.message.endswith("so there is nothing to compare; see accepts_image_kinds")
 
 
 def test_every_check_is_proven_by_a_bad_plugin() -> None:
@@ -622,7 +667,7 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     """Run the base class the way a plugin author would, in a pytest of its own."""
     (tmp_path / "test_author.py").write_text(
         "from typing import ClassVar\n"
-        "from test_contract_kit import BlocksOnTiny, Good, NoProgress\n"
+        "from test_contract_kit import BlocksOnTiny, Good, NoProgress, ReturnsNone\n"
         "from stylebox.testing import PluginContract\n\n"
         "class TestGood(PluginContract):\n"
         "    plugin = Good\n"
@@ -632,6 +677,11 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
         "    expected_failures: ClassVar = {'discoverable': 'not installed here'}\n\n"
         "class TestMissing(PluginContract):\n"
         "    plugin = 'no_such_plugin_xyz'\n\n"
+        "class TestReturnsNone(PluginContract):\n"
+        "    plugin = ReturnsNone\n"
+        "    realistic_size = None\n"
+        "    expected_failures: ClassVar = dict.fromkeys(\n"
+        "        ['discoverable', 'accepts_image_kinds', 'errors_classified', 'batch'], 'None')\n\n"
         "class TestBlocks(PluginContract):\n"
         "    plugin = BlocksOnTiny\n"
         "    time_limit = 0.5\n"
@@ -658,7 +708,9 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     # time_limit reaches the case: a plugin blocked on a 1x1 image fails (and the blocked
     # thread does not keep pytest from exiting)
     assert "XFAIL test_author.py::TestBlocks::test_contract[accepts_image_kinds] - blocks" in out
-    assert "4 failed, 53 passed, 19 skipped, 4 xfailed" in out  # 4 classes, each_choice each
+    # a check that finds nothing to judge midway skips, saying why
+    assert "process returned None, not an image, so there is nothing to compare" in out
+    assert "4 failed, 68 passed, 20 skipped, 8 xfailed" in out  # 5 classes, each_choice each
 
 
 def test_a_slow_import_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -896,3 +948,58 @@ def test_a_text_metric_is_a_failure_in_the_report(tmp_path: Path) -> None:
     (result,) = [r for r in report.results if r.check == "progress_through_context"]
     assert result.status == "failed"
     assert "metric stage='done', which is not a number" in result.message
+
+
+# -- names another package registers too ----------------------------------------------------
+
+
+@pytest.fixture
+def clashing_modules() -> Iterator[None]:
+    yield
+    forget_modules()
+
+
+def test_a_name_two_packages_register_fails_discoverable_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clashing_modules: None
+) -> None:
+    # It failed with "entry point 'pencil' loads pencil2:OtherPencil, not stylebox_pencil.
+    # Pencil" (or passed, by sys.path's order) and passed the other checks.
+    for site in rival_pencil_sites(tmp_path):
+        monkeypatch.syspath_prepend(str(site))
+    said = f"plugin 'pencil' ({BOTH_PENCILS}) failed to load: {PENCIL_CLASH}"
+    report = check_plugin(ContractCase(plugin="pencil", workdir=tmp_path / "by-name"))
+    failed = [(r.check, r.message) for r in report.results if r.status == "failed"]
+    assert failed == [("discoverable", said)]
+    from pencil2 import OtherPencil  # type: ignore[import-not-found]
+    from stylebox_pencil import Pencil  # type: ignore[import-not-found]
+
+    for plugin in (Pencil, OtherPencil):
+        with pytest.raises(ContractFailure) as failure:
+            run_check("discoverable", plugin, tmp_path / plugin.__name__)
+        assert str(failure.value) == said
+
+
+def test_a_builtin_plugins_name_fails_discoverable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clashing_modules: None
+) -> None:
+    monkeypatch.syspath_prepend(str(rogue_gatys_site(tmp_path)))
+    from rogue_gatys import RogueGatys  # type: ignore[import-not-found]
+
+    for plugin in (RogueGatys, "gatys"):  # by name, the kit found the built-in and passed
+        case = ContractCase(plugin=plugin, workdir=tmp_path / str(plugin))
+        with pytest.raises(ContractFailure) as failure:
+            check_named("discoverable").run(case)
+        assert str(failure.value) == ROGUE_IGNORED
+
+
+def test_a_class_named_otherwise_than_its_entry_point_says_to_make_them_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clashing_modules: None
+) -> None:
+    monkeypatch.syspath_prepend(str(misnamed_site(tmp_path)))
+    report = check_plugin(ContractCase(plugin="pen", workdir=tmp_path))
+    (result,) = [r for r in report.results if r.check == "discoverable"]
+    assert result.status == "failed"
+    assert result.message.endswith(
+        "failed to load: class Pen declares name 'pencil' but is registered as 'pen'; make "
+        "Pen.name and the entry point name the same"
+    )

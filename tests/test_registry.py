@@ -1,11 +1,26 @@
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import broken_plugins_site, installed_site
 from PIL import Image
+from registry_sites import (
+    BOTH_PENCILS,
+    PENCIL_CLASH,
+    ROGUE_IGNORED,
+    forget_modules,
+    rival_pencil_sites,
+    rogue_gatys_site,
+)
+from registry_sites import (
+    installed_site as pip_installed_site,
+)
 
 from stylebox.config import parse_config
 from stylebox.errors import ConfigError
@@ -31,7 +46,10 @@ class Unfinished(Plugin):
 
 def test_contract_shape_checks() -> None:
     assert contract_problem("good", Good) is None
-    assert "declares name 'good'" in str(contract_problem("other", Good))
+    assert str(contract_problem("other", Good)) == (
+        "class Good declares name 'good' but is registered as 'other'; make Good.name and "
+        "the entry point name the same"
+    )
     assert "not a subclass" in str(contract_problem("x", object()))
     assert "does not implement process" in str(contract_problem("unfinished", Unfinished))
 
@@ -89,3 +107,88 @@ def test_a_plugin_already_loaded_keeps_its_code_until_a_restart(
         assert discover().plugins["versioned"].version == "1"  # as a reload would see it
     finally:
         sys.modules.pop("versioned_plugin", None)
+
+
+# -- one name, two packages ------------------------------------------------------------------
+
+
+@pytest.fixture
+def clashing_modules() -> Iterator[None]:
+    yield
+    forget_modules()
+
+
+def test_a_name_two_packages_register_is_loaded_from_neither(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clashing_modules: None
+) -> None:
+    # The last one found won, silently: which pencil an inbox ran hung on sys.path's order.
+    for site in rival_pencil_sites(tmp_path):
+        monkeypatch.syspath_prepend(str(site))
+    registry = discover()
+    assert "pencil" not in registry.plugins and "gatys" in registry.plugins
+    failure = registry.failures["pencil"]
+    assert (failure.source, failure.reason) == (BOTH_PENCILS, PENCIL_CLASH)
+    assert not {"stylebox_pencil", "pencil2"} & set(sys.modules)  # neither even imported
+    with pytest.raises(ConfigError) as refused:
+        registry.get("pencil")
+    assert str(refused.value) == f"plugin 'pencil' ({BOTH_PENCILS}) failed to load: {PENCIL_CLASH}"
+    # Its inboxes are disabled with that line, as a broken plugin's are: not a typo.
+    data = {"inbox": [{"name": "a", "path": "in", "outbox": "out", "plugin": "pencil"}]}
+    assert parse_config(data, registry=registry).unavailable[("inbox", "a")] == str(refused.value)
+
+
+def test_one_target_registered_by_two_packages_is_no_clash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clashing_modules: None
+) -> None:
+    # A package renamed, its old metadata left behind: both name the same class.
+    pencil = rival_pencil_sites(tmp_path)[0]
+    old = pip_installed_site(
+        tmp_path, "old-pencil", "[stylebox.plugins]\npencil = stylebox_pencil:Pencil\n", {}
+    )
+    for site in (pencil, old):
+        monkeypatch.syspath_prepend(str(site))
+    registry = discover()
+    assert "pencil" in registry.plugins and "pencil" not in registry.failures
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_package_cannot_take_a_builtin_plugins_name(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    clashing_modules: None,
+) -> None:
+    # Found after stylebox on sys.path, the rogue gatys replaced the built-in unsaid.
+    site = str(rogue_gatys_site(tmp_path))
+    if where == "before":
+        monkeypatch.syspath_prepend(site)
+    else:
+        monkeypatch.setattr(sys, "path", [*sys.path, site])
+    with caplog.at_level(logging.WARNING, logger="stylebox.plugins"):
+        registry = discover()
+    assert registry.get("gatys") is GatysPlugin
+    assert "rogue_gatys" not in sys.modules
+    assert [record.getMessage() for record in caplog.records] == [ROGUE_IGNORED]
+    assert [(f.name, f.source) for f in registry.ignored] == [
+        ("gatys", "rogue_gatys:RogueGatys from rogue-gatys 1.0")
+    ]
+
+
+def test_clashing_names_are_said_by_plugins_and_config_check(tmp_path: Path) -> None:
+    sites = [*rival_pencil_sites(tmp_path), rogue_gatys_site(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, sites)), "COLUMNS": "400"}
+
+    def stylebox(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "stylebox.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    listing = stylebox("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert f"pencil failed to load ({BOTH_PENCILS}): {PENCIL_CLASH}" in listing.stdout
+    assert ROGUE_IGNORED in listing.stderr
+    config = tmp_path / "pencil.toml"
+    config.write_text('[[inbox]]\nname = "a"\npath = "in"\noutbox = "out"\nplugin = "pencil"\n')
+    check = stylebox("config", "check", str(config))
+    assert check.returncode == 1
+    assert f"[[inbox]] a is disabled: plugin 'pencil' ({BOTH_PENCILS})" in check.stderr

@@ -1,13 +1,16 @@
 """Finding plugins through the ``stylebox.plugins`` entry-point group.
 
 A plugin that fails to import, or that breaks the contract's shape, is recorded with its
-reason and left out; it never takes the other plugins down.
+reason and left out; it never takes the other plugins down. So is a name that two installed
+packages register: neither is loaded. A package registering a built-in plugin's name is
+ignored, with a warning: the built-in keeps it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -19,6 +22,10 @@ from stylebox.errors import ConfigError
 from stylebox.plugins.api import Plugin
 
 GROUP = "stylebox.plugins"
+#: The distribution whose entry points are the built-in plugins (``gatys``, ``fast``).
+BUILTIN_DIST = "stylebox"
+
+log = logging.getLogger("stylebox.plugins")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class PluginFailure:
 class Registry:
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     failures: dict[str, PluginFailure] = field(default_factory=dict)
+    ignored: list[PluginFailure] = field(default_factory=list)
+    """Entry points left unloaded because a built-in plugin has their name (each warned of)."""
 
     def get(self, name: str) -> type[Plugin]:
         """The plugin class called ``name``, or a :class:`ConfigError` saying why not."""
@@ -58,7 +67,13 @@ class Registry:
 def discover() -> Registry:
     """Load every plugin registered in the ``stylebox.plugins`` entry-point group."""
     registry = Registry()
-    for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
+    claims: dict[str, list[EntryPoint]] = {}
+    for entry_point in entry_points(group=GROUP):
+        claims.setdefault(entry_point.name, []).append(entry_point)
+    for name in sorted(claims):
+        entry_point = _claimant(name, claims[name], registry)
+        if entry_point is None:
+            continue
         source = _describe(entry_point)
         try:
             loaded = load_quietly(entry_point)
@@ -66,17 +81,57 @@ def discover() -> Registry:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             reason = f"import failed: {type(exc).__name__}: {exc}"
-            registry.failures[entry_point.name] = PluginFailure(entry_point.name, source, reason)
+            registry.failures[name] = PluginFailure(name, source, reason)
             continue
-        problem = contract_problem(entry_point.name, loaded)
+        problem = contract_problem(name, loaded)
         if problem is not None:
-            registry.failures[entry_point.name] = PluginFailure(entry_point.name, source, problem)
+            registry.failures[name] = PluginFailure(name, source, problem)
             continue
         version = str(getattr(loaded, "version", "") or "")
         if not version or version == "0":
             version = entry_point.dist.version if entry_point.dist else "unknown"
-        registry.plugins[entry_point.name] = PluginInfo(entry_point.name, loaded, version, source)
+        registry.plugins[name] = PluginInfo(name, loaded, version, source)
     return registry
+
+
+def _claimant(name: str, claims: list[EntryPoint], registry: Registry) -> EntryPoint | None:
+    """The one entry point to load for ``name``, or ``None`` when packages clash over it.
+
+    Picking one of several by install order would make which plugin an inbox runs depend on
+    the order of sys.path; so a built-in keeps its name (a package that installs a plugin
+    must not silently replace the one a config was written for), and a name two other
+    packages register is loaded from neither, its failure naming both.
+    """
+    if len({ep.value for ep in claims}) == 1:  # one target, found twice on sys.path
+        return claims[0]
+    builtin = [ep for ep in claims if _is_builtin(ep)]
+    if len(builtin) == 1:
+        reason = (
+            f"ignored: {name!r} is the name of a built-in plugin, which keeps it; "
+            "rename this entry point and its class's name"
+        )
+        for other in claims:
+            if other is not builtin[0]:
+                registry.ignored.append(PluginFailure(name, _describe(other), reason))
+                log.warning("plugin entry point %r (%s) is %s", name, _describe(other), reason)
+        return builtin[0]
+    claims = sorted(claims, key=lambda ep: (ep.dist.name if ep.dist else "", ep.value))
+    source = " and ".join(_describe(ep) for ep in claims)
+    packages = [ep.dist.name if ep.dist else ep.value for ep in claims]
+    if len(claims) == 2:
+        said = f"{packages[0]} and {packages[1]} both register this name, so neither"
+        fix = "uninstall one, or rename the entry point and its class's name in the other"
+    else:
+        said = f"{', '.join(packages)} all register this name, so none"
+        fix = "uninstall all but one, or rename the entry point and its class's name in the rest"
+    reason = f"{said} is loaded: {fix}"
+    registry.failures[name] = PluginFailure(name, source, reason)
+    return None
+
+
+def _is_builtin(entry_point: EntryPoint) -> bool:
+    dist = entry_point.dist
+    return dist is not None and dist.name.lower() == BUILTIN_DIST
 
 
 def load_quietly(entry_point: EntryPoint) -> Any:
@@ -93,7 +148,10 @@ def contract_problem(name: str, loaded: object) -> str | None:
         return f"{loaded!r} is not a subclass of stylebox.plugins.api.Plugin"
     declared = getattr(loaded, "name", None)
     if declared != name:
-        return f"class {loaded.__name__} declares name {declared!r} but is registered as {name!r}"
+        return (
+            f"class {loaded.__name__} declares name {declared!r} but is registered as "
+            f"{name!r}; make {loaded.__name__}.name and the entry point name the same"
+        )
     params = getattr(loaded, "Params", None)
     if not (inspect.isclass(params) and issubclass(params, BaseModel)):
         return f"{loaded.__name__}.Params is {params!r}, not a pydantic model"

@@ -42,7 +42,7 @@ from stylebox.plugins.api import (
     PluginError,
     Runtime,
 )
-from stylebox.plugins.registry import GROUP, contract_problem, discover
+from stylebox.plugins.registry import GROUP, discover
 from stylebox.testing.context import RecordingContext
 from stylebox.testing.sandbox import sandboxed
 
@@ -60,6 +60,11 @@ class ContractFailure(AssertionError):
 
 class ContractWarning(UserWarning):
     """Not a broken rule, but worth a look (a param that accepts any text, say)."""
+
+
+class ContractSkip(Exception):
+    """A check that cannot judge this plugin, found out while running it (a result that
+    is no image to compare): skipped with the message, which names the check that fails."""
 
 
 #: Progress reports a plugin may still make after ``job.cancelled`` turned true: the step
@@ -327,7 +332,8 @@ def _process(
 
 
 def check_discoverable(case: ContractCase) -> None:
-    """Registered in the ``stylebox.plugins`` entry-point group, with a name and a version."""
+    """Registered in the ``stylebox.plugins`` entry-point group under a name no other
+    installed package registers, with a name and a version."""
     cls = case.cls
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
@@ -349,16 +355,24 @@ def check_discoverable(case: ContractCase) -> None:
             f'[project.entry-points."{GROUP}"]\n{name} = "your_module:{cls.__name__}"\n'
             "and reinstall the package"
         )
-    loaded = found[0].load()
-    if loaded is not cls:
-        raise ContractFailure(
-            f"entry point {name!r} loads {found[0].value}, not {cls.__module__}.{cls.__qualname__}"
-        )
-    problem = contract_problem(name, cls)
-    if problem is not None:
-        raise ContractFailure(problem)
+    # As the daemon finds it: another package registering the name is a failure here too,
+    # in the registry's words (which name both), not a puzzling "loads another class".
     registry = discover()
-    version = registry.plugins[name].version if name in registry.plugins else ""
+    for ignored in registry.ignored:
+        if ignored.name == name:
+            raise ContractFailure(
+                f"plugin entry point {name!r} ({ignored.source}) is {ignored.reason}"
+            )
+    try:
+        registered = registry.get(name)
+    except ConfigError as exc:
+        raise ContractFailure(str(exc)) from None
+    if registered is not cls:
+        raise ContractFailure(
+            f"entry point {name!r} loads {registry.plugins[name].source}, "
+            f"not {cls.__module__}.{cls.__qualname__}"
+        )
+    version = registry.plugins[name].version
     if not version or version == "unknown":
         raise ContractFailure(
             f"{cls.__name__} has no version; set `version = '1.0'` or give the distribution one"
@@ -1105,6 +1119,12 @@ def check_deterministic(case: ContractCase) -> None:
         second = case.make()
         for plugin in (first, first, second):
             result = _process(case, plugin, image, case.context(), "a 64x48 image", False)
+            problem = _unreadable(result)
+            if problem is not None:  # accepts_image_kinds fails it, saying so; once is enough
+                raise ContractSkip(
+                    f"process returned {problem}, so there is nothing to compare; see "
+                    "accepts_image_kinds"
+                )
             outputs.append(result.tobytes())
     finally:
         _close(case, first)
@@ -1117,6 +1137,21 @@ def check_deterministic(case: ContractCase) -> None:
             + ("from a new instance" if same_instance else "twice from one instance")
             + "; seed every random generator from the params, or declare deterministic=False"
         )
+
+
+def _unreadable(result: object) -> str | None:
+    """What ``result`` is when it is not an image whose pixels can be read, else ``None``."""
+    if not isinstance(result, Image.Image):
+        return f"{_kind_of(result)}, not an image"
+    try:
+        result.tobytes()
+    except Exception as exc:
+        return f"an image whose pixels cannot be read ({_describe(exc)})"
+    return None
+
+
+def _kind_of(value: object) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def check_batch(case: ContractCase) -> None:
@@ -1135,8 +1170,18 @@ def check_batch(case: ContractCase) -> None:
         singles = [_process(case, plugin, im, case.context(), "a batch image") for im in images]
     finally:
         _close(case, plugin)
-    if not isinstance(results, list) or len(results) != len(images):
-        raise ContractFailure(f"process_batch returned {results!r} for {len(images)} images")
+    # Counted, not shown: a list of Image reprs says nothing of what is wrong.
+    if not isinstance(results, list):
+        raise ContractFailure(
+            f"process_batch returned {_kind_of(results)} for {len(images)} images; "
+            "return a list of one image per job, in order"
+        )
+    if len(results) != len(images):
+        counted = f"{len(results)} result" + ("" if len(results) == 1 else "s")
+        raise ContractFailure(
+            f"process_batch returned {counted} for {len(images)} images; return one per job, "
+            "in order"
+        )
     for index, (image, result, single, context) in enumerate(
         zip(images, results, singles, contexts, strict=True)
     ):
@@ -1272,6 +1317,9 @@ def check_plugin(
             warnings.simplefilter("always", ContractWarning)
             try:
                 check.run(case)
+            except ContractSkip as exc:
+                results.append(CheckResult(check.name, "skipped", str(exc)))
+                continue
             except Exception as exc:
                 message = (
                     str(exc)
