@@ -663,6 +663,29 @@ def test_expected_failures_are_strict(tmp_path: Path) -> None:
     assert not report.ok
 
 
+class BlocksAlways(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        _release_event().wait()  # forever, as far as the kit can tell
+        return super().process(image, job)
+
+
+def test_once_a_call_hangs_the_checks_after_it_are_skipped(tmp_path: Path) -> None:
+    # Each check that called process waited out the limit again: eleven failures, and
+    # twenty minutes at the default limit, for one plugin that blocks.
+    began = time.monotonic()
+    report = check_plugin(ContractCase(plugin=BlocksAlways, workdir=tmp_path, time_limit=0.3))
+    assert time.monotonic() - began < 30
+    failed = [r for r in report.results if r.status == "failed" and r.check != "discoverable"]
+    (hung,) = failed
+    assert "did not return within 0.3 s" in hung.message
+    later = report.results[report.results.index(hung) + 1 :]
+    assert later and all(r.status == "skipped" for r in later)
+    assert {r.message for r in later if "did not return" in r.message} == {
+        f"not run: a call into the plugin in {hung.check} did not return, and its thread "
+        "still runs; fix that first"
+    }
+
+
 def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> None:
     """Run the base class the way a plugin author would, in a pytest of its own."""
     (tmp_path / "test_author.py").write_text(
@@ -710,7 +733,9 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     assert "XFAIL test_author.py::TestBlocks::test_contract[accepts_image_kinds] - blocks" in out
     # a check that finds nothing to judge midway skips, saying why
     assert "process returned None, not an image, so there is nothing to compare" in out
-    assert "4 failed, 68 passed, 20 skipped, 8 xfailed" in out  # 5 classes, each_choice each
+    # and the checks after it skip: its thread still runs
+    assert "not run: a call into the plugin in accepts_image_kinds did not return" in out
+    assert "4 failed, 55 passed, 33 skipped, 8 xfailed" in out  # 5 classes, each_choice each
 
 
 def test_a_slow_import_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

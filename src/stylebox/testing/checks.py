@@ -62,6 +62,12 @@ class ContractWarning(UserWarning):
     """Not a broken rule, but worth a look (a param that accepts any text, say)."""
 
 
+class ContractTimeout(ContractFailure):
+    """A call into the plugin did not return in time. Its thread runs on, holding what it
+    holds, so the checks after it are skipped (each would wait out the limit again: eleven
+    checks of two minutes for one plugin that blocks)."""
+
+
 class ContractSkip(Exception):
     """A check that cannot judge this plugin, found out while running it (a result that
     is no image to compare): skipped with the message, which names the check that fails."""
@@ -231,7 +237,7 @@ def _within_limit(case: ContractCase, call: Callable[[], _T], doing: str, on: st
     thread.start()
     thread.join(case.time_limit)
     if thread.is_alive():
-        raise ContractFailure(
+        raise ContractTimeout(
             f"{doing} did not return within {case.time_limit:g} s{on}; every call must end "
             "in bounded time (or give the kit a larger time_limit)"
         )
@@ -1292,6 +1298,14 @@ class ContractReport:
         return "\n".join(lines)
 
 
+def after_a_hang(check: str) -> str:
+    """Why a check is skipped once an earlier one's call did not return."""
+    return (
+        f"not run: a call into the plugin in {check} did not return, and its thread still "
+        "runs; fix that first"
+    )
+
+
 def check_plugin(
     case: ContractCase, expected_failures: dict[str, str] | None = None
 ) -> ContractReport:
@@ -1308,9 +1322,10 @@ def check_plugin(
             CheckResult(c.name, "skipped", NOT_LOADED) for c in CHECKS if c.name != "discoverable"
         ]
         return ContractReport(str(case.plugin), results)
+    hung: str | None = None
     for check in CHECKS:
-        reason = skip_reason(check, case)
-        if reason is not None:
+        reason = skip_reason(check, case) or (hung and after_a_hang(hung))
+        if reason:
             results.append(CheckResult(check.name, "skipped", reason))
             continue
         with warnings.catch_warnings(record=True) as caught:
@@ -1321,6 +1336,8 @@ def check_plugin(
                 results.append(CheckResult(check.name, "skipped", str(exc)))
                 continue
             except Exception as exc:
+                if isinstance(exc, ContractTimeout):
+                    hung = check.name
                 message = (
                     str(exc)
                     if isinstance(exc, ContractFailure)
