@@ -16,6 +16,7 @@ from stylebox.errors import BadInput, Cancelled, ConfigError
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.gatys import GatysParams, GatysPlugin
 from stylebox.plugins.gatys.affine_fit import affine_fit
+from stylebox.plugins.gatys.color import recolour_regions
 from stylebox.plugins.gatys.labels import distinct_colors
 from stylebox.plugins.gatys.photoreal import matting_laplacian, matting_loss, to_torch
 from stylebox.tensors import to_tensor
@@ -270,6 +271,47 @@ def test_matched_start_without_masks_has_the_styles_colour_statistics(tmp_path: 
     assert (torch.cov(start) - torch.cov(theirs)).abs().max() < 0.05 * torch.cov(theirs).max()
 
 
+def test_matched_regions_too_small_to_fit_change_nothing_around_them() -> None:
+    """A 3 x 3 region of the photo (stretched 14 times toward a textured reference region,
+    with a halo of 70 grey levels around it) is recoloured as its surroundings; a reference
+    region of two
+    stray pixels (which flattened the photo's whole region to their colour) is absent."""
+    size = 128
+    ramp = torch.linspace(0, 1, size)[:, None].expand(size, size)
+    photo = torch.stack([0.3 + 0.4 * ramp, 0.5 + 0.2 * ramp, 0.8 - 0.3 * ramp])[None].clone()
+    photo[0, :, 60:63, 60:63] = 0.5
+    tiny = torch.zeros(2, size, size)
+    tiny[0], tiny[1, 60:63, 60:63], tiny[0, 60:63, 60:63] = 1, 1, 0
+    rng = torch.Generator().manual_seed(0)
+    reference = 0.4 + 0.2 * torch.rand(1, 3, size, size, generator=rng)
+    reference[0, :, 64:] = 0.25 + 0.5 * torch.rand(3, 64, size, generator=rng)
+    halves = torch.zeros(2, size, size)
+    halves[0, :64], halves[1, 64:] = 1, 1
+    with_tiny = recolour_regions(photo, tiny, [(reference, halves, 1.0)])
+    without = recolour_regions(photo, torch.ones(1, size, size), [(reference, halves[:1], 1.0)])
+    assert float((with_tiny - without).abs().max()) * 255 < 1
+
+    textured = 0.3 + 0.3 * torch.rand(1, 3, size, size, generator=rng)
+    stray = torch.zeros(2, size, size)
+    stray[0], stray[0, 5, 5:7], stray[1, 5, 5:7] = 1, 0, 1
+    matched = recolour_regions(textured, halves, [(reference, stray, 1.0)])
+    own = textured[0, :, 80:].std()
+    assert abs(float(matched[0, :, 80:].std()) - float(own)) < 0.1 * float(own)
+
+
+def test_a_matched_region_is_stretched_at_most_four_times() -> None:
+    """A flat region (a clear sky) matched to a textured one keeps its grain within four
+    times what it was, rather than taking the texture's spread from noise."""
+    rng = torch.Generator().manual_seed(0)
+    flat = 0.6 + 0.004 * torch.randn(1, 3, 64, 64, generator=rng)
+    busy = torch.rand(1, 3, 64, 64, generator=rng)
+    one = torch.ones(1, 64, 64)
+    matched = recolour_regions(flat, one, [(busy, one, 1.0)])
+    stretch = matched[0].reshape(3, -1).std(1) / flat[0].reshape(3, -1).std(1)
+    assert float(stretch.max()) <= 4.05, stretch
+    assert float((matched.mean((2, 3)) - busy.mean((2, 3))).abs().max()) < 0.01  # means move
+
+
 def test_the_photo_preset_moves_a_regions_colours_most_of_the_way(tmp_path: Path) -> None:
     """From the photo as it is, the style loss moved a region's mean colour a fifth of the
     way to the reference's in 100 steps (kodim06 as kodim16, 256 px); the preset's matched
@@ -296,6 +338,10 @@ def test_matched_start_and_a_colour_mode_that_keeps_the_photos_are_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=r"init = 'matched' .* color = 'luminance'"):
         GatysParams(style=[style_file], init="matched", color="luminance")
+    # The photo preset with a colour mode starts from the photo (it was refused, naming an
+    # init the config never set).
+    for mode in ("luminance", "histogram"):
+        assert GatysParams(style=[style_file], preset="photo", color=mode).init == "content"
 
 
 def test_a_mask_with_few_colours_that_is_no_label_image_is_refused(tmp_path: Path) -> None:

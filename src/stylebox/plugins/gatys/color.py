@@ -62,6 +62,13 @@ def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
 #: Regions of the photo blend into each other's recolouring over this share of its longest
 #: side, so a rough mask's edge leaves no step in a smooth sky.
 BLEND_SHARE = 0.02
+#: A region of fewer pixels than this (in the photo or in a reference) has too few colours
+#: to fit a map to: the photo's keeps its colours, a reference's counts as absent. A stray
+#: pixel of a resized mask would otherwise flatten a whole region to its one colour.
+MIN_REGION_PIXELS = 64
+#: No direction of colour space is stretched or squeezed more than this many times: a flat
+#: region (a clear sky) matched to a textured one would otherwise have its noise blown up.
+MAX_STRETCH = 4.0
 
 
 def recolour_regions(
@@ -74,7 +81,9 @@ def recolour_regions(
     Gaussians (Pitié's Monge-Kantorovich solution, the smallest move), onto the blend's
     mean and covariance. ``masks`` (K, H, W) are the photo's regions; each reference is
     (1, 3, h, w) with its (K, h, w) masks and blend weight. A region a reference lacks
-    lends the photo's own colours to the blend, as in the region-wise style loss.
+    (or has fewer than :data:`MIN_REGION_PIXELS` of) lends the photo's own colours to the
+    blend, as in the region-wise style loss; one that small in the photo takes the maps of
+    the regions around it (or, out of their reach, keeps its colours).
 
     Within a region this is one affine map of the photo's colours, which the photorealism
     term does not penalise; near a region's edge the maps blend over a band of
@@ -82,10 +91,10 @@ def recolour_regions(
     """
     pixels = photo[0].reshape(3, -1).double()
     flat = masks.reshape(masks.shape[0], -1).double()
-    maps = []
+    maps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = []
     for k in range(masks.shape[0]):
         own = _moments(pixels, flat[k])
-        if own is None:  # not in this photo (at this size): nothing to recolour
+        if own is None:  # too small in this photo (at this size): see below
             maps.append(None)
             continue
         blend_mean = torch.zeros(3, 1, dtype=torch.float64)
@@ -103,7 +112,7 @@ def recolour_regions(
     out = torch.zeros_like(pixels)
     total = torch.zeros_like(pixels[:1])
     for k, linear in enumerate(maps):
-        if linear is None:
+        if linear is None:  # its pixels take their neighbours' maps, blurred into them
             continue
         mean, transform, target = linear
         out += soft[k] * (transform @ (pixels - mean) + target)
@@ -117,9 +126,9 @@ def _moments(
     pixels: torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The weighted mean (3, 1) and covariance (3, 3) of (3, N) ``pixels``; None for a
-    region of under a pixel."""
+    region of under :data:`MIN_REGION_PIXELS`."""
     area = weights.sum()
-    if area < 1:
+    if area < MIN_REGION_PIXELS:
         return None
     mean = (pixels * weights).sum(1, keepdim=True) / area
     centred = pixels - mean
@@ -128,13 +137,16 @@ def _moments(
 
 
 def _transport(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The symmetric linear map T with T source T = target: Σs^-½ (Σs^½ Σt Σs^½)^½ Σs^-½.
-    A flat region (a colour or two) is regularised so it takes the target's spread mildly
-    rather than blowing its noise up."""
+    """The symmetric linear map T with T source T = target: Σs^-½ (Σs^½ Σt Σs^½)^½ Σs^-½,
+    its stretch in any direction held within 1 / :data:`MAX_STRETCH` .. :data:`MAX_STRETCH`
+    (a flat region takes part of a textured one's spread rather than its noise blown up)."""
     eye = torch.eye(3, dtype=torch.float64) * 1e-4
     root = _sqrtm(source + eye)
     inverse_root = torch.linalg.inv(root)
-    return inverse_root @ _sqrtm(root @ (target + eye) @ root) @ inverse_root
+    transform = inverse_root @ _sqrtm(root @ (target + eye) @ root) @ inverse_root
+    values, vectors = torch.linalg.eigh((transform + transform.T) / 2)
+    values = values.clamp(1 / MAX_STRETCH, MAX_STRETCH)
+    return vectors @ torch.diag(values) @ vectors.T
 
 
 def _box_blur(masks: torch.Tensor, radius: int) -> torch.Tensor:

@@ -51,8 +51,9 @@ PRESETS: dict[str, dict[str, object]] = {
     # paper), the photorealism regulariser on, no TV (the regulariser smooths where the
     # photo is smooth), starting from the photo recoloured region by region to the
     # reference's colours (from the photo as it is, the style loss moved them only a fifth
-    # of the way in 100 steps; see README, "Photo to photo"). The weights are the paper's balance
-    # rescaled to stylebox's mean-normalised terms (see README, "Photo to photo").
+    # of the way for a sky, an eighth for a sea, in 100 steps; see README, "Photo to photo";
+    # with a colour mode, which keeps the photo's colours, from the photo). The weights are
+    # the paper's balance rescaled to stylebox's mean-normalised terms.
     "photo": {
         "content_layers": {"conv4_2": 1.0},
         "style_layers": {
@@ -266,6 +267,9 @@ class GatysParams(PluginParams):
         defaults = PRESETS.get(str(data["preset"]))
         if defaults is None:
             return data  # the field's own check says which presets exist
+        if data.get("color", "none") != "none" and defaults.get("init") == "matched":
+            # A colour mode keeps the photo's colours: the preset then starts from the photo.
+            defaults = {**defaults, "init": "content"}
         return {**defaults, **data}
 
     @field_validator("style", "style_mask", mode="before")
