@@ -264,3 +264,30 @@ def test_status_lists_the_newest_failures_by_when_they_failed(tmp_path: Path) ->
     journal.close()
     errors = collect(config)["sources"]["inbox:a"]["last_errors"]
     assert [e["job"] for e in errors] == [1, 6, 5, 4, 3]
+
+
+def test_status_lists_as_waiting_only_jobs_held_back_after_an_error(tmp_path: Path) -> None:
+    # A job retried once, then drained (queued again at once, its old error kept) was shown
+    # waiting with that error for good.
+    from stylebox.daemon.status import collect
+
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "a"\npath = "inbox"\noutbox = "outbox"\n'
+        'plugin = "posterize"\n'
+    )
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    for name in ("retried.png", "drained.png"):
+        add(journal, name)
+    retried, drained = journal.claim("h:1", 30), journal.claim("h:1", 30)
+    journal.requeue(retried.id, delay=60, error=PluginError("CUDA out of memory"))
+    journal.requeue(drained.id, error=PluginError("CUDA out of memory"))
+    again = journal.claim("h:1", 30)
+    assert again is not None and again.id == drained.id
+    journal.requeue(drained.id, refund_attempt=True)  # a drain: its error stays on the row
+    journal.close()
+    waiting = collect(config)["sources"]["inbox:a"]["waiting_jobs"]
+    assert [(job["file"], job["error"]) for job in waiting] == [
+        ("retried.png", "PluginError: CUDA out of memory")
+    ]
+    assert 55 < waiting[0]["retry_in_seconds"] <= 60

@@ -31,17 +31,19 @@ def collect(config_path: Path) -> dict[str, Any]:
         entry.update(counts.get(key, {}))
         entry["disabled"] = disabled.get(key)
         entry["running_jobs"] = [_running(row) for row in journal.jobs(key, "running")]
-        # Queued again after something went wrong (a retry, an input that cannot be moved
-        # out of the inbox): the reason, else such a job looks like any other queued one.
+        # Held back after something went wrong (a retry's backoff, an input that cannot be
+        # moved out of the inbox): the reason, else such a job looks like any other queued
+        # one. One due now is just queued, whatever error an earlier try of it left.
+        now = time.time()
         entry["waiting_jobs"] = [
             {
                 "job": row.id,
                 "file": row.name,
                 "error": f"{row.error_class}: {row.error_message}",
-                "retry_in_seconds": round(max(0.0, row.not_before - time.time()), 1),
+                "retry_in_seconds": round(row.not_before - now, 1),
             }
             for row in journal.jobs(key, "queued")
-            if row.error_class is not None
+            if row.error_class is not None and row.not_before > now
         ]
         # The newest failures: a job dropped again keeps its id, so by when they failed.
         failed = sorted(
