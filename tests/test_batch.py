@@ -47,14 +47,18 @@ def batch(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_a_batch_whose_outbox_cannot_be_made_is_refused_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("setting", "said"), [("stylised", "batch 'nightly' outbox"),
+                                               ("state", "state_dir")])  # fmt: skip
+def test_a_batch_whose_folders_cannot_be_made_is_refused_in_one_line(
+    tmp_path: Path, setting: str, said: str
+) -> None:
     config, _ = setup(tmp_path, 2)
-    unmakeable = "/sys/stylebox-test/stylised"  # refused to root as well
-    config.write_text(config.read_text().replace('"stylised"', f'"{unmakeable}"'))
+    unmakeable = f"/sys/stylebox-test/{setting}"  # refused to root as well
+    config.write_text(config.read_text().replace(f'"{setting}"', f'"{unmakeable}"'))
     result = batch(config)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(
-        f"stylebox: config error: batch 'nightly' outbox {unmakeable} cannot be made a folder: "
+        f"stylebox: config error: {said} {unmakeable} cannot be made a folder: "
     ), result.stderr
     assert "Traceback" not in result.stderr
 

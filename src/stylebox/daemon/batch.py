@@ -115,6 +115,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     files = list(scan(batch, others, frozenset(loaded.config.images.formats), links))
     _say_skipped(others, batch.source, "file(s) that are not pictures")
     _say_skipped(links, batch.source, "symbolic link(s), which a batch does not follow")
+    make_folder("state_dir", loaded.config.state_dir)
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
     # A dry run starts the plugin too: what is done depends on its settings and models
