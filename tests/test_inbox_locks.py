@@ -3,6 +3,8 @@ process conflict as two processes do, since a flock belongs to an open file."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 from dataclasses import dataclass
@@ -75,3 +77,41 @@ def test_a_lock_another_daemon_took_meanwhile_is_said_once(
     with pytest.raises(ConfigError):  # taken again once free
         InboxLocks(tmp_path / "third").acquire([Inbox("a", tmp_path / "a")])
     locks.close()
+
+
+def test_a_lock_file_that_cannot_be_made_again_is_said_as_such(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was said as if another daemon held the inbox ("its files are left to that
+    # daemon") when none did: the lock file could not be written.
+    locks = InboxLocks(tmp_path / "state")
+    locks.acquire([Inbox("a", tmp_path / "a")])
+    (tmp_path / "a" / LOCK_NAME).unlink()
+    (tmp_path / "a" / LOCK_NAME).mkdir()  # something that is no file in its place
+    for _ in range(3):
+        locks.refresh()
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith(
+        f"inbox a ({tmp_path / 'a'}): its lock file was removed or replaced and cannot be taken "
+        f"again: inbox 'a' ({tmp_path / 'a'}) cannot be served: its lock file {LOCK_NAME} "
+        "cannot be written there"
+    ), error
+    assert error.endswith("; its files wait until it can")
+    assert locks.lost(tmp_path / "a")
+    locks.close()
+
+
+def test_a_file_system_without_locks_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some NFS mounts answer flock with ENOLCK: it left the start with a traceback.
+    def no_locks(handle: object, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    refusal = (
+        r"^inbox 'a' \(.*\) cannot be served: its lock file .* cannot be locked "
+        r"\(No locks available\); a daemon needs a file system"
+    )
+    with pytest.raises(ConfigError, match=refusal):
+        InboxLocks(tmp_path / "state").acquire([Inbox("a", tmp_path / "a")])

@@ -35,6 +35,10 @@ class _Inbox(Protocol):
     def path(self) -> Path: ...
 
 
+class InboxTaken(ConfigError):
+    """Another process holds an inbox's lock: its files are that process's."""
+
+
 class InboxLocks:
     """The inbox locks one daemon holds, by the inbox folder's resolved path."""
 
@@ -87,11 +91,20 @@ class InboxLocks:
             except (ConfigError, OSError) as exc:
                 if folder not in self._refused:
                     self._refused.add(folder)
-                    log.error(
-                        "%s; its lock file was removed or replaced; its files are left to "
-                        "that daemon",
-                        exc,
-                    )
+                    if isinstance(exc, InboxTaken):
+                        log.error(
+                            "%s; its lock file was removed or replaced; its files are left "
+                            "to that daemon",
+                            exc,
+                        )
+                    else:
+                        log.error(
+                            "inbox %s (%s): its lock file was removed or replaced and cannot "
+                            "be taken again: %s; its files wait until it can",
+                            self._names[folder],
+                            folder,
+                            exc,
+                        )
                 continue
             self._refused.discard(folder)
             handle.close()
@@ -126,7 +139,14 @@ class InboxLocks:
             handle.seek(0)
             holder = " ".join(handle.read().split()) or "another process"
             handle.close()
-            raise ConfigError(f"inbox {name!r} ({folder}) is already served by {holder}") from None
+            raise InboxTaken(f"inbox {name!r} ({folder}) is already served by {holder}") from None
+        except OSError as exc:  # a file system without locks (ENOLCK on some NFS mounts)
+            handle.close()
+            raise ConfigError(
+                f"inbox {name!r} ({folder}) cannot be served: its lock file {LOCK_NAME} "
+                f"cannot be locked ({exc.strerror or exc}); a daemon needs a file system "
+                "with file locks for its inboxes"
+            ) from None
         except BaseException:
             handle.close()
             raise
