@@ -204,6 +204,11 @@ def test_16bit_colour_is_said_to_be_read_as_8_bits() -> None:
     assert decoded.mode == "RGB"
     assert decoded.notes == ("16-bit RGB pixels read as 8 bits",)
     assert abs(int(np.asarray(decoded.rgb)[0, 0, 0]) - 40000 * 255 // 65535) <= 1
+    # (Pillow writes no 16-bit grey and alpha either: the same by hand, colour type 4.)
+    rows = b"".join(b"\0" + np.full((6, 2), 40000, dtype=">u2").tobytes() for _ in range(4))
+    la16 = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 4, 0, 0, 0))
+    la16 += chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    assert decode_bytes(la16).notes == ("16-bit grey and alpha pixels read as 8 bits",)
 
 
 def test_16bit_grey_is_scaled_not_clipped() -> None:

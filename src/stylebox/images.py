@@ -188,8 +188,10 @@ def decode_bytes(
     if original_format in ("JPEG", "MPO") and (damage := _jpeg_damage(data)):
         raise BadInput(f"{name} is a damaged JPEG: {damage}")
     if original_format == "PNG" and data[24:25] == b"\x10" and original_mode in ("RGB", "RGBA"):
-        # IHDR's bit depth: 16-bit colour, which Pillow reads as 8 bits (grey is scaled here).
-        notes.append(f"16-bit {original_mode} pixels read as 8 bits")
+        # IHDR's bit depth and colour type: 16 bits a channel, which Pillow reads as 8 (grey
+        # alone it opens as I;16, scaled here and noted as such).
+        kind = {4: "grey and alpha", 6: "RGBA"}.get(data[25], "RGB")
+        notes.append(f"16-bit {kind} pixels read as 8 bits")
     rgb, alpha = _to_srgb(image, notes)
     return DecodedImage(
         rgb=rgb,
