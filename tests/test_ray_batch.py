@@ -60,7 +60,8 @@ def ray_address() -> Iterator[str]:
 
 
 # A plugin that logs each call (pid, file names, batch size) to params.log; with a gate it
-# waits for that file to exist (or for a stop); with seconds, it sleeps that long.
+# waits for that file to exist (or for a stop, unless deaf); with seconds, it sleeps that
+# long.
 PROBE = """
 import os, time
 from pathlib import Path
@@ -72,6 +73,7 @@ class Params(PluginParams):
     log: str
     gate: str = ""
     seconds: float = 0.0
+    deaf: bool = False  # never looks at job.cancelled
 
 class Probe(Plugin):
     name = "probe"
@@ -91,12 +93,15 @@ class Probe(Plugin):
         while (self.params.gate and not Path(self.params.gate).exists()) or (
             time.monotonic() - began < self.params.seconds
         ):
-            if any(job.cancelled for job in jobs):
+            if any(job.cancelled for job in jobs) and not self.params.deaf:
                 raise Cancelled("stopped")
             time.sleep(0.01)
             step += 1
             for job in jobs:
                 job.progress(step, 100000, eta=3600.0)
+        if self.params.deaf:  # it ends its work, whatever was asked
+            for job in jobs:
+                job.progress(100000, 100000)
         return [ImageOps.invert(image) for image in images]
 
     def process(self, image, job):
@@ -355,6 +360,23 @@ def test_stopping_a_ray_batch_reaches_the_actor_and_requeues_uncounted(
     assert process.wait(timeout=60) == 130
     (row,) = rows(tmp_path)
     assert row.state == "queued" and row.attempts == 0
+
+
+def test_a_result_past_its_time_limit_on_ray_says_so_in_its_manifest(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """The driver's timeout reaches the actor as a timeout: the manifest, written there,
+    marks the result that came anyway (the actor's flag knew only that it was raised)."""
+    env = probe_env(tmp_path)
+    config = make_batch(
+        tmp_path, 1, "probe", f'{{ log = "{tmp_path / "calls.log"}", seconds = 2.0, deaf = true }}',
+        extra="timeout_seconds = 0.5",
+    )  # fmt: skip
+    result = batch(config, "--ray", ray_address, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "finished past its time limit (timeout_seconds = 0.5)" in result.stderr
+    (manifest,) = (tmp_path / "stylised").glob("*.json")
+    assert json.loads(manifest.read_text())["past_time_limit"] is True
 
 
 def test_a_running_ray_job_shows_its_step_in_status(tmp_path: Path, ray_address: str) -> None:

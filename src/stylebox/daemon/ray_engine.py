@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stylebox.config import ImagesConfig, OutputConfig
+from stylebox.daemon.leases import Stop, StopReason
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
 from stylebox.errors import ConfigError, InputChanged, PluginError, StyleboxError
@@ -154,7 +155,7 @@ class _Worker:
         self._latest = _LatestProgress()
         self.runner = Runner(images, self._latest)
         self.outbox = Outbox(Path(folder), output)
-        self._cancels: dict[int, threading.Event] = {}
+        self._cancels: dict[int, Stop] = {}
         self._lock = threading.Lock()
 
     def ready(self) -> dict[str, Any]:
@@ -169,7 +170,7 @@ class _Worker:
         }
 
     def execute(self, jobs: list[Job], keys: list[int]) -> list[Any]:
-        events = [threading.Event() for _ in jobs]
+        events = [Stop() for _ in jobs]
         with self._lock:
             self._cancels.update(zip(keys, events, strict=True))
         try:
@@ -182,12 +183,14 @@ class _Worker:
                 self._latest.forget(job)
         return [_portable(outcome) for outcome in outcomes]
 
-    def cancel(self, keys: list[int]) -> None:
+    def cancel(self, reasons: dict[int, StopReason]) -> None:
+        """Raise the stop flags of jobs ``reasons`` names, each with the driver's reason
+        (a timeout is noted in the manifest of a result that comes anyway)."""
         with self._lock:
-            for key in keys:
+            for key, reason in reasons.items():
                 event = self._cancels.get(key)
                 if event is not None:
-                    event.set()
+                    event.stop(reason)
 
     def progress(self) -> dict[int, Progress]:
         """The latest progress of each running job that reported any, by journal id."""
@@ -393,7 +396,7 @@ class RayExecutor:
             while not self.ray.wait([ref], timeout=_POLL_SECONDS)[0]:
                 raised = [key for key in keys if cancels[key].is_set() and key not in passed]
                 if raised:
-                    actor.cancel.remote(raised)
+                    actor.cancel.remote({key: _reason(cancels[key]) for key in raised})
                     passed.update(raised)
                 watch.poll()
             outcomes = [_restored(item) for item in self.ray.get(ref)]
@@ -500,3 +503,8 @@ def shutdown(ray: ModuleType, executor: RayExecutor | None) -> None:
         executor.close()
     ray.shutdown()
     log.debug("left Ray in %.1f s", time.monotonic() - began)
+
+
+def _reason(flag: threading.Event) -> StopReason:
+    """Why the driver raised a job's stop flag (a plain event: a cancel)."""
+    return flag.reason or "cancel" if isinstance(flag, Stop) else "cancel"
