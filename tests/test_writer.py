@@ -72,6 +72,25 @@ def test_the_first_error_surfaces_at_the_next_hand_over_and_the_rest_is_dropped(
     assert ran == [] and isinstance(StorageError("x"), PluginError)  # retried like a fault
 
 
+def test_a_failure_that_is_no_disks_is_not_called_storage() -> None:
+    # A snapshot that cannot be encoded (or a bug) read as "stylebox could not write its
+    # own files".
+    writer = JobWriter("job")
+
+    def cannot_encode() -> None:
+        raise ValueError("cannot write mode I;16 as JPEG")
+
+    writer.submit("snapshot photo.steps/0002.jpg", cannot_encode)
+    with pytest.raises(PluginError) as raised:
+        writer.flush()
+    assert type(raised.value) is PluginError
+    assert str(raised.value) == (
+        "writing snapshot photo.steps/0002.jpg failed: ValueError: cannot write mode I;16 as JPEG"
+    )
+    with pytest.raises(PluginError):  # and again as the job closes it
+        writer.close()
+
+
 def _stepper(tmp_path: Path, **params: object) -> tuple[Stepper, PluginHandle]:
     stepper = Stepper(StepperParams(**params), Runtime(state_dir=tmp_path / "state"))
     return stepper, PluginHandle("stepper", "1", stepper, stepper.params)

@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from stylebox.errors import StorageError
+from stylebox.errors import PluginError, StorageError
 
 log = logging.getLogger("stylebox.writer")
 
@@ -32,7 +32,7 @@ class JobWriter:
         self.label = label
         self._tasks: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue(depth)
         self._thread: threading.Thread | None = None
-        self._error: StorageError | None = None
+        self._error: PluginError | None = None
 
     def submit(self, what: str, task: Callable[[], None]) -> None:
         """Queue ``task`` (``what`` names it in an error); waits while the queue is full.
@@ -77,9 +77,15 @@ class JobWriter:
                     try:
                         task()
                     except Exception as exc:
-                        error = StorageError(f"writing {what} failed: {type(exc).__name__}: {exc}")
+                        # A disk's refusal is storage's; anything else (an image that
+                        # cannot be encoded, a bug) is a fault like a plugin's, with its
+                        # traceback: calling it storage sent people to check their disks.
+                        kind = StorageError if isinstance(exc, OSError) else PluginError
+                        error = kind(f"writing {what} failed: {type(exc).__name__}: {exc}")
                         error.__cause__ = exc
                         self._error = error
-                        log.warning("%s: %s", self.label, error)
+                        log.warning(
+                            "%s: %s", self.label, error, exc_info=not isinstance(exc, OSError)
+                        )
             finally:
                 self._tasks.task_done()
