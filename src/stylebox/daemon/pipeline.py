@@ -401,17 +401,19 @@ class Pipeline:
         # A batch run again finds each file's own earlier job: counted as done before (in
         # its end line), not said for each file, which would call it a copy of itself.
         again = not source.moves_inputs and row.origin_path == str(path)
+        fields = self._fields(row, "duplicate")
+        earlier = fields["file"]
         log.log(
             logging.DEBUG if again else logging.INFO,
             "%s: the same bytes with the same settings as %s (job %d), whose result stands for "
             "it; not stylised again",
             source.name_of(path),
-            self._fields(row, "")["file"],
+            earlier,
             row.id,
             extra={
-                **self._fields(row, "duplicate"),
+                **fields,
                 "file": source.name_of(path),
-                "same_as": self._fields(row, "")["file"],
+                "same_as": earlier,
                 "path": files.readable(str(path)),
             },
         )
