@@ -145,9 +145,12 @@ def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
 
 def installed_site(folder: Path, name: str, entry_points: str, modules: dict[str, str]) -> Path:
     """A folder that, on sys.path or PYTHONPATH, looks like the installed distribution
-    ``name``: its ``entry_points.txt`` text and its modules (relative path: source)."""
+    ``name``: its ``entry_points.txt`` text and its modules (relative path: source). Its
+    ``.dist-info`` is named as pip names it (``stylebox_pencil-1.0``): importlib.metadata
+    reads a distribution's name up to the folder name's first ``-``, and
+    ``stylebox-pencil-1.0.dist-info`` would pass for stylebox itself."""
     site = folder / f"site-{name}"
-    dist = site / f"{name}-1.0.dist-info"
+    dist = site / f"{name.replace('-', '_')}-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(entry_points)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from conftest import installed_site
+
 #: Both rival ``pencil`` registrations, as the registry names them (by package, whatever
 #: sys.path's order).
 BOTH_PENCILS = (
@@ -22,21 +24,6 @@ ROGUE_IGNORED = (
     "'gatys' is the name of a built-in plugin, which keeps it; rename this entry point and "
     "its class's name"
 )
-
-
-def installed_site(folder: Path, name: str, entry_points: str, modules: dict[str, str]) -> Path:
-    """As ``conftest.installed_site``, with the ``.dist-info`` folder named as pip names
-    it (``stylebox_pencil-1.0``): importlib.metadata reads a distribution's name up to the
-    folder name's first ``-``, so ``stylebox-pencil-1.0.dist-info`` would pass for
-    ``stylebox`` itself and hide the built-in plugins."""
-    site = folder / f"site-{name}"
-    dist = site / f"{name.replace('-', '_')}-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(entry_points)
-    for relative, source in modules.items():
-        (site / relative).write_text(source)
-    return site
 
 
 #: The modules the sites below provide: a test that imports them forgets them afterwards,

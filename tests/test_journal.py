@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import EARLIER_JOBS_TABLE
 
+from stylebox.daemon import status
 from stylebox.daemon.journal import Journal, NewJob
 from stylebox.errors import BadInput, PluginError
 
@@ -245,38 +246,34 @@ def test_progress_that_cannot_be_recorded_does_not_fail_the_job(
     assert "cannot record the progress of job 7" in caplog.text
 
 
-def test_status_lists_the_newest_failures_by_when_they_failed(tmp_path: Path) -> None:
-    # A photo dropped again keeps its job id: failed anew, it was left out of the five
-    # 'last errors' (picked by id) for older ones.
-    from stylebox.daemon.status import collect
-
+def status_setup(tmp_path: Path) -> tuple[Path, Journal]:
+    """A config of one inbox ``a`` for ``stylebox status``, and its journal."""
     config = tmp_path / "stylebox.toml"
     config.write_text(
         'state_dir = "state"\n[[inbox]]\nname = "a"\npath = "inbox"\noutbox = "outbox"\n'
         'plugin = "posterize"\n'
     )
-    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    return config, Journal(tmp_path / "state" / "journal.sqlite3")
+
+
+def test_status_lists_the_newest_failures_by_when_they_failed(tmp_path: Path) -> None:
+    # A photo dropped again keeps its job id: failed anew, it was left out of the five
+    # 'last errors' (picked by id) for older ones.
+    config, journal = status_setup(tmp_path)
     for n in range(6):
         add(journal, f"{n}.png")
         journal.finish(journal.claim("h:1", 30).id, "failed", error=BadInput(f"bad {n}"))
     first = journal.retry_failed(1, Path("/in/0.png"))
     journal.finish(journal.claim("h:1", 30, ids={first.id}).id, "failed", error=BadInput("again"))
     journal.close()
-    errors = collect(config)["sources"]["inbox:a"]["last_errors"]
+    errors = status.collect(config)["sources"]["inbox:a"]["last_errors"]
     assert [e["job"] for e in errors] == [1, 6, 5, 4, 3]
 
 
 def test_status_lists_as_waiting_only_jobs_held_back_after_an_error(tmp_path: Path) -> None:
     # A job retried once, then drained (queued again at once, its old error kept) was shown
     # waiting with that error for good.
-    from stylebox.daemon.status import collect
-
-    config = tmp_path / "stylebox.toml"
-    config.write_text(
-        'state_dir = "state"\n[[inbox]]\nname = "a"\npath = "inbox"\noutbox = "outbox"\n'
-        'plugin = "posterize"\n'
-    )
-    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    config, journal = status_setup(tmp_path)
     for name in ("retried.png", "drained.png"):
         add(journal, name)
     retried, drained = journal.claim("h:1", 30), journal.claim("h:1", 30)
@@ -286,7 +283,7 @@ def test_status_lists_as_waiting_only_jobs_held_back_after_an_error(tmp_path: Pa
     assert again is not None and again.id == drained.id
     journal.requeue(drained.id, refund_attempt=True)  # a drain: its error stays on the row
     journal.close()
-    waiting = collect(config)["sources"]["inbox:a"]["waiting_jobs"]
+    waiting = status.collect(config)["sources"]["inbox:a"]["waiting_jobs"]
     assert [(job["file"], job["error"]) for job in waiting] == [
         ("retried.png", "PluginError: CUDA out of memory")
     ]

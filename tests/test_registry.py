@@ -18,9 +18,6 @@ from registry_sites import (
     rival_pencil_sites,
     rogue_gatys_site,
 )
-from registry_sites import (
-    installed_site as pip_installed_site,
-)
 
 from stylebox.config import parse_config
 from stylebox.errors import ConfigError
@@ -142,7 +139,7 @@ def test_one_target_registered_by_two_packages_is_no_clash(
 ) -> None:
     # A package renamed, its old metadata left behind: both name the same class.
     pencil = rival_pencil_sites(tmp_path)[0]
-    old = pip_installed_site(
+    old = installed_site(
         tmp_path, "old-pencil", "[stylebox.plugins]\npencil = stylebox_pencil:Pencil\n", {}
     )
     for site in (pencil, old):
