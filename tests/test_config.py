@@ -102,7 +102,7 @@ def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
 def test_a_word_or_file_param_says_both_in_one_line(tmp_path: Path) -> None:
     message = refusal(tmp_path, GOOD.replace("steps = 10", 'init = "nois"'))
     [line] = [line for line in message.splitlines() if "params.init" in line]
-    assert "one of content, noise, style or an existing file" in line
+    assert "one of content, noise, style, matched or an existing file" in line
     assert str(tmp_path / "nois") in line and "literal" not in message
     (tmp_path / "start.png").write_bytes(b"")  # any existing file: read when the job runs
     loaded = load_config(write(tmp_path, GOOD.replace("steps = 10", 'init = "start.png"')))

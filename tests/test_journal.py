@@ -288,3 +288,24 @@ def test_status_lists_as_waiting_only_jobs_held_back_after_an_error(tmp_path: Pa
         ("retried.png", "PluginError: CUDA out of memory")
     ]
     assert 55 < waiting[0]["retry_in_seconds"] <= 60
+
+
+def test_a_thread_opening_a_deleted_journal_makes_no_new_one(tmp_path: Path) -> None:
+    # A thread's first look after the file was deleted made a new, empty journal there:
+    # the daemon then said it was "replaced by another file" (or, had it gone on, wrote
+    # its jobs where all history was lost).
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.path.unlink()
+    failed: list[BaseException] = []
+
+    def look() -> None:
+        try:
+            journal.jobs()
+        except sqlite3.Error as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    thread.join()
+    assert failed and not journal.path.exists()
+    assert journal.gone() == f"the journal {journal.path} was deleted"

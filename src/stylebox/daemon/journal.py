@@ -178,6 +178,9 @@ class Journal:
         self.read_only = read_only
         self._local = threading.local()
         self._marker: tuple[Path, IO[str]] | None = None
+        self._made = False
+        """The file exists (this opener made or found it): a thread's later connection must
+        not make a new, empty one where it was deleted, and write jobs into it unseen."""
         try:
             if read_only:
                 # A journal that is not there, or not a database, is refused now.
@@ -196,6 +199,7 @@ class Journal:
             ) from exc
         opened = path.stat()
         self._identity = (opened.st_dev, opened.st_ino)
+        self._made = True
         if running_marker:
             self._marker = self._mark_running()
 
@@ -269,7 +273,12 @@ class Journal:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
                 connection = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
             else:
-                connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                target, uri = (
+                    (f"{self.path.absolute().as_uri()}?mode=rw", True)
+                    if self._made
+                    else (str(self.path), False)
+                )
+                connection = sqlite3.connect(target, uri=uri, timeout=30, isolation_level=None)
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=FULL")
             connection.row_factory = sqlite3.Row
