@@ -50,15 +50,20 @@ class PlainEngine:
         self.session, self.manifest, self.feeds = session, manifest, feeds
         self.input = manifest.input
 
-    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def feed(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The session's inputs for ``batch``: its pixels as the model takes them, and the
+        other inputs."""
         m = self.manifest
         array = batch.astype(np.float32)
         if m.value_range == "0-1":
             array /= 255.0
         if m.layout == "NCHW":
             array = array.transpose(0, 3, 1, 2)
-        feed = {m.input: np.ascontiguousarray(array), **self.feeds, **(feeds or {})}
-        output = self.session.run([m.output], feed)[0]
+        return {m.input: np.ascontiguousarray(array), **self.feeds, **(feeds or {})}
+
+    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        m = self.manifest
+        output = self.session.run([m.output], self.feed(batch, feeds))[0]
         if m.layout == "NCHW":
             output = output.transpose(0, 2, 3, 1)
         if m.value_range == "0-1":

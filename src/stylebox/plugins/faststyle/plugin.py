@@ -28,7 +28,7 @@ from pydantic import (
 
 from stylebox import __version__, bundled
 from stylebox.digests import file_digest
-from stylebox.errors import BadInput, ConfigError
+from stylebox.errors import BadInput, Cancelled, ConfigError
 from stylebox.images import decode_image, fit_within, resize_to_max_side
 from stylebox.plugins.api import (
     Capabilities,
@@ -53,7 +53,13 @@ from stylebox.plugins.faststyle.manifest import (
     manifest_path,
     predictor_path,
 )
-from stylebox.plugins.faststyle.session import Device, resolve, session_for, used_by
+from stylebox.plugins.faststyle.session import (
+    Device,
+    resolve,
+    session_for,
+    thumbnorm_sessions_for,
+    used_by,
+)
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -255,23 +261,28 @@ class FastPlugin(Plugin[FastParams]):
         return fit_within(size, self.params.max_size)
 
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
-        return self.process_batch([image], [job])[0]
+        (result,) = self.process_batch([image], [job])
+        if isinstance(result, Cancelled):  # stopped between two tiles
+            raise result
+        return result
 
     def process_batch(
         self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
     ) -> list[Image.Image]:
         photos = [self._prepared(image) for image in images]
-        results: list[Image.Image | None] = [None] * len(photos)
+        results: list[Image.Image | Cancelled | None] = [None] * len(photos)
         groups: dict[tuple[int, int], list[int]] = {}
-        for index, photo in enumerate(photos):
-            if self._predictor is not None:
-                feeds = self._style_feeds(photo)
-                if max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
-                    results[index] = self._tiled(photo, feeds)
-                else:
-                    results[index] = _to_image(self._run([np.asarray(photo)], feeds=feeds)[0])
-            elif max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
-                results[index] = self._tiled(photo)
+        tiled: set[int] = set()
+        for index, (photo, job) in enumerate(zip(photos, jobs, strict=True)):
+            feeds = self._style_feeds(photo) if self._predictor is not None else None
+            if max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
+                try:
+                    results[index] = self._tiled(photo, job, feeds)
+                except Cancelled as stopped:  # this job alone: the others run on
+                    results[index] = stopped
+                tiled.add(index)
+            elif feeds is not None:
+                results[index] = _to_image(self._run([np.asarray(photo)], feeds=feeds)[0])
             else:
                 groups.setdefault(photo.size, []).append(index)
         for indices in groups.values():
@@ -282,9 +293,12 @@ class FastPlugin(Plugin[FastParams]):
                 outputs = [self._run([np.asarray(photos[i])])[0] for i in indices]
             for i, output in zip(indices, outputs, strict=True):
                 results[i] = _to_image(output)
-        finished = []
-        for photo, result, job in zip(photos, results, jobs, strict=True):
+        finished: list[Any] = []  # images, and a stopped job's Cancelled in its place
+        for index, (photo, result, job) in enumerate(zip(photos, results, jobs, strict=True)):
             assert result is not None
+            if isinstance(result, Cancelled):
+                finished.append(result)
+                continue
             finished.append(self._finish(photo, result))
             job.note(
                 device=self.used_device,
@@ -295,7 +309,8 @@ class FastPlugin(Plugin[FastParams]):
             )
             for kind, path in job.companions.items():  # moved with the photo: say why unused
                 job.note(**{kind: f"{path.name} not used: the fast plugin takes no {kind}"})
-            job.progress(1, 1)
+            if index not in tiled:  # a tiled photo reported each tile, the last one too
+                job.progress(1, 1)
         return finished
 
     # -- steps -----------------------------------------------------------------------------
@@ -431,6 +446,20 @@ class FastPlugin(Plugin[FastParams]):
         wrapped graph, float (unrounded, unclipped) from the plain path."""
         m = self.manifest
         height, width = arrays[0].shape[:2]
+        output = (engine or self.engine).run(self._batch(arrays), feeds)
+        if m.size == "dynamic":
+            margin = self.params.edge_margin
+            return [o[margin : margin + height, margin : margin + width] for o in output]
+        if m.resize == "pad":
+            inner_w, inner_h = _fitted((width, height), m.size)
+            output = [o[:inner_h, :inner_w] for o in output]
+        return [_resized(o, (width, height)) for o in output]
+
+    def _batch(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """HWC uint8 arrays of one size as the (N, H, W, 3) batch the model takes: mirrored
+        round by the edge margin and padded to its multiple, or fitted to its fixed size."""
+        m = self.manifest
+        height, width = arrays[0].shape[:2]
         if m.size == "dynamic":
             margin = self.params.edge_margin
             pad_h = max(8, height + 2 * margin + -(height + 2 * margin) % m.multiple) - height
@@ -442,18 +471,14 @@ class FastPlugin(Plugin[FastParams]):
             arrays = [_padded(a, m.size) for a in arrays]
         else:
             arrays = [_pixels(Image.fromarray(a).resize(m.size, LANCZOS)) for a in arrays]
-        batch = np.stack(arrays) if len(arrays) > 1 else np.ascontiguousarray(arrays[0][None])
-        output = (engine or self.engine).run(batch, feeds)
-        if m.size == "dynamic":
-            margin = self.params.edge_margin
-            return [o[margin : margin + height, margin : margin + width] for o in output]
-        if m.resize == "pad":
-            inner_w, inner_h = _fitted((width, height), m.size)
-            output = [o[:inner_h, :inner_w] for o in output]
-        return [_resized(o, (width, height)) for o in output]
+        return np.stack(arrays) if len(arrays) > 1 else np.ascontiguousarray(arrays[0][None])
 
-    def _tiled(self, photo: Image.Image, feeds: dict[str, np.ndarray] | None = None) -> Image.Image:
-        """Overlapping tiles, blended with linear ramps across each overlap."""
+    def _tiled(
+        self, photo: Image.Image, job: JobContext, feeds: dict[str, np.ndarray] | None = None
+    ) -> Image.Image:
+        """Overlapping tiles, blended with linear ramps across each overlap, all normalised
+        with the statistics of the photo's thumbnail (see :mod:`.thumbnorm`) where the
+        model allows; each tile done is reported as a step."""
         tile = self.tile_size
         overlap = min(self.params.tile_overlap, tile // 4)
         width, height = photo.size
@@ -462,18 +487,33 @@ class FastPlugin(Plugin[FastParams]):
         # results would clip each tile first and change the overlaps by up to ~40 levels
         # where a tile's value lies outside 0..255. Tiled photos are rare on a GPU.
         tile_engine = self._plain_engine()
+        thumb = thumbnorm_sessions_for(self.model, self.device, self._runtime.cache_dir("tensorrt"))
+        if thumb is not None:
+            graphs, measure, apply = thumb
+            thumbnail = _pixels(resize_to_max_side(photo, tile))
+            plain = PlainEngine(measure, self.manifest, self.checked.feeds)
+            statistics = measure.run(graphs.outputs, plain.feed(self._batch([thumbnail]), feeds))
+            tile_engine = PlainEngine(apply, self.manifest, self.checked.feeds)
+            feeds = {**(feeds or {}), **graphs.feeds(statistics)}
+            job.note(tile_statistics=f"from a {thumbnail.shape[1]}x{thumbnail.shape[0]} thumbnail")
+        else:
+            job.note(tile_statistics="each tile its own: the model's norms cannot be shared")
+        starts = [(top, left) for top in _starts(height, tile, overlap)
+                  for left in _starts(width, tile, overlap)]  # fmt: skip
         total = np.zeros((height, width, 3), dtype=np.float32)
         weight = np.zeros((height, width, 1), dtype=np.float32)
-        for top in _starts(height, tile, overlap):
-            for left in _starts(width, tile, overlap):
-                piece = source[top : top + tile, left : left + tile]
-                out = self._run([piece], tile_engine, feeds)[0]
-                h, w = piece.shape[:2]
-                rows = _ramp(h, overlap, top > 0, top + h < height)
-                columns = _ramp(w, overlap, left > 0, left + w < width)
-                mask = np.outer(rows, columns)[..., None]
-                total[top : top + h, left : left + w] += out * mask
-                weight[top : top + h, left : left + w] += mask
+        for done, (top, left) in enumerate(starts, 1):
+            if job.cancelled:
+                raise Cancelled(f"stopped after {done - 1} of {len(starts)} tiles")
+            piece = source[top : top + tile, left : left + tile]
+            out = self._run([piece], tile_engine, feeds)[0]
+            h, w = piece.shape[:2]
+            rows = _ramp(h, overlap, top > 0, top + h < height)
+            columns = _ramp(w, overlap, left > 0, left + w < width)
+            mask = np.outer(rows, columns)[..., None]
+            total[top : top + h, left : left + w] += out * mask
+            weight[top : top + h, left : left + w] += mask
+            job.progress(done, len(starts))
         return _to_image(total / np.maximum(weight, 1e-6))
 
 

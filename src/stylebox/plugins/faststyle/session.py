@@ -16,12 +16,14 @@ from typing import Any, Literal
 from stylebox.errors import ConfigError
 from stylebox.plugins.faststyle.iograph import NotWrappable, uint8_io
 from stylebox.plugins.faststyle.manifest import BadModel, ModelManifest
+from stylebox.plugins.faststyle.thumbnorm import ThumbNorm, thumbnail_norm
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 
 _lock = threading.Lock()
 _sessions: dict[tuple[str, str], Any] = {}
 _wrapped: dict[tuple[str, str], tuple[Any, str, str]] = {}
+_thumbnorm: dict[tuple[str, str], tuple[ThumbNorm, Any, Any] | None] = {}
 
 
 def _gpu_available() -> bool:
@@ -123,6 +125,30 @@ def uint8_session_for(
             session = _create(wrapped.model.SerializeToString(), model, device, engine_cache)
             _wrapped[key] = (session, wrapped.input, wrapped.output)
         return _wrapped[key]
+
+
+def thumbnorm_sessions_for(
+    model: Path, device: str, engine_cache: Path
+) -> tuple[ThumbNorm, Any, Any] | None:
+    """The shared sessions of ``model``'s thumbnail-normalisation graphs on ``device`` (see
+    :mod:`.thumbnorm`): the graphs, the measuring session and the applying one; ``None``
+    for a model they cannot be made for."""
+    import onnx
+
+    kind = f"{resolve(device)}:{device_index(device)}"
+    with _lock:
+        key = (str(model.resolve()), f"{kind}/thumbnorm")
+        if key not in _thumbnorm:
+            try:
+                graphs = thumbnail_norm(onnx.load(str(model)))
+            except Exception:  # unreadable by onnx: the plain path runs it as it is
+                graphs = None
+            _thumbnorm[key] = graphs and (
+                graphs,
+                _create(graphs.measure.SerializeToString(), model, device, engine_cache),
+                _create(graphs.apply.SerializeToString(), model, device, engine_cache),
+            )
+        return _thumbnorm[key]
 
 
 def _create(source: str | bytes, model: Path, device: str, engine_cache: Path) -> Any:
