@@ -189,3 +189,25 @@ def test_a_batch_of_the_wrong_length_fails_its_jobs_saying_what_was_returned(
         "plugin stepper's process_batch returned 1 result(s) for 2 images; it must return "
         "one result or error per image, in order"
     }
+
+
+def test_a_plugin_that_runs_photos_one_by_one_here_is_claimed_one_job_at_a_time(
+    tmp_path: Path,
+) -> None:
+    # The fast plugin batches on a GPU only: on the CPU, the daemon claimed batch_size
+    # jobs, which all showed as running while all but one waited in the claim.
+    from stylebox.plugins.faststyle import FastParams, FastPlugin
+
+    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=0, extra="")))
+    runtime = Runtime(device="cpu", state_dir=loaded.config.state_dir)
+    plugin = FastPlugin(FastParams(model="starry_night_small"), runtime)
+    assert FastPlugin.capabilities.batching and not plugin.capabilities.batching
+    inbox = loaded.config.inbox[0]
+    inbox.path.mkdir()
+    handle = PluginHandle("fast", "1", plugin, plugin.params)
+    source = Source.of("inbox:steps", inbox, handle)
+    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
+    for seed in range(3):
+        photo(*SMALL, seed=seed).save(inbox.path / f"p{seed}.png")
+    pipeline.enqueue(source, sorted(inbox.path.glob("p*.png")))
+    assert len(JobLoop(pipeline).run_next({"inbox:steps"})) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -223,6 +224,10 @@ class FastPlugin(Plugin[FastParams]):
         self.batchable = (
             (not isinstance(batch, int) or batch > 1) and not on_cpu and self._predictor is None
         )
+        if not self.batchable:
+            # Photos run one at a time here: a daemon that claimed several at once would
+            # show them all running (8 on the status page) while 7 wait in the claim.
+            self.capabilities = replace(type(self).capabilities, batching=False)
         self.tile_size = params.tile_size or (TILE_CPU if on_cpu else TILE_GPU)
 
     @property
