@@ -6,7 +6,7 @@ distance (grey levels) of the tiled result from the photo stylised in one piece,
 tile normalised by its own statistics (as before) and by the thumbnail's (now); and the
 seconds of each, interleaved, with their ratio, all measured in one run.
 
-    python bench/fast_tiles.py [--photos DIR] [--scale 3] [--tile 768] [--count 3]
+    python bench/fast_tiles.py [--photos DIR] [--names kodim03 kodim15] [--scale 3] [--tile 768]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--scale", type=float, default=3.0)
     parser.add_argument("--tile", type=int, default=768)
-    parser.add_argument("--count", type=int, default=3)
+    parser.add_argument("--names", nargs="+", default=["kodim01", "kodim02", "kodim03", "kodim15"])
     args = parser.parse_args()
     thumbnail_sessions = fast.thumbnorm_sessions_for
     with tempfile.TemporaryDirectory() as temp:
@@ -48,7 +48,7 @@ def main() -> None:
         for model in ("starry_night_small", "the_scream_small"):
             whole = fast.FastPlugin(fast.FastParams(model=model, tile_size=8192), runtime)
             tiled = fast.FastPlugin(fast.FastParams(model=model, tile_size=args.tile), runtime)
-            for path in sorted(args.photos.glob("*.png"))[: args.count]:
+            for path in (args.photos / f"{name}.png" for name in args.names):
                 with Image.open(path) as opened:
                     photo = opened.convert("RGB")
                 size = (round(photo.width * args.scale), round(photo.height * args.scale))

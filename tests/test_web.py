@@ -14,16 +14,23 @@ import sqlite3
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from contextlib import closing
+from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import photo
 from daemon_helpers import Daemon, gated_env, wait_until, write_config
+from PIL import Image
 
 from stylebox.config import HttpConfig, parse_config
-from stylebox.errors import ConfigError
+from stylebox.daemon.journal import Journal, NewJob, journal_path
+from stylebox.errors import Cancelled, ConfigError
+from stylebox.web.app import THUMBNAIL, _loss_chart
+from stylebox.web.state import SourceInfo, StatusReader
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -142,7 +149,7 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
     status, _, body = client.request(f"/files/{job}/manifest")
     assert json.loads(body)["output"]["result"] == "photo.png"
     status, headers, body = client.request(f"/files/{job}/input")  # from processed/
-    assert status == 200 and headers["content-type"] == "image/png" and body[:4] == b"\x89PNG"
+    assert status == 200 and headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
     # Other bytes where the journal points (a photo replaced while its job ran stays in the
     # inbox, where its input_path still is): not shown as this job's photo.
     photo(24, 16, seed=9).save(tmp_path / "in-poster" / "processed" / "photo.png")
@@ -202,6 +209,35 @@ def test_the_files_of_a_job_in_an_outbox_sub_folder_are_served(tmp_path: Path) -
         daemon.stop()
 
 
+def test_a_result_is_shown_by_a_bounded_preview_the_full_one_a_click_away(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # A 7680x5120 result was shown in a 375 px tile as itself: 82 MB.
+    client: Client = daemon.client  # type: ignore[attr-defined]
+    staged = tmp_path / ".staged-big.png"
+    photo(1600, 1000, seed=5).save(staged)
+    os.rename(staged, tmp_path / "in-poster" / "big.png")
+    assert wait_until(lambda: source(client, "inbox:poster")["done"] == 1, 60), daemon.output()
+    entry = source(client, "inbox:poster")
+    assert entry["outbox"] == str(tmp_path / "out-poster")  # where all results are
+    [result] = entry["results"]
+    assert result["preview"] == f"/files/{result['job']}/result/preview"
+    full = (tmp_path / "out-poster" / "big.png").read_bytes()
+    status, _, body = client.request(result["result"])
+    assert status == 200 and body == full
+
+    status, headers, body = client.request(result["preview"])
+    assert status == 200 and headers["content-type"] == "image/jpeg", body[:200]
+    assert headers["cache-control"] == "max-age=3600"
+    with Image.open(BytesIO(body)) as preview:
+        assert preview.size == (THUMBNAIL, THUMBNAIL * 1000 // 1600)
+    assert len(body) < len(full) / 5
+    assert client.request(result["preview"])[2] == body  # kept, not made again differently
+    # Only a result has one: no other output, nor a job that is not done.
+    assert client.request(f"/files/{result['job']}/animation/preview")[0] == 404
+    assert client.request(f"/files/{result['job'] + 1}/result/preview")[0] == 404
+
+
 def test_no_path_from_a_url_reaches_the_file_system(daemon: Daemon, tmp_path: Path) -> None:
     client: Client = daemon.client  # type: ignore[attr-defined]
     outbox = tmp_path / "out-poster"
@@ -225,6 +261,11 @@ def test_no_path_from_a_url_reaches_the_file_system(daemon: Daemon, tmp_path: Pa
         "/static/%2e%2e/state.py",
         "/static/..%2fstate.py",
         f"/files/{job}/result/..",
+        f"/files/{job}/result/preview/..",
+        f"/files/{job}/result/%2e%2e/preview",
+        f"/files/{job}/result/..%2fpreview",
+        f"/files/{job}/manifest/preview",
+        f"/files/{job}/../{job}/result/preview",
         "/files/-1/result",
         "/files/999/result",
     ]
@@ -249,9 +290,11 @@ def test_no_path_from_a_url_reaches_the_file_system(daemon: Daemon, tmp_path: Pa
     os.symlink(elsewhere, steps)
     assert client.request(f"/files/{job}/steps/5.png")[0] == 404
     result = outbox / "photo.png"
+    assert client.request(f"/files/{job}/result/preview")[0] == 200  # the control
     result.unlink()
     os.symlink(secret, result)
     assert client.request(f"/files/{job}/result")[0] == 404
+    assert client.request(f"/files/{job}/result/preview")[0] == 404
 
 
 def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_again(
@@ -265,6 +308,7 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     assert client.json(f"/api/jobs/{job}/cancel", "POST")[0] == 403
     status, body = client.json(f"/api/jobs/{job}/cancel", "POST", **{"X-Stylebox-Token": "no"})
     assert status == 403 and "X-Stylebox-Token" in body["error"]
+    assert body["ask_token"] is True  # the page asks for it again and tries once more
     assert client.request(f"/api/jobs/{job}/cancel")[0] == 405  # a GET changes nothing
     assert source(client, "inbox:gate")["running"] == 1
 
@@ -283,7 +327,10 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     assert (tmp_path / "in-gate" / "failed" / "waiting.png").is_file()
     reason = (tmp_path / "in-gate" / "failed" / "waiting.png.error.txt").read_text()
     assert "attempts: 0" in reason  # it never ran: its claim to be cancelled is no try
-    assert client.json("/api/jobs/999/cancel", "POST", **token)[0] == 404
+    assert client.json("/api/jobs/99999/cancel", "POST", **token) == (
+        404,
+        {"error": "no such job 99999"},
+    )
 
     status, body = client.json(f"/api/jobs/{job}/cancel", "POST", **token)
     assert (status, body["outcome"]) == (200, "cancelling")
@@ -302,7 +349,11 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     assert not (tmp_path / "in-gate" / "failed" / "held.png.error.txt").exists()
     assert (tmp_path / "out-gate" / "held.png").is_file()
     assert client.json(f"/api/jobs/{job}/retry", "POST", **token)[0] == 409  # done, not failed
-    assert client.json("/api/jobs/999/retry", "POST", **token)[0] == 404
+    # Not the bare id, which read as an error code.
+    assert client.json("/api/jobs/99999/retry", "POST", **token) == (
+        404,
+        {"error": "no such job 99999"},
+    )
 
 
 def _journal_rows(folder: Path) -> list:
@@ -364,6 +415,7 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
     assert not _answers(client)
     status, body = moved.json("/api/jobs/1/retry", "POST", **{"X-Stylebox-Token": TOKEN})
     assert status == 403 and "no [http] token" in body["error"]
+    assert "ask_token" not in body  # no token would do: the page does not ask for one
     assert moved.status()["actions"] is False
 
     # SIGTERM with a client on the event stream: the daemon still stops at once.
@@ -380,3 +432,145 @@ def _answers(client: Client) -> bool:
         return client.request("/api/status")[0] == 200
     except OSError:
         return False
+
+
+# -- the status reader, over a journal of its own -------------------------------------------
+
+
+@dataclass
+class Backend:
+    """The daemon as the web layer sees it, with nothing behind its actions."""
+
+    state_dir: Path
+    token: str | None = None
+    sources: dict[str, SourceInfo] = field(default_factory=dict)
+
+    @property
+    def journal_path(self) -> Path:
+        return journal_path(self.state_dir)
+
+    def web_sources(self) -> dict[str, SourceInfo]:
+        return self.sources
+
+    def retry(self, job_id: int) -> str:
+        raise KeyError(job_id)
+
+    def cancel(self, job_id: int) -> str:
+        raise KeyError(job_id)
+
+
+def _one_job(folder: Path) -> tuple[Journal, int]:
+    journal = Journal(journal_path(folder))
+    entry = NewJob("inbox:x", folder / "a.png", "ab" * 32, "gatys", "p", "key", "a")
+    [(row, _)] = journal.add([entry])
+    return journal, row.id
+
+
+def test_a_running_jobs_rate_and_eta_are_of_its_own_claim_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shown after a retry: the cancelled attempt's "step 10 / 60 · 12.4 steps/s"; after a
+    # restart 18.6 steps/s against a steady 3-7 (the steps of the earlier run counted in).
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    journal, job = _one_job(tmp_path)
+    reader = StatusReader(Backend(tmp_path), ttl=0)
+
+    def look(at: float, step: int | None = None) -> tuple[Any, Any, Any]:
+        """The card's step, steps/s and seconds left at ``at``, the job at ``step`` then."""
+        clock[0] = at
+        if step is not None:
+            journal.set_progress(job, step, 60)
+        [running] = reader.status()["sources"]["inbox:x"]["running_jobs"]
+        return running["step"], running["steps_per_second"], running["eta_seconds"]
+
+    try:
+        journal.claim("elsewhere:1", 30)
+        # No rate from the claim's time alone, nor from a first look: when it saw this step,
+        # not when the job reached it.
+        assert look(1000.8, 10) == (10, None, None)
+        assert look(1001.8, 14) == (14, None, None)
+        assert look(1002.8, 18) == (18, 4.0, 10.5)
+        assert look(1003.3) == (18, 4.0, 10.5)
+
+        # Cancelled, then retried: the new claim's row still says step 18 until it reports.
+        clock[0] = 1005.0
+        journal.finish(job, "failed", error=Cancelled("cancelled by request"))
+        journal.retry_failed(job, tmp_path / "a.png")
+        journal.claim("elsewhere:1", 30)
+        assert look(1005.5) == (None, None, None)
+        assert look(1006.0, 3) == (3, None, None)  # back to the start: a change, seen now
+        assert look(1007.0, 7) == (7, 4.0, 13.2)
+
+        # The daemon restarted (a new reader) and the job resumed from a checkpoint at 5.
+        clock[0] = 1100.0
+        journal.requeue(job)
+        journal.claim("elsewhere:2", 30)
+        reader = StatusReader(Backend(tmp_path), ttl=0)
+        assert look(1100.5) == (7, None, None)  # not 7 steps in half a second
+        assert look(1101.5, 5) == (5, None, None)
+        assert look(1102.5, 6) == (6, 1.0, 54.0)
+    finally:
+        reader.close()
+        journal.close()
+
+
+def test_only_a_job_whose_history_has_a_loss_is_given_a_chart(tmp_path: Path) -> None:
+    # A fast job reports its one step without a loss: the page asked for its chart and got a
+    # 404, one console error a job.
+    journal, job = _one_job(tmp_path)
+    reader = StatusReader(Backend(tmp_path), ttl=0)
+    try:
+        journal.claim("elsewhere:1", 30)
+        journal.set_progress(job, 1, 1)
+        history = tmp_path / "jobs" / str(job) / "history.jsonl"
+        history.parent.mkdir(parents=True)
+        history.write_text('{"step": 1}\n')
+        [running] = reader.status()["sources"]["inbox:x"]["running_jobs"]
+        assert running["loss"] is None
+        history.write_text('{"step": 1, "loss": 2.5}\n')
+        [running] = reader.status()["sources"]["inbox:x"]["running_jobs"]
+        assert running["loss"] == f"/api/jobs/{job}/loss.svg"
+    finally:
+        reader.close()
+        journal.close()
+
+
+def test_a_running_jobs_card_and_chart_say_the_same_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a restart the card said step 18 while its chart ran to step 23.
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    journal, job = _one_job(tmp_path)
+    reader = StatusReader(Backend(tmp_path, sources={"inbox:x": SourceInfo(tmp_path, "gatys")}))
+    history = tmp_path / "jobs" / str(job) / "history.jsonl"
+    history.parent.mkdir(parents=True)
+    history.write_text("".join(f'{{"step": {n}, "loss": {100 / n}}}\n' for n in range(1, 24)))
+
+    def card() -> tuple[Any, int]:
+        """The card's step, and how many steps its chart draws when asked for it."""
+        reader.forget()
+        [running] = reader.status()["sources"]["inbox:x"]["running_jobs"]
+        svg = _loss_chart(reader, job, 640, running["step"])
+        assert svg is not None
+        [line] = [
+            line
+            for line in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}polyline")
+            if line.get("data-series") == "loss"
+        ]
+        return running["step"], len(line.get("points", "").split())
+
+    try:
+        journal.claim("elsewhere:1", 30)
+        journal.set_progress(job, 18, 60)
+        # The history of the run before the restart, which this one resumed at 15 and redoes.
+        os.utime(history, (999.0, 999.0))
+        assert card() == (18, 18)
+        # This run's own history, ahead of the journal's step (written once a second at most,
+        # and not the last step before a pause).
+        os.utime(history, (1000.5, 1000.5))
+        assert card() == (23, 23)
+    finally:
+        reader.close()
+        journal.close()

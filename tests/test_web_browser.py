@@ -98,7 +98,7 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
             ".map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
         )
         assert wait_until(lambda: all(ok for _, ok in _loaded(browser)), 10), images
-        assert {src.rsplit("/", 1)[1] for src, _ in images} == {"input", "result"}
+        assert {src.rsplit("/", 1)[1] for src, _ in images} == {"input", "preview"}
         # Readable on a phone: nothing wider than its screen, the long names wrapped, the
         # failed file's too; its count takes you to it.
         assert wait_until(lambda: _text(browser, ".failed li b") == f"{LONG}_notes.jpg", 30)
@@ -109,8 +109,8 @@ def test_the_page_shows_a_gatys_job_growing_live(tmp_path: Path, style_file: Pat
             "return r.top >= 0 && r.top < window.innerHeight"
         ), 5)  # fmt: skip
         browser.save_screenshot(str(tmp_path / "failed.png"))
-        # A click shows the result at full size.
-        browser.find_element(By.CSS_SELECTOR, "figure.result img[src$='/result']").click()
+        # A click shows the result at full size (its tile shows a preview).
+        browser.find_element(By.CSS_SELECTOR, "figure.result img[data-full$='/result']").click()
         assert wait_until(lambda: browser.execute_script(
             "const d = document.getElementById('viewer'), i = document.getElementById('full');"
             "return d.open && i.complete && i.naturalWidth > 0 && i.src.endsWith('/result')"

@@ -1,15 +1,19 @@
 """What the status page shows, in a real browser (Debian's headless chromium, driven by
 Selenium) at a desktop's and a phone's width, against a real daemon: the queue with its
 cancel buttons, failed jobs a retry cannot help, the live loss chart's title and text
-size, and the viewer's full-size view of a small result.
+size, the gallery's previews and the viewer's full-size view of a small result, a token
+asked for again, and a daemon that stops while the page is open.
 
 One daemon for the module: an inbox whose plugin steps (with a loss), snapshots and then
-holds its job at a gate while more photos queue behind it, and a posterize inbox with a
-small done result and a file that is no image."""
+holds its job at a gate while more photos queue behind it, a posterize inbox with a
+small done result and a file that is no image, and one with more results than the gallery
+shows."""
 
 from __future__ import annotations
 
 import os
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +27,13 @@ from selenium.webdriver.common.by import By
 from test_web import Client, free_port
 from test_web_browser import chrome
 
-from stylebox.web.state import FAILED, QUEUED
+from stylebox.web.state import FAILED, GALLERY, QUEUED
 
 TOKEN = "page-token-0123456789"
 WAITING = QUEUED + 5
 """Photos queued behind the held job: more than the page lists."""
+SHELVED = GALLERY + 3
+"""Results of the shelf inbox: more than its gallery shows."""
 DESKTOP, PHONE = (1280, 800), (390, 844)
 
 STEPPER = """
@@ -120,6 +126,13 @@ path = "in-junk"
 outbox = "out-junk"
 plugin = "posterize"
 settle_seconds = 0.2
+
+[[inbox]]
+name = "shelf"
+path = "in-shelf"
+outbox = "out-shelf"
+plugin = "posterize"
+settle_seconds = 0.2
 """
 
 
@@ -129,9 +142,8 @@ def drop(folder: Path, name: str, seed: int, size: tuple[int, int] = (24, 16)) -
     os.rename(staged, folder / name)
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
-    folder = tmp_path_factory.mktemp("page")
+def held_env(folder: Path) -> tuple[dict[str, str], Path]:
+    """The environment of a daemon with the held plugin, and the gate that lets it go."""
     entry_points = "[stylebox.plugins]\nheld = held:Held\n"
     site = installed_site(folder, "held", entry_points, {"held.py": STEPPER})
     gate = folder / "gate"
@@ -139,6 +151,13 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
         "GATE": str(gate),
     }
+    return env, gate
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    folder = tmp_path_factory.mktemp("page")
+    env, gate = held_env(folder)
     port = free_port()
     daemon = Daemon(write_config(folder, config(port)), env)
     browser = None
@@ -153,8 +172,11 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         (folder / "in-poster" / "notes.png").write_bytes(b"hello, this is not a picture\n" * 20)
         for number in range(FAILED + 2):
             (folder / "in-junk" / f"junk-{number:02d}.png").write_text(f"no picture {number}\n")
+        for number in range(SHELVED):
+            drop(folder / "in-shelf", f"shelved-{number:02d}.png", seed=200 + number)
         # Ended before the held job takes the worker.
         assert wait_until(lambda: status("inbox:junk")["failed"] == FAILED + 2, 30)
+        assert wait_until(lambda: status("inbox:shelf")["done"] == SHELVED, 60), daemon.output()
         drop(folder / "in-held", "first.png", seed=2)
         assert wait_until(lambda: status("inbox:held")["running"] == 1, 30), daemon.output()
         for seed in range(WAITING):
@@ -255,9 +277,35 @@ def test_the_live_loss_chart_is_titled_by_the_file_and_legible(scene: Scene) -> 
     for asked, box in (("300", "0 0 300 200"), ("99999", "0 0 640 320"), ("x", "0 0 640 320")):
         svg = scene.client.request(f"/api/jobs/{running['job']}/loss.svg?width={asked}")[2]
         assert f'viewBox="{box}"'.encode() in svg, asked
+    # Drawn to the step the card says, not past it: the card said step 18, its chart ran to
+    # 23 (a history on disk ahead of the journal's step, or an earlier run's yet to be redone).
+    job = running["job"]
+    assert wait_until(lambda: len(scene.client.json(f"/api/jobs/{job}")[1]["history"]) > 5, 20)
+    for asked, points in (
+        ("5", 5),
+        ("x", len(scene.client.json(f"/api/jobs/{job}")[1]["history"])),
+    ):
+        svg = scene.client.request(f"/api/jobs/{job}/loss.svg?step={asked}")[2].decode()
+        [line] = [
+            line
+            for line in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}polyline")
+            if line.get("data-series") == "loss"
+        ]
+        assert len(line.get("points", "").split()) == points, asked
     for name, size in (("desktop", DESKTOP), ("phone", PHONE)):
         scene.open(size)
         assert scene.until("!!document.querySelector('article.job .loss svg')", 20)
+        # The card's label and its chart say the same step.
+        agree = (
+            "(() => { const card = document.querySelector('article.job');"
+            " const step = /step (\\d+) \\//.exec(card.querySelector('.meta').textContent);"
+            " const line = card.querySelector('.loss polyline[data-series=loss]');"
+            " return !!step && !!line"
+            " && line.getAttribute('points').trim().split(/\\s+/).length === Number(step[1]); })()"
+        )
+        assert scene.until(agree, 20), scene.js(
+            "return document.querySelector('article.job .meta').textContent"
+        )
         # Each label's size on screen: its font size times the scale the chart is drawn at.
         sizes = scene.js(
             "return [...document.querySelectorAll('article.job .loss svg text')].map(t =>"
@@ -273,7 +321,7 @@ def test_the_live_loss_chart_is_titled_by_the_file_and_legible(scene: Scene) -> 
 def test_a_full_size_view_is_never_smaller_than_its_tile(scene: Scene) -> None:
     for name, size in (("phone", PHONE), ("desktop", DESKTOP)):
         scene.open(size)
-        tile = "figure.result img[src$='/result']"
+        tile = "figure.result img[data-full$='/result']"
         assert scene.until(f'document.querySelector("{tile}")?.naturalWidth > 0', 20)
         width = scene.js(f'return document.querySelector("{tile}").getBoundingClientRect().width')
         scene.browser.find_element(By.CSS_SELECTOR, tile).click()
@@ -291,6 +339,132 @@ def test_a_full_size_view_is_never_smaller_than_its_tile(scene: Scene) -> None:
         assert full_height <= screen_height, (name, shown)
         scene.shot(f"viewer-{name}")
         scene.js("document.getElementById('viewer').close()")
+
+
+def test_the_gallery_shows_previews_and_says_where_the_older_results_are(scene: Scene) -> None:
+    # A 7680x5120 result was its own tile (82 MB at 375 px); and the latest 12 of "20 done"
+    # were shown without a word of the others.
+    scene.open(PHONE)
+    gallery = "#source-inbox_shelf"
+    assert scene.until(f"document.querySelectorAll('{gallery} figure.result').length > 0", 20)
+    more = scene.js(f"return document.querySelector('{gallery} .results-more').textContent")
+    outbox = scene.folder / "out-shelf"
+    assert more == f"showing the latest {GALLERY} of {SHELVED}; all are in {outbox}", more
+    tiles = scene.js(
+        f"return [...document.querySelectorAll('{gallery} figure.result img[alt^=result]')]"
+        ".map(i => [i.getAttribute('src'), i.dataset.full])"
+    )
+    assert len(tiles) == GALLERY
+    for src, full in tiles:
+        assert re.fullmatch(r"/files/\d+/result/preview", src), src
+        assert full == src.removesuffix("/preview"), full  # the viewer's: the result itself
+    # The others' galleries, all shown, say nothing more.
+    assert (
+        scene.js("return document.querySelector('#source-inbox_poster .results-more').textContent")
+        == ""
+    )
+    scene.shot("gallery-phone")
+
+
+def test_a_refused_token_is_asked_for_again_and_the_action_tried_once_more(scene: Scene) -> None:
+    # After a reload changed the token, the first click only said the header was wrong (and
+    # forgot the token): the user had to click again.
+    scene.open(DESKTOP)
+    assert scene.until("!!document.querySelector('#source-inbox_held .queued li button.cancel')")
+    scene.js(
+        "localStorage.setItem('stylebox-token', 'the-token-before-the-reload');"
+        "window.asked = []; window.alerts = [];"
+        f"window.prompt = (text) => {{ window.asked.push(text); return '{TOKEN}'; }};"
+        "window.alert = (text) => { window.alerts.push(text); };"
+    )
+    job = int(
+        scene.js("return document.querySelector('#source-inbox_held .queued li').dataset.job")
+    )
+    scene.browser.find_element(By.CSS_SELECTOR, f"li[data-job='{job}'] button.cancel").click()
+    assert scene.until(f"!!document.getElementById('failed-{job}')", 20), scene.js(
+        "return [window.asked, window.alerts, document.getElementById('notice')?.textContent]"
+    )
+    assert len(scene.js("return window.asked")) == 1
+    assert scene.js("return window.alerts") == []
+    assert scene.js("return document.getElementById('notice').hidden")
+    assert scene.js("return localStorage.getItem('stylebox-token')") == TOKEN
+
+
+def test_a_daemon_that_stops_is_said_so_and_its_last_state_offers_no_action(
+    tmp_path: Path,
+) -> None:
+    # Stopped (SIGTERM) with the page open: the page went on showing the running card, its
+    # time left and an active cancel button, under a small "reconnecting…"; a click threw
+    # "Uncaught TypeError: Failed to fetch" and showed nothing.
+    env, gate = held_env(tmp_path)
+    port = free_port()
+    path = write_config(tmp_path, config(port).replace("drain_seconds = 10", "drain_seconds = 1"))
+    daemon = Daemon(path, env)
+    browser = None
+    try:
+        daemon.wait_ready()
+        client = Client(port)
+        drop(tmp_path / "in-held", "first.png", seed=2)
+        drop(tmp_path / "in-held", "second.png", seed=3)
+
+        def held() -> dict[str, Any]:
+            return client.status()["sources"]["inbox:held"]
+
+        assert wait_until(lambda: (held()["running"], held()["queued"]) == (1, 1), 30)
+        [running] = held()["running_jobs"]
+        browser = chrome()
+        scene = Scene(tmp_path, daemon, client, browser)
+        scene.open(DESKTOP)
+        card = f"document.getElementById('job-{running['job']}')"
+        assert scene.until(f"{card}?.querySelector('.meta').textContent.includes('step')")
+        scene.js(f"localStorage.setItem('stylebox-token', '{TOKEN}')")
+        assert scene.js("return document.getElementById('banner').hidden")
+        buttons = "[...document.querySelectorAll('main button')]"
+        assert scene.js(f"return {buttons}.length") == 2
+        assert not scene.js(f"return {buttons}.some(b => b.disabled)")
+
+        assert daemon.stop(timeout=30) == 0
+        banner = "document.getElementById('banner')"
+        assert scene.until(f"!{banner}.hidden", 15)
+        text = scene.js(f"return {banner}.textContent")
+        assert re.fullmatch(
+            r"The daemon is not answering since \d\d:\d\d:\d\d; showing the last known state\.",
+            text,
+        ), text
+        assert scene.js(f"return {card}.classList.contains('stale')")
+        meta = scene.js(f"return {card}.querySelector('.meta').textContent")
+        assert meta.endswith(" · last known") and "left" not in meta and "steps/s" not in meta
+        assert scene.js(f"return {buttons}.every(b => b.disabled)")
+        scene.shot("daemon-gone")
+
+        # An action that reaches no daemon (a click just before the page knew) says so.
+        errors, notice = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1], errors = [];"
+            "addEventListener('unhandledrejection', (e) => errors.push(String(e.reason)));"
+            f"Promise.resolve(act({running['job']}, 'cancel'))"
+            ".catch((e) => errors.push(`rejected: ${e}`))"
+            ".then(() => setTimeout(() => {"
+            "  const n = document.getElementById('notice');"
+            "  done([errors, n && !n.hidden ? n.textContent : null]); }, 100));"
+        )
+        assert errors == [], errors
+        assert notice.startswith(
+            f"Could not cancel job {running['job']}: the daemon is not answering"
+        )
+
+        # Back (the same state and port): live again, the actions with it.
+        daemon = Daemon(path, env)
+        daemon.wait_ready()
+        assert scene.until(
+            f"{banner}.hidden && {buttons}.length > 0 && {buttons}.every(b => !b.disabled)", 20
+        )
+        assert scene.js("return document.getElementById('connection').textContent") == "live"
+        assert not scene.js("return document.querySelector('article.job.stale')")
+    finally:
+        if browser is not None:
+            browser.quit()
+        gate.touch()
+        daemon.stop()
 
 
 def _rows(scene: Scene) -> list:

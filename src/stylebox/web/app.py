@@ -14,6 +14,7 @@ import hmac
 import io
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ from stylebox.web.state import SECONDS_BUCKETS, Backend, FileKind, StatusReader
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_HEADER = "X-Stylebox-Token"
-#: Longest side of the photos shown beside their results (an input may be 50 MP).
+#: Longest side of the previews of photos and results shown in the gallery (an input may be
+#: 50 MP, its result as big): enough for a tile on a phone's screen at twice its density.
 THUMBNAIL = 640
 #: Widths the live loss chart is drawn at: the card's own, as the page asks, so that its
 #: text is shown at the size it is drawn (11 px), not scaled down to a few pixels.
@@ -78,7 +80,8 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
     async def loss_svg(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         width = _chart_width(request.query_params.get("width"))
-        svg = await anyio.to_thread.run_sync(_loss_chart, reader, job_id, width)
+        upto = _step(request.query_params.get("step"))
+        svg = await anyio.to_thread.run_sync(_loss_chart, reader, job_id, width, upto)
         if svg is None:
             return _not_found()
         return Response(svg, media_type="image/svg+xml", headers=_NO_CACHE)
@@ -95,15 +98,19 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
         job_id, step = params["job_id"], params["step"]
         return _file(await anyio.to_thread.run_sync(reader.snapshot_file, job_id, step))
 
-    async def photo(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
-        path = await anyio.to_thread.run_sync(reader.input_file, job_id)
-        if path is None:
-            return _not_found()
-        data = await anyio.to_thread.run_sync(thumbnails.get, job_id, path)
+    async def preview(path: Path | None) -> Response:
+        data = await anyio.to_thread.run_sync(thumbnails.get, path) if path else None
         if data is None:
             return _not_found()
-        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    async def photo(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        return await preview(await anyio.to_thread.run_sync(reader.input_file, job_id))
+
+    async def result_preview(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        return await preview(await anyio.to_thread.run_sync(reader.output_file, job_id, "result"))
 
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
@@ -136,8 +143,8 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
         try:
             outcome = await anyio.to_thread.run_sync(backend.retry, request.path_params["job_id"])
             reader.forget()
-        except LookupError as exc:
-            return _json({"error": str(exc)}, 404)
+        except LookupError:
+            return _no_job(request.path_params["job_id"])
         except StyleboxError as exc:
             return _json({"error": str(exc)}, 409)
         return _json({"job": request.path_params["job_id"], "outcome": outcome})
@@ -150,8 +157,8 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
         try:
             outcome = await anyio.to_thread.run_sync(backend.cancel, job_id)
             reader.forget()
-        except LookupError as exc:
-            return _json({"error": f"no job {exc}"}, 404)
+        except LookupError:
+            return _no_job(job_id)
         except StyleboxError as exc:
             return _json({"error": str(exc)}, 409)
         return _json({"job": job_id, "outcome": outcome})
@@ -164,6 +171,7 @@ def create_app(backend: Backend, stopping: threading.Event, interval: float = 1.
         Route("/api/jobs/{job_id:int}/retry", retry, methods=["POST"]),
         Route("/api/jobs/{job_id:int}/cancel", cancel, methods=["POST"]),
         Route("/files/{job_id:int}/input", photo),
+        Route("/files/{job_id:int}/result/preview", result_preview),
         Route("/files/{job_id:int}/steps/{step:int}.png", snapshot),
         Route("/files/{job_id:int}/{kind:str}", output),
         Route("/events", events),
@@ -209,6 +217,10 @@ def _not_found() -> Response:
     return _json({"error": "not found"}, 404)
 
 
+def _no_job(job_id: int) -> Response:
+    return _json({"error": f"no such job {job_id}"}, 404)
+
+
 def _file(path: Path | None) -> Response:
     if path is None:
         return _not_found()
@@ -224,10 +236,23 @@ def _chart_width(asked: str | None) -> int:
         return high
 
 
-def _loss_chart(reader: StatusReader, job_id: int, width: int) -> str | None:
-    """A job's loss curves so far, titled by its output stem as its saved plot is."""
+def _step(asked: str | None) -> int | None:
+    try:
+        return int(asked) if asked else None
+    except ValueError:
+        return None
+
+
+def _loss_chart(
+    reader: StatusReader, job_id: int, width: int, upto: int | None = None
+) -> str | None:
+    """A job's loss curves so far, titled by its output stem as its saved plot is;
+    ``upto``: to that step only, the one the page's card says (the history on disk may run
+    ahead of the journal's step, or still hold an earlier run's steps a resumed run redoes)."""
     row = reader.row(job_id)
     history = reader.history(job_id) if row is not None else []
+    if upto is not None:
+        history = [entry for entry in history if entry.get("step", 0) <= upto]
     if row is None or not history:
         return None
     title = row.stem or Path(row.name).stem
@@ -241,35 +266,57 @@ def _refused(request: Request, backend: Backend) -> Response | None:
         return _json({"error": "actions are off: the config has no [http] token"}, 403)
     given = request.headers.get(TOKEN_HEADER, "")
     if not hmac.compare_digest(given.encode(), token.encode()):
-        return _json({"error": f"a wrong or missing {TOKEN_HEADER} header"}, 403)
+        # ``ask_token``: the page asks for the token again (changed by a reload, say).
+        return _json({"error": f"a wrong or missing {TOKEN_HEADER} header", "ask_token": True}, 403)
     return None
 
 
 class _Thumbnails:
-    """Photos made small enough for a phone, once each (a few, kept in memory)."""
+    """Photos and results made small enough for a phone, once each: the latest kept in
+    memory, up to ``budget`` bytes, by the file's identity (a file replaced is made anew)."""
 
-    def __init__(self, keep: int = 64) -> None:
-        self._keep = keep
-        self._cache: dict[int, bytes] = {}
+    def __init__(self, budget: int = 48 * 1024 * 1024) -> None:
+        self._budget = budget
+        self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
+        # One decode at a time: a gallery of new 50 MP results asks for a dozen at once,
+        # each some 150 MB decoded.
+        self._decoding = threading.Lock()
 
-    def get(self, job_id: int, path: Path) -> bytes | None:
-        with self._lock:
-            if job_id in self._cache:
-                return self._cache[job_id]
+    def get(self, path: Path) -> bytes | None:
         try:
-            image = decode_image(path).rgb  # the daemon's own guards: size, format
-        except (StyleboxError, OSError):
+            info = path.stat()
+        except OSError:
             return None
-        image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG")
-        data = buffer.getvalue()
-        with self._lock:
-            if len(self._cache) >= self._keep:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[job_id] = data
+        key = (str(path), info.st_size, info.st_mtime_ns)
+        data = self._kept(key)
+        if data is not None:
+            return data
+        with self._decoding:
+            data = self._kept(key)  # made while this waited
+            if data is not None:
+                return data
+            try:
+                image = decode_image(path).rgb  # the daemon's own guards: size, format
+            except (StyleboxError, OSError):
+                return None
+            image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            # A JPEG: a photo's PNG at this size is still some 500 kB, a phone's gallery 10 MB.
+            image.save(buffer, "JPEG", quality=85)
+            data = buffer.getvalue()
+            with self._lock:
+                self._cache[key] = data
+                while sum(map(len, self._cache.values())) > self._budget and len(self._cache) > 1:
+                    self._cache.popitem(last=False)
         return data
+
+    def _kept(self, key: tuple[str, int, int]) -> bytes | None:
+        with self._lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+            return data
 
 
 class _Metrics(Collector):

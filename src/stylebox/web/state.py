@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 from stylebox.daemon.journal import JobRow, Journal, State, _row
 from stylebox.daemon.status import _running
 from stylebox.digests import file_digest
+from stylebox.lossplot import has_loss
 
 #: Upper bounds of the job seconds histogram in /metrics.
 SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -34,6 +35,26 @@ QUEUED = 12
 """Queued jobs listed per inbox, next to run first (the count says how many more wait)."""
 FileKind = Literal["result", "animation", "loss", "manifest"]
 _SNAPSHOT = re.compile(r"[0-9]{1,9}\.png")
+
+
+@dataclass
+class _Pace:
+    """How fast a running job goes, measured within one claim of it (one attempt, one run
+    of the daemon): the steps of an earlier run or attempt say nothing of this one's."""
+
+    claim: float | None
+    """The claim measured (the journal's ``claimed_at``): a new one starts afresh."""
+    step: int
+    when: float
+    """When ``step`` was seen; once ``moved``, when it was first seen."""
+    moved: bool = False
+    """Whether ``step`` was seen to change in this claim: until it was, ``when`` is only
+    when this reader first looked, and may be long after the step was reached."""
+    stale: bool = False
+    """``step`` is the one an earlier claim left: a claim does not clear it in the journal,
+    this claim's first report does."""
+    rate: float | None = None
+    """Steps per second between the last two changes seen."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +147,10 @@ class StatusReader:
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._manifests: dict[int, dict[str, Any]] = {}
-        self._rates: dict[int, tuple[float, int, float]] = {}
-        """Per running job: when and at which step it was last seen, and its steps/s."""
+        self._paces: dict[int, _Pace] = {}
+        """Per job seen running: its pace in its latest claim (kept after it stops running,
+        so that a retry's claim can tell the step its journal row still shows is the last
+        attempt's)."""
 
     @property
     def journal(self) -> JournalView | None:
@@ -168,6 +191,8 @@ class StatusReader:
             entry: dict[str, Any] = {
                 "plugin": info.plugin if info else None,
                 "configured": info is not None,
+                # Where all results are: the page shows only the latest GALLERY.
+                "outbox": str(info.outbox) if info else None,
                 **{state: counts.get(key, {}).get(state, 0) for state in _STATES},
                 "running_jobs": [],
                 "queued_jobs": [],
@@ -190,38 +215,62 @@ class StatusReader:
                     _failed(row) for row in journal.latest(key, "failed", FAILED)
                 ]
             report["sources"][key] = entry
-        for job_id in set(self._rates) - running_ids:
-            del self._rates[job_id]
+        if len(self._paces) > _PACES:
+            for job_id in set(self._paces) - running_ids:
+                del self._paces[job_id]
         return report
 
     def _running(self, row: JobRow, info: SourceInfo | None) -> dict[str, Any]:
         job = _running(row)
-        job.update(source=row.source, steps_per_second=self._rate(row))
+        history = self.history(row.id)
+        step, ahead, last = row.step, False, int(history[-1].get("step", 0)) if history else 0
+        if last > (step or 0) and self._history_of_claim(row):
+            # The journal has the step of at most once a second (so not the last one before
+            # a pause), the runner's history every step: the card says the one its chart
+            # shows. (A history from before the claim may hold steps a resumed run redoes.)
+            step, ahead = last, True
+        pace = self._pace(row, step or 0)
+        rate = round(pace.rate, 3) if pace.rate is not None else None
+        job.update(source=row.source, step=step, steps_per_second=rate)
+        if pace.stale and row.eta_at is None and not ahead:  # (the claim resets eta_at)
+            job.update(step=None, eta_seconds=None, eta_from=None)
+        elif job["eta_from"] == "linear":
+            # Not daemon.status's time since the claim over the step, which counts the
+            # steps of earlier runs (a resumed job) or attempts (a retry) as this claim's.
+            eta = None
+            if rate and row.total and step is not None and not job["owner_gone"]:
+                eta = round(max(0, row.total - step) / rate, 1)
+            job.update(eta_seconds=eta, eta_from="linear" if eta is not None else None)
         snapshot = self._newest_snapshot(row, info)
         job["snapshot"] = f"/files/{row.id}/steps/{snapshot}.png" if snapshot is not None else None
         job["snapshot_step"] = snapshot
-        job["loss"] = f"/api/jobs/{row.id}/loss.svg" if self.history(row.id) else None
+        # Only a history with a loss has a chart (a fast job reports its one step bare).
+        job["loss"] = f"/api/jobs/{row.id}/loss.svg" if has_loss(history) else None
         return job
 
-    def _rate(self, row: JobRow) -> float | None:
-        """Steps per second between the last two times the job's step was seen to change
-        (the journal records it about once a second)."""
-        if not row.step:
-            return None
+    def _history_of_claim(self, row: JobRow) -> bool:
+        """Whether the job's history on disk was written since its claim (this run's)."""
+        try:
+            written = self._history_path(row.id).stat().st_mtime
+        except OSError:
+            return False
+        return row.claimed_at is not None and written >= row.claimed_at
+
+    def _pace(self, row: JobRow, step: int) -> _Pace:
+        """The job's pace, updated with its ``step`` now (seen about once a second): the
+        rate between the last two changes of its step seen in this claim."""
         now = time.time()
-        seen = self._rates.get(row.id)
-        if seen is None:
-            began = row.claimed_at or now
-            # Until a second look: the rate since the claim (steps of a resumed run's
-            # earlier runs included, so only a first guess).
-            rate = row.step / (now - began) if now > began else 0.0
-            self._rates[row.id] = (now, row.step, rate)
-            return round(rate, 3)
-        when, step, rate = seen
-        if row.step != step and now > when:
-            rate = max(0.0, (row.step - step) / (now - when))
-            self._rates[row.id] = (now, row.step, rate)
-        return round(rate, 3)
+        pace = self._paces.get(row.id)
+        if pace is None or pace.claim != row.claimed_at:
+            stale = pace is not None and step == pace.step
+            pace = self._paces[row.id] = _Pace(row.claimed_at, step, now, stale=stale)
+        elif step < pace.step:  # a run started over, or resumed from an earlier checkpoint
+            pace = self._paces[row.id] = _Pace(row.claimed_at, step, now, moved=True)
+        elif step != pace.step:
+            if pace.moved and now > pace.when:
+                pace.rate = (step - pace.step) / (now - pace.when)
+            pace.step, pace.when, pace.moved, pace.stale = step, now, True, False
+        return pace
 
     def steps_per_second(self) -> dict[str, float]:
         """Per source: the summed rate of its running jobs (for /metrics)."""
@@ -254,6 +303,8 @@ class StatusReader:
             "finished_at": row.finished_at,
             "seconds": row.seconds,
             "result": f"{base}/result",
+            # What a gallery tile shows: a result may be 80 MB, the tile a few hundred px.
+            "preview": f"{base}/result/preview",
             "input": f"{base}/input",
             "animation": f"{base}/animation" if output.get("animation") else None,
             "loss": f"{base}/loss" if output.get("loss_plot") else None,
@@ -307,7 +358,7 @@ class StatusReader:
             if not isinstance(history, list):
                 return []
             return [e for e in history if isinstance(e, dict) and all(map(_finite, e.values()))]
-        path = self.backend.state_dir / "jobs" / str(job_id) / "history.jsonl"
+        path = self._history_path(job_id)
         entries: list[dict[str, float]] = []
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -322,6 +373,9 @@ class StatusReader:
                 entries.pop()  # a resumed run redid these steps
             entries.append(entry)
         return [e for e in entries if all(map(_finite, e.values()))]
+
+    def _history_path(self, job_id: int) -> Path:
+        return self.backend.state_dir / "jobs" / str(job_id) / "history.jsonl"
 
     def manifest(self, row: JobRow, info: SourceInfo | None) -> dict[str, Any] | None:
         """A done job's manifest (kept: it never changes), ``None`` if it is not there."""
@@ -400,6 +454,8 @@ class StatusReader:
 
 
 _STATES = ("queued", "running", "done", "failed")
+_PACES = 1024
+"""Paces kept at most: past it, those of jobs not running are dropped."""
 
 
 def _of_job(folder: Path, stem: str, suffix: str, *more: str) -> Path | None:

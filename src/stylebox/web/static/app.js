@@ -4,9 +4,14 @@
 const main = document.getElementById("sources");
 const connection = document.getElementById("connection");
 const viewer = document.getElementById("viewer");
+const banner = document.getElementById("banner");
+const notice = document.getElementById("notice");
 const TOKEN_KEY = "stylebox-token";
+const LOST_AFTER = 3000; // ms without a stream: more than a reconnect takes (its retry is 2 s)
 const lossShown = new Map(); // job id -> step and width its drawn curve shows
 let skew = 0; // the daemon's clock minus ours, in seconds: ages are counted on its clock
+let lostSince = null; // when the daemon stopped answering, while it does not
+let lostTimer = null;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -45,7 +50,7 @@ function section(key) {
       el("h2", { text: key }), el("div", { class: "counts" }),
       part(`${id}-running`, "running", el("div", { class: "running" })),
       part(`${id}-queued`, "queued", el("ul", { class: "queued" }), el("p", { class: "queued-more" })),
-      part(`${id}-done`, "latest results", el("div", { class: "gallery" })),
+      part(`${id}-done`, "latest results", el("div", { class: "gallery" }), el("p", { class: "results-more" })),
       part(`${id}-failed`, "failed", el("ul", { class: "failed" }), el("p", { class: "failed-more" })));
     main.append(node);
   }
@@ -72,6 +77,15 @@ function renderCounts(node, entry) {
   }));
 }
 
+// Nothing counts down while the daemon is not answering: its last step, marked as such.
+function runningText(job) {
+  const step = job.step !== null && job.total ? `step ${job.step} / ${job.total}` : "starting";
+  if (lostSince) return `${job.file}: ${step} · last known`;
+  const eta = job.eta_seconds !== null ? ` · about ${seconds(job.eta_seconds)} left` : "";
+  const rate = job.steps_per_second ? ` · ${job.steps_per_second.toFixed(1)} steps/s` : "";
+  return `${job.file}: ${step}${eta}${rate}`;
+}
+
 function renderRunning(node, entry, actions) {
   const list = node.querySelector(".running");
   // Shown before the cards are measured: a hidden card is 0 px wide.
@@ -88,30 +102,28 @@ function renderRunning(node, entry, actions) {
         el("div", { class: "loss" }));
       if (actions) {
         const button = el("button", { type: "button", class: "cancel", text: "cancel" });
-        button.addEventListener("click", () => act(job.job, "cancel"));
+        button.addEventListener("click", () => act(job.job, "cancel", button));
         card.append(button);
       }
       list.append(card);
     }
+    card.job = job;
     const img = card.querySelector("img.snapshot");
     if (job.snapshot && img.getAttribute("src") !== job.snapshot) img.setAttribute("src", job.snapshot);
-    const step = job.total ? `step ${job.step} / ${job.total}` : "starting";
-    const eta = job.eta_seconds !== null ? ` · about ${seconds(job.eta_seconds)} left` : "";
-    const rate = job.steps_per_second ? ` · ${job.steps_per_second.toFixed(1)} steps/s` : "";
-    card.querySelector(".meta").textContent = `${job.file}: ${step}${eta}${rate}`;
+    card.querySelector(".meta").textContent = runningText(job);
     if (job.total) {
       const bar = card.querySelector("progress");
       bar.max = job.total;
       bar.value = job.step || 0;
     }
-    const drawn = Math.max(job.step || 0, job.snapshot_step || 0);
     const box = card.querySelector(".loss");
     // Drawn at the card's own width, so its text is not scaled down to a few pixels.
     const width = Math.round(box.clientWidth) || 640;
-    if (job.loss && lossShown.get(job.job) !== `${drawn}@${width}`) {
-      lossShown.set(job.job, `${drawn}@${width}`);
+    // Drawn up to the step the card says (job.loss: only a job whose history has a loss).
+    if (job.loss && job.step !== null && lossShown.get(job.job) !== `${job.step}@${width}`) {
+      lossShown.set(job.job, `${job.step}@${width}`);
       // The SVG is drawn by the daemon from numbers alone; inline so it fits the card.
-      fetch(`${job.loss}?step=${drawn}&width=${width}`).then((r) => (r.ok ? r.text() : null))
+      fetch(`${job.loss}?step=${job.step}&width=${width}`).then((r) => (r.ok ? r.text() : null))
         .then((svg) => { if (svg) box.innerHTML = svg; }).catch(() => {});
     }
   }
@@ -141,7 +153,7 @@ function renderQueued(node, entry, actions) {
     item.job = q;
     if (actions) {
       const button = el("button", { type: "button", class: "cancel", text: "cancel" });
-      button.addEventListener("click", () => act(q.job, "cancel"));
+      button.addEventListener("click", () => act(q.job, "cancel", button));
       item.append(" ", button);
     }
     return item;
@@ -156,12 +168,17 @@ function refreshAges() {
 
 function renderResults(node, entry) {
   const gallery = node.querySelector(".gallery");
+  const shown = entry.results.length;
+  const where = entry.outbox ? `; all are in ${entry.outbox}` : "";
+  node.querySelector(".results-more").textContent = shown && entry.done > shown
+    ? `showing the latest ${shown} of ${entry.done}${where}` : "";
   const ids = entry.results.map((r) => `result-${r.job}`).join(",");
   if (gallery.dataset.ids === ids) return; // unchanged: leave loaded images alone
   gallery.dataset.ids = ids;
   gallery.replaceChildren(...entry.results.map((r) => {
     const photo = el("img", { src: r.input, alt: `photo ${r.file}`, loading: "lazy", "data-full": r.input });
-    const result = el("img", { src: r.result, alt: `result ${r.file}`, loading: "lazy", "data-full": r.result });
+    // A preview in the tile (a result may be 80 MB); the full result a click away, in the viewer.
+    const result = el("img", { src: r.preview || r.result, alt: `result ${r.file}`, loading: "lazy", "data-full": r.result });
     const links = el("div", { class: "links" }, el("span", { text: `${r.file} · ${seconds(r.seconds)} ` }));
     if (r.animation) links.append(el("a", { href: r.animation, target: "_blank", text: "GIF" }), " ");
     if (r.loss) links.append(el("a", { href: r.loss, target: "_blank", text: "loss" }));
@@ -185,7 +202,7 @@ function renderFailed(node, entry, actions) {
       item.append(" ", el("span", { class: "no-retry", text: `(${f.no_retry}: a retry cannot help)` }));
     } else if (actions) {
       const button = el("button", { type: "button", class: "retry", text: "retry" });
-      button.addEventListener("click", () => act(f.job, "retry"));
+      button.addEventListener("click", () => act(f.job, "retry", button));
       item.append(" ", button);
     }
     return item;
@@ -204,17 +221,60 @@ function render(report) {
   }
 }
 
-async function act(job, action) {
-  let token = localStorage.getItem(TOKEN_KEY);
-  if (!token) {
-    token = prompt("The [http] token from the daemon's config:");
-    if (!token) return;
+function notify(text) {
+  notice.querySelector("span").textContent = text;
+  notice.hidden = false;
+}
+
+// Every failure says what it was in the page: a refusal, or no daemon to ask.
+async function act(job, action, button) {
+  let token = localStorage.getItem(TOKEN_KEY) || prompt("The [http] token from the daemon's config:");
+  if (!token) return;
+  if (button) button.disabled = true; // one click, one request
+  try {
+    for (let asked = false; ; asked = true) {
+      const response = await fetch(`/api/jobs/${job}/${action}`,
+        { method: "POST", headers: { "X-Stylebox-Token": token } });
+      const body = await response.json().catch(() => ({})); // a proxy's error page, say
+      if (response.status === 403 && body.ask_token) {
+        localStorage.removeItem(TOKEN_KEY);
+        if (!asked) { // changed by a reload (SIGHUP): asked for now, and the action tried again
+          token = prompt("The token was refused. The [http] token from the daemon's config:");
+          if (token) continue;
+          return;
+        }
+      } else if (response.status !== 403) {
+        localStorage.setItem(TOKEN_KEY, token);
+      }
+      if (!response.ok) {
+        notify(`Could not ${action} job ${job}: ${body.error || `${response.status} ${response.statusText}`}`);
+      }
+      return;
+    }
+  } catch (error) {
+    notify(`Could not ${action} job ${job}: the daemon is not answering (${error.message}).`);
+  } finally {
+    if (button) button.disabled = lostSince !== null;
   }
-  const response = await fetch(`/api/jobs/${job}/${action}`,
-    { method: "POST", headers: { "X-Stylebox-Token": token } });
-  if (response.status === 403) localStorage.removeItem(TOKEN_KEY);
-  else localStorage.setItem(TOKEN_KEY, token);
-  if (!response.ok) alert((await response.json()).error);
+}
+
+// While the daemon does not answer, the page says so, marks what it shows as the last known
+// state (no live figures) and offers no action.
+function setLost(lost, since = new Date()) {
+  clearTimeout(lostTimer);
+  lostTimer = null;
+  if (lost === (lostSince !== null)) return;
+  lostSince = lost ? since : null;
+  banner.hidden = !lost;
+  if (lost) {
+    const clock = lostSince.toTimeString().slice(0, 8); // HH:MM:SS, local
+    banner.textContent = `The daemon is not answering since ${clock}; showing the last known state.`;
+  }
+  for (const card of document.querySelectorAll("article.job")) {
+    card.classList.toggle("stale", lost);
+    if (card.job) card.querySelector(".meta").textContent = runningText(card.job);
+  }
+  for (const button of main.querySelectorAll("button")) button.disabled = lost;
 }
 
 main.addEventListener("click", (event) => {
@@ -233,14 +293,30 @@ document.getElementById("full").addEventListener("load", (event) => {
   image.style.setProperty("--ratio", image.naturalWidth / image.naturalHeight);
 });
 document.getElementById("close").addEventListener("click", () => viewer.close());
+document.getElementById("dismiss").addEventListener("click", () => { notice.hidden = true; });
 viewer.addEventListener("click", (event) => { if (event.target === viewer) viewer.close(); });
 
-const events = new EventSource("/events");
-events.onopen = () => { connection.textContent = "live"; connection.className = "online"; };
-events.onerror = () => { connection.textContent = "reconnecting…"; connection.className = "offline"; };
-events.onmessage = (message) => {
-  const report = JSON.parse(message.data);
-  skew = report.time - Date.now() / 1000;
-  render(report);
-};
+// Live only once a report comes: a stopping daemon still opens the stream, and ends it at once.
+function connect() {
+  const events = new EventSource("/events");
+  events.onmessage = (message) => {
+    const report = JSON.parse(message.data);
+    skew = report.time - Date.now() / 1000;
+    connection.textContent = "live";
+    connection.className = "online";
+    setLost(false);
+    render(report);
+  };
+  events.onerror = () => {
+    connection.textContent = "reconnecting…";
+    connection.className = "offline";
+    if (lostSince === null && lostTimer === null) {
+      const since = new Date(); // the first error, not the end of the wait
+      lostTimer = setTimeout(() => setLost(true, since), LOST_AFTER);
+    }
+    // The browser gives up on a stream answered with an error (a proxy's 502): try again.
+    if (events.readyState === EventSource.CLOSED) setTimeout(connect, LOST_AFTER);
+  };
+}
+connect();
 setInterval(refreshAges, 5000); // the stream is quiet while nothing changes
