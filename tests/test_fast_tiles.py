@@ -89,3 +89,32 @@ def test_each_tile_is_a_step_and_a_stop_is_seen_between_tiles(tmp_path: Path) ->
     stopped.cancel_at_step = 4
     with pytest.raises(Cancelled, match="stopped after 4 of 15 tiles"):
         stylised(tmp_path, 128, stopped)
+
+
+def test_a_half_precision_models_statistics_are_taken_in_float32() -> None:
+    # Squared in fp16, a value 256 from its mean overflows (on a GPU): an infinite variance
+    # wiped its channel out (26 grey levels off on average, simulated).
+    graphs = thumbnail_norm(onnx.load(str(STYLES / "starry_night_small.fp16.onnx")))
+    assert graphs is not None
+    typed = onnx.shape_inference.infer_shapes(graphs.measure)
+    kinds = {value.name: value.type.tensor_type.elem_type for value in typed.graph.value_info}
+    squares = [name for name in kinds if name.startswith("thumbnorm_squared")]
+    assert len(squares) == 11 and {kinds[name] for name in squares} == {TensorProto.FLOAT}
+
+
+def test_weights_listed_as_inputs_too_are_not_asked_for() -> None:
+    # Exported with keep_initializers_as_inputs: every tiled photo failed, the applying
+    # graph asking for the scale and bias it no longer used.
+    model = onnx.load(str(MODEL))
+    for tensor in model.graph.initializer:
+        model.graph.input.append(
+            helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+        )
+    graphs = thumbnail_norm(model)
+    assert graphs is not None
+    image = np.random.default_rng(1).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32)
+    statistics = session(graphs.measure).run(graphs.outputs, {"input": image})
+    feeds = {"input": image, **graphs.feeds(statistics)}
+    (applied,) = session(graphs.apply).run(["output"], feeds)
+    (own,) = session(model).run(["output"], {"input": image})
+    assert np.abs(applied - own).max() < 1e-3 * np.abs(own).max()

@@ -309,3 +309,14 @@ def test_a_thread_opening_a_deleted_journal_makes_no_new_one(tmp_path: Path) -> 
     thread.join()
     assert failed and not journal.path.exists()
     assert journal.gone() == f"the journal {journal.path} was deleted"
+
+
+def test_a_journal_deleted_before_its_close_still_ends_its_running_mark(tmp_path: Path) -> None:
+    # Closed from a thread with no connection yet, after the file was deleted: the close
+    # raised, and the running mark was left to say an unclean stop.
+    journal = Journal(tmp_path / "journal.sqlite3", running_marker=True)
+    journal.path.unlink()
+    thread = threading.Thread(target=journal.close)
+    thread.start()
+    thread.join()
+    assert not list(tmp_path.glob("journal.sqlite3.running.*"))

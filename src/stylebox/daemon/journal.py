@@ -320,7 +320,10 @@ class Journal:
         and with them the log, which held every job while the file stayed a bare 4 KB."""
         connection = getattr(self._local, "connection", None)
         if connection is None and not self.read_only and self._marker is not None:
-            connection = self._connection()
+            try:
+                connection = self._connection()
+            except sqlite3.Error as exc:  # the file deleted meanwhile: the marker still goes
+                log.warning("journal checkpoint at close failed: %s", exc)
         if connection is not None:
             if not self.read_only:
                 try:

@@ -303,8 +303,9 @@ class Capabilities:
     """The host may give :meth:`Plugin.process_batch` several jobs of one inbox or batch
     folder at once (up to the daemon's ``batch_size``); it returns their images in order,
     matching single runs where the plugin is deterministic. Declared by a plugin for which
-    batching can pay somewhere; how each call runs them is its own choice (the fast plugin
-    runs one batch on a GPU, but one by one on the CPU, where a batch is no faster)."""
+    batching can pay somewhere; the host reads it from the instance, which may turn it off
+    where it does not pay (the fast plugin runs one batch on a GPU, but turns batching off
+    on the CPU, where a batch is no faster: the daemon then claims its jobs one by one)."""
     snapshots: bool = False
     """Intermediate images are handed to :meth:`JobContext.snapshot` while it works."""
     gpu_only: bool = False

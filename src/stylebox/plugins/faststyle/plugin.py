@@ -493,6 +493,8 @@ class FastPlugin(Plugin[FastParams]):
         # where a tile's value lies outside 0..255. Tiled photos are rare on a GPU.
         tile_engine = self._plain_engine()
         thumb = thumbnorm_sessions_for(self.model, self.device, self._runtime.cache_dir("tensorrt"))
+        if job.cancelled:  # before the thumbnail pass, on a GPU a tile's worth of work
+            raise Cancelled("stopped before its first tile")
         if thumb is not None:
             graphs, measure, apply = thumb
             thumbnail = _pixels(resize_to_max_side(photo, tile))

@@ -9,6 +9,7 @@ says so, never a silent slowdown.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,8 @@ from stylebox.plugins.faststyle.manifest import BadModel, ModelManifest
 from stylebox.plugins.faststyle.thumbnorm import ThumbNorm, thumbnail_norm
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+log = logging.getLogger("stylebox.fast")
 
 _lock = threading.Lock()
 _sessions: dict[tuple[str, str], Any] = {}
@@ -139,15 +142,23 @@ def thumbnorm_sessions_for(
     with _lock:
         key = (str(model.resolve()), f"{kind}/thumbnorm")
         if key not in _thumbnorm:
+            made: tuple[ThumbNorm, Any, Any] | None = None
             try:
                 graphs = thumbnail_norm(onnx.load(str(model)))
-            except Exception:  # unreadable by onnx: the plain path runs it as it is
-                graphs = None
-            _thumbnorm[key] = graphs and (
-                graphs,
-                _create(graphs.measure.SerializeToString(), model, device, engine_cache),
-                _create(graphs.apply.SerializeToString(), model, device, engine_cache),
-            )
+                if graphs is not None:
+                    made = (
+                        graphs,
+                        _create(graphs.measure.SerializeToString(), model, device, engine_cache),
+                        _create(graphs.apply.SerializeToString(), model, device, engine_cache),
+                    )
+            except Exception as exc:  # tiles keep their own statistics: worse, not failed
+                log.warning(
+                    "%s: tiles normalised each on its own (the shared-statistics graphs "
+                    "could not be made: %s)",
+                    model,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
+            _thumbnorm[key] = made
         return _thumbnorm[key]
 
 

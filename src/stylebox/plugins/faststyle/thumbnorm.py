@@ -94,10 +94,11 @@ def thumbnail_norm(model: onnx.ModelProto) -> ThumbNorm | None:
     apply_inputs: list[onnx.ValueInfoProto] = []
     extra_constants: list[TensorProto] = []
     axes = names.fresh("thumbnorm_axes")
-    extra_constants.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), axes))
+    if opset >= 18:  # axes became an input
+        extra_constants.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), axes))
 
     def mean_over_image(value: str, out: str) -> onnx.NodeProto:
-        if opset >= 18:  # axes became an input
+        if opset >= 18:
             return helper.make_node("ReduceMean", [value, axes], [out], keepdims=1)
         return helper.make_node("ReduceMean", [value], [out], axes=[2, 3], keepdims=1)
 
@@ -109,15 +110,16 @@ def thumbnail_norm(model: onnx.ModelProto) -> ThumbNorm | None:
         epsilon = next((attr.f for attr in node.attribute if attr.name == "epsilon"), 1e-5)
         elem_type = constants[node.input[1]].data_type
         mean, var = names.fresh("thumbnorm_mean"), names.fresh("thumbnorm_var")
-        centred, squared = names.fresh("thumbnorm_centred"), names.fresh("thumbnorm_squared")
-        raw_mean, raw_var = names.fresh("thumbnorm_raw_mean"), names.fresh("thumbnorm_raw_var")
+        wide, centred = names.fresh("thumbnorm_float"), names.fresh("thumbnorm_centred")
+        squared = names.fresh("thumbnorm_squared")
+        # In float32 whatever the model's type: in fp16 a value 256 from its mean squares
+        # past 65504, and the variance, infinite, would wipe its channel out.
         measure_nodes += [
-            mean_over_image(x, raw_mean),
-            helper.make_node("Sub", [x, raw_mean], [centred]),
+            helper.make_node("Cast", [x], [wide], to=TensorProto.FLOAT),
+            mean_over_image(wide, mean),
+            helper.make_node("Sub", [wide, mean], [centred]),
             helper.make_node("Mul", [centred, centred], [squared]),
-            mean_over_image(squared, raw_var),
-            helper.make_node("Cast", [raw_mean], [mean], to=TensorProto.FLOAT),
-            helper.make_node("Cast", [raw_var], [var], to=TensorProto.FLOAT),
+            mean_over_image(squared, var),
         ]
         channels = ["N", int(scale.shape[0]), 1, 1]
         for name in (mean, var):
@@ -147,11 +149,18 @@ def thumbnail_norm(model: onnx.ModelProto) -> ThumbNorm | None:
     del apply.graph.node[:]
     apply.graph.node.extend(nodes)
     apply.graph.input.extend(apply_inputs)
-    # The layers' scale and bias are in a and b now; left, onnxruntime warns of each.
-    used = {name for node in nodes for name in node.input}
-    kept = [tensor for tensor in apply.graph.initializer if tensor.name in used]
-    del apply.graph.initializer[:]
-    apply.graph.initializer.extend(kept)
+    # The layers' scale and bias are in a and b now; left, onnxruntime warns of each (and a
+    # graph that lists its weights as inputs too would ask for them). Not where subgraphs
+    # (If, Loop) might use a weight: those are not looked into.
+    if not any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for node in nodes for attr in node.attribute):  # fmt: skip
+        used = {name for node in nodes for name in node.input}
+        kept = [tensor for tensor in apply.graph.initializer if tensor.name in used]
+        dropped = {tensor.name for tensor in apply.graph.initializer} - used
+        inputs = [value for value in apply.graph.input if value.name not in dropped]
+        del apply.graph.initializer[:], apply.graph.input[:]
+        apply.graph.initializer.extend(kept)
+        apply.graph.input.extend(inputs)
     try:
         onnx.checker.check_model(measure)
         onnx.checker.check_model(apply)
