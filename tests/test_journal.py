@@ -246,6 +246,32 @@ def test_progress_that_cannot_be_recorded_does_not_fail_the_job(
     assert "cannot record the progress of job 7" in caplog.text
 
 
+def test_the_step_a_job_pauses_at_reaches_the_journal(tmp_path: Path) -> None:
+    # Reports come at most once a second into the journal; the last one before a pause
+    # (a long step, a checkpoint) was dropped, and status showed the step before it.
+    from stylebox.daemon.pipeline import _JournalReporter
+    from stylebox.daemon.runner import Job
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+    add(journal, "photo.png")
+    (row,) = journal.jobs()
+    reporter = _JournalReporter(journal, None)
+    job = Job(tmp_path / "photo.png", tmp_path / "work", job_id=row.id)
+    reporter.started(job)
+    for step in (1, 2, 3):  # within the first second: none written yet
+        reporter.progress(job, step, 10, {})
+    assert journal.get(row.id).step is None
+    deadline = time.monotonic() + 5
+    while journal.get(row.id).step is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (journal.get(row.id).step, journal.get(row.id).total) == (3, 10)
+    reporter.progress(job, 4, 10, {})  # kept back, then the job ends: nothing written after
+    reporter.finished(job, None)  # type: ignore[arg-type]
+    time.sleep(1.2)
+    assert journal.get(row.id).step == 3
+    journal.close()
+
+
 def status_setup(tmp_path: Path) -> tuple[Path, Journal]:
     """A config of one inbox ``a`` for ``stylebox status``, and its journal."""
     config = tmp_path / "stylebox.toml"

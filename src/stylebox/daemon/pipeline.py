@@ -944,37 +944,78 @@ class Pipeline:
 
 
 class _JournalReporter:
-    """Progress into the journal (for ``stylebox status``), at most once a second a job."""
+    """Progress into the journal (for ``stylebox status``), at most once a second a job. A
+    report that comes sooner is kept and written when the second is up, so the step a job
+    pauses at (a checkpoint, a long step) is the journal's too, not the one before it."""
+
+    INTERVAL = 1.0
 
     def __init__(self, journal: Journal, inner: Reporter | None) -> None:
         self.journal = journal
         self.inner = inner
+        self._lock = threading.Lock()
         self._last: dict[int, float] = {}
+        self._pending: dict[int, tuple[int, int, float | None]] = {}
+        self._timers: dict[int, threading.Timer] = {}
 
     def started(self, job: Job) -> None:
         if job.job_id is not None:
-            self._last[job.job_id] = time.monotonic()
+            with self._lock:
+                self._last[job.job_id] = time.monotonic()
         if self.inner:
             self.inner.started(job)
 
     def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
         # A second between writes: status stays fresh and quick jobs write nothing.
-        if job.job_id is not None:
-            now = time.monotonic()
-            if now - self._last.get(job.job_id, now) >= 1.0:
-                self._last[job.job_id] = now
-                try:
-                    self.journal.set_progress(job.job_id, step, total, eta=metrics.get("eta"))
-                except Exception as exc:  # progress is for show: the job must not fail on it
-                    log.warning("cannot record the progress of job %s: %s", job.job_id, exc)
+        job_id = job.job_id
+        if job_id is not None:
+            report = (step, total, metrics.get("eta"))
+            with self._lock:
+                now = time.monotonic()
+                due = self._last.get(job_id, now) + self.INTERVAL
+                write = now >= due
+                if write:
+                    self._last[job_id] = now
+                    self._pending.pop(job_id, None)
+                else:
+                    self._pending[job_id] = report
+                    if job_id not in self._timers:
+                        timer = threading.Timer(due - now, self._flush, args=(job_id,))
+                        timer.daemon = True
+                        self._timers[job_id] = timer
+                        timer.start()
+            if write:
+                self._write(job_id, report)
         if self.inner:
             self.inner.progress(job, step, total, metrics)
 
     def finished(self, job: Job, result: JobResult) -> None:
         if job.job_id is not None:
-            self._last.pop(job.job_id, None)
+            with self._lock:
+                self._last.pop(job.job_id, None)
+                self._pending.pop(job.job_id, None)
+                timer = self._timers.pop(job.job_id, None)
+            if timer is not None:
+                timer.cancel()
         if self.inner:
             self.inner.finished(job, result)
+
+    def _flush(self, job_id: int) -> None:
+        """The report kept back for ``job_id``, written now that its second is up."""
+        with self._lock:
+            self._timers.pop(job_id, None)
+            report = self._pending.pop(job_id, None)
+            if report is None or job_id not in self._last:  # written since, or ended
+                return
+            self._last[job_id] = time.monotonic()
+        self._write(job_id, report)
+
+    def _write(self, job_id: int, report: tuple[int, int, float | None]) -> None:
+        step, total, eta = report
+        try:
+            self.journal.set_progress(job_id, step, total, eta=eta)
+        except Exception as exc:  # progress is for show: the job must not fail on it
+            log.warning("cannot record the progress of job %s: %s", job_id, exc)
 
 
 def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
