@@ -346,3 +346,17 @@ def test_a_journal_deleted_before_its_close_still_ends_its_running_mark(tmp_path
     thread.start()
     thread.join()
     assert not list(tmp_path.glob("journal.sqlite3.running.*"))
+
+
+def test_a_new_claim_starts_its_progress_afresh(tmp_path: Path) -> None:
+    # A retried or resumed job showed the step its earlier attempt or run had reached
+    # until its first report ("step 18/60" for a run that was at 3).
+    journal = Journal(tmp_path / "journal.sqlite3")
+    add(journal, "photo.png")
+    row = journal.claim("h:1", 30)
+    assert row is not None
+    journal.set_progress(row.id, 18, 60)
+    journal.requeue(row.id, refund_attempt=True)
+    again = journal.claim("h:1", 30)
+    assert again is not None and (again.step, again.total) == (None, None)
+    journal.close()

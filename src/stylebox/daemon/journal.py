@@ -579,7 +579,9 @@ class Journal:
             db.execute(
                 "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
                 "attempts = attempts + ?, started_at = COALESCE(started_at, ?), "
-                "claimed_at = ?, eta_at = NULL WHERE id = ?",
+                # A new claim starts its progress afresh: the step an earlier attempt or
+                # run reached is no step of this one (status showed it until the first report).
+                "claimed_at = ?, eta_at = NULL, step = NULL, total = NULL WHERE id = ?",
                 (owner, now + lease_seconds, int(to_run), now if to_run else None, now, job_id),
             )
             claimed.append(
