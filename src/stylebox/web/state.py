@@ -51,9 +51,8 @@ class _Pace:
     """Whether ``step`` was seen to change in this claim: until it was, ``when`` is only
     when this reader first looked, and may be long after the step was reached."""
     stale: bool = False
-    """``step`` is the one an earlier claim left: a claim clears it in the journal, but a
-    page that looks between the claim and the clearing write, or at a journal an older
-    daemon writes (which did not clear it), sees the old one until this claim reports."""
+    """``step`` is the one an earlier claim left: a claim clears it in the journal, but one
+    an older daemon writes (which did not) shows the old one until this claim reports."""
     rate: float | None = None
     """Steps per second between the last two changes seen."""
 
