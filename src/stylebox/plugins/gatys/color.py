@@ -63,8 +63,8 @@ def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
 #: side, so a rough mask's edge leaves no step in a smooth sky.
 BLEND_SHARE = 0.02
 #: A region of fewer pixels than this (in the photo or in a reference) has too few colours
-#: to fit a map to: the photo's keeps its colours, a reference's counts as absent. A stray
-#: pixel of a resized mask would otherwise flatten a whole region to its one colour.
+#: to fit a map to: the photo's takes its neighbours' maps, a reference's counts as absent.
+#: A stray pixel of a resized mask would otherwise flatten a whole region to its one colour.
 MIN_REGION_PIXELS = 64
 #: No direction of colour space is stretched or squeezed more than this many times: a flat
 #: region (a clear sky) matched to a textured one would otherwise have its noise blown up.

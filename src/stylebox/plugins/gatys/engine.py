@@ -45,7 +45,7 @@ from stylebox.plugins.gatys.params import (
     hex_color,
 )
 from stylebox.plugins.gatys.photoreal import LaplacianCache
-from stylebox.plugins.gatys.regions import RegionStyle, label_masks
+from stylebox.plugins.gatys.regions import RegionStyle, label_masks, region_masks
 from stylebox.plugins.gatys.style_files import StyleImage, read_style_files
 from stylebox.plugins.gatys.targets import StyleTargetCache
 from stylebox.tensors import resolve_device, to_image, to_tensor
@@ -403,20 +403,15 @@ class Engine:
         """``content`` with each region's colours matched to the styles' same region (the
         whole photo to the whole styles without masks)."""
         height, width = content.shape[-2:]
-
-        def regions(label: Image.Image | None, size: tuple[int, int]) -> torch.Tensor:
-            if label is None:  # no mask: one region, everything
-                return torch.ones(max(1, len(colors)), size[1], size[0])
-            return label_masks(label, colors, size)
-
         references = []
         for style, blend, style_mask in zip(
             self.styles, self.params.blend, self.style_masks, strict=True
         ):
             tensor, _, _ = self._style_tensor(style, content, content)
             h, w = tensor.shape[-2:]
-            references.append((tensor.cpu(), regions(style_mask, (w, h)), blend))
-        matched = color.recolour_regions(content.cpu(), regions(mask, (width, height)), references)
+            references.append((tensor.cpu(), region_masks(style_mask, colors, (w, h)), blend))
+        photo_masks = region_masks(mask, colors, (width, height))
+        matched = color.recolour_regions(content.cpu(), photo_masks, references)
         return matched.to(content.device)
 
     def _objective(
@@ -491,10 +486,8 @@ class Engine:
             for style, blend, mask in zip(self.styles, p.blend, self.style_masks, strict=True):
                 tensor, _, _ = self._style_tensor(style, content, colour_content)
                 h, w = tensor.shape[-2:]
-                if mask is None:  # a style without a mask lends all of itself to each region
-                    style_masks = torch.ones(len(lane.colors), h, w)
-                else:
-                    style_masks = label_masks(mask, lane.colors, (w, h))
+                # A style without a mask lends all of itself to each region.
+                style_masks = region_masks(mask, lane.colors, (w, h))
                 styles.append((self.network(tensor, layers), style_masks.to(self.device), blend))
             return RegionStyle.build(own, masks, styles)
 

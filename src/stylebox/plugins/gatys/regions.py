@@ -39,6 +39,16 @@ def label_masks(mask: Image.Image, colors: Sequence[Color], size: tuple[int, int
     return F.one_hot(nearest, len(colors)).permute(2, 0, 1).float()
 
 
+def region_masks(
+    mask: Image.Image | None, colors: Sequence[Color], size: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`label_masks` of ``mask``; without one (a style image without a mask, a
+    photo without regions), all of the image for each region (one region if none)."""
+    if mask is None:
+        return torch.ones(max(1, len(colors)), size[1], size[0])
+    return label_masks(mask, colors, size)
+
+
 def region_grams(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-region Grams (K, C, C) of one image's (1, C, h, w) features under its (K, H, W)
     masks, and each region's area in feature pixels (K,)."""
