@@ -14,7 +14,6 @@ import hmac
 import io
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stylebox.errors import StyleboxError
+from stylebox.filecache import FileCache, file_key
 from stylebox.images import decode_image
 from stylebox.lossplot import render_svg
 from stylebox.web.state import SECONDS_BUCKETS, Backend, FileKind, StatusReader
@@ -276,24 +276,21 @@ class _Thumbnails:
     memory, up to ``budget`` bytes, by the file's identity (a file replaced is made anew)."""
 
     def __init__(self, budget: int = 48 * 1024 * 1024) -> None:
-        self._budget = budget
-        self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: FileCache[bytes] = FileCache(budget=budget, weigh=len)
         # One decode at a time: a gallery of new 50 MP results asks for a dozen at once,
         # each some 150 MB decoded.
         self._decoding = threading.Lock()
 
     def get(self, path: Path) -> bytes | None:
         try:
-            info = path.stat()
+            key = file_key(path)
         except OSError:
             return None
-        key = (str(path), info.st_size, info.st_mtime_ns)
-        data = self._kept(key)
+        data = self._cache.get(key)
         if data is not None:
             return data
         with self._decoding:
-            data = self._kept(key)  # made while this waited
+            data = self._cache.get(key)  # made while this waited
             if data is not None:
                 return data
             try:
@@ -305,18 +302,8 @@ class _Thumbnails:
             # A JPEG: a photo's PNG at this size is still some 500 kB, a phone's gallery 10 MB.
             image.save(buffer, "JPEG", quality=85)
             data = buffer.getvalue()
-            with self._lock:
-                self._cache[key] = data
-                while sum(map(len, self._cache.values())) > self._budget and len(self._cache) > 1:
-                    self._cache.popitem(last=False)
+            self._cache.put(key, data)
         return data
-
-    def _kept(self, key: tuple[str, int, int]) -> bytes | None:
-        with self._lock:
-            data = self._cache.get(key)
-            if data is not None:
-                self._cache.move_to_end(key)
-            return data
 
 
 class _Metrics(Collector):
