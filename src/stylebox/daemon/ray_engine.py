@@ -507,4 +507,6 @@ def shutdown(ray: ModuleType, executor: RayExecutor | None) -> None:
 
 def _reason(flag: threading.Event) -> StopReason:
     """Why the driver raised a job's stop flag (a plain event: a cancel)."""
-    return flag.reason or "cancel" if isinstance(flag, Stop) else "cancel"
+    if isinstance(flag, Stop) and flag.reason is not None:
+        return flag.reason
+    return "cancel"
