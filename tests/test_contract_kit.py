@@ -46,7 +46,7 @@ from stylebox.testing import (
     check_plugin,
     sample_image,
 )
-from stylebox.testing.checks import check_named
+from stylebox.testing.checks import NOT_LOADED, CheckResult, check_named
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -1015,6 +1015,17 @@ def test_a_builtin_plugins_name_fails_discoverable(
         with pytest.raises(ContractFailure) as failure:
             check_named("discoverable").run(case)
         assert str(failure.value) == ROGUE_IGNORED
+
+
+def test_a_builtin_plugins_name_runs_no_check_on_the_builtin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clashing_modules: None
+) -> None:
+    # The author's plugin named "gatys" did not load: the other checks ran on stylebox's
+    # own gatys and failed with "the sample params {...} are refused by GatysPlugin.Params".
+    monkeypatch.syspath_prepend(str(rogue_gatys_site(tmp_path)))
+    report = check_plugin(ContractCase(plugin="gatys", params={"strength": 0.8}, workdir=tmp_path))
+    assert report.results[0] == CheckResult("discoverable", "failed", ROGUE_IGNORED)
+    assert {(r.status, r.message) for r in report.results[1:]} == {("skipped", NOT_LOADED)}
 
 
 def test_a_class_named_otherwise_than_its_entry_point_says_to_make_them_one(

@@ -42,7 +42,7 @@ from stylebox.plugins.api import (
     PluginError,
     Runtime,
 )
-from stylebox.plugins.registry import GROUP, discover
+from stylebox.plugins.registry import GROUP, Registry, discover
 from stylebox.testing.context import RecordingContext
 from stylebox.testing.sandbox import sandboxed
 
@@ -159,8 +159,12 @@ class ContractCase:
         """The plugin class; a name is looked up once, as the daemon would."""
         if not isinstance(self.plugin, str):
             return self.plugin
+        registry = discover()
+        # A package's plugin under a built-in's name is not loaded: by that name the checks
+        # would run on the built-in, and fail on the author's params in its words.
+        _refuse_ignored(registry, self.plugin)
         try:
-            return discover().get(self.plugin)
+            return registry.get(self.plugin)
         except ConfigError as exc:
             raise ContractFailure(str(exc)) from None
 
@@ -364,11 +368,7 @@ def check_discoverable(case: ContractCase) -> None:
     # As the daemon finds it: another package registering the name is a failure here too,
     # in the registry's words (which name both), not a puzzling "loads another class".
     registry = discover()
-    for ignored in registry.ignored:
-        if ignored.name == name:
-            raise ContractFailure(
-                f"plugin entry point {name!r} ({ignored.source}) is {ignored.reason}"
-            )
+    _refuse_ignored(registry, name)
     try:
         registered = registry.get(name)
     except ConfigError as exc:
@@ -383,6 +383,16 @@ def check_discoverable(case: ContractCase) -> None:
         raise ContractFailure(
             f"{cls.__name__} has no version; set `version = '1.0'` or give the distribution one"
         )
+
+
+def _refuse_ignored(registry: Registry, name: str) -> None:
+    """A :class:`ContractFailure` in the registry's words where it left an entry point
+    named ``name`` unloaded (a package registering a built-in plugin's name)."""
+    for ignored in registry.ignored:
+        if ignored.name == name:
+            raise ContractFailure(
+                f"plugin entry point {name!r} ({ignored.source}) is {ignored.reason}"
+            )
 
 
 def check_params_model(case: ContractCase) -> None:
