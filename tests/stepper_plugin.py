@@ -4,6 +4,7 @@ Runner: in-process, or as a script (``python stepper_plugin.py ARGS_JSON``) to b
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ class StepperParams(PluginParams):
     marker: str = Field("", description="a file to create when it starts waiting")
     cancel_at: int = Field(0, description="ask the job to stop after this step")
     fail_at: int = Field(0, description="raise PluginError after this step")
+    nan_at: int = Field(0, description="report a loss of NaN (and a fact of infinity) at this step")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -58,7 +60,7 @@ class Stepper(Plugin[StepperParams]):
                 raise Cancelled(f"cancelled at step {step}")
             time.sleep(p.seconds_per_step)
             step += 1
-            job.progress(step, p.steps, loss=1000.0 / step)
+            job.progress(step, p.steps, loss=math.nan if step == p.nan_at else 1000.0 / step)
             if p.snapshot_every and step % p.snapshot_every == 0:
                 job.snapshot(image, step)
             if p.checkpoint_every and step % p.checkpoint_every == 0:
@@ -66,6 +68,8 @@ class Stepper(Plugin[StepperParams]):
             if step == p.hold_at:
                 Path(p.marker).touch()  # a test plugin: the test is waiting for this file
                 time.sleep(600)
+            if step == p.nan_at:
+                job.note(spread=math.inf)
             if step == p.cancel_at:
                 self.cancel.set()
             if step == p.fail_at:

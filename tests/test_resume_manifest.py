@@ -152,3 +152,19 @@ def test_a_job_started_over_shows_only_the_snapshots_of_its_new_start(
     assert sorted(p.name for p in (out / "photo.steps").iterdir()) == [
         "0000.png", "0002.png", "0004.png"
     ]  # fmt: skip
+
+
+def test_a_metric_that_is_not_a_number_is_null_in_a_manifest_that_stays_json(
+    tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plugin's loss of NaN went into the manifest as `"loss": NaN`, which JSON has not:
+    # JSON.parse and strict readers refused the whole manifest.
+    result = run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 3, "nan_at": 2})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    manifest = json.loads(result.names.manifest.read_text(), parse_constant=refuse)
+    assert [entry["loss"] for entry in manifest["history"]] == [1000.0, None, 1000.0 / 3]
+    assert manifest["spread"] is None
+    assert "the plugin reported loss=nan at step 2 (recorded as null)" in caplog.text

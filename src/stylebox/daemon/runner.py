@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -162,6 +163,7 @@ class RunnerContext(JobContext):
         self.last_progress: tuple[int, int] | None = None
         """The (step, total) of the plugin's last progress report."""
         self._first_step: int | None = None
+        self._said_not_finite = False
 
     def partial(self) -> str | None:
         """Why a result returned now is not the whole job's, or ``None``: asked to stop,
@@ -271,7 +273,21 @@ class RunnerContext(JobContext):
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
         self._starts_at(int(step))
-        entry = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        values = {k: float(v) for k, v in metrics.items()}
+        odd = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if odd and not self._said_not_finite:
+            # Said once a job: a diverged loss would say it at every step.
+            self._said_not_finite = True
+            shown = ", ".join(f"{k}={v}" for k, v in odd.items())
+            log.warning(
+                "job %s: the plugin reported %s at step %d (recorded as null)",
+                self.job.name,
+                shown,
+                step,
+            )
+        # JSON has no NaN or infinity: such a value is null in the history and manifest.
+        entry: Entry = {"step": int(step)}
+        entry.update({k: None if k in odd else v for k, v in values.items()})
         self.last_progress = (int(step), int(total))
         _append_entry(self.history, entry)
         self._unsaved.append(json.dumps(entry) + "\n")
@@ -684,15 +700,19 @@ def _snapshots_on_disk(names: OutputNames) -> list[str]:
     return [f"{names.steps.name}/{p.name}" for p in sorted(steps, key=lambda p: int(p.stem))]
 
 
-def _append_entry(history: list[dict[str, float]], entry: dict[str, float]) -> None:
+#: One step's metrics in a job's history (``None``: a value that was not a finite number).
+Entry = dict[str, float | None]
+
+
+def _append_entry(history: list[Entry], entry: Entry) -> None:
     """Append, first dropping entries a resumed job is about to redo."""
-    while history and history[-1]["step"] >= entry["step"]:
+    while history and (history[-1]["step"] or 0) >= (entry["step"] or 0):
         history.pop()
     history.append(entry)
 
 
-def _read_history(path: Path) -> list[dict[str, float]]:
-    history: list[dict[str, float]] = []
+def _read_history(path: Path) -> list[Entry]:
+    history: list[Entry] = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
