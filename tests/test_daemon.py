@@ -410,6 +410,11 @@ def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path
     assert "explodes is disabled: plugin 'explodes'" in log
     assert "no GPU driver here" in log
     assert "notmodel is disabled: plugin 'notmodel'" in log and "not a pydantic model" in log
+    # A plugin's own bug is one log line that holds its traceback, for its author to find
+    # the line (the reason in failed/ names only the exception).
+    (line,) = [json.loads(x) for x in log.splitlines() if '"plugin_bug"' in x]
+    assert line["msg"] == "plugin raises raised KeyError: 'lookup table missing'"
+    assert 'raises.py", line 6, in process' in line["exception"]
 
 
 def test_a_reload_starts_workers_for_a_device_type_that_had_none(tmp_path: Path) -> None:

@@ -493,6 +493,16 @@ class Runner:
         except StyleboxError as exc:
             return [exc] * len(group)
         except Exception as exc:  # a plugin bug is a plugin fault, retried then failed
+            # Its traceback, in one log line, is for the plugin's author: the job's reason
+            # names only the exception, and nothing else shows where it was raised.
+            log.error(
+                "plugin %s raised %s: %s",
+                plugin.name,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+                extra={"event": "plugin_bug", "jobs": [s.job.job_id for s in group]},
+            )
             error = PluginError(f"plugin {plugin.name} failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
             return [error] * len(group)
