@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -184,6 +185,13 @@ def test_clashing_names_are_said_by_plugins_and_config_check(tmp_path: Path) -> 
     assert listing.returncode == 0, listing.stderr
     assert f"pencil failed to load ({BOTH_PENCILS}): {PENCIL_CLASH}" in listing.stdout
     assert ROGUE_IGNORED in listing.stderr
+    # Said in the listing too, not only in a log line on stderr.
+    said = "gatys of rogue_gatys:RogueGatys from rogue-gatys 1.0 is ignored: 'gatys' is the "
+    assert said in listing.stdout
+    listed = json.loads(stylebox("plugins", "--json").stdout)
+    assert [(i["name"], i["source"]) for i in listed["ignored"]] == [
+        ("gatys", "rogue_gatys:RogueGatys from rogue-gatys 1.0")
+    ]
     config = tmp_path / "pencil.toml"
     config.write_text('[[inbox]]\nname = "a"\npath = "in"\noutbox = "out"\nplugin = "pencil"\n')
     check = stylebox("config", "check", str(config))

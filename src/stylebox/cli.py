@@ -447,6 +447,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 for name, info in registry.plugins.items()
             },
             "failures": {name: f.reason for name, f in registry.failures.items()},
+            "ignored": [
+                {"name": f.name, "source": f.source, "reason": f.reason} for f in registry.ignored
+            ],
         }
         print(json.dumps(listing, indent=2))
         return EXIT_OK
@@ -475,6 +478,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for name, failure in registry.failures.items():
         console.print(
             f"[bold red]{name}[/bold red] failed to load ({failure.source}): {failure.reason}"
+        )
+    for ignored in registry.ignored:
+        console.print(
+            f"[bold yellow]{ignored.name}[/bold yellow] of {ignored.source} is {ignored.reason}"
         )
     if not registry.plugins and not registry.failures:
         console.print("no plugins installed")
