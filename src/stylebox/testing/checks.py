@@ -1033,11 +1033,17 @@ def check_threads_stopped(case: ContractCase) -> None:
         target = getattr(thread, "_target", None)
         running = f" running {target.__qualname__}" if hasattr(target, "__qualname__") else ""
         kind = "a daemon thread" if thread.daemon else "a non-daemon thread"
+        harm = (
+            "each instance the daemon starts (at every reload) would leave one more, working "
+            "on after its plugin was closed"
+            if thread.daemon
+            else "a non-daemon thread keeps the daemon and pytest from ever exiting"
+        )
         others = f" (and {len(threads) - 1} more)" if len(threads) > 1 else ""
         raise ContractFailure(
             f"the plugin left {kind}, {thread.name!r}{running}{others}, running "
             f"{THREAD_GRACE:g} s after close() returned; stop and join its threads in close() "
-            "(a non-daemon thread keeps the daemon and pytest from ever exiting)"
+            f"({harm})"
         )
 
 
