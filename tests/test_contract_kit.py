@@ -537,7 +537,7 @@ BAD_PLUGINS = [
         "threads_stopped",
         LeavesADaemonThread,
         {},
-        "left a daemon thread, .* at every reload. would leave one more",
+        "left a daemon thread, .* at every reload, would leave one more",
     ),
     (
         "keeps_working_directory",

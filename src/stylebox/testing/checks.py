@@ -1034,7 +1034,7 @@ def check_threads_stopped(case: ContractCase) -> None:
         running = f" running {target.__qualname__}" if hasattr(target, "__qualname__") else ""
         kind = "a daemon thread" if thread.daemon else "a non-daemon thread"
         harm = (
-            "each instance the daemon starts (at every reload) would leave one more, working "
+            "each instance the daemon starts, at every reload, would leave one more, working "
             "on after its plugin was closed"
             if thread.daemon
             else "a non-daemon thread keeps the daemon and pytest from ever exiting"
