@@ -30,6 +30,7 @@ class TestGatysContract(PluginContract):
         {**params, "scales": [96]},
         {**params, "precision": "fp8"},
     ]
+    effective_params: ClassVar[list[dict[str, Any]]] = [{"style_weight": 1e4}, {"size": 64}]
 
 
 class TestFastContract(PluginContract):
@@ -40,6 +41,7 @@ class TestFastContract(PluginContract):
         {"model": "starry_night_small", "strength": 1.5},
         {"model": "starry_night_small", "tile_size": 8},
     ]
+    effective_params: ClassVar[list[dict[str, Any]]] = [{"strength": 0.5}]
 
 
 @pytest.mark.parametrize(

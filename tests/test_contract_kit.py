@@ -46,7 +46,7 @@ from stylebox.testing import (
     check_plugin,
     sample_image,
 )
-from stylebox.testing.checks import NOT_LOADED, CheckResult, check_named
+from stylebox.testing.checks import NOT_LOADED, CheckResult, ContractSkip, check_named
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ class Good(Plugin[GoodParams]):
         os.replace(partial, job.checkpoint_dir / "state.bin")
         (job.checkpoint_dir / "stale.bin").unlink(missing_ok=True)
         (self.runtime.cache_dir(self.name) / "lut.bin").write_bytes(b"cached")
-        return ImageOps.invert(image)
+        return ImageOps.posterize(ImageOps.invert(image), 9 - self.params.level)
 
     def process_batch(
         self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
@@ -88,7 +88,8 @@ def run_check(name: str, plugin: type[Plugin[Any]], tmp_path: Path, **options: A
 
 
 def test_the_good_plugin_passes_every_check_but_installation(tmp_path: Path) -> None:
-    report = check_plugin(ContractCase(plugin=Good, workdir=tmp_path))
+    case = ContractCase(plugin=Good, workdir=tmp_path, effective_params=[{"level": 5}])
+    report = check_plugin(case)
     outcomes = {result.check: result.status for result in report.results}
     assert outcomes.pop("discoverable") == "failed"
     assert set(outcomes.values()) == {"passed"}, str(report)
@@ -96,6 +97,23 @@ def test_the_good_plugin_passes_every_check_but_installation(tmp_path: Path) -> 
 
 
 # -- one bad plugin per rule --------------------------------------------------------------
+
+
+class IgnoresItsLevel(Good):
+    """Documents a level, and never reads it."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.progress(1, 1)
+        return ImageOps.invert(image)
+
+
+def test_params_take_effect_is_skipped_without_effective_params(tmp_path: Path) -> None:
+    with pytest.raises(ContractSkip, match="no effective_params given"):
+        run_check("params_take_effect", IgnoresItsLevel, tmp_path)
+    # Values the kit's params already have prove nothing: said, rather than failed as
+    # "process ignores level".
+    with pytest.raises(ContractFailure, match=r"effective_params \{'level': 2\} leave the kit's"):
+        run_check("params_take_effect", Good, tmp_path, effective_params=[{"level": 2}])
 
 
 class NotInstalled(Good):
@@ -503,6 +521,13 @@ BAD_PLUGINS = [
         {"params": {"strength": 0.5}},
         "with strength left at its default, the plugin failed to start: ZeroDivisionError",
     ),
+    (
+        "params_take_effect",
+        IgnoresItsLevel,
+        {"params": {"level": 3}, "effective_params": [{"level": 6}]},
+        r"with level=6 \(effective_params\) process returned the same pixels as with the kit's "
+        r"params \{'level': 3\}: process ignores level; read each param from self.params",
+    ),
     ("accepts_image_kinds", FailsOnTiny, {}, "failed on a 1x1 image: ValueError"),
     ("accepts_image_kinds", Crops, {}, "but output_size\\(\\) documents 17x33"),
     ("accepts_image_kinds", ReturnsGrey, {}, "returned a L image"),
@@ -645,6 +670,10 @@ def test_checks_a_plugin_does_not_promise_are_skipped_with_the_reason(tmp_path: 
         "snapshots": "the plugin does not declare snapshots=True",
         "deterministic": "the plugin does not declare deterministic=True",
         "batch": "the plugin does not declare batching=True",
+        "params_take_effect": (
+            "no effective_params given: list changes to params that must change the picture "
+            "(effective_params = [{'bits': 4}]) to have the kit prove that process reads them"
+        ),
     }
 
 
@@ -740,7 +769,7 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     assert "process returned None, not an image, so there is nothing to compare" in out
     # and the checks after it skip: its thread still runs
     assert "not run: a call into the plugin in accepts_image_kinds did not return" in out
-    assert "4 failed, 55 passed, 33 skipped, 8 xfailed" in out  # 5 classes, each_choice each
+    assert "4 failed, 55 passed, 38 skipped, 8 xfailed" in out  # 5 classes, each_choice each
 
 
 def test_a_slow_import_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -965,7 +994,9 @@ def test_a_check_that_breaks_off_is_a_failure_in_the_report(tmp_path: Path) -> N
 def test_a_plugin_that_fails_to_start_gets_a_report(tmp_path: Path) -> None:
     report = check_plugin(ContractCase(plugin=FailsToStart, workdir=tmp_path))
     failed = {r.check: r.message for r in report.results if r.status == "failed"}
-    assert set(failed) == {"discoverable"} | {c.name for c in CHECKS if c.runs_plugin}
+    # (params_take_effect, given no effective_params, is skipped before it starts one)
+    ran = {c.name for c in CHECKS if c.runs_plugin} - {"params_take_effect"}
+    assert set(failed) == {"discoverable"} | ran
     del failed["discoverable"]
     for message in failed.values():
         assert "the plugin failed to start with the params {'level': 2}: RuntimeError: no " in (

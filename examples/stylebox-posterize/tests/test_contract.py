@@ -9,3 +9,4 @@ class TestPosterizeContract(PluginContract):
     plugin = "posterize"
     params: ClassVar[dict[str, Any]] = {"bits": 2}
     invalid_params: ClassVar[list[dict[str, Any]]] = [{"bits": 0}, {"bits": 9}]
+    effective_params: ClassVar[list[dict[str, Any]]] = [{"bits": 4}]

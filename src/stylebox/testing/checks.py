@@ -135,6 +135,8 @@ class ContractCase:
     """Params for a run long enough to be cancelled midway; by default ``params``."""
     invalid_params: Sequence[dict[str, Any]] = ()
     """Further params that must be refused, beyond the kit's own wrong values."""
+    effective_params: Sequence[dict[str, Any]] = ()
+    """Changes to ``params`` each of which must change the result (``{"bits": 4}``)."""
     device: str = "cpu"
     base_dir: Path | None = None
     """Where relative paths in params are resolved; by default the working directory."""
@@ -618,6 +620,40 @@ def _try_choice(case: ContractCase, what: str, params: BaseModel, run: bool) -> 
                 ) from exc
     finally:
         _close(case, plugin)
+
+
+def check_params_take_effect(case: ContractCase) -> None:
+    """Each entry of ``effective_params``, laid over the kit's params, changes the result
+    for a 64x48 picture: a plugin that ignores a param it documents (never reads
+    ``self.params.bits``) would pass every other check."""
+    if not case.effective_params:
+        raise ContractSkip(
+            "no effective_params given: list changes to params that must change the picture "
+            "(effective_params = [{'bits': 4}]) to have the kit prove that process reads them"
+        )
+    image = sample_image((64, 48))
+
+    def result_with(params: dict[str, Any], what: str) -> bytes:
+        plugin = case.make(params)
+        try:
+            return _process(case, plugin, image, case.context(), what).tobytes()
+        finally:
+            _close(case, plugin)
+
+    base = result_with(case.params, "a 64x48 image with the kit's params")
+    for changes in case.effective_params:
+        shown = ", ".join(f"{key}={value!r}" for key, value in changes.items())
+        if case.validated({**case.params, **changes}) == case.validated():
+            raise ContractFailure(
+                f"effective_params {changes!r} leave the kit's params {case.params!r} as they "
+                "are; give each param a value other than its value there"
+            )
+        if result_with({**case.params, **changes}, f"a 64x48 image with {shown}") == base:
+            raise ContractFailure(
+                f"with {shown} (effective_params) process returned the same pixels as with "
+                f"the kit's params {case.params!r}: process ignores {', '.join(changes)}; "
+                "read each param from self.params, or drop the param"
+            )
 
 
 def check_accepts_image_kinds(case: ContractCase) -> None:
@@ -1242,6 +1278,7 @@ CHECKS: tuple[Check, ...] = (
     Check("params_reject_bad_values", check_params_reject_bad_values, runs_plugin=False),
     Check("params_json_roundtrip", check_params_json_roundtrip, runs_plugin=False),
     Check("each_choice", check_each_choice),
+    Check("params_take_effect", check_params_take_effect),
     Check("accepts_image_kinds", check_accepts_image_kinds),
     Check("device_kind", check_device_kind),
     Check("errors_classified", check_errors_classified),

@@ -50,6 +50,8 @@ class PluginContract:
     """Params for a run long enough to cancel midway (default: ``params``)."""
     invalid_params: ClassVar[list[dict[str, Any]]] = []
     """Params that must be refused, beyond the kit's own wrong values."""
+    effective_params: ClassVar[list[dict[str, Any]]] = []
+    """Changes to ``params`` each of which must change the result (``{"bits": 4}``)."""
     expected_failures: ClassVar[dict[str, str]] = {}
     """Check name -> why the plugin is known to fail it."""
     device: ClassVar[str] = "cpu"
@@ -71,6 +73,7 @@ class PluginContract:
             params=dict(self.params),
             long_params=self.long_params,
             invalid_params=list(self.invalid_params),
+            effective_params=list(self.effective_params),
             device=self.device,
             cancel_within=self.cancel_within,
             time_limit=self.time_limit,
