@@ -32,6 +32,7 @@ class StepperParams(PluginParams):
     cancel_at: int = Field(0, description="ask the job to stop after this step")
     fail_at: int = Field(0, description="raise PluginError after this step")
     nan_at: int = Field(0, description="report a loss of NaN (and a fact of infinity) at this step")
+    bare_at: int = Field(0, description="raise an Exception without a message after this step")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -72,6 +73,8 @@ class Stepper(Plugin[StepperParams]):
                 job.note(spread=math.inf)
             if step == p.cancel_at:
                 self.cancel.set()
+            if step == p.bare_at:
+                raise Exception()  # a plugin bug, as written in the wild
             if step == p.fail_at:
                 raise PluginError(f"failed at step {step}")
         return image

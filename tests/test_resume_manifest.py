@@ -168,3 +168,10 @@ def test_a_metric_that_is_not_a_number_is_null_in_a_manifest_that_stays_json(
     assert [entry["loss"] for entry in manifest["history"]] == [1000.0, None, 1000.0 / 3]
     assert manifest["spread"] is None
     assert "the plugin reported loss=nan at step 2 (recorded as null)" in caplog.text
+
+
+def test_an_exception_without_a_message_is_named_as_such(tmp_path: Path, image: Path) -> None:
+    # A bare `raise Exception()` failed the job as "plugin stepper failed: Exception: ".
+    with pytest.raises(PluginError) as failure:
+        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 3, "bare_at": 1})
+    assert str(failure.value) == "plugin stepper failed: Exception (raised without a message)"

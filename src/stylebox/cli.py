@@ -40,7 +40,7 @@ from stylebox.config import (
 )
 from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
-from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError
+from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.registry import Registry, discover, load_quietly
@@ -242,7 +242,7 @@ def _add_plugin_commands(commands: argparse._SubParsersAction[Any]) -> None:
         except Exception as exc:  # a broken plugin must not take the whole CLI down
             _fail(
                 f"plugin commands {entry_point.name!r} ({entry_point.value}) left out: "
-                f"{type(exc).__name__}: {exc}"
+                f"{describe(exc)}"
             )
 
 
@@ -298,9 +298,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except StyleboxError:
         raise
     except Exception as exc:  # a plugin bug: said in one line, as the daemon says it
-        raise PluginError(
-            f"plugin {plugin_name} failed to start: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise PluginError(f"plugin {plugin_name} failed to start: {describe(exc)}") from exc
     try:
         handle = PluginHandle(plugin_name, registry.plugins[plugin_name].version, instance, params)
         status = run_files(good, handle, args.out, output, config)
@@ -541,7 +539,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         except ConfigError as exc:  # a bad setting: serve refuses the whole config for it too
             problems.append(f"{loaded.label(table, name)}.params: {exc}")
         except Exception as exc:  # as a plugin failing to start: that inbox, not the config
-            loaded.unavailable[(table, name)] = f"{type(exc).__name__}: {exc}"
+            loaded.unavailable[(table, name)] = describe(exc)
     if problems:  # all of them at once, as for the config's own fields
         raise invalid(str(path), problems)
     from stylebox.daemon.batch import source_problem

@@ -78,3 +78,11 @@ class ConfigError(StyleboxError):
 class StateError(StyleboxError):
     """stylebox's own state cannot be used (a journal that is not a database); the message
     names the file and what to do."""
+
+
+def describe(error: BaseException) -> str:
+    """``KeyError: 'x'``: an exception's class and message, as reasons and logs name it;
+    one raised without a message (``raise Exception()``) says so rather than end in ``: ``."""
+    message = str(error)
+    name = type(error).__name__
+    return f"{name}: {message}" if message else f"{name} (raised without a message)"

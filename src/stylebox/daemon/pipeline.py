@@ -33,6 +33,7 @@ from stylebox.errors import (
     StorageError,
     StyleboxError,
     Truncated,
+    describe,
 )
 from stylebox.images import refused_on_sight
 from stylebox.plugins.api import Plugin, companion_index, companions_of
@@ -558,7 +559,7 @@ class Pipeline:
                 outcomes = self._run(source, rows, stops, on_process, end)
             except Exception as exc:  # a bug or an I/O error: retried like a plugin fault
                 log.exception("jobs %s crashed", [row.id for row in rows])
-                error = PluginError(f"{type(exc).__name__}: {exc}")
+                error = PluginError(describe(exc))
                 outcomes = dict.fromkeys(stops, error)
             for row in rows:
                 if row.id not in ended:
@@ -734,7 +735,7 @@ class Pipeline:
                 return
             except Exception as exc:  # a bug: its traceback says where
                 log.exception("job %s could not be completed", row.id)
-                self._retry_or_fail(source, row, PluginError(f"{type(exc).__name__}: {exc}"))
+                self._retry_or_fail(source, row, PluginError(describe(exc)))
                 return
             # The job's own time (its manifest's), not its group's: same-size photos run
             # together end when the last of them does.

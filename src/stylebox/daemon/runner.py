@@ -42,6 +42,7 @@ from stylebox.errors import (
     PluginError,
     StorageError,
     StyleboxError,
+    describe,
 )
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
 from stylebox.lossplot import render_svg
@@ -422,7 +423,7 @@ class Runner:
             error.__cause__ = exc
             return error
         except Exception as exc:  # a bug in writing them: its traceback is in the cause
-            error = PluginError(f"writing the outputs failed: {type(exc).__name__}: {exc}")
+            error = PluginError(f"writing the outputs failed: {describe(exc)}")
             error.__cause__ = exc
             return error
 
@@ -496,14 +497,13 @@ class Runner:
             # Its traceback, in one log line, is for the plugin's author: the job's reason
             # names only the exception, and nothing else shows where it was raised.
             log.error(
-                "plugin %s raised %s: %s",
+                "plugin %s raised %s",
                 plugin.name,
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 exc_info=exc,
                 extra={"event": "plugin_bug", "jobs": [s.job.job_id for s in group]},
             )
-            error = PluginError(f"plugin {plugin.name} failed: {type(exc).__name__}: {exc}")
+            error = PluginError(f"plugin {plugin.name} failed: {describe(exc)}")
             error.__cause__ = exc
             return [error] * len(group)
 

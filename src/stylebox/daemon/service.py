@@ -40,7 +40,7 @@ from stylebox.daemon.notify import notify, watchdog_interval
 from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
-from stylebox.errors import ConfigError, StyleboxError
+from stylebox.errors import ConfigError, StyleboxError, describe
 from stylebox.plugins.api import Plugin
 from stylebox.plugins.registry import Registry, discover
 from stylebox.web.state import SourceInfo
@@ -268,7 +268,7 @@ class Service:
                 except Exception:
                     log.exception("closing plugin %s failed", key[0])
         self._inbox_locks.keep_only(self.loaded.config.inbox)  # those taken for it
-        reason = str(exc) if isinstance(exc, StyleboxError) else f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, StyleboxError) else describe(exc)
         log.error(
             "reload refused, keeping the running config: %s",
             _one_line(reason),

@@ -13,7 +13,7 @@ from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import PluginHandle
-from stylebox.errors import ConfigError, PluginError, StyleboxError
+from stylebox.errors import ConfigError, PluginError, StyleboxError, describe
 from stylebox.plugins.api import Plugin, params_digest
 from stylebox.plugins.registry import Registry
 
@@ -128,7 +128,7 @@ def build_sources(
                     else:  # a bug: its traceback says where
                         log.exception("plugin %s failed to start", entry.plugin)
                     loaded.unavailable[(table, entry.name)] = (
-                        f"plugin {entry.plugin!r} failed to start: {type(exc).__name__}: {exc}"
+                        f"plugin {entry.plugin!r} failed to start: {describe(exc)}"
                     )
                     continue
             handle = PluginHandle(

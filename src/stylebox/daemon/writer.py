@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from stylebox.errors import PluginError, StorageError
+from stylebox.errors import PluginError, StorageError, describe
 
 log = logging.getLogger("stylebox.writer")
 
@@ -81,7 +81,7 @@ class JobWriter:
                         # cannot be encoded, a bug) is a fault like a plugin's, with its
                         # traceback: calling it storage sent people to check their disks.
                         kind = StorageError if isinstance(exc, OSError) else PluginError
-                        error = kind(f"writing {what} failed: {type(exc).__name__}: {exc}")
+                        error = kind(f"writing {what} failed: {describe(exc)}")
                         error.__cause__ = exc
                         self._error = error
                         log.warning(

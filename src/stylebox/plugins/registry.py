@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stylebox.errors import ConfigError
+from stylebox.errors import ConfigError, describe
 from stylebox.plugins.api import Plugin
 
 GROUP = "stylebox.plugins"
@@ -80,7 +80,7 @@ def discover() -> Registry:
         except BaseException as exc:  # a plugin's import may fail in any way at all
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            reason = f"import failed: {type(exc).__name__}: {exc}"
+            reason = f"import failed: {describe(exc)}"
             registry.failures[name] = PluginFailure(name, source, reason)
             continue
         problem = contract_problem(name, loaded)

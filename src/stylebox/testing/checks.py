@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from stylebox.errors import describe
 from stylebox.plugins.api import (
     BadInput,
     Cancelled,
@@ -215,7 +216,7 @@ class ContractCase:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    return describe(error)
 
 
 _T = TypeVar("_T")
