@@ -33,6 +33,7 @@ class StepperParams(PluginParams):
     fail_at: int = Field(0, description="raise PluginError after this step")
     nan_at: int = Field(0, description="report a loss of NaN (and a fact of infinity) at this step")
     bare_at: int = Field(0, description="raise an Exception without a message after this step")
+    grey: bool = Field(False, description="return a greyscale image (the contract asks RGB)")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -77,7 +78,7 @@ class Stepper(Plugin[StepperParams]):
                 raise Exception()  # a plugin bug, as written in the wild
             if step == p.fail_at:
                 raise PluginError(f"failed at step {step}")
-        return image
+        return image.convert("L") if p.grey else image
 
     @staticmethod
     def _save(job: JobContext, step: int) -> None:

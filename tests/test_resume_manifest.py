@@ -13,7 +13,7 @@ from conftest import photo
 from daemon_helpers import wait_until
 from stepper_plugin import run
 
-from stylebox.errors import Cancelled, PluginError
+from stylebox.errors import Cancelled, PermanentFailure, PluginError
 
 HELPER = Path(__file__).with_name("stepper_plugin.py")
 
@@ -175,3 +175,14 @@ def test_an_exception_without_a_message_is_named_as_such(tmp_path: Path, image: 
     with pytest.raises(PluginError) as failure:
         run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 3, "bare_at": 1})
     assert str(failure.value) == "plugin stepper failed: Exception (raised without a message)"
+
+
+def test_a_result_that_breaks_the_contract_is_not_tried_again(tmp_path: Path, image: Path) -> None:
+    # A plugin that returns a grey image returns one at every try: it was retried
+    # max_attempts times, each run spent again for the same refusal.
+    with pytest.raises(PermanentFailure) as failure:
+        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 2, "grey": True})
+    assert str(failure.value) == (
+        "plugin stepper returned a L image, not RGB (the plugin breaks its contract; another "
+        "try would do the same)"
+    )

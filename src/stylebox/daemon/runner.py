@@ -39,6 +39,7 @@ from stylebox.errors import (
     BadInput,
     Cancelled,
     InputChanged,
+    PermanentFailure,
     PluginError,
     StorageError,
     StyleboxError,
@@ -600,13 +601,23 @@ class Runner:
         return outbox.reserve(job.input_path.name)
 
 
+#: Why a result that breaks the contract is not tried again.
+_SAME_AGAIN = "(the plugin breaks its contract; another try would do the same)"
+
+
 def check_result(plugin: PluginHandle, size: tuple[int, int], result: object) -> None:
     """Refuse what the contract does not allow: a non-image, a non-RGB image, or an image of
-    another size than the plugin's :meth:`~Plugin.output_size` documents."""
+    another size than the plugin's :meth:`~Plugin.output_size` documents. Those are
+    :class:`PermanentFailure`: a plugin's code gives the same for the same job (retries
+    only cost its run time again); an image that cannot be read may be a passing fault."""
     if not isinstance(result, Image.Image):
-        raise PluginError(f"plugin {plugin.name} returned {type(result).__name__}, not an image")
+        raise PermanentFailure(
+            f"plugin {plugin.name} returned {type(result).__name__}, not an image {_SAME_AGAIN}"
+        )
     if result.mode != "RGB":
-        raise PluginError(f"plugin {plugin.name} returned a {result.mode} image, not RGB")
+        raise PermanentFailure(
+            f"plugin {plugin.name} returned a {result.mode} image, not RGB {_SAME_AGAIN}"
+        )
     try:
         result.getpixel((0, 0))
     except (ValueError, OSError) as exc:  # closed, or lazily opened from a file since gone
@@ -615,9 +626,10 @@ def check_result(plugin: PluginHandle, size: tuple[int, int], result: object) ->
         ) from exc
     expected = plugin.instance.output_size(size)
     if result.size != tuple(expected):
-        raise PluginError(
+        raise PermanentFailure(
             f"plugin {plugin.name} returned {result.width}x{result.height} for a "
-            f"{size[0]}x{size[1]} input; its output_size() says {expected[0]}x{expected[1]}"
+            f"{size[0]}x{size[1]} input; its output_size() says {expected[0]}x{expected[1]} "
+            f"{_SAME_AGAIN}"
         )
 
 
