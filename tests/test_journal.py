@@ -112,6 +112,10 @@ def test_requeue_with_backoff_and_errors(tmp_path: Path) -> None:
     journal.finish(row.id, "failed", error=BadInput("not an image"))
     failed = journal.get(row.id)
     assert failed.error_class == "BadInput" and failed.error_message == "not an image"
+    assert (again.reason, failed.reason) == ("PluginError: flaky", "BadInput: not an image")
+    # A plugin's bare `raise PluginError()` was said as "PluginError: " (status, run, the page)
+    journal.finish(row.id, "failed", error=PluginError())
+    assert journal.get(row.id).reason == "PluginError (raised without a message)"
     retried = journal.retry_failed(row.id, Path("/in/a-again.jpg"))
     assert retried.state == "queued" and retried.attempts == 0
     assert retried.origin_path == "/in/a-again.jpg"

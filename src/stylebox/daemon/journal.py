@@ -139,6 +139,16 @@ class JobRow:
     finished_at: float | None
     seconds: float | None
 
+    @property
+    def reason(self) -> str | None:
+        """The error the job last ended a try with, as people read it (``PluginError:
+        ...``), or ``None`` where it has none."""
+        if self.error_class is None:
+            return None
+        if not self.error_message:
+            return f"{self.error_class} (raised without a message)"
+        return f"{self.error_class}: {self.error_message}"
+
 
 @dataclass(frozen=True)
 class NewJob:

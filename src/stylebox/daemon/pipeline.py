@@ -337,10 +337,9 @@ class Pipeline:
         if entry.stem is not None:
             source.outbox.release_stem(entry.stem)
         log.error(
-            "cannot queue %s: %s: %s; it stays in place for the next rescan",
+            "cannot queue %s: %s; it stays in place for the next rescan",
             files.readable(str(entry.input_path)),
-            type(error).__name__,
-            error,
+            describe(error),
             extra={"event": "not-queued", "source": entry.source},
         )
 
@@ -582,10 +581,9 @@ class Pipeline:
         for a restart with no lease kept. An I/O error is said in one line each minute; only
         anything else (a bug) with its traceback."""
         log.error(
-            "job %s: cannot record its end (%s: %s); it is queued to try again in %d s",
+            "job %s: cannot record its end (%s); it is queued to try again in %d s",
             row.id,
-            type(error).__name__,
-            error,
+            describe(error),
             UNSETTLED_RETRY_SECONDS,
             exc_info=not isinstance(error, OSError | StorageError),
             extra=self._fields(row, "unsettled"),
@@ -694,18 +692,18 @@ class Pipeline:
             )
             return
         if isinstance(outcome, Cancelled):
+            said = str(outcome) or "no reason given"
             if stop.reason == "drain":
                 self.journal.requeue(row.id, refund_attempt=True)
                 log.info("stopped; will resume", extra=self._fields(row, "drained"))
             elif stop.reason == "timeout":
-                timeout = source.config.timeout_seconds
-                self._retry_or_fail(
-                    source, row, PluginError(f"timed out after {timeout} s ({outcome})")
-                )
+                seconds = source.config.timeout_seconds
+                error = PluginError(f"timed out after {seconds} s ({said})")
+                self._retry_or_fail(source, row, error)
             elif stop.reason == "cancel":
                 self._fail(source, row, Cancelled("cancelled by request"))
             else:  # the plugin gave up on its own: a fault like any other
-                self._retry_or_fail(source, row, PluginError(f"cancelled itself: {outcome}"))
+                self._retry_or_fail(source, row, PluginError(f"cancelled itself: {said}"))
         elif isinstance(outcome, InputChanged):
             self._input_changed(source, row, outcome)
         elif isinstance(outcome, Truncated) and (wait := self._still_growing(source, row)):
@@ -720,7 +718,7 @@ class Pipeline:
         elif isinstance(outcome, PluginError):
             self._retry_or_fail(source, row, outcome)
         elif isinstance(outcome, Exception):
-            self._retry_or_fail(source, row, PluginError(f"{type(outcome).__name__}: {outcome}"))
+            self._retry_or_fail(source, row, PluginError(describe(outcome)))
         else:
             if outcome is not None:
                 seconds = outcome.manifest["timings"]["total_seconds"]
@@ -897,7 +895,7 @@ class Pipeline:
     def _fail(self, source: Source, row: JobRow, error: Exception) -> None:
         """Record job ``row`` failed with ``error`` and move its input to ``failed/`` with
         the reason beside it: the reason and the journal first, as :meth:`_complete` does."""
-        reason = files.readable(f"{type(error).__name__}: {error}")
+        reason = files.readable(describe(error))
         stem = row.stem or self.journal.get(row.id).stem  # a legacy job named when it ran
         if stem:
             source.outbox.end_without_result(stem, row.sha256)

@@ -80,7 +80,7 @@ def _report(journal: Journal, key: str, inputs: list[Path]) -> int:
             _say(f"bad input: {row.error_message}")
             bad = True
         elif row.state == "failed":
-            _say(f"failed: {name}: {row.error_class}: {row.error_message}")
+            _say(f"failed: {name}: {row.reason}")
             failed = True
         elif row.state == "queued":
             _say(f"{name}: stopped; run the same command again to resume")

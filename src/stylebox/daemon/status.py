@@ -39,7 +39,7 @@ def collect(config_path: Path) -> dict[str, Any]:
             {
                 "job": row.id,
                 "file": row.name,
-                "error": f"{row.error_class}: {row.error_message}",
+                "error": row.reason,
                 "retry_in_seconds": round(row.not_before - now, 1),
             }
             for row in journal.jobs(key, "queued")
@@ -49,10 +49,7 @@ def collect(config_path: Path) -> dict[str, Any]:
         failed = sorted(
             journal.jobs(key, "failed"), key=lambda r: (r.finished_at or 0.0, r.id), reverse=True
         )[:5]
-        entry["last_errors"] = [
-            {"job": r.id, "file": r.name, "error": f"{r.error_class}: {r.error_message}"}
-            for r in failed
-        ]
+        entry["last_errors"] = [{"job": r.id, "file": r.name, "error": r.reason} for r in failed]
         report["sources"][key] = entry
     journal.close()
     return report

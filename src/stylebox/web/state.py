@@ -337,7 +337,7 @@ class StatusReader:
             "started_at": row.started_at,
             "finished_at": row.finished_at,
             "seconds": row.seconds,
-            "error": _reason(row),
+            "error": row.reason,
         }
         if row.state == "running":
             detail.update(self._running(row, info))
@@ -508,18 +508,12 @@ def _failed(row: JobRow) -> dict[str, Any]:
     return {
         "job": row.id,
         "file": row.name,
-        "error": _reason(row),
+        "error": row.reason,
         "attempts": row.attempts,
         "finished_at": row.finished_at,
         "retry": row.hopeless is None,
         "no_retry": row.hopeless,
     }
-
-
-def _reason(row: JobRow) -> str | None:
-    if row.error_class is None:
-        return None
-    return f"{row.error_class}: {row.error_message}" if row.error_message else row.error_class
 
 
 def _finite(value: object) -> bool:
