@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from pydantic import Field
 
@@ -34,6 +35,7 @@ class StepperParams(PluginParams):
     nan_at: int = Field(0, description="report a loss of NaN (and a fact of infinity) at this step")
     bare_at: int = Field(0, description="raise an Exception without a message after this step")
     grey: bool = Field(False, description="return a greyscale image (the contract asks RGB)")
+    odd_fact: bool = Field(False, description="note scores holding a numpy NaN at the end")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -78,6 +80,8 @@ class Stepper(Plugin[StepperParams]):
                 raise Exception()  # a plugin bug, as written in the wild
             if step == p.fail_at:
                 raise PluginError(f"failed at step {step}")
+        if p.odd_fact:
+            job.note(scores=[0.5, np.float32("nan")])  # type: ignore[list-item]
         return image.convert("L") if p.grey else image
 
     @staticmethod

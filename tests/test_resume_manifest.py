@@ -186,3 +186,16 @@ def test_a_result_that_breaks_the_contract_is_not_tried_again(tmp_path: Path, im
         "plugin stepper returned a L image, not RGB (the plugin breaks its contract; another "
         "try would do the same)"
     )
+
+
+def test_a_fact_that_is_not_a_number_is_null_and_said(
+    tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A numpy NaN noted as a fact went into the manifest as the text "nan", unsaid.
+    params = {"steps": 2, "odd_fact": True}
+    result = run(image, tmp_path / "out", tmp_path / "state" / "job", params)
+    manifest = json.loads(result.names.manifest.read_text())
+    assert manifest["scores"] == [0.5, None]
+    assert "the plugin noted scores[1] as a number that is not finite (recorded as null)" in (
+        caplog.text
+    )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import shutil
 import threading
@@ -36,6 +35,7 @@ from stylebox.images import (
     resize_to_max_side,
     write_temp,
 )
+from stylebox.jsonvalues import finite_or_null
 
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _ALL_SUFFIXES = (*_EXTENSIONS.values(), ".json", ".gif", ".steps", ".loss.svg")
@@ -340,7 +340,7 @@ class PendingOutputs:
         return None if svg is None else self._stage(self.names.loss_plot, svg.encode())
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
-        text = json.dumps(_json_numbers(manifest), indent=2, sort_keys=False, default=str)
+        text = json.dumps(finite_or_null(manifest), indent=2, sort_keys=False, default=str)
         return self._stage(self.names.manifest, (text + "\n").encode())
 
     def _stage(self, path: Path, data: bytes) -> Path:
@@ -381,15 +381,3 @@ def gif_frame(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """One frame of a job's animation: ``image`` at ``size``, in 255 colours."""
     frame = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
     return frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-
-
-def _json_numbers(value: Any) -> Any:
-    """``value`` with every float that is not a finite number (a plugin's fact of NaN) as
-    ``None``: JSON has no NaN or infinity, and readers refuse a file that holds them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_numbers(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_numbers(item) for item in value]
-    return value

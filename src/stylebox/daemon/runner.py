@@ -46,6 +46,7 @@ from stylebox.errors import (
     describe,
 )
 from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
+from stylebox.jsonvalues import not_finite
 from stylebox.lossplot import render_svg
 from stylebox.plugins.api import JobContext, JsonValue, Plugin, check_facts, companions_of
 
@@ -277,16 +278,9 @@ class RunnerContext(JobContext):
         self._starts_at(int(step))
         values = {k: float(v) for k, v in metrics.items()}
         odd = {k: v for k, v in values.items() if not math.isfinite(v)}
-        if odd and not self._said_not_finite:
-            # Said once a job: a diverged loss would say it at every step.
-            self._said_not_finite = True
+        if odd:
             shown = ", ".join(f"{k}={v}" for k, v in odd.items())
-            log.warning(
-                "job %s: the plugin reported %s at step %d (recorded as null)",
-                self.job.name,
-                shown,
-                step,
-            )
+            self._say_not_finite(f"reported {shown} at step {step}")
         # JSON has no NaN or infinity: such a value is null in the history and manifest.
         entry: Entry = {"step": int(step)}
         entry.update({k: None if k in odd else v for k, v in values.items()})
@@ -299,7 +293,14 @@ class RunnerContext(JobContext):
         if self._unsaved and time.monotonic() - self._began >= 1.0:
             entries, self._unsaved = self._unsaved, []
             self.writer.submit("the history", lambda: self._append_history(entries, False))
-        self.reporter.progress(self.job, step, total, metrics)
+        self.reporter.progress(self.job, step, total, values)
+
+    def _say_not_finite(self, what: str) -> None:
+        """Once a job (a diverged loss would say it at every step): the plugin gave a
+        number that is not finite, which the history and manifest record as null."""
+        if not self._said_not_finite:
+            self._said_not_finite = True
+            log.warning("job %s: the plugin %s (recorded as null)", self.job.name, what)
 
     def snapshot(self, image: Image.Image, step: int) -> None:
         self._starts_at(int(step))
@@ -318,6 +319,9 @@ class RunnerContext(JobContext):
 
     def note(self, **facts: JsonValue) -> None:
         check_facts(facts)
+        odd = not_finite(facts)
+        if odd:
+            self._say_not_finite(f"noted {', '.join(odd)} as a number that is not finite")
         self.facts.update(facts)
 
 

@@ -24,6 +24,7 @@ from pydantic import Field, PositiveInt
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
 from stylebox.errors import BadInput, ConfigError
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
+from stylebox.jsonvalues import finite_or_null
 from stylebox.perceptual import PerceptualLoss, gram
 from stylebox.plugins.api import PluginParams, StyleFile
 from stylebox.plugins.faststyle.network import Preset, TransformerNet, residual_blocks_in
@@ -304,7 +305,8 @@ def _save(
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-    (path.parent / "history.json").write_text(json.dumps(history[-1:], indent=2))
+    # A diverged loss is NaN, which JSON has not: null, so the file stays readable.
+    (path.parent / "history.json").write_text(json.dumps(finite_or_null(history[-1:]), indent=2))
 
 
 @torch.no_grad()

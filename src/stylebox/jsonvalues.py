@@ -1,0 +1,36 @@
+"""Values made fit for JSON files: JSON has no NaN or infinity, and a reader (``JSON.parse``,
+a strict parser) refuses a whole manifest that holds one. Such a number becomes ``null``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def not_finite(value: Any, path: str = "") -> list[str]:
+    """Where in ``value`` (``loss``, ``scores[2]``) a number is NaN or infinite."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return [] if math.isfinite(float(value)) else [path or "(the value)"]
+    if isinstance(value, dict):
+        return [hit for key, item in value.items() for hit in not_finite(item, _join(path, key))]
+    if isinstance(value, list | tuple):
+        return [hit for i, item in enumerate(value) for hit in not_finite(item, f"{path}[{i}]")]
+    return []
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite number (a Python or numpy float) as ``None``
+    and every other real number that is not an integer as a Python float."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
