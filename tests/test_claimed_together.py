@@ -191,6 +191,40 @@ def test_a_batch_of_the_wrong_length_fails_its_jobs_saying_what_was_returned(
     }
 
 
+class OutOfMemoryInBatch(Stepper):
+    """Batches: the first job's place holds an error of its own, the second's a grey image."""
+
+    capabilities = Capabilities(batching=True)
+
+    def process_batch(
+        self, images: list[Image.Image], jobs: list[JobContext]
+    ) -> list[Image.Image | Exception]:
+        for job in jobs:
+            job.progress(1, 1)
+        return [RuntimeError("CUDA out of memory"), images[1].convert("L")]
+
+
+def test_what_a_batch_gives_in_a_jobs_place_is_a_fault_worth_a_retry(tmp_path: Path) -> None:
+    # An error of the plugin's own in a job's place failed it at once, as "returned
+    # RuntimeError, not an image (... another try would do the same)"; alone, the job may
+    # well run. So may a job whose batch returned a result the contract refuses.
+    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=60, extra="")))
+    plugin = OutOfMemoryInBatch(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
+    inbox = loaded.config.inbox[0]
+    inbox.path.mkdir()
+    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
+    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
+    for seed in (1, 2):
+        photo(*SMALL, seed=seed).save(inbox.path / f"p{seed}.png")
+    pipeline.enqueue(source, [inbox.path / "p1.png", inbox.path / "p2.png"])
+    JobLoop(pipeline).run_next({"inbox:steps"})
+    rows = sorted(pipeline.journal.jobs(), key=lambda row: row.name)
+    assert [(row.state, row.reason) for row in rows] == [
+        ("queued", "PluginError: plugin stepper failed: RuntimeError: CUDA out of memory"),
+        ("queued", "PluginError: plugin stepper returned an L image, not RGB"),
+    ]
+
+
 def test_a_plugin_that_runs_photos_one_by_one_here_is_claimed_one_job_at_a_time(
     tmp_path: Path,
 ) -> None:

@@ -74,6 +74,7 @@ class Params(PluginParams):
     gate: str = ""
     seconds: float = 0.0
     deaf: bool = False  # never looks at job.cancelled
+    bug: bool = False  # raises a KeyError of its own
 
 class Probe(Plugin):
     name = "probe"
@@ -89,6 +90,8 @@ class Probe(Plugin):
         with open(self.params.log, "a") as log:
             names = ",".join(job.job.input_path.name for job in jobs)
             log.write(f"{os.getpid()} {names} {len(images)}\\n")
+        if self.params.bug:
+            raise KeyError("lookup table missing")
         began, step = time.monotonic(), 0
         while (self.params.gate and not Path(self.params.gate).exists()) or (
             time.monotonic() - began < self.params.seconds
@@ -430,6 +433,22 @@ def test_same_size_photos_go_to_a_batching_plugin_together(
     (actor,) = {call[0] for call in calls}
     starts = Path(f"{log}.init").read_text().split()  # this command's, then the actor's
     assert starts.count(actor) == 1 and len(starts) == 2
+
+
+def test_a_plugin_bug_on_a_ray_worker_is_logged_with_its_traceback_here(
+    tmp_path: Path, ray_address: str
+) -> None:
+    # The traceback stayed on the worker, whose output Ray does not forward: the author
+    # of a plugin that failed only on the cluster had no line to look at.
+    env = probe_env(tmp_path)
+    log = tmp_path / "calls.log"
+    params = f'{{ log = "{log}", bug = true }}'
+    config = make_batch(tmp_path, 1, "probe", params, "max_attempts = 1")
+    result = batch(config, "--ray", ray_address, env=env)
+    assert result.returncode == 1, result.stderr
+    (line,) = [json.loads(x) for x in result.stderr.splitlines() if '"plugin_bug"' in x]
+    assert line["msg"] == "plugin probe failed: KeyError: 'lookup table missing'"
+    assert 'probe.py", line' in line["exception"] and "process_batch" in line["exception"]
 
 
 def test_ray_missing_is_a_one_line_config_error(tmp_path: Path) -> None:

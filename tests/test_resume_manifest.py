@@ -183,7 +183,7 @@ def test_a_result_that_breaks_the_contract_is_not_tried_again(tmp_path: Path, im
     with pytest.raises(PermanentFailure) as failure:
         run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 2, "grey": True})
     assert str(failure.value) == (
-        "plugin stepper returned a L image, not RGB (the plugin breaks its contract; another "
+        "plugin stepper returned an L image, not RGB (the plugin breaks its contract; another "
         "try would do the same)"
     )
 

@@ -32,10 +32,20 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # The line and its fields first, then any traceback below them (a traceback sent
+        # as a field, from a Ray worker, too).
         extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        trace = extra.pop("exception", None)
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         if extra:
             line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+        if trace:
+            line += "\n" + str(trace).rstrip("\n")
         return line
 
 

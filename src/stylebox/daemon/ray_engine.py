@@ -27,6 +27,7 @@ import queue
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -262,16 +263,23 @@ class _ProgressWatch:
 
 def _portable(outcome: JobResult | StyleboxError) -> Any:
     """An outcome as it can cross to the driver: exceptions whose ``__init__`` takes more
-    than the message (:class:`InputChanged`) do not unpickle, so errors travel as parts."""
+    than the message (:class:`InputChanged`) do not unpickle, so errors travel as parts,
+    with the traceback of a plugin's own exception behind a fault (see
+    :func:`~stylebox.daemon.runner.Runner.execute_many`), which the driver logs."""
     if isinstance(outcome, JobResult):
         return outcome
-    return ("error", type(outcome), str(outcome), getattr(outcome, "sha256", None))
+    cause, trace = outcome.__cause__, None
+    if isinstance(cause, Exception) and not isinstance(cause, StyleboxError):
+        trace = "".join(traceback.format_exception(cause))
+    return ("error", type(outcome), str(outcome), getattr(outcome, "sha256", None), trace)
 
 
 def _restored(portable: Any) -> JobResult | StyleboxError:
     if isinstance(portable, JobResult):
         return portable
-    _, cls, message, sha256 = portable
+    _, cls, message, sha256, trace = portable
+    if trace is not None:  # as a local run logs it: for the plugin's author
+        log.error(message, extra={"event": "plugin_bug", "exception": trace})
     if issubclass(cls, InputChanged):
         return cls(message, sha256)
     try:

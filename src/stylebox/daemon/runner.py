@@ -412,13 +412,17 @@ class Runner:
                 result = exc  # a result whose snapshots could not be written is no result
             else:  # it ends anyway; a cancelled job resumes from its last whole checkpoint
                 log.warning("%s: %s (the job ended with: %s)", started.job.name, exc, result)
+        if isinstance(result, Exception) and not isinstance(result, StyleboxError):
+            # process_batch put an error of its own in the job's place (an out-of-memory
+            # error, say): a plugin fault, worth a retry, said as one raised from process.
+            result = _plugin_fault(plugin, result, [started])
         if not isinstance(result, StyleboxError) and (why := started.context.partial()):
             result = Cancelled(why)  # a partial result is no result: ends as a stopped job
         if isinstance(result, StyleboxError):
             _record_unfinished(started, result)
             return result
         try:
-            check_result(plugin, started.decoded.rgb.size, result)
+            check_result(plugin, started.decoded.rgb.size, result, alone=len(group) == 1)
             return self._finish(started, plugin, outbox, result, group, group_began)
         except StyleboxError as exc:
             _record_unfinished(started, exc)
@@ -499,18 +503,7 @@ class Runner:
         except StyleboxError as exc:
             return [exc] * len(group)
         except Exception as exc:  # a plugin bug is a plugin fault, retried then failed
-            # Its traceback, in one log line, is for the plugin's author: the job's reason
-            # names only the exception, and nothing else shows where it was raised.
-            log.error(
-                "plugin %s raised %s",
-                plugin.name,
-                describe(exc),
-                exc_info=exc,
-                extra={"event": "plugin_bug", "jobs": [s.job.job_id for s in group]},
-            )
-            error = PluginError(f"plugin {plugin.name} failed: {describe(exc)}")
-            error.__cause__ = exc
-            return [error] * len(group)
+            return [_plugin_fault(plugin, exc, group)] * len(group)
 
     def _finish(
         self,
@@ -605,22 +598,43 @@ class Runner:
         return outbox.reserve(job.input_path.name)
 
 
+def _plugin_fault(plugin: PluginHandle, exc: Exception, group: Sequence[_Started]) -> PluginError:
+    """The plugin fault a plugin's own exception is. Its traceback, in one log line, is for
+    the plugin's author: the job's reason names only the exception."""
+    log.error(
+        "plugin %s raised %s",
+        plugin.name,
+        describe(exc),
+        exc_info=exc,
+        extra={"event": "plugin_bug", "jobs": [s.job.job_id for s in group]},
+    )
+    error = PluginError(f"plugin {plugin.name} failed: {describe(exc)}")
+    error.__cause__ = exc
+    return error
+
+
 #: Why a result that breaks the contract is not tried again.
 _SAME_AGAIN = "(the plugin breaks its contract; another try would do the same)"
 
 
-def check_result(plugin: PluginHandle, size: tuple[int, int], result: object) -> None:
+def check_result(
+    plugin: PluginHandle, size: tuple[int, int], result: object, alone: bool = True
+) -> None:
     """Refuse what the contract does not allow: a non-image, a non-RGB image, or an image of
-    another size than the plugin's :meth:`~Plugin.output_size` documents. Those are
-    :class:`PermanentFailure`: a plugin's code gives the same for the same job (retries
-    only cost its run time again); an image that cannot be read may be a passing fault."""
+    another size than the plugin's :meth:`~Plugin.output_size` documents. For a job run
+    ``alone`` those are :class:`PermanentFailure`: a plugin's code gives the same for the
+    same job (retries only cost its run time again); from a batch, a plugin fault, since
+    a retry may run the job in another batch or alone, through other code. An image that
+    cannot be read may be a passing fault."""
+    refuse = PermanentFailure if alone else PluginError
+    same_again = f" {_SAME_AGAIN}" if alone else ""
     if not isinstance(result, Image.Image):
-        raise PermanentFailure(
-            f"plugin {plugin.name} returned {type(result).__name__}, not an image {_SAME_AGAIN}"
-        )
+        shown = "None" if result is None else type(result).__name__
+        raise refuse(f"plugin {plugin.name} returned {shown}, not an image{same_again}")
     if result.mode != "RGB":
-        raise PermanentFailure(
-            f"plugin {plugin.name} returned a {result.mode} image, not RGB {_SAME_AGAIN}"
+        article = "an" if result.mode[0] in "AEFHILMNORSX" else "a"  # as the letter is said
+        raise refuse(
+            f"plugin {plugin.name} returned {article} {result.mode} image, not RGB{same_again}"
         )
     try:
         result.getpixel((0, 0))
@@ -630,10 +644,10 @@ def check_result(plugin: PluginHandle, size: tuple[int, int], result: object) ->
         ) from exc
     expected = plugin.instance.output_size(size)
     if result.size != tuple(expected):
-        raise PermanentFailure(
+        raise refuse(
             f"plugin {plugin.name} returned {result.width}x{result.height} for a "
-            f"{size[0]}x{size[1]} input; its output_size() says {expected[0]}x{expected[1]} "
-            f"{_SAME_AGAIN}"
+            f"{size[0]}x{size[1]} input; its output_size() says {expected[0]}x{expected[1]}"
+            f"{same_again}"
         )
 
 

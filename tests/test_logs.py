@@ -1,0 +1,41 @@
+"""Log lines: JSON elsewhere, readable on a terminal, a traceback in either."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from stylebox.logs import JsonFormatter, TextFormatter
+
+
+def _record(exc_info: bool = False, **extra: object) -> logging.LogRecord:
+    logger = logging.getLogger("stylebox.test-logs")
+    try:
+        raise KeyError("lookup")
+    except KeyError:
+        caught = sys.exc_info() if exc_info else None
+    args = ("probe", "KeyError: 'lookup'")
+    message = "plugin %s raised %s"
+    return logger.makeRecord(
+        logger.name, logging.ERROR, __file__, 1, message, args, caught, extra=extra
+    )
+
+
+def test_a_traceback_is_a_field_of_one_json_line() -> None:
+    line = JsonFormatter().format(_record(exc_info=True, event="plugin_bug"))
+    (entry,) = [json.loads(line)]
+    assert entry["msg"] == "plugin probe raised KeyError: 'lookup'"
+    assert entry["event"] == "plugin_bug" and "KeyError: 'lookup'" in entry["exception"]
+
+
+def test_on_a_terminal_the_fields_stay_on_the_line_and_the_traceback_goes_below() -> None:
+    # The fields came after the traceback, on its last line: "KeyError: 'lookup' event=...".
+    first, *rest = TextFormatter().format(_record(exc_info=True, event="plugin_bug")).split("\n")
+    assert first.endswith("ERROR plugin probe raised KeyError: 'lookup' event=plugin_bug")
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "KeyError: 'lookup'"
+    # A traceback that came as a field (from a Ray worker) is printed the same way.
+    sent = "Traceback (most recent call last):\n  File \"probe.py\", line 3\nKeyError: 'x'\n"
+    first, *rest = TextFormatter().format(_record(event="plugin_bug", exception=sent)).split("\n")
+    assert first.endswith("raised KeyError: 'lookup' event=plugin_bug")
+    assert rest == sent.rstrip("\n").split("\n")
