@@ -114,6 +114,22 @@ def test_params_take_effect_is_skipped_without_effective_params(tmp_path: Path) 
     # "process ignores level".
     with pytest.raises(ContractFailure, match=r"effective_params \{'level': 2\} leave the kit's"):
         run_check("params_take_effect", Good, tmp_path, effective_params=[{"level": 2}])
+    with pytest.raises(ContractFailure, match=r"effective_params \{'level': 99\} are refused"):
+        run_check("params_take_effect", Good, tmp_path, effective_params=[{"level": 99}])
+    # A plugin that is not deterministic, and differs run to run: no verdict either way.
+    with pytest.raises(ContractSkip, match="other pixels at a second run"):
+        run_check("params_take_effect", Noisy, tmp_path, effective_params=[{"level": 5}])
+
+
+class Noisy(Good):
+    """Adds fresh noise at every call."""
+
+    capabilities = Capabilities()
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.progress(1, 1)
+        noise = np.random.default_rng().integers(0, 255, (image.height, image.width, 3))
+        return Image.fromarray(noise.astype(np.uint8), "RGB")
 
 
 class NotInstalled(Good):
@@ -525,8 +541,8 @@ BAD_PLUGINS = [
         "params_take_effect",
         IgnoresItsLevel,
         {"params": {"level": 3}, "effective_params": [{"level": 6}]},
-        r"with level=6 \(effective_params\) process returned the same pixels as with the kit's "
-        r"params \{'level': 3\}: process ignores level; read each param from self.params",
+        r"with level=6 \(effective_params\) process returned the same pixels for a 64x48 "
+        r"picture as with the kit's params \{'level': 3\}: process may ignore level \(read",
     ),
     ("accepts_image_kinds", FailsOnTiny, {}, "failed on a 1x1 image: ValueError"),
     ("accepts_image_kinds", Crops, {}, "but output_size\\(\\) documents 17x33"),
@@ -672,7 +688,8 @@ def test_checks_a_plugin_does_not_promise_are_skipped_with_the_reason(tmp_path: 
         "batch": "the plugin does not declare batching=True",
         "params_take_effect": (
             "no effective_params given: list changes to params that must change the picture "
-            "(effective_params = [{'bits': 4}]) to have the kit prove that process reads them"
+            "(effective_params = [{'<param>': <value>}]) to have the kit prove that process "
+            "reads them"
         ),
     }
 

@@ -451,14 +451,16 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         }
         print(json.dumps(listing, indent=2))
         return EXIT_OK
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     console = _stdout_console()
     for name, info in registry.plugins.items():
-        console.print(f"[bold]{name}[/bold] {info.version}  ({info.source})")
+        said = f"{escape(info.version)}  ({escape(info.source)})"
+        console.print(f"[bold]{escape(name)}[/bold] {said}")
         if info.cls.description:
-            console.print(f"  {info.cls.description}")
+            console.print(f"  {escape(info.cls.description)}")
         table = Table(show_header=True, header_style="dim", box=None, padding=(0, 2))
         for column in ("param", "type", "default", "description"):
             table.add_column(column)
@@ -475,11 +477,13 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         console.print()
     for name, failure in registry.failures.items():
         console.print(
-            f"[bold red]{name}[/bold red] failed to load ({failure.source}): {failure.reason}"
+            f"[bold red]{escape(name)}[/bold red] failed to load ({escape(failure.source)}): "
+            f"{escape(failure.reason)}"
         )
     for ignored in registry.ignored:
         console.print(
-            f"[bold yellow]{ignored.name}[/bold yellow] of {ignored.source} is {ignored.reason}"
+            f"[bold yellow]{escape(ignored.name)}[/bold yellow] of {escape(ignored.source)} is "
+            f"{escape(ignored.reason)}"
         )
     if not registry.plugins and not registry.failures:
         console.print("no plugins installed")
