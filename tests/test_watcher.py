@@ -334,3 +334,23 @@ def test_an_inbox_that_cannot_be_recreated_is_unhealthy_until_it_can(tmp_path: P
         assert recorder.names() == ["back.jpg"]
     finally:
         watcher.stop()
+
+
+def test_a_folder_being_copied_in_is_left_where_it_is_and_said_once(
+    watched: tuple[Path, Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    # An album copied into the inbox was taken for a bad input and moved to failed/ while
+    # the copy still ran ("cp: cannot create regular file 'inbox/album/b2.webp'").
+    inbox, recorder = watched
+    album = inbox / "album"
+    album.mkdir()
+    (album / "a.jpg").write_bytes(b"a" * 100)
+    (inbox / "Thumbs.db").write_bytes(b"windows thumbnails")
+    (inbox / "photo.jpg").write_bytes(b"p" * 100)
+    recorder.wait_for(1)
+    time.sleep(SETTLE * 3)
+    (album / "b.jpg").write_bytes(b"b" * 100)  # the copy goes on
+    time.sleep(SETTLE * 2)
+    assert recorder.names() == ["photo.jpg"]
+    said = [r for r in caplog.records if getattr(r, "event", None) == "subfolder"]
+    assert len(said) == 1 and "album/ is a folder, left where it is" in said[0].getMessage()

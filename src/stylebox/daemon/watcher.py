@@ -41,8 +41,10 @@ from stylebox.plugins.api import companion_kind
 
 log = logging.getLogger("stylebox.watcher")
 
-#: Names that are never inputs: hidden files, partial downloads, editor and Office temps.
-IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "~$*", "*.partial", "*.swp")
+#: Names that are never inputs: hidden files, partial downloads, editor and Office temps,
+#: and the thumbnail caches and folder settings Windows leaves in a shared folder.
+IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "~$*", "*.partial", "*.swp",
+                    "Thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini")  # fmt: skip
 
 
 def is_ignored(name: str) -> bool:
@@ -93,6 +95,8 @@ class InboxWatcher:
         self._unwatched: set[Path] = set()
         """Folders that could not be (re)created or watched; said once, retried by check."""
         self._orphans: set[Path] = set()
+        self._subfolders: set[Path] = set()
+        """Folders in inboxes already said to be left alone."""
         """Companion files with no photo beside them, said once (at a rescan)."""
         self._stop = threading.Event()
         self._settler: threading.Thread | None = None
@@ -335,10 +339,29 @@ class InboxWatcher:
         ):
             return path, None
         try:
-            stat = path.lstat()
+            info = path.lstat()
         except FileNotFoundError:
             return path, None
-        return path, _Candidate(folder, stat.st_size, stat.st_mtime_ns, time.monotonic())
+        if stat.S_ISDIR(info.st_mode):
+            # Only the inbox's own files are inputs. A folder was once taken for a bad one,
+            # moved to failed/ while an album was still being copied into it.
+            self._say_subfolder(folder, path)
+            return path, None
+        return path, _Candidate(folder, info.st_size, info.st_mtime_ns, time.monotonic())
+
+    def _say_subfolder(self, folder: WatchedFolder, path: Path) -> None:
+        """A folder in an inbox is left where it is: said once, rather than in silence."""
+        with self._lock:
+            if path in self._subfolders:
+                return
+            self._subfolders.add(path)
+        log.warning(
+            "inbox %s: %s/ is a folder, left where it is: only files in the inbox itself are "
+            "taken (move its photos up, or run a [[batch]] over it)",
+            folder.name,
+            path.name,
+            extra={"event": "subfolder", "path": str(path)},
+        )
 
     def forget(self, path: Path) -> None:
         with self._lock:
