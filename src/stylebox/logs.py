@@ -74,6 +74,9 @@ def setup(level: int = logging.INFO, json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # A library's warnings (Pillow's "Corrupt EXIF data" on a photo it still reads) are log
+    # lines like any other, not raw text among the JSON lines.
+    logging.captureWarnings(True)
     # Libraries whose INFO lines are about their own internals (an ONNX export logs one per
     # optimiser pass): only their warnings. Plugins' own loggers keep ``level``.
     for name in ("watchdog", "onnx_ir", "onnxscript", "torch.onnx"):
