@@ -248,6 +248,31 @@ def test_palette_transparency_becomes_alpha() -> None:
     assert decoded.alpha.getpixel((9, 9)) == 0 and decoded.alpha.getpixel((0, 0)) == 255
 
 
+def test_a_colour_key_becomes_alpha() -> None:
+    # A PNG's tRNS colour key on an RGB or grey image was dropped: the keyed band came back
+    # opaque, stylised green.
+    picture = photo(40, 30, seed=2)
+    picture.paste((0, 255, 0), (0, 0, 40, 10))
+    grey = picture.convert("L")
+    grey.paste(7, (0, 0, 40, 10))
+    for image, key in ((picture, (0, 255, 0)), (grey, 7)):
+        decoded = decode_bytes(encoded(image, "PNG", transparency=key))
+        assert decoded.alpha is not None
+        hidden = np.asarray(decoded.alpha) == 0
+        assert hidden[:10].all() and not hidden[10:].any()
+        assert "fully transparent" in " ".join(decoded.notes)
+
+
+def test_32_bit_integers_past_16_bits_take_their_largest_value_as_white() -> None:
+    # Scaled as 16-bit, values up to 255000 came out 87 % white.
+    ramp = (np.linspace(0, 255000, 32 * 8).reshape(8, 32)).astype(np.int32)
+    decoded = decode_bytes(encoded(Image.fromarray(ramp, "I"), "TIFF"))
+    values = np.asarray(decoded.rgb)[..., 0]
+    assert values.min() == 0 and values.max() == 255 and len(np.unique(values)) > 100
+    said = "I pixels scaled to 8 bits, its largest value (255000) taken as white"
+    assert decoded.notes == (said,)
+
+
 def test_what_lies_under_transparent_pixels_is_not_handed_to_the_plugin() -> None:
     # A palette's key colour (green here) was stylised with the rest, and its filters
     # carried it into the visible pixels around the hole: a green fringe.

@@ -444,6 +444,9 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
 
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+    elif mode in ("RGB", "L") and "transparency" in image.info:
+        # A PNG's colour key (tRNS on an RGB or grey image): that colour is transparent.
+        image = image.convert("RGBA" if mode == "RGB" else "LA")
     elif mode == "RGBa":
         image = image.convert("RGBA")
     elif mode == "La":
@@ -451,8 +454,8 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
     elif mode == "1":
         image = image.convert("L")
     elif mode.startswith("I") or mode == "F":
-        image = _high_depth_to_l(image)
-        notes.append(f"{mode} pixels scaled to 8 bits")
+        image, how = _high_depth_to_l(image)
+        notes.append(f"{mode} pixels scaled to 8 bits{how}")
     elif mode in ("YCbCr", "HSV"):
         image = image.convert("RGB")
     elif mode == "LAB":  # CIE Lab is absolute: its profile, if any, says no more than that
@@ -501,16 +504,25 @@ def _fill_hidden(image: Image.Image, alpha: Image.Image, notes: list[str]) -> Im
     return Image.fromarray(pixels[rows, cols], mode=image.mode)
 
 
-def _high_depth_to_l(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float greyscale to 8-bit, scaling rather than clipping."""
+def _high_depth_to_l(image: Image.Image) -> tuple[Image.Image, str]:
+    """16-bit, 32-bit and float greyscale to 8-bit, scaling rather than clipping; with how,
+    where the file's values said nothing of their white (said in the input's notes)."""
     array = np.asarray(image, dtype=np.float64)
+    largest = float(array.max(initial=0.0))
+    how = ""
     if image.mode == "F":
-        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
-    elif image.mode.startswith("I;16") or array.max(initial=0.0) > 255:
+        scale = 255.0 if largest <= 1.0 else 1.0
+    elif largest > 65535:
+        # 32-bit integers past any 16-bit range: no white level is known, so the largest
+        # value is taken as white (a 16-bit white would leave most pixels blown out).
+        scale = 255.0 / largest
+        how = f", its largest value ({largest:.0f}) taken as white"
+    elif image.mode.startswith("I;16") or largest > 255:
         scale = 255.0 / 65535.0
     else:
         scale = 1.0
-    return Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+    pixels = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, mode="L"), how
 
 
 def _lab_to_rgb(image: Image.Image) -> Image.Image:
