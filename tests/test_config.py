@@ -124,6 +124,7 @@ def test_embedded_default_config_is_valid() -> None:
     loaded = load_config(REPO / "config" / "stylebox.toml")
     assert loaded.config.state_dir == REPO / "var" / "state"
     assert [inbox.plugin for inbox in loaded.config.inbox] == ["gatys", "fast"]
+    assert loaded.config.http is not None and loaded.config.http.listen == "127.0.0.1:8765"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
