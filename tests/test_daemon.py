@@ -52,6 +52,8 @@ def test_bad_files_end_in_failed_with_reasons_while_serving(tmp_path: Path) -> N
         inbox = tmp_path / "inbox"
         staging = tmp_path / "staging"
         bad = make_bad_inputs(staging)
+        folder, _ = bad.pop("directory")  # a folder in an inbox is left where it is
+        os.rename(folder, inbox / "directory-x.jpg")
         for kind, (path, _) in bad.items():
             os.rename(path, inbox / f"{kind}-{path.name}")
         os.symlink(outside, inbox / "link.jpg")
@@ -63,7 +65,7 @@ def test_bad_files_end_in_failed_with_reasons_while_serving(tmp_path: Path) -> N
         for kind, (path, reason) in bad.items():
             assert reason in reasons[f"{kind}-{path.name}.error.txt"]
         assert "symbolic link" in reasons["link.jpg.error.txt"]
-        assert (failed / "directory-x.jpg").is_dir()
+        assert (inbox / "directory-x.jpg").is_dir() and not (failed / "directory-x.jpg").exists()
         assert outside.exists()  # the link's target was neither read nor moved
         assert wait_until(lambda: (inbox / "processed" / "good.png").exists(), 30)
         assert daemon.process.poll() is None

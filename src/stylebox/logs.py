@@ -12,6 +12,15 @@ from typing import TextIO
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    """The record's data fields. Names with a leading underscore are left out: libraries
+    stamp their own bookkeeping on every record (Ray adds ``_ray_timestamp_ns`` once it
+    has started in the process), and that is not ours to print."""
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -21,7 +30,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update(_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -34,7 +43,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # The line and its fields first, then any traceback below them (a traceback sent
         # as a field, from a Ray worker, too).
-        extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        extra = _fields(record)
         trace = extra.pop("exception", None)
         record.message = record.getMessage()
         if self.usesTime():
