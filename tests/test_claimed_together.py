@@ -225,6 +225,35 @@ def test_what_a_batch_gives_in_a_jobs_place_is_a_fault_worth_a_retry(tmp_path: P
     ]
 
 
+class ReturnsAnError(Stepper):
+    """Runs photos one at a time, and returns an exception where the image should be."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        return RuntimeError("CUDA out of memory")  # type: ignore[return-value]
+
+
+def test_an_exception_process_returns_is_a_result_that_breaks_the_contract(
+    tmp_path: Path,
+) -> None:
+    # Only a batch's list holds errors in jobs' places; process raises its errors. One it
+    # returns is a non-image, the same on every try: the job fails at once, not retried.
+    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=0, extra="")))
+    plugin = ReturnsAnError(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
+    inbox = loaded.config.inbox[0]
+    inbox.path.mkdir()
+    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
+    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
+    photo(*SMALL).save(inbox.path / "p.png")
+    pipeline.enqueue(source, [inbox.path / "p.png"])
+    JobLoop(pipeline).run_next({"inbox:steps"})
+    (row,) = pipeline.journal.jobs()
+    assert (row.state, row.attempts) == ("failed", 1)
+    assert row.reason == (
+        "PermanentFailure: plugin stepper returned RuntimeError, not an image (the plugin "
+        "breaks its contract; another try would do the same)"
+    )
+
+
 def test_a_plugin_that_runs_photos_one_by_one_here_is_claimed_one_job_at_a_time(
     tmp_path: Path,
 ) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import installed_site, photo
+from conftest import encoded, installed_site, photo
 from daemon_helpers import wait_until
 
 pytest.importorskip("ray")
@@ -443,12 +443,19 @@ def test_a_plugin_bug_on_a_ray_worker_is_logged_with_its_traceback_here(
     env = probe_env(tmp_path)
     log = tmp_path / "calls.log"
     params = f'{{ log = "{log}", bug = true }}'
-    config = make_batch(tmp_path, 1, "probe", params, "max_attempts = 1")
+    config = make_batch(tmp_path, 3, "probe", params, "max_attempts = 1")  # sizes a, b, a
+    cut = encoded(photo(24, 16))
+    (tmp_path / "library" / "cut.png").write_bytes(cut[: len(cut) // 2])
     result = batch(config, "--ray", ray_address, env=env)
     assert result.returncode == 1, result.stderr
-    (line,) = [json.loads(x) for x in result.stderr.splitlines() if '"plugin_bug"' in x]
-    assert line["msg"] == "plugin probe failed: KeyError: 'lookup table missing'"
-    assert 'probe.py", line' in line["exception"] and "process_batch" in line["exception"]
+    lines = [json.loads(x) for x in result.stderr.splitlines() if '"plugin_bug"' in x]
+    # One line per call that raised, naming the jobs it ended; none for the damaged photo,
+    # whose reason is the photo's, not the plugin's.
+    assert sorted(len(line["jobs"]) for line in lines) == [1, 2], lines
+    for line in lines:
+        assert line["msg"] == "plugin probe failed: KeyError: 'lookup table missing'"
+        assert 'probe.py", line' in line["exception"] and "process_batch" in line["exception"]
+    assert any("truncated" in (row.error_message or "") for row in rows(tmp_path))
 
 
 def test_ray_missing_is_a_one_line_config_error(tmp_path: Path) -> None:

@@ -43,6 +43,9 @@ class PluginError(StyleboxError):
     """A plugin failed on an input that may well succeed on another try."""
 
     retry = True
+    #: The plugin raised an exception of its own (its ``__cause__``: a ``KeyError``, a CUDA
+    #: out-of-memory error), whose traceback is logged once for the plugin's author.
+    plugin_bug = False
 
 
 class StorageError(PluginError):

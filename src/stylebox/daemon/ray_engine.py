@@ -182,7 +182,7 @@ class _Worker:
                     self._cancels.pop(key, None)
             for job in jobs:  # failed or cancelled ones too
                 self._latest.forget(job)
-        return [_portable(outcome) for outcome in outcomes]
+        return _portable(outcomes, jobs)
 
     def cancel(self, reasons: dict[int, StopReason]) -> None:
         """Raise the stop flags of jobs ``reasons`` names, each with the driver's reason
@@ -261,25 +261,34 @@ class _ProgressWatch:
             self.asked, self.asked_at = self.actor.progress.remote(), time.monotonic()
 
 
-def _portable(outcome: JobResult | StyleboxError) -> Any:
-    """An outcome as it can cross to the driver: exceptions whose ``__init__`` takes more
-    than the message (:class:`InputChanged`) do not unpickle, so errors travel as parts,
-    with the traceback of a plugin's own exception behind a fault (see
-    :func:`~stylebox.daemon.runner.Runner.execute_many`), which the driver logs."""
-    if isinstance(outcome, JobResult):
-        return outcome
-    cause, trace = outcome.__cause__, None
-    if isinstance(cause, Exception) and not isinstance(cause, StyleboxError):
-        trace = "".join(traceback.format_exception(cause))
-    return ("error", type(outcome), str(outcome), getattr(outcome, "sha256", None), trace)
+def _portable(outcomes: list[JobResult | StyleboxError], jobs: list[Job]) -> list[Any]:
+    """Outcomes as they can cross to the driver: exceptions whose ``__init__`` takes more
+    than the message (:class:`InputChanged`) do not unpickle, so errors travel as parts.
+    A plugin's own exception (:attr:`PluginError.plugin_bug`) carries its traceback, once
+    for the jobs it ended (a batch's), which the driver logs as a local run does."""
+    items: list[Any] = []
+    traced: set[int] = set()
+    for outcome in outcomes:
+        if isinstance(outcome, JobResult):
+            items.append(outcome)
+            continue
+        bug = None
+        if isinstance(outcome, PluginError) and outcome.plugin_bug and id(outcome) not in traced:
+            traced.add(id(outcome))
+            ended = [job.job_id for job, o in zip(jobs, outcomes, strict=True) if o is outcome]
+            bug = ("".join(traceback.format_exception(outcome.__cause__)), ended)
+        sha256 = getattr(outcome, "sha256", None)
+        items.append(("error", type(outcome), str(outcome), sha256, bug))
+    return items
 
 
 def _restored(portable: Any) -> JobResult | StyleboxError:
     if isinstance(portable, JobResult):
         return portable
-    _, cls, message, sha256, trace = portable
-    if trace is not None:  # as a local run logs it: for the plugin's author
-        log.error(message, extra={"event": "plugin_bug", "exception": trace})
+    _, cls, message, sha256, bug = portable
+    if bug is not None:  # as a local run logs it: for the plugin's author
+        trace, jobs = bug
+        log.error(message, extra={"event": "plugin_bug", "jobs": jobs, "exception": trace})
     if issubclass(cls, InputChanged):
         return cls(message, sha256)
     try:

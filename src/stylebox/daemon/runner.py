@@ -412,9 +412,11 @@ class Runner:
                 result = exc  # a result whose snapshots could not be written is no result
             else:  # it ends anyway; a cancelled job resumes from its last whole checkpoint
                 log.warning("%s: %s (the job ended with: %s)", started.job.name, exc, result)
-        if isinstance(result, Exception) and not isinstance(result, StyleboxError):
+        own = isinstance(result, Exception) and not isinstance(result, StyleboxError)
+        if own and len(group) > 1:
             # process_batch put an error of its own in the job's place (an out-of-memory
             # error, say): a plugin fault, worth a retry, said as one raised from process.
+            # (From process, an exception returned is a result that breaks the contract.)
             result = _plugin_fault(plugin, result, [started])
         if not isinstance(result, StyleboxError) and (why := started.context.partial()):
             result = Cancelled(why)  # a partial result is no result: ends as a stopped job
@@ -609,7 +611,7 @@ def _plugin_fault(plugin: PluginHandle, exc: Exception, group: Sequence[_Started
         extra={"event": "plugin_bug", "jobs": [s.job.job_id for s in group]},
     )
     error = PluginError(f"plugin {plugin.name} failed: {describe(exc)}")
-    error.__cause__ = exc
+    error.__cause__, error.plugin_bug = exc, True
     return error
 
 
