@@ -263,6 +263,45 @@ def test_a_colour_key_becomes_alpha() -> None:
         assert "fully transparent" in " ".join(decoded.notes)
 
 
+def _keyed_png(rows: list[bytes], width: int, depth: int, colour: int, key: bytes) -> bytes:
+    """A PNG written by hand: Pillow writes neither 16-bit RGB nor 1-4-bit grey with a key."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, len(rows), depth, colour, 0, 0, 0)
+    pixels = zlib.compress(b"".join(b"\0" + row for row in rows))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        chunk(kind, body)
+        for kind, body in [(b"IHDR", header), (b"tRNS", key), (b"IDAT", pixels), (b"IEND", b"")]
+    )
+
+
+def test_a_colour_key_is_matched_in_the_file_s_own_units() -> None:
+    # Grey of 1-4 bits is read scaled to 0-255 and 16-bit grey unscaled as I;16: their keys
+    # were lost. A 16-bit RGB photo is read as 8 bits: its black key (0, 0, 0) hid every
+    # pixel darker than 1/256, so it is not applied, and that is said.
+    hidden = {}
+    one_bit = _keyed_png([bytes([0b01010000])], 4, 1, 0, struct.pack(">H", 1))
+    two_bit = _keyed_png([bytes([0b00011011])], 4, 2, 0, struct.pack(">H", 1))
+    sixteen = np.array([[0x1234, 0x1299, 0, 0xFFFF]], dtype=">u2").tobytes()
+    grey16 = _keyed_png([sixteen], 4, 16, 0, struct.pack(">H", 0x1234))
+    for name, data in (("1-bit", one_bit), ("2-bit", two_bit), ("16-bit", grey16)):
+        decoded = decode_bytes(data)
+        assert decoded.alpha is not None, name
+        hidden[name] = list(np.asarray(decoded.alpha)[0] == 0)
+    assert hidden == {
+        "1-bit": [False, True, False, True],
+        "2-bit": [False, True, False, False],
+        "16-bit": [True, False, False, False],
+    }
+    dark = np.array([[[0, 0, 0], [0x00FF, 0x00FF, 0x00FF], [0x8000, 0x4000, 0x2000]]], ">u2")
+    decoded = decode_bytes(_keyed_png([dark.tobytes()], 3, 16, 2, bytes(6)))
+    assert decoded.alpha is None
+    assert "its 16-bit colour key ignored: its pixels are read as 8 bits" in decoded.notes
+
+
 def test_32_bit_integers_past_16_bits_take_their_largest_value_as_white() -> None:
     # Scaled as 16-bit, values up to 255000 came out 87 % white.
     ramp = (np.linspace(0, 255000, 32 * 8).reshape(8, 32)).astype(np.int32)

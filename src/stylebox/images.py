@@ -192,7 +192,10 @@ def decode_bytes(
         # alone it opens as I;16, scaled here and noted as such).
         kind = {4: "grey and alpha", 6: "RGBA"}.get(data[25], "RGB")
         notes.append(f"16-bit {kind} pixels read as 8 bits")
-    rgb, alpha = _to_srgb(image, notes)
+    keyed = None
+    if original_format == "PNG" and "transparency" in image.info and image.mode != "P":
+        keyed = _colour_key(image, data[24], notes)
+    rgb, alpha = _to_srgb(image, notes, keyed)
     return DecodedImage(
         rgb=rgb,
         alpha=alpha,
@@ -436,17 +439,37 @@ def _png_crc_error(data: bytes, critical_only: bool = False) -> str | None:
     return None
 
 
-def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.Image | None]:
-    """Convert any Pillow mode to 8-bit sRGB RGB, splitting off alpha."""
+def _colour_key(image: Image.Image, depth: int, notes: list[str]) -> Image.Image | None:
+    """The alpha a PNG's colour key (tRNS on a grey or RGB image of ``depth`` bits a sample)
+    makes: pixels of exactly that value are transparent. The key is in the file's units,
+    which are not always the pixels' as Pillow reads them: grey of 1, 2 or 4 bits is
+    scaled to 0-255; RGB of 16 bits is read as 8, which of its pixels match is unknown."""
+    key = image.info.pop("transparency")
+    if image.mode == "RGB" and depth == 16:
+        notes.append("its 16-bit colour key ignored: its pixels are read as 8 bits")
+        return None
+    pixels = np.asarray(image)
+    if image.mode == "1":
+        match = pixels == bool(key)
+    elif image.mode == "L" and depth < 8:
+        match = pixels == key * 255 // (2**depth - 1)
+    elif image.mode == "RGB":
+        match = (pixels == np.asarray(key)).all(axis=-1)
+    else:  # 8-bit grey, 16-bit grey (I;16, in the key's units)
+        match = pixels == key
+    return Image.fromarray(np.where(match, 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_srgb(
+    image: Image.Image, notes: list[str], alpha: Image.Image | None = None
+) -> tuple[Image.Image, Image.Image | None]:
+    """Convert any Pillow mode to 8-bit sRGB RGB, splitting off alpha (or keeping the
+    ``alpha`` a colour key made)."""
     icc = image.info.get("icc_profile")
     mode = image.mode
-    alpha: Image.Image | None = None
 
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
-    elif mode in ("RGB", "L") and "transparency" in image.info:
-        # A PNG's colour key (tRNS on an RGB or grey image): that colour is transparent.
-        image = image.convert("RGBA" if mode == "RGB" else "LA")
     elif mode == "RGBa":
         image = image.convert("RGBA")
     elif mode == "La":
@@ -463,11 +486,11 @@ def _to_srgb(image: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.I
 
     if image.mode in ("RGBA", "LA"):
         alpha = image.getchannel("A")
-        if alpha.getextrema() == (255, 255):
-            alpha = None  # fully opaque: nothing worth re-attaching
         image = image.convert(image.mode[:-1])
-        if alpha is not None:
-            image = _fill_hidden(image, alpha, notes)
+    if alpha is not None and alpha.getextrema() == (255, 255):
+        alpha = None  # fully opaque: nothing worth re-attaching
+    if alpha is not None:
+        image = _fill_hidden(image, alpha, notes)
 
     if icc and image.mode in ("RGB", "L", "CMYK"):
         try:
