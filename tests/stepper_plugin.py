@@ -35,7 +35,7 @@ class StepperParams(PluginParams):
     nan_at: int = Field(0, description="report a loss of NaN (and a fact of infinity) at this step")
     bare_at: int = Field(0, description="raise an Exception without a message after this step")
     grey: bool = Field(False, description="return a greyscale image (the contract asks RGB)")
-    odd_fact: bool = Field(False, description="note scores holding a numpy NaN at the end")
+    odd_fact: bool = Field(False, description="note numpy values at the end, a NaN among them")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -82,6 +82,8 @@ class Stepper(Plugin[StepperParams]):
                 raise PluginError(f"failed at step {step}")
         if p.odd_fact:
             job.note(scores=[0.5, np.float32("nan")])  # type: ignore[list-item]
+            odd = {"steps": np.int64(2), "converged": np.bool_(True), "counts": np.arange(2)}
+            job.note(**odd)  # type: ignore[arg-type]
         return image.convert("L") if p.grey else image
 
     @staticmethod

@@ -196,6 +196,8 @@ def test_a_fact_that_is_not_a_number_is_null_and_said(
     result = run(image, tmp_path / "out", tmp_path / "state" / "job", params)
     manifest = json.loads(result.names.manifest.read_text())
     assert manifest["scores"] == [0.5, None]
+    # numpy integers, booleans and arrays were written as their text ("2", "True", "[0 1]").
+    assert (manifest["steps"], manifest["converged"], manifest["counts"]) == (2, True, [0, 1])
     assert "the plugin noted scores[1] as a number that is not finite (recorded as null)" in (
         caplog.text
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 def not_finite(value: Any, path: str = "") -> list[str]:
     """Where in ``value`` (``loss``, ``scores[2]``) a number is NaN or infinite."""
+    value = _plain(value)
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return [] if math.isfinite(float(value)) else [path or "(the value)"]
     if isinstance(value, dict):
@@ -21,7 +22,9 @@ def not_finite(value: Any, path: str = "") -> list[str]:
 
 def finite_or_null(value: Any) -> Any:
     """``value`` with every NaN or infinite number (a Python or numpy float) as ``None``
-    and every other real number that is not an integer as a Python float."""
+    and every other real number that is not an integer as a Python float; numpy arrays
+    and scalars (and torch tensors) as the lists and numbers they hold."""
+    value = _plain(value)
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         number = float(value)
         return number if math.isfinite(number) else None
@@ -29,6 +32,15 @@ def finite_or_null(value: Any) -> Any:
         return {key: finite_or_null(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [finite_or_null(item) for item in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars, torch tensors: Python lists and numbers (which JSON writes
+    as numbers; a numpy integer or array would be written as its text)."""
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist) and not isinstance(value, list | tuple | dict | str | bytes):
+        return tolist()
     return value
 
 

@@ -279,7 +279,9 @@ class JobContext(ABC):
     @abstractmethod
     def note(self, **facts: JsonValue) -> None:
         """Record facts for the manifest (the device used, a cache hit...); a fact named
-        as one of the manifest's own fields (:data:`MANIFEST_FIELDS`) raises ValueError."""
+        as one of the manifest's own fields (:data:`MANIFEST_FIELDS`) raises ValueError.
+        numpy values are written as the numbers and lists they hold; a NaN or infinite
+        number as ``null``, which the log says."""
 
     def save_checkpoint(self, write: Callable[[Path], None]) -> None:
         """Checkpoint without waiting for the disk: ``write(folder)`` saves the plugin's
