@@ -124,3 +124,18 @@ def test_the_photo_presets_loss_is_shown_with_the_others(caplog: pytest.LogCaptu
     with caplog.at_level("INFO", logger="stylebox"):
         LogReporter().progress(job, 300, 300, {**GATYS_METRICS, "photo": 2048.25})
     assert "tv=1.102e+04 photo=2048 1.23 it/s" in caplog.text
+
+
+def test_a_file_name_that_looks_like_markup_is_printed_as_it_is() -> None:
+    # "[/b]" in a name raised rich's MarkupError as the photo's job ended; "[red]" vanished.
+    from types import SimpleNamespace
+
+    reporter = _reporter()
+    for name in ("[b]odd.png", "[red]draft.png"):
+        job = Job(Path(name), Path("unused"))
+        reporter.started(job)
+        names = SimpleNamespace(result=Path("out") / f"[/b]{name}")
+        result = SimpleNamespace(manifest={"timings": {"total_seconds": 1.5}}, names=names)
+        reporter.finished(job, result)  # type: ignore[arg-type]
+        shown = reporter.console.file.getvalue()  # type: ignore[attr-defined]
+        assert f"{name} -> out/[/b]{name} (1.5 s)" in shown

@@ -164,7 +164,9 @@ class BarReporter:
 
     def finished(self, job: Job, result: JobResult) -> None:
         seconds = result.manifest["timings"]["total_seconds"]
-        self.console.print(f"{job.name} -> {result.names.result} ({seconds:.1f} s)")
+        # A file name is text, not markup: "[/b]x.png" would raise MarkupError.
+        line = f"{job.name} -> {result.names.result} ({seconds:.1f} s)"
+        self.console.print(line, markup=False, highlight=False)
 
 
 class LogReporter:
