@@ -637,10 +637,11 @@ def check_params_take_effect(case: ContractCase) -> None:
     for changes in case.effective_params:
         try:
             changed = case.validated({**case.params, **changes})
-        except ContractFailure:
+        except ContractFailure as exc:
+            why = str(exc).partition("\n")[2]  # pydantic's own words, as for the params
             raise ContractFailure(
                 f"effective_params {changes!r} are refused by {case.cls.__name__}.Params; "
-                "give values the params accept"
+                f"give values the params accept:\n{why}"
             ) from None
         if changed == case.validated():
             raise ContractFailure(
