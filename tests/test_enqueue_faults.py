@@ -306,13 +306,15 @@ def test_a_path_gone_before_it_is_queued_is_skipped(tmp_path: Path) -> None:
     pipeline, source, _ = _pipeline(tmp_path)
     inbox = tmp_path / "inbox"
     photo(8, 8).save(inbox / "here.png")
-    (inbox / "folder.png").mkdir()
-    outcomes = pipeline.enqueue(
-        source, [inbox / "gone.png", inbox / "here.png", inbox / "folder.png"]
-    )
-    assert outcomes == ["gone", "queued", "queued"]
-    assert [row.name for row in pipeline.journal.jobs(source.key)] == ["here.png", "folder.png"]
-    assert source.outbox._reserved == {"here", "folder"}
+    (inbox / "folder.png").mkdir()  # a file replaced by a folder since it settled
+    os.mkfifo(inbox / "pipe.png")
+    paths = [inbox / name for name in ("gone.png", "here.png", "folder.png", "pipe.png")]
+    assert pipeline.enqueue(source, paths) == ["gone", "queued", "gone", "queued"]
+    # A folder is left where it is, as the watcher leaves one (it was journaled and moved
+    # to failed/, mid-copy); a FIFO's job records its refusal.
+    assert [row.name for row in pipeline.journal.jobs(source.key)] == ["here.png", "pipe.png"]
+    assert source.outbox._reserved == {"here", "pipe"}
+    assert (inbox / "folder.png").is_dir()
     pipeline.journal.close()
 
 

@@ -219,8 +219,9 @@ class Pipeline:
         """Record settled files of ``source`` as jobs, exactly once, in one transaction.
 
         A path that is gone by now was taken care of (its job moved it, say) and is skipped:
-        ``"gone"``. One that is there but not a regular file (a folder, FIFO, device or
-        link) is journaled too, so that its refusal is recorded. A file whose path has a
+        ``"gone"``; so is a folder (an album being copied in is left where it is). One that
+        is there but not a regular file (a FIFO, device or link) is journaled too, so that
+        its refusal is recorded. A file whose path has a
         queued job for other bytes (it was replaced) takes that job over. If the journal
         refuses the arrival, each file is tried on its own, and one it still refuses stays
         in the inbox for the next rescan (``"error"``, logged) while the others go through;
@@ -277,12 +278,14 @@ class Pipeline:
         return todo
 
     def _entry(self, source: Source, path: Path, companions: str | None = None) -> NewJob | None:
-        """The job ``path`` would be, without output names; ``None`` if it is gone.
-        ``companions``: what its companion files add to its key (see
-        :func:`_companion_keys`)."""
+        """The job ``path`` would be, without output names; ``None`` if it is gone or a
+        folder (a file replaced by one since it settled). ``companions``: what its
+        companion files add to its key (see :func:`_companion_keys`)."""
         try:
             mode = path.lstat().st_mode
         except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(mode):
             return None
         digest = "-"
         if stat.S_ISREG(mode):
