@@ -213,6 +213,8 @@ def test_a_dead_observer_is_restarted(tmp_path: Path) -> None:
 def test_ignore_patterns() -> None:
     assert is_ignored(".x.jpg") and is_ignored("x.part") and is_ignored("~$x.docx")
     assert not is_ignored("photo.jpg")
+    # Windows names its droppings in any case; so may a copy from an old share.
+    assert all(map(is_ignored, ["Thumbs.db", "THUMBS.DB", "Desktop.ini", "DESKTOP.INI", "x.TMP"]))
 
 
 def test_handler_exceptions_never_reach_watchdog(tmp_path: Path) -> None:
@@ -354,3 +356,19 @@ def test_a_folder_being_copied_in_is_left_where_it_is_and_said_once(
     assert recorder.names() == ["photo.jpg"]
     said = [r for r in caplog.records if getattr(r, "event", None) == "subfolder"]
     assert len(said) == 1 and "album/ is a folder, left where it is" in said[0].getMessage()
+
+
+def test_a_folder_is_said_again_when_it_comes_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "album").mkdir(parents=True)
+    watcher = InboxWatcher([WatchedFolder("a", inbox, 0.1)], Recorder())
+    watcher.rescan()
+    watcher.rescan()  # as every rescan_seconds: not said again
+    (inbox / "album").rmdir()
+    watcher.rescan()
+    (inbox / "album").mkdir()  # the next album, of the same name
+    watcher.rescan()
+    said = [r for r in caplog.records if getattr(r, "event", None) == "subfolder"]
+    assert len(said) == 2

@@ -41,14 +41,16 @@ from stylebox.plugins.api import companion_kind
 
 log = logging.getLogger("stylebox.watcher")
 
-#: Names that are never inputs: hidden files, partial downloads, editor and Office temps,
-#: and the thumbnail caches and folder settings Windows leaves in a shared folder.
+#: Names that are never inputs, in any case (Windows writes ``THUMBS.DB`` as readily as
+#: ``Thumbs.db``): hidden files, partial downloads, editor and Office temps, and the
+#: thumbnail caches and folder settings Windows leaves in a shared folder.
 IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "~$*", "*.partial", "*.swp",
-                    "Thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini")  # fmt: skip
+                    "thumbs.db", "ehthumbs.db", "desktop.ini")  # fmt: skip
 
 
 def is_ignored(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS)
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in IGNORED_PATTERNS)
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,9 @@ class InboxWatcher:
         self._unwatched: set[Path] = set()
         """Folders that could not be (re)created or watched; said once, retried by check."""
         self._orphans: set[Path] = set()
-        self._subfolders: set[Path] = set()
-        """Folders in inboxes already said to be left alone."""
         """Companion files with no photo beside them, said once (at a rescan)."""
+        self._subfolders: set[Path] = set()
+        """Folders in inboxes already said to be left alone (forgotten once gone)."""
         self._stop = threading.Event()
         self._settler: threading.Thread | None = None
         self.restarts = 0
@@ -273,7 +275,10 @@ class InboxWatcher:
         found = [self._candidate(Path(entry.path)) for entry in entries]
         self._say_orphans(folder, [entry.name for entry in entries])
         now = time.monotonic()
+        here = {Path(entry.path) for entry in entries}
         with self._lock:
+            # A folder taken away and brought back (the next album) is said again.
+            self._subfolders = {p for p in self._subfolders if p.parent != folder.path or p in here}
             for path, candidate in found:
                 if candidate is None:
                     self._candidates.pop(path, None)
