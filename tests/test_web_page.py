@@ -249,7 +249,7 @@ def test_bad_input_is_not_offered_a_retry_but_shows_why(scene: Scene) -> None:
     token = {"X-Stylebox-Token": TOKEN}
     status, body = scene.client.json(f"/api/jobs/{job}/retry", "POST", **token)
     assert status == 409 and "bad input" in body["error"], body
-    assert "a retry would fail the same way" in body["error"]
+    assert "a retry would fail the same way" in body["error"] and "(BadInput: " in body["error"]
     assert (scene.folder / "in-poster" / "failed" / "notes.png").is_file()
 
 

@@ -378,7 +378,7 @@ class Pipeline:
                 with self._lock:
                     mine = self._waiting.get(row.id, {}).pop(path, None)
                 if mine is not None and now.error_class == "Cancelled":
-                    self._cancel_copy(now, path, source.key, f"Cancelled: {now.error_message}")
+                    self._cancel_copy(now, path, source.key, now.reason or "Cancelled")
                     return "gone"
                 if mine is not None:
                     return self.enqueue(source, [path])[0]

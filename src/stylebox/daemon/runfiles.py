@@ -77,7 +77,7 @@ def _report(journal: Journal, key: str, inputs: list[Path]) -> int:
             _say(f"failed: {name} could not be queued; see the log above")
             failed = True
         elif row.hopeless is not None:
-            _say(f"bad input: {row.error_message}")
+            _say(f"bad input: {row.error_message or row.reason}")
             bad = True
         elif row.state == "failed":
             _say(f"failed: {name}: {row.reason}")

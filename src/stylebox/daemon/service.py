@@ -361,7 +361,7 @@ class Service:
             raise StyleboxError(f"job {job_id} is {row.state}, not failed")
         if row.hopeless is not None:  # and a superseded job's path is another job's photo now
             raise StyleboxError(
-                f"job {job_id} failed as {row.hopeless} ({row.error_message}): a retry would "
+                f"job {job_id} failed as {row.hopeless} ({row.reason}): a retry would "
                 "fail the same way; put a good copy of the photo in the inbox instead"
             )
         source = self.pipeline.sources.get(row.source)
