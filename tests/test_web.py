@@ -574,3 +574,22 @@ def test_a_running_jobs_card_and_chart_say_the_same_step(
     finally:
         reader.close()
         journal.close()
+
+
+def test_serve_refuses_to_start_where_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path,
+            f'state_dir = "state"\n[http]\nlisten = "127.0.0.1:{port}"\n[[inbox]]\nname = "p"\n'
+            'path = "in"\noutbox = "out"\nplugin = "posterize"\n',
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "stylebox.cli", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 2
+    said = f"stylebox: config error: [http] listen = '127.0.0.1:{port}': cannot listen there"
+    assert said in result.stderr.splitlines()
