@@ -159,6 +159,23 @@ def test_the_time_limit_of_a_job_that_ended_early_stops_with_it(
     assert overruns == [big.id]
 
 
+def _run_one_claim(tmp_path: Path, cls: type[Stepper], count: int, backoff: float = 0) -> Pipeline:
+    """``count`` same-size photos queued in one arrival for a ``cls`` plugin, and one claim
+    of them run (one batch, where ``cls`` batches)."""
+    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=backoff, extra="")))
+    plugin = cls(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
+    inbox = loaded.config.inbox[0]
+    inbox.path.mkdir()
+    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
+    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
+    paths = [inbox.path / f"p{seed}.png" for seed in range(1, count + 1)]
+    for seed, path in enumerate(paths, 1):
+        photo(*SMALL, seed=seed).save(path)
+    pipeline.enqueue(source, paths)
+    JobLoop(pipeline).run_next({"inbox:steps"})
+    return pipeline
+
+
 class DropsOne(Stepper):
     """Batches, and returns one result fewer than it was given images."""
 
@@ -173,16 +190,7 @@ class DropsOne(Stepper):
 def test_a_batch_of_the_wrong_length_fails_its_jobs_saying_what_was_returned(
     tmp_path: Path,
 ) -> None:
-    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=0, extra="")))
-    plugin = DropsOne(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
-    inbox = loaded.config.inbox[0]
-    inbox.path.mkdir()
-    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
-    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
-    for seed in (1, 2):
-        photo(*SMALL, seed=seed).save(inbox.path / f"p{seed}.png")
-    pipeline.enqueue(source, [inbox.path / "p1.png", inbox.path / "p2.png"])
-    JobLoop(pipeline).run_next({"inbox:steps"})
+    pipeline = _run_one_claim(tmp_path, DropsOne, 2)
     messages = {row.error_message for row in pipeline.journal.jobs()}
     # It said "returned list for 2 images".
     assert messages == {
@@ -208,16 +216,7 @@ def test_what_a_batch_gives_in_a_jobs_place_is_a_fault_worth_a_retry(tmp_path: P
     # An error of the plugin's own in a job's place failed it at once, as "returned
     # RuntimeError, not an image (... another try would do the same)"; alone, the job may
     # well run. So may a job whose batch returned a result the contract refuses.
-    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=60, extra="")))
-    plugin = OutOfMemoryInBatch(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
-    inbox = loaded.config.inbox[0]
-    inbox.path.mkdir()
-    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
-    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
-    for seed in (1, 2):
-        photo(*SMALL, seed=seed).save(inbox.path / f"p{seed}.png")
-    pipeline.enqueue(source, [inbox.path / "p1.png", inbox.path / "p2.png"])
-    JobLoop(pipeline).run_next({"inbox:steps"})
+    pipeline = _run_one_claim(tmp_path, OutOfMemoryInBatch, 2, backoff=60)
     rows = sorted(pipeline.journal.jobs(), key=lambda row: row.name)
     assert [(row.state, row.reason) for row in rows] == [
         ("queued", "PluginError: plugin stepper failed: RuntimeError: CUDA out of memory"),
@@ -237,15 +236,7 @@ def test_an_exception_process_returns_is_a_result_that_breaks_the_contract(
 ) -> None:
     # Only a batch's list holds errors in jobs' places; process raises its errors. One it
     # returns is a non-image, the same on every try: the job fails at once, not retried.
-    loaded = load_config(write_config(tmp_path, CONFIG.format(backoff=0, extra="")))
-    plugin = ReturnsAnError(StepperParams(steps=1), Runtime(state_dir=loaded.config.state_dir))
-    inbox = loaded.config.inbox[0]
-    inbox.path.mkdir()
-    source = Source.of("inbox:steps", inbox, PluginHandle("stepper", "1", plugin, plugin.params))
-    pipeline = Pipeline(loaded, {source.key: source}, Journal(journal_path(tmp_path / "state")))
-    photo(*SMALL).save(inbox.path / "p.png")
-    pipeline.enqueue(source, [inbox.path / "p.png"])
-    JobLoop(pipeline).run_next({"inbox:steps"})
+    pipeline = _run_one_claim(tmp_path, ReturnsAnError, 1)
     (row,) = pipeline.journal.jobs()
     assert (row.state, row.attempts) == ("failed", 1)
     assert row.reason == (
