@@ -138,7 +138,11 @@ class Service:
         if reclaimed:
             log.info("resuming %d interrupted job(s)", reclaimed)
         self.pipeline.adopt_renamed()  # before the watcher's first scan sees their photos
-        self._start_http()  # an address that cannot be listened on refuses the start
+        try:
+            self._start_http()  # an address that cannot be listened on refuses the start
+        except BaseException:
+            self._close()  # a clean stop: the next start finds no unclean one to warn of
+            raise
         self.watcher.start()
         self.loop.start()
         names = _inbox_names(self.sources)
@@ -285,10 +289,13 @@ class Service:
         left = self.loop.drain(self.loaded.config.daemon.drain_seconds)
         if left:
             log.warning("drain time over; %d job(s) resume at next start", left)
+        self._close()
+        return self._exit_status
+
+    def _close(self) -> None:
         for plugin in self._instances.values():
             plugin.close()
         self.journal.close()
-        return self._exit_status
 
     # -- the status page -------------------------------------------------------------------
 
@@ -297,8 +304,10 @@ class Service:
         listen = listen or self.loaded.config.http.listen
         if listen is None:
             return
-        from stylebox.web.server import HttpServer  # uvicorn only where the page is on
+        from stylebox.web.server import HttpServer, check_listen  # uvicorn only if it is on
 
+        # Tried first, so a taken port is refused in our one line, not after uvicorn's own.
+        check_listen(listen)
         server = HttpServer(self, listen)
         server.start()
         self.http = server
