@@ -48,3 +48,11 @@ def test_a_library_s_own_underscored_fields_are_left_out() -> None:
     record._ray_timestamp_ns = 1796573788531540502  # as Ray's factory sets it, not as extra
     assert "_ray" not in TextFormatter().format(record)
     assert "_ray_timestamp_ns" not in json.loads(JsonFormatter().format(record))
+
+
+def test_uvicorn_s_coloured_copy_of_its_message_is_left_out() -> None:
+    # uvicorn logs each line with ``extra={"color_message": ...}``, the same text with
+    # terminal colour codes; the JSON lines carried the escapes.
+    record = _record(color_message="Started server process [\x1b[36m%d\x1b[0m]")
+    assert "color_message" not in json.loads(JsonFormatter().format(record))
+    assert "\x1b" not in TextFormatter().format(record)

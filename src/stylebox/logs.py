@@ -10,14 +10,18 @@ from typing import TextIO
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is data.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_LIBRARY = frozenset({"color_message"})
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     """The record's data fields. Names with a leading underscore are left out: libraries
     stamp their own bookkeeping on every record (Ray adds ``_ray_timestamp_ns`` once it
-    has started in the process), and that is not ours to print."""
+    has started in the process), and that is not ours to print; nor is uvicorn's
+    ``color_message``, its message again with terminal colour codes."""
     return {
-        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD and k not in _LIBRARY and not k.startswith("_")
     }
 
 
