@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/fast_infer.py
 	$(BIN)/python bench/fast_io.py
 	$(BIN)/python bench/fast_edges.py
+	$(BIN)/python bench/fast_tiles.py
 	$(BIN)/python bench/gpu.py
 	$(BIN)/python bench/ray_batch.py
 

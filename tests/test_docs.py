@@ -120,3 +120,15 @@ def test_the_minimal_plugin_of_the_api_docstring_passes_the_contract_kit(tmp_pat
     installed = {"discoverable": "the entry point is its package's, not this test's"}
     report = check_plugin(ContractCase(namespace["Invert"], tmp_path), installed)
     assert report.ok, str(report)
+
+
+def test_make_bench_runs_every_bench_script_and_the_readme_describes_each() -> None:
+    scripts = {p.name for p in (REPO / "bench").glob("*.py")}
+    makefile = (REPO / "Makefile").read_text()
+    target = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"bench/(\w+\.py)", target)) == scripts
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    assert set(re.findall(r"^- `bench/(\w+\.py)`", section, re.M)) == scripts
+    words = {8: "eight", 9: "nine", 10: "ten", 11: "eleven", 12: "twelve"}
+    assert f"`make bench` runs all {words[len(scripts)]}," in section
