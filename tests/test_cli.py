@@ -131,6 +131,31 @@ def test_params_from_a_config_inbox(tmp_path: Path, photo_file: Path, style_file
     assert (tmp_path / "state" / "cache").is_dir()  # the config's state_dir was used
 
 
+def test_animation_size_and_frame_time_come_from_the_output_table(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        f'state_dir = "state"\n[[inbox]]\nname = "mine"\npath = "in"\noutbox = "outbox"\n'
+        f'plugin = "gatys"\nparams = {{ style = "{style_file.name}" }}\n'
+        "[inbox.output]\nanimation_max_side = 40\nframe_ms = 70\n"
+    )
+    out = tmp_path / "out"
+    done = stylebox("run", str(photo_file), "--config", str(config), "--out", str(out), *QUICK)
+    assert done.returncode == 0, done.stderr
+    with Image.open(out / "photo.png") as result:
+        assert max(result.size) == 64
+    with Image.open(out / "photo.gif") as animation:
+        assert max(animation.size) == 40
+        durations = []
+        for frame in range(animation.n_frames):
+            animation.seek(frame)
+            durations.append(animation.info["duration"])
+    # Each snapshot for frame_ms, then the result held eight times as long: it equals the
+    # last snapshot, and the GIF merges the two into one frame of both times.
+    assert durations == [70, 70, 70 + 8 * 70]
+
+
 def test_killed_run_resumes_from_its_checkpoint(
     tmp_path: Path, photo_file: Path, style_file: Path
 ) -> None:

@@ -552,6 +552,13 @@ def test_a_deleted_or_replaced_inbox_is_watched_again_at_once(tmp_path: Path) ->
             assert (inbox / "failed").is_dir()
         messages = log_messages(daemon)
         assert any("inbox poster" in m and "watching" in m for m in messages), messages
+        events = [json.loads(line).get("event") for line in daemon.output().splitlines()
+                  if line.startswith("{")]  # fmt: skip
+        assert events.count("inbox_rewatched") >= 2, events
+        # SIGUSR1: every thread's stack, as plain text in the log; the daemon goes on.
+        daemon.process.send_signal(signal.SIGUSR1)
+        assert wait_until(lambda: "Current thread 0x" in daemon.output(), 10)
+        assert 'File "' in daemon.output().split("Current thread 0x", 1)[1]
     finally:
         assert daemon.stop() == 0
 

@@ -109,6 +109,13 @@ def test_any_size_batching_strength_and_colour(trained: Path, tmp_path: Path) ->
     assert np.abs(chroma(kept) - chroma(original)).mean() < 3
 
 
+def test_max_size_shrinks_a_photo_to_its_longest_side_first(trained: Path, tmp_path: Path) -> None:
+    shrinking = plugin(tmp_path, trained, max_size=50)
+    assert shrinking.output_size((200, 120)) == (50, 30)
+    assert run(shrinking, tmp_path, photo(200, 120)).size == (50, 30)
+    assert run(shrinking, tmp_path, photo(40, 30)).size == (40, 30)  # never enlarged
+
+
 class Invert(torch.nn.Module):
     """A stand-in for a model made elsewhere: NHWC, 0..1, with an extra input."""
 

@@ -159,6 +159,16 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path: Path, style_file: Path)
     assert len(context.progress_reports) == 8
 
 
+def test_lbfgs_history_is_the_optimisers_memory(tmp_path: Path, style_file: Path) -> None:
+    import torch
+
+    job = tmp_path / "job"
+    with pytest.raises(Cancelled):
+        run(make(tmp_path, style_file, lbfgs_history=3), job, cancel_at_step=5)
+    saved = torch.load(job / "gatys.pt", weights_only=True)["optimizer"]
+    assert saved["steps_s"].shape[0] == 3  # one slot per remembered step (default 20)
+
+
 def test_cancellation_is_polled_between_steps(tmp_path: Path, style_file: Path) -> None:
     with pytest.raises(Cancelled, match="step 3"):
         run(make(tmp_path, style_file, steps=50), tmp_path / "job", cancel_at_step=3)
