@@ -175,6 +175,14 @@ class ReturnsGrey(Good):
         return image.convert("L")
 
 
+class PaintsBlack(Good):
+    """A model whose output went NaN: cast to 8 bits, every pixel black."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.progress(1, 1)
+        return Image.new("RGB", image.size)
+
+
 class PaintsOverInput(Good):
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         image.putpixel((0, 0), (1, 2, 3))
@@ -549,6 +557,12 @@ BAD_PLUGINS = [
     ("accepts_image_kinds", Crops, {}, "but output_size\\(\\) documents 17x33"),
     ("accepts_image_kinds", ReturnsGrey, {}, "returned a L image"),
     ("accepts_image_kinds", PaintsOverInput, {}, "changed its input image"),
+    (
+        "accepts_image_kinds",
+        PaintsBlack,
+        {},
+        r"returned one flat colour \(0, 0, 0\) for a 17x33 image, which has detail",
+    ),
     (
         "errors_classified",
         RawErrorOnFlat,
