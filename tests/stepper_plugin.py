@@ -35,6 +35,7 @@ class StepperParams(PluginParams):
     nan_at: int = Field(0, description="report a loss of NaN (and a fact of infinity) at this step")
     bare_at: int = Field(0, description="raise an Exception without a message after this step")
     grey: bool = Field(False, description="return a greyscale image (the contract asks RGB)")
+    black: bool = Field(False, description="return all black, as a model whose output went NaN")
     odd_fact: bool = Field(False, description="note numpy values at the end, a NaN among them")
 
 
@@ -84,6 +85,8 @@ class Stepper(Plugin[StepperParams]):
             job.note(scores=[0.5, np.float32("nan")])  # type: ignore[list-item]
             odd = {"steps": np.int64(2), "converged": np.bool_(True), "counts": np.arange(2)}
             job.note(**odd)  # type: ignore[arg-type]
+        if p.black:
+            return Image.new("RGB", image.size)
         return image.convert("L") if p.grey else image
 
     @staticmethod

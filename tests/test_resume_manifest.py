@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import photo
 from daemon_helpers import wait_until
+from PIL import Image
 from stepper_plugin import run
 
 from stylebox.errors import Cancelled, PermanentFailure, PluginError
@@ -186,6 +187,23 @@ def test_a_result_that_breaks_the_contract_is_not_tried_again(tmp_path: Path, im
         "plugin stepper returned an L image, not RGB (the plugin breaks its contract; another "
         "try would do the same)"
     )
+
+
+def test_a_result_of_one_flat_colour_for_a_photo_with_detail_fails(
+    tmp_path: Path, image: Path
+) -> None:
+    # A model whose output went NaN paints every pixel black: it ended as done, a black
+    # square delivered in the outbox.
+    out = tmp_path / "out"
+    with pytest.raises(PermanentFailure) as failure:
+        run(image, out, tmp_path / "state" / "job", {"steps": 2, "black": True})
+    assert str(failure.value).startswith(
+        "plugin stepper returned one flat colour (0, 0, 0) for a photo with detail"
+    )
+    assert not list(out.glob("*.png"))
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (24, 16), (0, 0, 0)).save(flat)  # black in, black out: a result
+    assert run(flat, out, tmp_path / "state" / "flat", {"steps": 2}).names.result.is_file()
 
 
 def test_a_fact_that_is_not_a_number_is_null_and_said(

@@ -553,6 +553,23 @@ def _lab_to_rgb(image: Image.Image) -> Image.Image:
     return ImageCms.applyTransform(image, transform) or image
 
 
+def flat_colour(image: Image.Image) -> tuple[int, ...] | None:
+    """The image's colour where every pixel has the same one, else ``None``."""
+    extrema = image.getextrema()
+    # One band gives one (low, high) pair; more give a pair a band.
+    pairs = [extrema] if len(image.getbands()) == 1 else list(extrema)
+    if all(low == high for low, high in pairs):
+        return tuple(int(low) for low, _ in pairs)
+    return None
+
+
+def has_detail(image: Image.Image) -> bool:
+    """Enough pixels (256) and contrast (64 grey levels in a channel) that no stylisation of
+    it is one flat colour: one that is, is broken (a NaN cast to 8 bits is black)."""
+    ranges = [high - low for low, high in image.convert("RGB").getextrema()]
+    return image.width * image.height >= 256 and max(ranges) >= 64
+
+
 def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     """The size ``size`` shrinks to (never enlarges) so its longer side is at most
     ``max_side``, keeping the aspect; ``None`` keeps it."""

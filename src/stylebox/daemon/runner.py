@@ -45,7 +45,14 @@ from stylebox.errors import (
     StyleboxError,
     describe,
 )
-from stylebox.images import DecodedImage, atomic_write_bytes, decode_image, fit_within
+from stylebox.images import (
+    DecodedImage,
+    atomic_write_bytes,
+    decode_image,
+    fit_within,
+    flat_colour,
+    has_detail,
+)
 from stylebox.jsonvalues import not_finite
 from stylebox.lossplot import render_svg
 from stylebox.plugins.api import JobContext, JsonValue, Plugin, check_facts, companions_of
@@ -424,7 +431,7 @@ class Runner:
             _record_unfinished(started, result)
             return result
         try:
-            check_result(plugin, started.decoded.rgb.size, result, alone=len(group) == 1)
+            check_result(plugin, started.decoded.rgb, result, alone=len(group) == 1)
             return self._finish(started, plugin, outbox, result, group, group_began)
         except StyleboxError as exc:
             _record_unfinished(started, exc)
@@ -620,10 +627,12 @@ _SAME_AGAIN = "(the plugin breaks its contract; another try would do the same)"
 
 
 def check_result(
-    plugin: PluginHandle, size: tuple[int, int], result: object, alone: bool = True
+    plugin: PluginHandle, source: Image.Image, result: object, alone: bool = True
 ) -> None:
-    """Refuse what the contract does not allow: a non-image, a non-RGB image, or an image of
-    another size than the plugin's :meth:`~Plugin.output_size` documents. For a job run
+    """Refuse what the contract does not allow: a non-image, a non-RGB image, an image of
+    another size than the plugin's :meth:`~Plugin.output_size` documents, or one flat
+    colour for a ``source`` photo with detail (a model whose output went NaN paints every
+    pixel black; that is no result to deliver as done). For a job run
     ``alone`` those are :class:`PermanentFailure`: a plugin's code gives the same for the
     same job (retries only cost its run time again); from a batch, a plugin fault, since
     a retry may run the job in another batch or alone, through other code. An image that
@@ -644,12 +653,19 @@ def check_result(
         raise PluginError(
             f"plugin {plugin.name} returned an image that cannot be read: {exc}"
         ) from exc
+    size = source.size
     expected = plugin.instance.output_size(size)
     if result.size != tuple(expected):
         raise refuse(
             f"plugin {plugin.name} returned {result.width}x{result.height} for a "
             f"{size[0]}x{size[1]} input; its output_size() says {expected[0]}x{expected[1]}"
             f"{same_again}"
+        )
+    flat = flat_colour(result)
+    if flat is not None and has_detail(source):
+        raise refuse(
+            f"plugin {plugin.name} returned one flat colour {flat} for a photo with detail: "
+            f"a broken result, not a painting{same_again}"
         )
 
 

@@ -34,6 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from stylebox.errors import describe
+from stylebox.images import flat_colour, has_detail
 from stylebox.plugins.api import (
     BadInput,
     Cancelled,
@@ -308,28 +309,13 @@ def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what:
             f"documents {expected[0]}x{expected[1]}; make them agree (override output_size "
             "when the plugin resizes)"
         )
-    flat = _one_colour(result)
-    if flat is not None and _has_detail(image):
+    flat = flat_colour(result)
+    if flat is not None and has_detail(image):
         raise ContractFailure(
             f"process returned one flat colour {flat} for {what}, which has detail: a "
             "result of nothing but one colour is a broken one (a NaN cast to 8 bits is "
             "black); check the model's output before it becomes pixels"
         )
-
-
-def _one_colour(image: Image.Image) -> tuple[int, ...] | None:
-    """The image's colour where every pixel has the same, else ``None``."""
-    extrema = image.getextrema()
-    if all(low == high for low, high in extrema):
-        return tuple(low for low, _ in extrema)
-    return None
-
-
-def _has_detail(image: Image.Image) -> bool:
-    """Enough pixels and contrast that no stylisation of it is one flat colour (the kit's
-    gradient and noise pictures from 16x16 up; not a flat one, nor a 1x1)."""
-    ranges = [high - low for low, high in image.convert("RGB").getextrema()]
-    return image.width * image.height >= 256 and max(ranges) >= 64
 
 
 def _process(
