@@ -112,6 +112,11 @@ def test_missing_file_and_bad_params_exit_2(tmp_path: Path, style_file: Path) ->
                               "--set", "stlye_weight=2"))  # fmt: skip
     assert typo.returncode == 2
     assert "gatys param stlye_weight: unknown param; did you mean style_weight?" in typo.stderr
+    # `--set` values are TOML values, taken as strictly as a config's: true is no number.
+    flag = stylebox(*run_args(tmp_path / "x.png", tmp_path / "o", tmp_path / "s", style_file,
+                              "--set", "tv_weight=true"))  # fmt: skip
+    assert flag.returncode == 2
+    assert "gatys param tv_weight: Input should be a valid number (got True)" in flag.stderr
 
 
 def test_params_from_a_config_inbox(tmp_path: Path, photo_file: Path, style_file: Path) -> None:

@@ -60,11 +60,15 @@ def test_bad_plugin_param_names_file_table_and_field(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_are_refused_everywhere(tmp_path: Path) -> None:
-    assert "stat_dir: unknown key" in refusal(tmp_path, "stat_dir = 'x'\n")
+    # Each names the key it is closest to, as `--set` does.
+    assert "stat_dir: unknown key; did you mean state_dir?" in refusal(tmp_path, "stat_dir = 'x'\n")
     message = refusal(tmp_path, GOOD.replace('plugin = "gatys"', 'plugin = "gatys"\nwatchh = 1'))
-    assert "[[inbox]] #1 (starry).watchh: unknown key" in message
+    assert "[[inbox]] #1 (starry).watchh: unknown key; did you mean watch?" in message
     message = refusal(tmp_path, GOOD.replace("steps = 10", "stepz = 10"))
-    assert "params.stepz: unknown key" in message
+    assert "params.stepz: unknown key; did you mean steps?" in message
+    message = refusal(tmp_path, GOOD + "[daemon]\nbatch_sise = 2\n[http]\nqwerty = 1\n")
+    assert "daemon.batch_sise: unknown key; did you mean batch_size?" in message
+    assert "http.qwerty: unknown key (check the spelling; see `stylebox config schema`)" in message
 
 
 def test_bad_values_name_the_field(tmp_path: Path) -> None:
@@ -97,6 +101,45 @@ def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
     path = tmp_path / "stylebox.toml"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
     assert load_config(path).config.inbox[0].name == "starry"
+
+
+def test_values_of_another_type_are_refused_not_converted(tmp_path: Path) -> None:
+    # Lax validation took "8" as a batch size, "yes" as true and true as an edge margin
+    # of 1: a config that says something else than it does.
+    text = GOOD.replace("steps = 10", 'steps = "10", style_weight = true') + (
+        'dedupe = "yes"\n[daemon]\nbatch_size = "8"\ndrain_seconds = "30"\n'
+    )
+    message = refusal(tmp_path, text)
+    for line in (
+        "daemon.batch_size: Input should be a valid integer (got '8')",
+        "daemon.drain_seconds: Input should be a valid number (got '30')",
+        "[[inbox]] #1 (starry).dedupe: Input should be a valid boolean (got 'yes')",
+        "[[inbox]] #1 (starry).params.steps: Input should be a valid integer (got '10')",
+        "[[inbox]] #1 (starry).params.style_weight: Input should be a valid number (got True)",
+    ):
+        assert line in message
+    # What TOML writes as it is still reads: paths as strings, whole numbers as floats.
+    good = GOOD.replace("steps = 10", "steps = 10, style_weight = 20") + (
+        "[daemon]\ndrain_seconds = 30\n"
+    )
+    loaded = load_config(write(tmp_path, good))
+    assert loaded.params[("inbox", "starry")].style_weight == 20.0
+    assert loaded.config.daemon.drain_seconds == 30.0
+
+
+def test_a_third_party_params_model_may_be_as_strict_with_pathvalue_for_its_paths() -> None:
+    from pydantic import ConfigDict, ValidationError
+
+    from stylebox.plugins.api import PathValue, PluginParams
+
+    class StrictParams(PluginParams):
+        model_config = ConfigDict(strict=True)
+        folder: PathValue
+        level: int = 1
+
+    assert StrictParams.model_validate({"folder": "somewhere"}).folder == Path("somewhere")
+    with pytest.raises(ValidationError, match="valid integer"):
+        StrictParams.model_validate({"folder": "somewhere", "level": "2"})
 
 
 def test_a_word_or_file_param_says_both_in_one_line(tmp_path: Path) -> None:

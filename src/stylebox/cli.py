@@ -10,7 +10,6 @@ SIGPIPE). ``serve`` exits 0 when SIGTERM or Ctrl-C stops it, as it is meant to s
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from stylebox.config import (
     LoadedConfig,
     OutputConfig,
     StyleboxConfig,
-    field_errors,
+    error_lines,
     invalid,
     json_schema,
     load_config,
@@ -337,20 +336,8 @@ def _run_params(
     try:
         params = plugin_cls.Params.model_validate(base, context={"base_dir": Path.cwd()})
     except ValidationError as exc:
-        lines = []
-        known = sorted(plugin_cls.Params.model_fields)
-        for error in field_errors(exc):
-            field = ".".join(str(part) for part in error["loc"]) or "(params)"
-            message = error["msg"]
-            if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
-                close = difflib.get_close_matches(field, known, n=1)
-                message = "unknown param" + (
-                    f"; did you mean {close[0]}?"
-                    if close
-                    else f" ({plugin_name} takes {', '.join(known)})"
-                )
-            lines.append(f"{plugin_name} param {field}: {message}")
-        raise ConfigError("; ".join(lines)) from None
+        lines = error_lines(exc, plugin_cls.Params, noun="param", top="(params)")
+        raise ConfigError("; ".join(f"{plugin_name} param {line}" for line in lines)) from None
     return plugin_name, params
 
 

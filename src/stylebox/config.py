@@ -8,10 +8,11 @@ validated by its plugin's own ``Params`` model.
 from __future__ import annotations
 
 import copy
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -28,7 +29,7 @@ from pydantic_core import ErrorDetails
 from stylebox.backbone_spec import BackboneSpec, NormalizationName
 from stylebox.errors import ConfigError
 from stylebox.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, OutputFormat
-from stylebox.plugins.api import Plugin, Runtime
+from stylebox.plugins.api import PathValue, Plugin, Runtime
 from stylebox.plugins.registry import Registry, discover
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
@@ -37,7 +38,9 @@ DeviceSpec = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:\d+)?)$
 
 class _Strict(BaseModel):
     # No NaN or infinity either: a timeout of inf would be no timeout, said nowhere.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict: "8" is no batch size and "yes" no boolean (lax mode made them one); paths
+    # are strings, as TOML writes them (PathValue).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class BackboneConfig(_Strict):
@@ -90,7 +93,7 @@ class OutputConfig(_Strict):
 
 class _JobBase(_Strict):
     name: Name
-    outbox: Path
+    outbox: PathValue
     plugin: str
     params: dict[str, Any] = Field(default_factory=dict)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -114,7 +117,7 @@ class JobConfig(_JobBase):
 
 
 class InboxConfig(JobConfig):
-    path: Path = Field(description="The folder people drop photos into")
+    path: PathValue = Field(description="The folder people drop photos into")
     watch: Literal["native", "poll"] = Field(
         "native", description="native (inotify) or poll (network shares: SMB, NFS)"
     )
@@ -122,16 +125,16 @@ class InboxConfig(JobConfig):
     settle_seconds: float = Field(
         1.0, ge=0, description="A file must stay unchanged this long before it is taken"
     )
-    processed_dir: Path = Field(
+    processed_dir: PathValue = Field(
         Path("processed"), description="Where done inputs go (relative: inside the inbox)"
     )
-    failed_dir: Path = Field(
+    failed_dir: PathValue = Field(
         Path("failed"), description="Where failed inputs go, with <name>.error.txt"
     )
 
 
 class BatchConfig(JobConfig):
-    source: Path = Field(description="The folder whose images a scheduled run processes")
+    source: PathValue = Field(description="The folder whose images a scheduled run processes")
     recursive: bool = Field(
         True, description="Include images in sub-folders (the outbox mirrors them)"
     )
@@ -230,10 +233,10 @@ def http_address(listen: str) -> tuple[str, int]:
 class StyleboxConfig(_Strict):
     """The whole configuration file."""
 
-    root: Path | None = Field(
+    root: PathValue | None = Field(
         None, description="Base for relative paths; defaults to the folder holding this file"
     )
-    state_dir: Path = Field(Path("var/state"), description="Journal, caches and checkpoints")
+    state_dir: PathValue = Field(Path("var/state"), description="Journal, caches and checkpoints")
     device: DeviceSpec = Field("auto", description="auto | cpu | cuda | cuda:N")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
@@ -390,7 +393,7 @@ def _plugin_params(
     try:
         return plugin.Params.model_validate(params, context={"base_dir": base}), []
     except ValidationError as exc:
-        return None, [f"{label}.params.{line}" for line in _error_lines(exc)]
+        return None, [f"{label}.params.{line}" for line in error_lines(exc, plugin.Params)]
 
 
 def _folder_problems(config: StyleboxConfig) -> list[str]:
@@ -604,21 +607,68 @@ def field_errors(exc: ValidationError) -> list[ErrorDetails]:
 
 
 def _error_lines(exc: ValidationError, data: dict[str, Any] | None = None) -> list[str]:
-    """One line per error: ``[[inbox]] #1 (starry).plugin: message (got 'x')``."""
+    """The config's errors, one line each: ``[[inbox]] #1 (starry).plugin: message (got
+    'x')``."""
+    return error_lines(exc, StyleboxConfig, data)
+
+
+def error_lines(
+    exc: ValidationError,
+    model: type[BaseModel],
+    data: dict[str, Any] | None = None,
+    noun: str = "key",
+    top: str = "(top level)",
+) -> list[str]:
+    """One line per error of validating ``data`` as ``model``: where, what is wrong, and the
+    value it got; an unknown key names the known one it is closest to (``stylebox config
+    check`` and ``--set`` say typos alike)."""
     lines = []
     for error in field_errors(exc):
         location = _location(error["loc"], data)
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see `stylebox config schema`)"
+            known = _keys_at(model, error["loc"][:-1])
+            close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+            message = f"unknown {noun}" + (
+                f"; did you mean {close[0]}?"
+                if close
+                else " (check the spelling; see `stylebox config schema`)"
+            )
         got = error.get("input")
         shown = (
             ""
             if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
             else (f" (got {got!r})")
         )
-        lines.append(f"{location or '(top level)'}: {message}{shown}")
+        lines.append(f"{location or top}: {message}{shown}")
     return lines
+
+
+def _keys_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:
+    """The field names of the model found at ``path`` (list indexes skipped) in
+    ``model``, or none where the path leads to no model (a dict of params, say)."""
+    node: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return []
+        field = node.model_fields.get(part)
+        if field is None:
+            return []
+        node = _model_in(field.annotation)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation holds (``X``, ``list[X]``, ``X | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _location(loc: tuple[int | str, ...], data: dict[str, Any] | None) -> str:

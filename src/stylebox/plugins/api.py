@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationInfo
 
 from stylebox import bundled
 from stylebox.backbone_spec import BackboneSpec
@@ -59,6 +59,7 @@ __all__ = [
     "InputFile",
     "JobContext",
     "ModelFile",
+    "PathValue",
     "PermanentFailure",
     "Plugin",
     "PluginError",
@@ -146,19 +147,21 @@ def word_or_file(words: Any) -> Callable[[Any, ValidationInfo], Any]:
     return validate
 
 
+#: A path, given as a string (TOML has no path type), also where its model is strict.
+PathValue = Annotated[Path, Strict(False)]
 #: A path to an existing file; relative paths are taken from the config file's ``root``
 #: (or the working directory on the command line).
-InputFile = Annotated[Path, AfterValidator(_existing_file)]
+InputFile = Annotated[PathValue, AfterValidator(_existing_file)]
 #: Like :data:`InputFile`, but a bare name such as ``starry_night`` picks a bundled style.
 StyleFile = Annotated[
-    Path,
+    PathValue,
     AfterValidator(
         _bundled_or_file(bundled.find_style, bundled.style_names, "an image file", "style")
     ),
 ]
 #: Like :data:`InputFile`, but a bare name picks a bundled ONNX model.
 ModelFile = Annotated[
-    Path,
+    PathValue,
     AfterValidator(
         _bundled_or_file(bundled.find_model, bundled.model_names, "an ONNX file", "model")
     ),

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveInt,
@@ -34,6 +35,7 @@ from stylebox.images import decode_image, fit_within, resize_to_max_side
 from stylebox.plugins.api import (
     Capabilities,
     JobContext,
+    PathValue,
     Plugin,
     PluginParams,
     Runtime,
@@ -94,11 +96,14 @@ def _model_file(value: Path, info: ValidationInfo) -> Path:
     return path.absolute()
 
 
-ModelPath = Annotated[Path, AfterValidator(_model_file)]
+ModelPath = Annotated[PathValue, AfterValidator(_model_file)]
 
 
 class FastParams(PluginParams):
     """Parameters of the ``fast`` plugin."""
+
+    # Strict: "0.5" is no number and true no edge margin (lax mode made 1 of it).
+    model_config = ConfigDict(strict=True)
 
     model: ModelPath = Field(description="ONNX model path, or a bundled model name")
     style: StyleFile | list[StyleFile] | None = Field(

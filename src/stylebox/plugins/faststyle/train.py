@@ -19,14 +19,14 @@ from typing import Literal
 
 import torch
 from PIL import Image
-from pydantic import Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
 from stylebox.errors import BadInput, ConfigError
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
 from stylebox.jsonvalues import finite_or_null
 from stylebox.perceptual import PerceptualLoss, gram
-from stylebox.plugins.api import PluginParams, StyleFile
+from stylebox.plugins.api import PathValue, PluginParams, StyleFile
 from stylebox.plugins.faststyle.network import Preset, TransformerNet, residual_blocks_in
 from stylebox.tensors import resolve_device, to_image, to_tensor
 
@@ -52,8 +52,10 @@ class TrainingStopped(Exception):
 class TrainParams(PluginParams):
     """Everything that decides a training run."""
 
+    model_config = ConfigDict(strict=True)  # "8" is no batch size
+
     style: StyleFile = Field(description="The painting to learn")
-    content_dir: Path = Field(description="Folder of photos to train on")
+    content_dir: PathValue = Field(description="Folder of photos to train on")
     preset: Preset = Field(
         "full",
         description="full (the paper's net) or small (half width, 3 residual blocks, for CPUs)",

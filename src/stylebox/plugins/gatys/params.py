@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from stylebox.backbone_spec import LAYERS, Pooling
 from stylebox.plugins.api import InputFile, PluginParams, StyleFile, word_or_file
@@ -111,6 +118,9 @@ def _one_or_many_schema(schema: dict[str, Any]) -> None:
 
 class GatysParams(PluginParams):
     """Parameters of the ``gatys`` plugin (Gatys, Ecker & Bethge, 2016)."""
+
+    # Strict: "300" is no step count and true no weight (lax mode made numbers of them).
+    model_config = ConfigDict(strict=True)
 
     preset: Literal["photo"] | None = Field(
         None,
