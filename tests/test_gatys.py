@@ -396,6 +396,19 @@ def test_a_job_that_paints_nothing_fails_and_says_why(tmp_path: Path, style_file
     run(make(tmp_path, style_file, learning_rate=1e-9, steps=9), tmp_path / "c")
 
 
+def test_adam_gets_its_own_rate_and_a_rising_loss_is_said_to_rise(
+    tmp_path: Path, style_file: Path
+) -> None:
+    # learning_rate's default 1.0 is L-BFGS's step scale: as Adam's rate it failed every job.
+    assert GatysParams(style=[style_file], optimizer="adam").learning_rate == 0.02
+    assert GatysParams(style=[style_file], optimizer="adam", learning_rate=0.1).learning_rate == 0.1
+    assert GatysParams(style=[style_file]).learning_rate == 1.0
+    # Such a job's loss rose; it was said to have "fallen only" to ten times its start.
+    wild = {"optimizer": "adam", "learning_rate": 1.0, "steps": 10, "style_weight": 1e4}
+    with pytest.raises(PermanentFailure, match=r"the loss rose from .* in 10 steps"):
+        run(make(tmp_path, style_file, **wild), tmp_path / "a")
+
+
 def test_a_result_equal_to_its_start_image_fails(tmp_path: Path, style_file: Path) -> None:
     import torch
 

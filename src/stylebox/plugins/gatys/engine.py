@@ -348,8 +348,9 @@ class Engine:
         if not fraction or total < MIN_GUARDED_STEPS or run.start_loss is None:
             return
         if not run.last_loss < fraction * run.start_loss:
+            went = "fell only" if run.last_loss < run.start_loss else "rose"
             raise PermanentFailure(
-                f"the loss fell only from {run.start_loss:.4g} to {run.last_loss:.4g} in "
+                f"the loss {went} from {run.start_loss:.4g} to {run.last_loss:.4g} in "
                 f"{total} steps (not below {fraction:g} of its start), so the result is not "
                 "stylised; try more steps, another style_weight or learning_rate, or set "
                 "require_progress = 0 to accept it"

@@ -28,6 +28,9 @@ DEFAULT_STYLE_LAYERS = {
 
 #: More distinct colours than this in a mask without ``mask_colors`` is not a label image.
 MAX_MASK_COLORS = 16
+#: Adam's rate where none is set: the default 1.0 is L-BFGS's step scale, under which Adam
+#: moves every pixel by the whole range at its first step and every job failed.
+ADAM_LEARNING_RATE = 0.02
 
 Color = tuple[int, int, int]
 
@@ -199,7 +202,10 @@ class GatysParams(PluginParams):
         None, description="Steps at each coarser scale; default: same as steps"
     )
     learning_rate: float = Field(
-        1.0, gt=0, description="L-BFGS step scale (1.0 is standard), or Adam's rate (try 0.02)"
+        1.0,
+        gt=0,
+        description="L-BFGS step scale (1.0 is standard), or Adam's rate (default with "
+        f"optimizer = 'adam': {ADAM_LEARNING_RATE})",
     )
     lr_schedule: Literal["constant", "cosine", "exponential"] = Field(
         "constant", description="Learning-rate decay over the steps of each scale (Adam)"
@@ -282,6 +288,13 @@ class GatysParams(PluginParams):
             # A colour mode keeps the photo's colours: the preset then starts from the photo.
             defaults = {**defaults, "init": "content"}
         return {**defaults, **data}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adam_rate(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("optimizer") == "adam":
+            return {"learning_rate": ADAM_LEARNING_RATE, **data}
+        return data
 
     @field_validator("style", "style_mask", mode="before")
     @classmethod
