@@ -101,6 +101,30 @@ def test_bad_images_exit_2_with_one_line(tmp_path: Path, style_file: Path, kind:
     assert path.exists()  # nothing is lost
 
 
+def test_a_photos_mask_named_beside_it_is_read_by_its_job_not_run(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    # `run photos/*.png` named each photo's mask too: each failed as a photo without one.
+    mask = photo_file.with_name("photo.mask.png")
+    Image.new("RGB", (64, 48), "red").save(mask)
+    out = tmp_path / "out"
+    args = run_args(photo_file, out, tmp_path / "state", style_file)
+    done = stylebox(*args[:2], str(mask), *args[2:])
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == ["photo.png"]
+    manifest = json.loads((out / "photo.json").read_text())
+    assert manifest["mask"] == "photo.mask.png not used: style_mask is not set"
+    # A mask whose photo is not named is no photo either: said, and nothing runs for it.
+    orphan = tmp_path / "other.mask.png"
+    Image.new("RGB", (64, 48), "red").save(orphan)
+    alone = stylebox(*run_args(orphan, out, tmp_path / "state", style_file))
+    assert alone.returncode == 2
+    assert alone.stderr.strip() == (
+        f"stylebox: bad input: {orphan} is the mask of a photo named other, not a photo: "
+        "name the photo, and its mask is read from beside it"
+    )
+
+
 def test_missing_file_and_bad_params_exit_2(tmp_path: Path, style_file: Path) -> None:
     missing = stylebox(*run_args(tmp_path / "nope.jpg", tmp_path / "o", tmp_path / "s", style_file))
     assert missing.returncode == 2 and "nope.jpg" in missing.stderr

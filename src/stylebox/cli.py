@@ -41,7 +41,7 @@ from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
-from stylebox.plugins.api import Runtime
+from stylebox.plugins.api import Runtime, companion_kind
 from stylebox.plugins.registry import Registry, discover, load_quietly
 
 if TYPE_CHECKING:
@@ -274,7 +274,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # run (as a batch goes on past its bad files), and the exit status says one was bad.
     images_config = loaded.config.images if loaded else ImagesConfig()
     good: list[Path] = []
+    # A photo's mask named beside it (`run photos/*.png`) is read by the photo's job, as in
+    # an inbox; it is no photo of its own (run as one, it failed as a photo without a mask).
+    photos = {(p.absolute().parent, p.stem) for p in args.images if companion_kind(p.name) is None}
+    companions = 0
     for path in args.images:
+        if (companion := companion_kind(path.name)) is not None:
+            kind, stem = companion
+            if (path.absolute().parent, stem) in photos:
+                companions += 1
+            else:
+                _fail(
+                    f"bad input: {path} is the {kind} of a photo named {stem}, not a photo: "
+                    f"name the photo, and its {kind} is read from beside it"
+                )
+            continue
         try:
             if not os.path.lexists(path):  # a name given here, not a file that went away
                 raise BadInput(f"{path} does not exist")
@@ -303,7 +317,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         status = run_files(good, handle, args.out, output, config)
     finally:
         instance.close()
-    if status == EXIT_OK and len(good) < len(args.images):
+    if status == EXIT_OK and len(good) + companions < len(args.images):
         status = EXIT_BAD
     return _leave(status)
 

@@ -35,6 +35,7 @@ from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.watcher import is_ignored
 from stylebox.errors import ConfigError
 from stylebox.images import DEFAULT_FORMATS, plainly_not_an_image
+from stylebox.plugins.api import companion_kind
 from stylebox.plugins.registry import discover
 from stylebox.progress import count_bar
 
@@ -59,12 +60,14 @@ def scan(
     others: list[Path] | None = None,
     formats: frozenset[str] = DEFAULT_FORMATS,
     links: list[Path] | None = None,
+    companions: list[Path] | None = None,
 ) -> Iterator[Path]:
     """Candidate files of the source folder, in a stable order. Files kept beside the
     pictures (``notes.txt``, XMP sidecars: see :func:`plainly_not_an_image`, with the
     accepted ``formats``) are no candidates; they go to ``others``, if given. Symbolic
     links are not followed (to a file or a folder: a batch stays in its source); they go
-    to ``links``, if given."""
+    to ``links``, if given. A photo's companions (``photo.mask.png``), which its job reads
+    from beside it, go to ``companions``, if given."""
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
@@ -77,6 +80,10 @@ def scan(
                 links.append(path)
             continue
         if not path.is_file():
+            continue
+        if companion_kind(path.name) is not None:
+            if companions is not None:
+                companions.append(path)
             continue
         if plainly_not_an_image(path, formats):
             if others is not None:
@@ -112,8 +119,11 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         require_ray()  # before any plugin loads: a missing Ray is said at once
     others: list[Path] = []
     links: list[Path] = []
-    files = list(scan(batch, others, frozenset(loaded.config.images.formats), links))
+    companions: list[Path] = []
+    formats = frozenset(loaded.config.images.formats)
+    files = list(scan(batch, others, formats, links, companions))
     _say_skipped(others, batch.source, "file(s) that are not pictures")
+    _say_skipped(companions, batch.source, "mask(s), which their photos' jobs read")
     _say_skipped(links, batch.source, "symbolic link(s), which a batch does not follow")
     make_folder("state_dir", loaded.config.state_dir)
     journal = Journal(journal_path(loaded.config.state_dir))
