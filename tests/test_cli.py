@@ -69,6 +69,9 @@ def test_second_run_never_overwrites(tmp_path: Path, photo_file: Path, style_fil
         assert done.returncode == 0, done.stderr
     assert (out / "photo.png").is_file() and (out / "photo-2.png").is_file()
     assert (out / "photo-2.json").is_file() and (out / "photo-2.steps").is_dir()
+    # The run's journal, read where it is: status read only the config's state_dir.
+    status = stylebox("status", "--state-dir", str(tmp_path / "state"))
+    assert f"run:{out}: 0 queued, 0 running, 2 done, 0 failed" in status.stdout.splitlines()
 
 
 def test_alpha_survives_and_jpeg_output(tmp_path: Path, style_file: Path) -> None:

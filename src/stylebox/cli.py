@@ -137,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="stylebox", description="Neural style transfer for folders of photos."
     )
     parser.add_argument("--version", action="version", version=f"stylebox {__version__}")
+    default_config = f"default: {bundled.default_config_path()}"
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -174,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         "SIGTERM drains (running jobs checkpoint and resume at the next start); SIGHUP "
         "reloads the config.",
     )
-    serve.add_argument("--config", type=Path, help="default: config/stylebox.toml")
+    serve.add_argument("--config", type=Path, help=default_config)
     serve.set_defaults(handler=_cmd_serve)
 
     batch = commands.add_parser(
@@ -184,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
         "has not done, and run them in the foreground. Killed runs continue where they were.",
     )
     batch.add_argument("name", help="the [[batch]] table's name")
-    batch.add_argument("--config", type=Path, help="default: config/stylebox.toml")
+    batch.add_argument("--config", type=Path, help=default_config)
     batch.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     batch.add_argument(
         "--ray",
@@ -198,7 +199,12 @@ def _parser() -> argparse.ArgumentParser:
     batch.set_defaults(handler=_cmd_batch)
 
     status = commands.add_parser("status", help="jobs per inbox and batch, from the journal")
-    status.add_argument("--config", type=Path, help="default: config/stylebox.toml")
+    status.add_argument("--config", type=Path, help=default_config)
+    status.add_argument(
+        "--state-dir",
+        type=Path,
+        help="read the journal there (a `run --state-dir`'s, say), not the config's state_dir",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_cmd_status)
 
@@ -220,7 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="check a config file or print its JSON Schema")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate a config file")
-    check.add_argument("file", type=Path, nargs="?", help="default: config/stylebox.toml")
+    check.add_argument(
+        "file", type=Path, nargs="?", help=f"default: {bundled.default_config_path()}"
+    )
     check.set_defaults(handler=_cmd_config_check)
     schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(handler=_cmd_config_schema)
@@ -416,7 +424,8 @@ def _exit_now(status: int) -> NoReturn:
 def _cmd_status(args: argparse.Namespace) -> int:
     from stylebox.daemon.status import print_status
 
-    return print_status(args.config or bundled.default_config_path(), as_json=args.json)
+    config = args.config or bundled.default_config_path()
+    return print_status(config, as_json=args.json, state_dir=args.state_dir)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

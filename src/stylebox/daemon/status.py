@@ -13,9 +13,11 @@ from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.leases import pid_alive
 
 
-def collect(config_path: Path) -> dict[str, Any]:
+def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
+    """The jobs of the journal in ``state_dir`` (default: the config's), by source: each
+    inbox and batch of the config, and every other source the journal has (``run:``)."""
     loaded = load_config(config_path)
-    path = journal_path(loaded.config.state_dir)
+    path = journal_path(state_dir.absolute() if state_dir else loaded.config.state_dir)
     sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
     sources += [f"batch:{b.name}" for b in loaded.config.batch]
     report: dict[str, Any] = {"journal": str(path), "journal_exists": path.exists(), "sources": {}}
@@ -103,8 +105,8 @@ def _owner_gone(owner: str | None) -> bool:
     return not pid_alive(int(pid))
 
 
-def print_status(config_path: Path, as_json: bool = False) -> int:
-    report = collect(config_path)
+def print_status(config_path: Path, as_json: bool = False, state_dir: Path | None = None) -> int:
+    report = collect(config_path, state_dir)
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
