@@ -250,6 +250,11 @@ def test_bad_input_is_not_offered_a_retry_but_shows_why(scene: Scene) -> None:
     status, body = scene.client.json(f"/api/jobs/{job}/retry", "POST", **token)
     assert status == 409 and "bad input" in body["error"], body
     assert "a retry would fail the same way" in body["error"] and "(BadInput: " in body["error"]
+    # Said so that it also fits a photo that only lacks its mask, which is no damaged one.
+    assert body["error"].endswith(
+        "mend what the reason says (a good copy of the photo, or what it lacks beside it, "
+        "such as its mask) and drop it into the inbox again"
+    )
     assert (scene.folder / "in-poster" / "failed" / "notes.png").is_file()
 
 

@@ -368,12 +368,19 @@ class Service:
         row = self.journal.get(job_id)
         if row.state != "failed":
             raise StyleboxError(f"job {job_id} is {row.state}, not failed")
+        source = self.pipeline.sources.get(row.source)
         if row.hopeless is not None:  # and a superseded job's path is another job's photo now
+            # Not always a damaged photo: a photo without the mask its inbox asks for, say.
+            again = (
+                "drop it into the inbox again"
+                if source is None or isinstance(source.config, InboxConfig)
+                else "run the batch again"
+            )
             raise StyleboxError(
                 f"job {job_id} failed as {row.hopeless} ({row.reason}): a retry would "
-                "fail the same way; put a good copy of the photo in the inbox instead"
+                f"fail the same way; mend what the reason says (a good copy of the photo, "
+                f"or what it lacks beside it, such as its mask) and {again}"
             )
-        source = self.pipeline.sources.get(row.source)
         if source is None:
             raise StyleboxError(f"job {job_id}'s {row.source} is not served now")
         path = Path(row.input_path)
