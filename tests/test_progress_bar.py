@@ -139,3 +139,14 @@ def test_a_file_name_that_looks_like_markup_is_printed_as_it_is() -> None:
         reporter.finished(job, result)  # type: ignore[arg-type]
         shown = reporter.console.file.getvalue()  # type: ignore[attr-defined]
         assert f"{name} -> out/[/b]{name} (1.5 s)" in shown
+        # Its bar is gone: it was drawn again under the done line.
+        assert _lines(reporter) == []
+
+
+def test_a_step_without_metrics_ends_its_line_with_the_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = Job(Path("kodim05.png"), Path("work"))
+    with caplog.at_level("INFO", logger="stylebox"):
+        LogReporter().progress(job, 1, 1, {})
+    assert caplog.messages == ["kodim05.png: step 1/1"]  # no trailing space

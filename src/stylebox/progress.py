@@ -167,6 +167,10 @@ class BarReporter:
         # A file name is text, not markup: "[/b]x.png" would raise MarkupError.
         line = f"{job.name} -> {result.names.result} ({seconds:.1f} s)"
         self.console.print(line, markup=False, highlight=False)
+        # Its bar goes: drawn again below its done line, a full bar read as an empty one.
+        task = self._tasks.pop(job.name, None)
+        if task is not None:
+            self._progress.remove_task(task)
 
 
 class LogReporter:
@@ -190,7 +194,8 @@ class LogReporter:
         if step < total and now - self._last.get(job.name, 0.0) < self.interval:
             return
         self._last[job.name] = now
-        log.info("%s: step %d/%d %s", job.name, step, total, _metrics_text(metrics))
+        text = _metrics_text(metrics)
+        log.info("%s: step %d/%d%s", job.name, step, total, f" {text}" if text else "")
 
     def finished(self, job: Job, result: JobResult) -> None:
         seconds = result.manifest["timings"]["total_seconds"]
