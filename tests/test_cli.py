@@ -394,7 +394,7 @@ def test_run_refuses_an_out_or_state_dir_that_cannot_be_a_folder(
     taken.write_bytes(b"an earlier result")
     for option, folder, said in [
         ("--out", taken, "is a file, not a folder"),
-        ("--out", taken / "sub", "cannot be made a folder: Not a directory"),
+        ("--out", taken / "sub", f"cannot be a folder: {taken} is a file"),
         ("--state-dir", taken, "is a file, not a folder"),
     ]:
         out = ["--out", str(tmp_path / "out")] if option != "--out" else []
@@ -403,3 +403,5 @@ def test_run_refuses_an_out_or_state_dir_that_cannot_be_a_folder(
         )
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip() == f"stylebox: config error: {option} {folder} {said}"
+        # A refused run makes no folders (its --out was made before its --state-dir failed).
+        assert not (tmp_path / "out").exists()

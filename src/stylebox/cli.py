@@ -36,6 +36,7 @@ from stylebox.config import (
     invalid,
     json_schema,
     load_config,
+    not_a_folder,
 )
 from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
@@ -260,9 +261,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     registry = discover()
     loaded = load_config(args.config, registry) if args.config else None
     plugin_name, params = _run_params(args, loaded, registry)
-    for option, folder in (("--out", args.out), ("--state-dir", args.state_dir)):
-        if folder is not None:
-            files.make_folder(option, folder)
+    # Refused now, before the (slow) plugin start-up; made once it started, so that a run
+    # refused (a style that is no image, CUDA asked where there is none) leaves no folders.
+    folders = [(o, f) for o, f in (("--out", args.out), ("--state-dir", args.state_dir)) if f]
+    for option, folder in folders:
+        if problem := not_a_folder(folder):
+            raise ConfigError(f"{option} {problem}")
     runtime = loaded.runtime if loaded else Runtime(state_dir=Path("var/state").resolve())
     if args.state_dir:
         runtime = Runtime(
@@ -321,6 +325,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a plugin bug: said in one line, as the daemon says it
         raise PluginError(f"plugin {plugin_name} failed to start: {describe(exc)}") from exc
     try:
+        for option, folder in folders:
+            files.make_folder(option, folder)
         handle = PluginHandle(plugin_name, registry.plugins[plugin_name].version, instance, params)
         status = run_files(good, handle, args.out, output, config)
     finally:

@@ -401,7 +401,7 @@ def _folder_problems(config: StyleboxConfig) -> list[str]:
     file, or an existing ancestor is. Caught here, a ``serve`` refuses to start and a
     reload is refused, rather than failing while it creates them."""
     problems = []
-    if reason := _not_a_folder(config.state_dir):
+    if reason := not_a_folder(config.state_dir):
         problems.append(f"state_dir: {reason}")
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
         for index, entry in enumerate(entries):
@@ -409,7 +409,7 @@ def _folder_problems(config: StyleboxConfig) -> list[str]:
             fields: list[tuple[str, Path]] = [("outbox", entry.outbox)]
             if isinstance(entry, InboxConfig):
                 fields.insert(0, ("path", entry.path))
-                inbox_refused = _not_a_folder(entry.path) is not None
+                inbox_refused = not_a_folder(entry.path) is not None
                 for name, folder in (
                     ("processed_dir", entry.processed_dir),
                     ("failed_dir", entry.failed_dir),
@@ -417,7 +417,7 @@ def _folder_problems(config: StyleboxConfig) -> list[str]:
                     if not (inbox_refused and folder.is_relative_to(entry.path)):
                         fields.append((name, folder))  # else: said once, for the inbox
             for name, folder in fields:
-                if reason := _not_a_folder(folder):
+                if reason := not_a_folder(folder):
                     problems.append(f"{label}.{name}: {reason}")
     return problems
 
@@ -514,7 +514,7 @@ def _loop_line(config: StyleboxConfig, route: list[int]) -> str:
     )
 
 
-def _not_a_folder(path: Path) -> str | None:
+def not_a_folder(path: Path) -> str | None:
     """Why ``path`` can never be a folder, or ``None`` if it is one or can be created.
     Only what is certain counts: a folder that cannot be read is left to the daemon."""
     for candidate in (path, *path.parents):
