@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import broken_plugins_site, installed_site, make_bad_inputs, photo
 from PIL import Image
@@ -284,9 +285,13 @@ def test_run_writes_the_result_format_asked_for(tmp_path: Path, fmt: str, pillow
     assert output["format"] == fmt and output["alpha"] == (fmt == "webp")
     if fmt == "jpeg":  # said, not dropped in silence
         assert output["notes"] == [
-            "the photo's transparency is not kept: JPEG has none (use png or webp)"
+            "the photo's transparency is laid on white: JPEG has none (use png or webp to keep it)"
         ]
-        assert "transparency is not kept" in result.stderr
+        assert "transparency is laid on white" in result.stderr
+        # White, not the colours that lay unseen under the transparency.
+        with Image.open(tmp_path / "out" / "photo.jpg") as written:
+            strip = np.asarray(written.convert("RGB"))[:3]
+        assert strip.mean() > 248 and strip.min() > 220, strip  # JPEG rings at the edge
     else:
         assert output["notes"] == []
 

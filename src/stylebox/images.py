@@ -592,13 +592,18 @@ def resize_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
 def encode_image(
     image: Image.Image, fmt: OutputFormat = "png", alpha: Image.Image | None = None
 ) -> bytes:
-    """Encode a result, re-attaching ``alpha`` (resized to fit) where the format can hold it."""
+    """Encode a result, re-attaching ``alpha`` (resized to fit) where the format can hold
+    it; a JPEG, which cannot, gets the result laid on white where the photo was transparent
+    (what lay there unseen, the fill under the transparency, is no part of the picture)."""
     image = image.convert("RGB")
-    if alpha is not None and fmt != "jpeg":
+    if alpha is not None:
         if alpha.size != image.size:
             alpha = alpha.resize(image.size, Image.Resampling.LANCZOS)
-        image = image.copy()
-        image.putalpha(alpha)
+        if fmt == "jpeg":
+            image = Image.composite(image, Image.new("RGB", image.size, "white"), alpha)
+        else:
+            image = image.copy()
+            image.putalpha(alpha)
     buffer = io.BytesIO()
     if fmt == "png":
         image.save(buffer, "PNG", icc_profile=_SRGB_BYTES, compress_level=6)

@@ -531,7 +531,8 @@ class Runner:
         output_notes = []
         if decoded.alpha is not None and outbox.output.format == "jpeg":
             output_notes.append(
-                "the photo's transparency is not kept: JPEG has none (use png or webp)"
+                "the photo's transparency is laid on white: JPEG has none (use png or webp "
+                "to keep it)"
             )
             log.warning("%s: %s", names.stem, output_notes[-1], extra={"job": job.job_id})
         with outbox.writing(names) as outputs:
