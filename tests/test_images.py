@@ -568,3 +568,14 @@ def test_oddities_that_decode_whole_are_not_called_damage(tmp_path: Path) -> Non
         path = tmp_path / name
         path.write_bytes(damaged)
         assert decode_image(path).size == (40, 30), name
+
+
+def test_a_flat_result_counts_as_broken_only_for_a_photo_with_detail_and_at_a_real_size() -> None:
+    from stylebox.images import flat_result
+
+    detailed, black = photo(64, 48), Image.new("RGB", (64, 48))
+    assert flat_result(detailed, black) == (0, 0, 0)
+    assert flat_result(detailed, photo(64, 48, seed=1)) is None  # a picture
+    assert flat_result(Image.new("RGB", (64, 48), (9, 9, 9)), black) is None  # flat in
+    assert flat_result(detailed, Image.new("RGB", (1, 1))) is None  # size = 1 asks one pixel
+    assert flat_result(photo(8, 8), Image.new("RGB", (8, 8))) is None  # a few pixels

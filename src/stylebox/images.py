@@ -553,21 +553,21 @@ def _lab_to_rgb(image: Image.Image) -> Image.Image:
     return ImageCms.applyTransform(image, transform) or image
 
 
-def flat_colour(image: Image.Image) -> tuple[int, ...] | None:
-    """The image's colour where every pixel has the same one, else ``None``."""
-    extrema = image.getextrema()
+def flat_result(source: Image.Image, result: Image.Image) -> tuple[int, ...] | None:
+    """The one colour of ``result`` where every pixel of it has that colour although
+    ``source`` has detail, else ``None``: taken for a broken result (a model whose output
+    went NaN paints every pixel black). Both must have 256 pixels or more and ``source``
+    64 grey levels between its darkest and lightest in a channel; a flat photo, or a
+    result a few pixels in size, may well give one colour."""
+    if source.width * source.height < 256 or result.width * result.height < 256:
+        return None
+    extrema = result.getextrema()
     # One band gives one (low, high) pair; more give a pair a band.
-    pairs = [extrema] if len(image.getbands()) == 1 else list(extrema)
-    if all(low == high for low, high in pairs):
-        return tuple(int(low) for low, _ in pairs)
-    return None
-
-
-def has_detail(image: Image.Image) -> bool:
-    """Enough pixels (256) and contrast (64 grey levels in a channel) that no stylisation of
-    it is one flat colour: one that is, is broken (a NaN cast to 8 bits is black)."""
-    ranges = [high - low for low, high in image.convert("RGB").getextrema()]
-    return image.width * image.height >= 256 and max(ranges) >= 64
+    pairs = [extrema] if len(result.getbands()) == 1 else list(extrema)
+    if any(low != high for low, high in pairs):
+        return None
+    ranges = [high - low for low, high in source.convert("RGB").getextrema()]
+    return tuple(int(low) for low, _ in pairs) if max(ranges) >= 64 else None
 
 
 def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:

@@ -50,8 +50,7 @@ from stylebox.images import (
     atomic_write_bytes,
     decode_image,
     fit_within,
-    flat_colour,
-    has_detail,
+    flat_result,
 )
 from stylebox.jsonvalues import not_finite
 from stylebox.lossplot import render_svg
@@ -662,8 +661,8 @@ def check_result(
             f"{size[0]}x{size[1]} input; its output_size() says {expected[0]}x{expected[1]}"
             f"{same_again}"
         )
-    flat = flat_colour(result)
-    if flat is not None and has_detail(source):
+    flat = flat_result(source, result)
+    if flat is not None:
         raise refuse(
             f"plugin {plugin.name} returned one flat colour {flat} for a photo with detail: "
             f"a broken result, not a painting{same_again}"

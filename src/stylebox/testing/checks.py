@@ -34,7 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from stylebox.errors import describe
-from stylebox.images import flat_colour, has_detail
+from stylebox.images import flat_result
 from stylebox.plugins.api import (
     BadInput,
     Cancelled,
@@ -309,8 +309,8 @@ def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what:
             f"documents {expected[0]}x{expected[1]}; make them agree (override output_size "
             "when the plugin resizes)"
         )
-    flat = flat_colour(result)
-    if flat is not None and has_detail(image):
+    flat = flat_result(image, result)
+    if flat is not None:
         raise ContractFailure(
             f"process returned one flat colour {flat} for {what}, which has detail: a "
             "result of nothing but one colour is a broken one (a NaN cast to 8 bits is "
