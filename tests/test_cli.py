@@ -162,6 +162,13 @@ def test_params_from_a_config_inbox(tmp_path: Path, photo_file: Path, style_file
     assert manifest["params"]["size"] == 48 and manifest["params"]["steps"] == 2
     assert manifest["output"]["animation"] is None and not (out / "photo.gif").exists()
     assert (tmp_path / "state" / "cache").is_dir()  # the config's state_dir was used
+    # --set lies on what the inbox sets, not on its defaults filled in: Adam then gets its
+    # own rate (it got the inbox's default 1.0, L-BFGS's, and failed).
+    adam = stylebox("run", str(photo_file), "--config", str(config), "--out", str(out),
+                    "--set", "steps=2", "--set", "optimizer=adam")  # fmt: skip
+    assert adam.returncode == 0, adam.stderr
+    params = json.loads((out / "photo-2.json").read_text())["params"]
+    assert (params["optimizer"], params["learning_rate"], params["size"]) == ("adam", 0.02, 48)
 
 
 def test_animation_size_and_frame_time_come_from_the_output_table(
@@ -410,3 +417,8 @@ def test_run_refuses_an_out_or_state_dir_that_cannot_be_a_folder(
         assert result.stderr.strip() == f"stylebox: config error: {option} {folder} {said}"
         # A refused run makes no folders (its --out was made before its --state-dir failed).
         assert not (tmp_path / "out").exists()
+    # Nor does one whose plugin refuses to start (a style that is no image).
+    result = stylebox("run", str(photo_file), "--set", f"style={taken}", "--out",
+                      str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"))  # fmt: skip
+    assert result.returncode == 2 and "is not an image" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()

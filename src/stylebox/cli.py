@@ -350,8 +350,11 @@ def _run_params(
             inbox = loaded.job("inbox", args.inbox)
             if plugin_name in (None, inbox.plugin):
                 plugin_name = inbox.plugin
-                # Already validated with the config's root, so its paths are absolute now.
-                base = loaded.params_for("inbox", inbox.name).model_dump(mode="json")
+                # What the inbox sets, as validated with the config's root (so its paths are
+                # absolute now); not the defaults filled in, nor those a setting chose
+                # (Adam's learning rate, a preset's layers), which the --set on top may change.
+                validated = loaded.params_for("inbox", inbox.name).model_dump(mode="json")
+                base = {key: validated[key] for key in inbox.params if key in validated}
     elif args.inbox:
         raise ConfigError("--inbox needs --config")
     plugin_name = plugin_name or "gatys"
