@@ -160,7 +160,6 @@ class Engine:
         spec = replace(runtime.backbone, pooling=params.pooling)
         self.network = load_vgg19(spec, self.device)
         self.backbone_id = fingerprint(spec)
-        self.cache = _shared_cache(runtime.cache_dir("gatys-style-targets"))
         self.digest = params_digest(params)
         self.step_seconds: dict[int, float] = {}
         """Measured seconds per step by pixel count, for the ETA of later jobs."""
@@ -168,6 +167,8 @@ class Engine:
         self.styles: list[StyleImage] = files.styles
         self.style_masks: list[Image.Image | None] = files.masks
         self.style_masks_resized = files.resized
+        # Made once the styles are read: a start refused for a bad style leaves no folders.
+        self.cache = _shared_cache(runtime.cache_dir("gatys-style-targets"))
         self.laplacians = LaplacianCache()
         self.parts = (*_PARTS, "photo") if params.photorealism else _PARTS
         """The loss parts each step reports."""
@@ -348,7 +349,7 @@ class Engine:
         if not fraction or total < MIN_GUARDED_STEPS or run.start_loss is None:
             return
         if not run.last_loss < fraction * run.start_loss:
-            went = "fell only" if run.last_loss < run.start_loss else "rose"
+            went = "rose" if run.last_loss > run.start_loss else "fell only"
             raise PermanentFailure(
                 f"the loss {went} from {run.start_loss:.4g} to {run.last_loss:.4g} in "
                 f"{total} steps (not below {fraction:g} of its start), so the result is not "
