@@ -171,9 +171,11 @@ def test_files_kept_beside_the_pictures_are_skipped_not_failed(tmp_path: Path) -
     (library / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
     # A photo's mask is read by its job, as in an inbox; it was a job of its own.
     Image.new("RGB", (24, 16), "red").save(library / "scan.mask.png")
+    Image.new("RGB", (24, 16), "red").save(library / "gone.mask.png")
     dry = batch(config, "--dry-run")
     assert "3 of 3 image(s) would run" in dry.stderr, dry.stderr
     assert "skipped 1 mask(s), which their photos' jobs read: scan.mask.png" in dry.stderr
+    assert "skipped 1 mask(s) without their photo, which no job reads: gone.mask.png" in dry.stderr
     assert (
         "skipped 4 file(s) that are not pictures: 2026/june/img000.xmp, clip.mpg, "
         "contact sheet.pdf, notes.txt"

@@ -72,7 +72,7 @@ def test_second_run_never_overwrites(tmp_path: Path, photo_file: Path, style_fil
     assert (out / "photo-2.json").is_file() and (out / "photo-2.steps").is_dir()
     # The run's journal, read where it is: status read only the config's state_dir.
     status = stylebox("status", "--state-dir", str(tmp_path / "state"))
-    assert f"run:{out}: 0 queued, 0 running, 2 done, 0 failed" in status.stdout.splitlines()
+    assert status.stdout.splitlines() == [f"run:{out}: 0 queued, 0 running, 2 done, 0 failed"]
 
 
 def test_alpha_survives_and_jpeg_output(tmp_path: Path, style_file: Path) -> None:
@@ -127,6 +127,12 @@ def test_a_photos_mask_named_beside_it_is_read_by_its_job_not_run(
         f"stylebox: bad input: {orphan} is the mask of a photo named other, not a photo: "
         "name the photo, and its mask is read from beside it"
     )
+    # A mask named that is not there is said as any missing file (it passed in silence);
+    # the photo runs, as the good files of a run do, and the exit status says one was bad.
+    mask.unlink()
+    gone = stylebox(*args[:2], str(mask), *args[2:])
+    assert gone.returncode == 2 and (out / "photo-2.png").is_file()
+    assert gone.stderr.splitlines()[0] == f"stylebox: bad input: {mask} does not exist"
 
 
 def test_missing_file_and_bad_params_exit_2(tmp_path: Path, style_file: Path) -> None:
@@ -140,6 +146,11 @@ def test_missing_file_and_bad_params_exit_2(tmp_path: Path, style_file: Path) ->
                               "--set", "stlye_weight=2"))  # fmt: skip
     assert typo.returncode == 2
     assert "gatys param stlye_weight: unknown param; did you mean style_weight?" in typo.stderr
+    # With nothing close, the advice names where params are listed (the config schema has none).
+    far = stylebox(*run_args(tmp_path / "x.png", tmp_path / "o", tmp_path / "s", style_file,
+                             "--set", "zzz=2"))  # fmt: skip
+    advice = "(check the spelling; see `stylebox plugins`)"
+    assert f"gatys param zzz: unknown param {advice}" in far.stderr
     # `--set` values are TOML values, taken as strictly as a config's: true is no number.
     flag = stylebox(*run_args(tmp_path / "x.png", tmp_path / "o", tmp_path / "s", style_file,
                               "--set", "tv_weight=true"))  # fmt: skip

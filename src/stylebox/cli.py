@@ -288,12 +288,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     good: list[Path] = []
     # A photo's mask named beside it (`run photos/*.png`) is read by the photo's job, as in
     # an inbox; it is no photo of its own (run as one, it failed as a photo without a mask).
-    photos = {(p.absolute().parent, p.stem) for p in args.images if companion_kind(p.name) is None}
+    photos = {(p.resolve().parent, p.stem) for p in args.images if companion_kind(p.name) is None}
     companions = 0
     for path in args.images:
         if (companion := companion_kind(path.name)) is not None:
             kind, stem = companion
-            if (path.absolute().parent, stem) in photos:
+            if not os.path.lexists(path):
+                _fail(f"bad input: {path} does not exist")
+            elif (path.resolve().parent, stem) in photos:
                 companions += 1
             else:
                 _fail(

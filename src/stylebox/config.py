@@ -629,10 +629,9 @@ def error_lines(
         if error["type"] == "extra_forbidden":
             known = _keys_at(model, error["loc"][:-1])
             close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+            where = "stylebox plugins" if noun == "param" else "stylebox config schema"
             message = f"unknown {noun}" + (
-                f"; did you mean {close[0]}?"
-                if close
-                else " (check the spelling; see `stylebox config schema`)"
+                f"; did you mean {close[0]}?" if close else f" (check the spelling; see `{where}`)"
             )
         got = error.get("input")
         shown = (

@@ -92,6 +92,12 @@ def scan(
         yield path
 
 
+def _input_stem(companion: Path) -> str:
+    """The stem of the photo a companion file (``photo.mask.png``) belongs to."""
+    kind = companion_kind(companion.name)
+    return kind[1] if kind is not None else ""
+
+
 def _say_skipped(skipped: list[Path], source: Path, what: str) -> None:
     if not skipped:
         return
@@ -123,7 +129,11 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     formats = frozenset(loaded.config.images.formats)
     files = list(scan(batch, others, formats, links, companions))
     _say_skipped(others, batch.source, "file(s) that are not pictures")
-    _say_skipped(companions, batch.source, "mask(s), which their photos' jobs read")
+    photos = {(path.parent, path.stem) for path in files}
+    read = [path for path in companions if (path.parent, _input_stem(path)) in photos]
+    _say_skipped(read, batch.source, "mask(s), which their photos' jobs read")
+    alone = [path for path in companions if path not in read]
+    _say_skipped(alone, batch.source, "mask(s) without their photo, which no job reads")
     _say_skipped(links, batch.source, "symbolic link(s), which a batch does not follow")
     make_folder("state_dir", loaded.config.state_dir)
     journal = Journal(journal_path(loaded.config.state_dir))

@@ -17,9 +17,12 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
     """The jobs of the journal in ``state_dir`` (default: the config's), by source: each
     inbox and batch of the config, and every other source the journal has (``run:``)."""
     loaded = load_config(config_path)
-    path = journal_path(state_dir.absolute() if state_dir else loaded.config.state_dir)
+    state_dir = state_dir.absolute() if state_dir else loaded.config.state_dir
+    path = journal_path(state_dir)
     sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
     sources += [f"batch:{b.name}" for b in loaded.config.batch]
+    if state_dir != loaded.config.state_dir:
+        sources = []  # the config's are served elsewhere: only what this journal holds
     report: dict[str, Any] = {"journal": str(path), "journal_exists": path.exists(), "sources": {}}
     disabled = {f"{table}:{name}": why for (table, name), why in loaded.unavailable.items()}
     if not path.exists():
