@@ -11,7 +11,8 @@ from conftest import EARLIER_JOBS_TABLE
 
 from stylebox.daemon import status
 from stylebox.daemon.journal import Journal, NewJob
-from stylebox.errors import BadInput, PluginError
+from stylebox.daemon.service import no_retry
+from stylebox.errors import BadInput, InputChanged, PluginError
 
 
 def add(journal: Journal, name: str, key: str | None = None, source: str = "inbox:a"):
@@ -136,6 +137,33 @@ def test_a_failure_a_retry_cannot_help_is_known_by_its_class(tmp_path: Path) -> 
     assert (small.error_class, small.hopeless) == ("TooSmall", "bad input")
     assert flaky.hopeless is None
     assert journal.retry_failed(small.id, Path("/in/a-again.jpg")).hopeless is None
+
+
+def test_a_refused_retry_says_how_the_photo_is_run_again_where_it_came_from(
+    tmp_path: Path,
+) -> None:
+    # A batch's or a run's bad photo was told to be dropped into an inbox it never had, and
+    # a superseded job to mend a mask it never lacked.
+    journal = Journal(tmp_path / "j.sqlite3")
+    sources = ["inbox:a", "batch:b", "run:/out"]
+    for source in sources:
+        add(journal, f"{source[0]}.jpg", source=source)
+        journal.finish(journal.claim("h:1", 30).id, "failed", error=BadInput("not an image"))
+    add(journal, "s.jpg")
+    journal.finish(journal.claim("h:1", 30).id, "failed", error=InputChanged("replaced", "cd"))
+    rows = journal.jobs()
+    said = [no_retry(row) for row in rows]
+    mend = (
+        "(BadInput: not an image): a retry would fail the same way; mend what the reason says "
+        "(a good copy of the photo, or what it lacks beside it, such as its mask) and"
+    )
+    assert said == [
+        f"job {rows[0].id} failed as bad input {mend} drop it into the inbox again",
+        f"job {rows[1].id} failed as bad input {mend} run the batch again",
+        f"job {rows[2].id} failed as bad input {mend} run it again",
+        f"job {rows[3].id} failed as superseded (InputChanged: replaced): a retry would fail "
+        "the same way; its photo is that other job's now",
+    ]
 
 
 def test_an_earlier_journals_failures_are_read_by_class_name(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 from stylebox.config import InboxConfig, LoadedConfig, http_address, load_config
 from stylebox.daemon import files
 from stylebox.daemon.jobloop import JobLoop
-from stylebox.daemon.journal import Journal, journal_path
+from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.locks import InboxLocks
 from stylebox.daemon.notify import notify, watchdog_interval
 from stylebox.daemon.pipeline import Pipeline
@@ -369,18 +369,8 @@ class Service:
         if row.state != "failed":
             raise StyleboxError(f"job {job_id} is {row.state}, not failed")
         source = self.pipeline.sources.get(row.source)
-        if row.hopeless is not None:  # and a superseded job's path is another job's photo now
-            # Not always a damaged photo: a photo without the mask its inbox asks for, say.
-            again = (
-                "drop it into the inbox again"
-                if source is None or isinstance(source.config, InboxConfig)
-                else "run the batch again"
-            )
-            raise StyleboxError(
-                f"job {job_id} failed as {row.hopeless} ({row.reason}): a retry would "
-                f"fail the same way; mend what the reason says (a good copy of the photo, "
-                f"or what it lacks beside it, such as its mask) and {again}"
-            )
+        if row.hopeless is not None:
+            raise StyleboxError(no_retry(row))
         if source is None:
             raise StyleboxError(f"job {job_id}'s {row.source} is not served now")
         path = Path(row.input_path)
@@ -412,6 +402,23 @@ class Service:
                                 "running in this daemon nor queued")  # fmt: skip
         log.info("cancel asked", extra={"event": "cancel_asked", "job": job_id, "outcome": outcome})
         return outcome
+
+
+def no_retry(row: JobRow) -> str:
+    """Why the failed job ``row``, whose failure a retry cannot help, is not retried, and
+    what to do instead: said for the way its photo came (an inbox, a batch, a run)."""
+    refused = (
+        f"job {row.id} failed as {row.hopeless} ({row.reason}): a retry would fail the same way"
+    )
+    if row.hopeless == "superseded":  # its path holds another job's photo now
+        return f"{refused}; its photo is that other job's now"
+    table = row.source.partition(":")[0]
+    again = {"inbox": "drop it into the inbox again", "batch": "run the batch again"}
+    # Not always a damaged photo: a photo without the mask its inbox asks for, say.
+    return (
+        f"{refused}; mend what the reason says (a good copy of the photo, or what it lacks "
+        f"beside it, such as its mask) and {again.get(table, 'run it again')}"
+    )
 
 
 def _log_disabled(loaded: LoadedConfig) -> None:
