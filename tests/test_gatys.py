@@ -72,8 +72,10 @@ def test_channels_last_gives_the_same_painting(
         for f in ("contiguous", "channels_last")
     ]
     (plain, plain_context), (last, last_context) = results
-    assert last_context.metric("loss")[-1] == pytest.approx(plain_context.metric("loss")[-1], 1e-3)
-    difference = np.abs(pixels(plain) - pixels(last))  # float rounding, amplified by L-BFGS
+    # Float rounding differs between the layouts and L-BFGS amplifies it: 0.2 % apart was
+    # seen on one machine (its line search takes other steps), so the loss is asked to 1 %.
+    assert last_context.metric("loss")[-1] == pytest.approx(plain_context.metric("loss")[-1], 1e-2)
+    difference = np.abs(pixels(plain) - pixels(last))
     assert difference.mean() < 0.5 and difference.max() <= 8
 
 
