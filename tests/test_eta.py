@@ -74,6 +74,22 @@ def test_status_says_when_its_state_dir_has_no_journal(
     assert status.collect(config)["journal_exists"] is False
 
 
+def test_status_lists_what_an_inbox_holds_that_no_job_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = write_config(tmp_path, POSTERIZE)
+    (tmp_path / "inbox" / "album").mkdir(parents=True)
+    (tmp_path / "inbox" / "processed").mkdir()  # the inbox's own: no line
+    assert status.print_status(config) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [
+        "inbox:poster: 0 queued, 0 running, 0 done, 0 failed",
+        "  left alone: album/ is a folder, left where it is: only files in the inbox itself "
+        "are taken (move its photos up, or run a [[batch]] over it)",
+    ]
+    assert status.collect(config)["sources"]["inbox:poster"]["left_alone"] == [lines[2][14:]]
+
+
 def test_status_prefers_the_plugins_eta(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = write_config(tmp_path, POSTERIZE)
     journal_file = tmp_path / "state" / "journal.sqlite3"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stylebox.daemon.watcher import InboxWatcher, WatchedFolder, is_ignored
+from stylebox.daemon.watcher import InboxWatcher, WatchedFolder, is_ignored, left_alone
 
 SETTLE = 0.4
 
@@ -157,6 +157,26 @@ def test_a_companion_without_its_photo_is_said_once(
         "inbox a: lonely.mask.png is the mask of a photo named lonely.* that is not here; no "
         "job takes it until its photo comes (a photo's own name must not end in .mask.png)"
     ]
+
+
+def test_what_no_job_takes_is_listed_with_why_as_long_as_it_is_there(tmp_path: Path) -> None:
+    # Said once in the log, and then only there: the page and `stylebox status` list it.
+    inbox = tmp_path / "inbox"
+    for folder in ("album", "processed", "failed", ".thumbnails"):
+        (inbox / folder).mkdir(parents=True)
+    (inbox / "linked").symlink_to(inbox / "album")  # a link is a file that fails, not left
+    for name in ("lonely.mask.png", "paired.mask.png", "paired.jpg", ".hidden.mask.png"):
+        (inbox / name).write_bytes(b"x")
+    assert left_alone(inbox, {"processed", "failed"}) == [
+        "album/ is a folder, left where it is: only files in the inbox itself are taken "
+        "(move its photos up, or run a [[batch]] over it)",
+        "lonely.mask.png is the mask of a photo named lonely.* that is not here; no job takes "
+        "it until its photo comes (a photo's own name must not end in .mask.png)",
+    ]
+    (inbox / "lonely.png").write_bytes(b"x")
+    shutil.rmtree(inbox / "album")
+    assert left_alone(inbox, {"processed", "failed"}) == []
+    assert left_alone(tmp_path / "gone") == []  # an inbox not made yet holds nothing
 
 
 def test_files_found_together_are_queued_together_on_a_busy_machine(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from selenium.webdriver.common.by import By
 from test_web import Client, free_port
 from test_web_browser import chrome
 
-from stylebox.web.state import FAILED, GALLERY, QUEUED
+from stylebox.web.state import FAILED, GALLERY, LEFT_ALONE, QUEUED
 
 TOKEN = "page-token-0123456789"
 WAITING = QUEUED + 5
@@ -369,6 +370,47 @@ def test_the_gallery_shows_previews_and_says_where_the_older_results_are(scene: 
         == ""
     )
     scene.shot("gallery-phone")
+
+
+def test_what_an_inbox_holds_that_no_job_takes_is_listed_while_it_is_there(
+    scene: Scene,
+) -> None:
+    # An album copied into the inbox, or a mask whose photo never came, waited there with
+    # one line in the log: on the page nothing said why those photos got no result.
+    inbox = scene.folder / "in-shelf"
+    (inbox / "album").mkdir()
+    drop(inbox / "album", "inside.png", seed=9)
+    drop(inbox, "gone.mask.png", seed=10)
+    scene.open(PHONE)
+    part = "#source-inbox_shelf-alone"
+    assert scene.until(f"document.querySelectorAll('{part} li').length == 2", 20)
+    said = scene.js(f"return [...document.querySelectorAll('{part} li')].map(i => i.textContent)")
+    assert said == [
+        "album/ is a folder, left where it is: only files in the inbox itself are taken (move "
+        "its photos up, or run a [[batch]] over it)",
+        "gone.mask.png is the mask of a photo named gone.* that is not here; no job takes it "
+        "until its photo comes (a photo's own name must not end in .mask.png)",
+    ]
+    heading = scene.js(f"return document.querySelector('{part} h3').textContent")
+    assert heading == "left alone in the inbox"
+    assert scene.js(f"return document.querySelector('{part}').offsetParent !== null")
+    # Not the inbox's own processed/ and failed/, nor another inbox's nothing.
+    assert scene.js("return document.querySelector('#source-inbox_poster-alone').hidden")
+    scene.js("window.scrollTo(0, document.body.scrollHeight)")  # the last inbox's last part
+    scene.until("[...document.images].every(i => i.complete)")
+    scene.js("window.scrollTo(0, document.body.scrollHeight)")
+    scene.shot("left-alone-phone")
+    # Many: the first ones, and a count of the rest.
+    for number in range(LEFT_ALONE):
+        (inbox / f"more-{number:02d}").mkdir()
+    more = f"document.querySelector('{part} .left-alone-more').textContent"
+    assert scene.until(f"{more} == 'and 2 more'", 20), scene.js(f"return {more}")
+    assert scene.js(f"return document.querySelectorAll('{part} li').length") == LEFT_ALONE
+    # Gone from the inbox, gone from the page.
+    for folder in [inbox / "album", *inbox.glob("more-*")]:
+        shutil.rmtree(folder)
+    (inbox / "gone.mask.png").unlink()
+    assert scene.until(f"document.querySelector('{part}').hidden", 20)
 
 
 def test_a_refused_token_is_asked_for_again_and_the_action_tried_once_more(scene: Scene) -> None:

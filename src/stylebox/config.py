@@ -132,6 +132,12 @@ class InboxConfig(JobConfig):
         Path("failed"), description="Where failed inputs go, with <name>.error.txt"
     )
 
+    def reserved(self) -> frozenset[str]:
+        """The names in the inbox that are its own folders, never inputs: ``processed_dir``
+        and ``failed_dir`` where they lie in it."""
+        folders = (self.processed_dir, self.failed_dir)
+        return frozenset(p.name for p in folders if p.parent == self.path)
+
 
 class BatchConfig(JobConfig):
     source: PathValue = Field(description="The folder whose images a scheduled run processes")

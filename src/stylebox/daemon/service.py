@@ -28,6 +28,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -100,9 +101,6 @@ class Service:
         for inbox in loaded.config.inbox:
             if f"inbox:{inbox.name}" not in sources:
                 continue  # disabled: its files stay where they are
-            reserved = {
-                p.name for p in (inbox.processed_dir, inbox.failed_dir) if p.parent == inbox.path
-            }
             folders.append(
                 WatchedFolder(
                     name=inbox.name,
@@ -110,7 +108,7 @@ class Service:
                     settle_seconds=inbox.settle_seconds,
                     poll=inbox.watch == "poll",
                     poll_interval=inbox.poll_interval,
-                    reserved=frozenset(reserved),
+                    reserved=inbox.reserved(),
                 )
             )
 
@@ -357,8 +355,13 @@ class Service:
 
     def web_sources(self) -> Mapping[str, SourceInfo]:
         """The sources served now (a reload swaps the whole mapping at once)."""
-        sources = self.pipeline.sources
-        return {key: SourceInfo(s.outbox.folder, s.plugin.name) for key, s in sources.items()}
+        infos = {}
+        for key, source in self.pipeline.sources.items():
+            info = SourceInfo(source.outbox.folder, source.plugin.name)
+            if isinstance(source.config, InboxConfig):
+                info = replace(info, inbox=source.config.path, reserved=source.config.reserved())
+            infos[key] = info
+        return infos
 
     def retry(self, job_id: int) -> str:
         """Queue the failed job ``job_id`` again, as if its photo were dropped again: an

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stylebox.config import load_config
+from stylebox.config import LoadedConfig, load_config
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.leases import pid_alive
+from stylebox.daemon.watcher import left_alone
 
 
 def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
     if not path.exists():
         for key in sources:
             report["sources"][key] = {**_empty(), "disabled": disabled.get(key)}
-        return report
+        return _with_left_alone(report, loaded)
     journal = Journal(path, read_only=True)  # an older daemon may be using it
     counts = journal.counts()
     for key in sorted(set(sources) | set(counts)):
@@ -57,6 +58,16 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
         entry["last_errors"] = [{"job": r.id, "file": r.name, "error": r.reason} for r in failed]
         report["sources"][key] = entry
     journal.close()
+    return _with_left_alone(report, loaded)
+
+
+def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
+    """Each listed inbox's entries that no job takes (a folder, a mask without its photo),
+    as the daemon's log and status page say them."""
+    for inbox in loaded.config.inbox:
+        entry = report["sources"].get(f"inbox:{inbox.name}")
+        if entry is not None:
+            entry["left_alone"] = left_alone(inbox.path, inbox.reserved())
     return report
 
 
@@ -69,6 +80,7 @@ def _empty() -> dict[str, Any]:
         "running_jobs": [],
         "waiting_jobs": [],
         "last_errors": [],
+        "left_alone": [],
     }
 
 
@@ -137,4 +149,6 @@ def print_status(config_path: Path, as_json: bool = False, state_dir: Path | Non
             )
         for error in entry["last_errors"]:
             print(f"  failed #{error['job']} {error['file']}: {error['error']}")
+        for why in entry["left_alone"]:
+            print(f"  left alone: {why}")
     return 0

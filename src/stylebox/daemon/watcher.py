@@ -53,6 +53,54 @@ def is_ignored(name: str) -> bool:
     return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in IGNORED_PATTERNS)
 
 
+def left_alone(folder: Path, reserved: Iterable[str] = ()) -> list[str]:
+    """What in the inbox ``folder`` no job takes, by name, each said with why (as the
+    watcher logs it once): its folders, and companion files whose photo is not beside
+    them. ``reserved``: the inbox's own folders (``processed/``, ``failed/``)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return []
+    skipped = set(reserved)
+    said = [
+        _subfolder_why(entry.name)
+        for entry in entries
+        if entry.is_dir(follow_symlinks=False)
+        and not is_ignored(entry.name)
+        and entry.name not in skipped
+    ]
+    orphans = _orphans([entry.name for entry in entries])
+    said += [_orphan_why(name, *orphans[name]) for name in sorted(orphans)]
+    return said
+
+
+def _subfolder_why(name: str) -> str:
+    return (
+        f"{name}/ is a folder, left where it is: only files in the inbox itself are taken "
+        "(move its photos up, or run a [[batch]] over it)"
+    )
+
+
+def _orphans(names: list[str]) -> dict[str, tuple[str, str]]:
+    """The companion files among ``names`` (one folder's) whose photo is not among them:
+    by name, their kind and their photo's stem."""
+    stems = {name.rsplit(".", 1)[0] for name in names if companion_kind(name) is None}
+    orphans = {}
+    for name in names:
+        companion = companion_kind(name)
+        if companion is not None and not is_ignored(name) and companion[1] not in stems:
+            orphans[name] = companion
+    return orphans
+
+
+def _orphan_why(name: str, kind: str, stem: str) -> str:
+    suffix = name.rsplit(".", 1)[-1]
+    return (
+        f"{name} is the {kind} of a photo named {stem}.* that is not here; no job takes it "
+        f"until its photo comes (a photo's own name must not end in .{kind}.{suffix})"
+    )
+
+
 @dataclass(frozen=True)
 class WatchedFolder:
     """One inbox as the watcher sees it."""
@@ -288,23 +336,12 @@ class InboxWatcher:
     def _say_orphans(self, folder: WatchedFolder, names: list[str]) -> None:
         """A companion file (``photo.mask.png``) whose photo is not beside it waits for
         it, taken by no job: say so once, rather than leave it there in silence."""
-        stems = {name.rsplit(".", 1)[0] for name in names if companion_kind(name) is None}
-        orphans: dict[Path, tuple[str, str]] = {}
-        for name in names:
-            companion = companion_kind(name)
-            if companion is not None and not is_ignored(name) and companion[1] not in stems:
-                orphans[folder.path / name] = companion
+        orphans = {folder.path / name: kind for name, kind in _orphans(names).items()}
         for path in sorted(orphans.keys() - self._orphans):
-            kind, stem = orphans[path]
             log.warning(
-                "inbox %s: %s is the %s of a photo named %s.* that is not here; no job takes "
-                "it until its photo comes (a photo's own name must not end in .%s%s)",
+                "inbox %s: %s",
                 folder.name,
-                path.name,
-                kind,
-                stem,
-                kind,
-                path.suffix,
+                _orphan_why(path.name, *orphans[path]),
                 extra={"event": "companion_alone", "path": str(path)},
             )
         with self._lock:
@@ -361,10 +398,9 @@ class InboxWatcher:
                 return
             self._subfolders.add(path)
         log.warning(
-            "inbox %s: %s/ is a folder, left where it is: only files in the inbox itself are "
-            "taken (move its photos up, or run a [[batch]] over it)",
+            "inbox %s: %s",
             folder.name,
-            path.name,
+            _subfolder_why(path.name),
             extra={"event": "subfolder", "path": str(path)},
         )
 

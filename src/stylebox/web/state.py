@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 from stylebox.daemon.journal import JobRow, Journal, State, _row
 from stylebox.daemon.status import _running
+from stylebox.daemon.watcher import left_alone
 from stylebox.digests import file_digest
 from stylebox.lossplot import has_loss
 
@@ -33,6 +34,8 @@ FAILED = 10
 """Latest failed jobs shown per inbox."""
 QUEUED = 12
 """Queued jobs listed per inbox, next to run first (the count says how many more wait)."""
+LEFT_ALONE = 12
+"""Entries no job takes listed per inbox (``left_alone_count`` says how many there are)."""
 FileKind = Literal["result", "animation", "loss", "manifest"]
 _SNAPSHOT = re.compile(r"[0-9]{1,9}\.png")
 
@@ -63,6 +66,10 @@ class SourceInfo:
 
     outbox: Path
     plugin: str
+    inbox: Path | None = None
+    """An inbox's folder (``None`` for a batch), whose untaken entries the page lists."""
+    reserved: frozenset[str] = frozenset()
+    """The inbox's own folders in it (``processed``, ``failed``)."""
 
 
 class Backend(Protocol):
@@ -199,6 +206,10 @@ class StatusReader:
                 "results": [],
                 "failed_jobs": [],
             }
+            # What sits in the inbox that no job takes (a folder, a mask without its photo):
+            # said once in the log, and here for as long as it is there.
+            alone = left_alone(info.inbox, info.reserved) if info and info.inbox else []
+            entry.update(left_alone=alone[:LEFT_ALONE], left_alone_count=len(alone))
             if journal is not None:
                 for row in journal.jobs(key, "running"):
                     running_ids.add(row.id)

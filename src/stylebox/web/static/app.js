@@ -51,7 +51,8 @@ function section(key) {
       part(`${id}-running`, "running", el("div", { class: "running" })),
       part(`${id}-queued`, "queued", el("ul", { class: "queued" }), el("p", { class: "queued-more" })),
       part(`${id}-done`, "latest results", el("div", { class: "gallery" }), el("p", { class: "results-more" })),
-      part(`${id}-failed`, "failed", el("ul", { class: "failed" }), el("p", { class: "failed-more" })));
+      part(`${id}-failed`, "failed", el("ul", { class: "failed" }), el("p", { class: "failed-more" })),
+      part(`${id}-alone`, "left alone in the inbox", el("ul", { class: "left-alone" }), el("p", { class: "left-alone-more" })));
     main.append(node);
   }
   return node;
@@ -209,6 +210,17 @@ function renderFailed(node, entry, actions) {
   }));
 }
 
+// What no job takes (a folder, a mask without its photo): else it waits there unseen.
+function renderLeftAlone(node, entry) {
+  const list = node.querySelector(".left-alone");
+  const more = entry.left_alone_count - entry.left_alone.length;
+  node.querySelector(".left-alone-more").textContent = more > 0 ? `and ${more} more` : "";
+  const said = entry.left_alone.join("\n");
+  if (list.dataset.said === said) return;
+  list.dataset.said = said;
+  list.replaceChildren(...entry.left_alone.map((why) => el("li", { text: why })));
+}
+
 function render(report) {
   for (const [key, entry] of Object.entries(report.sources)) {
     const node = section(key);
@@ -217,6 +229,7 @@ function render(report) {
     renderQueued(node, entry, report.actions);
     renderResults(node, entry);
     renderFailed(node, entry, report.actions);
+    renderLeftAlone(node, entry);
     showParts(node);
   }
 }
