@@ -37,8 +37,11 @@ start: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Two pytest-xdist workers, each taking whole test files (a module's daemon or Ray instance
+# starts once): most tests wait on subprocesses, daemons and browsers, so two share two
+# cores well (18.6 min in one process, 11.4 min in two, on a 2-core machine).
 test: lint browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/gatys_step.py

@@ -132,3 +132,10 @@ def test_make_bench_runs_every_bench_script_and_the_readme_describes_each() -> N
     assert set(re.findall(r"^- `bench/(\w+\.py)`", section, re.M)) == scripts
     words = {8: "eight", 9: "nine", 10: "ten", 11: "eleven", 12: "twelve"}
     assert f"`make bench` runs all {words[len(scripts)]}," in section
+
+
+def test_make_test_runs_the_suite_as_the_readme_says() -> None:
+    recipe = (REPO / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "pytest -q -n 2 --dist loadfile" in recipe
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "runs on two pytest-xdist workers, each taking whole test files" in readme
