@@ -227,9 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="check a config file or print its JSON Schema")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate a config file")
-    check.add_argument(
-        "file", type=Path, nargs="?", help=f"default: {bundled.default_config_path()}"
-    )
+    check.add_argument("file", type=Path, nargs="?", help=default_config)
     check.set_defaults(handler=_cmd_config_check)
     schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(handler=_cmd_config_schema)

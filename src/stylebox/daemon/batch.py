@@ -92,12 +92,6 @@ def scan(
         yield path
 
 
-def _input_stem(companion: Path) -> str:
-    """The stem of the photo a companion file (``photo.mask.png``) belongs to."""
-    kind = companion_kind(companion.name)
-    return kind[1] if kind is not None else ""
-
-
 def _say_skipped(skipped: list[Path], source: Path, what: str) -> None:
     if not skipped:
         return
@@ -130,9 +124,12 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     files = list(scan(batch, others, formats, links, companions))
     _say_skipped(others, batch.source, "file(s) that are not pictures")
     photos = {(path.parent, path.stem) for path in files}
-    read = [path for path in companions if (path.parent, _input_stem(path)) in photos]
+    read: list[Path] = []
+    alone: list[Path] = []
+    for path in companions:  # (each is one: scan put it here)
+        _, stem = companion_kind(path.name) or ("", "")
+        (read if (path.parent, stem) in photos else alone).append(path)
     _say_skipped(read, batch.source, "mask(s), which their photos' jobs read")
-    alone = [path for path in companions if path not in read]
     _say_skipped(alone, batch.source, "mask(s) without their photo, which no job reads")
     _say_skipped(links, batch.source, "symbolic link(s), which a batch does not follow")
     make_folder("state_dir", loaded.config.state_dir)
