@@ -81,13 +81,17 @@ def _only_job(loop: JobLoop) -> JobRow:
 
 
 def test_the_lease_of_a_job_that_outlives_it_is_kept(tmp_path: Path) -> None:
-    # A 2 s job under a 0.6 s lease: were the lease not renewed, another process's
-    # reclaim would put the running job back in the queue, and it would run twice.
-    loop = _loop(tmp_path, {"steps": 20, "seconds_per_step": 0.1}, lease=0.6)
+    # A 4 s job under a 1.5 s lease: were the lease not renewed, another process's
+    # reclaim would put the running job back in the queue, and it would run twice. (A
+    # 0.6 s lease lapsed once beside another test run on a busy 2-core machine, the
+    # heartbeat thread held up longer than its slack; and the reclaims here pause between
+    # tries, as another process's would, rather than spin against that thread.)
+    loop = _loop(tmp_path, {"steps": 40, "seconds_per_step": 0.1}, lease=1.5)
     loop.start(until_empty=True)
     reclaimed = 0
     while loop.running_count() or loop.journal.queued({"inbox:steps"}):
         reclaimed += loop.journal.reclaim_expired()
+        time.sleep(0.01)
     loop.wait()
     row = _only_job(loop)
     assert reclaimed == 0 and row.state == "done" and row.attempts == 1
