@@ -28,7 +28,7 @@ from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
 from stylebox.daemon.sources import Source
-from stylebox.errors import Cancelled, PluginError
+from stylebox.errors import Cancelled, PluginError, StyleboxError
 from stylebox.plugins.api import Runtime
 
 CONFIG = """
@@ -227,6 +227,9 @@ class _CancelAt:
             self.cancel.set()
 
     def finished(self, job: Job, result: JobResult) -> None:
+        pass
+
+    def failed(self, job: Job, error: StyleboxError) -> None:
         pass
 
 

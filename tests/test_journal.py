@@ -304,6 +304,27 @@ def test_the_step_a_job_pauses_at_reaches_the_journal(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_a_report_kept_back_is_not_written_once_its_job_failed(tmp_path: Path) -> None:
+    # The job failed with a report kept back: a second later it was written over the
+    # failed job's row, which then showed a step as if it were running.
+    from stylebox.daemon.pipeline import _JournalReporter
+    from stylebox.daemon.runner import Job
+    from stylebox.errors import PluginError
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+    add(journal, "photo.png")
+    (row,) = journal.jobs()
+    reporter = _JournalReporter(journal, None)
+    job = Job(tmp_path / "photo.png", tmp_path / "work", job_id=row.id)
+    reporter.started(job)
+    reporter.progress(job, 2, 10, {})  # within the first second: kept back
+    reporter.failed(job, PluginError("broken"))
+    time.sleep(1.2)
+    assert journal.get(row.id).step is None
+    assert reporter._timers == {} and reporter._last == {}
+    journal.close()
+
+
 def status_setup(tmp_path: Path) -> tuple[Path, Journal]:
     """A config of one inbox ``a`` for ``stylebox status``, and its journal."""
     config = tmp_path / "stylebox.toml"

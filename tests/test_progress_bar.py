@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from conftest import photo
 from rich.console import Console
 
 from stylebox.daemon.runner import Job
@@ -150,3 +152,33 @@ def test_a_step_without_metrics_ends_its_line_with_the_count(
     with caplog.at_level("INFO", logger="stylebox"):
         LogReporter().progress(job, 1, 1, {})
     assert caplog.messages == ["kodim05.png: step 1/1"]  # no trailing space
+
+
+def test_a_failed_jobs_bar_goes_and_the_others_stay(tmp_path: Path) -> None:
+    # A job that failed kept its bar, frozen at its last step under the jobs still running,
+    # until the command ended: read as one still at work.
+    from stepper_plugin import Stepper, StepperParams
+
+    from stylebox.daemon.outbox import Outbox
+    from stylebox.daemon.runner import PluginHandle, Runner
+    from stylebox.errors import BadInput, PluginError
+    from stylebox.plugins.api import Runtime
+
+    reporter = _reporter()
+    waiting = Job(Path("queued.png"), Path("unused"))
+    reporter.started(waiting)  # another job's bar, which stays
+    good = tmp_path / "good.png"
+    photo(24, 16).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    stepper = Stepper(StepperParams(steps=4, fail_at=2), Runtime(state_dir=tmp_path / "state"))
+    handle = PluginHandle("stepper", "1", stepper, stepper.params)
+    jobs = [Job(path, tmp_path / path.stem) for path in (truncated, good)]
+    outcomes = Runner(reporter=reporter).execute_many(
+        jobs, handle, Outbox(tmp_path / "out"), [threading.Event() for _ in jobs]
+    )
+    assert isinstance(outcomes[0], BadInput) and isinstance(outcomes[1], PluginError)
+    (line,) = _lines(reporter)
+    assert "queued.png" in line
+    reporter.failed(waiting, PluginError("stopped"))
+    assert _lines(reporter) == []

@@ -217,6 +217,8 @@ def test_a_stopped_gatys_job_has_its_checkpoint_on_disk_when_the_runner_returns(
 
         def finished(self, job: Job, result: object) -> None: ...
 
+        def failed(self, job: Job, error: object) -> None: ...
+
     with pytest.raises(Cancelled, match="cancelled at step"):
         Runner(reporter=Reporter()).execute(
             Job(source, work, stem="photo"), handle, Outbox(tmp_path / "out"), cancel

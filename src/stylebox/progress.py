@@ -26,6 +26,7 @@ from rich.table import Column
 from rich.text import Text
 
 from stylebox.daemon.runner import Job, JobResult
+from stylebox.errors import StyleboxError
 
 log = logging.getLogger("stylebox")
 
@@ -168,6 +169,14 @@ class BarReporter:
         line = f"{job.name} -> {result.names.result} ({seconds:.1f} s)"
         self.console.print(line, markup=False, highlight=False)
         # Its bar goes: drawn again below its done line, a full bar read as an empty one.
+        self._remove(job)
+
+    def failed(self, job: Job, error: StyleboxError) -> None:
+        # The log says why and what comes next (a retry, failed/); a bar left behind would
+        # sit frozen under the jobs still running, read as one still at work.
+        self._remove(job)
+
+    def _remove(self, job: Job) -> None:
         task = self._tasks.pop(job.name, None)
         if task is not None:
             self._progress.remove_task(task)
@@ -200,6 +209,10 @@ class LogReporter:
     def finished(self, job: Job, result: JobResult) -> None:
         seconds = result.manifest["timings"]["total_seconds"]
         log.info("%s: done -> %s (%.1f s)", job.name, result.names.result, seconds)
+        self._last.pop(job.name, None)
+
+    def failed(self, job: Job, error: StyleboxError) -> None:
+        self._last.pop(job.name, None)  # the pipeline's log line says why
 
 
 class _RateColumn(ProgressColumn):

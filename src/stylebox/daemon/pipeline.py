@@ -992,6 +992,16 @@ class _JournalReporter:
             self.inner.progress(job, step, total, metrics)
 
     def finished(self, job: Job, result: JobResult) -> None:
+        self._forget(job)
+        if self.inner:
+            self.inner.finished(job, result)
+
+    def failed(self, job: Job, error: StyleboxError) -> None:
+        self._forget(job)  # a report kept back is not written over the failed job's row
+        if self.inner:
+            self.inner.failed(job, error)
+
+    def _forget(self, job: Job) -> None:
         if job.job_id is not None:
             with self._lock:
                 self._last.pop(job.job_id, None)
@@ -999,8 +1009,6 @@ class _JournalReporter:
                 timer = self._timers.pop(job.job_id, None)
             if timer is not None:
                 timer.cancel()
-        if self.inner:
-            self.inner.finished(job, result)
 
     def _flush(self, job_id: int) -> None:
         """The report kept back for ``job_id``, written now that its second is up."""

@@ -216,6 +216,9 @@ class _LatestProgress:
     def finished(self, job: Job, result: JobResult) -> None:
         self.forget(job)
 
+    def failed(self, job: Job, error: StyleboxError) -> None:
+        self.forget(job)
+
     def forget(self, job: Job) -> None:
         if job.job_id is not None:
             with self._lock:
@@ -399,14 +402,29 @@ class RayExecutor:
         actor = self._take()
         if actor is None:
             return [PluginError(f"no Ray worker is left to run it: {self._broken}")] * len(jobs)
+        # The actor starts on the group at once; the plugin's start is not seen from here.
+        for job in jobs:
+            if on_process is not None:
+                on_process(job)
+            if self.reporter is not None:
+                self.reporter.started(job)
+        outcomes = self._call(actor, jobs, cancels)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, JobResult):
+                outbox.release(outcome.names)  # the actor wrote them; the names are theirs
+                if self.reporter is not None:
+                    self.reporter.finished(job, outcome)
+            elif self.reporter is not None:
+                self.reporter.failed(job, outcome)
+        return outcomes
+
+    def _call(
+        self, actor: Any, jobs: Sequence[Job], cancels: Sequence[threading.Event]
+    ) -> list[JobResult | StyleboxError]:
+        """``jobs`` run on ``actor``, passing on stop flags and progress while it works;
+        each job's outcome, or one error for all where the call or the actor failed."""
         keys = list(range(len(jobs)))
         try:
-            # The actor starts on the group at once; the plugin's start is not seen from here.
-            for job in jobs:
-                if on_process is not None:
-                    on_process(job)
-                if self.reporter is not None:
-                    self.reporter.started(job)
             ref = actor.execute.remote(list(jobs), keys)
             passed: set[int] = set()
             watch = _ProgressWatch(self.ray, actor, jobs, self.reporter)
@@ -428,11 +446,6 @@ class RayExecutor:
             self._idle.put(actor)
             raise
         self._idle.put(actor)
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if isinstance(outcome, JobResult):
-                outbox.release(outcome.names)  # the actor wrote them; the names are theirs
-                if self.reporter is not None:
-                    self.reporter.finished(job, outcome)
         return outcomes
 
     def _died(self, actor: Any) -> str:

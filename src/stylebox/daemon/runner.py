@@ -122,6 +122,10 @@ class Reporter(Protocol):
 
     def finished(self, job: Job, result: JobResult) -> None: ...
 
+    def failed(self, job: Job, error: StyleboxError) -> None:
+        """A started job ended without a result (bad input, a fault, a stop); what happens
+        to it next (a retry, ``failed/``) is the pipeline's to say."""
+
 
 class RunnerContext(JobContext):
     """The runner's implementation of the job context a plugin sees."""
@@ -376,6 +380,8 @@ class Runner:
 
         def ended(index: int, outcome: JobResult | StyleboxError) -> None:
             outcomes[index] = outcome
+            if isinstance(outcome, StyleboxError):
+                self.reporter.failed(jobs[index], outcome)
             if on_outcome is not None:
                 on_outcome(index, outcome)
 
@@ -677,6 +683,9 @@ class _Silent:
         pass
 
     def finished(self, job: Job, result: JobResult) -> None:
+        pass
+
+    def failed(self, job: Job, error: StyleboxError) -> None:
         pass
 
 
