@@ -278,11 +278,14 @@ def test_progress_that_cannot_be_recorded_does_not_fail_the_job(
     assert "cannot record the progress of job 7" in caplog.text
 
 
-def test_the_step_a_job_pauses_at_reaches_the_journal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ending", ["done", "failed"])
+def test_the_step_a_job_pauses_at_reaches_the_journal(tmp_path: Path, ending: str) -> None:
     # Reports come at most once a second into the journal; the last one before a pause
-    # (a long step, a checkpoint) was dropped, and status showed the step before it.
+    # (a long step, a checkpoint) was dropped, and status showed the step before it. One
+    # kept back as the job failed was written a second later over the failed job's row.
     from stylebox.daemon.pipeline import _JournalReporter
     from stylebox.daemon.runner import Job
+    from stylebox.errors import PluginError
 
     journal = Journal(tmp_path / "journal.sqlite3")
     add(journal, "photo.png")
@@ -298,29 +301,12 @@ def test_the_step_a_job_pauses_at_reaches_the_journal(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert (journal.get(row.id).step, journal.get(row.id).total) == (3, 10)
     reporter.progress(job, 4, 10, {})  # kept back, then the job ends: nothing written after
-    reporter.finished(job, None)  # type: ignore[arg-type]
+    if ending == "done":
+        reporter.finished(job, None)  # type: ignore[arg-type]
+    else:
+        reporter.failed(job, PluginError("broken"))
     time.sleep(1.2)
     assert journal.get(row.id).step == 3
-    journal.close()
-
-
-def test_a_report_kept_back_is_not_written_once_its_job_failed(tmp_path: Path) -> None:
-    # The job failed with a report kept back: a second later it was written over the
-    # failed job's row, which then showed a step as if it were running.
-    from stylebox.daemon.pipeline import _JournalReporter
-    from stylebox.daemon.runner import Job
-    from stylebox.errors import PluginError
-
-    journal = Journal(tmp_path / "journal.sqlite3")
-    add(journal, "photo.png")
-    (row,) = journal.jobs()
-    reporter = _JournalReporter(journal, None)
-    job = Job(tmp_path / "photo.png", tmp_path / "work", job_id=row.id)
-    reporter.started(job)
-    reporter.progress(job, 2, 10, {})  # within the first second: kept back
-    reporter.failed(job, PluginError("broken"))
-    time.sleep(1.2)
-    assert journal.get(row.id).step is None
     assert reporter._timers == {} and reporter._last == {}
     journal.close()
 
