@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encoded, make_bad_inputs, photo, png_claiming_size, rgb_icc_profile
+from conftest import encoded, make_bad_inputs, photo, pixels, png_claiming_size, rgb_icc_profile
 from PIL import Image, ImageCms
 
 from stylebox.errors import BadInput, Truncated
@@ -574,8 +574,29 @@ def test_a_flat_result_counts_as_broken_only_for_a_photo_with_detail_and_at_a_re
     from stylebox.images import flat_result
 
     detailed, black = photo(64, 48), Image.new("RGB", (64, 48))
-    assert flat_result(detailed, black) == (0, 0, 0)
+    assert flat_result(detailed, black) == "one flat colour (0, 0, 0)"
     assert flat_result(detailed, photo(64, 48, seed=1)) is None  # a picture
     assert flat_result(Image.new("RGB", (64, 48), (9, 9, 9)), black) is None  # flat in
     assert flat_result(detailed, Image.new("RGB", (1, 1))) is None  # size = 1 asks one pixel
     assert flat_result(photo(8, 8), Image.new("RGB", (8, 8))) is None  # a few pixels
+
+
+def test_a_nearly_flat_result_counts_as_broken_too() -> None:
+    # A float image in 0..1 cast to bytes unscaled: 0s and a few 1s, which passed as done.
+    from stylebox.images import flat_result
+
+    with Image.open(Path(__file__).parent / "data" / "kodim06-256.png") as opened:
+        kodak = opened.convert("RGB")
+    slipped = Image.fromarray((pixels(kodak) / 255).astype(np.uint8))
+    assert 0 < np.count_nonzero(pixels(slipped)) < pixels(slipped).size  # not all one colour
+    assert flat_result(kodak, slipped) == (
+        "nearly one flat colour, (0, 0, 0) within 2 levels at 99.9 % of its pixels"
+    )
+    # A dark picture, three quarters black, with detail in the rest, is a picture.
+    dark = pixels(kodak) // 4
+    dark[: dark.shape[0] * 3 // 4] = 0
+    assert flat_result(kodak, Image.fromarray(dark.astype(np.uint8))) is None
+    # A few stray pixels (a NaN's) do not make a flat result a picture.
+    stray = np.zeros_like(pixels(kodak), dtype=np.uint8)
+    stray[0, :20] = 255  # under 0.1 % of 256 x 171
+    assert flat_result(kodak, Image.fromarray(stray)).startswith("nearly one flat colour")

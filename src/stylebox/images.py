@@ -553,21 +553,43 @@ def _lab_to_rgb(image: Image.Image) -> Image.Image:
     return ImageCms.applyTransform(image, transform) or image
 
 
-def flat_result(source: Image.Image, result: Image.Image) -> tuple[int, ...] | None:
-    """The one colour of ``result`` where every pixel of it has that colour although
-    ``source`` has detail, else ``None``: taken for a broken result (a model whose output
-    went NaN paints every pixel black). Both must have 256 pixels or more and ``source``
-    64 grey levels between its darkest and lightest in a channel; a flat photo, or a
-    result a few pixels in size, may well give one colour."""
+#: A result counts as flat when all but this share of its pixels lie within
+#: :data:`FLAT_LEVELS` grey levels of one colour in every channel (a float image cast to
+#: bytes unscaled gives 0 and a few 1s; a NaN gives a few stray pixels).
+FLAT_SHARE_OFF = 0.001
+FLAT_LEVELS = 2
+
+
+def flat_result(source: Image.Image, result: Image.Image) -> str | None:
+    """What ``result`` is, where it is (nearly) one flat colour although ``source`` has
+    detail (``"one flat colour (0, 0, 0)"``), else ``None``: taken for a broken result (a
+    model whose output went NaN paints every pixel black). Nearly: all but
+    :data:`FLAT_SHARE_OFF` of its pixels within :data:`FLAT_LEVELS` levels of the colour.
+    Both must have 256 pixels or more and ``source`` 64 grey levels between its darkest
+    and lightest in a channel; a flat photo, or a result a few pixels in size, may well
+    give one colour."""
     if source.width * source.height < 256 or result.width * result.height < 256:
         return None
-    extrema = result.getextrema()
-    # One band gives one (low, high) pair; more give a pair a band.
-    pairs = [extrema] if len(result.getbands()) == 1 else list(extrema)
-    if any(low != high for low, high in pairs):
-        return None
     ranges = [high - low for low, high in source.convert("RGB").getextrema()]
-    return tuple(int(low) for low, _ in pairs) if max(ranges) >= 64 else None
+    if max(ranges) < 64:
+        return None
+    pixels = result.width * result.height
+    histogram = np.asarray(result.histogram()).reshape(-1, 256)  # one row a band
+    colour, exact = [], True
+    for counts in histogram:
+        median = int(np.searchsorted(np.cumsum(counts), pixels / 2))
+        near = counts[max(0, median - FLAT_LEVELS) : median + FLAT_LEVELS + 1].sum()
+        if near < pixels * (1 - FLAT_SHARE_OFF):
+            return None
+        colour.append(median)
+        exact = exact and counts[median] == pixels
+    shown = tuple(colour)
+    if exact:
+        return f"one flat colour {shown}"
+    return (
+        f"nearly one flat colour, {shown} within {FLAT_LEVELS} levels at "
+        f"{100 * (1 - FLAT_SHARE_OFF):g} % of its pixels"
+    )
 
 
 def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:

@@ -670,7 +670,7 @@ def check_result(
     flat = flat_result(source, result)
     if flat is not None:
         raise refuse(
-            f"plugin {plugin.name} returned one flat colour {flat} for a photo with detail: "
+            f"plugin {plugin.name} returned {flat} for a photo with detail: "
             f"a broken result, not a painting{same_again}"
         )
 

@@ -312,9 +312,10 @@ def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what:
     flat = flat_result(image, result)
     if flat is not None:
         raise ContractFailure(
-            f"process returned one flat colour {flat} for {what}, which has detail: a "
-            "result of nothing but one colour is a broken one (a NaN cast to 8 bits is "
-            "black); check the model's output before it becomes pixels"
+            f"process returned {flat} for {what}, which has detail: a "
+            "result of (nearly) nothing but one colour is a broken one (a NaN cast to 8 "
+            "bits is black; a float image cast unscaled, 0s and 1s); check the model's "
+            "output before it becomes pixels"
         )
 
 
