@@ -408,6 +408,8 @@ class ExplicitlyAllowsInfinity(Good):
     """Says so field by field: passes."""
 
     class Params(PluginParams):
+        model_config = ConfigDict(strict=True)
+
         level: int = Field(2, ge=1, le=8)
         limit: float = Field(float("inf"), allow_inf_nan=True)
 
@@ -876,6 +878,8 @@ class TwoStepsThenStops(Good):
 
 class FreeColour(Good):
     class Params(PluginParams):
+        model_config = ConfigDict(strict=True)
+
         level: int = Field(2, ge=1, le=8)
         colour: str = "red"
 
@@ -1107,3 +1111,31 @@ def test_a_class_named_otherwise_than_its_entry_point_says_to_make_them_one(
         "failed to load: class Pen declares name 'pencil' but is registered as 'pen'; make "
         "Pen.name and the entry point name the same"
     )
+
+
+class StrictColour(Good):
+    class Params(PluginParams):
+        model_config = ConfigDict(strict=True)
+
+        level: int = Field(2, ge=1, le=8)
+        sharpen: bool = False
+        colour: Literal["red", "blue"] = "red"
+
+
+def test_number_and_truth_params_that_convert_text_are_warned_of(tmp_path: Path) -> None:
+    # The kit's row said every field refuses values of the wrong type; a lax Params took
+    # level = "2" and sharpen = "yes" from a config and said nothing.
+    class LaxColour(StrictColour):
+        class Params(PluginParams):
+            level: int = Field(2, ge=1, le=8)
+            sharpen: bool = False
+            colour: Literal["red", "blue"] = "red"
+
+    with pytest.warns(
+        ContractWarning,
+        match=r"converts text to numbers or true/false \(level = '2', sharpen = 'false' passed\)",
+    ):
+        run_check("params_reject_bad_values", LaxColour, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContractWarning)
+        run_check("params_reject_bad_values", StrictColour, tmp_path / "strict")

@@ -475,6 +475,7 @@ def check_params_reject_bad_values(case: ContractCase) -> None:
             continue
         raise ContractFailure(f"{model.__name__} accepted the invalid params {params!r}")
     _warn_free_text(model, case)
+    _warn_converted_text(model, case)
 
 
 #: Floats a TOML file can hold (``nan``, ``inf``) that JSON cannot: the manifest records
@@ -543,6 +544,39 @@ def _warn_free_text(model: type[BaseModel], case: ContractCase) -> None:
                 ),
                 stacklevel=2,
             )
+
+
+def _warn_converted_text(model: type[BaseModel], case: ContractCase) -> None:
+    """Warn of number and true/false fields that take text and convert it (pydantic's lax
+    mode): a config's ``bits = "3"`` would pass unsaid, where the built-in plugins refuse a
+    value of another type."""
+    params = case.validated()
+    context = {"base_dir": case.base_dir}
+    converted = []
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        value = getattr(params, name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = str(value)
+        else:
+            continue
+        try:
+            model.model_validate({**case.params, key: text}, context=context)
+        except ValidationError:
+            continue
+        converted.append(f"{key} = {text!r}")
+    if converted:
+        warnings.warn(
+            ContractWarning(
+                f"{model.__name__} converts text to numbers or true/false ({', '.join(converted)} "
+                "passed), so a wrong type in a config passes unsaid; refuse it as the built-in "
+                "plugins do: model_config = ConfigDict(strict=True), with "
+                "stylebox.plugins.api.PathValue for paths"
+            ),
+            stacklevel=2,
+        )
 
 
 def check_params_json_roundtrip(case: ContractCase) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from PIL import Image, ImageOps
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from stylebox.plugins.api import Capabilities, JobContext, Plugin, PluginParams
 
 
 class PosterizeParams(PluginParams):
+    model_config = ConfigDict(strict=True)  # bits = "3" in a config is refused, not converted
+
     bits: int = Field(3, ge=1, le=8, description="Bits kept per colour channel")
     autocontrast: bool = Field(True, description="Stretch the contrast first")
 
