@@ -37,6 +37,7 @@ class StepperParams(PluginParams):
     grey: bool = Field(False, description="return a greyscale image (the contract asks RGB)")
     black: bool = Field(False, description="return all black, as a model whose output went NaN")
     odd_fact: bool = Field(False, description="note numpy values at the end, a NaN among them")
+    text_metric: bool = Field(False, description="report the loss as text, not a number")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -65,7 +66,8 @@ class Stepper(Plugin[StepperParams]):
                 raise Cancelled(f"cancelled at step {step}")
             time.sleep(p.seconds_per_step)
             step += 1
-            job.progress(step, p.steps, loss=math.nan if step == p.nan_at else 1000.0 / step)
+            loss = math.nan if step == p.nan_at else 1000.0 / step
+            job.progress(step, p.steps, loss="high" if p.text_metric else loss)  # type: ignore[arg-type]
             if p.snapshot_every and step % p.snapshot_every == 0:
                 job.snapshot(image, step)
             if p.checkpoint_every and step % p.checkpoint_every == 0:

@@ -171,6 +171,18 @@ def test_a_metric_that_is_not_a_number_is_null_in_a_manifest_that_stays_json(
     assert "the plugin reported loss=nan at step 2 (recorded as null)" in caplog.text
 
 
+def test_a_metric_of_text_fails_the_job_naming_it(tmp_path: Path, image: Path) -> None:
+    # It failed as "ValueError: could not convert string to float: 'high'", naming
+    # neither the metric nor what to do.
+    with pytest.raises(PluginError) as failure:
+        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 2, "text_metric": True})
+    assert str(failure.value) == (
+        "plugin stepper failed: TypeError: progress at step 1 reported the metric loss='high', "
+        "which is not a number; metrics are numbers for the manifest's history (put text in "
+        "job.note())"
+    )
+
+
 def test_an_exception_without_a_message_is_named_as_such(tmp_path: Path, image: Path) -> None:
     # A bare `raise Exception()` failed the job as "plugin stepper failed: Exception: ".
     with pytest.raises(PluginError) as failure:

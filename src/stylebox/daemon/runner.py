@@ -54,7 +54,14 @@ from stylebox.images import (
 )
 from stylebox.jsonvalues import not_finite
 from stylebox.lossplot import render_svg
-from stylebox.plugins.api import JobContext, JsonValue, Plugin, check_facts, companions_of
+from stylebox.plugins.api import (
+    JobContext,
+    JsonValue,
+    Plugin,
+    check_facts,
+    companions_of,
+    metric_value,
+)
 
 log = logging.getLogger("stylebox.runner")
 
@@ -286,7 +293,7 @@ class RunnerContext(JobContext):
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
         self._starts_at(int(step))
-        values = {k: float(v) for k, v in metrics.items()}
+        values = {k: metric_value(step, k, v) for k, v in metrics.items()}
         odd = {k: v for k, v in values.items() if not math.isfinite(v)}
         if odd:
             shown = ", ".join(f"{k}={v}" for k, v in odd.items())

@@ -247,6 +247,20 @@ def check_facts(facts: dict[str, JsonValue]) -> None:
         )
 
 
+def metric_value(step: int, name: str, value: object) -> float:
+    """A metric given to ``job.progress`` as a float (a numpy or torch number included);
+    a TypeError naming it where it is not a number (text is not taken for one)."""
+    if not isinstance(value, str | bytes):
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(
+        f"progress at step {step} reported the metric {name}={value!r}, which is not a "
+        "number; metrics are numbers for the manifest's history (put text in job.note())"
+    )
+
+
 class JobContext(ABC):
     """The runner's side of one job, as a plugin sees it."""
 

@@ -13,7 +13,6 @@ import inspect
 import io
 import json
 import math
-import numbers
 import os
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from stylebox.plugins.api import (
     Plugin,
     PluginError,
     Runtime,
+    metric_value,
 )
 from stylebox.plugins.registry import GROUP, Registry, discover
 from stylebox.testing.context import RecordingContext
@@ -805,12 +805,10 @@ def check_progress_through_context(case: ContractCase) -> None:
         if not (total > 0 and 0 <= step <= total):
             raise ContractFailure(f"progress({step}, {total}) is out of range: 0 <= step <= total")
         for name, value in metrics.items():
-            if not isinstance(value, numbers.Real):
-                raise ContractFailure(
-                    f"progress at step {step} reported the metric {name}={value!r}, which is "
-                    "not a number; metrics are numbers for the manifest's history (put text "
-                    "in job.note())"
-                )
+            try:
+                metric_value(step, name, value)
+            except TypeError as exc:
+                raise ContractFailure(str(exc)) from None
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad:
             raise ContractFailure(f"progress at step {step} reported non-finite metrics {bad}")
