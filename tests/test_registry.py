@@ -58,6 +58,32 @@ def test_builtin_gatys_is_discovered() -> None:
     assert registry.plugins["gatys"].version
 
 
+def test_a_misspelt_plugin_name_gets_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "no plugin named 'gatis' is installed (installed: fast, gatys)", and for a package
+    # whose entry point sat in a misspelt group, the same line and no hint at all.
+    site = installed_site(
+        tmp_path,
+        "stylebox-sepia",
+        "[stylebox.plugin]\nsepia = stylebox_sepia:Sepia\n",
+        {"stylebox_sepia.py": ""},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry = discover()
+    with pytest.raises(ConfigError, match=r"installed: .*gatys.*\); did you mean gatys\?$"):
+        registry.get("gatis")
+    with pytest.raises(ConfigError) as refused:
+        registry.get("sepia")
+    assert str(refused.value).endswith(
+        "; an entry point 'sepia' is registered by stylebox-sepia in the group "
+        "'stylebox.plugin', not 'stylebox.plugins': fix the group's name in its "
+        "pyproject.toml and reinstall it"
+    )
+    with pytest.raises(ConfigError, match=r"\(installed: [^)]*\)$"):
+        registry.get("zzzz")  # nothing close: no hint
+
+
 def test_broken_plugins_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(broken_plugins_site(tmp_path)))
     registry = discover()

@@ -9,6 +9,7 @@ ignored, with a warning: the built-in keeps it.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import logging
 import sys
@@ -61,7 +62,23 @@ class Registry:
                 f"plugin {name!r} ({failure.source}) failed to load: {failure.reason}"
             )
         known = ", ".join(sorted(self.plugins)) or "none"
-        raise ConfigError(f"no plugin named {name!r} is installed (installed: {known})")
+        close = difflib.get_close_matches(name, [*self.plugins, *self.failures], n=1)
+        hint = f"; did you mean {close[0]}?" if close else _misgrouped(name)
+        raise ConfigError(f"no plugin named {name!r} is installed (installed: {known}){hint}")
+
+
+def _misgrouped(name: str) -> str:
+    """Where an entry point called ``name`` is registered in a group close to
+    :data:`GROUP` (``stylebox.plugin``, say), what to do; else nothing."""
+    groups = entry_points().groups - {GROUP}
+    for group in sorted(difflib.get_close_matches(GROUP, groups, n=3, cutoff=0.8)):
+        for entry_point in entry_points(group=group, name=name):
+            where = f" by {entry_point.dist.name}" if entry_point.dist else ""
+            return (
+                f"; an entry point {name!r} is registered{where} in the group {group!r}, not "
+                f"{GROUP!r}: fix the group's name in its pyproject.toml and reinstall it"
+            )
+    return ""
 
 
 def discover() -> Registry:
@@ -154,7 +171,10 @@ def contract_problem(name: str, loaded: object) -> str | None:
         )
     params = getattr(loaded, "Params", None)
     if not (inspect.isclass(params) and issubclass(params, BaseModel)):
-        return f"{loaded.__name__}.Params is {params!r}, not a pydantic model"
+        return (
+            f"{loaded.__name__}.Params is {params!r}, not a pydantic model; give it a "
+            "subclass of stylebox.plugins.api.PluginParams"
+        )
     if inspect.isabstract(loaded):
         missing = ", ".join(sorted(getattr(loaded, "__abstractmethods__", ())))
         return f"{loaded.__name__} does not implement {missing}"
