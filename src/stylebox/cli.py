@@ -89,7 +89,8 @@ def _discard_stdout() -> None:
 
 def _stdout_console() -> Console:
     """A rich console on standard output that leaves a closed pipe to :func:`main` (rich's
-    own handling exits with status 1)."""
+    own handling exits with status 1). Into a pipe or a file (no terminal, no ``COLUMNS``)
+    lines are not wrapped: each stays whole for ``grep``, where rich would cut it at 80."""
     from rich.console import Console
 
     class PipeConsole(Console):
@@ -97,7 +98,14 @@ def _stdout_console() -> Console:
             self.quiet = True  # nothing more to write
             raise BrokenPipeError
 
-    return PipeConsole()
+    console = PipeConsole()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = PipeConsole(width=UNWRAPPED_WIDTH, soft_wrap=True)
+    return console
+
+
+#: The width of output into a pipe: wider than any line it prints.
+UNWRAPPED_WIDTH = 10_000
 
 
 def _main(argv: Sequence[str] | None) -> int:
