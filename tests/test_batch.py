@@ -419,11 +419,18 @@ def test_a_stopped_batch_exits_130_and_the_job_waits_uncounted(tmp_path: Path) -
     config, _ = setup(tmp_path, 1, "flaky", "{ hang = true }")
     process = subprocess.Popen(
         [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)],
-        stderr=subprocess.DEVNULL, env=site_env(site),
+        stderr=subprocess.PIPE, text=True, env=site_env(site),
     )  # fmt: skip
     assert wait_until((site / "attempts.log").exists, 60)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 130
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    # It said "batch finished ... queued=1" and nothing of being stopped or how to go on.
+    assert "batch finished" not in stderr
+    assert stderr.rstrip().endswith(
+        "stylebox: batch nightly: stopped with 1 image(s) left; run the same command again "
+        "to resume"
+    )
     journal = Journal(tmp_path / "state" / "journal.sqlite3")
     (row,) = journal.jobs("batch:nightly")
     journal.close()

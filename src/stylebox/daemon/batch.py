@@ -210,9 +210,16 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     # The others had nothing to do: their bytes, with these settings, were done already,
     # in an earlier run or by another file of this one (said in a line each).
     counts["done_before"] = len(wanted - {row.origin_path for row in rows})
-    log.info("batch finished", extra={"batch": name, "files": len(files), **counts})
     if loop.stopping.is_set():
+        log.info("batch stopped", extra={"batch": name, "files": len(files), **counts})
+        left = counts["queued"] + [row.state for row in rows].count("running")
+        print(
+            f"stylebox: batch {name}: stopped with {left} image(s) left; run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
         return 130
+    log.info("batch finished", extra={"batch": name, "files": len(files), **counts})
     return 1 if counts["failed"] else 0
 
 
