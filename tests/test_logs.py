@@ -56,3 +56,12 @@ def test_uvicorn_s_coloured_copy_of_its_message_is_left_out() -> None:
     record = _record(color_message="Started server process [\x1b[36m%d\x1b[0m]")
     assert "color_message" not in json.loads(JsonFormatter().format(record))
     assert "\x1b" not in TextFormatter().format(record)
+
+
+def test_uvicorn_s_start_and_stop_are_not_logged_as_from_an_error_logger() -> None:
+    # uvicorn logs "Started server process" to its logger "uvicorn.error": a search of the
+    # daemon's log for "error" found each start and stop.
+    logger = logging.getLogger("uvicorn.error")
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "Shutting down", (), None)
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["logger"] == "uvicorn" and "error" not in line

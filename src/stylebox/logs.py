@@ -11,6 +11,9 @@ from typing import TextIO
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is data.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _LIBRARY = frozenset({"color_message"})
+#: Loggers shown by another name: uvicorn logs its start and stop to ``uvicorn.error``
+#: (a name kept for history), and a search of the log for "error" found every start.
+_LOGGER_NAMES = {"uvicorn.error": "uvicorn"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -31,7 +34,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": _LOGGER_NAMES.get(record.name, record.name),
             "msg": record.getMessage(),
         }
         entry.update(_fields(record))
