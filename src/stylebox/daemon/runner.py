@@ -643,9 +643,9 @@ def check_result(
     plugin: PluginHandle, source: Image.Image, result: object, alone: bool = True
 ) -> None:
     """Refuse what the contract does not allow: a non-image, a non-RGB image, an image of
-    another size than the plugin's :meth:`~Plugin.output_size` documents, or one flat
-    colour for a ``source`` photo with detail (a model whose output went NaN paints every
-    pixel black; that is no result to deliver as done). For a job run
+    another size than the plugin's :meth:`~Plugin.output_size` documents, or (nearly) one
+    flat colour for a ``source`` photo with detail (a model whose output went NaN paints
+    every pixel black; that is no result to deliver as done: see :func:`flat_result`). For a job run
     ``alone`` those are :class:`PermanentFailure`: a plugin's code gives the same for the
     same job (retries only cost its run time again); from a batch, a plugin fault, since
     a retry may run the job in another batch or alone, through other code. An image that
