@@ -4,6 +4,7 @@ the time of every run as well as of the last."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,19 @@ def test_a_metric_of_text_fails_the_job_naming_it(tmp_path: Path, image: Path) -
         "plugin stepper failed: TypeError: progress at step 1 reported the metric loss='high', "
         "which is not a number; metrics are numbers for the manifest's history (put text in "
         "job.note())"
+    )
+
+
+def test_a_step_past_the_total_is_said_once(
+    tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # progress(4, 3) went by unsaid: a bar past its end, "step 4/3" in the log.
+    with caplog.at_level(logging.WARNING, logger="stylebox"):
+        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 3, "past_total": True})
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (
+        "job photo.png: the plugin reported step 4 of 3; the contract asks 0 <= step <= "
+        "total, total > 0 (the contract kit's progress check says so)"
     )
 
 

@@ -184,6 +184,7 @@ class RunnerContext(JobContext):
         """The (step, total) of the plugin's last progress report."""
         self._first_step: int | None = None
         self._said_not_finite = False
+        self._said_out_of_range = False
 
     def partial(self) -> str | None:
         """Why a result returned now is not the whole job's, or ``None``: asked to stop,
@@ -298,6 +299,15 @@ class RunnerContext(JobContext):
         if odd:
             shown = ", ".join(f"{k}={v}" for k, v in odd.items())
             self._say_not_finite(f"reported {shown} at step {step}")
+        if not (total > 0 and 0 <= step <= total) and not self._said_out_of_range:
+            self._said_out_of_range = True  # once a job: a plugin's off-by-one is at each step
+            log.warning(
+                "job %s: the plugin reported step %s of %s; the contract asks "
+                "0 <= step <= total, total > 0 (the contract kit's progress check says so)",
+                self.job.name,
+                step,
+                total,
+            )
         # JSON has no NaN or infinity: such a value is null in the history and manifest.
         entry: Entry = {"step": int(step)}
         entry.update({k: None if k in odd else v for k, v in values.items()})
