@@ -172,18 +172,6 @@ def test_a_metric_that_is_not_a_number_is_null_in_a_manifest_that_stays_json(
     assert "the plugin reported loss=nan at step 2 (recorded as null)" in caplog.text
 
 
-def test_a_metric_of_text_fails_the_job_naming_it(tmp_path: Path, image: Path) -> None:
-    # It failed as "ValueError: could not convert string to float: 'high'", naming
-    # neither the metric nor what to do.
-    with pytest.raises(PluginError) as failure:
-        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 2, "text_metric": True})
-    assert str(failure.value) == (
-        "plugin stepper failed: TypeError: progress at step 1 reported the metric loss='high', "
-        "which is not a number; metrics are numbers for the manifest's history (put text in "
-        "job.note())"
-    )
-
-
 def test_a_step_past_the_total_is_said_once(
     tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -197,22 +185,41 @@ def test_a_step_past_the_total_is_said_once(
     )
 
 
-def test_an_exception_without_a_message_is_named_as_such(tmp_path: Path, image: Path) -> None:
-    # A bare `raise Exception()` failed the job as "plugin stepper failed: Exception: ".
-    with pytest.raises(PluginError) as failure:
-        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 3, "bare_at": 1})
-    assert str(failure.value) == "plugin stepper failed: Exception (raised without a message)"
-
-
-def test_a_result_that_breaks_the_contract_is_not_tried_again(tmp_path: Path, image: Path) -> None:
-    # A plugin that returns a grey image returns one at every try: it was retried
-    # max_attempts times, each run spent again for the same refusal.
-    with pytest.raises(PermanentFailure) as failure:
-        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 2, "grey": True})
-    assert str(failure.value) == (
-        "plugin stepper returned an L image, not RGB (the plugin breaks its contract; another "
-        "try would do the same)"
-    )
+@pytest.mark.parametrize(
+    ("params", "error", "message"),
+    [
+        # A bare `raise Exception()` failed the job as "plugin stepper failed: Exception: ".
+        (
+            {"bare_at": 1},
+            PluginError,
+            "plugin stepper failed: Exception (raised without a message)",
+        ),
+        # It failed as "ValueError: could not convert string to float: 'high'", naming
+        # neither the metric nor what to do.
+        (
+            {"text_metric": True},
+            PluginError,
+            "plugin stepper failed: TypeError: progress at step 1 reported the metric "
+            "loss='high', which is not a number; metrics are numbers for the manifest's "
+            "history (put text in job.note())",
+        ),
+        # A plugin that returns a grey image returns one at every try: it was retried
+        # max_attempts times, each run spent again for the same refusal.
+        (
+            {"grey": True},
+            PermanentFailure,
+            "plugin stepper returned an L image, not RGB (the plugin breaks its contract; "
+            "another try would do the same)",
+        ),
+    ],
+    ids=["bare exception", "text metric", "grey result"],
+)
+def test_a_plugin_s_fault_is_said_as_what_it_was(
+    tmp_path: Path, image: Path, params: dict, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as failure:
+        run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 3, **params})
+    assert type(failure.value) is error and str(failure.value) == message
 
 
 def test_a_result_of_one_flat_colour_for_a_photo_with_detail_fails(
