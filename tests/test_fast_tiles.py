@@ -118,3 +118,25 @@ def test_weights_listed_as_inputs_too_are_not_asked_for() -> None:
     (applied,) = session(graphs.apply).run(["output"], feeds)
     (own,) = session(model).run(["output"], {"input": image})
     assert np.abs(applied - own).max() < 1e-3 * np.abs(own).max()
+
+
+def test_a_thin_strip_is_not_cut_into_tiles_a_pixel_high(tmp_path: Path) -> None:
+    # A 2000x3 strip ran in tiles (its long side over the tile size), normalised by a
+    # 768x1 thumbnail: washed out to cyan and white, 95 grey levels from the strip in one
+    # piece. Tiles are for photos of many pixels, and a thumbnail keeps some height.
+    def run(strip: Image.Image, tile_size: int, name: str) -> tuple[np.ndarray, dict]:
+        params = fast.FastParams(model=str(MODEL), tile_size=tile_size, tile_overlap=16)
+        plugin = fast.FastPlugin(params, Runtime(device="cpu", state_dir=tmp_path / "state"))
+        context = RecordingContext(tmp_path / name)
+        return np.asarray(plugin.process(strip, context), dtype=np.float64), context.facts
+
+    with Image.open(DATA / "kodim06-256.png") as opened:
+        band = opened.convert("RGB").crop((0, 100, 256, 104))
+    few = band.resize((2000, 3), Image.Resampling.LANCZOS)  # 6000 pixels: one piece
+    _, facts = run(few, 128, "few")
+    assert "tile_statistics" not in facts
+    many = band.resize((2000, 10), Image.Resampling.LANCZOS)  # 20000 pixels: in tiles
+    whole, _ = run(many, 8192, "whole")
+    tiled, facts = run(many, 128, "tiled")
+    assert facts["tile_statistics"] == "from a 1810x9 thumbnail"  # a tile's pixels at most
+    assert np.abs(tiled - whole).mean() < 15  # measured: 5.2 (with a 128x1 one, 106)

@@ -10,6 +10,7 @@ conversions to what it wants happen inside the graph (:mod:`.engine`, :mod:`.iog
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -133,8 +134,8 @@ class FastParams(PluginParams):
     tile_size: PositiveInt | None = Field(
         None,
         ge=64,
-        description="Photos larger than this are stylised in tiles (memory grows with its "
-        f"square); default {TILE_CPU} on the CPU, {TILE_GPU} on a GPU",
+        description="Photos of more pixels than its square are stylised in tiles of this side "
+        f"(memory grows with the square); default {TILE_CPU} on the CPU, {TILE_GPU} on a GPU",
     )
     tile_overlap: PositiveInt = Field(64, description="Overlap of neighbouring tiles, feathered")
     edge_margin: int = Field(
@@ -285,7 +286,7 @@ class FastPlugin(Plugin[FastParams]):
         tiled: set[int] = set()
         for index, (photo, job) in enumerate(zip(photos, jobs, strict=True)):
             feeds = self._style_feeds(photo) if self._predictor is not None else None
-            if max(photo.size) > self.tile_size and self.manifest.size == "dynamic":
+            if needs_tiles(photo.size, self.tile_size) and self.manifest.size == "dynamic":
                 try:
                     results[index] = self._tiled(photo, job, feeds)
                 except Cancelled as stopped:  # this job alone: the others run on
@@ -502,7 +503,7 @@ class FastPlugin(Plugin[FastParams]):
             raise Cancelled("stopped before its first tile")
         if thumb is not None:
             graphs, measure, apply = thumb
-            thumbnail = _pixels(resize_to_max_side(photo, tile))
+            thumbnail = _pixels(photo.resize(thumbnail_size(photo.size, tile), LANCZOS))
             plain = PlainEngine(measure, self.manifest, self.checked.feeds)
             statistics = measure.run(graphs.outputs, plain.feed(self._batch([thumbnail]), feeds))
             tile_engine = PlainEngine(apply, self.manifest, self.checked.feeds)
@@ -527,6 +528,29 @@ class FastPlugin(Plugin[FastParams]):
             weight[top : top + h, left : left + w] += mask
             job.progress(done, len(starts))
         return _to_image(total / np.maximum(weight, 1e-6))
+
+
+def needs_tiles(size: tuple[int, int], tile: int) -> bool:
+    """Whether a photo of ``size`` runs in tiles of ``tile`` px: memory grows with its
+    pixels, so one of more pixels than a tile does, a long thin strip of few does not (its
+    tiles, and its thumbnail, would be a pixel or two high)."""
+    return size[0] * size[1] > tile * tile
+
+
+#: The thumbnail of a tiled photo keeps its shortest side at least this long (or the
+#: photo's own): a strip's thumbnail a pixel high measured nothing like the strip, and
+#: its tiles came out washed out to cyan and white.
+THUMBNAIL_MIN_SIDE = 64
+
+
+def thumbnail_size(size: tuple[int, int], tile: int) -> tuple[int, int]:
+    """The size of the thumbnail whose statistics a tiled photo of ``size`` takes: its
+    longest side ``tile``, or longer where that would make its shortest side shorter than
+    :data:`THUMBNAIL_MIN_SIDE`, never more pixels than one tile, never enlarged."""
+    width, height = size
+    scale = max(tile / max(size), THUMBNAIL_MIN_SIDE / min(size))
+    scale = min(scale, tile / math.sqrt(width * height), 1.0)
+    return (max(1, round(width * scale)), max(1, round(height * scale)))
 
 
 def _model_for(
