@@ -89,58 +89,15 @@ def make_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
 
 
 def rgb_icc_profile(swap_red_blue: bool = True) -> bytes:
-    """A minimal ICC v2 matrix/TRC RGB profile; with ``swap_red_blue`` its red primary is
-    sRGB's blue and vice versa, so a colour-managed decode visibly changes the pixels."""
-
-    def s15(value: float) -> bytes:
-        return struct.pack(">i", round(value * 65536))
-
-    def xyz(x: float, y: float, z: float) -> bytes:
-        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+    """A minimal ICC v2 matrix/TRC RGB profile (gamma 2.2); with ``swap_red_blue`` its red
+    primary is sRGB's blue and vice versa, so a colour-managed decode visibly changes the
+    pixels."""
+    from stylebox.iccprofiles import matrix_trc_profile
 
     red, green, blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
     if swap_red_blue:
         red, blue = blue, red
-    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0233) + bytes(2)  # gamma 2.2
-    text = b"text" + bytes(4) + b"test profile\0"
-    desc = b"desc" + bytes(4) + struct.pack(">I", 5) + b"test\0" + bytes(12) + bytes(67)
-    tags = [
-        (b"desc", desc),
-        (b"cprt", text),
-        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
-        (b"rXYZ", xyz(*red)),
-        (b"gXYZ", xyz(*green)),
-        (b"bXYZ", xyz(*blue)),
-        (b"rTRC", curve),
-        (b"gTRC", curve),
-        (b"bTRC", curve),
-    ]
-    offset = 128 + 4 + 12 * len(tags)
-    table, body = b"", b""
-    for signature, data in tags:
-        data += bytes(-len(data) % 4)
-        table += signature + struct.pack(">II", offset + len(body), len(data))
-        body += data
-    size = offset + len(body)
-    header = (
-        struct.pack(">I", size)
-        + b"lcms"
-        + bytes.fromhex("02100000")
-        + b"mntrRGB XYZ "
-        + bytes(12)
-        + b"acsp"
-        + bytes(16)
-        + bytes(8)
-        + bytes(4)
-        + s15(0.9642)
-        + s15(1.0)
-        + s15(0.8249)
-        + bytes(4)
-        + bytes(16)
-        + bytes(28)
-    )
-    assert len(header) == 128
-    return header + struct.pack(">I", len(tags)) + table + body
+    return matrix_trc_profile("test", (red, green, blue), 563 / 256)
 
 
 def installed_site(folder: Path, name: str, entry_points: str, modules: dict[str, str]) -> Path:

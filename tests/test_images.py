@@ -344,6 +344,39 @@ def test_icc_profile_is_converted_to_srgb() -> None:
     assert b > 150 and r < 100  # the profile says those numbers mean blue
 
 
+def test_a_camera_jpeg_in_adobe_rgb_mode_is_read_as_adobe_rgb() -> None:
+    # A camera set to Adobe RGB says so in its EXIF (colour space "uncalibrated",
+    # interoperability index R03) and embeds no profile: read as sRGB, its colours came
+    # out too saturated.
+    from PIL import ExifTags
+
+    from stylebox.iccprofiles import ADOBE_RGB
+
+    with Image.open(Path(__file__).parent / "data" / "kodim06-256.png") as opened:
+        kodak = opened.convert("RGB")
+
+    def jpeg(colour_space: int | None, index: str | None, icc: bytes | None = None) -> bytes:
+        exif = Image.Exif()
+        if colour_space is not None:
+            exif.get_ifd(ExifTags.IFD.Exif)[0xA001] = colour_space
+        if index is not None:
+            exif.get_ifd(ExifTags.IFD.Exif)[0xA005] = {0x0001: index}
+        options = {"icc_profile": icc} if icc else {}
+        return encoded(kodak, "JPEG", quality=95, exif=exif.tobytes(), **options)
+
+    camera = decode_bytes(jpeg(0xFFFF, "R03"))
+    assert camera.notes == (
+        "converted to sRGB from Adobe RGB (1998), as its EXIF says (no ICC profile)",
+    )
+    embedded = decode_bytes(jpeg(None, None, ADOBE_RGB))  # the same, said by a profile
+    assert np.abs(pixels(camera.rgb) - pixels(embedded.rgb)).max() <= 1
+    as_srgb = decode_bytes(jpeg(1, "R98"))
+    assert as_srgb.notes == ()
+    assert np.abs(pixels(camera.rgb) - pixels(as_srgb.rgb)).mean() > 1  # it changes colours
+    for colour_space, index in ((0xFFFF, None), (0xFFFF, "R98"), (1, "R03")):
+        assert decode_bytes(jpeg(colour_space, index)).notes == ()  # nothing said: sRGB
+
+
 def test_srgb_tagged_image_is_unchanged() -> None:
     image = photo(16, 16)
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

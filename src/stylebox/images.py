@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from stylebox.errors import BadInput, Truncated
+from stylebox.iccprofiles import ADOBE_RGB
 
 #: Formats accepted by default (JPEG includes multi-picture MPO files from phones).
 #: Everything else is refused before a single pixel is decoded.
@@ -47,6 +48,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 _SRGB_BYTES: bytes = _SRGB.tobytes()
+_ADOBE_RGB = ImageCms.ImageCmsProfile(io.BytesIO(ADOBE_RGB))
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -265,6 +267,23 @@ def _open(stream: _Reads, name: str, formats: frozenset[str], max_pixels: int) -
 
 #: The EXIF tag of a photo's orientation (1: as stored; 2 to 8: mirrored and/or turned).
 _ORIENTATION = 0x0112
+#: EXIF's colour space tag (1: sRGB; 0xFFFF: uncalibrated) and DCF's interoperability
+#: index ("R98": sRGB, "R03": Adobe RGB), which cameras in Adobe RGB mode write instead
+#: of embedding a profile.
+_COLOR_SPACE, _UNCALIBRATED, _INTEROP_INDEX = 0xA001, 0xFFFF, 0x0001
+
+
+def _exif_says_adobe_rgb(image: Image.Image) -> bool:
+    """Whether ``image``'s EXIF marks it Adobe RGB as a camera does (colour space
+    uncalibrated, interoperability index R03)."""
+    try:
+        exif = image.getexif()
+        if exif.get_ifd(ExifTags.IFD.Exif).get(_COLOR_SPACE) != _UNCALIBRATED:
+            return False
+        index = exif.get_ifd(ExifTags.IFD.Interop).get(_INTEROP_INDEX, "")
+    except Exception:  # EXIF a camera or editor wrote badly: no colour space said
+        return False
+    return str(index).strip("\0 ") == "R03"
 
 
 #: ISO media brands of HEIF pictures (a phone's HEIC photos), which Pillow cannot read.
@@ -492,6 +511,11 @@ def _to_srgb(
     if alpha is not None:
         image = _fill_hidden(image, alpha, notes)
 
+    if not icc and image.mode == "RGB" and _exif_says_adobe_rgb(image):
+        image = ImageCms.profileToProfile(
+            image, _ADOBE_RGB, _SRGB, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
+        )
+        notes.append("converted to sRGB from Adobe RGB (1998), as its EXIF says (no ICC profile)")
     if icc and image.mode in ("RGB", "L", "CMYK"):
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
