@@ -6,6 +6,7 @@ import io
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,53 @@ def test_a_failed_jobs_bar_goes_and_the_others_stay(tmp_path: Path) -> None:
     assert "queued.png" in line
     reporter.failed(waiting, PluginError("stopped"))
     assert _lines(reporter) == []
+
+
+def test_a_job_that_raises_out_of_the_runner_after_its_start_loses_its_bar(
+    tmp_path: Path,
+) -> None:
+    # A work folder that cannot be made (a full disk; here a file in its way) raised out of
+    # the runner after the job's bar was drawn, and the bar stayed.
+    from stepper_plugin import Stepper, StepperParams
+
+    from stylebox.daemon.outbox import Outbox
+    from stylebox.daemon.runner import PluginHandle, Runner
+    from stylebox.plugins.api import Runtime
+
+    reporter = _reporter()
+    good = tmp_path / "good.png"
+    photo(24, 16).save(good)
+    (tmp_path / "in-the-way").write_text("a file where the work folder's parent should be")
+    stepper = Stepper(StepperParams(steps=2), Runtime(state_dir=tmp_path / "state"))
+    handle = PluginHandle("stepper", "1", stepper, stepper.params)
+    job = Job(good, tmp_path / "in-the-way" / "work")
+    with pytest.raises(OSError):
+        Runner(reporter=reporter).execute(job, handle, Outbox(tmp_path / "out"))
+    assert _lines(reporter) == []
+
+
+def test_a_lost_runs_end_leaves_the_newer_runs_bar_and_progress(tmp_path: Path) -> None:
+    # A job claimed again in this process while its lost run wound down: the old run's end
+    # took the new run's bar away and stopped its progress reaching the journal.
+    from stylebox.daemon.journal import Journal, NewJob
+    from stylebox.daemon.pipeline import _JournalReporter
+    from stylebox.errors import Cancelled
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+    ((row, _),) = journal.add([NewJob("inbox:a", tmp_path / "photo.png", "0", "p", "h", "k")])
+    bar = _reporter()
+    reporter = _JournalReporter(journal, bar)
+    lost, again = (Job(tmp_path / "photo.png", tmp_path / "work", job_id=row.id) for _ in "ab")
+    reporter.started(lost)
+    reporter.started(again)
+    assert len(_lines(bar)) == 1  # the lost run's bar went as the new one came
+    reporter.failed(lost, Cancelled("its lease was lost"))
+    reporter.progress(lost, 9, 10, {})  # the lost run's last word counts for nothing
+    (line,) = _lines(bar)
+    assert "starting" in line
+    time.sleep(1.05)  # progress is written at most once a second
+    reporter.progress(again, 2, 10, {})
+    assert (journal.get(row.id).step, journal.get(row.id).total) == (2, 10)
+    (line,) = _lines(bar)
+    assert "2/10" in line
+    journal.close()

@@ -130,7 +130,9 @@ class BarReporter:
             _EtaColumn(),
             console=self.console,
         )
-        self._tasks: dict[str, TaskID] = {}
+        self._tasks: dict[str, tuple[Job, TaskID]] = {}
+        """Each job's bar, with the run it shows (a job claimed again while its lost run
+        winds down has two runs; the newer one's bar is the one shown)."""
 
     def __rich__(self) -> Progress:
         """What the bars show now (for a test, or another console)."""
@@ -149,12 +151,16 @@ class BarReporter:
         self._progress.stop()
 
     def started(self, job: Job) -> None:
-        self._tasks[job.name] = self._progress.add_task(
-            job.name, total=None, metrics="", eta_deadline=None
-        )
+        older = self._tasks.get(job.name)
+        if older is not None:  # a lost run's bar, which would stay frozen
+            self._remove(older[0])
+        task = self._progress.add_task(job.name, total=None, metrics="", eta_deadline=None)
+        self._tasks[job.name] = (job, task)
 
     def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
-        task = self._tasks[job.name]
+        shown, task = self._tasks.get(job.name, (None, None))
+        if shown is not job or task is None:
+            return
         self._progress.update(
             task,
             completed=step,
@@ -177,8 +183,9 @@ class BarReporter:
         self._remove(job)
 
     def _remove(self, job: Job) -> None:
-        task = self._tasks.pop(job.name, None)
-        if task is not None:
+        shown, task = self._tasks.get(job.name, (None, None))
+        if shown is job and task is not None:  # not a newer run's bar
+            del self._tasks[job.name]
             self._progress.remove_task(task)
 
 

@@ -959,18 +959,22 @@ class _JournalReporter:
         self._last: dict[int, float] = {}
         self._pending: dict[int, tuple[int, int, float | None]] = {}
         self._timers: dict[int, threading.Timer] = {}
+        self._runs: dict[int, Job] = {}
+        """The run of each job id reported now: a job claimed again in this process while
+        its lost run still winds down has two, and only the newer one's reports count."""
 
     def started(self, job: Job) -> None:
         if job.job_id is not None:
             with self._lock:
                 self._last[job.job_id] = time.monotonic()
+                self._runs[job.job_id] = job
         if self.inner:
             self.inner.started(job)
 
     def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
         # A second between writes: status stays fresh and quick jobs write nothing.
         job_id = job.job_id
-        if job_id is not None:
+        if job_id is not None and self._runs.get(job_id) is job:
             report = (step, total, metrics.get("eta"))
             with self._lock:
                 now = time.monotonic()
@@ -1004,6 +1008,9 @@ class _JournalReporter:
     def _forget(self, job: Job) -> None:
         if job.job_id is not None:
             with self._lock:
+                if self._runs.get(job.job_id) is not job:
+                    return  # an older run's end: the newer one goes on
+                del self._runs[job.job_id]
                 self._last.pop(job.job_id, None)
                 self._pending.pop(job.job_id, None)
                 timer = self._timers.pop(job.job_id, None)

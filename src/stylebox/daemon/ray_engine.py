@@ -402,12 +402,15 @@ class RayExecutor:
         actor = self._take()
         if actor is None:
             return [PluginError(f"no Ray worker is left to run it: {self._broken}")] * len(jobs)
-        # The actor starts on the group at once; the plugin's start is not seen from here.
-        for job in jobs:
-            if on_process is not None:
-                on_process(job)
-            if self.reporter is not None:
-                self.reporter.started(job)
+        try:  # The actor starts on the group at once; the plugin's start is not seen here.
+            for job in jobs:
+                if on_process is not None:
+                    on_process(job)
+                if self.reporter is not None:
+                    self.reporter.started(job)
+        except BaseException:
+            self._idle.put(actor)  # taken and never given back, it would be lost for good
+            raise
         outcomes = self._call(actor, jobs, cancels)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, JobResult):

@@ -402,13 +402,16 @@ class Runner:
             if on_outcome is not None:
                 on_outcome(index, outcome)
 
-        for index, job in enumerate(jobs):
-            started = self._start(index, job, plugin, outbox, cancels[index])
-            if isinstance(started, StyleboxError):
-                ended(index, started)
-            else:
-                groups.setdefault(started.decoded.rgb.size, []).append(started)
+        begun: list[int] = []
+        """The jobs reported started: each is reported ended too, whatever is raised."""
         try:
+            for index, job in enumerate(jobs):
+                begun.append(index)
+                started = self._start(index, job, plugin, outbox, cancels[index])
+                if isinstance(started, StyleboxError):
+                    ended(index, started)
+                else:
+                    groups.setdefault(started.decoded.rgb.size, []).append(started)
             for group in groups.values():
                 if on_process is not None:
                     for started in group:
@@ -416,6 +419,14 @@ class Runner:
                 began = [started.context.processing() for started in group][-1]
                 for started, result in zip(group, self._process(plugin, group), strict=True):
                     ended(started.index, self._end(started, result, plugin, outbox, group, began))
+        except BaseException as exc:  # a full disk as a work folder is made, a bug: the
+            # caller fails the jobs; their bars and kept-back progress go with them
+            error = exc if isinstance(exc, StyleboxError) else PluginError(describe(exc))
+            for index in begun:
+                if outcomes[index] is None:
+                    with contextlib.suppress(Exception):
+                        self.reporter.failed(jobs[index], error)
+            raise
         finally:  # a writer left open would hold its thread for good
             for started in (started for group in groups.values() for started in group):
                 with contextlib.suppress(StorageError):
