@@ -629,6 +629,10 @@ def test_a_nearly_flat_result_counts_as_broken_too() -> None:
     dark = pixels(kodak) // 4
     dark[: dark.shape[0] * 3 // 4] = 0
     assert flat_result(kodak, Image.fromarray(dark.astype(np.uint8))) is None
+    # A star field, nearly black with a few bright specks: as flat a result is faithful.
+    stars = np.zeros_like(pixels(kodak), dtype=np.uint8)
+    stars[::40, ::40] = 255
+    assert flat_result(Image.fromarray(stars), Image.fromarray(stars)) is None
     # A few stray pixels (a NaN's) do not make a flat result a picture.
     stray = np.zeros_like(pixels(kodak), dtype=np.uint8)
     stray[0, :20] = 255  # under 0.1 % of 256 x 171

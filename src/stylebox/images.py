@@ -587,18 +587,34 @@ FLAT_LEVELS = 2
 def flat_result(source: Image.Image, result: Image.Image) -> str | None:
     """What ``result`` is, where it is (nearly) one flat colour although ``source`` has
     detail (``"one flat colour (0, 0, 0)"``), else ``None``: taken for a broken result (a
-    model whose output went NaN paints every pixel black). Nearly: all but
+    model whose output went NaN paints every pixel black). Nearly: in each channel, all but
     :data:`FLAT_SHARE_OFF` of its pixels within :data:`FLAT_LEVELS` levels of the colour.
     Both must have 256 pixels or more and ``source`` 64 grey levels between its darkest
-    and lightest in a channel; a flat photo, or a result a few pixels in size, may well
-    give one colour."""
+    and lightest in a channel, and not be nearly flat itself (a star field, a blank scan
+    with a speck, whose faithful result is as flat); a flat photo, or a result a few
+    pixels in size, may well give one colour."""
     if source.width * source.height < 256 or result.width * result.height < 256:
         return None
     ranges = [high - low for low, high in source.convert("RGB").getextrema()]
-    if max(ranges) < 64:
+    if max(ranges) < 64 or _one_colour(source.convert("RGB")) is not None:
         return None
-    pixels = result.width * result.height
-    histogram = np.asarray(result.histogram()).reshape(-1, 256)  # one row a band
+    found = _one_colour(result)
+    if found is None:
+        return None
+    colour, exact = found
+    if exact:
+        return f"one flat colour {colour}"
+    return (
+        f"nearly one flat colour, {colour} within {FLAT_LEVELS} levels at "
+        f"{100 * (1 - FLAT_SHARE_OFF):g} % of its pixels"
+    )
+
+
+def _one_colour(image: Image.Image) -> tuple[tuple[int, ...], bool] | None:
+    """The colour ``image`` nearly is (its median, channel by channel), and whether every
+    pixel has it; ``None`` where it is no near-flat picture."""
+    pixels = image.width * image.height
+    histogram = np.asarray(image.histogram()).reshape(-1, 256)  # one row a band
     colour, exact = [], True
     for counts in histogram:
         median = int(np.searchsorted(np.cumsum(counts), pixels / 2))
@@ -607,13 +623,7 @@ def flat_result(source: Image.Image, result: Image.Image) -> str | None:
             return None
         colour.append(median)
         exact = exact and counts[median] == pixels
-    shown = tuple(colour)
-    if exact:
-        return f"one flat colour {shown}"
-    return (
-        f"nearly one flat colour, {shown} within {FLAT_LEVELS} levels at "
-        f"{100 * (1 - FLAT_SHARE_OFF):g} % of its pixels"
-    )
+    return tuple(colour), exact
 
 
 def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
