@@ -1130,12 +1130,13 @@ def test_number_and_truth_params_that_convert_text_are_warned_of(tmp_path: Path)
             level: int = Field(2, ge=1, le=8)
             sharpen: bool = False
             colour: Literal["red", "blue"] = "red"
+            width: float | str = 2.0  # "2.0" stays text here: nothing converted
 
     with pytest.warns(
         ContractWarning,
         match=r"converts text to numbers or true/false \(level = '2', sharpen = 'false' passed\)",
     ):
-        run_check("params_reject_bad_values", LaxColour, tmp_path)
+        run_check("params_reject_bad_values", LaxColour, tmp_path, invalid_params=[{"width": [1]}])
     with warnings.catch_warnings():
         warnings.simplefilter("error", ContractWarning)
         run_check("params_reject_bad_values", StrictColour, tmp_path / "strict")

@@ -563,17 +563,19 @@ def _warn_converted_text(model: type[BaseModel], case: ContractCase) -> None:
         else:
             continue
         try:
-            model.model_validate({**case.params, key: text}, context=context)
+            taken = model.model_validate({**case.params, key: text}, context=context)
         except ValidationError:
             continue
-        converted.append(f"{key} = {text!r}")
+        if not isinstance(getattr(taken, name), str):  # kept as text: a field that takes text
+            converted.append(f"{key} = {text!r}")
     if converted:
         warnings.warn(
             ContractWarning(
                 f"{model.__name__} converts text to numbers or true/false ({', '.join(converted)} "
                 "passed), so a wrong type in a config passes unsaid; refuse it as the built-in "
-                "plugins do: model_config = ConfigDict(strict=True), with "
-                "stylebox.plugins.api.PathValue for paths"
+                "plugins do: Field(strict=True) on those fields, or model_config = "
+                "ConfigDict(strict=True) where no field needs converting (an Enum, a tuple; "
+                "stylebox.plugins.api.PathValue for paths)"
             ),
             stacklevel=2,
         )
