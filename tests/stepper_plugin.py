@@ -38,7 +38,7 @@ class StepperParams(PluginParams):
     black: bool = Field(False, description="return all black, as a model whose output went NaN")
     odd_fact: bool = Field(False, description="note numpy values at the end, a NaN among them")
     text_metric: bool = Field(False, description="report the loss as text, not a number")
-    past_total: bool = Field(False, description="report each step one past the count")
+    past_total: bool = Field(False, description="report every step past the count")
 
 
 class Stepper(Plugin[StepperParams]):
@@ -68,7 +68,7 @@ class Stepper(Plugin[StepperParams]):
             time.sleep(p.seconds_per_step)
             step += 1
             loss = math.nan if step == p.nan_at else 1000.0 / step
-            reported = step + 1 if p.past_total else step
+            reported = step + p.steps if p.past_total else step
             job.progress(reported, p.steps, loss="high" if p.text_metric else loss)  # type: ignore[arg-type]
             if p.snapshot_every and step % p.snapshot_every == 0:
                 job.snapshot(image, step)

@@ -175,7 +175,8 @@ def test_a_metric_that_is_not_a_number_is_null_in_a_manifest_that_stays_json(
 def test_a_step_past_the_total_is_said_once(
     tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # progress(4, 3) went by unsaid: a bar past its end, "step 4/3" in the log.
+    # progress(4, 3) went by unsaid: a bar past its end, "step 4/3" in the log. Said at
+    # each of the three steps past the count here, it would be said three times.
     with caplog.at_level(logging.WARNING, logger="stylebox"):
         run(image, tmp_path / "out", tmp_path / "state" / "job", {"steps": 3, "past_total": True})
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

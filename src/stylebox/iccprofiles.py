@@ -37,7 +37,8 @@ def _xyz(value: XYZ) -> bytes:
 def _text(kind: bytes, text: str) -> bytes:
     if kind == b"desc":  # ICC v2 textDescriptionType: ASCII, then empty Unicode and Mac parts
         ascii_text = text.encode("ascii") + b"\0"
-        return kind + bytes(4) + struct.pack(">I", len(ascii_text)) + ascii_text + bytes(12 + 67)
+        empty = bytes(4 + 4 + 2 + 1 + 67)  # Unicode: language, count; ScriptCode: code, count, text
+        return kind + bytes(4) + struct.pack(">I", len(ascii_text)) + ascii_text + empty
     return kind + bytes(4) + text.encode("ascii") + b"\0"
 
 

@@ -300,7 +300,7 @@ class RunnerContext(JobContext):
             shown = ", ".join(f"{k}={v}" for k, v in odd.items())
             self._say_not_finite(f"reported {shown} at step {step}")
         if not (total > 0 and 0 <= step <= total) and not self._said_out_of_range:
-            self._said_out_of_range = True  # once a job: a plugin's off-by-one is at each step
+            self._said_out_of_range = True  # once a run: an off-by-one is at every step
             log.warning(
                 "job %s: the plugin reported step %s of %s; the contract asks "
                 "0 <= step <= total, total > 0 (the contract kit's progress check says so)",
