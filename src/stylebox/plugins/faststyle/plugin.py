@@ -491,8 +491,10 @@ class FastPlugin(Plugin[FastParams]):
         with the statistics of the photo's thumbnail (see :mod:`.thumbnorm`) where the
         model allows; each tile done is reported as a step."""
         tile = self.tile_size
-        overlap = min(self.params.tile_overlap, tile // 4)
         width, height = photo.size
+        tile_width, tile_height = tile_shape(photo.size, tile)
+        overlap_x = min(self.params.tile_overlap, tile_width // 4)
+        overlap_y = min(self.params.tile_overlap, tile_height // 4)
         source = _pixels(photo)
         # Tiles blend the network's raw values, as they always have: blending the uint8
         # results would clip each tile first and change the overlaps by up to ~40 levels
@@ -511,18 +513,18 @@ class FastPlugin(Plugin[FastParams]):
             job.note(tile_statistics=f"from a {thumbnail.shape[1]}x{thumbnail.shape[0]} thumbnail")
         else:
             job.note(tile_statistics="each tile its own: the model's norms cannot be shared")
-        starts = [(top, left) for top in _starts(height, tile, overlap)
-                  for left in _starts(width, tile, overlap)]  # fmt: skip
+        starts = [(top, left) for top in _starts(height, tile_height, overlap_y)
+                  for left in _starts(width, tile_width, overlap_x)]  # fmt: skip
         total = np.zeros((height, width, 3), dtype=np.float32)
         weight = np.zeros((height, width, 1), dtype=np.float32)
         for done, (top, left) in enumerate(starts, 1):
             if job.cancelled:
                 raise Cancelled(f"stopped after {done - 1} of {len(starts)} tiles")
-            piece = source[top : top + tile, left : left + tile]
+            piece = source[top : top + tile_height, left : left + tile_width]
             out = self._run([piece], tile_engine, feeds)[0]
             h, w = piece.shape[:2]
-            rows = _ramp(h, overlap, top > 0, top + h < height)
-            columns = _ramp(w, overlap, left > 0, left + w < width)
+            rows = _ramp(h, overlap_y, top > 0, top + h < height)
+            columns = _ramp(w, overlap_x, left > 0, left + w < width)
             mask = np.outer(rows, columns)[..., None]
             total[top : top + h, left : left + w] += out * mask
             weight[top : top + h, left : left + w] += mask
@@ -535,6 +537,23 @@ def needs_tiles(size: tuple[int, int], tile: int) -> bool:
     pixels, so one of more pixels than a tile does, a long thin strip of few does not (its
     tiles, and its thumbnail, would be a pixel or two high)."""
     return size[0] * size[1] > tile * tile
+
+
+def tile_shape(size: tuple[int, int], tile: int) -> tuple[int, int]:
+    """The width and height of the tiles of a photo of ``size``: ``tile`` square, or, for a
+    photo narrower than a tile, as wide or high as the photo and long enough to hold a
+    tile's pixels (a panorama 200 px high in 200 x 2949 tiles, not 768 x 200 ones: fewer
+    seams, each tile the whole height)."""
+    width, height = size
+    if min(size) >= tile:
+        return tile, tile
+    # A multiple of 4, as the square tiles are: the network halves the size twice, and a
+    # tile of another length came out 9.8 levels from the photo done whole, not 4.3.
+    long = tile * tile // min(size)
+    long -= long % 4
+    if height < width:
+        return min(width, long), height
+    return width, min(height, long)
 
 
 #: The thumbnail of a tiled photo keeps its shortest side at least this long (or the
