@@ -556,19 +556,13 @@ def tile_shape(size: tuple[int, int], tile: int) -> tuple[int, int]:
     return width, min(height, long)
 
 
-#: The thumbnail of a tiled photo keeps its shortest side at least this long (or the
-#: photo's own): a strip's thumbnail a pixel high measured nothing like the strip, and
-#: its tiles came out washed out to cyan and white.
-THUMBNAIL_MIN_SIDE = 64
-
-
 def thumbnail_size(size: tuple[int, int], tile: int) -> tuple[int, int]:
-    """The size of the thumbnail whose statistics a tiled photo of ``size`` takes: its
-    longest side ``tile``, or longer where that would make its shortest side shorter than
-    :data:`THUMBNAIL_MIN_SIDE`, never more pixels than one tile, never enlarged."""
+    """The size of the thumbnail whose statistics a tiled photo of ``size`` takes: as
+    large as a tile's pixels allow, in the photo's shape. A thumbnail as long as a tile
+    was a pixel high for a strip (its tiles came out washed to cyan and white) and a
+    sliver for a panorama."""
     width, height = size
-    scale = max(tile / max(size), THUMBNAIL_MIN_SIDE / min(size))
-    scale = min(scale, tile / math.sqrt(width * height), 1.0)
+    scale = min(1.0, tile / math.sqrt(width * height))
     return (max(1, round(width * scale)), max(1, round(height * scale)))
 
 
