@@ -595,11 +595,12 @@ def flat_result(source: Image.Image, result: Image.Image) -> str | None:
     pixels in size, may well give one colour."""
     if source.width * source.height < 256 or result.width * result.height < 256:
         return None
-    ranges = [high - low for low, high in source.convert("RGB").getextrema()]
-    if max(ranges) < 64 or _one_colour(source.convert("RGB")) is not None:
-        return None
-    found = _one_colour(result)
+    found = _one_colour(result)  # first: most results are pictures, and end it here
     if found is None:
+        return None
+    photo = source.convert("RGB")
+    ranges = [high - low for low, high in photo.getextrema()]
+    if max(ranges) < 64 or _one_colour(photo) is not None:
         return None
     colour, exact = found
     if exact:

@@ -542,7 +542,7 @@ def needs_tiles(size: tuple[int, int], tile: int) -> bool:
 def tile_shape(size: tuple[int, int], tile: int) -> tuple[int, int]:
     """The width and height of the tiles of a photo of ``size``: ``tile`` square, or, for a
     photo narrower than a tile, as wide or high as the photo and long enough to hold a
-    tile's pixels (a panorama 200 px high in 200 x 2949 tiles, not 768 x 200 ones: fewer
+    tile's pixels (a panorama 200 px high in 2948 x 200 tiles, not 768 x 200 ones: fewer
     seams, each tile the whole height)."""
     width, height = size
     if min(size) >= tile:
