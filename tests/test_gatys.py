@@ -50,9 +50,8 @@ def test_losses_fall_and_the_image_changes(tmp_path: Path, style_file: Path) -> 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_both_optimisers_reduce_the_loss(tmp_path: Path, style_file: Path, optimizer: str) -> None:
     lr = 1.0 if optimizer == "lbfgs" else 0.05
-    plugin = make(
-        tmp_path, style_file, optimizer=optimizer, learning_rate=lr, lr_schedule="cosine", steps=10
-    )
+    decay = {"lr_schedule": "cosine"} if optimizer == "adam" else {}
+    plugin = make(tmp_path, style_file, optimizer=optimizer, learning_rate=lr, steps=10, **decay)
     _, context = run(plugin, tmp_path / "job")
     assert context.metric("loss")[-1] < context.metric("loss")[0]
 
@@ -285,6 +284,13 @@ def test_params_refuse_inconsistent_values(style_file: Path) -> None:
         GatysParams(style=[style_file], size=256, scales=[128, 256])
     with pytest.raises(ValidationError, match="unknown VGG19 layers"):
         GatysParams(style=[style_file], style_layers={"relu9_1": 1.0})
+    # Settings that would change nothing are refused, not ignored.
+    with pytest.raises(ValidationError, match="L-BFGS finds its own step length"):
+        GatysParams(style=[style_file], lr_schedule="cosine")
+    with pytest.raises(ValidationError, match="lr_final is where lr_schedule's decay ends"):
+        GatysParams(style=[style_file], optimizer="adam", lr_final=0.5)
+    decaying = GatysParams(style=[style_file], optimizer="adam", lr_schedule="cosine")
+    assert GatysParams.model_validate(decaying.model_dump()) == decaying
     assert GatysParams(style="starry_night").style[0].name == "starry_night.jpg"
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from stylebox.backbone import fingerprint, load_vgg19
 from stylebox.errors import BadInput, Cancelled, ConfigError, PermanentFailure, StyleboxError
-from stylebox.images import decode_image, fit_within, resize_to_max_side
+from stylebox.images import fit_within, resize_to_max_side
 from stylebox.plugins.api import JobContext, Runtime, params_digest
 from stylebox.plugins.gatys import color, photoreal
 from stylebox.plugins.gatys.affine_fit import affine_fit
@@ -394,7 +394,8 @@ class Engine:
         if init == "noise":
             noise = torch.rand(content.shape, generator=generator)
             return noise.to(content.device)
-        source = self.styles[0].image if init == "style" else decode_image(Path(init)).rgb
+        source = self.styles[0].image if init == "style" else self.style_files.init
+        assert source is not None  # read_style_files read the file init names
         resized = source.resize((content.shape[-1], content.shape[-2]), Image.Resampling.LANCZOS)
         start = to_tensor(resized, content.device)
         return color.luminance(start) if self.params.color == "luminance" else start

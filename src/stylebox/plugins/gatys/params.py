@@ -119,6 +119,10 @@ def _one_or_many_schema(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [*single, *options]
 
 
+#: Where a decaying learning rate ends, as a fraction of the first, unless set.
+LR_FINAL = 0.1
+
+
 class GatysParams(PluginParams):
     """Parameters of the ``gatys`` plugin (Gatys, Ecker & Bethge, 2016)."""
 
@@ -208,10 +212,10 @@ class GatysParams(PluginParams):
         f"optimizer = 'adam': {ADAM_LEARNING_RATE})",
     )
     lr_schedule: Literal["constant", "cosine", "exponential"] = Field(
-        "constant", description="Learning-rate decay over the steps of each scale (Adam)"
+        "constant", description="Learning-rate decay over the steps of each scale (Adam only)"
     )
     lr_final: float = Field(
-        0.1, gt=0, le=1, description="Final learning rate as a fraction of the first (decays)"
+        LR_FINAL, gt=0, le=1, description="Final learning rate as a fraction of the first (decays)"
     )
     lbfgs_history: PositiveInt = Field(20, description="L-BFGS memory (pairs kept)")
     plateau_patience: int = Field(
@@ -338,6 +342,19 @@ class GatysParams(PluginParams):
                         f"{name} is set but style_mask is not: regions need the style "
                         f"image's label image too (set style_mask, or drop {name})"
                     )
+        # Settings that would change nothing are refused, not silently ignored.
+        if self.optimizer == "lbfgs" and self.lr_schedule != "constant":
+            raise ValueError(
+                f"lr_schedule = '{self.lr_schedule}' decays Adam's rate; L-BFGS finds its "
+                "own step length: set optimizer = 'adam', or drop lr_schedule"
+            )
+        # (Told by its value, not by whether it was given: dumped params come back whole.)
+        if self.lr_final != LR_FINAL and self.lr_schedule == "constant":
+            raise ValueError(
+                "lr_final is where lr_schedule's decay ends, and lr_schedule is 'constant': "
+                "set lr_schedule = 'cosine' or 'exponential' (with optimizer = 'adam'), or "
+                "drop lr_final"
+            )
         if self.init == "matched" and self.color != "none":
             raise ValueError(
                 f"init = 'matched' gives the photo the style's colours and color = "

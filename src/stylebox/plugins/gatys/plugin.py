@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
@@ -36,9 +37,9 @@ class GatysPlugin(Plugin[GatysParams]):
 
     @classmethod
     def check(cls, params: Any, runtime: Runtime) -> None:
-        """The style images and style masks read and checked, as the plugin's start does,
-        and the device: PyTorch is asked only where it can refuse it (a CUDA device named,
-        or bf16)."""
+        """The style images, style masks and start image read and checked, as the plugin's
+        start does, and the device: PyTorch is asked only where it can refuse it (a CUDA
+        device named, or bf16)."""
         read_style_files(params)
         device = params.device or runtime.device
         if device.startswith("cuda") or params.precision == "bf16":
@@ -96,4 +97,6 @@ def _file_digests(params: GatysParams) -> dict[str, str]:
     for index, mask in enumerate(params.style_mask or []):
         if mask is not None:
             files[f"style_mask{index}"] = mask
+    if isinstance(params.init, Path):
+        files["init"] = params.init
     return {name: file_digest(path) for name, path in files.items()}

@@ -1,4 +1,4 @@
-"""The style images and style masks a gatys config names, read and checked.
+"""The style images, style masks and start image a gatys config names, read and checked.
 
 Without PyTorch: the plugin's ``check`` (``stylebox config check``) and its start read
 them alike, so a config that check passes is one the daemon starts on.
@@ -52,6 +52,8 @@ class StyleFiles:
     styled: set[Color] | None
     """The regions the style masks have; ``None`` where every region is styled (no
     masks, or a style without one, which lends itself to every region)."""
+    init: Image.Image | None = None
+    """The image ``init`` names, when it names a file (decoded as inputs are)."""
 
     def region_colors(self, params: GatysParams, mask: Image.Image, where: str) -> list[Color]:
         """The regions' colours for a photo's ``mask``: ``mask_colors``, or those of the
@@ -127,9 +129,22 @@ def read_style_files(params: GatysParams) -> StyleFiles:
             )
             mask = mask.resize(size, Image.Resampling.NEAREST)
         masks.append(mask.crop(box) if box else mask)
-    files = StyleFiles(styles, masks, colors, resized, _styled(params, masks, colors))
+    files = StyleFiles(
+        styles, masks, colors, resized, _styled(params, masks, colors), _init_image(params)
+    )
     _check_content_mask(params, files)
     return files
+
+
+def _init_image(params: GatysParams) -> Image.Image | None:
+    """The start image ``init`` names, read once at start: a file that is not an image is
+    the config's fault, not each photo's."""
+    if not isinstance(params.init, Path):
+        return None
+    try:
+        return decode_image(params.init).rgb
+    except BadInput as exc:
+        raise ConfigError(f"gatys init {params.init}: {exc}") from exc
 
 
 def _styled(
