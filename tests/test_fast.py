@@ -271,6 +271,32 @@ def test_a_gpu_that_did_not_load_is_an_error_not_a_slowdown(trained: Path, tmp_p
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="fell back"):
         plugin(tmp_path, trained, device="cuda")
+    # config check says it too, as the config error serve refuses to start with: it said
+    # OK, and serve then refused.
+    config = tmp_path / "gpu.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "gpu"\npath = "in"\noutbox = "out"\n'
+        f'plugin = "fast"\nparams = {{ model = "{trained}", device = "cuda" }}\n'
+    )
+    check = cli("config", "check", str(config))
+    assert check.returncode == 2, check.stdout
+    assert "[[inbox]] #1 (gpu).params: " in check.stderr and "fell back" in check.stderr
+
+
+def test_auto_runs_on_the_cpu_where_onnxruntime_cannot_use_the_gpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A GPU PyTorch sees but onnxruntime's CUDA provider cannot load on (its libraries
+    missing, as on this machine): "auto" refused to start the whole daemon."""
+    from stylebox.plugins.faststyle import session
+
+    if session.cuda_loads():
+        pytest.skip("onnxruntime's CUDA provider loads here")
+    monkeypatch.setattr(session, "_gpu_available", lambda: True)
+    with caplog.at_level("WARNING", logger="stylebox.fast"):
+        assert session.resolve("auto") == "cpu"
+    assert "onnxruntime's CUDA provider does not load" in caplog.text
+    assert session.resolve("cuda") == "cuda"  # named, it is refused where the session is made
 
 
 def test_run_and_daemon_fast_inbox(tmp_path: Path) -> None:

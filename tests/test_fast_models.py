@@ -373,6 +373,24 @@ def test_config_check_reports_a_bad_model_and_serve_disables_only_its_inbox(
     assert "no manifest; write bare.json" in loaded.unavailable[("inbox", "bad")]
 
 
+def test_config_check_reads_the_style_images_as_the_start_does(tmp_path: Path) -> None:
+    # It said OK, and serve then refused to start: only the start read the painting.
+    write_pair(tmp_path)
+    (tmp_path / "painting.jpg").write_text("not a picture\n")
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "any"\npath = "in"\noutbox = "out"\n'
+        'plugin = "fast"\nparams = { model = "transform.onnx", style = "painting.jpg" }\n'
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "config", "check", str(config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 2, check.stdout
+    assert "[[inbox]] #1 (any).params: fast style image " in check.stderr
+    assert "painting.jpg is not an image" in check.stderr
+
+
 def test_config_check_reports_an_fp16_variant_that_is_not_there(tmp_path: Path) -> None:
     # It said OK, and serve then disabled the inbox: check read the fp32 model only.
     for name in ("starry_night_small.onnx", "starry_night_small.json"):

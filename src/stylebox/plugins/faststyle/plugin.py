@@ -59,6 +59,8 @@ from stylebox.plugins.faststyle.manifest import (
 )
 from stylebox.plugins.faststyle.session import (
     Device,
+    cuda_loads,
+    fell_back,
     resolve,
     session_for,
     thumbnorm_sessions_for,
@@ -183,10 +185,16 @@ class FastPlugin(Plugin[FastParams]):
 
     @classmethod
     def check(cls, params: Any, runtime: Runtime) -> None:
-        """The manifest read and checked against the graph (onnx only, nothing run); and
-        so is the fp16 variant a start on a GPU would choose (precision fp16, or auto and
-        the manifest names one), on any machine: a missing one disabled the inbox there."""
+        """The manifest read and checked against the graph (onnx only, nothing run), and
+        the style images read, as the start reads them; and so is the fp16 variant a start
+        on a GPU would choose (precision fp16, or auto and the manifest names one), on any
+        machine: a missing one disabled the inbox there."""
         _checked(params.model, ModelManifest.for_model(params.model), params)
+        for style in params.styles:
+            _style_image(style)
+        device = params.device or runtime.device
+        if device.startswith("cuda") and not cuda_loads():
+            raise fell_back(str(params.model), device, ["CPUExecutionProvider"])
         if params.precision != "fp32":
             variant, manifest = _model_for(params, "cuda")
             if variant != params.model:
@@ -392,11 +400,7 @@ class FastPlugin(Plugin[FastParams]):
             except (OSError, ValueError):  # a damaged cache file: computed again
                 vector = None
         if vector is None or vector.shape != self.checked.style_shape:
-            try:
-                image = decode_image(style).rgb
-            except BadInput as exc:
-                raise ConfigError(f"fast style image {style}: {exc}") from exc
-            vector = self._vector_of(image)
+            vector = self._vector_of(_style_image(style))
             path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.with_suffix(".tmp.npy")
             np.save(temp, vector)
@@ -617,6 +621,15 @@ def _checked(model: Path, manifest: ModelManifest, params: FastParams) -> Checke
             "names no style_predictor; remove style, or use such a model"
         )
     return checked
+
+
+def _style_image(path: Path) -> Image.Image:
+    """A style image of an arbitrary-style model; one that cannot be read is the config's
+    fault (:class:`ConfigError`), not the photo's."""
+    try:
+        return decode_image(path).rgb
+    except BadInput as exc:
+        raise ConfigError(f"fast style image {path}: {exc}") from exc
 
 
 def _style_pixels(image: Image.Image, spec: StylePredictor) -> np.ndarray:

@@ -3,12 +3,14 @@ uint8 pixels: :mod:`.iograph`), created once and shared.
 
 Providers follow the device setting. CUDA uses cuDNN's heuristic algorithm search: the
 default exhaustive search re-benchmarks every convolution for every new photo size.
-onnxruntime silently falls back to CPU when CUDA cannot load; here that is an error that
-says so, never a silent slowdown.
+onnxruntime silently falls back to CPU when CUDA cannot load; here, for a GPU device
+named, that is an error that says so, never a silent slowdown, and ``auto`` runs on the CPU
+with a warning that says why.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -38,14 +40,55 @@ def _gpu_available() -> bool:
         return False
 
 
+@functools.cache
+def cuda_loads() -> bool:
+    """Whether onnxruntime's CUDA provider loads on this machine, asked once of a one-node
+    graph: onnxruntime-gpu lists the provider wherever it is installed, and only a session
+    finds that its CUDA or cuDNN libraries are missing (it then runs on the CPU)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        )
+    except Exception:  # as any failure to load it
+        return False
+    return "CUDAExecutionProvider" in session.get_providers()
+
+
 def resolve(device: str) -> Literal["cpu", "cuda", "tensorrt"]:
     if device == "auto":
-        return "cuda" if _gpu_available() else "cpu"
+        if not _gpu_available():
+            return "cpu"
+        if cuda_loads():
+            return "cuda"
+        # A GPU that onnxruntime cannot use: "auto" runs, on the CPU, and says so once.
+        _say_once(
+            'device "auto": PyTorch sees a GPU but onnxruntime\'s CUDA provider does not '
+            "load (its CUDA/cuDNN libraries are missing: see onnxruntime's log above); the "
+            "fast plugin runs on the CPU"
+        )
+        return "cpu"
     if device.startswith("cuda"):
         return "cuda"
     if device in ("cpu", "tensorrt"):
         return device  # type: ignore[return-value]
     raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or tensorrt")
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    log.warning(message)
 
 
 def device_index(device: str) -> int:
@@ -180,9 +223,14 @@ def _create(source: str | bytes, model: Path, device: str, engine_cache: Path) -
         raise BadModel(f"{model}: onnxruntime cannot load it: {first}") from None
     wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
     if kind in wanted and wanted[kind] not in session.get_providers():
-        raise ConfigError(
-            f"{model}: device {device!r} was asked for but onnxruntime fell back to "
-            f"{session.get_providers()}; the CUDA/cuDNN (or TensorRT) libraries did not "
-            'load (see onnxruntime\'s log above), or use device = "cpu"'
-        )
+        raise fell_back(str(model), device, session.get_providers())
     return session
+
+
+def fell_back(what: str, device: str, providers: list[str]) -> ConfigError:
+    """The error for a GPU ``device`` named that onnxruntime could not use."""
+    return ConfigError(
+        f"{what}: device {device!r} was asked for but onnxruntime fell back to "
+        f"{providers}; the CUDA/cuDNN (or TensorRT) libraries did not load (see "
+        'onnxruntime\'s log above), or use device = "cpu"'
+    )
