@@ -308,7 +308,10 @@ params = {{ style = "starry_night" }}
     # A batch's outbox that is an inbox whose results end in the batch's source.
     fed = GOOD.replace('outbox = "out/starry"', 'outbox = "library/styled"')
     message = refusal(tmp_path, fed + batch.format(outbox="in/starry", extra=""))
-    assert "[[batch]] #1 (nightly).outbox: " in message and "is inbox 'starry'" in message
+    assert (
+        "[[batch]] #1 (nightly).outbox: " in message
+        and "is the folder of inbox 'starry', and" in message
+    )
     assert "(through starry)" in message
     load_config(write(tmp_path, GOOD + batch.format(outbox="in/starry", extra="")))  # a chain
 
@@ -332,7 +335,7 @@ params = { style = "starry_night" }
 """
     message = refusal(tmp_path, GOOD + second)
     assert "[[inbox]] #2 (quick).failed_dir: " in message
-    assert "starry is inbox 'starry''s folder" in message
+    assert "starry is the folder of inbox 'starry', so" in message
     load_config(write(tmp_path, GOOD + second.replace("../starry", "../starry/failed")))
 
 
@@ -372,6 +375,26 @@ def test_config_check_reads_the_style_files_as_serve_does(tmp_path: Path) -> Non
     assert lines[1].startswith("  [[inbox]] #1 (starry).params: gatys style image")
     assert lines[2].startswith("  [[inbox]] #2 (masked).params: ")
     assert "only along edges" in lines[2]
+
+
+def test_config_check_refuses_what_serve_would_refuse_to_start_with(tmp_path: Path) -> None:
+    """A start image that is no image failed every photo as a bad input, and a missing
+    VGG19 weights file was named as the first inbox's param: check said OK to both."""
+    (tmp_path / "notes.jpg").write_text("not a picture\n")
+    config = write(tmp_path, GOOD.replace("steps = 10", 'steps = 10, init = "notes.jpg"'))
+    result = cli("config", "check", str(config))
+    assert result.returncode == 2, result.stdout
+    assert "[[inbox]] #1 (starry).params: gatys init " in result.stderr
+    assert "notes.jpg is not an image" in result.stderr
+
+    weights = GOOD + '\n[backbone]\nweights = "vgg19.pth"\n'
+    message = refusal(tmp_path, weights)
+    assert f"backbone.weights: {tmp_path / 'vgg19.pth'} does not exist" in message
+    assert "[[inbox]]" not in message  # the config's own field, not an inbox's
+    (tmp_path / "vgg19.pth").write_bytes(b"")  # found from the config's folder
+    assert load_config(write(tmp_path, weights)).runtime.backbone.weights == str(
+        tmp_path / "vgg19.pth"
+    )
 
 
 def test_every_bad_field_is_named_at_once(tmp_path: Path) -> None:

