@@ -1140,3 +1140,37 @@ def test_number_and_truth_params_that_convert_text_are_warned_of(tmp_path: Path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ContractWarning)
         run_check("params_reject_bad_values", StrictColour, tmp_path / "strict")
+
+
+def test_every_setting_of_a_contract_case_is_a_class_attribute_of_plugin_contract(
+    tmp_path: Path,
+) -> None:
+    """An author sets the kit up through PluginContract's attributes: each ContractCase
+    setting has one, with the same default, and it reaches the case (batch_tolerance
+    had none)."""
+    import dataclasses
+
+    from stylebox.testing import PluginContract
+    from stylebox.testing.checks import ContractCase
+
+    own = {"plugin", "workdir", "base_dir"}  # the class's plugin; the fixture's folders
+    for setting in dataclasses.fields(ContractCase):
+        if setting.name in own:
+            continue
+        assert hasattr(PluginContract, setting.name), setting.name
+        default = (
+            setting.default_factory()
+            if setting.default_factory is not dataclasses.MISSING
+            else setting.default
+        )
+        given = getattr(PluginContract, setting.name)
+        # Sequences are lists on the class and tuples in the case: empty either way.
+        assert given == default or (not given and not default and given is not None), setting
+
+    class Loose(PluginContract):
+        plugin = "posterize"
+        batch_tolerance = 5
+        device = "cuda:1"
+
+    case = Loose.contract_case.__wrapped__(Loose(), tmp_path)  # the fixture's function
+    assert (case.batch_tolerance, case.device) == (5, "cuda:1")

@@ -40,6 +40,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationIn
 
 from stylebox import bundled
 from stylebox.backbone_spec import BackboneSpec
+from stylebox.digests import file_digest
 from stylebox.errors import (
     BadInput,
     Cancelled,
@@ -71,6 +72,7 @@ __all__ = [
     "companion_index",
     "companion_kind",
     "companions_of",
+    "file_digest",
     "params_digest",
     "word_or_file",
 ]

@@ -55,7 +55,12 @@ class PluginContract:
     expected_failures: ClassVar[dict[str, str]] = {}
     """Check name -> why the plugin is known to fail it."""
     device: ClassVar[str] = "cpu"
+    """The device the plugin runs on in the checks (``runtime.device``): ``"cuda"`` to
+    prove a GPU plugin on a GPU."""
     cancel_within: ClassVar[float] = 10.0
+    """Seconds a plugin may keep running once its job is cancelled."""
+    batch_tolerance: ClassVar[int] = 2
+    """Largest per-pixel difference allowed between a batched and a single result."""
     time_limit: ClassVar[float] = TIME_LIMIT
     """Seconds any one call into the plugin (starting it, ``process``, ``close``) may take."""
     realistic_size: ClassVar[tuple[int, int] | None] = REALISTIC_SIZE
@@ -76,6 +81,7 @@ class PluginContract:
             effective_params=list(self.effective_params),
             device=self.device,
             cancel_within=self.cancel_within,
+            batch_tolerance=self.batch_tolerance,
             time_limit=self.time_limit,
             realistic_size=self.realistic_size,
         )
