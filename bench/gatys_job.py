@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     photo = REPO.parent / "shared/data/content/kodim06.png"
+    if not photo.is_file():  # a clone without the Kodak set beside it: the shipped sample
+        photo = REPO / "examples/photos/kodim05.png"
     parser.add_argument("--photo", type=Path, default=photo)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()

@@ -139,3 +139,86 @@ def test_make_test_runs_the_suite_as_the_readme_says() -> None:
     assert "pytest -q -n 2 --dist loadfile" in recipe
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "runs on two pytest-xdist workers, each taking whole test files" in readme
+
+
+def _section(title: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    return readme.split(f"\n{title}\n", 1)[1].split("\n#", 1)[0]
+
+
+def test_the_readme_param_tables_name_every_param_with_its_default() -> None:
+    """The gatys and fast tables against the plugins' Params: every param has a row, and
+    a default written as a value (a number, a TOML literal) or as "none" is the code's."""
+    import tomllib
+
+    from stylebox.plugins.faststyle import FastParams
+    from stylebox.plugins.gatys.params import GatysParams
+
+    unset = {"none", "equal", "config's", "= steps", "the masks' own"}
+    for title, params in (("### gatys params", GatysParams), ("### fast params", FastParams)):
+        rows = [line for line in _section(title).splitlines() if line.startswith("| `")]
+        named: list[str] = []
+        checked = 0
+        for row in rows:
+            first, default = (cell.strip() for cell in row.split("|")[1:3])
+            names = re.findall(r"`(\w+)`", first)
+            named += names
+            shown = [re.sub(r"\s*\(.*?\)", "", d).strip() for d in default.split(", ")]
+            if len(shown) != len(names):
+                continue
+            for name, text in zip(names, shown, strict=True):
+                field = params.model_fields[name]
+                if field.is_required():
+                    continue
+                code = field.get_default(call_default_factory=True)
+                if text in unset:
+                    assert code is None, (title, name, code)
+                    checked += 1
+                    continue
+                literal = text.strip("`")
+                if " " in literal and not literal.startswith(("{", "[")):
+                    continue  # words ("768 on the CPU, 4096 on a GPU"), read by people
+                try:
+                    value = tomllib.loads(f"v = {literal}")["v"]
+                except tomllib.TOMLDecodeError:
+                    value = tomllib.loads(f'v = "{literal}"')["v"]  # a bare word: text
+                assert value == code, (title, name, text, code)
+                checked += 1
+        assert sorted(named) == sorted(params.model_fields), title
+        assert checked >= len(params.model_fields) - 4, (title, checked)
+
+
+def test_the_readme_config_format_names_every_key() -> None:
+    """ "The whole format": every key of every config table appears in it (set, or in a
+    comment), so a reader who copies it misses none."""
+    from pydantic import BaseModel
+
+    from stylebox.config import StyleboxConfig
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("The whole format", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    keys = set(re.findall(r"^#?\s*(\w+)\s*=", block, re.M))
+    tables = set(re.findall(r"^\[+([\w.]+)\]+", block, re.M))
+
+    def fields(model: type[BaseModel]) -> set[str]:
+        found = set()
+        for name, field in model.model_fields.items():
+            found.add(name)
+            inner = field.annotation
+            for candidate in (inner, *getattr(inner, "__args__", ())):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    found |= fields(candidate)
+        return found
+
+    missing = fields(StyleboxConfig) - keys - {t.split(".")[-1] for t in tables}
+    assert not missing, missing
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    layout = _section("## Layout")
+    missing = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "src" / "stylebox").rglob("*.py")
+        if path.name != "__init__.py" and not re.search(rf"\b{re.escape(path.name)}\b", layout)
+    ]
+    assert not missing, missing
