@@ -345,13 +345,17 @@ def _config(tmp_path: Path, model: str) -> Path:
     return config
 
 
-def _bad_inbox_disabled(config: Path) -> subprocess.CompletedProcess[str]:
-    """``stylebox config check`` on ``config``, which must say the inbox ``bad`` is
-    disabled for a bad model (exit 1)."""
-    check = subprocess.run(
+def _config_check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "stylebox.cli", "config", "check", str(config)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def _bad_inbox_disabled(config: Path) -> subprocess.CompletedProcess[str]:
+    """``stylebox config check`` on ``config``, which must say the inbox ``bad`` is
+    disabled for a bad model (exit 1)."""
+    check = _config_check(config)
     assert check.returncode == 1, check.stdout
     assert "[[inbox]] bad is disabled: BadModel:" in check.stderr
     return check
@@ -382,10 +386,7 @@ def test_config_check_reads_the_style_images_as_the_start_does(tmp_path: Path) -
         'state_dir = "state"\n[[inbox]]\nname = "any"\npath = "in"\noutbox = "out"\n'
         'plugin = "fast"\nparams = { model = "transform.onnx", style = "painting.jpg" }\n'
     )
-    check = subprocess.run(
-        [sys.executable, "-m", "stylebox.cli", "config", "check", str(config)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    check = _config_check(config)
     assert check.returncode == 2, check.stdout
     assert "[[inbox]] #1 (any).params: fast style image " in check.stderr
     assert "painting.jpg is not an image" in check.stderr
