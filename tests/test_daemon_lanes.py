@@ -4,6 +4,7 @@ opens a gate."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -79,3 +80,26 @@ def test_a_device_limit_still_holds_every_inbox_to_it(tmp_path: Path) -> None:
         assert wait_until((tmp_path / "inbox/processed/quick.png").exists, 30)
     finally:
         assert daemon.stop() == 0
+
+
+def test_two_inboxes_writing_into_one_outbox_never_give_one_name_twice(tmp_path: Path) -> None:
+    """Photos of one name dropped together into two inboxes that share an outbox, both
+    running at once: the second result was written over the first, both jobs done."""
+    env, record, gate = gated_env(tmp_path)
+    text = inbox("a", "a") + inbox("b", "b").replace('outbox = "out-b"', 'outbox = "out-a"')
+    daemon = Daemon(write_config(tmp_path, 'state_dir = "state"\n' + text), env=env)
+    try:
+        daemon.wait_ready()
+        drop(tmp_path, "in-a", "photo.png", seed=1)
+        drop(tmp_path, "in-b", "photo.png", seed=2)
+        assert wait_until(lambda: record.read_text().count("run ") == 2, 30), daemon.output()
+        gate.touch()
+        for folder in ("in-a", "in-b"):
+            assert wait_until((tmp_path / folder / "processed/photo.png").exists, 30)
+    finally:
+        assert daemon.stop() == 0
+    results = sorted(path.name for path in (tmp_path / "out-a").glob("*.json"))
+    assert results == ["photo-2.json", "photo.json"]
+    sources = {json.loads((tmp_path / "out-a" / name).read_text())["input"]["sha256"]
+               for name in results}  # fmt: skip
+    assert len(sources) == 2

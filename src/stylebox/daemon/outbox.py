@@ -100,6 +100,14 @@ def safe_stem(filename: str) -> str:
     return stem if stem.strip() else "image"
 
 
+def same_folder(path: Path) -> Path:
+    """A folder as the file system names it, so that two spellings of one compare equal."""
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
 @dataclass(frozen=True)
 class OutputNames:
     folder: Path

@@ -22,7 +22,7 @@ from stylebox.config import InboxConfig, LoadedConfig
 from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.leases import Stop, owner_id
-from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.outbox import Outbox, same_folder
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
 from stylebox.daemon.sources import Source
 from stylebox.errors import (
@@ -125,11 +125,11 @@ class Pipeline:
         good, and the start's scan queued their photos again. Each keeps its output name
         where it is free in its new outbox."""
         named = {f"inbox:{inbox.name}" for inbox in self.loaded.config.inbox}
-        taking = {_folder(path): key for key, path in _inbox_folders(self.sources)}
+        taking = {same_folder(path): key for key, path in _inbox_folders(self.sources)}
         moves: dict[tuple[str, str], list[JobRow]] = {}
         for row in self.journal.jobs(state="queued"):
             if row.source.startswith("inbox:") and row.source not in named:
-                new = taking.get(_folder(Path(row.input_path).parent))
+                new = taking.get(same_folder(Path(row.input_path).parent))
                 if new is not None:
                     moves.setdefault((row.source, new), []).append(row)
         for (old, new), rows in moves.items():
@@ -164,21 +164,21 @@ class Pipeline:
         # An inbox renamed, its folder the same: its unfinished jobs go with it (left under
         # the old name, they waited for good, and the rescan queued their files again).
         # Paired by folder, all looked up before any moves: two inboxes may swap folders.
-        taking = {_folder(path): key for key, path in _inbox_folders(sources)}
+        taking = {same_folder(path): key for key, path in _inbox_folders(sources)}
         moves = []
         for old, path in _inbox_folders(self.sources):
-            new = taking.get(_folder(path))
+            new = taking.get(same_folder(path))
             if new is not None and new != old:
                 rows = [*self.journal.jobs(old, "queued"), *self.journal.jobs(old, "running")]
                 moves.append((old, new, rows))
         for old, new, rows in moves:
             if rows:
                 outbox = sources[new].outbox
-                same = _folder(outbox.folder) == _folder(self.sources[old].outbox.folder)
+                same = same_folder(outbox.folder) == same_folder(self.sources[old].outbox.folder)
                 self._move_jobs(old, new, rows, None if same else sources[new])
-        earlier = {_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
+        earlier = {same_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
-            outbox = earlier.get(_folder(source.outbox.folder))
+            outbox = earlier.get(same_folder(source.outbox.folder))
             if outbox is not None and outbox is not source.outbox:
                 source.outbox.share_reservations(outbox)
         self._reserve_unfinished(sources)
@@ -1088,11 +1088,3 @@ def _inbox_folders(sources: dict[str, Source]) -> list[tuple[str, Path]]:
         for key, source in sources.items()
         if isinstance(source.config, InboxConfig)
     ]
-
-
-def _folder(path: Path) -> Path:
-    """A folder as the file system names it, so that two spellings of one compare equal."""
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from stylebox.config import BatchConfig, InboxConfig, JobConfig, LoadedConfig, RunConfig
 from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow
-from stylebox.daemon.outbox import Outbox
+from stylebox.daemon.outbox import Outbox, same_folder
 from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import ConfigError, PluginError, StyleboxError, describe
 from stylebox.plugins.api import Plugin, params_digest
@@ -135,4 +135,12 @@ def build_sources(
                 entry.plugin, registry.plugins[entry.plugin].version, shared[key], params
             )
             sources[f"{table}:{entry.name}"] = Source.of(f"{table}:{entry.name}", entry, handle)
+    # Inboxes and batches that write into one folder give out its names from one set: two
+    # photos of one name arriving together in two inboxes became one result, the second
+    # written over the first, both jobs done.
+    first: dict[Path, Outbox] = {}
+    for source in sources.values():
+        outbox = first.setdefault(same_folder(source.outbox.folder), source.outbox)
+        if outbox is not source.outbox:
+            source.outbox.share_reservations(outbox)
     return sources
