@@ -822,6 +822,25 @@ def test_an_inbox_renamed_by_a_reload_takes_its_queued_jobs_along(tmp_path: Path
     assert (tmp_path / "outbox" / "photo.png").is_file()
 
 
+def test_an_inbox_removed_by_a_reload_and_added_back_by_another_takes_its_jobs_along(
+    tmp_path: Path,
+) -> None:
+    # Its queued job waited under the old name, the re-added inbox queued the photo again,
+    # and a later rename back brought the two together: one photo run twice at once.
+    loop = _loop(tmp_path, {"steps": 1})
+    old = loop.pipeline.sources["inbox:steps"]
+    empty = load_config(write_config(tmp_path, 'state_dir = "state"\n'))
+    loop.pipeline.reconfigure(empty, {})
+    assert _only_job(loop).source == "inbox:steps"  # nothing serves its folder now
+    text = CONFIG.format(lease=30, extra="").replace('name = "steps"', 'name = "again"')
+    loaded = load_config(write_config(tmp_path, text))
+    again = Source.of("inbox:again", loaded.config.inbox[0], old.plugin)
+    loop.pipeline.reconfigure(loaded, {again.key: again})
+    row = _only_job(loop)
+    assert (row.source, row.state) == ("inbox:again", "queued")
+    assert loop.pipeline.enqueue(again, [tmp_path / "inbox" / "photo.png"]) == ["known"]
+
+
 def test_a_renamed_inbox_takes_its_jobs_along_when_its_old_name_gets_another_folder(
     tmp_path: Path,
 ) -> None:

@@ -119,16 +119,18 @@ class Pipeline:
                     sources[row.source].outbox.claim(row.stem)
 
     def adopt_renamed(self) -> int:
-        """At start: queued jobs of an inbox the config no longer names, whose photos lie in
-        the folder of an inbox it serves under another name (renamed while stylebox was
-        stopped), are that inbox's now; how many. Left under the old name they waited for
-        good, and the start's scan queued their photos again. Each keeps its output name
-        where it is free in its new outbox."""
+        """At start and after a reload: queued jobs of an inbox the config no longer names,
+        whose photos lie in the folder of an inbox it serves under another name (renamed
+        while stylebox was stopped, or removed by one reload and added back by another),
+        are that inbox's now; how many. Left under the old name they waited for good, and
+        the scan queued their photos again: two jobs of one photo, which a later rename
+        back brought together, both running and writing the same names. Each keeps its
+        output name where it is free in its new outbox."""
         named = {f"inbox:{inbox.name}" for inbox in self.loaded.config.inbox}
         taking = {same_folder(path): key for key, path in _inbox_folders(self.sources)}
         moves: dict[tuple[str, str], list[JobRow]] = {}
         for row in self.journal.jobs(state="queued"):
-            if row.source.startswith("inbox:") and row.source not in named:
+            if row.source.startswith("inbox:") and row.source not in named | self.sources.keys():
                 new = taking.get(same_folder(Path(row.input_path).parent))
                 if new is not None:
                     moves.setdefault((row.source, new), []).append(row)
@@ -191,6 +193,7 @@ class Pipeline:
             self.loaded = loaded
             self.sources = sources
             self.runner = Runner(loaded.config.images, self.reporter)
+        self.adopt_renamed()
         self._close_retired()
 
     def _close_retired(self) -> None:
