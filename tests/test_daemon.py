@@ -573,3 +573,37 @@ def test_a_flood_of_signals_drains_once_and_exits(tmp_path: Path) -> None:
     for n in range(300):
         daemon.process.send_signal((signal.SIGHUP, signal.SIGTERM, signal.SIGINT)[n % 3])
     assert daemon.stop(timeout=60) == 0, daemon.output()[-3000:]
+
+
+def test_a_chain_of_inboxes_passes_on_only_the_results(tmp_path: Path) -> None:
+    """An inbox whose folder is another inbox's outbox took the whole output set: the
+    manifest and loss plot failed as bad inputs, and the GIF (its first frame the photo
+    as it came) was styled and marked done."""
+    from stylebox.config import load_config
+    from stylebox.daemon.watcher import left_alone
+
+    config = gatys_config(
+        tmp_path, STYLES / "starry_night.jpg", "size = 48, steps = 2, snapshot_every = 1"
+    )
+    text = config.read_text().replace('outbox = "outbox"', 'outbox = "middle"') + (
+        '[[inbox]]\nname = "poster"\npath = "middle"\noutbox = "outbox"\n'
+        'plugin = "posterize"\nsettle_seconds = 0.2\nparams = { bits = 2 }\n'
+    )
+    config = write_config(tmp_path, text)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        photo(48, 32, seed=1).save(tmp_path / "inbox" / "photo.png")
+        assert wait_until((tmp_path / "middle/processed/photo.png").exists, 120), daemon.output()
+        assert wait_until((tmp_path / "outbox/photo.json").exists, 30), daemon.output()
+        time.sleep(1.5)  # what was written beside the result has settled too
+    finally:
+        assert daemon.stop() == 0
+    middle = {path.name for path in (tmp_path / "middle").iterdir()}
+    assert {"photo.json", "photo.gif", "photo.steps", "photo.loss.svg"} <= middle
+    assert not list((tmp_path / "middle").glob("failed/*"))
+    assert sorted(path.name for path in (tmp_path / "outbox").glob("*.png")) == ["photo.png"]
+    (poster,) = [i for i in load_config(config).config.inbox if i.name == "poster"]
+    assert poster.fed_by == "starry"
+    assert left_alone(poster.path, poster.reserved(), fed=True) == []
+    assert left_alone(poster.path, poster.reserved()) != []  # unfed, photo.steps/ is news

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -137,6 +138,15 @@ class InboxConfig(JobConfig):
         and ``failed_dir`` where they lie in it."""
         folders = (self.processed_dir, self.failed_dir)
         return frozenset(p.name for p in folders if p.parent == self.path)
+
+    _fed_by: str | None = PrivateAttr(None)
+
+    @property
+    def fed_by(self) -> str | None:
+        """The inbox whose outbox this inbox's folder is (a chain), set when the config is
+        loaded: this inbox takes that one's results, never the manifests, animations, loss
+        plots and snapshot folders written beside them."""
+        return self._fed_by
 
 
 class BatchConfig(JobConfig):
@@ -350,6 +360,9 @@ def parse_config(
         batch.source = _resolve(batch.source, root)
         batch.outbox = _resolve(batch.outbox, root)
 
+    outboxes = {inbox.outbox.resolve(): inbox.name for inbox in config.inbox}
+    for inbox in config.inbox:
+        inbox._fed_by = outboxes.get(inbox.path.resolve())
     loaded = LoadedConfig(config=config, source=source, root=root)
     problems = _folder_problems(config) + _loop_problems(config) + _backbone_problems(loaded)
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):

@@ -109,6 +109,7 @@ class Service:
                     poll=inbox.watch == "poll",
                     poll_interval=inbox.poll_interval,
                     reserved=inbox.reserved(),
+                    fed=inbox.fed_by is not None,
                 )
             )
 
@@ -359,7 +360,13 @@ class Service:
         for key, source in self.pipeline.sources.items():
             info = SourceInfo(source.outbox.folder, source.plugin.name)
             if isinstance(source.config, InboxConfig):
-                info = replace(info, inbox=source.config.path, reserved=source.config.reserved())
+                config = source.config
+                info = replace(
+                    info,
+                    inbox=config.path,
+                    reserved=config.reserved(),
+                    fed=config.fed_by is not None,
+                )
             infos[key] = info
         return infos
 

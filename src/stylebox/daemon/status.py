@@ -67,7 +67,9 @@ def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig) -> dict[str, 
     for inbox in loaded.config.inbox:
         entry = report["sources"].get(f"inbox:{inbox.name}")
         if entry is not None:
-            entry["left_alone"] = left_alone(inbox.path, inbox.reserved())
+            entry["left_alone"] = left_alone(
+                inbox.path, inbox.reserved(), fed=inbox.fed_by is not None
+            )
     return report
 
 

@@ -53,10 +53,22 @@ def is_ignored(name: str) -> bool:
     return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in IGNORED_PATTERNS)
 
 
-def left_alone(folder: Path, reserved: Iterable[str] = ()) -> list[str]:
+def beside_a_result(name: str, folder: bool) -> bool:
+    """Whether ``name`` is what stylebox writes beside each result (its manifest, GIF, loss
+    plot, snapshot folder): never an input of an inbox fed by another inbox's outbox."""
+    lowered = name.lower()
+    return lowered.endswith(".steps") if folder else lowered.endswith(_BESIDE_A_RESULT)
+
+
+#: The files stylebox writes beside a result (its steps/ folder aside).
+_BESIDE_A_RESULT = (".json", ".gif", ".loss.svg")
+
+
+def left_alone(folder: Path, reserved: Iterable[str] = (), fed: bool = False) -> list[str]:
     """What in the inbox ``folder`` no job takes, by name, each said with why (as the
     watcher logs it once): its folders, and companion files whose photo is not beside
-    them. ``reserved``: the inbox's own folders (``processed/``, ``failed/``)."""
+    them. ``reserved``: the inbox's own folders (``processed/``, ``failed/``). ``fed``: the
+    folder is another inbox's outbox, whose snapshot folders are no news."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
@@ -68,6 +80,7 @@ def left_alone(folder: Path, reserved: Iterable[str] = ()) -> list[str]:
         if entry.is_dir(follow_symlinks=False)
         and not is_ignored(entry.name)
         and entry.name not in skipped
+        and not (fed and beside_a_result(entry.name, folder=True))
     ]
     orphans = _orphans([entry.name for entry in entries])
     said += [_orphan_why(name, *orphans[name]) for name in sorted(orphans)]
@@ -113,6 +126,8 @@ class WatchedFolder:
     reserved: frozenset[str] = frozenset()
     """Entry names inside the folder that are not inputs (``processed``, ``failed``):
     folders, created with it when it has to be recreated."""
+    fed: bool = False
+    """The folder is another inbox's outbox: only its results are inputs."""
 
 
 @dataclass
@@ -384,6 +399,8 @@ class InboxWatcher:
             info = path.lstat()
         except FileNotFoundError:
             return path, None
+        if folder.fed and beside_a_result(path.name, folder=stat.S_ISDIR(info.st_mode)):
+            return path, None  # the upstream inbox's manifest, GIF, loss plot, snapshots
         if stat.S_ISDIR(info.st_mode):
             # Only the inbox's own files are inputs. A folder was once taken for a bad one,
             # moved to failed/ while an album was still being copied into it.

@@ -70,6 +70,8 @@ class SourceInfo:
     """An inbox's folder (``None`` for a batch), whose untaken entries the page lists."""
     reserved: frozenset[str] = frozenset()
     """The inbox's own folders in it (``processed``, ``failed``)."""
+    fed: bool = False
+    """The inbox's folder is another inbox's outbox."""
 
 
 class Backend(Protocol):
@@ -208,7 +210,7 @@ class StatusReader:
             }
             # What sits in the inbox that no job takes (a folder, a mask without its photo):
             # said once in the log, and here for as long as it is there.
-            alone = left_alone(info.inbox, info.reserved) if info and info.inbox else []
+            alone = left_alone(info.inbox, info.reserved, info.fed) if info and info.inbox else []
             entry.update(left_alone=alone[:LEFT_ALONE], left_alone_count=len(alone))
             if journal is not None:
                 for row in journal.jobs(key, "running"):
