@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -186,15 +188,8 @@ def _pipeline(tmp_path: Path, params: dict, attempts: int = 1) -> tuple[Pipeline
     return Pipeline(loaded, {source.key: source}, journal), source
 
 
-@pytest.mark.parametrize("fault", ["disk full on the manifest", "plugin fault"])
-def test_a_job_that_fails_for_good_leaves_nothing_in_the_outbox(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
-) -> None:
-    params = dict(SNAPSHOTTING)
-    if fault == "plugin fault":
-        params["fail_at"] = 3  # after snapshots 0 to 3
-    else:
-        _disk_full_on(monkeypatch, "photo.json", "fsync")
+def test_a_job_that_fails_for_good_leaves_nothing_in_the_outbox(tmp_path: Path) -> None:
+    params = {**SNAPSHOTTING, "fail_at": 3}  # a plugin fault after snapshots 0 to 3
     pipeline, source = _pipeline(tmp_path, params, attempts=2)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -207,6 +202,35 @@ def test_a_job_that_fails_for_good_leaves_nothing_in_the_outbox(
     assert _listing(tmp_path / "outbox") == []  # no result, animation, snapshots or temps
     assert _listing(inbox / "failed") == ["photo.png", "photo.png.error.txt"]
     assert not (tmp_path / "state" / "jobs" / str(row.id)).exists()
+    pipeline.journal.close()
+
+
+def test_an_inbox_job_whose_outputs_cannot_be_written_waits_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk failed each job after its tries (15 s), and every photo dropped while
+    it lasted went to failed/; now the job waits, tried each minute, counting no try."""
+    pipeline, source = _pipeline(tmp_path, dict(SNAPSHOTTING), attempts=1)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "photo.png")
+    assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]
+    loop = JobLoop(pipeline)
+    with monkeypatch.context() as patch:
+        _disk_full_on(patch, "photo.json", "fsync")
+        for _ in range(2):  # more than max_attempts
+            loop.run_next({source.key})
+            (row,) = pipeline.journal.jobs(source.key)
+            assert (row.state, row.error_class, row.attempts) == ("queued", "StorageError", 0)
+            assert row.not_before > time.time() + 55
+            with closing(sqlite3.connect(pipeline.journal.path)) as db, db:
+                db.execute("UPDATE jobs SET not_before = 0")  # its minute is up
+    # Nothing of the set but the snapshots, kept for the next try; the photo stays.
+    assert [name for name in _listing(tmp_path / "outbox") if "/" not in name] == ["photo.steps"]
+    assert (inbox / "photo.png").is_file() and not (inbox / "failed").exists()
+    loop.run_until_empty({source.key})  # room again
+    assert pipeline.journal.get(row.id).state == "done"
+    assert (tmp_path / "outbox" / "photo.json").is_file()
     pipeline.journal.close()
 
 

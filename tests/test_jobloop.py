@@ -34,7 +34,7 @@ from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
 from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.status import print_status
-from stylebox.errors import Cancelled
+from stylebox.errors import BadInput, Cancelled
 from stylebox.plugins.api import JobContext, Runtime
 from stylebox.plugins.registry import PluginInfo, Registry
 from stylebox.web.state import _queued
@@ -375,21 +375,37 @@ def test_a_job_whose_end_cannot_be_recorded_is_queued_again_not_left_running(
     assert "(tried again in 6" in printed or "(tried again in 5" in printed
 
 
-def test_an_input_that_cannot_be_moved_is_a_storage_error_not_the_plugins(
+def test_an_input_that_cannot_be_moved_is_a_storage_error_waited_out_not_the_plugins(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # It was recorded as a PluginError (the plugin had done its part), with a traceback in
-    # the log at each try.
+    # the log at each try; then as a StorageError, tried three times in 15 s and failed:
+    # a full disk for a minute put every photo dropped meanwhile in failed/.
     loop = _loop(tmp_path, {"steps": 1})
-    (tmp_path / "inbox" / "processed").write_text("a file where the folder should be")
+    processed = tmp_path / "inbox" / "processed"
+    processed.write_text("a file where the folder should be")
+    before = time.time()
     with caplog.at_level(logging.INFO, logger="stylebox.pipeline"):
-        loop.run_next({"inbox:steps"})
+        for _ in range(4):  # more than max_attempts: no try is counted
+            loop.run_next({"inbox:steps"})
+            with closing(sqlite3.connect(loop.journal.path)) as db, db:
+                db.execute("UPDATE jobs SET not_before = 0")  # its minute is up
     row = _only_job(loop)
-    assert (row.state, row.error_class) == ("failed", "StorageError")
+    assert (row.state, row.error_class, row.attempts) == ("queued", "StorageError", 0)
     assert row.error_message.startswith("its input could not be moved: [Errno 17] File exists")
-    assert (tmp_path / "inbox" / "failed" / "photo.png").is_file()
+    assert (tmp_path / "inbox" / "photo.png").is_file()
     assert (tmp_path / "outbox" / "photo.json").is_file()  # its complete result stays
     assert not any(record.exc_info for record in caplog.records)
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting: ")]
+    assert len(waits) == 4 and waits[0].endswith("; tried again in 60 s")
+    loop.run_next({"inbox:steps"})
+    assert loop.journal.get(row.id).not_before >= before + 59  # a minute, as said
+    processed.unlink()  # mended: the next try completes it
+    with closing(sqlite3.connect(loop.journal.path)) as db, db:
+        db.execute("UPDATE jobs SET not_before = 0")
+    loop.run_next({"inbox:steps"})
+    assert loop.journal.get(row.id).state == "done"
+    assert (processed / "photo.png").is_file()
 
 
 def test_a_job_waiting_out_a_retrys_backoff_can_be_cancelled(tmp_path: Path) -> None:
@@ -543,15 +559,16 @@ def test_an_input_whose_move_fails_after_its_end_is_recorded_is_retried_as_it_wa
     assert Path(row.input_path + ".error.txt").read_text().startswith("PluginError: ")
 
 
-def test_a_done_jobs_input_whose_move_fails_fails_as_storage_with_its_result_kept(
+def test_a_done_jobs_input_whose_move_fails_waits_as_storage_with_its_result_kept(
     tmp_path: Path,
 ) -> None:
     script = [sys.executable, "-c", _REFUSED_AT_THE_MOVE, str(Path(__file__).parent)]
     done = subprocess.run([*script, str(tmp_path), json.dumps({"steps": 1})], timeout=120)
     assert done.returncode == 0
     (row,) = Journal(journal_path(tmp_path / "state")).jobs()
-    assert (row.state, row.error_class) == ("failed", "StorageError")  # max_attempts = 1
-    assert row.input_path == str(tmp_path / "inbox" / "failed" / "photo.png")
+    # max_attempts = 1, and still not failed: no try counted
+    assert (row.state, row.error_class, row.attempts) == ("queued", "StorageError", 0)
+    assert row.input_path == str(tmp_path / "inbox" / "photo.png")
     assert Path(row.input_path).is_file() and (tmp_path / "outbox" / "photo.json").is_file()
 
 
@@ -1178,3 +1195,28 @@ def test_a_copy_of_known_bytes_takes_no_output_name_from_a_new_photo_beside_it(
     assert outcomes == ["duplicate", "queued"]
     [new] = [row for row in loop.journal.jobs() if row.name == "photo.webp"]
     assert new.stem == "photo-2"
+
+
+def test_status_names_a_source_the_config_dropped_and_counts_older_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stylebox status` listed an inbox a reload had removed as any other, its queued job
+    waiting with nothing said; and 7 failed jobs as 5, with no word of the other 2."""
+    loop = _loop(tmp_path, {"steps": 1})
+    entries = [
+        NewJob(source="inbox:steps", input_path=tmp_path / f"bad{n}.png", sha256=f"s{n}",
+               plugin="stepper", params_hash="p", unique_key=f"s{n}|p", stem=f"bad{n}")
+        for n in range(7)
+    ]  # fmt: skip
+    for row, _ in loop.journal.add(entries):
+        loop.journal.finish(row.id, "failed", error=BadInput("not an image"))
+    config = tmp_path / "stylebox.toml"
+    print_status(config)
+    printed = capsys.readouterr().out
+    assert printed.count("  failed #") == 5 and "  and 2 earlier failed job(s)" in printed
+    assert "not in the config" not in printed
+    config.write_text(config.read_text().replace('name = "steps"', 'name = "renamed"'))
+    print_status(config)
+    printed = capsys.readouterr().out
+    assert "inbox:steps: 1 queued" in printed
+    assert "  not in the config: its queued jobs wait until an inbox of this name" in printed

@@ -6,7 +6,8 @@ its error, and for ``Cancelled`` from why the job was cancelled:
 - ``BadInput``: the job fails at once (an inbox's input goes to ``failed/`` with the reason).
 - ``PluginError``: the job is tried again after a doubling backoff, up to ``max_attempts``
   tries in all, then fails. Its subclass ``PermanentFailure`` (``retry = False``) fails at
-  once.
+  once; its subclass ``StorageError`` waits in an inbox (each minute, no try counted) for
+  the disk or share to be back.
 - ``Cancelled``: when stylebox is stopping (SIGTERM, Ctrl-C), the job goes back to the queue
   without counting a try and resumes from its checkpoint at the next start. When it was
   cancelled for outliving its ``timeout_seconds``, that is a failed try, a ``PluginError``
@@ -50,8 +51,9 @@ class PluginError(StyleboxError):
 
 class StorageError(PluginError):
     """stylebox could not read or write its own files for a job (its input could not be
-    moved, a folder is not writable): no fault of the plugin's, retried like one, since a
-    full disk or a share that went away may well be back."""
+    moved, a folder is not writable): no fault of the plugin's. An inbox's job waits and is
+    tried each minute, no try counted, since a full disk or a share that went away may well
+    be back; a batch's or a run's is retried like a plugin fault."""
 
 
 class PermanentFailure(PluginError):

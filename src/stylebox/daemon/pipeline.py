@@ -888,6 +888,20 @@ class Pipeline:
         )
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
+        if isinstance(error, StorageError) and isinstance(source.config, InboxConfig):
+            # A full disk or a share gone away fails nothing: the daemon waits for it, and
+            # tries each minute without counting a try (three tries took 15 s, then every
+            # photo dropped meanwhile was in failed/).
+            self.journal.requeue(
+                row.id, delay=UNSETTLED_RETRY_SECONDS, refund_attempt=True, error=error
+            )
+            log.warning(
+                "waiting: %s; tried again in %d s",
+                error,
+                UNSETTLED_RETRY_SECONDS,
+                extra={**self._fields(row, "storage_wait"), "error": str(error)},
+            )
+            return
         if error.retry and row.attempts < source.config.max_attempts:
             delay = self.loaded.config.daemon.retry_backoff_seconds * 2 ** (row.attempts - 1)
             self.journal.requeue(row.id, delay=delay, error=error)
