@@ -392,3 +392,19 @@ def test_a_folder_is_said_again_when_it_comes_back(
     watcher.rescan()
     said = [r for r in caplog.records if getattr(r, "event", None) == "subfolder"]
     assert len(said) == 2
+
+
+def test_what_was_said_once_is_not_said_again_by_the_watcher_a_reload_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "album").mkdir(parents=True)
+    (inbox / "lone.mask.png").write_bytes(b"a mask whose photo is not here")
+    folders = [WatchedFolder("a", inbox, 0.1)]
+    first = InboxWatcher(folders, Recorder())
+    first.rescan()
+    second = InboxWatcher(folders, Recorder())  # as a reload (SIGHUP) makes
+    second.remember_said(first)
+    second.rescan()
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("subfolder") == 1 and events.count("companion_alone") == 1

@@ -236,6 +236,7 @@ class Service:
             return
         notify("RELOADING=1")
         self.watcher.stop()
+        watcher.remember_said(self.watcher)
         try:
             watcher.start()
         except Exception as exc:

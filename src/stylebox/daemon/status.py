@@ -22,7 +22,8 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
     path = journal_path(state_dir)
     sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
     sources += [f"batch:{b.name}" for b in loaded.config.batch]
-    if state_dir != loaded.config.state_dir:
+    foreign = state_dir != loaded.config.state_dir
+    if foreign:
         sources = []  # the config's are served elsewhere: only what this journal holds
     report: dict[str, Any] = {"journal": str(path), "journal_exists": path.exists(), "sources": {}}
     disabled = {f"{table}:{name}": why for (table, name), why in loaded.unavailable.items()}
@@ -36,6 +37,9 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
         entry = _empty()
         entry.update(counts.get(key, {}))
         entry["disabled"] = disabled.get(key)
+        # An inbox or batch the journal knows and the config no longer names (a reload
+        # removed it): its queued jobs wait for it, or for an inbox on its folder.
+        entry["configured"] = foreign or key in sources or key.startswith("run:")
         entry["running_jobs"] = [_running(row) for row in journal.jobs(key, "running")]
         # Held back after something went wrong (a retry's backoff, an input that cannot be
         # moved out of the inbox): the reason, else such a job looks like any other queued
@@ -79,6 +83,7 @@ def _empty() -> dict[str, Any]:
         "running": 0,
         "done": 0,
         "failed": 0,
+        "configured": True,
         "running_jobs": [],
         "waiting_jobs": [],
         "last_errors": [],
@@ -136,6 +141,11 @@ def print_status(config_path: Path, as_json: bool = False, state_dir: Path | Non
         )
         if entry["disabled"]:
             print(f"  DISABLED: {entry['disabled']}")
+        if not entry["configured"] and entry["queued"]:
+            print(
+                "  not in the config: its queued jobs wait until an inbox of this name, or "
+                "one on its folder, serves them"
+            )
         for job in entry["running_jobs"]:
             progress = f"step {job['step']}/{job['total']}" if job["total"] else "starting"
             eta = (
@@ -151,6 +161,8 @@ def print_status(config_path: Path, as_json: bool = False, state_dir: Path | Non
             )
         for error in entry["last_errors"]:
             print(f"  failed #{error['job']} {error['file']}: {error['error']}")
+        if entry["failed"] > len(entry["last_errors"]):
+            print(f"  and {entry['failed'] - len(entry['last_errors'])} earlier failed job(s)")
         for why in entry["left_alone"]:
             print(f"  left alone: {why}")
     return 0

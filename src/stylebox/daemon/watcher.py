@@ -163,9 +163,17 @@ class InboxWatcher:
         """Companion files with no photo beside them, said once (at a rescan)."""
         self._subfolders: set[Path] = set()
         """Folders in inboxes already said to be left alone (forgotten once gone)."""
+
         self._stop = threading.Event()
         self._settler: threading.Thread | None = None
         self.restarts = 0
+
+    def remember_said(self, earlier: InboxWatcher) -> None:
+        """What ``earlier`` (the watcher a reload replaces) has said once is said: a folder
+        or a lone mask left alone was logged again at every reload."""
+        with earlier._lock, self._lock:
+            self._orphans |= earlier._orphans
+            self._subfolders |= earlier._subfolders
 
     # -- lifecycle -------------------------------------------------------------------------
 
