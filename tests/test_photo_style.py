@@ -428,6 +428,25 @@ def test_a_photos_mask_that_is_no_image_is_a_bad_input_not_a_fault(tmp_path: Pat
     )
 
 
+def test_a_mask_with_transparent_pixels_is_refused(tmp_path: Path) -> None:
+    # The transparency was dropped unsaid: what the transparent rows became depended on
+    # a colour no one can see (red under them: sky; black: a region of its own, unstyled).
+    mask = bands(tmp_path / "s.mask.png", (64, 48), [SKY, GROUND])
+    erased = Image.open(mask).convert("RGBA")
+    erased.putalpha(Image.new("L", erased.size, 255))
+    erased.save(tmp_path / "opaque.mask.png")  # an alpha channel, all opaque: a mask
+    plugin(tmp_path, style=[str(mask)], style_mask=[str(tmp_path / "opaque.mask.png")], steps=1)
+    erased.paste((0, 0, 0, 0), (0, 0, 64, 8))
+    erased.save(tmp_path / "holes.mask.png")
+    with pytest.raises(ConfigError, match=r"holes.mask.png has transparent pixels: a mask's"):
+        plugin(tmp_path, style=[str(mask)], style_mask=[str(tmp_path / "holes.mask.png")])
+    painter = plugin(tmp_path, style=[str(mask)], style_mask=[str(mask)], steps=1)
+    own = tmp_path / "photo.mask.png"
+    erased.resize((64, 43)).save(own)
+    with pytest.raises(BadInput, match=r"^the photo's mask photo.mask.png has transparent"):
+        painter.process(kodak(64), masked(tmp_path / "job", own))
+
+
 def test_a_mask_of_another_shape_than_its_image_is_refused_not_stretched(
     tmp_path: Path,
 ) -> None:
@@ -473,6 +492,34 @@ def test_a_photos_mask_sharing_no_region_with_the_style_masks_is_refused(tmp_pat
     context = masked(tmp_path / "job2", own)
     listed.process(kodak(64), context)
     assert context.facts["mask_regions_unstyled"] == ["#00ff00"]
+
+
+def test_what_becomes_of_a_photos_mask_is_said_in_the_log_not_only_the_manifest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regions left unstyled (a whole beach), a mask beside the photo left unused, and one
+    # taking the place of the config's content_mask were in the manifest alone.
+    style = bands(tmp_path / "s.png", (64, 48), [SKY, GROUND])
+    own = bands(tmp_path / "photo.mask.png", (64, 43), [SKY, OTHER])
+    other = bands(tmp_path / "other.mask.png", (64, 43), [GROUND, SKY])
+    with caplog.at_level("WARNING", logger="stylebox.gatys"):
+        plugin(tmp_path, style=[str(style)], steps=1).process(
+            kodak(64), masked(tmp_path / "a", own)
+        )
+        masks = {"style_mask": [str(style)], "content_mask": str(other), "steps": 1}
+        context = masked(tmp_path / "b", own)
+        plugin(tmp_path, style=[str(style)], **masks).process(kodak(64), context)
+    said = [record.getMessage() for record in caplog.records]
+    assert said[0] == (
+        "photo.mask.png beside the photo is not used: style_mask is not set (the regions "
+        "need the style image's label image too)"
+    )
+    assert said[1] == f"the photo's own mask photo.mask.png is used, not content_mask {other}"
+    assert said[2] == (
+        "the photo's mask photo.mask.png: its regions #00ff00 are in no style mask, and keep "
+        "the photo's look"
+    )
+    assert context.facts["content_mask_not_used"] == "the photo's own mask photo.mask.png is used"
 
 
 def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +60,8 @@ MIN_GUARDED_STEPS = 10
 UNCHANGED_GREY_LEVELS = 0.5
 #: What each step reports of an image's loss, read back from the device once a step.
 _PARTS = ("loss", "content", "style", "tv")
+
+log = logging.getLogger("stylebox.gatys")
 
 _caches: dict[Path, StyleTargetCache] = {}
 
@@ -298,7 +301,20 @@ class Engine:
         if p.style_mask is None:
             if companion is not None:
                 job.note(mask=f"{companion.name} not used: style_mask is not set")
+                log.warning(
+                    "%s beside the photo is not used: style_mask is not set (the regions "
+                    "need the style image's label image too)",
+                    companion.name,
+                )
             return None, []
+        if companion is not None and p.content_mask is not None:
+            # The photo's own mask wins over the config's default one: said, not silent.
+            job.note(content_mask_not_used=f"the photo's own mask {companion.name} is used")
+            log.warning(
+                "the photo's own mask %s is used, not content_mask %s",
+                companion.name,
+                p.content_mask,
+            )
         path = companion or p.content_mask
         if path is None:
             raise BadInput(
@@ -315,6 +331,11 @@ class Engine:
         check_shape(mask, image.size, where, "the photo (as shown, after any EXIF turn)", BadInput)
         if unstyled := self.style_files.unstyled(mask, colors, where, BadInput):
             job.note(mask_regions_unstyled=[hex_color(color) for color in unstyled])
+            log.warning(
+                "%s: its regions %s are in no style mask, and keep the photo's look",
+                where,
+                ", ".join(map(hex_color, unstyled)),
+            )
         if mask.size != image.size:
             job.note(
                 mask_resized=f"{mask.width}x{mask.height} to the photo's "

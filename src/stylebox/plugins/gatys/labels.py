@@ -133,6 +133,13 @@ def load_mask(path: Path, where: str, error: type[StyleboxError] = ConfigError) 
     unreadable at every try)."""
     try:
         with Image.open(path) as opened:
+            if opened.has_transparency_data and opened.convert("RGBA").getextrema()[3][0] < 255:
+                # The colour under a transparent pixel is unseen, yet it is the pixel's region.
+                raise error(
+                    f"{where} has transparent pixels: a mask's regions are its colours, and "
+                    "what lies under transparency cannot be seen; paint every pixel opaque, "
+                    "one colour per region"
+                )
             return opened.convert("RGB")
     except UnidentifiedImageError as exc:
         raise error(f"{where} cannot be read as an image: not a format Pillow reads") from exc
