@@ -85,6 +85,16 @@ def test_unknown_plugin_and_missing_style_are_named(tmp_path: Path) -> None:
     assert "[[inbox]] #1 (starry).plugin" in message and "no plugin named 'nope'" in message
     message = refusal(tmp_path, GOOD.replace('"starry_night"', '"missing.jpg"'))
     assert "params.style[0]" in message and "missing.jpg" in message
+    # A required field left out says what to give it (its description), not only that.
+    message = refusal(tmp_path, GOOD.replace('style = "starry_night", ', ""))
+    assert (
+        "[[inbox]] #1 (starry).params.style: Field required: style image(s): paths or "
+        "bundled names such as 'starry_night'"
+    ) in message
+    message = refusal(tmp_path, GOOD.replace('path = "in/starry"\n', ""))
+    assert "[[inbox]] #1 (starry).path: Field required: the folder people drop photos into" in (
+        message
+    )
 
 
 def test_duplicate_inbox_names_are_refused(tmp_path: Path) -> None:

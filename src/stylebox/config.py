@@ -93,11 +93,13 @@ class OutputConfig(_Strict):
 
 
 class _JobBase(_Strict):
-    name: Name
-    outbox: PathValue
-    plugin: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    name: Name = Field(description="A name for logs and status: letters, digits, . _ -")
+    outbox: PathValue = Field(description="The folder results go to")
+    plugin: str = Field(description="The plugin that stylises: gatys, fast, or an installed one")
+    params: dict[str, Any] = Field(default_factory=dict, description="The plugin's params")
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="Format of results, and the animation"
+    )
 
 
 class JobConfig(_JobBase):
@@ -657,6 +659,8 @@ def error_lines(
     for error in field_errors(exc):
         location = _location(error["loc"], data)
         message = error["msg"]
+        if error["type"] == "missing" and (about := _description_at(model, error["loc"])):
+            message = f"{message}: {about[0].lower()}{about[1:]}"  # what to give it
         if error["type"] == "extra_forbidden":
             known = _keys_at(model, error["loc"][:-1])
             close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
@@ -688,6 +692,19 @@ def _keys_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:
             return []
         node = _model_in(field.annotation)
     return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _description_at(model: type[BaseModel], path: tuple[int | str, ...]) -> str | None:
+    """The description of the field at ``path`` in ``model``, if it has one."""
+    *parents, name = [part for part in path if not isinstance(part, int)] or [""]
+    node: Any = model
+    for part in parents:
+        field = node.model_fields.get(part) if isinstance(node, type) else None
+        node = _model_in(field.annotation) if field is not None else None
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return None
+    field = node.model_fields.get(name)
+    return field.description if field is not None else None
 
 
 def _model_in(annotation: Any) -> Any:
