@@ -335,3 +335,31 @@ def test_an_input_deleted_while_queued_is_said_to_have_vanished(tmp_path: Path) 
     assert row.state == "failed" and row.error_class == "BadInput"
     assert row.error_message == "photo.png vanished from the inbox before it could be processed"
     pipeline.journal.close()
+
+
+def test_an_input_moved_away_while_its_job_ran_ends_done_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It ended done with nothing said, and no photo in processed/.
+    pipeline, source = _pipeline(tmp_path, {"steps": 2})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "photo.png")
+    pipeline.enqueue(source, [inbox / "photo.png"])
+    process = source.plugin.instance.process
+
+    def moved_away(image: Image.Image, job: object) -> Image.Image:
+        (inbox / "photo.png").rename(tmp_path / "kept.png")
+        return process(image, job)  # type: ignore[arg-type]
+
+    source.plugin.instance.process = moved_away  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="stylebox.pipeline"):
+        JobLoop(pipeline).run_until_empty({source.key})
+    (row,) = pipeline.journal.jobs(source.key)
+    assert row.state == "done" and (tmp_path / "outbox" / "photo.json").is_file()
+    assert any(
+        r.getMessage() == "input gone from the inbox while its job ran; nothing to move to "
+        "processed/"
+        for r in caplog.records
+    )
+    pipeline.journal.close()

@@ -797,7 +797,14 @@ class Pipeline:
         (a folder not writable, a full disk) raises with the job's journal row as it was
         (running, its input in the inbox), for the caller to retry or requeue it."""
         origin = Path(row.origin_path)
-        if not source.moves_inputs or not os.path.lexists(origin):
+        if not source.moves_inputs:
+            return False
+        if not os.path.lexists(origin):
+            log.info(
+                "input gone from the inbox while its job ran; nothing to move to %s/",
+                folder,
+                extra=self._fields(row, "input_gone"),
+            )
             return False
         if not files.holds(origin, row.sha256):
             self._replaced_while_running(row)
