@@ -197,6 +197,13 @@ def test_watchdog_pings_while_healthy(tmp_path: Path) -> None:
         daemon.wait_ready()
         assert daemon.receive("WATCHDOG=1", 10)
         assert daemon.receive("STATUS=0 running", 10)
+        # An inbox that cannot be watched (a file in its folder's place): the pings stop,
+        # and the status line says which (it said nothing but the counts).
+        (tmp_path / "inbox").rename(tmp_path / "inbox-away")
+        (tmp_path / "inbox").write_text("not a folder")
+        assert daemon.receive("; not watched: inbox:poster", 10), daemon.messages[-3:]
+        (tmp_path / "inbox").unlink()
+        (tmp_path / "inbox-away").rename(tmp_path / "inbox")
     finally:
         daemon.stop()
 

@@ -204,7 +204,11 @@ class Service:
         running = self.loop.running_count()
         line = f"{running} running, {queued} queued, {done} done, {failed} failed"
         disabled = [f"{table}:{name}" for table, name in sorted(self.loaded.unavailable)]
-        return line + (f"; disabled: {', '.join(disabled)}" if disabled else "")
+        if disabled:
+            line += f"; disabled: {', '.join(disabled)}"
+        if unwatched := self.watcher.unwatched():
+            line += f"; not watched: {', '.join(f'inbox:{name}' for name in unwatched)}"
+        return line
 
     def reload(self) -> None:
         """Swap in a new config; one that is bad or cannot be applied is refused, and the

@@ -284,6 +284,11 @@ class InboxWatcher:
             return "was deleted and made again"
         return None
 
+    def unwatched(self) -> list[str]:
+        """The inboxes whose folder is not watched now (gone, replaced, or not made), by
+        name: systemd's status line says them while ``check`` tries again."""
+        return [f.name for f in self.folders.values() if self._watch_problem(f) is not None]
+
     def healthy(self) -> bool:
         """The settle loop and every observer run, and every folder is watched where it is."""
         settler_alive = self._settler is not None and self._settler.is_alive()
