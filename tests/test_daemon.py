@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 from conftest import STYLES, broken_plugins_site, installed_site, make_bad_inputs, photo
-from daemon_helpers import POSTERIZE_CONFIG, Daemon, gatys_config, wait_until, write_config
+from daemon_helpers import (
+    POSTERIZE_CONFIG,
+    Daemon,
+    drop,
+    gated_env,
+    gatys_config,
+    inbox,
+    wait_until,
+    write_config,
+)
 from PIL import Image
 
 from stylebox.daemon.locks import LOCK_NAME
@@ -283,6 +292,24 @@ def test_a_journal_deleted_while_serving_stops_the_daemon_saying_so(tmp_path: Pa
     finally:
         daemon.stop()
     assert "journal.sqlite3 was deleted while serving: stopping" in daemon.output()
+
+
+def test_a_job_stopped_as_its_journal_went_does_not_promise_to_resume(tmp_path: Path) -> None:
+    # Its log said "stopped; will resume", and the next start began it anew.
+    env, record, _ = gated_env(tmp_path)
+    config = write_config(tmp_path, 'state_dir = "state"\n' + inbox("held", "a"))
+    daemon = Daemon(config, env=env)
+    try:
+        daemon.wait_ready()
+        drop(tmp_path, "in-held", "photo.png", seed=1)
+        assert wait_until(lambda: record.exists() and "run a" in record.read_text(), 30)
+        (tmp_path / "state" / "journal.sqlite3").unlink()
+        assert daemon.process.wait(timeout=30) == 1
+    finally:
+        daemon.stop()
+    output = daemon.output()
+    assert "journal.sqlite3 was deleted, so it will not resume" in output
+    assert "will resume" not in output.replace("will not resume", "")
 
 
 def test_bad_config_refuses_to_start_naming_the_field(tmp_path: Path) -> None:

@@ -701,7 +701,15 @@ class Pipeline:
             said = str(outcome) or "no reason given"
             if stop.reason == "drain":
                 self.journal.requeue(row.id, refund_attempt=True)
-                log.info("stopped; will resume", extra=self._fields(row, "drained"))
+                if self.journal.path.exists():
+                    log.info("stopped; will resume", extra=self._fields(row, "drained"))
+                else:  # the journal was deleted under the daemon: nothing remembers the job
+                    log.warning(
+                        "stopped; its journal %s was deleted, so it will not resume: its "
+                        "photo is queued anew at the next start",
+                        self.journal.path,
+                        extra=self._fields(row, "drained"),
+                    )
             elif stop.reason == "timeout":
                 seconds = source.config.timeout_seconds
                 error = PluginError(f"timed out after {seconds} s ({said})")
