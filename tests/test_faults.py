@@ -56,10 +56,13 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
-def _disk_full_on(monkeypatch: pytest.MonkeyPatch, name: str, how: str) -> None:
+def _disk_full_on(
+    monkeypatch: pytest.MonkeyPatch, name: str, how: str, code: int = errno.ENOSPC
+) -> None:
     """Writing (``how="fsync"``) or renaming into place (``"rename"``) the output file
-    ``name`` fails as on a full disk; every other file is written as usual."""
-    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    ``name`` fails as on a full disk (or with another ``code``); every other file is
+    written as usual."""
+    full = OSError(code, os.strerror(code))
     if how == "fsync":
         real_fsync = os.fsync
 
@@ -231,6 +234,24 @@ def test_an_inbox_job_whose_outputs_cannot_be_written_waits_for_the_disk(
     loop.run_until_empty({source.key})  # room again
     assert pipeline.journal.get(row.id).state == "done"
     assert (tmp_path / "outbox" / "photo.json").is_file()
+    pipeline.journal.close()
+
+
+def test_a_storage_error_that_stays_is_tried_as_a_fault_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name the file system refuses (EINVAL, ENAMETOOLONG: exFAT, eCryptfs) is the same at
+    # every try: waited for, the job ran its plugin each minute for ever.
+    pipeline, source = _pipeline(tmp_path, dict(SNAPSHOTTING), attempts=2)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "photo.png")
+    assert pipeline.enqueue(source, [inbox / "photo.png"]) == ["queued"]
+    _disk_full_on(monkeypatch, "photo.json", "fsync", errno.ENAMETOOLONG)
+    JobLoop(pipeline).run_until_empty({source.key})
+    (row,) = pipeline.journal.jobs(source.key)
+    assert (row.state, row.error_class, row.attempts) == ("failed", "StorageError", 2)
+    assert (inbox / "failed" / "photo.png").is_file()
     pipeline.journal.close()
 
 

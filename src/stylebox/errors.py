@@ -6,8 +6,8 @@ its error, and for ``Cancelled`` from why the job was cancelled:
 - ``BadInput``: the job fails at once (an inbox's input goes to ``failed/`` with the reason).
 - ``PluginError``: the job is tried again after a doubling backoff, up to ``max_attempts``
   tries in all, then fails. Its subclass ``PermanentFailure`` (``retry = False``) fails at
-  once; its subclass ``StorageError`` waits in an inbox (each minute, no try counted) for
-  the disk or share to be back.
+  once; its subclass ``StorageError`` for a passing reason (a full disk, a share gone)
+  waits in an inbox (each minute, no try counted) for the disk or share to be back.
 - ``Cancelled``: when stylebox is stopping (SIGTERM, Ctrl-C), the job goes back to the queue
   without counting a try and resumes from its checkpoint at the next start. When it was
   cancelled for outliving its ``timeout_seconds``, that is a failed try, a ``PluginError``
@@ -24,6 +24,8 @@ Any other exception from a plugin is a plugin fault too: a ``PluginError`` namin
 ``stylebox run`` ends instead with an exit status: 2 for ``BadInput`` and ``ConfigError``,
 1 for ``PluginError``, 130 for ``Cancelled``.
 """
+
+import errno
 
 
 class StyleboxError(Exception):
@@ -51,9 +53,37 @@ class PluginError(StyleboxError):
 
 class StorageError(PluginError):
     """stylebox could not read or write its own files for a job (its input could not be
-    moved, a folder is not writable): no fault of the plugin's. An inbox's job waits and is
-    tried each minute, no try counted, since a full disk or a share that went away may well
-    be back; a batch's or a run's is retried like a plugin fault."""
+    moved, a folder is not writable): no fault of the plugin's. Where the system's reason
+    is one that passes or is mended (:attr:`passing`: a full disk, a read-only or gone
+    share, a folder's permissions), an inbox's job waits and is tried each minute, no try
+    counted; otherwise (a name the file system refuses, an encoder's error), and in a batch
+    or run, it is retried like a plugin fault."""
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        self.__cause__ = cause
+        self.passing = cause is not None and cause.errno in PASSING_ERRNOS
+        """Whether the disk or folder may be back as it should be by a later try."""
+
+
+#: The system's reasons that pass or are mended without changing the job: a full disk or
+#: quota, a read-only or unreachable share, permissions, a folder gone or a file where a
+#: folder should be.
+PASSING_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ENOTCONN,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EEXIST,
+    }
+)
 
 
 class PermanentFailure(PluginError):

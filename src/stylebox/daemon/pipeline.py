@@ -741,7 +741,7 @@ class Pipeline:
             try:
                 self._complete(source, row, seconds)
             except OSError as exc:  # the input could not be moved: try again later
-                error = StorageError(f"its input could not be moved: {exc}")
+                error = StorageError(f"its input could not be moved: {exc}", exc)
                 log.error("job %s could not be completed: %s", row.id, error)
                 self._retry_or_fail(source, row, error)
                 return
@@ -903,10 +903,15 @@ class Pipeline:
         )
 
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
-        if isinstance(error, StorageError) and isinstance(source.config, InboxConfig):
+        if (
+            isinstance(error, StorageError)
+            and error.passing
+            and isinstance(source.config, InboxConfig)
+        ):
             # A full disk or a share gone away fails nothing: the daemon waits for it, and
             # tries each minute without counting a try (three tries took 15 s, then every
-            # photo dropped meanwhile was in failed/).
+            # photo dropped meanwhile was in failed/). A reason that stays (a name the file
+            # system refuses) is tried as a plugin fault, or it would run for ever.
             self.journal.requeue(
                 row.id, delay=UNSETTLED_RETRY_SECONDS, refund_attempt=True, error=error
             )

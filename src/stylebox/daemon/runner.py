@@ -470,11 +470,9 @@ class Runner:
             _record_unfinished(started, exc)
             return exc
         except OSError as exc:  # a full disk, an outbox not writable: worth a retry
-            error: PluginError = StorageError(f"writing the outputs failed: {exc}")
-            error.__cause__ = exc
-            return error
+            return StorageError(f"writing the outputs failed: {exc}", exc)
         except Exception as exc:  # a bug in writing them: its traceback is in the cause
-            error = PluginError(f"writing the outputs failed: {describe(exc)}")
+            error: PluginError = PluginError(f"writing the outputs failed: {describe(exc)}")
             error.__cause__ = exc
             return error
 

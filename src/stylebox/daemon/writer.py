@@ -80,9 +80,12 @@ class JobWriter:
                         # A disk's refusal is storage's; anything else (an image that
                         # cannot be encoded, a bug) is a fault like a plugin's, with its
                         # traceback: calling it storage sent people to check their disks.
-                        kind = StorageError if isinstance(exc, OSError) else PluginError
-                        error = kind(f"writing {what} failed: {describe(exc)}")
-                        error.__cause__ = exc
+                        message = f"writing {what} failed: {describe(exc)}"
+                        if isinstance(exc, OSError):
+                            error: PluginError = StorageError(message, exc)
+                        else:
+                            error = PluginError(message)
+                            error.__cause__ = exc
                         self._error = error
                         log.warning(
                             "%s: %s", self.label, error, exc_info=not isinstance(exc, OSError)
