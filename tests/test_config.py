@@ -95,6 +95,9 @@ def test_unknown_plugin_and_missing_style_are_named(tmp_path: Path) -> None:
     assert "[[inbox]] #1 (starry).path: Field required: the folder people drop photos into" in (
         message
     )
+    message = refusal(tmp_path, GOOD.replace('"gatys"', '"fast"').replace(
+        'style = "starry_night", size = 128, steps = 10', ""))  # fmt: skip
+    assert "params.model: Field required: ONNX model path, or a bundled model name" in message
 
 
 def test_duplicate_inbox_names_are_refused(tmp_path: Path) -> None:
@@ -401,10 +404,30 @@ def test_config_check_refuses_what_serve_would_refuse_to_start_with(tmp_path: Pa
     message = refusal(tmp_path, weights)
     assert f"backbone.weights: {tmp_path / 'vgg19.pth'} does not exist" in message
     assert "[[inbox]]" not in message  # the config's own field, not an inbox's
+    # Only a config whose jobs load it reads it (status on a fast-only config, say).
+    fast = weights.replace('plugin = "gatys"', 'plugin = "fast"').replace(
+        'style = "starry_night", size = 128, steps = 10', 'model = "starry_night_small"'
+    )
+    assert load_config(write(tmp_path, fast)).config.inbox[0].plugin == "fast"
     (tmp_path / "vgg19.pth").write_bytes(b"")  # found from the config's folder
     assert load_config(write(tmp_path, weights)).runtime.backbone.weights == str(
         tmp_path / "vgg19.pth"
     )
+
+
+def test_an_inbox_on_another_inbox_or_batch_outbox_knows_what_feeds_it(tmp_path: Path) -> None:
+    """A chain: the inbox takes the results only, not the manifests and GIFs beside them."""
+    text = GOOD.replace('outbox = "out/starry"', 'outbox = "mid"') + (
+        '[[inbox]]\nname = "second"\npath = "mid"\noutbox = "out/second"\n'
+        'plugin = "posterize"\n'
+        '[[inbox]]\nname = "third"\npath = "mid2"\noutbox = "out/third"\n'
+        'plugin = "posterize"\n'
+        '[[batch]]\nname = "nightly"\nsource = "lib"\noutbox = "mid2"\nplugin = "posterize"\n'
+    )
+    inboxes = {i.name: i for i in load_config(write(tmp_path, text)).config.inbox}
+    assert inboxes["starry"].fed_by is None
+    assert inboxes["second"].fed_by == "starry"
+    assert inboxes["third"].fed_by == "[[batch]] nightly"
 
 
 def test_every_bad_field_is_named_at_once(tmp_path: Path) -> None:

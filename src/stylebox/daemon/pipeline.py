@@ -126,16 +126,22 @@ class Pipeline:
         the scan queued their photos again: two jobs of one photo, which a later rename
         back brought together, both running and writing the same names. Each keeps its
         output name where it is free in its new outbox."""
-        named = {f"inbox:{inbox.name}" for inbox in self.loaded.config.inbox}
-        taking = {same_folder(path): key for key, path in _inbox_folders(self.sources)}
+        return self._adopt(self.loaded, self.sources)
+
+    def _adopt(self, loaded: LoadedConfig, sources: dict[str, Source]) -> int:
+        """:meth:`adopt_renamed` for the config ``loaded`` and its ``sources``: at a
+        reload, before they are swapped in, so that no photo settling meanwhile is queued
+        beside the job that is about to be its inbox's."""
+        named = {f"inbox:{inbox.name}" for inbox in loaded.config.inbox}
+        taking = {same_folder(path): key for key, path in _inbox_folders(sources)}
         moves: dict[tuple[str, str], list[JobRow]] = {}
         for row in self.journal.jobs(state="queued"):
-            if row.source.startswith("inbox:") and row.source not in named | self.sources.keys():
+            if row.source.startswith("inbox:") and row.source not in named | sources.keys():
                 new = taking.get(same_folder(Path(row.input_path).parent))
                 if new is not None:
                     moves.setdefault((row.source, new), []).append(row)
         for (old, new), rows in moves.items():
-            self._move_jobs(old, new, rows, self.sources[new])
+            self._move_jobs(old, new, rows, sources[new])
         return sum(len(rows) for rows in moves.values())
 
     def _move_jobs(self, old: str, new: str, rows: list[JobRow], target: Source | None) -> None:
@@ -178,6 +184,8 @@ class Pipeline:
                 outbox = sources[new].outbox
                 same = same_folder(outbox.folder) == same_folder(self.sources[old].outbox.folder)
                 self._move_jobs(old, new, rows, None if same else sources[new])
+        # Then those of inboxes an earlier reload removed, whose folders are served again.
+        self._adopt(loaded, sources)
         earlier = {same_folder(s.outbox.folder): s.outbox for s in self.sources.values()}
         for source in sources.values():
             outbox = earlier.get(same_folder(source.outbox.folder))
@@ -193,7 +201,6 @@ class Pipeline:
             self.loaded = loaded
             self.sources = sources
             self.runner = Runner(loaded.config.images, self.reporter)
-        self.adopt_renamed()
         self._close_retired()
 
     def _close_retired(self) -> None:

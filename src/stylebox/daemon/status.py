@@ -142,10 +142,12 @@ def print_status(config_path: Path, as_json: bool = False, state_dir: Path | Non
         if entry["disabled"]:
             print(f"  DISABLED: {entry['disabled']}")
         if not entry["configured"] and entry["queued"]:
-            print(
-                "  not in the config: its queued jobs wait until an inbox of this name, or "
-                "one on its folder, serves them"
+            by = (
+                "an inbox of this name, or one on its folder,"
+                if key.startswith("inbox:")
+                else "a batch of this name"
             )
+            print(f"  not in the config: its queued jobs wait until {by} serves them")
         for job in entry["running_jobs"]:
             progress = f"step {job['step']}/{job['total']}" if job["total"] else "starting"
             eta = (
