@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,11 +41,23 @@ def _gpu_available() -> bool:
         return False
 
 
-@functools.cache
+#: When onnxruntime's CUDA provider was last found not to load, if it was (monotonic).
+_cuda_failed_at: float | None = None
+#: How long that answer holds: a GPU whose memory was full at one reload may load later.
+CUDA_RETRY_SECONDS = 60.0
+
+
 def cuda_loads() -> bool:
-    """Whether onnxruntime's CUDA provider loads on this machine, asked once of a one-node
-    graph: onnxruntime-gpu lists the provider wherever it is installed, and only a session
-    finds that its CUDA or cuDNN libraries are missing (it then runs on the CPU)."""
+    """Whether onnxruntime's CUDA provider loads on this machine, asked of a one-node graph
+    (once it has, for good; once it has not, again after a minute): onnxruntime-gpu lists
+    the provider wherever it is installed, and only a session finds that its CUDA or cuDNN
+    libraries are missing (it then runs on the CPU)."""
+    global _cuda_failed_at
+    if _cuda_loaded.is_set():
+        return True
+    failed = _cuda_failed_at
+    if failed is not None and time.monotonic() - failed < CUDA_RETRY_SECONDS:
+        return False
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -61,9 +74,17 @@ def cuda_loads() -> bool:
             model.SerializeToString(),
             providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
         )
+        loads = "CUDAExecutionProvider" in session.get_providers()
     except Exception:  # as any failure to load it
-        return False
-    return "CUDAExecutionProvider" in session.get_providers()
+        loads = False
+    if loads:
+        _cuda_loaded.set()
+    else:
+        _cuda_failed_at = time.monotonic()
+    return loads
+
+
+_cuda_loaded = threading.Event()
 
 
 def resolve(device: str) -> Literal["cpu", "cuda", "tensorrt"]:
@@ -75,8 +96,7 @@ def resolve(device: str) -> Literal["cpu", "cuda", "tensorrt"]:
         # A GPU that onnxruntime cannot use: "auto" runs, on the CPU, and says so once.
         _say_once(
             'device "auto": PyTorch sees a GPU but onnxruntime\'s CUDA provider does not '
-            "load (its CUDA/cuDNN libraries are missing: see onnxruntime's log above); the "
-            "fast plugin runs on the CPU"
+            f"load ({_why_no_cuda()}); the fast plugin runs on the CPU"
         )
         return "cpu"
     if device.startswith("cuda"):
@@ -231,6 +251,14 @@ def fell_back(what: str, device: str, providers: list[str]) -> ConfigError:
     """The error for a GPU ``device`` named that onnxruntime could not use."""
     return ConfigError(
         f"{what}: device {device!r} was asked for but onnxruntime fell back to "
-        f"{providers}; the CUDA/cuDNN (or TensorRT) libraries did not load (see "
-        'onnxruntime\'s log above), or use device = "cpu"'
+        f'{providers}; {_why_no_cuda()}, or use device = "cpu"'
     )
+
+
+def _why_no_cuda() -> str:
+    """Why onnxruntime runs nothing on the GPU here, as far as it can be told."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime has no CUDA provider: install onnxruntime-gpu in its place"
+    return "the CUDA/cuDNN (or TensorRT) libraries did not load: see onnxruntime's log above"
