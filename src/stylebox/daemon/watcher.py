@@ -53,22 +53,23 @@ def is_ignored(name: str) -> bool:
     return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in IGNORED_PATTERNS)
 
 
-def beside_a_result(name: str, folder: bool) -> bool:
-    """Whether ``name`` is what stylebox writes beside each result (its manifest, GIF, loss
-    plot, snapshot folder): never an input of an inbox fed by another inbox's outbox."""
-    lowered = name.lower()
-    return lowered.endswith(".steps") if folder else lowered.endswith(_BESIDE_A_RESULT)
-
-
 #: The files stylebox writes beside a result (its steps/ folder aside).
 _BESIDE_A_RESULT = (".json", ".gif", ".loss.svg")
+
+
+def beside_a_result(name: str, folder: bool) -> bool:
+    """Whether ``name`` is what stylebox writes beside each result (its manifest, GIF, loss
+    plot, snapshot folder): never an input of an inbox fed by another inbox's or a batch's
+    outbox."""
+    lowered = name.lower()
+    return lowered.endswith(".steps") if folder else lowered.endswith(_BESIDE_A_RESULT)
 
 
 def left_alone(folder: Path, reserved: Iterable[str] = (), fed: bool = False) -> list[str]:
     """What in the inbox ``folder`` no job takes, by name, each said with why (as the
     watcher logs it once): its folders, and companion files whose photo is not beside
     them. ``reserved``: the inbox's own folders (``processed/``, ``failed/``). ``fed``: the
-    folder is another inbox's outbox, whose snapshot folders are no news."""
+    folder is another inbox's or a batch's outbox, whose snapshot folders are no news."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
@@ -127,7 +128,7 @@ class WatchedFolder:
     """Entry names inside the folder that are not inputs (``processed``, ``failed``):
     folders, created with it when it has to be recreated."""
     fed: bool = False
-    """The folder is another inbox's outbox: only its results are inputs."""
+    """The folder is another inbox's or a batch's outbox: only its results are inputs."""
 
 
 @dataclass
@@ -163,7 +164,6 @@ class InboxWatcher:
         """Companion files with no photo beside them, said once (at a rescan)."""
         self._subfolders: set[Path] = set()
         """Folders in inboxes already said to be left alone (forgotten once gone)."""
-
         self._stop = threading.Event()
         self._settler: threading.Thread | None = None
         self.restarts = 0

@@ -41,9 +41,9 @@ def _gpu_available() -> bool:
         return False
 
 
-#: When onnxruntime's CUDA provider was last found not to load, if it was (monotonic).
-_cuda_failed_at: float | None = None
-#: How long that answer holds: a GPU whose memory was full at one reload may load later.
+#: The CUDA probe's last answer, and when it was asked (monotonic).
+_cuda_answer: tuple[bool, float] | None = None
+#: How long a "no" holds: a GPU whose memory was full at one reload may load later.
 CUDA_RETRY_SECONDS = 60.0
 
 
@@ -52,12 +52,10 @@ def cuda_loads() -> bool:
     (once it has, for good; once it has not, again after a minute): onnxruntime-gpu lists
     the provider wherever it is installed, and only a session finds that its CUDA or cuDNN
     libraries are missing (it then runs on the CPU)."""
-    global _cuda_failed_at
-    if _cuda_loaded.is_set():
-        return True
-    failed = _cuda_failed_at
-    if failed is not None and time.monotonic() - failed < CUDA_RETRY_SECONDS:
-        return False
+    global _cuda_answer
+    answer = _cuda_answer
+    if answer is not None and (answer[0] or time.monotonic() - answer[1] < CUDA_RETRY_SECONDS):
+        return answer[0]
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -77,14 +75,8 @@ def cuda_loads() -> bool:
         loads = "CUDAExecutionProvider" in session.get_providers()
     except Exception:  # as any failure to load it
         loads = False
-    if loads:
-        _cuda_loaded.set()
-    else:
-        _cuda_failed_at = time.monotonic()
+    _cuda_answer = (loads, time.monotonic())
     return loads
-
-
-_cuda_loaded = threading.Event()
 
 
 def resolve(device: str) -> Literal["cpu", "cuda", "tensorrt"]:
