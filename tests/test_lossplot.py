@@ -49,6 +49,13 @@ def test_the_four_losses_are_drawn_per_step_on_a_log_scale() -> None:
     assert len({y for _, y in lines["tv"]}) == 1
     assert [x for x, _ in lines["loss"]] == sorted(x for x, _ in lines["loss"])
     assert ">1e6<" in svg and ">1e1<" in svg  # the decades of the range are labelled
+    # Opened on its own, a browser's tab is named by it; the whole name, even where the
+    # drawn title loses its middle.
+    long = "IMG_20240612_154233_HDR_panorama_from_grandmas_ninetieth_birthday_party_final"
+    for title in ("photo", long):
+        drawn = render_svg(GATYS_LIKE, title=title, width=240)
+        assert drawn is not None
+        assert ET.fromstring(drawn).findtext(f"{SVG}title") == title
 
 
 def test_a_start_far_below_its_curve_does_not_stretch_the_scale() -> None:

@@ -145,7 +145,12 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
 
     status, headers, body = client.request(f"/files/{job}/result")
     assert status == 200 and body == (tmp_path / "out-poster" / "photo.png").read_bytes()
-    assert "default-src 'self'" in headers["content-security-policy"]
+    # Opened on its own, the browser's viewer may style it; nothing in it may run script.
+    policy = headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "style-src 'unsafe-inline'" in policy, policy
+    assert "script-src" not in policy
+    status, headers, body = client.request("/")
+    assert "default-src 'self'" in headers["content-security-policy"]  # the page's own
     status, _, body = client.request(f"/files/{job}/manifest")
     assert json.loads(body)["output"]["result"] == "photo.png"
     status, headers, body = client.request(f"/files/{job}/input")  # from processed/

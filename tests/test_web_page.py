@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from conftest import installed_site, photo
 from daemon_helpers import Daemon, wait_until, write_config
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from test_web import Client, free_port
 from test_web_browser import chrome
 
@@ -482,6 +484,16 @@ def test_a_daemon_that_stops_is_said_so_and_its_last_state_offers_no_action(
         meta = scene.js(f"return {card}.querySelector('.meta').textContent")
         assert meta.endswith(" · last known") and "left" not in meta and "steps/s" not in meta
         assert scene.js(f"return {buttons}.every(b => b.disabled)")
+        # Said in sight, wherever the page is scrolled to (it was at the page's top only).
+        scene.js(
+            "document.querySelector('main').append(Object.assign("
+            "document.createElement('div'), {style: 'height: 3000px'}));"
+            "window.scrollTo(0, 2000)"
+        )  # a long page
+        top, height = scene.js(
+            f"const r = {banner}.getBoundingClientRect(); return [r.top, r.height]"
+        )
+        assert scene.js("return window.scrollY") >= 1000 and top == 0 and height > 0, (top, height)
         scene.shot("daemon-gone")
 
         # An action that reaches no daemon (a click just before the page knew) says so.
@@ -512,6 +524,60 @@ def test_a_daemon_that_stops_is_said_so_and_its_last_state_offers_no_action(
             browser.quit()
         gate.touch()
         daemon.stop()
+
+
+def test_the_page_keeps_the_keyboard_focus_and_opens_the_viewer_from_it(scene: Scene) -> None:
+    # The count pills were made anew at each update, about every second while a job ran:
+    # the keyboard's focus fell back to the page's start. The gallery's pictures took clicks
+    # only; a file name's two spaces showed as one; on a phone each photo and its result
+    # stood one above the other, a screen high.
+    scene.open(PHONE)
+    pill = "document.querySelector('#source-inbox_held .counts a[href]')"
+    assert scene.until(f"!!{pill}")
+    scene.js(f"window.focused = {pill}; window.focused.focus()")
+    junk = scene.folder / "in-junk"
+    (junk / "two  spaces.png").write_text("no picture either\n")  # an update of the page
+    failed = scene.source("inbox:junk")["failed"]
+    count = "document.querySelector('#source-inbox_junk .count-failed').textContent"
+    assert scene.until(f"{count} === '{failed + 1} failed'", 20), scene.js(f"return {count}")
+    assert scene.js("return document.activeElement === window.focused")
+    assert scene.js("return document.contains(window.focused)")
+    # As it is named, spaces and all: the shown text is the rendered one.
+    names = [item.text for item in scene.browser.find_elements(By.CSS_SELECTOR, ".failed li b")]
+    assert "two  spaces.png" in names, names
+
+    # Photo and result side by side on the phone, each a button the keyboard reaches.
+    tile = "#source-inbox_poster figure.result"
+    assert scene.until(f"document.querySelector('{tile} img[alt^=result]')?.naturalWidth > 0")
+    boxes = scene.js(
+        f"return [...document.querySelectorAll('{tile} button.open')]"
+        ".map(b => { const r = b.getBoundingClientRect(); return [r.top, r.width]; })"
+    )
+    assert len(boxes) == 2 and abs(boxes[0][0] - boxes[1][0]) < 1, boxes
+    assert all(width < PHONE[0] / 2 for _, width in boxes), boxes
+    opener = scene.browser.find_element(By.CSS_SELECTOR, f"{tile} button.open:last-of-type")
+    opener.send_keys(Keys.ENTER)
+    assert scene.until(
+        "document.getElementById('viewer').open"
+        " && document.getElementById('full').src.endsWith('/result')"
+    )
+    scene.js("document.getElementById('viewer').close()")
+    scene.shot("keyboard-phone")
+
+    # A running job's cancel asks first (a mis-click cost a long job); "no" leaves it be.
+    scene.js(
+        f"localStorage.setItem('stylebox-token', '{TOKEN}'); window.asked = [];"
+        "window.confirm = (text) => { window.asked.push(text); return false; };"
+    )
+    scene.browser.find_element(By.CSS_SELECTOR, "article.job button.cancel").click()
+    [asked] = scene.js("return window.asked")
+    assert re.fullmatch(
+        r"Cancel first\.png, running at step \d+ / 200\? It ends as failed; retry queues it "
+        r"again\.",
+        asked,
+    ), asked
+    time.sleep(1)
+    assert scene.source("inbox:held")["running"] == 1
 
 
 def _rows(scene: Scene) -> list:

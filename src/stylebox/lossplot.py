@@ -90,9 +90,11 @@ def render_svg(
         f'<rect width="{width}" height="{height}" fill="#fff"/>',
     ]
     if title:
+        full_title = title
         # About 7 px a character at 13 px: a long name loses its middle, not the plot's edge.
         title = _middle_cut(title, max(8, (width - left - 8) // 7))
         parts.append(f'<text x="{left}" y="18" font-size="13">{escape(title)}</text>')
+        parts.insert(1, f"<title>{escape(full_title)}</title>")  # a browser tab's name
     # A decade a grid line; at most about eight labels, whatever the range.
     every = max(1, math.ceil((high - low) / 8))
     for power in range(low, high + 1, every):

@@ -221,10 +221,20 @@ def _no_job(job_id: int) -> Response:
     return _json({"error": f"no such job {job_id}"}, 404)
 
 
+#: An output opened on its own (a link's new tab): the browser's own viewer for an image or
+#: JSON styles it inline, which the page's policy refused (a GIF sat unscaled in a corner);
+#: still nothing in it runs script.
+_FILE_POLICY = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
 def _file(path: Path | None) -> Response:
     if path is None:
         return _not_found()
-    return FileResponse(path, headers={"Cache-Control": "max-age=60"})
+    headers = {"Cache-Control": "max-age=60", "Content-Security-Policy": _FILE_POLICY}
+    return FileResponse(path, headers=headers)
 
 
 def _chart_width(asked: str | None) -> int:

@@ -70,12 +70,23 @@ function showParts(node) {
   }
 }
 
+const STATES = ["queued", "running", "done", "failed"];
+
+// The pills are made once and changed in place: one made anew each second took the
+// keyboard's focus with it.
 function renderCounts(node, entry) {
   const counts = node.querySelector(".counts");
-  counts.replaceChildren(...["queued", "running", "done", "failed"].map((state) => {
-    const pill = el("span", { class: `count-${state}`, text: `${entry[state]} ${state}` });
-    return entry[state] ? el("a", { href: `#${node.id}-${state}` }, pill) : pill;
-  }));
+  if (!counts.children.length) {
+    counts.append(...STATES.map((state) => el("a", {}, el("span", { class: `count-${state}` }))));
+  }
+  STATES.forEach((state, index) => {
+    const link = counts.children[index];
+    const text = `${entry[state]} ${state}`;
+    if (link.textContent !== text) link.firstChild.textContent = text;
+    // A link only to what is shown: none to an empty part.
+    if (entry[state]) link.setAttribute("href", `#${node.id}-${state}`);
+    else link.removeAttribute("href");
+  });
 }
 
 // Nothing counts down while the daemon is not answering: its last step, marked as such.
@@ -103,7 +114,14 @@ function renderRunning(node, entry, actions) {
         el("div", { class: "loss" }));
       if (actions) {
         const button = el("button", { type: "button", class: "cancel", text: "cancel" });
-        button.addEventListener("click", () => act(job.job, "cancel", button));
+        // A running job's work is more than a click's worth: asked first.
+        button.addEventListener("click", () => {
+          const { file, step, total } = card.job;
+          const where = step && total ? ` at step ${step} / ${total}` : "";
+          if (confirm(`Cancel ${file}, running${where}? It ends as failed; retry queues it again.`)) {
+            act(job.job, "cancel", button);
+          }
+        });
         card.append(button);
       }
       list.append(card);
@@ -177,9 +195,12 @@ function renderResults(node, entry) {
   if (gallery.dataset.ids === ids) return; // unchanged: leave loaded images alone
   gallery.dataset.ids = ids;
   gallery.replaceChildren(...entry.results.map((r) => {
-    const photo = el("img", { src: r.input, alt: `photo ${r.file}`, loading: "lazy", "data-full": r.input });
+    // Each a button, so that the keyboard opens the viewer too.
+    const photo = el("button", { type: "button", class: "open" },
+      el("img", { src: r.input, alt: `photo ${r.file}`, loading: "lazy", "data-full": r.input }));
     // A preview in the tile (a result may be 80 MB); the full result a click away, in the viewer.
-    const result = el("img", { src: r.preview || r.result, alt: `result ${r.file}`, loading: "lazy", "data-full": r.result });
+    const result = el("button", { type: "button", class: "open" },
+      el("img", { src: r.preview || r.result, alt: `result ${r.file}`, loading: "lazy", "data-full": r.result }));
     const links = el("div", { class: "links" }, el("span", { text: `${r.file} · ${seconds(r.seconds)} ` }));
     if (r.animation) links.append(el("a", { href: r.animation, target: "_blank", text: "GIF" }), " ");
     if (r.loss) links.append(el("a", { href: r.loss, target: "_blank", text: "loss" }));
@@ -221,7 +242,16 @@ function renderLeftAlone(node, entry) {
   list.replaceChildren(...entry.left_alone.map((why) => el("li", { text: why })));
 }
 
+// In the report's order: an inbox a reload adds takes its place among the others, as it
+// would in a page loaded afresh.
+function order(keys) {
+  const sections = keys.map(section);
+  const shown = [...main.children].filter((node) => sections.includes(node));
+  if (shown.some((node, index) => node !== sections[index])) main.append(...sections);
+}
+
 function render(report) {
+  order(Object.keys(report.sources));
   for (const [key, entry] of Object.entries(report.sources)) {
     const node = section(key);
     renderCounts(node, entry);
@@ -241,8 +271,12 @@ function notify(text) {
 
 // Every failure says what it was in the page: a refusal, or no daemon to ask.
 async function act(job, action, button) {
+  const untold = `Did not ${action} job ${job}: no token given.`;
   let token = localStorage.getItem(TOKEN_KEY) || prompt("The [http] token from the daemon's config:");
-  if (!token) return;
+  if (!token) {
+    notify(untold);
+    return;
+  }
   if (button) button.disabled = true; // one click, one request
   try {
     for (let asked = false; ; asked = true) {
@@ -254,6 +288,7 @@ async function act(job, action, button) {
         if (!asked) { // changed by a reload (SIGHUP): asked for now, and the action tried again
           token = prompt("The token was refused. The [http] token from the daemon's config:");
           if (token) continue;
+          notify(untold);
           return;
         }
       } else if (response.status !== 403) {
@@ -287,11 +322,13 @@ function setLost(lost, since = new Date()) {
     card.classList.toggle("stale", lost);
     if (card.job) card.querySelector(".meta").textContent = runningText(card.job);
   }
-  for (const button of main.querySelectorAll("button")) button.disabled = lost;
+  // The viewer still shows what the browser holds.
+  for (const button of main.querySelectorAll("button:not(.open)")) button.disabled = lost;
 }
 
 main.addEventListener("click", (event) => {
-  const full = event.target.dataset && event.target.dataset.full;
+  const opener = event.target.closest("button.open");
+  const full = opener && opener.querySelector("img").dataset.full;
   if (!full) return;
   const image = document.getElementById("full");
   if (image.getAttribute("src") !== full) {
