@@ -75,6 +75,7 @@ class Params(PluginParams):
     seconds: float = 0.0
     deaf: bool = False  # never looks at job.cancelled
     bug: bool = False  # raises a KeyError of its own
+    hold: str = ""  # an actor's start waits for this file (the command's own instance not)
 
 class Probe(Plugin):
     name = "probe"
@@ -85,6 +86,10 @@ class Probe(Plugin):
         super().__init__(params, runtime)
         with open(params.log + ".init", "a") as log:
             log.write(f"{os.getpid()}\\n")
+        with open(params.log + ".init") as log:
+            first = int(log.readline())  # the command's: it starts the plugin before its actors
+        while params.hold and os.getpid() != first and not Path(params.hold).exists():
+            time.sleep(0.05)
 
     def process_batch(self, images, jobs):
         with open(self.params.log, "a") as log:
@@ -290,6 +295,72 @@ def test_a_worker_killed_mid_photo_costs_that_photo_one_retry(
     assert manifests == [f"img{i}.json" for i in range(4)]
     later = [line.split()[0] for line in log.read_text().splitlines() if victim in line][1:]
     assert later and pid not in later  # retried by a live actor
+
+
+def test_more_workers_than_the_cluster_has_cpus_for_run_on_those_it_has(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """workers = 5 on two CPUs: the batch waited for three actors Ray could never place,
+    without a word (five minutes, then failed)."""
+    config = make_batch(tmp_path, 3, "posterize", "{ bits = 2 }", "workers = 5")
+    began = time.monotonic()
+    result = batch(config, "--ray", ray_address)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began < 90
+    assert "workers = 5, but the Ray cluster has 2 CPU(s), 0 GPU(s): 2 worker(s) (1 CPU each)" in (
+        result.stderr
+    )
+    assert "2 Ray worker(s) (1 CPU each)" in result.stderr
+    assert [row.state for row in rows(tmp_path)] == ["done"] * 3
+
+
+def test_a_worker_the_cluster_cannot_place_is_given_up_and_the_batch_goes_on(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """One of the two CPUs held by another batch: the second of two actors cannot be
+    placed; 30 s after the first is, the batch goes on with it, saying so."""
+    env = probe_env(tmp_path)
+    holder = tmp_path / "holder"
+    log, gate = holder / "calls.log", holder / "gate"
+    config = make_batch(holder, 1, "probe", f'{{ log = "{log}", gate = "{gate}" }}', "workers = 1")
+    holding = subprocess.Popen(
+        command(config, "--ray", ray_address), env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert wait_until(log.exists, 60)  # its actor is busy with its photo
+        config = make_batch(tmp_path / "second", 2, "posterize", "{ bits = 2 }", "workers = 2")
+        result = batch(config, "--ray", ray_address)
+        assert result.returncode == 0, result.stderr
+        assert (
+            "going on with 1 Ray worker(s): 1 of 2 were not placed within 30 s of the first"
+            in result.stderr
+        ), result.stderr
+        assert [row.state for row in rows(tmp_path / "second")] == ["done"] * 2
+    finally:
+        gate.touch()
+        assert holding.wait(timeout=60) == 0
+
+
+def test_a_ray_batch_stopped_while_its_workers_start_exits_130(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """SIGTERM while the actors start their plugin: exit 130 and one line, nothing run (it
+    was 143, or Ray's crash report and 1)."""
+    env = probe_env(tmp_path)
+    log, hold = tmp_path / "calls.log", tmp_path / "hold"
+    config = make_batch(tmp_path, 1, "probe", f'{{ log = "{log}", hold = "{hold}" }}')
+    process = subprocess.Popen(
+        command(config, "--ray", ray_address), env=env, stderr=subprocess.PIPE, text=True
+    )
+    started = Path(f"{log}.init")
+    assert wait_until(lambda: started.exists() and len(started.read_text().split()) >= 2, 90)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "stylebox: interrupted", stderr
+    assert "SIGTERM received" not in stderr
+    assert not log.exists()  # nothing ran
+    hold.touch()
 
 
 def children(pid: int) -> list[int]:

@@ -108,10 +108,28 @@ def _stdout_console() -> Console:
 UNWRAPPED_WIDTH = 10_000
 
 
+#: Commands that a SIGTERM stops as a Ctrl-C does (exit 130, resumable): from their first
+#: moment, not only once their own handler is in place (while a Ray batch connected and
+#: placed its workers, a SIGTERM ended it with 143, or Ray's crash report and 1).
+STOPPED_LIKE_CTRL_C = frozenset({"run", "batch", "train", "export"})
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup(logging.WARNING if args.quiet else logging.INFO)
+    stoppable = threading.current_thread() is threading.main_thread()
+    if args.command not in STOPPED_LIKE_CTRL_C or not stoppable:
+        return _handle(args)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _handle(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """The command's exit status; each kind of error said in one line."""
     try:
         return int(args.handler(args))
     except ConfigError as exc:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -91,6 +92,9 @@ def connect(address: str | None) -> ModuleType:
     if address and (why := _unreachable(address)):
         # Ray itself retries a cluster that does not answer for about 14 minutes.
         raise ConfigError(f"cannot connect to {address}: {why}")
+    # Ray's core installs a crash reporter for SIGTERM in this process: the command's own
+    # handling (a stop, exit 130) is put back.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if address:
             ray.init(address=address, **options)
@@ -105,9 +109,16 @@ def connect(address: str | None) -> ModuleType:
                 " (a cluster started with token authentication also needs RAY_AUTH_MODE=token here)"
             )
         raise ConfigError(f"cannot connect to {where}: {first}{hint}") from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     return ray
 
 
+#: How long the workers the cluster has not placed are waited for once one is.
+SETTLE_SECONDS = 30.0
 #: How long a cluster's address may take to answer before a batch gives up on it.
 CONNECT_SECONDS = 5.0
 
@@ -357,24 +368,63 @@ class RayExecutor:
                 if self._broken is not None:
                     return None
 
-    def wait_ready(self, timeout: float) -> list[dict[str, Any]]:
-        """Wait until every actor has started its plugin; where each runs. A plugin that
-        fails to start on a worker, or actors the cluster cannot place in ``timeout``
-        seconds, are a :class:`ConfigError`."""
+    def wait_ready(self, timeout: float, settle: float = SETTLE_SECONDS) -> list[dict[str, Any]]:
+        """Wait until the actors have started their plugin; where each runs. Those the
+        cluster has not placed ``settle`` seconds after the first one are given up, with a
+        warning, and the batch goes on with the others (its resources are taken by other
+        work, say); while none is placed it waits, saying so, up to ``timeout`` seconds.
+        A plugin that fails to start on a worker, or no actor placed in time, is a
+        :class:`ConfigError`."""
         with self._lock:
             actors = list(self._all)
         refs = [actor.ready.remote() for actor in actors]
-        done, pending = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        if pending:
-            need = "1 GPU" if self.cuda else "1 CPU"
-            raise ConfigError(
-                f"Ray placed {len(done)} of {len(refs)} worker(s) ({need} each) in {timeout:.0f}"
-                f" s; the cluster has {_resources(self.ray)}"
-            )
+        need = "1 GPU" if self.cuda else "1 CPU"
+        began = time.monotonic()
+        first_at: float | None = None
+        said = False
+        done: list[Any] = []
+        pending = list(refs)
+        while pending:
+            # In short waits: a SIGTERM is acted on between them.
+            ready, pending = self.ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            done += ready
+            now = time.monotonic()
+            if done and first_at is None:
+                first_at = now
+            if first_at is not None and now - first_at >= settle:
+                break
+            if not done and now - began >= timeout:
+                raise ConfigError(
+                    f"Ray placed none of {len(refs)} worker(s) ({need} each) in {timeout:.0f} s;"
+                    f" the cluster has {_resources(self.ray)}, in use by other work or too few"
+                )
+            if not done and not said and now - began >= min(settle, 10.0):
+                said = True
+                log.warning(
+                    "waiting for Ray to place %d worker(s) (%s each); the cluster has %s",
+                    len(refs),
+                    need,
+                    _resources(self.ray),
+                )
         try:
             found = self.ray.get(done)
         except self.ray.exceptions.RayError as exc:
             raise ConfigError(f"the plugin failed to start on a Ray worker: {_line(exc)}") from None
+        if pending:
+            log.warning(
+                "going on with %d Ray worker(s): %d of %d were not placed within %.0f s of the "
+                "first (%s each; the cluster has %s, some in use by other work)",
+                len(done),
+                len(pending),
+                len(refs),
+                settle,
+                need,
+                _resources(self.ray),
+            )
+        placed = dict(zip(refs, actors, strict=True))
+        actors = [placed[ref] for ref in done]  # in the order of what they found
+        if pending:
+            self._keep(actors)
         for actor, where in zip(actors, found, strict=True):
             self._where[id(actor)] = where
             if self.cuda and where["device_kind"] != "cuda":
@@ -384,6 +434,20 @@ class RayExecutor:
                     where["node"],
                 )
         return found
+
+    def _keep(self, actors: list[Any]) -> None:
+        """Only ``actors`` stay the batch's (before any is busy); the others are killed."""
+        kept = {id(actor) for actor in actors}
+        with self._lock:
+            gone = [actor for actor in self._all if id(actor) not in kept]
+            self._all = list(actors)
+        while not self._idle.empty():
+            self._idle.get_nowait()
+        for actor in actors:
+            self._idle.put(actor)
+        for actor in gone:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor, no_restart=True)
 
     def execute_many(
         self,
@@ -501,17 +565,26 @@ class RayExecutor:
 
 
 def actors_wanted(ray: ModuleType, cuda: bool, workers: int | None) -> int:
-    """``workers`` actors if the batch sets it; else one per GPU (CUDA plugins) or per CPU
-    of the cluster, so that a batch spreads over every machine by default."""
-    if workers is not None:
-        return workers
+    """``workers`` actors if the batch sets it, but no more than the cluster has GPUs
+    (CUDA plugins) or CPUs for (the others could never be placed: the batch waited for
+    them without a word); else one per GPU or CPU of the cluster, so that a batch spreads
+    over every machine by default."""
     resources = ray.cluster_resources()
     count = int(resources.get("GPU" if cuda else "CPU", 0))
     if cuda and count == 0:
         raise ConfigError(
             f"the plugin runs on CUDA but the Ray cluster has no GPU ({_resources(ray)})"
         )
-    return max(1, count)
+    if workers is not None and workers > count > 0:
+        log.warning(
+            "workers = %d, but the Ray cluster has %s: %d worker(s) (1 %s each)",
+            workers,
+            _resources(ray),
+            count,
+            "GPU" if cuda else "CPU",
+        )
+        return count
+    return workers if workers is not None else max(1, count)
 
 
 def _resources(ray: ModuleType) -> str:
