@@ -314,3 +314,120 @@ def test_train_help_gives_the_defaults() -> None:
     for default in ("(default: full)", "(default: 2000)", "(default: 256)", "(default: 0)"):
         assert default in shown, default
     assert "(default: None)" not in shown and "(default: False)" not in shown
+
+
+def test_a_diverged_run_stops_and_its_weights_are_never_exported(
+    tmp_path: Path, photos: Path, style_file: Path
+) -> None:
+    # A loss gone to NaN trained on without a word; the NaN network was exported, "verified
+    # within 0" (max(0.0, nan) is 0.0), exit 0; an inbox found it out at load.
+    from stylebox.errors import PluginError
+    from stylebox.plugins.faststyle.export import export_onnx, export_with_manifest, verify
+    from stylebox.plugins.faststyle.train import TrainingDiverged
+
+    huge = params(photos, style_file, 3).model_copy(update={"style_weight": 1e38})
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 1: the loss is inf"):
+        train(huge, tmp_path / "huge")
+    assert not (tmp_path / "huge" / CHECKPOINT).exists()
+
+    run = tmp_path / "run"
+    network = train(params(photos, style_file, 2), run)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    first = next(iter(state["model"]))
+    state["model"][first][0] = float("nan")
+    torch.save(state, run / "nan.pt")
+    with pytest.raises(PluginError, match=r"nan\.pt: its weights hold NaN or infinity"):
+        export_with_manifest(run / "nan.pt", out)
+    assert out.read_bytes() == b"an earlier export" and not out.with_suffix(".json").exists()
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+    # And the check against PyTorch takes a NaN for what it is.
+    model = export_onnx(network, tmp_path / "good.onnx")
+    with torch.no_grad():
+        next(iter(network.parameters())).fill_(float("nan"))
+    with pytest.raises(PluginError, match=r"good\.onnx: the network gives NaN or infinity"):
+        verify(network, model)
+
+
+def test_an_export_that_cannot_be_written_says_so_in_one_line(
+    tmp_path: Path, photos: Path, style_file: Path
+) -> None:
+    train(params(photos, style_file, 2), tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "export", str(tmp_path / "run" / CHECKPOINT),
+         "--out", "/proc/model.onnx"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().startswith("stylebox: failed: cannot write /proc/model.onnx: ")
+    assert "Traceback" not in result.stderr
+    # The manifest names the painting it was trained on, without --style.
+    subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "export", str(tmp_path / "run" / CHECKPOINT),
+         "--out", str(tmp_path / "m.onnx")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert json.loads((tmp_path / "m.json").read_text())["style"] == "style"  # style.png
+
+
+def test_a_run_resumes_only_on_its_own_painting_and_photos_in_one_process(
+    tmp_path: Path, photos: Path, style_file: Path
+) -> None:
+    # Another picture copied over the style's path, photos added: --resume trained on, one
+    # network learning two styles; two runs in one folder wrote each other's checkpoints.
+    import fcntl
+
+    run = tmp_path / "run"
+    train(params(photos, style_file, 2), run)
+    original = style_file.read_bytes()
+    photo(64, 51, seed=99).save(style_file)
+    with pytest.raises(ConfigError, match=r"holds another picture than it began with"):
+        train(params(photos, style_file, 4), run, resume=True)
+    style_file.write_bytes(original)
+    photo(48, 40, seed=42).save(photos / "added.png")
+    with pytest.raises(ConfigError, match=r"holds other photos than it began with"):
+        train(params(photos, style_file, 4), run, resume=True)
+    (photos / "added.png").unlink()
+    with open(run / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match=r"is in use by another `stylebox train`"):
+            train(params(photos, style_file, 4), run, resume=True)
+    train(params(photos, style_file, 4), run, resume=True)
+    assert torch.load(run / CHECKPOINT, weights_only=True)["step"] == 4
+
+
+def test_a_killed_run_keeps_its_story_to_its_last_checkpoint(tmp_path: Path, photos: Path) -> None:
+    # training.json was written only at a stop or the end: after kill -9 and --resume, the
+    # run's first command and its time were lost.
+    import os
+    import signal
+
+    from daemon_helpers import wait_until
+
+    out = tmp_path / "model.onnx"
+    record = out.with_suffix(".train") / "training.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylebox.cli", "train", "--style", "starry_night",
+         "--content-dir", str(photos), "--out", str(out), "--device", "cpu",
+         "--preset", "small", "--image-size", "32", "--steps", "100000",
+         "--checkpoint-every", "1"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_until(record.exists, 90)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    made = json.loads(record.read_text())
+    assert made["command"].startswith("stylebox train --style starry_night")
+    assert "resumed_by" not in made
+
+
+def test_an_existing_folder_is_no_model_name(tmp_path: Path, photos: Path) -> None:
+    result = train_refusal(
+        "--style", "starry_night", "--content-dir", str(photos), "--out", str(tmp_path)
+    )
+    assert result.stderr.strip() == (
+        f"stylebox: config error: --out {tmp_path} is a folder; name the model: MODEL.onnx"
+    )

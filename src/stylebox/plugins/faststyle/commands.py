@@ -9,7 +9,9 @@ training and export code (and PyTorch) load when a command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import platform
 import signal
 import sys
@@ -22,6 +24,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from stylebox.errors import ConfigError
+from stylebox.images import atomic_write_bytes
+
+log = logging.getLogger("stylebox.train")
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
@@ -97,11 +102,27 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     train.set_defaults(handler=_train)
 
     export = commands.add_parser(
-        "export", help="export a training checkpoint to ONNX, verified against PyTorch"
+        "export",
+        help="export a training checkpoint to ONNX, verified against PyTorch",
+        description="Export a checkpoint to MODEL.onnx with its manifest (MODEL.json), "
+        "written under a hidden name and put in place only once onnxruntime matches "
+        "PyTorch within 0.01 at three sizes: an earlier model there stays whole otherwise.",
     )
-    export.add_argument("checkpoint", type=Path)
-    export.add_argument("--out", dest="out_given", required=True, help="MODEL.onnx to write")
-    export.add_argument("--style", default="", help="the style's name for the manifest")
+    export.add_argument(
+        "checkpoint",
+        type=Path,
+        help="OUT.train/checkpoint.pt of `stylebox train`, or a state dict of PyTorch's "
+        "fast_neural_style example",
+    )
+    export.add_argument(
+        "--out", dest="out_given", metavar="MODEL", required=True, help="MODEL.onnx to write"
+    )
+    export.add_argument(
+        "--style",
+        default="",
+        help="the style's name for the manifest (default: the name of the painting the "
+        "checkpoint was trained on)",
+    )
     export.add_argument(
         "--fp16",
         action="store_true",
@@ -146,20 +167,22 @@ def _train(args: argparse.Namespace) -> int:
             f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
             for e in field_errors(exc)
         )) from None  # fmt: skip
+    if args.out.is_dir() or str(args.out).endswith(("/", "\\")):
+        raise ConfigError(f"--out {args.out} is a folder; name the model: MODEL.onnx")
     work = out.with_suffix(".train")
     if out.exists() and not args.resume and not work.exists():
         raise ConfigError(f"--out {out} exists: remove it or give another name")
     began = time.perf_counter()
     command = " ".join(["stylebox", *sys.argv[1:]])
+    earlier: dict[str, Any] = {}
+    if args.resume:
+        with contextlib.suppress(OSError, ValueError):
+            earlier = json.loads((work / TRAINING_RECORD).read_text())
 
-    def record() -> dict[str, Any]:
+    def record(_step: int = 0) -> dict[str, Any]:
         """How the run was made, over every session of it: its first command and those
-        that resumed it, its time in all, the machine; kept beside its checkpoint."""
-        path = work / TRAINING_RECORD
-        try:
-            earlier = json.loads(path.read_text()) if args.resume else {}
-        except (OSError, ValueError):
-            earlier = {}
+        that resumed it, its time in all, the machine; kept beside its checkpoint, written
+        with each (a run killed keeps its story to its last checkpoint)."""
         made = {
             "command": earlier.get("command", command),
             "seconds": round(earlier.get("seconds", 0) + time.perf_counter() - began, 1),
@@ -167,12 +190,25 @@ def _train(args: argparse.Namespace) -> int:
         }
         if args.resume:
             made["resumed_by"] = [*earlier.get("resumed_by", []), command]
-        path.write_text(json.dumps(made, indent=2))
+        try:
+            atomic_write_bytes(work / TRAINING_RECORD, json.dumps(made, indent=2).encode())
+        except OSError as exc:  # the checkpoint matters more; the export keeps the record
+            log.warning("cannot write %s: %s", work / TRAINING_RECORD, exc.strerror or exc)
         return made
+
+    saved = 0
+
+    def checkpointed(step: int) -> None:
+        nonlocal saved
+        saved = step
+        record()
 
     with count_bar("train", params.steps) as advance, _stop_on_signals() as stop:
         try:
-            train(params, work, resume=args.resume, on_step=lambda *_: advance(1), stop=stop)
+            train(
+                params, work, resume=args.resume, on_step=lambda *_: advance(1), stop=stop,
+                on_checkpoint=checkpointed,
+            )  # fmt: skip
         except TrainingStopped as exc:
             record()
             print(
@@ -181,11 +217,27 @@ def _train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
+        except KeyboardInterrupt:  # a second Ctrl-C: at once, back to the last checkpoint
+            print(f"stylebox: interrupted; {_resumable(saved, work)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     training = record()
-    style_name = Path(str(args.style)).stem
-    exported = export_with_manifest(work / CHECKPOINT, out, style=style_name, training=training)
+    try:
+        exported = export_with_manifest(work / CHECKPOINT, out, training=training)
+    except KeyboardInterrupt:
+        print(
+            f"stylebox: stopped before {out} was written; the same command with --resume "
+            "exports the finished run",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(f"{out}: exported (onnxruntime matches PyTorch within {exported.error:.2g})")
     return EXIT_OK
+
+
+def _resumable(saved: int, work: Path) -> str:
+    if not saved:
+        return "no checkpoint was written in this session"
+    return f"the checkpoint of step {saved} in {work} is whole: --resume continues from it"
 
 
 def _onnx(path: Path) -> Path:

@@ -7,9 +7,14 @@ pads and crops); onnxruntime running it must match the PyTorch network as traine
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,9 +134,29 @@ def export_onnx(
     return out
 
 
-def verify(network: TransformerNet, model: Path, tolerance: float = TOLERANCE) -> float:
+@contextmanager
+def _written_as(out: Path) -> Iterator[Path]:
+    """A hidden name beside ``out`` to write and check the model under; renamed to ``out``
+    when the block ends well, removed when it does not (a full disk, a model that fails its
+    check, a stop): an earlier model there stays whole. A file system's refusal is said in
+    one line."""
+    temp = out.with_name(f".{out.stem}.{os.getpid()}.partial.onnx")
+    try:
+        yield temp
+        os.replace(temp, out)
+    except OSError as exc:
+        raise PluginError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+
+
+def verify(
+    network: TransformerNet, model: Path, tolerance: float = TOLERANCE, name: Path | None = None
+) -> float:
     """Largest difference between onnxruntime and PyTorch (fp32, the network as trained)
-    over :data:`VERIFY_SIZES`."""
+    over :data:`VERIFY_SIZES`; ``name``: the model's in messages (``model`` is being
+    written under another)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -142,10 +167,17 @@ def verify(network: TransformerNet, model: Path, tolerance: float = TOLERANCE) -
         with torch.no_grad():
             expected = network(image).numpy()
         got = session.run(["output"], {"input": image.numpy()})[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
+        difference = float(np.abs(got - expected).max())
+        if not math.isfinite(difference):  # max(0.0, nan) is 0.0: it passed as exact
+            raise PluginError(
+                f"{name or model}: the network gives NaN or infinity (on a {width}x{height} "
+                "image): its training diverged; train again with a lower --style-weight or "
+                "--learning-rate"
+            )
+        worst = max(worst, difference)
     if worst > tolerance:
         raise PluginError(
-            f"{model}: onnxruntime differs from PyTorch by {worst:.3g} (> {tolerance})"
+            f"{name or model}: onnxruntime differs from PyTorch by {worst:.3g} (> {tolerance})"
         )
     return worst
 
@@ -188,25 +220,33 @@ def export_with_manifest(
     export to ``out`` is deleted too: it belongs to other weights.
     """
     network, state = load_checkpoint(checkpoint)
+    if not all(torch.isfinite(value).all() for value in network.state_dict().values()):
+        raise PluginError(
+            f"{checkpoint}: its weights hold NaN or infinity: the training diverged; train "
+            "again with a lower --style-weight or --learning-rate"
+        )
+    if not style and state:  # the painting it was trained on, by its file's name
+        style = Path(str((state.get("params") or {}).get("style") or "")).stem
     if training is None:  # as `stylebox train` recorded it beside its checkpoint
         try:
             training = json.loads((checkpoint.parent / TRAINING_RECORD).read_text())
         except (OSError, ValueError):
             training = None
-    export_onnx(network, out)
-    worst = verify(network, out)
+    with _written_as(out) as temp:
+        export_onnx(network, temp)
+        worst = verify(network, temp, name=out)
     half = fp16_path(out)
     for stale in (half, manifest_path(half)):
         stale.unlink(missing_ok=True)
     variant, worst_half, rejected = None, None, None
     if fp16:
-        export_onnx(network, half, fp16=True)
         try:
-            worst_half = verify(network, half, FP16_TOLERANCE)
+            with _written_as(half) as temp:
+                export_onnx(network, temp, fp16=True)
+                worst_half = verify(network, temp, FP16_TOLERANCE, name=half)
             variant = half
             log.info("fp16 variant %s (onnxruntime vs PyTorch fp32: %.2g)", half, worst_half)
         except PluginError as exc:
-            half.unlink()
             rejected = str(exc)
             log.warning("fp16 variant not kept: %s", exc)
     record = dict(training or {})

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from stylebox.errors import PermanentFailure
+from stylebox.errors import PermanentFailure, PluginError
+from stylebox.images import atomic_write_bytes
 
 
 class BadModel(PermanentFailure):
@@ -117,7 +118,10 @@ class ModelManifest(BaseModel):
 
     def write(self, model: Path) -> Path:
         path = manifest_path(model)
-        path.write_text(self.model_dump_json(indent=2) + "\n")
+        try:  # whole or not at all: a model's manifest half written disables its inboxes
+            atomic_write_bytes(path, (self.model_dump_json(indent=2) + "\n").encode())
+        except OSError as exc:
+            raise PluginError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path
 
 

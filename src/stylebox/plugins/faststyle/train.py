@@ -6,14 +6,19 @@ steps make ``resume`` continue exactly where a run stopped.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +27,7 @@ from PIL import Image
 from pydantic import ConfigDict, Field, PositiveInt
 
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
-from stylebox.errors import BadInput, ConfigError
+from stylebox.errors import BadInput, ConfigError, PluginError
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
 from stylebox.jsonvalues import finite_or_null
 from stylebox.perceptual import PerceptualLoss, gram
@@ -89,10 +94,11 @@ class TrainParams(PluginParams):
     log_every: PositiveInt = 10
 
 
-def load_photos(folder: Path, longest: int) -> list[Image.Image]:
-    """Every readable photo of ``folder``, shrunk once so crops are cheap. A folder that is
-    missing, unreadable or without a single readable photo is a :class:`ConfigError`
-    naming it and saying which."""
+def load_photos(folder: Path, longest: int) -> tuple[list[Image.Image], str]:
+    """Every readable photo of ``folder``, shrunk once so crops are cheap, and a digest of
+    their bytes (a resumed run must learn from the same photos). A folder that is missing,
+    unreadable or without a single readable photo is a :class:`ConfigError` naming it and
+    saying which."""
     if not folder.is_dir():
         why = "is not a folder" if folder.exists() else "does not exist"
         raise ConfigError(f"content folder {folder} {why}")
@@ -101,10 +107,13 @@ def load_photos(folder: Path, longest: int) -> list[Image.Image]:
     except OSError as exc:
         raise ConfigError(f"content folder {folder}: cannot list it ({exc.strerror})") from None
     photos = []
+    digest = hashlib.sha256()
     for path in entries:
         if path.is_file() and not path.name.startswith("."):
             try:
-                photos.append(resize_to_max_side(decode_image(path).rgb, longest))
+                decoded = decode_image(path)
+                photos.append(resize_to_max_side(decoded.rgb, longest))
+                digest.update(decoded.sha256.encode())
             except Exception as exc:  # a bad file in a training folder is skipped, loudly
                 log.warning("skipping %s: %s", path.name, exc)
     if not photos:
@@ -112,7 +121,7 @@ def load_photos(folder: Path, longest: int) -> list[Image.Image]:
             f"content folder {folder} holds no photo stylebox can read "
             f"({len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in it)"
         )
-    return photos
+    return photos, digest.hexdigest()
 
 
 def batches(
@@ -138,6 +147,10 @@ def batches(
         yield torch.cat(crops)
 
 
+class TrainingDiverged(PluginError):
+    """The loss became NaN or infinite: the weights are lost; the last checkpoint is not."""
+
+
 def train(
     params: TrainParams,
     out_dir: Path,
@@ -145,12 +158,17 @@ def train(
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     stop: threading.Event | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TransformerNet:
     """Train, writing checkpoints and samples to ``out_dir``; returns the trained network.
 
     ``out_dir`` must hold no run unless ``resume``, and then one started with the same
-    settings (but those in :data:`RESUMABLE_CHANGES`). ``stop``, once set, ends the run
-    at the end of a step with a checkpoint of it: :class:`TrainingStopped`."""
+    settings (but those in :data:`RESUMABLE_CHANGES`), painting and photos. One process
+    trains in it at a time. ``stop``, once set, ends the run at the end of a step with a
+    checkpoint of it: :class:`TrainingStopped`. ``on_checkpoint(step)``: after each
+    checkpoint. A loss that is no longer finite ends it (:class:`TrainingDiverged`), and a
+    checkpoint that cannot be written is a :class:`PluginError`; either way the last
+    checkpoint written stays whole."""
     # First: a style or content folder that cannot serve, or a run to lose, is refused
     # before anything slow or written.
     checkpoint_path = out_dir / CHECKPOINT
@@ -165,16 +183,59 @@ def train(
             "run starts"
         )
     try:
-        style_image = decode_image(params.style).rgb
+        style = decode_image(params.style)
     except BadInput as exc:
         raise ConfigError(f"--style {params.style}: {exc}") from exc
-    photos = load_photos(params.content_dir, max(params.image_size * 2, 512))
+    photos, photos_sha256 = load_photos(params.content_dir, max(params.image_size * 2, 512))
     device = resolve_device(params.device)  # no CUDA: refused before OUT.train is made
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out: cannot make {out_dir} ({exc.strerror or exc})") from None
-    backbone = backbone or BackboneSpec()
+    inputs = {"style_sha256": style.sha256, "photos_sha256": photos_sha256}
+    with _only_run(out_dir):
+        return _train(
+            params, out_dir, style.rgb, photos, inputs, device, backbone or BackboneSpec(),
+            resume, on_step, stop, on_checkpoint,
+        )  # fmt: skip
+
+
+@contextmanager
+def _only_run(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for this process: two runs in one folder wrote each other's
+    checkpoints over. The kernel lets the lock go however the process ends."""
+    with open(out_dir / ".lock", "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"{out_dir} is in use by another `stylebox train` ({holder}): wait for it to "
+                "end, or stop it (its checkpoint stays) and resume"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+
+
+def _train(
+    params: TrainParams,
+    out_dir: Path,
+    style_image: Image.Image,
+    photos: list[Image.Image],
+    inputs: dict[str, str],
+    device: torch.device,
+    backbone: BackboneSpec,
+    resume: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+    stop: threading.Event | None,
+    on_checkpoint: Callable[[int], None] | None,
+) -> TransformerNet:
+    """:func:`train`'s run, its settings checked and its folder held."""
+    checkpoint_path = out_dir / CHECKPOINT
     rng = random.Random(params.seed)
     state = None
     if resume:
@@ -185,6 +246,7 @@ def train(
                 f"--resume: cannot read {checkpoint_path} ({type(exc).__name__}: {exc})"
             ) from None
         _check_same_run(state.get("params", {}), params, out_dir)
+        _check_same_inputs(state, inputs, params, out_dir)
     vgg = load_vgg19(backbone, device)
     # Seeded after the backbone: building one draws random numbers, a cached one none, and
     # the same seed must give the same network either way.
@@ -230,6 +292,7 @@ def train(
     amp = params.amp and device.type == "cuda"
 
     began = time.perf_counter()
+    saved = step  # the step of the checkpoint on disk
     while step < params.steps:
         batch = next(data).to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -241,6 +304,12 @@ def train(
                 in_features = vgg(batch / 255.0, list(params.content_layers))
         # TV on the 0..255 output, as the network's recipe weighs it.
         loss, parts = perceptual(output, out_features, in_features)
+        if not math.isfinite(parts["loss"]):  # every step from here would be NaN too
+            raise TrainingDiverged(
+                f"training diverged at step {step + 1}: the loss is {parts['loss']} (the "
+                f"last checkpoint, of step {saved}, is before it); start again with a lower "
+                "--style-weight or --learning-rate (another --out)"
+            )
         loss.backward()
         optimizer.step()
         step += 1
@@ -252,10 +321,26 @@ def train(
             log.info("step %d/%d loss %.4g content %.4g style %.4g", step, params.steps,
                      metrics["loss"], metrics["content"], metrics["style"])  # fmt: skip
         if step % params.sample_every == 0 or step == params.steps:
-            _write_samples(network, samples, out_dir / "samples", step, device)
+            try:
+                _write_samples(network, samples, out_dir / "samples", step, device)
+            except OSError as exc:
+                raise PluginError(
+                    f"cannot write the samples of step {step} in {out_dir / 'samples'} "
+                    f"({exc.strerror or exc}); {_kept(saved, out_dir)}"
+                ) from None
         stopping = stop is not None and stop.is_set()
         if step % params.checkpoint_every == 0 or step == params.steps or stopping:
-            _save(checkpoint_path, network, optimizer, step, history, rng, params, backbone)
+            try:
+                _save(checkpoint_path, network, optimizer, step, history, rng, params, backbone,
+                      inputs)  # fmt: skip
+            except OSError as exc:
+                raise PluginError(
+                    f"cannot write the checkpoint of step {step} in {out_dir} "
+                    f"({exc.strerror or exc}); {_kept(saved, out_dir)}"
+                ) from None
+            saved = step
+            if on_checkpoint is not None:
+                on_checkpoint(step)
         if stopping and step < params.steps:
             raise TrainingStopped(step)
     return network
@@ -283,6 +368,34 @@ def _check_same_run(started: dict[str, object], params: TrainParams, out_dir: Pa
         )
 
 
+def _kept(saved: int, out_dir: Path) -> str:
+    """What a run that ends in an error leaves to resume from."""
+    if not saved:
+        return "no checkpoint was written yet"
+    return f"the checkpoint of step {saved} in {out_dir} is whole: --resume continues from it"
+
+
+def _check_same_inputs(
+    started: dict[str, object], inputs: dict[str, str], params: TrainParams, out_dir: Path
+) -> None:
+    """Refuse to resume with another picture, or other photos, at the paths the run began
+    with (one network would learn two styles). A checkpoint from before the digests were
+    kept is taken as it is."""
+    changed = []
+    if started.get("style_sha256") not in (None, inputs["style_sha256"]):
+        changed.append(f"--style {params.style} holds another picture than it began with")
+    if started.get("photos_sha256") not in (None, inputs["photos_sha256"]):
+        changed.append(
+            f"--content-dir {params.content_dir} holds other photos than it began with "
+            "(added, removed or changed)"
+        )
+    if changed:
+        raise ConfigError(
+            f"--resume: the run in {out_dir}: {'; '.join(changed)}; resume it with its own, "
+            "or give another --out for a new run"
+        )
+
+
 def _save(
     path: Path,
     network: TransformerNet,
@@ -292,6 +405,7 @@ def _save(
     rng: random.Random,
     params: TrainParams,
     backbone: BackboneSpec,
+    inputs: dict[str, str],
 ) -> None:
     state = {
         "model": network.state_dict(),
@@ -303,12 +417,14 @@ def _save(
         "torch_rng": torch.get_rng_state(),
         "params": params.model_dump(mode="json"),
         "backbone": fingerprint(backbone),
+        **inputs,
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
     # A diverged loss is NaN, which JSON has not: null, so the file stays readable.
-    (path.parent / "history.json").write_text(json.dumps(finite_or_null(history[-1:]), indent=2))
+    history_json = json.dumps(finite_or_null(history[-1:]), indent=2).encode()
+    atomic_write_bytes(path.parent / "history.json", history_json)
 
 
 @torch.no_grad()
