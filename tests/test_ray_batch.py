@@ -310,15 +310,15 @@ def test_more_workers_than_the_cluster_has_cpus_for_run_on_those_it_has(
     assert "workers = 5, but the Ray cluster has 2 CPU(s), 0 GPU(s): 2 worker(s) (1 CPU each)" in (
         result.stderr
     )
-    assert "2 Ray worker(s) (1 CPU each)" in result.stderr
+    assert "waiting for Ray to place" not in result.stderr
     assert [row.state for row in rows(tmp_path)] == ["done"] * 3
 
 
-def test_a_worker_the_cluster_cannot_place_is_given_up_and_the_batch_goes_on(
+def test_a_batch_begins_with_the_workers_placed_and_the_others_join_later(
     tmp_path: Path, ray_address: str
 ) -> None:
     """One of the two CPUs held by another batch: the second of two actors cannot be
-    placed; 30 s after the first is, the batch goes on with it, saying so."""
+    placed; the batch begins with the first, saying so, and ends without waiting for it."""
     env = probe_env(tmp_path)
     holder = tmp_path / "holder"
     log, gate = holder / "calls.log", holder / "gate"
@@ -330,15 +330,14 @@ def test_a_worker_the_cluster_cannot_place_is_given_up_and_the_batch_goes_on(
         assert wait_until(log.exists, 60)  # its actor is busy with its photo
         config = make_batch(tmp_path / "second", 2, "posterize", "{ bits = 2 }", "workers = 2")
         result = batch(config, "--ray", ray_address)
-        assert result.returncode == 0, result.stderr
-        assert (
-            "going on with 1 Ray worker(s): 1 of 2 were not placed within 30 s of the first"
-            in result.stderr
-        ), result.stderr
-        assert [row.state for row in rows(tmp_path / "second")] == ["done"] * 2
     finally:
         gate.touch()
-        assert holding.wait(timeout=60) == 0
+        held = holding.wait(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "1 more Ray worker(s) join as they start (1 CPU each" in result.stderr, result.stderr
+    assert "1 Ray worker(s) (1 CPU each) on 1 node(s)" in result.stderr
+    assert [row.state for row in rows(tmp_path / "second")] == ["done"] * 2
+    assert held == 0
 
 
 def test_a_ray_batch_stopped_while_its_workers_start_exits_130(
@@ -353,14 +352,19 @@ def test_a_ray_batch_stopped_while_its_workers_start_exits_130(
         command(config, "--ray", ray_address), env=env, stderr=subprocess.PIPE, text=True
     )
     started = Path(f"{log}.init")
-    assert wait_until(lambda: started.exists() and len(started.read_text().split()) >= 2, 90)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        assert wait_until(lambda: started.exists() and len(started.read_text().split()) >= 2, 90)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        hold.touch()  # a leaked actor would hold a CPU of the module's instance
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "stylebox: interrupted", stderr
     assert "SIGTERM received" not in stderr
     assert not log.exists()  # nothing ran
-    hold.touch()
 
 
 def children(pid: int) -> list[int]:

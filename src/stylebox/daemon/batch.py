@@ -251,7 +251,6 @@ def _ray_executor(
     except BaseException:
         shutdown(ray, executor)
         raise
-    batch.workers = len(placed)  # a lane for each actor placed
     nodes = {where["node_id"]: where["node"] for where in placed}
     log.info(
         "%d Ray worker(s) (%s) on %d node(s): %s",

@@ -117,8 +117,6 @@ def connect(address: str | None) -> ModuleType:
     return ray
 
 
-#: How long the workers the cluster has not placed are waited for once one is.
-SETTLE_SECONDS = 30.0
 #: How long a cluster's address may take to answer before a batch gives up on it.
 CONNECT_SECONDS = 5.0
 
@@ -351,7 +349,7 @@ class RayExecutor:
         self._broken: str | None = None
         """Why no actor is left to run anything, once that is so."""
         for _ in range(actors):
-            self._idle.put(self._add())
+            self._add()  # idle once its plugin has started (wait_ready)
 
     def _add(self) -> Any:
         actor = self._make()
@@ -368,37 +366,32 @@ class RayExecutor:
                 if self._broken is not None:
                     return None
 
-    def wait_ready(self, timeout: float, settle: float = SETTLE_SECONDS) -> list[dict[str, Any]]:
-        """Wait until the actors have started their plugin; where each runs. Those the
-        cluster has not placed ``settle`` seconds after the first one are given up, with a
-        warning, and the batch goes on with the others (its resources are taken by other
-        work, say); while none is placed it waits, saying so, up to ``timeout`` seconds.
-        A plugin that fails to start on a worker, or no actor placed in time, is a
+    def wait_ready(self, timeout: float) -> list[dict[str, Any]]:
+        """Wait until the first actors have started their plugin; where each runs. The
+        batch begins with them, and each of the others joins once Ray places it and its
+        plugin has started (one still loading a model, or waiting for a CPU that other work
+        holds). While none has started it waits, saying so after 10 s, up to ``timeout``
+        seconds; none by then, or a plugin that fails to start, is a
         :class:`ConfigError`."""
         with self._lock:
             actors = list(self._all)
         refs = [actor.ready.remote() for actor in actors]
+        of = dict(zip(refs, actors, strict=True))
         need = "1 GPU" if self.cuda else "1 CPU"
         began = time.monotonic()
-        first_at: float | None = None
         said = False
         done: list[Any] = []
         pending = list(refs)
-        while pending:
+        while not done:
             # In short waits: a SIGTERM is acted on between them.
-            ready, pending = self.ray.wait(pending, num_returns=len(pending), timeout=1.0)
-            done += ready
-            now = time.monotonic()
-            if done and first_at is None:
-                first_at = now
-            if first_at is not None and now - first_at >= settle:
-                break
-            if not done and now - began >= timeout:
+            done, pending = self.ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            waited = time.monotonic() - began
+            if not done and waited >= timeout:
                 raise ConfigError(
                     f"Ray placed none of {len(refs)} worker(s) ({need} each) in {timeout:.0f} s;"
                     f" the cluster has {_resources(self.ray)}, in use by other work or too few"
                 )
-            if not done and not said and now - began >= min(settle, 10.0):
+            if not done and not said and waited >= 10.0:
                 said = True
                 log.warning(
                     "waiting for Ray to place %d worker(s) (%s each); the cluster has %s",
@@ -406,48 +399,60 @@ class RayExecutor:
                     need,
                     _resources(self.ray),
                 )
+        if pending:  # the others, started alike, are most likely a moment behind it
+            more, pending = self.ray.wait(
+                pending, num_returns=len(pending), timeout=min(5.0, time.monotonic() - began)
+            )
+            done += more
         try:
             found = self.ray.get(done)
         except self.ray.exceptions.RayError as exc:
             raise ConfigError(f"the plugin failed to start on a Ray worker: {_line(exc)}") from None
+        for ref, where in zip(done, found, strict=True):
+            self._started(of[ref], where)
         if pending:
-            log.warning(
-                "going on with %d Ray worker(s): %d of %d were not placed within %.0f s of the "
-                "first (%s each; the cluster has %s, some in use by other work)",
-                len(done),
+            log.info(
+                "%d more Ray worker(s) join as they start (%s each; the cluster has %s)",
                 len(pending),
-                len(refs),
-                settle,
                 need,
                 _resources(self.ray),
             )
-        placed = dict(zip(refs, actors, strict=True))
-        actors = [placed[ref] for ref in done]  # in the order of what they found
-        if pending:
-            self._keep(actors)
-        for actor, where in zip(actors, found, strict=True):
-            self._where[id(actor)] = where
-            if self.cuda and where["device_kind"] != "cuda":
-                log.warning(
-                    "the plugin runs on CUDA here but on %s on the Ray worker at %s",
-                    where["device_kind"],
-                    where["node"],
-                )
+        for ref in pending:
+            self._join(of[ref], ref)
         return found
 
-    def _keep(self, actors: list[Any]) -> None:
-        """Only ``actors`` stay the batch's (before any is busy); the others are killed."""
-        kept = {id(actor) for actor in actors}
-        with self._lock:
-            gone = [actor for actor in self._all if id(actor) not in kept]
-            self._all = list(actors)
-        while not self._idle.empty():
-            self._idle.get_nowait()
-        for actor in actors:
-            self._idle.put(actor)
-        for actor in gone:
-            with contextlib.suppress(Exception):
-                self.ray.kill(actor, no_restart=True)
+    def _started(self, actor: Any, where: dict[str, Any]) -> None:
+        """``actor`` has started its plugin at ``where``: it takes work from now on."""
+        self._where[id(actor)] = where
+        if self.cuda and where["device_kind"] != "cuda":
+            log.warning(
+                "the plugin runs on CUDA here but on %s on the Ray worker at %s",
+                where["device_kind"],
+                where["node"],
+            )
+        self._idle.put(actor)
+
+    def _join(self, actor: Any, ready: Any) -> None:
+        """``actor`` takes work once its plugin has started (``ready`` answers), from a
+        thread of its own: the batch goes on meanwhile. One whose plugin fails to start is
+        dropped, and when no actor is left, jobs fail saying why."""
+
+        def join() -> None:
+            try:
+                where = self.ray.get(ready)
+            except Exception as exc:
+                with self._lock:
+                    if actor not in self._all:
+                        return  # the batch ended and closed it
+                    self._all.remove(actor)
+                    left = len(self._all)
+                log.error("a new Ray worker failed to start its plugin: %s", _line(exc))
+                if left == 0:
+                    self._broken = f"the plugin failed to start on a new worker: {_line(exc)}"
+                return
+            self._started(actor, where)
+
+        threading.Thread(target=join, name="ray-join", daemon=True).start()
 
     def execute_many(
         self,
@@ -534,23 +539,7 @@ class RayExecutor:
             self.ray.kill(dead, no_restart=True)
         fresh = self._add()
         log.warning("a Ray worker died; starting another in its place")
-
-        def join() -> None:
-            try:
-                self._where[id(fresh)] = self.ray.get(fresh.ready.remote())
-            except Exception as exc:
-                with self._lock:
-                    if fresh not in self._all:
-                        return  # the batch ended and closed it
-                    self._all.remove(fresh)
-                    left = len(self._all)
-                log.error("a new Ray worker failed to start its plugin: %s", _line(exc))
-                if left == 0:
-                    self._broken = f"the plugin failed to start on a new worker: {_line(exc)}"
-                return
-            self._idle.put(fresh)
-
-        threading.Thread(target=join, name="ray-replace", daemon=True).start()
+        self._join(fresh, fresh.ready.remote())
 
     def actors(self) -> list[dict[str, Any]]:
         """Where each known actor runs (pid, node, device kind)."""
