@@ -16,7 +16,7 @@ from conftest import photo, pixels
 from daemon_helpers import Daemon, wait_until, write_config
 from PIL import Image
 
-from stylebox.errors import ConfigError
+from stylebox.errors import ConfigError, PluginError
 from stylebox.plugins.api import Runtime
 from stylebox.plugins.faststyle import FastParams, FastPlugin
 from stylebox.plugins.faststyle.manifest import BadModel
@@ -221,6 +221,16 @@ def test_an_inaccurate_fp16_variant_is_dropped_and_a_stale_one_removed(
     assert not (tmp_path / "m.fp16.onnx").exists() and not (tmp_path / "m.fp16.json").exists()
     assert ModelManifest.for_model(out).fp16_variant is None  # the fp32 model is complete
     assert run(plugin(tmp_path, out), tmp_path, photo(40, 36)).size == (40, 36)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    # An export that fails its check leaves the earlier model and its manifest as they were
+    # (the model was put in place before its manifest was written).
+    before = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    monkeypatch.setattr(export, "TOLERANCE", 0.0)
+    with pytest.raises(PluginError, match=r"m\.onnx: onnxruntime differs from PyTorch by"):
+        export.export_with_manifest(checkpoint, out, style="another")
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
     monkeypatch.undo()
     export.export_with_manifest(checkpoint, out, fp16=True)

@@ -125,7 +125,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return _handle(args)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: a handler Python did not install; the default stands in for it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _handle(args: argparse.Namespace) -> int:

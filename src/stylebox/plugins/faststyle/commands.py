@@ -75,7 +75,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     train.add_argument("--style", required=True, help="style image path or bundled name")
     train.add_argument("--content-dir", type=Path, required=True, help="photos to train on")
-    train.add_argument("--out", type=Path, required=True, help="the model to write (.onnx)")
+    train.add_argument("--out", required=True, help="the model to write (.onnx)")
     train.add_argument(
         "--preset",
         choices=["full", "small"],
@@ -148,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     from stylebox.plugins.faststyle.train import CHECKPOINT, TrainingStopped, TrainParams, train
     from stylebox.progress import count_bar
 
-    out = _onnx(args.out)
+    out = _model_out(args.out)
     chosen = {
         "style": args.style, "content_dir": args.content_dir, "preset": args.preset,
         "steps": args.steps, "image_size": args.image_size, "style_size": args.style_size,
@@ -167,8 +167,6 @@ def _train(args: argparse.Namespace) -> int:
             f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
             for e in field_errors(exc)
         )) from None  # fmt: skip
-    if args.out.is_dir() or str(args.out).endswith(("/", "\\")):
-        raise ConfigError(f"--out {args.out} is a folder; name the model: MODEL.onnx")
     work = out.with_suffix(".train")
     if out.exists() and not args.resume and not work.exists():
         raise ConfigError(f"--out {out} exists: remove it or give another name")
@@ -179,7 +177,7 @@ def _train(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError, ValueError):
             earlier = json.loads((work / TRAINING_RECORD).read_text())
 
-    def record(_step: int = 0) -> dict[str, Any]:
+    def record() -> dict[str, Any]:
         """How the run was made, over every session of it: its first command and those
         that resumed it, its time in all, the machine; kept beside its checkpoint, written
         with each (a run killed keeps its story to its last checkpoint)."""
@@ -240,9 +238,12 @@ def _resumable(saved: int, work: Path) -> str:
     return f"the checkpoint of step {saved} in {work} is whole: --resume continues from it"
 
 
-def _onnx(path: Path) -> Path:
+def _model_out(given: str) -> Path:
     """The model file ``--out`` names: ``.onnx`` added where it is missing (``m.v2`` is
-    ``m.v2.onnx``)."""
+    ``m.v2.onnx``); a folder (``models/``, or one that exists) is refused."""
+    if Path(given).is_dir() or given.endswith(("/", "\\")):
+        raise ConfigError(f"--out {given} is a folder; name the model: MODEL.onnx")
+    path = Path(given)
     return path if path.suffix == ".onnx" else path.with_name(path.name + ".onnx")
 
 
@@ -270,10 +271,7 @@ def _machine(device: str) -> str:
 def _export(args: argparse.Namespace) -> int:
     from stylebox.plugins.faststyle.export import export_with_manifest
 
-    out = Path(args.out_given)
-    if out.is_dir() or args.out_given.endswith(("/", "\\")):
-        raise ConfigError(f"--out {args.out_given} is a folder; name the model: MODEL.onnx")
-    out = _onnx(out)
+    out = _model_out(args.out_given)
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: {out.parent} is not a folder")
     exported = export_with_manifest(args.checkpoint, out, style=args.style, fp16=args.fp16)

@@ -13,8 +13,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from stylebox.errors import ConfigError, PluginError
+from stylebox.images import write_temp
 from stylebox.plugins.faststyle.manifest import ModelManifest, manifest_path
 from stylebox.plugins.faststyle.network import (
     MULTIPLE,
@@ -134,21 +133,15 @@ def export_onnx(
     return out
 
 
-@contextmanager
-def _written_as(out: Path) -> Iterator[Path]:
-    """A hidden name beside ``out`` to write and check the model under; renamed to ``out``
-    when the block ends well, removed when it does not (a full disk, a model that fails its
-    check, a stop): an earlier model there stays whole. A file system's refusal is said in
-    one line."""
-    temp = out.with_name(f".{out.stem}.{os.getpid()}.partial.onnx")
-    try:
-        yield temp
-        os.replace(temp, out)
-    except OSError as exc:
-        raise PluginError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
+def _partial(path: Path) -> Path:
+    """A hidden name beside ``path`` to write it under until it is checked: not ``*.onnx``
+    (the bundled models are listed by that), and this process's own."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _synced(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def verify(
@@ -169,10 +162,15 @@ def verify(
         got = session.run(["output"], {"input": image.numpy()})[0]
         difference = float(np.abs(got - expected).max())
         if not math.isfinite(difference):  # max(0.0, nan) is 0.0: it passed as exact
+            if not np.isfinite(expected).all():
+                raise PluginError(
+                    f"{name or model}: the network gives NaN or infinity (on a {width}x{height}"
+                    " image): its training diverged; train again with a lower --style-weight "
+                    "or --learning-rate"
+                )
             raise PluginError(
-                f"{name or model}: the network gives NaN or infinity (on a {width}x{height} "
-                "image): its training diverged; train again with a lower --style-weight or "
-                "--learning-rate"
+                f"{name or model}: onnxruntime gives NaN or infinity where PyTorch does not "
+                f"(on a {width}x{height} image; in fp16, values past its range)"
             )
         worst = max(worst, difference)
     if worst > tolerance:
@@ -232,37 +230,58 @@ def export_with_manifest(
             training = json.loads((checkpoint.parent / TRAINING_RECORD).read_text())
         except (OSError, ValueError):
             training = None
-    with _written_as(out) as temp:
-        export_onnx(network, temp)
-        worst = verify(network, temp, name=out)
     half = fp16_path(out)
-    for stale in (half, manifest_path(half)):
-        stale.unlink(missing_ok=True)
-    variant, worst_half, rejected = None, None, None
-    if fp16:
-        try:
-            with _written_as(half) as temp:
-                export_onnx(network, temp, fp16=True)
-                worst_half = verify(network, temp, FP16_TOLERANCE, name=half)
-            variant = half
-            log.info("fp16 variant %s (onnxruntime vs PyTorch fp32: %.2g)", half, worst_half)
-        except PluginError as exc:
-            rejected = str(exc)
-            log.warning("fp16 variant not kept: %s", exc)
-    record = dict(training or {})
-    if state:
-        history = state.get("history") or [{}]
-        record.setdefault("steps", state.get("step"))
-        record.setdefault("final_losses", {k: v for k, v in history[-1].items() if k != "step"})
-        record.setdefault("params", state.get("params"))
-        record.setdefault("backbone", state.get("backbone"))
-        record.setdefault("preset", state.get("preset"))
-    record["onnx_max_abs_error"] = worst
-    if variant:
-        record["fp16_max_abs_error"] = worst_half
-        ModelManifest(style=style, precision="fp16", training=record).write(variant)
-    ModelManifest(
-        style=style, fp16_variant=variant.name if variant else None, training=record
-    ).write(out)
+    written: list[Path] = []  # under hidden names, until everything is written and checked
+    try:
+        model = _partial(out)
+        written.append(model)
+        export_onnx(network, model)
+        _synced(model)
+        worst = verify(network, model, TOLERANCE, name=out)
+        variant, worst_half, rejected = None, None, None
+        if fp16:
+            model_half = _partial(half)
+            written.append(model_half)
+            export_onnx(network, model_half, fp16=True)
+            _synced(model_half)
+            try:
+                worst_half = verify(network, model_half, FP16_TOLERANCE, name=half)
+                variant = half
+                log.info("fp16 variant %s (onnxruntime vs PyTorch fp32: %.2g)", half, worst_half)
+            except PluginError as exc:
+                rejected = str(exc)
+                log.warning("fp16 variant not kept: %s", exc)
+        record = dict(training or {})
+        if state:
+            history = state.get("history") or [{}]
+            record.setdefault("steps", state.get("step"))
+            record.setdefault("final_losses", {k: v for k, v in history[-1].items() if k != "step"})
+            record.setdefault("params", state.get("params"))
+            record.setdefault("backbone", state.get("backbone"))
+            record.setdefault("preset", state.get("preset"))
+        record["onnx_max_abs_error"] = worst
+        # The files and the names they take, the variant before the manifest naming it.
+        renames: list[tuple[Path, Path]] = []
+        if variant:
+            record["fp16_max_abs_error"] = worst_half
+            half_manifest = ModelManifest(style=style, precision="fp16", training=record)
+            written.append(write_temp(manifest_path(half), half_manifest.encoded()))
+            renames += [(model_half, half), (written[-1], manifest_path(half))]
+        manifest = ModelManifest(
+            style=style, fp16_variant=variant.name if variant else None, training=record
+        )
+        written.append(write_temp(manifest_path(out), manifest.encoded()))
+        renames += [(model, out), (written[-1], manifest_path(out))]
+        if not variant:  # one left from an earlier export belongs to other weights
+            for stale in (half, manifest_path(half)):
+                stale.unlink(missing_ok=True)
+        for temp, name in renames:  # all written and checked: into place
+            os.replace(temp, name)
+    except OSError as exc:
+        raise PluginError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
     log.info("exported %s (onnxruntime vs PyTorch: %.2g)", out, worst)
     return Exported(out, worst, variant, worst_half, rejected)

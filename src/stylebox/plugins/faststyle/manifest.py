@@ -116,10 +116,14 @@ class ModelManifest(BaseModel):
             )
             raise BadModel(f"{path}: invalid model manifest: {detail}") from None
 
+    def encoded(self) -> bytes:
+        """The manifest file's bytes."""
+        return (self.model_dump_json(indent=2) + "\n").encode()
+
     def write(self, model: Path) -> Path:
         path = manifest_path(model)
         try:  # whole or not at all: a model's manifest half written disables its inboxes
-            atomic_write_bytes(path, (self.model_dump_json(indent=2) + "\n").encode())
+            atomic_write_bytes(path, self.encoded())
         except OSError as exc:
             raise PluginError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path

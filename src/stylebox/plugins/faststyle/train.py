@@ -6,6 +6,7 @@ steps make ``resume`` continue exactly where a run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -204,7 +205,11 @@ def train(
 def _only_run(out_dir: Path) -> Iterator[None]:
     """Hold ``out_dir`` for this process: two runs in one folder wrote each other's
     checkpoints over. The kernel lets the lock go however the process ends."""
-    with open(out_dir / ".lock", "a+", encoding="utf-8") as handle:
+    try:
+        handle = open(out_dir / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 (held below)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write in {out_dir} ({exc.strerror or exc})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -214,10 +219,13 @@ def _only_run(out_dir: Path) -> Iterator[None]:
                 f"{out_dir} is in use by another `stylebox train` ({holder}): wait for it to "
                 "end, or stop it (its checkpoint stays) and resume"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+        except OSError as exc:  # a file system without locks: one run at a time is on you
+            log.warning("cannot lock %s (%s): run one training in it at a time", out_dir, exc)
+        with contextlib.suppress(OSError):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
         yield
 
 
@@ -263,6 +271,8 @@ def _train(
         step, history = state["step"], state["history"]
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if on_checkpoint is not None:
+            on_checkpoint(step)  # the checkpoint this session resumes from
         if step >= params.steps:
             log.warning(
                 "the run is at step %d already, --steps %d: nothing to train, it is exported "
@@ -306,9 +316,9 @@ def _train(
         loss, parts = perceptual(output, out_features, in_features)
         if not math.isfinite(parts["loss"]):  # every step from here would be NaN too
             raise TrainingDiverged(
-                f"training diverged at step {step + 1}: the loss is {parts['loss']} (the "
-                f"last checkpoint, of step {saved}, is before it); start again with a lower "
-                "--style-weight or --learning-rate (another --out)"
+                f"training diverged at step {step + 1}: the loss is {parts['loss']}; "
+                f"{_last_good(saved, out_dir)}; start again with a lower --style-weight or "
+                "--learning-rate (another --out)"
             )
         loss.backward()
         optimizer.step()
@@ -330,6 +340,13 @@ def _train(
                 ) from None
         stopping = stop is not None and stop.is_set()
         if step % params.checkpoint_every == 0 or step == params.steps or stopping:
+            # A step can turn the weights NaN with a finite loss: never over a good one.
+            if not all(bool(torch.isfinite(p).all()) for p in network.parameters()):
+                raise TrainingDiverged(
+                    f"training diverged at step {step}: its weights hold NaN or infinity; "
+                    f"{_last_good(saved, out_dir)}; start again with a lower --style-weight "
+                    "or --learning-rate (another --out)"
+                )
             try:
                 _save(checkpoint_path, network, optimizer, step, history, rng, params, backbone,
                       inputs)  # fmt: skip
@@ -366,6 +383,13 @@ def _check_same_run(started: dict[str, object], params: TrainParams, out_dir: Pa
             f"--resume: the run in {out_dir} began with other settings: {'; '.join(changed)}; "
             "resume it with its own, or give another --out for a new run"
         )
+
+
+def _last_good(saved: int, out_dir: Path) -> str:
+    """Where a diverged run's last good weights are (resuming them would diverge alike)."""
+    if not saved:
+        return "no checkpoint was written"
+    return f"the checkpoint of step {saved} in {out_dir} is the last good one"
 
 
 def _kept(saved: int, out_dir: Path) -> str:
