@@ -564,6 +564,18 @@ def test_the_page_keeps_the_keyboard_focus_and_opens_the_viewer_from_it(scene: S
     scene.js("document.getElementById('viewer').close()")
     scene.shot("keyboard-phone")
 
+    # A list made anew (the queue moved on) keeps the focus on the control it was on.
+    queue = "#source-inbox_held .queued"
+    scene.js(f"document.querySelector('{queue} li:nth-child(3) button').focus()")
+    key = scene.js("return document.activeElement.dataset.key")
+    first = int(scene.js(f"return document.querySelector('{queue} li').dataset.job"))
+    status, _ = scene.client.json(
+        f"/api/jobs/{first}/cancel", "POST", **{"X-Stylebox-Token": TOKEN}
+    )
+    assert status == 200
+    assert scene.until(f"!document.querySelector('{queue} li[data-job=\"{first}\"]')", 20)
+    assert key and scene.js("return document.activeElement.dataset.key") == key
+
     # A running job's cancel asks first (a mis-click cost a long job); "no" leaves it be.
     scene.js(
         f"localStorage.setItem('stylebox-token', '{TOKEN}'); window.asked = [];"

@@ -167,11 +167,11 @@ function renderQueued(node, entry, actions) {
   const ids = entry.queued_jobs.map((q) => `${q.job}:${q.retry_at}`).join(",") + `/${actions}`;
   if (list.dataset.ids === ids) return;
   list.dataset.ids = ids;
-  list.replaceChildren(...entry.queued_jobs.map((q) => {
+  rebuild(list, entry.queued_jobs.map((q) => {
     const item = el("li", { "data-job": q.job }, el("span", { class: "age", text: queuedText(q) }));
     item.job = q;
     if (actions) {
-      const button = el("button", { type: "button", class: "cancel", text: "cancel" });
+      const button = el("button", { type: "button", class: "cancel", text: "cancel", "data-key": `cancel-${q.job}` });
       button.addEventListener("click", () => act(q.job, "cancel", button));
       item.append(" ", button);
     }
@@ -194,16 +194,16 @@ function renderResults(node, entry) {
   const ids = entry.results.map((r) => `result-${r.job}`).join(",");
   if (gallery.dataset.ids === ids) return; // unchanged: leave loaded images alone
   gallery.dataset.ids = ids;
-  gallery.replaceChildren(...entry.results.map((r) => {
+  rebuild(gallery, entry.results.map((r) => {
     // Each a button, so that the keyboard opens the viewer too.
-    const photo = el("button", { type: "button", class: "open" },
+    const photo = el("button", { type: "button", class: "open", "data-key": `photo-${r.job}` },
       el("img", { src: r.input, alt: `photo ${r.file}`, loading: "lazy", "data-full": r.input }));
     // A preview in the tile (a result may be 80 MB); the full result a click away, in the viewer.
-    const result = el("button", { type: "button", class: "open" },
+    const result = el("button", { type: "button", class: "open", "data-key": `result-${r.job}` },
       el("img", { src: r.preview || r.result, alt: `result ${r.file}`, loading: "lazy", "data-full": r.result }));
     const links = el("div", { class: "links" }, el("span", { text: `${r.file} · ${seconds(r.seconds)} ` }));
-    if (r.animation) links.append(el("a", { href: r.animation, target: "_blank", text: "GIF" }), " ");
-    if (r.loss) links.append(el("a", { href: r.loss, target: "_blank", text: "loss" }));
+    if (r.animation) links.append(el("a", { href: r.animation, target: "_blank", text: "GIF", "data-key": `gif-${r.job}` }), " ");
+    if (r.loss) links.append(el("a", { href: r.loss, target: "_blank", text: "loss", "data-key": `loss-${r.job}` }));
     return el("figure", { id: `result-${r.job}`, class: "result" }, el("div", { class: "pair" }, photo, result), links);
   }));
 }
@@ -215,7 +215,7 @@ function renderFailed(node, entry, actions) {
   const ids = entry.failed_jobs.map((f) => `${f.job}:${f.error}`).join("\n") + `/${actions}`;
   if (list.dataset.ids === ids) return; // unchanged: a rebuild under the pointer loses a click
   list.dataset.ids = ids;
-  list.replaceChildren(...entry.failed_jobs.map((f) => {
+  rebuild(list, entry.failed_jobs.map((f) => {
     const cancelled = (f.error || "").startsWith("Cancelled:");
     const item = el("li", { id: `failed-${f.job}` }, el("b", { text: f.file }), ": ",
       el("span", { class: cancelled ? "reason cancelled" : "reason", text: f.error || "unknown" }));
@@ -223,7 +223,7 @@ function renderFailed(node, entry, actions) {
     if (f.no_retry) {
       item.append(" ", el("span", { class: "no-retry", text: `(${f.no_retry}: a retry cannot help)` }));
     } else if (actions) {
-      const button = el("button", { type: "button", class: "retry", text: "retry" });
+      const button = el("button", { type: "button", class: "retry", text: "retry", "data-key": `retry-${f.job}` });
       button.addEventListener("click", () => act(f.job, "retry", button));
       item.append(" ", button);
     }
@@ -245,9 +245,20 @@ function renderLeftAlone(node, entry) {
 // In the report's order: an inbox a reload adds takes its place among the others, as it
 // would in a page loaded afresh.
 function order(keys) {
-  const sections = keys.map(section);
-  const shown = [...main.children].filter((node) => sections.includes(node));
-  if (shown.some((node, index) => node !== sections[index])) main.append(...sections);
+  let before = null;
+  for (const node of keys.map(section)) { // only a misplaced one moves (and loses focus)
+    const wanted = before ? before.nextElementSibling : main.firstElementChild;
+    if (node !== wanted) main.insertBefore(node, wanted);
+    before = node;
+  }
+}
+
+// A list made anew keeps the keyboard's focus on the control it was on (found again by
+// its data-key), where that control is still there.
+function rebuild(list, children) {
+  const focused = list.contains(document.activeElement) ? document.activeElement.dataset.key : null;
+  list.replaceChildren(...children);
+  if (focused) list.querySelector(`[data-key="${focused}"]`)?.focus();
 }
 
 function render(report) {
