@@ -332,7 +332,12 @@ def test_a_batch_begins_with_the_workers_placed_and_the_others_join_later(
         result = batch(config, "--ray", ray_address)
     finally:
         gate.touch()
-        held = holding.wait(timeout=60)
+        try:
+            held = holding.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # its actor would hold a CPU of the instance
+            holding.kill()
+            holding.wait()
+            raise
     assert result.returncode == 0, result.stderr
     assert "1 more Ray worker(s) join as they start (1 CPU each" in result.stderr, result.stderr
     assert "1 Ray worker(s) (1 CPU each) on 1 node(s)" in result.stderr

@@ -348,12 +348,18 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._broken: str | None = None
         """Why no actor is left to run anything, once that is so."""
+        self._closed = False
+        """Set by :meth:`close`: no actor is started or given work after it."""
         for _ in range(actors):
             self._add()  # idle once its plugin has started (wait_ready)
 
-    def _add(self) -> Any:
-        actor = self._make()
+    def _add(self) -> Any | None:
+        """A new actor, or ``None`` once the batch has ended (a job's failure may come back
+        after :meth:`close`)."""
         with self._lock:
+            if self._closed:
+                return None
+            actor = self._make()
             self._all.append(actor)
         return actor
 
@@ -399,17 +405,24 @@ class RayExecutor:
                     need,
                     _resources(self.ray),
                 )
-        if pending:  # the others, started alike, are most likely a moment behind it
-            more, pending = self.ray.wait(
-                pending, num_returns=len(pending), timeout=min(5.0, time.monotonic() - began)
-            )
-            done += more
         try:
             found = self.ray.get(done)
         except self.ray.exceptions.RayError as exc:
             raise ConfigError(f"the plugin failed to start on a Ray worker: {_line(exc)}") from None
         for ref, where in zip(done, found, strict=True):
             self._started(of[ref], where)
+        if pending:  # the others, started alike, are most likely a moment behind them
+            more, pending = self.ray.wait(
+                pending, num_returns=len(pending), timeout=min(5.0, time.monotonic() - began)
+            )
+            for ref in more:  # one of these failing is one worker less, as in _join
+                try:
+                    where = self.ray.get(ref)
+                except self.ray.exceptions.RayError as exc:
+                    self._drop(of[ref], exc)
+                    continue
+                self._started(of[ref], where)
+                found.append(where)
         if pending:
             log.info(
                 "%d more Ray worker(s) join as they start (%s each; the cluster has %s)",
@@ -422,7 +435,11 @@ class RayExecutor:
         return found
 
     def _started(self, actor: Any, where: dict[str, Any]) -> None:
-        """``actor`` has started its plugin at ``where``: it takes work from now on."""
+        """``actor`` has started its plugin at ``where``: it takes work from now on (unless
+        the batch has ended meanwhile)."""
+        with self._lock:
+            if self._closed or actor not in self._all:
+                return
         self._where[id(actor)] = where
         if self.cuda and where["device_kind"] != "cuda":
             log.warning(
@@ -441,18 +458,25 @@ class RayExecutor:
             try:
                 where = self.ray.get(ready)
             except Exception as exc:
-                with self._lock:
-                    if actor not in self._all:
-                        return  # the batch ended and closed it
-                    self._all.remove(actor)
-                    left = len(self._all)
-                log.error("a new Ray worker failed to start its plugin: %s", _line(exc))
-                if left == 0:
-                    self._broken = f"the plugin failed to start on a new worker: {_line(exc)}"
+                self._drop(actor, exc)
                 return
             self._started(actor, where)
 
         threading.Thread(target=join, name="ray-join", daemon=True).start()
+
+    def _drop(self, actor: Any, exc: BaseException) -> None:
+        """``actor``'s plugin failed to start: the batch goes on without it, and once no
+        actor is left, jobs fail saying why."""
+        with self._lock:
+            if actor not in self._all:
+                return  # the batch ended and closed it
+            self._all.remove(actor)
+            left = len(self._all)
+        log.error("a Ray worker failed to start its plugin: %s", _line(exc))
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor, no_restart=True)
+        if left == 0:
+            self._broken = f"the plugin failed to start on a Ray worker: {_line(exc)}"
 
     def execute_many(
         self,
@@ -538,6 +562,8 @@ class RayExecutor:
         with contextlib.suppress(Exception):  # already gone
             self.ray.kill(dead, no_restart=True)
         fresh = self._add()
+        if fresh is None:
+            return
         log.warning("a Ray worker died; starting another in its place")
         self._join(fresh, fresh.ready.remote())
 
@@ -547,6 +573,7 @@ class RayExecutor:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             actors, self._all = list(self._all), []
         for actor in actors:
             with contextlib.suppress(Exception):
