@@ -440,3 +440,10 @@ def test_an_existing_folder_is_no_model_name(tmp_path: Path, photos: Path) -> No
     assert result.stderr.strip() == (
         f"stylebox: config error: --out {tmp_path} is a folder; name the model: MODEL.onnx"
     )
+    # One that does not exist yet, named as a folder, is one too (not models/.onnx).
+    new = f"{tmp_path}/models/"
+    result = train_refusal("--style", "starry_night", "--content-dir", str(photos), "--out", new)
+    assert result.stderr.strip() == (
+        f"stylebox: config error: --out {new} is a folder; name the model: MODEL.onnx"
+    )
+    assert not (tmp_path / "models").exists()

@@ -13,6 +13,10 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ import torch
 from torch import nn
 
 from stylebox.errors import ConfigError, PluginError
-from stylebox.images import write_temp
+from stylebox.images import fsync_dir, write_temp
 from stylebox.plugins.faststyle.manifest import ModelManifest, manifest_path
 from stylebox.plugins.faststyle.network import (
     MULTIPLE,
@@ -137,6 +141,22 @@ def _partial(path: Path) -> Path:
     """A hidden name beside ``path`` to write it under until it is checked: not ``*.onnx``
     (the bundled models are listed by that), and this process's own."""
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends (in the main thread; elsewhere they
+    are not delivered to this thread anyway): a model is never put in place without the
+    manifest that describes it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _synced(path: Path) -> None:
@@ -272,11 +292,13 @@ def export_with_manifest(
         )
         written.append(write_temp(manifest_path(out), manifest.encoded()))
         renames += [(model, out), (written[-1], manifest_path(out))]
+        with _signals_held():  # all written and checked: into place, all of them
+            for temp, name in renames:
+                os.replace(temp, name)
         if not variant:  # one left from an earlier export belongs to other weights
             for stale in (half, manifest_path(half)):
                 stale.unlink(missing_ok=True)
-        for temp, name in renames:  # all written and checked: into place
-            os.replace(temp, name)
+        fsync_dir(out.parent)
     except OSError as exc:
         raise PluginError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:

@@ -172,17 +172,7 @@ def train(
     checkpoint written stays whole."""
     # First: a style or content folder that cannot serve, or a run to lose, is refused
     # before anything slow or written.
-    checkpoint_path = out_dir / CHECKPOINT
-    if checkpoint_path.is_file() and not resume:
-        raise ConfigError(
-            f"{out_dir} holds a training run: add --resume to continue it, or remove it (or "
-            "give another --out) to start again"
-        )
-    if resume and not checkpoint_path.is_file():
-        raise ConfigError(
-            f"--resume: {out_dir} holds no checkpoint to continue; without --resume a new "
-            "run starts"
-        )
+    _no_run_to_lose(out_dir, resume)
     try:
         style = decode_image(params.style)
     except BadInput as exc:
@@ -199,6 +189,21 @@ def train(
             params, out_dir, style.rgb, photos, inputs, device, backbone or BackboneSpec(),
             resume, on_step, stop, on_checkpoint,
         )  # fmt: skip
+
+
+def _no_run_to_lose(out_dir: Path, resume: bool) -> None:
+    """Refuse a new run where ``out_dir`` holds one, and ``resume`` where it holds none."""
+    checkpoint_path = out_dir / CHECKPOINT
+    if checkpoint_path.is_file() and not resume:
+        raise ConfigError(
+            f"{out_dir} holds a training run: add --resume to continue it, or remove it (or "
+            "give another --out) to start again"
+        )
+    if resume and not checkpoint_path.is_file():
+        raise ConfigError(
+            f"--resume: {out_dir} holds no checkpoint to continue; without --resume a new "
+            "run starts"
+        )
 
 
 @contextmanager
@@ -243,6 +248,9 @@ def _train(
     on_checkpoint: Callable[[int], None] | None,
 ) -> TransformerNet:
     """:func:`train`'s run, its settings checked and its folder held."""
+    # Again, now that the folder is ours: a run that held it while this one loaded its
+    # photos may have written a checkpoint since.
+    _no_run_to_lose(out_dir, resume)
     checkpoint_path = out_dir / CHECKPOINT
     rng = random.Random(params.seed)
     state = None
