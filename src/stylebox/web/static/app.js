@@ -244,12 +244,17 @@ function renderLeftAlone(node, entry) {
 
 // In the report's order: an inbox a reload adds takes its place among the others, as it
 // would in a page loaded afresh.
+// The sections in the report's order; one whose inbox left the config (a reload) goes.
 function order(keys) {
+  const nodes = keys.map(section);
   let before = null;
-  for (const node of keys.map(section)) { // only a misplaced one moves (and loses focus)
+  for (const node of nodes) { // only a misplaced one moves (and loses focus)
     const wanted = before ? before.nextElementSibling : main.firstElementChild;
     if (node !== wanted) main.insertBefore(node, wanted);
     before = node;
+  }
+  for (const node of [...main.querySelectorAll(":scope > section.source")]) {
+    if (!nodes.includes(node)) node.remove();
   }
 }
 
