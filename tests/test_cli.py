@@ -436,3 +436,28 @@ def test_run_refuses_an_out_or_state_dir_that_cannot_be_a_folder(
                       str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"))  # fmt: skip
     assert result.returncode == 2 and "is not an image" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
+
+
+def test_an_empty_path_is_refused_by_name_not_taken_for_the_working_folder(
+    tmp_path: Path, photo_file: Path
+) -> None:
+    # Path("") is ".": `--out ""` wrote into the working folder, `--style ""` and a config's
+    # `path = ""` were said as ".", `--config ""` could not read the folder ".".
+    for args, said in [
+        (["run", str(photo_file), "--out", ""], "stylebox run: error: argument --out: empty"),
+        (["serve", "--config", ""], "stylebox serve: error: argument --config: empty"),
+        (["run", str(photo_file), "--out", str(tmp_path / "o"), "--set", "style=''"],
+         "stylebox: config error: gatys param style[0]: empty: give an image file or a "
+         "bundled style's name (got '')"),
+        (["train", "--style", "starry_night", "--content-dir", str(tmp_path), "--out", ""],
+         "stylebox: config error: --out is empty; name the model: MODEL.onnx"),
+    ]:  # fmt: skip
+        result = stylebox(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(said), result.stderr
+    config = tmp_path / "c.toml"
+    config.write_text('[[inbox]]\nname = "a"\npath = ""\noutbox = "o"\nplugin = "posterize"\n')
+    result = stylebox("config", "check", str(config))
+    assert result.returncode == 2
+    assert "[[inbox]] #1 (a).path: empty: give a path (got '')" in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()

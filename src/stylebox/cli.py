@@ -42,7 +42,7 @@ from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
-from stylebox.plugins.api import Runtime, companion_kind
+from stylebox.plugins.api import Runtime, companion_kind, path_argument
 from stylebox.plugins.registry import Registry, discover, load_quietly
 
 if TYPE_CHECKING:
@@ -176,8 +176,10 @@ def _parser() -> argparse.ArgumentParser:
         "snapshots, animation and manifest to --out. An interrupted run resumes where it "
         "stopped when the same command is given again.",
     )
-    run.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    run.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    run.add_argument("images", nargs="+", type=path_argument, metavar="IMAGE")
+    run.add_argument(
+        "--out", type=path_argument, required=True, metavar="DIR", help="output folder"
+    )
     run.add_argument("--plugin", help="plugin name (default: the inbox's, or gatys)")
     run.add_argument(
         "--set",
@@ -187,9 +189,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set a plugin param; VALUE is read as TOML (50, 0.5, [256], true) or else as text",
     )
-    run.add_argument("--config", type=Path, help="take params (and state_dir) from this config")
+    run.add_argument(
+        "--config", type=path_argument, help="take params (and state_dir) from this config"
+    )
     run.add_argument("--inbox", help="which [[inbox]] of --config to take params from")
-    run.add_argument("--state-dir", type=Path, help="checkpoints and caches (default: var/state)")
+    run.add_argument(
+        "--state-dir", type=path_argument, help="checkpoints and caches (default: var/state)"
+    )
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
     run.add_argument(
         "--format", choices=["png", "jpeg", "webp"], help="result format (default: png)"
@@ -203,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
         "SIGTERM drains (running jobs checkpoint and resume at the next start); SIGHUP "
         "reloads the config.",
     )
-    serve.add_argument("--config", type=Path, help=default_config)
+    serve.add_argument("--config", type=path_argument, help=default_config)
     serve.set_defaults(handler=_cmd_serve)
 
     batch = commands.add_parser(
@@ -213,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
         "has not done, and run them in the foreground. Killed runs continue where they were.",
     )
     batch.add_argument("name", help="the [[batch]] table's name")
-    batch.add_argument("--config", type=Path, help=default_config)
+    batch.add_argument("--config", type=path_argument, help=default_config)
     batch.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     batch.add_argument(
         "--ray",
@@ -227,10 +233,10 @@ def _parser() -> argparse.ArgumentParser:
     batch.set_defaults(handler=_cmd_batch)
 
     status = commands.add_parser("status", help="jobs per inbox and batch, from the journal")
-    status.add_argument("--config", type=Path, help=default_config)
+    status.add_argument("--config", type=path_argument, help=default_config)
     status.add_argument(
         "--state-dir",
-        type=Path,
+        type=path_argument,
         help="read the journal there (a `run --state-dir`'s, say), not the config's state_dir",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -243,8 +249,10 @@ def _parser() -> argparse.ArgumentParser:
         "that MANIFEST records as an SVG file, <stem>.loss.svg beside it by default: for "
         "results made before the outbox got them.",
     )
-    plot.add_argument("manifest", type=Path, metavar="MANIFEST", help="a result's <stem>.json")
-    plot.add_argument("--out", type=Path, metavar="SVG", help="where to write the plot")
+    plot.add_argument(
+        "manifest", type=path_argument, metavar="MANIFEST", help="a result's <stem>.json"
+    )
+    plot.add_argument("--out", type=path_argument, metavar="SVG", help="where to write the plot")
     plot.set_defaults(handler=_cmd_plot)
 
     plugins = commands.add_parser("plugins", help="list installed plugins and their params")
@@ -254,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="check a config file or print its JSON Schema")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate a config file")
-    check.add_argument("file", type=Path, nargs="?", help=default_config)
+    check.add_argument("file", type=path_argument, nargs="?", help=default_config)
     check.set_defaults(handler=_cmd_config_check)
     schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(handler=_cmd_config_schema)

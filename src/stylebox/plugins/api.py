@@ -27,6 +27,7 @@ registered in its package's ``pyproject.toml``::
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict, ValidationInfo
 
 from stylebox import bundled
 from stylebox.backbone_spec import BackboneSpec
@@ -74,6 +75,7 @@ __all__ = [
     "companions_of",
     "file_digest",
     "params_digest",
+    "path_argument",
     "word_or_file",
 ]
 
@@ -149,14 +151,36 @@ def word_or_file(words: Any) -> Callable[[Any, ValidationInfo], Any]:
     return validate
 
 
+def _not_empty(what: str) -> Callable[[Any], Any]:
+    """A before-validator refusing an empty path, saying to give ``what``: ``Path("")`` is
+    ``.``, which the errors then named."""
+
+    def validate(value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"empty: give {what}")
+        return value
+
+    return validate
+
+
+def path_argument(text: str) -> Path:
+    """An argparse ``type`` for a path argument of a command (the host's or a plugin's):
+    an empty one is refused, where ``Path("")`` would stand for the working folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a path")
+    return Path(text)
+
+
 #: A path, given as a string (TOML has no path type), also where its model is strict.
-PathValue = Annotated[Path, Strict(False)]
+PathValue = Annotated[Path, Strict(False), BeforeValidator(_not_empty("a path"))]
 #: A path to an existing file; relative paths are taken from the config file's ``root``
 #: (or the working directory on the command line).
 InputFile = Annotated[PathValue, AfterValidator(_existing_file)]
 #: Like :data:`InputFile`, but a bare name such as ``starry_night`` picks a bundled style.
 StyleFile = Annotated[
     PathValue,
+    # Before-validators run last-given first: this one's words win over PathValue's.
+    BeforeValidator(_not_empty("an image file or a bundled style's name")),
     AfterValidator(
         _bundled_or_file(bundled.find_style, bundled.style_names, "an image file", "style")
     ),
@@ -164,6 +188,7 @@ StyleFile = Annotated[
 #: Like :data:`InputFile`, but a bare name picks a bundled ONNX model.
 ModelFile = Annotated[
     PathValue,
+    BeforeValidator(_not_empty("an ONNX file or a bundled model's name")),
     AfterValidator(
         _bundled_or_file(bundled.find_model, bundled.model_names, "an ONNX file", "model")
     ),

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from stylebox.errors import ConfigError
 from stylebox.images import atomic_write_bytes
+from stylebox.plugins.api import path_argument
 
 log = logging.getLogger("stylebox.train")
 
@@ -74,7 +75,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         formatter_class=_WithDefaults,
     )
     train.add_argument("--style", required=True, help="style image path or bundled name")
-    train.add_argument("--content-dir", type=Path, required=True, help="photos to train on")
+    train.add_argument(
+        "--content-dir", type=path_argument, required=True, help="photos to train on"
+    )
     train.add_argument("--out", required=True, help="the model to write (.onnx)")
     train.add_argument(
         "--preset",
@@ -110,7 +113,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     export.add_argument(
         "checkpoint",
-        type=Path,
+        type=path_argument,
         help="OUT.train/checkpoint.pt of `stylebox train`, or a state dict of PyTorch's "
         "fast_neural_style example",
     )
@@ -241,6 +244,8 @@ def _resumable(saved: int, work: Path) -> str:
 def _model_out(given: str) -> Path:
     """The model file ``--out`` names: ``.onnx`` added where it is missing (``m.v2`` is
     ``m.v2.onnx``); a folder (``models/``, or one that exists) is refused."""
+    if not given.strip():
+        raise ConfigError("--out is empty; name the model: MODEL.onnx")
     if Path(given).is_dir() or given.endswith(("/", "\\")):
         raise ConfigError(f"--out {given} is a folder; name the model: MODEL.onnx")
     path = Path(given)
