@@ -461,3 +461,25 @@ def test_an_empty_path_is_refused_by_name_not_taken_for_the_working_folder(
     assert result.returncode == 2
     assert "[[inbox]] #1 (a).path: empty: give a path (got '')" in result.stderr, result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_command_loads_is_one_line_and_exit_130(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # In its first second (loading pydantic and the plugins' commands) a Ctrl-C printed
+    # the imports' traceback and a SIGTERM ended a batch with 143, no word said.
+    config = tmp_path / "c.toml"
+    config.write_text('[[batch]]\nname = "b"\nsource = "."\noutbox = "out"\nplugin = "posterize"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylebox.entry", "batch", "b", "--config", str(config)],
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a shell
+    )  # fmt: skip
+    time.sleep(0.3)  # the interpreter has started; the CLI is loading
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "stylebox: interrupted", stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()

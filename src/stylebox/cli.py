@@ -40,6 +40,7 @@ from stylebox.config import (
 )
 from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
+from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime, companion_kind, path_argument
@@ -108,25 +109,27 @@ def _stdout_console() -> Console:
 UNWRAPPED_WIDTH = 10_000
 
 
-#: Commands that a SIGTERM stops as a Ctrl-C does (exit 130, resumable): from their first
-#: moment, not only once their own handler is in place (while a Ray batch connected and
-#: placed its workers, a SIGTERM ended it with 143, or Ray's crash report and 1).
-STOPPED_LIKE_CTRL_C = frozenset({"run", "batch", "train", "export"})
-
-
 def _main(argv: Sequence[str] | None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logs.setup(logging.WARNING if args.quiet else logging.INFO)
-    stoppable = threading.current_thread() is threading.main_thread()
-    if args.command not in STOPPED_LIKE_CTRL_C or not stoppable:
-        return _handle(args)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    given = list(sys.argv[1:] if argv is None else argv)
+    guarded = threading.current_thread() is threading.main_thread() and (
+        command_of(given) in STOPPED_LIKE_CTRL_C
+    )
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if guarded else None
     try:
+        try:  # the plugins' commands load here: a Ctrl-C meanwhile is one line too
+            args = _parser().parse_args(given)
+        except KeyboardInterrupt:
+            _fail("interrupted")
+            return EXIT_INTERRUPTED
+        logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return _handle(args)
     finally:
-        # None: a handler Python did not install; the default stands in for it.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if guarded:
+            # The entry point's guard, or a handler Python did not install (None): the
+            # default stands in for them.
+            if previous is None or previous is signal.default_int_handler:
+                previous = signal.SIG_DFL
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _handle(args: argparse.Namespace) -> int:
