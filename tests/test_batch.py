@@ -190,6 +190,34 @@ def test_files_kept_beside_the_pictures_are_skipped_not_failed(tmp_path: Path) -
     assert (tmp_path / "stylised" / "scan.png").is_file()
 
 
+def test_a_batch_fed_by_another_batchs_outbox_takes_only_its_results(tmp_path: Path) -> None:
+    # It stylised the upstream batch's animations and every snapshot, as an inbox did once.
+    config, _ = setup(tmp_path, 0)
+    config.write_text(
+        config.read_text() + '\n[[batch]]\nname = "again"\nsource = "stylised"\noutbox = "twice"\n'
+        'plugin = "posterize"\n'
+    )
+    upstream = tmp_path / "stylised"
+    for seed, folder in enumerate((upstream, upstream / "2026")):  # as gatys writes them
+        (folder / "a.steps").mkdir(parents=True)
+        photo(24, 16, seed=seed).save(folder / "a.png")
+        photo(24, 16, seed=seed + 2).save(folder / "a.steps" / "0025.png")
+        photo(24, 16, seed=seed + 4).save(folder / "a.gif")
+        (folder / "a.json").write_text("{}")
+        (folder / "a.loss.svg").write_text("<svg/>")
+    result = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "batch", "again", "--config", str(config),
+         "--dry-run"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.stdout.splitlines() == [str(upstream / "2026" / "a.png"), str(upstream / "a.png")]
+    assert "2 of 2 image(s) would run" in result.stderr, result.stderr
+    assert (
+        "skipped 8 file(s) that [[batch]] nightly writes beside its results: 2026/a.gif, "
+        "2026/a.json, 2026/a.loss.svg, 2026/a.steps/0025.png, a.gif and 3 more"
+    ) in result.stderr, result.stderr
+
+
 def test_an_earlier_runs_failure_does_not_fail_the_next(tmp_path: Path) -> None:
     # Under a nightly timer, a bad file removed after its failure must not mark every
     # later run failed; the figures logged are this run's.

@@ -118,6 +118,16 @@ class JobConfig(_JobBase):
         None, gt=0, description="Cancel (and retry) a job running longer than this"
     )
 
+    _fed_by: str | None = PrivateAttr(None)
+
+    @property
+    def fed_by(self) -> str | None:
+        """The inbox (or ``[[batch]] name``) whose outbox this inbox's folder or this
+        batch's source is (a chain), set when the config is loaded: it takes that one's
+        results, never the manifests, animations, loss plots and snapshot folders written
+        beside them."""
+        return self._fed_by
+
 
 class InboxConfig(JobConfig):
     path: PathValue = Field(description="The folder people drop photos into")
@@ -140,15 +150,6 @@ class InboxConfig(JobConfig):
         and ``failed_dir`` where they lie in it."""
         folders = (self.processed_dir, self.failed_dir)
         return frozenset(p.name for p in folders if p.parent == self.path)
-
-    _fed_by: str | None = PrivateAttr(None)
-
-    @property
-    def fed_by(self) -> str | None:
-        """The inbox (or ``[[batch]] name``) whose outbox this inbox's folder is (a chain),
-        set when the config is loaded: this inbox takes that one's results, never the
-        manifests, animations, loss plots and snapshot folders written beside them."""
-        return self._fed_by
 
 
 class BatchConfig(JobConfig):
@@ -366,6 +367,8 @@ def parse_config(
     outboxes.update({inbox.outbox.resolve(): inbox.name for inbox in config.inbox})
     for inbox in config.inbox:
         inbox._fed_by = outboxes.get(inbox.path.resolve())
+    for batch in config.batch:
+        batch._fed_by = outboxes.get(batch.source.resolve())
     loaded = LoadedConfig(config=config, source=source, root=root)
     problems = _folder_problems(config) + _loop_problems(config) + _backbone_problems(loaded)
     for table, entries in (("inbox", config.inbox), ("batch", config.batch)):

@@ -32,7 +32,7 @@ from stylebox.daemon.ray_engine import (
 )
 from stylebox.daemon.runner import Reporter
 from stylebox.daemon.sources import Source, build_sources
-from stylebox.daemon.watcher import is_ignored
+from stylebox.daemon.watcher import beside_a_result, is_ignored
 from stylebox.errors import ConfigError
 from stylebox.images import DEFAULT_FORMATS, plainly_not_an_image
 from stylebox.plugins.api import companion_kind
@@ -61,19 +61,29 @@ def scan(
     formats: frozenset[str] = DEFAULT_FORMATS,
     links: list[Path] | None = None,
     companions: list[Path] | None = None,
+    upstream: list[Path] | None = None,
 ) -> Iterator[Path]:
     """Candidate files of the source folder, in a stable order. Files kept beside the
     pictures (``notes.txt``, XMP sidecars: see :func:`plainly_not_an_image`, with the
     accepted ``formats``) are no candidates; they go to ``others``, if given. Symbolic
     links are not followed (to a file or a folder: a batch stays in its source); they go
     to ``links``, if given. A photo's companions (``photo.mask.png``), which its job reads
-    from beside it, go to ``companions``, if given."""
+    from beside it, go to ``companions``, if given. Where the source is another inbox's or
+    batch's outbox (:attr:`~stylebox.config.JobConfig.fed_by`), what that one writes
+    beside its results (animations, snapshot folders) goes to ``upstream``, if given."""
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
     for path in sorted(config.source.glob(pattern)):
         relative = path.relative_to(config.source)
         if any(is_ignored(part) for part in relative.parts):
+            continue
+        if config.fed_by and (
+            beside_a_result(relative.name, folder=False)
+            or any(beside_a_result(part, folder=True) for part in relative.parts[:-1])
+        ):
+            if upstream is not None and path.is_file():
+                upstream.append(path)
             continue
         if path.is_symlink():
             if links is not None:
@@ -121,8 +131,11 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     links: list[Path] = []
     companions: list[Path] = []
     formats = frozenset(loaded.config.images.formats)
-    files = list(scan(batch, others, formats, links, companions))
+    upstream: list[Path] = []
+    files = list(scan(batch, others, formats, links, companions, upstream))
     _say_skipped(others, batch.source, "file(s) that are not pictures")
+    what = f"file(s) that {batch.fed_by} writes beside its results"
+    _say_skipped(upstream, batch.source, what)
     photos = {(path.parent, path.stem) for path in files}
     read: list[Path] = []
     alone: list[Path] = []
