@@ -90,6 +90,38 @@ def test_batch_runs_once_leaves_inputs_and_skips_what_is_done(tmp_path: Path) ->
     ]  # fmt: skip
 
 
+def test_a_result_not_in_the_outbox_is_made_again(tmp_path: Path) -> None:
+    # The journal alone said what was done: a deleted result, a new outbox or a new format
+    # gave nothing ("done_before": 16, exit 0, the new outbox never made).
+    config, library = setup(tmp_path, 3)
+    dry = batch(config, "--dry-run")
+    assert "3 of 3 image(s) would run" in dry.stderr
+    assert not (tmp_path / "state").exists()  # a dry run changes nothing, nor makes state
+    assert batch(config).returncode == 0
+    out = tmp_path / "stylised"
+    (out / "img001.png").unlink()
+    (out / "img001.json").unlink()
+    assert batch(config, "--dry-run").stdout.splitlines() == [str(library / "img001.png")]
+    again = batch(config)
+    assert again.returncode == 0, again.stderr
+    assert "queued again: its result is not in the outbox" in again.stderr
+    (finished,) = [json.loads(line) for line in again.stderr.splitlines() if "finished" in line]
+    assert (finished["done"], finished["done_before"]) == (1, 2)
+    assert (out / "img001.png").is_file() and not (out / "img001-2.png").exists()
+
+    config.write_text(config.read_text().replace('"stylised"', '"elsewhere"'))
+    assert batch(config).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "elsewhere").rglob("*.png")) == [
+        "img000.png", "img001.png", "img002.png"
+    ]  # fmt: skip
+    config.write_text(config.read_text() + '[batch.output]\nformat = "jpeg"\n')
+    assert batch(config).returncode == 0  # the PNGs and their manifests keep their names
+    assert sorted(p.name for p in (tmp_path / "elsewhere").glob("img001*")) == [
+        "img001-2.jpg", "img001-2.json", "img001.json", "img001.png"
+    ]  # fmt: skip
+    assert batch(config, "--dry-run").stdout == ""
+
+
 def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path) -> None:
     config, library = setup(tmp_path, 0)
     for folder, seed in (("", 1), ("2025", 2), ("2025/.trash", 3), ("broken", 4)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,22 +146,13 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     _say_skipped(read, batch.source, "mask(s), which their photos' jobs read")
     _say_skipped(alone, batch.source, "mask(s) without their photo, which no job reads")
     _say_skipped(links, batch.source, "symbolic link(s), which a batch does not follow")
+    if dry_run:
+        return _dry_run(loaded, name, files)
     make_folder("state_dir", loaded.config.state_dir)
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
-    # A dry run starts the plugin too: what is done depends on its settings and models
-    # (the params digest), and on each file's bytes, as in the run.
-    sources = build_sources(loaded, discover(), ("batch",), only=name)
-    source = sources.get(key)
-    if source is None:
-        raise ConfigError(f"[[batch]] {name!r} cannot run: {loaded.unavailable[('batch', name)]}")
-    if dry_run:
-        todo = Pipeline(loaded, sources, journal).would_run(source, files)
-        for path in todo:
-            print(path)
-        print(f"{len(todo)} of {len(files)} image(s) would run", file=sys.stderr)
-        return 0
-
+    sources = _sources(loaded, name)
+    source = sources[key]
     make_folder(f"batch {name!r} outbox", batch.outbox)
     executor: RayExecutor | None = None
     ray_module = connect(ray or batch.ray_address) if on_ray else None
@@ -234,6 +226,39 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
         return 130
     log.info("batch finished", extra={"batch": name, "files": len(files), **counts})
     return 1 if counts["failed"] else 0
+
+
+def _sources(loaded: LoadedConfig, name: str) -> dict[str, Source]:
+    """The sources with the batch ``name``'s, its plugin started, or a :class:`ConfigError`
+    saying why it cannot run."""
+    sources = build_sources(loaded, discover(), ("batch",), only=name)
+    if f"batch:{name}" not in sources:
+        raise ConfigError(f"[[batch]] {name!r} cannot run: {loaded.unavailable[('batch', name)]}")
+    return sources
+
+
+def _dry_run(loaded: LoadedConfig, name: str, files: list[Path]) -> int:
+    """List the ``files`` of batch ``name`` that a run would run, changing nothing: the
+    journal is read as it is (none yet: nothing is done), and where there is no state
+    folder yet, the plugin's caches go to a scratch folder. It starts the plugin too: what
+    is done depends on its settings and models (the params digest), as in the run."""
+    existing = journal_path(loaded.config.state_dir)
+    with tempfile.TemporaryDirectory(prefix="stylebox-dry-run-") as scratch:
+        if not loaded.config.state_dir.exists():
+            loaded.config.state_dir = Path(scratch)
+        if existing.exists():
+            journal = Journal(existing, read_only=True)
+        else:
+            journal = Journal(Path(scratch) / existing.name)
+        try:
+            sources = _sources(loaded, name)
+            todo = Pipeline(loaded, sources, journal).would_run(sources[f"batch:{name}"], files)
+        finally:
+            journal.close()
+    for path in todo:
+        print(path)
+    print(f"{len(todo)} of {len(files)} image(s) would run", file=sys.stderr)
+    return 0
 
 
 def _ray_executor(

@@ -510,13 +510,22 @@ class Journal:
         give it a fresh set of attempts, keeping its output names, or taking ``stem``
         instead (another job took them meanwhile). Its start time is cleared: it starts
         afresh (a photo cut short gets its grace again, counted from this claim)."""
+        return self._queue_again(job_id, input_path, stem, "failed")
+
+    def remake(self, job_id: int, input_path: Path, stem: str) -> JobRow:
+        """A done job of a batch whose result is not in the outbox (deleted, or the outbox
+        or its format changed): queued again as :meth:`retry_failed` queues a failed one,
+        under output names ``stem``."""
+        return self._queue_again(job_id, input_path, stem, "done")
+
+    def _queue_again(self, job_id: int, input_path: Path, stem: str | None, state: str) -> JobRow:
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, "
                 "started_at = NULL, origin_path = ?, input_path = ?, name = ?, "
                 "error_class = NULL, hopeless = NULL, error_message = NULL, finished_at = NULL, "
                 "stem = COALESCE(?, stem) "
-                "WHERE id = ? AND state = 'failed'",
+                "WHERE id = ? AND state = ?",
                 (
                     time.time(),  # runnable from now: when it was queued again, for the page
                     _path(input_path),
@@ -524,6 +533,7 @@ class Journal:
                     readable(input_path.name),
                     stem,
                     job_id,
+                    state,
                 ),
             )
             return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())

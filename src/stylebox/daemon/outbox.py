@@ -184,6 +184,10 @@ class Outbox:
             self._reserved = earlier._reserved
         self._lock = earlier._lock
 
+    def names(self, stem: str) -> OutputNames:
+        """The names of job ``stem``'s outputs, in this outbox's format (reserving nothing)."""
+        return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
+
     def _taken(self, stem: str) -> bool:
         # A result in any format counts, so one is never shadowed by another.
         return stem in self._reserved or any(

@@ -286,6 +286,8 @@ class Pipeline:
             row = self.journal.existing(entry)
             if row is None or row.state != "done":
                 todo.append(path)
+            elif row.origin_path == str(path) and not self._result_in_outbox(source, row):
+                todo.append(path)  # remade (see _after_add)
         return todo
 
     def _entry(self, source: Source, path: Path, companions: str | None = None) -> NewJob | None:
@@ -403,6 +405,22 @@ class Pipeline:
             self._supersede_queued(source, path, row)  # the retry moves the file when done
             log.info("queued again after failing", extra=self._fields(row, "retry"))
             return "retry"
+        if (
+            not source.moves_inputs
+            and row.origin_path == str(path)
+            and not self._result_in_outbox(source, row)
+        ):
+            # A batch's own file, done, whose result is not where the batch writes now: its
+            # names if they are free, else new ones (an earlier format's result keeps its).
+            assert row.stem is not None
+            kept = source.outbox.reserve_stem(row.stem)
+            row = self.journal.remake(row.id, path, kept.stem if kept else source.reserve(row))
+            log.info(
+                "queued again: its result is not in the outbox (deleted, or the outbox or "
+                "its format changed)",
+                extra={**self._fields(row, "remake"), "outbox": str(source.outbox.folder)},
+            )
+            return "retry"
         # The same bytes with the same settings: not stylised twice.
         if source.moves_inputs:
             self._supersede_queued(source, path, row)
@@ -487,6 +505,13 @@ class Pipeline:
         except Exception:  # not moved aside: back to the queue, to fail in its turn
             self.journal.requeue(claimed.id)
             raise
+
+    @staticmethod
+    def _result_in_outbox(source: Source, row: JobRow) -> bool:
+        """Whether done job ``row``'s result is in ``source``'s outbox, in its format now."""
+        if row.stem is None:  # a legacy job, named when it ran: no telling
+            return True
+        return source.outbox.names(row.stem).result.is_file()
 
     @staticmethod
     def _retry_stem(source: Source, row: JobRow) -> str:
