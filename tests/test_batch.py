@@ -250,6 +250,31 @@ def test_a_batch_fed_by_another_batchs_outbox_takes_only_its_results(tmp_path: P
     ) in result.stderr, result.stderr
 
 
+def test_each_file_of_failing_bytes_fails_on_its_own_in_every_run(tmp_path: Path) -> None:
+    # Two empty files: the second took the first's failed job over, and from the next run on
+    # one of them was "done before", its failure unsaid; status named both "zero.png".
+    config, library = setup(tmp_path, 1)
+    for folder in ("a", "b"):
+        (library / folder).mkdir()
+        (library / folder / "zero.png").write_bytes(b"")
+    for run in range(2):
+        result = batch(config)
+        assert result.returncode == 1, result.stderr
+        lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+        (finished,) = [line for line in lines if line["msg"] == "batch finished"]
+        failed = {line["file"] for line in lines if line["msg"] == "failed"}
+        assert failed == {"a/zero.png", "b/zero.png"}, result.stderr
+        assert (finished["failed"], finished["done_before"]) == (2, run)  # img000, once done
+    status = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    said = [
+        line.split(":")[0].split()[-1] for line in status.stdout.splitlines() if "failed #" in line
+    ]
+    assert sorted(said) == ["a/zero.png", "b/zero.png"], status.stdout
+
+
 def test_an_earlier_runs_failure_does_not_fail_the_next(tmp_path: Path) -> None:
     # Under a nightly timer, a bad file removed after its failure must not mark every
     # later run failed; the figures logged are this run's.

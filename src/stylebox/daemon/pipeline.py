@@ -400,6 +400,14 @@ class Pipeline:
                 extra={**self._fields(row, "waiting"), "path": files.readable(str(path))},
             )
             return "waiting"
+        if row.state == "failed" and not source.moves_inputs and row.origin_path != str(path):
+            # Another file of a batch with bytes whose job failed: a job of its own, so that
+            # each file's failure is said and counted (it took the job over, and the file
+            # that had it was "done before" in the next run, its failure unsaid).
+            stem = source.outbox.reserve(files.readable(path.name), source.subfolder(path)).stem
+            own = replace(entry, unique_key=f"{entry.unique_key}|{path}", stem=stem)
+            added = self._add(source, [own])[0]
+            return "error" if added is None else self._after_add(source, path, own, *added)
         if row.state == "failed":
             row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row))
             self._supersede_queued(source, path, row)  # the retry moves the file when done

@@ -38,16 +38,9 @@ class Source:
         return isinstance(self.config, InboxConfig)
 
     def subfolder(self, path: Path) -> str:
-        """Where under the outbox the results of the input ``path`` go: a recursive batch
-        mirrors its source's sub-folders (``2024/june``); ``""``, the outbox itself, for
-        everything else."""
-        if not (isinstance(self.config, BatchConfig) and self.config.recursive):
-            return ""
-        try:
-            relative = path.parent.relative_to(self.config.source)
-        except ValueError:
-            return ""
-        return "" if relative == Path() else files.readable(relative.as_posix())
+        """Where under the outbox the results of the input ``path`` go (see
+        :func:`subfolder_of`)."""
+        return subfolder_of(self.config, path)
 
     def file_name(self, row: JobRow) -> str:
         """How the job ``row``'s file is named to people: under its sub-folder where its
@@ -56,9 +49,7 @@ class Source:
 
     def name_of(self, path: Path) -> str:
         """How the file ``path`` of this source is named to people (see :meth:`file_name`)."""
-        folder = self.subfolder(path)
-        name = files.readable(path.name)
-        return f"{folder}/{name}" if folder else name
+        return name_of(self.config, path)
 
     def reserve(self, row: JobRow) -> str:
         """A free output stem for the job ``row`` (its input where the journal says)."""
@@ -144,3 +135,24 @@ def build_sources(
         if outbox is not source.outbox:
             source.outbox.share_reservations(outbox)
     return sources
+
+
+def subfolder_of(config: JobConfig, path: Path) -> str:
+    """Where under the outbox the results of the input ``path`` go: a recursive batch
+    mirrors its source's sub-folders (``2024/june``); ``""``, the outbox itself, for
+    everything else."""
+    if not (isinstance(config, BatchConfig) and config.recursive):
+        return ""
+    try:
+        relative = path.parent.relative_to(config.source)
+    except ValueError:
+        return ""
+    return "" if relative == Path() else files.readable(relative.as_posix())
+
+
+def name_of(config: JobConfig, path: Path) -> str:
+    """How the file ``path`` of the inbox or batch ``config`` is named to people: under its
+    sub-folder where its results are in one (``2024/june/a.jpg``), else by its name."""
+    folder = subfolder_of(config, path)
+    name = files.readable(path.name)
+    return f"{folder}/{name}" if folder else name

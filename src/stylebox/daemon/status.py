@@ -11,6 +11,7 @@ from typing import Any
 from stylebox.config import LoadedConfig, load_config
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.leases import pid_alive
+from stylebox.daemon.sources import name_of
 from stylebox.daemon.watcher import left_alone
 
 
@@ -48,7 +49,7 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
         entry["waiting_jobs"] = [
             {
                 "job": row.id,
-                "file": row.name,
+                "file": _name(loaded, row),
                 "error": row.reason,
                 "retry_in_seconds": round(row.not_before - now, 1),
             }
@@ -59,10 +60,21 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
         failed = sorted(
             journal.jobs(key, "failed"), key=lambda r: (r.finished_at or 0.0, r.id), reverse=True
         )[:5]
-        entry["last_errors"] = [{"job": r.id, "file": r.name, "error": r.reason} for r in failed]
+        entry["last_errors"] = [
+            {"job": r.id, "file": _name(loaded, r), "error": r.reason} for r in failed
+        ]
         report["sources"][key] = entry
     journal.close()
     return _with_left_alone(report, loaded)
+
+
+def _name(loaded: LoadedConfig, row: JobRow) -> str:
+    """The job ``row``'s file as its log lines name it: under its sub-folder in a recursive
+    batch (two ``t.png`` of two folders were told apart by nothing)."""
+    table, _, name = row.source.partition(":")
+    if table != "batch" or not any(batch.name == name for batch in loaded.config.batch):
+        return row.name
+    return name_of(loaded.job("batch", name), Path(row.origin_path))
 
 
 def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
