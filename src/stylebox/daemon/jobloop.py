@@ -206,12 +206,16 @@ class JobLoop:
             sources = self.pipeline.sources.values()
             lanes = sum(s.config.workers for s in sources if s.device_type == device)
             if limit < lanes:
+                inboxes = any(s.moves_inputs for s in sources)
                 log.warning(
-                    "[daemon] workers limits %s to %d job(s) at once for %d inbox worker(s): "
-                    "an inbox's jobs can wait behind another's",
+                    "[daemon] workers limits %s to %d job(s) at once for %d %s worker(s): %s",
                     device,
                     limit,
                     lanes,
+                    "inbox" if inboxes else "batch",
+                    "an inbox's jobs can wait behind another's"
+                    if inboxes
+                    else "fewer of its jobs run at once than its workers say",
                     extra={"event": "device_limit"},
                 )
 
