@@ -98,6 +98,32 @@ def test_a_batch_bar_counts_ended_photos_and_failures(monkeypatch: pytest.Monkey
     assert "img/s" in shown
 
 
+def test_without_a_terminal_a_batch_says_its_count_in_a_line_now_and_then(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under journald a long batch said nothing between its jobs' start and end lines.
+    import stylebox.progress as progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # no terminal
+    caplog.set_level("INFO", logger="stylebox")
+    with progress.count_bar("batch nightly", 10) as advance:
+        advance(3, 1)  # the first line waits for COUNT_LINE_SECONDS
+        advance(0)
+        monkeypatch.setattr(progress, "COUNT_LINE_SECONDS", 0.0)
+    with progress.count_bar("batch nightly", 10) as advance:
+        advance(4, 1)
+        advance(0)  # a retry queued: nothing ended, nothing said
+        advance(6)
+    with progress.count_bar("train", 10, lines=False) as advance:
+        advance(10)  # training logs its own step lines
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("batch", "tr"))]
+    assert len(said) == 2, said
+    assert re.fullmatch(
+        r"batch nightly: 4 of 10 ended \(1 failed\) in 0:00:00, about 0:00:00 left", said[0]
+    ), said
+    assert re.fullmatch(r"batch nightly: 10 of 10 ended \(1 failed\) in 0:00:00", said[1]), said
+
+
 def test_a_log_line_is_printed_above_the_bar_not_across_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

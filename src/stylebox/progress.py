@@ -229,12 +229,13 @@ class _RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def count_bar(label: str, total: int) -> Iterator[Callable[[int, int], None]]:
+def count_bar(label: str, total: int, lines: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A bar of items ended, with how many failed, the rate and the ETA, on a terminal;
-    yields ``advance(ended, failed)``: ``ended`` items more are done or failed, ``failed``
+    elsewhere, with ``lines``, a log line of the same every :data:`COUNT_LINE_SECONDS`.
+    Yields ``advance(ended, failed)``: ``ended`` items more are done or failed, ``failed``
     of them failed."""
     if not sys.stderr.isatty():
-        yield lambda ended, failed=0: None
+        yield _count_lines(label, total) if lines else lambda ended, failed=0: None
         return
     progress = Progress(
         TextColumn(f"[bold]{label}"),
@@ -254,6 +255,45 @@ def count_bar(label: str, total: int) -> Iterator[Callable[[int, int], None]]:
             progress.update(task, advance=ended, failed=failed)
 
         yield advance
+
+
+#: Seconds between the count lines of a batch (or a training) whose stderr is no terminal.
+COUNT_LINE_SECONDS = 30.0
+
+
+def _count_lines(label: str, total: int) -> Callable[[int, int], None]:
+    """:func:`count_bar`'s ``advance`` where there is no terminal: a log line at most each
+    :data:`COUNT_LINE_SECONDS`, and at the last item, so that a long batch under journald
+    shows it is going (it said nothing between its jobs' start and end lines)."""
+    interval = COUNT_LINE_SECONDS
+    began = time.monotonic()
+    last = began
+    counts = {"ended": 0, "failed": 0}
+
+    def advance(ended: int, failed: int = 0) -> None:
+        nonlocal last
+        counts["ended"] += ended
+        counts["failed"] += failed
+        now = time.monotonic()
+        if not ended or (now - last < interval and counts["ended"] < total):
+            return
+        last = now
+        done, elapsed = counts["ended"], now - began
+        left = ""
+        if 0 < done < total:
+            left = f", about {_clock(elapsed / done * (total - done))} left"
+        log.info(
+            "%s: %d of %d ended (%d failed) in %s%s",
+            label,
+            done,
+            total,
+            counts["failed"],
+            _clock(elapsed),
+            left,
+            extra={"event": "count", "ended": done, "total": total, "failed": counts["failed"]},
+        )
+
+    return advance
 
 
 def reporter_for_stream() -> BarReporter | LogReporter:

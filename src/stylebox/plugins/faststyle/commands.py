@@ -204,7 +204,8 @@ def _train(args: argparse.Namespace) -> int:
         saved = step
         record()
 
-    with count_bar("train", params.steps) as advance, _stop_on_signals() as stop:
+    # Without a terminal, training logs its own step lines (log_every).
+    with count_bar("train", params.steps, lines=False) as advance, _stop_on_signals() as stop:
         try:
             train(
                 params, work, resume=args.resume, on_step=lambda *_: advance(1), stop=stop,
