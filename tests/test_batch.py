@@ -204,8 +204,12 @@ def test_files_kept_beside_the_pictures_are_skipped_not_failed(tmp_path: Path) -
     # A photo's mask is read by its job, as in an inbox; it was a job of its own.
     Image.new("RGB", (24, 16), "red").save(library / "scan.mask.png")
     Image.new("RGB", (24, 16), "red").save(library / "gone.mask.png")
+    (library / ".cache").mkdir()  # hidden and temporary names are said, folders not entered
+    photo(24, 16, seed=8).save(library / ".cache" / "a.png")
+    photo(24, 16, seed=9).save(library / "~$draft.png")
     dry = batch(config, "--dry-run")
     assert "3 of 3 image(s) would run" in dry.stderr, dry.stderr
+    assert "skipped 3 hidden or temporary name(s): .cache, .thumbs.db, ~$draft.png" in dry.stderr
     assert "skipped 1 mask(s), which their photos' jobs read: scan.mask.png" in dry.stderr
     assert "skipped 1 mask(s) without their photo, which no job reads: gone.mask.png" in dry.stderr
     assert (

@@ -63,6 +63,7 @@ def scan(
     links: list[Path] | None = None,
     companions: list[Path] | None = None,
     upstream: list[Path] | None = None,
+    hidden: list[Path] | None = None,
 ) -> Iterator[Path]:
     """Candidate files of the source folder, in a stable order. Files kept beside the
     pictures (``notes.txt``, XMP sidecars: see :func:`plainly_not_an_image`, with the
@@ -71,13 +72,17 @@ def scan(
     to ``links``, if given. A photo's companions (``photo.mask.png``), which its job reads
     from beside it, go to ``companions``, if given. Where the source is another inbox's or
     batch's outbox (:attr:`~stylebox.config.JobConfig.fed_by`), what that one writes
-    beside its results (animations, snapshot folders) goes to ``upstream``, if given."""
+    beside its results (animations, snapshot folders) goes to ``upstream``, if given.
+    Hidden and temporary names (:data:`~stylebox.daemon.watcher.IGNORED_PATTERNS`: files,
+    or folders not looked into) go to ``hidden``, if given."""
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
     for path in sorted(config.source.glob(pattern)):
         relative = path.relative_to(config.source)
         if any(is_ignored(part) for part in relative.parts):
+            if hidden is not None and not any(is_ignored(part) for part in relative.parts[:-1]):
+                hidden.append(path)
             continue
         if config.fed_by and (
             beside_a_result(relative.name, folder=False)
@@ -133,7 +138,9 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     companions: list[Path] = []
     formats = frozenset(loaded.config.images.formats)
     upstream: list[Path] = []
-    files = list(scan(batch, others, formats, links, companions, upstream))
+    hidden: list[Path] = []
+    files = list(scan(batch, others, formats, links, companions, upstream, hidden))
+    _say_skipped(hidden, batch.source, "hidden or temporary name(s)")
     _say_skipped(others, batch.source, "file(s) that are not pictures")
     what = f"file(s) that {batch.fed_by} writes beside its results"
     _say_skipped(upstream, batch.source, what)
