@@ -1213,8 +1213,12 @@ def test_status_names_a_source_the_config_dropped_and_counts_older_failures(
     config = tmp_path / "stylebox.toml"
     print_status(config)
     printed = capsys.readouterr().out
-    assert printed.count("  failed #") == 5 and "  and 2 earlier failed job(s)" in printed
+    assert printed.count("  failed #") == 5
+    assert "  and 2 earlier failed job(s) (--failed lists every one)" in printed
     assert "not in the config" not in printed
+    print_status(config, all_failed=True)  # --failed
+    printed = capsys.readouterr().out
+    assert printed.count("  failed #") == 7 and "earlier failed" not in printed
     config.write_text(config.read_text().replace('name = "steps"', 'name = "renamed"'))
     print_status(config)
     printed = capsys.readouterr().out

@@ -243,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
         help="read the journal there (a `run --state-dir`'s, say), not the config's state_dir",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--failed", action="store_true", help="list every failed job, not only the latest five"
+    )
     status.set_defaults(handler=_cmd_status)
 
     plot = commands.add_parser(
@@ -472,7 +475,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stylebox.daemon.status import print_status
 
     config = args.config or bundled.default_config_path()
-    return print_status(config, as_json=args.json, state_dir=args.state_dir)
+    return print_status(config, as_json=args.json, state_dir=args.state_dir, all_failed=args.failed)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

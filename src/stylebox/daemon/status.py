@@ -14,10 +14,17 @@ from stylebox.daemon.leases import pid_alive
 from stylebox.daemon.sources import name_of
 from stylebox.daemon.watcher import left_alone
 
+#: How many failed jobs a source's ``last_errors`` lists, the newest first, unless all are
+#: asked for.
+LATEST_FAILED = 5
 
-def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
+
+def collect(
+    config_path: Path, state_dir: Path | None = None, all_failed: bool = False
+) -> dict[str, Any]:
     """The jobs of the journal in ``state_dir`` (default: the config's), by source: each
-    inbox and batch of the config, and every other source the journal has (``run:``)."""
+    inbox and batch of the config, and every other source the journal has (``run:``); with
+    ``all_failed``, every failed job in ``last_errors``, not the latest few."""
     loaded = load_config(config_path)
     state_dir = state_dir.absolute() if state_dir else loaded.config.state_dir
     path = journal_path(state_dir)
@@ -59,7 +66,7 @@ def collect(config_path: Path, state_dir: Path | None = None) -> dict[str, Any]:
         # The newest failures: a job dropped again keeps its id, so by when they failed.
         failed = sorted(
             journal.jobs(key, "failed"), key=lambda r: (r.finished_at or 0.0, r.id), reverse=True
-        )[:5]
+        )[: None if all_failed else LATEST_FAILED]
         entry["last_errors"] = [
             {"job": r.id, "file": _name(loaded, r), "error": r.reason} for r in failed
         ]
@@ -139,8 +146,13 @@ def _owner_gone(owner: str | None) -> bool:
     return not pid_alive(int(pid))
 
 
-def print_status(config_path: Path, as_json: bool = False, state_dir: Path | None = None) -> int:
-    report = collect(config_path, state_dir)
+def print_status(
+    config_path: Path,
+    as_json: bool = False,
+    state_dir: Path | None = None,
+    all_failed: bool = False,
+) -> int:
+    report = collect(config_path, state_dir, all_failed)
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
@@ -176,7 +188,8 @@ def print_status(config_path: Path, as_json: bool = False, state_dir: Path | Non
         for error in entry["last_errors"]:
             print(f"  failed #{error['job']} {error['file']}: {error['error']}")
         if entry["failed"] > len(entry["last_errors"]):
-            print(f"  and {entry['failed'] - len(entry['last_errors'])} earlier failed job(s)")
+            earlier = entry["failed"] - len(entry["last_errors"])
+            print(f"  and {earlier} earlier failed job(s) (--failed lists every one)")
         for why in entry["left_alone"]:
             print(f"  left alone: {why}")
     return 0
