@@ -58,7 +58,7 @@ def test_a_batch_whose_folders_cannot_be_made_is_refused_in_one_line(
     config.write_text(config.read_text().replace(f'"{setting}"', f'"{unmakeable}"'))
     result = batch(config)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(
+    assert result.stderr.splitlines()[-1].startswith(
         f"stylebox: config error: {said} {unmakeable} cannot be made a folder: "
     ), result.stderr
     assert "Traceback" not in result.stderr
@@ -104,10 +104,14 @@ def test_a_result_not_in_the_outbox_is_made_again(tmp_path: Path) -> None:
     assert batch(config, "--dry-run").stdout.splitlines() == [str(library / "img001.png")]
     again = batch(config)
     assert again.returncode == 0, again.stderr
-    assert "queued again: its result is not in the outbox" in again.stderr
+    assert "queued again: nothing of its result is in the outbox" in again.stderr
     (finished,) = [json.loads(line) for line in again.stderr.splitlines() if "finished" in line]
     assert (finished["done"], finished["done_before"]) == (1, 2)
     assert (out / "img001.png").is_file() and not (out / "img001-2.png").exists()
+    # A result taken away on its own (an inbox on the outbox, an archive) leaves its
+    # manifest, which stands for it: it was made again each night, under a new name.
+    (out / "img001.png").rename(tmp_path / "archived.png")
+    assert batch(config, "--dry-run").stdout == ""
 
     config.write_text(config.read_text().replace('"stylised"', '"elsewhere"'))
     assert batch(config).returncode == 0
@@ -261,14 +265,26 @@ def test_each_file_of_failing_bytes_fails_on_its_own_in_every_run(tmp_path: Path
     for folder in ("a", "b"):
         (library / folder).mkdir()
         (library / folder / "zero.png").write_bytes(b"")
+    # A name that is not UTF-8 (no text for the journal's key).
+    os.mkdir(library / "c")
+    Path(os.fsdecode(bytes(library / "c") + b"/caf\xe9.png")).write_bytes(b"")
+    (library / "d").mkdir()
+    (library / "d" / "t.png").write_text("no picture\n")
     for run in range(2):
         result = batch(config)
         assert result.returncode == 1, result.stderr
         lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
         (finished,) = [line for line in lines if line["msg"] == "batch finished"]
         failed = {line["file"] for line in lines if line["msg"] == "failed"}
-        assert failed == {"a/zero.png", "b/zero.png"}, result.stderr
-        assert (finished["failed"], finished["done_before"]) == (2, run)  # img000, once done
+        assert failed == {"a/zero.png", "b/zero.png", "c/caf\ufffd.png", "d/t.png"}
+        assert (finished["failed"], finished["done_before"]) == (4, run)  # img000, once done
+        dry = subprocess.run(  # as the run does: each of them again (paths as they are)
+            [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config),
+             "--dry-run"],
+            capture_output=True, timeout=300,
+        )  # fmt: skip
+        assert b"4 of 5 image(s) would run" in dry.stderr, dry.stderr
+        assert b"/caf\xe9.png\n" in dry.stdout
     status = subprocess.run(
         [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
         capture_output=True, text=True, timeout=120,
@@ -276,7 +292,16 @@ def test_each_file_of_failing_bytes_fails_on_its_own_in_every_run(tmp_path: Path
     said = [
         line.split(":")[0].split()[-1] for line in status.stdout.splitlines() if "failed #" in line
     ]
-    assert sorted(said) == ["a/zero.png", "b/zero.png"], status.stdout
+    assert sorted(said) == ["a/zero.png", "b/zero.png", "c/caf\ufffd.png", "d/t.png"]
+    # A file renamed since takes its old job over: no failure is left without a file.
+    (library / "d" / "t.png").rename(library / "d" / "renamed.png")
+    assert batch(config).returncode == 1
+    status = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "0 running, 1 done, 4 failed" in status.stdout, status.stdout
+    assert "d/renamed.png" in status.stdout and "d/t.png" not in status.stdout
 
 
 def test_an_earlier_runs_failure_does_not_fail_the_next(tmp_path: Path) -> None:

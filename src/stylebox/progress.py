@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -262,23 +263,25 @@ COUNT_LINE_SECONDS = 30.0
 
 
 def _count_lines(label: str, total: int) -> Callable[[int, int], None]:
-    """:func:`count_bar`'s ``advance`` where there is no terminal: a log line at most each
-    :data:`COUNT_LINE_SECONDS`, and at the last item, so that a long batch under journald
-    shows it is going (it said nothing between its jobs' start and end lines)."""
+    """:func:`count_bar`'s ``advance`` where there is no terminal: a log line as items end,
+    at most each :data:`COUNT_LINE_SECONDS`, and at the last one, so that a long batch under
+    journald shows it is going (it said nothing between its jobs' start and end lines)."""
     interval = COUNT_LINE_SECONDS
     began = time.monotonic()
     last = began
     counts = {"ended": 0, "failed": 0}
+    lock = threading.Lock()  # workers' threads end jobs at once
 
     def advance(ended: int, failed: int = 0) -> None:
         nonlocal last
-        counts["ended"] += ended
-        counts["failed"] += failed
-        now = time.monotonic()
-        if not ended or (now - last < interval and counts["ended"] < total):
-            return
-        last = now
-        done, elapsed = counts["ended"], now - began
+        with lock:
+            counts["ended"] += ended
+            counts["failed"] += failed
+            now = time.monotonic()
+            if not ended or (now - last < interval and counts["ended"] < total):
+                return
+            last = now
+            done, elapsed = counts["ended"], now - began
         left = ""
         if 0 < done < total:
             left = f", about {_clock(elapsed / done * (total - done))} left"

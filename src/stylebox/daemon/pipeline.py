@@ -6,6 +6,8 @@ queue files here and run them here; only their sources differ.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -22,7 +24,7 @@ from stylebox.config import InboxConfig, LoadedConfig
 from stylebox.daemon import files
 from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.leases import Stop, owner_id
-from stylebox.daemon.outbox import Outbox, same_folder
+from stylebox.daemon.outbox import Outbox, safe_folder, same_folder
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
 from stylebox.daemon.sources import Source
 from stylebox.errors import (
@@ -76,6 +78,14 @@ class Executor(Protocol):
         on_process: Callable[[Job], None] | None = None,
         on_outcome: Callable[[int, JobResult | StyleboxError], None] | None = None,
     ) -> list[JobResult | StyleboxError]: ...
+
+
+def _own_entry(entry: NewJob, path: Path) -> NewJob:
+    """``entry`` as a job of the file ``path`` alone (see :meth:`Pipeline._needs_own_job`):
+    its key names the path by the digest of its bytes (a name that is not UTF-8 is no
+    text for the journal)."""
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()
+    return replace(entry, unique_key=f"{entry.unique_key}|path:{digest}")
 
 
 class Pipeline:
@@ -280,13 +290,17 @@ class Pipeline:
         seen: set[str] = set()  # a second file of the same bytes waits for the first's job
         for path in paths:
             entry = self._entry(source, path, companions.get(path))
-            if entry is None or entry.unique_key in seen:
+            if entry is None:
+                continue
+            row = self.journal.existing(entry)
+            if row is not None and self._needs_own_job(source, row, path):
+                row = self.journal.existing(_own_entry(entry, path))
+            elif entry.unique_key in seen:
                 continue
             seen.add(entry.unique_key)
-            row = self.journal.existing(entry)
             if row is None or row.state != "done":
                 todo.append(path)
-            elif row.origin_path == str(path) and not self._result_in_outbox(source, row):
+            elif row.origin_path == str(path) and not self._result_stands(source, row):
                 todo.append(path)  # remade (see _after_add)
         return todo
 
@@ -400,23 +414,20 @@ class Pipeline:
                 extra={**self._fields(row, "waiting"), "path": files.readable(str(path))},
             )
             return "waiting"
-        if row.state == "failed" and not source.moves_inputs and row.origin_path != str(path):
-            # Another file of a batch with bytes whose job failed: a job of its own, so that
-            # each file's failure is said and counted (it took the job over, and the file
-            # that had it was "done before" in the next run, its failure unsaid).
+        if self._needs_own_job(source, row, path):
             stem = source.outbox.reserve(files.readable(path.name), source.subfolder(path)).stem
-            own = replace(entry, unique_key=f"{entry.unique_key}|{path}", stem=stem)
+            own = replace(_own_entry(entry, path), stem=stem)
             added = self._add(source, [own])[0]
             return "error" if added is None else self._after_add(source, path, own, *added)
         if row.state == "failed":
-            row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row))
+            row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row, path))
             self._supersede_queued(source, path, row)  # the retry moves the file when done
             log.info("queued again after failing", extra=self._fields(row, "retry"))
             return "retry"
         if (
             not source.moves_inputs
             and row.origin_path == str(path)
-            and not self._result_in_outbox(source, row)
+            and not self._result_stands(source, row)
         ):
             # A batch's own file, done, whose result is not where the batch writes now: its
             # names if they are free, else new ones (an earlier format's result keeps its).
@@ -424,8 +435,8 @@ class Pipeline:
             kept = source.outbox.reserve_stem(row.stem)
             row = self.journal.remake(row.id, path, kept.stem if kept else source.reserve(row))
             log.info(
-                "queued again: its result is not in the outbox (deleted, or the outbox or "
-                "its format changed)",
+                "queued again: nothing of its result is in the outbox (deleted, or a new "
+                "outbox), or it is of another format",
                 extra={**self._fields(row, "remake"), "outbox": str(source.outbox.folder)},
             )
             return "retry"
@@ -515,16 +526,45 @@ class Pipeline:
             raise
 
     @staticmethod
-    def _result_in_outbox(source: Source, row: JobRow) -> bool:
-        """Whether done job ``row``'s result is in ``source``'s outbox, in its format now."""
-        if row.stem is None:  # a legacy job, named when it ran: no telling
-            return True
-        return source.outbox.names(row.stem).result.is_file()
+    def _needs_own_job(source: Source, row: JobRow, path: Path) -> bool:
+        """Whether the batch file ``path``, whose bytes' job ``row`` is another file's and
+        failed, gets a job of its own: while that file is there too, each file's failure
+        is its own to say and count (it took the job over, and the file that had it was
+        "done before" in the next run, its failure unsaid). A file moved or renamed since
+        takes its old job over, as before."""
+        return (
+            row.state == "failed"
+            and not source.moves_inputs
+            and row.origin_path != str(path)
+            and os.path.lexists(row.origin_path)
+        )
 
     @staticmethod
-    def _retry_stem(source: Source, row: JobRow) -> str:
+    def _result_stands(source: Source, row: JobRow) -> bool:
+        """Whether done job ``row``'s result stands in ``source``'s outbox: its result is
+        there in the format asked for now, or its manifest is, naming a result of that
+        format (the result moved on, as an inbox on the outbox takes it, or was archived).
+        Nothing of it there (deleted, or a new outbox), or a result of another format: no."""
+        if row.stem is None:  # a legacy job, named when it ran: no telling
+            return True
+        names = source.outbox.names(row.stem)
+        if names.result.is_file():
+            return True
+        try:
+            recorded = json.loads(names.manifest.read_text())["output"]["result"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return bool(recorded == names.result.name)
+
+    @staticmethod
+    def _retry_stem(source: Source, row: JobRow, path: Path) -> str:
         """A failed job dropped again keeps its output names if they are still free (its
-        failure released them) or hold its own complete result; else it gets new ones."""
+        failure released them) or hold its own complete result; else it gets new ones, as
+        it does where its file is now in another sub-folder of a batch (its results go to
+        the sub-folder the outbox mirrors)."""
+        folder = safe_folder(source.subfolder(path))
+        if row.stem is not None and row.stem.rpartition("/")[0] != folder:
+            return source.outbox.reserve(files.readable(path.name), source.subfolder(path)).stem
         if row.stem is not None:
             if source.outbox.holds_result(row.stem, row.sha256):
                 return source.outbox.claim(row.stem).stem
