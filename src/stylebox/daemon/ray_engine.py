@@ -377,8 +377,9 @@ class RayExecutor:
         batch begins with them, and each of the others joins once Ray places it and its
         plugin has started (one still loading a model, or waiting for a CPU that other work
         holds). While none has started it waits, saying so after 10 s, up to ``timeout``
-        seconds; none by then, or a plugin that fails to start, is a
-        :class:`ConfigError`."""
+        seconds; none by then, or a plugin that fails to start on every worker, is a
+        :class:`ConfigError`. One that fails beside others that start is one worker less
+        (a bad node's plugin fails before the others have loaded)."""
         with self._lock:
             actors = list(self._all)
         refs = [actor.ready.remote() for actor in actors]
@@ -386,18 +387,34 @@ class RayExecutor:
         need = "1 GPU" if self.cuda else "1 CPU"
         began = time.monotonic()
         said = False
-        done: list[Any] = []
+        found: list[dict[str, Any]] = []
+        failed: list[tuple[Any, BaseException]] = []
+
+        def take(done: list[Any]) -> None:
+            for ref in done:  # each on its own: one that fails is one worker less
+                try:
+                    where = self.ray.get(ref)
+                except self.ray.exceptions.RayError as exc:
+                    failed.append((ref, exc))
+                    continue
+                self._started(of[ref], where)
+                found.append(where)
+
         pending = list(refs)
-        while not done:
+        while not found:
             # In short waits: a SIGTERM is acted on between them.
             done, pending = self.ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            take(done)
             waited = time.monotonic() - began
-            if not done and waited >= timeout:
+            if not found and not pending:  # every one failed: the plugin cannot start
+                why = _line(failed[0][1])
+                raise ConfigError(f"the plugin failed to start on a Ray worker: {why}")
+            if not found and waited >= timeout:
                 raise ConfigError(
                     f"Ray placed none of {len(refs)} worker(s) ({need} each) in {timeout:.0f} s;"
                     f" the cluster has {_resources(self.ray)}, in use by other work or too few"
                 )
-            if not done and not said and waited >= 10.0:
+            if not found and not said and waited >= 10.0:
                 said = True
                 log.warning(
                     "waiting for Ray to place %d worker(s) (%s each); the cluster has %s",
@@ -405,24 +422,13 @@ class RayExecutor:
                     need,
                     _resources(self.ray),
                 )
-        try:
-            found = self.ray.get(done)
-        except self.ray.exceptions.RayError as exc:
-            raise ConfigError(f"the plugin failed to start on a Ray worker: {_line(exc)}") from None
-        for ref, where in zip(done, found, strict=True):
-            self._started(of[ref], where)
         if pending:  # the others, started alike, are most likely a moment behind them
             more, pending = self.ray.wait(
                 pending, num_returns=len(pending), timeout=min(5.0, time.monotonic() - began)
             )
-            for ref in more:  # one of these failing is one worker less, as in _join
-                try:
-                    where = self.ray.get(ref)
-                except self.ray.exceptions.RayError as exc:
-                    self._drop(of[ref], exc)
-                    continue
-                self._started(of[ref], where)
-                found.append(where)
+            take(more)
+        for ref, exc in failed:
+            self._drop(of[ref], exc)
         if pending:
             log.info(
                 "%d more Ray worker(s) join as they start (%s each; the cluster has %s)",
