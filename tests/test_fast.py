@@ -356,3 +356,32 @@ params = { model = "starry_night_small" }
     ]
     together = 4 if auto_resolves_to()[0] == "cuda" else None
     assert batches == [together] * 4, daemon.output()[-3000:]
+
+
+def test_a_stop_while_an_export_puts_its_files_in_place_is_noted_not_raised() -> None:
+    # A signal mask held Ctrl-C from the main thread only: the kernel gave it to one of
+    # onnxruntime's or PyTorch's threads, and the main thread was interrupted between
+    # renames all the same (a model beside the old manifest).
+    import signal
+    import threading
+
+    from stylebox.plugins.faststyle.export import _signals_noted
+
+    stay = threading.Event()
+    other = threading.Thread(target=stay.wait)  # a thread the kernel may pick
+    other.start()
+    try:
+        with _signals_noted() as stops:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # bytecodes, where Python runs signal handlers
+                pass
+        assert stops == [signal.SIGINT, signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+    finally:
+        stay.set()
+        other.join()

@@ -144,19 +144,24 @@ def _partial(path: Path) -> Path:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block ends (in the main thread; elsewhere they
-    are not delivered to this thread anyway): a model is never put in place without the
-    manifest that describes it."""
+def _signals_noted() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM only noted while the block runs (in the list it yields), so that a
+    model is never put in place without the manifest that describes it. A handler, not a
+    signal mask: Python runs handlers in the main thread, whichever thread the kernel gave
+    the signal to (onnxruntime's and PyTorch's threads are there by now)."""
+    noted: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield noted  # the process's signals are the main thread's to take
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: noted.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        yield
+        yield noted
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, handler in previous.items():  # None: one not set from Python
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _synced(path: Path) -> None:
@@ -292,13 +297,20 @@ def export_with_manifest(
         )
         written.append(write_temp(manifest_path(out), manifest.encoded()))
         renames += [(model, out), (written[-1], manifest_path(out))]
-        with _signals_held():  # all written and checked: into place, all of them
+        # All written and checked: into place, all of them. A stop meanwhile is noted, not
+        # acted on: the work it would stop is done a moment later.
+        with _signals_noted() as stops:
             for temp, name in renames:
                 os.replace(temp, name)
-        if not variant:  # one left from an earlier export belongs to other weights
-            for stale in (half, manifest_path(half)):
-                stale.unlink(missing_ok=True)
-        fsync_dir(out.parent)
+            if not variant:  # one left from an earlier export belongs to other weights
+                for stale in (half, manifest_path(half)):
+                    stale.unlink(missing_ok=True)
+        if stops:
+            log.info("a stop came as %s was put in place; it is in place, whole", out)
+        try:
+            fsync_dir(out.parent)
+        except OSError as exc:  # some network file systems refuse it: the files are there
+            log.warning("cannot sync the folder of %s (%s)", out, exc.strerror or exc)
     except OSError as exc:
         raise PluginError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
