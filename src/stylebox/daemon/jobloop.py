@@ -206,7 +206,7 @@ class JobLoop:
             sources = self.pipeline.sources.values()
             lanes = sum(s.config.workers for s in sources if s.device_type == device)
             if limit < lanes:
-                inboxes = any(s.moves_inputs for s in sources)
+                inboxes = any(s.moves_inputs for s in sources if s.device_type == device)
                 log.warning(
                     "[daemon] workers limits %s to %d job(s) at once for %d %s worker(s): %s",
                     device,

@@ -156,7 +156,7 @@ def _not_empty(what: str) -> Callable[[Any], Any]:
     ``.``, which the errors then named."""
 
     def validate(value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
+        if isinstance(value, str) and not value:  # " " is a name a file may have
             raise ValueError(f"empty: give {what}")
         return value
 
@@ -166,7 +166,7 @@ def _not_empty(what: str) -> Callable[[Any], Any]:
 def path_argument(text: str) -> Path:
     """An argparse ``type`` for a path argument of a command (the host's or a plugin's):
     an empty one is refused, where ``Path("")`` would stand for the working folder."""
-    if not text.strip():
+    if not text:
         raise argparse.ArgumentTypeError("empty: give a path")
     return Path(text)
 

@@ -245,7 +245,7 @@ def _resumable(saved: int, work: Path) -> str:
 def _model_out(given: str) -> Path:
     """The model file ``--out`` names: ``.onnx`` added where it is missing (``m.v2`` is
     ``m.v2.onnx``); a folder (``models/``, or one that exists) is refused."""
-    if not given.strip():
+    if not given:
         raise ConfigError("--out is empty; name the model: MODEL.onnx")
     if Path(given).is_dir() or given.endswith(("/", "\\")):
         raise ConfigError(f"--out {given} is a folder; name the model: MODEL.onnx")

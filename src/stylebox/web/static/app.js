@@ -244,7 +244,6 @@ function renderLeftAlone(node, entry) {
 
 // In the report's order: an inbox a reload adds takes its place among the others, as it
 // would in a page loaded afresh.
-// The sections in the report's order; one whose inbox left the config (a reload) goes.
 function order(keys) {
   const nodes = keys.map(section);
   let before = null;
