@@ -40,7 +40,7 @@ from stylebox.config import (
 )
 from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
-from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of
+from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of, exit_interrupted
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime, companion_kind, path_argument
@@ -120,7 +120,7 @@ def _main(argv: Sequence[str] | None) -> int:
             args = _parser().parse_args(given)
         except KeyboardInterrupt:
             _fail("interrupted")
-            return EXIT_INTERRUPTED
+            exit_interrupted()  # nothing is open yet (see there)
         logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return _handle(args)
     finally:

@@ -7,9 +7,11 @@ later both end it with one line and exit 130: this module stands guard meanwhile
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 #: Commands that a SIGTERM stops as a Ctrl-C does (exit 130, resumable): from their first
 #: moment, not only once their own handler is in place (while a Ray batch connected and
@@ -32,8 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stylebox import cli
     except KeyboardInterrupt:
         print("stylebox: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        exit_interrupted()
     return cli.main(args)
+
+
+def exit_interrupted() -> NoReturn:
+    """End the process with 130 at once, output flushed. A Ctrl-C that lands while a
+    library runs Python code of its own as it loads (PyTorch does) leaves CPython set to end
+    the process by the signal at its exit, caught or not: it ended with -2, not 130."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
