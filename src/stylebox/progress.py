@@ -281,7 +281,7 @@ def _count_lines(label: str, total: int) -> Callable[[int, int], None]:
             if not ended or (now - last < interval and counts["ended"] < total):
                 return
             last = now
-            done, elapsed = counts["ended"], now - began
+            done, failures, elapsed = counts["ended"], counts["failed"], now - began
         left = ""
         if 0 < done < total:
             left = f", about {_clock(elapsed / done * (total - done))} left"
@@ -290,10 +290,10 @@ def _count_lines(label: str, total: int) -> Callable[[int, int], None]:
             label,
             done,
             total,
-            counts["failed"],
+            failures,
             _clock(elapsed),
             left,
-            extra={"event": "count", "ended": done, "total": total, "failed": counts["failed"]},
+            extra={"event": "count", "ended": done, "total": total, "failed": failures},
         )
 
     return advance

@@ -172,7 +172,7 @@ class Outbox:
             if self._taken(stem):
                 return None
             self._reserved.add(stem)
-        return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
+        return self.names(stem)
 
     def share_reservations(self, earlier: Outbox) -> None:
         """Use the in-flight reservations of ``earlier``, an outbox of the same folder that a
@@ -199,7 +199,7 @@ class Outbox:
         (self.folder / stem).parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._reserved.add(stem)
-        return OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
+        return self.names(stem)
 
     def remove_temporaries(self, names: OutputNames) -> None:
         """Delete temp files a killed writer left for these names (never complete files)."""
@@ -263,7 +263,7 @@ class Outbox:
         files, result, animation and manifest (the manifest first, so that no reader sees it
         without the rest) and its snapshots, which are no result either; and forget its
         reservation. Best effort: a file that cannot be removed is left."""
-        names = OutputNames(self.folder, stem, _EXTENSIONS[self.output.format])
+        names = self.names(stem)
         with contextlib.suppress(OSError):
             self.remove_temporaries(names)
         for path in (names.manifest, names.result, names.animation, names.loss_plot):

@@ -261,7 +261,7 @@ class Pipeline:
             if entry is None or entry.unique_key in seen or str(path) in unfinished:
                 continue
             seen.add(entry.unique_key)
-            stem = source.outbox.reserve(files.readable(path.name), source.subfolder(path)).stem
+            stem = source.reserve_for(path)
             entries[index] = replace(entry, stem=stem)
         added = self._add(source, [entry for entry in entries if entry is not None])
         outcomes: list[Outcome] = []
@@ -415,7 +415,7 @@ class Pipeline:
             )
             return "waiting"
         if self._needs_own_job(source, row, path):
-            stem = source.outbox.reserve(files.readable(path.name), source.subfolder(path)).stem
+            stem = source.reserve_for(path)
             own = replace(_own_entry(entry, path), stem=stem)
             added = self._add(source, [own])[0]
             return "error" if added is None else self._after_add(source, path, own, *added)
@@ -564,7 +564,7 @@ class Pipeline:
         the sub-folder the outbox mirrors)."""
         folder = safe_folder(source.subfolder(path))
         if row.stem is not None and row.stem.rpartition("/")[0] != folder:
-            return source.outbox.reserve(files.readable(path.name), source.subfolder(path)).stem
+            return source.reserve_for(path)
         if row.stem is not None:
             if source.outbox.holds_result(row.stem, row.sha256):
                 return source.outbox.claim(row.stem).stem

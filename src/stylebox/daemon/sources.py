@@ -51,6 +51,10 @@ class Source:
         """How the file ``path`` of this source is named to people (see :meth:`file_name`)."""
         return name_of(self.config, path)
 
+    def reserve_for(self, path: Path) -> str:
+        """A free output stem for the input ``path``, in the sub-folder its results go to."""
+        return self.outbox.reserve(files.readable(path.name), self.subfolder(path)).stem
+
     def reserve(self, row: JobRow) -> str:
         """A free output stem for the job ``row`` (its input where the journal says)."""
         return self.outbox.reserve(row.name, self.subfolder(Path(row.input_path))).stem
