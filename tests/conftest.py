@@ -117,6 +117,17 @@ def installed_site(folder: Path, name: str, entry_points: str, modules: dict[str
     return site
 
 
+# The broken plugin ``explodes`` (see broken_plugins_site), mended.
+MENDED_EXPLODES = (
+    "from stylebox.plugins.api import Plugin as Base, PluginParams\n"
+    "class Plugin(Base):\n"
+    "    name = 'explodes'\n"
+    "    Params = PluginParams\n"
+    "    def process(self, image, job):\n"
+    "        return image\n"
+)
+
+
 def broken_plugins_site(folder: Path) -> Path:
     """An installed-looking distribution with three broken stylebox plugins (an import
     error, a ``Params`` that is not a model, a ``process`` that raises); put the returned

@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import STYLES, broken_plugins_site, installed_site, make_bad_inputs, photo
+from conftest import (
+    MENDED_EXPLODES,
+    STYLES,
+    broken_plugins_site,
+    installed_site,
+    make_bad_inputs,
+    photo,
+)
 from daemon_helpers import (
     POSTERIZE_CONFIG,
     Daemon,
@@ -392,17 +399,6 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -
     assert sorted(p.name for p in processed.glob("*.png")) == names
     assert (failed / "broken.jpg.error.txt").is_file()
     assert not list(inbox.glob("*.png"))
-
-
-# The broken plugin ``explodes`` (see conftest.broken_plugins_site), mended.
-MENDED_EXPLODES = (
-    "from stylebox.plugins.api import Plugin as Base, PluginParams\n"
-    "class Plugin(Base):\n"
-    "    name = 'explodes'\n"
-    "    Params = PluginParams\n"
-    "    def process(self, image, job):\n"
-    "        return image\n"
-)
 
 
 def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path: Path) -> None:

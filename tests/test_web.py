@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import photo
+from conftest import MENDED_EXPLODES, broken_plugins_site, photo
 from daemon_helpers import Daemon, gated_env, wait_until, write_config
 from PIL import Image
 
@@ -30,7 +30,7 @@ from stylebox.config import HttpConfig, parse_config
 from stylebox.daemon.journal import Journal, NewJob, journal_path
 from stylebox.errors import Cancelled, ConfigError
 from stylebox.web.app import THUMBNAIL, _loss_chart
-from stylebox.web.state import SourceInfo, StatusReader
+from stylebox.web.state import PROBLEM_KINDS, SourceInfo, StatusReader
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -398,6 +398,9 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
         daemon.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "reload refused" in daemon.output(), 30), daemon.output()
     assert "cannot listen there" in daemon.output() and _answers(client)
+    assert wait_until(lambda: len(client.status()["problems"]) == 1, 5)  # past its cache
+    [refused] = client.status()["problems"]
+    assert refused["kind"] == "reload_refused" and "cannot listen there" in refused["text"]
     assert client.status()["actions"] is True  # the old config, token and all
 
     # On the page's own port the new address can be tried only once the page lets go of
@@ -422,6 +425,7 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
     assert status == 403 and "no [http] token" in body["error"]
     assert "ask_token" not in body  # no token would do: the page does not ask for one
     assert moved.status()["actions"] is False
+    assert wait_until(lambda: moved.status()["problems"] == [], 5)  # the file's config runs
 
     # SIGTERM with a client on the event stream: the daemon still stops at once.
     connection, _ = _first_event(moved)
@@ -430,6 +434,80 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
     assert time.monotonic() - began < 10
     connection.close()
     assert not _answers(moved)
+
+
+def test_what_keeps_the_daemon_from_its_config_is_reported_until_it_is_mended(
+    tmp_path: Path,
+) -> None:
+    # A plugin that could not load, an inbox folder replaced by a file and a refused reload
+    # were said once in the daemon's log: the page and /metrics showed a healthy daemon.
+    site = broken_plugins_site(tmp_path)
+    port = free_port()
+    broken = (
+        '\n[[inbox]]\nname = "explodes"\npath = "in-explodes"\noutbox = "out-explodes"\n'
+        'plugin = "explodes"\n'
+    )
+    config = write_config(tmp_path, config_text(port) + broken)
+    env, _, gate = gated_env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    daemon = Daemon(config, env)
+    client = Client(port)
+
+    def problems() -> list[tuple[str, str | None, str]]:
+        return [(p["kind"], p["source"], p["text"]) for p in client.status()["problems"]]
+
+    def metric(kind: str) -> str:
+        found = re.search(rf'stylebox_problems{{kind="{kind}"}} (\S+)', _metrics(client))
+        assert found is not None
+        return found[1]
+
+    try:
+        daemon.wait_ready()
+        [(kind, source, text)] = problems()
+        assert (kind, source) == ("disabled", "inbox:explodes")
+        assert text.startswith("inbox explodes is disabled: plugin 'explodes'")
+        assert "no GPU driver here" in text and text.endswith("the daemon reloaded")
+        assert [metric(k) for k in PROBLEM_KINDS] == ["1.0", "0.0", "0.0"]
+
+        inbox = tmp_path / "in-poster"
+        inbox.rename(tmp_path / "aside")
+        inbox.write_text("not a folder")
+        assert wait_until(lambda: len(problems()) == 2, 20), daemon.output()[-3000:]
+        assert problems()[1] == (
+            "unwatched",
+            "inbox:poster",
+            f"inbox poster: its folder {inbox} was replaced by something that is not a folder; "
+            "nothing dropped there is seen until it is back",
+        )
+        inbox.unlink()
+        (tmp_path / "aside").rename(inbox)
+        assert wait_until(lambda: len(problems()) == 1, 20), daemon.output()[-3000:]
+
+        config.write_text(config.read_text().replace("rescan_seconds = 2", "rescan_seconds = -1"))
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: len(problems()) == 2, 20), daemon.output()[-3000:]
+        report = client.status()["problems"][1]
+        assert report["kind"] == "reload_refused" and report["source"] is None
+        assert abs(report["since"] - time.time()) < 30
+        assert report["text"].startswith("reload refused, the config before it still runs: ")
+        assert "rescan_seconds" in report["text"] and "\n" not in report["text"]
+        assert metric("reload_refused") == "1.0"
+        assert daemon.receive("; reload refused (see the log)", 10)  # systemctl status
+
+        # Mended: the plugin and the config. The reload that applies them clears both.
+        (site / "brokenplugins" / "explodes.py").write_text(MENDED_EXPLODES)
+        config.write_text(config.read_text().replace("rescan_seconds = -1", "rescan_seconds = 2"))
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: problems() == [], 20), daemon.output()[-3000:]
+        assert [metric(k) for k in PROBLEM_KINDS] == ["0.0"] * 3
+    finally:
+        gate.touch()
+        daemon.stop()
+    assert daemon.process.returncode == 0, daemon.output()[-3000:]
+
+
+def _metrics(client: Client) -> str:
+    return client.request("/metrics")[2].decode()
 
 
 def _answers(client: Client) -> bool:
@@ -456,6 +534,9 @@ class Backend:
 
     def web_sources(self) -> dict[str, SourceInfo]:
         return self.sources
+
+    def problems(self) -> list[dict[str, Any]]:
+        return []
 
     def retry(self, job_id: int) -> str:
         raise KeyError(job_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -413,6 +414,37 @@ def test_what_an_inbox_holds_that_no_job_takes_is_listed_while_it_is_there(
         shutil.rmtree(folder)
     (inbox / "gone.mask.png").unlink()
     assert scene.until(f"document.querySelector('{part}').hidden", 20)
+
+
+def test_a_refused_reload_is_said_at_the_top_until_the_config_is_mended(scene: Scene) -> None:
+    # The daemon went on with its old config and only its log said why: the page showed
+    # nothing amiss while the edited config file was not what ran.
+    config = scene.folder / "stylebox.toml"
+    good = config.read_text()
+    config.write_text(good.replace("rescan_seconds = 2", "rescan_seconds = -1"))
+    scene.open(PHONE)
+    assert scene.js("return document.getElementById('problems').hidden")
+    scene.daemon.process.send_signal(signal.SIGHUP)
+    assert scene.until("!document.getElementById('problems').hidden", 20)
+    said = scene.js("return document.querySelector('#problems li').textContent")
+    assert re.fullmatch(
+        r"reload refused, the config before it still runs: .*rescan_seconds.*"
+        r" \(at \d\d:\d\d:\d\d\)",
+        said,
+    ), said
+    assert scene.js("return document.querySelector('#problems h2').textContent") == (
+        "Not as configured"
+    )
+    # In sight above the inboxes, and within a phone's width.
+    assert scene.js(
+        "const box = document.getElementById('problems').getBoundingClientRect();"
+        "return box.bottom <= document.getElementById('sources').getBoundingClientRect().top"
+        " && box.right <= window.innerWidth"
+    )
+    scene.shot("reload-refused-phone")
+    config.write_text(good)
+    scene.daemon.process.send_signal(signal.SIGHUP)
+    assert scene.until("document.getElementById('problems').hidden", 20)
 
 
 def test_a_refused_token_is_asked_for_again_and_the_action_tried_once_more(scene: Scene) -> None:

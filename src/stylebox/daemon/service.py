@@ -82,6 +82,8 @@ class Service:
         it holds a lock (an Event's, inside a wait), so a handler that takes one can wait
         on itself for good."""
         self.http: HttpServer | None = None
+        self._reload_refused: tuple[float, str] | None = None
+        """When the last reload was refused and why, until one is applied."""
 
     @staticmethod
     def _build(
@@ -208,7 +210,43 @@ class Service:
             line += f"; disabled: {', '.join(disabled)}"
         if unwatched := self.watcher.unwatched():
             line += f"; not watched: {', '.join(f'inbox:{name}' for name in unwatched)}"
+        if self._reload_refused is not None:
+            line += "; reload refused (see the log)"
         return line
+
+    def problems(self) -> list[dict[str, Any]]:
+        """What keeps the daemon from serving its config file as it is now, one line each
+        for the status page: each inbox or batch disabled (its plugin cannot load), each
+        inbox whose folder is not watched, and the last reload refused (until one is
+        applied: the running config is then older than the file)."""
+        found: list[dict[str, Any]] = [
+            {
+                "kind": "disabled",
+                "source": f"{table}:{name}",
+                "since": None,
+                "text": f"{table} {name} is disabled: {_one_line(reason)}; its files wait "
+                "until the plugin is mended and the daemon reloaded",
+            }
+            for (table, name), reason in sorted(self.loaded.unavailable.items())
+        ]
+        found += [
+            {
+                "kind": "unwatched",
+                "source": f"inbox:{name}",
+                "since": None,
+                "text": f"inbox {name}: {problem}; nothing dropped there is seen until it is back",
+            }
+            for name, problem in sorted(self.watcher.unwatched().items())
+        ]
+        if self._reload_refused is not None:
+            when, reason = self._reload_refused
+            found.append({
+                "kind": "reload_refused",
+                "source": None,
+                "since": when,
+                "text": f"reload refused, the config before it still runs: {reason}",
+            })  # fmt: skip
+        return found
 
     def reload(self) -> None:
         """Swap in a new config; one that is bad or cannot be applied is refused, and the
@@ -251,6 +289,7 @@ class Service:
             notify("READY=1")
             return
         self.watcher = watcher
+        self._reload_refused = None
         self.registry = registry
         self.loaded = loaded
         # Only the instances the new sources use are shared with the next reload; the
@@ -276,10 +315,11 @@ class Service:
                 except Exception:
                     log.exception("closing plugin %s failed", key[0])
         self._inbox_locks.keep_only(self.loaded.config.inbox)  # those taken for it
-        reason = str(exc) if isinstance(exc, StyleboxError) else describe(exc)
+        reason = _one_line(str(exc) if isinstance(exc, StyleboxError) else describe(exc))
+        self._reload_refused = (time.time(), reason)
         log.error(
             "reload refused, keeping the running config: %s",
-            _one_line(reason),
+            reason,
             extra={"event": "reload_refused"},
         )
 

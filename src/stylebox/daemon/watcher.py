@@ -284,10 +284,16 @@ class InboxWatcher:
             return "was deleted and made again"
         return None
 
-    def unwatched(self) -> list[str]:
+    def unwatched(self) -> dict[str, str]:
         """The inboxes whose folder is not watched now (gone, replaced, or not made), by
-        name: systemd's status line says them while ``check`` tries again."""
-        return [f.name for f in self.folders.values() if self._watch_problem(f) is not None]
+        name, each with why: systemd's status line and the status page say them while
+        ``check`` tries again."""
+        problems = {f.name: (f.path, self._watch_problem(f)) for f in self.folders.values()}
+        return {
+            name: f"its folder {path} {problem}"
+            for name, (path, problem) in problems.items()
+            if problem is not None
+        }
 
     def healthy(self) -> bool:
         """The settle loop and every observer run, and every folder is watched where it is."""

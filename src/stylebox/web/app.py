@@ -14,6 +14,7 @@ import hmac
 import io
 import json
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ from stylebox.errors import StyleboxError
 from stylebox.filecache import FileCache, file_key
 from stylebox.images import decode_image
 from stylebox.lossplot import render_svg
-from stylebox.web.state import SECONDS_BUCKETS, Backend, FileKind, StatusReader
+from stylebox.web.state import (
+    PROBLEM_KINDS,
+    SECONDS_BUCKETS,
+    Backend,
+    FileKind,
+    StatusReader,
+)
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_HEADER = "X-Stylebox-Token"
@@ -362,3 +369,14 @@ class _Metrics(Collector):
         for source, reason, count in journal.failures() if journal else []:
             failures.add_metric([source, reason], count)
         yield failures
+        # Each kind always present (0 when none): an alert on "> 0" needs the series.
+        problems = GaugeMetricFamily(
+            "stylebox_problems",
+            "What keeps the daemon from serving its config: disabled sources, unwatched "
+            "inboxes, a refused reload",
+            labels=["kind"],
+        )
+        kinds = Counter(problem["kind"] for problem in self.reader.backend.problems())
+        for kind in PROBLEM_KINDS:
+            problems.add_metric([kind], kinds[kind])
+        yield problems

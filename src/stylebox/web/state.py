@@ -37,6 +37,8 @@ QUEUED = 12
 LEFT_ALONE = 12
 """Entries no job takes listed per inbox (``left_alone_count`` says how many there are)."""
 FileKind = Literal["result", "animation", "loss", "manifest"]
+PROBLEM_KINDS = ("disabled", "unwatched", "reload_refused")
+"""The ``kind`` of each entry of :meth:`Backend.problems`."""
 _SNAPSHOT = re.compile(r"[0-9]{1,9}\.png")
 
 
@@ -87,6 +89,11 @@ class Backend(Protocol):
     def token(self) -> str | None: ...
 
     def web_sources(self) -> Mapping[str, SourceInfo]: ...
+
+    def problems(self) -> list[dict[str, Any]]:
+        """What keeps the daemon from serving its config: ``kind``, ``source`` (or
+        ``None``), ``since`` (a time, or ``None``) and a one-line ``text`` each."""
+        ...
 
     def retry(self, job_id: int) -> str: ...
 
@@ -192,6 +199,7 @@ class StatusReader:
         report: dict[str, Any] = {
             "time": time.time(),
             "actions": self.backend.token is not None,
+            "problems": self.backend.problems(),
             "sources": {},
         }
         running_ids: set[int] = set()

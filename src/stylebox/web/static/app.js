@@ -265,7 +265,23 @@ function rebuild(list, children) {
   if (focused) list.querySelector(`[data-key="${focused}"]`)?.focus();
 }
 
+// What keeps the daemon from serving its config file as it is (a plugin that cannot load,
+// an inbox folder gone, a reload refused): said at the top for as long as it holds.
+function renderProblems(problems) {
+  const part = document.getElementById("problems");
+  const said = JSON.stringify(problems);
+  if (part.dataset.said === said) return;
+  part.dataset.said = said;
+  part.hidden = problems.length === 0;
+  part.querySelector("ul").replaceChildren(...problems.map((problem) => {
+    const since = problem.since === null ? ""
+      : ` (at ${new Date(problem.since * 1000).toTimeString().slice(0, 8)})`;
+    return el("li", { text: problem.text + since, "data-kind": problem.kind });
+  }));
+}
+
 function render(report) {
+  renderProblems(report.problems);
   order(Object.keys(report.sources));
   for (const [key, entry] of Object.entries(report.sources)) {
     const node = section(key);
