@@ -105,6 +105,17 @@ def test_duplicate_inbox_names_are_refused(tmp_path: Path) -> None:
     assert "two [[inbox]] tables are named 'starry'" in refusal(tmp_path, twice)
 
 
+def test_a_refused_secret_is_named_but_never_repeated(tmp_path: Path) -> None:
+    # A refused reload shows its reason on the status page, which anyone who can reach it
+    # reads: "(got 'MyNewSecret99')" gave the new token away.
+    message = refusal(tmp_path, GOOD + '[http]\nlisten = "8765"\ntoken = "MyNewSecret99"\n')
+    assert "MyNewSecret99" not in message
+    assert (
+        "http.token: String should have at least 16 characters (its value not shown: a secret)"
+        in message
+    )
+
+
 def test_invalid_toml_says_where(tmp_path: Path) -> None:
     message = refusal(tmp_path, "state_dir = \n")
     assert "not valid TOML" in message and "line 1" in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -682,10 +683,21 @@ def error_lines(
         shown = (
             ""
             if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
-            else (f" (got {got!r})")
+            else " (its value not shown: a secret)"
+            if _secret(error["loc"])
+            else f" (got {got!r})"
         )
         lines.append(f"{location or top}: {message}{shown}")
     return lines
+
+
+#: Keys whose values an error never repeats: it goes to the log, a terminal, and (a
+#: refused reload) the status page, which anyone who can reach it reads.
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
+
+
+def _secret(loc: tuple[int | str, ...]) -> bool:
+    return any(isinstance(part, str) and _SECRET_KEY.search(part) for part in loc)
 
 
 def _keys_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:

@@ -84,6 +84,10 @@ class Service:
         self.http: HttpServer | None = None
         self._reload_refused: tuple[float, str] | None = None
         """When the last reload was refused and why, until one is applied."""
+        self._problems: tuple[dict[str, Any], ...] = ()
+        """What :meth:`problems` answers: made whole on this (the main) thread, between
+        a reload's swaps and the watcher's restarts, which the web thread must not see
+        halfway (a stopped watcher has every folder unwatched)."""
 
     @staticmethod
     def _build(
@@ -145,6 +149,7 @@ class Service:
             self._close()  # a clean stop: the next start finds no unclean one to warn of
             raise
         self.watcher.start()
+        self._refresh_problems()
         self.loop.start()
         names = _inbox_names(self.sources)
         log.info(
@@ -181,6 +186,7 @@ class Service:
             self.watcher.check()
             if signal.SIGHUP in received:
                 self.reload()
+            self._refresh_problems()
             if now - last_rescan >= self.loaded.config.daemon.rescan_seconds:
                 last_rescan = now
                 self.watcher.rescan()
@@ -218,26 +224,31 @@ class Service:
         """What keeps the daemon from serving its config file as it is now, one line each
         for the status page: each inbox or batch disabled (its plugin cannot load), each
         inbox whose folder is not watched, and the last reload refused (until one is
-        applied: the running config is then older than the file)."""
+        applied: the running config is then older than the file). Safe from any thread."""
+        return list(self._problems)
+
+    def _refresh_problems(self) -> None:
         found: list[dict[str, Any]] = [
             {
                 "kind": "disabled",
                 "source": f"{table}:{name}",
                 "since": None,
-                "text": f"{table} {name} is disabled: {_one_line(reason)}; its files wait "
-                "until the plugin is mended and the daemon reloaded",
+                "text": f"{table} {name} is disabled: {_one_line(reason)}; {DISABLED_WAIT}",
             }
             for (table, name), reason in sorted(self.loaded.unavailable.items())
         ]
-        found += [
-            {
+        rescan = self.loaded.config.daemon.rescan_seconds
+        for name, (path, problem) in sorted(self.watcher.unwatched().items()):
+            # Gone or not a folder: nothing can arrive; otherwise the rescans still look.
+            gone = not os.path.isdir(path)
+            found.append({
                 "kind": "unwatched",
                 "source": f"inbox:{name}",
                 "since": None,
-                "text": f"inbox {name}: {problem}; nothing dropped there is seen until it is back",
-            }
-            for name, problem in sorted(self.watcher.unwatched().items())
-        ]
+                "text": f"inbox {name}: its folder {path} {problem}; "
+                + ("nothing dropped there is seen until it is a folder again" if gone
+                   else f"new files are found only by the rescan every {rescan:g} s"),
+            })  # fmt: skip
         if self._reload_refused is not None:
             when, reason = self._reload_refused
             found.append({
@@ -246,7 +257,7 @@ class Service:
                 "since": when,
                 "text": f"reload refused, the config before it still runs: {reason}",
             })  # fmt: skip
-        return found
+        self._problems = tuple(found)
 
     def reload(self) -> None:
         """Swap in a new config; one that is bad or cannot be applied is refused, and the
@@ -476,14 +487,22 @@ def no_retry(row: JobRow) -> str:
     )
 
 
+#: What a disabled inbox's or batch's files wait for (a plugin module imported once stays
+#: imported: a reload loads again only one that failed to import).
+DISABLED_WAIT = (
+    "its files wait until the plugin is mended and the daemon reloaded (SIGHUP), or "
+    "restarted where the plugin's code changed"
+)
+
+
 def _log_disabled(loaded: LoadedConfig) -> None:
     for (table, name), reason in sorted(loaded.unavailable.items()):
         log.error(
-            "%s %s is disabled: %s; its files wait until the plugin is mended and the "
-            "daemon reloaded (SIGHUP), or restarted where the plugin's code changed",
+            "%s %s is disabled: %s; %s",
             table,
             name,
             reason,
+            DISABLED_WAIT,
             extra={"event": "disabled", "source": f"{table}:{name}", "reason": reason},
         )
 

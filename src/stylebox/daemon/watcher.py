@@ -284,13 +284,13 @@ class InboxWatcher:
             return "was deleted and made again"
         return None
 
-    def unwatched(self) -> dict[str, str]:
+    def unwatched(self) -> dict[str, tuple[Path, str]]:
         """The inboxes whose folder is not watched now (gone, replaced, or not made), by
-        name, each with why: systemd's status line and the status page say them while
-        ``check`` tries again."""
+        name, each with its folder and why: systemd's status line and the status page say
+        them while ``check`` tries again."""
         problems = {f.name: (f.path, self._watch_problem(f)) for f in self.folders.values()}
         return {
-            name: f"its folder {path} {problem}"
+            name: (path, problem)
             for name, (path, problem) in problems.items()
             if problem is not None
         }

@@ -265,6 +265,15 @@ function rebuild(list, children) {
   if (focused) list.querySelector(`[data-key="${focused}"]`)?.focus();
 }
 
+// A time of the daemon's: HH:MM:SS today, with its date on another day.
+function when(epoch) {
+  const date = new Date(epoch * 1000);
+  const clock = date.toTimeString().slice(0, 8);
+  if (date.toDateString() === new Date().toDateString()) return clock;
+  const day = `${date.getFullYear()}-${String(date.getMonth() + 1).padStart(2, "0")}-${String(date.getDate()).padStart(2, "0")}`;
+  return `${day} ${clock}`;
+}
+
 // What keeps the daemon from serving its config file as it is (a plugin that cannot load,
 // an inbox folder gone, a reload refused): said at the top for as long as it holds.
 function renderProblems(problems) {
@@ -274,8 +283,7 @@ function renderProblems(problems) {
   part.dataset.said = said;
   part.hidden = problems.length === 0;
   part.querySelector("ul").replaceChildren(...problems.map((problem) => {
-    const since = problem.since === null ? ""
-      : ` (at ${new Date(problem.since * 1000).toTimeString().slice(0, 8)})`;
+    const since = problem.since === null ? "" : ` (at ${when(problem.since)})`;
     return el("li", { text: problem.text + since, "data-kind": problem.kind });
   }));
 }
