@@ -413,6 +413,12 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
         daemon.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "status page kept at" in daemon.output(), 30), daemon.output()
     assert _answers(client)
+    assert wait_until(lambda: len(client.status()["problems"]) == 1, 5)
+    [kept] = client.status()["problems"]
+    assert kept["kind"] == "http_kept" and kept["text"].startswith(
+        f"the status page stays at 127.0.0.1:{client.port}, not at the config's "
+        f"0.0.0.0:{client.port}: "
+    )
 
     # A reload takes a new address and drops the token: actions are off from then on.
     port = free_port()
@@ -471,7 +477,7 @@ def test_what_keeps_the_daemon_from_its_config_is_reported_until_it_is_mended(
             "its files wait until the plugin is mended and the daemon reloaded (SIGHUP), or "
             "restarted where the plugin's code changed"
         )
-        assert [metric(k) for k in PROBLEM_KINDS] == ["1.0", "0.0", "0.0"]
+        assert [metric(k) for k in PROBLEM_KINDS] == ["1.0", "0.0", "0.0", "0.0"]
 
         inbox = tmp_path / "in-poster"
         inbox.rename(tmp_path / "aside")
@@ -503,7 +509,7 @@ def test_what_keeps_the_daemon_from_its_config_is_reported_until_it_is_mended(
         config.write_text(config.read_text().replace("rescan_seconds = -1", "rescan_seconds = 2"))
         daemon.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: problems() == [], 20), daemon.output()[-3000:]
-        assert [metric(k) for k in PROBLEM_KINDS] == ["0.0"] * 3
+        assert [metric(k) for k in PROBLEM_KINDS] == ["0.0"] * 4
     finally:
         gate.touch()
         daemon.stop()

@@ -84,6 +84,9 @@ class Service:
         self.http: HttpServer | None = None
         self._reload_refused: tuple[float, str] | None = None
         """When the last reload was refused and why, until one is applied."""
+        self._http_kept: tuple[float, str] | None = None
+        """When a reload's new ``[http] listen`` could not be listened on, and why: the
+        page stays at its old address until one can."""
         self._problems: tuple[dict[str, Any], ...] = ()
         """What :meth:`problems` answers: made whole on this (the main) thread, between
         a reload's swaps and the watcher's restarts, which the web thread must not see
@@ -249,6 +252,15 @@ class Service:
                 + ("nothing dropped there is seen until it is a folder again" if gone
                    else f"new files are found only by the rescan every {rescan:g} s"),
             })  # fmt: skip
+        if self._http_kept is not None:
+            when, reason = self._http_kept
+            found.append({
+                "kind": "http_kept",
+                "source": None,
+                "since": when,
+                "text": f"the status page stays at {self.http.listen if self.http else None}, "
+                f"not at the config's {self.loaded.config.http.listen}: {reason}",
+            })  # fmt: skip
         if self._reload_refused is not None:
             when, reason = self._reload_refused
             found.append({
@@ -384,6 +396,7 @@ class Service:
         all (on the page's own port, it could not be tried before the page let go of it)
         keeps the page where it was (logged); the jobs go on either way."""
         old = self.http.listen if self.http is not None else None
+        self._http_kept = None
         if self.http is not None:
             self.http.stop()
             self.http = None
@@ -394,6 +407,7 @@ class Service:
                 with contextlib.suppress(ConfigError):  # then the page is off
                     self._start_http(old)
             if self.http is not None:
+                self._http_kept = (time.time(), _one_line(str(exc)))
                 log.error("status page kept at %s: %s", old, exc, extra={"event": "http_refused"})
             else:
                 log.error("status page off: %s", exc, extra={"event": "http_refused"})

@@ -37,7 +37,7 @@ QUEUED = 12
 LEFT_ALONE = 12
 """Entries no job takes listed per inbox (``left_alone_count`` says how many there are)."""
 FileKind = Literal["result", "animation", "loss", "manifest"]
-PROBLEM_KINDS = ("disabled", "unwatched", "reload_refused")
+PROBLEM_KINDS = ("disabled", "unwatched", "reload_refused", "http_kept")
 """The ``kind`` of each entry of :meth:`Backend.problems`."""
 _SNAPSHOT = re.compile(r"[0-9]{1,9}\.png")
 
