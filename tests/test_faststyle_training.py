@@ -207,7 +207,7 @@ def test_ctrl_c_or_sigterm_checkpoints_train_and_exits_130(
     process = subprocess.Popen(
         [sys.executable, "-m", "stylebox.cli", "train", "--style", "starry_night",
          "--content-dir", str(photos), "--out", str(out), "--device", "cpu",
-         "--preset", "small", "--image-size", "32", "--steps", "100000"],
+         "--preset", "small", "--image-size", "32", "--steps", "100000", "--tv-weight", "0.5"],
         stderr=subprocess.PIPE, text=True,
         # As from a terminal: a test run started in the background (`nohup ... &`) hands
         # its children SIGINT ignored, and Python then never turns it into Ctrl-C.
@@ -225,7 +225,8 @@ def test_ctrl_c_or_sigterm_checkpoints_train_and_exits_130(
     ), last
     assert "Traceback" not in stderr
     step = int(last.split()[4].rstrip(","))
-    assert torch.load(out.with_suffix(".train") / CHECKPOINT, weights_only=True)["step"] == step
+    checkpoint = torch.load(out.with_suffix(".train") / CHECKPOINT, weights_only=True)
+    assert checkpoint["step"] == step and checkpoint["params"]["tv_weight"] == 0.5
     # Its time so far is kept for the record a resume completes (which counted only the
     # last session's).
     record = json.loads((out.with_suffix(".train") / "training.json").read_text())
@@ -311,8 +312,10 @@ def test_train_help_gives_the_defaults() -> None:
         [sys.executable, "-m", "stylebox.cli", "train", "--help"],
         capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
+    tv = TrainParams.model_fields["tv_weight"].default
     for default in ("(default: full)", "(default: 2000)", "(default: 256)", "(default: 0)"):
         assert default in shown, default
+    assert f"(default: {tv:g}," in " ".join(shown.split()), shown
     assert "(default: None)" not in shown and "(default: False)" not in shown
 
 

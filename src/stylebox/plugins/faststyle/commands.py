@@ -93,6 +93,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     train.add_argument("--batch-size", type=int, default=4, help="crops per step")
     train.add_argument("--style-weight", type=float, help="style loss weight (default: 1)")
     train.add_argument("--content-weight", type=float, help="content loss weight (default: 1)")
+    train.add_argument(
+        "--tv-weight",
+        type=float,
+        help="total variation weight, on 0-255 pixels: evens out the output's finest grain "
+        "(default: 1e-06, the bundled models')",
+    )
     train.add_argument("--learning-rate", type=float, help="Adam's (default: 0.001)")
     train.add_argument("--seed", type=int, default=0, help="crops, flips and initial weights")
     train.add_argument(
@@ -156,7 +162,8 @@ def _train(args: argparse.Namespace) -> int:
         "style": args.style, "content_dir": args.content_dir, "preset": args.preset,
         "steps": args.steps, "image_size": args.image_size, "style_size": args.style_size,
         "batch_size": args.batch_size, "style_weight": args.style_weight,
-        "content_weight": args.content_weight, "learning_rate": args.learning_rate,
+        "content_weight": args.content_weight, "tv_weight": args.tv_weight,
+        "learning_rate": args.learning_rate,
         "seed": args.seed, "device": args.device, "checkpoint_every": args.checkpoint_every,
     }  # fmt: skip
     try:
