@@ -75,6 +75,26 @@ def test_second_run_never_overwrites(tmp_path: Path, photo_file: Path, style_fil
     assert status.stdout.splitlines() == [f"run:{out}: 0 queued, 0 running, 2 done, 0 failed"]
 
 
+def test_status_reads_a_journal_while_the_config_does_not_load(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    # Right after a bad edit of the config (a reload refused), `status` failed on the
+    # config even with --state-dir: the queue could not be seen when it was most wanted.
+    from stylebox.daemon.status import collect
+
+    out = tmp_path / "out"
+    assert stylebox(*run_args(photo_file, out, tmp_path / "state", style_file)).returncode == 0
+    report = collect(None, tmp_path / "state")
+    assert report["sources"][f"run:{out}"]["done"] == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('state_dir = "state"\n[daemon]\nrescan_seconds = -1\n')
+    refused = stylebox("status", "--config", str(bad))
+    assert refused.returncode == 2 and "rescan_seconds" in refused.stderr
+    assert "`stylebox status --state-dir DIR` reads a journal without the config" in (
+        refused.stderr
+    )
+
+
 def test_alpha_survives_and_jpeg_output(tmp_path: Path, style_file: Path) -> None:
     source = photo(64, 48).convert("RGBA")
     mask = Image.new("L", source.size, 0)

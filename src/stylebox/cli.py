@@ -240,7 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--state-dir",
         type=path_argument,
-        help="read the journal there (a `run --state-dir`'s, say), not the config's state_dir",
+        help="read the journal there (a `run --state-dir`'s, say), not the config's "
+        "state_dir; without --config, no config is read at all",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
@@ -474,8 +475,17 @@ def _exit_now(status: int) -> NoReturn:
 def _cmd_status(args: argparse.Namespace) -> int:
     from stylebox.daemon.status import print_status
 
-    config = args.config or bundled.default_config_path()
-    return print_status(config, as_json=args.json, state_dir=args.state_dir, all_failed=args.failed)
+    # --state-dir alone reads that journal without any config: one being edited (a reload
+    # refused) must not hide the queue when it is most wanted.
+    config = args.config or (None if args.state_dir else bundled.default_config_path())
+    try:
+        return print_status(
+            config, as_json=args.json, state_dir=args.state_dir, all_failed=args.failed
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}\n(`stylebox status --state-dir DIR` reads a journal without the config)"
+        ) from None
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -20,21 +20,29 @@ LATEST_FAILED = 5
 
 
 def collect(
-    config_path: Path, state_dir: Path | None = None, all_failed: bool = False
+    config_path: Path | None, state_dir: Path | None = None, all_failed: bool = False
 ) -> dict[str, Any]:
     """The jobs of the journal in ``state_dir`` (default: the config's), by source: each
     inbox and batch of the config, and every other source the journal has (``run:``); with
-    ``all_failed``, every failed job in ``last_errors``, not the latest few."""
-    loaded = load_config(config_path)
-    state_dir = state_dir.absolute() if state_dir else loaded.config.state_dir
+    ``all_failed``, every failed job in ``last_errors``, not the latest few. Without a
+    config (``None``), the journal of ``state_dir`` alone: it reads while the config file
+    is being edited and does not load."""
+    loaded = load_config(config_path) if config_path is not None else None
+    if state_dir is not None:
+        state_dir = state_dir.absolute()
+    elif loaded is not None:
+        state_dir = loaded.config.state_dir
+    else:
+        raise ValueError("collect needs a config or a state_dir")
     path = journal_path(state_dir)
-    sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
-    sources += [f"batch:{b.name}" for b in loaded.config.batch]
-    foreign = state_dir != loaded.config.state_dir
-    if foreign:
-        sources = []  # the config's are served elsewhere: only what this journal holds
+    foreign = loaded is None or state_dir != loaded.config.state_dir
+    sources: list[str] = []
+    if loaded is not None and not foreign:  # else only what this journal holds
+        sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
+        sources += [f"batch:{b.name}" for b in loaded.config.batch]
     report: dict[str, Any] = {"journal": str(path), "journal_exists": path.exists(), "sources": {}}
-    disabled = {f"{table}:{name}": why for (table, name), why in loaded.unavailable.items()}
+    unavailable = loaded.unavailable.items() if loaded is not None else []
+    disabled = {f"{table}:{name}": why for (table, name), why in unavailable}
     if not path.exists():
         for key in sources:
             report["sources"][key] = {**_empty(), "disabled": disabled.get(key)}
@@ -75,19 +83,21 @@ def collect(
     return _with_left_alone(report, loaded)
 
 
-def _name(loaded: LoadedConfig, row: JobRow) -> str:
+def _name(loaded: LoadedConfig | None, row: JobRow) -> str:
     """The job ``row``'s file as its log lines name it: under its sub-folder in a recursive
     batch (two ``t.png`` of two folders were told apart by nothing)."""
     table, _, name = row.source.partition(":")
-    if table != "batch" or not any(batch.name == name for batch in loaded.config.batch):
+    if loaded is None or table != "batch":
+        return row.name
+    if not any(batch.name == name for batch in loaded.config.batch):
         return row.name
     return name_of(loaded.job("batch", name), Path(row.origin_path))
 
 
-def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
+def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig | None) -> dict[str, Any]:
     """Each listed inbox's entries that no job takes (a folder, a mask without its photo),
     as the daemon's log and status page say them."""
-    for inbox in loaded.config.inbox:
+    for inbox in loaded.config.inbox if loaded is not None else []:
         entry = report["sources"].get(f"inbox:{inbox.name}")
         if entry is not None:
             entry["left_alone"] = left_alone(
@@ -147,7 +157,7 @@ def _owner_gone(owner: str | None) -> bool:
 
 
 def print_status(
-    config_path: Path,
+    config_path: Path | None,
     as_json: bool = False,
     state_dir: Path | None = None,
     all_failed: bool = False,
