@@ -158,7 +158,7 @@ def test_a_photo_whose_bytes_another_file_of_the_batch_has_is_said_and_counted(
     config, library = setup(tmp_path, 2)
     shutil.copy(library / "img001.png", library / "2026" / "img001.png")
     dry = batch(config, "--dry-run")
-    assert "2 of 3 image(s) would run" in dry.stderr, dry.stderr
+    assert "2 of 3 image(s) would run (not: 1 the same bytes as another file)" in dry.stderr
     run = batch(config)
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
@@ -167,6 +167,10 @@ def test_a_photo_whose_bytes_another_file_of_the_batch_has_is_said_and_counted(
     assert "not stylised again" in copy["msg"]
     (finished,) = [line for line in lines if line.get("msg") == "batch finished"]
     assert (finished["files"], finished["done"], finished["done_before"]) == (3, 2, 1)
+    dry = batch(config, "--dry-run")  # it said "0 of 3" and nothing of why
+    assert "0 of 3 image(s) would run (not: 2 done before; 1 the same bytes as another file)" in (
+        dry.stderr
+    )
     # Run again: each file finds its own earlier job, counted and not said (each was
     # called a copy of itself); the copy is said again.
     again = batch(config)

@@ -15,6 +15,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -259,12 +260,18 @@ def _dry_run(loaded: LoadedConfig, name: str, files: list[Path]) -> int:
             journal = Journal(Path(scratch) / existing.name)
         try:
             sources = _sources(loaded, name)
-            todo = Pipeline(loaded, sources, journal).would_run(sources[f"batch:{name}"], files)
+            left: Counter[str] = Counter()
+            pipeline = Pipeline(loaded, sources, journal)
+            todo = pipeline.would_run(sources[f"batch:{name}"], files, left)
         finally:
             journal.close()
     for path in todo:
         print(path)
-    print(f"{len(todo)} of {len(files)} image(s) would run", file=sys.stderr)
+    why = "; ".join(f"{count} {reason}" for reason, count in sorted(left.items()))
+    print(
+        f"{len(todo)} of {len(files)} image(s) would run" + (f" (not: {why})" if why else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

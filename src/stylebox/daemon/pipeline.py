@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -281,27 +282,36 @@ class Pipeline:
             self.on_queued()
         return outcomes
 
-    def would_run(self, source: Source, paths: Sequence[Path]) -> list[Path]:
+    def would_run(
+        self, source: Source, paths: Sequence[Path], left: Counter[str] | None = None
+    ) -> list[Path]:
         """Those of ``paths`` that :meth:`enqueue` would give a job to run, changing
         nothing: all but those whose bytes, companions and settings have a job done (a
-        failed one is retried, an unfinished one continues)."""
+        failed one is retried, an unfinished one continues). ``left`` counts why each
+        other one would not run: ``done before``, ``the same bytes as another file``,
+        ``gone``."""
+        left = Counter() if left is None else left
         companions = _companion_keys(paths)
         todo = []
         seen: set[str] = set()  # a second file of the same bytes waits for the first's job
         for path in paths:
             entry = self._entry(source, path, companions.get(path))
             if entry is None:
+                left["gone"] += 1
                 continue
             row = self.journal.existing(entry)
             if row is not None and self._needs_own_job(source, row, path):
                 row = self.journal.existing(_own_entry(entry, path))
             elif entry.unique_key in seen:
+                left["the same bytes as another file"] += 1
                 continue
             seen.add(entry.unique_key)
             if row is None or row.state != "done":
                 todo.append(path)
             elif row.origin_path == str(path) and not self._result_stands(source, row):
                 todo.append(path)  # remade (see _after_add)
+            else:
+                left["done before"] += 1
         return todo
 
     def _entry(self, source: Source, path: Path, companions: str | None = None) -> NewJob | None:
