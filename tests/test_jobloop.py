@@ -587,14 +587,23 @@ def test_a_file_refused_on_sight_that_cannot_be_moved_aside_waits_its_turn(
     assert (inbox / "notes.png").is_file()
 
 
-def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(tmp_path: Path) -> None:
+def test_a_copy_waiting_for_a_cancelled_job_is_cancelled_with_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Woken, the copy would find its job failed and queue it again as a retry: the photo
     # the person cancelled would be stylised after all.
     loop = _loop(tmp_path, {"steps": 1})
     inbox, job = tmp_path / "inbox", _only_job(loop)
     shutil.copy(inbox / "photo.png", inbox / "again.png")
     source = loop.pipeline.sources["inbox:steps"]
-    assert loop.pipeline.enqueue(source, [inbox / "again.png"]) == ["waiting"]
+    with caplog.at_level(logging.INFO, logger="stylebox"):
+        assert loop.pipeline.enqueue(source, [inbox / "again.png"]) == ["waiting"]
+    # Said of the file that waits (its "file" named the job's own, which runs).
+    (waits,) = [r for r in caplog.records if getattr(r, "event", None) == "waiting"]
+    assert waits.getMessage() == (
+        "again.png: waiting for the job of the same bytes (photo.png), to be what its end makes it"
+    )
+    assert (waits.file, waits.same_as, waits.job) == ("again.png", "photo.png", job.id)
     assert loop.pipeline.cancel_queued(job.id)
     assert _only_job(loop).state == "failed" and not loop.journal.queued({"inbox:steps"})
     assert sorted(p.name for p in (inbox / "failed").iterdir()) == [

@@ -419,9 +419,18 @@ class Pipeline:
                     return "gone"
                 if mine is not None:
                     return self.enqueue(source, [path])[0]
+            fields = self._fields(row, "waiting")
+            # Said of the file that waits (as a duplicate is): the job's is ``same_as``.
             log.info(
-                "waiting for the job of the same bytes",
-                extra={**self._fields(row, "waiting"), "path": files.readable(str(path))},
+                "%s: waiting for the job of the same bytes (%s), to be what its end makes it",
+                source.name_of(path),
+                fields["file"],
+                extra={
+                    **fields,
+                    "file": source.name_of(path),
+                    "same_as": fields["file"],
+                    "path": files.readable(str(path)),
+                },
             )
             return "waiting"
         if self._needs_own_job(source, row, path):
