@@ -252,23 +252,19 @@ class Service:
                 + ("nothing dropped there is seen until it is a folder again" if gone
                    else f"new files are found only by the rescan every {rescan:g} s"),
             })  # fmt: skip
-        if self._http_kept is not None:
-            when, reason = self._http_kept
-            found.append({
-                "kind": "http_kept",
-                "source": None,
-                "since": when,
-                "text": f"the status page stays at {self.http.listen if self.http else None}, "
-                f"not at the config's {self.loaded.config.http.listen}: {reason}",
-            })  # fmt: skip
-        if self._reload_refused is not None:
-            when, reason = self._reload_refused
-            found.append({
-                "kind": "reload_refused",
-                "source": None,
-                "since": when,
-                "text": f"reload refused, the config before it still runs: {reason}",
-            })  # fmt: skip
+        # Held until mended, each with when it began.
+        listen = self.http.listen if self.http is not None else None
+        held = (
+            ("http_kept", self._http_kept,
+             f"the status page stays at {listen}, not at the config's "
+             f"{self.loaded.config.http.listen}: "),
+            ("reload_refused", self._reload_refused,
+             "reload refused, the config before it still runs: "),
+        )  # fmt: skip
+        for kind, since, said in held:
+            if since is not None:
+                when, reason = since
+                found.append({"kind": kind, "source": None, "since": when, "text": said + reason})
         self._problems = tuple(found)
 
     def reload(self) -> None:

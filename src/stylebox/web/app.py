@@ -373,7 +373,7 @@ class _Metrics(Collector):
         problems = GaugeMetricFamily(
             "stylebox_problems",
             "What keeps the daemon from serving its config: disabled sources, unwatched "
-            "inboxes, a refused reload",
+            "inboxes, a refused reload, the status page kept at its old address",
             labels=["kind"],
         )
         kinds = Counter(problem["kind"] for problem in self.reader.backend.problems())
