@@ -226,8 +226,10 @@ class Service:
     def problems(self) -> list[dict[str, Any]]:
         """What keeps the daemon from serving its config file as it is now, one line each
         for the status page: each inbox or batch disabled (its plugin cannot load), each
-        inbox whose folder is not watched, and the last reload refused (until one is
-        applied: the running config is then older than the file). Safe from any thread."""
+        inbox whose folder is not watched, the status page kept at its old address (a
+        reload's new ``listen`` could not be taken), and the last reload refused (until one
+        is applied: the running config is then older than the file). Safe from any
+        thread."""
         return list(self._problems)
 
     def _refresh_problems(self) -> None:
