@@ -80,6 +80,8 @@ def test_bad_files_end_in_failed_with_reasons_while_serving(tmp_path: Path) -> N
         reasons = {p.name: p.read_text() for p in failed.glob("*.error.txt")}
         for kind, (path, reason) in bad.items():
             assert reason in reasons[f"{kind}-{path.name}.error.txt"]
+        for kind in ("empty", "text", "format"):  # refused on sight, when queued
+            assert "attempts: 0 (it never ran)" in reasons[f"{kind}-{bad[kind][0].name}.error.txt"]
         assert "symbolic link" in reasons["link.jpg.error.txt"]
         assert (inbox / "directory-x.jpg").is_dir() and not (failed / "directory-x.jpg").exists()
         assert outside.exists()  # the link's target was neither read nor moved

@@ -331,7 +331,7 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     )
     assert (tmp_path / "in-gate" / "failed" / "waiting.png").is_file()
     reason = (tmp_path / "in-gate" / "failed" / "waiting.png.error.txt").read_text()
-    assert "attempts: 0" in reason  # it never ran: its claim to be cancelled is no try
+    assert "attempts: 0 (it never ran)" in reason  # its claim to be cancelled is no try
     assert client.json("/api/jobs/99999/cancel", "POST", **token) == (
         404,
         {"error": "no such job 99999"},

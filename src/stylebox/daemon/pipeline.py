@@ -1043,7 +1043,10 @@ class Pipeline:
 
         def record(target: Path | None) -> None:
             if target is not None:
-                files.write_reason(target, f"{reason}\nattempts: {row.attempts}\njob: {row.id}")
+                # A job ended before it ran (refused on sight, cancelled while queued)
+                # says so: a bare "attempts: 0" read as a count that went wrong.
+                tries = f"{row.attempts}" if row.attempts else "0 (it never ran)"
+                files.write_reason(target, f"{reason}\nattempts: {tries}\njob: {row.id}")
             self.journal.finish(row.id, "failed", error=error, input_path=target)
 
         if not self._move_after(source, row, record, "failed"):
