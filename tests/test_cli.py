@@ -276,6 +276,8 @@ def test_plugins_lists_gatys_with_params() -> None:
     listing = stylebox("plugins")
     assert listing.returncode == 0
     assert "gatys" in listing.stdout and "style_weight" in listing.stdout
+    padded = [line for line in listing.stdout.splitlines() if line != line.rstrip()]
+    assert not padded, padded[:2]  # rich padded each row to the table's width
     as_json = json.loads(stylebox("plugins", "--json").stdout)
     assert "steps" in as_json["plugins"]["gatys"]["params"]["properties"]
     # Types as a config writes them: they read 'Union', 'Optional', 'Literal', and a

@@ -48,6 +48,7 @@ from stylebox.plugins.registry import Registry, discover, load_quietly
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Entry-point group through which plugins add their own subcommands.
@@ -107,6 +108,19 @@ def _stdout_console() -> Console:
 
 #: The width of output into a pipe: wider than any line it prints.
 UNWRAPPED_WIDTH = 10_000
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print ``table``; into a pipe or a file without the spaces rich pads every line with
+    to the table's width (the description column is the last: each line ended in up to a
+    hundred spaces)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        console.out(line.rstrip(), highlight=False)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -543,7 +557,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             kind = _type_text(field.annotation) + _bounds_text(field.metadata)
             cells = (field_name, kind, default, field.description or "")
             table.add_row(*(Text(cell) for cell in cells))  # as written: list[float] is no markup
-        console.print(table)
+        _print_table(console, table)
         console.print()
     for name, failure in registry.failures.items():
         console.print(
