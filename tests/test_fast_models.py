@@ -407,6 +407,22 @@ def test_config_check_reports_an_fp16_variant_that_is_not_there(tmp_path: Path) 
     assert "its fp16 variant" in check.stderr and "does not exist" in check.stderr
 
 
+def test_config_check_on_a_cpu_warns_of_an_auto_fp16_variant_that_is_not_there(
+    tmp_path: Path,
+) -> None:
+    # Precision "auto" runs the fp32 model on this CPU: check called the inbox disabled
+    # while serve ran it; it is a warning of what a GPU start would do.
+    for name in ("starry_night_small.onnx", "starry_night_small.json"):
+        (tmp_path / name).write_bytes((REPO / "styles" / name).read_bytes())
+    manifest = tmp_path / "starry_night_small.json"
+    manifest.write_text(manifest.read_text().replace("starry_night_small.fp16", "gone.fp16"))
+    check = _config_check(_config(tmp_path, "starry_night_small.onnx"))
+    assert check.returncode == 0, check.stderr
+    assert "is disabled" not in check.stderr and ": OK;" in check.stdout
+    assert "gone.fp16.onnx does not exist" in check.stderr
+    assert "a start on a GPU" in check.stderr and "would disable it" in check.stderr
+
+
 def test_editing_a_manifest_makes_a_new_job_identity(tmp_path: Path) -> None:
     model = write_gain(tmp_path / "gain.onnx")
     config = _config(tmp_path, "gain.onnx")

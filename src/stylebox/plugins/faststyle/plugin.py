@@ -10,6 +10,7 @@ conversions to what it wants happen inside the graph (:mod:`.engine`, :mod:`.iog
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -188,17 +189,29 @@ class FastPlugin(Plugin[FastParams]):
         """The manifest read and checked against the graph (onnx only, nothing run), and
         the style images read, as the start reads them; and so is the fp16 variant a start
         on a GPU would choose (precision fp16, or auto and the manifest names one), on any
-        machine: a missing one disabled the inbox there."""
+        machine: a missing one disables the inbox there. Where precision is auto and this
+        machine runs the model on the CPU (which takes the fp32 model), a bad variant is
+        logged as a warning instead: a start here runs, and said "disabled" it misled."""
         _checked(params.model, ModelManifest.for_model(params.model), params)
         for style in params.styles:
             _style_image(style)
         device = params.device or runtime.device
         if device.startswith("cuda") and not cuda_loads():
             raise fell_back(str(params.model), device, ["CPUExecutionProvider"])
-        if params.precision != "fp32":
+        if params.precision == "fp32":
+            return
+        try:
             variant, manifest = _model_for(params, "cuda")
             if variant != params.model:
                 _checked(variant, manifest, params)
+        except BadModel as exc:
+            if params.precision == "fp16" or resolve(device) != "cpu":
+                raise
+            log.warning(
+                "%s; here it runs its fp32 model on the CPU, but a start on a GPU (where "
+                'precision "auto" chooses the fp16 variant) would disable it',
+                exc,
+            )
 
     def __init__(self, params: FastParams, runtime: Runtime) -> None:
         super().__init__(params, runtime)
@@ -607,6 +620,8 @@ def chosen_model(
         raise BadModel(f"{model}: its fp16 variant {variant} does not exist")
     return variant
 
+
+log = logging.getLogger("stylebox.fast")
 
 _vectors_lock = threading.Lock()
 #: Style vectors by (predictor, style image) digest, shared by every instance.
