@@ -419,6 +419,7 @@ def test_events_reload_and_sigterm(daemon: Daemon, tmp_path: Path) -> None:
         f"the status page stays at 127.0.0.1:{client.port}, not at the config's "
         f"0.0.0.0:{client.port}: "
     )
+    assert daemon.receive("; status page at its old address (see the log)", 10)  # systemd
 
     # A reload takes a new address and drops the token: actions are off from then on.
     port = free_port()

@@ -214,12 +214,15 @@ class Service:
         failed = sum(c.get("failed", 0) for c in counts.values())
         running = self.loop.running_count()
         line = f"{running} running, {queued} queued, {done} done, {failed} failed"
-        disabled = [f"{table}:{name}" for table, name in sorted(self.loaded.unavailable)]
-        if disabled:
-            line += f"; disabled: {', '.join(disabled)}"
-        if unwatched := self.watcher.unwatched():
-            line += f"; not watched: {', '.join(f'inbox:{name}' for name in unwatched)}"
-        if self._reload_refused is not None:
+        # The problems the page lists, each kind in a few words (they are read there).
+        problems = self._problems
+        for kind, said in (("disabled", "disabled"), ("unwatched", "not watched")):
+            if sources := [p["source"] for p in problems if p["kind"] == kind]:
+                line += f"; {said}: {', '.join(sources)}"
+        kinds = {p["kind"] for p in problems}
+        if "http_kept" in kinds:
+            line += "; status page at its old address (see the log)"
+        if "reload_refused" in kinds:
             line += "; reload refused (see the log)"
         return line
 
