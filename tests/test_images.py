@@ -637,3 +637,36 @@ def test_a_nearly_flat_result_counts_as_broken_too() -> None:
     stray = np.zeros_like(pixels(kodak), dtype=np.uint8)
     stray[0, :20] = 255  # under 0.1 % of 256 x 171
     assert flat_result(kodak, Image.fromarray(stray)).startswith("nearly one flat colour")
+
+
+@pytest.mark.parametrize(
+    ("top", "peak", "said"),
+    [
+        (1.0, 1.0, ""),
+        (1.0, 1.0001, ", read as 0 to 1 with values over 1 (up to 1.0001) clipped to white"),
+        (1.5, 1.5, ", read as 0 to 1 with values over 1 (up to 1.5) clipped to white"),
+        (255.0, 255.0, ""),
+        (4095.0, 4095.0, ", its largest value (4095) taken as white"),
+    ],
+)
+def test_float_grey_is_read_by_its_range(top: float, peak: float, said: str) -> None:
+    # 0..1 data one pixel of which overshot (1.0001) was read as 0..255: black, and done.
+    ramp = np.linspace(0, 1, 32 * 8, dtype=np.float32).reshape(8, 32)
+    values = ramp * np.float32(top)
+    values[0, 0] = peak
+    decoded = decode_bytes(encoded(Image.fromarray(values, "F"), "TIFF"))
+    grey = np.asarray(decoded.rgb)[..., 0].astype(int)
+    white = 1.0 if top <= 1.5 else top  # what reads as 255
+    expected = np.clip(ramp * top / white * 255 + 0.5, 0, 255).astype(int)
+    assert np.abs(grey - expected)[1:].max() <= 1  # (row 0 holds the peak)
+    assert decoded.notes == (f"F pixels scaled to 8 bits{said}",)
+
+
+def test_float_grey_that_is_not_a_number_reads_as_black() -> None:
+    values = np.full((4, 6), 0.5, dtype=np.float32)
+    values[0, :3] = [np.nan, np.inf, -np.inf]
+    decoded = decode_bytes(encoded(Image.fromarray(values, "F"), "TIFF"))
+    grey = np.asarray(decoded.rgb)[..., 0]
+    assert list(grey[0, :4]) == [0, 0, 0, 128] and grey[1:].min() == 128
+    said = "F pixels scaled to 8 bits, 3 values that are not numbers read as black"
+    assert decoded.notes == (said,)

@@ -555,11 +555,11 @@ def _high_depth_to_l(image: Image.Image) -> tuple[Image.Image, str]:
     """16-bit, 32-bit and float greyscale to 8-bit, scaling rather than clipping; with how,
     where the file's values said nothing of their white (said in the input's notes)."""
     array = np.asarray(image, dtype=np.float64)
-    largest = float(array.max(initial=0.0))
     how = ""
     if image.mode == "F":
-        scale = 255.0 if largest <= 1.0 else 1.0
-    elif largest > 65535:
+        return _float_to_l(array)
+    largest = float(array.max(initial=0.0))
+    if largest > 65535:
         # 32-bit integers past any 16-bit range: no white level is known, so the largest
         # value is taken as white (a 16-bit white would leave most pixels blown out).
         scale = 255.0 / largest
@@ -568,6 +568,30 @@ def _high_depth_to_l(image: Image.Image) -> tuple[Image.Image, str]:
         scale = 255.0 / 65535.0
     else:
         scale = 1.0
+    pixels = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, mode="L"), how
+
+
+def _float_to_l(array: np.ndarray) -> tuple[Image.Image, str]:
+    """Float grey to 8-bit: 0..1, white 1.0, where its typical pixel (the median) is at
+    most 1 (values over 1, an HDR highlight, clipped to white and said); 0..255 as it is;
+    anything larger scaled by its largest value. NaN and infinities read as black. (0..1
+    data that overshot by a hair, one pixel at 1.0001, was read as 0..255: black.)"""
+    how = ""
+    finite = np.isfinite(array)
+    if not finite.all():
+        how += f", {int((~finite).sum())} values that are not numbers read as black"
+        array = np.where(finite, array, 0.0)
+    largest = float(array.max(initial=0.0))
+    if largest <= 1.0 or float(np.median(array)) <= 1.0:
+        scale = 255.0
+        if largest > 1.0:
+            how += f", read as 0 to 1 with values over 1 (up to {largest:.6g}) clipped to white"
+    elif largest <= 255.5:
+        scale = 1.0
+    else:
+        scale = 255.0 / largest
+        how += f", its largest value ({largest:.4g}) taken as white"
     pixels = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, mode="L"), how
 
