@@ -125,6 +125,28 @@ def test_bad_images_exit_2_with_one_line(tmp_path: Path, style_file: Path, kind:
     assert path.exists()  # nothing is lost
 
 
+def test_a_name_with_a_line_break_or_an_escape_is_printed_as_one_line(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    # Printed raw, the break forged a second "stylebox: ..." line, and the escape sequence
+    # cleared the terminal.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = folder / "x\x1b[2Jy\nstylebox: all fine.png"
+    bad.write_text("not a picture")
+    photo = folder / "tab\there.png"
+    photo.write_bytes(photo_file.read_bytes())
+    state = tmp_path / "state"
+    args = run_args(bad, tmp_path / "out", state, style_file)
+    result = stylebox(*args[:2], str(photo), *args[2:])
+    assert result.returncode == 2, result.stderr
+    assert "\x1b" not in result.stderr and "\t" not in result.stderr
+    said = [line for line in result.stderr.splitlines() if "bad input" in line]
+    assert len(said) == 1 and "x\\x1b[2Jy\\nstylebox: all fine.png" in said[0], said
+    assert "tab\\there.png" in result.stderr  # its done line and log lines
+    assert (tmp_path / "out" / "tab_here.png").is_file()  # its output named as before
+
+
 def test_a_photos_mask_named_beside_it_is_read_by_its_job_not_run(
     tmp_path: Path, photo_file: Path, style_file: Path
 ) -> None:

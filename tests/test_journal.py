@@ -335,6 +335,22 @@ def test_status_lists_the_newest_failures_by_when_they_failed(tmp_path: Path) ->
     assert [e["job"] for e in errors] == [1, 6, 5, 4, 3]
 
 
+def test_status_prints_a_name_with_a_line_break_or_an_escape_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Printed raw, a photo's name forged a "failed #" line and cleared the terminal.
+    config, journal = status_setup(tmp_path)
+    name = "x\x1b[2Jy\n  failed #999 forged.png: BadInput: forged.png"
+    add(journal, name)
+    journal.finish(journal.claim("h:1", 30).id, "failed", error=BadInput(f"{name} is empty"))
+    journal.close()
+    assert status.print_status(config) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed
+    failed = [line for line in printed.splitlines() if "failed #" in line]
+    assert len(failed) == 1 and failed[0].startswith("  failed #1 x\\x1b[2Jy\\n  failed #999")
+
+
 def test_status_lists_as_waiting_only_jobs_held_back_after_an_error(tmp_path: Path) -> None:
     # A job retried once, then drained (queued again at once, its old error kept) was shown
     # waiting with that error for good.

@@ -65,3 +65,18 @@ def test_uvicorn_s_start_and_stop_are_not_logged_as_from_an_error_logger() -> No
     record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "Shutting down", (), None)
     line = JsonFormatter().format(record)
     assert json.loads(line)["logger"] == "uvicorn" and "error" not in line
+
+
+def test_on_a_terminal_a_name_s_line_break_or_escape_is_shown_not_obeyed() -> None:
+    # A file name is data: its break forged a log line, its escape cleared the screen.
+    logger = logging.getLogger("stylebox.test-logs")
+    name = "x\x1b[2Jy\nz.png"
+    record = logger.makeRecord(
+        logger.name, logging.INFO, __file__, 1, "cannot read %s:\nsee below", (name,), None,
+        extra={"file": name},
+    )  # fmt: skip
+    line = TextFormatter().format(record)
+    assert line.endswith(
+        "cannot read x\\x1b[2Jy\\nz.png:\nsee below file=x\\x1b[2Jy\\nz.png"
+    )  # the message's own break kept
+    assert json.loads(JsonFormatter().format(record))["file"] == name  # JSON escapes it

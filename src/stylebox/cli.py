@@ -174,7 +174,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> None:
-    print(f"stylebox: {message}", file=sys.stderr)
+    print(f"stylebox: {logs.shown(message)}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+import unicodedata
+from collections.abc import Mapping
 from typing import TextIO
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is data.
@@ -14,6 +17,38 @@ _LIBRARY = frozenset({"color_message"})
 #: Loggers shown by another name: uvicorn logs its start and stop to ``uvicorn.error``
 #: (a name kept for history), and a search of the log for "error" found every start.
 _LOGGER_NAMES = {"uvicorn.error": "uvicorn"}
+
+
+def readable(text: str) -> str:
+    """``text`` as people can read it: each byte of a file name that is not UTF-8 (which
+    Python keeps as a lone surrogate, ``os.fsdecode``'s escape) becomes U+FFFD, as a file
+    manager shows it. For logs, the journal's names and reasons, and output names; the path
+    itself is kept exactly wherever a file is opened or moved."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print on a line of a terminal: :func:`readable`, and each control
+    character as its escape (``\\n``, ``\\x1b``). A file name may hold any of them:
+    printed as they are, a line break forged a line of ``stylebox status`` and an escape
+    sequence cleared the screen."""
+    text = readable(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in _CONTROLS
+        else char
+        for char in text
+    )
+
+
+#: Unicode categories of what a terminal obeys rather than shows: controls (C0, DEL, C1)
+#: and the line and paragraph separators.
+_CONTROLS = frozenset({"Cc", "Zl", "Zp"})
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -52,17 +87,35 @@ class TextFormatter(logging.Formatter):
         # as a field, from a Ray worker, too).
         extra = _fields(record)
         trace = extra.pop("exception", None)
-        record.message = record.getMessage()
+        record.message = _message(record)
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
         line = self.formatMessage(record)
         if extra:
-            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+            line += " " + " ".join(f"{k}={shown(str(v))}" for k, v in extra.items())
         if record.exc_info:
             trace = self.formatException(record.exc_info)
         if trace:
             line += "\n" + str(trace).rstrip("\n")
         return line
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message for a terminal: what its arguments bring in (a file name, an
+    error naming one) with each control character shown as its escape, the message's own
+    text as written (a few messages break their line on purpose)."""
+    args = record.args
+    if not args:
+        return str(record.msg)
+
+    def safe(value: object) -> object:
+        if isinstance(value, str | os.PathLike | BaseException):
+            return shown(str(value))
+        return value  # a number for %d or %.1f: as it is
+
+    if isinstance(args, Mapping):
+        return str(record.msg) % {key: safe(value) for key, value in args.items()}
+    return str(record.msg) % tuple(safe(value) for value in args)
 
 
 class StderrHandler(logging.StreamHandler[TextIO]):

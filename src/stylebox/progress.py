@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
+from stylebox import logs
 from stylebox.daemon.runner import Job, JobResult
 from stylebox.errors import StyleboxError
 
@@ -155,7 +156,10 @@ class BarReporter:
         older = self._tasks.get(job.name)
         if older is not None:  # a lost run's bar, which would stay frozen
             self._remove(older[0])
-        task = self._progress.add_task(job.name, total=None, metrics="", eta_deadline=None)
+        # (A name's line break or escape shown as such: printed, it broke the bar's line.)
+        task = self._progress.add_task(
+            logs.shown(job.name), total=None, metrics="", eta_deadline=None
+        )
         self._tasks[job.name] = (job, task)
 
     def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
@@ -173,7 +177,7 @@ class BarReporter:
     def finished(self, job: Job, result: JobResult) -> None:
         seconds = result.manifest["timings"]["total_seconds"]
         # A file name is text, not markup: "[/b]x.png" would raise MarkupError.
-        line = f"{job.name} -> {result.names.result} ({seconds:.1f} s)"
+        line = logs.shown(f"{job.name} -> {result.names.result} ({seconds:.1f} s)")
         self.console.print(line, markup=False, highlight=False)
         # Its bar goes: drawn again below its done line, a full bar read as an empty one.
         self._remove(job)

@@ -13,19 +13,9 @@ from pathlib import Path
 
 from stylebox.errors import ConfigError
 from stylebox.images import atomic_write_bytes, fsync_dir
+from stylebox.logs import readable
 
 _lock = threading.Lock()
-
-
-def readable(text: str) -> str:
-    """``text`` as people can read it: each byte of a file name that is not UTF-8 (which
-    Python keeps as a lone surrogate, ``os.fsdecode``'s escape) becomes U+FFFD, as a file
-    manager shows it. For logs, the journal's names and reasons, and output names; the path
-    itself is kept exactly wherever a file is opened or moved."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that no file name decodes to
-        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 #: Longest file name most file systems take (ext4, XFS, Btrfs, ZFS...), in bytes.

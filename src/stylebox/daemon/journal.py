@@ -36,8 +36,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from stylebox.daemon.files import readable
 from stylebox.errors import BadInput, InputChanged, StateError
+from stylebox.logs import readable
 
 log = logging.getLogger("stylebox.journal")
 

@@ -39,6 +39,7 @@ from stylebox.errors import (
     describe,
 )
 from stylebox.images import refused_on_sight
+from stylebox.logs import shown
 from stylebox.plugins.api import Plugin, companion_index, companions_of
 
 log = logging.getLogger("stylebox.pipeline")
@@ -464,7 +465,8 @@ class Pipeline:
             self._supersede_queued(source, path, row)
             assert isinstance(source.config, InboxConfig)
             moved = _move_input(path, source.config.processed_dir)
-            note = f"duplicate of job {row.id} ({row.name}); its result: {source.outbox.folder}"
+            name = shown(row.name)
+            note = f"duplicate of job {row.id} ({name}); its result: {source.outbox.folder}"
             if row.stem:
                 note += f"/{row.stem}.*"
             files.write_reason(moved, note, suffix=".duplicate.txt")
@@ -1035,7 +1037,7 @@ class Pipeline:
     def _fail(self, source: Source, row: JobRow, error: Exception) -> None:
         """Record job ``row`` failed with ``error`` and move its input to ``failed/`` with
         the reason beside it: the reason and the journal first, as :meth:`_complete` does."""
-        reason = files.readable(describe(error))
+        reason = shown(describe(error))  # one line, whatever its file's name holds
         stem = row.stem or self.journal.get(row.id).stem  # a legacy job named when it ran
         if stem:
             source.outbox.end_without_result(stem, row.sha256)
@@ -1075,7 +1077,8 @@ class Pipeline:
         assert isinstance(source.config, InboxConfig)
         try:
             moved = _move_input(path, source.config.failed_dir)
-            files.write_reason(moved, f"{reason}\nthe same photo as job {row.id}: {row.name}")
+            said = f"{reason}\nthe same photo as job {row.id}: {shown(row.name)}"
+            files.write_reason(moved, said)
         except OSError:  # it stays in the inbox; the next rescan retries the job
             log.exception("cannot move %s aside", files.readable(str(path)))
             return

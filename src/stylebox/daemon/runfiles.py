@@ -20,6 +20,7 @@ from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
 from stylebox.daemon.sources import Source
+from stylebox.logs import shown
 from stylebox.progress import reporter_for_stream
 
 log = logging.getLogger("stylebox.run")
@@ -92,4 +93,4 @@ def _report(journal: Journal, key: str, inputs: list[Path]) -> int:
 
 
 def _say(message: str) -> None:
-    print(f"stylebox: {message}", file=sys.stderr)
+    print(f"stylebox: {shown(message)}", file=sys.stderr)

@@ -31,7 +31,6 @@ from pydantic import BaseModel
 
 from stylebox import __version__
 from stylebox.config import ImagesConfig
-from stylebox.daemon.files import readable
 from stylebox.daemon.leases import Stop, StopReason
 from stylebox.daemon.outbox import Outbox, OutputNames, gif_frame
 from stylebox.daemon.writer import JobWriter
@@ -53,6 +52,7 @@ from stylebox.images import (
     flat_result,
 )
 from stylebox.jsonvalues import not_finite
+from stylebox.logs import readable
 from stylebox.lossplot import render_svg
 from stylebox.plugins.api import (
     JobContext,

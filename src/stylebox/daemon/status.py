@@ -13,6 +13,7 @@ from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.leases import pid_alive
 from stylebox.daemon.sources import name_of
 from stylebox.daemon.watcher import left_alone
+from stylebox.logs import shown
 
 #: How many failed jobs a source's ``last_errors`` lists, the newest first, unless all are
 #: asked for.
@@ -166,22 +167,26 @@ def print_status(
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
+
+    def say(line: str) -> None:
+        print(shown(line))  # a file name may hold a line break or a terminal's escape
+
     if not report["journal_exists"]:  # a state_dir mistyped, or nothing run there yet
-        print(f"no journal at {report['journal']}: no job has been queued with this state_dir")
+        say(f"no journal at {report['journal']}: no job has been queued with this state_dir")
     for key, entry in report["sources"].items():
-        print(
+        say(
             f"{key}: {entry['queued']} queued, {entry['running']} running, "
             f"{entry['done']} done, {entry['failed']} failed"
         )
         if entry["disabled"]:
-            print(f"  DISABLED: {entry['disabled']}")
+            say(f"  DISABLED: {entry['disabled']}")
         if not entry["configured"] and entry["queued"]:
             by = (
                 "an inbox of this name, or one on its folder,"
                 if key.startswith("inbox:")
                 else "a batch of this name"
             )
-            print(f"  not in the config: its queued jobs wait until {by} serves them")
+            say(f"  not in the config: its queued jobs wait until {by} serves them")
         for job in entry["running_jobs"]:
             progress = f"step {job['step']}/{job['total']}" if job["total"] else "starting"
             eta = (
@@ -189,17 +194,17 @@ def print_status(
             )
             if job["owner_gone"]:
                 eta = f"; its process ({job['owner']}) is gone: it resumes at the next start"
-            print(f"  running #{job['job']} {job['file']}: {progress}{eta}")
+            say(f"  running #{job['job']} {job['file']}: {progress}{eta}")
         for job in entry["waiting_jobs"]:
-            print(
+            say(
                 f"  waiting #{job['job']} {job['file']}: {job['error']} (tried again in "
                 f"{job['retry_in_seconds']:.0f} s)"
             )
         for error in entry["last_errors"]:
-            print(f"  failed #{error['job']} {error['file']}: {error['error']}")
+            say(f"  failed #{error['job']} {error['file']}: {error['error']}")
         if entry["failed"] > len(entry["last_errors"]):
             earlier = entry["failed"] - len(entry["last_errors"])
-            print(f"  and {earlier} earlier failed job(s) (--failed lists every one)")
+            say(f"  and {earlier} earlier failed job(s) (--failed lists every one)")
         for why in entry["left_alone"]:
-            print(f"  left alone: {why}")
+            say(f"  left alone: {why}")
     return 0
