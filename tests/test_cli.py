@@ -147,6 +147,30 @@ def test_a_name_with_a_line_break_or_an_escape_is_printed_as_one_line(
     assert (tmp_path / "out" / "tab_here.png").is_file()  # its output named as before
 
 
+@pytest.mark.parametrize(
+    ("fmt", "width", "limit"), [("jpeg", 65501, 65500), ("webp", 16384, 16383)]
+)
+def test_a_result_too_wide_for_its_format_is_refused_before_it_runs(
+    tmp_path: Path, fmt: str, width: int, limit: int
+) -> None:
+    # Found by the encoder after the whole stylisation: "broken data stream" (a JPEG, read
+    # as a disk fault and tried again) or a WebP encoding error.
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (width, 2), (90, 120, 200)).save(strip)
+    result = stylebox(
+        "run", str(strip), "--plugin", "fast", "--set", "model=starry_night_small",
+        "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--format", fmt,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"stylebox: bad input: strip.png: its result would be {width}x2, over the {limit} "
+        f'pixels a side that {fmt.upper()} can hold; set the output format to "png" for it (or '
+        "a size param that shrinks it)"
+    ), result.stderr
+    assert "Maximum supported" not in result.stderr and strip.exists()
+
+
 def test_a_photos_mask_named_beside_it_is_read_by_its_job_not_run(
     tmp_path: Path, photo_file: Path, style_file: Path
 ) -> None:

@@ -670,6 +670,23 @@ def resize_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
+#: The longest side each output format can hold: libjpeg's limit, and WebP's 14 bits.
+MAX_SIDE: dict[OutputFormat, int] = {"png": 2**31 - 1, "jpeg": 65500, "webp": 16383}
+
+
+def too_large_for(fmt: OutputFormat, size: tuple[int, int]) -> str | None:
+    """Why a result of ``size`` cannot be written as ``fmt``; ``None`` if it can. Known
+    before the plugin runs: the encoder found it only after the whole stylisation, and
+    failed with "broken data stream" (JPEG), read as a disk fault and tried again."""
+    if max(size) <= MAX_SIDE[fmt]:
+        return None
+    return (
+        f"its result would be {size[0]}x{size[1]}, over the {MAX_SIDE[fmt]} pixels a side "
+        f'that {fmt.upper()} can hold; set the output format to "png" for it (or a size '
+        "param that shrinks it)"
+    )
+
+
 def encode_image(
     image: Image.Image, fmt: OutputFormat = "png", alpha: Image.Image | None = None
 ) -> bytes:

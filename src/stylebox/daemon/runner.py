@@ -50,6 +50,7 @@ from stylebox.images import (
     decode_image,
     fit_within,
     flat_result,
+    too_large_for,
 )
 from stylebox.jsonvalues import not_finite
 from stylebox.logs import readable
@@ -499,14 +500,16 @@ class Runner:
                 f"than when its job was queued (sha256 {job.sha256[:16]}...)",
                 decoded.sha256,
             )
+        output = outbox.output
+        result_size = plugin.instance.output_size(decoded.rgb.size)
+        if too_large := too_large_for(output.format, result_size):
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+            return BadInput(f"{job.input_path.name}: {too_large}")
         _bind_work_dir(job, decoded.sha256)
         names = self._names(job, outbox)
         decoded_at = time.perf_counter()
-        output = outbox.output
         frame_size = (
-            fit_within(plugin.instance.output_size(decoded.rgb.size), output.animation_max_side)
-            if output.animation
-            else None
+            fit_within(result_size, output.animation_max_side) if output.animation else None
         )
         context = RunnerContext(
             job,
