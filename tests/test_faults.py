@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -355,6 +356,53 @@ def test_an_input_deleted_while_queued_is_said_to_have_vanished(tmp_path: Path) 
     (row,) = pipeline.journal.jobs(source.key)
     assert row.state == "failed" and row.error_class == "BadInput"
     assert row.error_message == "photo.png vanished from the inbox before it could be processed"
+    pipeline.journal.close()
+
+
+def test_a_photo_renamed_while_queued_is_its_jobs_under_the_new_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its job failed as 'vanished' (logged as an error), then ran again for the new name as
+    # a retry, writing its outputs under the old name.
+    pipeline, source = _pipeline(tmp_path, {"steps": 2})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "alpha.png")
+    assert pipeline.enqueue(source, [inbox / "alpha.png"]) == ["queued"]
+    os.rename(inbox / "alpha.png", inbox / "beta.png")
+    assert pipeline.enqueue(source, [inbox / "beta.png"]) == ["known"]  # as the watcher does
+
+    JobLoop(pipeline).run_until_empty({source.key})
+    (row,) = pipeline.journal.jobs(source.key)
+    assert (row.state, row.name, row.stem) == ("done", "beta.png", "beta")
+    assert {p.name.split(".")[0] for p in (tmp_path / "outbox").iterdir()} == {"beta"}
+    assert (inbox / "processed" / "beta.png").is_file()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    # A copy is not a rename: it waits for the job, and is its duplicate.
+    photo(24, 16, seed=2).save(inbox / "one.png")
+    assert pipeline.enqueue(source, [inbox / "one.png"]) == ["queued"]
+    shutil.copy(inbox / "one.png", inbox / "two.png")
+    assert pipeline.enqueue(source, [inbox / "two.png"]) == ["waiting"]
+    JobLoop(pipeline).run_until_empty({source.key})
+    assert (inbox / "processed" / "one.png").is_file()
+    assert (inbox / "processed" / "two.png.duplicate.txt").is_file()
+    pipeline.journal.close()
+
+
+def test_a_failed_photo_dropped_again_under_another_name_is_named_after_it(
+    tmp_path: Path,
+) -> None:
+    pipeline, source = _pipeline(tmp_path, {"steps": 2, "fail_at": 1})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "first.png")
+    pipeline.enqueue(source, [inbox / "first.png"])
+    JobLoop(pipeline).run_until_empty({source.key})
+    shutil.copy(inbox / "failed" / "first.png", inbox / "second.png")
+    assert pipeline.enqueue(source, [inbox / "second.png"]) == ["retry"]
+    (row,) = pipeline.journal.jobs(source.key)
+    assert (row.state, row.name, row.stem) == ("queued", "second.png", "second")
     pipeline.journal.close()
 
 

@@ -406,6 +406,13 @@ class Pipeline:
             return "gone"  # seen just before its own job (or someone) moved it away
         if self._left_by_a_crash(source, path, row):
             return "moved"
+        if followed := self._follow_rename(source, path, row):
+            row = followed
+            log.info(
+                "renamed or moved while queued: the job is this file's now",
+                extra={**self._fields(row, "renamed"), "path": files.readable(str(path))},
+            )
+            return "known"
         if row.state in ("queued", "running"):
             # Its bytes' job has not ended: whether this is a duplicate of a result, or its
             # retry, or (that file replaced) a job of its own is known only when it ends.
@@ -577,14 +584,36 @@ class Pipeline:
             return False
         return bool(recorded == names.result.name)
 
+    def _follow_rename(self, source: Source, path: Path, row: JobRow) -> JobRow | None:
+        """Job ``row``, still queued in ``source``, whose file is gone from where it was
+        queued: ``path``, of the same bytes, is that file renamed or moved, and the job is
+        its own from now on, named after it (it failed as 'vanished' and was then run again
+        for ``path`` as a retry, under the old name's outputs). ``None`` where that is not
+        so, or a worker took the job meanwhile."""
+        if row.state != "queued" or row.source != source.key:
+            return None
+        if os.path.lexists(row.origin_path):
+            return None  # a copy: it waits for the job's end
+        stem = source.reserve_for(path)
+        followed = self.journal.follow(row.id, path, stem)
+        if followed is None:
+            source.outbox.release_stem(stem)
+            return None
+        if row.stem is not None:
+            source.outbox.release_stem(row.stem)
+        return followed
+
     @staticmethod
     def _retry_stem(source: Source, row: JobRow, path: Path) -> str:
         """A failed job dropped again keeps its output names if they are still free (its
         failure released them) or hold its own complete result; else it gets new ones, as
         it does where its file is now in another sub-folder of a batch (its results go to
-        the sub-folder the outbox mirrors)."""
+        the sub-folder the outbox mirrors) or has another name (its results are named after
+        the file dropped, as any job's are)."""
         folder = safe_folder(source.subfolder(path))
         if row.stem is not None and row.stem.rpartition("/")[0] != folder:
+            return source.reserve_for(path)
+        if files.readable(path.name) != row.name:
             return source.reserve_for(path)
         if row.stem is not None:
             if source.outbox.holds_result(row.stem, row.sha256):
