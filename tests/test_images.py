@@ -670,3 +670,13 @@ def test_float_grey_that_is_not_a_number_reads_as_black() -> None:
     assert list(grey[0, :4]) == [0, 0, 0, 128] and grey[1:].min() == 128
     said = "F pixels scaled to 8 bits, 3 values that are not numbers read as black"
     assert decoded.notes == (said,)
+
+
+def test_a_cmyk_photo_whose_profile_does_not_fit_is_not_said_to_have_none() -> None:
+    # Its notes said "embedded ICC profile ignored", then "CMYK without an ICC profile".
+    buffer = io.BytesIO()
+    photo(24, 16).convert("CMYK").save(buffer, "JPEG", icc_profile=rgb_icc_profile())
+    notes = decode_bytes(buffer.getvalue()).notes
+    assert len(notes) == 2 and notes[0].startswith("embedded ICC profile ignored: ")
+    said = "CMYK with an ICC profile that cannot be used, converted to RGB as plain ink amounts"
+    assert notes[1] == said

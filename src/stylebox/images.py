@@ -527,8 +527,9 @@ def _to_srgb(
                 notes.append(f"converted to sRGB from its ICC profile {described!r}")
         except (ImageCms.PyCMSError, OSError, ValueError) as exc:
             notes.append(f"embedded ICC profile ignored: {exc}")
-    if image.mode == "CMYK":
-        notes.append("CMYK without an ICC profile, converted to RGB as plain ink amounts")
+    if image.mode == "CMYK":  # no profile, or one that does not fit (said above)
+        without = "with an ICC profile that cannot be used" if icc else "without an ICC profile"
+        notes.append(f"CMYK {without}, converted to RGB as plain ink amounts")
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image, alpha
