@@ -171,6 +171,23 @@ def test_a_result_too_wide_for_its_format_is_refused_before_it_runs(
     assert "Maximum supported" not in result.stderr and strip.exists()
 
 
+def test_a_plugins_refusal_of_a_photo_names_the_photo(
+    tmp_path: Path, photo_file: Path, style_file: Path
+) -> None:
+    # "gatys has style_mask set but this photo has no mask": in a run of many photos it
+    # said nothing of which.
+    mask = tmp_path / "style.mask.png"
+    halves = Image.new("RGB", (64, 51), (255, 0, 0))
+    halves.paste((0, 0, 255), (0, 25, 64, 51))
+    halves.save(mask)
+    args = run_args(photo_file, tmp_path / "out", tmp_path / "state", style_file)
+    result = stylebox(*args, "--set", f"style_mask={mask}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "stylebox: bad input: photo.png: gatys has style_mask set but this photo has no mask"
+    ), result.stderr
+
+
 def test_a_photos_mask_named_beside_it_is_read_by_its_job_not_run(
     tmp_path: Path, photo_file: Path, style_file: Path
 ) -> None:

@@ -127,6 +127,19 @@ def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
     assert load_config(path).config.inbox[0].name == "starry"
 
 
+def test_a_value_the_error_names_already_is_not_repeated(tmp_path: Path) -> None:
+    # "... /srv/nope.png is neither an image file ... (got '/srv/nope.png')": said twice.
+    message = refusal(tmp_path, GOOD.replace('style = "starry_night"', 'style = "nope.png"'))
+    assert message.endswith(
+        f"[[inbox]] #1 (starry).params.style[0]: file not found: {tmp_path / 'nope.png'} (nor "
+        "is it a bundled style: starry_night, the_scream)"
+    ), message
+    assert "(got" not in message
+    # A value that only happens to appear in the words is still given.
+    message = refusal(tmp_path, GOOD.replace("steps = 10", 'steps = "valid"'))
+    assert "steps: Input should be a valid integer (got 'valid')" in message
+
+
 def test_values_of_another_type_are_refused_not_converted(tmp_path: Path) -> None:
     # Lax validation took "8" as a batch size, "yes" as true and true as an edge margin
     # of 1: a config that says something else than it does.
@@ -487,7 +500,17 @@ def test_a_value_every_branch_of_a_union_refuses_is_one_error_in_the_validators_
 
     [(loc, message)] = errors("nosuch.jpg")
     assert loc == ("style",)
-    assert message.startswith("nosuch.jpg is neither an image file nor a bundled style (")
+    # A path that is not there is said to be so, where it was looked for (it read as a file
+    # that is no image); a bare name, as meant for a bundled one.
+    assert message == (
+        f"file not found: {tmp_path / 'nosuch.jpg'} (nor is it a bundled style: "
+        "starry_night, the_scream)"
+    )
+    [(_, message)] = errors("nosuch")
+    assert message == (
+        "nosuch is not a bundled style (starry_night, the_scream), nor an image file (file "
+        f"not found: {tmp_path / 'nosuch'})"
+    )
     (tmp_path / "a.jpg").write_bytes(b"")
     assert errors(["a.jpg", 3]) == [(("style", 1), "expected a path (text)")]
 

@@ -531,7 +531,7 @@ def test_the_photo_preset_sets_the_papers_layers_and_the_config_wins(style_file:
     assert params.require_progress == 0.9  # a photo's loss, all style at first, rarely halves
     assert params.style_weight == 7
     assert GatysParams(style=[style_file], preset="photo", require_progress=0).require_progress == 0
-    with pytest.raises(ValueError, match="style_mask has 2 masks for 1 style"):
+    with pytest.raises(ValueError, match=r"style_mask has 2 mask\(s\) for 1 style"):
         GatysParams(style=[style_file], style_mask=[style_file, style_file])
     with pytest.raises(ValueError, match="preset"):
         GatysParams(style=[style_file], preset="painting")

@@ -174,7 +174,9 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> None:
-    print(f"stylebox: {logs.shown(message)}", file=sys.stderr)
+    # A config's problems are a line each; within a line, a name's controls are shown.
+    lines = "\n".join(logs.shown(line) for line in message.split("\n"))
+    print(f"stylebox: {lines}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -682,13 +682,29 @@ def error_lines(
         got = error.get("input")
         shown = (
             ""
-            if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
+            if error["type"] in ("missing", "extra_forbidden")
+            or isinstance(got, dict)
+            or _names_it(message, got)
             else " (its value not shown: a secret)"
             if _secret(error["loc"])
             else f" (got {got!r})"
         )
         lines.append(f"{location or top}: {message}{shown}")
     return lines
+
+
+def _names_it(message: str, value: object) -> bool:
+    """Whether ``message`` names ``value`` already: a path of its own in it (``file not
+    found: /srv/nope.png`` for ``"/srv/nope.png"``), or its first word (``nosuch is not a
+    bundled style``). Then the value is not repeated; a word that only happens to be in
+    the message's own (``valid``) is."""
+    if not isinstance(value, str | Path) or not str(value):
+        return False
+    text = str(value)
+    if message.startswith(f"{text} "):
+        return True
+    pathlike = "/" in text or "." in text
+    return pathlike and re.search(rf"(?<![\w.]){re.escape(text)}(?![\w])", message) is not None
 
 
 #: Keys whose values an error never repeats: it goes to the log, a terminal, and (a

@@ -104,6 +104,18 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
     return path.resolve()
 
 
+def not_found_text(
+    value: Path, missing: Exception, kind: str, bundled: str, names: list[str]
+) -> str:
+    """Why ``value`` names neither a file nor a bundled one: a bare name (``nosuch``) was
+    meant as a bundled one, it seems; a path (``photos/nope.png``) as a file that is not
+    there, named where it was looked for."""
+    known = ", ".join(names) or "none"
+    if not value.suffix and len(value.parts) == 1:
+        return f"{value} is not a {bundled} ({known}), nor {kind} ({missing})"
+    return f"{missing} (nor is it a {bundled}: {known})"
+
+
 def _bundled_or_file(
     find: Callable[[str], Path | None], names: Callable[[], list[str]], kind: str, bundled_kind: str
 ) -> Callable[[Path, ValidationInfo], Path]:
@@ -116,10 +128,9 @@ def _bundled_or_file(
                 return found
         try:
             return _existing_file(value, info)
-        except ValueError:
-            known = ", ".join(names()) or "none"
+        except ValueError as exc:
             raise ValueError(
-                f"{value} is neither {kind} nor a bundled {bundled_kind} ({known})"
+                not_found_text(value, exc, kind, f"bundled {bundled_kind}", names())
             ) from None
 
     return validate

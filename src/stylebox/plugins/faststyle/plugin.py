@@ -42,6 +42,7 @@ from stylebox.plugins.api import (
     PluginParams,
     Runtime,
     StyleFile,
+    not_found_text,
 )
 from stylebox.plugins.faststyle.checks import (
     Checked,
@@ -95,8 +96,10 @@ def _model_file(value: Path, info: ValidationInfo) -> Path:
         context = info.context if isinstance(info.context, dict) else {}
         path = Path(context.get("base_dir") or Path.cwd()) / path
     if not path.is_file():
-        known = ", ".join(bundled.model_names()) or "none"
-        raise ValueError(f"{value} is neither an ONNX file nor a bundled model ({known})")
+        missing = ValueError(f"file not found: {path}")
+        raise ValueError(
+            not_found_text(value, missing, "an ONNX file", "bundled model", bundled.model_names())
+        )
     return path.absolute()
 
 

@@ -332,7 +332,7 @@ class GatysParams(PluginParams):
                 raise ValueError("style_blend weights must be non-negative with a positive sum")
         if self.style_mask is not None and len(self.style_mask) != len(self.style):
             raise ValueError(
-                f"style_mask has {len(self.style_mask)} masks for {len(self.style)} style "
+                f"style_mask has {len(self.style_mask)} mask(s) for {len(self.style)} style "
                 "images; give one per style image (null for a style without one)"
             )
         if self.style_mask is None:  # else the regions would be silently left out
