@@ -123,6 +123,36 @@ def test_the_animation_made_while_the_job_ran_equals_one_made_from_the_snapshots
             assert (pixels(animation.convert("RGB")) == pixels(expected)).all()
 
 
+def test_where_the_photo_is_transparent_its_snapshots_are_and_its_animation_is_white(
+    tmp_path: Path,
+) -> None:
+    # The snapshots and every GIF frame showed the fill the plugin is given there (the
+    # nearest visible colour, smeared in streaks); the result alone was transparent.
+    picture = photo(40, 30).convert("RGBA")
+    hole = Image.new("L", (40, 30), 255)
+    hole.paste(0, (0, 0, 14, 30))  # the left third transparent
+    picture.putalpha(hole)
+    source = tmp_path / "cutout.png"
+    picture.save(source)
+    _, handle = _stepper(tmp_path, steps=4, snapshot_every=2)
+    Runner().execute(
+        Job(source, tmp_path / "work", stem="cutout"), handle, Outbox(tmp_path / "out")
+    )
+    snapshots = sorted((tmp_path / "out" / "cutout.steps").glob("*.png"))
+    assert snapshots
+    for path in snapshots:
+        with Image.open(path) as snapshot:
+            assert snapshot.mode == "RGBA"
+            alpha = pixels(snapshot.getchannel("A"))
+            assert alpha[:, :12].max() == 0 and alpha[:, 16:].min() == 255
+    with Image.open(tmp_path / "out" / "cutout.gif") as animation:
+        for index in range(animation.n_frames):
+            animation.seek(index)
+            frame = pixels(animation.convert("RGB"))
+            assert frame[:, :12].min() == 255  # white where nothing is seen
+            assert frame[:, 16:].min() < 250  # the picture where it is
+
+
 def test_a_snapshot_that_cannot_be_written_fails_the_job_and_leaves_no_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,10 +161,12 @@ def test_a_snapshot_that_cannot_be_written_fails_the_job_and_leaves_no_result(
     _, handle = _stepper(tmp_path, steps=6, snapshot_every=1)
     real = Outbox.write_snapshot
 
-    def disk_full_at_step_3(self: Outbox, names: object, image: Image.Image, step: int) -> Path:
+    def disk_full_at_step_3(
+        self: Outbox, names: object, image: Image.Image, step: int, alpha: object = None
+    ) -> Path:
         if step == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, names, image, step)  # type: ignore[arg-type]
+        return real(self, names, image, step, alpha)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Outbox, "write_snapshot", disk_full_at_step_3)
     with pytest.raises(StorageError, match=r"writing snapshot photo.steps/0003.png failed"):

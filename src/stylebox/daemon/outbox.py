@@ -218,10 +218,13 @@ class Outbox:
         with self._lock:
             self._reserved.discard(stem)
 
-    def write_snapshot(self, names: OutputNames, image: Image.Image, step: int) -> Path:
+    def write_snapshot(
+        self, names: OutputNames, image: Image.Image, step: int, alpha: Image.Image | None = None
+    ) -> Path:
+        """Snapshot ``step`` as a PNG, with the photo's transparency ``alpha`` if any."""
         names.steps.mkdir(parents=True, exist_ok=True)
         path = names.steps / f"{step:04d}.png"
-        atomic_write_bytes(path, encode_image(image, "png"), sync_folder=False)
+        atomic_write_bytes(path, encode_image(image, "png", alpha), sync_folder=False)
         return path
 
     @staticmethod
@@ -319,11 +322,15 @@ class PendingOutputs:
         return self._stage(self.names.result, data)
 
     def write_animation(
-        self, final: Image.Image, made: Mapping[str, Image.Image] | None = None
+        self,
+        final: Image.Image,
+        made: Mapping[str, Image.Image] | None = None,
+        alpha: Image.Image | None = None,
     ) -> Path | None:
         """The snapshots, then the result, as a looping GIF; ``None`` without snapshots.
         ``made``: frames already made from snapshots (by file name), as the job's writer
-        makes them while the job runs; the others (an earlier run's) are made here."""
+        makes them while the job runs; the others (an earlier run's) are made here.
+        ``alpha``: the photo's transparency, white in every frame (as in a JPEG)."""
         output, steps = self.outbox.output, self.names.steps
         if not output.animation or not steps.is_dir():
             return None
@@ -335,10 +342,10 @@ class PendingOutputs:
         for path in snapshots:
             frame = (made or {}).get(path.name)
             if frame is None or frame.size != size:
-                with Image.open(path) as snapshot:
+                with Image.open(path) as snapshot:  # its own alpha, if the photo has one
                     frame = gif_frame(snapshot, size)
             frames.append(frame)
-        frames.append(gif_frame(final, size))
+        frames.append(gif_frame(final, size, alpha))
         durations = [output.frame_ms] * (len(frames) - 1) + [output.frame_ms * 8]
         buffer = io.BytesIO()
         frames[0].save(
@@ -389,7 +396,15 @@ class PendingOutputs:
                     path.unlink(missing_ok=True)
 
 
-def gif_frame(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """One frame of a job's animation: ``image`` at ``size``, in 255 colours."""
+def gif_frame(
+    image: Image.Image, size: tuple[int, int], alpha: Image.Image | None = None
+) -> Image.Image:
+    """One frame of a job's animation: ``image`` at ``size``, in 255 colours; white where
+    ``alpha`` (or the image's own alpha channel) says the photo is transparent."""
+    if alpha is None and image.mode == "RGBA":
+        alpha = image.getchannel("A")
     frame = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    if alpha is not None:
+        mask = alpha.resize(size, Image.Resampling.LANCZOS)
+        frame = Image.composite(frame, Image.new("RGB", size, "white"), mask)
     return frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)

@@ -149,11 +149,13 @@ class RunnerContext(JobContext):
         began: float | None = None,
         decoded_at: float | None = None,
         frame_size: tuple[int, int] | None = None,
+        alpha: Image.Image | None = None,
     ) -> None:
         """``began`` and ``decoded_at``: when this run of the job started and when its input
         was decoded (``time.perf_counter``), for the time it has spent so far.
         ``frame_size``: the size of the job's animation frames, made from each snapshot as
-        it is written (``None``: no animation)."""
+        it is written (``None``: no animation). ``alpha``: the photo's transparency, put
+        on each snapshot as on the result (``None``: opaque)."""
         self.job = job
         self._companions = companions_of(job.input_path)
         self.names = names
@@ -181,6 +183,7 @@ class RunnerContext(JobContext):
         self.frames: dict[str, Image.Image] = {}
         """This run's animation frames, by snapshot file name (filled by the writer)."""
         self._frame_size = frame_size
+        self._alpha = alpha
         self.last_progress: tuple[int, int] | None = None
         """The (step, total) of the plugin's last progress report."""
         self._first_step: int | None = None
@@ -334,11 +337,13 @@ class RunnerContext(JobContext):
         self._starts_at(int(step))
         # A copy: the plugin may go on drawing into its image while the writer encodes it.
         image, names, outbox, size = image.copy(), self.names, self.outbox, self._frame_size
+        alpha = self._alpha  # where the photo is transparent, its snapshots are too: what
+        # lies there is the fill the plugin was given (the nearest visible colour, smeared)
 
         def task() -> None:
-            path = outbox.write_snapshot(names, image, step)
+            path = outbox.write_snapshot(names, image, step, alpha)
             if size is not None:  # the animation's frame, made now rather than at the end
-                self.frames[path.name] = gif_frame(image, size)
+                self.frames[path.name] = gif_frame(image, size, alpha)
 
         relative = f"{names.steps.name}/{step:04d}.png"
         self.writer.submit(f"snapshot {relative}", task)
@@ -526,6 +531,7 @@ class Runner:
             began=began,
             decoded_at=decoded_at,
             frame_size=frame_size,
+            alpha=decoded.alpha,
         )
         return _Started(index, job, decoded, context, started_at, began, decoded_at)
 
@@ -577,7 +583,7 @@ class Runner:
             log.warning("%s: %s", names.stem, output_notes[-1], extra={"job": job.job_id})
         with outbox.writing(names) as outputs:
             outputs.write_result(result, decoded.alpha)
-            animation = outputs.write_animation(result, context.frames)
+            animation = outputs.write_animation(result, context.frames, decoded.alpha)
             # Any plugin whose history has a loss gets its curves, without drawing them itself.
             loss_plot = outputs.write_loss_plot(render_svg(context.history, title=names.stem))
             finished_at = time.perf_counter()
