@@ -33,6 +33,7 @@ from stylebox.daemon.runner import Job, JobResult, PluginHandle, Runner
 from stylebox.daemon.sources import Source
 from stylebox.errors import Cancelled, PluginError, StyleboxError
 from stylebox.plugins.api import Runtime
+from stylebox.progress import StepLogReporter
 
 CONFIG = """
 state_dir = "state"
@@ -190,6 +191,41 @@ def _pipeline(tmp_path: Path, params: dict, attempts: int = 1) -> tuple[Pipeline
     source = Source.of("inbox:poster", inbox, PluginHandle("stepper", "1", stepper, stepper.params))
     journal = Journal(loaded.config.state_dir / "journal.sqlite3")
     return Pipeline(loaded, {source.key: source}, journal), source
+
+
+def test_a_long_jobs_step_is_in_the_log_every_progress_log_seconds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 30-minute job logged that it started and, at the end, that it was done: nothing
+    # between for whoever reads journald.
+    loaded = load_config(
+        write_config(
+            tmp_path,
+            CONFIG.format(attempts=1).replace(
+                "[daemon]\n", "[daemon]\nprogress_log_seconds = 0.2\n"
+            ),
+        )
+    )
+    assert loaded.config.daemon.progress_log_seconds == 0.2
+    params = StepperParams(steps=8, seconds_per_step=0.1)
+    stepper = Stepper(params, Runtime(state_dir=loaded.config.state_dir))
+    handle = PluginHandle("stepper", "1", stepper, stepper.params)
+    source = Source.of("inbox:poster", loaded.config.inbox[0], handle)
+    journal = Journal(loaded.config.state_dir / "journal.sqlite3")
+    steps = StepLogReporter(loaded.config.daemon.progress_log_seconds)
+    pipeline = Pipeline(loaded, {source.key: source}, journal, reporter=steps)
+    (tmp_path / "inbox").mkdir()
+    photo(24, 16).save(tmp_path / "inbox" / "photo.png")
+    pipeline.enqueue(source, [tmp_path / "inbox" / "photo.png"])
+    with caplog.at_level(logging.INFO, logger="stylebox"):
+        JobLoop(pipeline).run_until_empty({source.key})
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "progress"]
+    assert 2 <= len(lines) <= 4, [r.getMessage() for r in lines]  # 0.8 s of steps, 0.2 s apart
+    assert all(r.step < r.total == 8 and r.job == 1 for r in lines)  # type: ignore[attr-defined]
+    assert lines[0].getMessage().startswith("inbox:poster/photo.png: step ")
+    journal.close()
+    default = load_config(write_config(tmp_path, CONFIG.format(attempts=1)))
+    assert default.config.daemon.progress_log_seconds == 60
 
 
 def test_a_job_that_fails_for_good_leaves_nothing_in_the_outbox(tmp_path: Path) -> None:

@@ -205,6 +205,12 @@ class DaemonConfig(_Strict):
     retry_backoff_seconds: float = Field(
         5.0, ge=0, description="First retry delay; doubles with each attempt"
     )
+    progress_log_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="A running job's step in the log at most this often (0: never); its "
+        "start and end are logged anyway",
+    )
 
     @field_validator("workers")
     @classmethod

@@ -194,6 +194,44 @@ class BarReporter:
             self._progress.remove_task(task)
 
 
+class StepLogReporter:
+    """A daemon's or batch's running jobs in its log: each job's step, total and metrics at
+    most once every ``interval`` seconds, for whoever reads the log rather than the status
+    page (a 30-minute job logged only that it started and, at the end, was done). Its
+    start and end are the pipeline's own lines; nothing when ``interval`` is 0."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[int, float] = {}
+
+    def started(self, job: Job) -> None:
+        if job.job_id is not None:
+            self._last[job.job_id] = time.monotonic()  # a first line an interval in
+
+    def progress(self, job: Job, step: int, total: int, metrics: dict[str, float]) -> None:
+        now = time.monotonic()
+        if not self.interval or job.job_id is None or step >= total:
+            return
+        if now - self._last.get(job.job_id, now) < self.interval:
+            return
+        self._last[job.job_id] = now
+        text = _metrics_text(metrics)
+        log.info(
+            "%s: step %d/%d%s",
+            job.name,
+            step,
+            total,
+            f" {text}" if text else "",
+            extra={"event": "progress", "job": job.job_id, "step": step, "total": total},
+        )
+
+    def finished(self, job: Job, result: JobResult) -> None:
+        self._last.pop(job.job_id or 0, None)
+
+    def failed(self, job: Job, error: StyleboxError) -> None:
+        self._last.pop(job.job_id or 0, None)
+
+
 class LogReporter:
     """Plain log lines, at most one progress line per ``interval`` seconds per job."""
 

@@ -39,7 +39,7 @@ from stylebox.errors import ConfigError
 from stylebox.images import DEFAULT_FORMATS, plainly_not_an_image
 from stylebox.plugins.api import companion_kind
 from stylebox.plugins.registry import discover
-from stylebox.progress import count_bar
+from stylebox.progress import StepLogReporter, count_bar
 
 log = logging.getLogger("stylebox.batch")
 
@@ -165,7 +165,8 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     executor: RayExecutor | None = None
     ray_module = connect(ray or batch.ray_address) if on_ray else None
     try:
-        pipeline = Pipeline(loaded, sources, journal)
+        steps = StepLogReporter(loaded.config.daemon.progress_log_seconds)
+        pipeline = Pipeline(loaded, sources, journal, reporter=steps)
         if ray_module is not None:
             executor = _ray_executor(ray_module, loaded, batch, source, pipeline.reporter)
             pipeline.executor = executor

@@ -44,6 +44,7 @@ from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError, describe
 from stylebox.plugins.api import Plugin
 from stylebox.plugins.registry import Registry, discover
+from stylebox.progress import StepLogReporter
 from stylebox.web.state import SourceInfo
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ class Service:
         self.sources = self._build(self.loaded, self.registry, self._instances)
         _log_disabled(self.loaded)
         self.journal = Journal(journal_path(state_dir), running_marker=True)
-        self.pipeline = Pipeline(self.loaded, self.sources, self.journal)
+        self._steps = StepLogReporter(self.loaded.config.daemon.progress_log_seconds)
+        self.pipeline = Pipeline(self.loaded, self.sources, self.journal, reporter=self._steps)
         # ``[daemon] workers``: each limited device type's slots, read at start.
         self.loop = JobLoop(self.pipeline, limits=self.loaded.config.daemon.workers)
         self._exit_status = 0
@@ -316,6 +318,7 @@ class Service:
         self._reload_refused = None
         self.registry = registry
         self.loaded = loaded
+        self._steps.interval = loaded.config.daemon.progress_log_seconds
         # Only the instances the new sources use are shared with the next reload; the
         # pipeline closes the others once no running job uses them.
         used = {id(source.plugin.instance) for source in sources.values()}
