@@ -160,13 +160,14 @@ class Engine:
     def __init__(self, params: GatysParams, runtime: Runtime) -> None:
         self.params = params
         self.device = compute_device(params, runtime)
+        # The style files before VGG19 (a second to load): a bad mask is said at once.
+        self.style_files = files = read_style_files(params)
         spec = replace(runtime.backbone, pooling=params.pooling)
         self.network = load_vgg19(spec, self.device)
         self.backbone_id = fingerprint(spec)
         self.digest = params_digest(params)
         self.step_seconds: dict[int, float] = {}
         """Measured seconds per step by pixel count, for the ETA of later jobs."""
-        self.style_files = files = read_style_files(params)
         self.styles: list[StyleImage] = files.styles
         self.style_masks: list[Image.Image | None] = files.masks
         self.style_masks_resized = files.resized
