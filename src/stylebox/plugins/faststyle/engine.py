@@ -25,7 +25,6 @@ import numpy as np
 
 from stylebox.errors import ConfigError
 from stylebox.plugins.faststyle.checks import check_model
-from stylebox.plugins.faststyle.iograph import NotWrappable
 from stylebox.plugins.faststyle.manifest import ModelManifest
 from stylebox.plugins.faststyle.session import session_for, uint8_session_for, used_by
 
@@ -138,6 +137,8 @@ def engine_for(
     if feeds is None:
         feeds = check_model(model, manifest).feeds
     if io != "plain":
+        from stylebox.plugins.faststyle.iograph import NotWrappable  # onnx, when needed
+
         try:
             session, pixels, styled = uint8_session_for(model, manifest, device, engine_cache)
         except NotWrappable as exc:

@@ -15,12 +15,13 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from stylebox.errors import ConfigError
-from stylebox.plugins.faststyle.iograph import NotWrappable, uint8_io
 from stylebox.plugins.faststyle.manifest import BadModel, ModelManifest
-from stylebox.plugins.faststyle.thumbnorm import ThumbNorm, thumbnail_norm
+
+if TYPE_CHECKING:  # they import onnx (a second or more): loaded when a graph is made
+    from stylebox.plugins.faststyle.thumbnorm import ThumbNorm
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -170,6 +171,8 @@ def uint8_session_for(
     when the graph cannot take the conversions."""
     import onnx
 
+    from stylebox.plugins.faststyle.iograph import NotWrappable, uint8_io
+
     kind = f"{resolve(device)}:{device_index(device)}"
     with _lock:
         # The wrapping follows the manifest: two links to one file may have two manifests.
@@ -192,6 +195,8 @@ def thumbnorm_sessions_for(
     :mod:`.thumbnorm`): the graphs, the measuring session and the applying one; ``None``
     for a model they cannot be made for."""
     import onnx
+
+    from stylebox.plugins.faststyle.thumbnorm import thumbnail_norm
 
     kind = f"{resolve(device)}:{device_index(device)}"
     with _lock:
