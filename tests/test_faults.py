@@ -426,6 +426,75 @@ def test_a_photo_renamed_while_queued_is_its_jobs_under_the_new_name(
     pipeline.journal.close()
 
 
+def test_a_photo_renamed_after_its_job_began_keeps_the_names_it_began_under(
+    tmp_path: Path,
+) -> None:
+    # Renamed while waiting out a retry, it resumed from its checkpoint under the new name:
+    # the first run's snapshots stayed under the old one for good, the GIF lacked them.
+    params = {"steps": 4, "snapshot_every": 1, "checkpoint_every": 1, "fail_at": 2}
+    pipeline, source = _pipeline(tmp_path, params, attempts=3)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "alpha.png")
+    pipeline.enqueue(source, [inbox / "alpha.png"])
+    loop = JobLoop(pipeline)
+    loop.run_next({source.key})  # fails at step 2, to be tried again
+    os.rename(inbox / "alpha.png", inbox / "beta.png")
+    assert pipeline.enqueue(source, [inbox / "beta.png"]) == ["known"]
+    (row,) = pipeline.journal.jobs(source.key)
+    assert (row.name, row.stem) == ("beta.png", "alpha")
+    time.sleep(0.05)  # the retry's backoff
+    loop.run_until_empty({source.key})
+    assert pipeline.journal.get(row.id).state == "done"
+    assert {p.name.split(".")[0] for p in (tmp_path / "outbox").iterdir()} == {"alpha"}
+    assert (inbox / "processed" / "beta.png").is_file()
+    pipeline.journal.close()
+
+
+def test_a_photo_renamed_onto_a_queued_ones_name_supersedes_its_job(tmp_path: Path) -> None:
+    # The job of the bytes the name held before was left queued: it ran after, found its
+    # file moved away by the other's end, and failed as 'vanished' (an error).
+    pipeline, source = _pipeline(tmp_path, {"steps": 1})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16, seed=1).save(inbox / "alpha.png")
+    photo(24, 16, seed=2).save(inbox / "beta.png")
+    pipeline.enqueue(source, [inbox / "alpha.png", inbox / "beta.png"])
+    os.rename(inbox / "alpha.png", inbox / "beta.png")
+    assert pipeline.enqueue(source, [inbox / "beta.png"]) == ["known"]
+    first, second = pipeline.journal.jobs(source.key)
+    assert (second.state, second.error_class) == ("failed", "InputChanged")
+    assert (first.state, first.name, first.stem) == ("queued", "beta.png", "beta")
+    JobLoop(pipeline).run_until_empty({source.key})
+    assert pipeline.journal.get(first.id).state == "done"
+    pipeline.journal.close()
+
+
+def test_a_renamed_photo_and_a_copy_of_it_queued_together_are_its_job_and_a_copy(
+    tmp_path: Path,
+) -> None:
+    # Both followed the job (the journal's rows of one call are from before the first):
+    # the renamed file was left with no job, and its name reserved for good.
+    pipeline, source = _pipeline(tmp_path, {"steps": 1})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "alpha.png")
+    pipeline.enqueue(source, [inbox / "alpha.png"])
+    os.rename(inbox / "alpha.png", inbox / "beta.png")
+    shutil.copy(inbox / "beta.png", inbox / "gamma.png")
+    assert pipeline.enqueue(source, [inbox / "beta.png", inbox / "gamma.png"]) == [
+        "known",
+        "waiting",
+    ]
+    JobLoop(pipeline).run_until_empty({source.key})
+    (row,) = pipeline.journal.jobs(source.key)
+    assert (row.state, row.name) == ("done", "beta.png")
+    assert (inbox / "processed" / "beta.png").is_file()
+    assert (inbox / "processed" / "gamma.png.duplicate.txt").is_file()
+    assert source.outbox._reserved == set()  # no name held for a job that is not there
+    pipeline.journal.close()
+
+
 def test_a_failed_photo_dropped_again_under_another_name_is_named_after_it(
     tmp_path: Path,
 ) -> None:

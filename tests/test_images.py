@@ -662,6 +662,19 @@ def test_float_grey_is_read_by_its_range(top: float, peak: float, said: str) -> 
     assert decoded.notes == (f"F pixels scaled to 8 bits{said}",)
 
 
+def test_a_dark_float_picture_in_0_to_255_is_not_read_as_0_to_1() -> None:
+    # A star field, text on black: its median 0, it was taken for 0..1 and came out white.
+    values = np.zeros((64, 64), dtype=np.float32)
+    values[:20] = np.linspace(0, 255, 64, dtype=np.float32)
+    values[40, 40] = 300.0  # one hot pixel: clipped, not taken as white
+    decoded = decode_bytes(encoded(Image.fromarray(values, "F"), "TIFF"))
+    grey = np.asarray(decoded.rgb)[..., 0].astype(int)
+    assert np.abs(grey[:20] - np.clip(values[:20] + 0.5, 0, 255).astype(int)).max() <= 1
+    assert grey[20:40].max() == 0 and grey[40, 40] == 255
+    said = "F pixels scaled to 8 bits, read as 0 to 255 with values over 255 (up to 300) clipped"
+    assert decoded.notes == (said,)
+
+
 def test_float_grey_that_is_not_a_number_reads_as_black() -> None:
     values = np.full((4, 6), 0.5, dtype=np.float32)
     values[0, :3] = [np.nan, np.inf, -np.inf]

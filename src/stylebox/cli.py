@@ -151,7 +151,7 @@ def _handle(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        _fail(f"config error: {exc}")
+        _fail(f"config error: {exc}", lines=True)
         return EXIT_BAD
     except BadInput as exc:
         _fail(f"bad input: {exc}")
@@ -173,10 +173,12 @@ def _handle(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
-def _fail(message: str) -> None:
-    # A config's problems are a line each; within a line, a name's controls are shown.
-    lines = "\n".join(logs.shown(line) for line in message.split("\n"))
-    print(f"stylebox: {lines}", file=sys.stderr)
+def _fail(message: str, *, lines: bool = False) -> None:
+    """``message`` on stderr, on one line: a file name's line break or escape shown, not
+    obeyed. With ``lines``, each of its lines (a config's problems, one a line) so."""
+    parts = message.split("\n") if lines else [message]
+    said = "\n".join(logs.shown(part) for part in parts)
+    print(f"stylebox: {said}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -573,23 +573,33 @@ def _high_depth_to_l(image: Image.Image) -> tuple[Image.Image, str]:
     return Image.fromarray(pixels, mode="L"), how
 
 
+#: Float grey whose largest value is at most this is read as 0..1 with highlights over 1
+#: (HDR): read as 0..255 it would be black, its brightest pixel at 6 % grey.
+FLOAT_HIGHLIGHTS_MAX = 16.0
+
+
 def _float_to_l(array: np.ndarray) -> tuple[Image.Image, str]:
-    """Float grey to 8-bit: 0..1, white 1.0, where its typical pixel (the median) is at
-    most 1 (values over 1, an HDR highlight, clipped to white and said); 0..255 as it is;
-    anything larger scaled by its largest value. NaN and infinities read as black. (0..1
-    data that overshot by a hair, one pixel at 1.0001, was read as 0..255: black.)"""
+    """Float grey to 8-bit, by its range: 0..1 (white 1.0) where all but a few of its
+    pixels (0.1 %) are at most 1, or its largest value is at most
+    :data:`FLOAT_HIGHLIGHTS_MAX`, values over 1 clipped to white (said); 0..255 where all
+    but as few are at most 255 (the others clipped); else scaled by its largest value. NaN
+    and infinities read as black. (0..1 data with one pixel at 1.0001 was read as 0..255:
+    black. A 0..255 star field, its median 0, is not 0..1.)"""
     how = ""
     finite = np.isfinite(array)
     if not finite.all():
         how += f", {int((~finite).sum())} values that are not numbers read as black"
         array = np.where(finite, array, 0.0)
     largest = float(array.max(initial=0.0))
-    if largest <= 1.0 or float(np.median(array)) <= 1.0:
+    nearly_all = float(np.percentile(array, 99.9)) if array.size else 0.0
+    if largest <= 1.0 or nearly_all <= 1.0 or largest <= FLOAT_HIGHLIGHTS_MAX:
         scale = 255.0
         if largest > 1.0:
             how += f", read as 0 to 1 with values over 1 (up to {largest:.6g}) clipped to white"
-    elif largest <= 255.5:
+    elif nearly_all <= 255.5:
         scale = 1.0
+        if largest > 255.5:
+            how += f", read as 0 to 255 with values over 255 (up to {largest:.6g}) clipped"
     else:
         scale = 255.0 / largest
         how += f", its largest value ({largest:.4g}) taken as white"

@@ -212,7 +212,8 @@ class StepLogReporter:
         now = time.monotonic()
         if not self.interval or job.job_id is None or step >= total:
             return
-        if now - self._last.get(job.job_id, now) < self.interval:
+        # (A job without an entry, dropped by a lost run of it that ended, starts anew.)
+        if now - self._last.setdefault(job.job_id, now) < self.interval:
             return
         self._last[job.job_id] = now
         text = _metrics_text(metrics)

@@ -423,19 +423,28 @@ class Journal:
                 return _row(row), False
             return _row(self._take_over(db, job_id, entry, time.time() + delay)), True
 
-    def follow(self, job_id: int, input_path: Path, stem: str | None) -> JobRow | None:
-        """The queued job ``job_id``'s file was renamed or moved to ``input_path`` before
-        any worker took it: it is that file's job from now on, under output names ``stem``.
-        ``None`` (nothing changed) where a worker has taken it meanwhile."""
+    def follow(
+        self, job_id: int, origin: Path, input_path: Path, stem: str | None
+    ) -> tuple[JobRow, str | None] | None:
+        """The queued job ``job_id``'s file, queued at ``origin``, was renamed or moved to
+        ``input_path`` before any worker took it: it is that file's job from now on, under
+        output names ``stem`` (``None``: those it has). The job and the names it had;
+        ``None`` (nothing changed) where a worker has taken it meanwhile, or it is not at
+        ``origin`` any more (followed already)."""
         with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE jobs SET origin_path = ?, input_path = ?, name = ?, stem = ? "
-                "WHERE id = ? AND state = 'queued'",
-                (_path(input_path), _path(input_path), readable(input_path.name), stem, job_id),
-            ).rowcount
-            if not changed:
+            found = db.execute(
+                "SELECT stem FROM jobs WHERE id = ? AND state = 'queued' AND origin_path = ?",
+                (job_id, _path(origin)),
+            ).fetchone()
+            if found is None:
                 return None
-            return _row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            db.execute(
+                "UPDATE jobs SET origin_path = ?, input_path = ?, name = ?, "
+                "stem = COALESCE(?, stem) WHERE id = ?",
+                (_path(input_path), _path(input_path), readable(input_path.name), stem, job_id),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return _row(row), found["stem"]
 
     def rekey(self, job_id: int, plugin: str, params_hash: str) -> JobRow:
         """Job ``job_id`` runs with other settings than it was queued with (a reload changed

@@ -587,39 +587,58 @@ class Pipeline:
     def _follow_rename(self, source: Source, path: Path, row: JobRow) -> JobRow | None:
         """Job ``row``, still queued in ``source``, whose file is gone from where it was
         queued: ``path``, of the same bytes, is that file renamed or moved, and the job is
-        its own from now on, named after it (it failed as 'vanished' and was then run again
-        for ``path`` as a retry, under the old name's outputs). ``None`` where that is not
-        so, or a worker took the job meanwhile."""
+        its own from now on (it failed as 'vanished' and was then run again for ``path``
+        as a retry). A job queued for what ``path`` held before ends, superseded, as when a
+        file is copied over a queued one. Named after ``path``, unless it has begun under
+        its names (snapshots, a checkpoint, a result a crash left): it keeps them, or they
+        would be strays beside an animation that lacks its first steps. ``None`` where
+        that is not so, or a worker took the job meanwhile."""
         if row.state != "queued" or row.source != source.key:
             return None
         if os.path.lexists(row.origin_path):
             return None  # a copy: it waits for the job's end
-        stem = source.reserve_for(path)
-        followed = self.journal.follow(row.id, path, stem)
-        if followed is None:
-            source.outbox.release_stem(stem)
+        self._supersede_queued(source, path, row)  # (it frees the name that file had)
+        stem = None if self._begun(source, row) else source.reserve_for(path)
+        followed = self.journal.follow(row.id, Path(row.origin_path), path, stem)
+        if followed is None:  # taken by a worker, or followed already by another call
+            if stem is not None:
+                source.outbox.release_stem(stem)
             return None
-        if row.stem is not None:
-            source.outbox.release_stem(row.stem)
-        return followed
+        row, before = followed
+        if stem is not None and before is not None:
+            source.outbox.release_stem(before)
+        return row
+
+    def _begun(self, source: Source, row: JobRow) -> bool:
+        """Whether job ``row`` has left anything under its output names or in its work
+        folder (an earlier run's snapshots or checkpoint, a result before a crash)."""
+        if row.stem is None:
+            return False
+        names = source.outbox.names(row.stem)
+        return (
+            (self.state_dir / "jobs" / str(row.id)).exists()
+            or names.steps.exists()
+            or source.outbox.holds_result(row.stem, row.sha256)
+        )
 
     @staticmethod
     def _retry_stem(source: Source, row: JobRow, path: Path) -> str:
         """A failed job dropped again keeps its output names if they are still free (its
         failure released them) or hold its own complete result; else it gets new ones, as
         it does where its file is now in another sub-folder of a batch (its results go to
-        the sub-folder the outbox mirrors) or has another name (its results are named after
-        the file dropped, as any job's are)."""
+        the sub-folder the outbox mirrors) or has another name than it had (its results
+        are named after the file dropped, as any job's are; the name it has in failed/,
+        which the status page's Retry moves back, is its own)."""
         folder = safe_folder(source.subfolder(path))
         if row.stem is not None and row.stem.rpartition("/")[0] != folder:
             return source.reserve_for(path)
-        if files.readable(path.name) != row.name:
+        if row.stem is not None and source.outbox.holds_result(row.stem, row.sha256):
+            return source.outbox.claim(row.stem).stem
+        own = {row.name, files.readable(Path(row.input_path).name)}
+        if files.readable(path.name) not in own:
             return source.reserve_for(path)
-        if row.stem is not None:
-            if source.outbox.holds_result(row.stem, row.sha256):
-                return source.outbox.claim(row.stem).stem
-            if source.outbox.reserve_stem(row.stem) is not None:
-                return row.stem
+        if row.stem is not None and source.outbox.reserve_stem(row.stem) is not None:
+            return row.stem
         return source.reserve(row)
 
     def _fields(self, row: JobRow, event: str) -> dict[str, Any]:

@@ -466,12 +466,13 @@ class Runner:
             result = _plugin_fault(plugin, result, [started])
         if not isinstance(result, StyleboxError) and (why := started.context.partial()):
             result = Cancelled(why)  # a partial result is no result: ends as a stopped job
-        if type(result) is BadInput and (name := started.job.input_path.name) not in str(result):
+        name = started.job.input_path.name
+        said = result.args[0] if isinstance(result, BadInput) and result.args else None
+        if isinstance(said, str) and name not in said:
             # A plugin's refusal of this photo names the photo, as the host's own do: in a
-            # run of many, "this photo has no mask" said nothing of which.
-            named = BadInput(f"{name}: {result}")
-            named.__cause__ = result
-            result = named
+            # run of many, "this photo has no mask" said nothing of which. (Its own class
+            # and other arguments kept.)
+            result.args = (f"{name}: {said}", *result.args[1:])  # type: ignore[union-attr]
         if isinstance(result, StyleboxError):
             _record_unfinished(started, result)
             return result
