@@ -16,6 +16,7 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -492,6 +493,34 @@ def test_a_renamed_photo_and_a_copy_of_it_queued_together_are_its_job_and_a_copy
     assert (inbox / "processed" / "beta.png").is_file()
     assert (inbox / "processed" / "gamma.png.duplicate.txt").is_file()
     assert source.outbox._reserved == set()  # no name held for a job that is not there
+    pipeline.journal.close()
+
+
+def test_a_renamed_photo_queued_by_two_calls_at_once_is_known_to_both(tmp_path: Path) -> None:
+    # The watcher and a rescan (or a woken waiter) at once: the call whose follow came
+    # second fell through, logging the file as waiting for its own job.
+    pipeline, source = _pipeline(tmp_path, {"steps": 1})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo(24, 16).save(inbox / "alpha.png")
+    pipeline.enqueue(source, [inbox / "alpha.png"])
+    os.rename(inbox / "alpha.png", inbox / "beta.png")
+    follow = pipeline.journal.follow
+    inner: list[list[str]] = []
+
+    def the_other_call_first(*args: Any, **kwargs: Any) -> Any:
+        if not inner:  # the other call takes the job between this one's look and its follow
+            pipeline.journal.follow = follow  # type: ignore[method-assign]
+            inner.append(pipeline.enqueue(source, [inbox / "beta.png"]))
+        return follow(*args, **kwargs)
+
+    pipeline.journal.follow = the_other_call_first  # type: ignore[method-assign]
+    assert pipeline.enqueue(source, [inbox / "beta.png"]) == ["known"]
+    assert inner == [["known"]] and not pipeline._waiting
+    JobLoop(pipeline).run_until_empty({source.key})
+    (row,) = pipeline.journal.jobs(source.key)
+    assert (row.state, row.name) == ("done", "beta.png")
+    assert source.outbox._reserved == set()
     pipeline.journal.close()
 
 

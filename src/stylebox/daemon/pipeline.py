@@ -413,6 +413,10 @@ class Pipeline:
                 extra={**self._fields(row, "renamed"), "path": files.readable(str(path))},
             )
             return "known"
+        if row.state == "queued" and not os.path.lexists(row.origin_path):
+            now = self.journal.get(row.id)  # followed to this file by another call just now
+            if now.state == "queued" and now.origin_path == str(path):
+                return "known"
         if row.state in ("queued", "running"):
             # Its bytes' job has not ended: whether this is a duplicate of a result, or its
             # retry, or (that file replaced) a job of its own is known only when it ends.
