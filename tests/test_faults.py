@@ -194,6 +194,19 @@ def _pipeline(tmp_path: Path, params: dict, attempts: int = 1) -> tuple[Pipeline
     return Pipeline(loaded, {source.key: source}, journal), source
 
 
+def _inbox(
+    tmp_path: Path, params: dict, *names: str, attempts: int = 1
+) -> tuple[Pipeline, Source, Path]:
+    """:func:`_pipeline`, with its inbox holding a photo of each of ``names`` (each
+    other bytes), none queued yet."""
+    pipeline, source = _pipeline(tmp_path, params, attempts)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for seed, name in enumerate(names, 1):
+        photo(24, 16, seed=seed).save(inbox / name)
+    return pipeline, source, inbox
+
+
 def test_a_long_jobs_step_is_in_the_log_every_progress_log_seconds(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -401,10 +414,7 @@ def test_a_photo_renamed_while_queued_is_its_jobs_under_the_new_name(
 ) -> None:
     # Its job failed as 'vanished' (logged as an error), then ran again for the new name as
     # a retry, writing its outputs under the old name.
-    pipeline, source = _pipeline(tmp_path, {"steps": 2})
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    photo(24, 16).save(inbox / "alpha.png")
+    pipeline, source, inbox = _inbox(tmp_path, {"steps": 2}, "alpha.png")
     assert pipeline.enqueue(source, [inbox / "alpha.png"]) == ["queued"]
     os.rename(inbox / "alpha.png", inbox / "beta.png")
     assert pipeline.enqueue(source, [inbox / "beta.png"]) == ["known"]  # as the watcher does
@@ -433,10 +443,7 @@ def test_a_photo_renamed_after_its_job_began_keeps_the_names_it_began_under(
     # Renamed while waiting out a retry, it resumed from its checkpoint under the new name:
     # the first run's snapshots stayed under the old one for good, the GIF lacked them.
     params = {"steps": 4, "snapshot_every": 1, "checkpoint_every": 1, "fail_at": 2}
-    pipeline, source = _pipeline(tmp_path, params, attempts=3)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    photo(24, 16).save(inbox / "alpha.png")
+    pipeline, source, inbox = _inbox(tmp_path, params, "alpha.png", attempts=3)
     pipeline.enqueue(source, [inbox / "alpha.png"])
     loop = JobLoop(pipeline)
     loop.run_next({source.key})  # fails at step 2, to be tried again
@@ -455,11 +462,7 @@ def test_a_photo_renamed_after_its_job_began_keeps_the_names_it_began_under(
 def test_a_photo_renamed_onto_a_queued_ones_name_supersedes_its_job(tmp_path: Path) -> None:
     # The job of the bytes the name held before was left queued: it ran after, found its
     # file moved away by the other's end, and failed as 'vanished' (an error).
-    pipeline, source = _pipeline(tmp_path, {"steps": 1})
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    photo(24, 16, seed=1).save(inbox / "alpha.png")
-    photo(24, 16, seed=2).save(inbox / "beta.png")
+    pipeline, source, inbox = _inbox(tmp_path, {"steps": 1}, "alpha.png", "beta.png")
     pipeline.enqueue(source, [inbox / "alpha.png", inbox / "beta.png"])
     os.rename(inbox / "alpha.png", inbox / "beta.png")
     assert pipeline.enqueue(source, [inbox / "beta.png"]) == ["known"]
@@ -476,10 +479,7 @@ def test_a_renamed_photo_and_a_copy_of_it_queued_together_are_its_job_and_a_copy
 ) -> None:
     # Both followed the job (the journal's rows of one call are from before the first):
     # the renamed file was left with no job, and its name reserved for good.
-    pipeline, source = _pipeline(tmp_path, {"steps": 1})
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    photo(24, 16).save(inbox / "alpha.png")
+    pipeline, source, inbox = _inbox(tmp_path, {"steps": 1}, "alpha.png")
     pipeline.enqueue(source, [inbox / "alpha.png"])
     os.rename(inbox / "alpha.png", inbox / "beta.png")
     shutil.copy(inbox / "beta.png", inbox / "gamma.png")
@@ -499,10 +499,7 @@ def test_a_renamed_photo_and_a_copy_of_it_queued_together_are_its_job_and_a_copy
 def test_a_renamed_photo_queued_by_two_calls_at_once_is_known_to_both(tmp_path: Path) -> None:
     # The watcher and a rescan (or a woken waiter) at once: the call whose follow came
     # second fell through, logging the file as waiting for its own job.
-    pipeline, source = _pipeline(tmp_path, {"steps": 1})
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    photo(24, 16).save(inbox / "alpha.png")
+    pipeline, source, inbox = _inbox(tmp_path, {"steps": 1}, "alpha.png")
     pipeline.enqueue(source, [inbox / "alpha.png"])
     os.rename(inbox / "alpha.png", inbox / "beta.png")
     follow = pipeline.journal.follow
@@ -527,10 +524,7 @@ def test_a_renamed_photo_queued_by_two_calls_at_once_is_known_to_both(tmp_path: 
 def test_a_failed_photo_dropped_again_under_another_name_is_named_after_it(
     tmp_path: Path,
 ) -> None:
-    pipeline, source = _pipeline(tmp_path, {"steps": 2, "fail_at": 1})
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    photo(24, 16).save(inbox / "first.png")
+    pipeline, source, inbox = _inbox(tmp_path, {"steps": 2, "fail_at": 1}, "first.png")
     pipeline.enqueue(source, [inbox / "first.png"])
     JobLoop(pipeline).run_until_empty({source.key})
     shutil.copy(inbox / "failed" / "first.png", inbox / "second.png")
