@@ -528,9 +528,23 @@ def test_a_failed_photo_dropped_again_under_another_name_is_named_after_it(
     pipeline.enqueue(source, [inbox / "first.png"])
     JobLoop(pipeline).run_until_empty({source.key})
     shutil.copy(inbox / "failed" / "first.png", inbox / "second.png")
-    assert pipeline.enqueue(source, [inbox / "second.png"]) == ["retry"]
+    shutil.copy(inbox / "failed" / "first.png", inbox / "third.png")
+    retry_stem = pipeline._retry_stem
+    other: list[list[str]] = []
+
+    def the_other_first(*args: Any) -> str:  # the other file's retry comes in between
+        stem = retry_stem(*args)
+        if not other:
+            pipeline._retry_stem = retry_stem  # type: ignore[method-assign]
+            other.append(pipeline.enqueue(source, [inbox / "second.png"]))
+        return stem
+
+    pipeline._retry_stem = the_other_first  # type: ignore[method-assign]
+    assert pipeline.enqueue(source, [inbox / "third.png"]) == ["waiting"]  # for that job
+    assert other == [["retry"]]
     (row,) = pipeline.journal.jobs(source.key)
     assert (row.state, row.name, row.stem) == ("queued", "second.png", "second")
+    assert source.outbox._reserved == {"second"}  # not "third": that call queued nothing
     pipeline.journal.close()
 
 

@@ -451,7 +451,12 @@ class Pipeline:
             added = self._add(source, [own])[0]
             return "error" if added is None else self._after_add(source, path, own, *added)
         if row.state == "failed":
-            row = self.journal.retry_failed(row.id, path, self._retry_stem(source, row, path))
+            stem = self._retry_stem(source, row, path)
+            row = self.journal.retry_failed(row.id, path, stem)
+            if row.origin_path != str(path):  # another call queued it again first, for
+                if row.stem != stem:  # its own file: this one waits for that job's end
+                    source.outbox.release_stem(stem)
+                return self.enqueue(source, [path])[0]
             self._supersede_queued(source, path, row)  # the retry moves the file when done
             log.info("queued again after failing", extra=self._fields(row, "retry"))
             return "retry"
