@@ -224,6 +224,36 @@ def test_what_a_batch_gives_in_a_jobs_place_is_a_fault_worth_a_retry(tmp_path: P
     ]
 
 
+class GreyAlways(Stepper):
+    """Batches, and returns grey images whether batched or alone."""
+
+    capabilities = Capabilities(batching=True)
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.progress(1, 1)
+        return image.convert("L")
+
+
+def test_a_retry_runs_alone_so_a_result_breaking_the_contract_is_judged_its_own(
+    tmp_path: Path,
+) -> None:
+    # Each retry ran the same batch again: both jobs ended PluginError after every try,
+    # never judged alone (a PermanentFailure at once) as the README says they may be.
+    pipeline = _run_one_claim(tmp_path, GreyAlways, 2)
+    assert [row.state for row in pipeline.journal.jobs()] == ["queued", "queued"]
+    claimed = []
+    loop = JobLoop(pipeline)
+    while pipeline.journal.queued({"inbox:steps"}):
+        time.sleep(0.02)  # the retries' backoff (0 s)
+        claimed.append(len(loop.run_next({"inbox:steps"})))
+    assert claimed == [1, 1]  # each alone
+    rows = pipeline.journal.jobs()
+    assert [(row.state, row.attempts, row.error_class) for row in rows] == [
+        ("failed", 2, "PermanentFailure")
+    ] * 2
+    pipeline.journal.close()
+
+
 class ReturnsAnError(Stepper):
     """Runs photos one at a time, and returns an exception where the image should be."""
 

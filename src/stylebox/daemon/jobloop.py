@@ -168,6 +168,10 @@ class JobLoop:
         size = daemon.batch_size
         if source is None or size < 2 or not source.plugin.instance.capabilities.batching:
             return [row]
+        if row.attempts > 1:
+            # A retry runs alone: a fault of its batch is not had again, and a result that
+            # breaks the contract is judged as the job's own (failed at once, not retried).
+            return [row]
         try:
             return [row, *self.journal.claim_many(owner, lease, row.source, size - 1, self.jobs)]
         except Exception:

@@ -588,9 +588,10 @@ class Journal:
         limit: int,
         ids: set[int] | None = None,
     ) -> list[JobRow]:
-        """Take up to ``limit`` of the oldest runnable jobs of one source, in one go."""
+        """Take up to ``limit`` of the oldest runnable jobs of one source that have not
+        been tried (a retry runs alone: see :meth:`JobLoop._claim`), in one go."""
         with self._transaction() as db:
-            return self._claim(db, owner, lease_seconds, {source}, ids, limit)
+            return self._claim(db, owner, lease_seconds, {source}, ids, limit, untried=True)
 
     def queued(self, sources: set[str], ids: set[int] | None = None) -> int:
         """How many jobs of ``sources`` (and ``ids``) are queued, runnable now or later."""
@@ -607,11 +608,13 @@ class Journal:
         ids: set[int] | None,
         limit: int,
         to_run: bool = True,
+        untried: bool = False,
     ) -> list[JobRow]:
         now = time.time()
         # A cancel takes a job waiting out a retry's backoff too: it is ended, not run.
         query, args = _among(
-            "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?",
+            "SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?"
+            + (" AND attempts = 0" if untried else ""),
             sources,
             ids,
             [now if to_run else math.inf],
