@@ -502,6 +502,12 @@ class TextMetric(Good):
         return ImageOps.invert(image)
 
 
+class NotesAManifestField(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.note(output=1)  # the manifest's own field: the runner refuses it in every job
+        return ImageOps.invert(image)
+
+
 class FailsToStart(Good):
     def __init__(self, params: GoodParams, runtime: Runtime) -> None:
         raise RuntimeError("no model file")
@@ -1045,6 +1051,14 @@ def test_a_text_metric_is_a_failure_in_the_report(tmp_path: Path) -> None:
     (result,) = [r for r in report.results if r.check == "progress_through_context"]
     assert result.status == "failed"
     assert "metric stage='done', which is not a number" in result.message
+
+
+def test_a_note_of_a_manifest_field_fails_as_it_does_in_every_real_job(tmp_path: Path) -> None:
+    # The kit's context took the note, and passed a plugin that failed every job it ran.
+    report = check_plugin(ContractCase(plugin=NotesAManifestField, workdir=tmp_path))
+    failed = {r.check: r.message for r in report.results if r.status == "failed"}
+    assert "accepts_image_kinds" in failed, failed
+    assert "'output' is one of the manifest's own fields" in failed["accepts_image_kinds"]
 
 
 # -- names another package registers too ----------------------------------------------------

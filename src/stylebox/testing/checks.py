@@ -340,8 +340,8 @@ def _process(
     except Exception as exc:
         raise ContractFailure(
             f"process failed on {what}: {_describe(exc)}; every RGB image of any size "
-            "from 1x1 up must give a result (a size is never a reason for BadInput: "
-            "upscale tiny inputs internally)"
+            "from 1x1 up must give a result (neither a size nor a plain colour is a reason "
+            "for BadInput: upscale tiny inputs internally; a 1x1 image is flat too)"
         ) from exc
     if check and image.tobytes() != before:
         raise ContractFailure(f"process changed its input image ({what}); work on a copy")
@@ -473,7 +473,10 @@ def check_params_reject_bad_values(case: ContractCase) -> None:
             model.model_validate(params, context=context)
         except ValidationError:
             continue
-        raise ContractFailure(f"{model.__name__} accepted the invalid params {params!r}")
+        raise ContractFailure(
+            f"{model.__name__} accepted the invalid params {params!r}; declare the range on "
+            "the field (Field(ge=..., le=..., gt=...)) or refuse it in a validator"
+        )
     _warn_free_text(model, case)
     _warn_converted_text(model, case)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from stylebox.plugins.api import JobContext, JsonValue
+from stylebox.plugins.api import JobContext, JsonValue, check_facts
 
 
 class RecordingContext(JobContext):
@@ -52,6 +52,7 @@ class RecordingContext(JobContext):
         self.snapshots.append((step, image.copy()))
 
     def note(self, **facts: JsonValue) -> None:
+        check_facts(facts)  # as the runner does: a plugin that notes "output" fails here
         self.facts.update(facts)
 
     def metric(self, name: str) -> list[float]:
