@@ -82,6 +82,16 @@ def test_a_misspelt_plugin_name_gets_a_hint(
     )
     with pytest.raises(ConfigError, match=r"\(installed: [^)]*\)$"):
         registry.get("zzzz")  # nothing close: no hint
+    # `stylebox plugins` did not mention it at all.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    listing = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "plugins"],
+        capture_output=True, text=True, timeout=120, env=env,
+    ).stdout  # fmt: skip
+    assert (
+        "not loaded: an entry point 'sepia' is registered by stylebox-sepia in the group "
+        "'stylebox.plugin', not 'stylebox.plugins'"
+    ) in listing
 
 
 def test_broken_plugins_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

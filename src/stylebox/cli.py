@@ -44,7 +44,7 @@ from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of, exit_interrupted
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime, companion_kind, path_argument
-from stylebox.plugins.registry import Registry, discover, load_quietly
+from stylebox.plugins.registry import Registry, discover, load_quietly, misgrouped
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -536,6 +536,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             "ignored": [
                 {"name": f.name, "source": f.source, "reason": f.reason} for f in registry.ignored
             ],
+            "misgrouped": misgrouped(),
         }
         print(json.dumps(listing, indent=2))
         return EXIT_OK
@@ -573,6 +574,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             f"[bold yellow]{escape(ignored.name)}[/bold yellow] of {escape(ignored.source)} is "
             f"{escape(ignored.reason)}"
         )
+    for said in misgrouped():  # a plugin that never loads, for a typo in its group
+        console.print(f"[bold yellow]not loaded[/bold yellow]: {escape(said)}")
     if not registry.plugins and not registry.failures:
         console.print("no plugins installed")
     return EXIT_OK

@@ -67,18 +67,26 @@ class Registry:
         raise ConfigError(f"no plugin named {name!r} is installed (installed: {known}){hint}")
 
 
+def misgrouped() -> list[str]:
+    """Each entry point registered in a group close to :data:`GROUP` (``stylebox.plugin``,
+    say), said as what it is and what to do: a plugin never loaded, and never listed
+    with the plugins that are."""
+    groups = entry_points().groups - {GROUP}
+    return [
+        f"an entry point {entry_point.name!r} is registered"
+        + (f" by {entry_point.dist.name}" if entry_point.dist else "")
+        + f" in the group {group!r}, not {GROUP!r}: fix the group's name in its "
+        "pyproject.toml and reinstall it"
+        for group in sorted(difflib.get_close_matches(GROUP, groups, n=3, cutoff=0.8))
+        for entry_point in entry_points(group=group)
+    ]
+
+
 def _misgrouped(name: str) -> str:
     """Where an entry point called ``name`` is registered in a group close to
-    :data:`GROUP` (``stylebox.plugin``, say), what to do; else nothing."""
-    groups = entry_points().groups - {GROUP}
-    for group in sorted(difflib.get_close_matches(GROUP, groups, n=3, cutoff=0.8)):
-        for entry_point in entry_points(group=group, name=name):
-            where = f" by {entry_point.dist.name}" if entry_point.dist else ""
-            return (
-                f"; an entry point {name!r} is registered{where} in the group {group!r}, not "
-                f"{GROUP!r}: fix the group's name in its pyproject.toml and reinstall it"
-            )
-    return ""
+    :data:`GROUP`, what to do; else nothing."""
+    said = [line for line in misgrouped() if line.startswith(f"an entry point {name!r} ")]
+    return f"; {said[0]}" if said else ""
 
 
 def discover() -> Registry:
