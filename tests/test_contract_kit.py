@@ -563,7 +563,7 @@ BAD_PLUGINS = [
     ),
     ("accepts_image_kinds", FailsOnTiny, {}, "failed on a 1x1 image: ValueError"),
     ("accepts_image_kinds", Crops, {}, "but output_size\\(\\) documents 17x33"),
-    ("accepts_image_kinds", ReturnsGrey, {}, "returned a L image"),
+    ("accepts_image_kinds", ReturnsGrey, {}, "returned an L image"),
     ("accepts_image_kinds", PaintsOverInput, {}, "changed its input image"),
     (
         "accepts_image_kinds",

@@ -681,6 +681,12 @@ def resize_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
+def mode_image(mode: str) -> str:
+    """``"an RGBA image"``, ``"a P image"``: a Pillow mode with its article, as the letter
+    is said."""
+    return f"{'an' if mode[:1] in tuple('AEFHILMNORSX') else 'a'} {mode} image"
+
+
 #: The longest side each output format can hold: libjpeg's limit, and WebP's 14 bits.
 MAX_SIDE: dict[OutputFormat, int] = {"png": 2**31 - 1, "jpeg": 65500, "webp": 16383}
 

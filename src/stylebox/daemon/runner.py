@@ -50,6 +50,7 @@ from stylebox.images import (
     decode_image,
     fit_within,
     flat_result,
+    mode_image,
     too_large_for,
 )
 from stylebox.jsonvalues import not_finite
@@ -691,9 +692,8 @@ def check_result(
         shown = "None" if result is None else type(result).__name__
         raise refuse(f"plugin {plugin.name} returned {shown}, not an image{same_again}")
     if result.mode != "RGB":
-        article = "an" if result.mode[0] in "AEFHILMNORSX" else "a"  # as the letter is said
         raise refuse(
-            f"plugin {plugin.name} returned {article} {result.mode} image, not RGB{same_again}"
+            f"plugin {plugin.name} returned {mode_image(result.mode)}, not RGB{same_again}"
         )
     try:
         result.getpixel((0, 0))

@@ -33,7 +33,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from stylebox.errors import describe
-from stylebox.images import flat_result
+from stylebox.images import flat_result, mode_image
 from stylebox.plugins.api import (
     BadInput,
     Cancelled,
@@ -292,7 +292,7 @@ def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what:
         )
     if result.mode != "RGB":
         raise ContractFailure(
-            f"process returned a {result.mode} image for {what}; return mode RGB "
+            f"process returned {mode_image(result.mode)} for {what}; return mode RGB "
             "(the runner re-attaches any alpha itself)"
         )
     try:
