@@ -141,6 +141,10 @@ class NoneParams(Good):
     Params = dict  # type: ignore[assignment]
 
 
+class UnsetParams(Good):
+    Params = None  # type: ignore[assignment]  # as a class that never set it reads
+
+
 class LaxParams(Good):
     class Params(BaseModel):  # pydantic ignores unknown keys by default
         level: int = 2
@@ -542,7 +546,8 @@ class FailsAtItsDefault(Good):
 
 BAD_PLUGINS = [
     ("discoverable", NotInstalled, {}, "no entry point named 'not_installed'"),
-    ("params_model", NoneParams, {}, "must be a pydantic model"),
+    ("params_model", NoneParams, {}, "Params is <class 'dict'>, not a pydantic model; give"),
+    ("params_model", UnsetParams, {}, "Params is not set; give it a subclass of"),
     ("params_reject_unknown", LaxParams, {}, "accepted the unknown key"),
     ("params_reject_bad_values", AnyParams, {}, "level accepts anything"),
     ("params_reject_bad_values", Good, {"invalid_params": [{"level": 2}]}, "accepted the inv"),
@@ -652,6 +657,13 @@ def test_each_check_fails_on_a_plugin_breaking_its_rule(
 ) -> None:
     with pytest.raises(ContractFailure, match=message):
         run_check(check, plugin, tmp_path, **options)
+
+
+def test_a_file_written_in_every_run_is_listed_once(tmp_path: Path) -> None:
+    with pytest.raises(ContractFailure) as failed:
+        run_check("writes_only_where_given", WritesDebugFile, tmp_path)
+    listed = [line for line in str(failed.value).splitlines() if "debug.png" in line]
+    assert len(listed) == 1, listed  # written by each of its runs, said once
 
 
 def test_a_wrong_result_fails_the_checks_of_results_not_every_check(tmp_path: Path) -> None:

@@ -89,6 +89,19 @@ def _misgrouped(name: str) -> str:
     return f"; {said[0]}" if said else ""
 
 
+def params_problem(cls: type) -> str | None:
+    """What is wrong with plugin class ``cls``'s ``Params``, which must be a pydantic
+    model; ``None`` if nothing is."""
+    params = getattr(cls, "Params", None)
+    if inspect.isclass(params) and issubclass(params, BaseModel):
+        return None
+    said = "is not set" if params is None else f"is {params!r}, not a pydantic model"
+    return (
+        f"{cls.__name__}.Params {said}; give it a subclass of "
+        "stylebox.plugins.api.PluginParams (Params = MyParams in the class)"
+    )
+
+
 def discover() -> Registry:
     """Load every plugin registered in the ``stylebox.plugins`` entry-point group."""
     registry = Registry()
@@ -177,12 +190,8 @@ def contract_problem(name: str, loaded: object) -> str | None:
             f"class {loaded.__name__} declares name {declared!r} but is registered as "
             f"{name!r}; make {loaded.__name__}.name and the entry point name the same"
         )
-    params = getattr(loaded, "Params", None)
-    if not (inspect.isclass(params) and issubclass(params, BaseModel)):
-        return (
-            f"{loaded.__name__}.Params is {params!r}, not a pydantic model; give it a "
-            "subclass of stylebox.plugins.api.PluginParams"
-        )
+    if (problem := params_problem(loaded)) is not None:
+        return problem
     if inspect.isabstract(loaded):
         missing = ", ".join(sorted(getattr(loaded, "__abstractmethods__", ())))
         return f"{loaded.__name__} does not implement {missing}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import io
 import json
 import math
@@ -44,7 +43,7 @@ from stylebox.plugins.api import (
     Runtime,
     metric_value,
 )
-from stylebox.plugins.registry import GROUP, Registry, discover
+from stylebox.plugins.registry import GROUP, Registry, discover, params_problem
 from stylebox.testing.context import RecordingContext
 from stylebox.testing.sandbox import sandboxed
 
@@ -409,12 +408,9 @@ def _refuse_ignored(registry: Registry, name: str) -> None:
 
 def check_params_model(case: ContractCase) -> None:
     """``Params`` is a pydantic model with a JSON schema, and the sample params validate."""
-    params = getattr(case.cls, "Params", None)
-    if not (inspect.isclass(params) and issubclass(params, BaseModel)):
-        raise ContractFailure(
-            f"{case.cls.__name__}.Params is {params!r}; it must be a pydantic model "
-            "(subclass stylebox.plugins.api.PluginParams)"
-        )
+    if (problem := params_problem(case.cls)) is not None:
+        raise ContractFailure(problem)
+    params = case.cls.Params
     try:
         schema = params.model_json_schema()
         json.dumps(schema)
@@ -1068,7 +1064,11 @@ def check_writes_only_where_given(case: ContractCase) -> None:
     through the outbox."""
     seen = _observed_run(case)
     if seen.writes or seen.stray:
-        listed = "\n  ".join(seen.writes + [f"(in the working directory) {s}" for s in seen.stray])
+        # Each once, however many runs wrote it; a file left in the working directory that
+        # an open above names is that write's.
+        left = [s for s in seen.stray if not any(w.endswith(f"/{s}") for w in seen.writes)]
+        found = seen.writes + [f"(in the working directory) {s}" for s in left]
+        listed = "\n  ".join(dict.fromkeys(found))
         raise ContractFailure(
             "the plugin wrote outside job.checkpoint_dir and runtime.cache_dir():\n  "
             f"{listed}\nkeep caches under runtime.cache_dir(name) (from __init__, not at "
