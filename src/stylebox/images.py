@@ -592,7 +592,7 @@ def _float_to_l(array: np.ndarray) -> tuple[Image.Image, str]:
         array = np.where(finite, array, 0.0)
     largest = float(array.max(initial=0.0))
     nearly_all = float(np.percentile(array, 99.9)) if array.size else 0.0
-    if largest <= 1.0 or nearly_all <= 1.0 or largest <= FLOAT_HIGHLIGHTS_MAX:
+    if nearly_all <= 1.0 or largest <= FLOAT_HIGHLIGHTS_MAX:
         scale = 255.0
         if largest > 1.0:
             how += f", read as 0 to 1 with values over 1 (up to {largest:.6g}) clipped to white"
@@ -704,6 +704,17 @@ def too_large_for(fmt: OutputFormat, size: tuple[int, int]) -> str | None:
     )
 
 
+def on_white(image: Image.Image, alpha: Image.Image) -> Image.Image:
+    """RGB ``image`` laid on white where ``alpha`` (resized to fit) is transparent: for a
+    format without partial transparency (a JPEG, a GIF frame)."""
+    white = Image.new("RGB", image.size, "white")
+    return Image.composite(image, white, _fitted(alpha, image.size))
+
+
+def _fitted(alpha: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return alpha if alpha.size == size else alpha.resize(size, Image.Resampling.LANCZOS)
+
+
 def encode_image(
     image: Image.Image, fmt: OutputFormat = "png", alpha: Image.Image | None = None
 ) -> bytes:
@@ -712,13 +723,11 @@ def encode_image(
     (what lay there unseen, the fill under the transparency, is no part of the picture)."""
     image = image.convert("RGB")
     if alpha is not None:
-        if alpha.size != image.size:
-            alpha = alpha.resize(image.size, Image.Resampling.LANCZOS)
         if fmt == "jpeg":
-            image = Image.composite(image, Image.new("RGB", image.size, "white"), alpha)
+            image = on_white(image, alpha)
         else:
             image = image.copy()
-            image.putalpha(alpha)
+            image.putalpha(_fitted(alpha, image.size))
     buffer = io.BytesIO()
     if fmt == "png":
         image.save(buffer, "PNG", icc_profile=_SRGB_BYTES, compress_level=6)

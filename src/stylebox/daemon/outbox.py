@@ -32,6 +32,7 @@ from stylebox.images import (
     atomic_write_bytes,
     encode_image,
     fsync_dir,
+    on_white,
     resize_to_max_side,
     write_temp,
 )
@@ -405,6 +406,5 @@ def gif_frame(
         alpha = image.getchannel("A")
     frame = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
     if alpha is not None:
-        mask = alpha.resize(size, Image.Resampling.LANCZOS)
-        frame = Image.composite(frame, Image.new("RGB", size, "white"), mask)
+        frame = on_white(frame, alpha)
     return frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)

@@ -104,12 +104,10 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
     return path.resolve()
 
 
-def not_found_text(
-    value: Path, missing: Exception, kind: str, bundled: str, names: list[str]
-) -> str:
+def not_found_text(value: Path, missing: str, kind: str, bundled: str, names: list[str]) -> str:
     """Why ``value`` names neither a file nor a bundled one: a bare name (``nosuch``) was
     meant as a bundled one, it seems; a path (``photos/nope.png``) as a file that is not
-    there, named where it was looked for."""
+    there, ``missing`` saying where it was looked for."""
     known = ", ".join(names) or "none"
     if not value.suffix and len(value.parts) == 1:
         return f"{value} is not a {bundled} ({known}), nor {kind} ({missing})"
@@ -130,7 +128,7 @@ def _bundled_or_file(
             return _existing_file(value, info)
         except ValueError as exc:
             raise ValueError(
-                not_found_text(value, exc, kind, f"bundled {bundled_kind}", names())
+                not_found_text(value, str(exc), kind, f"bundled {bundled_kind}", names())
             ) from None
 
     return validate

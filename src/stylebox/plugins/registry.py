@@ -67,10 +67,10 @@ class Registry:
         raise ConfigError(f"no plugin named {name!r} is installed (installed: {known}){hint}")
 
 
-def misgrouped() -> list[str]:
-    """Each entry point registered in a group close to :data:`GROUP` (``stylebox.plugin``,
-    say), said as what it is and what to do: a plugin never loaded, and never listed
-    with the plugins that are."""
+def misgrouped(name: str | None = None) -> list[str]:
+    """Each entry point (called ``name``, if given) registered in a group close to
+    :data:`GROUP` (``stylebox.plugin``, say), said as what it is and what to do: a plugin
+    never loaded, and never listed with the plugins that are."""
     groups = entry_points().groups - {GROUP}
     return [
         f"an entry point {entry_point.name!r} is registered"
@@ -79,13 +79,14 @@ def misgrouped() -> list[str]:
         "pyproject.toml and reinstall it"
         for group in sorted(difflib.get_close_matches(GROUP, groups, n=3, cutoff=0.8))
         for entry_point in entry_points(group=group)
+        if name is None or entry_point.name == name
     ]
 
 
 def _misgrouped(name: str) -> str:
     """Where an entry point called ``name`` is registered in a group close to
     :data:`GROUP`, what to do; else nothing."""
-    said = [line for line in misgrouped() if line.startswith(f"an entry point {name!r} ")]
+    said = misgrouped(name)
     return f"; {said[0]}" if said else ""
 
 

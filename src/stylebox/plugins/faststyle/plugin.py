@@ -69,6 +69,8 @@ from stylebox.plugins.faststyle.session import (
     used_by,
 )
 
+log = logging.getLogger("stylebox.fast")
+
 LANCZOS = Image.Resampling.LANCZOS
 
 
@@ -96,7 +98,7 @@ def _model_file(value: Path, info: ValidationInfo) -> Path:
         context = info.context if isinstance(info.context, dict) else {}
         path = Path(context.get("base_dir") or Path.cwd()) / path
     if not path.is_file():
-        missing = ValueError(f"file not found: {path}")
+        missing = f"file not found: {path}"
         raise ValueError(
             not_found_text(value, missing, "an ONNX file", "bundled model", bundled.model_names())
         )
@@ -623,8 +625,6 @@ def chosen_model(
         raise BadModel(f"{model}: its fp16 variant {variant} does not exist")
     return variant
 
-
-log = logging.getLogger("stylebox.fast")
 
 _vectors_lock = threading.Lock()
 #: Style vectors by (predictor, style image) digest, shared by every instance.
