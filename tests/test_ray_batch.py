@@ -30,7 +30,8 @@ import sys, ray
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
          object_store_memory=80 * 1024 * 1024)
 print(ray.get_runtime_context().gcs_address, flush=True)
-sys.stdin.read()  # until the test module ends
+for _ in sys.stdin:  # a test asks how many CPUs are free in the cluster, until the module ends
+    print(int(ray.available_resources().get("CPU", 0)), flush=True)
 ray.shutdown()
 """
 
@@ -40,23 +41,42 @@ ray.shutdown()
 JOIN = {**os.environ, "RAY_AUTH_MODE": "token"}
 
 
+class Head:
+    """The module's Ray instance: its GCS address, and the CPUs free in its cluster."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None and process.stdin is not None
+        self.stdin, self.stdout = process.stdin, process.stdout
+        self.address = self.stdout.readline().strip()
+        assert self.address, "the Ray head did not start"
+
+    def free_cpus(self) -> int:
+        self.stdin.write("cpus?\n")
+        self.stdin.flush()
+        return int(self.stdout.readline())
+
+
 @pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A local Ray instance for the module's tests; its GCS address."""
+def ray_head() -> Iterator[Head]:
+    """A local Ray instance for the module's tests."""
     head = subprocess.Popen(
         [sys.executable, "-c", HEAD],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=JOIN,
     )  # fmt: skip
-    assert head.stdout is not None and head.stdin is not None
-    address = head.stdout.readline().strip()
-    assert address, "the Ray head did not start"
-    yield address
+    yield Head(head)
+    assert head.stdin is not None
     head.stdin.close()
     try:
         head.wait(timeout=30)
     except subprocess.TimeoutExpired:
         head.kill()
         head.wait()
+
+
+@pytest.fixture
+def ray_address(ray_head: Head) -> str:
+    """The GCS address of the module's Ray instance."""
+    return ray_head.address
 
 
 # A plugin that logs each call (pid, file names, batch size) to params.log; with a gate it
@@ -570,7 +590,7 @@ def test_an_address_where_no_cluster_answers_is_refused_in_one_line_at_once(
 
 # Last: the lost node stays in the cluster's books (marked dead after missed heartbeats)
 # for a while, and a test after it could wait for that.
-def test_a_node_lost_mid_photo_costs_its_photo_one_retry(tmp_path: Path, ray_address: str) -> None:
+def test_a_node_lost_mid_photo_costs_its_photo_one_retry(tmp_path: Path, ray_head: Head) -> None:
     """A second node (1 CPU) joins the module's Ray instance (2 CPUs), as ``ray start
     --address`` does on another machine; three actors fill both. The node's raylet and
     every process it started are killed with SIGKILL while its actor runs a photo: that
@@ -578,6 +598,7 @@ def test_a_node_lost_mid_photo_costs_its_photo_one_retry(tmp_path: Path, ray_add
     every photo ends once."""
     env = probe_env(tmp_path)
     ray_cli = Path(sys.executable).with_name("ray")
+    ray_address = ray_head.address
     node = subprocess.Popen(
         [ray_cli, "start", "--address", ray_address, "--num-cpus", "1", "--block",
          "--disable-usage-stats", "--object-store-memory", str(80 * 1024 * 1024)],
@@ -589,6 +610,9 @@ def test_a_node_lost_mid_photo_costs_its_photo_one_retry(tmp_path: Path, ray_add
         started.update(children(node.pid))
         raylet = raylet_of(node.pid)
         assert raylet is not None
+        # Three actors fill the cluster only once the node is registered (slow under load:
+        # the batch would start 2) and the actors of earlier tests' commands are gone.
+        assert wait_until(lambda: ray_head.free_cpus() == 3, 60, interval=0.5), ray_head.free_cpus()
         log, gate = tmp_path / "calls.log", tmp_path / "gate"
         config = make_batch(
             tmp_path, 4, "probe", f'{{ log = "{log}", gate = "{gate}" }}', "workers = 3",
@@ -598,7 +622,9 @@ def test_a_node_lost_mid_photo_costs_its_photo_one_retry(tmp_path: Path, ray_add
             command(config, "--ray", ray_address), env=env, stderr=subprocess.PIPE, text=True
         )
         calls = lambda: [line.split() for line in log.read_text().splitlines()]  # noqa: E731
-        assert wait_until(lambda: log.exists() and len(calls()) == 3, 60)
+        if not wait_until(lambda: log.exists() and len(calls()) == 3, 60):
+            process.kill()
+            pytest.fail(f"not 3 photos running on 3 actors: {process.communicate()[1]}")
         on_node = [call for call in calls() if int(call[0]) in children(raylet)]
         assert len(on_node) == 1, (calls(), children(raylet))
         _, victim, _ = on_node[0]
