@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -401,6 +402,56 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -
     assert sorted(p.name for p in processed.glob("*.png")) == names
     assert (failed / "broken.jpg.error.txt").is_file()
     assert not list(inbox.glob("*.png"))
+
+
+def test_status_tells_of_an_inbox_disabled_when_its_plugin_failed_to_start(
+    tmp_path: Path,
+) -> None:
+    """``stylebox status`` loads the config but starts no plugin: an inbox the daemon
+    disabled because its plugin failed to start (a model file that is no model) is known
+    from the daemon, with the photos that wait in its folder, and the daemon's other
+    problems (an inbox folder gone); once the daemon is killed, its word no longer holds."""
+    model = tmp_path / "bad.onnx"
+    model.write_bytes(b"not a model" * 100)
+    extra = (
+        f'[[inbox]]\nname = "broken"\npath = "in-broken"\noutbox = "out-broken"\n'
+        f'plugin = "fast"\nparams = {{ model = "{model}" }}\n'
+        f'[[inbox]]\nname = "gone"\npath = "in-gone"\noutbox = "out-gone"\n'
+        f'plugin = "posterize"\nparams = {{ bits = 2 }}\n'
+    )
+    config = write_config(tmp_path, POSTERIZE_CONFIG.format(extra=extra))
+
+    def status(*flags: str) -> str:
+        command = [sys.executable, "-m", "stylebox.cli", "status", *flags]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        photo(32, 24).save(tmp_path / "in-broken" / "photo.png")
+        said = status("--config", str(config))
+        assert "inbox:broken: 0 queued, 0 running, 0 done, 0 failed" in said
+        assert "  DISABLED: plugin 'fast' failed to start: BadModel: " in said, said
+        assert "  1 file(s) wait in its folder until the plugin is mended" in said, said
+        report = json.loads(status("--config", str(config), "--json"))
+        assert report["sources"]["inbox:broken"]["disabled"].startswith("plugin 'fast' failed")
+        assert report["sources"]["inbox:broken"]["files_waiting"] == 1
+        assert report["sources"]["inbox:poster"]["disabled"] is None
+        # A file in an inbox folder's place: the config no longer loads here, the journal
+        # is read without it, and the daemon's word with it.
+        shutil.rmtree(tmp_path / "in-gone")
+        (tmp_path / "in-gone").write_text("a file in the folder's place")
+        assert daemon.receive("not watched: inbox:gone", 30), daemon.messages[-3:]
+        said = status("--state-dir", str(tmp_path / "state"))
+        assert "daemon: inbox gone: its folder " in said, said
+        assert "  DISABLED: plugin 'fast' failed to start: BadModel: " in said, said
+    finally:
+        daemon.kill()
+    said = status("--state-dir", str(tmp_path / "state"))
+    assert "DISABLED" not in said and "daemon:" not in said, said
+    assert (tmp_path / "in-broken" / "photo.png").is_file()
 
 
 def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path: Path) -> None:

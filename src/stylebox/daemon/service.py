@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from stylebox.config import InboxConfig, LoadedConfig, http_address, load_config
-from stylebox.daemon import files
+from stylebox.daemon import files, problems_file
 from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.locks import InboxLocks
@@ -154,6 +154,7 @@ class Service:
             self._close()  # a clean stop: the next start finds no unclean one to warn of
             raise
         self.watcher.start()
+        problems_file.withdraw(self.loaded.config.state_dir)  # a killed daemon's, if left
         self._refresh_problems()
         self.loop.start()
         names = _inbox_names(self.sources)
@@ -238,12 +239,13 @@ class Service:
         return list(self._problems)
 
     def _refresh_problems(self) -> None:
+        waits = problems_file.DISABLED_WAIT
         found: list[dict[str, Any]] = [
             {
                 "kind": "disabled",
                 "source": f"{table}:{name}",
                 "since": None,
-                "text": f"{table} {name} is disabled: {_one_line(reason)}; {DISABLED_WAIT}",
+                "text": f"{table} {name} is disabled: {_one_line(reason)}; {waits}",
             }
             for (table, name), reason in sorted(self.loaded.unavailable.items())
         ]
@@ -272,7 +274,17 @@ class Service:
             if since is not None:
                 when, reason = since
                 found.append({"kind": kind, "source": None, "since": when, "text": said + reason})
+        if tuple(found) != self._problems:
+            self._publish(found)
         self._problems = tuple(found)
+
+    def _publish(self, found: list[dict[str, Any]]) -> None:
+        """The problems for ``stylebox status`` (another process), each time they change."""
+        disabled = {f"{t}:{n}": reason for (t, n), reason in self.loaded.unavailable.items()}
+        try:
+            problems_file.publish(self.loaded.config.state_dir, found, disabled)
+        except OSError as exc:  # a full disk: the page still lists them
+            log.warning("cannot tell stylebox status the daemon's problems: %s", describe(exc))
 
     def reload(self) -> None:
         """Swap in a new config; one that is bad or cannot be applied is refused, and the
@@ -367,6 +379,7 @@ class Service:
         for plugin in self._instances.values():
             plugin.close()
         self.journal.close()
+        problems_file.withdraw(self.loaded.config.state_dir)
 
     # -- the status page -------------------------------------------------------------------
 
@@ -505,14 +518,6 @@ def no_retry(row: JobRow) -> str:
     )
 
 
-#: What a disabled inbox's or batch's files wait for (a plugin module imported once stays
-#: imported: a reload loads again only one that failed to import).
-DISABLED_WAIT = (
-    "its files wait until the plugin is mended and the daemon reloaded (SIGHUP), or "
-    "restarted where the plugin's code changed"
-)
-
-
 def _log_disabled(loaded: LoadedConfig) -> None:
     for (table, name), reason in sorted(loaded.unavailable.items()):
         log.error(
@@ -520,7 +525,7 @@ def _log_disabled(loaded: LoadedConfig) -> None:
             table,
             name,
             reason,
-            DISABLED_WAIT,
+            problems_file.DISABLED_WAIT,
             extra={"event": "disabled", "source": f"{table}:{name}", "reason": reason},
         )
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from stylebox.config import LoadedConfig, load_config
+from stylebox.daemon import problems_file
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.leases import pid_alive
 from stylebox.daemon.sources import name_of
-from stylebox.daemon.watcher import left_alone
+from stylebox.daemon.watcher import is_ignored, left_alone
 from stylebox.logs import shown
 
 #: How many failed jobs a source's ``last_errors`` lists, the newest first, unless all are
@@ -41,16 +43,25 @@ def collect(
     if loaded is not None and not foreign:  # else only what this journal holds
         sources = [f"inbox:{i.name}" for i in loaded.config.inbox]
         sources += [f"batch:{b.name}" for b in loaded.config.batch]
-    report: dict[str, Any] = {"journal": str(path), "journal_exists": path.exists(), "sources": {}}
+    # What the daemon serving this state dir says is wrong (an inbox it disabled when its
+    # plugin failed to start: loading the config here does not start plugins).
+    daemon = problems_file.read(state_dir)
+    report: dict[str, Any] = {
+        "journal": str(path),
+        "journal_exists": path.exists(),
+        "daemon_problems": [] if daemon is None else _sourceless(daemon["problems"]),
+        "sources": {},
+    }
     unavailable = loaded.unavailable.items() if loaded is not None else []
-    disabled = {f"{table}:{name}": why for (table, name), why in unavailable}
+    disabled = {} if daemon is None else dict(daemon["disabled"])
+    disabled.update((f"{table}:{name}", why) for (table, name), why in unavailable)
     if not path.exists():
-        for key in sources:
+        for key in [*sources, *(key for key in disabled if key not in sources)]:
             report["sources"][key] = {**_empty(), "disabled": disabled.get(key)}
         return _with_left_alone(report, loaded)
     journal = Journal(path, read_only=True)  # an older daemon may be using it
     counts = journal.counts()
-    for key in sorted(set(sources) | set(counts)):
+    for key in sorted(set(sources) | set(counts) | set(disabled)):
         entry = _empty()
         entry.update(counts.get(key, {}))
         entry["disabled"] = disabled.get(key)
@@ -84,6 +95,12 @@ def collect(
     return _with_left_alone(report, loaded)
 
 
+def _sourceless(problems: list[dict[str, Any]]) -> list[str]:
+    """The daemon's problems other than a disabled source (said under the source): an inbox
+    folder not watched, a reload refused, the status page kept at its old address."""
+    return [problem["text"] for problem in problems if problem["kind"] != "disabled"]
+
+
 def _name(loaded: LoadedConfig | None, row: JobRow) -> str:
     """The job ``row``'s file as its log lines name it: under its sub-folder in a recursive
     batch (two ``t.png`` of two folders were told apart by nothing)."""
@@ -97,14 +114,28 @@ def _name(loaded: LoadedConfig | None, row: JobRow) -> str:
 
 def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig | None) -> dict[str, Any]:
     """Each listed inbox's entries that no job takes (a folder, a mask without its photo),
-    as the daemon's log and status page say them."""
+    as the daemon's log and status page say them; and a disabled inbox's files, which wait
+    in its folder with no job to count them."""
     for inbox in loaded.config.inbox if loaded is not None else []:
         entry = report["sources"].get(f"inbox:{inbox.name}")
         if entry is not None:
             entry["left_alone"] = left_alone(
                 inbox.path, inbox.reserved(), fed=inbox.fed_by is not None
             )
+            if entry["disabled"]:
+                entry["files_waiting"] = _files_in(inbox.path)
     return report
+
+
+def _files_in(folder: Path) -> int:
+    """How many files the inbox ``folder`` holds for jobs (not the hidden ones)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sum(
+                1 for e in entries if e.is_file(follow_symlinks=False) and not is_ignored(e.name)
+            )
+    except OSError:
+        return 0
 
 
 def _empty() -> dict[str, Any]:
@@ -118,6 +149,7 @@ def _empty() -> dict[str, Any]:
         "waiting_jobs": [],
         "last_errors": [],
         "left_alone": [],
+        "files_waiting": 0,
     }
 
 
@@ -173,6 +205,8 @@ def print_status(
 
     if not report["journal_exists"]:  # a state_dir mistyped, or nothing run there yet
         say(f"no journal at {report['journal']}: no job has been queued with this state_dir")
+    for problem in report["daemon_problems"]:
+        say(f"daemon: {problem}")
     for key, entry in report["sources"].items():
         say(
             f"{key}: {entry['queued']} queued, {entry['running']} running, "
@@ -180,6 +214,8 @@ def print_status(
         )
         if entry["disabled"]:
             say(f"  DISABLED: {entry['disabled']}")
+            if waiting := entry["files_waiting"]:
+                say(f"  {waiting} file(s) wait in its folder until {problems_file.MENDED}")
         if not entry["configured"] and entry["queued"]:
             by = (
                 "an inbox of this name, or one on its folder,"
