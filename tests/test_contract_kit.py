@@ -824,6 +824,42 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     assert "4 failed, 55 passed, 38 skipped, 8 xfailed" in out  # 5 classes, each_choice each
 
 
+def test_a_failure_reads_the_finding_first_then_the_plugins_own_traceback(tmp_path: Path) -> None:
+    """A check's failure in the author's pytest is what the kit found and what to do, with
+    none of the kit's own frames (they came first, and buried it); where the plugin raised,
+    its exception follows as Python prints it, from the plugin's own frame."""
+    (tmp_path / "test_author.py").write_text(
+        "from test_contract_kit import Good, NoProgress\n"
+        "from stylebox.testing import PluginContract\n\n"
+        "class Explodes(Good):\n"
+        "    def process(self, image, job):\n"
+        "        raise KeyError('lookup table missing')\n\n"
+        "class TestExplodes(PluginContract):\n"
+        "    plugin = Explodes\n\n"
+        "class TestNoProgress(PluginContract):\n"
+        "    plugin = NoProgress\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_author.py",
+         "-k", "TestExplodes and accepts_image_kinds or TestNoProgress and through_context"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = completed.stdout
+    assert "2 failed" in out, out + completed.stderr
+    assert "stylebox/testing/" not in out, out
+    no_progress = out[out.index("TestNoProgress.test_contract[progress_through_context]") :]
+    assert no_progress.split("\n")[1] == (
+        "process reported no progress; call job.progress(step, total)"
+    ), out
+    explodes = out[out.index("TestExplodes.test_contract[accepts_image_kinds]") :]
+    assert explodes.split("\n")[1].startswith("process failed on a 1x1 image: KeyError: "), out
+    trace = explodes[explodes.index("Traceback (most recent call last):") :]
+    assert trace.split("\n")[1].endswith(", in process"), out  # the plugin's frame first
+    assert "KeyError: 'lookup table missing'" in trace
+
+
 def test_a_slow_import_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Every command that lists plugins imports them all: a slow one made each take seconds.
     (tmp_path / "slow_plugin.py").write_text(

@@ -17,6 +17,7 @@ is skipped saying so.
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +37,8 @@ from stylebox.testing.checks import (
     after_a_hang,
     skip_reason,
 )
+
+_KIT = Path(__file__).parent
 
 
 class PluginContract:
@@ -106,10 +109,28 @@ class PluginContract:
         hung = PluginContract._hung.get(type(self))
         if hung is not None:
             pytest.skip(after_a_hang(hung))
+        finding: ContractFailure | None = None
         try:
             check.run(contract_case)
         except ContractSkip as exc:
             pytest.skip(str(exc))
-        except ContractTimeout:
-            PluginContract._hung[type(self)] = check.name
-            raise
+        except ContractFailure as exc:
+            if isinstance(exc, ContractTimeout):
+                PluginContract._hung[type(self)] = check.name
+            finding = exc
+        if finding is not None:
+            # The kit's finding says what is wrong and what to do: first, not below the
+            # kit's own frames, which buried it; then the plugin's exception, if it raised
+            # one, as Python prints it.
+            cause = finding.__cause__
+            trace = _plugin_trace(cause) if cause is not None else ""
+            pytest.fail(f"{finding}\n\n{trace}".rstrip(), pytrace=False)
+
+
+def _plugin_trace(error: BaseException) -> str:
+    """``error``'s traceback as Python prints it, from the first frame outside the kit:
+    the plugin's code and what it called."""
+    frames = error.__traceback__
+    while frames is not None and Path(frames.tb_frame.f_code.co_filename).parent == _KIT:
+        frames = frames.tb_next
+    return "".join(traceback.format_exception(type(error), error, frames))
