@@ -659,6 +659,30 @@ def test_each_check_fails_on_a_plugin_breaking_its_rule(
         run_check(check, plugin, tmp_path, **options)
 
 
+class InvertsItsInput(Good):
+    """Inverts the image it is given, in place, once its result is made: each run on the
+    same image gets the last one's leavings (its batch, Good's, runs ``process`` on each)."""
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        result = super().process(image.copy(), job)
+        image.paste(ImageOps.invert(image))
+        return result
+
+
+def test_a_plugin_that_changes_its_input_in_place_is_told_so_not_blamed_on_seeds(
+    tmp_path: Path,
+) -> None:
+    # deterministic said "different pixels twice from one instance; seed every random
+    # generator", and batch "results out of order?", of a plugin that writes on its input.
+    report = check_plugin(ContractCase(plugin=InvertsItsInput, workdir=tmp_path))
+    failed = {r.check: r.message for r in report.results if r.status == "failed"}
+    assert set(failed) == {"discoverable", "accepts_image_kinds", "batch"}, str(report)
+    assert failed["accepts_image_kinds"].startswith("process changed its input image (a ")
+    assert failed["batch"] == (
+        "process_batch changed its input image (batch item 0); work on a copy"
+    )
+
+
 def test_a_file_written_in_every_run_is_listed_once(tmp_path: Path) -> None:
     with pytest.raises(ContractFailure) as failed:
         run_check("writes_only_where_given", WritesDebugFile, tmp_path)
