@@ -7,6 +7,7 @@ each bad plugin below changes one thing about it.
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import multiprocessing
 import os
 import re
@@ -681,6 +682,28 @@ def test_a_plugin_that_changes_its_input_in_place_is_told_so_not_blamed_on_seeds
     assert failed["batch"] == (
         "process_batch changed its input image (batch item 0); work on a copy"
     )
+
+
+class FindsALibrary(Good):
+    """Asks where a shared library is, as importing PyTorch does (``ldconfig -p``)."""
+
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        self.libc = ctypes.util.find_library("c")
+
+
+def test_looking_up_a_shared_library_is_not_starting_a_program(tmp_path: Path) -> None:
+    # The first import of PyTorch in a process runs ldconfig -p: the gatys plugin, which
+    # imports it in __init__, failed no_programs where no test had imported it before.
+    run_check("no_programs", FindsALibrary, tmp_path)
+    with pytest.raises(ContractFailure, match=r"subprocess.Popen \['ldconfig', '-p'\]"):
+        run_check("no_programs", RunsLdconfig, tmp_path)
+
+
+class RunsLdconfig(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        subprocess.run(["ldconfig", "-p"], capture_output=True, check=False)
+        return super().process(image, job)
 
 
 def test_a_file_written_in_every_run_is_listed_once(tmp_path: Path) -> None:

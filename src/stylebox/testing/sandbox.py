@@ -15,6 +15,7 @@ started is reported as such, since what it writes is out of sight.
 from __future__ import annotations
 
 import _posixsubprocess
+import ctypes.util
 import os
 import sys
 import threading
@@ -107,7 +108,7 @@ class Sandbox:
                 self.network.append(f"{event} {address!r}")
         elif event in _NETWORK_EVENTS:
             self.network.append(f"{event} {args[0]!r}")
-        elif event in _PROCESS_EVENTS:
+        elif event in _PROCESS_EVENTS and not _finding_a_library():
             command = args[_PROCESS_EVENTS[event]]
             if isinstance(command, bytes | str | os.PathLike):
                 command = os.fsdecode(command)
@@ -179,6 +180,21 @@ _state = threading.local()
 _active: list[Sandbox] = []
 _hook_lock = threading.Lock()
 _hook_installed = False
+
+
+def _finding_a_library() -> bool:
+    """Whether the program being started is ``ctypes.util.find_library``'s (``ldconfig -p``
+    asked where a shared library is; it reads and prints, writing nothing): importing
+    PyTorch runs one, so a plugin that imports it in ``__init__``, as it should, would be
+    said to start a program, or not, by whether PyTorch was imported before."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == ctypes.util.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
 _fork_exec = _posixsubprocess.fork_exec
 
 
