@@ -684,6 +684,40 @@ def test_a_plugin_that_changes_its_input_in_place_is_told_so_not_blamed_on_seeds
     )
 
 
+class PrintsThenRaises(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.progress(1, 1)
+        print("loading the lookup table")
+        raise KeyError("lookup table missing")
+
+
+def test_a_run_that_breaks_off_fails_one_check_of_the_run_not_every_one(tmp_path: Path) -> None:
+    # A process that raised failed ten checks with one message: each check of the observed
+    # run (no_network, no_stdout...) among them, though none had seen its rule broken.
+    report = check_plugin(ContractCase(plugin=PrintsThenRaises, workdir=tmp_path))
+    results = {r.check: r for r in report.results}
+    failed = {name for name, result in results.items() if result.status == "failed"}
+    assert failed == {
+        "discoverable", "accepts_image_kinds", "errors_classified", "progress_through_context",
+        "writes_only_where_given", "no_stdout", "cancellation", "batch",
+    }, str(report)  # fmt: skip
+    # What it did before it raised is still judged: it printed.
+    printed = "printed to stdout in process: 'loading the lookup table'"
+    assert printed in results["no_stdout"].message
+    assert results["deterministic"].message == (
+        "process failed on a 64x48 image, so there is nothing to compare; see "
+        "progress_through_context"
+    )
+    said = results["writes_only_where_given"].message
+    assert said.startswith("process failed on a 64x48 image: KeyError: 'lookup table missing'")
+    for name in ("no_network", "no_programs", "keeps_working_directory", "threads_stopped"):
+        assert results[name].status == "skipped", str(report)
+        assert results[name].message == (
+            "not watched to its end: process failed in the observed run; see "
+            "writes_only_where_given"
+        )
+
+
 class FindsALibrary(Good):
     """Asks where a shared library is, as importing PyTorch does (``ldconfig -p``)."""
 

@@ -59,6 +59,11 @@ class ContractFailure(AssertionError):
     """A plugin broke a rule of the contract; the message says which and what to do."""
 
 
+class ProcessFailed(ContractFailure):
+    """``process`` raised (its exception the ``__cause__``): the checks that only needed
+    its run to judge something else leave the failure to one check that says it."""
+
+
 class ContractWarning(UserWarning):
     """Not a broken rule, but worth a look (a param that accepts any text, say)."""
 
@@ -337,7 +342,7 @@ def _process(
     except ContractFailure:
         raise
     except Exception as exc:
-        raise ContractFailure(
+        raise ProcessFailed(
             f"process failed on {what}: {_describe(exc)}; every RGB image of any size "
             "from 1x1 up must give a result (neither a size nor a plain colour is a reason "
             "for BadInput: upscale tiny inputs internally; a 1x1 image is flat too)"
@@ -820,7 +825,13 @@ def check_progress_through_context(case: ContractCase) -> None:
 
 def check_snapshots(case: ContractCase) -> None:
     """A plugin declaring ``snapshots`` hands RGB snapshots to the context, in step order."""
-    context = _one_run(case)
+    try:
+        context = _one_run(case)
+    except ProcessFailed:  # the same run as progress_through_context's, which fails
+        raise ContractSkip(
+            "process failed on a 64x48 image, so it sent no snapshot to judge; see "
+            "progress_through_context"
+        ) from None
     if not context.snapshots:
         raise ContractFailure(
             "capabilities say snapshots=True but process sent none to job.snapshot(); "
@@ -895,6 +906,18 @@ class Observation:
     """When the plugin first printed to stdout, and what."""
     threads: list[threading.Thread]
     """Threads the plugin started that were still running after close() and a grace."""
+    broke_off: ProcessFailed | None = None
+    """How ``process`` failed, when it did: what it did up to then was still watched."""
+
+    def watched_whole(self) -> None:
+        """Each check of the run judges what it saw; once the run broke off, one that saw
+        nothing wrong saw only part of it: it skips, and ``writes_only_where_given`` fails
+        with why (ten checks failed with the one message)."""
+        if self.broke_off is not None:
+            raise ContractSkip(
+                "not watched to its end: process failed in the observed run; see "
+                "writes_only_where_given"
+            )
 
 
 def _observed_run(case: ContractCase) -> Observation:
@@ -912,6 +935,7 @@ def _observed_run(case: ContractCase) -> Observation:
     with sandboxed(allowed, case.workdir / "sandbox") as box, contextlib.redirect_stdout(printed):
         printed.phase = "while starting (__init__)"
         plugin = case.make()
+        broke_off = None
         try:
             printed.phase = "in process"
             started = time.monotonic()
@@ -922,6 +946,8 @@ def _observed_run(case: ContractCase) -> Observation:
                 width, height = case.realistic_size
                 image = sample_image(case.realistic_size)
                 _process(case, plugin, image, contexts[1], f"a {width}x{height} image", False)
+        except ProcessFailed as exc:  # what it did until then is still judged
+            broke_off = exc
         finally:
             printed.phase = "in close()"
             _close(case, plugin)
@@ -937,6 +963,7 @@ def _observed_run(case: ContractCase) -> Observation:
         chdirs=[f"{c} (at import)" for c in imported.chdirs] + chdirs,
         printed=imported.printed or printed.first(),
         threads=threads,
+        broke_off=broke_off,
     )
 
 
@@ -1075,61 +1102,72 @@ def check_writes_only_where_given(case: ContractCase) -> None:
             "import) and a job's own files under job.checkpoint_dir; hand images to "
             "job.snapshot() and return the result instead of saving them"
         )
+    if seen.broke_off is not None:  # said here once, for every check of the run
+        raise seen.broke_off
 
 
 def check_no_network(case: ContractCase) -> None:
     """Neither importing, creating nor running the plugin reaches for the network (daemons
     run offline; models and weights must come installed)."""
-    network = _observed_run(case).network
+    seen = _observed_run(case)
+    network = seen.network
     if network:
         raise ContractFailure(
             "the plugin tried to use the network:\n  "
             + "\n  ".join(network)
             + "\nship models with the package or take their path as a param"
         )
+    seen.watched_whole()
 
 
 def check_no_programs(case: ContractCase) -> None:
     """Neither importing, creating nor running the plugin starts a program (``os.fork`` and
     ``multiprocessing`` included): what a program writes or sends is out of the kit's sight
     (and of the daemon's promise to write only through the outbox)."""
-    processes = _observed_run(case).processes
+    seen = _observed_run(case)
+    processes = seen.processes
     if processes:
         raise ContractFailure(
             "the plugin started a program:\n  "
             + "\n  ".join(processes)
             + "\ndo the work in Python (or a library's native code) within process()"
         )
+    seen.watched_whole()
 
 
 def check_no_stdout(case: ContractCase) -> None:
     """Nothing is printed to ``sys.stdout`` while importing, creating, running or closing
     the plugin: standard output carries the CLI's answers (``stylebox status --json``)."""
-    printed = _observed_run(case).printed
+    seen = _observed_run(case)
+    printed = seen.printed
     if printed is not None:
         phase, text = printed
         raise ContractFailure(
             f"the plugin printed to stdout {phase}: {text!r}; use logging (stdout carries "
             "the CLI's answers, such as `stylebox status --json`)"
         )
+    seen.watched_whole()
 
 
 def check_keeps_working_directory(case: ContractCase) -> None:
     """Neither importing, creating nor running the plugin changes the working directory,
     which is the whole process's: the daemon resolves relative paths against it."""
-    chdirs = _observed_run(case).chdirs
+    seen = _observed_run(case)
+    chdirs = seen.chdirs
     if chdirs:
         raise ContractFailure(
             f"the plugin changed the working directory to {chdirs[0]}; the daemon resolves "
             "relative paths against it: leave it alone and use absolute paths"
         )
+    seen.watched_whole()
 
 
 def check_threads_stopped(case: ContractCase) -> None:
     """Threads the plugin starts have ended by the time ``close()`` has returned (give or
     take :data:`THREAD_GRACE` s): a non-daemon thread left running keeps the daemon (and
     pytest) from ever exiting, and each new instance would leave one more."""
-    threads = _observed_run(case).threads
+    seen = _observed_run(case)
+    threads = seen.threads
     if threads:
         thread = threads[0]
         target = getattr(thread, "_target", None)
@@ -1147,6 +1185,7 @@ def check_threads_stopped(case: ContractCase) -> None:
             f"{THREAD_GRACE:g} s after close() returned; stop and join its threads in close() "
             f"({harm})"
         )
+    seen.watched_whole()
 
 
 class _CancellingContext(RecordingContext):
@@ -1244,7 +1283,15 @@ def check_deterministic(case: ContractCase) -> None:
         for plugin in (first, first, second):
             # Each run on its own copy: a plugin that changes its input in place gives
             # other pixels the next time, which is accepts_image_kinds's to say, not this.
-            result = _process(case, plugin, image.copy(), case.context(), "a 64x48 image", False)
+            try:
+                result = _process(
+                    case, plugin, image.copy(), case.context(), "a 64x48 image", False
+                )
+            except ProcessFailed:  # progress_through_context fails with it; once is enough
+                raise ContractSkip(
+                    "process failed on a 64x48 image, so there is nothing to compare; see "
+                    "progress_through_context"
+                ) from None
             problem = _unreadable(result)
             if problem is not None:  # accepts_image_kinds fails it, saying so; once is enough
                 raise ContractSkip(
