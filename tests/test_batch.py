@@ -126,6 +126,33 @@ def test_a_result_not_in_the_outbox_is_made_again(tmp_path: Path) -> None:
     assert batch(config, "--dry-run").stdout == ""
 
 
+def test_a_folder_that_cannot_be_read_is_said_and_fails_the_batch(tmp_path: Path) -> None:
+    """A sub-folder whose files cannot be listed: glob passed over it without a word, and
+    the batch ended 'finished', exit 0, its photos never run. Run as a user without root's
+    override of file permissions (``setpriv`` drops it), as the tests run as root."""
+    config, library = setup(tmp_path, 2)
+    locked = library / "locked"
+    locked.mkdir()
+    photo(24, 16, seed=9).save(locked / "x.png")
+    locked.chmod(0)
+    try:
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
+                   "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)]  # fmt: skip
+        dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, timeout=300)
+        assert dry.returncode == 0, dry.stderr
+        assert "2 of 2 image(s) would run; 1 folder(s) that cannot be read, left out" in dry.stderr
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (said,) = [line for line in lines if line.get("event") == "unreadable"]
+    assert said["msg"].startswith("folder locked cannot be read (PermissionError: "), said
+    assert said["msg"].endswith("): its photos are left out of the batch"), said
+    (finished,) = [line for line in lines if line["msg"] == "batch finished"]
+    assert (finished["done"], finished["unreadable_folders"]) == (2, 1)
+
+
 def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path) -> None:
     config, library = setup(tmp_path, 0)
     for folder, seed in (("", 1), ("2025", 2), ("2025/.trash", 3), ("broken", 4)):

@@ -12,6 +12,7 @@ the pipeline hands each claimed group to a Ray actor to run (``daemon/ray_engine
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from stylebox.daemon.ray_engine import (
 from stylebox.daemon.runner import Reporter
 from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.watcher import beside_a_result, is_ignored
-from stylebox.errors import ConfigError
+from stylebox.errors import ConfigError, describe
 from stylebox.images import DEFAULT_FORMATS, plainly_not_an_image
 from stylebox.plugins.api import companion_kind
 from stylebox.plugins.registry import discover
@@ -52,9 +53,20 @@ def source_problem(config: BatchConfig) -> str | None:
     """Why the batch cannot run as its source folder is now, or ``None``. Not a config
     error: a share may be mounted by the time the batch runs."""
     if config.source.is_dir():
-        return None
+        why = _unreadable(config.source)
+        return None if why is None else f"[[batch]] {config.name}: source {config.source} {why}"
     why = "is not a folder" if config.source.exists() else "does not exist"
     return f"[[batch]] {config.name}: source {config.source} {why}"
+
+
+def _unreadable(folder: Path) -> str | None:
+    """Why the files of ``folder`` cannot be listed, or ``None`` (``glob`` passes over such
+    a folder without a word: its photos were left out and the batch ended 'finished')."""
+    try:
+        with os.scandir(folder):
+            return None
+    except OSError as exc:
+        return f"cannot be read ({describe(exc)})"
 
 
 def scan(
@@ -65,6 +77,7 @@ def scan(
     companions: list[Path] | None = None,
     upstream: list[Path] | None = None,
     hidden: list[Path] | None = None,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> Iterator[Path]:
     """Candidate files of the source folder, in a stable order. Files kept beside the
     pictures (``notes.txt``, XMP sidecars: see :func:`plainly_not_an_image`, with the
@@ -75,7 +88,8 @@ def scan(
     batch's outbox (:attr:`~stylebox.config.JobConfig.fed_by`), what that one writes
     beside its results (animations, snapshot folders) goes to ``upstream``, if given.
     Hidden and temporary names (:data:`~stylebox.daemon.watcher.IGNORED_PATTERNS`: files,
-    or folders not looked into) go to ``hidden``, if given."""
+    or folders not looked into) go to ``hidden``, if given. Sub-folders whose files cannot
+    be listed (their permissions) go to ``unreadable``, with why, if given."""
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
@@ -95,6 +109,10 @@ def scan(
         if path.is_symlink():
             if links is not None:
                 links.append(path)
+            continue
+        if config.recursive and path.is_dir():
+            if unreadable is not None and (why := _unreadable(path)) is not None:
+                unreadable.append((path, why))
             continue
         if not path.is_file():
             continue
@@ -140,7 +158,15 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     formats = frozenset(loaded.config.images.formats)
     upstream: list[Path] = []
     hidden: list[Path] = []
-    files = list(scan(batch, others, formats, links, companions, upstream, hidden))
+    unreadable: list[tuple[Path, str]] = []
+    files = list(scan(batch, others, formats, links, companions, upstream, hidden, unreadable))
+    for folder, why in unreadable:  # its photos are not run: the batch cannot end well
+        log.warning(
+            "folder %s %s: its photos are left out of the batch",
+            folder.relative_to(batch.source),
+            why,
+            extra={"event": "unreadable", "folder": str(folder)},
+        )
     _say_skipped(hidden, batch.source, "hidden or temporary name(s)")
     _say_skipped(others, batch.source, "file(s) that are not pictures")
     what = f"file(s) that {batch.fed_by} writes beside its results"
@@ -155,7 +181,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     _say_skipped(alone, batch.source, "mask(s) without their photo, which no job reads")
     _say_skipped(links, batch.source, "symbolic link(s), which a batch does not follow")
     if dry_run:
-        return _dry_run(loaded, name, files)
+        return _dry_run(loaded, name, files, len(unreadable))
     make_folder("state_dir", loaded.config.state_dir)
     journal = Journal(journal_path(loaded.config.state_dir))
     key = f"batch:{name}"
@@ -233,8 +259,9 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
             file=sys.stderr,
         )
         return 130
+    counts["unreadable_folders"] = len(unreadable)
     log.info("batch finished", extra={"batch": name, "files": len(files), **counts})
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or unreadable else 0
 
 
 def _sources(loaded: LoadedConfig, name: str) -> dict[str, Source]:
@@ -246,7 +273,7 @@ def _sources(loaded: LoadedConfig, name: str) -> dict[str, Source]:
     return sources
 
 
-def _dry_run(loaded: LoadedConfig, name: str, files: list[Path]) -> int:
+def _dry_run(loaded: LoadedConfig, name: str, files: list[Path], unreadable: int) -> int:
     """List the ``files`` of batch ``name`` that a run would run, changing nothing: the
     journal is read as it is (none yet: nothing is done), and where there is no state
     folder yet, the plugin's caches go to a scratch folder. It starts the plugin too: what
@@ -269,8 +296,11 @@ def _dry_run(loaded: LoadedConfig, name: str, files: list[Path]) -> int:
     for path in todo:
         print(path)
     why = "; ".join(f"{count} {reason}" for reason, count in sorted(left.items()))
+    unread = f"; {unreadable} folder(s) that cannot be read, left out" if unreadable else ""
     print(
-        f"{len(todo)} of {len(files)} image(s) would run" + (f" (not: {why})" if why else ""),
+        f"{len(todo)} of {len(files)} image(s) would run"
+        + (f" (not: {why})" if why else "")
+        + unread,
         file=sys.stderr,
     )
     return 0
