@@ -276,3 +276,25 @@ def test_status_says_when_a_running_jobs_process_is_gone(
         capsys.readouterr().out
     )
     assert not status._owner_gone("elsewhere:1")  # a machine not seen from here: alive
+
+
+def test_status_names_a_running_batch_job_under_its_sub_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Failed jobs were named so (failed #11 2025/zero.png); running ones only by their
+    # file's name, so two photo07.jpg of two folders could not be told apart.
+    config = write_config(
+        tmp_path,
+        'state_dir = "state"\n[[batch]]\nname = "nightly"\nsource = "library"\n'
+        'outbox = "stylised"\nplugin = "posterize"\nparams = { bits = 2 }\n',
+    )
+    (tmp_path / "library" / "2026").mkdir(parents=True)
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    origin = tmp_path / "library" / "2026" / "photo07.jpg"
+    journal.add([NewJob("batch:nightly", origin, "0" * 64, "posterize", "h", "k")])
+    assert journal.claim("elsewhere:1", 60) is not None
+    journal.close()
+    (job,) = status.collect(config)["sources"]["batch:nightly"]["running_jobs"]
+    assert job["file"] == "2026/photo07.jpg"
+    status.print_status(config)
+    assert "  running #1 2026/photo07.jpg: starting" in capsys.readouterr().out
