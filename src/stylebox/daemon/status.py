@@ -68,7 +68,7 @@ def collect(
         # An inbox or batch the journal knows and the config no longer names (a reload
         # removed it): its queued jobs wait for it, or for an inbox on its folder.
         entry["configured"] = foreign or key in sources or key.startswith("run:")
-        entry["running_jobs"] = [_running(loaded, row) for row in journal.jobs(key, "running")]
+        entry["running_jobs"] = [_running(row, loaded) for row in journal.jobs(key, "running")]
         # Held back after something went wrong (a retry's backoff, an input that cannot be
         # moved out of the inbox): the reason, else such a job looks like any other queued
         # one. One due now is just queued, whatever error an earlier try of it left.
@@ -153,7 +153,7 @@ def _empty() -> dict[str, Any]:
     }
 
 
-def _running(loaded: LoadedConfig | None, row: JobRow) -> dict[str, Any]:
+def _running(row: JobRow, loaded: LoadedConfig | None = None) -> dict[str, Any]:
     """A running job's progress and time left: by the plugin's own estimate (the ``eta``
     metric it reported with its last step) where it gave one, else linearly from the time
     per step so far."""
