@@ -404,6 +404,33 @@ def test_a_deterministic_failure_is_not_retried(tmp_path: Path) -> None:
     assert not list((tmp_path / "stylised").rglob("*.json"))
 
 
+def test_a_photo_failed_under_earlier_params_is_that_job_tried_again(tmp_path: Path) -> None:
+    """The params mended (the failure said how), the next run tries the failed job again
+    under the new ones: one job for the photo, done, and no failure left in status (a new
+    job ran beside it, and the old failure stayed listed and counted for good)."""
+    from stylebox.daemon.journal import Journal
+
+    style = tmp_path / "style.png"
+    photo(40, 40, seed=4).save(style)
+    mended = f'{{ style = "{style}", size = 32, steps = 10 }}'
+    config, _ = setup(tmp_path, 1, "gatys", mended.replace(" }", ", learning_rate = 1e-9 }"))
+    assert batch(config).returncode == 1
+    config.write_text(CONFIG.format(plugin="gatys", params=mended))
+    again = batch(config)
+    assert again.returncode == 0, again.stderr
+    lines = [json.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines if line.get("event") == "adopted"] == ["adopted"]
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (row,) = journal.jobs("batch:nightly")
+    journal.close()
+    assert (row.id, row.state) == (1, "done")
+    said = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert "batch:nightly: 0 queued, 0 running, 1 done, 0 failed" in said, said
+
+
 FLAKY = """
 import time
 from pathlib import Path

@@ -259,6 +259,14 @@ class Pipeline:
         # keeps that job's names), once or twice over: its name held for a moment and then
         # released, the next new file skipped it (photo-3 where photo-2 was free).
         seen = self.journal.known_keys([entry.unique_key for entry in entries if entry])
+        unknown = [entry for entry in entries if entry and entry.unique_key not in seen]
+        for job_id in self.journal.adopt_failed(unknown) if unknown else []:
+            row = self.journal.get(job_id)
+            seen.add(row.unique_key)
+            log.info(
+                "failed under earlier settings: tried again under the current ones",
+                extra=self._fields(row, "adopted"),
+            )
         for index, (path, entry) in enumerate(zip(paths, entries, strict=True)):
             if entry is None or entry.unique_key in seen or str(path) in unfinished:
                 continue
