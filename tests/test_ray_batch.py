@@ -365,6 +365,32 @@ def test_a_batch_begins_with_the_workers_placed_and_the_others_join_later(
     assert held == 0
 
 
+def test_a_ray_batch_stopped_while_ray_starts_exits_130(tmp_path: Path) -> None:
+    """SIGTERM while the batch starts its own local Ray instance (``ray.init``, whose own
+    SIGTERM handler exited with status 15 without a word): exit 130 and one line."""
+    env = probe_env(tmp_path)
+    config = make_batch(tmp_path, 1, "probe", f'{{ log = "{tmp_path / "calls.log"}" }}')
+    process = subprocess.Popen(command(config, "--ray"), env=env, stderr=subprocess.PIPE, text=True)
+
+    def starting() -> bool:  # Ray's first server is up, its driver not yet connected
+        for pid in children(process.pid):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "gcs_server":
+                    return True
+        return False
+
+    try:
+        assert wait_until(starting, 90, interval=0.01)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "stylebox: interrupted", stderr
+
+
 def test_a_ray_batch_stopped_while_its_workers_start_exits_130(
     tmp_path: Path, ray_address: str
 ) -> None:

@@ -109,6 +109,15 @@ def connect(address: str | None) -> ModuleType:
                 " (a cluster started with token authentication also needs RAY_AUTH_MODE=token here)"
             )
         raise ConfigError(f"cannot connect to {where}: {first}{hint}") from None
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # A stop while Ray starts: what it started goes (its agents stayed on for a
+        # minute), and Ray's own SIGTERM handler, which exits with status 15 without a
+        # word, is a stop like any other (exit 130, "interrupted").
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt from None
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():
