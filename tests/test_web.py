@@ -28,7 +28,7 @@ from PIL import Image
 
 from stylebox.config import HttpConfig, parse_config
 from stylebox.daemon.journal import Journal, NewJob, journal_path
-from stylebox.errors import Cancelled, ConfigError
+from stylebox.errors import Cancelled, ConfigError, Truncated
 from stylebox.web.app import THUMBNAIL, _loss_chart
 from stylebox.web.state import PROBLEM_KINDS, SourceInfo, StatusReader
 
@@ -607,6 +607,24 @@ def test_a_running_jobs_rate_and_eta_are_of_its_own_claim_only(
         assert look(1100.5) == (None, None, None)  # a new claim: no step of its own yet
         assert look(1101.5, 5) == (5, None, None)
         assert look(1102.5, 6) == (6, 1.0, 54.0)
+    finally:
+        reader.close()
+        journal.close()
+
+
+def test_a_queued_job_held_back_after_an_error_says_why(tmp_path: Path) -> None:
+    # The page said "retry in 4 s" of a partial copy given time to grow, and nothing of
+    # why; stylebox status said it. A job merely queued says nothing of the kind.
+    journal, job = _one_job(tmp_path)
+    reader = StatusReader(Backend(tmp_path), ttl=0)
+    try:
+        [queued] = reader.status()["sources"]["inbox:x"]["queued_jobs"]
+        assert (queued["retry_at"], queued["reason"]) == (None, None)
+        journal.claim("elsewhere:1", 30)
+        journal.requeue(job, delay=60.0, error=Truncated("a.png is truncated (a partial copy?)"))
+        [queued] = reader.status()["sources"]["inbox:x"]["queued_jobs"]
+        assert queued["retry_at"] is not None
+        assert queued["reason"] == "Truncated: a.png is truncated (a partial copy?)"
     finally:
         reader.close()
         journal.close()

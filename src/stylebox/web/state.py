@@ -522,6 +522,8 @@ def _queued(row: JobRow, position: int) -> dict[str, Any]:
         # again (which keeps its job) or one past a retry's backoff.
         "queued_at": max(row.created_at, row.not_before) if backoff is None else row.created_at,
         "retry_at": backoff,
+        # Why it waits (a partial copy given time to grow, a disk full): as status says it.
+        "reason": row.reason if backoff is not None and row.error_class is not None else None,
     }
 
 

@@ -154,8 +154,9 @@ function renderRunning(node, entry, actions) {
 }
 
 function queuedText(job) {
-  const wait = job.retry_at ? `retry in ${duration(job.retry_at - daemonNow())}`
-    : `queued ${duration(daemonNow() - job.queued_at)} ago`;
+  const again = job.retry_at && `tried again in ${duration(job.retry_at - daemonNow())}`;
+  const wait = !job.retry_at ? `queued ${duration(daemonNow() - job.queued_at)} ago`
+    : job.reason ? `waiting: ${job.reason} (${again})` : again;
   return `${job.position}. ${job.file} · ${wait}`;
 }
 
