@@ -153,6 +153,29 @@ def test_a_folder_that_cannot_be_read_is_said_and_fails_the_batch(tmp_path: Path
     assert (finished["done"], finished["unreadable_folders"]) == (2, 1)
 
 
+def test_a_renamed_batch_keeps_its_jobs_and_runs_nothing_again(tmp_path: Path) -> None:
+    # Renamed in the config, same source: every photo was stylised again, beside its
+    # identical result (img000-2.png...), and the dry run said so.
+    from stylebox.daemon.journal import Journal
+
+    config, _ = setup(tmp_path, 3)
+    assert batch(config).returncode == 0
+    stylised = tmp_path / "stylised"
+    before = sorted(p.relative_to(stylised) for p in stylised.rglob("*"))
+    config.write_text(config.read_text().replace('name = "nightly"', 'name = "photos"'))
+    command = [sys.executable, "-m", "stylebox.cli", "batch", "photos", "--config", str(config)]
+    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, timeout=300)
+    assert "0 of 3 image(s) would run (not: 3 done before)" in dry.stderr, dry.stderr
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "batch:nightly is now batch:photos: its 3 job(s) go with it" in done.stderr
+    assert sorted(p.relative_to(stylised) for p in stylised.rglob("*")) == before
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    assert [row.state for row in journal.jobs("batch:photos")] == ["done"] * 3
+    assert journal.jobs("batch:nightly") == []
+    journal.close()
+
+
 def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path) -> None:
     config, library = setup(tmp_path, 0)
     for folder, seed in (("", 1), ("2025", 2), ("2025/.trash", 3), ("broken", 4)):

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 
@@ -193,6 +195,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     try:
         steps = StepLogReporter(loaded.config.daemon.progress_log_seconds)
         pipeline = Pipeline(loaded, sources, journal, reporter=steps)
+        pipeline.adopt_renamed_batch(source, batch.source)
         if ray_module is not None:
             executor = _ray_executor(ray_module, loaded, batch, source, pipeline.reporter)
             pipeline.executor = executor
@@ -282,15 +285,22 @@ def _dry_run(loaded: LoadedConfig, name: str, files: list[Path], unreadable: int
     with tempfile.TemporaryDirectory(prefix="stylebox-dry-run-") as scratch:
         if not loaded.config.state_dir.exists():
             loaded.config.state_dir = Path(scratch)
-        if existing.exists():
-            journal = Journal(existing, read_only=True)
-        else:
-            journal = Journal(Path(scratch) / existing.name)
+        copy = Path(scratch) / existing.name
+        if existing.exists():  # a copy: a renamed batch's jobs are taken over, as in a run
+            original = Journal(existing, read_only=True)
+            try:
+                with closing(sqlite3.connect(copy)) as copy_db:
+                    original.backup(copy_db)
+            finally:
+                original.close()
+        journal = Journal(copy)
         try:
             sources = _sources(loaded, name)
+            source = sources[f"batch:{name}"]
             left: Counter[str] = Counter()
             pipeline = Pipeline(loaded, sources, journal)
-            todo = pipeline.would_run(sources[f"batch:{name}"], files, left)
+            pipeline.adopt_renamed_batch(source, loaded.job("batch", name).source)
+            todo = pipeline.would_run(source, files, left)
         finally:
             journal.close()
     for path in todo:

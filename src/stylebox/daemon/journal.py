@@ -837,6 +837,10 @@ class Journal:
                         break
         return adopted
 
+    def backup(self, target: sqlite3.Connection) -> None:
+        """Copy the whole journal into ``target`` (a dry run works on a copy)."""
+        self._connection().backup(target)
+
     def known_keys(self, keys: list[str]) -> set[str]:
         """Those of ``keys`` that some job has (its file's bytes and settings seen before)."""
         known: set[str] = set()

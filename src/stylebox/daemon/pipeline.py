@@ -157,6 +157,24 @@ class Pipeline:
             self._move_jobs(old, new, rows, sources[new])
         return sum(len(rows) for rows in moves.values())
 
+    def adopt_renamed_batch(self, source: Source, folder: Path) -> int:
+        """Before a batch queues its files: the jobs of batches the config no longer names
+        whose files lie in this batch's source ``folder`` (the batch renamed) are this
+        batch's now, done ones included; how many. Left under the old name, every photo was
+        stylised again (for gatys, hours) into new names beside identical results. A done
+        job whose result is not in this batch's outbox is remade, as any such one is."""
+        kept = {f"batch:{batch.name}" for batch in self.loaded.config.batch}
+        home = same_folder(folder)
+        batches = [key for key in self.journal.counts() if key.startswith("batch:")]
+        moves: dict[str, list[JobRow]] = {}
+        for old in (key for key in batches if key not in kept):
+            for row in self.journal.jobs(old):
+                if same_folder(Path(row.origin_path).parent).is_relative_to(home):
+                    moves.setdefault(old, []).append(row)
+        for old, rows in moves.items():
+            self._move_jobs(old, source.key, rows, source)
+        return sum(len(rows) for rows in moves.values())
+
     def _move_jobs(self, old: str, new: str, rows: list[JobRow], target: Source | None) -> None:
         """Journal ``rows`` (jobs of source ``old``) as ``new``'s. Where ``target`` is given
         (the jobs will write to its outbox, another folder than before), each queued job
