@@ -176,6 +176,38 @@ def test_a_renamed_batch_keeps_its_jobs_and_runs_nothing_again(tmp_path: Path) -
     journal.close()
 
 
+def test_a_file_that_could_not_be_read_stays_one_failed_job_until_it_is_done(
+    tmp_path: Path,
+) -> None:
+    """An unreadable file fails each run as one job (each run added one more), and once
+    readable is done as that job: no failure left listed for a file that is done."""
+    from stylebox.daemon.journal import Journal
+
+    config, library = setup(tmp_path, 1)
+    locked = library / "locked.png"
+    photo(24, 16, seed=7).save(locked)
+    locked.chmod(0)
+    unprivileged = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    command = [sys.executable, "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)]
+    try:
+        for _ in range(2):
+            run = subprocess.run(
+                [*unprivileged, *command], capture_output=True, text=True, timeout=300
+            )
+            assert run.returncode == 1, run.stderr
+    finally:
+        locked.chmod(0o644)
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    (failed,) = journal.jobs("batch:nightly", "failed")
+    assert "cannot read locked.png" in (failed.error_message or ""), failed
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert journal.jobs("batch:nightly", "failed") == []
+    assert journal.get(failed.id).state == "done"
+    journal.close()
+    assert (tmp_path / "stylised" / "locked.png").is_file()
+
+
 def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path) -> None:
     config, library = setup(tmp_path, 0)
     for folder, seed in (("", 1), ("2025", 2), ("2025/.trash", 3), ("broken", 4)):

@@ -800,42 +800,57 @@ class Journal:
         rows = self._connection().execute(query + " ORDER BY id", args)
         return [_row(r) for r in rows]
 
-    def adopt_failed(self, entries: list[NewJob]) -> list[int]:
+    def adopt_failed(self, entries: list[NewJob], by_path: bool = False) -> list[int]:
         """Each entry's failed job, where its bytes (and companions) failed in its source
         under other plugin settings, takes the entry's key and settings, as a queued job
         is re-keyed when it runs: the photo dropped again after the settings changed (a
         retry from the status page after a reload, a batch run with new params) is that
-        job tried again, not a new one beside a failure that never cleared. The jobs
-        adopted; an entry whose key a job has already adopts none."""
+        job tried again, not a new one beside a failure that never cleared. ``by_path``
+        (a batch's files, which stay where they are): a file that failed unread (its
+        permissions) is its path's failed job too, readable now or not (each run added
+        one more). The jobs adopted; an entry whose key a job has already adopts none."""
         adopted: list[int] = []
         with self._transaction() as db:
             for entry in entries:
-                wanted = entry.unique_key.split("|")
-                if (
-                    entry.sha256 == "-"
-                    or len(wanted) < 4
-                    or db.execute(
-                        "SELECT 1 FROM jobs WHERE unique_key = ?", (entry.unique_key,)
-                    ).fetchone()
-                ):
+                if db.execute(
+                    "SELECT 1 FROM jobs WHERE unique_key = ?", (entry.unique_key,)
+                ).fetchone():
                     continue
-                failed = db.execute(
-                    "SELECT id, unique_key FROM jobs WHERE source = ? AND state = 'failed' "
-                    "AND sha256 = ? ORDER BY id DESC",
-                    (entry.source, entry.sha256),
-                ).fetchall()
-                for job_id, key in failed:
-                    had = key.split("|")
-                    # The same bytes, source and companions; only the settings differ.
-                    if len(had) == len(wanted) and had[:2] + had[4:] == wanted[:2] + wanted[4:]:
-                        db.execute(
-                            "UPDATE jobs SET plugin = ?, params_hash = ?, unique_key = ? "
-                            "WHERE id = ?",
-                            (entry.plugin, entry.params_hash, entry.unique_key, job_id),
-                        )
-                        adopted.append(job_id)
-                        break
+                job_id = self._failed_of(db, entry)
+                if job_id is None and by_path:
+                    found = db.execute(
+                        "SELECT id FROM jobs WHERE source = ? AND state = 'failed' "
+                        "AND sha256 = '-' AND origin_path = ? ORDER BY id DESC LIMIT 1",
+                        (entry.source, _path(entry.input_path)),
+                    ).fetchone()
+                    job_id = found[0] if found else None
+                if job_id is not None:
+                    db.execute(
+                        "UPDATE jobs SET plugin = ?, params_hash = ?, unique_key = ?, "
+                        "sha256 = ? WHERE id = ?",
+                        (entry.plugin, entry.params_hash, entry.unique_key, entry.sha256, job_id),
+                    )
+                    adopted.append(job_id)
         return adopted
+
+    @staticmethod
+    def _failed_of(db: sqlite3.Connection, entry: NewJob) -> int | None:
+        """The failed job of ``entry``'s bytes, source and companions under other
+        settings, if there is one."""
+        wanted = entry.unique_key.split("|")
+        if entry.sha256 == "-" or len(wanted) < 4:
+            return None
+        failed = db.execute(
+            "SELECT id, unique_key FROM jobs WHERE source = ? AND state = 'failed' "
+            "AND sha256 = ? ORDER BY id DESC",
+            (entry.source, entry.sha256),
+        ).fetchall()
+        for job_id, key in failed:
+            had = key.split("|")
+            # The same bytes, source and companions; only the settings differ.
+            if len(had) == len(wanted) and had[:2] + had[4:] == wanted[:2] + wanted[4:]:
+                return job_id
+        return None
 
     def backup(self, target: sqlite3.Connection) -> None:
         """Copy the whole journal into ``target`` (a dry run works on a copy)."""

@@ -278,11 +278,12 @@ class Pipeline:
         # released, the next new file skipped it (photo-3 where photo-2 was free).
         seen = self.journal.known_keys([entry.unique_key for entry in entries if entry])
         unknown = [entry for entry in entries if entry and entry.unique_key not in seen]
-        for job_id in self.journal.adopt_failed(unknown) if unknown else []:
+        by_path = not source.moves_inputs  # a batch's file is where it failed
+        for job_id in self.journal.adopt_failed(unknown, by_path) if unknown else []:
             row = self.journal.get(job_id)
             seen.add(row.unique_key)
             log.info(
-                "failed under earlier settings: tried again under the current ones",
+                "tried again as the job it failed in (under earlier settings, or unread)",
                 extra=self._fields(row, "adopted"),
             )
         for index, (path, entry) in enumerate(zip(paths, entries, strict=True)):
