@@ -159,6 +159,8 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
     # inbox, where its input_path still is): not shown as this job's photo.
     photo(24, 16, seed=9).save(tmp_path / "in-poster" / "processed" / "photo.png")
     assert client.request(f"/files/{job}/input")[0] == 404
+    # Nor offered in the gallery, which says the photo moved away instead of a broken image.
+    assert wait_until(lambda: source(client, "inbox:poster")["results"][0]["input"] is None, 10)
     assert client.request(f"/files/{job}/animation")[0] == 404  # posterize makes none
 
     status, headers, body = client.request("/metrics")

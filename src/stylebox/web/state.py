@@ -326,7 +326,8 @@ class StatusReader:
             "result": f"{base}/result",
             # What a gallery tile shows: a result may be 80 MB, the tile a few hundred px.
             "preview": f"{base}/result/preview",
-            "input": f"{base}/input",
+            # None once the photo left processed/ (tidied away): the page says so.
+            "input": f"{base}/input" if _input_of(row) is not None else None,
             "animation": f"{base}/animation" if output.get("animation") else None,
             "loss": f"{base}/loss" if output.get("loss_plot") else None,
         }
@@ -453,17 +454,7 @@ class StatusReader:
         file still holds its bytes: one replaced while its job ran stays in the inbox,
         where the journal still points, and is another photo."""
         row = self.row(job_id)
-        if row is None or row.state != "done":
-            return None
-        path = Path(row.input_path)
-        try:
-            info = path.lstat()
-            if not stat.S_ISREG(info.st_mode):
-                return None
-            # (hashed once while the file's size and mtime stay: see file_digest)
-            return path if file_digest(path) == row.sha256 else None
-        except OSError:
-            return None
+        return None if row is None else _input_of(row)
 
     @staticmethod
     def _outputs_folder(row: JobRow, info: SourceInfo | None) -> Path | None:
@@ -508,6 +499,21 @@ def _inside(folder: Path, *parts: str) -> Path | None:
     if not real.is_relative_to(base) or not real.is_file():
         return None
     return real
+
+
+def _input_of(row: JobRow) -> Path | None:
+    """:meth:`StatusReader.input_file` of the job ``row``."""
+    if row.state != "done":
+        return None
+    path = Path(row.input_path)
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        # (hashed once while the file's size and mtime stay: see file_digest)
+        return path if file_digest(path) == row.sha256 else None
+    except OSError:
+        return None
 
 
 def _queued(row: JobRow, position: int) -> dict[str, Any]:

@@ -192,13 +192,15 @@ function renderResults(node, entry) {
   const where = entry.outbox ? `; all are in ${entry.outbox}` : "";
   node.querySelector(".results-more").textContent = shown && entry.done > shown
     ? `showing the latest ${shown} of ${entry.done}${where}` : "";
-  const ids = entry.results.map((r) => `result-${r.job}`).join(",");
+  const ids = entry.results.map((r) => `result-${r.job}${r.input ? "" : "-moved"}`).join(",");
   if (gallery.dataset.ids === ids) return; // unchanged: leave loaded images alone
   gallery.dataset.ids = ids;
   rebuild(gallery, entry.results.map((r) => {
     // Each a button, so that the keyboard opens the viewer too.
-    const photo = el("button", { type: "button", class: "open", "data-key": `photo-${r.job}` },
-      el("img", { src: r.input, alt: `photo ${r.file}`, loading: "lazy", "data-full": r.input }));
+    const photo = r.input
+      ? el("button", { type: "button", class: "open", "data-key": `photo-${r.job}` },
+        el("img", { src: r.input, alt: `photo ${r.file}`, loading: "lazy", "data-full": r.input }))
+      : el("div", { class: "moved", text: "photo moved away" }); // tidied out of processed/
     // A preview in the tile (a result may be 80 MB); the full result a click away, in the viewer.
     const result = el("button", { type: "button", class: "open", "data-key": `result-${r.job}` },
       el("img", { src: r.preview || r.result, alt: `result ${r.file}`, loading: "lazy", "data-full": r.result }));
