@@ -172,3 +172,20 @@ def test_a_long_title_loses_its_middle_not_the_edge_of_the_plot() -> None:
     (title,) = [t.text for t in ET.fromstring(svg).iter(f"{SVG}text") if t.get("font-size") == "13"]
     assert title == "IMG_20240612_1542…thday_party_final"  # (320 - 64 - 8) // 7 characters
     assert len(title) == (320 - 64 - 8) // 7
+
+
+def test_a_coarse_to_fine_runs_move_to_a_larger_size_is_marked() -> None:
+    # Its losses jump where the 256 px pass ends and the 512 px one begins (a style loss
+    # from 4e5 to 2e7): unmarked, the jump looked like the job going wrong.
+    history = [{**entry, "size": 256 if entry["step"] <= 20 else 512} for entry in GATYS_LIKE]
+    svg = render_svg(history)
+    assert svg is not None
+    root = ET.fromstring(svg)
+    (marker,) = [line for line in root.iter(f"{SVG}line") if line.get("data-scale")]
+    assert marker.get("data-scale") == "512"
+    loss = dict(_lines(svg)["loss"])
+    steps = sorted(loss)
+    assert abs(float(marker.get("x1", "")) - steps[20]) < 0.2  # at step 21
+    assert "512 px" in svg
+    plain = render_svg(GATYS_LIKE)  # one size, or none reported: no marker
+    assert plain is not None and "data-scale" not in plain

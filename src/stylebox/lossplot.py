@@ -108,6 +108,15 @@ def render_svg(
         parts.append(
             f'<text x="{x(step):.1f}" y="{height - 14}" text-anchor="middle">{step:g}</text>'
         )
+    # Where a coarse-to-fine run moves to a larger size its losses jump (more pixels, a
+    # fresh optimiser): a dashed line says so, or the jump looked like a run going wrong.
+    for step, size in scale_changes(history):
+        at = x(step)
+        parts.append(
+            f'<line data-scale="{size:g}" x1="{at:.1f}" x2="{at:.1f}" y1="{top}" '
+            f'y2="{top + plot_h}" stroke="#888" stroke-dasharray="4 3"/>'
+            f'<text x="{at + 3:.1f}" y="{top + 11}" fill="#666">{size:g} px</text>'
+        )
     parts.append(
         f'<text x="{left + plot_w / 2:.1f}" y="{height - 2}" text-anchor="middle">step</text>'
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
@@ -139,6 +148,21 @@ def render_svg(
         row += 1
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def scale_changes(history: Sequence[Mapping[str, float]]) -> list[tuple[float, float]]:
+    """``(step, size)`` where the ``size`` metric (the longest side a coarse-to-fine run
+    works at) changes from the step before; none for a history without one."""
+    changes: list[tuple[float, float]] = []
+    before: float | None = None
+    for entry in history:
+        size = entry.get("size")
+        if "step" not in entry or not _positive(size):
+            continue
+        if before is not None and size != before:
+            changes.append((float(entry["step"]), float(size)))
+        before = size
+    return changes
 
 
 def _in_range(line: list[tuple[float, float]]) -> list[float]:
