@@ -190,6 +190,22 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
         assert db.execute("SELECT state FROM jobs").fetchall() == [("done",)]
 
 
+def test_a_copy_waiting_for_its_bytes_job_to_end_is_listed(daemon: Daemon, tmp_path: Path) -> None:
+    # A copy of a photo whose job runs waits in the inbox for that job's end, in no list:
+    # it sat there for minutes with nothing on the page saying why.
+    client: Client = daemon.client  # type: ignore[attr-defined]
+    drop(tmp_path / "in-gate", "photo.png", seed=3)
+    assert wait_until(lambda: source(client, "inbox:gate")["running"] == 1, 30), daemon.output()
+    drop(tmp_path / "in-gate", "photo copy.png", seed=3)
+    [job] = [j["job"] for j in source(client, "inbox:gate")["running_jobs"]]
+    said = f"photo copy.png waits for job {job}, of the same bytes, to end: then it is that "
+    listed = lambda: source(client, "inbox:gate")["left_alone"]  # noqa: E731
+    assert wait_until(lambda: any(why.startswith(said) for why in listed()), 30), listed()
+    daemon.gate.touch()  # type: ignore[attr-defined]
+    assert wait_until(lambda: listed() == [], 30), listed()  # its duplicate now
+    assert (tmp_path / "in-gate" / "processed" / "photo copy.png").is_file()
+
+
 def test_the_files_of_a_job_in_an_outbox_sub_folder_are_served(tmp_path: Path) -> None:
     # A recursive batch mirrors its folders in the outbox; a daemon on its state shows it.
     env, _, gate = gated_env(tmp_path)

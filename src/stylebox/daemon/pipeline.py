@@ -684,6 +684,17 @@ class Pipeline:
         name = source.file_name(row) if source is not None else row.name
         return {"event": event, "job": row.id, "source": row.source, "file": name}
 
+    def waiting_copies(self) -> dict[str, list[tuple[Path, int]]]:
+        """By source: the files that wait, in their folder, for the job of the same bytes
+        to end (to be its duplicate or its retry), each with that job's id. Safe from any
+        thread."""
+        found: dict[str, list[tuple[Path, int]]] = {}
+        with self._lock:
+            for job_id, paths in self._waiting.items():
+                for path, key in paths.items():
+                    found.setdefault(key, []).append((path, job_id))
+        return found
+
     def _wake_waiting(self, job_id: int) -> None:
         """Job ``job_id`` ended, or no longer stands for the bytes it had: queue the files
         that waited for it again, to be what its end makes them."""

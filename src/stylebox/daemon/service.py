@@ -444,6 +444,7 @@ class Service:
     def web_sources(self) -> Mapping[str, SourceInfo]:
         """The sources served now (a reload swaps the whole mapping at once)."""
         infos = {}
+        waiting = self.pipeline.waiting_copies()
         for key, source in self.pipeline.sources.items():
             info = SourceInfo(source.outbox.folder, source.plugin.name)
             if isinstance(source.config, InboxConfig):
@@ -453,6 +454,9 @@ class Service:
                     inbox=config.path,
                     reserved=config.reserved(),
                     fed=config.fed_by is not None,
+                    waiting=tuple(
+                        (source.name_of(path), job) for path, job in sorted(waiting.get(key, []))
+                    ),
                 )
             infos[key] = info
         return infos

@@ -74,6 +74,8 @@ class SourceInfo:
     """The inbox's own folders in it (``processed``, ``failed``)."""
     fed: bool = False
     """The inbox's folder is another inbox's outbox."""
+    waiting: tuple[tuple[str, int], ...] = ()
+    """Files of the inbox that wait for the job of the same bytes to end, with its id."""
 
 
 class Backend(Protocol):
@@ -219,6 +221,13 @@ class StatusReader:
             # What sits in the inbox that no job takes (a folder, a mask without its photo):
             # said once in the log, and here for as long as it is there.
             alone = left_alone(info.inbox, info.reserved, info.fed) if info and info.inbox else []
+            # No job of their own yet, so in no list: a copy of a photo still queued or
+            # running sat in the inbox for minutes, unsaid.
+            alone += [
+                f"{name} waits for job {job}, of the same bytes, to end: then it is that "
+                "job's duplicate, or its retry"
+                for name, job in (info.waiting if info else ())
+            ]
             entry.update(left_alone=alone[:LEFT_ALONE], left_alone_count=len(alone))
             if journal is not None:
                 for row in journal.jobs(key, "running"):
