@@ -190,7 +190,9 @@ def test_api_files_and_metrics_of_a_done_job(daemon: Daemon, tmp_path: Path) -> 
         assert db.execute("SELECT state FROM jobs").fetchall() == [("done",)]
 
 
-def test_a_copy_waiting_for_its_bytes_job_to_end_is_listed(daemon: Daemon, tmp_path: Path) -> None:
+def test_a_copy_waiting_for_its_bytes_job_and_then_set_aside_is_listed(
+    daemon: Daemon, tmp_path: Path
+) -> None:
     # A copy of a photo whose job runs waits in the inbox for that job's end, in no list:
     # it sat there for minutes with nothing on the page saying why.
     client: Client = daemon.client  # type: ignore[attr-defined]
@@ -204,6 +206,13 @@ def test_a_copy_waiting_for_its_bytes_job_to_end_is_listed(daemon: Daemon, tmp_p
     daemon.gate.touch()  # type: ignore[attr-defined]
     assert wait_until(lambda: listed() == [], 30), listed()  # its duplicate now
     assert (tmp_path / "in-gate" / "processed" / "photo copy.png").is_file()
+    # Set aside, it is said so (it vanished from the inbox and showed nowhere).
+    entry = source(client, "inbox:gate")
+    assert entry["set_aside"] == [
+        f"photo copy.png: the same bytes and settings as job {job} (photo.png); not stylised "
+        "again, moved to processed/ as photo copy.png"
+    ]
+    assert entry["set_aside_count"] == 1
 
 
 def test_the_files_of_a_job_in_an_outbox_sub_folder_are_served(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import stat
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -56,6 +56,9 @@ own."""
 CRASH_MARGIN = 0.5
 """Seconds by which an inbox file must predate its job's recorded end to be taken for the
 input a crash left there before it could be moved."""
+
+#: How many of an inbox's latest duplicates the status page lists.
+SET_ASIDE_SAID = 12
 
 Outcome = Literal["queued", "known", "waiting", "duplicate", "retry", "moved", "gone", "error"]
 """What became of a file given to :meth:`Pipeline.enqueue`: a job was queued for it (a new
@@ -119,6 +122,9 @@ class Pipeline:
         """Instances that no source uses since a reload, to close once no job runs them."""
         self._waiting: dict[int, dict[Path, str]] = {}
         """Files that wait, in the inbox, for the job of another file with their bytes."""
+        self._set_aside: dict[str, tuple[deque[str], list[int]]] = {}
+        """By inbox, since the start: the latest duplicates moved to ``processed/``, said,
+        and how many there were."""
         self._lock = threading.Lock()
         self._reserve_unfinished(sources)
 
@@ -513,6 +519,16 @@ class Pipeline:
             if row.stem:
                 note += f"/{row.stem}.*"
             files.write_reason(moved, note, suffix=".duplicate.txt")
+            said = (
+                f"{source.name_of(path)}: the same bytes and settings as job {row.id} ({name});"
+                f" not stylised again, moved to processed/ as {moved.name}"
+            )
+            with self._lock:
+                latest, count = self._set_aside.setdefault(
+                    source.key, (deque(maxlen=SET_ASIDE_SAID), [0])
+                )
+                latest.appendleft(said)
+                count[0] += 1
         # A batch run again finds each file's own earlier job: counted as done before (in
         # its end line), not said for each file, which would call it a copy of itself.
         again = not source.moves_inputs and row.origin_path == str(path)
@@ -683,6 +699,13 @@ class Pipeline:
         source = self.sources.get(row.source)
         name = source.file_name(row) if source is not None else row.name
         return {"event": event, "job": row.id, "source": row.source, "file": name}
+
+    def set_aside(self, key: str) -> tuple[list[str], int]:
+        """Inbox ``key``'s latest duplicates set aside since the start, newest first, each
+        said in a line, and how many there were in all. Safe from any thread."""
+        with self._lock:
+            latest, count = self._set_aside.get(key, (deque(), [0]))
+            return list(latest), count[0]
 
     def waiting_copies(self) -> dict[str, list[tuple[Path, int]]]:
         """By source: the files that wait, in their folder, for the job of the same bytes

@@ -458,6 +458,8 @@ class Service:
                         (source.name_of(path), job) for path, job in sorted(waiting.get(key, []))
                     ),
                 )
+                latest, count = self.pipeline.set_aside(key)
+                info = replace(info, set_aside=tuple(latest), set_aside_count=count)
             infos[key] = info
         return infos
 

@@ -76,6 +76,9 @@ class SourceInfo:
     """The inbox's folder is another inbox's outbox."""
     waiting: tuple[tuple[str, int], ...] = ()
     """Files of the inbox that wait for the job of the same bytes to end, with its id."""
+    set_aside: tuple[str, ...] = ()
+    """The inbox's latest duplicates moved to ``processed/`` since the start, each said."""
+    set_aside_count: int = 0
 
 
 class Backend(Protocol):
@@ -228,6 +231,10 @@ class StatusReader:
                 "job's duplicate, or its retry"
                 for name, job in (info.waiting if info else ())
             ]
+            entry.update(
+                set_aside=list(info.set_aside) if info else [],
+                set_aside_count=info.set_aside_count if info else 0,
+            )
             entry.update(left_alone=alone[:LEFT_ALONE], left_alone_count=len(alone))
             if journal is not None:
                 for row in journal.jobs(key, "running"):

@@ -52,7 +52,8 @@ function section(key) {
       part(`${id}-queued`, "queued", el("ul", { class: "queued" }), el("p", { class: "queued-more" })),
       part(`${id}-done`, "latest results", el("div", { class: "gallery" }), el("p", { class: "results-more" })),
       part(`${id}-failed`, "failed", el("ul", { class: "failed" }), el("p", { class: "failed-more" })),
-      part(`${id}-alone`, "left alone in the inbox", el("ul", { class: "left-alone" }), el("p", { class: "left-alone-more" })));
+      part(`${id}-alone`, "left alone in the inbox", el("ul", { class: "left-alone" }), el("p", { class: "left-alone-more" })),
+      part(`${id}-aside`, "set aside: already done", el("ul", { class: "left-alone set-aside" }), el("p", { class: "left-alone-more set-aside-more" })));
     main.append(node);
   }
   return node;
@@ -245,6 +246,18 @@ function renderLeftAlone(node, entry) {
   list.replaceChildren(...entry.left_alone.map((why) => el("li", { text: why })));
 }
 
+// Duplicates of done photos moved to processed/ since the daemon started: else they vanish
+// from the inbox and show nowhere.
+function renderSetAside(node, entry) {
+  const list = node.querySelector(".set-aside");
+  const more = entry.set_aside_count - entry.set_aside.length;
+  node.querySelector(".set-aside-more").textContent = more > 0 ? `and ${more} earlier` : "";
+  const said = entry.set_aside.join("\n");
+  if (list.dataset.said === said) return;
+  list.dataset.said = said;
+  list.replaceChildren(...entry.set_aside.map((why) => el("li", { text: why })));
+}
+
 // In the report's order: an inbox a reload adds takes its place among the others, as it
 // would in a page loaded afresh.
 function order(keys) {
@@ -302,6 +315,7 @@ function render(report) {
     renderResults(node, entry);
     renderFailed(node, entry, report.actions);
     renderLeftAlone(node, entry);
+    renderSetAside(node, entry);
     showParts(node);
   }
 }
