@@ -208,6 +208,38 @@ def test_a_file_that_could_not_be_read_stays_one_failed_job_until_it_is_done(
     assert (tmp_path / "stylised" / "locked.png").is_file()
 
 
+def test_a_renamed_batch_inside_another_batchs_folder_keeps_its_jobs(tmp_path: Path) -> None:
+    # Renamed, a batch over library/2026/june lost its jobs to a batch over the whole
+    # library that ran first: the renamed one then stylised them again (a-2.png).
+    from stylebox.daemon.journal import Journal
+
+    config, _ = setup(tmp_path, 4)
+    june = '[[batch]]\nname = "{}"\nsource = "library/2026/june"\noutbox = "out-june"\n'
+    config.write_text(
+        config.read_text()
+        + june.format("juneold")
+        + 'plugin = "posterize"\nparams = { bits = 3 }\n'
+    )
+
+    def run(name: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "stylebox.cli", "batch", name, "--config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    assert run("juneold").returncode == 0
+    config.write_text(config.read_text().replace('"juneold"', '"june"'))
+    assert run("nightly").returncode == 0  # the whole library's batch: not its jobs
+    assert "is now batch:nightly" not in run("nightly").stderr
+    again = run("june")
+    assert "batch:juneold is now batch:june: its 2 job(s) go with it" in again.stderr
+    assert sorted(p.name for p in (tmp_path / "out-june").glob("*.png")) == [
+        "img000.png",
+        "img002.png",
+    ]
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    assert [row.state for row in journal.jobs("batch:june")] == ["done", "done"]
+    journal.close()
+
+
 def test_a_recursive_batch_keeps_same_names_of_two_folders_apart(tmp_path: Path) -> None:
     config, library = setup(tmp_path, 0)
     for folder, seed in (("", 1), ("2025", 2), ("2025/.trash", 3), ("broken", 4)):

@@ -195,7 +195,7 @@ def run_batch(config_path: Path, name: str, dry_run: bool = False, ray: str | No
     try:
         steps = StepLogReporter(loaded.config.daemon.progress_log_seconds)
         pipeline = Pipeline(loaded, sources, journal, reporter=steps)
-        pipeline.adopt_renamed_batch(source, batch.source)
+        pipeline.adopt_renamed_batch(source, name)
         if ray_module is not None:
             executor = _ray_executor(ray_module, loaded, batch, source, pipeline.reporter)
             pipeline.executor = executor
@@ -299,7 +299,7 @@ def _dry_run(loaded: LoadedConfig, name: str, files: list[Path], unreadable: int
             source = sources[f"batch:{name}"]
             left: Counter[str] = Counter()
             pipeline = Pipeline(loaded, sources, journal)
-            pipeline.adopt_renamed_batch(source, loaded.job("batch", name).source)
+            pipeline.adopt_renamed_batch(source, name)
             todo = pipeline.would_run(source, files, left)
         finally:
             journal.close()

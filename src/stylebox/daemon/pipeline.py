@@ -163,23 +163,31 @@ class Pipeline:
             self._move_jobs(old, new, rows, sources[new])
         return sum(len(rows) for rows in moves.values())
 
-    def adopt_renamed_batch(self, source: Source, folder: Path) -> int:
-        """Before a batch queues its files: the jobs of batches the config no longer names
-        whose files lie in this batch's source ``folder`` (the batch renamed) are this
-        batch's now, done ones included; how many. Left under the old name, every photo was
-        stylised again (for gatys, hours) into new names beside identical results. A done
-        job whose result is not in this batch's outbox is remade, as any such one is."""
-        kept = {f"batch:{batch.name}" for batch in self.loaded.config.batch}
-        home = same_folder(folder)
-        batches = [key for key in self.journal.counts() if key.startswith("batch:")]
-        moves: dict[str, list[JobRow]] = {}
-        for old in (key for key in batches if key not in kept):
-            for row in self.journal.jobs(old):
-                if same_folder(Path(row.origin_path).parent).is_relative_to(home):
-                    moves.setdefault(old, []).append(row)
-        for old, rows in moves.items():
-            self._move_jobs(old, source.key, rows, source)
-        return sum(len(rows) for rows in moves.values())
+    def adopt_renamed_batch(self, source: Source, name: str) -> int:
+        """Before batch ``name`` queues its files: the jobs of a batch the config no longer
+        names, all of whose files lie in this batch's source folder (the batch renamed), are
+        this batch's now, done ones included; how many. Where the source folders of two
+        batches of the config hold them (one inside the other), they go to the innermost.
+        Left under the old name, every photo was stylised again (for gatys, hours) into new
+        names beside identical results. A done job whose result is not in this batch's
+        outbox is remade, as any such one is."""
+        batches = self.loaded.config.batch
+        kept = {f"batch:{batch.name}" for batch in batches}
+        homes = {batch.name: same_folder(batch.source) for batch in batches}
+        moved = 0
+        for old in self.journal.counts():
+            if not old.startswith("batch:") or old in kept:
+                continue
+            rows = self.journal.jobs(old)
+            folders = {same_folder(Path(row.origin_path).parent) for row in rows}
+            holding = [
+                n for n, home in homes.items() if all(f.is_relative_to(home) for f in folders)
+            ]
+            innermost = max(holding, key=lambda n: len(homes[n].parts), default=None)
+            if rows and innermost == name:
+                self._move_jobs(old, source.key, rows, source)
+                moved += len(rows)
+        return moved
 
     def _move_jobs(self, old: str, new: str, rows: list[JobRow], target: Source | None) -> None:
         """Journal ``rows`` (jobs of source ``old``) as ``new``'s. Where ``target`` is given
