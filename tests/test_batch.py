@@ -134,23 +134,31 @@ def test_a_folder_that_cannot_be_read_is_said_and_fails_the_batch(tmp_path: Path
     locked = library / "locked"
     locked.mkdir()
     photo(24, 16, seed=9).save(locked / "x.png")
+    peek = library / "peek"  # listed, but not to be entered (chmod -R 644): it broke the scan
+    peek.mkdir()
+    photo(24, 16, seed=8).save(peek / "y.png")
     locked.chmod(0)
+    peek.chmod(0o644)
     try:
         command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
                    "-m", "stylebox.cli", "batch", "nightly", "--config", str(config)]  # fmt: skip
         dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, timeout=300)
         assert dry.returncode == 0, dry.stderr
-        assert "2 of 2 image(s) would run; 1 folder(s) that cannot be read, left out" in dry.stderr
+        assert "2 of 2 image(s) would run; 2 folder(s) that cannot be read, left out" in dry.stderr
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     finally:
         locked.chmod(0o755)
+        peek.chmod(0o755)
     assert done.returncode == 1, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    (said,) = [line for line in lines if line.get("event") == "unreadable"]
-    assert said["msg"].startswith("folder locked cannot be read (PermissionError: "), said
-    assert said["msg"].endswith("): its photos are left out of the batch"), said
+    said = [line["msg"] for line in lines if line.get("event") == "unreadable"]
+    assert [text.split(" cannot be read (PermissionError: ")[0] for text in said] == [
+        "folder locked",
+        "folder peek",
+    ], said
+    assert all(text.endswith("): its photos are left out of the batch") for text in said), said
     (finished,) = [line for line in lines if line["msg"] == "batch finished"]
-    assert (finished["done"], finished["unreadable_folders"]) == (2, 1)
+    assert (finished["done"], finished["unreadable_folders"]) == (2, 2)
 
 
 def test_a_renamed_batch_keeps_its_jobs_and_runs_nothing_again(tmp_path: Path) -> None:

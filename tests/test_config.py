@@ -256,7 +256,7 @@ def test_config_check_says_a_batch_whose_source_is_missing_cannot_run(tmp_path: 
     assert "valid, but a batch cannot run" in result.stdout
     assert result.stderr.strip() == (
         f"[[batch]] nightly: source {tmp_path / 'library'} does not exist; "
-        "stylebox batch refuses it until it is a folder"
+        "stylebox batch refuses it until it is a folder it can read"
     )
     (tmp_path / "library").write_text("a file\n")
     assert "library is not a folder" in cli("config", "check", str(config)).stderr

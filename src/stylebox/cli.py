@@ -649,7 +649,10 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         for (table, name), reason in sorted(loaded.unavailable.items()):
             print(f"  [[{table}]] {name} is disabled: {reason}", file=sys.stderr)
         for problem in sources:
-            print(f"  {problem}; stylebox batch refuses it until it is a folder", file=sys.stderr)
+            print(
+                f"  {problem}; stylebox batch refuses it until it is a folder it can read",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     print(f"{path}: OK; inboxes: {inboxes}; batches: {batches}")
     return EXIT_OK

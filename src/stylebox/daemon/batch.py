@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -62,11 +63,15 @@ def source_problem(config: BatchConfig) -> str | None:
 
 
 def _unreadable(folder: Path) -> str | None:
-    """Why the files of ``folder`` cannot be listed, or ``None`` (``glob`` passes over such
-    a folder without a word: its photos were left out and the batch ended 'finished')."""
+    """Why the files of ``folder`` cannot be listed or looked at, or ``None`` (``glob``
+    passes over a folder it cannot list without a word: its photos were left out and the
+    batch ended 'finished'; one it lists but cannot enter broke the scan)."""
     try:
-        with os.scandir(folder):
-            return None
+        with os.scandir(folder) as entries:
+            for entry in entries:  # listed, but maybe not entered (no x bit): one look in
+                os.lstat(entry.path)
+                break
+        return None
     except OSError as exc:
         return f"cannot be read ({describe(exc)})"
 
@@ -95,28 +100,43 @@ def scan(
     if problem := source_problem(config):
         raise ConfigError(problem)
     pattern = "**/*" if config.recursive else "*"
+    shut: list[Path] = []
+    """Folders that cannot be read: what glob yields of them is not looked at."""
     for path in sorted(config.source.glob(pattern)):
+        if any(path.is_relative_to(folder) for folder in shut):
+            continue
         relative = path.relative_to(config.source)
         if any(is_ignored(part) for part in relative.parts):
             if hidden is not None and not any(is_ignored(part) for part in relative.parts[:-1]):
                 hidden.append(path)
             continue
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:  # gone since it was listed
+            continue
+        except OSError as exc:  # its folder lists it but cannot be entered
+            shut.append(path.parent)
+            if unreadable is not None:
+                unreadable.append((path.parent, f"cannot be read ({describe(exc)})"))
+            continue
         if config.fed_by and (
             beside_a_result(relative.name, folder=False)
             or any(beside_a_result(part, folder=True) for part in relative.parts[:-1])
         ):
-            if upstream is not None and path.is_file():
+            if upstream is not None and stat.S_ISREG(mode):
                 upstream.append(path)
             continue
-        if path.is_symlink():
+        if stat.S_ISLNK(mode):
             if links is not None:
                 links.append(path)
             continue
-        if config.recursive and path.is_dir():
-            if unreadable is not None and (why := _unreadable(path)) is not None:
-                unreadable.append((path, why))
+        if config.recursive and stat.S_ISDIR(mode):
+            if (why := _unreadable(path)) is not None:
+                shut.append(path)
+                if unreadable is not None:
+                    unreadable.append((path, why))
             continue
-        if not path.is_file():
+        if not stat.S_ISREG(mode):
             continue
         if companion_kind(path.name) is not None:
             if companions is not None:
