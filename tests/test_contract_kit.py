@@ -732,12 +732,44 @@ def test_looking_up_a_shared_library_is_not_starting_a_program(tmp_path: Path) -
     run_check("no_programs", FindsALibrary, tmp_path)
     with pytest.raises(ContractFailure, match=r"subprocess.Popen \['ldconfig', '-p'\]"):
         run_check("no_programs", RunsLdconfig, tmp_path)
+    # find_library's other way, gcc found on PATH (a plugin's own "gcc" first), counts.
+    with pytest.raises(ContractFailure, match=r"subprocess.Popen \['/.*gcc', '-Wl,-t'"):
+        run_check("no_programs", FindsALibraryWithGcc, tmp_path)
+
+
+class FindsALibraryWithGcc(Good):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        ctypes.util._findLib_gcc("stylebox_no_such_library")  # type: ignore[attr-defined]
+        return super().process(image, job)
 
 
 class RunsLdconfig(Good):
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         subprocess.run(["ldconfig", "-p"], capture_output=True, check=False)
         return super().process(image, job)
+
+
+class FailsInASecondInstance(Good):
+    """Works in the first instance only (a model a first instance holds, say)."""
+
+    started = 0
+
+    def __init__(self, params: GoodParams, runtime: Runtime) -> None:
+        super().__init__(params, runtime)
+        type(self).started += 1
+        self.index = type(self).started
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        if self.index > 1:
+            raise RuntimeError("the model is held by another instance")
+        return super().process(image, job)
+
+
+def test_deterministic_skips_only_for_a_failure_another_check_says(tmp_path: Path) -> None:
+    # A failure of a second run or instance is this check's alone to find: it skipped,
+    # pointing at progress_through_context, which passed.
+    with pytest.raises(ContractFailure, match="the model is held by another instance"):
+        run_check("deterministic", FailsInASecondInstance, tmp_path)
 
 
 def test_a_file_written_in_every_run_is_listed_once(tmp_path: Path) -> None:

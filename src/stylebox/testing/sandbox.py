@@ -108,13 +108,14 @@ class Sandbox:
                 self.network.append(f"{event} {address!r}")
         elif event in _NETWORK_EVENTS:
             self.network.append(f"{event} {args[0]!r}")
-        elif event in _PROCESS_EVENTS and not _finding_a_library():
+        elif event in _PROCESS_EVENTS:
             command = args[_PROCESS_EVENTS[event]]
             if isinstance(command, bytes | str | os.PathLike):
                 command = os.fsdecode(command)
             else:
                 command = [os.fsdecode(part) for part in command]
-            self.processes.append(f"{event} {command!r}")
+            if not _finding_a_library(command):
+                self.processes.append(f"{event} {command!r}")
         elif event in _FORK_EVENTS:
             self.processes.append(f"{event} (a copy of this process)")
         elif event == "sqlite3.connect":
@@ -182,14 +183,18 @@ _hook_lock = threading.Lock()
 _hook_installed = False
 
 
-def _finding_a_library() -> bool:
-    """Whether the program being started is ``ctypes.util.find_library``'s (``ldconfig -p``
-    asked where a shared library is; it reads and prints, writing nothing): importing
-    PyTorch runs one, so a plugin that imports it in ``__init__``, as it should, would be
-    said to start a program, or not, by whether PyTorch was imported before."""
+def _finding_a_library(command: str | list[str]) -> bool:
+    """Whether ``command`` is ``ctypes.util.find_library``'s look-up, ``/sbin/ldconfig -p``
+    started by its ``_findSoname_ldconfig`` (it reads the linker's cache and prints it,
+    writing nothing): importing PyTorch runs one, so a plugin that imports it in
+    ``__init__``, as it should, would be said to start a program, or not, by whether
+    PyTorch was imported before. Its other ways (``gcc``, ``ld``, found on ``PATH``) count."""
+    if command != ["/sbin/ldconfig", "-p"]:
+        return False
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_filename == ctypes.util.__file__:
+        code = frame.f_code
+        if code.co_filename == ctypes.util.__file__ and code.co_name == "_findSoname_ldconfig":
             return True
         frame = frame.f_back
     return False
