@@ -454,6 +454,21 @@ def test_status_tells_of_an_inbox_disabled_when_its_plugin_failed_to_start(
     assert (tmp_path / "in-broken" / "photo.png").is_file()
 
 
+def test_a_dead_daemons_problems_are_not_read_though_its_pid_is_in_use(tmp_path: Path) -> None:
+    # Killed, a daemon leaves its problems.json; its pid may be another process's by now.
+    import fcntl
+
+    from stylebox.daemon import problems_file
+
+    problems_file.publish(tmp_path, [], {"inbox:a": "plugin 'x' failed to start"})
+    assert json.loads((tmp_path / "problems.json").read_text())["pid"] == os.getpid()
+    assert problems_file.read(tmp_path) is None  # no serve.lock at all
+    with (tmp_path / "serve.lock").open("a+") as lock:
+        assert problems_file.read(tmp_path) is None  # the pid lives, no daemon holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a serving daemon does
+        assert problems_file.read(tmp_path)["disabled"] == {"inbox:a": "plugin 'x' failed to start"}
+
+
 def test_broken_plugins_are_reported_and_the_other_inboxes_keep_working(tmp_path: Path) -> None:
     site = broken_plugins_site(tmp_path)
     inboxes = "".join(

@@ -3,8 +3,9 @@
 The daemon knows things its journal does not: an inbox whose plugin failed to start (a bad
 model file, a missing driver) is disabled, its photos waiting in its folder, with no job
 for ``stylebox status`` to count. The status page lists them from the daemon itself; this
-file, ``state_dir/problems.json``, carries the same list to the other process. It names the
-daemon's pid: one left by a daemon that was killed is not read as the word of a running one.
+file, ``state_dir/problems.json``, carries the same list to the other process. It is read
+only while a daemon holds the lock of ``state_dir/serve.lock``: one left by a daemon that
+was killed is not read as the word of a running one.
 """
 
 from __future__ import annotations
@@ -50,4 +51,30 @@ def read(state_dir: Path) -> dict[str, Any] | None:
         pid = int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):  # none, or being replaced
         return None
-    return data if pid_alive(pid) else None
+    served = _served(state_dir)
+    alive = served if served is not None else pid_alive(pid)
+    return data if alive else None
+
+
+def _served(state_dir: Path) -> bool | None:
+    """Whether a process holds the lock on ``state_dir/serve.lock`` (a daemon serves it),
+    as the kernel's table of locks says (``/proc/locks``); ``None`` where it cannot be told.
+    A pid alone misleads: a killed daemon's may be another process's by now, and a daemon
+    in a container has another pid outside it. Looking takes no lock, so a daemon starting
+    meanwhile is never refused for it."""
+    try:
+        info = os.stat(state_dir / "serve.lock")
+    except OSError:  # a daemon makes it first thing: none served here
+        return False
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    # By inode (MAJ:MIN:INODE): a layered file system may name another device than stat.
+    for line in table.splitlines():
+        fields = line.split()
+        if "->" in fields or "FLOCK" not in fields:  # "->": a process waiting for a lock
+            continue
+        if any(f.count(":") == 2 and f.rpartition(":")[2] == str(info.st_ino) for f in fields):
+            return True
+    return False

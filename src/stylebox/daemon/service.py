@@ -93,6 +93,10 @@ class Service:
         """What :meth:`problems` answers: made whole on this (the main) thread, between
         a reload's swaps and the watcher's restarts, which the web thread must not see
         halfway (a stopped watcher has every folder unwatched)."""
+        self._published: tuple[dict[str, Any], ...] | None = None
+        """The problems last written for ``stylebox status`` (see :meth:`_publish`)."""
+        self._unpublished: tuple[dict[str, Any], ...] | None = None
+        """Those whose write failed, said once."""
 
     @staticmethod
     def _build(
@@ -274,17 +278,22 @@ class Service:
             if since is not None:
                 when, reason = since
                 found.append({"kind": kind, "source": None, "since": when, "text": said + reason})
-        if tuple(found) != self._problems:
+        if tuple(found) != self._published:
             self._publish(found)
         self._problems = tuple(found)
 
     def _publish(self, found: list[dict[str, Any]]) -> None:
-        """The problems for ``stylebox status`` (another process), each time they change."""
+        """The problems for ``stylebox status`` (another process), each time they change;
+        a write that failed (a full disk) is tried again at each look, and said once."""
         disabled = {f"{t}:{n}": reason for (t, n), reason in self.loaded.unavailable.items()}
         try:
             problems_file.publish(self.loaded.config.state_dir, found, disabled)
-        except OSError as exc:  # a full disk: the page still lists them
-            log.warning("cannot tell stylebox status the daemon's problems: %s", describe(exc))
+        except OSError as exc:  # the page still lists them
+            if self._unpublished != tuple(found):
+                log.warning("cannot tell stylebox status the daemon's problems: %s", describe(exc))
+            self._unpublished = tuple(found)
+            return
+        self._published, self._unpublished = tuple(found), None
 
     def reload(self) -> None:
         """Swap in a new config; one that is bad or cannot be applied is refused, and the
