@@ -53,7 +53,7 @@ function section(key) {
       part(`${id}-done`, "latest results", el("div", { class: "gallery" }), el("p", { class: "results-more" })),
       part(`${id}-failed`, "failed", el("ul", { class: "failed" }), el("p", { class: "failed-more" })),
       part(`${id}-alone`, "left alone in the inbox", el("ul", { class: "left-alone" }), el("p", { class: "left-alone-more" })),
-      part(`${id}-aside`, "set aside: already done", el("ul", { class: "left-alone set-aside" }), el("p", { class: "left-alone-more set-aside-more" })));
+      part(`${id}-aside`, "set aside: already done", el("ul", { class: "set-aside" }), el("p", { class: "set-aside-more" })));
     main.append(node);
   }
   return node;
