@@ -88,6 +88,21 @@ def run_check(name: str, plugin: type[Plugin[Any]], tmp_path: Path, **options: A
     check_named(name).run(ContractCase(plugin=plugin, workdir=tmp_path, **options))
 
 
+def author_pytest(
+    folder: Path, test_file: str, *options: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """A plugin author's own pytest run of ``test_file`` in ``folder``, as they would run it,
+    with this module's plugins importable."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, *options],
+        cwd=folder,
+        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_the_good_plugin_passes_every_check_but_installation(tmp_path: Path) -> None:
     case = ContractCase(plugin=Good, workdir=tmp_path, effective_params=[{"level": 5}])
     report = check_plugin(case)
@@ -911,14 +926,7 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
         "    expected_failures: ClassVar = {'discoverable': 'not installed here',\n"
         "                                   'accepts_image_kinds': 'blocks on 1x1'}\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_author.py"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    completed = author_pytest(tmp_path, "test_author.py", "-rA")
     out = completed.stdout
     assert completed.returncode == 1, out + completed.stderr
     assert "FAILED test_author.py::TestNoProgress::test_contract[progress_through_context]" in out
@@ -952,13 +960,8 @@ def test_a_failure_reads_the_finding_first_then_the_plugins_own_traceback(tmp_pa
         "class TestNoProgress(PluginContract):\n"
         "    plugin = NoProgress\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_author.py",
-         "-k", "TestExplodes and accepts_image_kinds or TestNoProgress and through_context"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    chosen = "TestExplodes and accepts_image_kinds or TestNoProgress and through_context"
+    completed = author_pytest(tmp_path, "test_author.py", "-k", chosen)
     out = completed.stdout
     assert "2 failed" in out, out + completed.stderr
     assert "stylebox/testing/" not in out, out
@@ -1004,13 +1007,7 @@ def test_pytest_exits_when_a_plugin_left_a_thread_running_for_good(tmp_path: Pat
         "class TestLeaks(PluginContract):\n"
         "    plugin = Leaks\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_leaks.py",
-         "-k", "threads_stopped"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    completed = author_pytest(tmp_path, "test_leaks.py", "-k", "threads_stopped", timeout=120)
     assert completed.returncode == 1, completed.stdout + completed.stderr
     assert "1 failed" in completed.stdout
     assert completed.stderr.strip().endswith(

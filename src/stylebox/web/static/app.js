@@ -235,27 +235,26 @@ function renderFailed(node, entry, actions) {
   }));
 }
 
-// What no job takes (a folder, a mask without its photo): else it waits there unseen.
+// What no job takes (a folder, a mask without its photo, a copy waiting for its bytes' job),
+// and the duplicates of done photos moved to processed/ since the daemon started: else they
+// wait there, or vanish from the inbox, unseen.
 function renderLeftAlone(node, entry) {
-  const list = node.querySelector(".left-alone");
-  const more = entry.left_alone_count - entry.left_alone.length;
-  node.querySelector(".left-alone-more").textContent = more > 0 ? `and ${more} more` : "";
-  const said = entry.left_alone.join("\n");
-  if (list.dataset.said === said) return;
-  list.dataset.said = said;
-  list.replaceChildren(...entry.left_alone.map((why) => el("li", { text: why })));
+  renderLines(node.querySelector(".left-alone"), entry.left_alone,
+    node.querySelector(".left-alone-more"), entry.left_alone_count, "more");
 }
 
-// Duplicates of done photos moved to processed/ since the daemon started: else they vanish
-// from the inbox and show nowhere.
 function renderSetAside(node, entry) {
-  const list = node.querySelector(".set-aside");
-  const more = entry.set_aside_count - entry.set_aside.length;
-  node.querySelector(".set-aside-more").textContent = more > 0 ? `and ${more} earlier` : "";
-  const said = entry.set_aside.join("\n");
+  renderLines(node.querySelector(".set-aside"), entry.set_aside,
+    node.querySelector(".set-aside-more"), entry.set_aside_count, "earlier");
+}
+
+// A list of lines, rebuilt only when they change, and how many more there are beyond them.
+function renderLines(list, lines, moreNode, count, more) {
+  moreNode.textContent = count > lines.length ? `and ${count - lines.length} ${more}` : "";
+  const said = lines.join("\n");
   if (list.dataset.said === said) return;
   list.dataset.said = said;
-  list.replaceChildren(...entry.set_aside.map((why) => el("li", { text: why })));
+  list.replaceChildren(...lines.map((why) => el("li", { text: why })));
 }
 
 // In the report's order: an inbox a reload adds takes its place among the others, as it
