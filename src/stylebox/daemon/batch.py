@@ -73,7 +73,11 @@ def _unreadable(folder: Path) -> str | None:
                 break
         return None
     except OSError as exc:
-        return f"cannot be read ({describe(exc)})"
+        return _cannot_read(exc)
+
+
+def _cannot_read(error: OSError) -> str:
+    return f"cannot be read ({describe(error)})"
 
 
 def scan(
@@ -117,7 +121,7 @@ def scan(
         except OSError as exc:  # its folder lists it but cannot be entered
             shut.append(path.parent)
             if unreadable is not None:
-                unreadable.append((path.parent, f"cannot be read ({describe(exc)})"))
+                unreadable.append((path.parent, _cannot_read(exc)))
             continue
         if config.fed_by and (
             beside_a_result(relative.name, folder=False)

@@ -800,7 +800,7 @@ class Journal:
         rows = self._connection().execute(query + " ORDER BY id", args)
         return [_row(r) for r in rows]
 
-    def adopt_failed(self, entries: list[NewJob], by_path: bool = False) -> list[int]:
+    def adopt_failed(self, entries: list[NewJob], by_path: bool = False) -> list[JobRow]:
         """Each entry's failed job, where its bytes (and companions) failed in its source
         under other plugin settings, takes the entry's key and settings, as a queued job
         is re-keyed when it runs: the photo dropped again after the settings changed (a
@@ -809,7 +809,7 @@ class Journal:
         (a batch's files, which stay where they are): a file that failed unread (its
         permissions) is its path's failed job too, readable now or not (each run added
         one more). The jobs adopted; an entry whose key a job has already adopts none."""
-        adopted: list[int] = []
+        adopted: list[JobRow] = []
         with self._transaction() as db:
             for entry in entries:
                 if db.execute(
@@ -825,12 +825,12 @@ class Journal:
                     ).fetchone()
                     job_id = found[0] if found else None
                 if job_id is not None:
-                    db.execute(
+                    row = db.execute(
                         "UPDATE jobs SET plugin = ?, params_hash = ?, unique_key = ?, "
-                        "sha256 = ? WHERE id = ?",
+                        "sha256 = ? WHERE id = ? RETURNING *",
                         (entry.plugin, entry.params_hash, entry.unique_key, entry.sha256, job_id),
-                    )
-                    adopted.append(job_id)
+                    ).fetchone()
+                    adopted.append(_row(row))
         return adopted
 
     @staticmethod

@@ -122,9 +122,10 @@ class Pipeline:
         """Instances that no source uses since a reload, to close once no job runs them."""
         self._waiting: dict[int, dict[Path, str]] = {}
         """Files that wait, in the inbox, for the job of another file with their bytes."""
-        self._set_aside: dict[str, tuple[deque[str], list[int]]] = {}
-        """By inbox, since the start: the latest duplicates moved to ``processed/``, said,
-        and how many there were."""
+        self._set_aside: dict[str, deque[str]] = {}
+        """By inbox, since the start: the latest duplicates moved to ``processed/``, said."""
+        self._set_aside_count: Counter[str] = Counter()
+        """By inbox, since the start: how many duplicates were moved to ``processed/``."""
         self._lock = threading.Lock()
         self._reserve_unfinished(sources)
 
@@ -293,8 +294,7 @@ class Pipeline:
         seen = self.journal.known_keys([entry.unique_key for entry in entries if entry])
         unknown = [entry for entry in entries if entry and entry.unique_key not in seen]
         by_path = not source.moves_inputs  # a batch's file is where it failed
-        for job_id in self.journal.adopt_failed(unknown, by_path) if unknown else []:
-            row = self.journal.get(job_id)
+        for row in self.journal.adopt_failed(unknown, by_path) if unknown else []:
             seen.add(row.unique_key)
             log.info(
                 "tried again as the job it failed in (under earlier settings, or unread)",
@@ -532,11 +532,9 @@ class Pipeline:
                 f" not stylised again, moved to processed/ as {moved.name}"
             )
             with self._lock:
-                latest, count = self._set_aside.setdefault(
-                    source.key, (deque(maxlen=SET_ASIDE_SAID), [0])
-                )
+                latest = self._set_aside.setdefault(source.key, deque(maxlen=SET_ASIDE_SAID))
                 latest.appendleft(said)
-                count[0] += 1
+                self._set_aside_count[source.key] += 1
         # A batch run again finds each file's own earlier job: counted as done before (in
         # its end line), not said for each file, which would call it a copy of itself.
         again = not source.moves_inputs and row.origin_path == str(path)
@@ -712,8 +710,7 @@ class Pipeline:
         """Inbox ``key``'s latest duplicates set aside since the start, newest first, each
         said in a line, and how many there were in all. Safe from any thread."""
         with self._lock:
-            latest, count = self._set_aside.get(key, (deque(), [0]))
-            return list(latest), count[0]
+            return list(self._set_aside.get(key, ())), self._set_aside_count[key]
 
     def waiting_copies(self) -> dict[str, list[tuple[Path, int]]]:
         """By source: the files that wait, in their folder, for the job of the same bytes
