@@ -561,10 +561,53 @@ def test_a_stop_while_the_command_loads_is_one_line_and_exit_130(
         stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a shell
     )  # fmt: skip
-    time.sleep(0.3)  # the interpreter has started; the CLI is loading
+    # The entry point has begun (its SIGTERM guard is in place), and the CLI is loading. A
+    # signal sent earlier lands in Python's own start (its `site` import), not stylebox's.
+    _wait_until_caught(process.pid, signal.SIGTERM)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "stylebox: interrupted", stderr
     assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _wait_until_caught(pid: int, sig: signal.Signals) -> None:
+    """Wait until process ``pid`` has a handler of its own for ``sig``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)  # type: ignore[index]
+        if caught >> (sig - 1) & 1:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never caught {sig.name}")
+
+
+def test_a_ctrl_c_between_the_cli_loading_and_the_commands_handler_is_one_line(
+    tmp_path: Path,
+) -> None:
+    # A Ctrl-C that landed as the loaded CLI set its own SIGTERM handler, before the
+    # command's handler took over, ended a batch with a traceback and -2. The moment is
+    # made certain here: that second call to signal.signal is where the Ctrl-C lands.
+    config = tmp_path / "c.toml"
+    config.write_text('[[batch]]\nname = "b"\nsource = "."\noutbox = "out"\nplugin = "posterize"\n')
+    script = f"""
+import signal, sys
+from stylebox import cli, entry
+calls = []
+real = signal.signal
+def landing(signalnum, handler):
+    calls.append(signalnum)
+    if len(calls) == 2:
+        raise KeyboardInterrupt
+    return real(signalnum, handler)
+signal.signal = landing
+sys.exit(entry.main(["batch", "b", "--config", {str(config)!r}]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines() == ["stylebox: interrupted"], result.stderr
     assert not (tmp_path / "out").exists()

@@ -40,7 +40,7 @@ from stylebox.config import (
 )
 from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
-from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of, exit_interrupted
+from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime, companion_kind, path_argument
@@ -130,11 +130,8 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if guarded else None
     try:
-        try:  # the plugins' commands load here: a Ctrl-C meanwhile is one line too
-            args = _parser().parse_args(given)
-        except KeyboardInterrupt:
-            _fail("interrupted")
-            exit_interrupted()  # nothing is open yet (see there)
+        # The plugins' commands load here: a Ctrl-C meanwhile is the entry point's to say.
+        args = _parser().parse_args(given)
         logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return _handle(args)
     finally:

@@ -32,10 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         from stylebox import cli
+
+        return cli.main(args)
     except KeyboardInterrupt:
+        # One that lands outside the command's own handler: while the CLI loads, or in
+        # the moments between its steps (as it set its own SIGTERM handler, a Ctrl-C
+        # ended it with a traceback and -2).
         print("stylebox: interrupted", file=sys.stderr)
         exit_interrupted()
-    return cli.main(args)
 
 
 def exit_interrupted() -> NoReturn:
