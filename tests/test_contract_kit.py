@@ -987,7 +987,7 @@ def test_a_slow_import_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     from slow_plugin import Slow  # type: ignore[import-not-found]
 
     with (
-        pytest.warns(ContractWarning, match=r"importing the plugin took 0\.\d s, and stylebox"),
+        pytest.warns(ContractWarning, match=r"importing the plugin took \d+\.\d s, and stylebox"),
         pytest.raises(ContractFailure, match="no entry point named 'slow'"),
     ):
         run_check("discoverable", Slow, tmp_path / "case")
