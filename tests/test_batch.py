@@ -64,6 +64,18 @@ def test_a_batch_whose_folders_cannot_be_made_is_refused_in_one_line(
     assert "Traceback" not in result.stderr
 
 
+def test_a_dry_run_lists_one_image_a_line_whatever_its_name(tmp_path: Path) -> None:
+    # A name holding a line break was printed as it is: two lines, neither of them a path.
+    config, library = setup(tmp_path, 1)
+    photo(24, 16, seed=5).save(library / "two\nlines.png")
+    dry = batch(config, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(dry.stdout.splitlines()) == [
+        str(library / "2026" / "june" / "img000.png"),
+        str(library / "two\\nlines.png"),
+    ]
+
+
 def test_batch_runs_once_leaves_inputs_and_skips_what_is_done(tmp_path: Path) -> None:
     config, library = setup(tmp_path, 6)
     dry = batch(config, "--dry-run")

@@ -24,6 +24,7 @@ from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 
+from stylebox import logs
 from stylebox.config import BatchConfig, LoadedConfig, load_config
 from stylebox.daemon.files import make_folder
 from stylebox.daemon.jobloop import JobLoop, stop_on_signals
@@ -328,7 +329,7 @@ def _dry_run(loaded: LoadedConfig, name: str, files: list[Path], unreadable: int
         finally:
             journal.close()
     for path in todo:
-        print(path)
+        print(logs.shown(str(path)))  # one a line: a line break in a name shown as \n
     why = "; ".join(f"{count} {reason}" for reason, count in sorted(left.items()))
     unread = f"; {unreadable} folder(s) that cannot be read, left out" if unreadable else ""
     print(
