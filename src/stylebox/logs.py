@@ -35,7 +35,12 @@ def shown(text: str) -> str:
     character as its escape (``\\n``, ``\\x1b``). A file name may hold any of them:
     printed as they are, a line break forged a line of ``stylebox status`` and an escape
     sequence cleared the screen."""
-    text = readable(text)
+    return escaped(readable(text))
+
+
+def escaped(text: str) -> str:
+    """``text`` with each control character as its escape, and nothing else changed (a
+    name's bytes that are not UTF-8 stay as they are, for a script to find the file by)."""
     if text.isprintable():
         return text
     return "".join(

@@ -329,7 +329,7 @@ def _dry_run(loaded: LoadedConfig, name: str, files: list[Path], unreadable: int
         finally:
             journal.close()
     for path in todo:
-        print(logs.shown(str(path)))  # one a line: a line break in a name shown as \n
+        print(logs.escaped(str(path)))  # one a line: a line break in a name shown as \n
     why = "; ".join(f"{count} {reason}" for reason, count in sorted(left.items()))
     unread = f"; {unreadable} folder(s) that cannot be read, left out" if unreadable else ""
     print(
