@@ -440,6 +440,17 @@ def test_each_file_of_failing_bytes_fails_on_its_own_in_every_run(tmp_path: Path
     )  # fmt: skip
     assert "0 running, 1 done, 4 failed" in status.stdout, status.stdout
     assert "d/renamed.png" in status.stdout and "d/t.png" not in status.stdout
+    # The batch dropped from the config: its failures still named under their sub-folders.
+    config.write_text(config.read_text().replace('"nightly"', '"other"'))
+    status = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "status", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "batch:nightly: 0 queued, 0 running, 1 done, 4 failed" in status.stdout, status.stdout
+    said = [
+        line.split(":")[0].split()[-1] for line in status.stdout.splitlines() if "failed #" in line
+    ]
+    assert sorted(said) == ["a/zero.png", "b/zero.png", "c/caf\ufffd.png", "d/renamed.png"]
 
 
 def test_an_earlier_runs_failure_does_not_fail_the_next(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stylebox.config import LoadedConfig, load_config
@@ -103,13 +103,15 @@ def _sourceless(problems: list[dict[str, Any]]) -> list[str]:
 
 def _name(loaded: LoadedConfig | None, row: JobRow) -> str:
     """The job ``row``'s file as its log lines name it: under its sub-folder in a recursive
-    batch (two ``t.png`` of two folders were told apart by nothing)."""
+    batch (two ``t.png`` of two folders were told apart by nothing), a batch no longer in
+    the config too (its source folder unknown, the sub-folder is its results' one)."""
     table, _, name = row.source.partition(":")
-    if loaded is None or table != "batch":
+    if table != "batch":
         return row.name
-    if not any(batch.name == name for batch in loaded.config.batch):
-        return row.name
-    return name_of(loaded.job("batch", name), Path(row.origin_path))
+    if loaded is not None and any(batch.name == name for batch in loaded.config.batch):
+        return name_of(loaded.job("batch", name), Path(row.origin_path))
+    subfolder = PurePosixPath(row.stem or "").parent
+    return row.name if subfolder == PurePosixPath(".") else f"{subfolder}/{row.name}"
 
 
 def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig | None) -> dict[str, Any]:
