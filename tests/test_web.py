@@ -231,6 +231,7 @@ def test_the_files_of_a_job_in_an_outbox_sub_folder_are_served(tmp_path: Path) -
         assert ran.returncode == 0, ran.stderr
         client = Client(port)
         [result] = source(client, "batch:shelf")["results"]
+        assert result["file"] == "2026/a.png"  # as the log and status name it, not "a.png"
         outputs = tmp_path / "out-shelf" / "2026"
         status, _, body = client.request(result["result"])
         assert status == 200 and body == (outputs / "a.png").read_bytes()

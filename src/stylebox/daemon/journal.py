@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
 from stylebox.errors import BadInput, InputChanged, StateError
@@ -138,6 +138,14 @@ class JobRow:
     claimed_at: float | None
     finished_at: float | None
     seconds: float | None
+
+    @property
+    def file(self) -> str:
+        """The job's file as people are told of it: under the sub-folder its results are
+        in (a recursive batch's ``2024/june/a.jpg``: two folders' ``a.jpg`` told apart),
+        else by its name."""
+        subfolder = PurePosixPath(self.stem or "").parent
+        return self.name if subfolder == PurePosixPath(".") else f"{subfolder}/{self.name}"
 
     @property
     def reason(self) -> str | None:

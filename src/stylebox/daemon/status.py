@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from stylebox.config import LoadedConfig, load_config
@@ -103,15 +103,13 @@ def _sourceless(problems: list[dict[str, Any]]) -> list[str]:
 
 def _name(loaded: LoadedConfig | None, row: JobRow) -> str:
     """The job ``row``'s file as its log lines name it: under its sub-folder in a recursive
-    batch (two ``t.png`` of two folders were told apart by nothing), a batch no longer in
-    the config too (its source folder unknown, the sub-folder is its results' one)."""
+    batch (two ``t.png`` of two folders were told apart by nothing), from the batch's
+    config where it is still there (a job not yet given names has no sub-folder of them)."""
     table, _, name = row.source.partition(":")
-    if table != "batch":
-        return row.name
-    if loaded is not None and any(batch.name == name for batch in loaded.config.batch):
+    batches = loaded.config.batch if loaded is not None and table == "batch" else []
+    if loaded is not None and any(batch.name == name for batch in batches):
         return name_of(loaded.job("batch", name), Path(row.origin_path))
-    subfolder = PurePosixPath(row.stem or "").parent
-    return row.name if subfolder == PurePosixPath(".") else f"{subfolder}/{row.name}"
+    return row.file
 
 
 def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig | None) -> dict[str, Any]:

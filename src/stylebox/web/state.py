@@ -336,7 +336,7 @@ class StatusReader:
         base = f"/files/{row.id}"
         return {
             "job": row.id,
-            "file": row.name,
+            "file": row.file,
             "finished_at": row.finished_at,
             "seconds": row.seconds,
             "result": f"{base}/result",
@@ -367,7 +367,7 @@ class StatusReader:
         detail: dict[str, Any] = {
             "job": row.id,
             "source": row.source,
-            "file": row.name,
+            "file": row.file,
             "state": row.state,
             "plugin": row.plugin,
             "attempts": row.attempts,
@@ -537,7 +537,7 @@ def _queued(row: JobRow, position: int) -> dict[str, Any]:
     backoff = row.not_before if row.not_before > time.time() else None
     return {
         "job": row.id,
-        "file": row.name,
+        "file": row.file,
         "position": position,
         "created_at": row.created_at,
         # Waiting since: its last (re)queueing, not its first, for a failed photo dropped
@@ -552,7 +552,7 @@ def _queued(row: JobRow, position: int) -> dict[str, Any]:
 def _failed(row: JobRow) -> dict[str, Any]:
     return {
         "job": row.id,
-        "file": row.name,
+        "file": row.file,
         "error": row.reason,
         "attempts": row.attempts,
         "finished_at": row.finished_at,
