@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -462,23 +463,40 @@ def _png_chunks(data: bytes) -> dict[bytes, int]:
     return starts
 
 
-@pytest.mark.parametrize("chunk", [b"IHDR", b"tEXt", b"IDAT"])
-def test_a_png_with_a_wrong_chunk_crc_is_called_damaged_naming_the_chunk(
-    tmp_path: Path, chunk: bytes
-) -> None:
-    """One byte of a chunk's data altered: the chunk's CRC no longer matches. Pillow says it
-    cannot identify the file (a header chunk) or that its data stream broke (pixel data)."""
+def _with_damaged_chunk(chunk: bytes) -> bytes:
+    """A PNG with a text chunk before its pixels, one byte of its ``chunk``'s data altered:
+    the chunk's CRC no longer matches."""
     from PIL import PngImagePlugin
 
     text = PngImagePlugin.PngInfo()
     text.add_text("Comment", "a photo")
     data = bytearray(encoded(photo(16, 12), pnginfo=text))
     data[_png_chunks(bytes(data))[chunk] + 1] ^= 0x10
+    return bytes(data)
+
+
+@pytest.mark.parametrize("chunk", [b"IHDR", b"IDAT"])
+def test_a_png_with_a_wrong_chunk_crc_is_called_damaged_naming_the_chunk(
+    tmp_path: Path, chunk: bytes
+) -> None:
+    """A chunk of the image itself damaged: Pillow says it cannot identify the file (a
+    header chunk) or that its data stream broke (pixel data)."""
     path = tmp_path / "photo.png"
-    path.write_bytes(bytes(data))
+    path.write_bytes(_with_damaged_chunk(chunk))
     with pytest.raises(BadInput) as refused:
         decode_image(path)
     assert str(refused.value) == f"photo.png is a damaged PNG: CRC error in chunk {chunk.decode()}"
+
+
+def test_a_png_whose_text_chunk_is_damaged_is_read_without_it(tmp_path: Path) -> None:
+    """A damaged text chunk before the pixels was refused ("damaged PNG: CRC error in chunk
+    tEXt"), a file that every viewer shows: libpng drops such a chunk, and so do we."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(_with_damaged_chunk(b"tEXt"))
+    decoded = decode_image(path)
+    assert np.array_equal(np.asarray(decoded.rgb), np.asarray(photo(16, 12)))
+    assert decoded.notes == ("its damaged tEXt chunk(s) left out (CRC error), as libpng does",)
+    assert decoded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # of the file
 
 
 def test_a_png_whose_damaged_pixel_data_still_decodes_is_refused(tmp_path: Path) -> None:

@@ -146,6 +146,9 @@ def decode_bytes(
     if not data:
         raise BadInput(f"{name} is empty (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
+    notes: list[str] = []
+    if data.startswith(_PNG_SIGNATURE) and "PNG" in formats:
+        data = _png_checked(data, name, notes)
     stream = _Reads(data)
     image = _open(stream, name, formats, max_pixels)
     width, height = image.size
@@ -155,7 +158,6 @@ def decode_bytes(
         raise _too_many_pixels(name, f"{width}x{height} = {width * height / 1e6:.1f}", max_pixels)
     original_format = image.format or "unknown"
     original_mode = image.mode
-    notes: list[str] = []
     try:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
@@ -173,20 +175,12 @@ def decode_bytes(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadInput(f"{name} refused as a decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        chunk = _png_crc_error(data)
-        if chunk:
-            raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}") from exc
         # (Not a short read, here: a decoder reads in blocks, and the last block of a
         # whole file is short too. Run out of data, Pillow says "truncated".)
         if isinstance(exc, EOFError) or "truncated" in str(exc) or stream.declared_longer:
             raise _cut_short(name, original_format, len(data)) from exc
         # Its decoder refused what it read: damage, which more bytes won't mend.
         raise BadInput(f"{name} is a damaged {original_format}: {exc}") from exc
-    # A flipped bit in the pixel data can still inflate: only the chunk's CRC shows it.
-    # (A damaged ancillary chunk, text say, costs no pixel: libpng drops it, so do we.)
-    chunk = _png_crc_error(data, critical_only=True)
-    if chunk:
-        raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
     if original_format in ("JPEG", "MPO") and (damage := _jpeg_damage(data)):
         raise BadInput(f"{name} is a damaged JPEG: {damage}")
     if original_format == "PNG" and data[24:25] == b"\x10" and original_mode in ("RGB", "RGBA"):
@@ -251,9 +245,6 @@ def _open(stream: _Reads, name: str, formats: frozenset[str], max_pixels: int) -
             f"{name} is {article} {found} image, which is not accepted "
             f"(accepted formats: {', '.join(sorted(formats))})"
         )
-    chunk = _png_crc_error(data) if "PNG" in formats else None
-    if chunk:
-        raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {chunk}")
     damage = _damage(data, formats)
     if damage:
         fmt, reason, ran_out = damage
@@ -432,30 +423,38 @@ def _cut_short(name: str, fmt: str, size: int) -> Truncated:
     )
 
 
-def _png_crc_error(data: bytes, critical_only: bool = False) -> str | None:
-    """The type of the first chunk of PNG ``data`` whose CRC does not match its bytes, or
-    ``None`` (not a PNG, every CRC right, or cut short: a truncation is told elsewhere).
-    Pillow checks the CRCs of the chunks before the pixel data and says only that it cannot
-    identify the file, and checks none of the pixel data's own. ``critical_only``: only
-    the chunks the image is made of. About 1 ms a megabyte."""
-    if not data.startswith(_PNG_SIGNATURE):
-        return None
+def _png_checked(data: bytes, name: str, notes: list[str]) -> bytes:
+    """PNG ``data`` with each chunk's CRC checked, as libpng does: a damaged chunk of the
+    image itself (IHDR, PLTE, IDAT, IEND) refuses it, naming the chunk; a damaged ancillary
+    one (text, a timestamp) costs no pixel and is dropped, said in ``notes``. Pillow checks
+    only the chunks before the pixel data, and refused a file with a damaged text chunk
+    there as one it cannot identify (which every viewer shows); it checks none of the
+    pixel data's own, where a flipped bit can still inflate. A file cut short is left as it
+    is, for its truncation to be told. About 1 ms a megabyte."""
     view = memoryview(data)
     position = len(_PNG_SIGNATURE)
+    kept: list[memoryview] = [view[:position]]
+    dropped: list[str] = []
     while position + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, position)
-        end = position + 8 + length
+        end = position + 8 + length + 4
         kind = bytes(view[position + 4 : position + 8])
-        if end + 4 > len(data) or not kind.isalpha():
-            return None  # cut short, or a damaged length: no chunk to name
-        (crc,) = struct.unpack_from(">I", data, end)
-        critical = kind[:1].isupper()  # IHDR, PLTE, IDAT, IEND: the image itself
-        if (critical or not critical_only) and zlib.crc32(view[position + 4 : end]) != crc:
-            return kind.decode("ascii")
+        if end > len(data) or not kind.isalpha():
+            break  # cut short, or a damaged length: no chunk to name
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(view[position + 4 : end - 4]) == crc:
+            kept.append(view[position:end])
+        elif kind[:1].isupper():
+            raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {kind.decode('ascii')}")
+        else:
+            dropped.append(kind.decode("ascii"))
+        position = end
         if kind == b"IEND":
-            return None
-        position = end + 4
-    return None
+            break
+    if not dropped:
+        return data
+    notes.append(f"its damaged {', '.join(dropped)} chunk(s) left out (CRC error), as libpng does")
+    return b"".join([*kept, view[position:]])
 
 
 def _colour_key(image: Image.Image, depth: int, notes: list[str]) -> Image.Image | None:
