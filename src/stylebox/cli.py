@@ -148,19 +148,19 @@ def _handle(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        _fail(f"config error: {exc}", lines=True)
+        logs.say(f"config error: {exc}", lines=True)
         return EXIT_BAD
     except BadInput as exc:
-        _fail(f"bad input: {exc}")
+        logs.say(f"bad input: {exc}")
         return EXIT_BAD
     except StateError as exc:
-        _fail(str(exc))
+        logs.say(str(exc))
         return EXIT_BAD
     except PluginError as exc:
-        _fail(f"failed: {exc}")
+        logs.say(f"failed: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
-        _fail("interrupted")
+        logs.say("interrupted")
         if any(t is not threading.main_thread() for t in threading.enumerate()):
             # Threads are left (a job still running in a worker thread, inside PyTorch's
             # C++, after a second Ctrl-C during a drain): at a normal exit its thread pools
@@ -168,14 +168,6 @@ def _handle(args: argparse.Namespace) -> int:
             # SIGABRT. Its job resumes at the next run, as after a kill.
             _exit_now(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-
-
-def _fail(message: str, *, lines: bool = False) -> None:
-    """``message`` on stderr, on one line: a file name's line break or escape shown, not
-    obeyed. With ``lines``, each of its lines (a config's problems, one a line) so."""
-    parts = message.split("\n") if lines else [message]
-    said = "\n".join(logs.shown(part) for part in parts)
-    print(f"stylebox: {said}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -303,7 +295,7 @@ def _add_plugin_commands(commands: argparse._SubParsersAction[Any]) -> None:
         try:
             load_quietly(entry_point)(commands)
         except Exception as exc:  # a broken plugin must not take the whole CLI down
-            _fail(
+            logs.say(
                 f"plugin commands {entry_point.name!r} ({entry_point.value}) left out: "
                 f"{describe(exc)}"
             )
@@ -349,11 +341,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if (companion := companion_kind(path.name)) is not None:
             kind, stem = companion
             if not os.path.lexists(path):
-                _fail(f"bad input: {path} does not exist")
+                logs.say(f"bad input: {path} does not exist")
             elif (path.resolve().parent, stem) in photos:
                 companions += 1
             else:
-                _fail(
+                logs.say(
                     f"bad input: {path} is the {kind} of a photo named {stem}, not a photo: "
                     f"name the photo, and its {kind} is read from beside it"
                 )
@@ -365,7 +357,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 path, max_pixels=images_config.max_pixels, formats=frozenset(images_config.formats)
             )
         except BadInput as exc:
-            _fail(f"bad input: {exc}")
+            logs.say(f"bad input: {exc}")
         else:
             good.append(path)
     if not good:

@@ -38,6 +38,15 @@ def shown(text: str) -> str:
     return escaped(readable(text))
 
 
+def say(message: str, *, lines: bool = False) -> None:
+    """``message`` on stderr as the command's own word (``stylebox: ...``), on one line: a
+    file name's line break or escape shown, not obeyed. With ``lines``, each of its lines
+    (a config's problems, one a line) so."""
+    parts = message.split("\n") if lines else [message]
+    said = "\n".join(shown(part) for part in parts)
+    print(f"stylebox: {said}", file=sys.stderr)
+
+
 def escaped(text: str) -> str:
     """``text`` with each control character as its escape, and nothing else changed (a
     name's bytes that are not UTF-8 stay as they are, for a script to find the file by)."""

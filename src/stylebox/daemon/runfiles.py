@@ -10,9 +10,9 @@ resumes them, with the output names they had.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
+from stylebox import logs
 from stylebox.config import LoadedConfig, OutputConfig, RunConfig, StyleboxConfig
 from stylebox.daemon import files
 from stylebox.daemon.jobloop import JobLoop, stop_on_signals
@@ -20,7 +20,6 @@ from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
 from stylebox.daemon.sources import Source
-from stylebox.logs import shown
 from stylebox.progress import reporter_for_stream
 
 log = logging.getLogger("stylebox.run")
@@ -75,22 +74,18 @@ def _report(journal: Journal, key: str, inputs: list[Path]) -> int:
         row = jobs.get(str(path))
         name = files.readable(path.name)
         if row is None:  # the journal refused it (logged): nothing ran
-            _say(f"failed: {name} could not be queued; see the log above")
+            logs.say(f"failed: {name} could not be queued; see the log above")
             failed = True
         elif row.hopeless is not None:
-            _say(f"bad input: {row.error_message or row.reason}")
+            logs.say(f"bad input: {row.error_message or row.reason}")
             bad = True
         elif row.state == "failed":
-            _say(f"failed: {name}: {row.reason}")
+            logs.say(f"failed: {name}: {row.reason}")
             failed = True
         elif row.state == "queued":
-            _say(f"{name}: stopped; run the same command again to resume")
+            logs.say(f"{name}: stopped; run the same command again to resume")
             return EXIT_INTERRUPTED
         elif row.state == "running":
-            _say(f"failed: {name} is being run by another stylebox ({row.lease_owner})")
+            logs.say(f"failed: {name} is being run by another stylebox ({row.lease_owner})")
             failed = True
     return EXIT_FAILED if failed else EXIT_BAD if bad else EXIT_OK
-
-
-def _say(message: str) -> None:
-    print(f"stylebox: {shown(message)}", file=sys.stderr)
