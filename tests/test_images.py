@@ -497,6 +497,11 @@ def test_a_png_whose_text_chunk_is_damaged_is_read_without_it(tmp_path: Path) ->
     assert np.array_equal(np.asarray(decoded.rgb), np.asarray(photo(16, 12)))
     assert decoded.notes == ("its damaged tEXt chunk(s) left out (CRC error), as libpng does",)
     assert decoded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # of the file
+    # Cut short as well: a partial copy, said so with the file's own size.
+    cut = path.read_bytes()[:-30]
+    path.write_bytes(cut)
+    with pytest.raises(Truncated, match=rf"\({len(cut)} bytes; a partial copy or download\?\)"):
+        decode_image(path)
 
 
 def test_a_png_whose_damaged_pixel_data_still_decodes_is_refused(tmp_path: Path) -> None:

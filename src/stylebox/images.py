@@ -145,12 +145,12 @@ def decode_bytes(
     """Decode an image held in memory; see :func:`decode_image`."""
     if not data:
         raise BadInput(f"{name} is empty (0 bytes)")
-    digest = hashlib.sha256(data).hexdigest()
+    digest, size = hashlib.sha256(data).hexdigest(), len(data)
     notes: list[str] = []
     if data.startswith(_PNG_SIGNATURE) and "PNG" in formats:
         data = _png_checked(data, name, notes)
     stream = _Reads(data)
-    image = _open(stream, name, formats, max_pixels)
+    image = _open(stream, name, formats, max_pixels, size)
     width, height = image.size
     if width < 1 or height < 1:
         raise BadInput(f"{name} has no pixels ({width}x{height})")
@@ -178,7 +178,7 @@ def decode_bytes(
         # (Not a short read, here: a decoder reads in blocks, and the last block of a
         # whole file is short too. Run out of data, Pillow says "truncated".)
         if isinstance(exc, EOFError) or "truncated" in str(exc) or stream.declared_longer:
-            raise _cut_short(name, original_format, len(data)) from exc
+            raise _cut_short(name, original_format, size) from exc
         # Its decoder refused what it read: damage, which more bytes won't mend.
         raise BadInput(f"{name} is a damaged {original_format}: {exc}") from exc
     if original_format in ("JPEG", "MPO") and (damage := _jpeg_damage(data)):
@@ -212,7 +212,11 @@ def _too_many_pixels(name: str, size: str, max_pixels: int) -> BadInput:
     )
 
 
-def _open(stream: _Reads, name: str, formats: frozenset[str], max_pixels: int) -> Image.Image:
+def _open(
+    stream: _Reads, name: str, formats: frozenset[str], max_pixels: int, size: int
+) -> Image.Image:
+    """Pillow's image of ``stream``'s data (``size`` bytes in the file), or a
+    :class:`BadInput` saying what it is instead."""
     data = stream.getvalue()
     try:
         return Image.open(stream, formats=sorted(formats))
@@ -228,7 +232,7 @@ def _open(stream: _Reads, name: str, formats: frozenset[str], max_pixels: int) -
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         damage = _damage(data, formats)
         if damage and damage[2]:
-            raise _cut_short(name, damage[0], len(data)) from exc
+            raise _cut_short(name, damage[0], size) from exc
         raise BadInput(f"{name} has a corrupt image header: {exc}") from exc
     # Name the format if Pillow knows it at all, so the refusal says what to do.
     try:
@@ -249,7 +253,7 @@ def _open(stream: _Reads, name: str, formats: frozenset[str], max_pixels: int) -
     if damage:
         fmt, reason, ran_out = damage
         if ran_out:
-            raise _cut_short(name, fmt, len(data))
+            raise _cut_short(name, fmt, size)
         if reason == "unknown pixel mode":  # a valid file whose pixels Pillow cannot hold
             raise BadInput(f"{name} is a {fmt} in a pixel format that cannot be read ({reason})")
         raise BadInput(f"{name} is a damaged {fmt}: {reason}")
@@ -429,8 +433,8 @@ def _png_checked(data: bytes, name: str, notes: list[str]) -> bytes:
     one (text, a timestamp) costs no pixel and is dropped, said in ``notes``. Pillow checks
     only the chunks before the pixel data, and refused a file with a damaged text chunk
     there as one it cannot identify (which every viewer shows); it checks none of the
-    pixel data's own, where a flipped bit can still inflate. A file cut short is left as it
-    is, for its truncation to be told. About 1 ms a megabyte."""
+    pixel data's own, where a flipped bit can still inflate. The rest of a file cut short
+    is kept as it is, for its truncation to be told. About 1 ms a megabyte."""
     view = memoryview(data)
     position = len(_PNG_SIGNATURE)
     kept: list[memoryview] = [view[:position]]
