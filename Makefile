@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python bench/fast_io.py
 	$(BIN)/python bench/fast_edges.py
 	$(BIN)/python bench/fast_tiles.py
+	$(BIN)/python bench/fast_memory.py
 	$(BIN)/python bench/gpu.py
 	$(BIN)/python bench/ray_batch.py
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+from stylebox.daemon import memory
 from stylebox.daemon.journal import JobRow
 from stylebox.daemon.leases import Stop, pid_alive
 from stylebox.daemon.pipeline import Pipeline
@@ -143,6 +144,7 @@ class JobLoop:
         finally:
             for row in rows:
                 ended(row)
+            memory.give_back()  # what the jobs' photos took, the daemon idles without
         self.on_ran(rows)
         return rows
 

@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stylebox.config import ImagesConfig, OutputConfig
+from stylebox.daemon import memory
 from stylebox.daemon.leases import Stop, StopReason
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
@@ -200,6 +201,7 @@ class _Worker:
                     self._cancels.pop(key, None)
             for job in jobs:  # failed or cancelled ones too
                 self._latest.forget(job)
+        memory.give_back()  # the photos' buffers are gone: an idle worker holds none
         return _portable(outcomes, jobs)
 
     def cancel(self, reasons: dict[int, StopReason]) -> None:

@@ -26,7 +26,12 @@ import numpy as np
 from stylebox.errors import ConfigError
 from stylebox.plugins.faststyle.checks import check_model
 from stylebox.plugins.faststyle.manifest import ModelManifest
-from stylebox.plugins.faststyle.session import session_for, uint8_session_for, used_by
+from stylebox.plugins.faststyle.session import (
+    run_options,
+    session_for,
+    uint8_session_for,
+    used_by,
+)
 
 log = logging.getLogger("stylebox.fast")
 
@@ -36,9 +41,16 @@ class Engine(Protocol):
     session: Any
     input: str
 
-    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def run(
+        self,
+        batch: np.ndarray,
+        feeds: dict[str, np.ndarray] | None = None,
+        *,
+        give_back: bool = False,
+    ) -> np.ndarray:
         """uint8 ``(N, H, W, 3)`` in, ``(N, H', W', 3)`` on 0..255 out; ``feeds``: inputs
-        that change per call (an arbitrary-style model's style vector)."""
+        that change per call (an arbitrary-style model's style vector); ``give_back``: the
+        memory the run took is handed back as it ends (see :func:`.session.run_options`)."""
         ...
 
 
@@ -60,9 +72,16 @@ class PlainEngine:
             array = array.transpose(0, 3, 1, 2)
         return {m.input: np.ascontiguousarray(array), **self.feeds, **(feeds or {})}
 
-    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def run(
+        self,
+        batch: np.ndarray,
+        feeds: dict[str, np.ndarray] | None = None,
+        *,
+        give_back: bool = False,
+    ) -> np.ndarray:
         m = self.manifest
-        output = self.session.run([m.output], self.feed(batch, feeds))[0]
+        options = run_options(self.session, give_back)
+        output = self.session.run([m.output], self.feed(batch, feeds), options)[0]
         if m.layout == "NCHW":
             output = output.transpose(0, 2, 3, 1)
         if m.value_range == "0-1":
@@ -94,10 +113,17 @@ class GraphEngine:
                 break
         self.binding = binding
 
-    def run(self, batch: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def run(
+        self,
+        batch: np.ndarray,
+        feeds: dict[str, np.ndarray] | None = None,
+        *,
+        give_back: bool = False,
+    ) -> np.ndarray:
         extra = {**self.feeds, **(feeds or {})}
+        options = run_options(self.session, give_back)
         if not self.binding:
-            return self.session.run([self.output], {self.input: batch, **extra})[0]
+            return self.session.run([self.output], {self.input: batch, **extra}, options)[0]
         import onnxruntime as ort
 
         # A fresh binding per call: one session serves every inbox and thread using it.
@@ -110,7 +136,7 @@ class GraphEngine:
             binding.bind_cpu_input(name, value)
         # The output's shape is the graph's to say; onnxruntime allocates it on the device.
         binding.bind_output(self.output, self.device, self.device_id)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, options)
         return binding.copy_outputs_to_cpu()[0]
 
 

@@ -244,6 +244,23 @@ def _create(source: str | bytes, model: Path, device: str, engine_cache: Path) -
     return session
 
 
+def run_options(session: Any, give_back: bool) -> Any:
+    """The options for a run of ``session``; with ``give_back``, on the CPU, its memory
+    arena hands back what it grew by once the run ends. onnxruntime keeps it for the next
+    runs otherwise: a photo's 768 px tiles grew it by about 1.7 GB, which a daemon then
+    held for good. A run that gives back makes the next one dearer, which grows it again
+    (every run so: 1.1x the time of a tiled photo, 1.45x a 768x512 one): a tiled photo's
+    thumbnail pass and last tile ask it, no other run (no slower: bench/fast_memory.py).
+    ``None``, the defaults, for a session on a GPU."""
+    if not give_back or session.get_providers() != ["CPUExecutionProvider"]:
+        return None
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 def fell_back(what: str, device: str, providers: list[str]) -> ConfigError:
     """The error for a GPU ``device`` named that onnxruntime could not use."""
     return ConfigError(
