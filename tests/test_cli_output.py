@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -166,18 +167,25 @@ def test_a_journal_that_is_not_a_database_is_said_in_one_line(tmp_path: Path) ->
 def test_a_librarys_warning_is_a_json_log_line_like_the_others(tmp_path: Path) -> None:
     # Pillow's "Corrupt EXIF data" warning on a photo it still reads came out as two raw
     # lines ("...TiffImagePlugin.py:982: UserWarning: ...", "  warnings.warn(...)") among
-    # the JSON lines a log reader parses.
+    # the JSON lines a log reader parses; then as a log line naming no photo, and only for
+    # the first such photo (Python says a warning once for each line of code raising it).
     buffer = io.BytesIO()
     photo(32, 24).save(buffer, "JPEG", quality=90)
     jpeg = buffer.getvalue()
     app1 = b"Exif\0\0" + b"MM\0\x2a\0\0\0\x08" + b"\xff" * 40  # an IFD that runs off its end
     bad = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
     (tmp_path / "exif.jpg").write_bytes(bad)
+    (tmp_path / "other.jpg").write_bytes(bad + b"\0")  # other bytes: a job of its own
     command = [sys.executable, "-m", "stylebox.cli", "run", str(tmp_path / "exif.jpg"),
-               "--plugin", "posterize", "--out", str(tmp_path / "out"),
-               "--state-dir", str(tmp_path / "state")]  # fmt: skip
+               str(tmp_path / "other.jpg"), "--plugin", "posterize", "--out",
+               str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]  # each one JSON
     warned = [line for line in lines if line["logger"] == "py.warnings"]
-    assert len(warned) == 1 and "Corrupt EXIF data" in warned[0]["msg"]
+    started = {line["file"]: line["job"] for line in lines if line["msg"] == "started"}
+    # One line a photo, as its job reads it (Pillow reads the EXIF twice), naming both.
+    assert [(line["file"], line["job"]) for line in warned] == list(started.items())
+    for line in warned:
+        assert line["msg"].startswith("UserWarning: Corrupt EXIF data") and "\n" not in line["msg"]
+        assert re.fullmatch(r".*/PIL/\w+\.py:\d+", line["where"]), line["where"]

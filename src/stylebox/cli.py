@@ -353,9 +353,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             if not os.path.lexists(path):  # a name given here, not a file that went away
                 raise BadInput(f"{path} does not exist")
-            decode_image(
-                path, max_pixels=images_config.max_pixels, formats=frozenset(images_config.formats)
-            )
+            with logs.unwarned():  # its job's read says them, naming the job
+                decode_image(
+                    path,
+                    max_pixels=images_config.max_pixels,
+                    formats=frozenset(images_config.formats),
+                )
         except BadInput as exc:
             logs.say(f"bad input: {exc}")
         else:

@@ -26,6 +26,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
+from stylebox import logs
 from stylebox.errors import BadInput, Truncated
 from stylebox.iccprofiles import ADOBE_RGB
 
@@ -111,7 +112,13 @@ def refused_on_sight(
     is queued, rather than when its turn comes, behind hours of other jobs. ``None`` for
     one whose header opens (only its full decode can tell), one cut short
     (:class:`Truncated`: in an inbox it gets time to grow), one over :data:`SIGHT_BYTES`,
-    and anything but a regular file."""
+    and anything but a regular file. Its warnings (a damaged EXIF block) are its job's
+    read's to say, naming the job."""
+    with logs.unwarned():
+        return _refused_on_sight(path, max_pixels, formats)
+
+
+def _refused_on_sight(path: Path, max_pixels: int, formats: frozenset[str]) -> BadInput | None:
     try:
         info = path.lstat()
         if not stat.S_ISREG(info.st_mode):

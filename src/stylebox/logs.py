@@ -8,7 +8,11 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TextIO
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is data.
@@ -132,6 +136,72 @@ def _message(record: logging.LogRecord) -> str:
     return str(record.msg) % tuple(safe(value) for value in args)
 
 
+@dataclass
+class _About:
+    """What this thread's log records are about (``job``, ``file``), and the warnings said
+    about it so far; ``quiet``: a look whose warnings the real read says again."""
+
+    fields: Mapping[str, object]
+    quiet: bool = False
+    said: set[str] = field(default_factory=set)
+
+
+_about: ContextVar[_About | None] = ContextVar("stylebox_about", default=None)
+
+
+@contextmanager
+def about(**fields: object) -> Iterator[None]:
+    """Records logged inside, in this thread, carry ``fields`` (``job``, ``file``) where
+    they have none of their own: a library's warning on a photo (Pillow's "Corrupt EXIF
+    data"), or a plugin's own line, then says which job it is about. A warning is said
+    once inside, however often it is raised (Pillow reads a photo's EXIF twice)."""
+    token = _about.set(_About(fields))
+    try:
+        yield
+    finally:
+        _about.reset(token)
+
+
+@contextmanager
+def unwarned() -> Iterator[None]:
+    """Warnings raised inside, in this thread, are not said: a first look at a file, which
+    its job's read says again, with the job named."""
+    token = _about.set(_About({}, quiet=True))
+    try:
+        yield
+    finally:
+        _about.reset(token)
+
+
+class _AboutFields(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = _about.get()
+        for key, value in (now.fields if now else {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A library's warning as one log line (``UserWarning: Corrupt EXIF data...``), where
+    it was raised as a field: ``logging.captureWarnings`` logged Python's two-line text,
+    the warning's source line included."""
+    text = f"{category.__name__}: {message}".strip()
+    now = _about.get()
+    if now is not None:
+        if now.quiet or text in now.said:
+            return
+        now.said.add(text)
+    logging.getLogger("py.warnings").warning(text, extra={"where": f"{filename}:{lineno}"})
+
+
 class StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when a line is logged. While a progress bar is
     drawn, rich puts its own writer there, which prints the line above the bar; a stream
@@ -154,12 +224,17 @@ def setup(level: int = logging.INFO, json_lines: bool | None = None) -> None:
     use_json = not sys.stderr.isatty() if json_lines is None else json_lines
     handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(_AboutFields())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # A library's warnings (Pillow's "Corrupt EXIF data" on a photo it still reads) are log
     # lines like any other, not raw text among the JSON lines.
-    logging.captureWarnings(True)
+    warnings.showwarning = _log_warning
+    # Pillow's are about the photo read (its EXIF, its chunks): each photo's said, not only
+    # the first one's (Python says a warning once for each line that raises it).
+    # (UserWarning: a DecompressionBombWarning stays an error, as images.py makes it.)
+    warnings.filterwarnings("always", category=UserWarning, module=r"PIL\.")
     # Libraries whose INFO lines are about their own internals (an ONNX export logs one per
     # optimiser pass): only their warnings. Plugins' own loggers keep ``level``.
     for name in ("watchdog", "onnx_ir", "onnxscript", "torch.onnx"):

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from PIL import Image
 from pydantic import BaseModel
 
-from stylebox import __version__
+from stylebox import __version__, logs
 from stylebox.config import ImagesConfig
 from stylebox.daemon.leases import Stop, StopReason
 from stylebox.daemon.outbox import Outbox, OutputNames, gif_frame
@@ -497,11 +497,12 @@ class Runner:
         began = time.perf_counter()
         self.reporter.started(job)
         try:
-            decoded = decode_image(
-                job.input_path,
-                max_pixels=self.images.max_pixels,
-                formats=frozenset(self.images.formats),
-            )
+            with logs.about(job=job.job_id, file=job.name):
+                decoded = decode_image(
+                    job.input_path,
+                    max_pixels=self.images.max_pixels,
+                    formats=frozenset(self.images.formats),
+                )
         except BadInput as exc:
             shutil.rmtree(job.work_dir, ignore_errors=True)
             return exc
@@ -542,7 +543,9 @@ class Runner:
         """The plugin's results for one same-size group, or the error each job ends with."""
         try:
             if len(group) == 1:
-                return [plugin.instance.process(group[0].decoded.rgb, group[0].context)]
+                job = group[0].job
+                with logs.about(job=job.job_id, file=job.name):
+                    return [plugin.instance.process(group[0].decoded.rgb, group[0].context)]
             images = [started.decoded.rgb for started in group]
             results = plugin.instance.process_batch(images, [s.context for s in group])
             if not isinstance(results, list) or len(results) != len(group):
