@@ -115,6 +115,24 @@ def test_status_prefers_the_plugins_eta(tmp_path: Path, capsys: pytest.CaptureFi
     journal.close()
 
 
+def test_a_job_past_its_last_step_is_said_to_write_its_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # An 8000x6000 photo's job said "about 0 s left" for the 20 s its PNG took to write.
+    config = write_config(tmp_path, POSTERIZE)
+    journal_file = tmp_path / "state" / "journal.sqlite3"
+    job_id = _running_job(journal_file)
+    journal = Journal(journal_file)
+    journal.set_progress(job_id, 9, 10, eta=5.0)
+    assert _only_running(status.collect(config))["writing"] is False
+    journal.set_progress(job_id, 10, 10, eta=0.0)
+    job = _only_running(status.collect(config))
+    assert (job["writing"], job["eta_seconds"], job["eta_from"]) == (True, None, None)
+    status.print_status(config)
+    assert "running #1 a.png: step 10/10, writing the result\n" in capsys.readouterr().out
+    journal.close()
+
+
 def test_an_old_journal_gains_the_column_and_keeps_its_jobs(tmp_path: Path) -> None:
     config = write_config(tmp_path, POSTERIZE)
     journal_file = tmp_path / "state" / "journal.sqlite3"

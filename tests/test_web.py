@@ -635,6 +635,10 @@ def test_a_running_jobs_rate_and_eta_are_of_its_own_claim_only(
         assert look(1100.5) == (None, None, None)  # a new claim: no step of its own yet
         assert look(1101.5, 5) == (5, None, None)
         assert look(1102.5, 6) == (6, 1.0, 54.0)
+        # Past its last step it writes its result: said so, no "0 s left" for that while.
+        assert look(1103.5, 60) == (60, 54.0, None)
+        [running] = reader.status()["sources"]["inbox:x"]["running_jobs"]
+        assert running["writing"] is True
     finally:
         reader.close()
         journal.close()

@@ -165,8 +165,9 @@ def _running(row: JobRow, loaded: LoadedConfig | None = None) -> dict[str, Any]:
         elapsed = now - row.claimed_at
         eta, source = round(elapsed / row.step * (row.total - row.step), 1), "linear"
     gone = _owner_gone(row.lease_owner)
-    if gone:
-        eta, source = None, None  # nothing is counting down
+    writing = not gone and writes_result(row.step, row.total)
+    if gone or writing:
+        eta, source = None, None  # nothing is counting down, or no step is left to count
     return {
         "job": row.id,
         "file": _name(loaded, row),
@@ -174,9 +175,16 @@ def _running(row: JobRow, loaded: LoadedConfig | None = None) -> dict[str, Any]:
         "total": row.total,
         "eta_seconds": eta,
         "eta_from": source,
+        "writing": writing,
         "owner": row.lease_owner,
         "owner_gone": gone,
     }
+
+
+def writes_result(step: int | None, total: int | None) -> bool:
+    """Whether a running job at ``step`` of ``total`` has none left, and writes its result
+    (a 48 MP PNG takes 20 s: "about 0 s left" stood there all that while)."""
+    return bool(total and step is not None and step >= total)
 
 
 def _owner_gone(owner: str | None) -> bool:
@@ -225,6 +233,8 @@ def print_status(
             say(f"  not in the config: its queued jobs wait until {by} serves them")
         for job in entry["running_jobs"]:
             progress = f"step {job['step']}/{job['total']}" if job["total"] else "starting"
+            if job["writing"]:
+                progress += ", writing the result"
             eta = (
                 f", about {job['eta_seconds']:.0f} s left" if job["eta_seconds"] is not None else ""
             )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from stylebox.daemon.journal import JobRow, Journal, State, _row
-from stylebox.daemon.status import _running
+from stylebox.daemon.status import _running, writes_result
 from stylebox.daemon.watcher import left_alone
 from stylebox.digests import file_digest
 from stylebox.lossplot import has_loss
@@ -278,6 +278,8 @@ class StatusReader:
             if rate and row.total and step is not None and not job["owner_gone"]:
                 eta = round(max(0, row.total - step) / rate, 1)
             job.update(eta_seconds=eta, eta_from="linear" if eta is not None else None)
+        if writes_result(step, row.total) and not job["owner_gone"]:
+            job.update(writing=True, eta_seconds=None, eta_from=None)
         snapshot = self._newest_snapshot(row, info)
         job["snapshot"] = f"/files/{row.id}/steps/{snapshot}.png" if snapshot is not None else None
         job["snapshot_step"] = snapshot

@@ -94,7 +94,8 @@ function renderCounts(node, entry) {
 function runningText(job) {
   const step = job.step !== null && job.total ? `step ${job.step} / ${job.total}` : "starting";
   if (lostSince) return `${job.file}: ${step} · last known`;
-  const eta = job.eta_seconds !== null ? ` · about ${seconds(job.eta_seconds)} left` : "";
+  const eta = job.writing ? " · writing the result"
+    : job.eta_seconds !== null ? ` · about ${seconds(job.eta_seconds)} left` : "";
   const rate = job.steps_per_second ? ` · ${job.steps_per_second.toFixed(1)} steps/s` : "";
   return `${job.file}: ${step}${eta}${rate}`;
 }
