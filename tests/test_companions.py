@@ -91,3 +91,37 @@ def test_the_daemon_pairs_a_photo_with_a_mask_dropped_after_it(tmp_path: Path) -
         assert not (outbox / "harbour.mask.json").exists()  # never a job of its own
     finally:
         daemon.stop()
+
+
+def test_a_photo_with_two_masks_is_refused_and_both_go_with_it(tmp_path: Path) -> None:
+    # One of them was used, the first by name, without a word; the other stayed in the
+    # inbox, later said to be "the mask of a photo named dual.* that is not here".
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "poster"\npath = "inbox"\noutbox = "outbox"\n'
+        'plugin = "posterize"\nsettle_seconds = 0.2\n'
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    two_bands(inbox / "dual.mask.png", (32, 24))
+    two_bands(inbox / "dual.mask.webp", (32, 24))
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        photo(32, 24).save(tmp_path / "dual.png")
+        (tmp_path / "dual.png").rename(inbox / "dual.png")
+        failed = inbox / "failed"
+        assert wait_until(lambda: (failed / "dual.png.error.txt").exists(), 60), daemon.output()
+        left = [p.name for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")]
+        assert left == []  # neither mask stays behind
+    finally:
+        daemon.stop()
+    assert sorted(p.name for p in failed.iterdir()) == [
+        "dual.mask.png", "dual.mask.webp", "dual.png", "dual.png.error.txt"
+    ]  # fmt: skip
+    said = (failed / "dual.png.error.txt").read_text()
+    assert (
+        "dual.png has 2 masks beside it (dual.mask.png, dual.mask.webp), and which one is "
+        "meant cannot be told: keep one, and drop the photo again"
+    ) in said, said
+    assert not (tmp_path / "outbox" / "dual.png").exists()

@@ -40,7 +40,7 @@ from stylebox.errors import (
 )
 from stylebox.images import refused_on_sight
 from stylebox.logs import shown
-from stylebox.plugins.api import Plugin, companion_index, companions_of
+from stylebox.plugins.api import Plugin, all_companions_of, companion_index
 
 log = logging.getLogger("stylebox.pipeline")
 
@@ -1339,7 +1339,7 @@ def _move_input(
     it there, and one that cannot be moved stays, logged. ``before``: see
     :func:`files.move_unique`."""
     moved = files.move_unique(origin, folder, name, before=before)
-    for kind, path in companions_of(origin).items():
+    for kind, path in all_companions_of(origin):
         try:
             files.move_unique(path, moved.parent, f"{moved.stem}.{kind}{path.suffix}")
         except OSError as exc:

@@ -61,6 +61,7 @@ from stylebox.plugins.api import (
     JsonValue,
     Plugin,
     check_facts,
+    companion_clash,
     companions_of,
     metric_value,
 )
@@ -496,6 +497,9 @@ class Runner:
         started_at = datetime.now(UTC)
         began = time.perf_counter()
         self.reporter.started(job)
+        if (clash := companion_clash(job.input_path)) is not None:
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+            return BadInput(clash)
         try:
             with logs.about(job=job.job_id, file=job.name):
                 decoded = decode_image(

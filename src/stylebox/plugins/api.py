@@ -246,24 +246,63 @@ def companion_kind(name: str) -> tuple[str, str] | None:
 
 def companion_index(names: Iterable[str]) -> dict[str, dict[str, str]]:
     """The companion files among a folder's ``names``: by the stem of their input, by kind,
-    the first by name where several have one kind (the one a job reads)."""
-    index: dict[str, dict[str, str]] = {}
+    the first by name where several have one kind (see :func:`companion_clash`)."""
+    return {
+        stem: {kind: found[0] for kind, found in kinds.items()}
+        for stem, kinds in _companions_by_stem(names).items()
+    }
+
+
+def _companions_by_stem(names: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """Every companion file among ``names``: by the stem of its input, by kind, by name."""
+    index: dict[str, dict[str, list[str]]] = {}
     for name in sorted(names):
         companion = companion_kind(name)
         if companion is not None:
-            index.setdefault(companion[1], {}).setdefault(companion[0], name)
+            index.setdefault(companion[1], {}).setdefault(companion[0], []).append(name)
     return index
+
+
+def _names_beside(path: Path) -> list[str]:
+    try:
+        return [entry.name for entry in path.parent.iterdir() if entry.is_file()]
+    except OSError:
+        return []
 
 
 def companions_of(path: Path) -> dict[str, Path]:
     """The companion files beside the input ``path`` now, by kind (the first by name where
     several have one kind)."""
-    try:
-        names = [entry.name for entry in path.parent.iterdir() if entry.is_file()]
-    except OSError:
-        return {}
-    found = companion_index(names).get(path.stem, {})
+    found = companion_index(_names_beside(path)).get(path.stem, {})
     return {kind: path.parent / name for kind, name in found.items() if name != path.name}
+
+
+def all_companions_of(path: Path) -> list[tuple[str, Path]]:
+    """Every companion file beside the input ``path`` now, with its kind: two of one kind
+    too (``photo.mask.png`` and ``photo.mask.webp``), which go where the input goes."""
+    kinds = _companions_by_stem(_names_beside(path)).get(path.stem, {})
+    return [
+        (kind, path.parent / name)
+        for kind, found in kinds.items()
+        for name in found
+        if name != path.name
+    ]
+
+
+def companion_clash(path: Path) -> str | None:
+    """Why the input ``path``'s companions cannot be told apart: two or more of one kind
+    beside it, of which a job would read only one (``photo.png has 2 masks beside it:
+    ...``); ``None`` where each kind has one at most."""
+    kinds: dict[str, list[str]] = {}
+    for kind, companion in all_companions_of(path):
+        kinds.setdefault(kind, []).append(companion.name)
+    for kind, names in kinds.items():
+        if len(names) > 1:
+            return (
+                f"{path.name} has {len(names)} {kind}s beside it ({', '.join(names)}), and "
+                f"which one is meant cannot be told: keep one, and drop the photo again"
+            )
+    return None
 
 
 #: The manifest's own fields, which ``job.note`` cannot set.
