@@ -116,14 +116,22 @@ def test_a_jpeg_scan_thrown_out_of_step_is_refused_by_the_bytes_it_leaves_over(
 def _float_rgb_tiff(width: int, height: int) -> bytes:
     """A valid uncompressed TIFF of 32-bit float RGB pixels (SampleFormat 3), which
     Pillow opens but cannot hold."""
-    pixels = np.full((height, width, 3), 0.5, "<f4").tobytes()
+    return _rgb_tiff(np.full((height, width, 3), 0.5, "<f4"), sample_format=3)
+
+
+def _rgb_tiff(pixels: np.ndarray, sample_format: int = 1) -> bytes:
+    """A valid uncompressed little-endian TIFF of RGB ``pixels`` (their dtype's bits a
+    sample; SampleFormat 1 unsigned, 3 float), which Pillow does not write itself."""
+    height, width = pixels.shape[:2]
+    data = pixels.tobytes()
     tags = [  # (tag, type, count, value or offset): SHORT 3, LONG 4
         (256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, 0), (259, 3, 1, 1),
         (262, 3, 1, 2), (273, 4, 1, 0), (277, 3, 1, 3), (278, 4, 1, height),
-        (279, 4, 1, len(pixels)), (284, 3, 1, 1), (339, 3, 3, 0),
+        (279, 4, 1, len(data)), (284, 3, 1, 1), (339, 3, 3, 0),
     ]  # fmt: skip
     extra_at = 8 + 2 + 12 * len(tags) + 4
-    bits, formats = struct.pack("<3H", 32, 32, 32), struct.pack("<3H", 3, 3, 3)
+    bits = struct.pack("<3H", *[pixels.dtype.itemsize * 8] * 3)
+    formats = struct.pack("<3H", *[sample_format] * 3)
     data_at = extra_at + len(bits) + len(formats)
     offsets = {258: extra_at, 273: data_at, 339: extra_at + len(bits)}
     entries = b""
@@ -134,7 +142,7 @@ def _float_rgb_tiff(width: int, height: int) -> bytes:
         )
         entries += struct.pack("<HHI", tag, kind, count) + packed
     ifd = struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0)
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + bits + formats + pixels
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bits + formats + data
 
 
 def test_refusals_name_what_the_file_is_rather_than_call_it_damaged() -> None:
@@ -210,6 +218,11 @@ def test_16bit_colour_is_said_to_be_read_as_8_bits() -> None:
     la16 = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 4, 0, 0, 0))
     la16 += chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     assert decode_bytes(la16).notes == ("16-bit grey and alpha pixels read as 8 bits",)
+    # A 48-bit TIFF too (said of the PNG alone).
+    decoded = decode_bytes(_rgb_tiff(np.full((4, 6, 3), 40000, "<u2")))
+    assert (decoded.format, decoded.mode) == ("TIFF", "RGB")
+    assert decoded.notes == ("16-bit RGB pixels read as 8 bits",)
+    assert abs(int(np.asarray(decoded.rgb)[0, 0, 0]) - 40000 * 255 // 65535) <= 1
 
 
 def test_16bit_grey_is_scaled_not_clipped() -> None:

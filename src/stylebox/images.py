@@ -165,6 +165,8 @@ def decode_bytes(
         raise _too_many_pixels(name, f"{width}x{height} = {width * height / 1e6:.1f}", max_pixels)
     original_format = image.format or "unknown"
     original_mode = image.mode
+    # A TIFF's tags are its first frame's, and gone once it is turned upright: read now.
+    tiff_bits = image.tag_v2.get(_BITS_PER_SAMPLE) if original_format == "TIFF" else None
     try:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
@@ -195,6 +197,8 @@ def decode_bytes(
         # alone it opens as I;16, scaled here and noted as such).
         kind = {4: "grey and alpha", 6: "RGBA"}.get(data[25], "RGB")
         notes.append(f"16-bit {kind} pixels read as 8 bits")
+    if isinstance(tiff_bits, tuple) and 16 in tiff_bits and original_mode in ("RGB", "RGBA"):
+        notes.append(f"16-bit {original_mode} pixels read as 8 bits")  # as Pillow reads them
     keyed = None
     if original_format == "PNG" and "transparency" in image.info and image.mode != "P":
         keyed = _colour_key(image, data[24], notes)
@@ -267,6 +271,8 @@ def _open(
     raise BadInput(f"{name} is not an image (no known image format recognised)")
 
 
+#: The TIFF tag of the bits of each sample (16, 16, 16 for 48-bit RGB).
+_BITS_PER_SAMPLE = 258
 #: The EXIF tag of a photo's orientation (1: as stored; 2 to 8: mirrored and/or turned).
 _ORIENTATION = 0x0112
 #: EXIF's colour space tag (1: sRGB; 0xFFFF: uncalibrated) and DCF's interoperability
