@@ -37,6 +37,14 @@ def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
     return buffer.getvalue()
 
 
+def corrupt_exif_jpeg(image: Image.Image) -> bytes:
+    """``image`` as a JPEG whose EXIF block's first directory runs off its end: Pillow reads
+    the photo, and warns "Corrupt EXIF data"."""
+    jpeg = encoded(image, "JPEG", quality=90)
+    app1 = b"Exif\0\0" + b"MM\0\x2a\0\0\0\x08" + b"\xff" * 40
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
 def png_claiming_size(width: int, height: int) -> bytes:
     """A valid 1x1 PNG whose header claims ``width`` x ``height``: a decompression bomb."""
     data = bytearray(encoded(Image.new("L", (1, 1))))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import photo
+from conftest import corrupt_exif_jpeg, photo
 from daemon_helpers import write_config
 
 # The quick commands, each run by `main` in a fresh interpreter that then reports which of
@@ -169,11 +167,7 @@ def test_a_librarys_warning_is_a_json_log_line_like_the_others(tmp_path: Path) -
     # lines ("...TiffImagePlugin.py:982: UserWarning: ...", "  warnings.warn(...)") among
     # the JSON lines a log reader parses; then as a log line naming no photo, and only for
     # the first such photo (Python says a warning once for each line of code raising it).
-    buffer = io.BytesIO()
-    photo(32, 24).save(buffer, "JPEG", quality=90)
-    jpeg = buffer.getvalue()
-    app1 = b"Exif\0\0" + b"MM\0\x2a\0\0\0\x08" + b"\xff" * 40  # an IFD that runs off its end
-    bad = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+    bad = corrupt_exif_jpeg(photo(32, 24))
     (tmp_path / "exif.jpg").write_bytes(bad)
     (tmp_path / "other.jpg").write_bytes(bad + b"\0")  # other bytes: a job of its own
     command = [sys.executable, "-m", "stylebox.cli", "run", str(tmp_path / "exif.jpg"),

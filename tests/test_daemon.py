@@ -17,6 +17,7 @@ from conftest import (
     MENDED_EXPLODES,
     STYLES,
     broken_plugins_site,
+    corrupt_exif_jpeg,
     installed_site,
     make_bad_inputs,
     photo,
@@ -54,9 +55,18 @@ def test_a_dropped_photo_is_processed_and_moved(tmp_path: Path) -> None:
         assert manifest["plugin"] == {"name": "posterize", "version": "1.0.0"}
         assert (outbox / "holiday.png").is_file()
         assert not (inbox / "holiday.png").exists()
+        # A library's warning on a photo names its job and file as the job's lines do
+        # (it named the file "inbox:poster/exif.jpg", the progress bar's label).
+        (tmp_path / "exif.jpg").write_bytes(corrupt_exif_jpeg(photo(32, 24)))
+        os.rename(tmp_path / "exif.jpg", inbox / "exif.jpg")
+        assert wait_until(lambda: (inbox / "processed" / "exif.jpg").exists(), 30)
     finally:
         assert daemon.stop() == 0
     assert "STOPPING=1" in daemon.messages
+    lines = [json.loads(line) for line in daemon.output().splitlines() if line.startswith("{")]
+    (started,) = [line for line in lines if line["msg"] == "started" and line["file"] == "exif.jpg"]
+    warned = [line for line in lines if line["logger"] == "py.warnings"]
+    assert [(line["job"], line["file"]) for line in warned] == [(started["job"], "exif.jpg")]
 
 
 def test_bad_files_end_in_failed_with_reasons_while_serving(tmp_path: Path) -> None:

@@ -871,8 +871,16 @@ class Pipeline:
                     row.id, source.plugin.name, source.params_hash
                 )
             log.info("started", extra=self._fields(row, "started"))
-            label = source.label(source.file_name(row))
-            job = Job(path, work_dir, label=label, stem=stem, job_id=row.id, sha256=row.sha256)
+            name = source.file_name(row)
+            job = Job(
+                path,
+                work_dir,
+                label=source.label(name),
+                stem=stem,
+                job_id=row.id,
+                sha256=row.sha256,
+                file=name,
+            )
             jobs.append((row, job))
         executor = self.executor or self.runner
         results = executor.execute_many(

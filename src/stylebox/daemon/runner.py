@@ -88,10 +88,18 @@ class Job:
     sha256: str | None = None
     """The bytes the job was queued for; other bytes at ``input_path`` (the file was
     replaced) end the job with :class:`InputChanged` before the plugin sees them."""
+    file: str = ""
+    """How the job's log lines name its file (``file``: under its sub-folder in a batch,
+    without the source the label adds); defaults to the file name."""
 
     @property
     def name(self) -> str:
         return self.label or self.input_path.name
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """What a log line about this job says of it (see :func:`stylebox.logs.about`)."""
+        return {"job": self.job_id, "file": self.file or readable(self.input_path.name)}
 
 
 @dataclass(frozen=True)
@@ -501,7 +509,7 @@ class Runner:
             shutil.rmtree(job.work_dir, ignore_errors=True)
             return BadInput(clash)
         try:
-            with logs.about(job=job.job_id, file=job.name):
+            with logs.about(**job.fields):
                 decoded = decode_image(
                     job.input_path,
                     max_pixels=self.images.max_pixels,
@@ -548,7 +556,7 @@ class Runner:
         try:
             if len(group) == 1:
                 job = group[0].job
-                with logs.about(job=job.job_id, file=job.name):
+                with logs.about(**job.fields):
                     return [plugin.instance.process(group[0].decoded.rgb, group[0].context)]
             images = [started.decoded.rgb for started in group]
             results = plugin.instance.process_batch(images, [s.context for s in group])
