@@ -103,11 +103,20 @@ def test_a_photo_with_two_masks_is_refused_and_both_go_with_it(tmp_path: Path) -
     )
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    two_bands(inbox / "dual.mask.png", (32, 24))
-    two_bands(inbox / "dual.mask.webp", (32, 24))
     daemon = Daemon(config)
     try:
         daemon.wait_ready()
+        # Done once with one mask; a partial download of another is no second mask.
+        two_bands(inbox / "dual.mask.png", (32, 24))
+        two_bands(tmp_path / "dual.mask.webp", (32, 24)).rename(inbox / "dual.mask.webp.part")
+        photo(32, 24).save(tmp_path / "dual.png")
+        (tmp_path / "dual.png").rename(inbox / "dual.png")
+        processed = inbox / "processed"
+        assert wait_until(lambda: (processed / "dual.png").exists(), 60), daemon.output()
+        assert (processed / "dual.mask.png").exists()
+        # The same photo and mask again, with a second mask now: no duplicate of that job.
+        (inbox / "dual.mask.webp.part").rename(inbox / "dual.mask.webp")
+        two_bands(inbox / "dual.mask.png", (32, 24))
         photo(32, 24).save(tmp_path / "dual.png")
         (tmp_path / "dual.png").rename(inbox / "dual.png")
         failed = inbox / "failed"
@@ -124,4 +133,4 @@ def test_a_photo_with_two_masks_is_refused_and_both_go_with_it(tmp_path: Path) -
         "dual.png has 2 masks beside it (dual.mask.png, dual.mask.webp), and which one is "
         "meant cannot be told: keep one, and drop the photo again"
     ) in said, said
-    assert not (tmp_path / "outbox" / "dual.png").exists()
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["dual.json", "dual.png"]

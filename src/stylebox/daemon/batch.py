@@ -99,7 +99,7 @@ def scan(
     from beside it, go to ``companions``, if given. Where the source is another inbox's or
     batch's outbox (:attr:`~stylebox.config.JobConfig.fed_by`), what that one writes
     beside its results (animations, snapshot folders) goes to ``upstream``, if given.
-    Hidden and temporary names (:data:`~stylebox.daemon.watcher.IGNORED_PATTERNS`: files,
+    Hidden and temporary names (:data:`~stylebox.plugins.api.IGNORED_PATTERNS`: files,
     or folders not looked into) go to ``hidden``, if given. Sub-folders whose files cannot
     be listed (their permissions) go to ``unreadable``, with why, if given."""
     if problem := source_problem(config):

@@ -40,7 +40,7 @@ from stylebox.errors import (
 )
 from stylebox.images import refused_on_sight
 from stylebox.logs import shown
-from stylebox.plugins.api import Plugin, all_companions_of, companion_index
+from stylebox.plugins.api import Plugin, all_companions_of, companion_lists
 
 log = logging.getLogger("stylebox.pipeline")
 
@@ -1314,23 +1314,26 @@ def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
     kinds and digests, for its job's key: the same photo with another mask is another job,
     not a duplicate. One listing per folder, not one per file: an arrival can be
     thousands of files."""
-    indexes: dict[Path, dict[str, dict[str, str]]] = {}
+    indexes: dict[Path, dict[str, dict[str, list[str]]]] = {}
     for folder in {path.parent for path in paths}:
         try:
-            indexes[folder] = companion_index(os.listdir(folder))
+            indexes[folder] = companion_lists(os.listdir(folder))
         except OSError:
             continue
     keys: dict[Path, str] = {}
     for path in paths:
         found = indexes.get(path.parent, {}).get(path.stem, {})
         parts = []
-        for kind, name in sorted(found.items()):
-            if name == path.name:
-                continue
-            try:
-                parts.append(f"{kind}:{files.digest(path.parent / name)}")
-            except OSError:  # gone or unreadable: the job takes what is there when it runs
-                continue
+        # Each of them: two masks beside a photo done with one are no duplicate of it, but
+        # a job that fails for them (see companion_clash).
+        for kind, names in sorted(found.items()):
+            for name in names:
+                if name == path.name:
+                    continue
+                try:
+                    parts.append(f"{kind}:{files.digest(path.parent / name)}")
+                except OSError:  # gone or unreadable: the job takes what is there when it runs
+                    continue
         if parts:
             keys[path] = "|".join(parts)
     return keys

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import fnmatch
 import logging
 import os
 import stat
@@ -37,21 +36,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from stylebox.plugins.api import companion_kind
+from stylebox.plugins.api import companion_kind, is_ignored
 
 log = logging.getLogger("stylebox.watcher")
-
-#: Names that are never inputs, in any case (Windows writes ``THUMBS.DB`` as readily as
-#: ``Thumbs.db``): hidden files, partial downloads, editor and Office temps, and the
-#: thumbnail caches and folder settings Windows leaves in a shared folder.
-IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "~$*", "*.partial", "*.swp",
-                    "thumbs.db", "ehthumbs.db", "desktop.ini")  # fmt: skip
-
-
-def is_ignored(name: str) -> bool:
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in IGNORED_PATTERNS)
-
 
 #: The files stylebox writes beside a result (its steps/ folder aside).
 _BESIDE_A_RESULT = (".json", ".gif", ".loss.svg")

@@ -28,6 +28,7 @@ registered in its package's ``pyproject.toml``::
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -229,6 +230,19 @@ class Runtime:
         return path
 
 
+#: Names that are never inputs, in any case (Windows writes ``THUMBS.DB`` as readily as
+#: ``Thumbs.db``): hidden files, partial downloads, editor and Office temps, and the
+#: thumbnail caches and folder settings Windows leaves in a shared folder.
+IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "~$*", "*.partial", "*.swp",
+                    "thumbs.db", "ehthumbs.db", "desktop.ini")  # fmt: skip
+
+
+def is_ignored(name: str) -> bool:
+    """Whether a file of ``name`` is never an input, nor a companion of one."""
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in IGNORED_PATTERNS)
+
+
 #: Companion files: ``<stem>.<kind>.<ext>`` beside an input belongs to the input named
 #: ``<stem>.<anything>`` (``photo.mask.png`` to ``photo.jpg``). It is never a job of its own;
 #: the plugin gets it through :attr:`JobContext.companions`, and it is moved with its input.
@@ -249,16 +263,18 @@ def companion_index(names: Iterable[str]) -> dict[str, dict[str, str]]:
     the first by name where several have one kind (see :func:`companion_clash`)."""
     return {
         stem: {kind: found[0] for kind, found in kinds.items()}
-        for stem, kinds in _companions_by_stem(names).items()
+        for stem, kinds in companion_lists(names).items()
     }
 
 
-def _companions_by_stem(names: Iterable[str]) -> dict[str, dict[str, list[str]]]:
-    """Every companion file among ``names``: by the stem of its input, by kind, by name."""
+def companion_lists(names: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """Every companion file among a folder's ``names``: by the stem of its input, by kind,
+    by name; not one that is never an input (``photo.mask.png.part`` as it downloads, a
+    ``.tmp``: see :func:`is_ignored`)."""
     index: dict[str, dict[str, list[str]]] = {}
     for name in sorted(names):
         companion = companion_kind(name)
-        if companion is not None:
+        if companion is not None and not is_ignored(name):
             index.setdefault(companion[1], {}).setdefault(companion[0], []).append(name)
     return index
 
@@ -280,7 +296,7 @@ def companions_of(path: Path) -> dict[str, Path]:
 def all_companions_of(path: Path) -> list[tuple[str, Path]]:
     """Every companion file beside the input ``path`` now, with its kind: two of one kind
     too (``photo.mask.png`` and ``photo.mask.webp``), which go where the input goes."""
-    kinds = _companions_by_stem(_names_beside(path)).get(path.stem, {})
+    kinds = companion_lists(_names_beside(path)).get(path.stem, {})
     return [
         (kind, path.parent / name)
         for kind, found in kinds.items()
