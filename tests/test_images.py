@@ -501,6 +501,24 @@ def test_a_png_with_a_wrong_chunk_crc_is_called_damaged_naming_the_chunk(
     assert str(refused.value) == f"photo.png is a damaged PNG: CRC error in chunk {chunk.decode()}"
 
 
+def test_a_png_whose_damage_changes_its_look_is_refused() -> None:
+    # A damaged transparency chunk was left out as text is (the transparent pixels shown
+    # opaque), and a flipped bit in PLTE's type (pLTE) made the palette "ancillary":
+    # dropped, every blue pixel read as black.
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([255, 0, 0, 0, 0, 255])
+    data = bytearray(encoded(palette, transparency=0))
+    chunks = _png_chunks(bytes(data))
+    trns = bytearray(data)
+    trns[chunks[b"tRNS"]] ^= 0x01
+    with pytest.raises(BadInput, match=r"^image is a damaged PNG: CRC error in chunk tRNS$"):
+        decode_bytes(bytes(trns))
+    plte = bytearray(data)
+    plte[chunks[b"PLTE"] - 4] ^= 0x20  # the type's first letter: PLTE -> pLTE
+    with pytest.raises(BadInput, match=r"^image is a damaged PNG: CRC error in chunk pLTE$"):
+        decode_bytes(bytes(plte))
+
+
 def test_a_png_whose_text_chunk_is_damaged_is_read_without_it(tmp_path: Path) -> None:
     """A damaged text chunk before the pixels was refused ("damaged PNG: CRC error in chunk
     tEXt"), a file that every viewer shows: libpng drops such a chunk, and so do we."""

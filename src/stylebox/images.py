@@ -440,14 +440,25 @@ def _cut_short(name: str, fmt: str, size: int) -> Truncated:
     )
 
 
+#: The PNG chunks the picture is made of, and the ancillary ones that change how it looks
+#: (transparency, colour, orientation): a damaged one of either kind refuses the file.
+_PNG_PICTURE_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+_PNG_LOOK_CHUNKS = frozenset(
+    {b"TRNS", b"ICCP", b"SRGB", b"GAMA", b"CHRM", b"CICP", b"SBIT", b"EXIF", b"MDCV", b"CLLI"}
+)
+
+
 def _png_checked(data: bytes, name: str, notes: list[str]) -> bytes:
-    """PNG ``data`` with each chunk's CRC checked, as libpng does: a damaged chunk of the
-    image itself (IHDR, PLTE, IDAT, IEND) refuses it, naming the chunk; a damaged ancillary
-    one (text, a timestamp) costs no pixel and is dropped, said in ``notes``. Pillow checks
-    only the chunks before the pixel data, and refused a file with a damaged text chunk
-    there as one it cannot identify (which every viewer shows); it checks none of the
-    pixel data's own, where a flipped bit can still inflate. The rest of a file cut short
-    is kept as it is, for its truncation to be told. About 1 ms a megabyte."""
+    """PNG ``data`` with each chunk's CRC checked: a damaged chunk of the picture itself
+    (IHDR, PLTE, IDAT, IEND), or of how it looks (tRNS, iCCP, gAMA, eXIf...), refuses
+    it, naming the chunk; any other damaged one (text, a timestamp, the resolution) costs
+    nothing of the picture and is left out, said in ``notes``, as libpng leaves it out.
+    Pillow checks only the chunks before the pixel data, and refused a file with a damaged
+    text chunk there as one it cannot identify (which every viewer shows); it checks none
+    of the pixel data's own, where a flipped bit can still inflate. A chunk is known by its
+    type in any case: the damaged bit may be the one that makes ``PLTE`` read ``pLTE``. The
+    rest of a file cut short is kept as it is, for its truncation to be told. About 1 ms a
+    megabyte."""
     view = memoryview(data)
     position = len(_PNG_SIGNATURE)
     kept: list[memoryview] = [view[:position]]
@@ -461,12 +472,12 @@ def _png_checked(data: bytes, name: str, notes: list[str]) -> bytes:
         (crc,) = struct.unpack_from(">I", data, end - 4)
         if zlib.crc32(view[position + 4 : end - 4]) == crc:
             kept.append(view[position:end])
-        elif kind[:1].isupper():
+        elif kind.upper() in _PNG_PICTURE_CHUNKS | _PNG_LOOK_CHUNKS:
             raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {kind.decode('ascii')}")
         else:
             dropped.append(kind.decode("ascii"))
         position = end
-        if kind == b"IEND":
+        if kind.upper() == b"IEND":
             break
     if not dropped:
         return data
