@@ -655,5 +655,7 @@ def _cmd_config_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as the installed command starts: the entry point's guard
+    from stylebox import entry
+
+    sys.exit(entry.main())

@@ -37,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         # One that lands outside the command's own handler: while the CLI loads, or in
         # the moments between its steps (as it set its own SIGTERM handler, a Ctrl-C
-        # ended it with a traceback and -2).
+        # ended it with a traceback and -2). A second one is not let in while it is said.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stylebox: interrupted", file=sys.stderr)
         exit_interrupted()
 
