@@ -37,6 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stylebox import logs
 from stylebox.errors import StyleboxError
 from stylebox.filecache import FileCache, file_key
 from stylebox.images import decode_image
@@ -311,7 +312,8 @@ class _Thumbnails:
             if data is not None:
                 return data
             try:
-                image = decode_image(path).rgb  # the daemon's own guards: size, format
+                with logs.unwarned():  # its job's read said them
+                    image = decode_image(path).rgb  # the daemon's own guards: size, format
             except (StyleboxError, OSError):
                 return None
             image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)

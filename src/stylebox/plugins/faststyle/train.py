@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from pydantic import ConfigDict, Field, PositiveInt
 
+from stylebox import logs
 from stylebox.backbone import BackboneSpec, fingerprint, load_vgg19
 from stylebox.errors import BadInput, ConfigError, PluginError
 from stylebox.images import atomic_write_bytes, decode_image, resize_to_max_side
@@ -112,7 +113,8 @@ def load_photos(folder: Path, longest: int) -> tuple[list[Image.Image], str]:
     for path in entries:
         if path.is_file() and not path.name.startswith("."):
             try:
-                decoded = decode_image(path)
+                with logs.about(file=path.name):  # a warning on it names it
+                    decoded = decode_image(path)
                 photos.append(resize_to_max_side(decoded.rgb, longest))
                 digest.update(decoded.sha256.encode())
             except Exception as exc:  # a bad file in a training folder is skipped, loudly

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageStat
 
+from stylebox import logs
 from stylebox.errors import BadInput, ConfigError, StyleboxError
 from stylebox.images import decode_image
 from stylebox.plugins.gatys.labels import (
@@ -99,7 +100,8 @@ def read_style_files(params: GatysParams) -> StyleFiles:
     crops: list[tuple[tuple[int, int], tuple[int, int, int, int] | None]] = []
     for path in params.style:
         try:
-            decoded = decode_image(path)
+            with logs.about(file=str(path)):  # a warning on it names it
+                decoded = decode_image(path)
         except BadInput as exc:
             raise ConfigError(f"gatys style image {path}: {exc}") from exc
         painting, box = _painted_part(decoded.rgb, decoded.alpha, path)
