@@ -11,7 +11,7 @@ milliseconds a small one, the process's peak memory, and its memory once idle af
 * **every run**: that, and the arena shrunk at the end of every run (each tile's);
 * **now**: glibc's pages handed back, and the arena shrunk by a photo's last tile.
 
-    python bench/fast_memory.py [--scale 4] [--rounds 2] [--photos kodim12 kodim15]
+    python bench/fast_memory.py [--scale 3] [--rounds 3] [--photos kodim12 kodim15]
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def child(variant: str, names: list[str], scale: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--scale", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--photos", nargs="+", default=["kodim12", "kodim15"])
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
