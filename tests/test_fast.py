@@ -23,6 +23,19 @@ from stylebox.plugins.faststyle import FastParams, FastPlugin
 from stylebox.plugins.faststyle.manifest import BadModel
 from stylebox.testing import RecordingContext
 
+#: A daemon with one inbox of the fast plugin, on the CPU.
+QUICK_INBOX = """
+state_dir = "state"
+device = "cpu"
+[[inbox]]
+name = "quick"
+path = "inbox"
+outbox = "outbox"
+plugin = "fast"
+settle_seconds = 0.1
+params = { model = "starry_night_small" }
+"""
+
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -325,17 +338,7 @@ def test_run_and_daemon_fast_inbox(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo.json", "photo.png"]
     assert (manifest["output"]["snapshots"], manifest["output"]["animation"]) == ([], None)
 
-    config = write_config(tmp_path, """
-state_dir = "state"
-device = "cpu"
-[[inbox]]
-name = "quick"
-path = "inbox"
-outbox = "outbox"
-plugin = "fast"
-settle_seconds = 0.1
-params = { model = "starry_night_small" }
-""")  # fmt: skip
+    config = write_config(tmp_path, QUICK_INBOX)
     # Waiting when the daemon starts: four of one size, which go to the plugin as one batch
     # where it batches (a GPU); on the CPU, where it runs photos one by one, one at a time.
     (tmp_path / "inbox").mkdir()
@@ -396,17 +399,7 @@ def _resident_mb(pid: int) -> float:
 def test_a_daemon_gives_back_the_memory_a_big_photo_took(tmp_path: Path) -> None:
     # onnxruntime's CPU arena kept what a photo's runs grew it by, and glibc's heap what
     # its buffers were freed into: a fast daemon idled at 2 GB after a few camera photos.
-    config = write_config(tmp_path, """
-state_dir = "state"
-device = "cpu"
-[[inbox]]
-name = "quick"
-path = "inbox"
-outbox = "outbox"
-plugin = "fast"
-settle_seconds = 0.1
-params = { model = "starry_night_small" }
-""")  # fmt: skip
+    config = write_config(tmp_path, QUICK_INBOX)
     inbox, processed = tmp_path / "inbox", tmp_path / "inbox" / "processed"
     inbox.mkdir()
     daemon = Daemon(config)
