@@ -113,7 +113,7 @@ def test_a_photo_with_two_masks_is_refused_and_both_go_with_it(tmp_path: Path) -
         (tmp_path / "dual.png").rename(inbox / "dual.png")
         processed = inbox / "processed"
         assert wait_until(lambda: (processed / "dual.png").exists(), 60), daemon.output()
-        assert (processed / "dual.mask.png").exists()
+        assert wait_until(lambda: (processed / "dual.mask.png").exists(), 10)  # after it
         # The same photo and mask again, with a second mask now: no duplicate of that job.
         (inbox / "dual.mask.webp.part").rename(inbox / "dual.mask.webp")
         two_bands(inbox / "dual.mask.png", (32, 24))
@@ -121,8 +121,12 @@ def test_a_photo_with_two_masks_is_refused_and_both_go_with_it(tmp_path: Path) -
         (tmp_path / "dual.png").rename(inbox / "dual.png")
         failed = inbox / "failed"
         assert wait_until(lambda: (failed / "dual.png.error.txt").exists(), 60), daemon.output()
-        left = [p.name for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")]
-        assert left == []  # neither mask stays behind
+
+        def left() -> list[str]:
+            return [p.name for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")]
+
+        # Neither mask stays behind (they follow the photo, whose reason is written first).
+        assert wait_until(lambda: left() == [], 10), left()
     finally:
         daemon.stop()
     assert sorted(p.name for p in failed.iterdir()) == [
