@@ -440,11 +440,12 @@ def _cut_short(name: str, fmt: str, size: int) -> Truncated:
     )
 
 
-#: The PNG chunks the picture is made of, and the ancillary ones that change how it looks
-#: (transparency, colour, orientation): a damaged one of either kind refuses the file.
-_PNG_PICTURE_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
-_PNG_LOOK_CHUNKS = frozenset(
-    {b"TRNS", b"ICCP", b"SRGB", b"GAMA", b"CHRM", b"CICP", b"SBIT", b"EXIF", b"MDCV", b"CLLI"}
+#: The PNG chunks (their types in capitals) that a damaged copy of refuses the file: those
+#: the picture is made of, and the ancillary ones that change how it looks (transparency,
+#: colour, orientation).
+_PNG_NEEDED_CHUNKS = frozenset(
+    {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
+    | {b"TRNS", b"ICCP", b"SRGB", b"GAMA", b"CHRM", b"CICP", b"SBIT", b"EXIF", b"MDCV", b"CLLI"}
 )
 
 
@@ -472,7 +473,7 @@ def _png_checked(data: bytes, name: str, notes: list[str]) -> bytes:
         (crc,) = struct.unpack_from(">I", data, end - 4)
         if zlib.crc32(view[position + 4 : end - 4]) == crc:
             kept.append(view[position:end])
-        elif kind.upper() in _PNG_PICTURE_CHUNKS | _PNG_LOOK_CHUNKS:
+        elif kind.upper() in _PNG_NEEDED_CHUNKS:
             raise BadInput(f"{name} is a damaged PNG: CRC error in chunk {kind.decode('ascii')}")
         else:
             dropped.append(kind.decode("ascii"))

@@ -106,8 +106,11 @@ def _name(loaded: LoadedConfig | None, row: JobRow) -> str:
     batch (two ``t.png`` of two folders were told apart by nothing), from the batch's
     config where it is still there (a job not yet given names has no sub-folder of them)."""
     table, _, name = row.source.partition(":")
-    batches = loaded.config.batch if loaded is not None and table == "batch" else []
-    if loaded is not None and any(batch.name == name for batch in batches):
+    if (
+        table == "batch"
+        and loaded is not None
+        and any(batch.name == name for batch in loaded.config.batch)
+    ):
         return name_of(loaded.job("batch", name), Path(row.origin_path))
     return row.file
 

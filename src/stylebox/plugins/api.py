@@ -293,15 +293,19 @@ def companions_of(path: Path) -> dict[str, Path]:
     return {kind: path.parent / name for kind, name in found.items() if name != path.name}
 
 
+def _every_companion(path: Path) -> dict[str, list[str]]:
+    """The names of every companion file beside the input ``path`` now, by kind."""
+    kinds = companion_lists(_names_beside(path)).get(path.stem, {})
+    return {kind: [name for name in names if name != path.name] for kind, names in kinds.items()}
+
+
 def all_companions_of(path: Path) -> list[tuple[str, Path]]:
     """Every companion file beside the input ``path`` now, with its kind: two of one kind
     too (``photo.mask.png`` and ``photo.mask.webp``), which go where the input goes."""
-    kinds = companion_lists(_names_beside(path)).get(path.stem, {})
     return [
         (kind, path.parent / name)
-        for kind, found in kinds.items()
-        for name in found
-        if name != path.name
+        for kind, names in _every_companion(path).items()
+        for name in names
     ]
 
 
@@ -309,10 +313,7 @@ def companion_clash(path: Path) -> str | None:
     """Why the input ``path``'s companions cannot be told apart: two or more of one kind
     beside it, of which a job would read only one (``photo.png has 2 masks beside it:
     ...``); ``None`` where each kind has one at most."""
-    kinds: dict[str, list[str]] = {}
-    for kind, companion in all_companions_of(path):
-        kinds.setdefault(kind, []).append(companion.name)
-    for kind, names in kinds.items():
+    for kind, names in _every_companion(path).items():
         if len(names) > 1:
             return (
                 f"{path.name} has {len(names)} {kind}s beside it ({', '.join(names)}), and "
