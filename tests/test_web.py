@@ -334,7 +334,11 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     daemon: Daemon, tmp_path: Path
 ) -> None:
     client: Client = daemon.client  # type: ignore[attr-defined]
-    drop(tmp_path / "in-gate", "held.png", seed=3)
+    inbox = tmp_path / "in-gate"
+    # A mask and a sidecar go with it to failed/, and come back with it when retried.
+    photo(24, 16, seed=5).save(inbox / "held.mask.png")
+    (inbox / "held.png.xmp").write_text("<x:xmpmeta/>\n")
+    drop(inbox, "held.png", seed=3)
     assert wait_until(lambda: source(client, "inbox:gate")["running"] == 1, 30), daemon.output()
     job = source(client, "inbox:gate")["running_jobs"][0]["job"]
 
@@ -371,6 +375,9 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     failed = {row["job"]: row["error"] for row in source(client, "inbox:gate")["failed_jobs"]}
     assert failed == dict.fromkeys([job, waiting], "Cancelled: cancelled by request")
     assert (tmp_path / "in-gate" / "failed" / "held.png").is_file()
+    followers = ["held.mask.png", "held.png.xmp"]
+    failed_dir = inbox / "failed"
+    assert wait_until(lambda: all((failed_dir / name).is_file() for name in followers), 10)
     assert client.json(f"/api/jobs/{job}/cancel", "POST", **token)[0] == 409  # not running
     metrics = client.request("/metrics")[2].decode()
     assert 'stylebox_failed_jobs{reason="Cancelled",source="inbox:gate"} 2.0' in metrics
@@ -381,6 +388,9 @@ def test_actions_need_the_token_cancel_fails_a_running_job_and_retry_queues_it_a
     assert wait_until(lambda: source(client, "inbox:gate")["done"] == 1, 30), daemon.output()
     assert not (tmp_path / "in-gate" / "failed" / "held.png.error.txt").exists()
     assert (tmp_path / "out-gate" / "held.png").is_file()
+    processed = inbox / "processed"
+    assert wait_until(lambda: all((processed / name).is_file() for name in followers), 10)
+    assert not any((failed_dir / name).exists() for name in followers)  # they ran with it
     assert client.json(f"/api/jobs/{job}/retry", "POST", **token)[0] == 409  # done, not failed
     # Not the bare id, which read as an error code.
     assert client.json("/api/jobs/99999/retry", "POST", **token) == (

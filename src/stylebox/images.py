@@ -306,17 +306,22 @@ _OTHER_PICTURE_FORMATS = frozenset({"PSD", "JPEG2000", "TGA", "ICO", "MPO"})
 _OTHER_PICTURE_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".cr2", ".nef", ".arw", ".dng"})
 
 
+def picture_suffix(suffix: str, formats: frozenset[str] = DEFAULT_FORMATS) -> bool:
+    """Whether a name ending in ``suffix`` (``.jpg``, any case) is a picture's: of a format
+    accepted (``formats``) or common (``.heic``, ``.psd``), not just one Pillow reads (PDF)."""
+    Image.init()  # every format's extensions, not just those of the formats used so far
+    suffix = suffix.lower()
+    found = Image.registered_extensions().get(suffix)
+    return found in formats | _OTHER_PICTURE_FORMATS or suffix in _OTHER_PICTURE_EXTENSIONS
+
+
 def plainly_not_an_image(path: Path, formats: frozenset[str] = DEFAULT_FORMATS) -> bool:
     """Whether ``path`` is some other file kept beside pictures (``notes.txt``, an XMP
     sidecar, a PDF, a video): neither its extension nor its first bytes are a picture
     format, accepted (``formats``) or common. A damaged picture is not such a file; nor is
     one that cannot be read (its job says why)."""
-    Image.init()  # every format's extensions, not just those of the formats used so far
     pictures = formats | _OTHER_PICTURE_FORMATS
-    suffix = path.suffix.lower()
-    if Image.registered_extensions().get(suffix) in pictures:
-        return False
-    if suffix in _OTHER_PICTURE_EXTENSIONS:
+    if picture_suffix(path.suffix, formats):
         return False
     try:
         with Image.open(path) as opened:  # reads the header only

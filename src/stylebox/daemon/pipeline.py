@@ -27,6 +27,7 @@ from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.leases import Stop, owner_id
 from stylebox.daemon.outbox import Outbox, safe_folder, same_folder
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
+from stylebox.daemon.sidecars import sidecars_of
 from stylebox.daemon.sources import Source
 from stylebox.errors import (
     BadInput,
@@ -521,7 +522,7 @@ class Pipeline:
         if source.moves_inputs:
             self._supersede_queued(source, path, row)
             assert isinstance(source.config, InboxConfig)
-            moved = _move_input(path, source.config.processed_dir)
+            moved = move_input(path, source.config.processed_dir)
             name = shown(row.name)
             note = f"duplicate of job {row.id} ({name}); its result: {source.outbox.folder}"
             if row.stem:
@@ -576,7 +577,7 @@ class Pipeline:
         except OSError:
             return False
         try:  # with its companions (photo.mask.png), as the job would have moved them
-            _move_input(path, target.parent, name=target.name)
+            move_input(path, target.parent, name=target.name)
         except FileNotFoundError:  # its job, ending just now, moved it as it was seen
             return True
         log.info(
@@ -1059,7 +1060,7 @@ class Pipeline:
             recorded.append(target)
 
         try:
-            _move_input(origin, where, before=before)
+            move_input(origin, where, before=before)
         except Exception:
             # The end was written and the input did not follow: undone. (One that did, and
             # failed after, a folder's fsync say, keeps its record: it is where that says.)
@@ -1207,7 +1208,7 @@ class Pipeline:
             return
         assert isinstance(source.config, InboxConfig)
         try:
-            moved = _move_input(path, source.config.failed_dir)
+            moved = move_input(path, source.config.failed_dir)
             said = f"{reason}\nthe same photo as job {row.id}: {shown(row.name)}"
             files.write_reason(moved, said)
         except OSError:  # it stays in the inbox; the next rescan retries the job
@@ -1339,20 +1340,26 @@ def _companion_keys(paths: Sequence[Path]) -> dict[Path, str]:
     return keys
 
 
-def _move_input(
+def move_input(
     origin: Path,
     folder: Path,
     before: Callable[[Path], None] | None = None,
     name: str | None = None,
 ) -> Path:
     """Move the input at ``origin`` into ``folder`` under a free name (``name``, else its
-    own), where it is now; its companion files (``photo.mask.png``) follow it, named after
-    it there, and one that cannot be moved stays, logged. ``before``: see
-    :func:`files.move_unique`."""
+    own), where it is now; its companion files (``photo.mask.png``) and sidecars
+    (``photo.xmp``) follow it, named after it there, and one that cannot be moved stays,
+    logged. ``before``: see :func:`files.move_unique`."""
     moved = files.move_unique(origin, folder, name, before=before)
-    for kind, path in all_companions_of(origin):
+    followers = [
+        (path, f"{moved.stem}.{kind}{path.suffix}") for kind, path in all_companions_of(origin)
+    ]
+    followers += [
+        (path, sidecar.renamed(origin.name, moved.name)) for path, sidecar in sidecars_of(origin)
+    ]
+    for path, named in followers:
         try:
-            files.move_unique(path, moved.parent, f"{moved.stem}.{kind}{path.suffix}")
+            files.move_unique(path, moved.parent, named)
         except OSError as exc:
             log.warning("cannot move %s with its input: %s", files.readable(str(path)), exc)
     return moved

@@ -38,7 +38,7 @@ from stylebox.daemon.jobloop import JobLoop
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.locks import InboxLocks
 from stylebox.daemon.notify import notify, watchdog_interval
-from stylebox.daemon.pipeline import Pipeline
+from stylebox.daemon.pipeline import Pipeline, move_input
 from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError, describe
@@ -490,7 +490,7 @@ class Service:
             raise StyleboxError(f"job {job_id}'s photo is no longer at {path}")
         if isinstance(source.config, InboxConfig):
             note = path.with_name(path.name + ".error.txt")
-            path = files.move_unique(path, source.config.path)
+            path = move_input(path, source.config.path)  # its mask and sidecars with it
             note.unlink(missing_ok=True)
         outcome = self.pipeline.enqueue(source, [path])[0]
         log.info("retry asked", extra={"event": "retry_asked", "job": job_id, "outcome": outcome})

@@ -14,7 +14,7 @@ from stylebox.daemon import problems_file
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.leases import pid_alive
 from stylebox.daemon.sources import name_of
-from stylebox.daemon.watcher import is_ignored, left_alone
+from stylebox.daemon.watcher import follows_a_photo, is_ignored, left_alone
 from stylebox.logs import shown
 
 #: How many failed jobs a source's ``last_errors`` lists, the newest first, unless all are
@@ -131,11 +131,16 @@ def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig | None) -> dic
 
 
 def _files_in(folder: Path) -> int:
-    """How many files the inbox ``folder`` holds for jobs (not the hidden ones)."""
+    """How many files the inbox ``folder`` holds for jobs (not the hidden ones, nor masks
+    and sidecars, which go with their photo)."""
     try:
         with os.scandir(folder) as entries:
             return sum(
-                1 for e in entries if e.is_file(follow_symlinks=False) and not is_ignored(e.name)
+                1
+                for e in entries
+                if e.is_file(follow_symlinks=False)
+                and not is_ignored(e.name)
+                and not follows_a_photo(e.name)
             )
     except OSError:
         return 0

@@ -4,9 +4,10 @@ A file becomes a job only when it is complete. Candidates come from watchdog's c
 modified, closed and moved-in events (and from rescans); temp and hidden names are
 ignored; a candidate is promoted once its size and mtime have not changed for the settle
 window (restarted by any new event) and an open-for-read probe succeeds. A companion file
-(``photo.mask.png``, see :data:`~stylebox.plugins.api.COMPANION_KINDS`) is never a job: its
-events restart the window of its input (``photo.jpg``), so a photo waits for a mask that
-arrives within its settle window. Where the kernel
+(``photo.mask.png``, see :data:`~stylebox.plugins.api.COMPANION_KINDS`) or sidecar
+(``photo.xmp``, see :mod:`stylebox.daemon.sidecars`) is never a job: its events restart the
+window of its input (``photo.jpg``), so a photo waits for a mask that arrives within its
+settle window. Where the kernel
 allows it, a read lease proves no one still has the file open for writing.
 
 Handlers never raise into watchdog: an exception there silently kills its thread. The
@@ -36,6 +37,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from stylebox.daemon.sidecars import Sidecar, sidecar_of
 from stylebox.plugins.api import companion_kind, is_ignored
 
 log = logging.getLogger("stylebox.watcher")
@@ -52,10 +54,16 @@ def beside_a_result(name: str, folder: bool) -> bool:
     return lowered.endswith(".steps") if folder else lowered.endswith(_BESIDE_A_RESULT)
 
 
+def follows_a_photo(name: str) -> bool:
+    """Whether the file ``name`` is never a job but goes where its photo goes: a companion
+    (``photo.mask.png``) or a sidecar (``photo.xmp``)."""
+    return companion_kind(name) is not None or sidecar_of(name) is not None
+
+
 def left_alone(folder: Path, reserved: Iterable[str] = (), fed: bool = False) -> list[str]:
     """What in the inbox ``folder`` no job takes, by name, each said with why (as the
-    watcher logs it once): its folders, and companion files whose photo is not beside
-    them. ``reserved``: the inbox's own folders (``processed/``, ``failed/``). ``fed``: the
+    watcher logs it once): its folders, and companion and sidecar files whose photo is not
+    beside them. ``reserved``: the inbox's own folders (``processed/``, ``failed/``). ``fed``: the
     folder is another inbox's or a batch's outbox, whose snapshot folders are no news."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
@@ -71,7 +79,7 @@ def left_alone(folder: Path, reserved: Iterable[str] = (), fed: bool = False) ->
         and not (fed and beside_a_result(entry.name, folder=True))
     ]
     orphans = _orphans([entry.name for entry in entries])
-    said += [_orphan_why(name, *orphans[name]) for name in sorted(orphans)]
+    said += [_orphan_why(name, orphans[name]) for name in sorted(orphans)]
     return said
 
 
@@ -82,19 +90,34 @@ def _subfolder_why(name: str) -> str:
     )
 
 
-def _orphans(names: list[str]) -> dict[str, tuple[str, str]]:
-    """The companion files among ``names`` (one folder's) whose photo is not among them:
-    by name, their kind and their photo's stem."""
-    stems = {name.rsplit(".", 1)[0] for name in names if companion_kind(name) is None}
-    orphans = {}
+def _orphans(names: list[str]) -> dict[str, tuple[str, str] | Sidecar]:
+    """The companion and sidecar files among ``names`` (one folder's) whose photo is not
+    among them: by name, a companion's kind and its photo's stem, or what the sidecar's
+    name says."""
+    photos = [name for name in names if not follows_a_photo(name)]
+    stems = {name.rsplit(".", 1)[0] for name in photos}
+    orphans: dict[str, tuple[str, str] | Sidecar] = {}
     for name in names:
-        companion = companion_kind(name)
-        if companion is not None and not is_ignored(name) and companion[1] not in stems:
-            orphans[name] = companion
+        if is_ignored(name):
+            continue
+        if (companion := companion_kind(name)) is not None:
+            if companion[1] not in stems:
+                orphans[name] = companion
+            continue
+        sidecar = sidecar_of(name)
+        if sidecar is not None and not any(sidecar.belongs_to(photo) for photo in photos):
+            orphans[name] = sidecar
     return orphans
 
 
-def _orphan_why(name: str, kind: str, stem: str) -> str:
+def _orphan_why(name: str, found: tuple[str, str] | Sidecar) -> str:
+    if isinstance(found, Sidecar):
+        photo = found.photo + (".*" if found.by_stem else "")
+        return (
+            f"{name} is a sidecar of a photo named {photo} that is not here; it stays until "
+            "its photo comes, and then goes where the photo goes"
+        )
+    kind, stem = found
     suffix = name.rsplit(".", 1)[-1]
     return (
         f"{name} is the {kind} of a photo named {stem}.* that is not here; no job takes it "
@@ -148,7 +171,7 @@ class InboxWatcher:
         self._unwatched: set[Path] = set()
         """Folders that could not be (re)created or watched; said once, retried by check."""
         self._orphans: set[Path] = set()
-        """Companion files with no photo beside them, said once (at a rescan)."""
+        """Companion and sidecar files with no photo beside them, said once (at a rescan)."""
         self._subfolders: set[Path] = set()
         """Folders in inboxes already said to be left alone (forgotten once gone)."""
         self._stop = threading.Event()
@@ -355,14 +378,15 @@ class InboxWatcher:
                     self._candidates[path] = replace(candidate, changed_at=now)
 
     def _say_orphans(self, folder: WatchedFolder, names: list[str]) -> None:
-        """A companion file (``photo.mask.png``) whose photo is not beside it waits for
-        it, taken by no job: say so once, rather than leave it there in silence."""
-        orphans = {folder.path / name: kind for name, kind in _orphans(names).items()}
+        """A companion or sidecar file (``photo.mask.png``, ``photo.xmp``) whose photo is
+        not beside it waits for it, taken by no job: say so once, rather than leave it
+        there in silence."""
+        orphans = {folder.path / name: found for name, found in _orphans(names).items()}
         for path in sorted(orphans.keys() - self._orphans):
             log.warning(
                 "inbox %s: %s",
                 folder.name,
-                _orphan_why(path.name, *orphans[path]),
+                _orphan_why(path.name, orphans[path]),
                 extra={"event": "companion_alone", "path": str(path)},
             )
         with self._lock:
@@ -370,12 +394,16 @@ class InboxWatcher:
             self._orphans = kept | orphans.keys()
 
     def touch(self, path: Path) -> None:
-        """Something happened to ``path``: (re)start its settle window (for a companion
-        file: its input's)."""
-        companion = companion_kind(path.name)
-        if companion is not None and path.parent in self.folders:
-            self._restart_inputs(path.parent, companion[1])
-            return
+        """Something happened to ``path``: (re)start its settle window (for a companion or
+        sidecar file: its input's)."""
+        if path.parent in self.folders:
+            if (companion := companion_kind(path.name)) is not None:
+                stem = companion[1]
+                self._restart_inputs(path.parent, lambda name: Path(name).stem == stem)
+                return
+            if (sidecar := sidecar_of(path.name)) is not None:
+                self._restart_inputs(path.parent, sidecar.belongs_to)
+                return
         path, candidate = self._candidate(path)
         with self._lock:
             if candidate is None:
@@ -383,11 +411,12 @@ class InboxWatcher:
             else:
                 self._candidates[path] = candidate
 
-    def _restart_inputs(self, folder: Path, stem: str) -> None:
+    def _restart_inputs(self, folder: Path, whose: Callable[[str], bool]) -> None:
+        """Restart the settle window of the candidates in ``folder`` whose name ``whose``."""
         now = time.monotonic()
         with self._lock:
             for path, candidate in list(self._candidates.items()):
-                if path.parent == folder and path.stem == stem:
+                if path.parent == folder and whose(path.name):
                     # A new object: a settle pass holding the old one leaves it be.
                     self._candidates[path] = replace(candidate, changed_at=now)
 
@@ -398,7 +427,7 @@ class InboxWatcher:
             folder is None
             or is_ignored(path.name)
             or path.name in folder.reserved
-            or companion_kind(path.name) is not None
+            or follows_a_photo(path.name)
         ):
             return path, None
         try:

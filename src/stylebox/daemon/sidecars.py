@@ -1,0 +1,73 @@
+"""Sidecar files: what phones, cameras, editors and copies keep beside a photo.
+
+An iPhone export has ``IMG_0001.AAE`` beside ``IMG_0001.HEIC``, an editor's edits are in
+``photo.xmp`` or ``photo.jpg.xmp``, a Google Takeout archive has ``photo.jpg.json`` (or
+``photo.jpg.supplemental-metadata.json``), and a file copied from Windows onto a Linux share
+can bring ``photo.jpg:Zone.Identifier``. In an inbox such a file is never a job (it is no
+picture, and failing it would say nothing useful): it goes where its photo goes, renamed
+with it, and one whose photo is not there is left alone, said once.
+
+A sidecar names its photo by the photo's whole name (``photo.jpg.xmp``) or, for XMP and
+AAE, by its stem (``photo.xmp``, which a stem's first photo takes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stylebox.images import picture_suffix
+
+#: Sidecars by their ending (any case), named after their photo's stem or whole name.
+_BY_STEM_OR_NAME = (".xmp", ".aae")
+#: Sidecars named after their photo's whole name only (``photo.jpg.json``); the longer first.
+_BY_NAME = (":zone.identifier", ".supplemental-metadata.json", ".json")
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What a sidecar's name says of its photo."""
+
+    photo: str
+    """The photo's whole name (``photo.jpg``) or stem (``photo``) the sidecar begins with."""
+    ending: str
+    """The rest of the sidecar's name (``.xmp``, ``:Zone.Identifier``), as it is written."""
+    by_stem: bool
+    """Whether :attr:`photo` may be a stem (XMP, AAE) rather than only a whole name."""
+
+    def belongs_to(self, name: str) -> bool:
+        """Whether this is the sidecar of the photo named ``name``."""
+        return name == self.photo or (self.by_stem and Path(name).stem == self.photo)
+
+    def renamed(self, photo: str, moved: str) -> str:
+        """This sidecar's name beside its photo ``photo`` once that is named ``moved``."""
+        return (moved if self.photo == photo else Path(moved).stem) + self.ending
+
+
+def sidecar_of(name: str) -> Sidecar | None:
+    """What the file ``name`` is the sidecar of, or None for any other file. A JSON file is
+    one only after a picture's whole name (``photo.jpg.json``), not ``settings.json``."""
+    lowered = name.lower()
+    for ending in _BY_STEM_OR_NAME:
+        if lowered.endswith(ending) and len(name) > len(ending):
+            return Sidecar(name[: -len(ending)], name[-len(ending) :], by_stem=True)
+    for ending in _BY_NAME:
+        if lowered.endswith(ending):
+            photo = name[: -len(ending)]
+            if picture_suffix(Path(photo).suffix) and Path(photo).stem:
+                return Sidecar(photo, name[-len(ending) :], by_stem=False)
+            return None
+    return None
+
+
+def sidecars_of(path: Path) -> list[tuple[Path, Sidecar]]:
+    """The sidecar files beside the photo ``path`` now, each with what its name says."""
+    try:
+        names = sorted(entry.name for entry in path.parent.iterdir() if entry.is_file())
+    except OSError:
+        return []
+    return [
+        (path.parent / name, sidecar)
+        for name in names
+        if (sidecar := sidecar_of(name)) is not None and sidecar.belongs_to(path.name)
+    ]
