@@ -4,6 +4,7 @@ for within the settle window, handed to the plugin and moved with their photo.""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -138,3 +139,75 @@ def test_a_photo_with_two_masks_is_refused_and_both_go_with_it(tmp_path: Path) -
         "meant cannot be told: keep one, and drop the photo again"
     ) in said, said
     assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["dual.json", "dual.png"]
+
+
+def test_a_mask_dropped_after_its_photo_failed_for_want_of_it_brings_the_photo_back(
+    tmp_path: Path,
+) -> None:
+    # The photo failed for good: the mask, dropped a few seconds late, stayed in the inbox
+    # said to be "the mask of a photo named harbour.* that is not here".
+    style = tmp_path / "reference.png"
+    with Image.open(STYLES / "starry_night.jpg") as painting:
+        painting.convert("RGB").resize((48, 38)).save(style)
+    style_mask = two_bands(tmp_path / "reference.mask.png", (48, 38))
+    params = (
+        f'style_mask = "{style_mask}", size = 48, steps = 3, photorealism = 1e6, '
+        "snapshot_every = 0, require_progress = 0"
+    )
+    daemon = Daemon(gatys_config(tmp_path, style, params, settle=0.3))
+    try:
+        daemon.wait_ready()
+        inbox = tmp_path / "inbox"
+        photo(48, 36).save(tmp_path / "harbour.png")
+        (tmp_path / "harbour.png").rename(inbox / "harbour.png")
+        (inbox / "harbour.png.xmp").write_text("<x:xmpmeta/>\n")
+        note = inbox / "failed" / "harbour.png.error.txt"
+        assert wait_until(note.exists, 60), daemon.output()
+        said = note.read_text()
+        assert "MissingCompanion: harbour.png: gatys has style_mask set but this photo" in said
+        assert (
+            "then: drop harbour.mask.png into the inbox, and this photo comes back from here "
+            "to run with it"
+        ) in said
+        assert wait_until(lambda: (inbox / "failed" / "harbour.png.xmp").exists(), 10)
+
+        two_bands(tmp_path / "harbour.mask.png", (48, 36)).rename(inbox / "harbour.mask.png")
+        processed = inbox / "processed"
+        assert wait_until(lambda: (processed / "harbour.png").exists(), 120), daemon.output()
+        assert wait_until(lambda: (processed / "harbour.mask.png").exists(), 10)
+        assert (processed / "harbour.png.xmp").exists()  # its sidecar came back with it
+        assert sorted(p.name for p in (inbox / "failed").iterdir()) == []
+        manifest = json.loads((tmp_path / "outbox" / "harbour.json").read_text())
+        assert manifest["mask"] == "harbour.mask.png"
+        with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+            jobs = db.execute("SELECT id, state, attempts FROM jobs").fetchall()
+        assert [state for _, state, _ in jobs] == ["done"]  # the failed job, tried again
+    finally:
+        daemon.stop()
+    came = [line for line in daemon.output().splitlines() if "came for" in line]
+    assert len(came) == 1, daemon.output()
+    assert (
+        "harbour.mask.png came for harbour.png, which failed for want of its mask: back from "
+        "failed/ to run with it"
+    ) in came[0]
+
+
+def test_a_lone_mask_brings_back_no_photo_that_failed_for_another_reason(tmp_path: Path) -> None:
+    config = tmp_path / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "poster"\npath = "inbox"\noutbox = "outbox"\n'
+        'plugin = "posterize"\nsettle_seconds = 0.2\n'
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "dud.png").write_bytes(b"not a picture at all")
+        assert wait_until(lambda: (inbox / "failed" / "dud.png.error.txt").exists(), 60)
+        two_bands(tmp_path / "dud.mask.png", (32, 24)).rename(inbox / "dud.mask.png")
+        time.sleep(1.5)  # settled, and nothing to bring back
+        assert (inbox / "failed" / "dud.png").exists() and (inbox / "dud.mask.png").exists()
+    finally:
+        daemon.stop()
+    assert "came for" not in daemon.output()

@@ -12,7 +12,7 @@ from conftest import EARLIER_JOBS_TABLE
 from stylebox.daemon import status
 from stylebox.daemon.journal import Journal, NewJob
 from stylebox.daemon.service import no_retry
-from stylebox.errors import BadInput, InputChanged, PluginError
+from stylebox.errors import BadInput, InputChanged, MissingCompanion, PluginError
 
 
 def add(journal: Journal, name: str, key: str | None = None, source: str = "inbox:a"):
@@ -151,6 +151,9 @@ def test_a_refused_retry_says_how_the_photo_is_run_again_where_it_came_from(
         journal.finish(journal.claim("h:1", 30).id, "failed", error=BadInput("not an image"))
     add(journal, "s.jpg")
     journal.finish(journal.claim("h:1", 30).id, "failed", error=InputChanged("replaced", "cd"))
+    add(journal, "harbour.jpg")
+    lacks = MissingCompanion("mask", "no mask")
+    journal.finish(journal.claim("h:1", 30).id, "failed", error=lacks)
     rows = journal.jobs()
     said = [no_retry(row) for row in rows]
     mend = (
@@ -163,6 +166,9 @@ def test_a_refused_retry_says_how_the_photo_is_run_again_where_it_came_from(
         f"job {rows[2].id} failed as bad input {mend} run it again",
         f"job {rows[3].id} failed as superseded (InputChanged: replaced): a retry would fail "
         "the same way; its photo is that other job's now",
+        f"job {rows[4].id} failed as bad input (MissingCompanion: no mask): a retry would fail "
+        "the same way; drop its mask (harbour.mask.png) into the inbox: the photo comes back "
+        "with it",
     ]
 
 

@@ -4,6 +4,8 @@ What becomes of a daemon or batch job (``daemon/pipeline.py``) follows from the 
 its error, and for ``Cancelled`` from why the job was cancelled:
 
 - ``BadInput``: the job fails at once (an inbox's input goes to ``failed/`` with the reason).
+  Its subclass ``MissingCompanion`` (no mask where one is needed) is taken up again in an
+  inbox when the missing file arrives.
 - ``PluginError``: the job is tried again after a doubling backoff, up to ``max_attempts``
   tries in all, then fails. Its subclass ``PermanentFailure`` (``retry = False``) fails at
   once; its subclass ``StorageError`` for a passing reason (a full disk, a share gone)
@@ -34,6 +36,15 @@ class StyleboxError(Exception):
 
 class BadInput(StyleboxError):
     """The input itself is unusable (not an image, truncated, too large...). Never retried."""
+
+
+class MissingCompanion(BadInput):
+    """The input needs a companion file it does not have (its mask: ``photo.mask.png``). In
+    an inbox, the companion dropped in later brings the photo back from ``failed/``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Truncated(BadInput):

@@ -844,19 +844,24 @@ class Journal:
     @staticmethod
     def _failed_of(db: sqlite3.Connection, entry: NewJob) -> int | None:
         """The failed job of ``entry``'s bytes, source and companions under other
-        settings, if there is one."""
+        settings, or of its bytes and source that failed for want of the companions it has
+        now, if there is one."""
         wanted = entry.unique_key.split("|")
         if entry.sha256 == "-" or len(wanted) < 4:
             return None
         failed = db.execute(
-            "SELECT id, unique_key FROM jobs WHERE source = ? AND state = 'failed' "
-            "AND sha256 = ? ORDER BY id DESC",
+            "SELECT id, unique_key, error_class FROM jobs WHERE source = ? "
+            "AND state = 'failed' AND sha256 = ? ORDER BY id DESC",
             (entry.source, entry.sha256),
         ).fetchall()
-        for job_id, key in failed:
+        for job_id, key, error_class in failed:
             had = key.split("|")
             # The same bytes, source and companions; only the settings differ.
             if len(had) == len(wanted) and had[:2] + had[4:] == wanted[:2] + wanted[4:]:
+                return job_id
+            # Or it failed for want of a mask, which it has now: the same bytes and source.
+            wants = error_class == "MissingCompanion" and len(had) == 4 < len(wanted)
+            if wants and had[:2] == wanted[:2]:
                 return job_id
         return None
 
@@ -874,6 +879,16 @@ class Journal:
             query = f"SELECT unique_key FROM jobs WHERE unique_key IN ({marks})"
             known.update(key for (key,) in db.execute(query, chunk))
         return known
+
+    def failed_for_want(self, source: str, error_class: str) -> list[JobRow]:
+        """``source``'s failed jobs that ended with ``error_class`` (``MissingCompanion``),
+        the latest first."""
+        rows = self._connection().execute(
+            "SELECT * FROM jobs WHERE source = ? AND state = 'failed' AND error_class = ? "
+            "ORDER BY id DESC",
+            (source, error_class),
+        )
+        return [_row(r) for r in rows]
 
     def unfinished_origins(self, source: str) -> set[str]:
         """The origin paths of ``source``'s queued and running jobs: one column, read on

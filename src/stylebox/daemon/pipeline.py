@@ -27,12 +27,13 @@ from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.leases import Stop, owner_id
 from stylebox.daemon.outbox import Outbox, safe_folder, same_folder
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
-from stylebox.daemon.sidecars import sidecars_of
+from stylebox.daemon.sidecars import inputs_in, sidecars_of
 from stylebox.daemon.sources import Source
 from stylebox.errors import (
     BadInput,
     Cancelled,
     InputChanged,
+    MissingCompanion,
     PluginError,
     StorageError,
     StyleboxError,
@@ -41,7 +42,12 @@ from stylebox.errors import (
 )
 from stylebox.images import refused_on_sight
 from stylebox.logs import shown
-from stylebox.plugins.api import Plugin, all_companions_of, companion_lists
+from stylebox.plugins.api import (
+    Plugin,
+    all_companions_of,
+    companion_kind,
+    companion_lists,
+)
 
 log = logging.getLogger("stylebox.pipeline")
 
@@ -284,6 +290,13 @@ class Pipeline:
         in the inbox for the next rescan (``"error"``, logged) while the others go through;
         no output name stays reserved for a file that got no job.
         """
+        # A mask that settled with no photo beside it: it may be what a failed photo lacked.
+        followers = [path for path in paths if companion_kind(path.name) is not None]
+        if followers:
+            back = [photo for path in followers if (photo := self._bring_back(source, path))]
+            paths = [path for path in paths if path not in followers] + back
+            if not paths:
+                return []
         # A file a rescan sees again while its job is queued or running is that job: it
         # takes no output name, so that a new file settling beside it gets the next free one.
         unfinished = self.journal.unfinished_origins(source.key)
@@ -324,6 +337,40 @@ class Pipeline:
         if "queued" in outcomes or "retry" in outcomes:
             self.on_queued()
         return outcomes
+
+    def _bring_back(self, source: Source, companion: Path) -> Path | None:
+        """The photo that failed in the inbox ``source`` for want of the ``companion`` file
+        (``harbour.mask.png``) now there, moved back from ``failed/`` beside it (to be
+        queued as that job's retry); ``None`` when no such photo waits there, or its photo
+        is in the inbox (its job reads the companion)."""
+        found = companion_kind(companion.name)
+        if found is None or not source.moves_inputs or not os.path.lexists(companion):
+            return None
+        kind, stem = found
+        if any(Path(name).stem == stem for name in inputs_in(companion.parent)):
+            return None
+        for row in self.journal.failed_for_want(source.key, "MissingCompanion"):
+            origin, photo = Path(row.origin_path), Path(row.input_path)
+            if origin.parent != companion.parent or origin.stem != stem or photo == origin:
+                continue
+            if not files.holds(photo, row.sha256):
+                continue  # gone from failed/, or replaced there
+            try:
+                moved = move_input(photo, origin.parent, name=origin.name)
+            except OSError as exc:
+                log.warning("cannot bring %s back: %s", files.readable(str(photo)), exc)
+                return None
+            Path(f"{photo}.error.txt").unlink(missing_ok=True)
+            log.info(
+                "%s came for %s, which failed for want of its %s: back from %s/ to run with it",
+                source.name_of(companion),
+                source.name_of(moved),
+                kind,
+                photo.parent.name,
+                extra={**self._fields(row, "brought_back"), "companion": companion.name},
+            )
+            return moved
+        return None
 
     def would_run(
         self, source: Source, paths: Sequence[Path], left: Counter[str] | None = None
@@ -1180,7 +1227,14 @@ class Pipeline:
                 # A job ended before it ran (refused on sight, cancelled while queued)
                 # says so: a bare "attempts: 0" read as a count that went wrong.
                 tries = f"{row.attempts}" if row.attempts else "0 (it never ran)"
-                files.write_reason(target, f"{reason}\nattempts: {tries}\njob: {row.id}")
+                said = f"{reason}\nattempts: {tries}\njob: {row.id}"
+                if isinstance(error, MissingCompanion) and source.moves_inputs:
+                    wanted = f"{Path(row.origin_path).stem}.{error.kind}.png"
+                    said += (
+                        f"\nthen: drop {shown(wanted)} into the inbox, and this photo comes "
+                        "back from here to run with it"
+                    )
+                files.write_reason(target, said)
             self.journal.finish(row.id, "failed", error=error, input_path=target)
 
         if not self._move_after(source, row, record, "failed"):

@@ -42,6 +42,7 @@ from stylebox.daemon.pipeline import Pipeline, move_input
 from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError, describe
+from stylebox.logs import shown
 from stylebox.plugins.api import Plugin
 from stylebox.plugins.registry import Registry, discover
 from stylebox.progress import StepLogReporter
@@ -525,6 +526,9 @@ def no_retry(row: JobRow) -> str:
     if row.hopeless == "superseded":  # its path holds another job's photo now
         return f"{refused}; its photo is that other job's now"
     table = row.source.partition(":")[0]
+    if row.error_class == "MissingCompanion" and table == "inbox":
+        mask = shown(f"{Path(row.origin_path).stem}.mask.png")
+        return f"{refused}; drop its mask ({mask}) into the inbox: the photo comes back with it"
     again = {"inbox": "drop it into the inbox again", "batch": "run the batch again"}
     # Not always a damaged photo: a photo without the mask its inbox asks for, say.
     return (

@@ -13,10 +13,12 @@ AAE, by its stem (``photo.xmp``, which a stem's first photo takes).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from stylebox.images import picture_suffix
+from stylebox.plugins.api import companion_kind, is_ignored
 
 #: Sidecars by their ending (any case), named after their photo's stem or whole name.
 _BY_STEM_OR_NAME = (".xmp", ".aae")
@@ -58,6 +60,22 @@ def sidecar_of(name: str) -> Sidecar | None:
                 return Sidecar(photo, name[-len(ending) :], by_stem=False)
             return None
     return None
+
+
+def follows_a_photo(name: str) -> bool:
+    """Whether the file ``name`` is never a job but goes where its photo goes: a companion
+    (``photo.mask.png``) or a sidecar (``photo.xmp``)."""
+    return companion_kind(name) is not None or sidecar_of(name) is not None
+
+
+def inputs_in(folder: Path) -> list[str]:
+    """The names of the files in ``folder`` that are inputs: not hidden or temporary names,
+    nor companions and sidecars."""
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.is_file()]
+    except OSError:
+        return []
+    return [name for name in names if not is_ignored(name) and not follows_a_photo(name)]
 
 
 def sidecars_of(path: Path) -> list[tuple[Path, Sidecar]]:

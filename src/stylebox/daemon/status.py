@@ -13,8 +13,9 @@ from stylebox.config import LoadedConfig, load_config
 from stylebox.daemon import problems_file
 from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.leases import pid_alive
+from stylebox.daemon.sidecars import follows_a_photo
 from stylebox.daemon.sources import name_of
-from stylebox.daemon.watcher import follows_a_photo, is_ignored, left_alone
+from stylebox.daemon.watcher import is_ignored, left_alone
 from stylebox.logs import shown
 
 #: How many failed jobs a source's ``last_errors`` lists, the newest first, unless all are

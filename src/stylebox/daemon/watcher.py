@@ -37,7 +37,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from stylebox.daemon.sidecars import Sidecar, sidecar_of
+from stylebox.daemon.sidecars import Sidecar, follows_a_photo, inputs_in, sidecar_of
 from stylebox.plugins.api import companion_kind, is_ignored
 
 log = logging.getLogger("stylebox.watcher")
@@ -52,12 +52,6 @@ def beside_a_result(name: str, folder: bool) -> bool:
     outbox."""
     lowered = name.lower()
     return lowered.endswith(".steps") if folder else lowered.endswith(_BESIDE_A_RESULT)
-
-
-def follows_a_photo(name: str) -> bool:
-    """Whether the file ``name`` is never a job but goes where its photo goes: a companion
-    (``photo.mask.png``) or a sidecar (``photo.xmp``)."""
-    return companion_kind(name) is not None or sidecar_of(name) is not None
 
 
 def left_alone(folder: Path, reserved: Iterable[str] = (), fed: bool = False) -> list[str]:
@@ -400,8 +394,8 @@ class InboxWatcher:
             if (companion := companion_kind(path.name)) is not None:
                 stem = companion[1]
                 self._restart_inputs(path.parent, lambda name: Path(name).stem == stem)
-                return
-            if (sidecar := sidecar_of(path.name)) is not None:
+                # Alone, it settles too: it may be what a failed photo lacked.
+            elif (sidecar := sidecar_of(path.name)) is not None:
                 self._restart_inputs(path.parent, sidecar.belongs_to)
                 return
         path, candidate = self._candidate(path)
@@ -427,7 +421,7 @@ class InboxWatcher:
             folder is None
             or is_ignored(path.name)
             or path.name in folder.reserved
-            or follows_a_photo(path.name)
+            or (follows_a_photo(path.name) and not _lone_companion(path))
         ):
             return path, None
         try:
@@ -499,6 +493,15 @@ class InboxWatcher:
                 self.on_settled(self.folders[folder_path], paths)
             except Exception:
                 log.exception("failed to queue %d file(s) of %s", len(paths), folder_path)
+
+
+def _lone_companion(path: Path) -> bool:
+    """Whether ``path`` is a companion file (``photo.mask.png``) with no photo of its stem
+    beside it: one that settles, to bring back a photo that failed for want of it."""
+    found = companion_kind(path.name)
+    return found is not None and not any(
+        Path(name).stem == found[1] for name in inputs_in(path.parent)
+    )
 
 
 def _readable_and_quiet(path: Path) -> bool:

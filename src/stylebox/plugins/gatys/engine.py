@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stylebox.backbone import fingerprint, load_vgg19
-from stylebox.errors import BadInput, Cancelled, ConfigError, PermanentFailure, StyleboxError
+from stylebox.errors import (
+    BadInput,
+    Cancelled,
+    ConfigError,
+    MissingCompanion,
+    PermanentFailure,
+    StyleboxError,
+)
 from stylebox.images import fit_within, resize_to_max_side
 from stylebox.plugins.api import JobContext, Runtime, params_digest
 from stylebox.plugins.gatys import color, photoreal
@@ -318,9 +325,10 @@ class Engine:
             )
         path = companion or p.content_mask
         if path is None:
-            raise BadInput(
+            raise MissingCompanion(
+                "mask",
                 "gatys has style_mask set but this photo has no mask: put its label image "
-                "beside it as <photo stem>.mask.png, or set content_mask"
+                "beside it as <photo stem>.mask.png, or set content_mask",
             )
         where = f"the photo's mask {path.name if companion is not None else path}"
         mask = load_mask(path, where, BadInput if companion is not None else ConfigError)
