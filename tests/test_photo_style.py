@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,29 @@ def test_matting_loss_is_zero_for_an_affine_recolouring_and_grows_with_new_edges
     assert float(matting_loss(recoloured, laplacian)) < 1e-3 * float(
         matting_loss(striped, laplacian)
     )
+
+
+def test_the_laplacian_becomes_a_torch_tensor_silently_without_touching_others_filters() -> None:
+    # It wrapped torch's call in warnings.catch_warnings, which swaps the process's filters
+    # for a moment: a warning of a photo in another job's thread could be lost meanwhile.
+    # In a process of its own: pytest shows every warning, whatever a module filters.
+    script = """
+import warnings, torch
+from stylebox.plugins.gatys.photoreal import matting_laplacian, to_torch
+shown = []
+warnings.showwarning = lambda message, *rest: shown.append(str(message))
+built = matting_laplacian(torch.rand(1, 3, 16, 16))  # pymatting's imports add filters
+before = list(warnings.filters)
+warnings.catch_warnings = None  # used, it would raise
+laplacian = to_torch(built, torch.device("cpu"))
+assert laplacian.layout == torch.sparse_csr
+assert warnings.filters == before
+print(shown)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
 def edge_error(result: Image.Image, photo: Image.Image) -> float:

@@ -26,6 +26,11 @@ import torch
 #: Levin et al.'s regularisation of the windows' colour covariance (also Luan et al.'s).
 EPSILON = 1e-7
 
+# "Sparse CSR tensor support is in beta": products are all this module uses. Filtered once
+# here: ``warnings.catch_warnings`` around each use is not thread-safe, and jobs run in
+# threads (it could swallow a photo's own warning raised meanwhile in another).
+warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+
 
 @functools.cache
 def warm_up() -> None:
@@ -46,16 +51,16 @@ def matting_laplacian(photo: torch.Tensor, epsilon: float = EPSILON) -> Any:
 def to_torch(
     laplacian: Any, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """A scipy CSR matrix as a torch sparse CSR tensor on ``device``."""
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": products are all we use
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(laplacian.indptr.astype(np.int64)),
-            torch.from_numpy(laplacian.indices.astype(np.int64)),
-            torch.from_numpy(laplacian.data).to(dtype),
-            size=laplacian.shape,
-            device=device,
-        )
+    """A scipy CSR matrix as a torch sparse CSR tensor on ``device`` (scipy's own, valid:
+    its invariants are not checked again)."""
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(laplacian.indptr.astype(np.int64)),
+        torch.from_numpy(laplacian.indices.astype(np.int64)),
+        torch.from_numpy(laplacian.data).to(dtype),
+        size=laplacian.shape,
+        device=device,
+        check_invariants=False,
+    )
 
 
 class _QuadraticForm(torch.autograd.Function):
