@@ -68,10 +68,12 @@ def test_a_dry_run_lists_one_image_a_line_whatever_its_name(tmp_path: Path) -> N
     # A name holding a line break was printed as it is: two lines, neither of them a path.
     config, library = setup(tmp_path, 1)
     photo(24, 16, seed=5).save(library / "two\nlines.png")
+    photo(24, 16, seed=6).save(library / "one\\nline.png")  # a backslash, then an n
     dry = batch(config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert sorted(dry.stdout.splitlines()) == [
         str(library / "2026" / "june" / "img000.png"),
+        str(library / "one\\\\nline.png"),
         str(library / "two\\nlines.png"),
     ]
 

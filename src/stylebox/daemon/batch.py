@@ -329,7 +329,9 @@ def _dry_run(loaded: LoadedConfig, name: str, files: list[Path], unreadable: int
         finally:
             journal.close()
     for path in todo:
-        print(logs.escaped(str(path)))  # one a line: a line break in a name shown as \n
+        # One a line: a line break in a name shown as \n, and so a backslash as \\ (a
+        # name holding a backslash and an n is not one with a line break).
+        print(logs.escaped(str(path).replace("\\", "\\\\")))
     why = "; ".join(f"{count} {reason}" for reason, count in sorted(left.items()))
     unread = f"; {unreadable} folder(s) that cannot be read, left out" if unreadable else ""
     print(
