@@ -613,3 +613,27 @@ sys.exit(entry.main(["batch", "b", "--config", {str(config)!r}]))
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines() == ["stylebox: interrupted"], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_ctrl_c_while_interrupted_is_said_is_not_said_again() -> None:
+    # The command's own "interrupted" let a second Ctrl-C in; the entry point's guard then
+    # said it again. Here the second lands as the first is said, unless Ctrl-C is ignored.
+    script = """
+import argparse, signal, sys
+from stylebox import cli, entry, logs
+def stopped(args):
+    raise KeyboardInterrupt  # the first Ctrl-C, in the command
+real_say = logs.say
+def say(message, **kwargs):
+    real_say(message, **kwargs)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        raise KeyboardInterrupt  # as a second Ctrl-C landing here would
+logs.say = say
+cli.main = lambda argv: cli._handle(argparse.Namespace(handler=stopped))
+sys.exit(entry.main(["batch", "b"]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines() == ["stylebox: interrupted"], result.stderr

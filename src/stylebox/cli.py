@@ -40,7 +40,7 @@ from stylebox.config import (
 )
 from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
-from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of
+from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of, stop_listening
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
 from stylebox.plugins.api import Runtime, companion_kind, path_argument
@@ -160,6 +160,7 @@ def _handle(args: argparse.Namespace) -> int:
         logs.say(f"failed: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
+        stop_listening()  # a second Ctrl-C here said "interrupted" twice
         logs.say("interrupted")
         if any(t is not threading.main_thread() for t in threading.enumerate()):
             # Threads are left (a job still running in a worker thread, inside PyTorch's

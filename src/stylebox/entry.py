@@ -38,10 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One that lands outside the command's own handler: while the CLI loads, or in
         # the moments between its steps (as it set its own SIGTERM handler, a Ctrl-C
         # ended it with a traceback and -2). A second one is not let in while it is said.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_listening()
         print("stylebox: interrupted", file=sys.stderr)
         exit_interrupted()
+
+
+def stop_listening() -> None:
+    """Ignore Ctrl-C and SIGTERM from now on: the command is saying it was interrupted, and
+    another would say it again (or end it with a traceback) on the way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def exit_interrupted() -> NoReturn:
