@@ -311,7 +311,8 @@ class Pipeline:
         for row in self.journal.adopt_failed(unknown, by_path) if unknown else []:
             seen.add(row.unique_key)
             log.info(
-                "tried again as the job it failed in (under earlier settings, or unread)",
+                "tried again as the job it failed in (under earlier settings, unread, or "
+                "without its mask)",
                 extra=self._fields(row, "adopted"),
             )
         for index, (path, entry) in enumerate(zip(paths, entries, strict=True)):
