@@ -527,8 +527,10 @@ def test_a_failed_photo_dropped_again_under_another_name_is_named_after_it(
     pipeline, source, inbox = _inbox(tmp_path, {"steps": 2, "fail_at": 1}, "first.png")
     pipeline.enqueue(source, [inbox / "first.png"])
     JobLoop(pipeline).run_until_empty({source.key})
-    shutil.copy(inbox / "failed" / "first.png", inbox / "second.png")
+    # Moved back under another name, with a copy beside it: each is the failed job's retry
+    # (the failed file is gone from failed/), and the two race for it.
     shutil.copy(inbox / "failed" / "first.png", inbox / "third.png")
+    os.rename(inbox / "failed" / "first.png", inbox / "second.png")
     retry_stem = pipeline._retry_stem
     other: list[list[str]] = []
 

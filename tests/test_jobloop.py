@@ -502,13 +502,14 @@ def test_a_crash_as_an_ended_jobs_input_is_moved_leaves_the_journal_right(
         note = Path(row.input_path + ".error.txt").read_text()
         assert note.startswith("PluginError: ") and f"job: {row.id}" in note
 
-    # Dropped again later, the same photo is the usual retry or duplicate, not "moved".
+    # Dropped again later, the same photo is the usual duplicate, or (the failed one
+    # still in failed/) a job of its own: not "moved".
     shutil.copy(row.input_path, tmp_path / "inbox" / "again.png")
     shutil.copy(
         Path(row.input_path).with_suffix(".mask.png"), tmp_path / "inbox" / "again.mask.png"
     )
     again = pipeline.enqueue(source, [tmp_path / "inbox" / "again.png"])
-    assert again == (["duplicate"] if outcome == "done" else ["retry"])
+    assert again == (["duplicate"] if outcome == "done" else ["queued"])
 
 
 _REFUSED_AT_THE_MOVE = """
@@ -739,13 +740,14 @@ def test_a_photo_cut_short_inside_its_header_waits_for_the_rest_too(tmp_path: Pa
 
 
 @pytest.mark.parametrize("earlier", ["done", "failed"])
-def test_a_photo_cut_short_whose_rest_is_another_jobs_bytes_ends_superseded_not_vanished(
+def test_a_photo_cut_short_whose_rest_is_another_jobs_bytes_is_what_those_bytes_make_it(
     tmp_path: Path, earlier: str
 ) -> None:
-    # The completed bytes are a photo done before (the file goes to processed/ as its
-    # duplicate), or one that failed (its retry takes the file, and moves it when it
-    # ends): the job of the part ends then, naming the job that has the bytes. It ran
-    # later and failed as 'vanished from the inbox'.
+    # The completed bytes are a photo done before: the file goes to processed/ as its
+    # duplicate, and the job of the part ends then, naming the job that has the bytes (it
+    # ran later and failed as 'vanished from the inbox'). Or they are a photo that failed,
+    # still in failed/: the file is a copy of it, a job of its own, and the part's job
+    # takes the whole bytes over, as a file replaced while queued.
     loop = _loop(tmp_path, {"steps": 1}, extra="settle_seconds = 0.1")
     inbox, source = tmp_path / "inbox", loop.pipeline.sources["inbox:steps"]
     first = _only_job(loop)
@@ -760,25 +762,27 @@ def test_a_photo_cut_short_whose_rest_is_another_jobs_bytes_ends_superseded_not_
     (cut,) = loop.run_next({"inbox:steps"})
     assert loop.journal.get(cut.id).error_class == "Truncated"
     late.write_bytes(whole)  # the rest arrives
-    taken = "duplicate" if earlier == "done" else "retry"
+    taken = "duplicate" if earlier == "done" else "queued"
     assert loop.pipeline.enqueue(source, [late]) == [taken]
     ended = loop.journal.get(cut.id)
-    assert (ended.state, ended.error_class) == ("failed", "InputChanged")
-    state = "done" if earlier == "done" else "queued"
-    assert ended.error_message == (
-        f"late.png was replaced by other bytes before it was processed; those are job "
-        f"{first.id}'s ({state})"
-    )
+    if earlier == "done":
+        assert (ended.state, ended.error_class) == ("failed", "InputChanged")
+        assert ended.error_message == (
+            f"late.png was replaced by other bytes before it was processed; those are job "
+            f"{first.id}'s (done)"
+        )
+    else:
+        assert (ended.state, ended.sha256) == ("queued", loop.journal.get(first.id).sha256)
     loop.run_until_empty({"inbox:steps"})
-    assert loop.journal.get(first.id).state == "done"
+    assert loop.journal.get(first.id).state == earlier  # the failed one still in failed/
+    assert loop.journal.get(cut.id).state == ("failed" if earlier == "done" else "done")
     assert (inbox / "processed" / "late.png").is_file()
     if earlier == "done":
         assert (inbox / "processed" / "late.png.duplicate.txt").is_file()
     assert not (inbox / "failed" / "late.png").exists()
-    # The retry's outputs are named after its file (the part's job held "late" as it was
-    # queued); a duplicate has none.
+    # The part's job's outputs are named after its file; a duplicate has none.
     outputs = {p.name.split(".")[0] for p in (tmp_path / "outbox").glob("late*")}
-    assert outputs == (set() if earlier == "done" else {"late-2"})
+    assert outputs == (set() if earlier == "done" else {"late"})
 
 
 def test_a_photo_cut_short_dropped_again_after_failing_gets_its_grace_again(
@@ -797,7 +801,7 @@ def test_a_photo_cut_short_dropped_again_after_failing_gets_its_grace_again(
     assert (inbox / "failed" / "cut.png").is_file()
     time.sleep(1.1)  # longer than the grace since its first start
     again = inbox / "again.png"
-    again.write_bytes(whole[: len(whole) // 2])
+    (inbox / "failed" / "cut.png").rename(again)  # moved back: its job tried again
     dropped = time.time()
     assert loop.pipeline.enqueue(source, [again]) == ["retry"]
     # The status page says it has waited since it was dropped again, not since the first.

@@ -808,7 +808,12 @@ class Journal:
         rows = self._connection().execute(query + " ORDER BY id", args)
         return [_row(r) for r in rows]
 
-    def adopt_failed(self, entries: list[NewJob], by_path: bool = False) -> list[JobRow]:
+    def adopt_failed(
+        self,
+        entries: list[NewJob],
+        by_path: bool = False,
+        kept: Callable[[str], bool] | None = None,
+    ) -> list[JobRow]:
         """Each entry's failed job, where its bytes (and companions) failed in its source
         under other plugin settings, takes the entry's key and settings, as a queued job
         is re-keyed when it runs: the photo dropped again after the settings changed (a
@@ -816,7 +821,10 @@ class Journal:
         job tried again, not a new one beside a failure that never cleared. ``by_path``
         (a batch's files, which stay where they are): a file that failed unread (its
         permissions) is its path's failed job too, readable now or not (each run added
-        one more). The jobs adopted; an entry whose key a job has already adopts none."""
+        one more). ``kept(input_path)``: whether a failed job's file is still where its
+        failure put it (an inbox's ``failed/``), which makes the entry a copy, not that job
+        tried again (see ``Pipeline._needs_own_job``). The jobs adopted; an entry whose key
+        a job has already adopts none."""
         adopted: list[JobRow] = []
         with self._transaction() as db:
             for entry in entries:
@@ -824,7 +832,7 @@ class Journal:
                     "SELECT 1 FROM jobs WHERE unique_key = ?", (entry.unique_key,)
                 ).fetchone():
                     continue
-                job_id = self._failed_of(db, entry)
+                job_id = self._failed_of(db, entry, kept)
                 if job_id is None and by_path:
                     found = db.execute(
                         "SELECT id FROM jobs WHERE source = ? AND state = 'failed' "
@@ -842,7 +850,9 @@ class Journal:
         return adopted
 
     @staticmethod
-    def _failed_of(db: sqlite3.Connection, entry: NewJob) -> int | None:
+    def _failed_of(
+        db: sqlite3.Connection, entry: NewJob, kept: Callable[[str], bool] | None = None
+    ) -> int | None:
         """The failed job of ``entry``'s bytes, source and companions under other
         settings, or of its bytes and source that failed for want of the companions it has
         now, if there is one."""
@@ -850,18 +860,22 @@ class Journal:
         if entry.sha256 == "-" or len(wanted) < 4:
             return None
         failed = db.execute(
-            "SELECT id, unique_key, error_class FROM jobs WHERE source = ? "
+            "SELECT id, unique_key, error_class, input_path FROM jobs WHERE source = ? "
             "AND state = 'failed' AND sha256 = ? ORDER BY id DESC",
             (entry.source, entry.sha256),
         ).fetchall()
-        for job_id, key, error_class in failed:
+        for job_id, key, error_class, input_path in failed:
+            if kept is not None and kept(os.fsdecode(input_path)):
+                continue
             had = key.split("|")
             # The same bytes, source and companions; only the settings differ.
             if len(had) == len(wanted) and had[:2] + had[4:] == wanted[:2] + wanted[4:]:
                 return job_id
-            # Or it failed for want of a mask, which it has now: the same bytes and source.
-            wants = error_class == "MissingCompanion" and len(had) == 4 < len(wanted)
-            if wants and had[:2] == wanted[:2]:
+            # Or it failed for want of a mask, which it has now: the same bytes and source
+            # (a copy's job too, whose key ends in its own part).
+            own = [part for part in had if not part.startswith(("copy:", "path:"))]
+            wants = error_class == "MissingCompanion" and len(own) == 4 < len(wanted)
+            if wants and own[:2] == wanted[:2]:
                 return job_id
         return None
 
@@ -879,6 +893,15 @@ class Journal:
             query = f"SELECT unique_key FROM jobs WHERE unique_key IN ({marks})"
             known.update(key for (key,) in db.execute(query, chunk))
         return known
+
+    def failed_of_bytes(self, source: str, sha256: str) -> list[JobRow]:
+        """``source``'s failed jobs of the bytes ``sha256``, the latest first."""
+        rows = self._connection().execute(
+            "SELECT * FROM jobs WHERE source = ? AND state = 'failed' AND sha256 = ? "
+            "ORDER BY id DESC",
+            (source, sha256),
+        )
+        return [_row(r) for r in rows]
 
     def failed_for_want(self, source: str, error_class: str) -> list[JobRow]:
         """``source``'s failed jobs that ended with ``error_class`` (``MissingCompanion``),

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -92,10 +93,15 @@ class Executor(Protocol):
     ) -> list[JobResult | StyleboxError]: ...
 
 
-def _own_entry(entry: NewJob, path: Path) -> NewJob:
-    """``entry`` as a job of the file ``path`` alone (see :meth:`Pipeline._needs_own_job`):
-    its key names the path by the digest of its bytes (a name that is not UTF-8 is no
-    text for the journal)."""
+def _own_entry(entry: NewJob, path: Path, inbox: bool) -> NewJob:
+    """``entry`` as a job of the file ``path`` alone (see :meth:`Pipeline._needs_own_job`).
+    A batch's key names the path by the digest of its bytes (a name that is not UTF-8 is
+    no text for the journal): its next run finds that job again. An inbox's is new each
+    time: the path is free again once its job has moved the file away, and the same
+    name's next copy, its first copy's failure still in ``failed/``, is a job of its own
+    too (the path's key would find that failed job, and ask for its own job again)."""
+    if inbox:
+        return replace(entry, unique_key=f"{entry.unique_key}|copy:{uuid.uuid4().hex}")
     digest = hashlib.sha256(os.fsencode(path)).hexdigest()
     return replace(entry, unique_key=f"{entry.unique_key}|path:{digest}")
 
@@ -308,7 +314,8 @@ class Pipeline:
         seen = self.journal.known_keys([entry.unique_key for entry in entries if entry])
         unknown = [entry for entry in entries if entry and entry.unique_key not in seen]
         by_path = not source.moves_inputs  # a batch's file is where it failed
-        for row in self.journal.adopt_failed(unknown, by_path) if unknown else []:
+        kept = None if by_path else partial(_kept_aside, source.config.path)
+        for row in self.journal.adopt_failed(unknown, by_path, kept) if unknown else []:
             seen.add(row.unique_key)
             log.info(
                 "tried again as the job it failed in (under earlier settings, unread, or "
@@ -392,7 +399,7 @@ class Pipeline:
                 continue
             row = self.journal.existing(entry)
             if row is not None and self._needs_own_job(source, row, path):
-                row = self.journal.existing(_own_entry(entry, path))
+                row = self.journal.existing(_own_entry(entry, path, inbox=False))
             elif entry.unique_key in seen:
                 left["the same bytes as another file"] += 1
                 continue
@@ -536,10 +543,13 @@ class Pipeline:
             )
             return "waiting"
         if self._needs_own_job(source, row, path):
-            stem = source.reserve_for(path)
-            own = replace(_own_entry(entry, path), stem=stem)
-            added = self._add(source, [own])[0]
-            return "error" if added is None else self._after_add(source, path, own, *added)
+            back = self._moved_back(source, row, path)
+            if back is None:
+                stem = source.reserve_for(path)
+                own = replace(_own_entry(entry, path, source.moves_inputs), stem=stem)
+                added = self._add(source, [own])[0]
+                return "error" if added is None else self._after_add(source, path, own, *added)
+            row = back
         if row.state == "failed":
             stem = self._retry_stem(source, row, path)
             row = self.journal.retry_failed(row.id, path, stem)
@@ -662,17 +672,38 @@ class Pipeline:
 
     @staticmethod
     def _needs_own_job(source: Source, row: JobRow, path: Path) -> bool:
-        """Whether the batch file ``path``, whose bytes' job ``row`` is another file's and
-        failed, gets a job of its own: while that file is there too, each file's failure
-        is its own to say and count (it took the job over, and the file that had it was
-        "done before" in the next run, its failure unsaid). A file moved or renamed since
-        takes its old job over, as before."""
-        return (
-            row.state == "failed"
-            and not source.moves_inputs
-            and row.origin_path != str(path)
-            and os.path.lexists(row.origin_path)
+        """Whether the file ``path``, whose bytes' job ``row`` is another file's and
+        failed, gets a job of its own: while that file is there too (a batch's in its
+        library, an inbox's in ``failed/``), each file's failure is its own to say and
+        count. (A batch's took the job over, and the file that had it was "done before" in
+        the next run, its failure unsaid; an inbox's copies were one failed job named after
+        the last, the files before it in ``failed/`` named by none.) A file moved or renamed
+        since, or moved back from ``failed/``, takes its old job over, as before."""
+        if row.state != "failed":
+            return False
+        if not source.moves_inputs:
+            return row.origin_path != str(path) and os.path.lexists(row.origin_path)
+        # An inbox's: whatever the name (a name of the inbox is free again once moved).
+        return _kept_aside(source.config.path, row.input_path) and files.holds(
+            Path(row.input_path), row.sha256
         )
+
+    def _moved_back(self, source: Source, row: JobRow, path: Path) -> JobRow | None:
+        """For the inbox file ``path``, whose bytes' failed job ``row`` still has its file
+        in ``failed/``: another failed job of those bytes whose file is gone from there,
+        the one ``path`` is (moved back by hand or by the status page's Retry), of its name
+        if one is; ``None`` if there is none, and ``path`` is a copy of its own."""
+        if not source.moves_inputs:
+            return None
+        gone = [
+            other
+            for other in self.journal.failed_of_bytes(source.key, row.sha256)
+            if other.id != row.id
+            and Path(other.input_path).parent != path.parent
+            and not os.path.lexists(other.input_path)
+        ]
+        named = [other for other in gone if other.name == files.readable(path.name)]
+        return (named or gone or [None])[0]
 
     @staticmethod
     def _result_stands(source: Source, row: JobRow) -> bool:
@@ -1418,6 +1449,12 @@ def move_input(
         except OSError as exc:
             log.warning("cannot move %s with its input: %s", files.readable(str(path)), exc)
     return moved
+
+
+def _kept_aside(inbox: Path, input_path: str) -> bool:
+    """Whether a failed job's file at ``input_path`` is still where its failure put it,
+    out of the ``inbox`` (in ``failed/``): an arrival of its bytes is a copy of it then."""
+    return Path(input_path).parent != inbox and os.path.lexists(input_path)
 
 
 def _inbox_folders(sources: dict[str, Source]) -> list[tuple[str, Path]]:
