@@ -181,3 +181,52 @@ def test_a_plugin_that_moves_the_cwd_and_leaves_a_thread_neither_blocks_reload_n
     assert "exiting without waiting for threads a plugin left running: lingering" in (
         daemon.output()
     )
+
+
+CLOSES_BADLY = """
+from stylebox.plugins.api import Plugin, PluginParams
+class ClosesBadly(Plugin):
+    name = "closesbadly"
+    Params = PluginParams
+    def process(self, image, job):
+        job.progress(1, 1)
+        return image
+    def close(self):
+        raise RuntimeError("close broke")
+"""
+
+
+def test_a_plugin_whose_close_raises_neither_fails_the_stop_nor_a_run(tmp_path: Path) -> None:
+    # A SIGTERM ended serve with a traceback and 1, its journal left marked as in use (the
+    # next start warned of an unclean stop), and `run` with a traceback and 1.
+    site = installed_site(tmp_path, "closesbadly",
+                          "[stylebox.plugins]\nclosesbadly = closesbadly:ClosesBadly\n",
+                          {"closesbadly.py": CLOSES_BADLY})  # fmt: skip
+    text = POSTERIZE_CONFIG.format(extra="").replace(
+        'plugin = "posterize"', 'plugin = "closesbadly"'
+    )
+    config = write_config(tmp_path, text.replace("params = { bits = 2 }", ""))
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    daemon = Daemon(config, env=env)
+    try:
+        daemon.wait_ready()
+        (tmp_path / "inbox" / "photo.png").write_bytes(encoded(photo(8, 8)))
+        assert wait_until((tmp_path / "outbox" / "photo.json").is_file, 30), daemon.output()
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    said = [json.loads(line) for line in daemon.output().splitlines() if "close()" in line]
+    assert [(line["msg"], line["event"]) for line in said] == [
+        ("plugin closesbadly: close() failed", "plugin_bug")
+    ]
+    assert "RuntimeError: close broke" in said[0]["exception"]
+    assert not list((tmp_path / "state").glob("journal.sqlite3.running.*"))
+
+    photo(8, 8).save(tmp_path / "one.png")
+    ran = subprocess.run(
+        [sys.executable, "-m", "stylebox.cli", "run", str(tmp_path / "one.png"),
+         "--plugin", "closesbadly", "--out", str(tmp_path / "ran")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "plugin closesbadly: close() failed" in ran.stderr
+    assert (tmp_path / "ran" / "one.png").is_file()

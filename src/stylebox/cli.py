@@ -40,6 +40,7 @@ from stylebox.config import (
 )
 from stylebox.daemon import files
 from stylebox.daemon.runner import PluginHandle
+from stylebox.daemon.sources import close_plugin
 from stylebox.entry import STOPPED_LIKE_CTRL_C, command_of, stop_listening
 from stylebox.errors import BadInput, ConfigError, PluginError, StateError, StyleboxError, describe
 from stylebox.images import decode_image
@@ -383,7 +384,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         handle = PluginHandle(plugin_name, registry.plugins[plugin_name].version, instance, params)
         status = run_files(good, handle, args.out, output, config)
     finally:
-        instance.close()
+        close_plugin(instance)
     if status == EXIT_OK and len(good) + companions < len(args.images):
         status = EXIT_BAD
     return _leave(status)

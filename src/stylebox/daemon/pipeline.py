@@ -29,7 +29,7 @@ from stylebox.daemon.leases import Stop, owner_id
 from stylebox.daemon.outbox import Outbox, safe_folder, same_folder
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
 from stylebox.daemon.sidecars import inputs_in, sidecars_of
-from stylebox.daemon.sources import Source
+from stylebox.daemon.sources import Source, close_plugin
 from stylebox.errors import (
     BadInput,
     Cancelled,
@@ -269,11 +269,7 @@ class Pipeline:
             idle = [key for key in self._retired if key not in busy]
             closing = [self._retired.pop(key) for key in idle]
         for instance in closing:
-            try:
-                instance.close()
-            except Exception:
-                log.exception("closing plugin %s failed", instance.name)
-            else:
+            if close_plugin(instance):
                 log.info(
                     "closed a %s instance: no inbox or batch uses its params now", instance.name
                 )

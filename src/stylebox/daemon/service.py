@@ -39,7 +39,7 @@ from stylebox.daemon.journal import JobRow, Journal, journal_path
 from stylebox.daemon.locks import InboxLocks
 from stylebox.daemon.notify import notify, watchdog_interval
 from stylebox.daemon.pipeline import Pipeline, move_input
-from stylebox.daemon.sources import Source, build_sources
+from stylebox.daemon.sources import Source, build_sources, close_plugin
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
 from stylebox.errors import ConfigError, StyleboxError, describe
 from stylebox.logs import shown
@@ -359,10 +359,7 @@ class Service:
     def _refuse_reload(self, exc: Exception, instances: dict[tuple[str, str], Plugin[Any]]) -> None:
         for key, plugin in instances.items():
             if self._instances.get(key) is not plugin:  # made for the refused config
-                try:
-                    plugin.close()
-                except Exception:
-                    log.exception("closing plugin %s failed", key[0])
+                close_plugin(plugin)
         self._inbox_locks.keep_only(self.loaded.config.inbox)  # those taken for it
         reason = _one_line(str(exc) if isinstance(exc, StyleboxError) else describe(exc))
         self._reload_refused = (time.time(), reason)
@@ -387,7 +384,7 @@ class Service:
 
     def _close(self) -> None:
         for plugin in self._instances.values():
-            plugin.close()
+            close_plugin(plugin)
         self.journal.close()
         problems_file.withdraw(self.loaded.config.state_dir)
 

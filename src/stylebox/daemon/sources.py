@@ -20,6 +20,19 @@ from stylebox.plugins.registry import Registry
 log = logging.getLogger("stylebox.pipeline")
 
 
+def close_plugin(instance: Plugin[Any]) -> bool:
+    """Close a plugin instance the host is done with; whether it closed. Its ``close``
+    raising is its bug, logged with its traceback: the daemon's stop, a reload or a run's
+    end goes on, its exit status unchanged (a SIGTERM ended ``serve`` with a traceback and
+    1, its journal marked as stopped unclean)."""
+    try:
+        instance.close()
+    except Exception:
+        log.exception("plugin %s: close() failed", instance.name, extra={"event": "plugin_bug"})
+        return False
+    return True
+
+
 @dataclass
 class Source:
     """An inbox, a batch folder or the files of one ``stylebox run``, with its plugin
@@ -108,7 +121,7 @@ def build_sources(
                     instance = registry.get(entry.plugin)(params, runtime)
                     kind = instance.device_kind
                     if kind not in ("cpu", "cuda"):  # it would run under no workers limit
-                        instance.close()
+                        close_plugin(instance)
                         raise PluginError(
                             f"its device_kind is {kind!r}; it must be 'cpu' or 'cuda'"
                         )
