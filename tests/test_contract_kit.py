@@ -313,6 +313,34 @@ class BatchReversed(Good):
         return results
 
 
+class BatchStacks(Good):
+    """Stacks its batch into one array, as a plugin may: the host gives it one size."""
+
+    def process_batch(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image]:
+        stacked = 255 - np.stack([np.asarray(image) for image in images])
+        for job in jobs:
+            job.progress(1, 1)
+        return [Image.fromarray(array, "RGB") for array in stacked]
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        return self.process_batch([image], [job])[0]
+
+
+def test_the_batch_check_gives_one_size_as_the_host_does(tmp_path: Path) -> None:
+    # It gave three 40x32 images and one 24x48: a plugin stacking its batch failed there
+    # ("all input arrays must have the same shape"), though the host never does that.
+    run_check("batch", BatchStacks, tmp_path)
+
+
+class BatchRaises(Good):
+    def process_batch(
+        self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
+    ) -> list[Image.Image]:
+        raise ValueError("shapes do not broadcast")
+
+
 class BatchDropsOne(Good):
     def process_batch(
         self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
@@ -660,6 +688,13 @@ BAD_PLUGINS = [
     ("batch", BatchForgetsJobs, {}, "batch item 0's job context got no progress"),
     # A count, not a list of Image reprs.
     ("batch", BatchDropsOne, {}, r"^process_batch returned 1 result for 4 images; return one"),
+    # The kit's message, not a bare traceback through the kit's frames.
+    (
+        "batch",
+        BatchRaises,
+        {},
+        r"^process_batch failed on 4 images of 40x32: ValueError: shapes do not broadcast; a ",
+    ),
 ]
 
 
@@ -1185,9 +1220,12 @@ class BrokenOutputSize(Good):
 def test_a_check_that_breaks_off_is_a_failure_in_the_report(tmp_path: Path) -> None:
     report = check_plugin(ContractCase(plugin=BrokenOutputSize, workdir=tmp_path))
     (result,) = [r for r in report.results if r.check == "accepts_image_kinds"]
+    # It said "the check broke off on ValueError: no size", naming neither the method nor
+    # the size, and pytest showed the kit's own frames.
     assert (result.status, result.message) == (
         "failed",
-        "the check broke off on ValueError: no size",
+        "output_size(1, 1) failed: ValueError: no size; it must give the result's size for "
+        "every input size",
     )
 
 

@@ -289,34 +289,48 @@ def _close(case: ContractCase, plugin: Plugin[Any]) -> None:
         ) from exc
 
 
-def _check_result(plugin: Plugin[Any], image: Image.Image, result: object, what: str) -> None:
+def _check_result(
+    plugin: Plugin[Any], image: Image.Image, result: object, what: str, doing: str = "process"
+) -> None:
+    """The result ``doing`` (``process``, ``process_batch``) returned for ``what``."""
     if not isinstance(result, Image.Image):
+        allowed = (
+            " (or, for a job that failed alone, its BadInput, PluginError or Cancelled)"
+            if doing == "process_batch"
+            else ""
+        )
         raise ContractFailure(
-            f"process returned {type(result).__name__} for {what}; return an Image"
+            f"{doing} returned {type(result).__name__} for {what}; return an Image{allowed}"
         )
     if result.mode != "RGB":
         raise ContractFailure(
-            f"process returned {mode_image(result.mode)} for {what}; return mode RGB "
+            f"{doing} returned {mode_image(result.mode)} for {what}; return mode RGB "
             "(the runner re-attaches any alpha itself)"
         )
     try:
         result.tobytes()  # its pixels, not only its size: the runner still has to save it
     except Exception as exc:
         raise ContractFailure(
-            f"process returned an image whose pixels cannot be read for {what} "
+            f"{doing} returned an image whose pixels cannot be read for {what} "
             f"({_describe(exc)}); return an open image: do not close() the result"
         ) from None
-    expected = tuple(plugin.output_size(image.size))
+    try:
+        expected = tuple(plugin.output_size(image.size))
+    except Exception as exc:
+        raise ContractFailure(
+            f"output_size({image.width}, {image.height}) failed: {_describe(exc)}; it must "
+            "give the result's size for every input size"
+        ) from exc
     if result.size != expected:
         raise ContractFailure(
-            f"process returned {result.width}x{result.height} for {what}, but output_size() "
+            f"{doing} returned {result.width}x{result.height} for {what}, but output_size() "
             f"documents {expected[0]}x{expected[1]}; make them agree (override output_size "
             "when the plugin resizes)"
         )
     flat = flat_result(image, result)
     if flat is not None:
         raise ContractFailure(
-            f"process returned {flat} for {what}, which has detail: a "
+            f"{doing} returned {flat} for {what}, which has detail: a "
             "result of (nearly) nothing but one colour is a broken one (a NaN cast to 8 "
             "bits is black; a float image cast unscaled, 0s and 1s); check the model's "
             "output before it becomes pixels"
@@ -1337,16 +1351,26 @@ def check_batch(case: ContractCase) -> None:
     """``process_batch`` returns one right-sized RGB image per input, in order (matching
     single runs where deterministic), and reports each job's progress to its own context."""
     plugin = case.make()
-    images = [sample_image((40, 32), seed=s) for s in (1, 2, 3)] + [sample_image((24, 48), seed=4)]
+    # Of one size, as the host groups them: a plugin may stack them into one array.
+    images = [sample_image((40, 32), seed=s) for s in (1, 2, 3, 4)]
     contexts = [case.context() for _ in images]
     given = [image.copy() for image in images]  # each run on its own copies, as below
     try:
-        results = _within_limit(
-            case,
-            lambda: plugin.process_batch(given, contexts),
-            "process_batch",
-            f" on {len(images)} images of up to 40x48",
-        )
+        try:
+            results = _within_limit(
+                case,
+                lambda: plugin.process_batch(given, contexts),
+                "process_batch",
+                f" on {len(images)} images of 40x32",
+            )
+        except ContractFailure:
+            raise
+        except Exception as exc:
+            raise ContractFailure(
+                f"process_batch failed on {len(images)} images of 40x32: {_describe(exc)}; "
+                "a job that fails alone gets its error (BadInput, PluginError, Cancelled) "
+                "in its place in the list, and the others their images"
+            ) from exc
         singles = [
             _process(case, plugin, image.copy(), case.context(), "a batch image", False)
             for image in images
@@ -1373,7 +1397,7 @@ def check_batch(case: ContractCase) -> None:
     for index, (image, result, single, context) in enumerate(
         zip(images, results, singles, contexts, strict=True)
     ):
-        _check_result(plugin, image, result, f"batch item {index}")
+        _check_result(plugin, image, result, f"batch item {index}", "process_batch")
         if not context.progress_reports:
             raise ContractFailure(f"batch item {index}'s job context got no progress report")
         if not case.capabilities.deterministic:
