@@ -291,12 +291,39 @@ class ReturnsClosed(Stepper):
         return result
 
 
-def test_a_closed_result_image_is_named_as_such(tmp_path: Path) -> None:
+def test_a_closed_result_image_is_named_as_such_and_not_tried_again(tmp_path: Path) -> None:
+    # A plugin fault, it was retried: the same code closes it again.
     loop = _loop(tmp_path, {}, plugin=ReturnsClosed)
     loop.run_until_empty({"inbox:steps"})
-    assert _only_job(loop).error_message == (
-        "plugin stepper returned an image that cannot be read: Operation on closed image"
+    row = _only_job(loop)
+    assert (row.error_class, row.error_message) == (
+        "PermanentFailure",
+        "plugin stepper returned an image that cannot be read (Operation on closed image): "
+        "do not close() the result (the plugin breaks its contract; another try would do the "
+        "same)",
     )
+
+
+class SizeUnknown(Stepper):
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return {(640, 480): (320, 240)}[size]
+
+
+def test_an_output_size_that_raises_is_the_plugins_fault_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Logged as "jobs [1] crashed" with the job loop's traceback; the job's reason named
+    # neither the plugin nor output_size.
+    loop = _loop(tmp_path, {}, plugin=SizeUnknown)
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert (row.state, row.error_message) == (
+        "failed",
+        "plugin stepper's output_size() failed for a 24x16 input: KeyError: (24, 16)",
+    )
+    events = [getattr(record, "event", None) for record in caplog.records]
+    assert "plugin_bug" in events
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
 
 
 class GivesUp(Stepper):

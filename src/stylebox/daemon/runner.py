@@ -501,7 +501,7 @@ class Runner:
 
     def _start(
         self, index: int, job: Job, plugin: PluginHandle, outbox: Outbox, cancel: threading.Event
-    ) -> _Started | BadInput | InputChanged:
+    ) -> _Started | BadInput | InputChanged | PluginError:
         started_at = datetime.now(UTC)
         began = time.perf_counter()
         self.reporter.started(job)
@@ -527,7 +527,11 @@ class Runner:
                 decoded.sha256,
             )
         output = outbox.output
-        result_size = plugin.instance.output_size(decoded.rgb.size)
+        try:
+            result_size = documented_size(plugin, decoded.rgb.size, [job.job_id])
+        except PluginError as exc:
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+            return exc
         if too_large := too_large_for(output.format, result_size):
             shutil.rmtree(job.work_dir, ignore_errors=True)
             return BadInput(f"{job.input_path.name}: {too_large}")
@@ -686,6 +690,31 @@ def _plugin_fault(plugin: PluginHandle, exc: Exception, group: Sequence[_Started
     return error
 
 
+def documented_size(
+    plugin: PluginHandle, size: tuple[int, int], jobs: Sequence[int]
+) -> tuple[int, int]:
+    """The result size the plugin's :meth:`~Plugin.output_size` documents for an input of
+    ``size``; its raising is the plugin's bug, said as such (with its traceback, for the
+    ``jobs``), not a crash of the host's job loop."""
+    try:
+        width, height = plugin.instance.output_size(size)
+    except Exception as exc:
+        log.error(
+            "plugin %s: output_size() raised %s",
+            plugin.name,
+            describe(exc),
+            exc_info=exc,
+            extra={"event": "plugin_bug", "jobs": list(jobs)},
+        )
+        error = PluginError(
+            f"plugin {plugin.name}'s output_size() failed for a {size[0]}x{size[1]} input: "
+            f"{describe(exc)}"
+        )
+        error.__cause__, error.plugin_bug = exc, True
+        raise error from exc
+    return int(width), int(height)
+
+
 #: Why a result that breaks the contract is not tried again.
 _SAME_AGAIN = "(the plugin breaks its contract; another try would do the same)"
 
@@ -712,12 +741,17 @@ def check_result(
         )
     try:
         result.getpixel((0, 0))
-    except (ValueError, OSError) as exc:  # closed, or lazily opened from a file since gone
+    except ValueError as exc:  # closed ("Operation on closed image"): the same again
+        raise refuse(
+            f"plugin {plugin.name} returned an image that cannot be read ({exc}): do not "
+            f"close() the result{same_again}"
+        ) from exc
+    except OSError as exc:  # lazily opened from a file since gone: may pass
         raise PluginError(
             f"plugin {plugin.name} returned an image that cannot be read: {exc}"
         ) from exc
     size = source.size
-    expected = plugin.instance.output_size(size)
+    expected = documented_size(plugin, size, [])
     if result.size != tuple(expected):
         raise refuse(
             f"plugin {plugin.name} returned {result.width}x{result.height} for a "
