@@ -334,6 +334,14 @@ def test_the_batch_check_gives_one_size_as_the_host_does(tmp_path: Path) -> None
     run_check("batch", BatchStacks, tmp_path)
 
 
+class ChecksTooMuch(Good):
+    """Its check() refuses what its __init__ starts with."""
+
+    @classmethod
+    def check(cls, params: PluginParams, runtime: Runtime) -> None:
+        raise FileNotFoundError("lut.cube")
+
+
 class BatchRaises(Good):
     def process_batch(
         self, images: Sequence[Image.Image], jobs: Sequence[JobContext]
@@ -684,6 +692,14 @@ BAD_PLUGINS = [
         "reported the metric stage='done', which is not a number",
     ),
     ("deterministic", Unseeded, {}, "different pixels twice from one instance"),
+    # config check said its inbox was disabled; serve served it.
+    (
+        "check_agrees",
+        ChecksTooMuch,
+        {},
+        r"^check\(\) refused the params __init__ starts with: FileNotFoundError: lut.cube; "
+        "`stylebox config check` would say its inbox disabled, while `serve` runs it",
+    ),
     ("batch", BatchReversed, {}, "batch item 0 differs"),
     ("batch", BatchForgetsJobs, {}, "batch item 0's job context got no progress"),
     # A count, not a list of Image reprs.
@@ -977,7 +993,7 @@ def test_pytest_base_class_reports_skips_xfails_and_failures(tmp_path: Path) -> 
     assert "process returned None, not an image, so there is nothing to compare" in out
     # and the checks after it skip: its thread still runs
     assert "not run: a call into the plugin in accepts_image_kinds did not return" in out
-    assert "4 failed, 55 passed, 38 skipped, 8 xfailed" in out  # 5 classes, each_choice each
+    assert "4 failed, 58 passed, 40 skipped, 8 xfailed" in out  # 5 classes, each_choice each
 
 
 def test_a_failure_reads_the_finding_first_then_the_plugins_own_traceback(tmp_path: Path) -> None:

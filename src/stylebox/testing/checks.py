@@ -771,6 +771,25 @@ def check_device_kind(case: ContractCase) -> None:
         )
 
 
+def check_check_agrees(case: ContractCase) -> None:
+    """``check(params, runtime)``, which ``stylebox config check`` calls, accepts the params
+    ``__init__`` starts with: where the two disagree, ``config check`` says an inbox is
+    disabled (or its config refused) that ``serve`` serves."""
+    validated = case.validated()
+    _close(case, case.make())  # __init__ starts with them (its failure is said there)
+    try:
+        _within_limit(case, lambda: case.cls.check(validated, case.runtime), "check()")
+    except ContractFailure:
+        raise
+    except Exception as exc:
+        said = "the config refused" if isinstance(exc, ConfigError) else "its inbox disabled"
+        raise ContractFailure(
+            f"check() refused the params __init__ starts with: {_describe(exc)}; `stylebox "
+            f"config check` would say {said}, while `serve` runs it: make check() and "
+            "__init__ refuse the same"
+        ) from exc
+
+
 def check_errors_classified(case: ContractCase) -> None:
     """Flat and noisy images either work or fail as ``BadInput``/``PluginError`` with a
     reason: the daemon moves a ``BadInput`` aside at once and retries a ``PluginError``."""
@@ -1435,6 +1454,7 @@ CHECKS: tuple[Check, ...] = (
     Check("params_take_effect", check_params_take_effect),
     Check("accepts_image_kinds", check_accepts_image_kinds),
     Check("device_kind", check_device_kind),
+    Check("check_agrees", check_check_agrees),
     Check("errors_classified", check_errors_classified),
     Check("progress_through_context", check_progress_through_context),
     Check("snapshots", check_snapshots, needs="snapshots"),
