@@ -1400,3 +1400,24 @@ def test_every_setting_of_a_contract_case_is_a_class_attribute_of_plugin_contrac
 
     case = Loose.contract_case.__wrapped__(Loose(), tmp_path)  # the fixture's function
     assert (case.batch_tolerance, case.device) == (5, "cuda:1")
+
+
+def test_a_misspelt_expected_failure_is_refused_naming_the_check_meant(tmp_path: Path) -> None:
+    # {"cancelation": ...} expected nothing, said nothing, and the report was ok.
+    said = (
+        "expected_failures names no check: 'cancelation' (did you mean 'cancellation'?); "
+        "the checks are discoverable, "
+    )
+    with pytest.raises(ValueError, match=re.escape(said)):
+        check_plugin(ContractCase(plugin=Good, workdir=tmp_path), {"cancelation": "slow"})
+    (tmp_path / "test_misspelt.py").write_text(
+        "from typing import ClassVar\n"
+        "from test_contract_kit import Good\n"
+        "from stylebox.testing import PluginContract\n\n"
+        "class TestGood(PluginContract):\n"
+        "    plugin = Good\n"
+        "    expected_failures: ClassVar = {'cancelation': 'slow'}\n"
+    )
+    completed = author_pytest(tmp_path, "test_misspelt.py", "-k", "discoverable or batch")
+    assert completed.returncode == 1, completed.stdout
+    assert said in completed.stdout and "2 errors" in completed.stdout, completed.stdout

@@ -8,6 +8,7 @@ raises :class:`ContractFailure` when the plugin breaks its rule. The pytest base
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import io
 import json
@@ -21,7 +22,7 @@ import types
 import typing
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -1477,6 +1478,20 @@ def check_named(name: str) -> Check:
     raise KeyError(f"no contract check named {name!r}; known: {[c.name for c in CHECKS]}")
 
 
+def unknown_checks(names: Iterable[str]) -> str | None:
+    """Why ``names`` (an ``expected_failures``' keys) are not all checks, or ``None``: a
+    misspelt name expected nothing, and the check it meant was run as any other."""
+    known = [check.name for check in CHECKS]
+    wrong = [name for name in names if name not in known]
+    if not wrong:
+        return None
+    said = []
+    for name in wrong:
+        close = difflib.get_close_matches(name, known, n=1)
+        said.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"expected_failures names no check: {', '.join(said)}; the checks are {', '.join(known)}"
+
+
 def skip_reason(check: Check, case: ContractCase) -> str | None:
     """Why ``check`` does not apply to the plugin, or ``None`` when it does."""
     if check.needs is not None:
@@ -1539,6 +1554,8 @@ def check_plugin(
     """Run every check outside pytest. ``expected_failures`` maps check names to reasons;
     such a check that passes is reported as ``xpassed`` (and makes the report not ok)."""
     expected = expected_failures or {}
+    if (wrong := unknown_checks(expected)) is not None:
+        raise ValueError(wrong)
     results = []
     try:
         case.cls  # noqa: B018 - a plugin that does not load fails once, not in every check

@@ -36,6 +36,7 @@ from stylebox.testing.checks import (
     ContractTimeout,
     after_a_hang,
     skip_reason,
+    unknown_checks,
 )
 
 _KIT = Path(__file__).parent
@@ -75,6 +76,8 @@ class PluginContract:
 
     @pytest.fixture
     def contract_case(self, tmp_path: Path) -> ContractCase:
+        if (wrong := unknown_checks(self.expected_failures)) is not None:
+            pytest.fail(wrong, pytrace=False)
         return ContractCase(
             plugin=self.plugin,
             workdir=tmp_path,
