@@ -228,12 +228,12 @@ class NoProgress(Good):
         return ImageOps.invert(image)
 
 
-def reports_only(name: str, step: int, total: int) -> type[Good]:
+def reports_only(name: str, step: float, total: float) -> type[Good]:
     """A plugin whose only report is ``progress(step, total)``: no snapshots."""
 
     class ReportsOnly(Good):
         def process(self, image: Image.Image, job: JobContext) -> Image.Image:
-            job.progress(step, total)
+            job.progress(step, total)  # type: ignore[arg-type]  # a float, for the kit to refuse
             return ImageOps.invert(image)
 
     ReportsOnly.__name__ = ReportsOnly.__qualname__ = name
@@ -243,6 +243,8 @@ def reports_only(name: str, step: int, total: int) -> type[Good]:
 ProgressPastTotal = reports_only("ProgressPastTotal", 5, 3)
 NeverCompletes = reports_only("NeverCompletes", 1, 3)
 NoSnapshots = reports_only("NoSnapshots", 1, 1)
+ProgressOfNothing = reports_only("ProgressOfNothing", 0, 0)
+ProgressInHalves = reports_only("ProgressInHalves", 0.5, 1.0)
 
 
 class SnapshotsBackwards(Good):
@@ -637,6 +639,20 @@ BAD_PLUGINS = [
     ("errors_classified", SilentBadInput, {}, "BadInput on a black 48x40 image without a"),
     ("progress_through_context", NoProgress, {}, "reported no progress"),
     ("progress_through_context", ProgressPastTotal, {}, "progress\\(5, 3\\) is out of range"),
+    # It said "out of range: 0 <= step <= total", which 0 of 0 is in.
+    (
+        "progress_through_context",
+        ProgressOfNothing,
+        {},
+        r"progress\(0, 0\) is out of range: 0 <= step <= total, and total > 0",
+    ),
+    # Recorded as step 0 of 1.
+    (
+        "progress_through_context",
+        ProgressInHalves,
+        {},
+        r"progress\(0.5, 1.0\): step and total are whole numbers \(int\)",
+    ),
     ("progress_through_context", NeverCompletes, {}, "last progress report is 1/3"),
     ("snapshots", NoSnapshots, {}, "sent none to job.snapshot"),
     ("snapshots", SnapshotsBackwards, {}, "out of order: \\[3, 2, 1\\]"),

@@ -842,8 +842,15 @@ def check_progress_through_context(case: ContractCase) -> None:
     if not reports:
         raise ContractFailure("process reported no progress; call job.progress(step, total)")
     for step, total, metrics in reports:
+        whole = all(isinstance(n, int) and not isinstance(n, bool) for n in (step, total))
+        if not whole:  # the history keeps whole steps: 0.5 of 1.0 was recorded as step 0
+            raise ContractFailure(
+                f"progress({step!r}, {total!r}): step and total are whole numbers (int)"
+            )
         if not (total > 0 and 0 <= step <= total):
-            raise ContractFailure(f"progress({step}, {total}) is out of range: 0 <= step <= total")
+            raise ContractFailure(
+                f"progress({step}, {total}) is out of range: 0 <= step <= total, and total > 0"
+            )
         for name, value in metrics.items():
             try:
                 metric_value(step, name, value)
