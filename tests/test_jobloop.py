@@ -304,6 +304,19 @@ def test_a_closed_result_image_is_named_as_such_and_not_tried_again(tmp_path: Pa
     )
 
 
+class RefusesSilently(Stepper):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        raise BadInput()
+
+
+def test_a_bad_input_raised_without_a_word_still_names_its_photo(tmp_path: Path) -> None:
+    # It read "BadInput (raised without a message)": in a run of many, which photo?
+    loop = _loop(tmp_path, {}, plugin=RefusesSilently)
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert row.reason == "BadInput: photo.png: plugin stepper refused it, saying no reason"
+
+
 class SizeUnknown(Stepper):
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return {(640, 480): (320, 240)}[size]

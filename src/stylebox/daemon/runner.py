@@ -478,11 +478,13 @@ class Runner:
             result = Cancelled(why)  # a partial result is no result: ends as a stopped job
         name = started.job.input_path.name
         said = result.args[0] if isinstance(result, BadInput) and result.args else None
-        if isinstance(said, str) and name not in said:
+        if isinstance(said, str) and said and name not in said:
             # A plugin's refusal of this photo names the photo, as the host's own do: in a
             # run of many, "this photo has no mask" said nothing of which. (Its own class
             # and other arguments kept.)
             result.args = (f"{name}: {said}", *result.args[1:])  # type: ignore[union-attr]
+        elif isinstance(result, BadInput) and not said:  # raise BadInput(): no word of why
+            result.args = (f"{name}: plugin {plugin.name} refused it, saying no reason",)
         if isinstance(result, StyleboxError):
             _record_unfinished(started, result)
             return result
