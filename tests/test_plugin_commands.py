@@ -27,6 +27,15 @@ def command_site(folder: Path) -> Path:
                 "    hello = commands.add_parser('hello', help='say hello')\n"
                 "    hello.add_argument('name')\n"
                 "    hello.set_defaults(handler=lambda args: print(f'hello {args.name}') or 0)\n"
+                "    commands.add_parser('bare', help='sets no handler')\n"
+                "    def oops(args):\n"
+                "        if args.config:\n"
+                "            from stylebox.errors import ConfigError\n"
+                "            raise ConfigError('no such preset')\n"
+                "        raise KeyError('lut')\n"
+                "    fails = commands.add_parser('oops', help='raises')\n"
+                "    fails.add_argument('--config', action='store_true')\n"
+                "    fails.set_defaults(handler=oops)\n"
             )
         },
     )
@@ -51,6 +60,28 @@ def test_a_plugins_command_runs_and_a_broken_one_is_left_out(tmp_path: Path) -> 
     assert "ModuleNotFoundError" in result.stderr and "Traceback" not in result.stderr
     listing = stylebox(site, "--help")
     assert all(name in listing.stdout for name in ("hello", "train", "export", "status"))
+
+
+def test_a_plugins_command_without_a_handler_is_one_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # AttributeError: 'Namespace' object has no attribute 'handler', from stylebox's cli.
+    result = stylebox(command_site(tmp_path), "bare")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "stylebox: the command 'bare' has no handler: the plugin that adds it must call "
+        "set_defaults(handler=...) on its parser"
+    )
+    assert "Traceback" not in result.stderr
+    # A handler's own error in one line; its bug with its traceback, for its author.
+    said = stylebox(command_site(tmp_path / "again"), "oops", "--config")
+    assert (said.returncode, said.stderr.splitlines()[-1]) == (
+        2,
+        "stylebox: config error: no such preset",
+    )
+    bug = stylebox(command_site(tmp_path / "more"), "oops")
+    assert bug.returncode == 1 and "Traceback" in bug.stderr
+    assert bug.stderr.splitlines()[-1] == "KeyError: 'lut'"
 
 
 def test_the_fast_plugin_brings_train_export_and_models(tmp_path: Path) -> None:

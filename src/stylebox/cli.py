@@ -146,8 +146,15 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _handle(args: argparse.Namespace) -> int:
     """The command's exit status; each kind of error said in one line."""
+    handler = getattr(args, "handler", None)
+    if handler is None:  # a plugin's command that set none: a traceback said nothing useful
+        logs.say(
+            f"the command {args.command!r} has no handler: the plugin that adds it must call "
+            "set_defaults(handler=...) on its parser"
+        )
+        return EXIT_FAILED
     try:
-        return int(args.handler(args))
+        return int(handler(args))
     except ConfigError as exc:
         logs.say(f"config error: {exc}", lines=True)
         return EXIT_BAD
