@@ -5,24 +5,24 @@ A plugin is pure: it gets a decoded RGB image, its validated ``Params`` and a
 and never writes files of its own; progress, snapshots and checkpoints all go through the
 context, and the outbox decides every name.
 
-A minimal plugin::
+A minimal plugin (it passes the contract kit, ``discoverable`` aside until installed)::
 
-    class Invert(Plugin):
-        name = "invert"
+    class Posterize(Plugin):
+        name = "posterize_lite"
         version = "1.0"
 
         class Params(PluginParams):
-            strength: float = Field(1.0, ge=0, le=1)
+            bits: int = Field(2, ge=1, le=8, strict=True)  # strict: "3" is no number
 
         def process(self, image, job):
-            result = Image.blend(image, ImageOps.invert(image), self.params.strength)
+            result = ImageOps.posterize(image, self.params.bits)
             job.progress(1, 1)  # one step, done: what the progress bar and kit look for
             return result
 
 registered in its package's ``pyproject.toml``::
 
     [project.entry-points."stylebox.plugins"]
-    invert = "my_package:Invert"
+    posterize_lite = "my_package:Posterize"
 """
 
 from __future__ import annotations
