@@ -1437,28 +1437,3 @@ def test_a_misspelt_expected_failure_is_refused_naming_the_check_meant(tmp_path:
     completed = author_pytest(tmp_path, "test_misspelt.py", "-k", "discoverable or batch")
     assert completed.returncode == 1, completed.stdout
     assert said in completed.stdout and "2 errors" in completed.stdout, completed.stdout
-
-
-def test_the_plugin_api_docstrings_minimal_plugin_passes_the_kit(tmp_path: Path) -> None:
-    # Its Invert example blended by a float param: at 0.5 the result was flat grey, which
-    # the kit and the daemon refuse, and the kit warned that the param took text.
-    import textwrap
-
-    import pydantic
-    from PIL import ImageOps
-
-    import stylebox.plugins.api as api
-
-    doc = api.__doc__ or ""
-    code = doc.split("passes the contract kit")[1].split("::\n", 1)[1].split("\nregistered")[0]
-    namespace: dict[str, Any] = {
-        "Plugin": api.Plugin, "PluginParams": api.PluginParams, "Field": pydantic.Field,
-        "ImageOps": ImageOps,
-    }  # fmt: skip
-    exec(textwrap.dedent(code), namespace)
-    report = check_plugin(
-        ContractCase(plugin=namespace["Posterize"], workdir=tmp_path),
-        {"discoverable": "not installed"},
-    )
-    assert report.ok, str(report)
-    assert not [r.message for r in report.results if "warning:" in r.message], str(report)

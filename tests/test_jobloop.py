@@ -284,6 +284,26 @@ def test_a_fact_named_as_a_manifest_field_fails_the_job_rather_than_overwrite_it
     assert not (tmp_path / "outbox" / "photo.json").exists()
 
 
+class NotesASet(Stepper):
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        job.note(sizes={3, 5})
+        return image
+
+
+def test_a_fact_json_cannot_hold_fails_the_job_rather_than_become_its_text(
+    tmp_path: Path,
+) -> None:
+    # It reached the manifest as "{3, 5}" (an object as "<object object at 0x...>").
+    loop = _loop(tmp_path, {}, plugin=NotesASet)
+    loop.run_until_empty({"inbox:steps"})
+    row = _only_job(loop)
+    assert row.state == "failed" and row.error_message is not None
+    assert "job.note(sizes=...) holds a value of type set, which the manifest (JSON) cannot " in (
+        row.error_message
+    )
+    assert not (tmp_path / "outbox" / "photo.json").exists()
+
+
 class ReturnsClosed(Stepper):
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         result = image.copy()

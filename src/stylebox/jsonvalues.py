@@ -20,6 +20,29 @@ def not_finite(value: Any, path: str = "") -> list[str]:
     return []
 
 
+def not_json(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Where in ``value`` something is that JSON cannot hold (a set, a Path, an object), as
+    ``(place, what it is)``: written with ``str()``, it reached a manifest as
+    ``"<object object at 0x7f...>"`` with nothing said. numpy and torch values count as the
+    numbers and lists they hold."""
+    value = _plain(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return []
+    if isinstance(value, dict):
+        return [
+            hit
+            for key, item in value.items()
+            for hit in (
+                not_json(item, _join(path, key))
+                if isinstance(key, str)
+                else [(_join(path, key), f"a table key of type {type(key).__name__}")]
+            )
+        ]
+    if isinstance(value, list | tuple):
+        return [hit for i, item in enumerate(value) for hit in not_json(item, f"{path}[{i}]")]
+    return [(path or "(the value)", f"a value of type {type(value).__name__}")]
+
+
 def finite_or_null(value: Any) -> Any:
     """``value`` with every NaN or infinite number (a Python or numpy float) as ``None``
     and every other real number that is not an integer as a Python float; numpy arrays

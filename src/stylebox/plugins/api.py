@@ -52,6 +52,7 @@ from stylebox.errors import (
     PluginError,
     StyleboxError,
 )
+from stylebox.jsonvalues import not_json
 
 __all__ = [
     "COMPANION_KINDS",
@@ -332,13 +333,23 @@ MANIFEST_FIELDS = frozenset(
 
 
 def check_facts(facts: dict[str, JsonValue]) -> None:
-    """Refuse facts that would overwrite the manifest's own fields (``job.note``)."""
+    """Refuse facts (``job.note``) that would overwrite the manifest's own fields, or that
+    JSON cannot hold (a set, a Path, an object: written as their ``str()``, silently)."""
     taken = sorted(MANIFEST_FIELDS.intersection(facts))
     if taken:
         raise ValueError(
             f"job.note({taken[0]}=...): {taken[0]!r} is one of the manifest's own fields "
             f"({', '.join(sorted(MANIFEST_FIELDS))}); give the fact another name"
         )
+    for name, value in facts.items():
+        if wrong := not_json(value):
+            where, what = wrong[0]
+            at = "" if where == "(the value)" else f" at {where}"
+            raise TypeError(
+                f"job.note({name}=...) holds {what}{at}, which the manifest (JSON) cannot "
+                "hold; note text, numbers, true/false, and lists or tables of them (str() a "
+                "value whose text is what you mean)"
+            )
 
 
 def metric_value(step: int, name: str, value: object) -> float:
