@@ -878,18 +878,23 @@ def test_a_wrong_result_fails_the_checks_of_results_not_every_check(tmp_path: Pa
         (ReturnsClosedImage, "an image whose pixels cannot be read (ValueError: Operation on cl"),
     ],
 )
-def test_no_image_to_compare_skips_deterministic(
+def test_no_image_to_compare_skips_deterministic_and_params_take_effect(
     plugin: type[Good], returned: str, tmp_path: Path
 ) -> None:
     # deterministic broke off on AttributeError: 'NoneType' object has no attribute
-    # 'tobytes' (a closed image: ValueError), beside the checks that say what is wrong.
-    report = check_plugin(ContractCase(plugin=plugin, workdir=tmp_path, realistic_size=None))
+    # 'tobytes' (a closed image: ValueError), beside the checks that say what is wrong;
+    # params_take_effect failed with accepts_image_kinds's message.
+    case = ContractCase(
+        plugin=plugin, workdir=tmp_path, realistic_size=None, effective_params=[{"level": 5}]
+    )
+    report = check_plugin(case)
     failed = {result.check for result in report.results if result.status == "failed"}
     assert failed == {"discoverable", "accepts_image_kinds", "errors_classified", "batch"}
-    (result,) = [r for r in report.results if r.check == "deterministic"]
-    assert result.status == "skipped"
-    assert result.message.startswith(f"process returned {returned}")
-    assert result.message.endswith("so there is nothing to compare; see accepts_image_kinds")
+    for check in ("deterministic", "params_take_effect"):
+        (result,) = [r for r in report.results if r.check == check]
+        assert result.status == "skipped"
+        assert result.message.startswith(f"process returned {returned}")
+        assert result.message.endswith("so there is nothing to compare; see accepts_image_kinds")
 
 
 def test_every_check_is_proven_by_a_bad_plugin() -> None:
