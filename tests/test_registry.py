@@ -114,6 +114,25 @@ def test_broken_plugins_are_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyP
         parse_config(data, registry=registry)
 
 
+def test_a_plugin_without_a_version_of_its_own_has_its_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = (
+        "from stylebox.plugins.api import Plugin, PluginParams\n"
+        "class Unversioned(Plugin):\n"
+        "    name = 'unversioned'\n"
+        "    version = ''\n"
+        "    Params = PluginParams\n"
+        "    def process(self, image, job):\n"
+        "        return image\n"
+    )
+    site = installed_site(tmp_path, "unversioned",
+                          "[stylebox.plugins]\nunversioned = unversioned:Unversioned\n",
+                          {"unversioned.py": source})  # fmt: skip
+    monkeypatch.syspath_prepend(str(site))
+    assert discover().plugins["unversioned"].version == "1.0"  # its METADATA's
+
+
 def test_a_plugin_already_loaded_keeps_its_code_until_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
