@@ -1442,3 +1442,42 @@ def test_a_misspelt_expected_failure_is_refused_naming_the_check_meant(tmp_path:
     completed = author_pytest(tmp_path, "test_misspelt.py", "-k", "discoverable or batch")
     assert completed.returncode == 1, completed.stdout
     assert said in completed.stdout and "2 errors" in completed.stdout, completed.stdout
+
+
+class ClosesBadly(Good):
+    def close(self) -> None:
+        raise RuntimeError("close broke")
+
+
+def test_one_root_cause_fails_one_check_and_the_others_point_there(tmp_path: Path) -> None:
+    # A close() that raised failed 13 checks, and sample params the model refused 16, each
+    # with the same message and traceback.
+    report = check_plugin(ContractCase(plugin=ClosesBadly, workdir=tmp_path))
+    failed = {r.check: r.message for r in report.results if r.status == "failed"}
+    assert set(failed) == {"discoverable", "threads_stopped"}, str(report)
+    assert failed["threads_stopped"].startswith("close() failed: RuntimeError: close broke")
+    pointed = {r.check for r in report.results if r.message.endswith("see threads_stopped")}
+    assert {"accepts_image_kinds", "no_network", "batch"} <= pointed
+
+    refused = check_plugin(ContractCase(plugin=Good, workdir=tmp_path, params={"level": 99}))
+    failed = {r.check: r.message for r in refused.results if r.status == "failed"}
+    assert set(failed) == {"discoverable", "params_model"}, str(refused)
+    assert failed["params_model"].startswith("the sample params {'level': 99} are refused")
+    skipped = [r.message for r in refused.results if r.status == "skipped"]
+    assert (
+        skipped.count(
+            "not run: the kit's params are refused by the plugin's Params; see params_model"
+        )
+        >= 10
+    )
+    # So in an author's pytest.
+    (tmp_path / "test_closes.py").write_text(
+        "from typing import ClassVar\n"
+        "from test_contract_kit import ClosesBadly\n"
+        "from stylebox.testing import PluginContract\n\n"
+        "class TestClosesBadly(PluginContract):\n"
+        "    plugin = ClosesBadly\n"
+    )
+    completed = author_pytest(tmp_path, "test_closes.py", "-rs", "-k", "threads or network")
+    assert "1 failed, 1 skipped" in completed.stdout, completed.stdout
+    assert "not judged: close() failed; see threads_stopped" in completed.stdout

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -63,6 +63,30 @@ class ContractFailure(AssertionError):
 class ProcessFailed(ContractFailure):
     """``process`` raised (its exception the ``__cause__``): the checks that only needed
     its run to judge something else leave the failure to one check that says it."""
+
+
+class SaidOnce(ContractFailure):
+    """A failure of one root cause that many checks meet (a plugin whose ``close`` raises,
+    sample params its model refuses): the check named :attr:`owner` fails with it; every
+    other check that meets it is skipped, pointing there (13 and 16 failures of one
+    message, each with its traceback, buried it)."""
+
+    owner: ClassVar[str]
+    briefly: ClassVar[str]
+
+    def elsewhere(self, check: str) -> str | None:
+        """Why ``check`` is skipped for this failure; ``None`` for its owner."""
+        return None if check == self.owner else f"{self.briefly}; see {self.owner}"
+
+
+class CloseFailed(SaidOnce):
+    owner = "threads_stopped"
+    briefly = "not judged: close() failed"
+
+
+class SampleParamsRefused(SaidOnce):
+    owner = "params_model"
+    briefly = "not run: the kit's params are refused by the plugin's Params"
 
 
 class ContractWarning(UserWarning):
@@ -186,11 +210,13 @@ class ContractCase:
         return Runtime(device=self.device, state_dir=self.workdir / "state")
 
     def validated(self, params: dict[str, Any] | None = None) -> BaseModel:
+        sample = params is None or params == self.params
+        refused = SampleParamsRefused if sample else ContractFailure
         params = self.params if params is None else params
         try:
             return self.cls.Params.model_validate(params, context={"base_dir": self.base_dir})
         except ValidationError as exc:
-            raise ContractFailure(
+            raise refused(
                 f"the sample params {params!r} are refused by {self.cls.__name__}.Params; "
                 f"fix the params given to the kit:\n{exc}"
             ) from None
@@ -285,7 +311,7 @@ def _close(case: ContractCase, plugin: Plugin[Any]) -> None:
     except ContractFailure:
         raise
     except Exception as exc:
-        raise ContractFailure(
+        raise CloseFailed(
             f"close() failed: {_describe(exc)}; release what __init__ acquired without raising"
         ) from exc
 
@@ -1594,6 +1620,9 @@ def check_plugin(
                 results.append(CheckResult(check.name, "skipped", str(exc)))
                 continue
             except Exception as exc:
+                if isinstance(exc, SaidOnce) and (why := exc.elsewhere(check.name)):
+                    results.append(CheckResult(check.name, "skipped", why))
+                    continue
                 if isinstance(exc, ContractTimeout):
                     hung = check.name
                 message = (

@@ -34,6 +34,7 @@ from stylebox.testing.checks import (
     ContractFailure,
     ContractSkip,
     ContractTimeout,
+    SaidOnce,
     after_a_hang,
     skip_reason,
     unknown_checks,
@@ -118,6 +119,8 @@ class PluginContract:
         except ContractSkip as exc:
             pytest.skip(str(exc))
         except ContractFailure as exc:
+            if isinstance(exc, SaidOnce) and (why := exc.elsewhere(check.name)):
+                pytest.skip(why)
             if isinstance(exc, ContractTimeout):
                 PluginContract._hung[type(self)] = check.name
             finding = exc
