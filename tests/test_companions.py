@@ -26,6 +26,19 @@ def two_bands(path: Path, size: tuple[int, int]) -> Path:
     return path
 
 
+def masked_daemon(folder: Path, settle: float) -> Daemon:
+    """A daemon whose gatys inbox has a style mask (a photo needs its own), tiny and quick."""
+    style = folder / "reference.png"
+    with Image.open(STYLES / "starry_night.jpg") as painting:
+        painting.convert("RGB").resize((48, 38)).save(style)
+    style_mask = two_bands(folder / "reference.mask.png", (48, 38))
+    params = (
+        f'style_mask = "{style_mask}", size = 48, steps = 3, photorealism = 1e6, '
+        "snapshot_every = 0, require_progress = 0"
+    )
+    return Daemon(gatys_config(folder, style, params, settle=settle))
+
+
 def test_companion_names() -> None:
     assert companion_kind("photo.mask.png") == ("mask", "photo")
     assert companion_kind("my.photo.mask.jpg") == ("mask", "my.photo")
@@ -66,15 +79,7 @@ def test_a_photo_waits_for_a_mask_dropped_within_its_settle_window(tmp_path: Pat
 
 
 def test_the_daemon_pairs_a_photo_with_a_mask_dropped_after_it(tmp_path: Path) -> None:
-    style = tmp_path / "reference.png"
-    with Image.open(STYLES / "starry_night.jpg") as painting:
-        painting.convert("RGB").resize((48, 38)).save(style)
-    style_mask = two_bands(tmp_path / "reference.mask.png", (48, 38))
-    params = (
-        f'style_mask = "{style_mask}", size = 48, steps = 3, photorealism = 1e6, '
-        "snapshot_every = 0, require_progress = 0"
-    )
-    daemon = Daemon(gatys_config(tmp_path, style, params, settle=1.5))
+    daemon = masked_daemon(tmp_path, settle=1.5)
     try:
         daemon.wait_ready()
         inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
@@ -146,15 +151,7 @@ def test_a_mask_dropped_after_its_photo_failed_for_want_of_it_brings_the_photo_b
 ) -> None:
     # The photo failed for good: the mask, dropped a few seconds late, stayed in the inbox
     # said to be "the mask of a photo named harbour.* that is not here".
-    style = tmp_path / "reference.png"
-    with Image.open(STYLES / "starry_night.jpg") as painting:
-        painting.convert("RGB").resize((48, 38)).save(style)
-    style_mask = two_bands(tmp_path / "reference.mask.png", (48, 38))
-    params = (
-        f'style_mask = "{style_mask}", size = 48, steps = 3, photorealism = 1e6, '
-        "snapshot_every = 0, require_progress = 0"
-    )
-    daemon = Daemon(gatys_config(tmp_path, style, params, settle=0.3))
+    daemon = masked_daemon(tmp_path, settle=0.3)
     try:
         daemon.wait_ready()
         inbox = tmp_path / "inbox"
