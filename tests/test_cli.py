@@ -629,11 +629,21 @@ def say(message, **kwargs):
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         raise KeyboardInterrupt  # as a second Ctrl-C landing here would
 logs.say = say
-cli.main = lambda argv: cli._handle(argparse.Namespace(handler=stopped))
-sys.exit(entry.main(["batch", "b"]))
+def parser():
+    made = argparse.ArgumentParser()
+    made.add_argument("command")
+    made.add_argument("-q", "--quiet", action="store_true")
+    made.set_defaults(handler=stopped)
+    return made
+cli._parser = parser
+status = entry.main(["batch"])
+# Still deaf on the way out: the command's own SIGTERM handler was put back over it.
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)
+sys.exit(status)
 """
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines() == ["stylebox: interrupted"], result.stderr
+    assert result.stdout.strip() == "True"

@@ -4,6 +4,7 @@ for within the settle window, handed to the plugin and moved with their photo.""
 from __future__ import annotations
 
 import json
+import pickle
 import sqlite3
 import threading
 import time
@@ -14,6 +15,7 @@ from daemon_helpers import Daemon, gatys_config, wait_until
 from PIL import Image, ImageDraw
 
 from stylebox.daemon.watcher import InboxWatcher, WatchedFolder
+from stylebox.errors import BadInput, MissingCompanion
 from stylebox.plugins.api import companion_kind, companions_of
 
 SETTLE = 0.6
@@ -202,9 +204,32 @@ def test_a_lone_mask_brings_back_no_photo_that_failed_for_another_reason(tmp_pat
         daemon.wait_ready()
         (inbox / "dud.png").write_bytes(b"not a picture at all")
         assert wait_until(lambda: (inbox / "failed" / "dud.png.error.txt").exists(), 60)
+        assert wait_until(lambda: not (inbox / "dud.png").exists(), 10)  # moved after its note
         two_bands(tmp_path / "dud.mask.png", (32, 24)).rename(inbox / "dud.mask.png")
         time.sleep(1.5)  # settled, and nothing to bring back
         assert (inbox / "failed" / "dud.png").exists() and (inbox / "dud.mask.png").exists()
     finally:
         daemon.stop()
     assert "came for" not in daemon.output()
+
+
+def test_a_missing_companion_crosses_processes_as_itself() -> None:
+    # Its (kind, message) signature did not unpickle, and a Ray batch's came back as a
+    # PluginError, retried: a plugin's own BadInput of another signature too.
+    from stylebox.daemon.ray_engine import _portable, _restored
+
+    error = MissingCompanion("h.png: no mask", kind="mask")
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.kind) == (MissingCompanion, "h.png: no mask", "mask")
+
+    class Unreadable(BadInput):
+        def __init__(self, message: str, page: int) -> None:
+            super().__init__(message)
+
+    outcomes: list = [error, Unreadable("p.png: page 3 is blank", 3)]
+    restored = [_restored(item) for item in _portable(outcomes, [None, None])]  # type: ignore[list-item]
+    assert [(type(r), str(r)) for r in restored] == [
+        (MissingCompanion, "h.png: no mask"),
+        (BadInput, "p.png: page 3 is blank"),
+    ]
+    assert restored[0].kind == "mask"  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -525,7 +526,7 @@ class Masked(Flaky):
 
     def process(self, image: Image.Image, job: JobContext) -> Image.Image:
         if "mask" not in job.companions:
-            raise MissingCompanion("mask", "no mask")
+            raise MissingCompanion("no mask", kind="mask")
         return super().process(image, job)
 
 
@@ -558,4 +559,81 @@ def test_a_copy_with_its_mask_of_a_photo_failed_for_want_of_one_leaves_that_fail
     assert "adopted" not in [getattr(record, "event", None) for record in caplog.records]
     assert _names(inbox / "failed") == [b"h.png", b"h.png.error.txt"]
     assert _names(inbox / "processed") == [b"h.mask.png", b"h.png"]
+    pipeline.journal.close()
+
+
+def test_copies_of_a_failed_photo_are_one_job_of_their_own_then_its_duplicates(
+    tmp_path: Path,
+) -> None:
+    # Each copy got a job of its own while the failed one was in failed/: two copies
+    # dropped together both ran, and a third, after one was done, ran again.
+    pipeline, source, plugin = _pipeline(tmp_path, fails=1)
+    inbox = tmp_path / "inbox"
+    photo(8, 8).save(inbox / "a.png")
+    pipeline.enqueue(source, [inbox / "a.png"])
+    JobLoop(pipeline).run_until_empty({source.key})  # fails: a.png in failed/
+    for name in ("copy.png", "copy2.png"):
+        shutil.copy(inbox / "failed" / "a.png", inbox / name)
+    assert pipeline.enqueue(source, [inbox / "copy.png", inbox / "copy2.png"]) == [
+        "queued",
+        "waiting",
+    ]
+    JobLoop(pipeline).run_until_empty({source.key})
+    assert plugin.calls == 2  # the first try, and the copy's
+    assert (inbox / "processed" / "copy2.png.duplicate.txt").is_file()
+    shutil.copy(inbox / "failed" / "a.png", inbox / "copy3.png")
+    assert pipeline.enqueue(source, [inbox / "copy3.png"]) == ["duplicate"]
+    assert plugin.calls == 2
+    states = [(row.state, row.name) for row in pipeline.journal.jobs(source.key)]
+    assert states == [("failed", "a.png"), ("done", "copy.png")]
+    pipeline.journal.close()
+
+
+def test_a_copys_failed_job_moved_back_after_a_reload_is_adopted(tmp_path: Path) -> None:
+    # The copy's job kept its own key part, so the moved-back file under new settings was
+    # a new job beside it, and the copy's job stayed failed with no file in failed/.
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    for name in ("a.png", "b.png"):
+        (inbox / name).write_bytes(b"")
+        pipeline.enqueue(source, [inbox / name])
+        JobLoop(pipeline).run_until_empty({source.key})
+    first, copy = pipeline.journal.jobs(source.key)
+    reloaded = replace(source, params_hash="other settings")
+    pipeline.sources = {source.key: reloaded}
+    os.rename(inbox / "failed" / "b.png", inbox / "b.png")
+    assert pipeline.enqueue(reloaded, [inbox / "b.png"]) == ["retry"]
+    assert [row.id for row in pipeline.journal.jobs(source.key)] == [first.id, copy.id]
+    assert pipeline.journal.get(copy.id).state == "queued"
+    pipeline.journal.close()
+
+
+class MaskArrives(Masked):
+    """Needs a mask; its first photo's mask is dropped into the inbox while it runs."""
+
+    inbox: Path
+
+    def process(self, image: Image.Image, job: JobContext) -> Image.Image:
+        if "mask" not in job.companions:
+            photo(8, 8, seed=7).save(self.inbox / "h.mask.png")
+        return super().process(image, job)
+
+
+def test_a_mask_dropped_while_its_photo_ran_without_it_is_run_with(tmp_path: Path) -> None:
+    # The photo failed for want of it, and the mask went to failed/ with it: its note asked
+    # for a mask that was there already, and nothing brought the photo back.
+    pipeline, source, _ = _pipeline(tmp_path)
+    masked = MaskArrives(PluginParams(), Runtime(state_dir=tmp_path / "state"))
+    source = Source.of(
+        "inbox:in", source.config, PluginHandle("masked", "1", masked, masked.params)
+    )
+    pipeline.sources = {source.key: source}
+    inbox = masked.inbox = tmp_path / "inbox"
+    photo(8, 8).save(inbox / "h.png")
+    pipeline.enqueue(source, [inbox / "h.png"])
+    JobLoop(pipeline).run_until_empty({source.key})
+    (row,) = pipeline.journal.jobs(source.key)
+    assert (row.state, row.attempts) == ("done", 1)  # the try without its mask not counted
+    assert _names(inbox / "processed") == [b"h.mask.png", b"h.png"]
+    assert _names(inbox / "failed") == []
     pipeline.journal.close()

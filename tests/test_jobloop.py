@@ -350,8 +350,9 @@ def test_an_output_size_that_raises_is_the_plugins_fault_not_a_crash(
     loop = _loop(tmp_path, {}, plugin=SizeUnknown)
     loop.run_until_empty({"inbox:steps"})
     row = _only_job(loop)
-    assert (row.state, row.error_message) == (
+    assert (row.state, row.error_class, row.error_message) == (
         "failed",
+        "PermanentFailure",  # the same code fails the same way: not tried again
         "plugin stepper's output_size() failed for a 24x16 input: KeyError: (24, 16)",
     )
     events = [getattr(record, "event", None) for record in caplog.records]

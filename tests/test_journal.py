@@ -152,7 +152,7 @@ def test_a_refused_retry_says_how_the_photo_is_run_again_where_it_came_from(
     add(journal, "s.jpg")
     journal.finish(journal.claim("h:1", 30).id, "failed", error=InputChanged("replaced", "cd"))
     add(journal, "harbour.jpg")
-    lacks = MissingCompanion("mask", "no mask")
+    lacks = MissingCompanion("no mask", kind="mask")
     journal.finish(journal.claim("h:1", 30).id, "failed", error=lacks)
     rows = journal.jobs()
     said = [no_retry(row) for row in rows]

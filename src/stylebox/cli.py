@@ -136,7 +136,9 @@ def _main(argv: Sequence[str] | None) -> int:
         logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return _handle(args)
     finally:
-        if guarded:
+        # Not once the command stopped listening (it said "interrupted"): a second SIGTERM
+        # on the way out would end it with 143.
+        if guarded and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             # The entry point's guard, or a handler Python did not install (None): the
             # default stands in for them.
             if previous is None or previous is signal.default_int_handler:

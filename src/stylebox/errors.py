@@ -27,6 +27,8 @@ Any other exception from a plugin is a plugin fault too: a ``PluginError`` namin
 1 for ``PluginError``, 130 for ``Cancelled``.
 """
 
+from __future__ import annotations
+
 import errno
 
 
@@ -42,9 +44,12 @@ class MissingCompanion(BadInput):
     """The input needs a companion file it does not have (its mask: ``photo.mask.png``). In
     an inbox, the companion dropped in later brings the photo back from ``failed/``."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, message: str = "", kind: str = "mask") -> None:
         super().__init__(message)
         self.kind = kind
+
+    def __reduce__(self) -> tuple[type[MissingCompanion], tuple[str, str]]:
+        return type(self), (str(self), self.kind)  # its kind too, across processes (Ray)
 
 
 class Truncated(BadInput):

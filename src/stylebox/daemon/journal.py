@@ -867,13 +867,13 @@ class Journal:
         for job_id, key, error_class, input_path in failed:
             if kept is not None and kept(os.fsdecode(input_path)):
                 continue
-            had = key.split("|")
+            # A copy's job of an inbox is of those bytes as any is (its own part aside).
+            had = [part for part in key.split("|") if not part.startswith("copy:")]
             # The same bytes, source and companions; only the settings differ.
             if len(had) == len(wanted) and had[:2] + had[4:] == wanted[:2] + wanted[4:]:
                 return job_id
-            # Or it failed for want of a mask, which it has now: the same bytes and source
-            # (a copy's job too, whose key ends in its own part).
-            own = [part for part in had if not part.startswith(("copy:", "path:"))]
+            # Or it failed for want of a mask, which it has now: the same bytes and source.
+            own = [part for part in had if not part.startswith("path:")]
             wants = error_class == "MissingCompanion" and len(own) == 4 < len(wanted)
             if wants and own[:2] == wanted[:2]:
                 return job_id
@@ -893,6 +893,20 @@ class Journal:
             query = f"SELECT unique_key FROM jobs WHERE unique_key IN ({marks})"
             known.update(key for (key,) in db.execute(query, chunk))
         return known
+
+    def live_copy(self, key: str) -> JobRow | None:
+        """The latest job of a copy of the bytes of ``key`` (its own key ``key|copy:...``)
+        that is queued, running or done; ``None`` if there is none."""
+        found = (
+            self._connection()
+            .execute(
+                "SELECT * FROM jobs WHERE substr(unique_key, 1, ?) = ? "
+                "AND state IN ('queued', 'running', 'done') ORDER BY id DESC LIMIT 1",
+                (len(key) + len("|copy:"), f"{key}|copy:"),
+            )
+            .fetchone()
+        )
+        return _row(found) if found else None
 
     def failed_of_bytes(self, source: str, sha256: str) -> list[JobRow]:
         """``source``'s failed jobs of the bytes ``sha256``, the latest first."""

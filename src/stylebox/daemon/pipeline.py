@@ -44,10 +44,12 @@ from stylebox.errors import (
 from stylebox.images import refused_on_sight
 from stylebox.logs import shown
 from stylebox.plugins.api import (
+    COMPANION_KINDS,
     Plugin,
     all_companions_of,
     companion_kind,
     companion_lists,
+    companions_of,
 )
 
 log = logging.getLogger("stylebox.pipeline")
@@ -539,6 +541,11 @@ class Pipeline:
             )
             return "waiting"
         if self._needs_own_job(source, row, path):
+            # Another copy of those bytes may have a job of its own already: this one is
+            # its duplicate, or waits for it, as for any job (each ran again, and again).
+            live = self.journal.live_copy(entry.unique_key) if source.moves_inputs else None
+            if live is not None:
+                return self._after_add(source, path, entry, live, False)
             back = self._moved_back(source, row, path)
             if back is None:
                 stem = source.reserve_for(path)
@@ -680,9 +687,7 @@ class Pipeline:
         if not source.moves_inputs:
             return row.origin_path != str(path) and os.path.lexists(row.origin_path)
         # An inbox's: whatever the name (a name of the inbox is free again once moved).
-        return _kept_aside(source.config.path, row.input_path) and files.holds(
-            Path(row.input_path), row.sha256
-        )
+        return _kept_aside(source.config.path, row.input_path)
 
     def _moved_back(self, source: Source, row: JobRow, path: Path) -> JobRow | None:
         """For the inbox file ``path``, whose bytes' failed job ``row`` still has its file
@@ -1036,6 +1041,13 @@ class Pipeline:
                 wait,
                 extra={**self._fields(row, "truncated"), "error": str(outcome)},
             )
+        elif isinstance(outcome, MissingCompanion) and self._came_meanwhile(source, row, outcome):
+            self.journal.requeue(row.id, refund_attempt=True, error=outcome)
+            log.info(
+                "its %s came while it ran without it: tried again with it",
+                outcome.kind,
+                extra=self._fields(row, "companion_came"),
+            )
         elif isinstance(outcome, BadInput):
             self._fail(source, row, outcome)
         elif isinstance(outcome, PluginError):
@@ -1211,6 +1223,15 @@ class Pipeline:
             "superseded", extra={**self._fields(row, "superseded"), "error": str(superseded)}
         )
 
+    @staticmethod
+    def _came_meanwhile(source: Source, row: JobRow, error: MissingCompanion) -> bool:
+        """Whether the inbox photo of job ``row``, which failed for want of a companion,
+        has it beside it now (dropped while the job ran): else it would go to ``failed/``
+        with the photo, and the note would ask for a file that is there already."""
+        if not source.moves_inputs or not os.path.lexists(row.origin_path):
+            return False
+        return error.kind in companions_of(Path(row.origin_path))
+
     def _retry_or_fail(self, source: Source, row: JobRow, error: PluginError) -> None:
         if (
             isinstance(error, StorageError)
@@ -1256,7 +1277,11 @@ class Pipeline:
                 # says so: a bare "attempts: 0" read as a count that went wrong.
                 tries = f"{row.attempts}" if row.attempts else "0 (it never ran)"
                 said = f"{reason}\nattempts: {tries}\njob: {row.id}"
-                if isinstance(error, MissingCompanion) and source.moves_inputs:
+                if (
+                    isinstance(error, MissingCompanion)
+                    and source.moves_inputs
+                    and error.kind in COMPANION_KINDS
+                ):
                     wanted = f"{Path(row.origin_path).stem}.{error.kind}.png"
                     said += (
                         f"\nthen: drop {shown(wanted)} into the inbox, and this photo comes "

@@ -41,7 +41,14 @@ from stylebox.daemon import memory
 from stylebox.daemon.leases import Stop, StopReason
 from stylebox.daemon.outbox import Outbox
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
-from stylebox.errors import ConfigError, InputChanged, PluginError, StyleboxError
+from stylebox.errors import (
+    BadInput,
+    ConfigError,
+    InputChanged,
+    MissingCompanion,
+    PluginError,
+    StyleboxError,
+)
 from stylebox.plugins.api import Runtime
 
 log = logging.getLogger("stylebox.ray")
@@ -300,24 +307,25 @@ def _portable(outcomes: list[JobResult | StyleboxError], jobs: list[Job]) -> lis
             traced.add(id(outcome))
             ended = [job.job_id for job, o in zip(jobs, outcomes, strict=True) if o is outcome]
             bug = ("".join(traceback.format_exception(outcome.__cause__)), ended)
-        sha256 = getattr(outcome, "sha256", None)
-        items.append(("error", type(outcome), str(outcome), sha256, bug))
+        # The second argument of the errors that take one: a sha256, a companion's kind.
+        extra = getattr(outcome, "sha256", None) or getattr(outcome, "kind", None)
+        items.append(("error", type(outcome), str(outcome), extra, bug))
     return items
 
 
 def _restored(portable: Any) -> JobResult | StyleboxError:
     if isinstance(portable, JobResult):
         return portable
-    _, cls, message, sha256, bug = portable
+    _, cls, message, extra, bug = portable
     if bug is not None:  # as a local run logs it: for the plugin's author
         trace, jobs = bug
         log.error(message, extra={"event": "plugin_bug", "jobs": jobs, "exception": trace})
-    if issubclass(cls, InputChanged):
-        return cls(message, sha256)
+    if issubclass(cls, InputChanged | MissingCompanion):
+        return cls(message, extra)
     try:
         return cls(message)
-    except Exception:  # a plugin's own error class with another signature
-        return PluginError(message)
+    except Exception:  # a plugin's own error class with another signature: its kind kept
+        return BadInput(message) if issubclass(cls, BadInput) else PluginError(message)
 
 
 class RayExecutor:

@@ -708,7 +708,8 @@ def documented_size(
             exc_info=exc,
             extra={"event": "plugin_bug", "jobs": list(jobs)},
         )
-        error = PluginError(
+        # Its code gives the same again: failed at once, as a result breaking the contract.
+        error = PermanentFailure(
             f"plugin {plugin.name}'s output_size() failed for a {size[0]}x{size[1]} input: "
             f"{describe(exc)}"
         )

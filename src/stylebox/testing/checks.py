@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import math
+import numbers
 import os
 import subprocess
 import sys
@@ -184,6 +185,8 @@ class ContractCase:
     def __post_init__(self) -> None:
         self.base_dir = (self.base_dir or Path.cwd()).resolve()
         self._runs = 0
+        self.sample_instances: weakref.WeakSet[Plugin[Any]] = weakref.WeakSet()
+        """The instances :meth:`make` started with the kit's own params."""
         self.chdirs: list[str] = []
         """Working directories the plugin left behind after a call (and the kit undid)."""
 
@@ -227,9 +230,12 @@ class ContractCase:
         validated = self.validated(params)
         runtime = self.runtime
         try:
-            return _within_limit(
+            made = _within_limit(
                 self, lambda: self.cls(validated, runtime), "starting the plugin (__init__)"
             )
+            if params is None or params == self.params:
+                self.sample_instances.add(made)
+            return made
         except ContractFailure:
             raise
         except (Exception, SystemExit) as exc:
@@ -306,14 +312,22 @@ def _cwd() -> str | None:
 
 
 def _close(case: ContractCase, plugin: Plugin[Any]) -> None:
+    """``plugin.close()`` within the time limit. Its failure is :class:`CloseFailed` for an
+    instance of the kit's own params (``threads_stopped`` closes one too, and fails with
+    it), else the check's own failure; where the check is failing already (``_close`` in a
+    ``finally``), that failure goes on, this one added to it as a note."""
+    pending = sys.exc_info()[1]
     try:
         _within_limit(case, plugin.close, "close()")
-    except ContractFailure:
+    except ContractTimeout:
         raise
     except Exception as exc:
-        raise CloseFailed(
-            f"close() failed: {_describe(exc)}; release what __init__ acquired without raising"
-        ) from exc
+        said = f"close() failed: {_describe(exc)}; release what __init__ acquired without raising"
+        if pending is not None:
+            pending.add_note(said)
+            return
+        failure = CloseFailed if plugin in case.sample_instances else ContractFailure
+        raise failure(said) from exc
 
 
 def _check_result(
@@ -875,7 +889,9 @@ def check_progress_through_context(case: ContractCase) -> None:
     if not reports:
         raise ContractFailure("process reported no progress; call job.progress(step, total)")
     for step, total, metrics in reports:
-        whole = all(isinstance(n, int) and not isinstance(n, bool) for n in (step, total))
+        whole = all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in (step, total)
+        )  # numpy's integers too, as the runner takes them
         if not whole:  # the history keeps whole steps: 0.5 of 1.0 was recorded as step 0
             raise ContractFailure(
                 f"progress({step!r}, {total!r}): step and total are whole numbers (int)"

@@ -326,9 +326,9 @@ class Engine:
         path = companion or p.content_mask
         if path is None:
             raise MissingCompanion(
-                "mask",
                 "gatys has style_mask set but this photo has no mask: put its label image "
                 "beside it as <photo stem>.mask.png, or set content_mask",
+                kind="mask",
             )
         where = f"the photo's mask {path.name if companion is not None else path}"
         mask = load_mask(path, where, BadInput if companion is not None else ConfigError)
