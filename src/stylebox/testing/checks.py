@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import inspect
 import io
 import json
 import math
@@ -412,6 +413,19 @@ def _process(
 # -- the checks ----------------------------------------------------------------------------
 
 
+def _warn(about: type, message: str) -> None:
+    """A :class:`ContractWarning` located at ``about``'s own source (the plugin's class, its
+    ``Params``), where its author looks, rather than at the kit's line that noticed it."""
+    try:
+        filename = inspect.getsourcefile(about) or ""
+        lineno = inspect.getsourcelines(about)[1]
+    except (OSError, TypeError):  # defined where no source is kept (a REPL, exec)
+        warnings.warn(ContractWarning(message), stacklevel=3)
+        return
+    module = getattr(about, "__module__", "")
+    warnings.warn_explicit(ContractWarning(message), ContractWarning, filename, lineno, module)
+
+
 def check_discoverable(case: ContractCase) -> None:
     """Registered in the ``stylebox.plugins`` entry-point group under a name no other
     installed package registers, with a name and a version."""
@@ -421,13 +435,11 @@ def check_discoverable(case: ContractCase) -> None:
         raise ContractFailure(f"{cls.__name__} has no `name`; set a class attribute name = '...'")
     seconds = _observed_import(case).seconds
     if seconds > IMPORT_WARN_SECONDS:
-        warnings.warn(
-            ContractWarning(
-                f"importing the plugin took {seconds:.1f} s, and stylebox plugins, status and "
-                "config check import every installed plugin, used or not; import heavy "
-                "libraries and load models in __init__"
-            ),
-            stacklevel=2,
+        _warn(
+            cls,
+            f"importing the plugin took {seconds:.1f} s, and every command that loads the "
+            "plugins (serve, run, batch, plugins, config check) imports every installed "
+            "plugin, used or not; import heavy libraries and load models in __init__",
         )
     found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not found:
@@ -596,12 +608,10 @@ def _warn_free_text(model: type[BaseModel], case: ContractCase) -> None:
             and not {"enum", "const", "pattern", "format", "maxLength"} & v.keys()
         ]  # fmt: skip
         if free and key not in tried:
-            warnings.warn(
-                ContractWarning(
-                    f"{model.__name__}.{key} accepts any text; constrain it (a Literal, a "
-                    "pattern, a max_length) or give invalid_params with values it refuses"
-                ),
-                stacklevel=2,
+            _warn(
+                model,
+                f"{model.__name__}.{key} accepts any text; constrain it (a Literal, a "
+                "pattern, a max_length) or give invalid_params with values it refuses",
             )
 
 
@@ -628,15 +638,13 @@ def _warn_converted_text(model: type[BaseModel], case: ContractCase) -> None:
         if not isinstance(getattr(taken, name), str):  # kept as text: a field that takes text
             converted.append(f"{key} = {text!r}")
     if converted:
-        warnings.warn(
-            ContractWarning(
-                f"{model.__name__} converts text to numbers or true/false ({', '.join(converted)} "
-                "passed), so a wrong type in a config passes unsaid; refuse it as the built-in "
-                "plugins do: Field(strict=True) on those fields, or model_config = "
-                "ConfigDict(strict=True) where no field needs converting (an Enum, a tuple; "
-                "stylebox.plugins.api.PathValue for paths)"
-            ),
-            stacklevel=2,
+        _warn(
+            model,
+            f"{model.__name__} converts text to numbers or true/false ({', '.join(converted)} "
+            "passed), so a wrong type in a config passes unsaid; refuse it as the built-in "
+            "plugins do: Field(strict=True) on those fields, or model_config = "
+            "ConfigDict(strict=True) where no field needs converting (an Enum, a tuple; "
+            "stylebox.plugins.api.PathValue for paths)",
         )
 
 
