@@ -293,6 +293,11 @@ class Pipeline:
         refuses the arrival, each file is tried on its own, and one it still refuses stays
         in the inbox for the next rescan (``"error"``, logged) while the others go through;
         no output name stays reserved for a file that got no job.
+
+        A mask among ``paths`` (one that settled with no photo beside it) is no job and has
+        no outcome: the photo it brings back from ``failed/`` (see :meth:`_bring_back`) has
+        one, after those of the other paths. Callers that pair outcomes with ``paths`` pass
+        photos only.
         """
         # A mask that settled with no photo beside it: it may be what a failed photo lacked.
         followers = [path for path in paths if companion_kind(path.name) is not None]
