@@ -637,3 +637,40 @@ def test_a_mask_dropped_while_its_photo_ran_without_it_is_run_with(tmp_path: Pat
     assert _names(inbox / "processed") == [b"h.mask.png", b"h.png"]
     assert _names(inbox / "failed") == []
     pipeline.journal.close()
+
+
+def test_a_failed_photo_mended_and_moved_back_clears_its_failure(tmp_path: Path) -> None:
+    # Mended in failed/ and moved back, it was a new job: the failed one stayed listed for
+    # good, its note in failed/ beside no photo. Mended to bytes done before, the same.
+    pipeline, source, _ = _pipeline(tmp_path)
+    inbox = tmp_path / "inbox"
+    photo(8, 8, seed=1).save(inbox / "done.png")
+    for name in ("trunc.png", "gone.png", "again.png"):
+        (inbox / name).write_bytes(b"")
+    pipeline.enqueue(
+        source, [inbox / n for n in ("done.png", "trunc.png", "gone.png", "again.png")]
+    )
+    JobLoop(pipeline).run_until_empty({source.key})
+    done, trunc, gone, again = pipeline.journal.jobs(source.key)
+    failed = inbox / "failed"
+
+    photo(8, 8, seed=2).save(failed / "trunc.png")  # mended where it lies, then moved back
+    os.rename(failed / "trunc.png", inbox / "trunc.png")
+    assert pipeline.enqueue(source, [inbox / "trunc.png"]) == ["retry"]
+    (failed / "gone.png").unlink()  # thrown away, and the name used again
+    photo(8, 8, seed=3).save(inbox / "gone.png")
+    assert pipeline.enqueue(source, [inbox / "gone.png"]) == ["retry"]
+    shutil.copy(inbox / "processed" / "done.png", failed / "again.png")  # mended to done bytes
+    os.rename(failed / "again.png", inbox / "again.png")
+    assert pipeline.enqueue(source, [inbox / "again.png"]) == ["duplicate"]
+    JobLoop(pipeline).run_until_empty({source.key})
+
+    rows = {row.id: row for row in pipeline.journal.jobs(source.key)}
+    assert len(rows) == 4  # no job beside them
+    assert [rows[j.id].state for j in (done, trunc, gone)] == ["done", "done", "done"]
+    assert (rows[again.id].error_class, rows[again.id].error_message) == (
+        "InputChanged",
+        f"again.png came back with other bytes, those of job {done.id} (done)",
+    )
+    assert _names(failed) == []  # no note left beside no photo
+    pipeline.journal.close()

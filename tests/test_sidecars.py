@@ -25,6 +25,17 @@ def test_sidecar_names_say_their_photo() -> None:
     takeout = sidecar_of("photo.jpg.supplemental-metadata.json")
     assert takeout is not None and takeout.belongs_to("photo.jpg")
     assert sidecar_of("photo.jpg.json") is not None
+    # Takeout cuts its part short in long names; Windows marks a sidecar copied too.
+    cut = sidecar_of("photo.jpg.supplemental-metadat.json")
+    assert cut is not None and cut.belongs_to("photo.jpg")
+    marked = sidecar_of("photo.jpg.xmp:Zone.Identifier")
+    assert marked is not None and marked.belongs_to("photo.jpg")
+    assert marked.renamed("photo.jpg", "photo-2.jpg") == "photo-2.jpg.xmp:Zone.Identifier"
+    # Said as the photo it names: late.jpg.xmp is late.jpg's, lone.xmp any lone.*'s.
+    assert [sidecar.named() for sidecar in (xmp, sidecar_of("lone.xmp"))] == [  # type: ignore[union-attr]
+        "photo.jpg",
+        "lone.*",
+    ]
     # A JSON file is a sidecar only after a picture's whole name; nor is a picture one.
     for name in ("settings.json", "photo.json", "notes.txt.json", "photo.jpg", ".xmp", "a.txt"):
         assert sidecar_of(name) is None, name
@@ -60,7 +71,7 @@ def test_an_inbox_moves_sidecars_with_their_photo_and_leaves_a_lone_one_said_onc
     inbox.mkdir()
     photo(32, 24).save(inbox / "IMG_0001.jpg")
     sidecars = ["IMG_0001.AAE", "IMG_0001.jpg.xmp", "IMG_0001.jpg.json",
-                "IMG_0001.jpg:Zone.Identifier"]  # fmt: skip
+                "IMG_0001.jpg:Zone.Identifier", "IMG_0001.jpg.xmp:Zone.Identifier"]  # fmt: skip
     for name in sidecars:
         (inbox / name).write_text("<x:xmpmeta/>\n")
     (inbox / "lone.xmp").write_text("<x:xmpmeta/>\n")
@@ -69,7 +80,7 @@ def test_an_inbox_moves_sidecars_with_their_photo_and_leaves_a_lone_one_said_onc
         daemon.wait_ready()
         processed = inbox / "processed"
         assert wait_until(lambda: (processed / "IMG_0001.jpg").exists(), 60), daemon.output()
-        assert wait_until(lambda: len(list(processed.iterdir())) == 5, 10), daemon.output()
+        assert wait_until(lambda: len(list(processed.iterdir())) == 6, 10), daemon.output()
         assert sorted(p.name for p in processed.iterdir()) == sorted(["IMG_0001.jpg", *sidecars])
         left = sorted(p.name for p in inbox.iterdir() if p.name[0] != ".")
         assert left == ["failed", "lone.xmp", "processed"]
@@ -85,7 +96,8 @@ def test_an_inbox_moves_sidecars_with_their_photo_and_leaves_a_lone_one_said_onc
     assert len(said) == 1, said  # at each rescan, but once
     why = (
         "lone.xmp is a sidecar of a photo named lone.* that is not here; it stays until its "
-        "photo comes, and then goes where the photo goes"
+        "photo comes, and then goes where the photo goes (one done or failed before it came: "
+        "move it to its photo in processed/ or failed/)"
     )
     assert why in said[0]
     assert left_alone(inbox, {"processed", "failed"}) == [why]

@@ -821,10 +821,11 @@ class Journal:
         job tried again, not a new one beside a failure that never cleared. ``by_path``
         (a batch's files, which stay where they are): a file that failed unread (its
         permissions) is its path's failed job too, readable now or not (each run added
-        one more). ``kept(input_path)``: whether a failed job's file is still where its
-        failure put it (an inbox's ``failed/``), which makes the entry a copy, not that job
-        tried again (see ``Pipeline._needs_own_job``). The jobs adopted; an entry whose key
-        a job has already adopts none."""
+        one more). ``kept(input_path)`` (an inbox's): whether a failed job's file is still
+        where its failure put it (``failed/``), which makes the entry a copy, not that job
+        tried again (see ``Pipeline._needs_own_job``); one whose file is not, of the entry's
+        own name, is its job whatever its bytes (a photo mended and moved back). The jobs
+        adopted; an entry whose key a job has already adopts none."""
         adopted: list[JobRow] = []
         with self._transaction() as db:
             for entry in entries:
@@ -833,6 +834,8 @@ class Journal:
                 ).fetchone():
                     continue
                 job_id = self._failed_of(db, entry, kept)
+                if job_id is None and kept is not None:
+                    job_id = self._failed_here(db, entry, kept)
                 if job_id is None and by_path:
                     found = db.execute(
                         "SELECT id FROM jobs WHERE source = ? AND state = 'failed' "
@@ -848,6 +851,27 @@ class Journal:
                     ).fetchone()
                     adopted.append(_row(row))
         return adopted
+
+    @staticmethod
+    def _failed_here(
+        db: sqlite3.Connection, entry: NewJob, kept: Callable[[str], bool]
+    ) -> int | None:
+        """The latest failed job of an inbox file of ``entry``'s name whose file is no
+        longer where its failure put it: moved back mended (other bytes), or taken away
+        and the name used again. Its failure is then this arrival's to clear, not left
+        listed for ever with its note beside no photo."""
+        found = db.execute(
+            "SELECT id, input_path FROM jobs WHERE source = ? AND state = 'failed' "
+            "AND origin_path = ? ORDER BY id DESC LIMIT 1",
+            (entry.source, _path(entry.input_path)),
+        ).fetchone()
+        if found is None:
+            return None
+        moved_to = os.fsdecode(found[1])
+        # Never moved (superseded where it was): no failure of a file that left failed/.
+        if moved_to == str(entry.input_path) or kept(moved_to):
+            return None
+        return int(found[0])
 
     @staticmethod
     def _failed_of(
@@ -893,6 +917,15 @@ class Journal:
             query = f"SELECT unique_key FROM jobs WHERE unique_key IN ({marks})"
             known.update(key for (key,) in db.execute(query, chunk))
         return known
+
+    def failed_at(self, source: str, origin: Path) -> list[JobRow]:
+        """``source``'s failed jobs of the file ``origin``, the latest first."""
+        rows = self._connection().execute(
+            "SELECT * FROM jobs WHERE source = ? AND state = 'failed' AND origin_path = ? "
+            "ORDER BY id DESC",
+            (source, _path(origin)),
+        )
+        return [_row(r) for r in rows]
 
     def live_copy(self, key: str) -> JobRow | None:
         """The latest job of a copy of the bytes of ``key`` (its own key ``key|copy:...``)

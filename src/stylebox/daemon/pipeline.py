@@ -559,6 +559,7 @@ class Pipeline:
                 return "error" if added is None else self._after_add(source, path, own, *added)
             row = back
         if row.state == "failed":
+            self._drop_stranded_note(source, row)
             stem = self._retry_stem(source, row, path)
             row = self.journal.retry_failed(row.id, path, stem)
             if row.origin_path != str(path):  # another call queued it again first, for
@@ -587,6 +588,7 @@ class Pipeline:
         # The same bytes with the same settings: not stylised twice.
         if source.moves_inputs:
             self._supersede_queued(source, path, row)
+            self._clear_failure_here(source, path, row)
             assert isinstance(source.config, InboxConfig)
             moved = move_input(path, source.config.processed_dir)
             name = shown(row.name)
@@ -1227,6 +1229,33 @@ class Pipeline:
         log.warning(
             "superseded", extra={**self._fields(row, "superseded"), "error": str(superseded)}
         )
+
+    @staticmethod
+    def _drop_stranded_note(source: Source, row: JobRow) -> None:
+        """The note of failed job ``row``, whose file has left ``failed/`` (moved back, or
+        deleted), as its job is tried again: a note beside no photo, naming a job that is
+        no longer failed."""
+        if source.moves_inputs and not os.path.lexists(row.input_path):
+            Path(f"{row.input_path}.error.txt").unlink(missing_ok=True)
+
+    def _clear_failure_here(self, source: Source, path: Path, done: JobRow) -> None:
+        """``path``, of this inbox, is a duplicate of job ``done``: a failed job of its name
+        whose file left ``failed/`` (the photo mended and moved back, to bytes done before)
+        ends superseded by ``done``, its note gone, rather than stay listed failed."""
+        for row in self.journal.failed_at(source.key, path):
+            moved = row.input_path != row.origin_path  # to failed/, where it is no more
+            if row.id == done.id or not moved or _kept_aside(source.config.path, row.input_path):
+                continue
+            self._drop_stranded_note(source, row)
+            # Its outputs ended with its failure (their names may be another job's now).
+            superseded = InputChanged(
+                f"{row.name} came back with other bytes, those of job {done.id} ({done.state})",
+                done.sha256,
+            )
+            self.journal.finish(row.id, "failed", error=superseded)
+            log.info(
+                "superseded", extra={**self._fields(row, "superseded"), "error": str(superseded)}
+            )
 
     @staticmethod
     def _came_meanwhile(source: Source, row: JobRow, error: MissingCompanion) -> bool:

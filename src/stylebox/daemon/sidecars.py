@@ -14,7 +14,7 @@ AAE, by its stem (``photo.xmp``, which a stem's first photo takes).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stylebox.images import picture_suffix
@@ -22,8 +22,11 @@ from stylebox.plugins.api import companion_kind, is_ignored
 
 #: Sidecars by their ending (any case), named after their photo's stem or whole name.
 _BY_STEM_OR_NAME = (".xmp", ".aae")
-#: Sidecars named after their photo's whole name only (``photo.jpg.json``); the longer first.
-_BY_NAME = (":zone.identifier", ".supplemental-metadata.json", ".json")
+#: What Windows adds to any file copied from the internet, a sidecar's too.
+_ZONE = ":zone.identifier"
+#: Takeout's own part before ``.json``, which it cuts short in long names
+#: (``photo.jpg.supplemental-metadat.json``).
+_TAKEOUT = "supplemental-metadata"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,11 @@ class Sidecar:
     """The rest of the sidecar's name (``.xmp``, ``:Zone.Identifier``), as it is written."""
     by_stem: bool
     """Whether :attr:`photo` may be a stem (XMP, AAE) rather than only a whole name."""
+
+    def named(self) -> str:
+        """The photo it names, as people read it: ``photo.jpg``, or ``photo.*`` for a stem."""
+        exact = not self.by_stem or picture_suffix(Path(self.photo).suffix)
+        return self.photo if exact else f"{self.photo}.*"
 
     def belongs_to(self, name: str) -> bool:
         """Whether this is the sidecar of the photo named ``name``."""
@@ -50,15 +58,22 @@ def sidecar_of(name: str) -> Sidecar | None:
     """What the file ``name`` is the sidecar of, or None for any other file. A JSON file is
     one only after a picture's whole name (``photo.jpg.json``), not ``settings.json``."""
     lowered = name.lower()
+    if lowered.endswith(_ZONE):
+        photo, ending = name[: -len(_ZONE)], name[-len(_ZONE) :]
+        if picture_suffix(Path(photo).suffix) and Path(photo).stem:
+            return Sidecar(photo, ending, by_stem=False)
+        inner = sidecar_of(photo)  # a sidecar's own (photo.jpg.xmp:Zone.Identifier)
+        return None if inner is None else replace(inner, ending=inner.ending + ending)
     for ending in _BY_STEM_OR_NAME:
         if lowered.endswith(ending) and len(name) > len(ending):
             return Sidecar(name[: -len(ending)], name[-len(ending) :], by_stem=True)
-    for ending in _BY_NAME:
-        if lowered.endswith(ending):
-            photo = name[: -len(ending)]
-            if picture_suffix(Path(photo).suffix) and Path(photo).stem:
-                return Sidecar(photo, name[-len(ending) :], by_stem=False)
-            return None
+    if lowered.endswith(".json"):
+        photo = name[: -len(".json")]
+        before, _, last = photo.rpartition(".")
+        if before and last and _TAKEOUT.startswith(last.lower()):
+            photo = before  # photo.jpg.supplemental-metadata.json, or cut short
+        if picture_suffix(Path(photo).suffix) and Path(photo).stem:
+            return Sidecar(photo, name[len(photo) :], by_stem=False)
     return None
 
 

@@ -106,10 +106,10 @@ def _orphans(names: list[str]) -> dict[str, tuple[str, str] | Sidecar]:
 
 def _orphan_why(name: str, found: tuple[str, str] | Sidecar) -> str:
     if isinstance(found, Sidecar):
-        photo = found.photo + (".*" if found.by_stem else "")
         return (
-            f"{name} is a sidecar of a photo named {photo} that is not here; it stays until "
-            "its photo comes, and then goes where the photo goes"
+            f"{name} is a sidecar of a photo named {found.named()} that is not here; it stays "
+            "until its photo comes, and then goes where the photo goes (one done or failed "
+            "before it came: move it to its photo in processed/ or failed/)"
         )
     kind, stem = found
     suffix = name.rsplit(".", 1)[-1]
