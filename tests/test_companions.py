@@ -41,6 +41,18 @@ def masked_daemon(folder: Path, settle: float) -> Daemon:
     return Daemon(gatys_config(folder, style, params, settle=settle))
 
 
+def poster_daemon(folder: Path) -> tuple[Daemon, Path]:
+    """A daemon with one posterize inbox (no masks needed), and that inbox."""
+    config = folder / "stylebox.toml"
+    config.write_text(
+        'state_dir = "state"\n[[inbox]]\nname = "poster"\npath = "inbox"\noutbox = "outbox"\n'
+        'plugin = "posterize"\nsettle_seconds = 0.2\n'
+    )
+    inbox = folder / "inbox"
+    inbox.mkdir()
+    return Daemon(config), inbox
+
+
 def test_companion_names() -> None:
     assert companion_kind("photo.mask.png") == ("mask", "photo")
     assert companion_kind("my.photo.mask.jpg") == ("mask", "my.photo")
@@ -104,14 +116,7 @@ def test_the_daemon_pairs_a_photo_with_a_mask_dropped_after_it(tmp_path: Path) -
 def test_a_photo_with_two_masks_is_refused_and_both_go_with_it(tmp_path: Path) -> None:
     # One of them was used, the first by name, without a word; the other stayed in the
     # inbox, later said to be "the mask of a photo named dual.* that is not here".
-    config = tmp_path / "stylebox.toml"
-    config.write_text(
-        'state_dir = "state"\n[[inbox]]\nname = "poster"\npath = "inbox"\noutbox = "outbox"\n'
-        'plugin = "posterize"\nsettle_seconds = 0.2\n'
-    )
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    daemon = Daemon(config)
+    daemon, inbox = poster_daemon(tmp_path)
     try:
         daemon.wait_ready()
         # Done once with one mask; a partial download of another is no second mask.
@@ -192,14 +197,7 @@ def test_a_mask_dropped_after_its_photo_failed_for_want_of_it_brings_the_photo_b
 
 
 def test_a_lone_mask_brings_back_no_photo_that_failed_for_another_reason(tmp_path: Path) -> None:
-    config = tmp_path / "stylebox.toml"
-    config.write_text(
-        'state_dir = "state"\n[[inbox]]\nname = "poster"\npath = "inbox"\noutbox = "outbox"\n'
-        'plugin = "posterize"\nsettle_seconds = 0.2\n'
-    )
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    daemon = Daemon(config)
+    daemon, inbox = poster_daemon(tmp_path)
     try:
         daemon.wait_ready()
         (inbox / "dud.png").write_bytes(b"not a picture at all")
