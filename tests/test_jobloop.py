@@ -34,8 +34,8 @@ from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
 from stylebox.daemon.sources import Source, build_sources
 from stylebox.daemon.status import print_status
-from stylebox.errors import BadInput, Cancelled
-from stylebox.plugins.api import JobContext, Runtime
+from stylebox.errors import BadInput, Cancelled, ConfigError
+from stylebox.plugins.api import Capabilities, JobContext, Runtime
 from stylebox.plugins.registry import PluginInfo, Registry
 from stylebox.web.state import _queued
 
@@ -1203,6 +1203,23 @@ def test_a_plugin_declaring_an_unknown_device_kind_disables_its_inbox(tmp_path: 
     assert loaded.unavailable[("inbox", "steps")] == (
         "plugin 'posterize' failed to start: PluginError: its device_kind is 'gpu'; it must "
         "be 'cpu' or 'cuda'"
+    )
+
+
+class GpuOnlyOnCpu(Stepper):
+    capabilities = Capabilities(gpu_only=True)  # and no check of the device it is given
+
+
+def test_a_gpu_only_plugin_that_would_run_on_the_cpu_is_refused(tmp_path: Path) -> None:
+    # It ran on the CPU, where it says it cannot run, with nothing said.
+    loaded = load_config(write_config(tmp_path, CONFIG.format(lease=30, extra="")))
+    registry = Registry()
+    registry.plugins["posterize"] = PluginInfo("posterize", GpuOnlyOnCpu, "1", "tests")
+    with pytest.raises(ConfigError) as refused:
+        build_sources(loaded, registry, ("inbox",))
+    assert str(refused.value).endswith(
+        "plugin 'posterize' is gpu_only (its capabilities), and here it would run on the cpu "
+        "(device = 'auto'): give it a CUDA device, or use another plugin"
     )
 
 

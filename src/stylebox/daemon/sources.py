@@ -125,6 +125,15 @@ def build_sources(
                         raise PluginError(
                             f"its device_kind is {kind!r}; it must be 'cpu' or 'cuda'"
                         )
+                    if instance.capabilities.gpu_only and kind != "cuda":
+                        # It says it cannot run without a GPU, yet started on the CPU (its
+                        # own check of the device missing): not run where it says it fails.
+                        close_plugin(instance)
+                        raise ConfigError(
+                            f"plugin {entry.plugin!r} is gpu_only (its capabilities), and "
+                            f"here it would run on the cpu (device = {runtime.device!r}): "
+                            "give it a CUDA device, or use another plugin"
+                        )
                     shared[key] = instance
                 except ConfigError as exc:  # where, as for the config's own fields
                     where = f"{loaded.source}: " if loaded.source else ""
