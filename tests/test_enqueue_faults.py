@@ -24,6 +24,7 @@ from stylebox.daemon.journal import Journal
 from stylebox.daemon.pipeline import Pipeline
 from stylebox.daemon.runner import PluginHandle
 from stylebox.daemon.sources import Source
+from stylebox.daemon.status import print_status
 from stylebox.errors import MissingCompanion, PluginError
 from stylebox.plugins.api import JobContext, Plugin, PluginParams, Runtime
 
@@ -456,7 +457,9 @@ def test_a_copy_of_a_file_whose_job_fails_is_a_job_of_its_own(tmp_path: Path) ->
     pipeline.journal.close()
 
 
-def test_each_copy_of_failing_bytes_in_failed_is_a_failed_job_of_its_own(tmp_path: Path) -> None:
+def test_each_copy_of_failing_bytes_in_failed_is_a_failed_job_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Three empty files were one failed job named after the last: status counted 1 failed
     # for 3 files in failed/. Moved back from failed/, a file is its own job tried again.
     pipeline, source, _ = _pipeline(tmp_path)
@@ -473,6 +476,13 @@ def test_each_copy_of_failing_bytes_in_failed_is_a_failed_job_of_its_own(tmp_pat
     for row in rows:
         note = Path(f"{row.input_path}.error.txt").read_text()
         assert note.endswith(f"job: {row.id}\n"), note  # each file's note names its own job
+    # status says which of the two a.png is which file: only their notes did.
+    print_status(tmp_path / "stylebox.toml", all_failed=True)
+    listed = [line for line in capsys.readouterr().out.splitlines() if "failed #" in line]
+    assert [line.split(":")[0] for line in listed if " a.png" in line] == [
+        f"  failed #{rows[2].id} a.png (as failed/a-2.png)",
+        f"  failed #{rows[0].id} a.png",
+    ]
     os.rename(inbox / "failed" / "b.png", inbox / "b.png")
     assert pipeline.enqueue(source, [inbox / "b.png"]) == ["retry"]
     assert pipeline.journal.get(rows[1].id).state == "queued"

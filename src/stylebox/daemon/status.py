@@ -16,7 +16,7 @@ from stylebox.daemon.leases import pid_alive
 from stylebox.daemon.sidecars import follows_a_photo
 from stylebox.daemon.sources import name_of
 from stylebox.daemon.watcher import is_ignored, left_alone
-from stylebox.logs import shown
+from stylebox.logs import readable, shown
 
 #: How many failed jobs a source's ``last_errors`` lists, the newest first, unless all are
 #: asked for.
@@ -89,7 +89,8 @@ def collect(
             journal.jobs(key, "failed"), key=lambda r: (r.finished_at or 0.0, r.id), reverse=True
         )[: None if all_failed else LATEST_FAILED]
         entry["last_errors"] = [
-            {"job": r.id, "file": _name(loaded, r), "error": r.reason} for r in failed
+            {"job": r.id, "file": _name(loaded, r), "error": r.reason, "kept_as": _kept_as(r)}
+            for r in failed
         ]
         report["sources"][key] = entry
     journal.close()
@@ -114,6 +115,16 @@ def _name(loaded: LoadedConfig | None, row: JobRow) -> str:
     ):
         return name_of(loaded.job("batch", name), Path(row.origin_path))
     return row.file
+
+
+def _kept_as(row: JobRow) -> str | None:
+    """Where an inbox's failed photo lies when its name there is not its own
+    (``failed/trunc-2.jpg``: two failures of one name), else ``None``: only its note
+    (``job: N``) told the two apart."""
+    kept, origin = Path(row.input_path), Path(row.origin_path)
+    if kept == origin or kept.name == origin.name:
+        return None
+    return f"{readable(kept.parent.name)}/{readable(kept.name)}"
 
 
 def _with_left_alone(report: dict[str, Any], loaded: LoadedConfig | None) -> dict[str, Any]:
@@ -256,7 +267,8 @@ def print_status(
                 f"{job['retry_in_seconds']:.0f} s)"
             )
         for error in entry["last_errors"]:
-            say(f"  failed #{error['job']} {error['file']}: {error['error']}")
+            kept = f" (as {error['kept_as']})" if error["kept_as"] else ""
+            say(f"  failed #{error['job']} {error['file']}{kept}: {error['error']}")
         if entry["failed"] > len(entry["last_errors"]):
             earlier = entry["failed"] - len(entry["last_errors"])
             say(f"  and {earlier} earlier failed job(s) (--failed lists every one)")
