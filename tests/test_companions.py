@@ -178,8 +178,9 @@ def test_a_mask_dropped_after_its_photo_failed_for_want_of_it_brings_the_photo_b
         two_bands(tmp_path / "harbour.mask.png", (48, 36)).rename(inbox / "harbour.mask.png")
         processed = inbox / "processed"
         assert wait_until(lambda: (processed / "harbour.png").exists(), 120), daemon.output()
-        assert wait_until(lambda: (processed / "harbour.mask.png").exists(), 10)
-        assert (processed / "harbour.png.xmp").exists()  # its sidecar came back with it
+        # Its mask, and its sidecar, which came back with it (they follow the photo).
+        followers = [processed / "harbour.mask.png", processed / "harbour.png.xmp"]
+        assert wait_until(lambda: all(path.exists() for path in followers), 10)
         assert sorted(p.name for p in (inbox / "failed").iterdir()) == []
         manifest = json.loads((tmp_path / "outbox" / "harbour.json").read_text())
         assert manifest["mask"] == "harbour.mask.png"
