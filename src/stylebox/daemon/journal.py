@@ -797,15 +797,32 @@ class Journal:
             raise KeyError(job_id)
         return _row(row)
 
-    def jobs(self, source: str | None = None, state: State | None = None) -> list[JobRow]:
-        query, args = "SELECT * FROM jobs WHERE 1", []
-        if source is not None:
-            query += " AND source = ?"
-            args.append(source)
-        if state is not None:
-            query += " AND state = ?"
-            args.append(state)
-        rows = self._connection().execute(query + " ORDER BY id", args)
+    def jobs(
+        self,
+        source: str | None = None,
+        state: State | None = None,
+        *,
+        origin: Path | None = None,
+        sha256: str | None = None,
+        error_class: str | None = None,
+        latest_first: bool = False,
+    ) -> list[JobRow]:
+        """The jobs of ``source`` in ``state``, of the file ``origin``, of the bytes
+        ``sha256``, that ended with ``error_class`` (each where given), by id."""
+        query = "SELECT * FROM jobs WHERE 1"
+        args: list[object] = []
+        for column, value in (
+            ("source", source),
+            ("state", state),
+            ("origin_path", None if origin is None else _path(origin)),
+            ("sha256", sha256),
+            ("error_class", error_class),
+        ):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        order = " ORDER BY id DESC" if latest_first else " ORDER BY id"
+        rows = self._connection().execute(query + order, args)
         return [_row(r) for r in rows]
 
     def adopt_failed(
@@ -918,15 +935,6 @@ class Journal:
             known.update(key for (key,) in db.execute(query, chunk))
         return known
 
-    def failed_at(self, source: str, origin: Path) -> list[JobRow]:
-        """``source``'s failed jobs of the file ``origin``, the latest first."""
-        rows = self._connection().execute(
-            "SELECT * FROM jobs WHERE source = ? AND state = 'failed' AND origin_path = ? "
-            "ORDER BY id DESC",
-            (source, _path(origin)),
-        )
-        return [_row(r) for r in rows]
-
     def live_copy(self, key: str) -> JobRow | None:
         """The latest job of a copy of the bytes of ``key`` (its own key ``key|copy:...``)
         that is queued, running or done; ``None`` if there is none."""
@@ -940,25 +948,6 @@ class Journal:
             .fetchone()
         )
         return _row(found) if found else None
-
-    def failed_of_bytes(self, source: str, sha256: str) -> list[JobRow]:
-        """``source``'s failed jobs of the bytes ``sha256``, the latest first."""
-        rows = self._connection().execute(
-            "SELECT * FROM jobs WHERE source = ? AND state = 'failed' AND sha256 = ? "
-            "ORDER BY id DESC",
-            (source, sha256),
-        )
-        return [_row(r) for r in rows]
-
-    def failed_for_want(self, source: str, error_class: str) -> list[JobRow]:
-        """``source``'s failed jobs that ended with ``error_class`` (``MissingCompanion``),
-        the latest first."""
-        rows = self._connection().execute(
-            "SELECT * FROM jobs WHERE source = ? AND state = 'failed' AND error_class = ? "
-            "ORDER BY id DESC",
-            (source, error_class),
-        )
-        return [_row(r) for r in rows]
 
     def unfinished_origins(self, source: str) -> set[str]:
         """The origin paths of ``source``'s queued and running jobs: one column, read on

@@ -28,7 +28,7 @@ from stylebox.daemon.journal import JobRow, Journal, NewJob
 from stylebox.daemon.leases import Stop, owner_id
 from stylebox.daemon.outbox import Outbox, safe_folder, same_folder
 from stylebox.daemon.runner import Job, JobResult, PluginHandle, Reporter, Runner
-from stylebox.daemon.sidecars import inputs_in, sidecars_of
+from stylebox.daemon.sidecars import photo_beside, sidecars_of
 from stylebox.daemon.sources import Source, close_plugin
 from stylebox.errors import (
     BadInput,
@@ -358,9 +358,12 @@ class Pipeline:
         if found is None or not source.moves_inputs or not os.path.lexists(companion):
             return None
         kind, stem = found
-        if any(Path(name).stem == stem for name in inputs_in(companion.parent)):
+        if photo_beside(companion):
             return None
-        for row in self.journal.failed_for_want(source.key, "MissingCompanion"):
+        wanting = self.journal.jobs(
+            source.key, "failed", error_class="MissingCompanion", latest_first=True
+        )
+        for row in wanting:
             origin, photo = Path(row.origin_path), Path(row.input_path)
             if origin.parent != companion.parent or origin.stem != stem or photo == origin:
                 continue
@@ -705,10 +708,10 @@ class Pipeline:
             return None
         gone = [
             other
-            for other in self.journal.failed_of_bytes(source.key, row.sha256)
-            if other.id != row.id
-            and Path(other.input_path).parent != path.parent
-            and not os.path.lexists(other.input_path)
+            for other in self.journal.jobs(
+                source.key, "failed", sha256=row.sha256, latest_first=True
+            )
+            if other.id != row.id and _left_failed(source.config.path, other.input_path)
         ]
         named = [other for other in gone if other.name == files.readable(path.name)]
         return (named or gone or [None])[0]
@@ -1242,9 +1245,8 @@ class Pipeline:
         """``path``, of this inbox, is a duplicate of job ``done``: a failed job of its name
         whose file left ``failed/`` (the photo mended and moved back, to bytes done before)
         ends superseded by ``done``, its note gone, rather than stay listed failed."""
-        for row in self.journal.failed_at(source.key, path):
-            moved = row.input_path != row.origin_path  # to failed/, where it is no more
-            if row.id == done.id or not moved or _kept_aside(source.config.path, row.input_path):
+        for row in self.journal.jobs(source.key, "failed", origin=path, latest_first=True):
+            if row.id == done.id or not _left_failed(source.config.path, row.input_path):
                 continue
             self._drop_stranded_note(source, row)
             # Its outputs ended with its failure (their names may be another job's now).
@@ -1510,6 +1512,12 @@ def _kept_aside(inbox: Path, input_path: str) -> bool:
     """Whether a failed job's file at ``input_path`` is still where its failure put it,
     out of the ``inbox`` (in ``failed/``): an arrival of its bytes is a copy of it then."""
     return Path(input_path).parent != inbox and os.path.lexists(input_path)
+
+
+def _left_failed(inbox: Path, input_path: str) -> bool:
+    """Whether a failed job's file, moved out of the ``inbox`` (to ``failed/``), is gone
+    from there: moved back (by hand, mended, or by the page's Retry), or deleted."""
+    return Path(input_path).parent != inbox and not os.path.lexists(input_path)
 
 
 def _inbox_folders(sources: dict[str, Source]) -> list[tuple[str, Path]]:

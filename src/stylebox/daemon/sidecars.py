@@ -83,24 +83,29 @@ def follows_a_photo(name: str) -> bool:
     return companion_kind(name) is not None or sidecar_of(name) is not None
 
 
-def inputs_in(folder: Path) -> list[str]:
-    """The names of the files in ``folder`` that are inputs: not hidden or temporary names,
-    nor companions and sidecars."""
+def _file_names(folder: Path) -> list[str]:
+    """The names of the files in ``folder`` now, sorted (none where it cannot be listed)."""
     try:
-        names = [entry.name for entry in os.scandir(folder) if entry.is_file()]
+        return sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
     except OSError:
         return []
-    return [name for name in names if not is_ignored(name) and not follows_a_photo(name)]
+
+
+def photo_beside(companion: Path) -> bool:
+    """Whether an input of the companion file's stem (``harbour.jpg`` for
+    ``harbour.mask.png``) is beside it: not hidden or temporary, nor a companion or
+    sidecar itself."""
+    found = companion_kind(companion.name)
+    return found is not None and any(
+        Path(name).stem == found[1] and not is_ignored(name) and not follows_a_photo(name)
+        for name in _file_names(companion.parent)
+    )
 
 
 def sidecars_of(path: Path) -> list[tuple[Path, Sidecar]]:
     """The sidecar files beside the photo ``path`` now, each with what its name says."""
-    try:
-        names = sorted(entry.name for entry in path.parent.iterdir() if entry.is_file())
-    except OSError:
-        return []
     return [
         (path.parent / name, sidecar)
-        for name in names
+        for name in _file_names(path.parent)
         if (sidecar := sidecar_of(name)) is not None and sidecar.belongs_to(path.name)
     ]

@@ -37,7 +37,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from stylebox.daemon.sidecars import Sidecar, follows_a_photo, inputs_in, sidecar_of
+from stylebox.daemon.sidecars import Sidecar, follows_a_photo, photo_beside, sidecar_of
 from stylebox.plugins.api import companion_kind, is_ignored
 
 log = logging.getLogger("stylebox.watcher")
@@ -498,10 +498,7 @@ class InboxWatcher:
 def _lone_companion(path: Path) -> bool:
     """Whether ``path`` is a companion file (``photo.mask.png``) with no photo of its stem
     beside it: one that settles, to bring back a photo that failed for want of it."""
-    found = companion_kind(path.name)
-    return found is not None and not any(
-        Path(name).stem == found[1] for name in inputs_in(path.parent)
-    )
+    return companion_kind(path.name) is not None and not photo_beside(path)
 
 
 def _readable_and_quiet(path: Path) -> bool:
