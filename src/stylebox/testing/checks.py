@@ -213,9 +213,12 @@ class ContractCase:
     def runtime(self) -> Runtime:
         return Runtime(device=self.device, state_dir=self.workdir / "state")
 
+    def _sample(self, params: dict[str, Any] | None) -> bool:
+        """Whether ``params`` are the kit's own (``None``: the same), as most checks use."""
+        return params is None or params == self.params
+
     def validated(self, params: dict[str, Any] | None = None) -> BaseModel:
-        sample = params is None or params == self.params
-        refused = SampleParamsRefused if sample else ContractFailure
+        refused = SampleParamsRefused if self._sample(params) else ContractFailure
         params = self.params if params is None else params
         try:
             return self.cls.Params.model_validate(params, context={"base_dir": self.base_dir})
@@ -234,7 +237,7 @@ class ContractCase:
             made = _within_limit(
                 self, lambda: self.cls(validated, runtime), "starting the plugin (__init__)"
             )
-            if params is None or params == self.params:
+            if self._sample(params):
                 self.sample_instances.add(made)
             return made
         except ContractFailure:
